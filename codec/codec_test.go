@@ -1,0 +1,210 @@
+package codec
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// wire mirrors the envelope layout for the msgpack library, to prove the
+// hand-rolled codec speaks standard msgpack in both directions.
+type wire struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Version  uint8
+	Kind     uint8
+	ID       string
+	ReplyTo  string
+	Deadline int64
+	Sent     int64
+	Attempt  uint32
+	Headers  map[string]string
+	Payload  []byte
+	ErrCode  string
+	ErrMsg   string
+}
+
+func sample(payload int) *Envelope {
+	p := bytes.Repeat([]byte{0xab}, payload)
+	return &Envelope{
+		Kind: KindRequest, ID: "p1-42", ReplyTo: "myc:{r.p1}", Deadline: 1764230400123456789,
+		Sent: 1764230399123456789, Attempt: 2,
+		Headers: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k": "v"},
+		Payload: p,
+	}
+}
+
+func equal(t *testing.T, got, want *Envelope) {
+	t.Helper()
+	if got.Kind != want.Kind || got.ID != want.ID || got.ReplyTo != want.ReplyTo || got.Deadline != want.Deadline ||
+		got.Sent != want.Sent || got.Attempt != want.Attempt || !bytes.Equal(got.Payload, want.Payload) ||
+		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) {
+		t.Fatalf("decoded %+v, want %+v", got, want)
+	}
+	for k, v := range want.Headers {
+		if got.Headers[k] != v {
+			t.Fatalf("header %q = %q, want %q", k, got.Headers[k], v)
+		}
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	long := strings.Repeat("x", 70000)
+	tests := []struct {
+		name string
+		env  *Envelope
+	}{
+		{"empty", &Envelope{}},
+		{"event", &Envelope{Kind: KindEvent, Sent: 5, Payload: []byte("hello")}},
+		{"request 1KiB", sample(1024)},
+		{"request 70KiB", sample(70000)},
+		{"request 1MiB", sample(1 << 20)},
+		{"negative deadline", &Envelope{Deadline: -1, Sent: -1 << 40}},
+		{"reply error", &Envelope{Kind: KindReply, ID: "x", ErrCode: "handler_error", ErrMsg: long}},
+		{"string sizes", &Envelope{ID: strings.Repeat("i", 31), ReplyTo: strings.Repeat("r", 200), ErrCode: strings.Repeat("c", 300)}},
+		{"max attempt", &Envelope{Attempt: 1<<32 - 1}},
+		{"many headers", &Envelope{Headers: func() map[string]string {
+			m := map[string]string{}
+			for i := 0; i < 40; i++ {
+				m[strings.Repeat("h", i+1)] = "v"
+			}
+			return m
+		}()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := Encode(tt.env)
+			defer PutBuffer(b)
+			var got Envelope
+			if err := DecodeEnvelope(string(b.B), &got); err != nil {
+				t.Fatalf("DecodeEnvelope(Encode(%s)) = %v", tt.name, err)
+			}
+			equal(t, &got, tt.env)
+			if len(b.B) > EncodedSize(tt.env) {
+				t.Fatalf("encoded %d bytes, EncodedSize said at most %d", len(b.B), EncodedSize(tt.env))
+			}
+
+			// The msgpack library reads what we write ...
+			var w wire
+			if err := msgpack.Unmarshal(b.B, &w); err != nil {
+				t.Fatalf("msgpack.Unmarshal(ours) = %v", err)
+			}
+			if w.Version != Version || w.ID != tt.env.ID || !bytes.Equal(w.Payload, tt.env.Payload) || w.ErrMsg != tt.env.ErrMsg {
+				t.Fatalf("msgpack.Unmarshal(ours) = %+v", w)
+			}
+			// ... and we read what it writes.
+			lib, err := msgpack.Marshal(&w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back Envelope
+			if err := DecodeEnvelope(string(lib), &back); err != nil {
+				t.Fatalf("DecodeEnvelope(msgpack.Marshal) = %v", err)
+			}
+			equal(t, &back, tt.env)
+		})
+	}
+}
+
+func TestDecodeSkipsTrailingFields(t *testing.T) {
+	in := sample(10)
+	b := AppendEnvelope(nil, in)
+	b[0] = 0x90 | (fields + 3)
+	// three extra values of other types: a nested map, a float and an ext.
+	extra, err := msgpack.Marshal(map[string]any{"a": []any{1, "x", nil}, "b": 1.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = append(b, extra...)
+	b = append(b, 0xcb, 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, 0xd6, 0x01, 1, 2, 3, 4)
+	var got Envelope
+	if err := DecodeEnvelope(string(b), &got); err != nil {
+		t.Fatalf("DecodeEnvelope(with trailing fields) = %v", err)
+	}
+	equal(t, &got, in)
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good := AppendEnvelope(nil, sample(16))
+	wrongVersion := append([]byte(nil), good...)
+	wrongVersion[1] = 2
+	short := append([]byte{0x90 | 3}, good[1:]...)
+	tests := []struct {
+		name string
+		in   string
+		want string
+	}{
+		{"empty", "", "not a msgpack array"},
+		{"garbage", "hello world", "not a msgpack array"},
+		{"json", `{"id":"1"}`, "not a msgpack array"},
+		{"truncated", string(good[:len(good)-3]), "payload"},
+		{"trailing bytes", string(append(append([]byte(nil), good...), 0x01)), "trailing bytes"},
+		{"wrong version", string(wrongVersion), "unsupported version"},
+		{"too few fields", string(short), "want at least"},
+		{"huge header count", string([]byte{0x9b, 1, 0, 0xa0, 0xa0, 0, 0, 0, 0xdf, 0xff, 0xff, 0xff, 0xff}), "implausible header count"},
+		{"huge string length", string([]byte{0x9b, 1, 0, 0xdb, 0xff, 0xff, 0xff, 0xff}), "id"},
+		{"bad kind", string([]byte{0x9b, 1, 9}), "kind"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var e Envelope
+			err := DecodeEnvelope(tt.in, &e)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("DecodeEnvelope(%q) = %v, want ErrMalformed", tt.name, err)
+			}
+			var de *DecodeError
+			if !errors.As(err, &de) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("DecodeEnvelope(%q) = %v, want a *DecodeError mentioning %q", tt.name, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPayloadIsACopy(t *testing.T) {
+	b := AppendEnvelope(nil, &Envelope{Payload: []byte("abc")})
+	s := string(b)
+	var e Envelope
+	if err := DecodeEnvelope(s, &e); err != nil {
+		t.Fatal(err)
+	}
+	e.Payload[0] = 'z'
+	var again Envelope
+	if err := DecodeEnvelope(s, &again); err != nil || string(again.Payload) != "abc" {
+		t.Fatalf("payload aliases input: got %q, %v", again.Payload, err)
+	}
+}
+
+func TestKindString(t *testing.T) {
+	for k, want := range map[Kind]string{KindEvent: "event", KindRequest: "request", KindReply: "reply", KindControl: "control", 200: "kind(200)"} {
+		if got := k.String(); got != want {
+			t.Errorf("Kind(%d).String() = %q, want %q", k, got, want)
+		}
+	}
+}
+
+func FuzzDecodeEnvelope(f *testing.F) {
+	f.Add(AppendEnvelope(nil, sample(8)))
+	f.Add(AppendEnvelope(nil, &Envelope{}))
+	f.Add(AppendEnvelope(nil, &Envelope{Kind: KindReply, ErrCode: "c", ErrMsg: "m"}))
+	f.Add([]byte{})
+	f.Add([]byte("garbage"))
+	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var e Envelope
+		if err := DecodeEnvelope(string(in), &e); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		// Whatever decodes must re-encode and decode to the same envelope.
+		var again Envelope
+		if err := DecodeEnvelope(string(AppendEnvelope(nil, &e)), &again); err != nil {
+			t.Fatalf("re-encoded envelope does not decode: %v", err)
+		}
+		equal(t, &again, &e)
+	})
+}

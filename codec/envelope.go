@@ -1,0 +1,77 @@
+package codec
+
+import "time"
+
+// Version is the envelope format version written in the first array element.
+// Decoders accept this version and reject any other.
+const Version = 1
+
+// Kind says what an envelope carries.
+type Kind uint8
+
+// Envelope kinds.
+const (
+	KindEvent   Kind = iota // a published event: no reply is expected
+	KindRequest             // a request: the handler's result goes to ReplyTo
+	KindReply               // a reply to the request whose ID it carries
+	KindControl             // bus-internal marker (for example a reply stream's first entry); never delivered
+	kindEnd
+)
+
+// String returns the kind's name.
+func (k Kind) String() string {
+	switch k {
+	case KindEvent:
+		return "event"
+	case KindRequest:
+		return "request"
+	case KindReply:
+		return "reply"
+	case KindControl:
+		return "control"
+	}
+	return "kind(" + itoa(uint64(k)) + ")"
+}
+
+// Envelope is one message on the bus: the routing and timing data the bus
+// needs plus the user's payload.
+type Envelope struct {
+	Kind     Kind
+	ID       string            // correlation id (requests and replies); empty for events
+	ReplyTo  string            // stream key the reply goes to (requests only)
+	Deadline int64             // unix nanoseconds after which the caller gave up; 0 means none
+	Sent     int64             // unix nanoseconds when the sender encoded the message
+	Attempt  uint32            // delivery attempt recorded by the sender (0 for a first send)
+	Headers  map[string]string // free-form metadata, e.g. trace context; may be nil
+	Payload  []byte
+	ErrCode  string // replies: a non-empty code marks a remote error
+	ErrMsg   string // replies: the remote error's text
+}
+
+// DeadlineTime returns the deadline as a time, and false when there is none.
+func (e *Envelope) DeadlineTime() (time.Time, bool) {
+	if e.Deadline == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, e.Deadline), true
+}
+
+// Reset clears e for reuse, keeping nothing that aliases earlier input.
+func (e *Envelope) Reset() { *e = Envelope{} }
+
+// fields is the number of array elements a version-1 envelope has.
+const fields = 11
+
+func itoa(v uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			break
+		}
+	}
+	return string(b[i:])
+}
