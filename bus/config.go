@@ -1,0 +1,152 @@
+package bus
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	DefaultURL              = "redis://127.0.0.1:6379"
+	DefaultPrefix           = "myc"
+	DefaultDialTimeout      = 2 * time.Second
+	DefaultWriteTimeout     = 5 * time.Second
+	DefaultConnBuffer       = 128 << 10
+	DefaultBlockingPoolSize = 64
+)
+
+// Config describes how to reach Redis. The zero value connects to
+// DefaultURL. Config is plain data: copy it freely.
+type Config struct {
+	// URL is redis://[user:pass@]host:port[/db] or rediss:// for TLS.
+	// Empty means DefaultURL.
+	URL string
+	// ClientName is sent with CLIENT SETNAME so operators can tell
+	// connections apart in CLIENT LIST. Empty means none, unless the URL
+	// carries client_name.
+	ClientName string
+	// DialTimeout bounds establishing one connection. Zero means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// WriteTimeout bounds waiting for a reply to a non-blocking command on a
+	// connection and drives hung-server detection. Zero means
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// ConnBuffer is the read and the write buffer size of every connection,
+	// including each dedicated connection that a blocking read holds. Zero
+	// means DefaultConnBuffer (the rueidis default of 512 KiB each way costs
+	// 1 MiB per blocked reader).
+	ConnBuffer int
+	// BlockingPoolSize bounds the connections used by concurrently blocked
+	// reads (one per consumer read loop and per producer reply reader). Zero
+	// means DefaultBlockingPoolSize.
+	BlockingPoolSize int
+	// MaxFlushDelay lets the auto-pipeline wait up to this long after each
+	// flush to batch more commands. It helps processes with 64 or more
+	// concurrent callers and hurts small ones. Zero disables it.
+	MaxFlushDelay time.Duration
+	// TLS, when non-nil, is used for rediss:// URLs instead of the default
+	// (TLS 1.2+, server name from the URL).
+	TLS *tls.Config
+}
+
+// ErrInvalidConfig is wrapped by every configuration validation error.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
+// Validate reports the first problem with c, wrapping ErrInvalidConfig.
+func (c Config) Validate() error {
+	_, err := c.ClientOption()
+	return err
+}
+
+// ClientOption translates c into rueidis client options: standalone client,
+// client-side caching off, buffers and blocking pool sized from c.
+func (c Config) ClientOption() (rueidis.ClientOption, error) {
+	raw := c.URL
+	if raw == "" {
+		raw = DefaultURL
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %v", ErrInvalidConfig, raw, unwrapURLError(err))
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: scheme must be redis:// or rediss://", ErrInvalidConfig, raw)
+	}
+	if u.Host == "" {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: missing host", ErrInvalidConfig, raw)
+	}
+	if _, port, err := net.SplitHostPort(u.Host); err == nil && port == "" {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty port", ErrInvalidConfig, raw)
+	}
+	opt, err := rueidis.ParseURL(raw)
+	if err != nil {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %v", ErrInvalidConfig, raw, err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"DialTimeout", c.DialTimeout}, {"WriteTimeout", c.WriteTimeout}, {"MaxFlushDelay", c.MaxFlushDelay}} {
+		if d.v < 0 {
+			return rueidis.ClientOption{}, fmt.Errorf("%w: %s must not be negative, got %v", ErrInvalidConfig, d.name, d.v)
+		}
+	}
+	if c.ConnBuffer < 0 || c.BlockingPoolSize < 0 {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: ConnBuffer and BlockingPoolSize must not be negative", ErrInvalidConfig)
+	}
+
+	opt.ForceSingleClient = true // standalone; never let CLUSTER SLOTS pick the client
+	opt.DisableCache = true      // no DoCache use; also required by miniredis
+	opt.ClientSetInfo = rueidis.DisableClientSetInfo
+	if c.ClientName != "" {
+		opt.ClientName = c.ClientName
+	}
+	opt.Dialer.Timeout = or(c.DialTimeout, DefaultDialTimeout)
+	opt.Dialer.KeepAlive = time.Second
+	opt.ConnWriteTimeout = or(c.WriteTimeout, DefaultWriteTimeout)
+	opt.ReadBufferEachConn = or(c.ConnBuffer, DefaultConnBuffer)
+	opt.WriteBufferEachConn = opt.ReadBufferEachConn
+	opt.BlockingPoolSize = or(c.BlockingPoolSize, DefaultBlockingPoolSize)
+	opt.BlockingPoolCleanup = time.Minute
+	opt.BlockingPoolMinSize = 4
+	opt.MaxFlushDelay = c.MaxFlushDelay
+	if c.TLS != nil && opt.TLSConfig != nil {
+		opt.TLSConfig = c.TLS.Clone()
+	}
+	return opt, nil
+}
+
+// Redacted returns the URL with any password replaced, for logs.
+func (c Config) Redacted() string {
+	raw := c.URL
+	if raw == "" {
+		raw = DefaultURL
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<invalid URL>"
+	}
+	return u.Redacted()
+}
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}

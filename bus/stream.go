@@ -1,0 +1,238 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Field is the stream entry field that holds the encoded envelope.
+const Field = "m"
+
+// blockMargin is added to a blocking read's BLOCK time to form its ctx
+// deadline: rueidis sets no timeout on blocked connections, so without it a
+// hung server would hold the read forever.
+const blockMargin = 2 * time.Second
+
+// Entry is one stream entry as read from Redis.
+type Entry struct {
+	ID string
+	// Data is the value of Field; empty when HasData is false.
+	Data    string
+	HasData bool
+	// Deleted is set for a pending entry whose content Redis no longer has
+	// (trimmed or XDELed while pending).
+	Deleted bool
+	// fields aliases the reply's flat field/value list, for dead-lettering
+	// entries without Field.
+	fields []rueidis.RedisMessage
+}
+
+// Fields returns every field/value pair of the entry, in order.
+func (e *Entry) Fields() []string {
+	out := make([]string, 0, len(e.fields))
+	for i := range e.fields {
+		s, _ := e.fields[i].ToString()
+		out = append(out, s)
+	}
+	return out
+}
+
+// AddCmd builds XADD key [NOMKSTREAM] MAXLEN ~ maxLen * m data. maxLen <= 0
+// means no trimming. data is passed without copying.
+func AddCmd(c rueidis.Client, key string, maxLen int64, noMkStream bool, data []byte) rueidis.Completed {
+	v := rueidis.BinaryString(data)
+	k := c.B().Xadd().Key(key)
+	switch {
+	case noMkStream && maxLen > 0:
+		return k.Nomkstream().Maxlen().Almost().Threshold(strconv.FormatInt(maxLen, 10)).Id("*").FieldValue().FieldValue(Field, v).Build()
+	case noMkStream:
+		return k.Nomkstream().Id("*").FieldValue().FieldValue(Field, v).Build()
+	case maxLen > 0:
+		return k.Maxlen().Almost().Threshold(strconv.FormatInt(maxLen, 10)).Id("*").FieldValue().FieldValue(Field, v).Build()
+	}
+	return k.Id("*").FieldValue().FieldValue(Field, v).Build()
+}
+
+// AddFieldsCmd builds XADD key MAXLEN ~ maxLen * f1 v1 f2 v2 ... for entries
+// that are not envelopes (dead letters). fv must hold at least one pair.
+func AddFieldsCmd(c rueidis.Client, key string, maxLen int64, fv ...string) rueidis.Completed {
+	k := c.B().Xadd().Key(key)
+	if maxLen > 0 {
+		f := k.Maxlen().Almost().Threshold(strconv.FormatInt(maxLen, 10)).Id("*").FieldValue()
+		for i := 0; i+1 < len(fv); i += 2 {
+			f = f.FieldValue(fv[i], fv[i+1])
+		}
+		return f.Build()
+	}
+	f := k.Id("*").FieldValue()
+	for i := 0; i+1 < len(fv); i += 2 {
+		f = f.FieldValue(fv[i], fv[i+1])
+	}
+	return f.Build()
+}
+
+// AckCmd builds XACK key group id...
+func AckCmd(c rueidis.Client, key, group string, ids ...string) rueidis.Completed {
+	return c.B().Xack().Key(key).Group(group).Id(ids...).Build()
+}
+
+// CreateGroup creates group on key at start ("0" or "$"), creating the
+// stream if needed. An existing group is success.
+func CreateGroup(ctx context.Context, c rueidis.Client, key, group, start string) error {
+	err := c.Do(ctx, c.B().XgroupCreate().Key(key).Group(group).Id(start).Mkstream().Build()).Error()
+	if err != nil && !IsBusyGroup(err) {
+		return fmt.Errorf("bus: create group %s on %s: %w", group, key, err)
+	}
+	return nil
+}
+
+// ReadGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block
+// STREAMS key id on the blocking pool, with a ctx deadline of block plus a
+// margin. No entries within block yields (nil, nil). A missing group yields
+// an error wrapping ErrNoGroup.
+func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id string, count int64, block time.Duration) ([]Entry, error) {
+	ctx, cancel := context.WithTimeout(ctx, block+blockMargin)
+	defer cancel()
+	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build()
+	res := c.Do(ctx, cmd)
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return nil, nil
+		}
+		if IsNoGroup(err) {
+			return nil, fmt.Errorf("%w: %s on %s: %v", ErrNoGroup, group, key, err)
+		}
+		return nil, err
+	}
+	return parseRead(res, key)
+}
+
+// Read runs XREAD COUNT count BLOCK block STREAMS key after on the blocking
+// pool, with a ctx deadline of block plus a margin. No entries yields (nil, nil).
+func Read(ctx context.Context, c rueidis.Client, key, after string, count int64, block time.Duration) ([]Entry, error) {
+	ctx, cancel := context.WithTimeout(ctx, block+blockMargin)
+	defer cancel()
+	res := c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build())
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return parseRead(res, key)
+}
+
+// parseRead extracts key's entries from an XREAD/XREADGROUP reply in either
+// RESP3 map or RESP2 array form, without building a map per entry.
+func parseRead(res rueidis.RedisResult, key string) ([]Entry, error) {
+	msg, err := res.ToMessage()
+	if err != nil {
+		return nil, err
+	}
+	var list rueidis.RedisMessage
+	found := false
+	if msg.IsMap() {
+		m, err := msg.ToMap()
+		if err != nil {
+			return nil, err
+		}
+		list, found = m[key]
+	} else {
+		streams, err := msg.ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("bus: read reply: %w", err)
+		}
+		for i := range streams {
+			kv, err := streams[i].ToArray()
+			if err != nil || len(kv) != 2 {
+				return nil, fmt.Errorf("bus: read reply: malformed stream element")
+			}
+			if k, _ := kv[0].ToString(); k == key {
+				list, found = kv[1], true
+				break
+			}
+		}
+	}
+	if !found {
+		return nil, nil
+	}
+	return parseEntries(&list)
+}
+
+func parseEntries(list *rueidis.RedisMessage) ([]Entry, error) {
+	items, err := list.ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("bus: read reply: %w", err)
+	}
+	out := make([]Entry, len(items))
+	for i := range items {
+		pair, err := items[i].ToArray()
+		if err != nil || len(pair) != 2 {
+			return nil, fmt.Errorf("bus: read reply: malformed entry")
+		}
+		e := &out[i]
+		if e.ID, err = pair[0].ToString(); err != nil {
+			return nil, fmt.Errorf("bus: read reply: entry id: %w", err)
+		}
+		if pair[1].IsNil() {
+			e.Deleted = true
+			continue
+		}
+		fv, err := pair[1].ToArray()
+		if err != nil {
+			return nil, fmt.Errorf("bus: read reply: entry %s fields: %w", e.ID, err)
+		}
+		e.fields = fv
+		for j := 0; j+1 < len(fv); j += 2 {
+			if f, _ := fv[j].ToString(); f == Field {
+				e.Data, _ = fv[j+1].ToString()
+				e.HasData = true
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// IDTime returns the time encoded in a stream entry id (its millisecond part).
+func IDTime(id string) (time.Time, bool) {
+	for i := 0; i < len(id); i++ {
+		if id[i] == '-' {
+			ms, err := strconv.ParseInt(id[:i], 10, 64)
+			if err != nil {
+				return time.Time{}, false
+			}
+			return time.UnixMilli(ms), true
+		}
+	}
+	return time.Time{}, false
+}
+
+// GroupExists reports whether group exists on the stream key. A missing
+// stream is reported as false, not as an error.
+func GroupExists(ctx context.Context, c rueidis.Client, key, group string) (bool, error) {
+	groups, err := c.Do(ctx, c.B().XinfoGroups().Key(key).Build()).ToArray()
+	if err != nil {
+		if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "ERR no such key") {
+			return false, nil
+		}
+		return false, err
+	}
+	for i := range groups {
+		m, err := groups[i].AsMap()
+		if err != nil {
+			return false, fmt.Errorf("bus: XINFO GROUPS reply: %w", err)
+		}
+		if name, ok := m["name"]; ok {
+			if s, _ := name.ToString(); s == group {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}

@@ -1,0 +1,125 @@
+package consumer
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	DefaultGroup            = "workers"
+	DefaultConcurrency      = 64
+	DefaultBlock            = 2 * time.Second
+	DefaultReplyMaxLen      = 10_000
+	DefaultDeadLetterMaxLen = 100_000
+	DefaultMaxEntrySize     = 8 << 20
+	DefaultShutdownTimeout  = 30 * time.Second
+	maxReadBatch            = 512
+)
+
+// Config tunes a Consumer. Topic is required; every other zero value means
+// the documented default.
+type Config struct {
+	// Prefix is the key prefix shared with the producers. Empty means
+	// bus.DefaultPrefix.
+	Prefix string
+	// Topic to consume. Required.
+	Topic string
+	// Group is the consumer group. Empty means DefaultGroup.
+	Group string
+	// Name is this consumer's name in the group; it must be unique among
+	// live consumers. Empty means host-pid-random.
+	Name string
+	// Concurrency is the number of handler workers, and so the most entries
+	// held at once. Zero means DefaultConcurrency.
+	Concurrency int
+	// Block is how long one XREADGROUP waits for entries. Zero means
+	// DefaultBlock.
+	Block time.Duration
+	// ReplyMaxLen caps reply streams on write (MAXLEN ~). Keep it above
+	// the producers' MaxInFlight. Zero means DefaultReplyMaxLen.
+	ReplyMaxLen int64
+	// DeadLetterMaxLen caps the topic's dead-letter stream. Zero means
+	// DefaultDeadLetterMaxLen.
+	DeadLetterMaxLen int64
+	// MaxEntrySize is the largest encoded entry handled; larger ones are
+	// dead-lettered unread. Zero means DefaultMaxEntrySize.
+	MaxEntrySize int
+	// ShutdownTimeout bounds how long Run waits for in-flight handlers after
+	// its ctx is done before cancelling their contexts. Zero means
+	// DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// StartID is where a newly created group starts: "0" (default: every
+	// entry still in the stream, so nothing published before the first
+	// worker started is lost) or "$" (only new entries).
+	StartID string
+}
+
+// Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
+func (c Config) Validate() error {
+	if err := bus.ValidateName("topic", c.Topic); err != nil {
+		return err
+	}
+	if c.Group != "" {
+		if err := bus.ValidateName("group", c.Group); err != nil {
+			return err
+		}
+	}
+	if c.Name != "" {
+		if err := bus.ValidateName("consumer", c.Name); err != nil {
+			return err
+		}
+	}
+	if c.Concurrency < 0 || c.MaxEntrySize < 0 || c.ReplyMaxLen < 0 || c.DeadLetterMaxLen < 0 {
+		return fmt.Errorf("%w: Concurrency, MaxEntrySize, ReplyMaxLen and DeadLetterMaxLen must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.Block < 0 || c.ShutdownTimeout < 0 {
+		return fmt.Errorf("%w: Block and ShutdownTimeout must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.Block > 0 && c.Block < time.Millisecond {
+		return fmt.Errorf("%w: Block must be at least 1ms, got %v", bus.ErrInvalidConfig, c.Block)
+	}
+	if c.StartID != "" && c.StartID != "0" && c.StartID != "$" {
+		return fmt.Errorf("%w: StartID must be \"0\" or \"$\", got %q", bus.ErrInvalidConfig, c.StartID)
+	}
+	return nil
+}
+
+func (c Config) withDefaults(rnd string) Config {
+	if c.Group == "" {
+		c.Group = DefaultGroup
+	}
+	if c.Name == "" {
+		host, err := os.Hostname()
+		if err != nil || bus.ValidateName("consumer", host) != nil {
+			host = "host"
+		}
+		c.Name = host + "-" + strconv.Itoa(os.Getpid()) + "-" + rnd
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Block == 0 {
+		c.Block = DefaultBlock
+	}
+	if c.ReplyMaxLen == 0 {
+		c.ReplyMaxLen = DefaultReplyMaxLen
+	}
+	if c.DeadLetterMaxLen == 0 {
+		c.DeadLetterMaxLen = DefaultDeadLetterMaxLen
+	}
+	if c.MaxEntrySize == 0 {
+		c.MaxEntrySize = DefaultMaxEntrySize
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.StartID == "" {
+		c.StartID = "0"
+	}
+	return c
+}

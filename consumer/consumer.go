@@ -1,0 +1,372 @@
+package consumer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+)
+
+// Consumer runs a Handler over one topic as a member of a consumer group.
+// Create it with New and start it with Run.
+type Consumer struct {
+	c        rueidis.Client
+	cfg      Config
+	h        Handler
+	log      zerolog.Logger
+	key      string
+	dlqKey   string
+	running  atomic.Bool
+	stats    counters
+	inFlight atomic.Int64
+}
+
+type counters struct {
+	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
+}
+
+// Stats is a snapshot of a Consumer's counters.
+type Stats struct {
+	Received      uint64 // entries read from the stream
+	Handled       uint64 // handler calls that returned
+	Failed        uint64 // handler calls that returned an error or panicked
+	Replied       uint64 // replies written to a live reply stream
+	ReplyDropped  uint64 // replies not written because the requester's reply stream is gone
+	Acked         uint64 // entries acknowledged
+	Expired       uint64 // requests acknowledged unprocessed because their deadline had passed
+	DeadLettered  uint64 // entries moved to the dead-letter stream
+	Panics        uint64 // handler panics recovered
+	GroupsCreated uint64 // times the group was (re)created
+	InFlight      int64  // entries held now (read, not yet acknowledged)
+}
+
+// Option configures optional collaborators of a Consumer.
+type Option func(*Consumer)
+
+// WithLogger sets the logger (default: none).
+func WithLogger(l zerolog.Logger) Option { return func(c *Consumer) { c.log = l } }
+
+// New returns a Consumer of cfg.Topic running h. It neither dials nor starts
+// goroutines. The caller keeps ownership of c.
+func New(c rueidis.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error) {
+	if c == nil || h == nil {
+		return nil, fmt.Errorf("consumer: %w: nil client or handler", bus.ErrInvalidConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	var rnd [3]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("consumer: random name: %w", err)
+	}
+	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
+	keys := bus.Keys{Prefix: cfg.Prefix}
+	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic)}
+	for _, o := range opts {
+		o(co)
+	}
+	return co, nil
+}
+
+// Name returns the consumer's name in its group.
+func (c *Consumer) Name() string { return c.cfg.Name }
+
+// Config returns the effective configuration (defaults applied).
+func (c *Consumer) Config() Config { return c.cfg }
+
+// Stats returns a snapshot of the counters. Safe for concurrent use.
+func (c *Consumer) Stats() Stats {
+	s := &c.stats
+	return Stats{
+		Received: s.received.Load(), Handled: s.handled.Load(), Failed: s.failed.Load(),
+		Replied: s.replied.Load(), ReplyDropped: s.replyDropped.Load(), Acked: s.acked.Load(),
+		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
+		GroupsCreated: s.groupsCreated.Load(), InFlight: c.inFlight.Load(),
+	}
+}
+
+// Ready reports whether Redis answers and the group exists. Use it for
+// readiness probes.
+func (c *Consumer) Ready(ctx context.Context) error {
+	ok, err := bus.GroupExists(ctx, c.c, c.key, c.cfg.Group)
+	if err != nil {
+		return fmt.Errorf("consumer: redis: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("consumer: %w: %s on %s", bus.ErrNoGroup, c.cfg.Group, c.key)
+	}
+	return nil
+}
+
+// ErrRunning is returned by Run when the Consumer is already running.
+var ErrRunning = errors.New("consumer: already running")
+
+// job is one entry on its way to a worker.
+type job struct {
+	msg Message
+	env codec.Envelope
+}
+
+// Run consumes until ctx is done, then shuts down in the documented order
+// and returns nil. It returns an error early only if the consumer is
+// already running. Redis outages are retried with backoff, not returned.
+func (c *Consumer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer c.running.Store(false)
+
+	// Handlers get contexts that survive ctx for the grace period.
+	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+
+	slots := make(chan struct{}, c.cfg.Concurrency)
+	for range c.cfg.Concurrency {
+		slots <- struct{}{}
+	}
+	// The acker outlives ctx to flush what the handlers finished.
+	actx, cancelAcker := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAcker()
+	a := newAcker(actx, c, slots)
+	jobs := make(chan *job, c.cfg.Concurrency)
+	var workers sync.WaitGroup
+	for range c.cfg.Concurrency {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for j := range jobs {
+				c.work(hctx, j, a, slots)
+			}
+		}()
+	}
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		a.run()
+	}()
+
+	c.readLoop(ctx, slots, jobs, a)
+
+	// Shutdown: reading stopped. Let workers finish within the grace period.
+	close(jobs)
+	finished := make(chan struct{})
+	go func() {
+		workers.Wait()
+		close(finished)
+	}()
+	grace := time.NewTimer(c.cfg.ShutdownTimeout)
+	select {
+	case <-finished:
+		grace.Stop()
+	case <-grace.C:
+		c.log.Warn().Int64("in_flight", c.inFlight.Load()).Msg("shutdown timeout: cancelling handlers; their entries stay pending")
+		cancelHandlers()
+		<-finished
+	}
+	a.close()
+	flushed := time.NewTimer(c.cfg.ShutdownTimeout)
+	defer flushed.Stop()
+	select {
+	case <-ackerDone:
+	case <-flushed.C:
+		c.log.Warn().Msg("shutdown timeout: abandoning unflushed acknowledgements; their entries stay pending")
+		cancelAcker()
+		<-ackerDone
+	}
+	return nil
+}
+
+// readLoop reads entries while ctx lives, never more than free slots.
+func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
+	bo := newBackoff()
+	var downSince time.Time
+	groupReady := false
+	for ctx.Err() == nil {
+		if !groupReady {
+			if err := c.createGroup(ctx); err != nil {
+				downSince = c.outage(ctx, bo, downSince, "create group", err)
+				continue
+			}
+			groupReady = true
+		}
+		// Take one slot (waiting for it), then any others free right now.
+		n := 0
+		select {
+		case <-slots:
+			n = 1
+		case <-ctx.Done():
+			return
+		}
+	more:
+		for n < c.cfg.Concurrency && n < maxReadBatch {
+			select {
+			case <-slots:
+				n++
+			default:
+				break more
+			}
+		}
+		entries, err := bus.ReadGroup(ctx, c.c, c.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+		for i := len(entries); i < n; i++ {
+			slots <- struct{}{}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, bus.ErrNoGroup) {
+				c.log.Warn().Str("stream", c.key).Str("group", c.cfg.Group).Msg("group missing (Redis restarted or flushed?); recreating it")
+				groupReady = false
+				continue
+			}
+			downSince = c.outage(ctx, bo, downSince, "read", err)
+			continue
+		}
+		if !downSince.IsZero() {
+			c.log.Info().Str("stream", c.key).Dur("outage", time.Since(downSince)).Msg("consumer recovered")
+			downSince = time.Time{}
+			bo.Reset()
+		}
+		now := time.Now()
+		for i := range entries {
+			c.route(&entries[i], now, jobs, a)
+		}
+	}
+}
+
+func (c *Consumer) createGroup(ctx context.Context) error {
+	if err := bus.CreateGroup(ctx, c.c, c.key, c.cfg.Group, c.cfg.StartID); err != nil {
+		return err
+	}
+	c.stats.groupsCreated.Add(1)
+	return nil
+}
+
+// route sends one read entry to a worker, or straight to the acker when it
+// must not be handled (malformed, deleted, expired). Each entry holds one slot.
+func (c *Consumer) route(e *bus.Entry, now time.Time, jobs chan<- *job, a *acker) {
+	c.stats.received.Add(1)
+	c.inFlight.Add(1)
+	switch {
+	case e.Deleted:
+		a.add(completion{id: e.ID}) // nothing left to handle or dead-letter
+		return
+	case !e.HasData:
+		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry has no %q field", bus.Field))})
+		return
+	case len(e.Data) > c.cfg.MaxEntrySize:
+		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize))})
+		return
+	}
+	j := &job{}
+	if err := codec.DecodeEnvelope(e.Data, &j.env); err != nil {
+		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", err.Error())})
+		return
+	}
+	if j.env.Kind != codec.KindEvent && j.env.Kind != codec.KindRequest {
+		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", "envelope kind "+j.env.Kind.String()+" on a topic stream")})
+		return
+	}
+	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
+		c.stats.expired.Add(1)
+		a.add(completion{id: e.ID})
+		return
+	}
+	j.msg = Message{
+		ID: e.ID, Topic: c.cfg.Topic, Payload: j.env.Payload, Headers: j.env.Headers, Attempt: 1,
+		Request: j.env.Kind == codec.KindRequest, Sent: time.Unix(0, j.env.Sent),
+	}
+	if j.env.Deadline != 0 {
+		j.msg.Deadline = time.Unix(0, j.env.Deadline)
+	}
+	jobs <- j // never blocks: at most Concurrency entries are held
+}
+
+// work runs the handler for one job and queues its reply and ack.
+func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- struct{}) {
+	ctx := hctx
+	if !j.msg.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(hctx, j.msg.Deadline)
+		defer cancel()
+	}
+	out, err := c.call(ctx, &j.msg)
+	c.stats.handled.Add(1)
+	if err != nil {
+		c.stats.failed.Add(1)
+		if hctx.Err() != nil {
+			// Shutdown cancelled the handler: leave the entry pending for
+			// another consumer rather than reporting a failure we caused.
+			c.inFlight.Add(-1)
+			slots <- struct{}{}
+			return
+		}
+	}
+	done := completion{id: j.msg.ID}
+	switch {
+	case j.msg.Request:
+		reply := codec.Envelope{Kind: codec.KindReply, ID: j.env.ID, Sent: time.Now().UnixNano(), Payload: out}
+		if err != nil {
+			reply.Payload = nil
+			reply.ErrCode, reply.ErrMsg = bus.CodeHandler, err.Error()
+			var re *bus.RemoteError
+			if errors.As(err, &re) && re.Code != "" {
+				reply.ErrCode, reply.ErrMsg = re.Code, re.Message
+			}
+		}
+		done.replyTo = j.env.ReplyTo
+		done.reply = codec.Encode(&reply)
+	case err != nil:
+		// Events have nobody to tell: a failed event is dead-lettered with
+		// its reason rather than lost.
+		e := bus.Entry{ID: j.msg.ID}
+		done.dead = c.deadEnvelope(&e, &j.env, j.msg.Attempt, "handler_error", err.Error())
+	}
+	a.add(done)
+}
+
+// call runs the handler, turning a panic into an error.
+func (c *Consumer) call(ctx context.Context, m *Message) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.stats.panics.Add(1)
+			c.log.Error().Str("entry", m.ID).Interface("panic", r).Msg("handler panicked")
+			out, err = nil, &bus.RemoteError{Code: bus.CodePanic, Message: fmt.Sprint(r)}
+		}
+	}()
+	return c.h.Handle(ctx, m)
+}
+
+// outage logs the first error of an outage, then waits the next backoff.
+func (c *Consumer) outage(ctx context.Context, bo backoff.BackOff, since time.Time, op string, err error) time.Time {
+	if since.IsZero() {
+		since = time.Now()
+		c.log.Error().Err(err).Str("stream", c.key).Str("op", op).Msg("consumer lost Redis; retrying with backoff")
+	}
+	t := time.NewTimer(bo.NextBackOff())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return since
+}
+
+func newBackoff() *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond),
+		backoff.WithMaxInterval(2*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+}

@@ -1,0 +1,53 @@
+package consumer
+
+import (
+	"context"
+	"time"
+)
+
+// Message is one entry handed to a Handler. It is valid only during the
+// Handle call; copy what you keep.
+type Message struct {
+	// ID is the stream entry id.
+	ID string
+	// Topic the entry was read from.
+	Topic string
+	// Payload is the sender's payload; the handler may modify it.
+	Payload []byte
+	// Headers are the sender's headers (nil when none).
+	Headers map[string]string
+	// Attempt counts deliveries of this entry to the group, starting at 1.
+	Attempt int
+	// Deadline is when the requester gives up; zero when there is none. The
+	// handler's ctx carries it too.
+	Deadline time.Time
+	// Request is true for requests (the result is sent back), false for events.
+	Request bool
+	// Sent is when the producer encoded the message.
+	Sent time.Time
+}
+
+// Handler processes messages. For a request, the returned bytes are the
+// reply payload and a non-nil error becomes a remote error for the caller
+// (return a *bus.RemoteError to choose its code). For an event the bytes are
+// ignored. Handle is called from Concurrency goroutines at once.
+type Handler interface {
+	Handle(ctx context.Context, m *Message) ([]byte, error)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, m *Message) ([]byte, error)
+
+// Handle calls f(ctx, m).
+func (f HandlerFunc) Handle(ctx context.Context, m *Message) ([]byte, error) { return f(ctx, m) }
+
+// Middleware wraps a Handler, as net/http middleware wraps an http.Handler.
+type Middleware func(Handler) Handler
+
+// Chain wraps h in mw, the first middleware outermost.
+func Chain(h Handler, mw ...Middleware) Handler {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}

@@ -1,0 +1,97 @@
+package producer
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	DefaultMaxInFlight    = 4096
+	DefaultMaxPayload     = 4 << 20
+	DefaultStreamMaxLen   = 100_000
+	DefaultReplyTTL       = time.Minute
+	DefaultReplyBlock     = 2 * time.Second
+	DefaultReplyBatch     = 512
+	DefaultRequestTimeout = 30 * time.Second
+)
+
+// Config tunes a Producer. The zero value is ready to use.
+type Config struct {
+	// Prefix is the key prefix shared with the consumers. Empty means
+	// bus.DefaultPrefix.
+	Prefix string
+	// ID names this producer instance and its reply stream. Empty means a
+	// random id (a new reply stream per process, the normal case).
+	ID string
+	// MaxInFlight bounds outstanding requests. A Request beyond it waits for
+	// a slot, bounded by its ctx. Zero means DefaultMaxInFlight.
+	MaxInFlight int
+	// MaxPayload is the largest payload accepted, in bytes. Larger ones fail
+	// with bus.ErrPayloadTooLarge before touching Redis. Zero means
+	// DefaultMaxPayload.
+	MaxPayload int
+	// StreamMaxLen caps each topic stream (XADD MAXLEN ~). Zero means
+	// DefaultStreamMaxLen; negative means no trimming.
+	StreamMaxLen int64
+	// ReplyTTL is how long the reply stream outlives its producer. The live
+	// producer refreshes it every ReplyTTL/3. Zero means DefaultReplyTTL.
+	ReplyTTL time.Duration
+	// ReplyBlock is how long one blocking reply read waits. Zero means
+	// DefaultReplyBlock.
+	ReplyBlock time.Duration
+	// ReplyBatch is the most replies read at once. Zero means
+	// DefaultReplyBatch.
+	ReplyBatch int
+	// RequestTimeout applies to a Request whose ctx has no deadline. Zero
+	// means DefaultRequestTimeout.
+	RequestTimeout time.Duration
+}
+
+// Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
+func (c Config) Validate() error {
+	if c.ID != "" {
+		if err := bus.ValidateName("producer", c.ID); err != nil {
+			return err
+		}
+	}
+	if c.MaxInFlight < 0 || c.MaxPayload < 0 || c.ReplyBatch < 0 {
+		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.ReplyTTL < 0 || c.ReplyBlock < 0 || c.RequestTimeout < 0 {
+		return fmt.Errorf("%w: ReplyTTL, ReplyBlock and RequestTimeout must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.ReplyTTL > 0 && c.ReplyTTL < 3*time.Second {
+		return fmt.Errorf("%w: ReplyTTL must be at least 3s, got %v", bus.ErrInvalidConfig, c.ReplyTTL)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	set := func(p *int, d int) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	set(&c.MaxInFlight, DefaultMaxInFlight)
+	set(&c.MaxPayload, DefaultMaxPayload)
+	set(&c.ReplyBatch, DefaultReplyBatch)
+	if c.StreamMaxLen == 0 {
+		c.StreamMaxLen = DefaultStreamMaxLen
+	}
+	if c.ReplyTTL == 0 {
+		c.ReplyTTL = DefaultReplyTTL
+	}
+	if c.ReplyBlock == 0 {
+		c.ReplyBlock = DefaultReplyBlock
+	}
+	if c.ReplyBlock > c.ReplyTTL/3 {
+		c.ReplyBlock = c.ReplyTTL / 3
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	return c
+}

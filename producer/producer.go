@@ -1,0 +1,380 @@
+package producer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+)
+
+// RemoteError is the error a Request returns when the handler failed.
+type RemoteError = bus.RemoteError
+
+// Producer publishes events and sends requests. Create it with New; it is
+// safe for concurrent use. Close it when done to remove its reply stream.
+type Producer struct {
+	c        rueidis.Client
+	cfg      Config
+	keys     bus.Keys
+	log      zerolog.Logger
+	replyKey string
+	inc      string // incarnation: prefix of every correlation id of this instance
+
+	seq     atomic.Uint64
+	waiters *registry
+	slots   chan struct{}
+	topics  sync.Map // topic -> stream key (validated)
+
+	mu       sync.Mutex // guards started, readerErr transitions and stopping
+	started  bool
+	stop     context.CancelFunc
+	done     chan struct{} // closed when the reply reader exits
+	closed   atomic.Bool
+	closing  chan struct{} // closed by Close: wakes waiting requesters
+	stats    counters
+	closeErr error
+}
+
+type counters struct {
+	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
+}
+
+// Stats is a snapshot of a Producer's counters.
+type Stats struct {
+	Published    uint64 // events accepted by Redis
+	Requests     uint64 // requests accepted by Redis
+	Replies      uint64 // replies delivered to a waiting caller
+	Late         uint64 // replies dropped because no caller waited any more
+	Timeouts     uint64 // requests that ended with ErrTimeout
+	RemoteErrors uint64 // replies carrying a handler error
+	Malformed    uint64 // undecodable entries on the reply stream (skipped)
+	InFlight     int    // requests waiting for a reply now
+}
+
+// Option configures optional collaborators of a Producer.
+type Option func(*Producer)
+
+// WithLogger sets the logger (default: none).
+func WithLogger(l zerolog.Logger) Option { return func(p *Producer) { p.log = l } }
+
+// New returns a Producer that writes through c. It neither dials nor starts
+// goroutines; the reply reader starts with the first Request. The caller
+// keeps ownership of c and closes it after Close.
+func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
+	if c == nil {
+		return nil, fmt.Errorf("producer: %w: nil client", bus.ErrInvalidConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("producer: random id: %w", err)
+	}
+	if cfg.ID == "" {
+		cfg.ID = hex.EncodeToString(rnd[:])
+	}
+	p := &Producer{
+		c:       c,
+		cfg:     cfg,
+		keys:    bus.Keys{Prefix: cfg.Prefix},
+		log:     zerolog.Nop(),
+		inc:     hex.EncodeToString(rnd[:4]),
+		waiters: newRegistry(),
+		slots:   make(chan struct{}, cfg.MaxInFlight),
+		closing: make(chan struct{}),
+	}
+	p.replyKey = p.keys.Reply(cfg.ID)
+	for _, o := range opts {
+		o(p)
+	}
+	return p, nil
+}
+
+// ID returns the producer id (names its reply stream).
+func (p *Producer) ID() string { return p.cfg.ID }
+
+// ReplyStream returns the key of this producer's reply stream.
+func (p *Producer) ReplyStream() string { return p.replyKey }
+
+// Stats returns a snapshot of the counters. Safe for concurrent use.
+func (p *Producer) Stats() Stats {
+	return Stats{
+		Published: p.stats.published.Load(), Requests: p.stats.requests.Load(),
+		Replies: p.stats.replies.Load(), Late: p.stats.late.Load(), Timeouts: p.stats.timeouts.Load(),
+		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
+		InFlight: len(p.slots),
+	}
+}
+
+// CallOption adjusts one Publish or Request.
+type CallOption func(*codec.Envelope)
+
+// WithHeaders attaches headers (for example trace context) to the message.
+// The map is read, not kept, during the call.
+func WithHeaders(h map[string]string) CallOption {
+	return func(e *codec.Envelope) { e.Headers = h }
+}
+
+func (p *Producer) topicKey(topic string) (string, error) {
+	if k, ok := p.topics.Load(topic); ok {
+		return k.(string), nil
+	}
+	if err := bus.ValidateName("topic", topic); err != nil {
+		return "", fmt.Errorf("producer: %w", err)
+	}
+	k := p.keys.Topic(topic)
+	p.topics.Store(topic, k)
+	return k, nil
+}
+
+func (p *Producer) checkPayload(n int) error {
+	if n > p.cfg.MaxPayload {
+		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, p.cfg.MaxPayload)
+	}
+	return nil
+}
+
+// write runs one XADD of env to key and recycles the buffer when that is
+// safe (rueidis may still hold it after a ctx error).
+func (p *Producer) write(ctx context.Context, key string, env *codec.Envelope) (string, error) {
+	buf := codec.Encode(env)
+	id, err := p.c.Do(ctx, bus.AddCmd(p.c, key, p.cfg.StreamMaxLen, false, buf.B)).ToString()
+	if err == nil || bus.IsRedisReply(err) {
+		codec.PutBuffer(buf)
+	}
+	return id, err
+}
+
+// Publish appends one event to topic and returns its stream entry id once
+// Redis accepted it. It blocks for one round trip (shared with concurrent
+// callers), bounded by ctx. Safe for concurrent use.
+func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, opts ...CallOption) (string, error) {
+	if p.closed.Load() {
+		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
+	}
+	key, err := p.topicKey(topic)
+	if err != nil {
+		return "", err
+	}
+	if err := p.checkPayload(len(payload)); err != nil {
+		return "", err
+	}
+	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: time.Now().UnixNano()}
+	for _, o := range opts {
+		o(&env)
+	}
+	id, err := p.write(ctx, key, &env)
+	if err != nil {
+		return "", fmt.Errorf("producer: publish to %s: %w", topic, err)
+	}
+	p.stats.published.Add(1)
+	return id, nil
+}
+
+// PublishError is one failed entry of a PublishBatch.
+type PublishError struct {
+	Index int
+	Err   error
+}
+
+func (e *PublishError) Error() string { return fmt.Sprintf("entry %d: %v", e.Index, e.Err) }
+
+// Unwrap returns the entry's error.
+func (e *PublishError) Unwrap() error { return e.Err }
+
+// PublishBatch appends payloads to topic in one pipelined round trip. It
+// returns one stream id per payload ("" for a failed one) and, if any
+// failed, an error joining a *PublishError per failure. Payloads are checked
+// before anything is sent: one too large fails the whole batch.
+func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]byte, opts ...CallOption) ([]string, error) {
+	if p.closed.Load() {
+		return nil, fmt.Errorf("producer: publish batch: %w", bus.ErrClosed)
+	}
+	key, err := p.topicKey(topic)
+	if err != nil {
+		return nil, err
+	}
+	for i, pl := range payloads {
+		if err := p.checkPayload(len(pl)); err != nil {
+			return nil, fmt.Errorf("producer: publish batch entry %d: %w", i, err)
+		}
+	}
+	if len(payloads) == 0 {
+		return nil, nil
+	}
+	env := codec.Envelope{Kind: codec.KindEvent, Sent: time.Now().UnixNano()}
+	for _, o := range opts {
+		o(&env)
+	}
+	bufs := make([]*codec.Buffer, len(payloads))
+	cmds := make(rueidis.Commands, len(payloads))
+	for i, pl := range payloads {
+		env.Payload = pl
+		bufs[i] = codec.Encode(&env)
+		cmds[i] = bus.AddCmd(p.c, key, p.cfg.StreamMaxLen, false, bufs[i].B)
+	}
+	ids := make([]string, len(payloads))
+	var errs []error
+	recycle := true
+	for i, r := range p.c.DoMulti(ctx, cmds...) {
+		id, err := r.ToString()
+		if err != nil {
+			errs = append(errs, &PublishError{Index: i, Err: err})
+			if !bus.IsRedisReply(err) {
+				recycle = false
+			}
+			continue
+		}
+		ids[i] = id
+	}
+	if recycle {
+		for _, b := range bufs {
+			codec.PutBuffer(b)
+		}
+	}
+	p.stats.published.Add(uint64(len(payloads) - len(errs)))
+	if errs != nil {
+		return ids, fmt.Errorf("producer: publish batch to %s: %d of %d failed: %w", topic, len(errs), len(payloads), errors.Join(errs...))
+	}
+	return ids, nil
+}
+
+// Request sends payload to topic and waits for the handler's reply. The
+// deadline of ctx (or Config.RequestTimeout when ctx has none) travels with
+// the request: workers skip requests whose caller already gave up.
+//
+// Errors: bus.ErrTimeout (with context.DeadlineExceeded) when the deadline
+// passes, ctx's error when it is cancelled, *RemoteError when the handler
+// failed, bus.ErrPayloadTooLarge, bus.ErrClosed, or a wrapped Redis error
+// when the request could not be written. Safe for concurrent use.
+func (p *Producer) Request(ctx context.Context, topic string, payload []byte, opts ...CallOption) ([]byte, error) {
+	if p.closed.Load() {
+		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
+	}
+	key, err := p.topicKey(topic)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.checkPayload(len(payload)); err != nil {
+		return nil, err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.RequestTimeout)
+		defer cancel()
+		deadline, _ = ctx.Deadline()
+	}
+	if err := p.ensureReader(ctx); err != nil {
+		return nil, err
+	}
+
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, p.ctxErr(ctx, "waiting for an in-flight slot")
+	case <-p.closing:
+		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
+	}
+	defer func() { <-p.slots }()
+
+	seq := p.seq.Add(1)
+	var idb [32]byte
+	id := strconv.AppendUint(append(idb[:0], p.inc...), seq, 36)
+	env := codec.Envelope{
+		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
+		Deadline: deadline.UnixNano(), Sent: time.Now().UnixNano(), Payload: payload,
+	}
+	for _, o := range opts {
+		o(&env)
+	}
+	w := waiterPool.Get().(*waiter)
+	p.waiters.add(seq, w)
+	if _, err := p.write(ctx, key, &env); err != nil {
+		if p.waiters.take(seq) != nil {
+			waiterPool.Put(w)
+		} // else a reply raced in for a request Redis says it did not take: drop w
+		if ctx.Err() != nil {
+			return nil, p.ctxErr(ctx, "writing the request")
+		}
+		return nil, fmt.Errorf("producer: request to %s: %w", topic, err)
+	}
+	p.stats.requests.Add(1)
+
+	select {
+	case r := <-w.ch:
+		waiterPool.Put(w)
+		return p.finish(r)
+	case <-ctx.Done():
+		if p.waiters.take(seq) != nil {
+			waiterPool.Put(w)
+			return nil, p.ctxErr(ctx, "waiting for the reply")
+		}
+		r := <-w.ch // the reader took it and is handing the reply over
+		waiterPool.Put(w)
+		return p.finish(r)
+	case <-p.closing:
+		if p.waiters.take(seq) != nil {
+			waiterPool.Put(w)
+		}
+		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
+	}
+}
+
+func (p *Producer) finish(r result) ([]byte, error) {
+	if r.err != nil {
+		p.stats.remoteErrors.Add(1)
+		return nil, r.err
+	}
+	p.stats.replies.Add(1)
+	return r.payload, nil
+}
+
+func (p *Producer) ctxErr(ctx context.Context, during string) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		p.stats.timeouts.Add(1)
+		return fmt.Errorf("producer: %w %s: %w", bus.ErrTimeout, during, err)
+	}
+	return fmt.Errorf("producer: request cancelled %s: %w", during, err)
+}
+
+// Close stops the reply reader, fails waiting requests with bus.ErrClosed
+// and deletes the reply stream. It waits for the reader to exit, bounded by
+// ctx. Calling Close again returns the first result. It does not close the
+// rueidis client.
+func (p *Producer) Close(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed.Swap(true) {
+		return p.closeErr
+	}
+	close(p.closing)
+	if !p.started {
+		return nil
+	}
+	p.stop()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		p.closeErr = fmt.Errorf("producer: close: waiting for the reply reader: %w", ctx.Err())
+		return p.closeErr
+	}
+	if err := p.c.Do(ctx, p.c.B().Del().Key(p.replyKey).Build()).Error(); err != nil {
+		p.closeErr = fmt.Errorf("producer: close: delete reply stream (it expires after %v): %w", p.cfg.ReplyTTL, err)
+	}
+	return p.closeErr
+}

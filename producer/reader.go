@@ -1,0 +1,164 @@
+package producer
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+)
+
+// ensureReader creates the reply stream and starts the reply reader on the
+// first call. The stream exists before any request names it, so consumers
+// can write replies with NOMKSTREAM: once it expires (its producer is gone)
+// late replies are not written at all.
+func (p *Producer) ensureReader(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		return nil
+	}
+	if p.closed.Load() {
+		return fmt.Errorf("producer: request: %w", bus.ErrClosed)
+	}
+	if err := p.createReplyStream(ctx); err != nil {
+		return fmt.Errorf("producer: create reply stream %s: %w", p.replyKey, err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	p.done = make(chan struct{})
+	p.started = true
+	go p.readReplies(rctx)
+	return nil
+}
+
+// createReplyStream writes a control entry (creating the stream) and sets
+// the stream's TTL, in one round trip.
+func (p *Producer) createReplyStream(ctx context.Context) error {
+	b := codec.Encode(&codec.Envelope{Kind: codec.KindControl, Sent: time.Now().UnixNano()})
+	defer codec.PutBuffer(b)
+	for _, r := range p.c.DoMulti(ctx,
+		bus.AddCmd(p.c, p.replyKey, 0, false, b.B),
+		p.c.B().Pexpire().Key(p.replyKey).Milliseconds(p.cfg.ReplyTTL.Milliseconds()).Build(),
+	) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refresh extends the reply stream's TTL, recreating the stream if Redis
+// lost it (restart without persistence, FLUSHALL).
+func (p *Producer) refresh(ctx context.Context) error {
+	ok, err := p.c.Do(ctx, p.c.B().Pexpire().Key(p.replyKey).Milliseconds(p.cfg.ReplyTTL.Milliseconds()).Build()).AsBool()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		p.log.Warn().Str("stream", p.replyKey).Msg("reply stream was lost; recreating it")
+		return p.createReplyStream(ctx)
+	}
+	return nil
+}
+
+// readReplies is the reply reader: one blocking XREAD at a time on the
+// reply stream, dispatching each reply to its waiter. It exits when ctx is
+// cancelled (by Close) and closes p.done.
+func (p *Producer) readReplies(ctx context.Context) {
+	defer close(p.done)
+	last := "0-0"
+	nextRefresh := time.Now().Add(p.cfg.ReplyTTL / 3)
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(50*time.Millisecond),
+		backoff.WithMaxInterval(2*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+	var downSince time.Time
+	for ctx.Err() == nil {
+		if now := time.Now(); !now.Before(nextRefresh) || !downSince.IsZero() {
+			if err := p.refresh(ctx); err != nil {
+				downSince = p.failed(ctx, bo, downSince, err)
+				continue
+			}
+			nextRefresh = now.Add(p.cfg.ReplyTTL / 3)
+		}
+		entries, err := bus.Read(ctx, p.c, p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
+		if err != nil {
+			downSince = p.failed(ctx, bo, downSince, err)
+			continue
+		}
+		if !downSince.IsZero() {
+			p.log.Info().Str("stream", p.replyKey).Dur("outage", time.Since(downSince)).Msg("reply reader recovered")
+			downSince = time.Time{}
+			bo.Reset()
+		}
+		for i := range entries {
+			last = entries[i].ID
+			p.dispatch(&entries[i])
+		}
+	}
+	p.waiters.drain(func(w *waiter) { w.ch <- result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed)} })
+}
+
+// failed logs the first error of an outage and waits the next backoff.
+func (p *Producer) failed(ctx context.Context, bo backoff.BackOff, downSince time.Time, err error) time.Time {
+	if ctx.Err() != nil {
+		return downSince
+	}
+	if downSince.IsZero() {
+		downSince = time.Now()
+		p.log.Error().Err(err).Str("stream", p.replyKey).Msg("reply reader lost Redis; retrying with backoff")
+	}
+	t := time.NewTimer(bo.NextBackOff())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return downSince
+}
+
+func (p *Producer) dispatch(e *bus.Entry) {
+	if !e.HasData {
+		p.stats.malformed.Add(1)
+		return
+	}
+	var env codec.Envelope
+	if err := codec.DecodeEnvelope(e.Data, &env); err != nil {
+		p.stats.malformed.Add(1)
+		p.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping undecodable reply")
+		return
+	}
+	if env.Kind != codec.KindReply {
+		return // control entries
+	}
+	seq, ok := p.parseID(env.ID)
+	if !ok {
+		p.stats.late.Add(1) // a reply for an earlier incarnation of this producer id
+		return
+	}
+	w := p.waiters.take(seq)
+	if w == nil {
+		p.stats.late.Add(1)
+		return
+	}
+	if env.ErrCode != "" {
+		w.ch <- result{err: &RemoteError{Code: env.ErrCode, Message: env.ErrMsg}}
+		return
+	}
+	w.ch <- result{payload: env.Payload}
+}
+
+func (p *Producer) parseID(id string) (uint64, bool) {
+	if len(id) <= len(p.inc) || id[:len(p.inc)] != p.inc {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(id[len(p.inc):], 36, 64)
+	return seq, err == nil
+}
+

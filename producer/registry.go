@@ -1,0 +1,72 @@
+package producer
+
+import (
+	"sync"
+)
+
+// result is what a waiter receives: a reply envelope's payload or error.
+type result struct {
+	payload []byte
+	err     error
+}
+
+// waiter is one outstanding request. ch has room for exactly one result, so
+// the reply reader never blocks on it.
+type waiter struct {
+	ch chan result
+}
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
+
+const shards = 64
+
+// registry maps correlation sequence numbers to waiters, sharded so that
+// concurrent requesters and the reply reader rarely contend on one lock.
+type registry struct {
+	shards [shards]struct {
+		mu sync.Mutex
+		m  map[uint64]*waiter
+		_  [40]byte // pad to a cache line
+	}
+}
+
+func newRegistry() *registry {
+	r := &registry{}
+	for i := range r.shards {
+		r.shards[i].m = make(map[uint64]*waiter)
+	}
+	return r
+}
+
+func (r *registry) add(seq uint64, w *waiter) {
+	s := &r.shards[seq%shards]
+	s.mu.Lock()
+	s.m[seq] = w
+	s.mu.Unlock()
+}
+
+// take removes and returns the waiter for seq, or nil if there is none (it
+// timed out, or the reply is a duplicate).
+func (r *registry) take(seq uint64) *waiter {
+	s := &r.shards[seq%shards]
+	s.mu.Lock()
+	w := s.m[seq]
+	if w != nil {
+		delete(s.m, seq)
+	}
+	s.mu.Unlock()
+	return w
+}
+
+// drain removes every waiter and hands it to fn.
+func (r *registry) drain(fn func(*waiter)) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for k, w := range s.m {
+			delete(s.m, k)
+			fn(w)
+		}
+		s.mu.Unlock()
+	}
+}

@@ -1,0 +1,70 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/producer"
+)
+
+// runConsumer starts a consumer and stops it (waiting for Run) at cleanup.
+func runConsumer(t *testing.T, c rueidis.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+	t.Helper()
+	co, err := consumer.New(c, cfg, h)
+	if err != nil {
+		t.Fatalf("consumer.New(%+v) = %v", cfg, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("consumer Run = %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("consumer Run did not return within 30s of cancel")
+		}
+	})
+	waitFor(t, 5*time.Second, "consumer group ready", func() bool { return co.Ready(context.Background()) == nil })
+	return co
+}
+
+func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
+	t.Helper()
+	p, err := producer.New(c, cfg)
+	if err != nil {
+		t.Fatalf("producer.New = %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := p.Close(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("producer Close = %v", err)
+		}
+	})
+	return p
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		<-tick.C
+	}
+}
+
+var echo = consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil })

@@ -1,0 +1,177 @@
+// Package redistest starts throwaway Redis servers for tests: a real
+// redis-server process on a free loopback port (integration tests) or an
+// in-process miniredis (unit tests). Only _test files import it; nothing of
+// it is compiled into the library.
+package redistest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// RequireEnv, when set to 1 (as `make test` does), turns a missing
+// redis-server into a test failure instead of a skip.
+const RequireEnv = "MYCELIUM_REQUIRE_REDIS"
+
+// Server is a redis-server process owned by one test.
+type Server struct {
+	Addr string
+	URL  string
+	Dir  string
+	Port int
+	args []string
+	cmd  *exec.Cmd
+	tb   testing.TB
+}
+
+// Start runs redis-server on a free loopback port with persistence off
+// (extra args are appended, e.g. "--appendonly", "yes") and stops it when
+// the test ends.
+func Start(tb testing.TB, extra ...string) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv(RequireEnv) == "1" {
+			tb.Fatalf("redis-server not found on PATH and %s=1: install it (apt-get install redis-server)", RequireEnv)
+		}
+		tb.Skip("redis-server not on PATH; `make test` installs it")
+	}
+	s := &Server{Dir: tb.TempDir(), tb: tb}
+	s.args = append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.Dir, "--daemonize", "no", "--loglevel", "warning"}, extra...)
+	for attempt := 0; ; attempt++ {
+		s.Port = freePort(tb)
+		if err := s.start(bin); err == nil {
+			break
+		} else if attempt == 4 {
+			tb.Fatalf("start redis-server: %v", err)
+		}
+	}
+	s.Addr = "127.0.0.1:" + strconv.Itoa(s.Port)
+	s.URL = "redis://" + s.Addr
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start(bin string) error {
+	args := append([]string{"--port", strconv.Itoa(s.Port)}, s.args...)
+	cmd := exec.Command(bin, args...)
+	logf, err := os.Create(filepath.Join(s.Dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano())))
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(s.Port), 100*time.Millisecond); err == nil {
+			ok := ping(c)
+			c.Close()
+			if ok {
+				return nil
+			}
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond) // polling a child process's port: there is nothing to wait on
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	b, _ := os.ReadFile(logf.Name())
+	return fmt.Errorf("redis-server on port %d did not answer: %s", s.Port, strings.TrimSpace(string(b)))
+}
+
+func ping(c net.Conn) bool {
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return false
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
+}
+
+// Stop kills the server (idempotent).
+func (s *Server) Stop() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Kill sends SIGKILL, as a crash would.
+func (s *Server) Kill() { s.Stop() }
+
+// Restart starts the server again on the same port with the same args
+// (and data directory, so an append-only file is replayed).
+func (s *Server) Restart() {
+	s.tb.Helper()
+	bin, _ := exec.LookPath("redis-server")
+	if err := s.start(bin); err != nil {
+		s.tb.Fatalf("restart redis-server: %v", err)
+	}
+}
+
+// Signal sends sig (for example syscall.SIGSTOP) to the server.
+func (s *Server) Signal(sig syscall.Signal) {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
+}
+
+// Client returns a rueidis client configured as in production, closed when
+// the test ends.
+func (s *Server) Client(tb testing.TB) rueidis.Client {
+	tb.Helper()
+	return connect(tb, bus.Config{URL: s.URL})
+}
+
+// Mini starts an in-process miniredis and returns it with a client
+// configured as in production (standalone, no client cache), both closed
+// when the test ends.
+func Mini(tb testing.TB) (*miniredis.Miniredis, rueidis.Client) {
+	tb.Helper()
+	m := miniredis.RunT(tb)
+	return m, connect(tb, bus.Config{URL: "redis://" + m.Addr()})
+}
+
+func connect(tb testing.TB, cfg bus.Config) rueidis.Client {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := bus.Connect(ctx, cfg)
+	if err != nil {
+		tb.Fatalf("bus.Connect(%s) = %v", cfg.URL, err)
+	}
+	tb.Cleanup(c.Close)
+	return c
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
