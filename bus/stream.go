@@ -91,6 +91,10 @@ func CreateGroup(ctx context.Context, c rueidis.Client, key, group, start string
 	return nil
 }
 
+// Blocking reads are marked UnblockOnCancel: rueidis honours cancellation
+// (not only the deadline) of a blocking command only when it is, and then
+// frees the connection with CLIENT UNBLOCK instead of closing it.
+
 // ReadGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block
 // STREAMS key id on the blocking pool, with a ctx deadline of block plus a
 // margin. No entries within block yields (nil, nil). A missing group yields
@@ -98,7 +102,7 @@ func CreateGroup(ctx context.Context, c rueidis.Client, key, group, start string
 func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id string, count int64, block time.Duration) ([]Entry, error) {
 	ctx, cancel := context.WithTimeout(ctx, block+blockMargin)
 	defer cancel()
-	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build()
+	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build().UnblockOnCancel()
 	res := c.Do(ctx, cmd)
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
@@ -117,7 +121,7 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 func Read(ctx context.Context, c rueidis.Client, key, after string, count int64, block time.Duration) ([]Entry, error) {
 	ctx, cancel := context.WithTimeout(ctx, block+blockMargin)
 	defer cancel()
-	res := c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build())
+	res := c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build().UnblockOnCancel())
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
 			return nil, nil
