@@ -217,25 +217,65 @@ func IDTime(id string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// GroupExists reports whether group exists on the stream key. A missing
-// stream is reported as false, not as an error.
-func GroupExists(ctx context.Context, c rueidis.Client, key, group string) (bool, error) {
+// GroupInfo is one consumer group of a stream, from XINFO GROUPS.
+type GroupInfo struct {
+	Name            string
+	Consumers       int64
+	Pending         int64
+	LastDeliveredID string
+	// Lag is the number of entries not yet delivered to the group; -1 when
+	// Redis cannot tell (or is older than 7.0).
+	Lag int64
+}
+
+// Groups returns the consumer groups of the stream key; a missing stream
+// has none.
+func Groups(ctx context.Context, c rueidis.Client, key string) ([]GroupInfo, error) {
 	groups, err := c.Do(ctx, c.B().XinfoGroups().Key(key).Build()).ToArray()
 	if err != nil {
 		if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "ERR no such key") {
-			return false, nil
+			return nil, nil
 		}
-		return false, err
+		return nil, err
 	}
+	out := make([]GroupInfo, 0, len(groups))
 	for i := range groups {
 		m, err := groups[i].AsMap()
 		if err != nil {
-			return false, fmt.Errorf("bus: XINFO GROUPS reply: %w", err)
+			return nil, fmt.Errorf("bus: XINFO GROUPS reply: %w", err)
 		}
-		if name, ok := m["name"]; ok {
-			if s, _ := name.ToString(); s == group {
-				return true, nil
+		g := GroupInfo{Lag: -1}
+		for k, v := range m {
+			switch k {
+			case "name":
+				g.Name, _ = v.ToString()
+			case "consumers":
+				g.Consumers, _ = v.AsInt64()
+			case "pending":
+				g.Pending, _ = v.AsInt64()
+			case "last-delivered-id":
+				g.LastDeliveredID, _ = v.ToString()
+			case "lag":
+				if n, err := v.AsInt64(); err == nil {
+					g.Lag = n
+				}
 			}
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// GroupExists reports whether group exists on the stream key. A missing
+// stream is reported as false, not as an error.
+func GroupExists(ctx context.Context, c rueidis.Client, key, group string) (bool, error) {
+	groups, err := Groups(ctx, c, key)
+	if err != nil {
+		return false, err
+	}
+	for _, g := range groups {
+		if g.Name == group {
+			return true, nil
 		}
 	}
 	return false, nil

@@ -389,4 +389,3 @@ func (d *decoder) skipN(n uint64, depth int) bool {
 	}
 	return true
 }
-

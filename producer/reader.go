@@ -161,4 +161,3 @@ func (p *Producer) parseID(id string) (uint64, bool) {
 	seq, err := strconv.ParseUint(id[len(p.inc):], 36, 64)
 	return seq, err == nil
 }
-

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+)
+
+type options struct {
+	redis       string
+	scenario    string
+	concurrency int
+	requests    int
+	duration    time.Duration
+	payload     int
+	topic       string
+	group       string
+	workers     int
+	noWorkers   bool
+	rate        float64
+	timeout     time.Duration
+	json        bool
+	prefix      string
+}
+
+var errUsage = errors.New("usage")
+
+func parseOptions(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("bus-bench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
+	fs.StringVar(&o.scenario, "scenario", "rpc", "rpc | publish | continuous")
+	fs.IntVar(&o.concurrency, "concurrency", 64, "concurrent callers (continuous: most requests outstanding)")
+	fs.IntVar(&o.requests, "requests", 10000, "requests or events to send")
+	fs.DurationVar(&o.duration, "duration", 0, "run for this long instead of a count (continuous: with --rate)")
+	fs.IntVar(&o.payload, "payload", 1024, "payload size in bytes (at least 16)")
+	fs.StringVar(&o.topic, "topic", "reasoning", "topic")
+	fs.StringVar(&o.group, "group", "workers", "consumer group (of the in-process workers, or of the external ones with --no-workers)")
+	fs.IntVar(&o.workers, "workers", 0, "handler concurrency of the in-process echo workers (default: max(concurrency, 64))")
+	fs.BoolVar(&o.noWorkers, "no-workers", false, "start no workers: drive external bus-worker processes on the topic")
+	fs.Float64Var(&o.rate, "rate", 100, "continuous: requests per second (open loop)")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "per-request timeout")
+	fs.BoolVar(&o.json, "json", false, "print exactly one JSON result line on stdout")
+	fs.StringVar(&o.prefix, "prefix", bus.DefaultPrefix, "key prefix")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] --json")
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	var given = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if err := o.check(given); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return o, nil
+}
+
+func (o *options) check(given map[string]bool) error {
+	switch o.scenario {
+	case "rpc", "publish", "continuous":
+	default:
+		return fmt.Errorf("--scenario %q: want rpc, publish or continuous", o.scenario)
+	}
+	switch {
+	case o.concurrency < 1:
+		return fmt.Errorf("--concurrency must be at least 1, got %d", o.concurrency)
+	case o.requests < 1 && o.duration == 0:
+		return fmt.Errorf("--requests must be at least 1, got %d", o.requests)
+	case o.duration < 0:
+		return fmt.Errorf("--duration must not be negative")
+	case o.payload < 16:
+		return fmt.Errorf("--payload must be at least 16 bytes (room for the check header), got %d", o.payload)
+	case o.workers < 0:
+		return fmt.Errorf("--workers must not be negative")
+	case o.noWorkers && given["workers"]:
+		return fmt.Errorf("--workers and --no-workers exclude each other")
+	case o.rate <= 0:
+		return fmt.Errorf("--rate must be positive")
+	case o.timeout <= 0:
+		return fmt.Errorf("--timeout must be positive")
+	}
+	if err := bus.ValidateName("topic", o.topic); err != nil {
+		return err
+	}
+	if o.redis != "" {
+		if err := (bus.Config{URL: o.redis}).Validate(); err != nil {
+			return err
+		}
+	}
+	if o.workers == 0 {
+		o.workers = max(o.concurrency, 64)
+	}
+	if o.duration > 0 && !given["requests"] {
+		o.requests = 0 // bounded by time only
+	}
+	return nil
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

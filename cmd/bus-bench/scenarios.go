@@ -1,0 +1,385 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+)
+
+// Payload layout: run id (8 bytes) | sequence (8 bytes) | a fixed random
+// tail shared by the run. Replies and handled events are checked byte for
+// byte against it.
+type payloads struct {
+	run  uint64
+	tail []byte
+}
+
+func newPayloads(size int) *payloads {
+	p := &payloads{tail: make([]byte, size-16)}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	_, _ = rand.Read(p.tail)
+	p.run = binary.LittleEndian.Uint64(b[:])
+	return p
+}
+
+func (p *payloads) fill(buf []byte, seq uint64) []byte {
+	buf = binary.LittleEndian.AppendUint64(buf[:0], p.run)
+	buf = binary.LittleEndian.AppendUint64(buf, seq)
+	return append(buf, p.tail...)
+}
+
+// check returns the payload's sequence number if it belongs to this run
+// and is intact.
+func (p *payloads) check(b []byte) (uint64, bool) {
+	if len(b) != 16+len(p.tail) || binary.LittleEndian.Uint64(b) != p.run || !bytes.Equal(b[16:], p.tail) {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b[8:]), true
+}
+
+var echo = consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil })
+
+func newResult(e *env) *Result {
+	return &Result{System: "mycelium", Scenario: e.o.scenario, Concurrency: e.o.concurrency, Payload: e.o.payload}
+}
+
+// warmup sends a few requests so connections, the reply stream and the
+// group exist before measuring.
+func warmup(ctx context.Context, e *env) error {
+	n := min(2*e.o.concurrency, 256)
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for range min(e.o.concurrency, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range max(1, n/e.o.concurrency) {
+				rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+				_, err := e.p.Request(rctx, e.o.topic, make([]byte, e.o.payload))
+				cancel()
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return fmt.Errorf("warm-up request failed (is a worker serving topic %q?): %w", e.o.topic, err)
+	}
+	return nil
+}
+
+// counter hands out work until the count or the deadline is reached.
+type counter struct {
+	next     atomic.Int64
+	limit    int64 // 0: no count limit
+	deadline time.Time
+}
+
+func (c *counter) take() (uint64, bool) {
+	i := c.next.Add(1) - 1
+	if c.limit > 0 && i >= c.limit {
+		return 0, false
+	}
+	if !c.deadline.IsZero() && time.Now().After(c.deadline) {
+		return 0, false
+	}
+	return uint64(i), true
+}
+
+func newCounter(o *options, start time.Time) *counter {
+	c := &counter{limit: int64(o.requests)}
+	if o.duration > 0 {
+		c.deadline = start.Add(o.duration)
+	}
+	return c
+}
+
+// ---- rpc: closed loop of Request calls -----------------------------------
+
+type rpcScenario struct{}
+
+func (*rpcScenario) handler(*env) consumer.Handler { return echo }
+
+func (*rpcScenario) run(ctx context.Context, e *env) (*Result, error) {
+	if err := warmup(ctx, e); err != nil {
+		return nil, err
+	}
+	pl := newPayloads(e.o.payload)
+	r := newResult(e)
+	lats := make([][]int64, e.o.concurrency)
+	var okN, errN atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	cnt := newCounter(e.o, start)
+	var wg sync.WaitGroup
+	for g := range e.o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 0, e.o.payload)
+			for ctx.Err() == nil {
+				seq, ok := cnt.take()
+				if !ok {
+					return
+				}
+				buf = pl.fill(buf, seq)
+				t0 := time.Now()
+				rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+				reply, err := e.p.Request(rctx, e.o.topic, buf)
+				cancel()
+				d := time.Since(t0)
+				if err == nil && !bytes.Equal(reply, buf) {
+					err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
+				}
+				if err != nil {
+					errN.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				okN.Add(1)
+				lats[g] = append(lats[g], int64(d))
+			}
+		}()
+	}
+	wg.Wait()
+	r.Seconds = time.Since(start).Seconds()
+	return finish(e, r, okN.Load(), errN.Load(), firstErr, lats)
+}
+
+func finish(e *env, r *Result, ok, errs int64, firstErr atomic.Value, lats [][]int64) (*Result, error) {
+	r.OK, r.Errors, r.Requests = int(ok), int(errs), int(ok+errs)
+	if r.Seconds > 0 {
+		r.ThroughputRPS = float64(ok) / r.Seconds
+	}
+	var all []int64
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	summarize(r, all)
+	if err, _ := firstErr.Load().(error); err != nil {
+		fmt.Fprintf(e.log, "bus-bench: %d errors; first: %v\n", errs, err)
+	}
+	return r, nil
+}
+
+// ---- continuous: open loop at a fixed rate --------------------------------
+
+type continuousScenario struct{}
+
+func (*continuousScenario) handler(*env) consumer.Handler { return echo }
+
+func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
+	if err := warmup(ctx, e); err != nil {
+		return nil, err
+	}
+	pl := newPayloads(e.o.payload)
+	r := newResult(e)
+	interval := time.Duration(float64(time.Second) / e.o.rate)
+	slots := make(chan struct{}, e.o.concurrency)
+	var mu sync.Mutex
+	var lat []int64
+	var okN, errN atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; ctx.Err() == nil; i++ {
+		if e.o.requests > 0 && i >= e.o.requests {
+			break
+		}
+		at := start.Add(time.Duration(i) * interval)
+		if e.o.duration > 0 && at.Sub(start) >= e.o.duration {
+			break
+		}
+		if wait := time.Until(at); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+		select {
+		case slots <- struct{}{}: // latency counts from the scheduled time, so waiting here is measured
+		case <-ctx.Done():
+			continue
+		}
+		wg.Add(1)
+		go func(seq uint64, at time.Time) {
+			defer wg.Done()
+			defer func() { <-slots }()
+			buf := pl.fill(make([]byte, 0, e.o.payload), seq)
+			rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+			reply, err := e.p.Request(rctx, e.o.topic, buf)
+			cancel()
+			d := time.Since(at)
+			if err == nil && !bytes.Equal(reply, buf) {
+				err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
+			}
+			if err != nil {
+				errN.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			okN.Add(1)
+			mu.Lock()
+			lat = append(lat, int64(d))
+			mu.Unlock()
+		}(uint64(i), at)
+	}
+	wg.Wait()
+	r.Seconds = time.Since(start).Seconds()
+	return finish(e, r, okN.Load(), errN.Load(), firstErr, [][]int64{lat})
+}
+
+// ---- publish: events, latency from publish start to handler completion ----
+
+type publishScenario struct {
+	pl      *payloads
+	started []atomic.Int64 // unix nanos at publish start, by sequence
+	seen    []atomic.Bool
+	mu      sync.Mutex
+	lat     []int64
+	handled atomic.Int64
+	dups    atomic.Int64
+	bad     atomic.Int64
+	last    atomic.Int64 // unix nanos of the last handled event
+}
+
+func (s *publishScenario) handler(e *env) consumer.Handler {
+	s.pl = newPayloads(e.o.payload)
+	n := e.o.requests
+	if n == 0 {
+		n = 1 << 22 // duration mode: room for up to 4M events
+	}
+	s.started = make([]atomic.Int64, n)
+	s.seen = make([]atomic.Bool, n)
+	return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		seq, ok := s.pl.check(m.Payload)
+		if !ok || seq >= uint64(len(s.seen)) {
+			s.bad.Add(1)
+			return nil, nil
+		}
+		if s.seen[seq].Swap(true) {
+			s.dups.Add(1)
+			return nil, nil
+		}
+		now := time.Now().UnixNano()
+		d := now - s.started[seq].Load()
+		s.mu.Lock()
+		s.lat = append(s.lat, d)
+		s.mu.Unlock()
+		s.last.Store(now)
+		s.handled.Add(1)
+		return nil, nil
+	})
+}
+
+func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
+	if s.pl == nil { // --no-workers: external workers consume
+		s.pl = newPayloads(e.o.payload)
+	}
+	r := newResult(e)
+	var published, errN atomic.Int64
+	var firstErr atomic.Value
+	var pubLat = make([][]int64, e.o.concurrency)
+	start := time.Now()
+	cnt := newCounter(e.o, start)
+	if e.o.requests == 0 {
+		cnt.limit = int64(len(s.started))
+	}
+	var wg sync.WaitGroup
+	for g := range e.o.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 0, e.o.payload)
+			for ctx.Err() == nil {
+				seq, ok := cnt.take()
+				if !ok {
+					return
+				}
+				buf = s.pl.fill(buf, seq)
+				t0 := time.Now()
+				if s.started != nil {
+					s.started[seq].Store(t0.UnixNano())
+				}
+				pctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+				_, err := e.p.Publish(pctx, e.o.topic, buf)
+				cancel()
+				if err != nil {
+					errN.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				published.Add(1)
+				pubLat[g] = append(pubLat[g], int64(time.Since(t0)))
+			}
+		}()
+	}
+	wg.Wait()
+	n := published.Load()
+	if e.o.noWorkers {
+		// External workers: wait until the group has read and acknowledged
+		// everything; latency is the publish acknowledgement.
+		if err := waitDrained(ctx, e, time.Now().Add(e.o.timeout)); err != nil {
+			return nil, err
+		}
+		r.Seconds = time.Since(start).Seconds()
+		return finish(e, r, n, errN.Load(), firstErr, pubLat)
+	}
+	deadline := time.Now().Add(e.o.timeout)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for s.handled.Load() < n && time.Now().Before(deadline) && ctx.Err() == nil {
+		<-tick.C
+	}
+	handled := s.handled.Load()
+	if l := s.last.Load(); l > 0 {
+		r.Seconds = time.Unix(0, l).Sub(start).Seconds()
+	}
+	lost := n - handled
+	errs := errN.Load() + lost + s.dups.Load() + s.bad.Load()
+	if lost > 0 {
+		firstErr.CompareAndSwap(nil, fmt.Errorf("%d published events were not handled within %v", lost, e.o.timeout))
+	}
+	if s.dups.Load() > 0 || s.bad.Load() > 0 {
+		firstErr.CompareAndSwap(nil, fmt.Errorf("%d duplicate and %d corrupt deliveries", s.dups.Load(), s.bad.Load()))
+	}
+	s.mu.Lock()
+	lat := s.lat
+	s.mu.Unlock()
+	r2, err := finish(e, r, handled, errs, firstErr, [][]int64{lat})
+	return r2, err
+}
+
+// waitDrained polls the group until it has no lag and nothing pending.
+func waitDrained(ctx context.Context, e *env, deadline time.Time) error {
+	key := bus.Keys{Prefix: e.o.prefix}.Topic(e.o.topic)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		groups, err := bus.Groups(ctx, e.prod, key)
+		if err == nil {
+			for _, g := range groups {
+				if g.Name == e.o.group && g.Pending == 0 && g.Lag == 0 {
+					return nil
+				}
+			}
+		}
+		<-tick.C
+	}
+	return errors.New("external workers did not drain the topic within --timeout (is a bus-worker serving it?)")
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command ran and failed (remote error, timeout)
+	exitUsage = 2 // bad flag or URL, or Redis unreachable
+)
+
+// usageError marks errors that exit with exitUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+const usage = `bus-worker: run Mycelium workers and send requests from the shell.
+
+Usage:
+  bus-worker serve   [--redis URL] [--topic reasoning] [--group workers] [--concurrency 64]
+                     [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
+  bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json]
+  bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
+
+Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
+MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"
+for all flags of a command.
+`
+
+// run is the whole program: it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stderr)
+	case "request":
+		err = request(ctx, args[1:], stdout, stderr)
+	case "publish":
+		err = publish(ctx, args[1:], stdout)
+	default:
+		err = usagef("unknown command %q (want serve, request or publish; see bus-worker help)", args[0])
+	}
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "bus-worker: "+oneLine(err.Error()))
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitError
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// parseFlags parses args into fs, then fills every flag not given on the
+// command line from MYCELIUM_<FLAG>.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fs.PrintDefaults()
+			return err
+		}
+		return usagef("%s: %v", fs.Name(), err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		env := envName(f.Name)
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = usagef("%s: invalid value %q for %s: %v", fs.Name(), v, env, e)
+			}
+		}
+	})
+	return err
+}
+
+func envName(flagName string) string {
+	return "MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// connect validates the URL and checks that Redis answers; both failures are
+// usage errors (exit 2).
+func connect(ctx context.Context, cfg bus.Config) (rueidis.Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, usageError{err}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := bus.Connect(cctx, cfg)
+	if err != nil {
+		return nil, usagef("cannot reach Redis at %s: %v", cfg.Redacted(), rootCause(err))
+	}
+	return c, nil
+}
+
+// rootCause strips wrapping so a dial error prints as one short line.
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/producer"
+)
+
+type clientFlags struct {
+	redis, prefix, topic, data string
+	timeout                    time.Duration
+	json                       bool
+}
+
+func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&f.redis, "redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
+	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
+	fs.StringVar(&f.topic, "topic", "reasoning", "topic")
+	fs.StringVar(&f.data, "data", "", "payload")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
+	return fs
+}
+
+func (f *clientFlags) check(cmd string) error {
+	if f.timeout <= 0 {
+		return usagef("%s: --timeout must be positive, got %v", cmd, f.timeout)
+	}
+	if err := bus.ValidateName("topic", f.topic); err != nil {
+		return usagef("%s: --topic: %v", cmd, err)
+	}
+	return nil
+}
+
+func request(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f clientFlags
+	fs := clientFlagSet("request", &f)
+	fs.BoolVar(&f.json, "json", false, `print {"reply":…,"latency_us":…} instead of the reply and its latency`)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := f.check("request"); err != nil {
+		return err
+	}
+	c, err := connect(ctx, bus.Config{URL: f.redis, ClientName: "myc-cli"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := producer.New(c, producer.Config{Prefix: f.prefix})
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = p.Close(cctx)
+		cancel()
+	}()
+	rctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	start := time.Now()
+	reply, err := p.Request(rctx, f.topic, []byte(f.data))
+	lat := time.Since(start)
+	if err != nil {
+		if errors.Is(err, bus.ErrTimeout) {
+			return fmt.Errorf("request to %q: no reply within %v (is a worker serving this topic?)", f.topic, f.timeout)
+		}
+		return fmt.Errorf("request to %q: %w", f.topic, err)
+	}
+	if f.json {
+		return json.NewEncoder(stdout).Encode(struct {
+			Reply     string `json:"reply"`
+			LatencyUS int64  `json:"latency_us"`
+		}{string(reply), lat.Microseconds()})
+	}
+	fmt.Fprintf(stdout, "%s\n", reply)
+	fmt.Fprintf(stderr, "latency: %v\n", lat.Round(time.Microsecond))
+	return nil
+}
+
+func publish(ctx context.Context, args []string, stdout io.Writer) error {
+	var f clientFlags
+	fs := clientFlagSet("publish", &f)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := f.check("publish"); err != nil {
+		return err
+	}
+	c, err := connect(ctx, bus.Config{URL: f.redis, ClientName: "myc-cli"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := producer.New(c, producer.Config{Prefix: f.prefix})
+	if err != nil {
+		return usageError{err}
+	}
+	pctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	id, err := p.Publish(pctx, f.topic, []byte(f.data))
+	if err != nil {
+		return fmt.Errorf("publish to %q: %w", f.topic, err)
+	}
+	fmt.Fprintln(stdout, id)
+	return nil
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+)
+
+// parseHandler turns --handler into a consumer.Handler:
+// echo | sleep:<dur>[,<jitter>] | http(s)://URL.
+func parseHandler(spec string, maxBody int, client *http.Client) (consumer.Handler, error) {
+	switch {
+	case spec == "echo":
+		return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil }), nil
+	case strings.HasPrefix(spec, "sleep:"):
+		d, j, err := parseSleep(strings.TrimPrefix(spec, "sleep:"))
+		if err != nil {
+			return nil, usagef("--handler %q: %v", spec, err)
+		}
+		return sleepHandler(d, j), nil
+	case strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://"):
+		u, err := url.Parse(spec)
+		if err != nil || u.Host == "" {
+			return nil, usagef("--handler %q: not a valid http(s) URL", spec)
+		}
+		return httpHandler(client, u.String(), maxBody), nil
+	}
+	return nil, usagef("--handler %q: want echo, sleep:<dur>[,<jitter>] or an http(s):// URL", spec)
+}
+
+func parseSleep(s string) (d, jitter time.Duration, err error) {
+	ds, js, hasJitter := strings.Cut(s, ",")
+	if d, err = time.ParseDuration(ds); err != nil || d < 0 {
+		return 0, 0, fmt.Errorf("bad duration %q (want e.g. 2s or 1500ms)", ds)
+	}
+	if hasJitter {
+		if jitter, err = time.ParseDuration(js); err != nil || jitter < 0 || jitter > d {
+			return 0, 0, fmt.Errorf("bad jitter %q (want a duration no larger than %v)", js, d)
+		}
+	}
+	return d, jitter, nil
+}
+
+// sleepHandler simulates reasoning work: it waits d ± jitter (uniform),
+// honouring cancellation, then echoes the payload.
+func sleepHandler(d, jitter time.Duration) consumer.Handler {
+	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		wait := d
+		if jitter > 0 {
+			wait += time.Duration(rand.Int64N(int64(2*jitter)+1)) - jitter
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return m.Payload, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})
+}
+
+// httpHandler forwards the payload as a POST body and replies with the
+// response body; a non-2xx status becomes a remote error "http_<status>".
+func httpHandler(client *http.Client, target string, maxBody int) consumer.Handler {
+	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(m.Payload))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("X-Mycelium-Id", m.ID)
+		req.Header.Set("X-Mycelium-Topic", m.Topic)
+		req.Header.Set("X-Mycelium-Attempt", strconv.Itoa(m.Attempt))
+		for k, v := range m.Headers {
+			req.Header.Set("X-Mycelium-Header-"+k, v)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("POST %s: %w", target, err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxBody)+1))
+		if err != nil {
+			return nil, fmt.Errorf("POST %s: reading the response: %w", target, err)
+		}
+		if len(body) > maxBody {
+			return nil, &bus.RemoteError{Code: "http_response_too_large", Message: fmt.Sprintf("response larger than %d bytes", maxBody)}
+		}
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
+			msg := strings.TrimSpace(string(body))
+			if len(msg) > 512 {
+				msg = msg[:512]
+			}
+			return nil, &bus.RemoteError{Code: "http_" + strconv.Itoa(resp.StatusCode), Message: resp.Status + ": " + msg}
+		}
+		return body, nil
+	})
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+)
+
+type serveFlags struct {
+	redis, prefix, topic, group, name, handler, httpAddr, logLevel string
+	concurrency                                                    int
+	shutdownTimeout                                                time.Duration
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&f.redis, "redis", "", "Redis URL (redis:// or rediss://); empty starts an embedded in-memory Redis")
+	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
+	fs.StringVar(&f.topic, "topic", "reasoning", "topic to serve")
+	fs.StringVar(&f.group, "group", consumer.DefaultGroup, "consumer group")
+	fs.StringVar(&f.name, "name", "", "consumer name, unique in the group (default host-pid-random)")
+	fs.IntVar(&f.concurrency, "concurrency", consumer.DefaultConcurrency, "handler workers")
+	fs.StringVar(&f.handler, "handler", "echo", "echo | sleep:<dur>[,<jitter>] | http(s)://URL")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz and /stats; empty disables")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	level, err := zerolog.ParseLevel(f.logLevel)
+	if err != nil || f.logLevel == "" {
+		return usagef("serve: --log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	log := newLogger(stderr).Level(level)
+	if f.concurrency < 1 {
+		return usagef("serve: --concurrency must be at least 1, got %d", f.concurrency)
+	}
+	if f.shutdownTimeout < 0 {
+		return usagef("serve: --shutdown-timeout must not be negative")
+	}
+	cfg := consumer.Config{
+		Prefix: f.prefix, Topic: f.topic, Group: f.group, Name: f.name,
+		Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: f.concurrency, IdleConnTimeout: time.Minute}}
+	defer httpClient.CloseIdleConnections()
+	h, err := parseHandler(f.handler, consumer.DefaultMaxEntrySize, httpClient)
+	if err != nil {
+		return err
+	}
+
+	var ln net.Listener
+	if f.httpAddr != "" {
+		if ln, err = net.Listen("tcp", f.httpAddr); err != nil {
+			return usagef("serve: --http-addr %q: %v", f.httpAddr, err)
+		}
+		defer ln.Close()
+	}
+
+	url := f.redis
+	if url == "" {
+		mr, addr, err := startEmbedded()
+		if err != nil {
+			return fmt.Errorf("serve: start embedded Redis: %w", err)
+		}
+		defer mr.Close()
+		url = "redis://" + addr
+		log.Warn().Str("redis", addr).Msg("no --redis given: started an embedded in-memory Redis (miniredis) at " + addr + "; its data is lost on exit; not for production")
+	}
+	bcfg := bus.Config{URL: url, ClientName: "myc-worker"}
+	c, err := connect(ctx, bcfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	co, err := consumer.New(c, cfg, h, consumer.WithLogger(log))
+	if err != nil {
+		return usageError{err}
+	}
+	log.Info().Str("redis", bcfg.Redacted()).Str("topic", f.topic).Str("group", f.group).Str("consumer", co.Name()).
+		Int("concurrency", f.concurrency).Str("handler", f.handler).Str("http_addr", f.httpAddr).Msg("serving")
+
+	var srv *http.Server
+	srvDone := make(chan error, 1)
+	if ln != nil {
+		srv = &http.Server{Handler: opsMux(co), ReadHeaderTimeout: 5 * time.Second}
+		go func() { srvDone <- srv.Serve(ln) }()
+	}
+	err = co.Run(ctx)
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+		if e := <-srvDone; e != nil && !errors.Is(e, http.ErrServerClosed) {
+			log.Error().Err(e).Msg("http server")
+		}
+	}
+	s := co.Stats()
+	log.Info().Uint64("handled", s.Handled).Uint64("acked", s.Acked).Uint64("failed", s.Failed).Msg("stopped")
+	return err
+}
+
+// opsMux serves the operator endpoints.
+func opsMux(co *consumer.Consumer) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := co.Ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(co.Stats())
+	})
+	return mux
+}
+
+// startEmbedded starts miniredis on 127.0.0.1:6379 or the next free port.
+func startEmbedded() (*miniredis.Miniredis, string, error) {
+	var last error
+	for port := 6379; port < 6379+100; port++ {
+		m := miniredis.NewMiniRedis()
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		if err := m.StartAddr(addr); err != nil {
+			last = err
+			continue
+		}
+		return m, addr, nil
+	}
+	return nil, "", last
+}
+
+func newLogger(w io.Writer) zerolog.Logger {
+	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).With().Timestamp().Logger()
+}

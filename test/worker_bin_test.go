@@ -1,0 +1,195 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/test/redistest"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// buildCmd builds a command of this module once per test run.
+func buildCmd(t *testing.T, name string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "mycelium-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, cmd := range []string{"bus-worker", "bus-bench"} {
+			out, err := exec.Command("go", "build", "-race", "-o", filepath.Join(binDir, cmd), "../cmd/"+cmd).CombinedOutput()
+			if err != nil {
+				buildErr = &buildError{cmd, string(out), err}
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build: %v", buildErr)
+	}
+	return filepath.Join(binDir, name)
+}
+
+type buildError struct {
+	cmd, out string
+	err      error
+}
+
+func (e *buildError) Error() string { return e.cmd + ": " + e.err.Error() + ": " + e.out }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writer and test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// startServe runs `bus-worker serve` and waits until /readyz answers 200.
+func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
+	t.Helper()
+	httpAddr := freeAddr(t)
+	cmd := exec.Command(buildCmd(t, "bus-worker"), append([]string{"serve", "--http-addr", httpAddr}, args...)...)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	waitFor(t, 15*time.Second, "bus-worker /readyz", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return cmd, logs, httpAddr
+}
+
+func TestBusWorkerServeRequestSigterm(t *testing.T) {
+	srv := redistest.Start(t)
+	serve, logs, _ := startServe(t, "--redis", srv.URL, "--topic", "e2e", "--concurrency", "4")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", "e2e", "--data", "hello mycelium", "--timeout", "10s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bus-worker request: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 || lines[0] != "hello mycelium" || !strings.HasPrefix(lines[1], "latency: ") {
+		t.Fatalf("bus-worker request printed %q, want the reply then its latency", out)
+	}
+	out, err = exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "publish", "--redis", srv.URL, "--topic", "e2e", "--data", "event").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "-") {
+		t.Fatalf("bus-worker publish = %q, %v; want a stream id", out, err)
+	}
+
+	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("bus-worker serve exited with %v after SIGTERM; logs:\n%s", err, logs)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("bus-worker serve did not exit within 15s of SIGTERM; logs:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), `"handled":2`) {
+		t.Fatalf("serve logs do not report 2 handled messages:\n%s", logs)
+	}
+}
+
+func TestBusWorkerEmbeddedDefault(t *testing.T) {
+	serve, logs, _ := startServe(t)
+	first, _, _ := strings.Cut(logs.String(), "\n")
+	if !strings.Contains(first, "embedded in-memory Redis") || !strings.Contains(first, "127.0.0.1:") || !strings.Contains(first, "lost on exit") {
+		t.Fatalf("first log line = %q, want it to announce the embedded Redis, its address and data loss", first)
+	}
+	// The embedded server answers a client on the address it announced.
+	addr := first[strings.Index(first, `"redis":"`)+len(`"redis":"`):]
+	addr = addr[:strings.Index(addr, `"`)]
+	out, err := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", "redis://"+addr, "--data", "x", "--json").Output()
+	if err != nil || !strings.Contains(string(out), `"reply":"x"`) {
+		t.Fatalf("request against the embedded Redis = %q, %v", out, err)
+	}
+	_ = serve.Process.Signal(syscall.SIGINT)
+	if err := serve.Wait(); err != nil {
+		t.Fatalf("serve exit after SIGINT = %v", err)
+	}
+}
+
+func TestBusWorkerBadInputExitsTwo(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--concurrency", "many"},
+		{"serve", "--redis", "http://localhost"},
+		{"serve", "--redis", "redis://127.0.0.1:1", "--http-addr", ""},
+		{"serve", "--handler", "teleport"},
+		{"request", "--redis", "redis://127.0.0.1:1"},
+		{"request", "--timeout", "-1s"},
+		{"nonsense"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			cmd := exec.Command(buildCmd(t, "bus-worker"), args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 {
+				t.Fatalf("bus-worker %v = %v, want exit status 2", args, err)
+			}
+			text := stderr.String()
+			if strings.Count(text, "\n") != 1 || !strings.HasSuffix(text, "\n") || !strings.HasPrefix(text, "bus-worker: ") {
+				t.Fatalf("bus-worker %v stderr = %q, want one line", args, text)
+			}
+		})
+	}
+}
+
+func TestBusWorkerEnvFlags(t *testing.T) {
+	cmd := exec.Command(buildCmd(t, "bus-worker"), "serve", "--http-addr", "")
+	cmd.Env = append(os.Environ(), "MYCELIUM_CONCURRENCY=zero")
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "MYCELIUM_CONCURRENCY") {
+		t.Fatalf("serve with MYCELIUM_CONCURRENCY=zero = %q, %v; want exit 2 naming the variable", out, err)
+	}
+}
