@@ -233,7 +233,7 @@ type GroupInfo struct {
 func Groups(ctx context.Context, c rueidis.Client, key string) ([]GroupInfo, error) {
 	groups, err := c.Do(ctx, c.B().XinfoGroups().Key(key).Build()).ToArray()
 	if err != nil {
-		if re, ok := rueidis.IsRedisErr(err); ok && strings.HasPrefix(re.Error(), "ERR no such key") {
+		if isNoSuchKey(err) {
 			return nil, nil
 		}
 		return nil, err
@@ -279,4 +279,11 @@ func GroupExists(ctx context.Context, c rueidis.Client, key, group string) (bool
 		}
 	}
 	return false, nil
+}
+
+// isNoSuchKey matches XINFO's missing-stream error: "ERR no such key" on
+// Redis, "no such key" on miniredis.
+func isNoSuchKey(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	return ok && strings.HasPrefix(strings.TrimPrefix(re.Error(), "ERR "), "no such key")
 }

@@ -72,7 +72,10 @@ func (p *Producer) refresh(ctx context.Context) error {
 func (p *Producer) readReplies(ctx context.Context) {
 	defer close(p.done)
 	last := "0-0"
-	nextRefresh := time.Now().Add(p.cfg.ReplyTTL / 3)
+	// Refresh often enough that a stream lost to a restart or FLUSHALL is
+	// back within seconds, not only before it would expire.
+	every := min(p.cfg.ReplyTTL/3, 5*time.Second)
+	nextRefresh := time.Now().Add(every)
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(50*time.Millisecond),
 		backoff.WithMaxInterval(2*time.Second),
@@ -85,7 +88,7 @@ func (p *Producer) readReplies(ctx context.Context) {
 				downSince = p.failed(ctx, bo, downSince, err)
 				continue
 			}
-			nextRefresh = now.Add(p.cfg.ReplyTTL / 3)
+			nextRefresh = now.Add(every)
 		}
 		entries, err := bus.Read(ctx, p.c, p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
 		if err != nil {

@@ -1,0 +1,198 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string // substring of the error; "" means valid
+	}{
+		{"zero value", Config{}, ""},
+		{"redis with auth and db", Config{URL: "redis://user:secret@10.0.0.1:6380/2"}, ""},
+		{"tls", Config{URL: "rediss://cache.internal:6380"}, ""},
+		{"wrong scheme", Config{URL: "http://localhost:6379"}, "scheme must be"},
+		{"unix scheme", Config{URL: "unix:///tmp/redis.sock"}, "scheme must be"},
+		{"no host", Config{URL: "redis://"}, "missing host"},
+		{"empty port", Config{URL: "redis://localhost:"}, "empty port"},
+		{"bad db", Config{URL: "redis://localhost:6379/abc"}, "invalid database number"},
+		{"garbage", Config{URL: "redis://local host"}, "redis URL"},
+		{"negative timeout", Config{DialTimeout: -time.Second}, "DialTimeout"},
+		{"negative pool", Config{BlockingPoolSize: -1}, "BlockingPoolSize"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate(%+v) = %v, want nil", tt.cfg, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate(%+v) = %v, want ErrInvalidConfig mentioning %q", tt.cfg, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestClientOptionRespectsMeasuredFacts(t *testing.T) {
+	opt, err := Config{URL: "redis://:pw@127.0.0.1:7000/3", ClientName: "w1"}.ClientOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opt.ForceSingleClient || !opt.DisableCache {
+		t.Errorf("ForceSingleClient=%v DisableCache=%v, want both true", opt.ForceSingleClient, opt.DisableCache)
+	}
+	if opt.ReadBufferEachConn != DefaultConnBuffer || opt.WriteBufferEachConn != DefaultConnBuffer {
+		t.Errorf("buffers = %d/%d, want %d", opt.ReadBufferEachConn, opt.WriteBufferEachConn, DefaultConnBuffer)
+	}
+	if opt.BlockingPoolSize != DefaultBlockingPoolSize || opt.ConnWriteTimeout != DefaultWriteTimeout {
+		t.Errorf("pool=%d writeTimeout=%v", opt.BlockingPoolSize, opt.ConnWriteTimeout)
+	}
+	if opt.InitAddress[0] != "127.0.0.1:7000" || opt.SelectDB != 3 || opt.Password != "pw" || opt.ClientName != "w1" {
+		t.Errorf("parsed %v db=%d pw=%q name=%q", opt.InitAddress, opt.SelectDB, opt.Password, opt.ClientName)
+	}
+	if got := (Config{URL: "redis://:pw@h:1"}).Redacted(); strings.Contains(got, "pw") {
+		t.Errorf("Redacted() = %q leaks the password", got)
+	}
+	tlsOpt, _ := Config{URL: "rediss://h:1"}.ClientOption()
+	if tlsOpt.TLSConfig == nil || tlsOpt.TLSConfig.ServerName != "h" {
+		t.Errorf("rediss:// TLSConfig = %+v", tlsOpt.TLSConfig)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	k := Keys{}
+	for got, want := range map[string]string{
+		k.Topic("reasoning"):             "myc:{reasoning}",
+		k.Reply("ab12"):                  "myc:{r.ab12}",
+		k.DeadLetter("reasoning"):        "myc:{reasoning}:dlq",
+		Keys{Prefix: "x"}.Topic("t"):     "x:{t}",
+		Keys{Prefix: "x"}.TopicPattern(): "x:{*",
+	} {
+		if got != want {
+			t.Errorf("key = %q, want %q", got, want)
+		}
+	}
+	for key, want := range map[string]string{"myc:{reasoning}": "reasoning", "myc:{r.ab}": "", "myc:{t}:dlq": "", "other:{t}": ""} {
+		got, ok := k.ParseTopic(key)
+		if got != want || ok != (want != "") {
+			t.Errorf("ParseTopic(%q) = %q, %v; want %q", key, got, ok, want)
+		}
+	}
+	for _, bad := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", 201)} {
+		if err := ValidateName("topic", bad); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("ValidateName(%q) = %v, want ErrInvalidConfig", bad, err)
+		}
+	}
+	if err := ValidateName("topic", "reasoning.v2-eu_1"); err != nil {
+		t.Errorf("ValidateName(ok) = %v", err)
+	}
+}
+
+func TestIDTime(t *testing.T) {
+	if tm, ok := IDTime("1700000000123-4"); !ok || tm.UnixMilli() != 1700000000123 {
+		t.Errorf("IDTime = %v, %v", tm, ok)
+	}
+	for _, bad := range []string{"", "abc", "x-1"} {
+		if _, ok := IDTime(bad); ok {
+			t.Errorf("IDTime(%q) ok, want false", bad)
+		}
+	}
+}
+
+func TestStreamPortOnMiniredis(t *testing.T) {
+	m := miniredis.RunT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Connect(ctx, Config{URL: "redis://" + m.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	if _, err := ReadGroup(ctx, c, "s", "g", "c1", ">", 10, 10*time.Millisecond); !errors.Is(err, ErrNoGroup) {
+		t.Fatalf("ReadGroup without a group = %v, want ErrNoGroup", err)
+	}
+	for range 2 { // the second create meets BUSYGROUP, which is success
+		if err := CreateGroup(ctx, c, "s", "g", "0"); err != nil {
+			t.Fatalf("CreateGroup = %v", err)
+		}
+	}
+	if ok, err := GroupExists(ctx, c, "s", "g"); !ok || err != nil {
+		t.Fatalf("GroupExists = %v, %v", ok, err)
+	}
+	if ok, err := GroupExists(ctx, c, "missing", "g"); ok || err != nil {
+		t.Fatalf("GroupExists(missing stream) = %v, %v; want false, nil", ok, err)
+	}
+	if err := c.Do(ctx, AddCmd(c, "s", 100, false, []byte("payload"))).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, AddFieldsCmd(c, "s", 0, "x", "1", "y", "2")).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, AddCmd(c, "gone", 0, true, []byte("p"))).Error(); err == nil {
+		t.Fatal("XADD NOMKSTREAM on a missing stream returned a value, want nil")
+	}
+	got, err := ReadGroup(ctx, c, "s", "g", "c1", ">", 10, 10*time.Millisecond)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("ReadGroup = %d entries, %v; want 2", len(got), err)
+	}
+	if !got[0].HasData || got[0].Data != "payload" {
+		t.Errorf("entry 0 = %+v", got[0])
+	}
+	if got[1].HasData || strings.Join(got[1].Fields(), ",") != "x,1,y,2" {
+		t.Errorf("entry 1 = %+v fields %v", got[1], got[1].Fields())
+	}
+	if n, err := c.Do(ctx, AckCmd(c, "s", "g", got[0].ID, got[1].ID)).AsInt64(); n != 2 || err != nil {
+		t.Errorf("XACK = %d, %v", n, err)
+	}
+	empty, err := ReadGroup(ctx, c, "s", "g", "c1", ">", 10, 10*time.Millisecond)
+	if err != nil || empty != nil {
+		t.Errorf("ReadGroup on a drained stream = %v, %v; want nil, nil", empty, err)
+	}
+	all, err := Read(ctx, c, "s", "0-0", 10, 10*time.Millisecond)
+	if err != nil || len(all) != 2 {
+		t.Errorf("Read = %d, %v", len(all), err)
+	}
+	groups, err := Groups(ctx, c, "s")
+	if err != nil || len(groups) != 1 || groups[0].Name != "g" || groups[0].Pending != 0 {
+		t.Errorf("Groups = %+v, %v", groups, err)
+	}
+}
+
+func TestReadCancelReturnsPromptly(t *testing.T) {
+	m := miniredis.RunT(t)
+	c, err := Connect(context.Background(), Config{URL: "redis://" + m.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := CreateGroup(context.Background(), c, "s", "g", "$"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := ReadGroup(ctx, c, "s", "g", "c", ">", 1, time.Minute)
+		done <- err
+	}()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled ReadGroup = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadGroup with BLOCK 60s ignored cancellation")
+	}
+}

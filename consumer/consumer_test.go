@@ -1,0 +1,247 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/goleak"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func start(t *testing.T, c rueidis.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+	t.Helper()
+	co, err := consumer.New(c, cfg, h)
+	if err != nil {
+		t.Fatalf("consumer.New = %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	eventually(t, "group ready", func() bool { return co.Ready(context.Background()) == nil })
+	return co
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func add(t *testing.T, c rueidis.Client, key string, env *codec.Envelope) {
+	t.Helper()
+	if err := c.Do(context.Background(), bus.AddCmd(c, key, 0, false, codec.AppendEnvelope(nil, env))).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	_, c := redistest.Mini(t)
+	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil })
+	for _, cfg := range []consumer.Config{{}, {Topic: "a{b}"}, {Topic: "t", Concurrency: -1}, {Topic: "t", StartID: "5"}, {Topic: "t", Block: time.Microsecond}, {Topic: "t", Group: "g g"}} {
+		if _, err := consumer.New(c, cfg, h); !errors.Is(err, bus.ErrInvalidConfig) {
+			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	if _, err := consumer.New(c, consumer.Config{Topic: "t"}, nil); !errors.Is(err, bus.ErrInvalidConfig) {
+		t.Errorf("New(nil handler) = %v, want ErrInvalidConfig", err)
+	}
+	co, err := consumer.New(c, consumer.Config{Topic: "t"}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := co.Config(); cfg.Group != consumer.DefaultGroup || cfg.Concurrency != consumer.DefaultConcurrency || cfg.Name == "" || cfg.StartID != "0" {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+}
+
+func TestMalformedEntriesAreDeadLettered(t *testing.T) {
+	m, c := redistest.Mini(t)
+	var handled atomic.Int64
+	co := start(t, c, consumer.Config{Topic: "t", MaxEntrySize: 1 << 10}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		handled.Add(1)
+		return nil, nil
+	}))
+	for _, fv := range [][]string{
+		{"m", "garbage"},
+		{"other", "field", "x", "y"},
+		{"m", ""},
+		{"m", strings.Repeat("z", 2<<10)},
+		{"m", string(codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindReply}))},
+	} {
+		if _, err := m.XAdd("myc:{t}", "*", fv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("good")})
+	eventually(t, "5 dead letters and 1 handled", func() bool { return co.Stats().DeadLettered == 5 && handled.Load() == 1 })
+	dlq, err := m.Stream("myc:{t}:dlq")
+	if err != nil || len(dlq) != 5 {
+		t.Fatalf("dead-letter stream has %d entries, %v", len(dlq), err)
+	}
+	reasons := map[string]string{}
+	for _, e := range dlq {
+		f := map[string]string{}
+		for i := 0; i+1 < len(e.Values); i += 2 {
+			f[e.Values[i]] = e.Values[i+1]
+		}
+		if f[consumer.DLQReason] != "malformed" || f[consumer.DLQTopic] != "t" || f[consumer.DLQOriginalID] == "" || f[consumer.DLQConsumer] != co.Name() {
+			t.Errorf("dead letter %v lacks its context", f)
+		}
+		reasons[f[consumer.DLQOriginalID]] = f[consumer.DLQError]
+		if f["f.other"] == "field" && f["f.x"] != "y" {
+			t.Errorf("raw fields not kept: %v", f)
+		}
+	}
+	all := strings.Join(func() []string {
+		var s []string
+		for _, r := range reasons {
+			s = append(s, r)
+		}
+		return s
+	}(), " | ")
+	for _, want := range []string{"not a msgpack array", `no "m" field`, "exceeds MaxEntrySize", "kind reply"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("dead-letter reasons %q lack %q", all, want)
+		}
+	}
+	pending, err := c.Do(context.Background(), c.B().Xpending().Key("myc:{t}").Group("workers").Build()).ToArray()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := pending[0].AsInt64(); n != 0 {
+		t.Fatalf("%d entries still pending after dead-lettering", n)
+	}
+}
+
+func TestFailedEventIsDeadLetteredWithItsEnvelope(t *testing.T) {
+	m, c := redistest.Mini(t)
+	co := start(t, c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		return nil, errors.New("downstream said no")
+	}))
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("work"), Headers: map[string]string{"k": "v"}})
+	eventually(t, "dead letter", func() bool { return co.Stats().DeadLettered == 1 })
+	dlq, _ := m.Stream("myc:{t}:dlq")
+	f := map[string]string{}
+	for i := 0; i+1 < len(dlq[0].Values); i += 2 {
+		f[dlq[0].Values[i]] = dlq[0].Values[i+1]
+	}
+	var env codec.Envelope
+	if err := codec.DecodeEnvelope(f[bus.Field], &env); err != nil || string(env.Payload) != "work" || env.Headers["k"] != "v" {
+		t.Fatalf("dead letter envelope = %+v, %v", env, err)
+	}
+	if f[consumer.DLQReason] != "handler_error" || f[consumer.DLQError] != "downstream said no" {
+		t.Fatalf("dead letter = %v", f)
+	}
+}
+
+func TestRequestReplyAndExpiry(t *testing.T) {
+	m, c := redistest.Mini(t)
+	var calls atomic.Int64
+	co := start(t, c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(ctx context.Context, msg *consumer.Message) ([]byte, error) {
+		calls.Add(1)
+		if dl, ok := ctx.Deadline(); !ok || !dl.Equal(msg.Deadline) {
+			return nil, errors.New("handler ctx lacks the caller's deadline")
+		}
+		if string(msg.Payload) == "panic" {
+			panic("kaboom")
+		}
+		return append([]byte("re:"), msg.Payload...), nil
+	}))
+	ctx := context.Background()
+	// The reply stream must exist: consumers never create one (NOMKSTREAM).
+	if _, err := m.XAdd("myc:{r.p}", "*", []string{"m", "x"}); err != nil {
+		t.Fatal(err)
+	}
+	future := time.Now().Add(time.Minute).UnixNano()
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "1", ReplyTo: "myc:{r.p}", Deadline: future, Payload: []byte("a")})
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "2", ReplyTo: "myc:{r.p}", Deadline: future, Payload: []byte("panic")})
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "3", ReplyTo: "myc:{r.p}", Deadline: time.Now().Add(-time.Second).UnixNano()})
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "4", ReplyTo: "myc:{r.gone}", Deadline: future, Payload: []byte("b")})
+	eventually(t, "all four acknowledged", func() bool { return co.Stats().Acked == 4 })
+	s := co.Stats()
+	if s.Expired != 1 || s.Replied != 2 || s.ReplyDropped != 1 || s.Panics != 1 || calls.Load() != 3 {
+		t.Fatalf("stats = %+v, calls %d", s, calls.Load())
+	}
+	if m.Exists("myc:{r.gone}") {
+		t.Fatal("a reply created a reply stream whose producer is gone")
+	}
+	replies, _ := bus.Read(ctx, c, "myc:{r.p}", "0-0", 10, time.Millisecond)
+	got := map[string]codec.Envelope{}
+	for _, e := range replies[1:] {
+		var env codec.Envelope
+		if err := codec.DecodeEnvelope(e.Data, &env); err != nil {
+			t.Fatal(err)
+		}
+		got[env.ID] = env
+	}
+	if string(got["1"].Payload) != "re:a" || got["2"].ErrCode != bus.CodePanic || !strings.Contains(got["2"].ErrMsg, "kaboom") {
+		t.Fatalf("replies = %+v", got)
+	}
+}
+
+func TestRecreatesGroupAfterStreamLoss(t *testing.T) {
+	m, c := redistest.Mini(t)
+	var handled atomic.Int64
+	co := start(t, c, consumer.Config{Topic: "t", Block: 20 * time.Millisecond}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		handled.Add(1)
+		return nil, nil
+	}))
+	m.FlushAll()
+	eventually(t, "group recreated", func() bool { return co.Stats().GroupsCreated >= 2 })
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("after")})
+	eventually(t, "event after flush handled", func() bool { return handled.Load() == 1 })
+}
+
+func TestRunTwiceAndReadiness(t *testing.T) {
+	_, c := redistest.Mini(t)
+	co := start(t, c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
+	if err := co.Run(context.Background()); !errors.Is(err, consumer.ErrRunning) {
+		t.Fatalf("second Run = %v, want ErrRunning", err)
+	}
+	other, _ := consumer.New(c, consumer.Config{Topic: "never"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
+	if err := other.Ready(context.Background()); !errors.Is(err, bus.ErrNoGroup) {
+		t.Fatalf("Ready before Run = %v, want ErrNoGroup", err)
+	}
+}
+
+func TestChainOrder(t *testing.T) {
+	var order []string
+	mw := func(name string) consumer.Middleware {
+		return func(next consumer.Handler) consumer.Handler {
+			return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+				order = append(order, name)
+				return next.Handle(ctx, m)
+			})
+		}
+	}
+	h := consumer.Chain(consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		order = append(order, "handler")
+		return nil, nil
+	}), mw("outer"), mw("inner"))
+	_, _ = h.Handle(context.Background(), &consumer.Message{})
+	if strings.Join(order, ",") != "outer,inner,handler" {
+		t.Fatalf("order = %v", order)
+	}
+}

@@ -1,0 +1,257 @@
+package producer_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/rueidis"
+	"go.uber.org/goleak"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
+	t.Helper()
+	p, err := producer.New(c, cfg)
+	if err != nil {
+		t.Fatalf("producer.New(%+v) = %v", cfg, err)
+	}
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	return p
+}
+
+// replier answers requests on topic t like a consumer would, by hand, so the
+// producer is tested alone.
+func replier(t *testing.T, m *miniredis.Miniredis, c rueidis.Client, topic string, answer func(env *codec.Envelope) *codec.Envelope) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		last := "0-0"
+		for ctx.Err() == nil {
+			entries, err := bus.Read(ctx, c, "myc:{"+topic+"}", last, 100, 50*time.Millisecond)
+			if err != nil {
+				continue
+			}
+			for _, e := range entries {
+				last = e.ID
+				var env codec.Envelope
+				if err := codec.DecodeEnvelope(e.Data, &env); err != nil {
+					continue
+				}
+				if r := answer(&env); r != nil {
+					b := codec.AppendEnvelope(nil, r)
+					_ = c.Do(ctx, bus.AddCmd(c, env.ReplyTo, 100, true, b)).Error()
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+func TestNewValidates(t *testing.T) {
+	_, c := redistest.Mini(t)
+	for _, cfg := range []producer.Config{{ID: "a b"}, {MaxInFlight: -1}, {ReplyTTL: time.Second}, {RequestTimeout: -1}} {
+		if _, err := producer.New(c, cfg); !errors.Is(err, bus.ErrInvalidConfig) {
+			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
+		}
+	}
+	if _, err := producer.New(nil, producer.Config{}); !errors.Is(err, bus.ErrInvalidConfig) {
+		t.Errorf("New(nil client) = %v, want ErrInvalidConfig", err)
+	}
+}
+
+func TestRequestReplyAndRemoteError(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{})
+	stop := replier(t, m, c, "t", func(env *codec.Envelope) *codec.Envelope {
+		if string(env.Payload) == "fail" {
+			return &codec.Envelope{Kind: codec.KindReply, ID: env.ID, ErrCode: "quota", ErrMsg: "no tokens"}
+		}
+		if env.Deadline == 0 || env.ReplyTo != p.ReplyStream() || env.Headers["trace"] != "abc" {
+			return &codec.Envelope{Kind: codec.KindReply, ID: env.ID, ErrCode: "bad", ErrMsg: "envelope lacks deadline, reply-to or headers"}
+		}
+		return &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Payload: append([]byte("re:"), env.Payload...)}
+	})
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got, err := p.Request(ctx, "t", []byte("hi"), producer.WithHeaders(map[string]string{"trace": "abc"}))
+	if err != nil || string(got) != "re:hi" {
+		t.Fatalf("Request = %q, %v; want re:hi", got, err)
+	}
+	_, err = p.Request(ctx, "t", []byte("fail"), producer.WithHeaders(map[string]string{"trace": "abc"}))
+	var re *producer.RemoteError
+	if !errors.As(err, &re) || re.Code != "quota" || re.Message != "no tokens" {
+		t.Fatalf("Request(fail) = %v, want RemoteError quota", err)
+	}
+	if s := p.Stats(); s.Requests != 2 || s.Replies != 1 || s.RemoteErrors != 1 || s.InFlight != 0 {
+		t.Fatalf("Stats = %+v", s)
+	}
+}
+
+func TestReplyStreamTTLRefreshAndClose(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{ReplyTTL: 3 * time.Second})
+	ctx := context.Background()
+	rctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := p.Request(rctx, "nobody", []byte("x"))
+	cancel()
+	if !errors.Is(err, bus.ErrTimeout) {
+		t.Fatalf("Request with no consumer = %v, want ErrTimeout", err)
+	}
+	key := p.ReplyStream()
+	if ttl := m.TTL(key); ttl <= 0 || ttl > 3*time.Second {
+		t.Fatalf("reply stream TTL = %v, want (0, 3s]", ttl)
+	}
+	// The stream vanishes (FLUSHALL, restart): the reader recreates it.
+	m.Del(key)
+	deadline := time.Now().Add(10 * time.Second)
+	for !m.Exists(key) {
+		if time.Now().After(deadline) {
+			t.Fatal("reply stream was not recreated after it vanished")
+		}
+		time.Sleep(10 * time.Millisecond) // waiting on the reader's own timer; nothing to select on
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if m.Exists(key) {
+		t.Fatal("Close left the reply stream behind")
+	}
+	if _, err := p.Request(ctx, "t", nil); !errors.Is(err, bus.ErrClosed) {
+		t.Fatalf("Request after Close = %v, want ErrClosed", err)
+	}
+	if _, err := p.Publish(ctx, "t", nil); !errors.Is(err, bus.ErrClosed) {
+		t.Fatalf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("second Close = %v", err)
+	}
+}
+
+func TestCloseWakesWaitingRequests(t *testing.T) {
+	_, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Request(context.Background(), "nobody", []byte("x"))
+		errc <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Requests == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("request never sent")
+		}
+		time.Sleep(time.Millisecond) // polling a counter with a deadline
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, bus.ErrClosed) {
+		t.Fatalf("waiting Request after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestMaxInFlightBoundsWaiters(t *testing.T) {
+	_, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{MaxInFlight: 1})
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { <-release; cancel() }()
+		close(started)
+		_, _ = p.Request(ctx, "nobody", []byte("holds the only slot"))
+	}()
+	<-started
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().InFlight != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("first request never took its slot")
+		}
+		time.Sleep(time.Millisecond) // polling a counter with a deadline
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	_, err := p.Request(ctx, "nobody", []byte("second"))
+	cancel()
+	if !errors.Is(err, bus.ErrTimeout) || !strings.Contains(err.Error(), "in-flight slot") {
+		t.Fatalf("second Request at MaxInFlight 1 = %v, want a timeout waiting for a slot", err)
+	}
+	close(release)
+}
+
+func TestLateReplyIsDroppedAndCounted(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{})
+	hold := make(chan *codec.Envelope, 1)
+	stop := replier(t, m, c, "slow", func(env *codec.Envelope) *codec.Envelope {
+		hold <- env
+		return nil
+	})
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := p.Request(ctx, "slow", []byte("x"))
+	cancel()
+	if !errors.Is(err, bus.ErrTimeout) {
+		t.Fatalf("Request = %v, want ErrTimeout", err)
+	}
+	env := <-hold
+	b := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Payload: []byte("late")})
+	if err := c.Do(context.Background(), bus.AddCmd(c, env.ReplyTo, 0, true, b)).Error(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Late != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("late reply not counted: %+v", p.Stats())
+		}
+		time.Sleep(time.Millisecond) // polling a counter with a deadline
+	}
+}
+
+func TestPublishAndBatch(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{StreamMaxLen: 1000})
+	ctx := context.Background()
+	id, err := p.Publish(ctx, "ev", []byte("one"))
+	if err != nil || !strings.Contains(id, "-") {
+		t.Fatalf("Publish = %q, %v", id, err)
+	}
+	ids, err := p.PublishBatch(ctx, "ev", [][]byte{[]byte("a"), []byte("b"), []byte("c")})
+	if err != nil || len(ids) != 3 || ids[2] == "" {
+		t.Fatalf("PublishBatch = %v, %v", ids, err)
+	}
+	entries, err := m.Stream("myc:{ev}")
+	if err != nil || len(entries) != 4 {
+		t.Fatalf("stream has %d entries, %v; want 4", len(entries), err)
+	}
+	var env codec.Envelope
+	if err := codec.DecodeEnvelope(entries[3].Values[1], &env); err != nil || string(env.Payload) != "c" || env.Kind != codec.KindEvent {
+		t.Fatalf("last entry = %+v, %v", env, err)
+	}
+	if _, err := p.Publish(ctx, "bad topic", nil); !errors.Is(err, bus.ErrInvalidConfig) {
+		t.Fatalf("Publish(bad topic) = %v, want ErrInvalidConfig", err)
+	}
+	// A write Redis refuses comes back per entry.
+	m.Set("myc:{str}", "not a stream")
+	ids, err = p.PublishBatch(ctx, "str", [][]byte{[]byte("a")})
+	var pe *producer.PublishError
+	if !errors.As(err, &pe) || pe.Index != 0 || ids[0] != "" {
+		t.Fatalf("PublishBatch onto a string key = %v, %v; want a PublishError for entry 0", ids, err)
+	}
+	if s := p.Stats(); s.Published != 4 {
+		t.Fatalf("Published = %d, want 4", s.Published)
+	}
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs the bus-bench scenarios against a redis-server this script starts on a
+# free loopback port (and stops), next to Redis's own ceiling measured in the
+# same run:
+#   R = redis-benchmark -q -c 50 -P 64 -n 1000000 XADD s '*' f <1 KiB>  (ops/s)
+#   L = p50 of redis-benchmark -c 1 -n 20000 XADD s '*' f <1 KiB>      (µs)
+# Every point runs RUNS times (default 3); the summary shows medians and the
+# ratios the core-bus issue sets as targets. Results: out/bench/results.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+REQS=${REQS:-50000}
+OUT=out/bench
+mkdir -p "$OUT"
+: > "$OUT/results.jsonl"
+
+port=""
+for p in $(seq 17379 17479); do
+  if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then port=$p; break; fi
+done
+[ -n "$port" ] || { echo "bench: no free port in 17379-17479" >&2; exit 1; }
+dir=$(mktemp -d)
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize no --loglevel warning >"$dir/log" 2>&1 &
+rpid=$!
+trap 'kill $rpid 2>/dev/null; wait $rpid 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+URL="redis://127.0.0.1:$port"
+echo "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on $URL, $(nproc) CPUs, $(go version | cut -d' ' -f3)"
+
+val=$(head -c 1024 /dev/zero | tr '\0' 'x')
+R=$(redis-benchmark -p "$port" -q -c 50 -P 64 -n 1000000 --csv XADD s '*' f "$val" | tail -1 | cut -d, -f2 | tr -d '"')
+redis-cli -p "$port" del s >/dev/null
+L=$(redis-benchmark -p "$port" -c 1 -n 20000 --csv XADD s '*' f "$val" | tail -1 | cut -d, -f5 | tr -d '"')
+redis-cli -p "$port" del s >/dev/null
+L_US=$(awk -v l="$L" 'BEGIN { printf "%.0f", l * 1000 }')
+echo "R = $R XADD/s (pipelined ceiling), L = $L_US µs (p50, one client)"
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { grep -o "\"$1\":[0-9.]*" | cut -d: -f2; }
+
+point() { # scenario concurrency requests
+  local sc=$1 c=$2 n=$3 tputs="" p50s=""
+  for i in $(seq "$RUNS"); do
+    redis-cli -p "$port" flushall >/dev/null
+    line=$(./bin/bus-bench --redis "$URL" --scenario "$sc" --concurrency "$c" --requests "$n" --payload 1024 --json)
+    echo "$line" >> "$OUT/results.jsonl"
+    tputs+="$(echo "$line" | field throughput_rps)"$'\n'
+    p50s+="$(echo "$line" | field p50_us)"$'\n'
+  done
+  local t p
+  t=$(printf '%s' "$tputs" | median)
+  p=$(printf '%s' "$p50s" | median)
+  printf '%-8s c=%-4s median %8.0f/s (%.2f x R)  p50 %6s µs (%.2f x L)\n' "$sc" "$c" "$t" \
+    "$(awk -v a="$t" -v b="$R" 'BEGIN{print a/b}')" "$p" "$(awk -v a="$p" -v b="$L_US" 'BEGIN{print a/b}')"
+}
+
+point rpc 1 "$((REQS / 10))"
+point rpc 64 "$REQS"
+point rpc 256 "$REQS"
+point publish 256 "$((REQS * 2))"
+echo "targets: rpc c=64,256 >= 0.2 x R; rpc c=1 p50 <= 4 x L; publish c=256 >= 0.3 x R"
