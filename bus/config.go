@@ -74,7 +74,7 @@ func (c Config) ClientOption() (rueidis.ClientOption, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %v", ErrInvalidConfig, raw, unwrapURLError(err))
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, raw, unwrapURLError(err))
 	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: scheme must be redis:// or rediss://", ErrInvalidConfig, raw)
@@ -87,7 +87,7 @@ func (c Config) ClientOption() (rueidis.ClientOption, error) {
 	}
 	opt, err := rueidis.ParseURL(raw)
 	if err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %v", ErrInvalidConfig, raw, err)
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, raw, err)
 	}
 	for _, d := range []struct {
 		name string

@@ -109,7 +109,7 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 			return nil, nil
 		}
 		if IsNoGroup(err) {
-			return nil, fmt.Errorf("%w: %s on %s: %v", ErrNoGroup, group, key, err)
+			return nil, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
 		}
 		return nil, err
 	}

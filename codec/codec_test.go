@@ -12,7 +12,7 @@ import (
 // wire mirrors the envelope layout for the msgpack library, to prove the
 // hand-rolled codec speaks standard msgpack in both directions.
 type wire struct {
-	_msgpack struct{} `msgpack:",as_array"`
+	_msgpack struct{} `msgpack:",as_array"` //nolint:unused // read by msgpack's struct tag parser
 	Version  uint8
 	Kind     uint8
 	ID       string

@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -146,8 +147,8 @@ func TestBusWorkerEmbeddedDefault(t *testing.T) {
 		t.Fatalf("first log line = %q, want it to announce the embedded Redis, its address and data loss", first)
 	}
 	// The embedded server answers a client on the address it announced.
-	addr := first[strings.Index(first, `"redis":"`)+len(`"redis":"`):]
-	addr = addr[:strings.Index(addr, `"`)]
+	_, addr, _ := strings.Cut(first, `"redis":"`)
+	addr, _, _ = strings.Cut(addr, `"`)
 	out, err := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", "redis://"+addr, "--data", "x", "--json").Output()
 	if err != nil || !strings.Contains(string(out), `"reply":"x"`) {
 		t.Fatalf("request against the embedded Redis = %q, %v", out, err)
@@ -173,8 +174,8 @@ func TestBusWorkerBadInputExitsTwo(t *testing.T) {
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			err := cmd.Run()
-			ee, ok := err.(*exec.ExitError)
-			if !ok || ee.ExitCode() != 2 {
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
 				t.Fatalf("bus-worker %v = %v, want exit status 2", args, err)
 			}
 			text := stderr.String()
@@ -189,7 +190,8 @@ func TestBusWorkerEnvFlags(t *testing.T) {
 	cmd := exec.Command(buildCmd(t, "bus-worker"), "serve", "--http-addr", "")
 	cmd.Env = append(os.Environ(), "MYCELIUM_CONCURRENCY=zero")
 	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "MYCELIUM_CONCURRENCY") {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "MYCELIUM_CONCURRENCY") {
 		t.Fatalf("serve with MYCELIUM_CONCURRENCY=zero = %q, %v; want exit 2 naming the variable", out, err)
 	}
 }

@@ -71,12 +71,11 @@ func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 
 // env is what one bench run talks to.
 type env struct {
-	o        *options
-	prod     rueidis.Client // producer side
-	work     rueidis.Client // in-process workers' side (separate connections, as separate processes would have)
-	p        *producer.Producer
-	log      io.Writer
-	handlerF consumer.HandlerFunc // set by the scenario before workers start
+	o    *options
+	prod rueidis.Client // producer side
+	work rueidis.Client // in-process workers' side (separate connections, as separate processes would have)
+	p    *producer.Producer
+	log  io.Writer
 }
 
 func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
@@ -95,7 +94,7 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
 	prod, err := bus.Connect(cctx, cfg)
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("%w: cannot reach Redis at %s: %v", errUsage, cfg.Redacted(), err)
+		return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", errUsage, cfg.Redacted(), err)
 	}
 	defer prod.Close()
 	e := &env{o: o, prod: prod, log: stderr}

@@ -70,7 +70,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var ln net.Listener
 	if f.httpAddr != "" {
-		if ln, err = net.Listen("tcp", f.httpAddr); err != nil {
+		if ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", f.httpAddr); err != nil {
 			return usagef("serve: --http-addr %q: %v", f.httpAddr, err)
 		}
 		defer ln.Close()

@@ -24,7 +24,7 @@ import (
 	"github.com/egos/mycelium/bus"
 )
 
-// RequireEnv, when set to 1 (as `make test` does), turns a missing
+// RequireEnv names the variable that, set to 1 (as `make test` does), turns a missing
 // redis-server into a test failure instead of a skip.
 const RequireEnv = "MYCELIUM_REQUIRE_REDIS"
 
