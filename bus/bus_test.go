@@ -134,13 +134,13 @@ func TestStreamPortOnMiniredis(t *testing.T) {
 	if ok, err := GroupExists(ctx, c, "missing", "g"); ok || err != nil {
 		t.Fatalf("GroupExists(missing stream) = %v, %v; want false, nil", ok, err)
 	}
-	if err := c.Do(ctx, AddCmd(c, "s", 100, false, []byte("payload"))).Error(); err != nil {
+	if err := c.Do(ctx, AddCmd(c, "s", MaxLen(100), false, []byte("payload"))).Error(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Do(ctx, AddFieldsCmd(c, "s", 0, "x", "1", "y", "2")).Error(); err != nil {
+	if err := c.Do(ctx, AddFieldsCmd(c, "s", Cap{}, "x", "1", "y", "2")).Error(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Do(ctx, AddCmd(c, "gone", 0, true, []byte("p"))).Error(); err == nil {
+	if err := c.Do(ctx, AddCmd(c, "gone", Cap{}, true, []byte("p"))).Error(); err == nil {
 		t.Fatal("XADD NOMKSTREAM on a missing stream returned a value, want nil")
 	}
 	got, err := ReadGroup(ctx, c, "s", "g", "c1", ">", 10, 10*time.Millisecond)

@@ -42,28 +42,43 @@ func (e *Entry) Fields() []string {
 	return out
 }
 
-// AddCmd builds XADD key [NOMKSTREAM] MAXLEN ~ maxLen * m data. maxLen <= 0
-// means no trimming. data is passed without copying.
-func AddCmd(c rueidis.Client, key string, maxLen int64, noMkStream bool, data []byte) rueidis.Completed {
+// Cap is a stream length cap for XADD MAXLEN ~, with its decimal form
+// computed once rather than on every write.
+type Cap struct {
+	n int64
+	s string
+}
+
+// MaxLen returns the cap of n entries; n <= 0 means no trimming.
+func MaxLen(n int64) Cap {
+	if n <= 0 {
+		return Cap{}
+	}
+	return Cap{n: n, s: strconv.FormatInt(n, 10)}
+}
+
+// AddCmd builds XADD key [NOMKSTREAM] [MAXLEN ~ cap] * m data. data is
+// passed without copying: keep it unchanged until the command completed.
+func AddCmd(c rueidis.Client, key string, cp Cap, noMkStream bool, data []byte) rueidis.Completed {
 	v := rueidis.BinaryString(data)
 	k := c.B().Xadd().Key(key)
 	switch {
-	case noMkStream && maxLen > 0:
-		return k.Nomkstream().Maxlen().Almost().Threshold(strconv.FormatInt(maxLen, 10)).Id("*").FieldValue().FieldValue(Field, v).Build()
+	case noMkStream && cp.n > 0:
+		return k.Nomkstream().Maxlen().Almost().Threshold(cp.s).Id("*").FieldValue().FieldValue(Field, v).Build()
 	case noMkStream:
 		return k.Nomkstream().Id("*").FieldValue().FieldValue(Field, v).Build()
-	case maxLen > 0:
-		return k.Maxlen().Almost().Threshold(strconv.FormatInt(maxLen, 10)).Id("*").FieldValue().FieldValue(Field, v).Build()
+	case cp.n > 0:
+		return k.Maxlen().Almost().Threshold(cp.s).Id("*").FieldValue().FieldValue(Field, v).Build()
 	}
 	return k.Id("*").FieldValue().FieldValue(Field, v).Build()
 }
 
-// AddFieldsCmd builds XADD key MAXLEN ~ maxLen * f1 v1 f2 v2 ... for entries
+// AddFieldsCmd builds XADD key [MAXLEN ~ cap] * f1 v1 f2 v2 ... for entries
 // that are not envelopes (dead letters). fv must hold at least one pair.
-func AddFieldsCmd(c rueidis.Client, key string, maxLen int64, fv ...string) rueidis.Completed {
+func AddFieldsCmd(c rueidis.Client, key string, cp Cap, fv ...string) rueidis.Completed {
 	k := c.B().Xadd().Key(key)
-	if maxLen > 0 {
-		f := k.Maxlen().Almost().Threshold(strconv.FormatInt(maxLen, 10)).Id("*").FieldValue()
+	if cp.n > 0 {
+		f := k.Maxlen().Almost().Threshold(cp.s).Id("*").FieldValue()
 		for i := 0; i+1 < len(fv); i += 2 {
 			f = f.FieldValue(fv[i], fv[i+1])
 		}

@@ -92,7 +92,7 @@ func (a *acker) flush() {
 			continue
 		}
 		if d.reply != nil {
-			a.cmds = append(a.cmds, bus.AddCmd(c.c, d.replyTo, c.cfg.ReplyMaxLen, true, d.reply.B))
+			a.cmds = append(a.cmds, bus.AddCmd(c.c, d.replyTo, c.replyCap, true, d.reply.B))
 			replies++
 		}
 		a.ids = append(a.ids, d.id)
@@ -138,7 +138,7 @@ func (a *acker) flushDead(idx []int) {
 	c := a.c
 	cmds := make(rueidis.Commands, 0, len(idx))
 	for _, i := range idx {
-		cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.cfg.DeadLetterMaxLen, a.batch[i].dead...))
+		cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.dlqCap, a.batch[i].dead...))
 	}
 	res, ok := a.do(cmds)
 	if !ok {

@@ -27,6 +27,8 @@ type Consumer struct {
 	log      zerolog.Logger
 	key      string
 	dlqKey   string
+	replyCap bus.Cap
+	dlqCap   bus.Cap
 	running  atomic.Bool
 	stats    counters
 	inFlight atomic.Int64
@@ -72,7 +74,8 @@ func New(c rueidis.Client, cfg Config, h Handler, opts ...Option) (*Consumer, er
 	}
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := bus.Keys{Prefix: cfg.Prefix}
-	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic)}
+	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic),
+		replyCap: bus.MaxLen(cfg.ReplyMaxLen), dlqCap: bus.MaxLen(cfg.DeadLetterMaxLen)}
 	for _, o := range opts {
 		o(co)
 	}

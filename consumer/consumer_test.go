@@ -51,7 +51,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func add(t *testing.T, c rueidis.Client, key string, env *codec.Envelope) {
 	t.Helper()
-	if err := c.Do(context.Background(), bus.AddCmd(c, key, 0, false, codec.AppendEnvelope(nil, env))).Error(); err != nil {
+	if err := c.Do(context.Background(), bus.AddCmd(c, key, bus.MaxLen(0), false, codec.AppendEnvelope(nil, env))).Error(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -29,7 +29,8 @@ type Producer struct {
 	keys     bus.Keys
 	log      zerolog.Logger
 	replyKey string
-	inc      string // incarnation: prefix of every correlation id of this instance
+	inc      string  // incarnation: prefix of every correlation id of this instance
+	cap      bus.Cap // topic streams' MAXLEN
 
 	seq     atomic.Uint64
 	waiters *registry
@@ -44,6 +45,12 @@ type Producer struct {
 	closing  chan struct{} // closed by Close: wakes waiting requesters
 	stats    counters
 	closeErr error
+
+	sendq        chan sendItem
+	sendOnce     sync.Once
+	stopSend     context.CancelFunc
+	sendDone     chan struct{} // closed when every sender has exited
+	writeTimeout time.Duration
 }
 
 type counters struct {
@@ -87,16 +94,20 @@ func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
 		cfg.ID = hex.EncodeToString(rnd[:])
 	}
 	p := &Producer{
-		c:       c,
-		cfg:     cfg,
-		keys:    bus.Keys{Prefix: cfg.Prefix},
-		log:     zerolog.Nop(),
-		inc:     hex.EncodeToString(rnd[:4]),
-		waiters: newRegistry(),
-		slots:   make(chan struct{}, cfg.MaxInFlight),
-		closing: make(chan struct{}),
+		c:            c,
+		cfg:          cfg,
+		keys:         bus.Keys{Prefix: cfg.Prefix},
+		log:          zerolog.Nop(),
+		inc:          hex.EncodeToString(rnd[:4]),
+		waiters:      newRegistry(),
+		slots:        make(chan struct{}, cfg.MaxInFlight),
+		closing:      make(chan struct{}),
+		sendq:        make(chan sendItem, cfg.MaxInFlight+maxSendBatch),
+		sendDone:     make(chan struct{}),
+		writeTimeout: writeTimeoutFor(cfg),
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
+	p.cap = bus.MaxLen(cfg.StreamMaxLen)
 	for _, o := range opts {
 		o(p)
 	}
@@ -147,17 +158,6 @@ func (p *Producer) checkPayload(n int) error {
 	return nil
 }
 
-// write runs one XADD of env to key and recycles the buffer when that is
-// safe (rueidis may still hold it after a ctx error).
-func (p *Producer) write(ctx context.Context, key string, env *codec.Envelope) (string, error) {
-	buf := codec.Encode(env)
-	id, err := p.c.Do(ctx, bus.AddCmd(p.c, key, p.cfg.StreamMaxLen, false, buf.B)).ToString()
-	if err == nil || bus.IsRedisReply(err) {
-		codec.PutBuffer(buf)
-	}
-	return id, err
-}
-
 // Publish appends one event to topic and returns its stream entry id once
 // Redis accepted it. It blocks for one round trip (shared with concurrent
 // callers), bounded by ctx. Safe for concurrent use.
@@ -176,7 +176,27 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	for _, o := range opts {
 		o(&env)
 	}
-	id, err := p.write(ctx, key, &env)
+	w := waiterPool.Get().(*waiter)
+	if err := p.enqueue(ctx, sendItem{key: key, buf: codec.Encode(&env), pub: w}); err != nil {
+		waiterPool.Put(w)
+		return "", fmt.Errorf("producer: publish to %s: %w", topic, err)
+	}
+	var r result
+	select {
+	case r = <-w.ch:
+		waiterPool.Put(w)
+	case <-ctx.Done():
+		// The sender still owns w and will write its result; leave w to it.
+		return "", fmt.Errorf("producer: publish to %s: %w", topic, ctx.Err())
+	case <-p.sendDone:
+		// Closed: the senders settled everything they took before exiting.
+		select {
+		case r = <-w.ch:
+		default:
+			return "", fmt.Errorf("producer: publish to %s: %w", topic, bus.ErrClosed)
+		}
+	}
+	id, err := r.id, r.err
 	if err != nil {
 		return "", fmt.Errorf("producer: publish to %s: %w", topic, err)
 	}
@@ -224,7 +244,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	for i, pl := range payloads {
 		env.Payload = pl
 		bufs[i] = codec.Encode(&env)
-		cmds[i] = bus.AddCmd(p.c, key, p.cfg.StreamMaxLen, false, bufs[i].B)
+		cmds[i] = bus.AddCmd(p.c, key, p.cap, false, bufs[i].B)
 	}
 	ids := make([]string, len(payloads))
 	var errs []error
@@ -303,16 +323,17 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	w := waiterPool.Get().(*waiter)
 	p.waiters.add(seq, w)
-	if _, err := p.write(ctx, key, &env); err != nil {
+	// The senders write the request; a write error comes back through w,
+	// like a reply, so the caller wakes once either way.
+	if err := p.enqueue(ctx, sendItem{key: key, buf: codec.Encode(&env), seq: seq}); err != nil {
 		if p.waiters.take(seq) != nil {
 			waiterPool.Put(w)
-		} // else a reply raced in for a request Redis says it did not take: drop w
+		}
 		if ctx.Err() != nil {
-			return nil, p.ctxErr(ctx, "writing the request")
+			return nil, p.ctxErr(ctx, "queueing the request")
 		}
 		return nil, fmt.Errorf("producer: request to %s: %w", topic, err)
 	}
-	p.stats.requests.Add(1)
 
 	select {
 	case r := <-w.ch:
@@ -336,7 +357,9 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 
 func (p *Producer) finish(r result) ([]byte, error) {
 	if r.err != nil {
-		p.stats.remoteErrors.Add(1)
+		if !r.writeErr {
+			p.stats.remoteErrors.Add(1)
+		}
 		return nil, r.err
 	}
 	p.stats.replies.Add(1)
@@ -363,6 +386,16 @@ func (p *Producer) Close(ctx context.Context) error {
 		return p.closeErr
 	}
 	close(p.closing)
+	p.sendOnce.Do(func() { close(p.sendDone) }) // never started: enqueue fails at once
+	if p.stopSend != nil {
+		p.stopSend()
+		select {
+		case <-p.sendDone:
+		case <-ctx.Done():
+			p.closeErr = fmt.Errorf("producer: close: waiting for the senders: %w", ctx.Err())
+			return p.closeErr
+		}
+	}
 	if !p.started {
 		return nil
 	}

@@ -51,7 +51,7 @@ func replier(t *testing.T, m *miniredis.Miniredis, c rueidis.Client, topic strin
 				}
 				if r := answer(&env); r != nil {
 					b := codec.AppendEnvelope(nil, r)
-					_ = c.Do(ctx, bus.AddCmd(c, env.ReplyTo, 100, true, b)).Error()
+					_ = c.Do(ctx, bus.AddCmd(c, env.ReplyTo, bus.MaxLen(100), true, b)).Error()
 				}
 			}
 		}
@@ -209,7 +209,7 @@ func TestLateReplyIsDroppedAndCounted(t *testing.T) {
 	}
 	env := <-hold
 	b := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Payload: []byte("late")})
-	if err := c.Do(context.Background(), bus.AddCmd(c, env.ReplyTo, 0, true, b)).Error(); err != nil {
+	if err := c.Do(context.Background(), bus.AddCmd(c, env.ReplyTo, bus.MaxLen(0), true, b)).Error(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)

@@ -42,7 +42,7 @@ func (p *Producer) createReplyStream(ctx context.Context) error {
 	b := codec.Encode(&codec.Envelope{Kind: codec.KindControl, Sent: time.Now().UnixNano()})
 	defer codec.PutBuffer(b)
 	for _, r := range p.c.DoMulti(ctx,
-		bus.AddCmd(p.c, p.replyKey, 0, false, b.B),
+		bus.AddCmd(p.c, p.replyKey, bus.Cap{}, false, b.B),
 		p.c.B().Pexpire().Key(p.replyKey).Milliseconds(p.cfg.ReplyTTL.Milliseconds()).Build(),
 	) {
 		if err := r.Error(); err != nil {

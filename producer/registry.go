@@ -6,8 +6,10 @@ import (
 
 // result is what a waiter receives: a reply envelope's payload or error.
 type result struct {
-	payload []byte
-	err     error
+	payload  []byte
+	id       string // publish: the entry id
+	err      error
+	writeErr bool // err is a failed write, not a remote error
 }
 
 // waiter is one outstanding request. ch has room for exactly one result, so

@@ -26,6 +26,9 @@ type options struct {
 	timeout     time.Duration
 	json        bool
 	prefix      string
+	cpuProfile  string
+	flushDelay  time.Duration
+	conns       int
 }
 
 var errUsage = errors.New("usage")
@@ -48,6 +51,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "per-request timeout")
 	fs.BoolVar(&o.json, "json", false, "print exactly one JSON result line on stdout")
 	fs.StringVar(&o.prefix, "prefix", bus.DefaultPrefix, "key prefix")
+	fs.DurationVar(&o.flushDelay, "max-flush-delay", bus.DefaultMaxFlushDelay, "auto-pipeline flush delay under load (bus.Config.MaxFlushDelay); negative disables")
+	fs.IntVar(&o.conns, "pipeline-conns", 0, "auto-pipelined connections per client (bus.Config.PipelineConns; 0 = rueidis default)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured run to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -99,6 +105,9 @@ func (o *options) check(given map[string]bool) error {
 		if err := (bus.Config{URL: o.redis}).Validate(); err != nil {
 			return err
 		}
+	}
+	if o.flushDelay == 0 {
+		o.flushDelay = -1 // explicit 0 on the command line: off
 	}
 	if o.workers == 0 {
 		o.workers = max(o.concurrency, 64)

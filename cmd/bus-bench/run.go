@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -89,7 +91,7 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
 		url = "redis://" + m.Addr()
 		fmt.Fprintf(stderr, "bus-bench: no --redis given: using an embedded in-memory Redis (miniredis) at %s; its timings are not representative of Redis\n", m.Addr())
 	}
-	cfg := bus.Config{URL: url, ClientName: "myc-bench"}
+	cfg := bus.Config{URL: url, ClientName: "myc-bench", MaxFlushDelay: o.flushDelay, PipelineConns: o.conns}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	prod, err := bus.Connect(cctx, cfg)
 	cancel()
@@ -129,6 +131,17 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
 			return nil, err
 		}
 		defer stop()
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --cpuprofile: %w", errUsage, err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	return sc.run(ctx, e)
 }
