@@ -46,11 +46,8 @@ type Producer struct {
 	stats    counters
 	closeErr error
 
-	sendq        chan sendItem
-	sendOnce     sync.Once
-	stopSend     context.CancelFunc
-	sendDone     chan struct{} // closed when every sender has exited
-	writeTimeout time.Duration
+	send         sender
+	writeTimeout time.Duration // bounds one pipelined write of queued XADDs
 }
 
 type counters struct {
@@ -102,8 +99,6 @@ func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
 		waiters:      newRegistry(),
 		slots:        make(chan struct{}, cfg.MaxInFlight),
 		closing:      make(chan struct{}),
-		sendq:        make(chan sendItem, cfg.MaxInFlight+maxSendBatch),
-		sendDone:     make(chan struct{}),
 		writeTimeout: writeTimeoutFor(cfg),
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
@@ -177,24 +172,19 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 		o(&env)
 	}
 	w := waiterPool.Get().(*waiter)
-	if err := p.enqueue(ctx, sendItem{key: key, buf: codec.Encode(&env), pub: w}); err != nil {
+	buf := codec.Encode(&env)
+	if !p.submit(sendItem{key: key, buf: buf, pub: w}) {
+		codec.PutBuffer(buf)
 		waiterPool.Put(w)
-		return "", fmt.Errorf("producer: publish to %s: %w", topic, err)
+		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
 	}
 	var r result
 	select {
 	case r = <-w.ch:
 		waiterPool.Put(w)
 	case <-ctx.Done():
-		// The sender still owns w and will write its result; leave w to it.
+		// A flusher still owns w and will settle it; leave w to it.
 		return "", fmt.Errorf("producer: publish to %s: %w", topic, ctx.Err())
-	case <-p.sendDone:
-		// Closed: the senders settled everything they took before exiting.
-		select {
-		case r = <-w.ch:
-		default:
-			return "", fmt.Errorf("producer: publish to %s: %w", topic, bus.ErrClosed)
-		}
 	}
 	id, err := r.id, r.err
 	if err != nil {
@@ -323,16 +313,15 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	w := waiterPool.Get().(*waiter)
 	p.waiters.add(seq, w)
-	// The senders write the request; a write error comes back through w,
-	// like a reply, so the caller wakes once either way.
-	if err := p.enqueue(ctx, sendItem{key: key, buf: codec.Encode(&env), seq: seq}); err != nil {
+	// The write is batched with other callers' (see sender); a write error
+	// comes back through w like a reply, so the caller wakes once either way.
+	buf := codec.Encode(&env)
+	if !p.submit(sendItem{key: key, buf: buf, seq: seq}) {
+		codec.PutBuffer(buf)
 		if p.waiters.take(seq) != nil {
 			waiterPool.Put(w)
 		}
-		if ctx.Err() != nil {
-			return nil, p.ctxErr(ctx, "queueing the request")
-		}
-		return nil, fmt.Errorf("producer: request to %s: %w", topic, err)
+		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
 
 	select {
@@ -386,16 +375,7 @@ func (p *Producer) Close(ctx context.Context) error {
 		return p.closeErr
 	}
 	close(p.closing)
-	p.sendOnce.Do(func() { close(p.sendDone) }) // never started: enqueue fails at once
-	if p.stopSend != nil {
-		p.stopSend()
-		select {
-		case <-p.sendDone:
-		case <-ctx.Done():
-			p.closeErr = fmt.Errorf("producer: close: waiting for the senders: %w", ctx.Err())
-			return p.closeErr
-		}
-	}
+	p.closeSender()
 	if !p.started {
 		return nil
 	}

@@ -3,6 +3,7 @@ package producer
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -11,7 +12,7 @@ import (
 	"github.com/egos/mycelium/codec"
 )
 
-// sendItem is one XADD waiting for a sender.
+// sendItem is one XADD waiting to be written.
 type sendItem struct {
 	key string
 	buf *codec.Buffer
@@ -19,85 +20,116 @@ type sendItem struct {
 	pub *waiter // publish: receives the entry id or the write error
 }
 
-// maxSendBatch bounds one pipelined write.
-const maxSendBatch = 512
+const (
+	// maxFlushers bounds concurrent pipelined writes of one producer.
+	maxFlushers = 2
+	// maxFlushRounds is how many batches a caller writes for others before
+	// it hands the rest to a helper goroutine and returns to its own work.
+	maxFlushRounds = 4
+	// maxSendBatch bounds one pipelined write.
+	maxSendBatch = 512
+)
 
-// senders is the number of concurrent pipelined writes.
-const senders = 2
-
-// ensureSender starts the senders once.
-func (p *Producer) ensureSender() {
-	p.sendOnce.Do(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		p.stopSend = cancel
-		done := make(chan struct{}, senders)
-		for range senders {
-			go func() {
-				defer func() { done <- struct{}{} }()
-				p.send(ctx)
-			}()
-		}
-		go func() {
-			for range senders {
-				<-done
-			}
-			close(p.sendDone)
-		}()
-	})
+// sender batches XADDs by flat combining: a caller that finds a free
+// flusher slot writes its own entry and everything queued meanwhile as one
+// pipeline; callers arriving while all slots are busy queue up and ride on
+// the next write. At low load a caller writes alone, with no goroutine
+// hand-off; under load batches grow with the round-trip time, so many
+// callers share one write syscall and one Redis read.
+type sender struct {
+	mu      sync.Mutex
+	queue   []sendItem
+	active  int  // flushers running
+	closed  bool // no more submissions
+	helpers sync.WaitGroup
 }
 
-// enqueue hands an encoded XADD to the senders. It fails only when ctx ends
-// or the producer closes first.
-func (p *Producer) enqueue(ctx context.Context, it sendItem) error {
-	p.ensureSender()
-	select {
-	case p.sendq <- it:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-p.sendDone:
-		return bus.ErrClosed
+var batchPool = sync.Pool{New: func() any {
+	b := make([]sendItem, 0, 64)
+	return &b
+}}
+
+var cmdsPool = sync.Pool{New: func() any {
+	c := make(rueidis.Commands, 0, 64)
+	return &c
+}}
+
+// submit queues it and, if a flusher slot is free, flushes on the caller's
+// goroutine until the queue is empty (or hands off after maxFlushRounds).
+// It reports false when the producer is closed; it is then not queued.
+func (p *Producer) submit(it sendItem) bool {
+	s := &p.send
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
 	}
+	s.queue = append(s.queue, it)
+	if s.active >= maxFlushers {
+		s.mu.Unlock()
+		return true
+	}
+	s.active++
+	s.mu.Unlock()
+	p.flushLoop(maxFlushRounds)
+	return true
 }
 
-// send is one sender: it takes whatever XADDs are queued (at least one,
-// waiting for it) and writes them as one pipeline. While a pipeline is in
-// flight, the next batch accumulates: batches grow with load on their own
-// and every caller shares one write syscall and one Redis read, instead of
-// one per message.
-func (p *Producer) send(ctx context.Context) {
-	batch := make([]sendItem, 0, maxSendBatch)
-	cmds := make(rueidis.Commands, 0, maxSendBatch)
-	for {
-		select {
-		case it := <-p.sendq:
-			batch = append(batch[:0], it)
-		case <-ctx.Done():
-			p.failQueued()
+// flushLoop writes queued batches while there are any; it holds one flusher
+// slot, released when the queue is seen empty under the lock (so no item is
+// ever left without a flusher).
+func (p *Producer) flushLoop(rounds int) {
+	s := &p.send
+	for i := 0; ; i++ {
+		s.mu.Lock()
+		if len(s.queue) == 0 {
+			s.active--
+			s.mu.Unlock()
 			return
 		}
-	drain:
-		for len(batch) < maxSendBatch {
-			select {
-			case it := <-p.sendq:
-				batch = append(batch, it)
-			default:
-				break drain
-			}
+		if rounds > 0 && i == rounds {
+			// Keep the slot and let a helper finish, so this caller is not
+			// held writing other callers' entries under sustained load.
+			s.helpers.Add(1)
+			s.mu.Unlock()
+			go func() {
+				defer s.helpers.Done()
+				p.flushLoop(0)
+			}()
+			return
 		}
-		cmds = cmds[:0]
-		for i := range batch {
-			cmds = append(cmds, bus.AddCmd(p.c, batch[i].key, p.cap, false, batch[i].buf.B))
-		}
-		wctx, cancel := context.WithTimeout(ctx, p.writeTimeout)
-		res := p.c.DoMulti(wctx, cmds...)
-		cancel()
-		for i := range batch {
-			id, err := res[i].ToString()
-			p.settle(&batch[i], id, err)
-			batch[i] = sendItem{}
-		}
+		bp := batchPool.Get().(*[]sendItem)
+		n := min(len(s.queue), maxSendBatch)
+		batch := append((*bp)[:0], s.queue[:n]...)
+		rest := copy(s.queue, s.queue[n:])
+		clear(s.queue[rest:])
+		s.queue = s.queue[:rest]
+		s.mu.Unlock()
+
+		p.flush(batch)
+		clear(batch)
+		*bp = batch[:0]
+		batchPool.Put(bp)
 	}
+}
+
+// flush writes one batch as a pipeline and settles every item.
+func (p *Producer) flush(batch []sendItem) {
+	cp := cmdsPool.Get().(*rueidis.Commands)
+	cmds := (*cp)[:0]
+	for i := range batch {
+		cmds = append(cmds, bus.AddCmd(p.c, batch[i].key, p.cap, false, batch[i].buf.B))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
+	res := p.c.DoMulti(ctx, cmds...)
+	cancel()
+	for i := range batch {
+		id, err := res[i].ToString()
+		p.settle(&batch[i], id, err)
+	}
+	clear(cmds)
+	*cp = cmds[:0]
+	cmdsPool.Put(cp)
 }
 
 // settle reports one write's outcome to its caller.
@@ -118,17 +150,16 @@ func (p *Producer) settle(it *sendItem, id string, err error) {
 	}
 }
 
-// failQueued fails what is still queued when the producer closes.
-func (p *Producer) failQueued() {
-	for {
-		select {
-		case it := <-p.sendq:
-			p.settle(&it, "", fmt.Errorf("producer: %w before the write", bus.ErrClosed))
-		default:
-			return
-		}
-	}
+// closeSender refuses new submissions and waits for helper flushers. Items
+// already queued are written by the flushers that hold slots.
+func (p *Producer) closeSender() {
+	s := &p.send
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.helpers.Wait()
 }
 
-// writeTimeoutFor bounds a sender's pipelined write.
+// writeTimeoutFor bounds a pipelined write of queued XADDs: it is not tied
+// to any one caller's ctx because it carries many callers' entries.
 func writeTimeoutFor(cfg Config) time.Duration { return max(cfg.RequestTimeout, 5*time.Second) }
