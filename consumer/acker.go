@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -17,89 +18,151 @@ type completion struct {
 	id      string
 	replyTo string
 	reply   *codec.Buffer // encoded reply envelope, nil for none
-	dead    []string      // dead-letter field/value pairs, nil for none
+	dead    []string      // dead-letter field/values, nil for none
 }
 
-// acker owns all writes that finish entries. One goroutine runs it; while a
-// flush is in flight completions accumulate, so batches grow with load and
-// one XACK acknowledges a whole batch.
+const (
+	// maxAckFlushers bounds concurrent pipelined flushes.
+	maxAckFlushers = 2
+	// maxAckRounds is how many batches a worker flushes for others before
+	// handing the rest to a helper goroutine.
+	maxAckRounds = 4
+	// maxAckBatch bounds one flush.
+	maxAckBatch = 512
+	// flushTimeout bounds one pipelined flush.
+	flushTimeout = 5 * time.Second
+)
+
+// acker owns every write that finishes entries: replies, dead letters and
+// acknowledgements. It batches by flat combining: the worker that finishes
+// an entry and finds a free flusher slot writes everything finished so far
+// as one pipeline (one XACK for the whole batch); workers finishing while
+// all slots are busy queue their entry for the next flush. Batches grow
+// with load; at low load a worker writes its own reply with no hand-off.
 type acker struct {
 	ctx   context.Context // cancelled only if the final flush overruns shutdown
 	c     *Consumer
-	in    chan completion
 	slots chan<- struct{}
 
-	batch []completion
-	cmds  rueidis.Commands
-	ids   []string
+	mu      sync.Mutex
+	queue   []completion
+	active  int
+	helpers sync.WaitGroup
 }
 
-const maxAckBatch = 512
-
-// flushTimeout bounds one pipelined flush.
-const flushTimeout = 5 * time.Second
+var ackBatchPool = sync.Pool{New: func() any {
+	b := make([]completion, 0, 64)
+	return &b
+}}
 
 func newAcker(ctx context.Context, c *Consumer, slots chan<- struct{}) *acker {
-	// Room for every entry the consumer can hold, so add never waits long.
-	return &acker{ctx: ctx, c: c, in: make(chan completion, 2*c.cfg.Concurrency+maxReadBatch), slots: slots}
+	return &acker{ctx: ctx, c: c, slots: slots}
 }
 
-func (a *acker) add(d completion) { a.in <- d }
+// add queues d and flushes on the caller's goroutine if a slot is free.
+// When add returns, d is written or queued for a running flusher.
+func (a *acker) add(d completion) {
+	a.mu.Lock()
+	a.queue = append(a.queue, d)
+	if a.active >= maxAckFlushers {
+		a.mu.Unlock()
+		return
+	}
+	a.active++
+	a.mu.Unlock()
+	a.flushLoop(maxAckRounds)
+}
 
-// close ends run once everything queued is flushed. Call it only after the
-// last add.
-func (a *acker) close() { close(a.in) }
+// addAsync queues d like add, but never flushes on the caller's goroutine:
+// the read loop uses it so a slow flush cannot stall reading or shutdown.
+func (a *acker) addAsync(d completion) {
+	a.mu.Lock()
+	a.queue = append(a.queue, d)
+	if a.active >= maxAckFlushers {
+		a.mu.Unlock()
+		return
+	}
+	a.active++
+	a.helpers.Add(1)
+	a.mu.Unlock()
+	go func() {
+		defer a.helpers.Done()
+		a.flushLoop(0)
+	}()
+}
 
-func (a *acker) run() {
-	for d := range a.in {
-		a.batch = append(a.batch[:0], d)
-	drain:
-		for len(a.batch) < maxAckBatch {
-			select {
-			case d, ok := <-a.in:
-				if !ok {
-					break drain
-				}
-				a.batch = append(a.batch, d)
-			default:
-				break drain
-			}
+// wait returns when every helper flusher has finished. Call it after the
+// last add has returned.
+func (a *acker) wait() { a.helpers.Wait() }
+
+// flushLoop flushes queued batches while there are any, holding one slot;
+// the slot is released only when the queue is seen empty under the lock.
+func (a *acker) flushLoop(rounds int) {
+	for i := 0; ; i++ {
+		a.mu.Lock()
+		if len(a.queue) == 0 {
+			a.active--
+			a.mu.Unlock()
+			return
 		}
-		a.flush()
+		if rounds > 0 && i == rounds {
+			a.helpers.Add(1)
+			a.mu.Unlock()
+			go func() {
+				defer a.helpers.Done()
+				a.flushLoop(0)
+			}()
+			return
+		}
+		bp := ackBatchPool.Get().(*[]completion)
+		n := min(len(a.queue), maxAckBatch)
+		batch := (*bp)[:0]
+		batch = append(batch, a.queue[:n]...)
+		rest := copy(a.queue, a.queue[n:])
+		clear(a.queue[rest:])
+		a.queue = a.queue[:rest]
+		a.mu.Unlock()
+
+		a.flush(batch)
+		clear(batch)
+		*bp = batch[:0]
+		ackBatchPool.Put(bp)
 	}
 }
 
-// flush writes replies and acknowledgements in one pipeline, and dead
-// letters first when there are any: an entry is acknowledged only after its
-// dead letter is stored. Connection errors are retried with backoff for up
-// to a minute; after that the entries stay pending (at-least-once).
-func (a *acker) flush() {
+// flush writes one batch: dead letters first (an entry is acknowledged only
+// once its dead letter is stored), then replies and one XACK in one
+// pipeline. Connection errors are retried with backoff for up to a minute;
+// after that the entries stay pending (at-least-once). Every entry's slot
+// is released at the end.
+func (a *acker) flush(batch []completion) {
 	c := a.c
 	var dead []int
-	for i := range a.batch {
-		if a.batch[i].dead != nil {
+	for i := range batch {
+		if batch[i].dead != nil {
 			dead = append(dead, i)
 		}
 	}
 	if dead != nil {
-		a.flushDead(dead)
+		a.flushDead(batch, dead)
 	}
-	a.cmds, a.ids = a.cmds[:0], a.ids[:0]
+	cmds := make(rueidis.Commands, 0, len(batch)+1)
+	ids := make([]string, 0, len(batch))
 	replies := 0
-	for i := range a.batch {
-		d := &a.batch[i]
+	for i := range batch {
+		d := &batch[i]
 		if d.dead != nil {
 			continue
 		}
 		if d.reply != nil {
-			a.cmds = append(a.cmds, bus.AddCmd(c.c, d.replyTo, c.replyCap, true, d.reply.B))
+			cmds = append(cmds, bus.AddCmd(c.c, d.replyTo, c.replyCap, true, d.reply.B))
 			replies++
 		}
-		a.ids = append(a.ids, d.id)
+		ids = append(ids, d.id)
 	}
-	if len(a.ids) > 0 {
-		a.cmds = append(a.cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, a.ids...))
-		res, ok := a.do(a.cmds)
+	if len(ids) > 0 {
+		cmds = append(cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
+		res, ok := a.do(cmds)
 		if ok {
 			for _, r := range res[:replies] {
 				if _, err := r.ToString(); err == nil {
@@ -118,15 +181,14 @@ func (a *acker) flush() {
 			} else {
 				c.log.Warn().Err(err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
 			}
-		}
-		for i := range a.batch {
-			if d := &a.batch[i]; d.reply != nil && ok {
-				codec.PutBuffer(d.reply) // unsafe to reuse after a failed pipeline
+			for i := range batch {
+				if batch[i].reply != nil {
+					codec.PutBuffer(batch[i].reply) // unsafe to reuse after a failed pipeline
+				}
 			}
 		}
 	}
-	for i := range a.batch {
-		a.batch[i] = completion{}
+	for range batch {
 		c.inFlight.Add(-1)
 		a.slots <- struct{}{}
 	}
@@ -134,11 +196,11 @@ func (a *acker) flush() {
 
 // flushDead stores dead letters, then acknowledges the entries whose dead
 // letter was stored.
-func (a *acker) flushDead(idx []int) {
+func (a *acker) flushDead(batch []completion, idx []int) {
 	c := a.c
 	cmds := make(rueidis.Commands, 0, len(idx))
 	for _, i := range idx {
-		cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.dlqCap, a.batch[i].dead...))
+		cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.dlqCap, batch[i].dead...))
 	}
 	res, ok := a.do(cmds)
 	if !ok {
@@ -147,10 +209,10 @@ func (a *acker) flushDead(idx []int) {
 	var ids []string
 	for k, r := range res {
 		if err := r.Error(); err != nil {
-			c.log.Error().Err(err).Str("entry", a.batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
+			c.log.Error().Err(err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
 			continue
 		}
-		ids = append(ids, a.batch[idx[k]].id)
+		ids = append(ids, batch[idx[k]].id)
 	}
 	if len(ids) == 0 {
 		return
@@ -164,7 +226,8 @@ func (a *acker) flushDead(idx []int) {
 }
 
 // do runs cmds as one pipeline, retrying connection failures with backoff.
-// It reports false if they could not be sent within the retry budget.
+// It reports false if they could not be sent within the retry budget or
+// the acker's ctx ended.
 func (a *acker) do(cmds rueidis.Commands) ([]rueidis.RedisResult, bool) {
 	var bo *backoff.ExponentialBackOff
 	for {
@@ -188,7 +251,7 @@ func (a *acker) do(cmds rueidis.Commands) ([]rueidis.RedisResult, bool) {
 		}
 		wait := bo.NextBackOff()
 		if wait == backoff.Stop {
-			a.c.log.Error().Err(netErr).Int("entries", len(a.batch)).Msg("giving up on replies/acks; entries stay pending")
+			a.c.log.Error().Err(netErr).Int("commands", len(cmds)).Msg("giving up on replies/acks; entries stay pending")
 			return nil, false
 		}
 		t := time.NewTimer(wait)

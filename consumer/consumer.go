@@ -153,39 +153,26 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	ackerDone := make(chan struct{})
-	go func() {
-		defer close(ackerDone)
-		a.run()
-	}()
-
 	c.readLoop(ctx, slots, jobs, a)
 
-	// Shutdown: reading stopped. Let workers finish within the grace period.
+	// Shutdown: reading stopped. Let workers finish (and flush) within the
+	// grace period; then cancel handlers and any flush still retrying.
 	close(jobs)
 	finished := make(chan struct{})
 	go func() {
 		workers.Wait()
+		a.wait()
 		close(finished)
 	}()
 	grace := time.NewTimer(c.cfg.ShutdownTimeout)
+	defer grace.Stop()
 	select {
 	case <-finished:
-		grace.Stop()
 	case <-grace.C:
-		c.log.Warn().Int64("in_flight", c.inFlight.Load()).Msg("shutdown timeout: cancelling handlers; their entries stay pending")
+		c.log.Warn().Int64("in_flight", c.inFlight.Load()).Msg("shutdown timeout: cancelling handlers and flushes; their entries stay pending")
 		cancelHandlers()
-		<-finished
-	}
-	a.close()
-	flushed := time.NewTimer(c.cfg.ShutdownTimeout)
-	defer flushed.Stop()
-	select {
-	case <-ackerDone:
-	case <-flushed.C:
-		c.log.Warn().Msg("shutdown timeout: abandoning unflushed acknowledgements; their entries stay pending")
 		cancelAcker()
-		<-ackerDone
+		<-finished
 	}
 	return nil
 }
@@ -263,27 +250,27 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, jobs chan<- *job, a *acker
 	c.inFlight.Add(1)
 	switch {
 	case e.Deleted:
-		a.add(completion{id: e.ID}) // nothing left to handle or dead-letter
+		a.addAsync(completion{id: e.ID}) // nothing left to handle or dead-letter
 		return
 	case !e.HasData:
-		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry has no %q field", bus.Field))})
+		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry has no %q field", bus.Field))})
 		return
 	case len(e.Data) > c.cfg.MaxEntrySize:
-		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize))})
+		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize))})
 		return
 	}
 	j := &job{}
 	if err := codec.DecodeEnvelope(e.Data, &j.env); err != nil {
-		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", err.Error())})
+		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", err.Error())})
 		return
 	}
 	if j.env.Kind != codec.KindEvent && j.env.Kind != codec.KindRequest {
-		a.add(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", "envelope kind "+j.env.Kind.String()+" on a topic stream")})
+		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", "envelope kind "+j.env.Kind.String()+" on a topic stream")})
 		return
 	}
 	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
 		c.stats.expired.Add(1)
-		a.add(completion{id: e.ID})
+		a.addAsync(completion{id: e.ID})
 		return
 	}
 	j.msg = Message{

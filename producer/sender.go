@@ -100,7 +100,8 @@ func (p *Producer) flushLoop(rounds int) {
 		}
 		bp := batchPool.Get().(*[]sendItem)
 		n := min(len(s.queue), maxSendBatch)
-		batch := append((*bp)[:0], s.queue[:n]...)
+		batch := (*bp)[:0]
+		batch = append(batch, s.queue[:n]...)
 		rest := copy(s.queue, s.queue[n:])
 		clear(s.queue[rest:])
 		s.queue = s.queue[:rest]
