@@ -18,6 +18,52 @@ const Field = "m"
 // hung server would hold the read forever.
 const blockMargin = 2 * time.Second
 
+// deadlineReuse is how much longer than one read a ReadDeadline's context
+// lives, so that a loop of reads creates a timer every few seconds instead
+// of one per read.
+const deadlineReuse = 10 * time.Second
+
+// ReadDeadline hands consecutive blocking reads of one loop a context with
+// a deadline at least BLOCK plus a margin away, reusing one context (and
+// its timer) across reads while enough time remains. A hung server is then
+// detected within BLOCK + 12s. It is owned by one goroutine; call Stop when
+// the loop ends.
+type ReadDeadline struct {
+	parent context.Context
+	ctx    context.Context
+	cancel context.CancelFunc
+	until  time.Time
+}
+
+// For returns a context derived from parent whose deadline is at least
+// block plus a margin away.
+func (r *ReadDeadline) For(parent context.Context, block time.Duration) context.Context {
+	now := time.Now()
+	if r.ctx == nil || r.parent != parent || r.ctx.Err() != nil || r.until.Sub(now) < block+blockMargin {
+		r.Stop()
+		r.parent = parent
+		r.until = now.Add(block + blockMargin + deadlineReuse)
+		r.ctx, r.cancel = context.WithDeadline(parent, r.until)
+	}
+	return r.ctx
+}
+
+// Stop releases the current context's timer.
+func (r *ReadDeadline) Stop() {
+	if r.cancel != nil {
+		r.cancel()
+		r.ctx, r.cancel = nil, nil
+	}
+}
+
+// blockingCtx gives a blocking read a deadline when its ctx has none.
+func blockingCtx(ctx context.Context, block time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, block+blockMargin)
+}
+
 // Entry is one stream entry as read from Redis.
 type Entry struct {
 	ID string
@@ -111,11 +157,12 @@ func CreateGroup(ctx context.Context, c rueidis.Client, key, group, start string
 // frees the connection with CLIENT UNBLOCK instead of closing it.
 
 // ReadGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block
-// STREAMS key id on the blocking pool, with a ctx deadline of block plus a
-// margin. No entries within block yields (nil, nil). A missing group yields
-// an error wrapping ErrNoGroup.
+// STREAMS key id on the blocking pool. ctx should carry a deadline at least
+// block plus a margin away (see ReadDeadline); without one, ReadGroup adds
+// it. No entries within block yields (nil, nil). A missing group yields an
+// error wrapping ErrNoGroup.
 func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id string, count int64, block time.Duration) ([]Entry, error) {
-	ctx, cancel := context.WithTimeout(ctx, block+blockMargin)
+	ctx, cancel := blockingCtx(ctx, block)
 	defer cancel()
 	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build().UnblockOnCancel()
 	res := c.Do(ctx, cmd)
@@ -132,9 +179,9 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 }
 
 // Read runs XREAD COUNT count BLOCK block STREAMS key after on the blocking
-// pool, with a ctx deadline of block plus a margin. No entries yields (nil, nil).
+// pool, with the same deadline rule as ReadGroup. No entries yields (nil, nil).
 func Read(ctx context.Context, c rueidis.Client, key, after string, count int64, block time.Duration) ([]Entry, error) {
-	ctx, cancel := context.WithTimeout(ctx, block+blockMargin)
+	ctx, cancel := blockingCtx(ctx, block)
 	defer cancel()
 	res := c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build().UnblockOnCancel())
 	if err := res.Error(); err != nil {

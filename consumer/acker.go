@@ -29,8 +29,6 @@ const (
 	maxAckRounds = 4
 	// maxAckBatch bounds one flush.
 	maxAckBatch = 512
-	// flushTimeout bounds one pipelined flush.
-	flushTimeout = 5 * time.Second
 )
 
 // acker owns every write that finishes entries: replies, dead letters and
@@ -231,9 +229,9 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 func (a *acker) do(cmds rueidis.Commands) ([]rueidis.RedisResult, bool) {
 	var bo *backoff.ExponentialBackOff
 	for {
-		ctx, cancel := context.WithTimeout(a.ctx, flushTimeout)
-		res := a.c.c.DoMulti(ctx, cmds...)
-		cancel()
+		// No per-flush timer: the connection's write timeout (bus.Config
+		// WriteTimeout) bounds it; a.ctx cancels it at shutdown.
+		res := a.c.c.DoMulti(a.ctx, cmds...)
 		var netErr error
 		for _, r := range res {
 			if err := r.Error(); err != nil && !bus.IsRedisReply(err) && !rueidis.IsRedisNil(err) {

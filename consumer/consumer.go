@@ -115,10 +115,18 @@ func (c *Consumer) Ready(ctx context.Context) error {
 // ErrRunning is returned by Run when the Consumer is already running.
 var ErrRunning = errors.New("consumer: already running")
 
-// job is one entry on its way to a worker.
+// job is one entry on its way to a worker. Jobs are pooled: a Message is
+// valid only during Handle.
 type job struct {
 	msg Message
 	env codec.Envelope
+}
+
+var jobPool = sync.Pool{New: func() any { return new(job) }}
+
+func putJob(j *job) {
+	*j = job{}
+	jobPool.Put(j)
 }
 
 // Run consumes until ctx is done, then shuts down in the documented order
@@ -181,6 +189,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
 	bo := newBackoff()
 	var downSince time.Time
+	var rd bus.ReadDeadline
+	defer rd.Stop()
 	groupReady := false
 	for ctx.Err() == nil {
 		if !groupReady {
@@ -207,7 +217,7 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				break more
 			}
 		}
-		entries, err := bus.ReadGroup(ctx, c.c, c.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+		entries, err := bus.ReadGroup(rd.For(ctx, c.cfg.Block), c.c, c.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
 		for i := len(entries); i < n; i++ {
 			slots <- struct{}{}
 		}
@@ -259,16 +269,20 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, jobs chan<- *job, a *acker
 		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize))})
 		return
 	}
-	j := &job{}
+	j := jobPool.Get().(*job)
 	if err := codec.DecodeEnvelope(e.Data, &j.env); err != nil {
+		putJob(j)
 		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", err.Error())})
 		return
 	}
 	if j.env.Kind != codec.KindEvent && j.env.Kind != codec.KindRequest {
-		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", "envelope kind "+j.env.Kind.String()+" on a topic stream")})
+		kind := j.env.Kind
+		putJob(j)
+		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", "envelope kind "+kind.String()+" on a topic stream")})
 		return
 	}
 	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
+		putJob(j)
 		c.stats.expired.Add(1)
 		a.addAsync(completion{id: e.ID})
 		return
@@ -298,6 +312,7 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 		if hctx.Err() != nil {
 			// Shutdown cancelled the handler: leave the entry pending for
 			// another consumer rather than reporting a failure we caused.
+			putJob(j)
 			c.inFlight.Add(-1)
 			slots <- struct{}{}
 			return
@@ -323,6 +338,7 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 		e := bus.Entry{ID: j.msg.ID}
 		done.dead = c.deadEnvelope(&e, &j.env, j.msg.Attempt, "handler_error", err.Error())
 	}
+	putJob(j) // done holds only strings that alias the entry, not j
 	a.add(done)
 }
 

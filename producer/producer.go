@@ -46,8 +46,7 @@ type Producer struct {
 	stats    counters
 	closeErr error
 
-	send         sender
-	writeTimeout time.Duration // bounds one pipelined write of queued XADDs
+	send sender
 }
 
 type counters struct {
@@ -91,15 +90,14 @@ func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
 		cfg.ID = hex.EncodeToString(rnd[:])
 	}
 	p := &Producer{
-		c:            c,
-		cfg:          cfg,
-		keys:         bus.Keys{Prefix: cfg.Prefix},
-		log:          zerolog.Nop(),
-		inc:          hex.EncodeToString(rnd[:4]),
-		waiters:      newRegistry(),
-		slots:        make(chan struct{}, cfg.MaxInFlight),
-		closing:      make(chan struct{}),
-		writeTimeout: writeTimeoutFor(cfg),
+		c:       c,
+		cfg:     cfg,
+		keys:    bus.Keys{Prefix: cfg.Prefix},
+		log:     zerolog.Nop(),
+		inc:     hex.EncodeToString(rnd[:4]),
+		waiters: newRegistry(),
+		slots:   make(chan struct{}, cfg.MaxInFlight),
+		closing: make(chan struct{}),
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
 	p.cap = bus.MaxLen(cfg.StreamMaxLen)
@@ -125,13 +123,30 @@ func (p *Producer) Stats() Stats {
 	}
 }
 
-// CallOption adjusts one Publish or Request.
-type CallOption func(*codec.Envelope)
+// CallOption adjusts one Publish, PublishBatch or Request.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	headers map[string]string
+}
+
+// apply returns the headers chosen by opts. It is kept out of line so that
+// a call without options does not make its envelope escape to the heap.
+func apply(opts []CallOption) map[string]string {
+	if len(opts) == 0 {
+		return nil
+	}
+	var co callOptions
+	for _, o := range opts {
+		o(&co)
+	}
+	return co.headers
+}
 
 // WithHeaders attaches headers (for example trace context) to the message.
 // The map is read, not kept, during the call.
 func WithHeaders(h map[string]string) CallOption {
-	return func(e *codec.Envelope) { e.Headers = h }
+	return func(co *callOptions) { co.headers = h }
 }
 
 func (p *Producer) topicKey(topic string) (string, error) {
@@ -168,9 +183,7 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 		return "", err
 	}
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: time.Now().UnixNano()}
-	for _, o := range opts {
-		o(&env)
-	}
+	env.Headers = apply(opts)
 	w := waiterPool.Get().(*waiter)
 	buf := codec.Encode(&env)
 	if !p.submit(sendItem{key: key, buf: buf, pub: w}) {
@@ -226,9 +239,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		return nil, nil
 	}
 	env := codec.Envelope{Kind: codec.KindEvent, Sent: time.Now().UnixNano()}
-	for _, o := range opts {
-		o(&env)
-	}
+	env.Headers = apply(opts)
 	bufs := make([]*codec.Buffer, len(payloads))
 	cmds := make(rueidis.Commands, len(payloads))
 	for i, pl := range payloads {
@@ -308,9 +319,7 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
 		Deadline: deadline.UnixNano(), Sent: time.Now().UnixNano(), Payload: payload,
 	}
-	for _, o := range opts {
-		o(&env)
-	}
+	env.Headers = apply(opts)
 	w := waiterPool.Get().(*waiter)
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error

@@ -82,6 +82,8 @@ func (p *Producer) readReplies(ctx context.Context) {
 		backoff.WithMaxElapsedTime(0),
 	)
 	var downSince time.Time
+	var rd bus.ReadDeadline
+	defer rd.Stop()
 	for ctx.Err() == nil {
 		if now := time.Now(); !now.Before(nextRefresh) || !downSince.IsZero() {
 			if err := p.refresh(ctx); err != nil {
@@ -90,7 +92,7 @@ func (p *Producer) readReplies(ctx context.Context) {
 			}
 			nextRefresh = now.Add(every)
 		}
-		entries, err := bus.Read(ctx, p.c, p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
+		entries, err := bus.Read(rd.For(ctx, p.cfg.ReplyBlock), p.c, p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
 		if err != nil {
 			downSince = p.failed(ctx, bo, downSince, err)
 			continue

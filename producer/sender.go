@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/redis/rueidis"
 
@@ -121,9 +120,9 @@ func (p *Producer) flush(batch []sendItem) {
 	for i := range batch {
 		cmds = append(cmds, bus.AddCmd(p.c, batch[i].key, p.cap, false, batch[i].buf.B))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.writeTimeout)
-	res := p.c.DoMulti(ctx, cmds...)
-	cancel()
+	// No per-flush timer: the connection's write timeout (bus.Config
+	// WriteTimeout) bounds a pipelined command without a ctx deadline.
+	res := p.c.DoMulti(context.Background(), cmds...)
 	for i := range batch {
 		id, err := res[i].ToString()
 		p.settle(&batch[i], id, err)
@@ -160,7 +159,3 @@ func (p *Producer) closeSender() {
 	s.mu.Unlock()
 	s.helpers.Wait()
 }
-
-// writeTimeoutFor bounds a pipelined write of queued XADDs: it is not tied
-// to any one caller's ctx because it carries many callers' entries.
-func writeTimeoutFor(cfg Config) time.Duration { return max(cfg.RequestTimeout, 5*time.Second) }
