@@ -39,8 +39,8 @@ run: ## bus-worker serve on an embedded in-memory Redis (no Redis needed)
 
 bench: bench-go bench-bus ## all benchmarks: go test -bench, then bus-bench scenarios on a local redis-server
 
-bench-go: ## go test -bench (codec, breaker, hot paths) with -benchmem
-	$(GO) test -run='^$$' -bench=. -benchmem -count=1 ./codec/ ./producer/ ./consumer/
+bench-go: redis-server ## go test -bench with -benchmem: codec, and request/publish round trips on a redis-server
+	$(TEST_ENV) $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./codec/ ./test/
 
 bench-bus: redis-server build ## bus-bench rpc/publish scenarios against a redis-server this target starts and stops
 	./test/bench.sh

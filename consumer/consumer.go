@@ -40,17 +40,17 @@ type counters struct {
 
 // Stats is a snapshot of a Consumer's counters.
 type Stats struct {
-	Received      uint64 // entries read from the stream
-	Handled       uint64 // handler calls that returned
-	Failed        uint64 // handler calls that returned an error or panicked
-	Replied       uint64 // replies written to a live reply stream
-	ReplyDropped  uint64 // replies not written because the requester's reply stream is gone
-	Acked         uint64 // entries acknowledged
-	Expired       uint64 // requests acknowledged unprocessed because their deadline had passed
-	DeadLettered  uint64 // entries moved to the dead-letter stream
-	Panics        uint64 // handler panics recovered
-	GroupsCreated uint64 // times the group was (re)created
-	InFlight      int64  // entries held now (read, not yet acknowledged)
+	Received      uint64 `json:"received"`       // entries read from the stream
+	Handled       uint64 `json:"handled"`        // handler calls that returned
+	Failed        uint64 `json:"failed"`         // handler calls that returned an error or panicked
+	Replied       uint64 `json:"replied"`        // replies written to a live reply stream
+	ReplyDropped  uint64 `json:"reply_dropped"`  // replies not written because the requester's reply stream is gone
+	Acked         uint64 `json:"acked"`          // entries acknowledged
+	Expired       uint64 `json:"expired"`        // requests acknowledged unprocessed because their deadline had passed
+	DeadLettered  uint64 `json:"dead_lettered"`  // entries moved to the dead-letter stream
+	Panics        uint64 `json:"panics"`         // handler panics recovered
+	GroupsCreated uint64 `json:"groups_created"` // times the group was (re)created
+	InFlight      int64  `json:"in_flight"`      // entries held now (read, not yet acknowledged)
 }
 
 // Option configures optional collaborators of a Consumer.

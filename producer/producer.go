@@ -55,14 +55,14 @@ type counters struct {
 
 // Stats is a snapshot of a Producer's counters.
 type Stats struct {
-	Published    uint64 // events accepted by Redis
-	Requests     uint64 // requests accepted by Redis
-	Replies      uint64 // replies delivered to a waiting caller
-	Late         uint64 // replies dropped because no caller waited any more
-	Timeouts     uint64 // requests that ended with ErrTimeout
-	RemoteErrors uint64 // replies carrying a handler error
-	Malformed    uint64 // undecodable entries on the reply stream (skipped)
-	InFlight     int    // requests waiting for a reply now
+	Published    uint64 `json:"published"`     // events accepted by Redis
+	Requests     uint64 `json:"requests"`      // requests accepted by Redis
+	Replies      uint64 `json:"replies"`       // replies delivered to a waiting caller
+	Late         uint64 `json:"late"`          // replies dropped because no caller waited any more
+	Timeouts     uint64 `json:"timeouts"`      // requests that ended with ErrTimeout
+	RemoteErrors uint64 `json:"remote_errors"` // replies carrying a handler error
+	Malformed    uint64 `json:"malformed"`     // undecodable entries on the reply stream (skipped)
+	InFlight     int    `json:"in_flight"`     // requests waiting for a reply now
 }
 
 // Option configures optional collaborators of a Producer.

@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -105,7 +106,7 @@ func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
 
 func TestBusWorkerServeRequestSigterm(t *testing.T) {
 	srv := redistest.Start(t)
-	serve, logs, _ := startServe(t, "--redis", srv.URL, "--topic", "e2e", "--concurrency", "4")
+	serve, logs, httpAddr := startServe(t, "--redis", srv.URL, "--topic", "e2e", "--concurrency", "4")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -122,6 +123,18 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 		t.Fatalf("bus-worker publish = %q, %v; want a stream id", out, err)
 	}
 
+	waitFor(t, 5*time.Second, "/stats to count both messages", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/stats")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Handled uint64 `json:"handled"`
+			Acked   uint64 `json:"acked"`
+		}
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Handled == 2 && st.Acked == 2
+	})
 	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,49 @@
+package producer_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/producer"
+)
+
+// A worker answers reasoning requests on a topic; a service sends one and
+// waits for the answer. Point bus.Config.URL at your Redis instead of the
+// in-process miniredis used here.
+func Example() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	ctx := context.Background()
+
+	client, err := bus.Connect(ctx, bus.Config{URL: "redis://" + mr.Addr()})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer client.Close()
+
+	// The worker side (normally another process, e.g. bus-worker).
+	worker, _ := consumer.New(client, consumer.Config{Topic: "reasoning"},
+		consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+			return []byte(strings.ToUpper(string(m.Payload))), nil
+		}))
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(wctx) }()
+	defer func() { stop(); <-done }()
+
+	// The service side.
+	p, _ := producer.New(client, producer.Config{})
+	defer p.Close(ctx)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	reply, err := p.Request(rctx, "reasoning", []byte("is the bus fast?"))
+	fmt.Println(string(reply), err)
+	// Output: IS THE BUS FAST? <nil>
+}
