@@ -228,15 +228,15 @@ func (b *Breaker) Done(t Token, o Outcome, d time.Duration) {
 		now := b.now()
 		s := b.win.stripeOf(b.win.current(now))
 		if o == Success {
-			s.succ.Add(1)
+			b.win.inc(&s.succ)
 			if !slow {
-				return // the hot path: one atomic add
+				return // the hot path: one uncontended compare-and-swap
 			}
 		} else {
-			s.fail.Add(1)
+			b.win.inc(&s.fail)
 		}
 		if slow {
-			s.slow.Add(1)
+			b.win.inc(&s.slow)
 		}
 		b.evaluate(t.w, now)
 	case HalfOpen:
