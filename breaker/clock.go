@@ -12,10 +12,6 @@ type Clock interface {
 	Now() time.Time
 }
 
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // coarse is the process-wide coarse clock: one goroutine stores the time
 // (unix nanoseconds) every coarseTick while at least one breaker using the
 // system clock is open for business (created and not yet Closed). Reading it

@@ -17,6 +17,10 @@ var (
 	ErrTimeout = errors.New("mycelium: timeout")
 	// ErrPayloadTooLarge: the payload exceeds the configured maximum.
 	ErrPayloadTooLarge = errors.New("mycelium: payload too large")
+	// ErrBreakerOpen: the topic's circuit breaker is open, so the call failed
+	// at once without touching Redis. Errors carrying it also match
+	// breaker.ErrOpen.
+	ErrBreakerOpen = errors.New("mycelium: circuit breaker open")
 	// ErrNoGroup: Redis has no such consumer group (or stream).
 	ErrNoGroup = errors.New("mycelium: consumer group missing")
 )

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 )
 
@@ -48,6 +49,17 @@ type Config struct {
 	// RequestTimeout applies to a Request whose ctx has no deadline. Zero
 	// means DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// Breaker configures the circuit breaker each topic gets: when it is
+	// open, Request and Publish fail at once with bus.ErrBreakerOpen instead
+	// of waiting on a Redis or a worker pool that is not answering.
+	// Timeouts and Redis errors count as failures; a caller's cancellation
+	// does not. The zero value means the breaker package's defaults.
+	Breaker breaker.Config
+	// NoBreaker turns the circuit breakers off.
+	NoBreaker bool
+	// RemoteErrorsTrip makes handler errors (*RemoteError) count as breaker
+	// failures. By default they do not: the bus delivered the answer.
+	RemoteErrorsTrip bool
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -62,6 +74,11 @@ func (c Config) Validate() error {
 	}
 	if c.ReplyTTL < 0 || c.ReplyBlock < 0 || c.RequestTimeout < 0 {
 		return fmt.Errorf("%w: ReplyTTL, ReplyBlock and RequestTimeout must not be negative", bus.ErrInvalidConfig)
+	}
+	if !c.NoBreaker {
+		if err := c.Breaker.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", bus.ErrInvalidConfig, err)
+		}
 	}
 	if c.ReplyTTL > 0 && c.ReplyTTL < 3*time.Second {
 		return fmt.Errorf("%w: ReplyTTL must be at least 3s, got %v", bus.ErrInvalidConfig, c.ReplyTTL)

@@ -35,7 +35,7 @@ type Producer struct {
 	seq     atomic.Uint64
 	waiters *registry
 	slots   chan struct{}
-	topics  sync.Map // topic -> stream key (validated)
+	topics  sync.Map // topic name -> *topic (key, breaker)
 
 	mu       sync.Mutex // guards started, readerErr transitions and stopping
 	started  bool
@@ -149,18 +149,6 @@ func WithHeaders(h map[string]string) CallOption {
 	return func(co *callOptions) { co.headers = h }
 }
 
-func (p *Producer) topicKey(topic string) (string, error) {
-	if k, ok := p.topics.Load(topic); ok {
-		return k.(string), nil
-	}
-	if err := bus.ValidateName("topic", topic); err != nil {
-		return "", fmt.Errorf("producer: %w", err)
-	}
-	k := p.keys.Topic(topic)
-	p.topics.Store(topic, k)
-	return k, nil
-}
-
 func (p *Producer) checkPayload(n int) error {
 	if n > p.cfg.MaxPayload {
 		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, p.cfg.MaxPayload)
@@ -175,13 +163,25 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if p.closed.Load() {
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
 	}
-	key, err := p.topicKey(topic)
+	t, err := p.topicFor(topic)
 	if err != nil {
 		return "", err
 	}
 	if err := p.checkPayload(len(payload)); err != nil {
 		return "", err
 	}
+	tok, err := t.admit()
+	if err != nil {
+		return "", err
+	}
+	start := time.Now()
+	id, err := p.publish(ctx, t, payload, opts)
+	p.report(t, tok, err, start)
+	return id, err
+}
+
+func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts []CallOption) (string, error) {
+	topic, key := t.name, t.key
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: time.Now().UnixNano()}
 	env.Headers = apply(opts)
 	w := waiterPool.Get().(*waiter)
@@ -226,7 +226,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: publish batch: %w", bus.ErrClosed)
 	}
-	key, err := p.topicKey(topic)
+	t, err := p.topicFor(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +238,17 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	if len(payloads) == 0 {
 		return nil, nil
 	}
+	tok, err := t.admit()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	ids, err := p.publishBatch(ctx, t.key, topic, payloads, opts)
+	p.report(t, tok, err, start)
+	return ids, err
+}
+
+func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads [][]byte, opts []CallOption) ([]string, error) {
 	env := codec.Envelope{Kind: codec.KindEvent, Sent: time.Now().UnixNano()}
 	env.Headers = apply(opts)
 	bufs := make([]*codec.Buffer, len(payloads))
@@ -285,13 +296,25 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
-	key, err := p.topicKey(topic)
+	t, err := p.topicFor(topic)
 	if err != nil {
 		return nil, err
 	}
 	if err := p.checkPayload(len(payload)); err != nil {
 		return nil, err
 	}
+	tok, err := t.admit()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	reply, err := p.request(ctx, t, payload, opts)
+	p.report(t, tok, err, start)
+	return reply, err
+}
+
+func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts []CallOption) ([]byte, error) {
+	key := t.key
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		var cancel context.CancelFunc
@@ -306,7 +329,7 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
-		return nil, p.ctxErr(ctx, "waiting for an in-flight slot")
+		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx, "waiting for an in-flight slot"))
 	case <-p.closing:
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
@@ -384,7 +407,11 @@ func (p *Producer) Close(ctx context.Context) error {
 		return p.closeErr
 	}
 	close(p.closing)
-	p.closeSender()
+	defer p.closeBreakers()
+	if err := p.closeSender(ctx); err != nil {
+		p.closeErr = fmt.Errorf("producer: close: waiting for queued writes: %w", err)
+		return p.closeErr
+	}
 	if !p.started {
 		return nil
 	}

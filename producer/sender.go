@@ -22,19 +22,18 @@ type sendItem struct {
 const (
 	// maxFlushers bounds concurrent pipelined writes of one producer.
 	maxFlushers = 2
-	// maxFlushRounds is how many batches a caller writes for others before
-	// it hands the rest to a helper goroutine and returns to its own work.
-	maxFlushRounds = 4
 	// maxSendBatch bounds one pipelined write.
 	maxSendBatch = 512
 )
 
-// sender batches XADDs by flat combining: a caller that finds a free
-// flusher slot writes its own entry and everything queued meanwhile as one
-// pipeline; callers arriving while all slots are busy queue up and ride on
-// the next write. At low load a caller writes alone, with no goroutine
-// hand-off; under load batches grow with the round-trip time, so many
-// callers share one write syscall and one Redis read.
+// sender batches XADDs by combining: callers queue their entry; while no
+// more than maxFlushers flushes run, a caller that queues starts a flusher
+// goroutine that writes everything queued as one pipeline and keeps going
+// while entries keep arriving. Under load batches grow with the round trip,
+// so many callers share one write syscall and one Redis read; at low load
+// an entry is written at once. Callers never wait on a flush themselves: a
+// Request waits for its reply (or its write error) bounded by its ctx, even
+// when Redis hangs.
 type sender struct {
 	mu      sync.Mutex
 	queue   []sendItem
@@ -53,9 +52,8 @@ var cmdsPool = sync.Pool{New: func() any {
 	return &c
 }}
 
-// submit queues it and, if a flusher slot is free, flushes on the caller's
-// goroutine until the queue is empty (or hands off after maxFlushRounds).
-// It reports false when the producer is closed; it is then not queued.
+// submit queues it, starting a flusher if fewer than maxFlushers run. It
+// reports false when the producer is closed; it is then not queued.
 func (p *Producer) submit(it sendItem) bool {
 	s := &p.send
 	s.mu.Lock()
@@ -69,32 +67,25 @@ func (p *Producer) submit(it sendItem) bool {
 		return true
 	}
 	s.active++
+	s.helpers.Add(1)
 	s.mu.Unlock()
-	p.flushLoop(maxFlushRounds)
+	go func() {
+		defer s.helpers.Done()
+		p.flushLoop()
+	}()
 	return true
 }
 
 // flushLoop writes queued batches while there are any; it holds one flusher
 // slot, released when the queue is seen empty under the lock (so no item is
 // ever left without a flusher).
-func (p *Producer) flushLoop(rounds int) {
+func (p *Producer) flushLoop() {
 	s := &p.send
-	for i := 0; ; i++ {
+	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 {
 			s.active--
 			s.mu.Unlock()
-			return
-		}
-		if rounds > 0 && i == rounds {
-			// Keep the slot and let a helper finish, so this caller is not
-			// held writing other callers' entries under sustained load.
-			s.helpers.Add(1)
-			s.mu.Unlock()
-			go func() {
-				defer s.helpers.Done()
-				p.flushLoop(0)
-			}()
 			return
 		}
 		bp := batchPool.Get().(*[]sendItem)
@@ -150,12 +141,22 @@ func (p *Producer) settle(it *sendItem, id string, err error) {
 	}
 }
 
-// closeSender refuses new submissions and waits for helper flushers. Items
-// already queued are written by the flushers that hold slots.
-func (p *Producer) closeSender() {
+// closeSender refuses new submissions and waits, bounded by ctx, for the
+// flushers to write what is queued.
+func (p *Producer) closeSender(ctx context.Context) error {
 	s := &p.send
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	s.helpers.Wait()
+	done := make(chan struct{})
+	go func() {
+		s.helpers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

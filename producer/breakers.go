@@ -1,0 +1,115 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/egos/mycelium/breaker"
+	"github.com/egos/mycelium/bus"
+)
+
+// topic is what a producer caches per topic: its stream key and breaker.
+type topic struct {
+	name string
+	key  string
+	br   *breaker.Breaker // nil when breakers are off
+}
+
+// topicFor returns the cached topic, creating (and validating) it once.
+func (p *Producer) topicFor(name string) (*topic, error) {
+	if t, ok := p.topics.Load(name); ok {
+		return t.(*topic), nil
+	}
+	if err := bus.ValidateName("topic", name); err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
+	t := &topic{name: name, key: p.keys.Topic(name)}
+	if !p.cfg.NoBreaker {
+		br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
+			ev := p.log.Warn()
+			if to == breaker.Closed {
+				ev = p.log.Info()
+			}
+			ev.Str("topic", name).Str("from", from.String()).Str("to", to.String()).Msg("circuit breaker")
+		}))
+		if err != nil {
+			return nil, fmt.Errorf("producer: %w", err)
+		}
+		t.br = br
+	}
+	if prev, loaded := p.topics.LoadOrStore(name, t); loaded {
+		if t.br != nil {
+			t.br.Close()
+		}
+		return prev.(*topic), nil
+	}
+	return t, nil
+}
+
+// admit asks the topic's breaker for a call.
+func (t *topic) admit() (breaker.Token, error) {
+	if t.br == nil {
+		return breaker.Token{}, nil
+	}
+	tok, err := t.br.Allow()
+	if err != nil {
+		return tok, fmt.Errorf("producer: %s: %w: %w", t.name, bus.ErrBreakerOpen, err)
+	}
+	return tok, nil
+}
+
+// report reports a call's error to the topic's breaker.
+func (p *Producer) report(t *topic, tok breaker.Token, err error, start time.Time) {
+	if t.br == nil {
+		return
+	}
+	var d time.Duration
+	if p.cfg.Breaker.SlowCall > 0 {
+		d = time.Since(start)
+	}
+	t.br.Done(tok, p.outcome(err), d)
+}
+
+// outcome classifies a call's error for the breaker: the bus failed on
+// timeouts and Redis errors; callers cancelling, closing the producer or
+// waiting for a local slot say nothing about Redis or the workers.
+func (p *Producer) outcome(err error) breaker.Outcome {
+	var re *RemoteError
+	switch {
+	case err == nil:
+		return breaker.Success
+	case errors.As(err, &re):
+		if p.cfg.RemoteErrorsTrip {
+			return breaker.Failure
+		}
+		return breaker.Success
+	case errors.Is(err, context.Canceled), errors.Is(err, bus.ErrClosed), errors.Is(err, errSlotWait):
+		return breaker.Ignored
+	}
+	return breaker.Failure
+}
+
+// errSlotWait marks a timeout spent waiting for a local in-flight slot.
+var errSlotWait = errors.New("waiting for an in-flight slot")
+
+// BreakerState returns the state of topic's circuit breaker, and false if
+// the producer has none for it (breakers off, or no call to it yet).
+func (p *Producer) BreakerState(topicName string) (breaker.State, bool) {
+	t, ok := p.topics.Load(topicName)
+	if !ok || t.(*topic).br == nil {
+		return breaker.Closed, false
+	}
+	return t.(*topic).br.State(), true
+}
+
+// closeBreakers releases every topic's breaker.
+func (p *Producer) closeBreakers() {
+	p.topics.Range(func(_, v any) bool {
+		if br := v.(*topic).br; br != nil {
+			br.Close()
+		}
+		return true
+	})
+}
