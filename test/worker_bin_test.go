@@ -5,17 +5,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
 
@@ -206,5 +210,66 @@ func TestBusWorkerEnvFlags(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "MYCELIUM_CONCURRENCY") {
 		t.Fatalf("serve with MYCELIUM_CONCURRENCY=zero = %q, %v; want exit 2 naming the variable", out, err)
+	}
+}
+
+func TestBusWorkerBreakerHoldsWhileDownstreamFails(t *testing.T) {
+	srv := redistest.Start(t)
+	var healthy atomic.Bool
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !healthy.Load() {
+			http.Error(w, "model overloaded", http.StatusServiceUnavailable)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(append([]byte("answer:"), body...))
+	}))
+	defer down.Close()
+	serve, logs, httpAddr := startServe(t, "--redis", srv.URL, "--topic", "llm", "--handler", down.URL,
+		"--breaker-min-calls", "3", "--breaker-open-timeout", "300ms", "--breaker-probes", "2")
+	c := srv.Client(t)
+	p := newProducer(t, c, producer.Config{NoBreaker: true})
+	ctx := context.Background()
+	for range 3 {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := p.Request(rctx, "llm", []byte("q"))
+		cancel()
+		var re *producer.RemoteError
+		if !errors.As(err, &re) || re.Code != "http_503" {
+			t.Fatalf("Request through a failing downstream = %v, want remote error http_503", err)
+		}
+	}
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "circuit breaker open") {
+		t.Fatalf("/readyz with the breaker open = %d %q", code, body)
+	}
+	if _, body := get("/stats"); !strings.Contains(body, `"breaker":"open"`) {
+		t.Fatalf("/stats = %q, want the breaker state", body)
+	}
+	// The downstream recovers; a request sent now is held, then answered.
+	healthy.Store(true)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, q := range []string{"q2", "q3"} { // two good probes close it
+		got, err := p.Request(rctx, "llm", []byte(q))
+		if err != nil || string(got) != "answer:"+q {
+			t.Fatalf("Request after recovery = %q, %v", got, err)
+		}
+	}
+	waitFor(t, 5*time.Second, "/readyz to recover", func() bool { code, _ := get("/readyz"); return code == http.StatusOK })
+	_ = serve.Process.Signal(syscall.SIGTERM)
+	if err := serve.Wait(); err != nil {
+		t.Fatalf("serve exit = %v", err)
+	}
+	if !strings.Contains(logs.String(), `"to":"open"`) || !strings.Contains(logs.String(), `"to":"closed"`) {
+		t.Fatalf("logs lack the breaker transitions:\n%s", logs)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
+	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 )
@@ -25,6 +26,11 @@ type serveFlags struct {
 	redis, prefix, topic, group, name, handler, httpAddr, logLevel string
 	concurrency                                                    int
 	shutdownTimeout                                                time.Duration
+
+	breaker                        bool
+	breakerMinCalls, breakerProbes int
+	breakerRatio                   float64
+	breakerOpen, breakerMaxOpen    time.Duration
 }
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -40,6 +46,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz and /stats; empty disables")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.BoolVar(&f.breaker, "breaker", true, "wrap the handler in a circuit breaker: while the downstream fails, hold entries (pending) instead of hammering it")
+	fs.IntVar(&f.breakerMinCalls, "breaker-min-calls", breaker.DefaultMinCalls, "calls in the window before the breaker may trip")
+	fs.IntVar(&f.breakerProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls half-open admits; all must succeed to close")
+	fs.Float64Var(&f.breakerRatio, "breaker-failure-ratio", breaker.DefaultFailureRatio, "handler failure ratio that trips the breaker")
+	fs.DurationVar(&f.breakerOpen, "breaker-open-timeout", breaker.DefaultOpenTimeout, "how long the breaker stays open before probing")
+	fs.DurationVar(&f.breakerMaxOpen, "breaker-max-open-timeout", time.Minute, "cap of the open time, which doubles after each failed probe round")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -66,6 +78,24 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	h, err := parseHandler(f.handler, consumer.DefaultMaxEntrySize, httpClient)
 	if err != nil {
 		return err
+	}
+	var br *breaker.Breaker
+	if f.breaker {
+		br, err = breaker.New(breaker.Config{
+			MinCalls: f.breakerMinCalls, FailureRatio: f.breakerRatio, HalfOpenProbes: f.breakerProbes,
+			OpenTimeout: f.breakerOpen, MaxOpenTimeout: f.breakerMaxOpen, Jitter: 0.1,
+		}, breaker.WithStateChange(func(from, to breaker.State) {
+			ev := log.Warn()
+			if to == breaker.Closed {
+				ev = log.Info()
+			}
+			ev.Str("from", from.String()).Str("to", to.String()).Str("handler", f.handler).Msg("downstream circuit breaker")
+		}))
+		if err != nil {
+			return usagef("serve: breaker flags: %v", err)
+		}
+		defer br.Close()
+		h = consumer.Chain(h, consumer.BreakerMiddleware(br))
 	}
 
 	var ln net.Listener
@@ -103,7 +133,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var srv *http.Server
 	srvDone := make(chan error, 1)
 	if ln != nil {
-		srv = &http.Server{Handler: opsMux(co), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: opsMux(co, br), ReadHeaderTimeout: 5 * time.Second}
 		go func() { srvDone <- srv.Serve(ln) }()
 	}
 	err = co.Run(ctx)
@@ -120,8 +150,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// opsMux serves the operator endpoints.
-func opsMux(co *consumer.Consumer) *http.ServeMux {
+// opsMux serves the operator endpoints. br may be nil.
+func opsMux(co *consumer.Consumer, br *breaker.Breaker) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
@@ -133,11 +163,22 @@ func opsMux(co *consumer.Consumer) *http.ServeMux {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if br != nil && br.State() == breaker.Open {
+			http.Error(w, "not ready: downstream circuit breaker open", http.StatusServiceUnavailable)
+			return
+		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(co.Stats())
+		out := struct {
+			consumer.Stats
+			Breaker string `json:"breaker,omitempty"`
+		}{Stats: co.Stats()}
+		if br != nil {
+			out.Breaker = br.State().String()
+		}
+		_ = json.NewEncoder(w).Encode(out)
 	})
 	return mux
 }
