@@ -37,11 +37,9 @@ func BreakerMiddleware(b *breaker.Breaker) Middleware {
 					b.Done(tok, breaker.Classify(herr), time.Since(start))
 					return out, herr
 				}
-				wait := maxBreakerWait
+				wait := 10 * time.Millisecond // half-open with every probe out
 				if until := b.Counts().OpenUntil; !until.IsZero() {
 					wait = min(max(time.Until(until), time.Millisecond), maxBreakerWait)
-				} else {
-					wait = 10 * time.Millisecond // half-open with every probe out
 				}
 				t := time.NewTimer(wait)
 				select {

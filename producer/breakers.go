@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 )
@@ -28,11 +30,11 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 	t := &topic{name: name, key: p.keys.Topic(name)}
 	if !p.cfg.NoBreaker {
 		br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
-			ev := p.log.Warn()
+			lvl := zerolog.WarnLevel
 			if to == breaker.Closed {
-				ev = p.log.Info()
+				lvl = zerolog.InfoLevel
 			}
-			ev.Str("topic", name).Str("from", from.String()).Str("to", to.String()).Msg("circuit breaker")
+			p.log.WithLevel(lvl).Str("topic", name).Str("from", from.String()).Str("to", to.String()).Msg("circuit breaker")
 		}))
 		if err != nil {
 			return nil, fmt.Errorf("producer: %w", err)

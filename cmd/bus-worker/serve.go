@@ -85,11 +85,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			MinCalls: f.breakerMinCalls, FailureRatio: f.breakerRatio, HalfOpenProbes: f.breakerProbes,
 			OpenTimeout: f.breakerOpen, MaxOpenTimeout: f.breakerMaxOpen, Jitter: 0.1,
 		}, breaker.WithStateChange(func(from, to breaker.State) {
-			ev := log.Warn()
-			if to == breaker.Closed {
-				ev = log.Info()
-			}
-			ev.Str("from", from.String()).Str("to", to.String()).Str("handler", f.handler).Msg("downstream circuit breaker")
+			log.WithLevel(breakerLevel(to)).Str("from", from.String()).Str("to", to.String()).Str("handler", f.handler).Msg("downstream circuit breaker")
 		}))
 		if err != nil {
 			return usagef("serve: breaker flags: %v", err)
@@ -203,4 +199,12 @@ func newLogger(w io.Writer) zerolog.Logger {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).With().Timestamp().Logger()
+}
+
+// breakerLevel logs a breaker opening as a warning and closing as info.
+func breakerLevel(to breaker.State) zerolog.Level {
+	if to == breaker.Closed {
+		return zerolog.InfoLevel
+	}
+	return zerolog.WarnLevel
 }
