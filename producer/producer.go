@@ -174,7 +174,7 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if err != nil {
 		return "", err
 	}
-	start := time.Now()
+	start := p.startTime()
 	id, err := p.publish(ctx, t, payload, opts)
 	p.report(t, tok, err, start)
 	return id, err
@@ -242,7 +242,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	start := p.startTime()
 	ids, err := p.publishBatch(ctx, t.key, topic, payloads, opts)
 	p.report(t, tok, err, start)
 	return ids, err
@@ -307,7 +307,7 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	start := p.startTime()
 	reply, err := p.request(ctx, t, payload, opts)
 	p.report(t, tok, err, start)
 	return reply, err
