@@ -235,13 +235,17 @@ func parseEntries(list *rueidis.RedisMessage) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bus: read reply: %w", err)
 	}
-	out := make([]Entry, len(items))
+	out := make([]Entry, 0, len(items))
 	for i := range items {
+		if items[i].IsNil() { // Redis 6.2 XAUTOCLAIM: a deleted entry
+			continue
+		}
+		out = append(out, Entry{})
 		pair, err := items[i].ToArray()
 		if err != nil || len(pair) != 2 {
 			return nil, fmt.Errorf("bus: read reply: malformed entry")
 		}
-		e := &out[i]
+		e := &out[len(out)-1]
 		if e.ID, err = pair[0].ToString(); err != nil {
 			return nil, fmt.Errorf("bus: read reply: entry id: %w", err)
 		}

@@ -18,6 +18,9 @@ const (
 	DefaultDeadLetterMaxLen = 100_000
 	DefaultMaxEntrySize     = 8 << 20
 	DefaultShutdownTimeout  = 30 * time.Second
+	DefaultClaimIdle        = 30 * time.Second
+	DefaultMaxDeliveries    = 5
+	DefaultReclaimBatch     = 100
 	maxReadBatch            = 512
 )
 
@@ -38,7 +41,9 @@ type Config struct {
 	// held at once. Zero means DefaultConcurrency.
 	Concurrency int
 	// Block is how long one XREADGROUP waits for entries. Zero means
-	// DefaultBlock.
+	// DefaultBlock, or ClaimIdle/4 if that is shorter: a read holds free
+	// handler slots while it waits, and a reclaimed entry may wait that
+	// long for one, which must stay well below ClaimIdle.
 	Block time.Duration
 	// ReplyMaxLen caps reply streams on write (MAXLEN ~). Keep it above
 	// the producers' MaxInFlight. Zero means DefaultReplyMaxLen.
@@ -53,6 +58,22 @@ type Config struct {
 	// its ctx is done before cancelling their contexts. Zero means
 	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// ClaimIdle is how long an entry may stay pending without progress
+	// before another consumer takes it over (XAUTOCLAIM): a consumer that
+	// died leaves its entries pending, and live ones reclaim them after
+	// ClaimIdle. Entries whose handler is still running are kept from being
+	// reclaimed by a heartbeat every ClaimIdle/3. Zero means
+	// DefaultClaimIdle.
+	ClaimIdle time.Duration
+	// ReclaimInterval is how often the consumer looks for entries to
+	// reclaim. Zero means ClaimIdle/2 (at most 5s).
+	ReclaimInterval time.Duration
+	// ReclaimBatch is the most entries reclaimed at once (never more than
+	// free handler slots). Zero means DefaultReclaimBatch.
+	ReclaimBatch int
+	// MaxDeliveries is how many times an entry is delivered before it goes
+	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
+	MaxDeliveries int
 	// StartID is where a newly created group starts: "0" (default: every
 	// entry still in the stream, so nothing published before the first
 	// worker started is lost) or "$" (only new entries).
@@ -83,6 +104,15 @@ func (c Config) Validate() error {
 	if c.Block > 0 && c.Block < time.Millisecond {
 		return fmt.Errorf("%w: Block must be at least 1ms, got %v", bus.ErrInvalidConfig, c.Block)
 	}
+	if c.ClaimIdle < 0 || c.ReclaimInterval < 0 || c.ReclaimBatch < 0 || c.MaxDeliveries < 0 {
+		return fmt.Errorf("%w: ClaimIdle, ReclaimInterval, ReclaimBatch and MaxDeliveries must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.ClaimIdle > 0 && c.ClaimIdle < 30*time.Millisecond {
+		return fmt.Errorf("%w: ClaimIdle must be at least 30ms, got %v", bus.ErrInvalidConfig, c.ClaimIdle)
+	}
+	if claim, block := c.withDefaults("x").ClaimIdle, c.withDefaults("x").Block; claim < 2*block {
+		return fmt.Errorf("%w: ClaimIdle (%v) must be at least twice Block (%v), or entries waiting for a handler slot get reclaimed", bus.ErrInvalidConfig, claim, block)
+	}
 	if c.StartID != "" && c.StartID != "0" && c.StartID != "$" {
 		return fmt.Errorf("%w: StartID must be \"0\" or \"$\", got %q", bus.ErrInvalidConfig, c.StartID)
 	}
@@ -103,8 +133,11 @@ func (c Config) withDefaults(rnd string) Config {
 	if c.Concurrency == 0 {
 		c.Concurrency = DefaultConcurrency
 	}
+	if c.ClaimIdle == 0 {
+		c.ClaimIdle = DefaultClaimIdle
+	}
 	if c.Block == 0 {
-		c.Block = DefaultBlock
+		c.Block = min(DefaultBlock, c.ClaimIdle/4)
 	}
 	if c.ReplyMaxLen == 0 {
 		c.ReplyMaxLen = DefaultReplyMaxLen
@@ -120,6 +153,15 @@ func (c Config) withDefaults(rnd string) Config {
 	}
 	if c.StartID == "" {
 		c.StartID = "0"
+	}
+	if c.ReclaimInterval == 0 {
+		c.ReclaimInterval = min(c.ClaimIdle/2, 5*time.Second)
+	}
+	if c.ReclaimBatch == 0 {
+		c.ReclaimBatch = DefaultReclaimBatch
+	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = DefaultMaxDeliveries
 	}
 	return c
 }

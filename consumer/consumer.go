@@ -36,21 +36,26 @@ type Consumer struct {
 
 type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
+	retried, reclaimed, deletedPending, heartbeats                                                        atomic.Uint64
 }
 
 // Stats is a snapshot of a Consumer's counters.
 type Stats struct {
-	Received      uint64 `json:"received"`       // entries read from the stream
-	Handled       uint64 `json:"handled"`        // handler calls that returned
-	Failed        uint64 `json:"failed"`         // handler calls that returned an error or panicked
-	Replied       uint64 `json:"replied"`        // replies written to a live reply stream
-	ReplyDropped  uint64 `json:"reply_dropped"`  // replies not written because the requester's reply stream is gone
-	Acked         uint64 `json:"acked"`          // entries acknowledged
-	Expired       uint64 `json:"expired"`        // requests acknowledged unprocessed because their deadline had passed
-	DeadLettered  uint64 `json:"dead_lettered"`  // entries moved to the dead-letter stream
-	Panics        uint64 `json:"panics"`         // handler panics recovered
-	GroupsCreated uint64 `json:"groups_created"` // times the group was (re)created
-	InFlight      int64  `json:"in_flight"`      // entries held now (read, not yet acknowledged)
+	Received       uint64 `json:"received"`        // entries read from the stream
+	Handled        uint64 `json:"handled"`         // handler calls that returned
+	Failed         uint64 `json:"failed"`          // handler calls that returned an error or panicked
+	Replied        uint64 `json:"replied"`         // replies written to a live reply stream
+	ReplyDropped   uint64 `json:"reply_dropped"`   // replies not written because the requester's reply stream is gone
+	Acked          uint64 `json:"acked"`           // entries acknowledged
+	Expired        uint64 `json:"expired"`         // requests acknowledged unprocessed because their deadline had passed
+	DeadLettered   uint64 `json:"dead_lettered"`   // entries moved to the dead-letter stream
+	Panics         uint64 `json:"panics"`          // handler panics recovered
+	GroupsCreated  uint64 `json:"groups_created"`  // times the group was (re)created
+	Retried        uint64 `json:"retried"`         // failed entries left pending for another delivery
+	Reclaimed      uint64 `json:"reclaimed"`       // entries taken over after ClaimIdle (from dead or slow consumers, or retries)
+	DeletedPending uint64 `json:"deleted_pending"` // pending entries trimmed before they were handled (reported by XAUTOCLAIM)
+	Heartbeats     uint64 `json:"heartbeats"`      // idle-time resets of long-running entries
+	InFlight       int64  `json:"in_flight"`       // entries held now (read, not yet acknowledged)
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -96,6 +101,8 @@ func (c *Consumer) Stats() Stats {
 		Replied: s.replied.Load(), ReplyDropped: s.replyDropped.Load(), Acked: s.acked.Load(),
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
 		GroupsCreated: s.groupsCreated.Load(), InFlight: c.inFlight.Load(),
+		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
+		Heartbeats: s.heartbeats.Load(),
 	}
 }
 
@@ -118,8 +125,9 @@ var ErrRunning = errors.New("consumer: already running")
 // job is one entry on its way to a worker. Jobs are pooled: a Message is
 // valid only during Handle.
 type job struct {
-	msg Message
-	env codec.Envelope
+	msg    Message
+	env    codec.Envelope
+	readAt int64 // unix nanoseconds when the entry was read or reclaimed
 }
 
 var jobPool = sync.Pool{New: func() any { return new(job) }}
@@ -151,17 +159,35 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer cancelAcker()
 	a := newAcker(actx, c, slots)
 	jobs := make(chan *job, c.cfg.Concurrency)
+	running := make([]workerSlot, c.cfg.Concurrency)
 	var workers sync.WaitGroup
-	for range c.cfg.Concurrency {
+	for i := range c.cfg.Concurrency {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
 			for j := range jobs {
-				c.work(hctx, j, a, slots)
+				c.work(hctx, j, a, slots, &running[i])
 			}
 		}()
 	}
+	// The reclaimer feeds the same workers; the heartbeat keeps running
+	// entries alive until their handlers finish (it outlives ctx for them).
+	var loops sync.WaitGroup
+	loops.Add(1)
+	go func() {
+		defer loops.Done()
+		c.reclaimLoop(ctx, slots, jobs, a)
+	}()
+	hbctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHeartbeat()
+	heartbeatDone := make(chan struct{})
+	go func() {
+		defer close(heartbeatDone)
+		c.heartbeatLoop(hbctx, running)
+	}()
 	c.readLoop(ctx, slots, jobs, a)
+	loops.Wait() // no more sends on jobs
+	defer func() { stopHeartbeat(); <-heartbeatDone }()
 
 	// Shutdown: reading stopped. Let workers finish (and flush) within the
 	// grace period; then cancel handlers and any flush still retrying.
@@ -240,7 +266,7 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 		}
 		now := time.Now()
 		for i := range entries {
-			c.route(&entries[i], now, jobs, a)
+			c.route(&entries[i], now, 1, jobs, a)
 		}
 	}
 }
@@ -255,7 +281,7 @@ func (c *Consumer) createGroup(ctx context.Context) error {
 
 // route sends one read entry to a worker, or straight to the acker when it
 // must not be handled (malformed, deleted, expired). Each entry holds one slot.
-func (c *Consumer) route(e *bus.Entry, now time.Time, jobs chan<- *job, a *acker) {
+func (c *Consumer) route(e *bus.Entry, now time.Time, attempt int, jobs chan<- *job, a *acker) {
 	c.stats.received.Add(1)
 	c.inFlight.Add(1)
 	switch {
@@ -288,39 +314,48 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, jobs chan<- *job, a *acker
 		return
 	}
 	j.msg = Message{
-		ID: e.ID, Topic: c.cfg.Topic, Payload: j.env.Payload, Headers: j.env.Headers, Attempt: 1,
+		ID: e.ID, Topic: c.cfg.Topic, Payload: j.env.Payload, Headers: j.env.Headers, Attempt: attempt,
 		Request: j.env.Kind == codec.KindRequest, Sent: time.Unix(0, j.env.Sent),
 	}
 	if j.env.Deadline != 0 {
 		j.msg.Deadline = time.Unix(0, j.env.Deadline)
 	}
+	j.readAt = now.UnixNano()
 	jobs <- j // never blocks: at most Concurrency entries are held
 }
 
-// work runs the handler for one job and queues its reply and ack.
-func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- struct{}) {
+// work runs the handler for one job and decides what becomes of the entry:
+// acknowledged (with a reply for requests), dead-lettered, or left pending
+// for another delivery.
+func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- struct{}, slot *workerSlot) {
 	ctx := hctx
 	if !j.msg.Deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(hctx, j.msg.Deadline)
 		defer cancel()
 	}
+	slot.set(j.msg.ID, j.readAt)
 	out, err := c.call(ctx, &j.msg)
+	slot.set("", 0)
 	c.stats.handled.Add(1)
 	if err != nil {
 		c.stats.failed.Add(1)
 		if hctx.Err() != nil {
 			// Shutdown cancelled the handler: leave the entry pending for
 			// another consumer rather than reporting a failure we caused.
-			putJob(j)
-			c.inFlight.Add(-1)
-			slots <- struct{}{}
+			c.release(j, slots)
 			return
 		}
 	}
 	done := completion{id: j.msg.ID}
 	switch {
 	case j.msg.Request:
+		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
+			time.Until(j.msg.Deadline) > c.cfg.ClaimIdle {
+			c.stats.retried.Add(1) // the caller can still wait for a retry
+			c.release(j, slots)
+			return
+		}
 		reply := codec.Envelope{Kind: codec.KindReply, ID: j.env.ID, Sent: time.Now().UnixNano(), Payload: out}
 		if err != nil {
 			reply.Payload = nil
@@ -332,14 +367,29 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 		}
 		done.replyTo = j.env.ReplyTo
 		done.reply = codec.Encode(&reply)
-	case err != nil:
-		// Events have nobody to tell: a failed event is dead-lettered with
-		// its reason rather than lost.
+	case err == nil:
+	case errors.Is(err, ErrSkipRetry):
 		e := bus.Entry{ID: j.msg.ID}
 		done.dead = c.deadEnvelope(&e, &j.env, j.msg.Attempt, "handler_error", err.Error())
+	case j.msg.Attempt >= c.cfg.MaxDeliveries:
+		e := bus.Entry{ID: j.msg.ID}
+		done.dead = c.deadEnvelope(&e, &j.env, j.msg.Attempt, "max_deliveries",
+			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, c.cfg.MaxDeliveries, err))
+	default:
+		// A failed event is delivered again after ClaimIdle.
+		c.stats.retried.Add(1)
+		c.release(j, slots)
+		return
 	}
 	putJob(j) // done holds only strings that alias the entry, not j
 	a.add(done)
+}
+
+// release gives up an entry without acknowledging it: it stays pending.
+func (c *Consumer) release(j *job, slots chan<- struct{}) {
+	putJob(j)
+	c.inFlight.Add(-1)
+	slots <- struct{}{}
 }
 
 // call runs the handler, turning a panic into an error.

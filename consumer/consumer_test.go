@@ -3,7 +3,9 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,7 +140,7 @@ func TestMalformedEntriesAreDeadLettered(t *testing.T) {
 func TestFailedEventIsDeadLetteredWithItsEnvelope(t *testing.T) {
 	m, c := redistest.Mini(t)
 	co := start(t, c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
-		return nil, errors.New("downstream said no")
+		return nil, fmt.Errorf("downstream said no: %w", consumer.ErrSkipRetry)
 	}))
 	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("work"), Headers: map[string]string{"k": "v"}})
 	eventually(t, "dead letter", func() bool { return co.Stats().DeadLettered == 1 })
@@ -151,8 +153,40 @@ func TestFailedEventIsDeadLetteredWithItsEnvelope(t *testing.T) {
 	if err := codec.DecodeEnvelope(f[bus.Field], &env); err != nil || string(env.Payload) != "work" || env.Headers["k"] != "v" {
 		t.Fatalf("dead letter envelope = %+v, %v", env, err)
 	}
-	if f[consumer.DLQReason] != "handler_error" || f[consumer.DLQError] != "downstream said no" {
+	if f[consumer.DLQReason] != "handler_error" || !strings.Contains(f[consumer.DLQError], "downstream said no") {
 		t.Fatalf("dead letter = %v", f)
+	}
+}
+
+func TestFailingEventIsRetriedThenDeadLettered(t *testing.T) {
+	m, c := redistest.Mini(t)
+	var attempts []int
+	var mu sync.Mutex
+	co := start(t, c, consumer.Config{Topic: "t", ClaimIdle: 50 * time.Millisecond, MaxDeliveries: 3},
+		consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) ([]byte, error) {
+			mu.Lock()
+			attempts = append(attempts, msg.Attempt)
+			mu.Unlock()
+			return nil, errors.New("flaky downstream")
+		}))
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("work")})
+	eventually(t, "dead letter after 3 deliveries", func() bool { return co.Stats().DeadLettered == 1 })
+	mu.Lock()
+	got := fmt.Sprint(attempts)
+	mu.Unlock()
+	if got != "[1 2 3]" {
+		t.Fatalf("handler saw attempts %s, want [1 2 3]", got)
+	}
+	dlq, _ := m.Stream("myc:{t}:dlq")
+	f := map[string]string{}
+	for i := 0; i+1 < len(dlq[0].Values); i += 2 {
+		f[dlq[0].Values[i]] = dlq[0].Values[i+1]
+	}
+	if f[consumer.DLQReason] != "max_deliveries" || f[consumer.DLQAttempts] != "3" || !strings.Contains(f[consumer.DLQError], "flaky downstream") {
+		t.Fatalf("dead letter = %v", f)
+	}
+	if s := co.Stats(); s.Retried != 2 || s.Reclaimed != 2 || s.InFlight != 0 {
+		t.Fatalf("stats = %+v, want 2 retries via 2 reclaims", s)
 	}
 }
 

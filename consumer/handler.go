@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -27,10 +28,26 @@ type Message struct {
 	Sent time.Time
 }
 
+// Retry control: a handler wraps one of these in its error (fmt.Errorf
+// with %w) to say what should happen next; check them with errors.Is.
+var (
+	// ErrSkipRetry: the message can never succeed; an event goes to the
+	// dead-letter stream at once, a request gets the error reply.
+	ErrSkipRetry = errors.New("consumer: do not retry")
+	// ErrRetryLater: try again later. The entry stays pending and is
+	// delivered again after ClaimIdle (up to MaxDeliveries). A request is
+	// retried only if its caller's deadline leaves time for that; otherwise
+	// the caller gets the error reply at once.
+	ErrRetryLater = errors.New("consumer: retry later")
+)
+
 // Handler processes messages. For a request, the returned bytes are the
 // reply payload and a non-nil error becomes a remote error for the caller
-// (return a *bus.RemoteError to choose its code). For an event the bytes are
-// ignored. Handle is called from Concurrency goroutines at once.
+// (return a *bus.RemoteError to choose its code), sent at once unless the
+// error wraps ErrRetryLater and the deadline allows a retry. For an event
+// the bytes are ignored and an error means a retry after ClaimIdle, up to
+// MaxDeliveries, then the dead-letter stream (at once if it wraps
+// ErrSkipRetry). Handle is called from Concurrency goroutines at once.
 type Handler interface {
 	Handle(ctx context.Context, m *Message) ([]byte, error)
 }

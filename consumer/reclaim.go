@@ -1,0 +1,171 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// workerSlot tells the heartbeat what one worker is running. Each worker
+// owns its slot; the heartbeat reads it every ClaimIdle/3.
+type workerSlot struct {
+	mu     sync.Mutex
+	id     string // entry id; "" when idle
+	readAt int64  // unix nanoseconds when the entry was read
+}
+
+func (s *workerSlot) set(id string, readAt int64) {
+	s.mu.Lock()
+	s.id, s.readAt = id, readAt
+	s.mu.Unlock()
+}
+
+func (s *workerSlot) get() (string, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id, s.readAt
+}
+
+// reclaimLoop takes over entries other consumers left pending longer than
+// ClaimIdle (XAUTOCLAIM, cursor carried forward) and handles them like new
+// ones; past MaxDeliveries they go to the dead-letter stream. It claims at
+// most as many entries as handler slots are free, and each claimed entry
+// waits for a slot like a read one. It returns when ctx ends.
+func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
+	t := time.NewTicker(c.cfg.ReclaimInterval)
+	defer t.Stop()
+	cursor := "0-0"
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for ctx.Err() == nil { // keep going while full batches come back
+			// The read loop may hold the free slots while it blocks, so size
+			// the claim by what is in flight rather than by free tokens.
+			n := min(c.cfg.Concurrency-int(c.inFlight.Load()), c.cfg.ReclaimBatch)
+			if n <= 0 {
+				break
+			}
+			got, next, err := c.reclaimOnce(ctx, cursor, n, slots, jobs, a)
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) { // the read loop recreates a lost group
+					c.log.Warn().Err(err).Str("stream", c.key).Msg("reclaim failed; will retry")
+				}
+				break
+			}
+			cursor = next
+			if got < n || cursor == "0-0" {
+				break
+			}
+		}
+	}
+}
+
+// reclaimOnce claims up to n entries from cursor and routes each once it
+// has a handler slot; it returns how many it claimed and the next cursor.
+// Claimed entries it cannot route before ctx ends stay pending (ours), and
+// are reclaimed again after ClaimIdle.
+func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots chan struct{}, jobs chan<- *job, a *acker) (int, string, error) {
+	next, entries, deleted, err := bus.AutoClaim(ctx, c.c, c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle, cursor, int64(n))
+	if err != nil {
+		return 0, cursor, err
+	}
+	if len(deleted) > 0 {
+		// Trimmed while pending: Redis dropped them from the pending list
+		// as it reported them; nothing is left to handle or retry.
+		c.stats.deletedPending.Add(uint64(len(deleted)))
+		c.log.Warn().Int("entries", len(deleted)).Str("stream", c.key).Msg("pending entries were trimmed before anyone handled them")
+	}
+	if len(entries) == 0 {
+		return 0, next, nil
+	}
+	deliveries := map[string]int64{}
+	pend, err := bus.PendingOf(ctx, c.c, c.key, c.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), c.cfg.Name)
+	if err != nil {
+		return len(entries), next, fmt.Errorf("delivery counts: %w", err)
+	}
+	for _, p := range pend {
+		deliveries[p.ID] = p.Deliveries
+	}
+	for i := range entries {
+		select {
+		case <-slots:
+		case <-ctx.Done():
+			return len(entries), next, nil
+		}
+		e := &entries[i]
+		attempt := int(deliveries[e.ID])
+		if attempt == 0 {
+			attempt = 1 // not listed: acknowledged meanwhile; handling is harmless
+		}
+		c.stats.reclaimed.Add(1)
+		if attempt > c.cfg.MaxDeliveries {
+			c.stats.received.Add(1)
+			c.inFlight.Add(1)
+			a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt-1, "max_deliveries",
+				fmt.Sprintf("not completed after %d deliveries (MaxDeliveries %d)", attempt-1, c.cfg.MaxDeliveries))})
+			continue
+		}
+		c.route(e, time.Now(), attempt, jobs, a)
+	}
+	return len(entries), next, nil
+}
+
+// heartbeatLoop keeps entries whose handler runs long from being reclaimed:
+// every ClaimIdle/3 it resets the idle time of this consumer's entries that
+// were read more than ClaimIdle/3 ago and are still being handled.
+func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
+	every := c.cfg.ClaimIdle / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var ids []string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids = ids[:0]
+		old := time.Now().Add(-every).UnixNano()
+		for i := range running {
+			if id, readAt := running[i].get(); id != "" && readAt < old {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		if err := c.touch(ctx, ids); err != nil && ctx.Err() == nil {
+			c.log.Warn().Err(err).Int("entries", len(ids)).Msg("heartbeat failed; long handlers may be reclaimed")
+		}
+	}
+}
+
+// touch resets the idle time of those ids this consumer still owns.
+func (c *Consumer) touch(ctx context.Context, ids []string) error {
+	mine, err := bus.PendingOf(ctx, c.c, c.key, c.cfg.Group, "-", "+", int64(c.cfg.Concurrency)+int64(len(ids)), c.cfg.Name)
+	if err != nil {
+		return err
+	}
+	owned := make(map[string]bool, len(mine))
+	for _, p := range mine {
+		owned[p.ID] = true
+	}
+	keep := ids[:0]
+	for _, id := range ids {
+		if owned[id] {
+			keep = append(keep, id)
+		}
+	}
+	if err := bus.Touch(ctx, c.c, c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
+		return err
+	}
+	c.stats.heartbeats.Add(uint64(len(keep)))
+	return nil
+}

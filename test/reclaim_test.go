@@ -1,0 +1,183 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+// ghostRead reads n entries as a consumer that then "dies": they stay
+// pending under its name.
+func ghostRead(t *testing.T, srv *redistest.Server, topic string, n int) {
+	t.Helper()
+	c := srv.Client(t)
+	ctx := context.Background()
+	if err := bus.CreateGroup(ctx, c, "myc:{"+topic+"}", "workers", "0"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := bus.ReadGroup(ctx, c, "myc:{"+topic+"}", "workers", "ghost", ">", int64(n), 100*time.Millisecond)
+	if err != nil || len(got) != n {
+		t.Fatalf("ghost read %d entries, %v; want %d", len(got), err, n)
+	}
+}
+
+func groupPending(t *testing.T, srv *redistest.Server, topic string) int64 {
+	t.Helper()
+	c := srv.Client(t)
+	g, err := bus.Groups(context.Background(), c, "myc:{"+topic+"}")
+	if err != nil || len(g) == 0 {
+		t.Fatalf("Groups = %v, %v", g, err)
+	}
+	return g[0].Pending
+}
+
+func TestReclaimFromDeadConsumer(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	p := newProducer(t, c, producer.Config{})
+	ctx := context.Background()
+	const n = 50
+	for i := range n {
+		if _, err := p.Publish(ctx, "orphans", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ghostRead(t, srv, "orphans", n)
+	var seen sync.Map
+	var handled atomic.Int64
+	co := runConsumer(t, c, consumer.Config{Topic: "orphans", ClaimIdle: 200 * time.Millisecond}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		if _, dup := seen.LoadOrStore(string(m.Payload), true); dup {
+			t.Errorf("entry %s handled twice", m.Payload)
+		}
+		if m.Attempt != 2 {
+			t.Errorf("reclaimed entry attempt = %d, want 2", m.Attempt)
+		}
+		handled.Add(1)
+		return nil, nil
+	}))
+	waitFor(t, 10*time.Second, "the dead consumer's entries to be reclaimed and handled", func() bool { return handled.Load() == n })
+	waitFor(t, 5*time.Second, "nothing pending", func() bool { return groupPending(t, srv, "orphans") == 0 })
+	if s := co.Stats(); s.Reclaimed != n {
+		t.Fatalf("Reclaimed = %d, want %d", s.Reclaimed, n)
+	}
+}
+
+func TestSlowHandlerIsNotReclaimed(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	const claimIdle = 300 * time.Millisecond
+	var runs atomic.Int64
+	finished := make(chan struct{})
+	h := consumer.HandlerFunc(func(ctx context.Context, _ *consumer.Message) ([]byte, error) {
+		runs.Add(1)
+		select { // a reasoning call of 3 x ClaimIdle
+		case <-time.After(3 * claimIdle):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		close(finished)
+		return nil, nil
+	})
+	a := runConsumer(t, c, consumer.Config{Topic: "slow", Name: "a", ClaimIdle: claimIdle}, h)
+	b := runConsumer(t, c, consumer.Config{Topic: "slow", Name: "b", ClaimIdle: claimIdle}, h)
+	p := newProducer(t, c, producer.Config{})
+	if _, err := p.Publish(context.Background(), "slow", []byte("think")); err != nil {
+		t.Fatal(err)
+	}
+	<-finished
+	// Give the reclaimers several more rounds to (wrongly) pick it up.
+	waitFor(t, 5*time.Second, "the entry to be acknowledged", func() bool { return groupPending(t, srv, "slow") == 0 })
+	time.Sleep(2 * claimIdle) // a negative check needs a window
+	if got := runs.Load(); got != 1 {
+		t.Fatalf("slow handler ran %d times, want once", got)
+	}
+	if hb := a.Stats().Heartbeats + b.Stats().Heartbeats; hb == 0 {
+		t.Fatal("no heartbeat was sent for a handler running 3 x ClaimIdle")
+	}
+}
+
+func TestTrimmedPendingEntriesAreDropped(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	p := newProducer(t, c, producer.Config{})
+	ctx := context.Background()
+	for i := range 5 {
+		if _, err := p.Publish(ctx, "trim", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ghostRead(t, srv, "trim", 5)
+	if err := c.Do(ctx, c.B().Xtrim().Key("myc:{trim}").Maxlen().Threshold("0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int64
+	co := runConsumer(t, c, consumer.Config{Topic: "trim", ClaimIdle: 100 * time.Millisecond}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		handled.Add(1)
+		return nil, nil
+	}))
+	waitFor(t, 10*time.Second, "the trimmed pending entries to be reported", func() bool { return co.Stats().DeletedPending == 5 })
+	waitFor(t, 5*time.Second, "nothing pending", func() bool { return groupPending(t, srv, "trim") == 0 })
+	if handled.Load() != 0 {
+		t.Fatalf("handled %d trimmed entries", handled.Load())
+	}
+}
+
+func TestDeliveryLimitOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	var attempts atomic.Int64
+	co := runConsumer(t, c, consumer.Config{Topic: "poison", ClaimIdle: 100 * time.Millisecond, MaxDeliveries: 4},
+		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+			attempts.Add(1)
+			return nil, errors.New("always fails")
+		}))
+	p := newProducer(t, c, producer.Config{})
+	if _, err := p.Publish(context.Background(), "poison", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the poison event in the dead-letter stream", func() bool { return co.Stats().DeadLettered == 1 })
+	if got := attempts.Load(); got != 4 {
+		t.Fatalf("handler ran %d times, want MaxDeliveries = 4", got)
+	}
+	if n := groupPending(t, srv, "poison"); n != 0 {
+		t.Fatalf("%d entries still pending", n)
+	}
+}
+
+func TestRequestRetryLaterWhenDeadlineAllows(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	var calls atomic.Int64
+	runConsumer(t, c, consumer.Config{Topic: "retry", ClaimIdle: 100 * time.Millisecond},
+		consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+			if calls.Add(1) == 1 {
+				return nil, fmt.Errorf("model warming up: %w", consumer.ErrRetryLater)
+			}
+			return []byte(fmt.Sprintf("answer on attempt %d", m.Attempt)), nil
+		}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, err := p.Request(ctx, "retry", []byte("q"))
+	if err != nil || string(got) != "answer on attempt 2" {
+		t.Fatalf("Request = %q, %v; want the retried answer", got, err)
+	}
+	// With a deadline too short for a retry, the error comes back at once.
+	calls.Store(0)
+	sctx, scancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer scancel()
+	_, err = p.Request(sctx, "retry", []byte("q"))
+	var re *producer.RemoteError
+	if !errors.As(err, &re) {
+		t.Fatalf("Request with a short deadline = %v, want the remote error at once", err)
+	}
+}
