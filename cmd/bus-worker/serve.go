@@ -24,8 +24,8 @@ import (
 
 type serveFlags struct {
 	redis, prefix, topic, group, name, handler, httpAddr, logLevel string
-	concurrency                                                    int
-	shutdownTimeout                                                time.Duration
+	concurrency, maxDeliveries                                     int
+	shutdownTimeout, claimIdle                                     time.Duration
 
 	breaker                        bool
 	breakerMinCalls, breakerProbes int
@@ -46,6 +46,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz and /stats; empty disables")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
+	fs.DurationVar(&f.claimIdle, "claim-idle", consumer.DefaultClaimIdle, "reclaim entries another consumer left pending this long (long handlers are kept alive by heartbeats)")
+	fs.IntVar(&f.maxDeliveries, "max-deliveries", consumer.DefaultMaxDeliveries, "deliveries before an entry goes to the dead-letter stream")
 	fs.BoolVar(&f.breaker, "breaker", true, "wrap the handler in a circuit breaker: while the downstream fails, hold entries (pending) instead of hammering it")
 	fs.IntVar(&f.breakerMinCalls, "breaker-min-calls", breaker.DefaultMinCalls, "calls in the window before the breaker may trip")
 	fs.IntVar(&f.breakerProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls half-open admits; all must succeed to close")
@@ -69,6 +71,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg := consumer.Config{
 		Prefix: f.prefix, Topic: f.topic, Group: f.group, Name: f.name,
 		Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
+		ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
+	}
+	if f.claimIdle <= 0 || f.maxDeliveries < 1 {
+		return usagef("serve: --claim-idle must be positive and --max-deliveries at least 1")
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
