@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -324,26 +325,28 @@ func TestDo(t *testing.T) {
 }
 
 func TestSystemClockBreaker(t *testing.T) {
-	b, err := New(Config{MinCalls: 1, OpenTimeout: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	b2, _ := New(Config{})
-	b2.Close()
-	b2.Close() // idempotent; the coarse clock keeps running for b
-	call(b, Failure, 0)
-	if b.State() != Open {
-		t.Fatal("did not trip")
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := b.Allow(); err == nil {
-			break
+	// In a synctest bubble the shared coarse clock (started by the first
+	// breaker, stopped by the last Close) runs on the bubble's fake time.
+	synctest.Test(t, func(t *testing.T) {
+		b, err := New(Config{MinCalls: 1, OpenTimeout: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("breaker on the system clock never half-opened")
+		defer b.Close()
+		b2, _ := New(Config{})
+		b2.Close()
+		b2.Close() // idempotent; the coarse clock keeps running for b
+		call(b, Failure, 0)
+		if b.State() != Open {
+			t.Fatal("did not trip")
 		}
-		time.Sleep(time.Millisecond) // waiting for real time to pass is the point
-	}
+		time.Sleep(19 * time.Millisecond)
+		if _, err := b.Allow(); !errors.Is(err, ErrOpen) {
+			t.Fatalf("Allow 19ms into a 20ms open period = %v, want ErrOpen", err)
+		}
+		time.Sleep(3 * time.Millisecond)
+		if _, err := b.Allow(); err != nil {
+			t.Fatalf("Allow after the open period = %v, want a probe", err)
+		}
+	})
 }
