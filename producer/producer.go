@@ -406,8 +406,11 @@ func (p *Producer) Close(ctx context.Context) error {
 	if p.closed.Swap(true) {
 		return p.closeErr
 	}
-	close(p.closing)
+	close(p.closing) // wakes every waiting caller with ErrClosed
 	defer p.closeBreakers()
+	if p.started {
+		p.stop() // signalled on every path, so the reader always exits
+	}
 	if err := p.closeSender(ctx); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: waiting for queued writes: %w", err)
 		return p.closeErr
@@ -415,7 +418,6 @@ func (p *Producer) Close(ctx context.Context) error {
 	if !p.started {
 		return nil
 	}
-	p.stop()
 	select {
 	case <-p.done:
 	case <-ctx.Done():
