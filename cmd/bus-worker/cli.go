@@ -37,6 +37,9 @@ Usage:
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
   bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json]
   bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
+  bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]
+  bus-worker dlq replay [--redis URL] [--topic T] (--id ID | --all)
+  bus-worker dlq purge  [--redis URL] [--topic T] (--older-than D | --all)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
 MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"
@@ -60,8 +63,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = request(ctx, args[1:], stdout, stderr)
 	case "publish":
 		err = publish(ctx, args[1:], stdout)
+	case "dlq":
+		err = dlq(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request or publish; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish or dlq; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:

@@ -1,0 +1,111 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+func TestDeadLetterTooling(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	var healthy atomic.Bool
+	var mu sync.Mutex
+	replayed := map[string]consumer.Message{}
+	co := runConsumer(t, c, consumer.Config{Topic: "jobs"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		if !healthy.Load() {
+			return nil, fmt.Errorf("bad input %s: %w", m.Payload, consumer.ErrSkipRetry)
+		}
+		mu.Lock()
+		replayed[string(m.Payload)] = *m
+		mu.Unlock()
+		return nil, nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := p.Publish(ctx, "jobs", []byte(fmt.Sprintf("job-%d", i)), producer.WithHeaders(map[string]string{"tenant": "a"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Do(ctx, c.B().Xadd().Key("myc:{jobs}").Id("*").FieldValue().FieldValue("junk", "1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "4 dead letters", func() bool { return co.Stats().DeadLettered == 4 })
+
+	worker := buildCmd(t, "bus-worker")
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(worker, append(append([]string{"dlq"}, args...), "--redis", srv.URL, "--topic", "jobs")...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("list", "--json")
+	if err != nil {
+		t.Fatalf("dlq list --json: %v\n%s", err, out)
+	}
+	var letters []consumer.DeadLetter
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var d consumer.DeadLetter
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatalf("dlq list --json line %q: %v", line, err)
+		}
+		letters = append(letters, d)
+	}
+	// Dead letters are in completion order, not publish order: index them.
+	byPayload := map[string]consumer.DeadLetter{}
+	var malformed consumer.DeadLetter
+	for _, d := range letters {
+		if d.Envelope == nil {
+			malformed = d
+			continue
+		}
+		byPayload[string(d.Envelope.Payload)] = d
+	}
+	job1 := byPayload["job-1"]
+	if len(letters) != 4 || len(byPayload) != 3 || job1.Reason != "handler_error" || !strings.Contains(job1.Error, "bad input job-1") ||
+		malformed.Reason != "malformed" || malformed.Fields["junk"] != "1" {
+		t.Fatalf("dlq list --json = %+v", letters)
+	}
+	if out, err := run("list"); err != nil || !strings.Contains(out, "REASON") || strings.Count(out, "\n") != 5 {
+		t.Fatalf("dlq list = %v\n%s", err, out)
+	}
+
+	healthy.Store(true)
+	if out, err := run("replay", "--id", job1.ID); err != nil || !strings.Contains(out, "replayed 1") {
+		t.Fatalf("dlq replay --id: %v\n%s", err, out)
+	}
+	waitFor(t, 10*time.Second, "the replayed job", func() bool { mu.Lock(); defer mu.Unlock(); return len(replayed) == 1 })
+	mu.Lock()
+	m := replayed["job-1"]
+	mu.Unlock()
+	if m.Headers[consumer.ReplayedFromHeader] != job1.ID || m.Headers["tenant"] != "a" || m.Attempt != 1 {
+		t.Fatalf("replayed message = %+v", m)
+	}
+	// --all replays the good ones and refuses the malformed one (exit 1).
+	out, err = run("replay", "--all")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "replayed 2") || !strings.Contains(out, "no decodable envelope") {
+		t.Fatalf("dlq replay --all = %v\n%s", err, out)
+	}
+	waitFor(t, 10*time.Second, "all replayed jobs", func() bool { mu.Lock(); defer mu.Unlock(); return len(replayed) == 3 })
+
+	if out, err := run("purge", "--older-than", "1h"); err != nil || !strings.Contains(out, "deleted 0") {
+		t.Fatalf("dlq purge --older-than 1h = %v\n%s", err, out)
+	}
+	if out, err := run("purge", "--all"); err != nil || !strings.Contains(out, "deleted 1") {
+		t.Fatalf("dlq purge --all = %v\n%s", err, out)
+	}
+	if out, err := run("purge"); err == nil || !strings.Contains(out, "exactly one") {
+		t.Fatalf("dlq purge without a scope = %v\n%s", err, out)
+	}
+}
