@@ -88,14 +88,16 @@ func (e *Entry) Fields() []string {
 	return out
 }
 
-// Cap is a stream length cap for XADD MAXLEN ~, with its decimal form
-// computed once rather than on every write.
+// Cap is how XADD trims a stream: by length (MAXLEN ~ n) or by age
+// (MINID ~ id), with its argument formatted once rather than per write.
+// The zero Cap does not trim.
 type Cap struct {
-	n int64
-	s string
+	n     int64
+	s     string
+	minID bool
 }
 
-// MaxLen returns the cap of n entries; n <= 0 means no trimming.
+// MaxLen returns the cap of about n entries; n <= 0 means no trimming.
 func MaxLen(n int64) Cap {
 	if n <= 0 {
 		return Cap{}
@@ -103,26 +105,58 @@ func MaxLen(n int64) Cap {
 	return Cap{n: n, s: strconv.FormatInt(n, 10)}
 }
 
-// AddCmd builds XADD key [NOMKSTREAM] [MAXLEN ~ cap] * m data. data is
-// passed without copying: keep it unchanged until the command completed.
+// MinAge returns the cap that drops entries older than age at time now
+// (MINID ~ of the stream id for now-age).
+func MinAge(now time.Time, age time.Duration) Cap {
+	return Cap{n: 1, s: strconv.FormatInt(now.Add(-age).UnixMilli(), 10) + "-0", minID: true}
+}
+
+// AddCmd builds XADD key [NOMKSTREAM] [MAXLEN|MINID ~ cap] * m data. data
+// is passed without copying: keep it unchanged until the command completed.
 func AddCmd(c rueidis.Client, key string, cp Cap, noMkStream bool, data []byte) rueidis.Completed {
 	v := rueidis.BinaryString(data)
 	k := c.B().Xadd().Key(key)
 	switch {
+	case noMkStream && cp.minID:
+		return k.Nomkstream().Minid().Almost().Threshold(cp.s).Id("*").FieldValue().FieldValue(Field, v).Build()
 	case noMkStream && cp.n > 0:
 		return k.Nomkstream().Maxlen().Almost().Threshold(cp.s).Id("*").FieldValue().FieldValue(Field, v).Build()
 	case noMkStream:
 		return k.Nomkstream().Id("*").FieldValue().FieldValue(Field, v).Build()
+	case cp.minID:
+		return k.Minid().Almost().Threshold(cp.s).Id("*").FieldValue().FieldValue(Field, v).Build()
 	case cp.n > 0:
 		return k.Maxlen().Almost().Threshold(cp.s).Id("*").FieldValue().FieldValue(Field, v).Build()
 	}
 	return k.Id("*").FieldValue().FieldValue(Field, v).Build()
 }
 
+// Trim runs an exact XTRIM key MAXLEN n (n > 0) or MINID <now-age> (age >
+// 0) and returns how many entries it removed.
+func Trim(ctx context.Context, c rueidis.Client, key string, n int64, age time.Duration) (int64, error) {
+	var cmd rueidis.Completed
+	switch {
+	case age > 0:
+		cmd = c.B().Xtrim().Key(key).Minid().Threshold(strconv.FormatInt(time.Now().Add(-age).UnixMilli(), 10) + "-0").Build()
+	case n > 0:
+		cmd = c.B().Xtrim().Key(key).Maxlen().Threshold(strconv.FormatInt(n, 10)).Build()
+	default:
+		return 0, nil
+	}
+	return c.Do(ctx, cmd).AsInt64()
+}
+
 // AddFieldsCmd builds XADD key [MAXLEN ~ cap] * f1 v1 f2 v2 ... for entries
 // that are not envelopes (dead letters). fv must hold at least one pair.
 func AddFieldsCmd(c rueidis.Client, key string, cp Cap, fv ...string) rueidis.Completed {
 	k := c.B().Xadd().Key(key)
+	if cp.minID {
+		f := k.Minid().Almost().Threshold(cp.s).Id("*").FieldValue()
+		for i := 0; i+1 < len(fv); i += 2 {
+			f = f.FieldValue(fv[i], fv[i+1])
+		}
+		return f.Build()
+	}
 	if cp.n > 0 {
 		f := k.Maxlen().Almost().Threshold(cp.s).Id("*").FieldValue()
 		for i := 0; i+1 < len(fv); i += 2 {

@@ -74,6 +74,14 @@ type Config struct {
 	// MaxDeliveries is how many times an entry is delivered before it goes
 	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
 	MaxDeliveries int
+	// RetentionMaxLen, when positive, makes the consumer trim its topic to
+	// this many entries (exact XTRIM every ReclaimInterval), whatever the
+	// producers' own caps. Entries beyond it are dropped even if no worker
+	// handled them: size it well above your backlog.
+	RetentionMaxLen int64
+	// RetentionMaxAge, when positive, trims entries older than this
+	// instead (XTRIM MINID), with the same caveat.
+	RetentionMaxAge time.Duration
 	// StartID is where a newly created group starts: "0" (default: every
 	// entry still in the stream, so nothing published before the first
 	// worker started is lost) or "$" (only new entries).
@@ -103,6 +111,12 @@ func (c Config) Validate() error {
 	}
 	if c.Block > 0 && c.Block < time.Millisecond {
 		return fmt.Errorf("%w: Block must be at least 1ms, got %v", bus.ErrInvalidConfig, c.Block)
+	}
+	if c.RetentionMaxLen < 0 || c.RetentionMaxAge < 0 {
+		return fmt.Errorf("%w: RetentionMaxLen and RetentionMaxAge must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.RetentionMaxLen > 0 && c.RetentionMaxAge > 0 {
+		return fmt.Errorf("%w: set RetentionMaxLen or RetentionMaxAge, not both", bus.ErrInvalidConfig)
 	}
 	if c.ClaimIdle < 0 || c.ReclaimInterval < 0 || c.ReclaimBatch < 0 || c.MaxDeliveries < 0 {
 		return fmt.Errorf("%w: ClaimIdle, ReclaimInterval, ReclaimBatch and MaxDeliveries must not be negative", bus.ErrInvalidConfig)

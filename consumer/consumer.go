@@ -36,7 +36,7 @@ type Consumer struct {
 
 type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
-	retried, reclaimed, deletedPending, heartbeats                                                        atomic.Uint64
+	retried, reclaimed, deletedPending, heartbeats, trimmed                                               atomic.Uint64
 }
 
 // Stats is a snapshot of a Consumer's counters.
@@ -55,6 +55,7 @@ type Stats struct {
 	Reclaimed      uint64 `json:"reclaimed"`       // entries taken over after ClaimIdle (from dead or slow consumers, or retries)
 	DeletedPending uint64 `json:"deleted_pending"` // pending entries trimmed before they were handled (reported by XAUTOCLAIM)
 	Heartbeats     uint64 `json:"heartbeats"`      // idle-time resets of long-running entries
+	Trimmed        uint64 `json:"trimmed"`         // entries removed by the consumer's retention
 	InFlight       int64  `json:"in_flight"`       // entries held now (read, not yet acknowledged)
 }
 
@@ -102,7 +103,7 @@ func (c *Consumer) Stats() Stats {
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
 		GroupsCreated: s.groupsCreated.Load(), InFlight: c.inFlight.Load(),
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
-		Heartbeats: s.heartbeats.Load(),
+		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(),
 	}
 }
 

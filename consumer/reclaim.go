@@ -45,6 +45,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 			return
 		case <-t.C:
 		}
+		c.enforceRetention(ctx)
 		for ctx.Err() == nil { // keep going while full batches come back
 			// The read loop may hold the free slots while it blocks, so size
 			// the claim by what is in flight rather than by free tokens.
@@ -64,6 +65,20 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 				break
 			}
 		}
+	}
+}
+
+// enforceRetention trims the topic to the configured retention, if any.
+func (c *Consumer) enforceRetention(ctx context.Context) {
+	if c.cfg.RetentionMaxLen <= 0 && c.cfg.RetentionMaxAge <= 0 {
+		return
+	}
+	n, err := bus.Trim(ctx, c.c, c.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		c.log.Warn().Err(err).Str("stream", c.key).Msg("retention trim failed; will retry")
+	case n > 0:
+		c.stats.trimmed.Add(uint64(n))
 	}
 }
 

@@ -37,6 +37,10 @@ type Config struct {
 	// StreamMaxLen caps each topic stream (XADD MAXLEN ~). Zero means
 	// DefaultStreamMaxLen; negative means no trimming.
 	StreamMaxLen int64
+	// StreamMaxAge, when positive, trims topic streams by age instead
+	// (XADD MINID ~): entries older than this are dropped on write, whether
+	// or not a worker handled them. It replaces StreamMaxLen.
+	StreamMaxAge time.Duration
 	// ReplyTTL is how long the reply stream outlives its producer. The live
 	// producer refreshes it every ReplyTTL/3. Zero means DefaultReplyTTL.
 	ReplyTTL time.Duration
@@ -72,8 +76,8 @@ func (c Config) Validate() error {
 	if c.MaxInFlight < 0 || c.MaxPayload < 0 || c.ReplyBatch < 0 {
 		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch must not be negative", bus.ErrInvalidConfig)
 	}
-	if c.ReplyTTL < 0 || c.ReplyBlock < 0 || c.RequestTimeout < 0 {
-		return fmt.Errorf("%w: ReplyTTL, ReplyBlock and RequestTimeout must not be negative", bus.ErrInvalidConfig)
+	if c.ReplyTTL < 0 || c.ReplyBlock < 0 || c.RequestTimeout < 0 || c.StreamMaxAge < 0 {
+		return fmt.Errorf("%w: ReplyTTL, ReplyBlock, RequestTimeout and StreamMaxAge must not be negative", bus.ErrInvalidConfig)
 	}
 	if !c.NoBreaker {
 		if err := c.Breaker.Validate(); err != nil {

@@ -149,6 +149,15 @@ func WithHeaders(h map[string]string) CallOption {
 	return func(co *callOptions) { co.headers = h }
 }
 
+// trimCap is the XADD trimming for writes made now: by age when
+// StreamMaxAge is set (computed per batch, not per message), else by length.
+func (p *Producer) trimCap() bus.Cap {
+	if p.cfg.StreamMaxAge > 0 {
+		return bus.MinAge(time.Now(), p.cfg.StreamMaxAge)
+	}
+	return p.cap
+}
+
 func (p *Producer) checkPayload(n int) error {
 	if n > p.cfg.MaxPayload {
 		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, p.cfg.MaxPayload)
@@ -253,10 +262,11 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 	env.Headers = apply(opts)
 	bufs := make([]*codec.Buffer, len(payloads))
 	cmds := make(rueidis.Commands, len(payloads))
+	cp := p.trimCap()
 	for i, pl := range payloads {
 		env.Payload = pl
 		bufs[i] = codec.Encode(&env)
-		cmds[i] = bus.AddCmd(p.c, key, p.cap, false, bufs[i].B)
+		cmds[i] = bus.AddCmd(p.c, key, cp, false, bufs[i].B)
 	}
 	ids := make([]string, len(payloads))
 	var errs []error

@@ -265,3 +265,23 @@ func TestPublishAndBatch(t *testing.T) {
 		t.Fatalf("Published = %d, want 4", s.Published)
 	}
 }
+
+func TestStreamMaxAgeTrimsOnWrite(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{StreamMaxAge: time.Hour})
+	ctx := context.Background()
+	m.SetTime(time.Now().Add(-2 * time.Hour)) // entries written two hours ago
+	for range 3 {
+		if _, err := m.XAdd("myc:{aged}", "*", []string{"m", "old"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.SetTime(time.Now())
+	if _, err := p.Publish(ctx, "aged", []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := m.Stream("myc:{aged}")
+	if len(entries) != 1 {
+		t.Fatalf("stream has %d entries after a write with StreamMaxAge 1h, want only the new one", len(entries))
+	}
+}

@@ -108,8 +108,9 @@ func (p *Producer) flushLoop() {
 func (p *Producer) flush(batch []sendItem) {
 	cp := cmdsPool.Get().(*rueidis.Commands)
 	cmds := (*cp)[:0]
+	trim := p.trimCap()
 	for i := range batch {
-		cmds = append(cmds, bus.AddCmd(p.c, batch[i].key, p.cap, false, batch[i].buf.B))
+		cmds = append(cmds, bus.AddCmd(p.c, batch[i].key, trim, false, batch[i].buf.B))
 	}
 	// No per-flush timer: the connection's write timeout (bus.Config
 	// WriteTimeout) bounds a pipelined command without a ctx deadline.

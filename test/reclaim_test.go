@@ -181,3 +181,24 @@ func TestRequestRetryLaterWhenDeadlineAllows(t *testing.T) {
 		t.Fatalf("Request with a short deadline = %v, want the remote error at once", err)
 	}
 }
+
+func TestConsumerRetention(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	p := newProducer(t, c, producer.Config{StreamMaxLen: -1})
+	ctx := context.Background()
+	for i := range 50 {
+		if _, err := p.Publish(ctx, "kept", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	co := runConsumer(t, c, consumer.Config{Topic: "kept", ClaimIdle: 200 * time.Millisecond, RetentionMaxLen: 10},
+		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
+	waitFor(t, 10*time.Second, "the topic trimmed to 10 entries", func() bool {
+		n, err := c.Do(ctx, c.B().Xlen().Key("myc:{kept}").Build()).AsInt64()
+		return err == nil && n == 10
+	})
+	if s := co.Stats(); s.Trimmed != 40 {
+		t.Fatalf("Trimmed = %d, want 40", s.Trimmed)
+	}
+}

@@ -23,9 +23,9 @@ import (
 )
 
 type serveFlags struct {
-	redis, prefix, topic, group, name, handler, httpAddr, logLevel string
-	concurrency, maxDeliveries                                     int
-	shutdownTimeout, claimIdle                                     time.Duration
+	redis, prefix, topic, group, name, handler, httpAddr, logLevel, retention string
+	concurrency, maxDeliveries                                                int
+	shutdownTimeout, claimIdle                                                time.Duration
 
 	breaker                        bool
 	breakerMinCalls, breakerProbes int
@@ -47,6 +47,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&f.claimIdle, "claim-idle", consumer.DefaultClaimIdle, "reclaim entries another consumer left pending this long (long handlers are kept alive by heartbeats)")
+	fs.StringVar(&f.retention, "retention", "", "trim the topic to this many entries (e.g. 1000000) or this age (e.g. 24h); empty: producers' caps only")
 	fs.IntVar(&f.maxDeliveries, "max-deliveries", consumer.DefaultMaxDeliveries, "deliveries before an entry goes to the dead-letter stream")
 	fs.BoolVar(&f.breaker, "breaker", true, "wrap the handler in a circuit breaker: while the downstream fails, hold entries (pending) instead of hammering it")
 	fs.IntVar(&f.breakerMinCalls, "breaker-min-calls", breaker.DefaultMinCalls, "calls in the window before the breaker may trip")
@@ -72,6 +73,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Prefix: f.prefix, Topic: f.topic, Group: f.group, Name: f.name,
 		Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
 		ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
+	}
+	if f.retention != "" {
+		if d, err := time.ParseDuration(f.retention); err == nil && d > 0 {
+			cfg.RetentionMaxAge = d
+		} else if n, err := strconv.ParseInt(f.retention, 10, 64); err == nil && n > 0 {
+			cfg.RetentionMaxLen = n
+		} else {
+			return usagef("serve: --retention %q: want a positive entry count (1000000) or age (24h)", f.retention)
+		}
 	}
 	if f.claimIdle <= 0 || f.maxDeliveries < 1 {
 		return usagef("serve: --claim-idle must be positive and --max-deliveries at least 1")
