@@ -39,6 +39,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 	t := time.NewTicker(c.cfg.ReclaimInterval)
 	defer t.Stop()
 	cursor := "0-0"
+	out := bus.Outage{Log: c.log, What: "reclaimer " + c.key}
 	for {
 		select {
 		case <-ctx.Done():
@@ -56,10 +57,11 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 			got, next, err := c.reclaimOnce(ctx, cursor, n, slots, jobs, a)
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) { // the read loop recreates a lost group
-					c.log.Warn().Err(err).Str("stream", c.key).Msg("reclaim failed; will retry")
+					out.Failed(err)
 				}
 				break
 			}
+			out.OK()
 			cursor = next
 			if got < n || cursor == "0-0" {
 				break
@@ -75,8 +77,8 @@ func (c *Consumer) enforceRetention(ctx context.Context) {
 	}
 	n, err := bus.Trim(ctx, c.c, c.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
 	switch {
-	case err != nil && ctx.Err() == nil:
-		c.log.Warn().Err(err).Str("stream", c.key).Msg("retention trim failed; will retry")
+	case err != nil:
+		// The reclaimer's outage log covers Redis being away.
 	case n > 0:
 		c.stats.trimmed.Add(uint64(n))
 	}
@@ -140,6 +142,7 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var ids []string
+	out := bus.Outage{Log: c.log, What: "heartbeat " + c.key}
 	for {
 		select {
 		case <-ctx.Done():
@@ -156,9 +159,13 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 		if len(ids) == 0 {
 			continue
 		}
-		if err := c.touch(ctx, ids); err != nil && ctx.Err() == nil {
-			c.log.Warn().Err(err).Int("entries", len(ids)).Msg("heartbeat failed; long handlers may be reclaimed")
+		if err := c.touch(ctx, ids); err != nil {
+			if ctx.Err() == nil {
+				out.Failed(err) // long handlers may be reclaimed meanwhile
+			}
+			continue
 		}
+		out.OK()
 	}
 }
 
