@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test run bench bench-go bench-bus bench-breaker lint vet fuzz tidy-check redis-server clean
+.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker lint vet fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,9 @@ vet: ## go vet ./...
 
 test: redis-server vet ## everything CI runs: go vet, then go test -race over all packages (unit on miniredis, integration on redis-server)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 14m ./...
+
+chaos: redis-server ## the long chaos suite (real redis-server and bus-worker processes); make test runs the short one
+	MYCELIUM_CHAOS_LONG=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 30m -v -run Chaos ./test/chaos/
 
 run: ## bus-worker serve on an embedded in-memory Redis (no Redis needed)
 	$(GO) run ./cmd/bus-worker serve

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,40 +22,11 @@ import (
 	"github.com/egos/mycelium/test/redistest"
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
 // buildCmd builds a command of this module once per test run.
 func buildCmd(t *testing.T, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "mycelium-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, cmd := range []string{"bus-worker", "bus-bench"} {
-			out, err := exec.Command("go", "build", "-race", "-o", filepath.Join(binDir, cmd), "../cmd/"+cmd).CombinedOutput()
-			if err != nil {
-				buildErr = &buildError{cmd, string(out), err}
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build: %v", buildErr)
-	}
-	return filepath.Join(binDir, name)
+	return redistest.Binary(t, name)
 }
-
-type buildError struct {
-	cmd, out string
-	err      error
-}
-
-func (e *buildError) Error() string { return e.cmd + ": " + e.err.Error() + ": " + e.out }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
