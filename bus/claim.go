@@ -97,3 +97,48 @@ func Touch(ctx context.Context, c rueidis.Client, key, group, consumer string, m
 	}
 	return c.Do(ctx, c.B().Xclaim().Key(key).Group(group).Consumer(consumer).MinIdleTime(strconv.FormatInt(minIdle.Milliseconds(), 10)).Id(ids...).Justid().Build()).Error()
 }
+
+// ConsumerInfo is one consumer of a group, from XINFO CONSUMERS.
+type ConsumerInfo struct {
+	Name    string
+	Pending int64
+	Idle    time.Duration // since its last read or claim
+}
+
+// Consumers lists the consumers of group on key.
+func Consumers(ctx context.Context, c rueidis.Client, key, group string) ([]ConsumerInfo, error) {
+	rows, err := c.Do(ctx, c.B().XinfoConsumers().Key(key).Group(group).Build()).ToArray()
+	if err != nil {
+		if IsNoGroup(err) {
+			return nil, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
+		}
+		return nil, err
+	}
+	out := make([]ConsumerInfo, 0, len(rows))
+	for i := range rows {
+		m, err := rows[i].AsMap()
+		if err != nil {
+			return nil, fmt.Errorf("bus: XINFO CONSUMERS reply: %w", err)
+		}
+		var ci ConsumerInfo
+		if v, ok := m["name"]; ok {
+			ci.Name, _ = v.ToString()
+		}
+		if v, ok := m["pending"]; ok {
+			ci.Pending, _ = v.AsInt64()
+		}
+		if v, ok := m["idle"]; ok {
+			ms, _ := v.AsInt64()
+			ci.Idle = time.Duration(ms) * time.Millisecond
+		}
+		out = append(out, ci)
+	}
+	return out, nil
+}
+
+// DeleteConsumer removes consumer from group (XGROUP DELCONSUMER) and
+// returns how many pending entries it had: call it only for consumers with
+// none, or their entries leave the pending list unhandled.
+func DeleteConsumer(ctx context.Context, c rueidis.Client, key, group, consumer string) (int64, error) {
+	return c.Do(ctx, c.B().XgroupDelconsumer().Key(key).Group(group).Consumername(consumer).Build()).AsInt64()
+}

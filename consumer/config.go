@@ -11,17 +11,18 @@ import (
 
 // Defaults for Config fields left at their zero value.
 const (
-	DefaultGroup            = "workers"
-	DefaultConcurrency      = 64
-	DefaultBlock            = 2 * time.Second
-	DefaultReplyMaxLen      = 10_000
-	DefaultDeadLetterMaxLen = 100_000
-	DefaultMaxEntrySize     = 8 << 20
-	DefaultShutdownTimeout  = 30 * time.Second
-	DefaultClaimIdle        = 30 * time.Second
-	DefaultMaxDeliveries    = 5
-	DefaultReclaimBatch     = 100
-	maxReadBatch            = 512
+	DefaultGroup               = "workers"
+	DefaultConcurrency         = 64
+	DefaultBlock               = 2 * time.Second
+	DefaultReplyMaxLen         = 10_000
+	DefaultDeadLetterMaxLen    = 100_000
+	DefaultMaxEntrySize        = 8 << 20
+	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultClaimIdle           = 30 * time.Second
+	DefaultMaxDeliveries       = 5
+	DefaultReclaimBatch        = 100
+	DefaultConsumerIdleTimeout = time.Hour
+	maxReadBatch               = 512
 )
 
 // Config tunes a Consumer. Topic is required; every other zero value means
@@ -74,6 +75,11 @@ type Config struct {
 	// MaxDeliveries is how many times an entry is delivered before it goes
 	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
 	MaxDeliveries int
+	// ConsumerIdleTimeout removes other consumers of the group that have
+	// been idle this long with nothing pending (dead workers leave their
+	// names behind). Consumers still holding entries are never removed.
+	// Zero means DefaultConsumerIdleTimeout; negative disables removal.
+	ConsumerIdleTimeout time.Duration
 	// RetentionMaxLen, when positive, makes the consumer trim its topic to
 	// this many entries (exact XTRIM every ReclaimInterval), whatever the
 	// producers' own caps. Entries beyond it are dropped even if no worker
@@ -173,6 +179,9 @@ func (c Config) withDefaults(rnd string) Config {
 	}
 	if c.ReclaimBatch == 0 {
 		c.ReclaimBatch = DefaultReclaimBatch
+	}
+	if c.ConsumerIdleTimeout == 0 {
+		c.ConsumerIdleTimeout = DefaultConsumerIdleTimeout
 	}
 	if c.MaxDeliveries == 0 {
 		c.MaxDeliveries = DefaultMaxDeliveries

@@ -36,27 +36,28 @@ type Consumer struct {
 
 type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
-	retried, reclaimed, deletedPending, heartbeats, trimmed                                               atomic.Uint64
+	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved                             atomic.Uint64
 }
 
 // Stats is a snapshot of a Consumer's counters.
 type Stats struct {
-	Received       uint64 `json:"received"`        // entries read from the stream
-	Handled        uint64 `json:"handled"`         // handler calls that returned
-	Failed         uint64 `json:"failed"`          // handler calls that returned an error or panicked
-	Replied        uint64 `json:"replied"`         // replies written to a live reply stream
-	ReplyDropped   uint64 `json:"reply_dropped"`   // replies not written because the requester's reply stream is gone
-	Acked          uint64 `json:"acked"`           // entries acknowledged
-	Expired        uint64 `json:"expired"`         // requests acknowledged unprocessed because their deadline had passed
-	DeadLettered   uint64 `json:"dead_lettered"`   // entries moved to the dead-letter stream
-	Panics         uint64 `json:"panics"`          // handler panics recovered
-	GroupsCreated  uint64 `json:"groups_created"`  // times the group was (re)created
-	Retried        uint64 `json:"retried"`         // failed entries left pending for another delivery
-	Reclaimed      uint64 `json:"reclaimed"`       // entries taken over after ClaimIdle (from dead or slow consumers, or retries)
-	DeletedPending uint64 `json:"deleted_pending"` // pending entries trimmed before they were handled (reported by XAUTOCLAIM)
-	Heartbeats     uint64 `json:"heartbeats"`      // idle-time resets of long-running entries
-	Trimmed        uint64 `json:"trimmed"`         // entries removed by the consumer's retention
-	InFlight       int64  `json:"in_flight"`       // entries held now (read, not yet acknowledged)
+	Received         uint64 `json:"received"`          // entries read from the stream
+	Handled          uint64 `json:"handled"`           // handler calls that returned
+	Failed           uint64 `json:"failed"`            // handler calls that returned an error or panicked
+	Replied          uint64 `json:"replied"`           // replies written to a live reply stream
+	ReplyDropped     uint64 `json:"reply_dropped"`     // replies not written because the requester's reply stream is gone
+	Acked            uint64 `json:"acked"`             // entries acknowledged
+	Expired          uint64 `json:"expired"`           // requests acknowledged unprocessed because their deadline had passed
+	DeadLettered     uint64 `json:"dead_lettered"`     // entries moved to the dead-letter stream
+	Panics           uint64 `json:"panics"`            // handler panics recovered
+	GroupsCreated    uint64 `json:"groups_created"`    // times the group was (re)created
+	Retried          uint64 `json:"retried"`           // failed entries left pending for another delivery
+	Reclaimed        uint64 `json:"reclaimed"`         // entries taken over after ClaimIdle (from dead or slow consumers, or retries)
+	DeletedPending   uint64 `json:"deleted_pending"`   // pending entries trimmed before they were handled (reported by XAUTOCLAIM)
+	Heartbeats       uint64 `json:"heartbeats"`        // idle-time resets of long-running entries
+	Trimmed          uint64 `json:"trimmed"`           // entries removed by the consumer's retention
+	ConsumersRemoved uint64 `json:"consumers_removed"` // idle consumers without pending entries removed from the group
+	InFlight         int64  `json:"in_flight"`         // entries held now (read, not yet acknowledged)
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -103,7 +104,7 @@ func (c *Consumer) Stats() Stats {
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
 		GroupsCreated: s.groupsCreated.Load(), InFlight: c.inFlight.Load(),
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
-		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(),
+		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
 	}
 }
 

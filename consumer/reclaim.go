@@ -40,6 +40,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 	defer t.Stop()
 	cursor := "0-0"
 	out := bus.Outage{Log: c.log, What: "reclaimer " + c.key}
+	var lastCleanup time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -47,6 +48,10 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 		case <-t.C:
 		}
 		c.enforceRetention(ctx)
+		if c.cfg.ConsumerIdleTimeout > 0 && time.Since(lastCleanup) >= min(c.cfg.ConsumerIdleTimeout/4, time.Minute) {
+			lastCleanup = time.Now()
+			c.removeIdleConsumers(ctx)
+		}
 		for ctx.Err() == nil { // keep going while full batches come back
 			// The read loop may hold the free slots while it blocks, so size
 			// the claim by what is in flight rather than by free tokens.
@@ -66,6 +71,33 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 			if got < n || cursor == "0-0" {
 				break
 			}
+		}
+	}
+}
+
+// removeIdleConsumers deletes other consumers idle longer than
+// ConsumerIdleTimeout with nothing pending.
+func (c *Consumer) removeIdleConsumers(ctx context.Context) {
+	list, err := bus.Consumers(ctx, c.c, c.key, c.cfg.Group)
+	if err != nil {
+		return // the reclaimer's outage log covers Redis being away
+	}
+	for _, ci := range list {
+		if ci.Name == c.cfg.Name || ci.Pending != 0 || ci.Idle < c.cfg.ConsumerIdleTimeout {
+			continue
+		}
+		n, err := bus.DeleteConsumer(ctx, c.c, c.key, c.cfg.Group, ci.Name)
+		switch {
+		case err != nil:
+			return
+		case n > 0:
+			// It read entries between the listing and the delete: they left
+			// the pending list with it. Loud, because it should not happen
+			// to a consumer idle for ConsumerIdleTimeout.
+			c.log.Error().Str("consumer", ci.Name).Int64("pending", n).Msg("removed an idle consumer that had just read entries")
+		default:
+			c.stats.consumersRemoved.Add(1)
+			c.log.Info().Str("consumer", ci.Name).Dur("idle", ci.Idle).Msg("removed idle consumer")
 		}
 	}
 }

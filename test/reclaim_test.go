@@ -202,3 +202,39 @@ func TestConsumerRetention(t *testing.T) {
 		t.Fatalf("Trimmed = %d, want 40", s.Trimmed)
 	}
 }
+
+func TestIdleConsumersRemoved(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	p := newProducer(t, c, producer.Config{})
+	if _, err := p.Publish(ctx, "idle", []byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	ghostRead(t, srv, "idle", 1) // "ghost" holds one pending entry
+	if err := c.Do(ctx, c.B().XgroupCreateconsumer().Key("myc:{idle}").Group("workers").Consumer("gone").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	co := runConsumer(t, c, consumer.Config{Topic: "idle", ClaimIdle: 30 * time.Second, ReclaimInterval: 50 * time.Millisecond, ConsumerIdleTimeout: 300 * time.Millisecond},
+		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
+	names := func() map[string]bool {
+		list, err := bus.Consumers(ctx, c, "myc:{idle}", "workers")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]bool{}
+		for _, ci := range list {
+			m[ci.Name] = true
+		}
+		return m
+	}
+	// (Redis 7.0 registers a consumer only when XREADGROUP delivers entries,
+	// so the live one may not be listed yet: that is fine.)
+	waitFor(t, 10*time.Second, "the idle consumer without entries to be removed", func() bool { return !names()["gone"] })
+	if n := names(); !n["ghost"] {
+		t.Fatalf("consumers = %v: the one holding an entry, or the live one, was removed", n)
+	}
+	if s := co.Stats(); s.ConsumersRemoved != 1 {
+		t.Fatalf("ConsumersRemoved = %d, want 1", s.ConsumersRemoved)
+	}
+}
