@@ -196,3 +196,28 @@ func TestReadCancelReturnsPromptly(t *testing.T) {
 		t.Fatal("ReadGroup with BLOCK 60s ignored cancellation")
 	}
 }
+
+func TestUnavailable(t *testing.T) {
+	m := miniredis.RunT(t)
+	ctx := context.Background()
+	c, err := Connect(ctx, Config{URL: "redis://" + m.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m.Set("str", "x")
+	reply := c.Do(ctx, c.B().Xlen().Key("str").Build()).Error() // WRONGTYPE: a real error reply
+	if reply == nil || errors.Is(Unavailable(reply), ErrUnavailable) {
+		t.Fatalf("Unavailable(%v) marked a Redis error reply as unavailable", reply)
+	}
+	m.Close()
+	conn := c.Do(ctx, c.B().Set().Key("k").Value("v").Build()).Error() // server gone
+	if conn == nil || !errors.Is(Unavailable(conn), ErrUnavailable) || !errors.Is(Unavailable(conn), conn) {
+		t.Fatalf("Unavailable(%v) = %v, want ErrUnavailable wrapping it", conn, Unavailable(conn))
+	}
+	for _, e := range []error{nil, context.Canceled, context.DeadlineExceeded} {
+		if got := Unavailable(e); got != e {
+			t.Errorf("Unavailable(%v) = %v, want it unchanged", e, got)
+		}
+	}
+}

@@ -1,7 +1,9 @@
 package bus
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/redis/rueidis"
@@ -21,6 +23,10 @@ var (
 	// at once without touching Redis. Errors carrying it also match
 	// breaker.ErrOpen.
 	ErrBreakerOpen = errors.New("mycelium: circuit breaker open")
+	// ErrUnavailable: Redis could not be reached or did not answer (connection
+	// refused or lost, write timeout): the write may or may not have been
+	// applied. Redis's own error replies are not ErrUnavailable.
+	ErrUnavailable = errors.New("mycelium: redis unavailable")
 	// ErrNoGroup: Redis has no such consumer group (or stream).
 	ErrNoGroup = errors.New("mycelium: consumer group missing")
 )
@@ -40,6 +46,30 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string {
 	return "mycelium: remote error (" + e.Code + "): " + e.Message
+}
+
+// Unavailable marks err with ErrUnavailable when it is a connection-level
+// failure rather than a Redis error reply or a caller's ctx ending.
+//
+// Error replies that mean "not now" are unavailability too: LOADING (a
+// restarted Redis replaying its append-only file), BUSY (a script running),
+// TRYAGAIN, MASTERDOWN and CLUSTERDOWN.
+func Unavailable(err error) error {
+	if err == nil || rueidis.IsRedisNil(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if re, ok := rueidis.IsRedisErr(err); ok && !transient(re) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+func transient(re *rueidis.RedisError) bool {
+	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {
+		return true
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "BUSY ") || strings.HasPrefix(msg, "MASTERDOWN")
 }
 
 // IsNoGroup reports whether err is Redis's NOGROUP error.

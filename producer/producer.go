@@ -274,7 +274,7 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 	for i, r := range p.c.DoMulti(ctx, cmds...) {
 		id, err := r.ToString()
 		if err != nil {
-			errs = append(errs, &PublishError{Index: i, Err: err})
+			errs = append(errs, &PublishError{Index: i, Err: bus.Unavailable(err)})
 			if !bus.IsRedisReply(err) {
 				recycle = false
 			}
@@ -300,8 +300,9 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 //
 // Errors: bus.ErrTimeout (with context.DeadlineExceeded) when the deadline
 // passes, ctx's error when it is cancelled, *RemoteError when the handler
-// failed, bus.ErrPayloadTooLarge, bus.ErrClosed, or a wrapped Redis error
-// when the request could not be written. Safe for concurrent use.
+// failed, bus.ErrPayloadTooLarge, bus.ErrClosed, bus.ErrBreakerOpen,
+// bus.ErrUnavailable when Redis could not be reached, or Redis's own error
+// reply. Safe for concurrent use.
 func (p *Producer) Request(ctx context.Context, topic string, payload []byte, opts ...CallOption) ([]byte, error) {
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)

@@ -129,6 +129,7 @@ func (p *Producer) settle(it *sendItem, id string, err error) {
 	if err == nil || bus.IsRedisReply(err) {
 		codec.PutBuffer(it.buf) // else rueidis may still hold it
 	}
+	err = bus.Unavailable(err)
 	if it.pub != nil {
 		it.pub.ch <- result{id: id, err: err}
 		return

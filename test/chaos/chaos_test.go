@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -163,8 +164,10 @@ func TestChaosRedisRestarted(t *testing.T) {
 					kinds["breaker open"]++
 				case errors.Is(err, context.DeadlineExceeded):
 					kinds["timeout"]++
+				case errors.Is(err, bus.ErrUnavailable):
+					kinds["unavailable"]++
 				default:
-					kinds["redis error"]++
+					kinds["untyped: "+err.Error()]++
 				}
 				mu.Unlock()
 				if err != nil {
@@ -223,6 +226,11 @@ func TestChaosRedisRestarted(t *testing.T) {
 	}
 	t.Logf("Redis SIGKILLed and restarted (AOF always): %d publishes succeeded, failed ones by kind %s, %d handled at least once, %d handled twice, lost %d; after Redis answered again the producer resumed in %v and the worker in %v",
 		ok, failed, ok-lost, dups, lost, producerBack.Round(time.Millisecond), workerBack.Round(time.Millisecond))
+	for k := range kinds {
+		if strings.HasPrefix(k, "untyped") {
+			t.Fatalf("a failed publish returned an error with no sentinel: %s", k)
+		}
+	}
 	if producerBack > 5*time.Second || workerBack > 5*time.Second {
 		t.Fatalf("resume took producer %v, worker %v; want seconds at most", producerBack, workerBack)
 	}
