@@ -164,7 +164,7 @@ func TestFailingEventIsRetriedThenDeadLettered(t *testing.T) {
 	m, c := redistest.Mini(t)
 	var attempts []int
 	var mu sync.Mutex
-	co := start(t, c, consumer.Config{Topic: "t", ClaimIdle: 50 * time.Millisecond, MaxDeliveries: 3},
+	co := start(t, c, consumer.Config{Topic: "t", ClaimIdle: 300 * time.Millisecond, MaxDeliveries: 3},
 		consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) ([]byte, error) {
 			mu.Lock()
 			attempts = append(attempts, msg.Attempt)

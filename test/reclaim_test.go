@@ -54,7 +54,7 @@ func TestReclaimFromDeadConsumer(t *testing.T) {
 	ghostRead(t, srv, "orphans", n)
 	var seen sync.Map
 	var handled atomic.Int64
-	co := runConsumer(t, c, consumer.Config{Topic: "orphans", ClaimIdle: 200 * time.Millisecond}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "orphans", ClaimIdle: time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		if _, dup := seen.LoadOrStore(string(m.Payload), true); dup {
 			t.Errorf("entry %s handled twice", m.Payload)
 		}
@@ -64,7 +64,7 @@ func TestReclaimFromDeadConsumer(t *testing.T) {
 		handled.Add(1)
 		return nil, nil
 	}))
-	waitFor(t, 10*time.Second, "the dead consumer's entries to be reclaimed and handled", func() bool { return handled.Load() == n })
+	waitFor(t, 20*time.Second, "the dead consumer's entries to be reclaimed and handled", func() bool { return handled.Load() == n })
 	waitFor(t, 5*time.Second, "nothing pending", func() bool { return groupPending(t, srv, "orphans") == 0 })
 	if s := co.Stats(); s.Reclaimed != n {
 		t.Fatalf("Reclaimed = %d, want %d", s.Reclaimed, n)
@@ -74,7 +74,7 @@ func TestReclaimFromDeadConsumer(t *testing.T) {
 func TestSlowHandlerIsNotReclaimed(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
-	const claimIdle = 300 * time.Millisecond
+	const claimIdle = 600 * time.Millisecond
 	var runs atomic.Int64
 	finished := make(chan struct{})
 	h := consumer.HandlerFunc(func(ctx context.Context, _ *consumer.Message) ([]byte, error) {
@@ -135,7 +135,7 @@ func TestDeliveryLimitOnRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	var attempts atomic.Int64
-	co := runConsumer(t, c, consumer.Config{Topic: "poison", ClaimIdle: 100 * time.Millisecond, MaxDeliveries: 4},
+	co := runConsumer(t, c, consumer.Config{Topic: "poison", ClaimIdle: 500 * time.Millisecond, MaxDeliveries: 4},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
 			attempts.Add(1)
 			return nil, errors.New("always fails")
@@ -144,7 +144,14 @@ func TestDeliveryLimitOnRedis(t *testing.T) {
 	if _, err := p.Publish(context.Background(), "poison", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "the poison event in the dead-letter stream", func() bool { return co.Stats().DeadLettered == 1 })
+	deadline := time.Now().Add(30 * time.Second)
+	for co.Stats().DeadLettered != 1 {
+		if time.Now().After(deadline) {
+			pend, _ := bus.PendingOf(context.Background(), c, "myc:{poison}", "workers", "-", "+", 10, "")
+			t.Fatalf("poison event not dead-lettered: attempts %d, stats %+v, pending %+v", attempts.Load(), co.Stats(), pend)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := attempts.Load(); got != 4 {
 		t.Fatalf("handler ran %d times, want MaxDeliveries = 4", got)
 	}

@@ -309,7 +309,7 @@ func TestChaosPoisonAndMalformed(t *testing.T) {
 		}
 		return 0
 	})
-	w := startWorker(t, srv.URL, "--topic", "poison", "--handler", rec.srv.URL, "--max-deliveries", "3", "--claim-idle", "300ms", "--breaker=false")
+	w := startWorker(t, srv.URL, "--topic", "poison", "--handler", rec.srv.URL, "--max-deliveries", "3", "--claim-idle", "1s", "--breaker=false")
 	c := srv.Client(t)
 	ctx := context.Background()
 	cli := func(args ...string) {
@@ -364,7 +364,7 @@ func TestChaosPoisonAndMalformed(t *testing.T) {
 // completes once per request and is never reclaimed or run twice.
 func TestChaosSlowHandler(t *testing.T) {
 	srv := redistest.Start(t)
-	args := []string{"--topic", "slow", "--handler", "sleep:1500ms", "--claim-idle", "500ms", "--concurrency", "4"}
+	args := []string{"--topic", "slow", "--handler", "sleep:3s", "--claim-idle", "1s", "--concurrency", "4"}
 	w1 := startWorker(t, srv.URL, args...)
 	w2 := startWorker(t, srv.URL, args...)
 	p := newProducer(t, srv.Client(t), producer.Config{NoBreaker: true})
@@ -386,7 +386,7 @@ func TestChaosSlowHandler(t *testing.T) {
 	wg.Wait()
 	time.Sleep(time.Second) // a window for a wrongful reclaim to show up
 	s1, s2 := workerStats(t, w1), workerStats(t, w2)
-	t.Logf("slow handler (1.5s, ClaimIdle 0.5s): %d requests, %d errors, handled %d, reclaimed %d, heartbeats %d, late replies %d",
+	t.Logf("slow handler (3s, ClaimIdle 1s): %d requests, %d errors, handled %d, reclaimed %d, heartbeats %d, late replies %d",
 		n, errN.Load(), s1.Handled+s2.Handled, s1.Reclaimed+s2.Reclaimed, s1.Heartbeats+s2.Heartbeats, p.Stats().Late)
 	if errN.Load() != 0 || s1.Handled+s2.Handled != uint64(n) || s1.Reclaimed+s2.Reclaimed != 0 || p.Stats().Late != 0 {
 		t.Fatalf("slow handler ran more than once per request or failed")
