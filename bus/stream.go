@@ -18,50 +18,66 @@ const Field = "m"
 // hung server would hold the read forever.
 const blockMargin = 2 * time.Second
 
-// deadlineReuse is how much longer than one read a ReadDeadline's context
-// lives, so that a loop of reads creates a timer every few seconds instead
-// of one per read.
-const deadlineReuse = 10 * time.Second
-
-// ReadDeadline hands consecutive blocking reads of one loop a context with
-// a deadline at least BLOCK plus a margin away, reusing one context (and
-// its timer) across reads while enough time remains. A hung server is then
-// detected within BLOCK + 12s. It is owned by one goroutine; call Stop when
-// the loop ends.
+// ReadDeadline guards consecutive blocking reads of one loop against a hung
+// server. rueidis sets no timeout on a blocked connection, so each read
+// needs its ctx to end by itself: ReadDeadline hands out one cancelable
+// context (no deadline) and a watchdog timer, reset before every read, that
+// cancels it BLOCK plus a margin later.
+//
+// Why a watchdog and not a ctx deadline: rueidis honours cancellation of a
+// blocking read only on its queue path, which it takes for a ctx without a
+// deadline; there an aborted read closes its connection at once, on the
+// caller's goroutine. With a deadline it reads synchronously and ignores
+// cancellation until the deadline; with UnblockOnCancel it closes the
+// connection on a background goroutine, which raced a client Close into a
+// hang here (pipe.Close waiting forever; seen with miniredis, which has no
+// CLIENT UNBLOCK).
+//
+// It is owned by one goroutine; call Stop when the loop ends.
 type ReadDeadline struct {
 	parent context.Context
 	ctx    context.Context
 	cancel context.CancelFunc
-	until  time.Time
+	timer  *time.Timer
 }
 
-// For returns a context derived from parent whose deadline is at least
-// block plus a margin away.
+// For returns the context for the next read of up to block, derived from
+// parent, and arms the watchdog.
 func (r *ReadDeadline) For(parent context.Context, block time.Duration) context.Context {
-	now := time.Now()
-	if r.ctx == nil || r.parent != parent || r.ctx.Err() != nil || r.until.Sub(now) < block+blockMargin {
-		r.Stop()
-		r.parent = parent
-		r.until = now.Add(block + blockMargin + deadlineReuse)
-		r.ctx, r.cancel = context.WithDeadline(parent, r.until)
+	if r.ctx != nil && r.parent == parent && r.ctx.Err() == nil && r.timer.Stop() {
+		r.timer.Reset(block + blockMargin)
+		return r.ctx
 	}
+	r.Stop()
+	r.parent = parent
+	r.ctx, r.cancel = context.WithCancel(context.WithValue(parent, guardedKey{}, true))
+	r.timer = time.AfterFunc(block+blockMargin, r.cancel)
 	return r.ctx
 }
 
-// Stop releases the current context's timer.
+// Stop releases the watchdog and the context.
 func (r *ReadDeadline) Stop() {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
 	if r.cancel != nil {
 		r.cancel()
-		r.ctx, r.cancel = nil, nil
 	}
+	r.ctx, r.cancel, r.timer = nil, nil, nil
 }
 
-// blockingCtx gives a blocking read a deadline when its ctx has none.
-func blockingCtx(ctx context.Context, block time.Duration) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
+type guardedKey struct{}
+
+// guard gives a blocking read a watchdog unless its ctx has a deadline (which
+// bounds it, though rueidis then ignores cancellation before it) or comes
+// from ReadDeadline.
+func guard(ctx context.Context, block time.Duration) (context.Context, func()) {
+	if _, ok := ctx.Deadline(); ok || ctx.Value(guardedKey{}) != nil {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, block+blockMargin)
+	ctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(block+blockMargin, cancel)
+	return ctx, func() { t.Stop(); cancel() }
 }
 
 // Entry is one stream entry as read from Redis.
@@ -186,19 +202,16 @@ func CreateGroup(ctx context.Context, c rueidis.Client, key, group, start string
 	return nil
 }
 
-// Blocking reads are marked UnblockOnCancel: rueidis honours cancellation
-// (not only the deadline) of a blocking command only when it is, and then
-// frees the connection with CLIENT UNBLOCK instead of closing it.
-
 // ReadGroup runs XREADGROUP GROUP group consumer COUNT count BLOCK block
-// STREAMS key id on the blocking pool. ctx should carry a deadline at least
-// block plus a margin away (see ReadDeadline); without one, ReadGroup adds
-// it. No entries within block yields (nil, nil). A missing group yields an
-// error wrapping ErrNoGroup.
+// STREAMS key id on the blocking pool. Cancelling ctx aborts it at once
+// (its connection is closed). A ctx from ReadDeadline.For, or any ctx
+// without a deadline (which gets a watchdog here), also ends by itself if
+// the server hangs. No entries within block yields (nil, nil). A missing
+// group yields an error wrapping ErrNoGroup.
 func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id string, count int64, block time.Duration) ([]Entry, error) {
-	ctx, cancel := blockingCtx(ctx, block)
+	ctx, cancel := guard(ctx, block)
 	defer cancel()
-	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build().UnblockOnCancel()
+	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build()
 	res := c.Do(ctx, cmd)
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
@@ -213,11 +226,12 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 }
 
 // Read runs XREAD COUNT count BLOCK block STREAMS key after on the blocking
-// pool, with the same deadline rule as ReadGroup. No entries yields (nil, nil).
+// pool, with the same cancellation and watchdog rules as ReadGroup. No
+// entries yields (nil, nil).
 func Read(ctx context.Context, c rueidis.Client, key, after string, count int64, block time.Duration) ([]Entry, error) {
-	ctx, cancel := blockingCtx(ctx, block)
+	ctx, cancel := guard(ctx, block)
 	defer cancel()
-	res := c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build().UnblockOnCancel())
+	res := c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build())
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
 			return nil, nil
