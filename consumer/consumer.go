@@ -215,15 +215,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 // readLoop reads entries while ctx lives, never more than free slots.
 func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
-	bo := newBackoff()
-	var downSince time.Time
+	out := bus.Outage{Log: c.log, What: "read loop " + c.key}
 	var rd bus.ReadDeadline
 	defer rd.Stop()
 	groupReady := false
 	for ctx.Err() == nil {
 		if !groupReady {
 			if err := c.createGroup(ctx); err != nil {
-				downSince = c.outage(ctx, bo, downSince, "create group", err)
+				out.Failed(err)
+				out.Backoff(ctx)
 				continue
 			}
 			groupReady = true
@@ -258,14 +258,11 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				groupReady = false
 				continue
 			}
-			downSince = c.outage(ctx, bo, downSince, "read", err)
+			out.Failed(err)
+			out.Backoff(ctx)
 			continue
 		}
-		if !downSince.IsZero() {
-			c.log.Info().Str("stream", c.key).Dur("outage", time.Since(downSince)).Msg("consumer recovered")
-			downSince = time.Time{}
-			bo.Reset()
-		}
+		out.OK()
 		now := time.Now()
 		for i := range entries {
 			c.route(&entries[i], now, 1, jobs, a)
@@ -404,21 +401,6 @@ func (c *Consumer) call(ctx context.Context, m *Message) (out []byte, err error)
 		}
 	}()
 	return c.h.Handle(ctx, m)
-}
-
-// outage logs the first error of an outage, then waits the next backoff.
-func (c *Consumer) outage(ctx context.Context, bo backoff.BackOff, since time.Time, op string, err error) time.Time {
-	if since.IsZero() {
-		since = time.Now()
-		c.log.Error().Err(err).Str("stream", c.key).Str("op", op).Msg("consumer lost Redis; retrying with backoff")
-	}
-	t := time.NewTimer(bo.NextBackOff())
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-	return since
 }
 
 func newBackoff() *backoff.ExponentialBackOff {

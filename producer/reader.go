@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 )
@@ -76,56 +74,35 @@ func (p *Producer) readReplies(ctx context.Context) {
 	// back within seconds, not only before it would expire.
 	every := min(p.cfg.ReplyTTL/3, 5*time.Second)
 	nextRefresh := time.Now().Add(every)
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(50*time.Millisecond),
-		backoff.WithMaxInterval(2*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
-	var downSince time.Time
+	out := bus.Outage{Log: p.log, What: "reply reader " + p.replyKey}
 	var rd bus.ReadDeadline
 	defer rd.Stop()
 	for ctx.Err() == nil {
-		if now := time.Now(); !now.Before(nextRefresh) || !downSince.IsZero() {
+		if now := time.Now(); !now.Before(nextRefresh) || out.Active() {
 			if err := p.refresh(ctx); err != nil {
-				downSince = p.failed(ctx, bo, downSince, err)
+				if ctx.Err() == nil {
+					out.Failed(err)
+					out.Backoff(ctx)
+				}
 				continue
 			}
 			nextRefresh = now.Add(every)
 		}
 		entries, err := bus.Read(rd.For(ctx, p.cfg.ReplyBlock), p.c, p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
 		if err != nil {
-			downSince = p.failed(ctx, bo, downSince, err)
+			if ctx.Err() == nil {
+				out.Failed(err)
+				out.Backoff(ctx)
+			}
 			continue
 		}
-		if !downSince.IsZero() {
-			p.log.Info().Str("stream", p.replyKey).Dur("outage", time.Since(downSince)).Msg("reply reader recovered")
-			downSince = time.Time{}
-			bo.Reset()
-		}
+		out.OK()
 		for i := range entries {
 			last = entries[i].ID
 			p.dispatch(&entries[i])
 		}
 	}
 	p.waiters.drain(func(w *waiter) { w.ch <- result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed)} })
-}
-
-// failed logs the first error of an outage and waits the next backoff.
-func (p *Producer) failed(ctx context.Context, bo backoff.BackOff, downSince time.Time, err error) time.Time {
-	if ctx.Err() != nil {
-		return downSince
-	}
-	if downSince.IsZero() {
-		downSince = time.Now()
-		p.log.Error().Err(err).Str("stream", p.replyKey).Msg("reply reader lost Redis; retrying with backoff")
-	}
-	t := time.NewTimer(bo.NextBackOff())
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-	return downSince
 }
 
 func (p *Producer) dispatch(e *bus.Entry) {

@@ -211,6 +211,8 @@ func TestChaosRedisRestarted(t *testing.T) {
 	failed := fmt.Sprint(kinds)
 	mu.Unlock()
 	lost := 0
+	drainStart := time.Now()
+	defer func() { t.Logf("drain wait %v", time.Since(drainStart).Round(time.Millisecond)) }()
 	waitFor(t, 60*time.Second, "every successful publish to be handled", func() bool {
 		lost = 0
 		for _, k := range pending {
@@ -234,7 +236,17 @@ func TestChaosRedisRestarted(t *testing.T) {
 	if producerBack > 5*time.Second || workerBack > 5*time.Second {
 		t.Fatalf("resume took producer %v, worker %v; want seconds at most", producerBack, workerBack)
 	}
+	stopStart := time.Now()
 	w.stop(t)
+	t.Logf("worker stopped in %v", time.Since(stopStart).Round(time.Millisecond))
+	// One line per loop when the outage starts, one when it ends: not one
+	// per retry (the worker retried many times during the outage).
+	logs := w.logs.String()
+	lost, recovered := strings.Count(logs, "lost Redis"), strings.Count(logs, `"recovered"`)
+	t.Logf("worker logged %d outage starts and %d recoveries", lost, recovered)
+	if lost == 0 || lost > 4 || recovered == 0 {
+		t.Fatalf("worker logged %d outage starts and %d recoveries; want one per loop:\n%s", lost, recovered, logs)
+	}
 }
 
 // TestChaosRedisPaused: SIGSTOP under request load; callers get timeouts
