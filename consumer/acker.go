@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/combine"
 )
 
 // completion is one entry the consumer is done with: it is acknowledged,
@@ -32,101 +32,37 @@ const (
 )
 
 // acker owns every write that finishes entries: replies, dead letters and
-// acknowledgements. It batches by flat combining: the worker that finishes
-// an entry and finds a free flusher slot writes everything finished so far
-// as one pipeline (one XACK for the whole batch); workers finishing while
-// all slots are busy queue their entry for the next flush. Batches grow
-// with load; at low load a worker writes its own reply with no hand-off.
+// acknowledgements, batched by combining (see internal/combine): the worker
+// that finishes an entry and finds a free flusher slot writes everything
+// finished so far as one pipeline (one XACK for the whole batch); workers
+// finishing while all slots are busy queue their entry for the next flush.
+// Batches grow with load; at low load a worker writes its own reply with no
+// hand-off.
 type acker struct {
 	ctx   context.Context // cancelled only if the final flush overruns shutdown
 	c     *Consumer
 	slots chan<- struct{}
-
-	mu      sync.Mutex
-	queue   []completion
-	active  int
-	helpers sync.WaitGroup
+	comb  *combine.Combiner[completion]
 }
-
-var ackBatchPool = sync.Pool{New: func() any {
-	b := make([]completion, 0, 64)
-	return &b
-}}
 
 func newAcker(ctx context.Context, c *Consumer, slots chan<- struct{}) *acker {
-	return &acker{ctx: ctx, c: c, slots: slots}
+	a := &acker{ctx: ctx, c: c, slots: slots}
+	a.comb = combine.New(a.flush, maxAckFlushers, maxAckBatch, maxAckRounds)
+	return a
 }
 
-// add queues d and flushes on the caller's goroutine if a slot is free.
-// When add returns, d is written or queued for a running flusher.
-func (a *acker) add(d completion) {
-	a.mu.Lock()
-	a.queue = append(a.queue, d)
-	if a.active >= maxAckFlushers {
-		a.mu.Unlock()
-		return
-	}
-	a.active++
-	a.mu.Unlock()
-	a.flushLoop(maxAckRounds)
-}
+// add queues d and, if a flusher slot is free, flushes on the caller's
+// goroutine (a worker). When add returns, d is written or queued for a
+// running flusher.
+func (a *acker) add(d completion) { a.comb.Add(d, true) }
 
 // addAsync queues d like add, but never flushes on the caller's goroutine:
-// the read loop uses it so a slow flush cannot stall reading or shutdown.
-func (a *acker) addAsync(d completion) {
-	a.mu.Lock()
-	a.queue = append(a.queue, d)
-	if a.active >= maxAckFlushers {
-		a.mu.Unlock()
-		return
-	}
-	a.active++
-	a.helpers.Add(1)
-	a.mu.Unlock()
-	go func() {
-		defer a.helpers.Done()
-		a.flushLoop(0)
-	}()
-}
+// the read loop and reclaimer use it so a slow flush cannot stall them.
+func (a *acker) addAsync(d completion) { a.comb.Add(d, false) }
 
 // wait returns when every helper flusher has finished. Call it after the
 // last add has returned.
-func (a *acker) wait() { a.helpers.Wait() }
-
-// flushLoop flushes queued batches while there are any, holding one slot;
-// the slot is released only when the queue is seen empty under the lock.
-func (a *acker) flushLoop(rounds int) {
-	for i := 0; ; i++ {
-		a.mu.Lock()
-		if len(a.queue) == 0 {
-			a.active--
-			a.mu.Unlock()
-			return
-		}
-		if rounds > 0 && i == rounds {
-			a.helpers.Add(1)
-			a.mu.Unlock()
-			go func() {
-				defer a.helpers.Done()
-				a.flushLoop(0)
-			}()
-			return
-		}
-		bp := ackBatchPool.Get().(*[]completion)
-		n := min(len(a.queue), maxAckBatch)
-		batch := (*bp)[:0]
-		batch = append(batch, a.queue[:n]...)
-		rest := copy(a.queue, a.queue[n:])
-		clear(a.queue[rest:])
-		a.queue = a.queue[:rest]
-		a.mu.Unlock()
-
-		a.flush(batch)
-		clear(batch)
-		*bp = batch[:0]
-		ackBatchPool.Put(bp)
-	}
-}
+func (a *acker) wait() { a.comb.Wait() }
 
 // flush writes one batch: dead letters first (an entry is acknowledged only
 // once its dead letter is stored), then replies and one XACK in one

@@ -16,6 +16,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/combine"
 )
 
 // RemoteError is the error a Request returns when the handler failed.
@@ -46,7 +47,7 @@ type Producer struct {
 	stats    counters
 	closeErr error
 
-	send sender
+	send *combine.Combiner[sendItem] // batches XADDs (see submit)
 }
 
 type counters struct {
@@ -101,6 +102,7 @@ func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
 	p.cap = bus.MaxLen(cfg.StreamMaxLen)
+	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
 	for _, o := range opts {
 		o(p)
 	}

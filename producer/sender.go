@@ -26,83 +26,18 @@ const (
 	maxSendBatch = 512
 )
 
-// sender batches XADDs by combining: callers queue their entry; while no
-// more than maxFlushers flushes run, a caller that queues starts a flusher
-// goroutine that writes everything queued as one pipeline and keeps going
-// while entries keep arriving. Under load batches grow with the round trip,
-// so many callers share one write syscall and one Redis read; at low load
-// an entry is written at once. Callers never wait on a flush themselves: a
-// Request waits for its reply (or its write error) bounded by its ctx, even
-// when Redis hangs.
-type sender struct {
-	mu      sync.Mutex
-	queue   []sendItem
-	active  int  // flushers running
-	closed  bool // no more submissions
-	helpers sync.WaitGroup
-}
-
-var batchPool = sync.Pool{New: func() any {
-	b := make([]sendItem, 0, 64)
-	return &b
-}}
-
 var cmdsPool = sync.Pool{New: func() any {
 	c := make(rueidis.Commands, 0, 64)
 	return &c
 }}
 
-// submit queues it, starting a flusher if fewer than maxFlushers run. It
-// reports false when the producer is closed; it is then not queued.
-func (p *Producer) submit(it sendItem) bool {
-	s := &p.send
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return false
-	}
-	s.queue = append(s.queue, it)
-	if s.active >= maxFlushers {
-		s.mu.Unlock()
-		return true
-	}
-	s.active++
-	s.helpers.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.helpers.Done()
-		p.flushLoop()
-	}()
-	return true
-}
-
-// flushLoop writes queued batches while there are any; it holds one flusher
-// slot, released when the queue is seen empty under the lock (so no item is
-// ever left without a flusher).
-func (p *Producer) flushLoop() {
-	s := &p.send
-	for {
-		s.mu.Lock()
-		if len(s.queue) == 0 {
-			s.active--
-			s.mu.Unlock()
-			return
-		}
-		bp := batchPool.Get().(*[]sendItem)
-		n := min(len(s.queue), maxSendBatch)
-		batch := (*bp)[:0]
-		batch = append(batch, s.queue[:n]...)
-		rest := copy(s.queue, s.queue[n:])
-		clear(s.queue[rest:])
-		s.queue = s.queue[:rest]
-		s.mu.Unlock()
-
-		p.flush(batch)
-		clear(batch)
-		*bp = batch[:0]
-		batchPool.Put(bp)
-	}
-}
+// submit queues it for the next pipelined write (see internal/combine):
+// under load many callers share one write and one Redis read; at low load
+// an entry is written at once. Flushes run on helper goroutines, never on
+// the caller's, so a Request waits for its reply (or write error) bounded
+// by its ctx even when Redis hangs. It reports false once the producer is
+// closed; the item is then not queued.
+func (p *Producer) submit(it sendItem) bool { return p.send.Add(it, false) }
 
 // flush writes one batch as a pipeline and settles every item.
 func (p *Producer) flush(batch []sendItem) {
@@ -146,13 +81,10 @@ func (p *Producer) settle(it *sendItem, id string, err error) {
 // closeSender refuses new submissions and waits, bounded by ctx, for the
 // flushers to write what is queued.
 func (p *Producer) closeSender(ctx context.Context) error {
-	s := &p.send
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
+	p.send.Close()
 	done := make(chan struct{})
 	go func() {
-		s.helpers.Wait()
+		p.send.Wait()
 		close(done)
 	}()
 	select {

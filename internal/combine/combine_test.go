@@ -1,0 +1,82 @@
+package combine
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestEveryItemFlushedOnce hammers Add from many goroutines in both modes
+// and checks that every item is flushed exactly once, batches respect the
+// size bound and no more than the allowed flushes ever run at once.
+func TestEveryItemFlushedOnce(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		const items, workers, flushers, maxBatch = 20000, 16, 2, 7
+		seen := make([]atomic.Int32, items)
+		var running, maxRunning, batches atomic.Int32
+		c := New(func(b []int) {
+			n := running.Add(1)
+			for m := maxRunning.Load(); n > m && !maxRunning.CompareAndSwap(m, n); m = maxRunning.Load() {
+			}
+			if len(b) == 0 || len(b) > maxBatch {
+				t.Errorf("batch of %d items", len(b))
+			}
+			for _, v := range b {
+				seen[v].Add(1)
+			}
+			batches.Add(1)
+			time.Sleep(time.Microsecond) // a flush that takes time, so batches form
+			running.Add(-1)
+		}, flushers, maxBatch, 3)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < items; i += workers {
+					if !c.Add(i, inline) {
+						t.Errorf("Add(%d) refused before Close", i)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		c.Wait()
+		for i := range seen {
+			if n := seen[i].Load(); n != 1 {
+				t.Fatalf("inline=%v: item %d flushed %d times", inline, i, n)
+			}
+		}
+		if maxRunning.Load() > flushers {
+			t.Fatalf("inline=%v: %d flushes ran at once, max %d", inline, maxRunning.Load(), flushers)
+		}
+		if batches.Load() >= items {
+			t.Fatalf("inline=%v: %d batches for %d items: nothing was combined", inline, batches.Load(), items)
+		}
+	}
+}
+
+func TestCloseRefusesButFlushesQueued(t *testing.T) {
+	release := make(chan struct{})
+	var flushed atomic.Int32
+	c := New(func(b []int) {
+		<-release
+		flushed.Add(int32(len(b)))
+	}, 1, 100, 0)
+	c.Add(1, false) // starts the only flusher, which blocks
+	c.Add(2, false) // queued behind it
+	c.Close()
+	if c.Add(3, false) {
+		t.Fatal("Add after Close accepted an item")
+	}
+	close(release)
+	c.Wait()
+	if flushed.Load() != 2 {
+		t.Fatalf("flushed %d items, want the 2 queued before Close", flushed.Load())
+	}
+}
