@@ -39,30 +39,46 @@ func (f *clientFlags) check(cmd string) error {
 	return nil
 }
 
-func request(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var f clientFlags
-	fs := clientFlagSet("request", &f)
-	fs.BoolVar(&f.json, "json", false, `print {"reply":…,"latency_us":…} instead of the reply and its latency`)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+// openProducer parses a client command's flags (extra adds its own), then
+// connects and builds a producer. close releases both (the producer's
+// breakers too); call it whenever err is nil.
+func openProducer(ctx context.Context, name string, args []string, extra func(*flag.FlagSet, *clientFlags)) (f *clientFlags, p *producer.Producer, close func(), err error) {
+	f = &clientFlags{}
+	fs := clientFlagSet(name, f)
+	if extra != nil {
+		extra(fs, f)
 	}
-	if err := f.check("request"); err != nil {
-		return err
+	if err := parseFlags(fs, args); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := f.check(name); err != nil {
+		return nil, nil, nil, err
 	}
 	c, err := connect(ctx, bus.Config{URL: f.redis, ClientName: "myc-cli"})
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
-	defer c.Close()
-	p, err := producer.New(c, producer.Config{Prefix: f.prefix})
+	p, err = producer.New(c, producer.Config{Prefix: f.prefix})
 	if err != nil {
-		return usageError{err}
+		c.Close()
+		return nil, nil, nil, usageError{err}
 	}
-	defer func() {
+	return f, p, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = p.Close(cctx)
 		cancel()
-	}()
+		c.Close()
+	}, nil
+}
+
+func request(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, p, closeAll, err := openProducer(ctx, "request", args, func(fs *flag.FlagSet, f *clientFlags) {
+		fs.BoolVar(&f.json, "json", false, `print {"reply":…,"latency_us":…} instead of the reply and its latency`)
+	})
+	if err != nil {
+		return err
+	}
+	defer closeAll()
 	rctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	start := time.Now()
@@ -86,23 +102,11 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func publish(ctx context.Context, args []string, stdout io.Writer) error {
-	var f clientFlags
-	fs := clientFlagSet("publish", &f)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := f.check("publish"); err != nil {
-		return err
-	}
-	c, err := connect(ctx, bus.Config{URL: f.redis, ClientName: "myc-cli"})
+	f, p, closeAll, err := openProducer(ctx, "publish", args, nil)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	p, err := producer.New(c, producer.Config{Prefix: f.prefix})
-	if err != nil {
-		return usageError{err}
-	}
+	defer closeAll()
 	pctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	id, err := p.Publish(pctx, f.topic, []byte(f.data))
