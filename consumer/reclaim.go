@@ -80,7 +80,8 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 func (c *Consumer) removeIdleConsumers(ctx context.Context) {
 	list, err := bus.Consumers(ctx, c.c, c.key, c.cfg.Group)
 	if err != nil {
-		return // the reclaimer's outage log covers Redis being away
+		c.maintenanceFailed("list consumers", err)
+		return
 	}
 	for _, ci := range list {
 		if ci.Name == c.cfg.Name || ci.Pending != 0 || ci.Idle < c.cfg.ConsumerIdleTimeout {
@@ -89,6 +90,7 @@ func (c *Consumer) removeIdleConsumers(ctx context.Context) {
 		n, err := bus.DeleteConsumer(ctx, c.c, c.key, c.cfg.Group, ci.Name)
 		switch {
 		case err != nil:
+			c.maintenanceFailed("remove idle consumer "+ci.Name, err)
 			return
 		case n > 0:
 			// It read entries between the listing and the delete: they left
@@ -102,6 +104,15 @@ func (c *Consumer) removeIdleConsumers(ctx context.Context) {
 	}
 }
 
+// maintenanceFailed reports a failed housekeeping command. Redis being
+// unreachable is left to the reclaimer's outage log; an error reply (a
+// refused command, a NOGROUP apart) means a misconfiguration and is logged.
+func (c *Consumer) maintenanceFailed(what string, err error) {
+	if bus.IsRedisReply(err) && !bus.IsNoGroup(err) {
+		c.log.Warn().Err(err).Str("stream", c.key).Str("op", what).Msg("housekeeping refused by Redis")
+	}
+}
+
 // enforceRetention trims the topic to the configured retention, if any.
 func (c *Consumer) enforceRetention(ctx context.Context) {
 	if c.cfg.RetentionMaxLen <= 0 && c.cfg.RetentionMaxAge <= 0 {
@@ -110,7 +121,7 @@ func (c *Consumer) enforceRetention(ctx context.Context) {
 	n, err := bus.Trim(ctx, c.c, c.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
 	switch {
 	case err != nil:
-		// The reclaimer's outage log covers Redis being away.
+		c.maintenanceFailed("retention trim", err)
 	case n > 0:
 		c.stats.trimmed.Add(uint64(n))
 	}
