@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
 )
 
 // runConsumer starts a consumer and stops it (waiting for Run) at cleanup.
@@ -39,32 +39,12 @@ func runConsumer(t *testing.T, c rueidis.Client, cfg consumer.Config, h consumer
 
 func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
-	p, err := producer.New(c, cfg)
-	if err != nil {
-		t.Fatalf("producer.New = %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := p.Close(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("producer Close = %v", err)
-		}
-	})
-	return p
+	return redistest.NewProducer(t, c, cfg)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		<-tick.C
-	}
+	redistest.WaitFor(t, within, what, cond)
 }
 
 var echo = consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil })

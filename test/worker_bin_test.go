@@ -6,13 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -28,54 +26,11 @@ func buildCmd(t *testing.T, name string) string {
 	return redistest.Binary(t, name)
 }
 
-func freeAddr(t *testing.T) string {
+// startServe runs `bus-worker serve args...` and waits until it is ready.
+func startServe(t *testing.T, args ...string) (*exec.Cmd, *redistest.SyncBuffer, string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writer and test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-// startServe runs `bus-worker serve` and waits until /readyz answers 200.
-func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
-	t.Helper()
-	httpAddr := freeAddr(t)
-	cmd := exec.Command(buildCmd(t, "bus-worker"), append([]string{"serve", "--http-addr", httpAddr}, args...)...)
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	waitFor(t, 15*time.Second, "bus-worker /readyz", func() bool {
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return cmd, logs, httpAddr
+	w := redistest.StartWorker(t, args...)
+	return w.Cmd, w.Logs, w.HTTPAddr
 }
 
 func TestBusWorkerServeRequestSigterm(t *testing.T) {

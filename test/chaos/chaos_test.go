@@ -3,7 +3,6 @@ package chaos
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,21 +24,6 @@ import (
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
-
-// workerStats reads a worker's /stats.
-func workerStats(t *testing.T, w *worker) consumer.Stats {
-	t.Helper()
-	resp, err := http.Get("http://" + w.http + "/stats")
-	if err != nil {
-		t.Fatalf("/stats: %v", err)
-	}
-	defer resp.Body.Close()
-	var s consumer.Stats
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatalf("/stats: %v", err)
-	}
-	return s
-}
 
 // TestChaosWorkerKilled: two workers serve a topic; one is SIGKILLed
 // mid-run. Every request gets exactly one correct reply; the dead worker's
@@ -82,11 +66,11 @@ func TestChaosWorkerKilled(t *testing.T) {
 		}()
 	}
 	waitFor(t, 60*time.Second, "a third of the requests", func() bool { return okN.Load() >= int64(total/3) })
-	w1.kill()
+	w1.Kill()
 	killedAt := time.Since(start)
 	wg.Wait()
 	elapsed := time.Since(start)
-	s2 := workerStats(t, w2)
+	s2 := w2.Stats(t)
 	st := p.Stats()
 	t.Logf("worker killed at %v: %d requests sent, %d replies, %d errors, %d duplicate executions (late replies dropped), survivor reclaimed %d entries, run took %v",
 		killedAt.Round(time.Millisecond), total, okN.Load(), errN.Load(), st.Late, s2.Reclaimed, elapsed.Round(time.Millisecond))
@@ -144,41 +128,29 @@ func TestChaosRedisRestarted(t *testing.T) {
 	kinds := map[string]int{}
 	var seq atomic.Int64
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				payload := "ev-" + strconv.FormatInt(seq.Add(1), 10)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_, err := p.Publish(ctx, "ev", []byte(payload))
-				cancel()
-				mu.Lock()
-				switch {
-				case err == nil:
-					published[payload] = time.Now()
-				case errors.Is(err, bus.ErrBreakerOpen):
-					kinds["breaker open"]++
-				case errors.Is(err, context.DeadlineExceeded):
-					kinds["timeout"]++
-				case errors.Is(err, bus.ErrUnavailable):
-					kinds["unavailable"]++
-				default:
-					kinds["untyped: "+err.Error()]++
-				}
-				mu.Unlock()
-				if err != nil {
-					time.Sleep(5 * time.Millisecond) // pace retries: load, not synchronisation
-				}
-			}
-		}()
-	}
+	wait := load(8, stop, func() {
+		payload := "ev-" + strconv.FormatInt(seq.Add(1), 10)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := p.Publish(ctx, "ev", []byte(payload))
+		cancel()
+		mu.Lock()
+		switch {
+		case err == nil:
+			published[payload] = time.Now()
+		case errors.Is(err, bus.ErrBreakerOpen):
+			kinds["breaker open"]++
+		case errors.Is(err, context.DeadlineExceeded):
+			kinds["timeout"]++
+		case errors.Is(err, bus.ErrUnavailable):
+			kinds["unavailable"]++
+		default:
+			kinds["untyped: "+err.Error()]++
+		}
+		mu.Unlock()
+		if err != nil {
+			time.Sleep(5 * time.Millisecond) // pace retries: load, not synchronisation
+		}
+	})
 	time.Sleep(scale(700*time.Millisecond, 5*time.Second)) // publish under steady load first
 	srv.Kill()
 	time.Sleep(300 * time.Millisecond) // the outage
@@ -203,7 +175,7 @@ func TestChaosRedisRestarted(t *testing.T) {
 	})
 	time.Sleep(scale(500*time.Millisecond, 5*time.Second)) // and keep going after it
 	close(stop)
-	wg.Wait()
+	wait()
 
 	mu.Lock()
 	ok := len(published)
@@ -240,12 +212,12 @@ func TestChaosRedisRestarted(t *testing.T) {
 		t.Fatalf("resume took producer %v, worker %v; want seconds at most", producerBack, workerBack)
 	}
 	stopStart := time.Now()
-	w.stop(t)
+	w.Stop(t)
 	t.Logf("worker stopped in %v", time.Since(stopStart).Round(time.Millisecond))
 	// One line per loop when an outage starts (and one when it ends), not one
 	// per retry: the worker retried many times during the outage. A loop
 	// that did not touch Redis meanwhile (say, all slots busy) logs nothing.
-	logs := w.logs.String()
+	logs := w.Logs.String()
 	starts := strings.Count(logs, "lost Redis") + strings.Count(logs, "cannot write replies/acks")
 	t.Logf("worker logged %d outage starts and %d recoveries", starts, strings.Count(logs, `"recovered"`))
 	if starts > 6 {
@@ -263,37 +235,25 @@ func TestChaosRedisPaused(t *testing.T) {
 	var maxTook atomic.Int64
 	var calls, okN atomic.Int64
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				t0 := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), timeout)
-				_, err := p.Request(ctx, "rq", []byte("x"))
-				cancel()
-				took := time.Since(t0)
-				for {
-					m := maxTook.Load()
-					if int64(took) <= m || maxTook.CompareAndSwap(m, int64(took)) {
-						break
-					}
-				}
-				calls.Add(1)
-				if err == nil {
-					okN.Add(1)
-				} else {
-					time.Sleep(time.Millisecond) // pace fast failures
-				}
+	wait := load(8, stop, func() {
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		_, err := p.Request(ctx, "rq", []byte("x"))
+		cancel()
+		took := time.Since(t0)
+		for {
+			m := maxTook.Load()
+			if int64(took) <= m || maxTook.CompareAndSwap(m, int64(took)) {
+				break
 			}
-		}()
-	}
+		}
+		calls.Add(1)
+		if err == nil {
+			okN.Add(1)
+		} else {
+			time.Sleep(time.Millisecond) // pace fast failures
+		}
+	})
 	pause := scale(2*time.Second, 10*time.Second)
 	time.Sleep(200 * time.Millisecond)
 	srv.Signal(syscall.SIGSTOP)
@@ -304,14 +264,14 @@ func TestChaosRedisPaused(t *testing.T) {
 	waitFor(t, 30*time.Second, "requests to succeed again", func() bool { return okN.Load() > before+10 })
 	recovered := time.Since(resumed)
 	close(stop)
-	wg.Wait()
+	wait()
 	took := time.Duration(maxTook.Load())
 	t.Logf("Redis paused %v under load: %d calls, slowest %v (ctx timeout %v), requests succeed again %v after SIGCONT",
 		pause, calls.Load(), took.Round(time.Millisecond), timeout, recovered.Round(time.Millisecond))
 	if took > timeout+500*time.Millisecond {
 		t.Fatalf("a call took %v with a %v ctx: not bounded by its ctx", took, timeout)
 	}
-	w.stop(t)
+	w.Stop(t)
 }
 
 // TestChaosPoisonAndMalformed: garbage, truncated, empty and oversized
@@ -368,12 +328,12 @@ func TestChaosPoisonAndMalformed(t *testing.T) {
 	if reasons["malformed"] != 5 || reasons["max_deliveries"] != 1 {
 		t.Fatalf("dead-letter reasons = %v, want 5 malformed and 1 max_deliveries", reasons)
 	}
-	s := workerStats(t, w)
+	s := w.Stats(t)
 	t.Logf("poison: 5 malformed entries dead-lettered at once, the failing event after %d deliveries; worker stats %+v", 3, s)
 	if s.InFlight != 0 {
 		t.Fatalf("worker still holds %d entries", s.InFlight)
 	}
-	w.stop(t)
+	w.Stop(t)
 }
 
 // TestChaosSlowHandler: a handler running 3 x ClaimIdle on two workers
@@ -401,7 +361,7 @@ func TestChaosSlowHandler(t *testing.T) {
 	}
 	wg.Wait()
 	time.Sleep(time.Second) // a window for a wrongful reclaim to show up
-	s1, s2 := workerStats(t, w1), workerStats(t, w2)
+	s1, s2 := w1.Stats(t), w2.Stats(t)
 	t.Logf("slow handler (3s, ClaimIdle 1s): %d requests, %d errors, handled %d, reclaimed %d, heartbeats %d, late replies %d",
 		n, errN.Load(), s1.Handled+s2.Handled, s1.Reclaimed+s2.Reclaimed, s1.Heartbeats+s2.Heartbeats, p.Stats().Late)
 	if errN.Load() != 0 || s1.Handled+s2.Handled != uint64(n) || s1.Reclaimed+s2.Reclaimed != 0 || p.Stats().Late != 0 {

@@ -1,12 +1,7 @@
 package chaos
 
 import (
-	"bytes"
-	"context"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -28,100 +23,39 @@ func scale[T any](short, lng T) T {
 	return short
 }
 
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *logBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
-type worker struct {
-	cmd  *exec.Cmd
-	logs *logBuffer
-	http string
-}
-
-// startWorker runs `bus-worker serve` against url and waits until ready.
-func startWorker(t *testing.T, url string, args ...string) *worker {
+// startWorker runs a bus-worker against url (see redistest.StartWorker).
+func startWorker(t *testing.T, url string, args ...string) *redistest.Worker {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	w := &worker{logs: &logBuffer{}, http: addr}
-	w.cmd = exec.Command(redistest.Binary(t, "bus-worker"), append([]string{"serve", "--redis", url, "--http-addr", addr}, args...)...)
-	w.cmd.Stdout, w.cmd.Stderr = w.logs, w.logs
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if w.cmd.ProcessState == nil {
-			_ = w.cmd.Process.Kill()
-			_ = w.cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("worker %s logs:\n%s", addr, w.logs)
-		}
-	})
-	waitFor(t, 20*time.Second, "bus-worker ready", func() bool {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return w
-}
-
-func (w *worker) kill() {
-	_ = w.cmd.Process.Kill()
-	_ = w.cmd.Wait()
-}
-
-func (w *worker) stop(t *testing.T) {
-	t.Helper()
-	_ = w.cmd.Process.Signal(os.Interrupt)
-	done := make(chan error, 1)
-	go func() { done <- w.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("bus-worker exit after SIGINT = %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Errorf("bus-worker did not stop within 30s of SIGINT")
-	}
+	return redistest.StartWorker(t, append([]string{"--redis", url}, args...)...)
 }
 
 func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
-	p, err := producer.New(c, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = p.Close(ctx)
-	})
-	return p
+	return redistest.NewProducer(t, c, cfg)
 }
 
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling external processes with a deadline
+	redistest.WaitFor(t, within, what, cond)
+}
+
+// load calls fn in a loop on n goroutines until stop is closed; the
+// returned wait blocks until they have all returned.
+func load(n int, stop <-chan struct{}, fn func()) (wait func()) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				fn()
+			}
+		}()
 	}
+	return wg.Wait
 }
