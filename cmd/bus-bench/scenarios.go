@@ -120,8 +120,7 @@ func (*rpcScenario) run(ctx context.Context, e *env) (*Result, error) {
 	pl := newPayloads(e.o.payload)
 	r := newResult(e)
 	lats := make([][]int64, e.o.concurrency)
-	var okN, errN atomic.Int64
-	var firstErr atomic.Value
+	var tl tally
 	start := time.Now()
 	cnt := newCounter(e.o, start)
 	var wg sync.WaitGroup
@@ -137,29 +136,48 @@ func (*rpcScenario) run(ctx context.Context, e *env) (*Result, error) {
 				}
 				buf = pl.fill(buf, seq)
 				t0 := time.Now()
-				rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
-				reply, err := e.p.Request(rctx, e.o.topic, buf)
-				cancel()
-				d := time.Since(t0)
-				if err == nil && !bytes.Equal(reply, buf) {
-					err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
-				}
-				if err != nil {
-					errN.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+				if err := e.checkedRequest(ctx, buf, seq); err != nil {
+					tl.failed(err)
 					continue
 				}
-				okN.Add(1)
-				lats[g] = append(lats[g], int64(d))
+				tl.ok.Add(1)
+				lats[g] = append(lats[g], int64(time.Since(t0)))
 			}
 		}()
 	}
 	wg.Wait()
 	r.Seconds = time.Since(start).Seconds()
-	return finish(e, r, okN.Load(), errN.Load(), firstErr, lats)
+	return finish(e, r, tl.ok.Load(), tl.errs.Load(), tl.firstErr(), lats)
 }
 
-func finish(e *env, r *Result, ok, errs int64, firstErr atomic.Value, lats [][]int64) (*Result, error) {
+// tally counts the outcomes of calls made from many goroutines.
+type tally struct {
+	ok, errs atomic.Int64
+	first    atomic.Value // the first error
+}
+
+func (t *tally) failed(err error) {
+	t.errs.Add(1)
+	t.first.CompareAndSwap(nil, err)
+}
+
+func (t *tally) firstErr() error {
+	err, _ := t.first.Load().(error)
+	return err
+}
+
+// checkedRequest sends buf as request seq and checks the reply byte for byte.
+func (e *env) checkedRequest(ctx context.Context, buf []byte, seq uint64) error {
+	rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+	defer cancel()
+	reply, err := e.p.Request(rctx, e.o.topic, buf)
+	if err == nil && !bytes.Equal(reply, buf) {
+		err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
+	}
+	return err
+}
+
+func finish(e *env, r *Result, ok, errs int64, firstErr error, lats [][]int64) (*Result, error) {
 	r.OK, r.Errors, r.Requests = int(ok), int(errs), int(ok+errs)
 	if r.Seconds > 0 {
 		r.ThroughputRPS = float64(ok) / r.Seconds
@@ -169,8 +187,8 @@ func finish(e *env, r *Result, ok, errs int64, firstErr atomic.Value, lats [][]i
 		all = append(all, l...)
 	}
 	summarize(r, all)
-	if err, _ := firstErr.Load().(error); err != nil {
-		fmt.Fprintf(e.log, "bus-bench: %d errors; first: %v\n", errs, err)
+	if firstErr != nil {
+		fmt.Fprintf(e.log, "bus-bench: %d errors; first: %v\n", errs, firstErr)
 	}
 	return r, nil
 }
@@ -191,8 +209,7 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
 	slots := make(chan struct{}, e.o.concurrency)
 	var mu sync.Mutex
 	var lat []int64
-	var okN, errN atomic.Int64
-	var firstErr atomic.Value
+	var tl tally
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := 0; ctx.Err() == nil; i++ {
@@ -221,19 +238,13 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
 			defer wg.Done()
 			defer func() { <-slots }()
 			buf := pl.fill(make([]byte, 0, e.o.payload), seq)
-			rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
-			reply, err := e.p.Request(rctx, e.o.topic, buf)
-			cancel()
+			err := e.checkedRequest(ctx, buf, seq)
 			d := time.Since(at)
-			if err == nil && !bytes.Equal(reply, buf) {
-				err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
-			}
 			if err != nil {
-				errN.Add(1)
-				firstErr.CompareAndSwap(nil, err)
+				tl.failed(err)
 				return
 			}
-			okN.Add(1)
+			tl.ok.Add(1)
 			mu.Lock()
 			lat = append(lat, int64(d))
 			mu.Unlock()
@@ -241,7 +252,7 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
 	}
 	wg.Wait()
 	r.Seconds = time.Since(start).Seconds()
-	return finish(e, r, okN.Load(), errN.Load(), firstErr, [][]int64{lat})
+	return finish(e, r, tl.ok.Load(), tl.errs.Load(), tl.firstErr(), [][]int64{lat})
 }
 
 // ---- publish: events, latency from publish start to handler completion ----
@@ -292,8 +303,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
 		s.pl = newPayloads(e.o.payload)
 	}
 	r := newResult(e)
-	var published, errN atomic.Int64
-	var firstErr atomic.Value
+	var tl tally // ok counts publishes Redis accepted
 	var pubLat = make([][]int64, e.o.concurrency)
 	start := time.Now()
 	cnt := newCounter(e.o, start)
@@ -320,17 +330,16 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
 				_, err := e.p.Publish(pctx, e.o.topic, buf)
 				cancel()
 				if err != nil {
-					errN.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					tl.failed(err)
 					continue
 				}
-				published.Add(1)
+				tl.ok.Add(1)
 				pubLat[g] = append(pubLat[g], int64(time.Since(t0)))
 			}
 		}()
 	}
 	wg.Wait()
-	n := published.Load()
+	n := tl.ok.Load()
 	if e.o.noWorkers {
 		// External workers: wait until the group has read and acknowledged
 		// everything; latency is the publish acknowledgement.
@@ -338,7 +347,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
 			return nil, err
 		}
 		r.Seconds = time.Since(start).Seconds()
-		return finish(e, r, n, errN.Load(), firstErr, pubLat)
+		return finish(e, r, n, tl.errs.Load(), tl.firstErr(), pubLat)
 	}
 	deadline := time.Now().Add(e.o.timeout)
 	tick := time.NewTicker(time.Millisecond)
@@ -351,17 +360,17 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
 		r.Seconds = time.Unix(0, l).Sub(start).Seconds()
 	}
 	lost := n - handled
-	errs := errN.Load() + lost + s.dups.Load() + s.bad.Load()
+	errs := tl.errs.Load() + lost + s.dups.Load() + s.bad.Load()
 	if lost > 0 {
-		firstErr.CompareAndSwap(nil, fmt.Errorf("%d published events were not handled within %v", lost, e.o.timeout))
+		tl.first.CompareAndSwap(nil, fmt.Errorf("%d published events were not handled within %v", lost, e.o.timeout))
 	}
 	if s.dups.Load() > 0 || s.bad.Load() > 0 {
-		firstErr.CompareAndSwap(nil, fmt.Errorf("%d duplicate and %d corrupt deliveries", s.dups.Load(), s.bad.Load()))
+		tl.first.CompareAndSwap(nil, fmt.Errorf("%d duplicate and %d corrupt deliveries", s.dups.Load(), s.bad.Load()))
 	}
 	s.mu.Lock()
 	lat := s.lat
 	s.mu.Unlock()
-	r2, err := finish(e, r, handled, errs, firstErr, [][]int64{lat})
+	r2, err := finish(e, r, handled, errs, tl.firstErr(), [][]int64{lat})
 	return r2, err
 }
 
