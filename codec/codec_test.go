@@ -24,13 +24,15 @@ type wire struct {
 	Payload  []byte
 	ErrCode  string
 	ErrMsg   string
+	Queue    int64
+	Handler  int64
 }
 
 func sample(payload int) *Envelope {
 	p := bytes.Repeat([]byte{0xab}, payload)
 	return &Envelope{
 		Kind: KindRequest, ID: "p1-42", ReplyTo: "myc:{r.p1}", Deadline: 1764230400123456789,
-		Sent: 1764230399123456789, Attempt: 2,
+		Sent: 1764230399123456789, Attempt: 2, QueueWait: 1 << 40, Handler: 1500,
 		Headers: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k": "v"},
 		Payload: p,
 	}
@@ -40,7 +42,8 @@ func equal(t *testing.T, got, want *Envelope) {
 	t.Helper()
 	if got.Kind != want.Kind || got.ID != want.ID || got.ReplyTo != want.ReplyTo || got.Deadline != want.Deadline ||
 		got.Sent != want.Sent || got.Attempt != want.Attempt || !bytes.Equal(got.Payload, want.Payload) ||
-		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) {
+		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) ||
+		got.QueueWait != want.QueueWait || got.Handler != want.Handler {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
 	for k, v := range want.Headers {
@@ -111,7 +114,7 @@ func TestRoundTrip(t *testing.T) {
 func TestDecodeSkipsTrailingFields(t *testing.T) {
 	in := sample(10)
 	b := AppendEnvelope(nil, in)
-	b[0] = 0x90 | (fields + 3)
+	b = append([]byte{0xdc, 0, fields + 3}, b[1:]...) // array16 header
 	// three extra values of other types: a nested map, a float and an ext.
 	extra, err := msgpack.Marshal(map[string]any{"a": []any{1, "x", nil}, "b": 1.5})
 	if err != nil {
@@ -127,6 +130,29 @@ func TestDecodeSkipsTrailingFields(t *testing.T) {
 	equal(t, &got, in)
 }
 
+// TestDecodeEarlierRevision: an envelope written before the stage timings
+// were added (11 elements), or with one of them only, still decodes.
+func TestDecodeEarlierRevision(t *testing.T) {
+	in := sample(10)
+	b := AppendEnvelope(nil, in)
+	old := append([]byte{0x90 | minFields}, b[1:len(b)-12]...) // drop both timings (9 + 3 bytes)
+	if tail := AppendEnvelope(nil, &Envelope{QueueWait: 1 << 40, Handler: 1500}); string(b[len(b)-12:]) != string(tail[len(tail)-12:]) {
+		t.Fatalf("test setup: timing tail is not 12 bytes")
+	}
+	var got Envelope
+	if err := DecodeEnvelope(string(old), &got); err != nil {
+		t.Fatalf("DecodeEnvelope(11 elements) = %v", err)
+	}
+	want := *in
+	want.QueueWait, want.Handler = 0, 0
+	equal(t, &got, &want)
+	twelve := append(append([]byte{0x90 | 12}, old[1:]...), 0x07) // one unknown trailing value
+	if err := DecodeEnvelope(string(twelve), &got); err != nil {
+		t.Fatalf("DecodeEnvelope(12 elements) = %v", err)
+	}
+	equal(t, &got, &want)
+}
+
 func TestDecodeRejects(t *testing.T) {
 	good := AppendEnvelope(nil, sample(16))
 	wrongVersion := append([]byte(nil), good...)
@@ -140,7 +166,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", "", "not a msgpack array"},
 		{"garbage", "hello world", "not a msgpack array"},
 		{"json", `{"id":"1"}`, "not a msgpack array"},
-		{"truncated", string(good[:len(good)-3]), "payload"},
+		{"truncated", string(good[:len(good)-3]), "handler"},
+		{"truncated payload", string(good[:len(good)-30]), "payload"},
 		{"trailing bytes", string(append(append([]byte(nil), good...), 0x01)), "trailing bytes"},
 		{"wrong version", string(wrongVersion), "unsupported version"},
 		{"too few fields", string(short), "want at least"},

@@ -40,8 +40,8 @@ func DecodeEnvelope(s string, e *Envelope) error {
 	if !ok {
 		return d.fail("envelope", "not a msgpack array")
 	}
-	if n < fields {
-		return d.fail("envelope", fmt.Sprintf("array of %d elements, want at least %d", n, fields))
+	if n < minFields {
+		return d.fail("envelope", fmt.Sprintf("array of %d elements, want at least %d", n, minFields))
 	}
 	v, ok := d.uint()
 	if !ok {
@@ -88,7 +88,17 @@ func DecodeEnvelope(s string, e *Envelope) error {
 	if e.ErrMsg, ok = d.str(); !ok {
 		return d.fail("err_msg", "not a string")
 	}
-	for i := fields; i < n; i++ { // fields added by later minor revisions
+	read := minFields
+	if n >= fields {
+		read = fields
+		if e.QueueWait, ok = d.int(); !ok {
+			return d.fail("queue_wait", "not an integer")
+		}
+		if e.Handler, ok = d.int(); !ok {
+			return d.fail("handler", "not an integer")
+		}
+	}
+	for i := read; i < n; i++ { // fields added by later minor revisions
 		if !d.skip(0) {
 			return d.fail("trailing field", "undecodable value")
 		}

@@ -29,6 +29,8 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 	dst = appendBin(dst, e.Payload)
 	dst = appendString(dst, e.ErrCode)
 	dst = appendString(dst, e.ErrMsg)
+	dst = appendInt(dst, e.QueueWait)
+	dst = appendInt(dst, e.Handler)
 	return dst
 }
 

@@ -46,6 +46,11 @@ type Envelope struct {
 	Payload  []byte
 	ErrCode  string // replies: a non-empty code marks a remote error
 	ErrMsg   string // replies: the remote error's text
+
+	// Stage timings a worker reports on its reply (nanoseconds; 0 when
+	// unknown), so the caller sees where a request's time went.
+	QueueWait int64 // request's time in the stream: its entry id (or Sent, if later) to pick-up
+	Handler   int64 // time spent in the handler
 }
 
 // DeadlineTime returns the deadline as a time, and false when there is none.
@@ -59,8 +64,13 @@ func (e *Envelope) DeadlineTime() (time.Time, bool) {
 // Reset clears e for reuse, keeping nothing that aliases earlier input.
 func (e *Envelope) Reset() { *e = Envelope{} }
 
-// fields is the number of array elements a version-1 envelope has.
-const fields = 11
+// minFields is the number of array elements every version-1 envelope has;
+// fields is the number this revision writes (the stage timings were added
+// as trailing elements, which older decoders skip).
+const (
+	minFields = 11
+	fields    = 13
+)
 
 func itoa(v uint64) string {
 	var b [20]byte

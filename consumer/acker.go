@@ -10,6 +10,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/combine"
+	"github.com/egos/mycelium/metrics"
 )
 
 // completion is one entry the consumer is done with: it is acknowledged,
@@ -19,6 +20,7 @@ type completion struct {
 	replyTo string
 	reply   *codec.Buffer // encoded reply envelope, nil for none
 	dead    []string      // dead-letter field/values, nil for none
+	at      time.Time     // when the handler returned (ReplyWrite stage), for replies
 }
 
 const (
@@ -98,9 +100,16 @@ func (a *acker) flush(batch []completion) {
 		cmds = append(cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
 		res, ok := a.do(cmds)
 		if ok {
-			for _, r := range res[:replies] {
-				if _, err := r.ToString(); err == nil {
+			now := time.Now()
+			k := 0 // index in res of batch[i]'s reply
+			for i := range batch {
+				d := &batch[i]
+				if d.reply == nil || d.dead != nil {
+					continue
+				}
+				if _, err := res[k].ToString(); err == nil {
 					c.stats.replied.Add(1)
+					c.timings.Record(metrics.ReplyWrite, now.Sub(d.at))
 				} else {
 					// NOMKSTREAM returned nil (the requester is gone) or
 					// Redis refused the write: the caller will time out.
@@ -109,6 +118,7 @@ func (a *acker) flush(batch []completion) {
 						c.log.Warn().Err(err).Msg("reply write refused")
 					}
 				}
+				k++
 			}
 			if n, err := res[replies].AsInt64(); err == nil {
 				c.stats.acked.Add(uint64(n))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/metrics"
 )
 
 // Consumer runs a Handler over one topic as a member of a consumer group.
@@ -32,6 +33,7 @@ type Consumer struct {
 	running  atomic.Bool
 	stats    counters
 	inFlight atomic.Int64
+	timings  metrics.Recorder
 }
 
 type counters struct {
@@ -108,6 +110,11 @@ func (c *Consumer) Stats() Stats {
 	}
 }
 
+// Timings returns a snapshot of the stages this consumer recorded (see
+// package metrics): QueueWait and Handler for every handled entry,
+// ReplyWrite for every reply written. Safe for concurrent use.
+func (c *Consumer) Timings() *metrics.Snapshot { return c.timings.Snapshot() }
+
 // Ready reports whether Redis answers and the group exists. Use it for
 // readiness probes.
 func (c *Consumer) Ready(ctx context.Context) error {
@@ -129,7 +136,8 @@ var ErrRunning = errors.New("consumer: already running")
 type job struct {
 	msg    Message
 	env    codec.Envelope
-	readAt int64 // unix nanoseconds when the entry was read or reclaimed
+	readAt int64         // unix nanoseconds when the entry was read or reclaimed
+	queued time.Duration // QueueWait stage: entry id (or sent time, if later) to readAt
 }
 
 var jobPool = sync.Pool{New: func() any { return new(job) }}
@@ -320,6 +328,8 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, attempt int, jobs chan<- *
 		j.msg.Deadline = time.Unix(0, j.env.Deadline)
 	}
 	j.readAt = now.UnixNano()
+	j.queued = queueWait(e.ID, j.env.Sent, j.readAt)
+	c.timings.Record(metrics.QueueWait, j.queued)
 	jobs <- j // never blocks: at most Concurrency entries are held
 }
 
@@ -334,8 +344,11 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 		defer cancel()
 	}
 	slot.set(j.msg.ID, j.readAt)
+	started := time.Now()
 	out, err := c.call(ctx, &j.msg)
+	ended := time.Now()
 	slot.set("", 0)
+	c.timings.Record(metrics.Handler, ended.Sub(started))
 	c.stats.handled.Add(1)
 	if err != nil {
 		c.stats.failed.Add(1)
@@ -355,7 +368,10 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 			c.release(j, slots)
 			return
 		}
-		reply := codec.Envelope{Kind: codec.KindReply, ID: j.env.ID, Sent: time.Now().UnixNano(), Payload: out}
+		reply := codec.Envelope{
+			Kind: codec.KindReply, ID: j.env.ID, Sent: ended.UnixNano(), Payload: out,
+			QueueWait: int64(j.queued), Handler: int64(ended.Sub(started)),
+		}
 		if err != nil {
 			reply.Payload = nil
 			reply.ErrCode, reply.ErrMsg = bus.CodeHandler, err.Error()
@@ -366,6 +382,7 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 		}
 		done.replyTo = j.env.ReplyTo
 		done.reply = codec.Encode(&reply)
+		done.at = ended
 	case err == nil:
 	case errors.Is(err, ErrSkipRetry):
 		e := bus.Entry{ID: j.msg.ID}
@@ -382,6 +399,21 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 	}
 	putJob(j) // done holds only strings that alias the entry, not j
 	a.add(done)
+}
+
+// queueWait is how long an entry waited in the stream before a worker
+// picked it up at readAt (unix nanoseconds). The entry id has millisecond
+// resolution and the sender's clock may differ from Redis's; the later of
+// the two bounds the time the entry became readable.
+func queueWait(id string, sent, readAt int64) time.Duration {
+	from := sent
+	if t, ok := bus.IDTime(id); ok && t.UnixNano() > from {
+		from = t.UnixNano()
+	}
+	if from == 0 || readAt < from {
+		return 0
+	}
+	return time.Duration(readAt - from)
 }
 
 // release gives up an entry without acknowledging it: it stays pending.

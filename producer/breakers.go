@@ -62,14 +62,6 @@ func (t *topic) admit() (breaker.Token, error) {
 	return tok, nil
 }
 
-// startTime reads the clock only when the breaker needs call durations.
-func (p *Producer) startTime() time.Time {
-	if p.cfg.NoBreaker || p.cfg.Breaker.SlowCall <= 0 {
-		return time.Time{}
-	}
-	return time.Now()
-}
-
 // report reports a call's error to the topic's breaker.
 func (p *Producer) report(t *topic, tok breaker.Token, err error, start time.Time) {
 	if t.br == nil {

@@ -17,6 +17,8 @@ const (
 	DefaultReplyBlock     = 2 * time.Second
 	DefaultReplyBatch     = 512
 	DefaultRequestTimeout = 30 * time.Second
+	DefaultTimingSample   = 1000
+	DefaultSlowRequest    = 10 * time.Second
 )
 
 // Config tunes a Producer. The zero value is ready to use.
@@ -64,6 +66,15 @@ type Config struct {
 	// RemoteErrorsTrip makes handler errors (*RemoteError) count as breaker
 	// failures. By default they do not: the bus delivered the answer.
 	RemoteErrorsTrip bool
+	// TimingSample makes one request in TimingSample log its stage timings
+	// at info level (see the README's "Timing logs"). Every request logs
+	// them at debug level. Zero means DefaultTimingSample; negative turns
+	// sampling off.
+	TimingSample int
+	// SlowRequest makes every request slower than this log its timings at
+	// warn level, whatever the sampling. Zero means DefaultSlowRequest;
+	// negative turns it off.
+	SlowRequest time.Duration
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -113,6 +124,10 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	set(&c.TimingSample, DefaultTimingSample)
+	if c.SlowRequest == 0 {
+		c.SlowRequest = DefaultSlowRequest
 	}
 	return c
 }

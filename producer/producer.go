@@ -17,6 +17,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/combine"
+	"github.com/egos/mycelium/metrics"
 )
 
 // RemoteError is the error a Request returns when the handler failed.
@@ -46,6 +47,7 @@ type Producer struct {
 	closing  chan struct{} // closed by Close: wakes waiting requesters
 	stats    counters
 	closeErr error
+	timings  metrics.Recorder
 
 	send *combine.Combiner[sendItem] // batches XADDs (see submit)
 }
@@ -125,6 +127,12 @@ func (p *Producer) Stats() Stats {
 	}
 }
 
+// Timings returns a snapshot of the per-stage latency histograms this
+// producer recorded (see package metrics): for requests every stage but
+// ReplyWrite (QueueWait and Handler as the worker reported them on the
+// reply); for publishes Admission, Encode and Write. Safe for concurrent use.
+func (p *Producer) Timings() *metrics.Snapshot { return p.timings.Snapshot() }
+
 // CallOption adjusts one Publish, PublishBatch or Request.
 type CallOption func(*callOptions)
 
@@ -181,23 +189,27 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if err := p.checkPayload(len(payload)); err != nil {
 		return "", err
 	}
+	start := time.Now()
 	tok, err := t.admit()
 	if err != nil {
 		return "", err
 	}
-	start := p.startTime()
-	id, err := p.publish(ctx, t, payload, opts)
+	admitted := time.Now()
+	p.timings.Record(metrics.Admission, admitted.Sub(start))
+	id, err := p.publish(ctx, t, payload, opts, admitted)
 	p.report(t, tok, err, start)
 	return id, err
 }
 
-func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts []CallOption) (string, error) {
+func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts []CallOption, now time.Time) (string, error) {
 	topic, key := t.name, t.key
-	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: time.Now().UnixNano()}
+	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano()}
 	env.Headers = apply(opts)
 	w := waiterPool.Get().(*waiter)
 	buf := codec.Encode(&env)
-	if !p.submit(sendItem{key: key, buf: buf, pub: w}) {
+	encoded := time.Now()
+	p.timings.Record(metrics.Encode, encoded.Sub(now))
+	if !p.submit(sendItem{key: key, buf: buf, pub: w, at: encoded}) {
 		codec.PutBuffer(buf)
 		waiterPool.Put(w)
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
@@ -249,11 +261,12 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	if len(payloads) == 0 {
 		return nil, nil
 	}
+	start := time.Now()
 	tok, err := t.admit()
 	if err != nil {
 		return nil, err
 	}
-	start := p.startTime()
+	p.timings.Record(metrics.Admission, time.Since(start))
 	ids, err := p.publishBatch(ctx, t.key, topic, payloads, opts)
 	p.report(t, tok, err, start)
 	return ids, err
@@ -316,17 +329,20 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if err := p.checkPayload(len(payload)); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	tok, err := t.admit()
 	if err != nil {
 		return nil, err
 	}
-	start := p.startTime()
-	reply, err := p.request(ctx, t, payload, opts)
+	var tm timing
+	tm.admission = time.Since(start)
+	reply, err := p.request(ctx, t, payload, opts, &tm)
 	p.report(t, tok, err, start)
+	p.recordRequest(t.name, start, &tm, err)
 	return reply, err
 }
 
-func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts []CallOption) ([]byte, error) {
+func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts []CallOption, tm *timing) ([]byte, error) {
 	key := t.key
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -349,19 +365,24 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 	defer func() { <-p.slots }()
 
 	seq := p.seq.Add(1)
+	tm.seq = seq
 	var idb [32]byte
 	id := strconv.AppendUint(append(idb[:0], p.inc...), seq, 36)
+	now := time.Now()
 	env := codec.Envelope{
 		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
-		Deadline: deadline.UnixNano(), Sent: time.Now().UnixNano(), Payload: payload,
+		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload,
 	}
 	env.Headers = apply(opts)
 	w := waiterPool.Get().(*waiter)
+	w.write = 0
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.
 	buf := codec.Encode(&env)
-	if !p.submit(sendItem{key: key, buf: buf, seq: seq}) {
+	encoded := time.Now()
+	tm.encode = encoded.Sub(now)
+	if !p.submit(sendItem{key: key, buf: buf, seq: seq, at: encoded}) {
 		codec.PutBuffer(buf)
 		if p.waiters.take(seq) != nil {
 			waiterPool.Put(w)
@@ -371,6 +392,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 
 	select {
 	case r := <-w.ch:
+		tm.fill(w, &r)
 		waiterPool.Put(w)
 		return p.finish(r)
 	case <-ctx.Done():
@@ -379,6 +401,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 			return nil, p.ctxErr(ctx, "waiting for the reply")
 		}
 		r := <-w.ch // the reader took it and is handing the reply over
+		tm.fill(w, &r)
 		waiterPool.Put(w)
 		return p.finish(r)
 	case <-p.closing:

@@ -97,43 +97,55 @@ func (p *Producer) readReplies(ctx context.Context) {
 			continue
 		}
 		out.OK()
+		at := time.Now()
 		for i := range entries {
 			last = entries[i].ID
-			p.dispatch(&entries[i])
+			at = p.dispatch(&entries[i], at)
 		}
 	}
 	p.waiters.drain(func(w *waiter) { w.ch <- result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed)} })
 }
 
-func (p *Producer) dispatch(e *bus.Entry) {
+// dispatch hands one reply to its waiter. at is when the reader got the
+// entry (its batch's read time, or when the previous entry's decode ended);
+// it returns when this entry's decode ended, chaining one clock read per
+// entry.
+func (p *Producer) dispatch(e *bus.Entry, at time.Time) time.Time {
 	if !e.HasData {
 		p.stats.malformed.Add(1)
-		return
+		return at
 	}
 	var env codec.Envelope
-	if err := codec.DecodeEnvelope(e.Data, &env); err != nil {
+	err := codec.DecodeEnvelope(e.Data, &env)
+	decoded := time.Now()
+	if err != nil {
 		p.stats.malformed.Add(1)
 		p.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping undecodable reply")
-		return
+		return decoded
 	}
 	if env.Kind != codec.KindReply {
-		return // control entries
+		return decoded // control entries
 	}
 	seq, ok := p.parseID(env.ID)
 	if !ok {
 		p.stats.late.Add(1) // a reply for an earlier incarnation of this producer id
-		return
+		return decoded
 	}
 	w := p.waiters.take(seq)
 	if w == nil {
 		p.stats.late.Add(1)
-		return
+		return decoded
+	}
+	r := result{
+		payload: env.Payload, replied: true,
+		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler),
+		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
 	}
 	if env.ErrCode != "" {
-		w.ch <- result{err: &RemoteError{Code: env.ErrCode, Message: env.ErrMsg}}
-		return
+		r.payload, r.err = nil, &RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
 	}
-	w.ch <- result{payload: env.Payload}
+	w.ch <- r
+	return decoded
 }
 
 func (p *Producer) parseID(id string) (uint64, bool) {

@@ -2,6 +2,7 @@ package producer
 
 import (
 	"sync"
+	"time"
 )
 
 // result is what a waiter receives: a reply envelope's payload or error.
@@ -10,12 +11,18 @@ type result struct {
 	id       string // publish: the entry id
 	err      error
 	writeErr bool // err is a failed write, not a remote error
+	replied  bool // a reply arrived (payload or remote error): the stages below are set
+
+	queue, handler time.Duration // as the worker reported them
+	transit        time.Duration // reply encoded by the worker until the reader got it
+	decode         time.Duration
 }
 
 // waiter is one outstanding request. ch has room for exactly one result, so
 // the reply reader never blocks on it.
 type waiter struct {
-	ch chan result
+	ch    chan result
+	write time.Duration // request's Redis write; set under its shard lock while registered (see stamp)
 }
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
@@ -58,6 +65,17 @@ func (r *registry) take(seq uint64) *waiter {
 	}
 	s.mu.Unlock()
 	return w
+}
+
+// stamp records the Redis write time of seq's request if it still waits.
+// The shard lock orders it before the take that hands the waiter over.
+func (r *registry) stamp(seq uint64, d time.Duration) {
+	s := &r.shards[seq%shards]
+	s.mu.Lock()
+	if w := s.m[seq]; w != nil {
+		w.write = d
+	}
+	s.mu.Unlock()
 }
 
 // drain removes every waiter and hands it to fn.

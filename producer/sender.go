@@ -4,19 +4,22 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/metrics"
 )
 
 // sendItem is one XADD waiting to be written.
 type sendItem struct {
 	key string
 	buf *codec.Buffer
-	seq uint64  // request: its waiter in the registry receives a write error
-	pub *waiter // publish: receives the entry id or the write error
+	seq uint64    // request: its waiter in the registry receives a write error
+	pub *waiter   // publish: receives the entry id or the write error
+	at  time.Time // when it was handed to the sender (for the Write stage)
 }
 
 const (
@@ -50,9 +53,10 @@ func (p *Producer) flush(batch []sendItem) {
 	// No per-flush timer: the connection's write timeout (bus.Config
 	// WriteTimeout) bounds a pipelined command without a ctx deadline.
 	res := p.c.DoMulti(context.Background(), cmds...)
+	now := time.Now()
 	for i := range batch {
 		id, err := res[i].ToString()
-		p.settle(&batch[i], id, err)
+		p.settle(&batch[i], id, err, now.Sub(batch[i].at))
 	}
 	clear(cmds)
 	*cp = cmds[:0]
@@ -60,17 +64,22 @@ func (p *Producer) flush(batch []sendItem) {
 }
 
 // settle reports one write's outcome to its caller.
-func (p *Producer) settle(it *sendItem, id string, err error) {
+func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration) {
 	if err == nil || bus.IsRedisReply(err) {
 		codec.PutBuffer(it.buf) // else rueidis may still hold it
 	}
 	err = bus.Unavailable(err)
 	if it.pub != nil {
+		if err == nil {
+			p.timings.Record(metrics.Write, took)
+		}
 		it.pub.ch <- result{id: id, err: err}
 		return
 	}
 	if err == nil {
+		p.timings.Record(metrics.Write, took)
 		p.stats.requests.Add(1)
+		p.waiters.stamp(it.seq, took)
 		return
 	}
 	if w := p.waiters.take(it.seq); w != nil {

@@ -1,0 +1,116 @@
+package metrics
+
+import "time"
+
+// Stage is one step of a message's way through the bus.
+type Stage uint8
+
+// The stages, in data-path order. A producer records Encode, Admission,
+// Write, QueueWait and Handler (as reported on the reply), ReplyTransit,
+// Decode and EndToEnd for requests (Encode, Admission and Write for
+// publishes too); a consumer records QueueWait, Handler and ReplyWrite.
+const (
+	Encode       Stage = iota // producer: encoding the envelope
+	Admission                 // producer: the topic's circuit breaker deciding
+	Write                     // producer: hand-off to the batched XADD until Redis accepted it
+	QueueWait                 // entry id (or sent time, if later) to pick-up by a worker
+	Handler                   // the handler's own time
+	ReplyWrite                // consumer: handler done until the reply XADD and XACK were accepted
+	ReplyTransit              // reply encoded by the worker until read by the producer's reply reader
+	Decode                    // producer: decoding the reply
+	EndToEnd                  // producer: Request call to return
+	NumStages
+)
+
+var stageNames = [NumStages]string{
+	"encode", "admission", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
+}
+
+// String returns the stage's metric label, e.g. "queue_wait".
+func (s Stage) String() string {
+	if s < NumStages {
+		return stageNames[s]
+	}
+	return "unknown"
+}
+
+// Stages lists every stage in data-path order.
+func Stages() []Stage {
+	out := make([]Stage, NumStages)
+	for i := range out {
+		out[i] = Stage(i)
+	}
+	return out
+}
+
+// Recorder holds one Histogram per stage. The zero value is ready to use;
+// it must not be copied after first use.
+type Recorder struct {
+	h [NumStages]Histogram
+}
+
+// Record adds d to stage s. Safe for concurrent use; no allocation.
+func (r *Recorder) Record(s Stage, d time.Duration) {
+	if s < NumStages {
+		r.h[s].Record(d)
+	}
+}
+
+// Snapshot copies every stage.
+func (r *Recorder) Snapshot() *Snapshot {
+	s := new(Snapshot)
+	for i := range r.h {
+		r.h[i].snapshotInto(&s.Stages[i])
+	}
+	return s
+}
+
+// Snapshot is a point-in-time copy of a Recorder.
+type Snapshot struct {
+	Stages [NumStages]HistogramSnapshot
+}
+
+// Stage returns the snapshot of one stage.
+func (s *Snapshot) Stage(st Stage) *HistogramSnapshot { return &s.Stages[st] }
+
+// Merge adds o into s: for example a producer's and its workers' stages.
+func (s *Snapshot) Merge(o *Snapshot) {
+	for i := range s.Stages {
+		s.Stages[i].Merge(&o.Stages[i])
+	}
+}
+
+// Sub leaves only what was recorded after the earlier snapshot.
+func (s *Snapshot) Sub(earlier *Snapshot) {
+	for i := range s.Stages {
+		s.Stages[i].Sub(&earlier.Stages[i])
+	}
+}
+
+// Summary is one stage's percentiles in microseconds, for JSON output.
+type Summary struct {
+	Stage  string  `json:"stage"`
+	Count  uint64  `json:"count"`
+	MeanUS float64 `json:"mean_us"`
+	P50US  float64 `json:"p50_us"`
+	P90US  float64 `json:"p90_us"`
+	P99US  float64 `json:"p99_us"`
+}
+
+// Summaries returns the stages that have observations, in data-path order.
+func (s *Snapshot) Summaries() []Summary {
+	var out []Summary
+	for i := range s.Stages {
+		h := &s.Stages[i]
+		if h.Count == 0 {
+			continue
+		}
+		out = append(out, Summary{
+			Stage: Stage(i).String(), Count: h.Count, MeanUS: us(h.Mean()),
+			P50US: us(h.Quantile(0.5)), P90US: us(h.Quantile(0.9)), P99US: us(h.Quantile(0.99)),
+		})
+	}
+	return out
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }

@@ -1,0 +1,84 @@
+package producer
+
+import (
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/metrics"
+)
+
+// timing collects one request's stages while it runs; recordRequest turns
+// it into histogram observations and, when due, a timing log event.
+type timing struct {
+	seq                             uint64 // 0 until the request got a correlation id
+	admission, encode, write        time.Duration
+	queue, handler, transit, decode time.Duration
+	replied                         bool
+}
+
+// fill copies what the sender and the reply reader measured.
+func (tm *timing) fill(w *waiter, r *result) {
+	tm.write = w.write
+	if r.replied {
+		tm.replied = true
+		tm.queue, tm.handler, tm.transit, tm.decode = r.queue, r.handler, r.transit, r.decode
+	}
+}
+
+// recordRequest records a finished request's stages (the Write stage is
+// recorded by the sender, for publishes too) and logs them when due:
+// every request at debug level, one in Config.TimingSample at info, and
+// those slower than Config.SlowRequest at warn.
+func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err error) {
+	total := time.Since(start)
+	r := &p.timings
+	r.Record(metrics.Admission, tm.admission)
+	if tm.seq != 0 {
+		r.Record(metrics.Encode, tm.encode)
+	}
+	if tm.replied {
+		r.Record(metrics.QueueWait, tm.queue)
+		r.Record(metrics.Handler, tm.handler)
+		r.Record(metrics.ReplyTransit, tm.transit)
+		r.Record(metrics.Decode, tm.decode)
+		r.Record(metrics.EndToEnd, total)
+	}
+	var ev *zerolog.Event // nil when the level is disabled: no cost beyond the check
+	switch {
+	case p.cfg.SlowRequest > 0 && total >= p.cfg.SlowRequest:
+		ev = p.log.Warn()
+	case p.cfg.TimingSample > 0 && tm.seq != 0 && tm.seq%uint64(p.cfg.TimingSample) == 0:
+		ev = p.log.Info()
+	default:
+		ev = p.log.Debug()
+	}
+	if ev == nil {
+		return
+	}
+	ev.Str("topic", topic).Str("outcome", outcome(err)).
+		Float64("admission_us", us(tm.admission)).Float64("encode_us", us(tm.encode)).
+		Float64("redis_write_us", us(tm.write)).Float64("queue_wait_us", us(tm.queue)).
+		Float64("handler_us", us(tm.handler)).Float64("reply_transit_us", us(tm.transit)).
+		Float64("decode_us", us(tm.decode)).Float64("end_to_end_us", us(total)).
+		Msg("request timing")
+}
+
+// outcome names how a request ended, for timing logs.
+func outcome(err error) string {
+	var re *RemoteError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &re):
+		return "remote_error"
+	case errors.Is(err, bus.ErrTimeout):
+		return "timeout"
+	}
+	return "error"
+}
+
+// us is d in microseconds, to 0.1 µs.
+func us(d time.Duration) float64 { return float64(d/100) / 10 }
