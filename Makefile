@@ -21,10 +21,10 @@ help: ## list the targets
 build: ## build bus-worker and bus-bench into ./bin
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-redis-server: ## install redis-server with apt when it is missing
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server with apt"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+redis-server: ## install redis-server (and promtool, for the /metrics tests) with apt when missing
+	@command -v redis-server >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		echo "installing redis-server and prometheus (promtool) with apt"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server prometheus >/dev/null; \
 	}
 	@redis-server --version
 

@@ -345,7 +345,11 @@ type GroupInfo struct {
 // Groups returns the consumer groups of the stream key; a missing stream
 // has none.
 func Groups(ctx context.Context, c rueidis.Client, key string) ([]GroupInfo, error) {
-	groups, err := c.Do(ctx, c.B().XinfoGroups().Key(key).Build()).ToArray()
+	return parseGroups(c.Do(ctx, c.B().XinfoGroups().Key(key).Build()))
+}
+
+func parseGroups(res rueidis.RedisResult) ([]GroupInfo, error) {
+	groups, err := res.ToArray()
 	if err != nil {
 		if isNoSuchKey(err) {
 			return nil, nil

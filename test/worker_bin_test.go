@@ -64,6 +64,29 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 		}
 		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Handled == 2 && st.Acked == 2
 	})
+	// The worker's /metrics passes promtool and carries its stages.
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	check := exec.Command(promtool(t), "check", "metrics")
+	check.Stdin = bytes.NewReader(metricsText)
+	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("promtool check metrics on bus-worker /metrics: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		`mycelium_stage_duration_seconds_count{role="consumer",stage="handler",topic="e2e"} 2`,
+		`mycelium_stage_duration_seconds_count{role="consumer",stage="reply_write",topic="e2e"} 1`,
+		`mycelium_consumer_handled_total{group="workers",topic="e2e"} 2`,
+		`mycelium_stream_length{topic="e2e"} 2`,
+		`go_goroutines`,
+	} {
+		if !bytes.Contains(metricsText, []byte(want)) {
+			t.Errorf("bus-worker /metrics lacks %s", want)
+		}
+	}
 	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

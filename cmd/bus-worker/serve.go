@@ -15,11 +15,16 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/mattn/go-isatty"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/metrics/prom"
 )
 
 type serveFlags struct {
@@ -43,7 +48,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&f.name, "name", "", "consumer name, unique in the group (default host-pid-random)")
 	fs.IntVar(&f.concurrency, "concurrency", consumer.DefaultConcurrency, "handler workers")
 	fs.StringVar(&f.handler, "handler", "echo", "echo | sleep:<dur>[,<jitter>] | http(s)://URL")
-	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz and /stats; empty disables")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz, /stats and /metrics; empty disables")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
 	fs.DurationVar(&f.claimIdle, "claim-idle", consumer.DefaultClaimIdle, "reclaim entries another consumer left pending this long (long handlers are kept alive by heartbeats)")
@@ -95,18 +100,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	brMetrics := prom.NewBreakerCollector(prometheus.Labels{"topic": f.topic})
 	var br *breaker.Breaker
 	if f.breaker {
 		br, err = breaker.New(breaker.Config{
 			MinCalls: f.breakerMinCalls, FailureRatio: f.breakerRatio, HalfOpenProbes: f.breakerProbes,
 			OpenTimeout: f.breakerOpen, MaxOpenTimeout: f.breakerMaxOpen, Jitter: 0.1,
 		}, breaker.WithStateChange(func(from, to breaker.State) {
+			brMetrics.OnStateChange(from, to)
 			log.WithLevel(breakerLevel(to)).Str("from", from.String()).Str("to", to.String()).Str("handler", f.handler).Msg("downstream circuit breaker")
 		}))
 		if err != nil {
 			return usagef("serve: breaker flags: %v", err)
 		}
 		defer br.Close()
+		brMetrics.SetState(br.State)
 		h = consumer.Chain(h, consumer.BreakerMiddleware(br))
 	}
 
@@ -145,7 +153,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var srv *http.Server
 	srvDone := make(chan error, 1)
 	if ln != nil {
-		srv = &http.Server{Handler: opsMux(co, br), ReadHeaderTimeout: 5 * time.Second}
+		reg, err := workerRegistry(c, co, f.prefix, brMetrics)
+		if err != nil {
+			return fmt.Errorf("serve: metrics: %w", err)
+		}
+		srv = &http.Server{Handler: opsMux(co, br, reg), ReadHeaderTimeout: 5 * time.Second}
 		go func() { srvDone <- srv.Serve(ln) }()
 	}
 	err = co.Run(ctx)
@@ -162,9 +174,31 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
+// workerRegistry gathers what /metrics exports: the consumer's stage
+// timings and counters, the breaker, the topic's streams, and the Go
+// runtime and process.
+func workerRegistry(c rueidis.Client, co *consumer.Consumer, prefix string, br *prom.BreakerCollector) (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	if err := prom.RegisterConsumer(reg, co); err != nil {
+		return nil, err
+	}
+	for _, col := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		br,
+		prom.NewStreamCollector(c, bus.Keys{Prefix: prefix}, co.Config().Topic),
+	} {
+		if err := reg.Register(col); err != nil {
+			return nil, err
+		}
+	}
+	return reg, nil
+}
+
 // opsMux serves the operator endpoints. br may be nil.
-func opsMux(co *consumer.Consumer, br *breaker.Breaker) *http.ServeMux {
+func opsMux(co *consumer.Consumer, br *breaker.Breaker, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})

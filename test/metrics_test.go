@@ -1,0 +1,160 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/metrics"
+	"github.com/egos/mycelium/metrics/prom"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+// promtool returns the path of promtool, installing Debian's prometheus
+// package when it is missing (as make test does for redis-server).
+func promtool(t *testing.T) string {
+	t.Helper()
+	if p, err := exec.LookPath("promtool"); err == nil {
+		return p
+	}
+	if os.Getenv("MYCELIUM_REQUIRE_REDIS") == "" && os.Geteuid() != 0 {
+		t.Skip("promtool missing and not root to install it (make test installs it)")
+	}
+	t.Log("promtool missing: installing Debian's prometheus package")
+	install := func() error {
+		cmd := exec.Command("apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	if err := install(); err != nil {
+		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
+			t.Fatalf("apt-get update: %v: %s", err, out)
+		}
+		if err := install(); err != nil {
+			t.Fatalf("installing promtool: %v", err)
+		}
+	}
+	p, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool still missing after installing prometheus")
+	}
+	return p
+}
+
+// TestMetricsEndpoint: after traffic, /metrics passes promtool, carries
+// every stage with observations, the counters and the stream gauges, and
+// every metric the Grafana dashboard queries exists.
+func TestMetricsEndpoint(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	co := runConsumer(t, c, consumer.Config{Topic: "m"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		return m.Payload, nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	reg := prometheus.NewRegistry()
+	br := prom.NewBreakerCollector(prometheus.Labels{"topic": "m"})
+	if err := prom.RegisterConsumer(reg, co); err != nil {
+		t.Fatal(err)
+	}
+	if err := prom.RegisterProducer(reg, p); err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(br, prom.NewStreamCollector(c, bus.Keys{}, "m"))
+	hs := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer hs.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 200
+	for i := range n {
+		if _, err := p.Request(ctx, "m", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The consumer records ReplyWrite after its pipeline returns, which may
+	// be after the caller got the reply.
+	waitFor(t, 10*time.Second, "reply writes recorded", func() bool {
+		return co.Timings().Stage(metrics.ReplyWrite).Count == n
+	})
+
+	resp, err := http.Get(hs.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d, %v", resp.StatusCode, err)
+	}
+	text := string(body)
+
+	check := exec.Command(promtool(t), "check", "metrics")
+	check.Stdin = strings.NewReader(text)
+	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+
+	for _, st := range metrics.Stages() {
+		re := regexp.MustCompile(`mycelium_stage_duration_seconds_count\{[^}]*stage="` + st.String() + `"[^}]*\} (\d+)`)
+		m := re.FindStringSubmatch(text)
+		if m == nil || m[1] == "0" {
+			t.Errorf("stage %s: no observations in /metrics (%v)", st, m)
+		}
+	}
+	for _, want := range []string{
+		`mycelium_consumer_replied_total{group="workers",topic="m"} 200`,
+		`mycelium_producer_replies_total{producer="` + p.ID() + `"} 200`,
+		`mycelium_stream_length{topic="m"} 200`,
+		`mycelium_group_pending{group="workers",topic="m"} 0`,
+		`mycelium_redis_up 1`,
+		`mycelium_breaker_state{topic="m"} 0`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// Every metric the dashboard queries is exported.
+	raw, err := os.ReadFile("../metrics/prom/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	names := regexp.MustCompile(`mycelium_[a-z_]+`)
+	for _, pn := range dash.Panels {
+		for _, tg := range pn.Targets {
+			for _, name := range names.FindAllString(tg.Expr, -1) {
+				if !strings.Contains(text, "\n"+name) {
+					t.Errorf("dashboard panel %q queries %s, which /metrics does not export", pn.Title, name)
+				}
+			}
+		}
+	}
+}
