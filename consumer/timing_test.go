@@ -61,4 +61,3 @@ func TestTimings(t *testing.T) {
 		}
 	}
 }
-

@@ -98,4 +98,3 @@ func (c *CounterCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.CounterValue, float64(k.Value()))
 	}
 }
-
