@@ -99,3 +99,22 @@ func PendingSummary(ctx context.Context, c rueidis.Client, key, group string) (P
 	}
 	return p, nil
 }
+
+// ScanStreams returns the keys of every stream matching pattern (SCAN MATCH
+// pattern TYPE stream, 1000 keys per step). It walks the whole keyspace:
+// meant for operator tools, not for hot paths or scrapes.
+func ScanStreams(ctx context.Context, c rueidis.Client, pattern string) ([]string, error) {
+	var out []string
+	cursor := uint64(0)
+	for {
+		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Type("stream").Build()).AsScanEntry()
+		if err != nil {
+			return nil, fmt.Errorf("bus: SCAN %s: %w", pattern, err)
+		}
+		out = append(out, e.Elements...)
+		if e.Cursor == 0 {
+			return out, nil
+		}
+		cursor = e.Cursor
+	}
+}

@@ -45,6 +45,10 @@ func TestInfoAndPendingSummary(t *testing.T) {
 	if err != nil || p.Count != 2 || p.OldestID != ids[0] || p.ByOwner["w1"] != 2 {
 		t.Fatalf("PendingSummary = %+v, %v", p, err)
 	}
+	m.Set("plain", "not a stream")
+	if keys, err := ScanStreams(ctx, c, "*"); err != nil || len(keys) != 1 || keys[0] != "s" {
+		t.Fatalf("ScanStreams = %v, %v; want [s]", keys, err)
+	}
 	if _, err := PendingSummary(ctx, c, "s", "nogroup"); !errors.Is(err, ErrNoGroup) {
 		t.Fatalf("PendingSummary(no group) = %v, want ErrNoGroup", err)
 	}

@@ -37,6 +37,7 @@ Usage:
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
   bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json]
   bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
+  bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]
   bus-worker dlq replay [--redis URL] [--topic T] (--id ID | --all)
   bus-worker dlq purge  [--redis URL] [--topic T] (--older-than D | --all)
@@ -65,8 +66,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = publish(ctx, args[1:], stdout)
 	case "dlq":
 		err = dlq(ctx, args[1:], stdout)
+	case "stats":
+		err = stats(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish or dlq; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats or dlq; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:
