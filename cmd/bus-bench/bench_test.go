@@ -6,7 +6,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestParseOptions(t *testing.T) {
 	for _, tt := range []struct {
@@ -26,6 +30,19 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"--redis", "http://x"}, "scheme"},
 		{[]string{"extra"}, "unexpected"},
 		{[]string{"--nope"}, "not defined"},
+		{[]string{"--transport", "pubsub", "--pubsub-conn", "pooled"}, ""},
+		{[]string{"--transport", "kafka"}, "--transport"},
+		{[]string{"--transport", "pubsub", "--scenario", "publish"}, "publish"},
+		{[]string{"--transport", "pubsub", "--pubsub-conn", "x"}, "--pubsub-conn"},
+		{[]string{"--handler", "sleep:2s,500ms"}, ""},
+		{[]string{"--handler", "sleep:-1s"}, "--handler"},
+		{[]string{"--handler", "sleep:1s,2s"}, "jitter"},
+		{[]string{"--handler", "http://x"}, "--handler"},
+		{[]string{"--handler", "sleep:1s", "--no-workers"}, "in-process"},
+		{[]string{"--suite", "seed", "--report", "/tmp/x"}, ""},
+		{[]string{"--suite", "full"}, "--suite"},
+		{[]string{"--report", "/tmp/x"}, "needs --suite"},
+		{[]string{"--suite", "seed", "--no-workers"}, "in-process"},
 	} {
 		o, err := parseOptions(tt.args, io.Discard)
 		if tt.want == "" {

@@ -29,6 +29,15 @@ type options struct {
 	cpuProfile  string
 	flushDelay  time.Duration
 	conns       int
+	transport   string        // mycelium | pubsub
+	pubsubConn  string        // fresh | pooled
+	handler     string        // echo | sleep:<d>[,<jitter>]
+	sleep       time.Duration // parsed from handler
+	jitter      time.Duration
+	suite       string // "" or seed
+	quick       bool   // --suite-quick: a scaled-down suite for tests
+	report      string // directory for results.jsonl and report.html
+	caseName    string // suite case being run
 }
 
 var errUsage = errors.New("usage")
@@ -54,10 +63,17 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.flushDelay, "max-flush-delay", bus.DefaultMaxFlushDelay, "auto-pipeline flush delay under load (bus.Config.MaxFlushDelay); negative disables")
 	fs.IntVar(&o.conns, "pipeline-conns", 0, "auto-pipelined connections per client (bus.Config.PipelineConns; 0 = rueidis default)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured run to this file")
+	fs.StringVar(&o.transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
+	fs.StringVar(&o.pubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
+	fs.StringVar(&o.handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")
+	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports)")
+	fs.BoolVar(&o.quick, "suite-quick", false, "with --suite: a scaled-down run (fewer requests, 0.5 s sweep points, 200 ms handler) to check the suite itself, not to measure")
+	fs.StringVar(&o.report, "report", "", "with --suite: write results.jsonl and a self-contained report.html into this directory")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] --json")
+			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err
 		}
@@ -101,6 +117,29 @@ func (o *options) check(given map[string]bool) error {
 	if err := bus.ValidateName("topic", o.topic); err != nil {
 		return err
 	}
+	switch o.transport {
+	case "mycelium":
+	case "pubsub":
+		if o.scenario == "publish" {
+			return fmt.Errorf("--transport pubsub: the baseline has request/reply only (rpc, continuous), not publish")
+		}
+	default:
+		return fmt.Errorf("--transport %q: want mycelium or pubsub", o.transport)
+	}
+	if o.pubsubConn != "fresh" && o.pubsubConn != "pooled" {
+		return fmt.Errorf("--pubsub-conn %q: want fresh or pooled", o.pubsubConn)
+	}
+	if err := o.parseHandler(); err != nil {
+		return err
+	}
+	switch {
+	case o.suite != "" && o.suite != "seed":
+		return fmt.Errorf("--suite %q: want seed", o.suite)
+	case o.report != "" && o.suite == "":
+		return fmt.Errorf("--report needs --suite seed")
+	case o.suite != "" && o.noWorkers:
+		return fmt.Errorf("--suite runs its own in-process workers; drop --no-workers")
+	}
 	if o.redis != "" {
 		if err := (bus.Config{URL: o.redis}).Validate(); err != nil {
 			return err
@@ -114,6 +153,31 @@ func (o *options) check(given map[string]bool) error {
 	}
 	if o.duration > 0 && !given["requests"] {
 		o.requests = 0 // bounded by time only
+	}
+	return nil
+}
+
+// parseHandler reads --handler: echo, or sleep:<dur>[,<jitter>].
+func (o *options) parseHandler() error {
+	if o.handler == "echo" {
+		return nil
+	}
+	spec, ok := strings.CutPrefix(o.handler, "sleep:")
+	if !ok {
+		return fmt.Errorf("--handler %q: want echo or sleep:<dur>[,<jitter>]", o.handler)
+	}
+	d, j, hasJitter := strings.Cut(spec, ",")
+	var err error
+	if o.sleep, err = time.ParseDuration(d); err != nil || o.sleep <= 0 {
+		return fmt.Errorf("--handler %q: want a positive duration after sleep:", o.handler)
+	}
+	if hasJitter {
+		if o.jitter, err = time.ParseDuration(j); err != nil || o.jitter < 0 || o.jitter > o.sleep {
+			return fmt.Errorf("--handler %q: the jitter must be a duration between 0 and the sleep", o.handler)
+		}
+	}
+	if o.noWorkers {
+		return fmt.Errorf("--handler applies to in-process workers; drop --no-workers")
 	}
 	return nil
 }

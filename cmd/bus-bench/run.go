@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
 )
 
@@ -36,7 +40,19 @@ type Result struct {
 	P90US         int64   `json:"p90_us"`
 	P99US         int64   `json:"p99_us"`
 	MaxUS         int64   `json:"max_us"`
+
+	// Added by the analysis suite (absent when empty).
+	Case          string            `json:"case,omitempty"`            // suite case name
+	Handler       string            `json:"handler,omitempty"`         // worker handler when not a plain echo
+	OverheadP50US int64             `json:"overhead_p50_us,omitempty"` // per request: end to end minus handler time
+	OverheadP99US int64             `json:"overhead_p99_us,omitempty"`
+	Stages        []metrics.Summary `json:"stages,omitempty"` // mycelium: where the time went
 }
+
+const (
+	systemMycelium = "mycelium"
+	systemPubsub   = "pubsub-baseline"
+)
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := parseOptions(args, stderr)
@@ -47,21 +63,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bus-bench: "+oneLine(err.Error()))
 		return 2
 	}
-	res, err := bench(ctx, o, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "bus-bench: "+oneLine(err.Error()))
-		if errors.Is(err, errUsage) {
-			return 2
-		}
-		return 1
+	if o.suite != "" {
+		return exitCode(runSuite(ctx, o, stdout, stderr), stderr)
 	}
+	out, err := bench(ctx, o, stderr)
+	if err != nil {
+		return exitCode(err, stderr)
+	}
+	res := out.res
 	if o.json {
 		b, _ := json.Marshal(res)
 		fmt.Fprintf(stdout, "%s\n", b)
 	} else {
-		fmt.Fprintf(stdout, "%s %s: %d sent, concurrency %d, payload %d B: %d ok, %d errors in %.3fs = %.0f/s; latency p50 %v p90 %v p99 %v max %v\n",
-			res.System, res.Scenario, res.Requests, res.Concurrency, res.Payload, res.OK, res.Errors, res.Seconds, res.ThroughputRPS,
-			us(res.P50US), us(res.P90US), us(res.P99US), us(res.MaxUS))
+		printResult(stdout, res)
 	}
 	if res.Errors > 0 {
 		return 1
@@ -69,46 +83,99 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "bus-bench: "+oneLine(err.Error()))
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+func printResult(w io.Writer, res *Result) {
+	fmt.Fprintf(w, "%s %s: %d sent, concurrency %d, payload %d B: %d ok, %d errors in %.3fs = %.0f/s; latency p50 %v p90 %v p99 %v max %v\n",
+		res.System, res.Scenario, res.Requests, res.Concurrency, res.Payload, res.OK, res.Errors, res.Seconds, res.ThroughputRPS,
+		us(res.P50US), us(res.P90US), us(res.P99US), us(res.MaxUS))
+	if res.OverheadP99US > 0 {
+		fmt.Fprintf(w, "  bus overhead (end to end minus handler): p50 %v p99 %v\n", us(res.OverheadP50US), us(res.OverheadP99US))
+	}
+	for _, s := range res.Stages {
+		fmt.Fprintf(w, "  %-14s mean %9.1f us  p50 %9.1f us  p99 %9.1f us  (%d)\n", s.Stage, s.MeanUS, s.P50US, s.P99US, s.Count)
+	}
+}
+
 func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+
+// caller sends one request and returns the reply: the system under test.
+type caller interface {
+	request(ctx context.Context, payload []byte) ([]byte, error)
+}
+
+type myceliumCaller struct {
+	p     *producer.Producer
+	topic string
+}
+
+func (m myceliumCaller) request(ctx context.Context, payload []byte) ([]byte, error) {
+	return m.p.Request(ctx, m.topic, payload)
+}
 
 // env is what one bench run talks to.
 type env struct {
-	o    *options
-	prod rueidis.Client // producer side
-	work rueidis.Client // in-process workers' side (separate connections, as separate processes would have)
-	p    *producer.Producer
-	log  io.Writer
+	o      *options
+	system string
+	call   caller
+	prod   rueidis.Client     // callers' connections
+	p      *producer.Producer // mycelium only
+	co     *consumer.Consumer // in-process mycelium workers, if any
+	log    io.Writer
+	tl     tally // outcomes of the measured calls (read by the progress line)
+
+	handled      sync.Map // sequence -> handler nanoseconds, when the handler is not a plain echo
+	stagesBefore *metrics.Snapshot
+	closers      []func()
 }
 
-func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
-	url := o.redis
-	if url == "" {
-		m := miniredis.NewMiniRedis()
-		if err := m.Start(); err != nil {
-			return nil, fmt.Errorf("start embedded Redis: %w", err)
-		}
-		defer m.Close()
-		url = "redis://" + m.Addr()
-		fmt.Fprintf(stderr, "bus-bench: no --redis given: using an embedded in-memory Redis (miniredis) at %s; its timings are not representative of Redis\n", m.Addr())
+func (e *env) close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
 	}
-	cfg := bus.Config{URL: url, ClientName: "myc-bench", MaxFlushDelay: o.flushDelay, PipelineConns: o.conns}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	prod, err := bus.Connect(cctx, cfg)
-	cancel()
+}
+
+// outcome is one run: its result line and the samples the report draws.
+type outcome struct {
+	res      *Result
+	lat      []int64 // sorted latencies, nanoseconds
+	timeline []point // (seconds since start, latency) per request, for time charts
+}
+
+type point struct {
+	at  float64 // seconds since the run started
+	lat int64   // nanoseconds
+	seq uint64  // the request's sequence number
+}
+
+// embedded starts a miniredis when no --redis was given.
+func embedded(o *options, stderr io.Writer) (string, func(), error) {
+	if o.redis != "" {
+		return o.redis, func() {}, nil
+	}
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		return "", nil, fmt.Errorf("start embedded Redis: %w", err)
+	}
+	fmt.Fprintf(stderr, "bus-bench: no --redis given: using an embedded in-memory Redis (miniredis) at %s; its timings are not representative of Redis\n", m.Addr())
+	return "redis://" + m.Addr(), m.Close, nil
+}
+
+func bench(ctx context.Context, o *options, stderr io.Writer) (*outcome, error) {
+	url, stop, err := embedded(o, stderr)
 	if err != nil {
-		return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", errUsage, cfg.Redacted(), err)
-	}
-	defer prod.Close()
-	e := &env{o: o, prod: prod, log: stderr}
-	if e.p, err = producer.New(prod, producer.Config{Prefix: o.prefix, MaxInFlight: max(o.concurrency, producer.DefaultMaxInFlight)}); err != nil {
 		return nil, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = e.p.Close(cctx)
-		cancel()
-	}()
-
+	defer stop()
 	var sc scenario
 	switch o.scenario {
 	case "rpc":
@@ -118,20 +185,11 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
 	case "continuous":
 		sc = &continuousScenario{}
 	}
-	if !o.noWorkers {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		e.work, err = bus.Connect(cctx, cfg)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-		defer e.work.Close()
-		stop, err := e.startWorkers(ctx, sc.handler(e))
-		if err != nil {
-			return nil, err
-		}
-		defer stop()
+	e, err := setup(ctx, o, url, sc, stderr)
+	if err != nil {
+		return nil, err
 	}
+	defer e.close()
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
@@ -143,12 +201,106 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*Result, error) {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	return sc.run(ctx, e)
+	stopProgress := startProgress(e, stderr)
+	out, err := sc.run(ctx, e)
+	stopProgress()
+	if err != nil {
+		return nil, err
+	}
+	if o.handler != "echo" {
+		out.res.Handler = o.handler
+	}
+	out.res.Stages = e.stages()
+	return out, nil
+}
+
+// setup connects the callers of o.transport and, unless --no-workers,
+// starts in-process workers running sc's handler.
+func setup(ctx context.Context, o *options, url string, sc scenario, stderr io.Writer) (*env, error) {
+	e := &env{o: o, log: stderr, system: systemMycelium}
+	ok := false
+	defer func() {
+		if !ok {
+			e.close()
+		}
+	}()
+	cfg := bus.Config{URL: url, ClientName: "myc-bench", MaxFlushDelay: o.flushDelay, PipelineConns: o.conns}
+	if o.transport == "pubsub" && o.pubsubConn == "pooled" {
+		// One dedicated connection per concurrent caller.
+		cfg.BlockingPoolSize = max(bus.DefaultBlockingPoolSize, o.concurrency+1)
+	}
+	connect := func() (rueidis.Client, error) {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := bus.Connect(cctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", errUsage, cfg.Redacted(), err)
+		}
+		e.closers = append(e.closers, c.Close)
+		return c, nil
+	}
+	var err error
+	if e.prod, err = connect(); err != nil {
+		return nil, err
+	}
+	h := e.wrap(sc.handler(e))
+	switch o.transport {
+	case "pubsub":
+		e.system = systemPubsub
+		var rnd [6]byte
+		_, _ = rand.Read(rnd[:])
+		channel := psChannel(o.prefix, o.topic)
+		pc := &pubsubCaller{c: e.prod, channel: channel, id: hex.EncodeToString(rnd[:])}
+		if o.pubsubConn == "fresh" {
+			opt, err := rueidis.ParseURL(url)
+			if err != nil {
+				return nil, fmt.Errorf("%w: --redis: %w", errUsage, err)
+			}
+			pc.fresh = &opt
+		}
+		e.call = pc
+		if !o.noWorkers {
+			work, err := connect()
+			if err != nil {
+				return nil, err
+			}
+			stop, err := startPubsubWorkers(ctx, work, channel, o.workers, h)
+			if err != nil {
+				return nil, err
+			}
+			e.closers = append(e.closers, stop)
+		}
+	default:
+		p, err := producer.New(e.prod, producer.Config{Prefix: o.prefix, MaxInFlight: max(o.concurrency, producer.DefaultMaxInFlight), SlowRequest: -1})
+		if err != nil {
+			return nil, err
+		}
+		e.p = p
+		e.call = myceliumCaller{p: p, topic: o.topic}
+		e.closers = append(e.closers, func() {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = p.Close(cctx)
+			cancel()
+		})
+		if !o.noWorkers {
+			work, err := connect()
+			if err != nil {
+				return nil, err
+			}
+			stop, err := e.startWorkers(ctx, work, h)
+			if err != nil {
+				return nil, err
+			}
+			e.closers = append(e.closers, stop)
+		}
+	}
+	ok = true
+	return e, nil
 }
 
 // startWorkers runs an in-process consumer with o.workers handler slots.
-func (e *env) startWorkers(ctx context.Context, h consumer.Handler) (func(), error) {
-	co, err := consumer.New(e.work, consumer.Config{
+func (e *env) startWorkers(ctx context.Context, c rueidis.Client, h consumer.Handler) (func(), error) {
+	co, err := consumer.New(c, consumer.Config{
 		Prefix: e.o.prefix, Topic: e.o.topic, Group: e.o.group, Concurrency: e.o.workers, StartID: "$",
 	}, h)
 	if err != nil {
@@ -173,24 +325,85 @@ func (e *env) startWorkers(ctx context.Context, h consumer.Handler) (func(), err
 		case <-ctx.Done():
 		}
 	}
+	e.co = co
 	return func() { cancel(); <-done }, nil
+}
+
+// wrap applies --handler: sleep:<d>[,<jitter>] simulates work before h
+// and records each request's handler time, so the bus overhead (end to end
+// minus handler) can be reported per request.
+func (e *env) wrap(h consumer.Handler) consumer.Handler {
+	if e.o.sleep <= 0 {
+		return h
+	}
+	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		start := time.Now()
+		d := e.o.sleep
+		if e.o.jitter > 0 {
+			d += time.Duration(randInt64(int64(2*e.o.jitter))) - e.o.jitter
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		out, err := h.Handle(ctx, m)
+		if seq, ok := seqOf(m.Payload); ok {
+			e.handled.Store(seq, int64(time.Since(start)))
+		}
+		return out, err
+	})
+}
+
+// snapshot is the mycelium stage timings so far: the producer's, with the
+// in-process workers' reply writes.
+func (e *env) snapshot() *metrics.Snapshot {
+	s := e.p.Timings()
+	if e.co != nil {
+		s.Stages[metrics.ReplyWrite] = e.co.Timings().Stages[metrics.ReplyWrite]
+	}
+	return s
+}
+
+// markMeasured records where the measured part starts (after warm-up).
+func (e *env) markMeasured() {
+	if e.p != nil {
+		e.stagesBefore = e.snapshot()
+	}
+}
+
+// stages summarises the mycelium stage timings of the measured part.
+func (e *env) stages() []metrics.Summary {
+	if e.p == nil {
+		return nil
+	}
+	s := e.snapshot()
+	if e.stagesBefore != nil {
+		s.Sub(e.stagesBefore)
+	}
+	return s.Summaries()
 }
 
 type scenario interface {
 	handler(e *env) consumer.Handler
-	run(ctx context.Context, e *env) (*Result, error)
+	run(ctx context.Context, e *env) (*outcome, error)
 }
 
-// summarize fills the latency fields from samples (nanoseconds).
+// summarize fills the latency fields from samples (nanoseconds), sorting
+// them.
 func summarize(r *Result, lat []int64) {
 	if len(lat) == 0 {
 		return
 	}
 	slices.Sort(lat)
-	pct := func(p float64) int64 {
-		i := int(p*float64(len(lat))+0.5) - 1
-		i = max(0, min(i, len(lat)-1))
-		return lat[i] / 1000
-	}
-	r.P50US, r.P90US, r.P99US, r.MaxUS = pct(0.50), pct(0.90), pct(0.99), lat[len(lat)-1]/1000
+	r.P50US, r.P90US, r.P99US, r.MaxUS = pct(lat, 0.50)/1000, pct(lat, 0.90)/1000, pct(lat, 0.99)/1000, lat[len(lat)-1]/1000
+}
+
+// pct is the p-quantile of sorted samples (nearest rank).
+func pct(sorted []int64, p float64) int64 {
+	i := int(p*float64(len(sorted))+0.5) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return sorted[i]
 }

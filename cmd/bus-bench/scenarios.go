@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,14 +51,31 @@ func (p *payloads) check(b []byte) (uint64, bool) {
 
 var echo = consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil })
 
+// seqOf returns the sequence number a bench payload carries.
+func seqOf(b []byte) (uint64, bool) {
+	if len(b) < 16 {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b[8:]), true
+}
+
+func randInt64(n int64) int64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return int64(binary.LittleEndian.Uint64(b[:])>>1) % n
+}
+
 func newResult(e *env) *Result {
-	return &Result{System: "mycelium", Scenario: e.o.scenario, Concurrency: e.o.concurrency, Payload: e.o.payload}
+	return &Result{System: e.system, Scenario: e.o.scenario, Concurrency: e.o.concurrency, Payload: e.o.payload, Case: e.o.caseName}
 }
 
 // warmup sends a few requests so connections, the reply stream and the
 // group exist before measuring.
 func warmup(ctx context.Context, e *env) error {
 	n := min(2*e.o.concurrency, 256)
+	if e.o.sleep > 0 {
+		n = min(e.o.concurrency, 8) // one round of simulated work is enough
+	}
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
 	for range min(e.o.concurrency, n) {
@@ -65,7 +84,7 @@ func warmup(ctx context.Context, e *env) error {
 			defer wg.Done()
 			for range max(1, n/e.o.concurrency) {
 				rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
-				_, err := e.p.Request(rctx, e.o.topic, make([]byte, e.o.payload))
+				_, err := e.call.request(rctx, make([]byte, e.o.payload))
 				cancel()
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
@@ -78,6 +97,8 @@ func warmup(ctx context.Context, e *env) error {
 	if err, _ := firstErr.Load().(error); err != nil {
 		return fmt.Errorf("warm-up request failed (is a worker serving topic %q?): %w", e.o.topic, err)
 	}
+	e.handled.Clear()
+	e.markMeasured()
 	return nil
 }
 
@@ -113,14 +134,14 @@ type rpcScenario struct{}
 
 func (*rpcScenario) handler(*env) consumer.Handler { return echo }
 
-func (*rpcScenario) run(ctx context.Context, e *env) (*Result, error) {
+func (*rpcScenario) run(ctx context.Context, e *env) (*outcome, error) {
 	if err := warmup(ctx, e); err != nil {
 		return nil, err
 	}
 	pl := newPayloads(e.o.payload)
 	r := newResult(e)
-	lats := make([][]int64, e.o.concurrency)
-	var tl tally
+	lats := make([][]point, e.o.concurrency)
+	tl := &e.tl
 	start := time.Now()
 	cnt := newCounter(e.o, start)
 	var wg sync.WaitGroup
@@ -141,7 +162,7 @@ func (*rpcScenario) run(ctx context.Context, e *env) (*Result, error) {
 					continue
 				}
 				tl.ok.Add(1)
-				lats[g] = append(lats[g], int64(time.Since(t0)))
+				lats[g] = append(lats[g], point{t0.Sub(start).Seconds(), int64(time.Since(t0)), seq})
 			}
 		}()
 	}
@@ -170,27 +191,56 @@ func (t *tally) firstErr() error {
 func (e *env) checkedRequest(ctx context.Context, buf []byte, seq uint64) error {
 	rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
 	defer cancel()
-	reply, err := e.p.Request(rctx, e.o.topic, buf)
+	reply, err := e.call.request(rctx, buf)
 	if err == nil && !bytes.Equal(reply, buf) {
 		err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
 	}
 	return err
 }
 
-func finish(e *env, r *Result, ok, errs int64, firstErr error, lats [][]int64) (*Result, error) {
+// finish fills r from the per-goroutine samples and builds the outcome.
+// Samples are indexed by the goroutine that took them; their order in
+// time is restored by sorting the timeline.
+func finish(e *env, r *Result, ok, errs int64, firstErr error, samples [][]point) (*outcome, error) {
 	r.OK, r.Errors, r.Requests = int(ok), int(errs), int(ok+errs)
 	if r.Seconds > 0 {
 		r.ThroughputRPS = float64(ok) / r.Seconds
 	}
-	var all []int64
-	for _, l := range lats {
-		all = append(all, l...)
+	out := &outcome{res: r}
+	for _, s := range samples {
+		out.timeline = append(out.timeline, s...)
 	}
-	summarize(r, all)
+	slices.SortFunc(out.timeline, func(a, b point) int { return cmp.Compare(a.at, b.at) })
+	out.lat = make([]int64, len(out.timeline))
+	for i, p := range out.timeline {
+		out.lat[i] = p.lat
+	}
+	e.overhead(r, out.timeline)
+	summarize(r, out.lat)
 	if firstErr != nil {
 		fmt.Fprintf(e.log, "bus-bench: %d errors; first: %v\n", errs, firstErr)
 	}
-	return r, nil
+	return out, nil
+}
+
+// overhead reports, when the handler recorded its time (see env.wrap),
+// the bus overhead per request: end to end minus that request's handler
+// time.
+func (e *env) overhead(r *Result, tl []point) {
+	if e.o.sleep <= 0 {
+		return
+	}
+	var ov []int64
+	for _, p := range tl {
+		if h, ok := e.handled.Load(p.seq); ok {
+			ov = append(ov, max(p.lat-h.(int64), 0))
+		}
+	}
+	if len(ov) == 0 {
+		return
+	}
+	slices.Sort(ov)
+	r.OverheadP50US, r.OverheadP99US = pct(ov, 0.5)/1000, pct(ov, 0.99)/1000
 }
 
 // ---- continuous: open loop at a fixed rate --------------------------------
@@ -199,7 +249,7 @@ type continuousScenario struct{}
 
 func (*continuousScenario) handler(*env) consumer.Handler { return echo }
 
-func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
+func (*continuousScenario) run(ctx context.Context, e *env) (*outcome, error) {
 	if err := warmup(ctx, e); err != nil {
 		return nil, err
 	}
@@ -208,8 +258,8 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
 	interval := time.Duration(float64(time.Second) / e.o.rate)
 	slots := make(chan struct{}, e.o.concurrency)
 	var mu sync.Mutex
-	var lat []int64
-	var tl tally
+	var lat []point
+	tl := &e.tl
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := 0; ctx.Err() == nil; i++ {
@@ -246,13 +296,13 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*Result, error) {
 			}
 			tl.ok.Add(1)
 			mu.Lock()
-			lat = append(lat, int64(d))
+			lat = append(lat, point{at.Sub(start).Seconds(), int64(d), seq})
 			mu.Unlock()
 		}(uint64(i), at)
 	}
 	wg.Wait()
 	r.Seconds = time.Since(start).Seconds()
-	return finish(e, r, tl.ok.Load(), tl.errs.Load(), tl.firstErr(), [][]int64{lat})
+	return finish(e, r, tl.ok.Load(), tl.errs.Load(), tl.firstErr(), [][]point{lat})
 }
 
 // ---- publish: events, latency from publish start to handler completion ----
@@ -262,11 +312,12 @@ type publishScenario struct {
 	started []atomic.Int64 // unix nanos at publish start, by sequence
 	seen    []atomic.Bool
 	mu      sync.Mutex
-	lat     []int64
+	lat     []point
 	handled atomic.Int64
 	dups    atomic.Int64
 	bad     atomic.Int64
 	last    atomic.Int64 // unix nanos of the last handled event
+	t0      atomic.Int64 // unix nanos of the measured start
 }
 
 func (s *publishScenario) handler(e *env) consumer.Handler {
@@ -290,7 +341,7 @@ func (s *publishScenario) handler(e *env) consumer.Handler {
 		now := time.Now().UnixNano()
 		d := now - s.started[seq].Load()
 		s.mu.Lock()
-		s.lat = append(s.lat, d)
+		s.lat = append(s.lat, point{float64(s.started[seq].Load()-s.t0.Load()) / 1e9, d, seq})
 		s.mu.Unlock()
 		s.last.Store(now)
 		s.handled.Add(1)
@@ -298,14 +349,16 @@ func (s *publishScenario) handler(e *env) consumer.Handler {
 	})
 }
 
-func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
+func (s *publishScenario) run(ctx context.Context, e *env) (*outcome, error) {
 	if s.pl == nil { // --no-workers: external workers consume
 		s.pl = newPayloads(e.o.payload)
 	}
+	e.markMeasured()
 	r := newResult(e)
-	var tl tally // ok counts publishes Redis accepted
-	var pubLat = make([][]int64, e.o.concurrency)
+	tl := &e.tl // ok counts publishes Redis accepted
+	var pubLat = make([][]point, e.o.concurrency)
 	start := time.Now()
+	s.t0.Store(start.UnixNano())
 	cnt := newCounter(e.o, start)
 	if e.o.requests == 0 {
 		cnt.limit = int64(len(s.started))
@@ -334,7 +387,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
 					continue
 				}
 				tl.ok.Add(1)
-				pubLat[g] = append(pubLat[g], int64(time.Since(t0)))
+				pubLat[g] = append(pubLat[g], point{t0.Sub(start).Seconds(), int64(time.Since(t0)), seq})
 			}
 		}()
 	}
@@ -370,8 +423,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Result, error) {
 	s.mu.Lock()
 	lat := s.lat
 	s.mu.Unlock()
-	r2, err := finish(e, r, handled, errs, tl.firstErr(), [][]int64{lat})
-	return r2, err
+	return finish(e, r, handled, errs, tl.firstErr(), [][]point{lat})
 }
 
 // waitDrained polls the group until it has no lag and nothing pending.
