@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker lint vet fuzz tidy-check redis-server clean
+.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker bench-suite report-check lint vet fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,16 +40,22 @@ chaos: redis-server ## the long chaos suite (real redis-server and bus-worker pr
 run: ## bus-worker serve on an embedded in-memory Redis (no Redis needed)
 	$(GO) run ./cmd/bus-worker serve
 
-bench: bench-go bench-breaker bench-bus ## all benchmarks: go test -bench, breaker vs gobreaker, bus-bench scenarios on a local redis-server
+bench: bench-go bench-breaker bench-bus bench-suite ## all benchmarks: go test -bench, breaker vs gobreaker, bus-bench ratios, the seed suite with its report
 
-bench-go: redis-server ## go test -bench with -benchmem: codec, and request/publish round trips on a redis-server
-	$(TEST_ENV) $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./codec/ ./test/
+bench-go: redis-server ## go test -bench with -benchmem: codec, stage histograms, and request/publish round trips on a redis-server
+	$(TEST_ENV) $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./codec/ ./metrics/ ./test/
 
 bench-breaker: ## circuit breaker vs sony/gobreaker side by side at -cpu 1,2,8,32
 	$(GO) test -run='^$$' -bench=Compare -benchmem -cpu 1,2,8,32 ./breaker/
 
 bench-bus: redis-server build ## bus-bench rpc/publish scenarios against a redis-server this target starts and stops
 	./test/bench.sh
+
+bench-suite: redis-server build ## bus-bench --suite seed --report out/report against a redis-server it starts, then report-check
+	./test/suite.sh
+
+report-check: ## open out/report/report.html in headless Chromium (apt-installed when missing): no console errors, every chart drawn
+	./test/report-check.sh out/report/report.html
 
 lint: $(GOLANGCI) ## golangci-lint (pinned, installed into ./bin)
 	$(GOLANGCI) run ./...

@@ -46,19 +46,16 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 		r.Record(metrics.Decode, tm.decode)
 		r.Record(metrics.EndToEnd, total)
 	}
-	var ev *zerolog.Event // nil when the level is disabled: no cost beyond the check
+	lvl := zerolog.DebugLevel
 	switch {
 	case p.cfg.SlowRequest > 0 && total >= p.cfg.SlowRequest:
-		ev = p.log.Warn()
+		lvl = zerolog.WarnLevel
 	case p.cfg.TimingSample > 0 && tm.seq != 0 && tm.seq%uint64(p.cfg.TimingSample) == 0:
-		ev = p.log.Info()
-	default:
-		ev = p.log.Debug()
+		lvl = zerolog.InfoLevel
 	}
-	if ev == nil {
-		return
-	}
-	ev.Str("topic", topic).Str("outcome", outcome(err)).
+	// WithLevel returns nil below the logger's level; a nil event ignores
+	// its fields, so a disabled timing log costs the level check only.
+	p.log.WithLevel(lvl).Str("topic", topic).Str("outcome", outcome(err)).
 		Float64("admission_us", us(tm.admission)).Float64("encode_us", us(tm.encode)).
 		Float64("redis_write_us", us(tm.write)).Float64("queue_wait_us", us(tm.queue)).
 		Float64("handler_us", us(tm.handler)).Float64("reply_transit_us", us(tm.transit)).

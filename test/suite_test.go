@@ -101,8 +101,7 @@ func TestBusBenchSuiteReport(t *testing.T) {
 			t.Errorf("report lacks chart %s", id)
 			continue
 		}
-		fig := page[i:]
-		fig = fig[:strings.Index(fig, "</figure>")]
+		fig, _, _ := strings.Cut(page[i:], "</figure>")
 		s := strings.Index(fig, "<svg")
 		e := strings.LastIndex(fig, "</svg>")
 		if s < 0 || e < 0 {

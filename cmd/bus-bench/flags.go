@@ -169,7 +169,7 @@ func (o *options) parseHandler() error {
 	d, j, hasJitter := strings.Cut(spec, ",")
 	var err error
 	if o.sleep, err = time.ParseDuration(d); err != nil || o.sleep <= 0 {
-		return fmt.Errorf("--handler %q: want a positive duration after sleep:", o.handler)
+		return fmt.Errorf("--handler %q: want sleep:<positive duration>", o.handler)
 	}
 	if hasJitter {
 		if o.jitter, err = time.ParseDuration(j); err != nil || o.jitter < 0 || o.jitter > o.sleep {

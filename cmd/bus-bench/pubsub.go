@@ -116,7 +116,7 @@ func (b *pubsubCaller) call(ctx context.Context, payload []byte) ([]byte, error)
 	select {
 	case <-subscribed:
 	case err := <-hookErr:
-		return nil, fmt.Errorf("pubsub baseline: subscription ended: %v", err)
+		return nil, subscriptionEnded(err)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -127,7 +127,7 @@ func (b *pubsubCaller) call(ctx context.Context, payload []byte) ([]byte, error)
 	select {
 	case raw = <-replies:
 	case err := <-hookErr:
-		return nil, fmt.Errorf("pubsub baseline: subscription ended: %v", err)
+		return nil, subscriptionEnded(err)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -164,6 +164,15 @@ func (b *pubsubCaller) publish(ctx context.Context, id, replyCh string, payload 
 		return errors.New("pubsub baseline: no worker subscribed: the request is lost")
 	}
 	return nil
+}
+
+// subscriptionEnded describes a hook channel's end (nil when closed
+// without a reason).
+func subscriptionEnded(err error) error {
+	if err == nil {
+		err = errors.New("connection closed")
+	}
+	return fmt.Errorf("pubsub baseline: subscription ended: %w", err)
 }
 
 func parseReply(raw string) ([]byte, error) {
@@ -227,7 +236,7 @@ func startPubsubWorkers(ctx context.Context, c rueidis.Client, channel string, n
 	case err := <-hookErr:
 		cancel()
 		release()
-		return nil, fmt.Errorf("pubsub baseline workers: subscription ended: %v", err)
+		return nil, fmt.Errorf("workers: %w", subscriptionEnded(err))
 	case <-ctx.Done():
 		cancel()
 		release()

@@ -155,6 +155,9 @@ type point struct {
 	at  float64 // seconds since the run started
 	lat int64   // nanoseconds
 	seq uint64  // the request's sequence number
+	// handler is the request's handler time when the handler recorded it
+	// (--handler sleep:...), else 0.
+	handler int64
 }
 
 // embedded starts a miniredis when no --redis was given.

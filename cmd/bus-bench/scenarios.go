@@ -162,7 +162,7 @@ func (*rpcScenario) run(ctx context.Context, e *env) (*outcome, error) {
 					continue
 				}
 				tl.ok.Add(1)
-				lats[g] = append(lats[g], point{t0.Sub(start).Seconds(), int64(time.Since(t0)), seq})
+				lats[g] = append(lats[g], point{at: t0.Sub(start).Seconds(), lat: int64(time.Since(t0)), seq: seq})
 			}
 		}()
 	}
@@ -231,9 +231,10 @@ func (e *env) overhead(r *Result, tl []point) {
 		return
 	}
 	var ov []int64
-	for _, p := range tl {
-		if h, ok := e.handled.Load(p.seq); ok {
-			ov = append(ov, max(p.lat-h.(int64), 0))
+	for i := range tl {
+		if h, ok := e.handled.Load(tl[i].seq); ok {
+			tl[i].handler = h.(int64)
+			ov = append(ov, max(tl[i].lat-tl[i].handler, 0))
 		}
 	}
 	if len(ov) == 0 {
@@ -296,7 +297,7 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*outcome, error) {
 			}
 			tl.ok.Add(1)
 			mu.Lock()
-			lat = append(lat, point{at.Sub(start).Seconds(), int64(d), seq})
+			lat = append(lat, point{at: at.Sub(start).Seconds(), lat: int64(d), seq: seq})
 			mu.Unlock()
 		}(uint64(i), at)
 	}
@@ -341,7 +342,7 @@ func (s *publishScenario) handler(e *env) consumer.Handler {
 		now := time.Now().UnixNano()
 		d := now - s.started[seq].Load()
 		s.mu.Lock()
-		s.lat = append(s.lat, point{float64(s.started[seq].Load()-s.t0.Load()) / 1e9, d, seq})
+		s.lat = append(s.lat, point{at: float64(s.started[seq].Load()-s.t0.Load()) / 1e9, lat: d, seq: seq})
 		s.mu.Unlock()
 		s.last.Store(now)
 		s.handled.Add(1)
@@ -387,7 +388,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*outcome, error) {
 					continue
 				}
 				tl.ok.Add(1)
-				pubLat[g] = append(pubLat[g], point{t0.Sub(start).Seconds(), int64(time.Since(t0)), seq})
+				pubLat[g] = append(pubLat[g], point{at: t0.Sub(start).Seconds(), lat: int64(time.Since(t0)), seq: seq})
 			}
 		}()
 	}
