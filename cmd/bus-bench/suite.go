@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -125,6 +126,9 @@ func runSuite(ctx context.Context, base *options, stdout, stderr io.Writer) erro
 				return ctx.Err()
 			}
 			o := c.options(base, tr)
+			// Start every case from a collected heap, so garbage from the
+			// one before (1 MiB payloads) is not collected during this one.
+			debug.FreeOSMemory()
 			out, err := bench(ctx, o, stderr)
 			if err != nil {
 				return fmt.Errorf("case %s (%s): %w", c.name, tr, err)
