@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/rueidis"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -110,7 +111,9 @@ func TestIDTime(t *testing.T) {
 	}
 }
 
-func TestStreamPortOnMiniredis(t *testing.T) {
+// miniClient starts a miniredis and a client of it, both closed with t.
+func miniClient(t *testing.T) (*miniredis.Miniredis, rueidis.Client) {
+	t.Helper()
 	m := miniredis.RunT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -118,7 +121,14 @@ func TestStreamPortOnMiniredis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(c.Close)
+	return m, c
+}
+
+func TestStreamPortOnMiniredis(t *testing.T) {
+	_, c := miniClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 
 	if _, err := ReadGroup(ctx, c, "s", "g", "c1", ">", 10, 10*time.Millisecond); !errors.Is(err, ErrNoGroup) {
 		t.Fatalf("ReadGroup without a group = %v, want ErrNoGroup", err)

@@ -6,18 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 )
 
 func TestInfoAndPendingSummary(t *testing.T) {
-	m := miniredis.RunT(t)
+	m, c := miniClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := Connect(ctx, Config{URL: "redis://" + m.Addr()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 
 	si, err := Info(ctx, c, "missing")
 	if err != nil || si.Length != 0 || si.FirstID != "" || si.LastID != "" || len(si.Groups) != 0 {

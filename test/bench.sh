@@ -14,17 +14,8 @@ OUT=out/bench
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 
-port=""
-for p in $(seq 17379 17479); do
-  if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then port=$p; break; fi
-done
-[ -n "$port" ] || { echo "bench: no free port in 17379-17479" >&2; exit 1; }
-dir=$(mktemp -d)
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize no --loglevel warning >"$dir/log" 2>&1 &
-rpid=$!
-trap 'kill $rpid 2>/dev/null; wait $rpid 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-URL="redis://127.0.0.1:$port"
+. test/redis-server.sh
+start_redis 17379 17479
 echo "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on $URL, $(nproc) CPUs, $(go version | cut -d' ' -f3)"
 
 val=$(head -c 1024 /dev/zero | tr '\0' 'x')
