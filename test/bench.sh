@@ -27,7 +27,7 @@ L_US=$(awk -v l="$L" 'BEGIN { printf "%.0f", l * 1000 }')
 echo "R = $R XADD/s (pipelined ceiling), L = $L_US µs (p50, one client)"
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-field() { grep -o "\"$1\":[0-9.]*" | cut -d: -f2; }
+field() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; } # the top-level field comes before any in "stages"
 
 point() { # scenario concurrency requests
   local sc=$1 c=$2 n=$3 tputs="" p50s=""
