@@ -123,9 +123,23 @@ func (s *freshSub) send(args ...string) error {
 	return err
 }
 
+// Bounds on what read accepts, so bytes that are not RESP cannot make it
+// allocate without limit: Redis's own proto-max-bulk-len default, and far
+// more elements and nesting than a pub/sub message has.
+const (
+	maxBulk  = 512 << 20
+	maxArray = 1 << 16
+	maxDepth = 8
+)
+
 // read reads one RESP2 value: string, int64, error (a Redis error reply,
 // returned as the value), []any, or nil.
-func (s *freshSub) read() (any, error) {
+func (s *freshSub) read() (any, error) { return s.readDepth(0) }
+
+func (s *freshSub) readDepth(depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, errors.New("RESP nested too deeply")
+	}
 	line, err := s.r.ReadString('\n')
 	if err != nil {
 		return nil, err
@@ -143,8 +157,13 @@ func (s *freshSub) read() (any, error) {
 		return strconv.ParseInt(body, 10, 64)
 	case '$':
 		n, err := strconv.Atoi(body)
-		if err != nil || n < 0 {
+		switch {
+		case err != nil:
 			return nil, err
+		case n < 0:
+			return nil, nil // null bulk string
+		case n > maxBulk:
+			return nil, fmt.Errorf("RESP bulk string of %d bytes", n)
 		}
 		buf := make([]byte, n+2)
 		if _, err := io.ReadFull(s.r, buf); err != nil {
@@ -153,14 +172,21 @@ func (s *freshSub) read() (any, error) {
 		return string(buf[:n]), nil
 	case '*':
 		n, err := strconv.Atoi(body)
-		if err != nil || n < 0 {
+		switch {
+		case err != nil:
 			return nil, err
+		case n < 0:
+			return nil, nil // null array
+		case n > maxArray:
+			return nil, fmt.Errorf("RESP array of %d elements", n)
 		}
-		out := make([]any, n)
-		for i := range out {
-			if out[i], err = s.read(); err != nil {
+		out := make([]any, 0, min(n, 64))
+		for range n {
+			v, err := s.readDepth(depth + 1)
+			if err != nil {
 				return nil, err
 			}
+			out = append(out, v)
 		}
 		return out, nil
 	}
