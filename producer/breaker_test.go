@@ -38,6 +38,9 @@ func TestBreakerFailsFastAfterTimeouts(t *testing.T) {
 	if after, _ := m.Stream("myc:{dead}"); len(after) != len(before) {
 		t.Fatalf("an open breaker still wrote to Redis (%d -> %d entries)", len(before), len(after))
 	}
+	if s := p.Stats(); s.BreakerRejected != 2 || s.Timeouts != 2 || s.WriteErrors != 0 {
+		t.Fatalf("Stats = %+v, want 2 rejected by the breaker, 2 timeouts, no write errors", s)
+	}
 	// Another topic is unaffected.
 	if _, err := p.Publish(context.Background(), "alive", []byte("x")); err != nil {
 		t.Fatalf("Publish to another topic = %v", err)

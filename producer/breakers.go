@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -17,6 +18,9 @@ type topic struct {
 	name string
 	key  string
 	br   *breaker.Breaker // nil when breakers are off
+	// rejected counts calls the open breaker refused (the producer's
+	// Stats.BreakerRejected).
+	rejected *atomic.Uint64
 }
 
 // topicFor returns the cached topic, creating (and validating) it once.
@@ -27,7 +31,7 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 	if err := bus.ValidateName("topic", name); err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	t := &topic{name: name, key: p.keys.Topic(name)}
+	t := &topic{name: name, key: p.keys.Topic(name), rejected: &p.stats.breakerRejected}
 	if !p.cfg.NoBreaker {
 		br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
 			lvl := zerolog.WarnLevel
@@ -57,6 +61,7 @@ func (t *topic) admit() (breaker.Token, error) {
 	}
 	tok, err := t.br.Allow()
 	if err != nil {
+		t.rejected.Add(1)
 		return tok, fmt.Errorf("producer: %s: %w: %w", t.name, bus.ErrBreakerOpen, err)
 	}
 	return tok, nil

@@ -54,6 +54,7 @@ type Producer struct {
 
 type counters struct {
 	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
+	writeErrors, breakerRejected                                          atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters.
@@ -66,6 +67,9 @@ type Stats struct {
 	RemoteErrors uint64 `json:"remote_errors"` // replies carrying a handler error
 	Malformed    uint64 `json:"malformed"`     // undecodable entries on the reply stream (skipped)
 	InFlight     int    `json:"in_flight"`     // requests waiting for a reply now
+
+	WriteErrors     uint64 `json:"write_errors"`     // XADDs that failed: Redis refused them or did not answer (bus.ErrUnavailable)
+	BreakerRejected uint64 `json:"breaker_rejected"` // calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)
 }
 
 // Option configures optional collaborators of a Producer.
@@ -123,7 +127,8 @@ func (p *Producer) Stats() Stats {
 		Published: p.stats.published.Load(), Requests: p.stats.requests.Load(),
 		Replies: p.stats.replies.Load(), Late: p.stats.late.Load(), Timeouts: p.stats.timeouts.Load(),
 		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
-		InFlight: len(p.slots),
+		InFlight:    len(p.slots),
+		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(),
 	}
 }
 
@@ -289,6 +294,7 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 	for i, r := range p.c.DoMulti(ctx, cmds...) {
 		id, err := r.ToString()
 		if err != nil {
+			p.stats.writeErrors.Add(1)
 			errs = append(errs, &PublishError{Index: i, Err: bus.Unavailable(err)})
 			if !bus.IsRedisReply(err) {
 				recycle = false

@@ -261,8 +261,11 @@ func TestPublishAndBatch(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Index != 0 || ids[0] != "" {
 		t.Fatalf("PublishBatch onto a string key = %v, %v; want a PublishError for entry 0", ids, err)
 	}
-	if s := p.Stats(); s.Published != 4 {
-		t.Fatalf("Published = %d, want 4", s.Published)
+	if _, err := p.Publish(ctx, "str", []byte("b")); err == nil {
+		t.Fatal("Publish onto a string key succeeded")
+	}
+	if s := p.Stats(); s.Published != 4 || s.WriteErrors != 2 {
+		t.Fatalf("Stats = %+v, want 4 published and 2 write errors", s)
 	}
 }
 

@@ -69,6 +69,9 @@ func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration
 		codec.PutBuffer(it.buf) // else rueidis may still hold it
 	}
 	err = bus.Unavailable(err)
+	if err != nil {
+		p.stats.writeErrors.Add(1)
+	}
 	if it.pub != nil {
 		if err == nil {
 			p.timings.Record(metrics.Write, took)

@@ -24,7 +24,9 @@ import (
 // connection, as a new subscription does in go-redis (Subscribe) and
 // redis-py (pubsub()); --pubsub-conn pooled reuses pooled connections
 // instead, the kindest variant of the old design. Like the old design,
-// every call also passes a circuit breaker that takes one lock. Workers hold one subscription on the topic channel
+// every call also passes a circuit breaker that takes one lock, and the
+// Redis client runs one command at a time per pooled connection (no
+// auto-pipelining, as go-redis by default). Workers hold one subscription on the topic channel
 // and publish each reply as JSON on the reply channel. PubSub keeps nothing:
 // a request published while no worker listens is lost, and so is a reply
 // whose caller has gone.

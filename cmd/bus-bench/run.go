@@ -228,21 +228,33 @@ func setup(ctx context.Context, o *options, url string, sc scenario, stderr io.W
 		}
 	}()
 	cfg := bus.Config{URL: url, ClientName: "myc-bench", MaxFlushDelay: o.flushDelay, PipelineConns: o.conns}
-	if o.transport == "pubsub" && o.pubsubConn == "pooled" {
-		// One dedicated connection per concurrent caller.
-		cfg.BlockingPoolSize = max(bus.DefaultBlockingPoolSize, o.concurrency+1)
+	opt, err := cfg.ClientOption()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if o.transport == "pubsub" {
+		// The old design's client: a pool of connections with one command
+		// at a time on each (go-redis's default), no auto-pipelining; the
+		// pool is large enough that no caller or worker waits for one.
+		opt.DisableAutoPipelining = true
+		opt.BlockingPoolSize = o.concurrency + o.workers + 1
 	}
 	connect := func() (rueidis.Client, error) {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		c, err := bus.Connect(cctx, cfg)
+		c, err := rueidis.NewClient(opt)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = bus.Ping(cctx, c)
+			cancel()
+			if err != nil {
+				c.Close()
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", errUsage, cfg.Redacted(), err)
 		}
 		e.closers = append(e.closers, c.Close)
 		return c, nil
 	}
-	var err error
 	if e.prod, err = connect(); err != nil {
 		return nil, err
 	}

@@ -95,14 +95,16 @@ var (
 		"in_flight":         "Entries held now: read and not yet acknowledged.",
 	}
 	ProducerHelp = map[string]string{
-		"published":     "Events accepted by Redis.",
-		"requests":      "Requests accepted by Redis.",
-		"replies":       "Replies delivered to a waiting caller.",
-		"late":          "Replies dropped because no caller waited any more.",
-		"timeouts":      "Requests that ended with a timeout.",
-		"remote_errors": "Replies carrying a handler error.",
-		"malformed":     "Undecodable entries on the reply stream.",
-		"in_flight":     "Requests waiting for a reply now.",
+		"published":        "Events accepted by Redis.",
+		"requests":         "Requests accepted by Redis.",
+		"replies":          "Replies delivered to a waiting caller.",
+		"late":             "Replies dropped because no caller waited any more.",
+		"timeouts":         "Requests that ended with a timeout.",
+		"remote_errors":    "Replies carrying a handler error.",
+		"malformed":        "Undecodable entries on the reply stream.",
+		"in_flight":        "Requests waiting for a reply now.",
+		"write_errors":     "Writes that failed: Redis refused them or did not answer.",
+		"breaker_rejected": "Calls refused at once by an open circuit breaker.",
 	}
 )
 
