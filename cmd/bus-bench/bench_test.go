@@ -34,6 +34,7 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"--transport", "kafka"}, "--transport"},
 		{[]string{"--transport", "pubsub", "--scenario", "publish"}, "publish"},
 		{[]string{"--transport", "pubsub", "--pubsub-conn", "x"}, "--pubsub-conn"},
+		{[]string{"--transport", "pubsub", "--no-workers"}, "baseline workers"},
 		{[]string{"--handler", "sleep:2s,500ms"}, ""},
 		{[]string{"--handler", "sleep:-1s"}, "--handler"},
 		{[]string{"--handler", "sleep:1s,2s"}, "jitter"},

@@ -123,6 +123,9 @@ func (o *options) check(given map[string]bool) error {
 		if o.scenario == "publish" {
 			return fmt.Errorf("--transport pubsub: the baseline has request/reply only (rpc, continuous), not publish")
 		}
+		if o.noWorkers {
+			return fmt.Errorf("--transport pubsub runs its own baseline workers; drop --no-workers")
+		}
 	default:
 		return fmt.Errorf("--transport %q: want mycelium or pubsub", o.transport)
 	}
