@@ -83,10 +83,11 @@ func (p *Producer) report(t *topic, tok breaker.Token, err error, start time.Tim
 // timeouts and Redis errors; callers cancelling, closing the producer or
 // waiting for a local slot say nothing about Redis or the workers.
 func (p *Producer) outcome(err error) breaker.Outcome {
+	if err == nil { // first, so the common case allocates nothing for errors.As
+		return breaker.Success
+	}
 	var re *RemoteError
 	switch {
-	case err == nil:
-		return breaker.Success
 	case errors.As(err, &re):
 		if p.cfg.RemoteErrorsTrip {
 			return breaker.Failure

@@ -53,22 +53,25 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 	case p.cfg.TimingSample > 0 && tm.seq != 0 && tm.seq%uint64(p.cfg.TimingSample) == 0:
 		lvl = zerolog.InfoLevel
 	}
-	// WithLevel returns nil below the logger's level; a nil event ignores
-	// its fields, so a disabled timing log costs the level check only.
-	p.log.WithLevel(lvl).Str("topic", topic).Str("outcome", outcome(err)).
-		Float64("admission_us", us(tm.admission)).Float64("encode_us", us(tm.encode)).
-		Float64("redis_write_us", us(tm.write)).Float64("queue_wait_us", us(tm.queue)).
-		Float64("handler_us", us(tm.handler)).Float64("reply_transit_us", us(tm.transit)).
-		Float64("decode_us", us(tm.decode)).Float64("end_to_end_us", us(total)).
-		Msg("request timing")
+	// WithLevel returns nil below the logger's level: then nothing else is
+	// computed, so a disabled timing log costs the level check only.
+	if ev := p.log.WithLevel(lvl); ev != nil {
+		ev.Str("topic", topic).Str("outcome", outcome(err)).
+			Float64("admission_us", us(tm.admission)).Float64("encode_us", us(tm.encode)).
+			Float64("redis_write_us", us(tm.write)).Float64("queue_wait_us", us(tm.queue)).
+			Float64("handler_us", us(tm.handler)).Float64("reply_transit_us", us(tm.transit)).
+			Float64("decode_us", us(tm.decode)).Float64("end_to_end_us", us(total)).
+			Msg("request timing")
+	}
 }
 
 // outcome names how a request ended, for timing logs.
 func outcome(err error) string {
+	if err == nil { // first, so the common case allocates nothing for errors.As
+		return "ok"
+	}
 	var re *RemoteError
 	switch {
-	case err == nil:
-		return "ok"
 	case errors.As(err, &re):
 		return "remote_error"
 	case errors.Is(err, bus.ErrTimeout):
