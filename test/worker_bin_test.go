@@ -47,12 +47,27 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 	if len(lines) != 2 || lines[0] != "hello mycelium" || !strings.HasPrefix(lines[1], "latency: ") {
 		t.Fatalf("bus-worker request printed %q, want the reply then its latency", out)
 	}
+	// --stages --json adds where the time went, every producer stage.
+	out, err = exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", "e2e", "--data", "x", "--stages", "--json").Output()
+	if err != nil {
+		t.Fatalf("bus-worker request --stages --json: %v", err)
+	}
+	var withStages struct {
+		Reply  string `json:"reply"`
+		Stages []struct {
+			Stage string `json:"stage"`
+			Count int    `json:"count"`
+		} `json:"stages"`
+	}
+	if err := json.Unmarshal(out, &withStages); err != nil || withStages.Reply != "x" || len(withStages.Stages) != 8 {
+		t.Fatalf("request --stages --json = %s (%v); want the reply and 8 stages", out, err)
+	}
 	out, err = exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "publish", "--redis", srv.URL, "--topic", "e2e", "--data", "event").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "-") {
 		t.Fatalf("bus-worker publish = %q, %v; want a stream id", out, err)
 	}
 
-	waitFor(t, 5*time.Second, "/stats to count both messages", func() bool {
+	waitFor(t, 5*time.Second, "/stats to count the three messages", func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/stats")
 		if err != nil {
 			return false
@@ -62,7 +77,7 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 			Handled uint64 `json:"handled"`
 			Acked   uint64 `json:"acked"`
 		}
-		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Handled == 2 && st.Acked == 2
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Handled == 3 && st.Acked == 3
 	})
 	// The worker's /metrics passes promtool and carries its stages.
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
@@ -77,10 +92,10 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 		t.Fatalf("promtool check metrics on bus-worker /metrics: %v\n%s", err, out)
 	}
 	for _, want := range []string{
-		`mycelium_stage_duration_seconds_count{role="consumer",stage="handler",topic="e2e"} 2`,
-		`mycelium_stage_duration_seconds_count{role="consumer",stage="reply_write",topic="e2e"} 1`,
-		`mycelium_consumer_handled_total{group="workers",topic="e2e"} 2`,
-		`mycelium_stream_length{topic="e2e"} 2`,
+		`mycelium_stage_duration_seconds_count{role="consumer",stage="handler",topic="e2e"} 3`,
+		`mycelium_stage_duration_seconds_count{role="consumer",stage="reply_write",topic="e2e"} 2`,
+		`mycelium_consumer_handled_total{group="workers",topic="e2e"} 3`,
+		`mycelium_stream_length{topic="e2e"} 3`,
 		`go_goroutines`,
 	} {
 		if !bytes.Contains(metricsText, []byte(want)) {
@@ -100,8 +115,8 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("bus-worker serve did not exit within 15s of SIGTERM; logs:\n%s", logs)
 	}
-	if !strings.Contains(logs.String(), `"handled":2`) {
-		t.Fatalf("serve logs do not report 2 handled messages:\n%s", logs)
+	if !strings.Contains(logs.String(), `"handled":3`) {
+		t.Fatalf("serve logs do not report 3 handled messages:\n%s", logs)
 	}
 }
 

@@ -35,7 +35,7 @@ const usage = `bus-worker: run Mycelium workers and send requests from the shell
 Usage:
   bus-worker serve   [--redis URL] [--topic reasoning] [--group workers] [--concurrency 64]
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
-  bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json]
+  bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json] [--stages]
   bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
   bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]

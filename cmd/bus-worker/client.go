@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
 )
 
 type clientFlags struct {
 	redis, prefix, topic, data string
 	timeout                    time.Duration
-	json                       bool
+	json, stages               bool
 }
 
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
@@ -74,6 +75,7 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 func request(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f, p, closeAll, err := openProducer(ctx, "request", args, func(fs *flag.FlagSet, f *clientFlags) {
 		fs.BoolVar(&f.json, "json", false, `print {"reply":…,"latency_us":…} instead of the reply and its latency`)
+		fs.BoolVar(&f.stages, "stages", false, `also print where the time went, stage by stage (with --json: a "stages" field)`)
 	})
 	if err != nil {
 		return err
@@ -90,15 +92,34 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return fmt.Errorf("request to %q: %w", f.topic, err)
 	}
+	var stages []metrics.Summary
+	if f.stages {
+		stages = requestStages(p)
+	}
 	if f.json {
 		return json.NewEncoder(stdout).Encode(struct {
-			Reply     string `json:"reply"`
-			LatencyUS int64  `json:"latency_us"`
-		}{string(reply), lat.Microseconds()})
+			Reply     string            `json:"reply"`
+			LatencyUS int64             `json:"latency_us"`
+			Stages    []metrics.Summary `json:"stages,omitempty"`
+		}{string(reply), lat.Microseconds(), stages})
 	}
 	fmt.Fprintf(stdout, "%s\n", reply)
 	fmt.Fprintf(stderr, "latency: %v\n", lat.Round(time.Microsecond))
+	for _, s := range stages {
+		fmt.Fprintf(stderr, "  %-14s %9.1f µs\n", s.Stage, s.MeanUS)
+	}
 	return nil
+}
+
+// requestStages returns the stages of the one request p made. The Redis
+// write is recorded when its pipeline returns, which can be just after
+// the reply arrived: wait briefly for it.
+func requestStages(p *producer.Producer) []metrics.Summary {
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for p.Timings().Stage(metrics.Write).Count == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // polling a counter with a deadline
+	}
+	return p.Timings().Summaries()
 }
 
 func publish(ctx context.Context, args []string, stdout io.Writer) error {
