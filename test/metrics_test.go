@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,5 +157,43 @@ func TestMetricsEndpoint(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestMetricsWhileRedisIsDown: a scrape during an outage still answers,
+// quickly, with mycelium_redis_up 0 and the in-process metrics.
+func TestMetricsWhileRedisIsDown(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	reg := prometheus.NewRegistry()
+	sc := prom.NewStreamCollector(c, bus.Keys{}, "m")
+	reg.MustRegister(sc, prom.NewBreakerCollector(prometheus.Labels{"topic": "m"}))
+	hs := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer hs.Close()
+	scrape := func() string {
+		t.Helper()
+		resp, err := http.Get(hs.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("scrape: %d %s", resp.StatusCode, b)
+		}
+		return string(b)
+	}
+	if body := scrape(); !strings.Contains(body, "mycelium_redis_up 1") || !strings.Contains(body, `mycelium_stream_length{topic="m"} 0`) {
+		t.Fatalf("scrape with Redis up:\n%s", body)
+	}
+	srv.Signal(syscall.SIGSTOP) // Redis hangs: the worst case for a scrape
+	defer srv.Signal(syscall.SIGCONT)
+	start := time.Now()
+	body := scrape()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("scrape during the outage took %v", took)
+	}
+	if !strings.Contains(body, "mycelium_redis_up 0") || strings.Contains(body, "mycelium_stream_length") || !strings.Contains(body, "mycelium_breaker_state") {
+		t.Fatalf("scrape with Redis hung:\n%s", body)
 	}
 }
