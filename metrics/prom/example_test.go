@@ -49,8 +49,9 @@ func ExampleRegisterProducer() {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, "mycelium_producer_published_total") || strings.HasPrefix(line, "mycelium_stream_length") {
-			fmt.Println(line[:strings.Index(line, "{")], line[strings.LastIndex(line, " ")+1:])
+		name, rest, _ := strings.Cut(line, "{")
+		if name == "mycelium_producer_published_total" || name == "mycelium_stream_length" {
+			fmt.Println(name, rest[strings.LastIndex(rest, " ")+1:])
 		}
 	}
 	// Output:
