@@ -20,7 +20,10 @@ type completion struct {
 	replyTo string
 	reply   *codec.Buffer // encoded reply envelope, nil for none
 	dead    []string      // dead-letter field/values, nil for none
-	at      time.Time     // when the handler returned (ReplyWrite stage), for replies
+	at      time.Time     // when the handler returned (ReplyWrite stage)
+	queued  time.Duration // the entry's queue wait and handler time, for timing logs
+	handled time.Duration
+	failed  bool // the handler returned an error (sent as a remote error)
 }
 
 const (
@@ -110,6 +113,7 @@ func (a *acker) flush(batch []completion) {
 				if _, err := res[k].ToString(); err == nil {
 					c.stats.replied.Add(1)
 					c.timings.Record(metrics.ReplyWrite, now.Sub(d.at))
+					c.logTiming(d, now.Sub(d.at))
 				} else {
 					// NOMKSTREAM returned nil (the requester is gone) or
 					// Redis refused the write: the caller will time out.
@@ -122,6 +126,13 @@ func (a *acker) flush(batch []completion) {
 			}
 			if n, err := res[replies].AsInt64(); err == nil {
 				c.stats.acked.Add(uint64(n))
+				// Handled entries without a reply (events) are done when
+				// the XACK is: their "reply write" is the acknowledgement.
+				for i := range batch {
+					if d := &batch[i]; d.reply == nil && d.dead == nil && !d.at.IsZero() {
+						c.logTiming(d, now.Sub(d.at))
+					}
+				}
 			} else {
 				c.log.Warn().Err(err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
 			}

@@ -22,6 +22,8 @@ const (
 	DefaultMaxDeliveries       = 5
 	DefaultReclaimBatch        = 100
 	DefaultConsumerIdleTimeout = time.Hour
+	DefaultTimingSample        = 1000
+	DefaultSlowEntry           = 10 * time.Second
 	maxReadBatch               = 512
 )
 
@@ -92,6 +94,15 @@ type Config struct {
 	// entry still in the stream, so nothing published before the first
 	// worker started is lost) or "$" (only new entries).
 	StartID string
+	// TimingSample makes one handled entry in TimingSample log its stage
+	// timings (queue wait, handler, reply write) at info level; every entry
+	// logs them at debug level. Zero means DefaultTimingSample; negative
+	// turns sampling off.
+	TimingSample int
+	// SlowEntry makes every entry whose queue wait, handler and reply write
+	// together exceed this log its timings at warn level. Zero means
+	// DefaultSlowEntry; negative turns it off.
+	SlowEntry time.Duration
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -185,6 +196,12 @@ func (c Config) withDefaults(rnd string) Config {
 	}
 	if c.MaxDeliveries == 0 {
 		c.MaxDeliveries = DefaultMaxDeliveries
+	}
+	if c.TimingSample == 0 {
+		c.TimingSample = DefaultTimingSample
+	}
+	if c.SlowEntry == 0 {
+		c.SlowEntry = DefaultSlowEntry
 	}
 	return c
 }

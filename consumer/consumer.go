@@ -34,6 +34,7 @@ type Consumer struct {
 	stats    counters
 	inFlight atomic.Int64
 	timings  metrics.Recorder
+	sampled  atomic.Uint64 // entries considered for info-level timing logs
 }
 
 type counters struct {
@@ -359,7 +360,7 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 			return
 		}
 	}
-	done := completion{id: j.msg.ID}
+	done := completion{id: j.msg.ID, at: ended, queued: j.queued, handled: ended.Sub(started), failed: err != nil}
 	switch {
 	case j.msg.Request:
 		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
@@ -382,7 +383,6 @@ func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- str
 		}
 		done.replyTo = j.env.ReplyTo
 		done.reply = codec.Encode(&reply)
-		done.at = ended
 	case err == nil:
 	case errors.Is(err, ErrSkipRetry):
 		e := bus.Entry{ID: j.msg.ID}

@@ -29,8 +29,8 @@ import (
 
 type serveFlags struct {
 	redis, prefix, topic, group, name, handler, httpAddr, logLevel, retention string
-	concurrency, maxDeliveries                                                int
-	shutdownTimeout, claimIdle                                                time.Duration
+	concurrency, maxDeliveries, timingSample                                  int
+	shutdownTimeout, claimIdle, slowEntry                                     time.Duration
 
 	breaker                        bool
 	breakerMinCalls, breakerProbes int
@@ -54,6 +54,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&f.claimIdle, "claim-idle", consumer.DefaultClaimIdle, "reclaim entries another consumer left pending this long (long handlers are kept alive by heartbeats)")
 	fs.StringVar(&f.retention, "retention", "", "trim the topic to this many entries (e.g. 1000000) or this age (e.g. 24h); empty: producers' caps only")
 	fs.IntVar(&f.maxDeliveries, "max-deliveries", consumer.DefaultMaxDeliveries, "deliveries before an entry goes to the dead-letter stream")
+	fs.IntVar(&f.timingSample, "timing-sample", consumer.DefaultTimingSample, "log one handled entry in this many with its stage timings at info level (every entry at debug); negative: off")
+	fs.DurationVar(&f.slowEntry, "slow-entry", consumer.DefaultSlowEntry, "log every entry whose queue wait + handler + reply write exceed this at warn level; negative: off")
 	fs.BoolVar(&f.breaker, "breaker", true, "wrap the handler in a circuit breaker: while the downstream fails, hold entries (pending) instead of hammering it")
 	fs.IntVar(&f.breakerMinCalls, "breaker-min-calls", breaker.DefaultMinCalls, "calls in the window before the breaker may trip")
 	fs.IntVar(&f.breakerProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls half-open admits; all must succeed to close")
@@ -78,6 +80,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Prefix: f.prefix, Topic: f.topic, Group: f.group, Name: f.name,
 		Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
 		ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
+		TimingSample: f.timingSample, SlowEntry: f.slowEntry,
 	}
 	if f.retention != "" {
 		if d, err := time.ParseDuration(f.retention); err == nil && d > 0 {

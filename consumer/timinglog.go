@@ -1,0 +1,37 @@
+package consumer
+
+import (
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// logTiming logs one finished entry's stages: at debug level for every
+// entry, at info level for one in Config.TimingSample, at warn level when
+// queue wait, handler and write together exceed Config.SlowEntry. write is
+// the reply write (for an event: its acknowledgement). Below the logger's
+// level it costs a level check and, at info, one atomic add.
+func (c *Consumer) logTiming(d *completion, write time.Duration) {
+	total := d.queued + d.handled + write
+	lvl := zerolog.DebugLevel
+	switch {
+	case c.cfg.SlowEntry > 0 && total >= c.cfg.SlowEntry:
+		lvl = zerolog.WarnLevel
+	case c.cfg.TimingSample > 0 && c.log.GetLevel() <= zerolog.InfoLevel &&
+		c.sampled.Add(1)%uint64(c.cfg.TimingSample) == 0:
+		lvl = zerolog.InfoLevel
+	}
+	if ev := c.log.WithLevel(lvl); ev != nil {
+		outcome := "ok"
+		if d.failed {
+			outcome = "handler_error"
+		}
+		ev.Str("topic", c.cfg.Topic).Str("entry", d.id).Bool("request", d.reply != nil).Str("outcome", outcome).
+			Float64("queue_wait_us", us(d.queued)).Float64("handler_us", us(d.handled)).
+			Float64("reply_write_us", us(write)).Float64("total_us", us(total)).
+			Msg("entry timing")
+	}
+}
+
+// us is d in microseconds, to 0.1 µs.
+func us(d time.Duration) float64 { return float64(d/100) / 10 }
