@@ -41,6 +41,7 @@ type Producer struct {
 
 	mu       sync.Mutex // guards started, readerErr transitions and stopping
 	started  bool
+	readerUp atomic.Bool // started, readable without mu (the Request hot path)
 	stop     context.CancelFunc
 	done     chan struct{} // closed when the reply reader exits
 	closed   atomic.Bool

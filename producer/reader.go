@@ -15,6 +15,9 @@ import (
 // can write replies with NOMKSTREAM: once it expires (its producer is gone)
 // late replies are not written at all.
 func (p *Producer) ensureReader(ctx context.Context) error {
+	if p.readerUp.Load() { // every Request after the first: no lock
+		return nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started {
@@ -30,6 +33,7 @@ func (p *Producer) ensureReader(ctx context.Context) error {
 	p.stop = cancel
 	p.done = make(chan struct{})
 	p.started = true
+	p.readerUp.Store(true)
 	go p.readReplies(rctx)
 	return nil
 }
