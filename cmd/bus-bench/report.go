@@ -40,8 +40,15 @@ func systemColor(system string) color.Color {
 	return palette[0]
 }
 
-// svgOf renders p as an SVG element for inlining (no XML prolog).
-func svgOf(p *plot.Plot, w, h vg.Length) (template.HTML, error) {
+// svgOf renders p as an SVG element for inlining (no XML prolog). gonum
+// panics on plots it cannot draw (a log axis without data): that becomes
+// an error, not a crash that loses the report.
+func svgOf(p *plot.Plot, w, h vg.Length) (_ template.HTML, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("drawing %q: %v", p.Title.Text, r)
+		}
+	}()
 	c := vgsvg.New(w, h)
 	p.Draw(draw.New(c))
 	var b bytes.Buffer
@@ -104,6 +111,11 @@ func cdfChart(runs []suiteRun, system string) (chart, error) {
 		}
 		i++
 	}
+	if i == 0 {
+		return noData("cdf-"+system, "Latency distribution ("+system+")"), nil
+	}
+	// A log axis needs a positive, non-empty range even for one sample.
+	p.X.Min, p.X.Max = math.Max(p.X.Min/1.5, 1e-3), p.X.Max*1.5
 	svg, err := svgOf(p, 9*vg.Inch, 5*vg.Inch)
 	return chart{ID: "cdf-" + system, Title: "Latency distribution (" + system + ")",
 		Caption: "Cumulative distribution of end-to-end latency per scenario: the further left a curve rises, the faster; its top tail is the p99 and the maximum.", SVG: svg}, err
@@ -117,6 +129,7 @@ func throughputChart(runs []suiteRun) (chart, error) {
 	p.X.Tick.Marker = plot.ConstantTicks(concurrencyTicks())
 	p.Y.Tick.Marker = niceLogTicks{}
 	p.Legend.Top, p.Legend.Left = true, true
+	drawn := false
 	for _, sys := range []string{systemMycelium, systemPubsub} {
 		var xy plotter.XYs
 		for _, r := range runs {
@@ -136,7 +149,14 @@ func throughputChart(runs []suiteRun) (chart, error) {
 		}
 		pts.Color = systemColor(sys)
 		p.Add(pts)
+		drawn = true
 	}
+	if !drawn {
+		return noData("throughput", "Throughput vs concurrency"), nil
+	}
+	// Log axes need positive, non-empty ranges even for a single point.
+	p.X.Min, p.X.Max = 0.8, 1.25*float64(sweepConcurrency[len(sweepConcurrency)-1])
+	p.Y.Min, p.Y.Max = p.Y.Min/1.5, p.Y.Max*1.5
 	svg, err := svgOf(p, 9*vg.Inch, 5*vg.Inch)
 	return chart{ID: "throughput", Title: "Throughput vs concurrency",
 		Caption: "Closed-loop request/reply with 1 KiB payloads and in-process echo workers, each point a 2 s run: Mycelium pipelines every caller's writes and reads over a few connections; the baseline pays a subscription per request.", SVG: svg}, err
@@ -193,7 +213,7 @@ func stageChart(runs []suiteRun) (chart, error) {
 		}
 	}
 	if len(cases) == 0 {
-		return chart{ID: "stages", Title: "Stage breakdown", Caption: "No stage timings were recorded."}, nil
+		return noData("stages", "Stage breakdown"), nil
 	}
 	means := make([][]float64, len(cases)) // [case][stage]
 	names := make([]string, len(cases))
@@ -246,6 +266,11 @@ func stageChart(runs []suiteRun) (chart, error) {
 		Caption: "Each stage's share of the mean request, from the producer's measurements (queue wait and handler time as the worker reported them on its reply); the label under each bar is the sum of the stacked means. Queue wait counts from the entry's stream id, so it overlaps the Redis write by up to one round trip. Small requests split their time between the Redis write, the wait for a worker's read and the reply's transit; large payloads spend it copying bytes through Redis.", SVG: svg}, err
 }
 
+// noData is a chart the runs so far cannot draw (an interrupted suite).
+func noData(id, title string) chart {
+	return chart{ID: id, Title: title, Caption: "No runs of this kind in these results (was the suite interrupted?)."}
+}
+
 // usLabel prints microseconds as µs or ms.
 func usLabel(us float64) string {
 	if us >= 1000 {
@@ -268,6 +293,7 @@ func timelineChart(runs []suiteRun, name string) (chart, error) {
 		title, ylabel = "Bus overhead over time: "+name+" (end to end minus handler)", "overhead (ms)"
 	}
 	p := newPlot(title, "seconds since the run started", ylabel)
+	drawn := false
 	for _, sys := range []string{systemMycelium, systemPubsub} {
 		for _, r := range runs {
 			if r.c.name != name || r.out.res.System != sys || len(r.out.timeline) == 0 {
@@ -292,7 +318,11 @@ func timelineChart(runs []suiteRun, name string) (chart, error) {
 			}
 			p.Add(s)
 			p.Legend.Add(sys, s)
+			drawn = true
 		}
+	}
+	if !drawn {
+		return noData("timeline-"+name, title), nil
 	}
 	svg, err := svgOf(p, 9*vg.Inch, 4.5*vg.Inch)
 	caption := "One mark per request at the time it was sent (continuous: its scheduled time, so queueing in the caller counts). Steady bands mean steady service; drift or spikes would show queues building."

@@ -120,16 +120,20 @@ func runSuite(ctx context.Context, base *options, stdout, stderr io.Writer) erro
 	started := time.Now()
 	var runs []suiteRun
 	failed := 0
-	for _, c := range seedCases(base.quick) {
+	cases := seedCases(base.quick)
+	interrupted := false
+suite:
+	for _, c := range cases {
 		for _, tr := range []string{"mycelium", "pubsub"} {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
 			o := c.options(base, tr)
 			// Start every case from a collected heap, so garbage from the
 			// one before (1 MiB payloads) is not collected during this one.
 			debug.FreeOSMemory()
 			out, err := bench(ctx, o, stderr)
+			if ctx.Err() != nil { // interrupted: this run is incomplete; report the others
+				interrupted = true
+				break suite
+			}
 			if err != nil {
 				return fmt.Errorf("case %s (%s): %w", c.name, tr, err)
 			}
@@ -158,7 +162,11 @@ func runSuite(ctx context.Context, base *options, stdout, stderr io.Writer) erro
 	if !base.json {
 		w = stdout
 	}
-	fmt.Fprintf(w, "suite seed finished in %v\n", info.Elapsed)
+	if interrupted {
+		fmt.Fprintf(w, "suite seed interrupted after %v: %d of %d runs done\n", info.Elapsed, len(runs), 2*len(cases))
+	} else {
+		fmt.Fprintf(w, "suite seed finished in %v\n", info.Elapsed)
+	}
 	for _, v := range verdicts {
 		fmt.Fprintf(w, "%s %s\n", map[bool]string{true: "PASS", false: "FAIL"}[v.OK], v.Text)
 	}
@@ -169,7 +177,10 @@ func runSuite(ctx context.Context, base *options, stdout, stderr io.Writer) erro
 		}
 		fmt.Fprintf(w, "report: %s\n", path)
 	}
-	if failed > 0 {
+	switch {
+	case interrupted:
+		return fmt.Errorf("interrupted: %d of %d runs done", len(runs), 2*len(cases))
+	case failed > 0:
 		return fmt.Errorf("%d runs had errors", failed)
 	}
 	return nil

@@ -161,3 +161,31 @@ func TestWriteReportSynthetic(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteReportPartial: an interrupted suite (no sweep, no timeline
+// runs) still gets a report; the charts it cannot draw say so.
+func TestWriteReportPartial(t *testing.T) {
+	c := seedCases(true)[0] // single
+	out := &outcome{res: &Result{System: systemMycelium, Case: c.name, OK: 1, ThroughputRPS: 10}, lat: []int64{1e6}, timeline: []point{{lat: 1e6}}}
+	path := filepath.Join(t.TempDir(), "report.html")
+	if err := writeReport(path, &envInfo{}, []suiteRun{{c: c, out: out}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "No runs of this kind"); n != 3 { // throughput, pubsub CDF, stages
+		t.Fatalf("%d charts marked empty, want 3", n)
+	}
+	if strings.Count(string(b), "<svg") != 1 {
+		t.Fatal("the mycelium CDF should still be drawn")
+	}
+
+	// One sweep point: the log axes still have a range.
+	sw := seedCases(true)[len(seedCases(true))-1]
+	one := &outcome{res: &Result{System: systemMycelium, Case: sw.name, OK: 1, ThroughputRPS: 1000}, lat: []int64{1e6}}
+	if _, err := throughputChart([]suiteRun{{c: sw, out: one}}); err != nil {
+		t.Fatalf("throughput chart of one point: %v", err)
+	}
+}
