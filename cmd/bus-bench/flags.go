@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/simwork"
 )
 
 type options struct {
@@ -29,15 +30,14 @@ type options struct {
 	cpuProfile  string
 	flushDelay  time.Duration
 	conns       int
-	transport   string        // mycelium | pubsub
-	pubsubConn  string        // fresh | pooled
-	handler     string        // echo | sleep:<d>[,<jitter>]
-	sleep       time.Duration // parsed from handler
-	jitter      time.Duration
-	suite       string // "" or seed
-	quick       bool   // --suite-quick: a scaled-down suite for tests
-	report      string // directory for results.jsonl and report.html
-	caseName    string // suite case being run
+	transport   string         // mycelium | pubsub
+	pubsubConn  string         // fresh | pooled
+	handler     string         // echo | sleep:<d>[,<jitter>]
+	work        *simwork.Sleep // parsed from handler; nil for echo
+	suite       string         // "" or seed
+	quick       bool           // --suite-quick: a scaled-down suite for tests
+	report      string         // directory for results.jsonl and report.html
+	caseName    string         // suite case being run
 }
 
 var errUsage = errors.New("usage")
@@ -169,16 +169,11 @@ func (o *options) parseHandler() error {
 	if !ok {
 		return fmt.Errorf("--handler %q: want echo or sleep:<dur>[,<jitter>]", o.handler)
 	}
-	d, j, hasJitter := strings.Cut(spec, ",")
-	var err error
-	if o.sleep, err = time.ParseDuration(d); err != nil || o.sleep <= 0 {
-		return fmt.Errorf("--handler %q: want sleep:<positive duration>", o.handler)
+	w, err := simwork.Parse(spec)
+	if err != nil {
+		return fmt.Errorf("--handler %q: %w", o.handler, err)
 	}
-	if hasJitter {
-		if o.jitter, err = time.ParseDuration(j); err != nil || o.jitter < 0 || o.jitter > o.sleep {
-			return fmt.Errorf("--handler %q: the jitter must be a duration between 0 and the sleep", o.handler)
-		}
-	}
+	o.work = &w
 	if o.noWorkers {
 		return fmt.Errorf("--handler applies to in-process workers; drop --no-workers")
 	}

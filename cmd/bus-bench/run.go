@@ -348,21 +348,13 @@ func (e *env) startWorkers(ctx context.Context, c rueidis.Client, h consumer.Han
 // and records each request's handler time, so the bus overhead (end to end
 // minus handler) can be reported per request.
 func (e *env) wrap(h consumer.Handler) consumer.Handler {
-	if e.o.sleep <= 0 {
+	if e.o.work == nil {
 		return h
 	}
 	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
 		start := time.Now()
-		d := e.o.sleep
-		if e.o.jitter > 0 {
-			d += time.Duration(randInt64(int64(2*e.o.jitter))) - e.o.jitter
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
+		if err := e.o.work.Wait(ctx); err != nil {
+			return nil, err
 		}
 		out, err := h.Handle(ctx, m)
 		if seq, ok := seqOf(m.Payload); ok {

@@ -59,12 +59,6 @@ func seqOf(b []byte) (uint64, bool) {
 	return binary.LittleEndian.Uint64(b[8:]), true
 }
 
-func randInt64(n int64) int64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return int64(binary.LittleEndian.Uint64(b[:])>>1) % n
-}
-
 func newResult(e *env) *Result {
 	return &Result{System: e.system, Scenario: e.o.scenario, Concurrency: e.o.concurrency, Payload: e.o.payload, Case: e.o.caseName}
 }
@@ -73,7 +67,7 @@ func newResult(e *env) *Result {
 // group exist before measuring.
 func warmup(ctx context.Context, e *env) error {
 	n := min(2*e.o.concurrency, 256)
-	if e.o.sleep > 0 {
+	if e.o.work != nil {
 		n = min(e.o.concurrency, 8) // one round of simulated work is enough
 	}
 	var wg sync.WaitGroup
@@ -227,7 +221,7 @@ func finish(e *env, r *Result, ok, errs int64, firstErr error, samples [][]point
 // the bus overhead per request: end to end minus that request's handler
 // time.
 func (e *env) overhead(r *Result, tl []point) {
-	if e.o.sleep <= 0 {
+	if e.o.work == nil {
 		return
 	}
 	var ov []int64

@@ -86,7 +86,7 @@ func (c suiteCase) options(base *options, tr string) *options {
 	if c.rate > 0 {
 		o.rate = c.rate
 	}
-	o.handler, o.sleep, o.jitter = "echo", 0, 0
+	o.handler, o.work = "echo", nil
 	if c.handler != "" {
 		o.handler = c.handler
 		_ = o.parseHandler() // the seed cases are valid

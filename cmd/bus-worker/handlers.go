@@ -5,15 +5,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/simwork"
 )
 
 // parseHandler turns --handler into a consumer.Handler:
@@ -23,11 +22,11 @@ func parseHandler(spec string, maxBody int, client *http.Client) (consumer.Handl
 	case spec == "echo":
 		return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil }), nil
 	case strings.HasPrefix(spec, "sleep:"):
-		d, j, err := parseSleep(strings.TrimPrefix(spec, "sleep:"))
+		w, err := simwork.Parse(strings.TrimPrefix(spec, "sleep:"))
 		if err != nil {
 			return nil, usagef("--handler %q: %v", spec, err)
 		}
-		return sleepHandler(d, j), nil
+		return sleepHandler(w), nil
 	case strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://"):
 		u, err := url.Parse(spec)
 		if err != nil || u.Host == "" {
@@ -38,35 +37,14 @@ func parseHandler(spec string, maxBody int, client *http.Client) (consumer.Handl
 	return nil, usagef("--handler %q: want echo, sleep:<dur>[,<jitter>] or an http(s):// URL", spec)
 }
 
-func parseSleep(s string) (d, jitter time.Duration, err error) {
-	ds, js, hasJitter := strings.Cut(s, ",")
-	if d, err = time.ParseDuration(ds); err != nil || d < 0 {
-		return 0, 0, fmt.Errorf("bad duration %q (want e.g. 2s or 1500ms)", ds)
-	}
-	if hasJitter {
-		if jitter, err = time.ParseDuration(js); err != nil || jitter < 0 || jitter > d {
-			return 0, 0, fmt.Errorf("bad jitter %q (want a duration no larger than %v)", js, d)
-		}
-	}
-	return d, jitter, nil
-}
-
-// sleepHandler simulates reasoning work: it waits d ± jitter (uniform),
-// honouring cancellation, then echoes the payload.
-func sleepHandler(d, jitter time.Duration) consumer.Handler {
+// sleepHandler simulates reasoning work: it waits w (honouring
+// cancellation), then echoes the payload.
+func sleepHandler(w simwork.Sleep) consumer.Handler {
 	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
-		wait := d
-		if jitter > 0 {
-			wait += time.Duration(rand.Int64N(int64(2*jitter)+1)) - jitter
+		if err := w.Wait(ctx); err != nil {
+			return nil, err
 		}
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return m.Payload, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		return m.Payload, nil
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/simwork"
 )
 
 func TestParseHandler(t *testing.T) {
@@ -32,13 +33,13 @@ func TestParseHandler(t *testing.T) {
 }
 
 func TestSleepHandlerHonoursDeadline(t *testing.T) {
-	h := sleepHandler(time.Hour, 0)
+	h := sleepHandler(simwork.Sleep{D: time.Hour})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if _, err := h.Handle(ctx, &consumer.Message{Payload: []byte("x")}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("sleep handler past the deadline = %v, want DeadlineExceeded", err)
 	}
-	out, err := sleepHandler(time.Millisecond, time.Millisecond).Handle(context.Background(), &consumer.Message{Payload: []byte("p")})
+	out, err := sleepHandler(simwork.Sleep{D: time.Millisecond, Jitter: time.Millisecond}).Handle(context.Background(), &consumer.Message{Payload: []byte("p")})
 	if err != nil || string(out) != "p" {
 		t.Fatalf("sleep handler = %q, %v; want the payload echoed", out, err)
 	}
