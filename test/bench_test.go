@@ -18,20 +18,8 @@ func BenchmarkRequest(b *testing.B) {
 	for _, par := range []int{1, 32} {
 		b.Run(map[int]string{1: "serial", 32: "parallel"}[par], func(b *testing.B) {
 			srv := redistest.Start(b)
-			work, prod := srv.Client(b), srv.Client(b)
-			co, err := consumer.New(work, consumer.Config{Topic: "bench", Concurrency: 128}, echo)
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- co.Run(ctx) }()
-			defer func() { cancel(); <-done }()
-			p, err := producer.New(prod, producer.Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer p.Close(context.Background())
+			runConsumer(b, srv.Client(b), consumer.Config{Topic: "bench", Concurrency: 128}, echo)
+			p := newProducer(b, srv.Client(b), producer.Config{})
 			payload := make([]byte, 1024)
 			rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
 			defer rcancel()
@@ -65,24 +53,12 @@ func BenchmarkRequest(b *testing.B) {
 // BenchmarkPublishConsume measures publishing events until each was handled.
 func BenchmarkPublishConsume(b *testing.B) {
 	srv := redistest.Start(b)
-	work, prod := srv.Client(b), srv.Client(b)
 	handled := make(chan struct{}, 1<<16)
-	co, err := consumer.New(work, consumer.Config{Topic: "bench", Concurrency: 128}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+	runConsumer(b, srv.Client(b), consumer.Config{Topic: "bench", Concurrency: 128}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
 		handled <- struct{}{}
 		return nil, nil
 	}))
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- co.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	p, err := producer.New(prod, producer.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close(context.Background())
+	p := newProducer(b, srv.Client(b), producer.Config{})
 	payload := make([]byte, 1024)
 	b.SetBytes(int64(len(payload)))
 	b.ReportAllocs()

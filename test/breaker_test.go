@@ -46,30 +46,18 @@ func TestBreakerWhileRedisPaused(t *testing.T) {
 	srv.Signal(syscall.SIGSTOP)
 	var resumed time.Duration
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				t0 := time.Now()
-				rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-				_, err := p.Request(rctx, "paused", []byte("x"))
-				cancel()
-				mu.Lock()
-				samples = append(samples, sample{at: t0.Sub(start), took: time.Since(t0), err: err})
-				mu.Unlock()
-				if errors.Is(err, bus.ErrBreakerOpen) {
-					time.Sleep(time.Millisecond) // pace fast failures; this is load, not synchronisation
-				}
-			}
-		}()
-	}
+	wait := redistest.Load(4, stop, func() {
+		t0 := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		_, err := p.Request(rctx, "paused", []byte("x"))
+		cancel()
+		mu.Lock()
+		samples = append(samples, sample{at: t0.Sub(start), took: time.Since(t0), err: err})
+		mu.Unlock()
+		if errors.Is(err, bus.ErrBreakerOpen) {
+			time.Sleep(time.Millisecond) // pace fast failures; this is load, not synchronisation
+		}
+	})
 	waitFor(t, 10*time.Second, "the breaker to open", func() bool { st, _ := p.BreakerState("paused"); return st == breaker.Open })
 	time.Sleep(1500 * time.Millisecond) // stay paused across an open period and a failed probe round
 	resumed = time.Since(start)
@@ -87,7 +75,7 @@ func TestBreakerWhileRedisPaused(t *testing.T) {
 		return false
 	})
 	close(stop)
-	wg.Wait()
+	wait()
 
 	var timeouts, open []time.Duration
 	for _, s := range samples {

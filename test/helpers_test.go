@@ -13,7 +13,7 @@ import (
 )
 
 // runConsumer starts a consumer and stops it (waiting for Run) at cleanup.
-func runConsumer(t *testing.T, c rueidis.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+func runConsumer(t testing.TB, c rueidis.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
 	t.Helper()
 	co, err := consumer.New(c, cfg, h)
 	if err != nil {
@@ -37,12 +37,12 @@ func runConsumer(t *testing.T, c rueidis.Client, cfg consumer.Config, h consumer
 	return co
 }
 
-func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
+func newProducer(t testing.TB, c rueidis.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
 	return redistest.NewProducer(t, c, cfg)
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	redistest.WaitFor(t, within, what, cond)
 }

@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,23 +38,5 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 	redistest.WaitFor(t, within, what, cond)
 }
 
-// load calls fn in a loop on n goroutines until stop is closed; the
-// returned wait blocks until they have all returned.
-func load(n int, stop <-chan struct{}, fn func()) (wait func()) {
-	var wg sync.WaitGroup
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				fn()
-			}
-		}()
-	}
-	return wg.Wait
-}
+// load calls fn in a loop on n goroutines until stop is closed.
+func load(n int, stop <-chan struct{}, fn func()) (wait func()) { return redistest.Load(n, stop, fn) }

@@ -151,3 +151,22 @@ func WaitFor(tb testing.TB, within time.Duration, what string, cond func() bool)
 		<-tick.C
 	}
 }
+
+// Load calls fn in a loop on n goroutines until stop is closed; the
+// returned wait blocks until they have all returned.
+func Load(n int, stop <-chan struct{}, fn func()) (wait func()) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				fn()
+			}
+		})
+	}
+	return wg.Wait
+}
