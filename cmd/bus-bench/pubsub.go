@@ -245,7 +245,9 @@ func startPubsubWorkers(ctx context.Context, c rueidis.Client, channel string, n
 		return nil, ctx.Err()
 	}
 	return func() {
-		_ = dc.Do(context.Background(), dc.B().Unsubscribe().Channel(channel).Build()).Error()
+		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = dc.Do(uctx, dc.B().Unsubscribe().Channel(channel).Build()).Error()
+		ucancel()
 		cancel()
 		wg.Wait()
 		release()
