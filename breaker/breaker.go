@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -87,27 +88,13 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Window == 0 {
-		c.Window = DefaultWindow
-	}
-	if c.Buckets == 0 {
-		c.Buckets = DefaultBuckets
-	}
-	if c.MinCalls == 0 {
-		c.MinCalls = DefaultMinCalls
-	}
-	if c.FailureRatio == 0 {
-		c.FailureRatio = DefaultFailureRatio
-	}
-	if c.SlowRatio == 0 {
-		c.SlowRatio = DefaultSlowRatio
-	}
-	if c.OpenTimeout == 0 {
-		c.OpenTimeout = DefaultOpenTimeout
-	}
-	if c.HalfOpenProbes == 0 {
-		c.HalfOpenProbes = DefaultHalfOpenProbes
-	}
+	c.Window = cmp.Or(c.Window, DefaultWindow)
+	c.Buckets = cmp.Or(c.Buckets, DefaultBuckets)
+	c.MinCalls = cmp.Or(c.MinCalls, DefaultMinCalls)
+	c.FailureRatio = cmp.Or(c.FailureRatio, DefaultFailureRatio)
+	c.SlowRatio = cmp.Or(c.SlowRatio, DefaultSlowRatio)
+	c.OpenTimeout = cmp.Or(c.OpenTimeout, DefaultOpenTimeout)
+	c.HalfOpenProbes = cmp.Or(c.HalfOpenProbes, DefaultHalfOpenProbes)
 	return c
 }
 

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -118,15 +119,15 @@ func (c Config) ClientOption() (rueidis.ClientOption, error) {
 	if c.ClientName != "" {
 		opt.ClientName = c.ClientName
 	}
-	opt.Dialer.Timeout = or(c.DialTimeout, DefaultDialTimeout)
+	opt.Dialer.Timeout = cmp.Or(c.DialTimeout, DefaultDialTimeout)
 	opt.Dialer.KeepAlive = time.Second
-	opt.ConnWriteTimeout = or(c.WriteTimeout, DefaultWriteTimeout)
-	opt.ReadBufferEachConn = or(c.ConnBuffer, DefaultConnBuffer)
+	opt.ConnWriteTimeout = cmp.Or(c.WriteTimeout, DefaultWriteTimeout)
+	opt.ReadBufferEachConn = cmp.Or(c.ConnBuffer, DefaultConnBuffer)
 	opt.WriteBufferEachConn = opt.ReadBufferEachConn
-	opt.BlockingPoolSize = or(c.BlockingPoolSize, DefaultBlockingPoolSize)
+	opt.BlockingPoolSize = cmp.Or(c.BlockingPoolSize, DefaultBlockingPoolSize)
 	opt.BlockingPoolCleanup = time.Minute
 	opt.BlockingPoolMinSize = 4
-	opt.MaxFlushDelay = max(0, or(c.MaxFlushDelay, DefaultMaxFlushDelay))
+	opt.MaxFlushDelay = max(0, cmp.Or(c.MaxFlushDelay, DefaultMaxFlushDelay))
 	switch {
 	case c.PipelineConns == 1:
 		opt.PipelineMultiplex = -1
@@ -150,14 +151,6 @@ func (c Config) Redacted() string {
 		return "<invalid URL>"
 	}
 	return u.Redacted()
-}
-
-func or[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 func unwrapURLError(err error) error {

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"strconv"
@@ -151,9 +152,7 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults(rnd string) Config {
-	if c.Group == "" {
-		c.Group = DefaultGroup
-	}
+	c.Group = cmp.Or(c.Group, DefaultGroup)
 	if c.Name == "" {
 		host, err := os.Hostname()
 		if err != nil || bus.ValidateName("consumer", host) != nil {
@@ -161,47 +160,19 @@ func (c Config) withDefaults(rnd string) Config {
 		}
 		c.Name = host + "-" + strconv.Itoa(os.Getpid()) + "-" + rnd
 	}
-	if c.Concurrency == 0 {
-		c.Concurrency = DefaultConcurrency
-	}
-	if c.ClaimIdle == 0 {
-		c.ClaimIdle = DefaultClaimIdle
-	}
-	if c.Block == 0 {
-		c.Block = min(DefaultBlock, c.ClaimIdle/4)
-	}
-	if c.ReplyMaxLen == 0 {
-		c.ReplyMaxLen = DefaultReplyMaxLen
-	}
-	if c.DeadLetterMaxLen == 0 {
-		c.DeadLetterMaxLen = DefaultDeadLetterMaxLen
-	}
-	if c.MaxEntrySize == 0 {
-		c.MaxEntrySize = DefaultMaxEntrySize
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if c.StartID == "" {
-		c.StartID = "0"
-	}
-	if c.ReclaimInterval == 0 {
-		c.ReclaimInterval = min(c.ClaimIdle/2, 5*time.Second)
-	}
-	if c.ReclaimBatch == 0 {
-		c.ReclaimBatch = DefaultReclaimBatch
-	}
-	if c.ConsumerIdleTimeout == 0 {
-		c.ConsumerIdleTimeout = DefaultConsumerIdleTimeout
-	}
-	if c.MaxDeliveries == 0 {
-		c.MaxDeliveries = DefaultMaxDeliveries
-	}
-	if c.TimingSample == 0 {
-		c.TimingSample = DefaultTimingSample
-	}
-	if c.SlowEntry == 0 {
-		c.SlowEntry = DefaultSlowEntry
-	}
+	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
+	c.ClaimIdle = cmp.Or(c.ClaimIdle, DefaultClaimIdle)
+	c.Block = cmp.Or(c.Block, min(DefaultBlock, c.ClaimIdle/4))
+	c.ReplyMaxLen = cmp.Or(c.ReplyMaxLen, DefaultReplyMaxLen)
+	c.DeadLetterMaxLen = cmp.Or(c.DeadLetterMaxLen, DefaultDeadLetterMaxLen)
+	c.MaxEntrySize = cmp.Or(c.MaxEntrySize, DefaultMaxEntrySize)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.StartID = cmp.Or(c.StartID, "0")
+	c.ReclaimInterval = cmp.Or(c.ReclaimInterval, min(c.ClaimIdle/2, 5*time.Second))
+	c.ReclaimBatch = cmp.Or(c.ReclaimBatch, DefaultReclaimBatch)
+	c.ConsumerIdleTimeout = cmp.Or(c.ConsumerIdleTimeout, DefaultConsumerIdleTimeout)
+	c.MaxDeliveries = cmp.Or(c.MaxDeliveries, DefaultMaxDeliveries)
+	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
+	c.SlowEntry = cmp.Or(c.SlowEntry, DefaultSlowEntry)
 	return c
 }

@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -102,32 +103,17 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	set := func(p *int, d int) {
-		if *p == 0 {
-			*p = d
-		}
-	}
-	set(&c.MaxInFlight, DefaultMaxInFlight)
-	set(&c.MaxPayload, DefaultMaxPayload)
-	set(&c.ReplyBatch, DefaultReplyBatch)
-	if c.StreamMaxLen == 0 {
-		c.StreamMaxLen = DefaultStreamMaxLen
-	}
-	if c.ReplyTTL == 0 {
-		c.ReplyTTL = DefaultReplyTTL
-	}
-	if c.ReplyBlock == 0 {
-		c.ReplyBlock = DefaultReplyBlock
-	}
+	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
+	c.MaxPayload = cmp.Or(c.MaxPayload, DefaultMaxPayload)
+	c.ReplyBatch = cmp.Or(c.ReplyBatch, DefaultReplyBatch)
+	c.StreamMaxLen = cmp.Or(c.StreamMaxLen, DefaultStreamMaxLen)
+	c.ReplyTTL = cmp.Or(c.ReplyTTL, DefaultReplyTTL)
+	c.ReplyBlock = cmp.Or(c.ReplyBlock, DefaultReplyBlock)
 	if c.ReplyBlock > c.ReplyTTL/3 {
 		c.ReplyBlock = c.ReplyTTL / 3
 	}
-	if c.RequestTimeout == 0 {
-		c.RequestTimeout = DefaultRequestTimeout
-	}
-	set(&c.TimingSample, DefaultTimingSample)
-	if c.SlowRequest == 0 {
-		c.SlowRequest = DefaultSlowRequest
-	}
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
+	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
+	c.SlowRequest = cmp.Or(c.SlowRequest, DefaultSlowRequest)
 	return c
 }
