@@ -204,6 +204,32 @@ func TestPayloadIsACopy(t *testing.T) {
 	}
 }
 
+func TestOwnedPayloadAliases(t *testing.T) {
+	b := AppendEnvelope(nil, &Envelope{ID: "i", Payload: []byte("abc")})
+	s := string(b) // heap-allocated, owned by this test
+	var e Envelope
+	if err := DecodeEnvelopeOwned(s, &e); err != nil {
+		t.Fatal(err)
+	}
+	if string(e.Payload) != "abc" || len(e.Payload) != cap(e.Payload) {
+		t.Fatalf("payload = %q (len %d, cap %d), want abc with cap = len", e.Payload, len(e.Payload), cap(e.Payload))
+	}
+	e.Payload = append(e.Payload, 'd') // cap = len: appending copies, never writes past the payload
+	var again Envelope
+	if err := DecodeEnvelopeOwned(s, &again); err != nil || string(again.Payload) != "abc" {
+		t.Fatalf("append wrote into the input: got %q, %v", again.Payload, err)
+	}
+	again.Payload[0] = 'z' // aliasing: the write shows in the input
+	var third Envelope
+	if err := DecodeEnvelope(s, &third); err != nil || string(third.Payload) != "zbc" {
+		t.Fatalf("owned payload is not an alias of the input: got %q, %v", third.Payload, err)
+	}
+	var empty Envelope
+	if err := DecodeEnvelopeOwned(string(AppendEnvelope(nil, &Envelope{})), &empty); err != nil || empty.Payload != nil {
+		t.Fatalf("empty payload = %v, %v; want nil", empty.Payload, err)
+	}
+}
+
 func TestKindString(t *testing.T) {
 	for k, want := range map[Kind]string{KindEvent: "event", KindRequest: "request", KindReply: "reply", KindControl: "control", 200: "kind(200)"} {
 		if got := k.String(); got != want {
@@ -220,13 +246,18 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add([]byte("garbage"))
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		var e Envelope
-		if err := DecodeEnvelope(string(in), &e); err != nil {
+		var e, owned Envelope
+		err := DecodeEnvelope(string(in), &e)
+		if errOwned := DecodeEnvelopeOwned(string(in), &owned); (err == nil) != (errOwned == nil) {
+			t.Fatalf("DecodeEnvelope = %v but DecodeEnvelopeOwned = %v", err, errOwned)
+		}
+		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v does not wrap ErrMalformed", err)
 			}
 			return
 		}
+		equal(t, &owned, &e)
 		// Whatever decodes must re-encode and decode to the same envelope.
 		var again Envelope
 		if err := DecodeEnvelope(string(AppendEnvelope(nil, &e)), &again); err != nil {

@@ -160,6 +160,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// Handlers get contexts that survive ctx for the grace period.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
+	hvals := context.WithoutCancel(hctx) // values for handler contexts (see deadlineCtx)
 
 	slots := make(chan struct{}, c.cfg.Concurrency)
 	for range c.cfg.Concurrency {
@@ -177,7 +178,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		go func() {
 			defer workers.Done()
 			for j := range jobs {
-				c.work(hctx, j, a, slots, &running[i])
+				c.work(hctx, hvals, j, a, slots, &running[i])
 			}
 		}()
 	}
@@ -304,7 +305,9 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, attempt int, jobs chan<- *
 		return
 	}
 	j := jobPool.Get().(*job)
-	if err := codec.DecodeEnvelope(e.Data, &j.env); err != nil {
+	// The entry's value is ours alone (a fresh bulk string from the client,
+	// not read again once decoded): the payload may alias it.
+	if err := codec.DecodeEnvelopeOwned(e.Data, &j.env); err != nil {
 		putJob(j)
 		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", err.Error())})
 		return
@@ -337,12 +340,12 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, attempt int, jobs chan<- *
 // work runs the handler for one job and decides what becomes of the entry:
 // acknowledged (with a reply for requests), dead-lettered, or left pending
 // for another delivery.
-func (c *Consumer) work(hctx context.Context, j *job, a *acker, slots chan<- struct{}, slot *workerSlot) {
+func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots chan<- struct{}, slot *workerSlot) {
 	ctx := hctx
 	if !j.msg.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(hctx, j.msg.Deadline)
-		defer cancel()
+		dc := newDeadlineCtx(hctx, hvals, j.msg.Deadline)
+		defer dc.cancel(context.Canceled)
+		ctx = dc
 	}
 	slot.set(j.msg.ID, j.readAt)
 	started := time.Now()

@@ -217,13 +217,13 @@ func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts [
 	p.timings.Record(metrics.Encode, encoded.Sub(now))
 	if !p.submit(sendItem{key: key, buf: buf, pub: w, at: encoded}) {
 		codec.PutBuffer(buf)
-		waiterPool.Put(w)
+		putWaiter(w)
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
 	}
 	var r result
 	select {
 	case r = <-w.ch:
-		waiterPool.Put(w)
+		putWaiter(w)
 	case <-ctx.Done():
 		// A flusher still owns w and will settle it; leave w to it.
 		return "", fmt.Errorf("producer: publish to %s: %w", topic, ctx.Err())
@@ -343,30 +343,41 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	var tm timing
 	tm.admission = time.Since(start)
-	reply, err := p.request(ctx, t, payload, opts, &tm)
+	reply, err := p.request(ctx, t, payload, opts, &tm, start)
 	p.report(t, tok, err, start)
 	p.recordRequest(t.name, start, &tm, err)
 	return reply, err
 }
 
-func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts []CallOption, tm *timing) ([]byte, error) {
+func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts []CallOption, tm *timing, start time.Time) ([]byte, error) {
 	key := t.key
+	w := waiterPool.Get().(*waiter)
+	w.write = 0
+	// Without a ctx deadline, Config.RequestTimeout applies through the
+	// waiter's own reusable timer: a context.WithTimeout per request (an
+	// allocation, a timer, registration in ctx) cost ~3% of a caller's CPU.
+	var expired <-chan time.Time
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.cfg.RequestTimeout)
-		defer cancel()
-		deadline, _ = ctx.Deadline()
+		deadline = start.Add(p.cfg.RequestTimeout)
+		w.timer.Reset(p.cfg.RequestTimeout)
+		expired = w.timer.C
 	}
-	if err := p.ensureReader(ctx); err != nil {
+	if err := p.ensureReader(ctx, deadline); err != nil {
+		putWaiter(w)
 		return nil, err
 	}
 
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx, "waiting for an in-flight slot"))
+		putWaiter(w)
+		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
+	case <-expired:
+		putWaiter(w)
+		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
 	case <-p.closing:
+		putWaiter(w)
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
 	defer func() { <-p.slots }()
@@ -381,8 +392,6 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload,
 	}
 	env.Headers = apply(opts)
-	w := waiterPool.Get().(*waiter)
-	w.write = 0
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.
@@ -392,31 +401,38 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 	if !p.submit(sendItem{key: key, buf: buf, seq: seq, at: encoded}) {
 		codec.PutBuffer(buf)
 		if p.waiters.take(seq) != nil {
-			waiterPool.Put(w)
+			putWaiter(w)
 		}
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
 
+	var gaveUp error
 	select {
 	case r := <-w.ch:
-		tm.fill(w, &r)
-		waiterPool.Put(w)
-		return p.finish(r)
+		return p.received(w, &r, tm)
 	case <-ctx.Done():
-		if p.waiters.take(seq) != nil {
-			waiterPool.Put(w)
-			return nil, p.ctxErr(ctx, "waiting for the reply")
-		}
-		r := <-w.ch // the reader took it and is handing the reply over
-		tm.fill(w, &r)
-		waiterPool.Put(w)
-		return p.finish(r)
+		gaveUp = ctx.Err()
+	case <-expired:
+		gaveUp = context.DeadlineExceeded
 	case <-p.closing:
 		if p.waiters.take(seq) != nil {
-			waiterPool.Put(w)
+			putWaiter(w)
 		}
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
+	if p.waiters.take(seq) != nil {
+		putWaiter(w)
+		return nil, p.ctxErr(gaveUp, "waiting for the reply")
+	}
+	r := <-w.ch // the reader took it and is handing the reply over
+	return p.received(w, &r, tm)
+}
+
+// received returns w's result r to the caller and w to the pool.
+func (p *Producer) received(w *waiter, r *result, tm *timing) ([]byte, error) {
+	tm.fill(w, r)
+	putWaiter(w)
+	return p.finish(*r)
 }
 
 func (p *Producer) finish(r result) ([]byte, error) {
@@ -430,8 +446,9 @@ func (p *Producer) finish(r result) ([]byte, error) {
 	return r.payload, nil
 }
 
-func (p *Producer) ctxErr(ctx context.Context, during string) error {
-	err := ctx.Err()
+// ctxErr is the error of a request that gave up for err (its ctx's error,
+// or context.DeadlineExceeded when Config.RequestTimeout passed).
+func (p *Producer) ctxErr(err error, during string) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		p.stats.timeouts.Add(1)
 		return fmt.Errorf("producer: %w %s: %w", bus.ErrTimeout, during, err)

@@ -202,6 +202,75 @@ func TestMaxInFlightBoundsWaiters(t *testing.T) {
 	close(release)
 }
 
+// A ctx without a deadline gets Config.RequestTimeout, enforced by the
+// producer's own per-waiter timer: waiting for the reply and for a slot both
+// end with ErrTimeout, the envelope carries the deadline, and the waiter
+// (with its timer) is reused cleanly by the requests after.
+func TestRequestTimeoutWithoutCtxDeadline(t *testing.T) {
+	m, c := redistest.Mini(t)
+	const timeout = 150 * time.Millisecond
+	p := newProducer(t, c, producer.Config{RequestTimeout: timeout, MaxInFlight: 1})
+	deadlines := make(chan int64, 10)
+	stop := replier(t, m, c, "t", func(env *codec.Envelope) *codec.Envelope {
+		deadlines <- env.Deadline
+		if string(env.Payload) == "ignore" {
+			return nil
+		}
+		return &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Payload: env.Payload}
+	})
+	defer stop()
+
+	start := time.Now()
+	_, err := p.Request(context.Background(), "t", []byte("ignore"))
+	took := time.Since(start)
+	if !errors.Is(err, bus.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting for the reply") {
+		t.Fatalf("Request with no reply = %v, want ErrTimeout (DeadlineExceeded) waiting for the reply", err)
+	}
+	if took < timeout || took > timeout+5*time.Second {
+		t.Fatalf("timed out after %v, want about %v", took, timeout)
+	}
+	if d := time.Unix(0, <-deadlines).Sub(start); d < timeout || d > timeout+time.Second {
+		t.Fatalf("envelope deadline = start + %v, want start + %v", d, timeout)
+	}
+	// Reuse: many requests after the timeout, none timing out early.
+	for i := range 20 {
+		got, err := p.Request(context.Background(), "t", []byte("ok"))
+		if err != nil || string(got) != "ok" {
+			t.Fatalf("Request %d after a timeout = %q, %v", i, got, err)
+		}
+		<-deadlines
+	}
+	if s := p.Stats(); s.Timeouts != 1 {
+		t.Fatalf("Timeouts = %d, want 1", s.Timeouts)
+	}
+
+	// The only slot held by a request with a long ctx deadline (without one
+	// it would time out as quickly): the next one, with no ctx deadline,
+	// times out waiting for the slot.
+	release := make(chan struct{})
+	held := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		go func() { <-release; cancel() }()
+		close(held)
+		_, _ = p.Request(ctx, "nobody", []byte("holds the only slot"))
+	}()
+	<-held
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().InFlight != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("first request never took its slot")
+		}
+		time.Sleep(time.Millisecond) // polling a counter with a deadline
+	}
+	_, err = p.Request(context.Background(), "t", []byte("second"))
+	if !errors.Is(err, bus.ErrTimeout) || !strings.Contains(err.Error(), "in-flight slot") {
+		t.Fatalf("Request at MaxInFlight 1 = %v, want a timeout waiting for a slot", err)
+	}
+	close(release)
+}
+
 func TestLateReplyIsDroppedAndCounted(t *testing.T) {
 	m, c := redistest.Mini(t)
 	p := newProducer(t, c, producer.Config{})

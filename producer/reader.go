@@ -14,9 +14,16 @@ import (
 // first call. The stream exists before any request names it, so consumers
 // can write replies with NOMKSTREAM: once it expires (its producer is gone)
 // late replies are not written at all.
-func (p *Producer) ensureReader(ctx context.Context) error {
+//
+// ctx bounds the creation; deadline applies when ctx has none.
+func (p *Producer) ensureReader(ctx context.Context, deadline time.Time) error {
 	if p.readerUp.Load() { // every Request after the first: no lock
 		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -120,7 +127,7 @@ func (p *Producer) dispatch(e *bus.Entry, at time.Time) time.Time {
 		return at
 	}
 	var env codec.Envelope
-	err := codec.DecodeEnvelope(e.Data, &env)
+	err := codec.DecodeEnvelopeOwned(e.Data, &env) // e.Data is ours alone: the payload may alias it
 	decoded := time.Now()
 	if err != nil {
 		p.stats.malformed.Add(1)

@@ -23,9 +23,23 @@ type result struct {
 type waiter struct {
 	ch    chan result
 	write time.Duration // request's Redis write; set under its shard lock while registered (see stamp)
+	// timer enforces Config.RequestTimeout for a request whose ctx has no
+	// deadline; stopped (by putWaiter) whenever w is not in use.
+	timer *time.Timer
 }
 
-var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan result, 1)} }}
+var waiterPool = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &waiter{ch: make(chan result, 1), timer: t}
+}}
+
+// putWaiter stops w's timer and returns w to the pool. Since Go 1.23 a
+// stopped timer delivers no stale tick, so the next user can Reset it.
+func putWaiter(w *waiter) {
+	w.timer.Stop()
+	waiterPool.Put(w)
+}
 
 const shards = 64
 

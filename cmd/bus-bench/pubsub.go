@@ -47,6 +47,7 @@ type pubsubCaller struct {
 	id      string // unique per process
 	seq     atomic.Uint64
 	fresh   *rueidis.ClientOption // dial a new connection per subscription; nil: pooled
+	timeout time.Duration         // per request (--timeout)
 }
 
 func psChannel(prefix, topic string) string { return prefix + ":pubsub:" + topic }
@@ -55,6 +56,8 @@ func (b *pubsubCaller) request(ctx context.Context, payload []byte) ([]byte, err
 	if !b.br.allow() {
 		return nil, errors.New("pubsub baseline: circuit breaker open")
 	}
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
 	out, err := b.call(ctx, payload)
 	b.br.done(err == nil)
 	return out, err

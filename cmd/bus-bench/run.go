@@ -109,6 +109,9 @@ func printResult(w io.Writer, res *Result) {
 func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 
 // caller sends one request and returns the reply: the system under test.
+// It applies the per-request timeout (--timeout) itself, each system its
+// own way: the producer through Config.RequestTimeout (as a service would
+// use it, without a context per call), the baseline with a context.
 type caller interface {
 	request(ctx context.Context, payload []byte) ([]byte, error)
 }
@@ -265,7 +268,7 @@ func setup(ctx context.Context, o *options, url string, sc scenario, stderr io.W
 		var rnd [6]byte
 		_, _ = rand.Read(rnd[:])
 		channel := psChannel(o.prefix, o.topic)
-		pc := &pubsubCaller{c: e.prod, channel: channel, id: hex.EncodeToString(rnd[:])}
+		pc := &pubsubCaller{c: e.prod, channel: channel, id: hex.EncodeToString(rnd[:]), timeout: o.timeout}
 		if o.pubsubConn == "fresh" {
 			opt, err := rueidis.ParseURL(url)
 			if err != nil {
@@ -286,7 +289,10 @@ func setup(ctx context.Context, o *options, url string, sc scenario, stderr io.W
 			e.closers = append(e.closers, stop)
 		}
 	default:
-		p, err := producer.New(e.prod, producer.Config{Prefix: o.prefix, MaxInFlight: max(o.concurrency, producer.DefaultMaxInFlight), SlowRequest: -1})
+		p, err := producer.New(e.prod, producer.Config{
+			Prefix: o.prefix, MaxInFlight: max(o.concurrency, producer.DefaultMaxInFlight), SlowRequest: -1,
+			RequestTimeout: o.timeout, // --timeout, enforced by the producer (see caller)
+		})
 		if err != nil {
 			return nil, err
 		}

@@ -77,9 +77,7 @@ func warmup(ctx context.Context, e *env) error {
 		go func() {
 			defer wg.Done()
 			for range max(1, n/e.o.concurrency) {
-				rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
-				_, err := e.call.request(rctx, make([]byte, e.o.payload))
-				cancel()
+				_, err := e.call.request(ctx, make([]byte, e.o.payload))
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
@@ -183,9 +181,7 @@ func (t *tally) firstErr() error {
 
 // checkedRequest sends buf as request seq and checks the reply byte for byte.
 func (e *env) checkedRequest(ctx context.Context, buf []byte, seq uint64) error {
-	rctx, cancel := context.WithTimeout(ctx, e.o.timeout)
-	defer cancel()
-	reply, err := e.call.request(rctx, buf)
+	reply, err := e.call.request(ctx, buf) // the caller applies --timeout
 	if err == nil && !bytes.Equal(reply, buf) {
 		err = fmt.Errorf("reply %d does not match its request byte for byte", seq)
 	}
