@@ -282,3 +282,59 @@ func TestChainOrder(t *testing.T) {
 		t.Fatalf("order = %v", order)
 	}
 }
+
+// The handler's ctx for a request ends at the caller's deadline
+// (DeadlineExceeded) or, for a longer deadline, when the shutdown grace
+// period ends (Canceled); either way the handler sees Done close.
+func TestRequestHandlerCtxEnds(t *testing.T) {
+	m, c := redistest.Mini(t)
+	if _, err := m.XAdd("myc:{r.p}", "*", []string{"m", "x"}); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 2)
+	started := make(chan struct{}, 2)
+	co, err := consumer.New(c, consumer.Config{Topic: "t", Concurrency: 2, ShutdownTimeout: 50 * time.Millisecond},
+		consumer.HandlerFunc(func(ctx context.Context, msg *consumer.Message) ([]byte, error) {
+			started <- struct{}{}
+			<-ctx.Done()
+			ended <- ctx.Err()
+			return nil, ctx.Err()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	eventually(t, "group ready", func() bool { return co.Ready(context.Background()) == nil })
+
+	soon := time.Now().Add(100 * time.Millisecond)
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "1", ReplyTo: "myc:{r.p}", Deadline: soon.UnixNano(), Payload: []byte("a")})
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("handler ctx ended with %v, want DeadlineExceeded", err)
+		}
+		if time.Now().Before(soon) {
+			t.Fatal("handler ctx ended before the caller's deadline")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler ctx did not end at the caller's deadline")
+	}
+
+	<-started
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "2", ReplyTo: "myc:{r.p}", Deadline: time.Now().Add(time.Hour).UnixNano(), Payload: []byte("b")})
+	<-started
+	cancel() // the handler outlives the 50 ms grace period: its ctx is cancelled
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler ctx ended with %v at shutdown, want Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler ctx not cancelled when the shutdown grace period ended")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
