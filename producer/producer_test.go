@@ -173,13 +173,15 @@ func TestCloseWakesWaitingRequests(t *testing.T) {
 	}
 }
 
-func TestMaxInFlightBoundsWaiters(t *testing.T) {
-	_, c := redistest.Mini(t)
-	p := newProducer(t, c, producer.Config{MaxInFlight: 1})
-	release := make(chan struct{})
+// holdOnlySlot makes a request to a topic nobody serves, with a ctx of its
+// own (a minute, so Config.RequestTimeout does not end it), and returns once
+// it holds p's only in-flight slot. Closing the returned channel cancels it.
+func holdOnlySlot(t *testing.T, p *producer.Producer) (release chan struct{}) {
+	t.Helper()
+	release = make(chan struct{})
 	started := make(chan struct{})
 	go func() {
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		go func() { <-release; cancel() }()
 		close(started)
@@ -193,6 +195,13 @@ func TestMaxInFlightBoundsWaiters(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond) // polling a counter with a deadline
 	}
+	return release
+}
+
+func TestMaxInFlightBoundsWaiters(t *testing.T) {
+	_, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{MaxInFlight: 1})
+	release := holdOnlySlot(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	_, err := p.Request(ctx, "nobody", []byte("second"))
 	cancel()
@@ -244,26 +253,9 @@ func TestRequestTimeoutWithoutCtxDeadline(t *testing.T) {
 		t.Fatalf("Timeouts = %d, want 1", s.Timeouts)
 	}
 
-	// The only slot held by a request with a long ctx deadline (without one
-	// it would time out as quickly): the next one, with no ctx deadline,
-	// times out waiting for the slot.
-	release := make(chan struct{})
-	held := make(chan struct{})
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		go func() { <-release; cancel() }()
-		close(held)
-		_, _ = p.Request(ctx, "nobody", []byte("holds the only slot"))
-	}()
-	<-held
-	deadline := time.Now().Add(5 * time.Second)
-	for p.Stats().InFlight != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("first request never took its slot")
-		}
-		time.Sleep(time.Millisecond) // polling a counter with a deadline
-	}
+	// The only slot held: the next request, with no ctx deadline, times out
+	// waiting for the slot.
+	release := holdOnlySlot(t, p)
 	_, err = p.Request(context.Background(), "t", []byte("second"))
 	if !errors.Is(err, bus.ErrTimeout) || !strings.Contains(err.Error(), "in-flight slot") {
 		t.Fatalf("Request at MaxInFlight 1 = %v, want a timeout waiting for a slot", err)
