@@ -4,11 +4,12 @@
 # same run:
 #   R = redis-benchmark -q -c 50 -P 64 -n 1000000 XADD s '*' f <1 KiB>  (ops/s)
 #   L = p50 of redis-benchmark -c 1 -n 20000 XADD s '*' f <1 KiB>      (µs)
-# Every point runs RUNS times (default 3); the summary shows medians and the
+# each the median of RUNS measurements.
+# Every point runs RUNS times (default 5); the summary shows medians and the
 # ratios the core-bus issue sets as targets. Results: out/bench/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 REQS=${REQS:-50000}
 OUT=out/bench
 mkdir -p "$OUT"
@@ -18,15 +19,22 @@ mkdir -p "$OUT"
 start_redis 17379 17479
 echo "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on $URL, $(nproc) CPUs, $(go version | cut -d' ' -f3)"
 
-val=$(head -c 1024 /dev/zero | tr '\0' 'x')
-R=$(redis-benchmark -p "$port" -q -c 50 -P 64 -n 1000000 --csv XADD s '*' f "$val" | tail -1 | cut -d, -f2 | tr -d '"')
-redis-cli -p "$port" del s >/dev/null
-L=$(redis-benchmark -p "$port" -c 1 -n 20000 --csv XADD s '*' f "$val" | tail -1 | cut -d, -f5 | tr -d '"')
-redis-cli -p "$port" del s >/dev/null
-L_US=$(awk -v l="$L" 'BEGIN { printf "%.0f", l * 1000 }')
-echo "R = $R XADD/s (pipelined ceiling), L = $L_US µs (p50, one client)"
-
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# R and L are medians of RUNS measurements too: one redis-benchmark run on a
+# shared VM can land anywhere in a 2x range.
+val=$(head -c 1024 /dev/zero | tr '\0' 'x')
+Rs="" Ls=""
+for i in $(seq "$RUNS"); do
+  Rs+="$(redis-benchmark -p "$port" -q -c 50 -P 64 -n 1000000 --csv XADD s '*' f "$val" | tail -1 | cut -d, -f2 | tr -d '"')"$'\n'
+  redis-cli -p "$port" del s >/dev/null
+  Ls+="$(redis-benchmark -p "$port" -c 1 -n 20000 --csv XADD s '*' f "$val" | tail -1 | cut -d, -f5 | tr -d '"')"$'\n'
+  redis-cli -p "$port" del s >/dev/null
+done
+R=$(printf '%s' "$Rs" | median)
+L=$(printf '%s' "$Ls" | median)
+L_US=$(awk -v l="$L" 'BEGIN { printf "%.0f", l * 1000 }')
+echo "R = $R XADD/s (pipelined ceiling; runs: $(echo $Rs)), L = $L_US µs (p50, one client; runs: $(echo $Ls) ms)"
 field() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; } # the top-level field comes before any in "stages"
 
 point() { # scenario concurrency requests
