@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker bench-suite report-check lint vet fuzz tidy-check redis-server clean
+.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,9 @@ bench-bus: redis-server build ## bus-bench rpc/publish scenarios against a redis
 
 bench-suite: redis-server build ## bus-bench --suite seed --report out/report against a redis-server it starts, then report-check
 	./test/suite.sh
+
+bench-ab: redis-server ## A/B: bus-bench at BASE (default HEAD) vs the working tree, alternating runs (PAIRS, ARGS, B_ARGS, FIELD; see test/ab.sh)
+	./test/ab.sh $(BASE)
 
 report-check: ## open out/report/report.html in headless Chromium (apt-installed when missing): no console errors, every chart drawn
 	./test/report-check.sh out/report/report.html
