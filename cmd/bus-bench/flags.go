@@ -28,6 +28,7 @@ type options struct {
 	json        bool
 	prefix      string
 	cpuProfile  string
+	trace       string
 	flushDelay  time.Duration
 	conns       int
 	transport   string         // mycelium | pubsub
@@ -63,6 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.flushDelay, "max-flush-delay", bus.DefaultMaxFlushDelay, "auto-pipeline flush delay under load (bus.Config.MaxFlushDelay); negative disables")
 	fs.IntVar(&o.conns, "pipeline-conns", 0, "auto-pipelined connections per client (bus.Config.PipelineConns; 0 = rueidis default)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured run to this file")
+	fs.StringVar(&o.trace, "trace", "", "write a Go execution trace of the measured run to this file (go tool trace; -pprof=sched shows where goroutines wait for a CPU)")
 	fs.StringVar(&o.transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
 	fs.StringVar(&o.pubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
 	fs.StringVar(&o.handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"sync"
 	"time"
@@ -206,6 +207,17 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*outcome, error) 
 			return nil, fmt.Errorf("--cpuprofile: %w", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.trace != "" {
+		f, err := os.Create(o.trace)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --trace: %w", errUsage, err)
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return nil, fmt.Errorf("--trace: %w", err)
+		}
+		defer trace.Stop()
 	}
 	stopProgress := startProgress(e, stderr)
 	out, err := sc.run(ctx, e)

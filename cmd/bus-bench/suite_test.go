@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"math"
 	"os"
@@ -187,5 +189,34 @@ func TestWriteReportPartial(t *testing.T) {
 	one := &outcome{res: &Result{System: systemMycelium, Case: sw.name, OK: 1, ThroughputRPS: 1000}, lat: []int64{1e6}}
 	if _, err := throughputChart([]suiteRun{{c: sw, out: one}}); err != nil {
 		t.Fatalf("throughput chart of one point: %v", err)
+	}
+}
+
+// --cpuprofile and --trace write a CPU profile and an execution trace of the
+// measured run; an unwritable path is a usage error.
+func TestProfileAndTraceFiles(t *testing.T) {
+	m := miniredis.RunT(t)
+	dir := t.TempDir()
+	prof, tr := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "run.trace")
+	o, err := parseOptions([]string{"--redis", "redis://" + m.Addr(), "--concurrency", "2", "--requests", "20",
+		"--cpuprofile", prof, "--trace", tr}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bench(context.Background(), o, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(prof); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Fatalf("cpu profile: %d bytes, %v; want a gzipped pprof", len(b), err)
+	}
+	if b, err := os.ReadFile(tr); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) {
+		t.Fatalf("trace: %.20q, %v; want a Go execution trace", b, err)
+	}
+	o, err = parseOptions([]string{"--redis", "redis://" + m.Addr(), "--requests", "1", "--trace", filepath.Join(dir, "no", "such", "dir")}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bench(context.Background(), o, io.Discard); !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "--trace") {
+		t.Fatalf("unwritable --trace = %v, want a usage error naming the flag", err)
 	}
 }
