@@ -55,11 +55,14 @@ func TestBusBenchSuiteReport(t *testing.T) {
 			P50        int64   `json:"p50_us"`
 			Overhead   int64   `json:"overhead_p99_us"`
 			Stages     []stage `json:"stages"`
+			ClientCPU  float64 `json:"client_cpu_us"`
+			RedisCPU   float64 `json:"redis_cpu_us"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("line %q: %v", sc.Text(), err)
 		}
-		if r.Errors != 0 || r.OK == 0 || r.Throughput <= 0 || r.P50 <= 0 {
+		// A real redis-server reports INFO cpu: every run has its CPU per request.
+		if r.Errors != 0 || r.OK == 0 || r.Throughput <= 0 || r.P50 <= 0 || r.ClientCPU <= 0 || r.RedisCPU <= 0 {
 			t.Errorf("%s/%s: %s", r.Case, r.System, sc.Text())
 		}
 		if r.System == "mycelium" {

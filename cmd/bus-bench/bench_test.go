@@ -90,3 +90,21 @@ func TestPayloadsCheck(t *testing.T) {
 		t.Fatal("check accepted another run's payload")
 	}
 }
+
+func TestParseRedisCPU(t *testing.T) {
+	for _, tt := range []struct {
+		name, info string
+		want       time.Duration
+		ok         bool
+	}{
+		{"redis 7", "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:0.250000\r\nused_cpu_sys_children:9.000000\r\nused_cpu_user_children:9.000000\r\nused_cpu_sys_main_thread:1.400000\r\n", 1750 * time.Millisecond, true},
+		{"one missing", "# CPU\r\nused_cpu_sys:1.5\r\n", 0, false},
+		{"garbage value", "used_cpu_sys:x\r\nused_cpu_user:1\r\n", 0, false},
+		{"empty", "", 0, false},
+	} {
+		got, ok := parseRedisCPU(tt.info)
+		if ok != tt.ok || (ok && (got-tt.want).Abs() > time.Microsecond) {
+			t.Errorf("%s: parseRedisCPU = %v, %v; want %v, %v", tt.name, got, ok, tt.want, tt.ok)
+		}
+	}
+}

@@ -48,6 +48,13 @@ type Result struct {
 	OverheadP50US int64             `json:"overhead_p50_us,omitempty"` // per request: end to end minus handler time
 	OverheadP99US int64             `json:"overhead_p99_us,omitempty"`
 	Stages        []metrics.Summary `json:"stages,omitempty"` // mycelium: where the time went
+
+	// CPU per completed request (µs) over the measured part: this process
+	// (callers and in-process workers) and the Redis server (all its
+	// clients; meaningful on a server of its own). Absent when the server
+	// does not report INFO cpu.
+	ClientCPUUS float64 `json:"client_cpu_us,omitempty"`
+	RedisCPUUS  float64 `json:"redis_cpu_us,omitempty"`
 }
 
 const (
@@ -102,6 +109,9 @@ func printResult(w io.Writer, res *Result) {
 	if res.OverheadP99US > 0 {
 		fmt.Fprintf(w, "  bus overhead (end to end minus handler): p50 %v p99 %v\n", us(res.OverheadP50US), us(res.OverheadP99US))
 	}
+	if res.ClientCPUUS > 0 || res.RedisCPUUS > 0 {
+		fmt.Fprintf(w, "  cpu per request: this process %.1f us, redis-server %.1f us\n", res.ClientCPUUS, res.RedisCPUUS)
+	}
 	for _, s := range res.Stages {
 		fmt.Fprintf(w, "  %-14s mean %9.1f us  p50 %9.1f us  p99 %9.1f us  (%d)\n", s.Stage, s.MeanUS, s.P50US, s.P99US, s.Count)
 	}
@@ -139,6 +149,7 @@ type env struct {
 
 	handled      sync.Map // sequence -> handler nanoseconds, when the handler is not a plain echo
 	stagesBefore *metrics.Snapshot
+	cpuStart     cpuUsage // at the measured start
 	closers      []func()
 }
 
@@ -397,6 +408,7 @@ func (e *env) markMeasured() {
 	if e.p != nil {
 		e.stagesBefore = e.snapshot()
 	}
+	e.cpuStart = e.cpuNow()
 }
 
 // stages summarises the mycelium stage timings of the measured part.

@@ -192,6 +192,7 @@ func (e *env) checkedRequest(ctx context.Context, buf []byte, seq uint64) error 
 // Samples are indexed by the goroutine that took them; their order in
 // time is restored by sorting the timeline.
 func finish(e *env, r *Result, ok, errs int64, firstErr error, samples [][]point) (*outcome, error) {
+	e.setCPU(r, ok)
 	r.OK, r.Errors, r.Requests = int(ok), int(errs), int(ok+errs)
 	if r.Seconds > 0 {
 		r.ThroughputRPS = float64(ok) / r.Seconds

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// cpuUsage is the CPU time used so far by this process and by the Redis
+// server, to turn a run into CPU per request: a figure that moves far less
+// than throughput on a shared machine.
+type cpuUsage struct {
+	self  time.Duration // user + system time of this process (getrusage)
+	redis time.Duration // used_cpu_user + used_cpu_sys from INFO cpu
+	ok    bool          // both were read
+}
+
+// cpuNow reads the CPU time of this process and of the server behind
+// e.prod. It reports ok false if either could not be read (an embedded
+// miniredis has no INFO cpu).
+func (e *env) cpuNow() cpuUsage {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return cpuUsage{}
+	}
+	u := cpuUsage{self: time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := e.prod.Do(ctx, e.prod.B().Info().Section("cpu").Build()).ToString()
+	if err != nil {
+		return u
+	}
+	u.redis, u.ok = parseRedisCPU(info)
+	return u
+}
+
+// parseRedisCPU sums used_cpu_user and used_cpu_sys (seconds) of an INFO
+// cpu reply; ok is false unless both are present.
+func parseRedisCPU(info string) (time.Duration, bool) {
+	var total float64
+	found := 0
+	for line := range strings.Lines(info) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if k != "used_cpu_user" && k != "used_cpu_sys" {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0, false
+		}
+		total += f
+		found++
+	}
+	return time.Duration(total * float64(time.Second)), found == 2
+}
+
+// setCPU fills r's CPU per request from the usage at the measured start
+// and now, over n completed requests (or handled events).
+func (e *env) setCPU(r *Result, n int64) {
+	if n <= 0 || !e.cpuStart.ok {
+		return
+	}
+	end := e.cpuNow()
+	if !end.ok {
+		return
+	}
+	perReq := func(d time.Duration) float64 {
+		return float64(int64(float64(d.Nanoseconds())/float64(n)/100+0.5)) / 10 // µs, 0.1 µs steps
+	}
+	r.ClientCPUUS = perReq(end.self - e.cpuStart.self)
+	r.RedisCPUUS = perReq(end.redis - e.cpuStart.redis)
+}
