@@ -164,7 +164,7 @@ func (b *Breaker) now() int64 {
 	if b.clock != nil {
 		return b.clock.Now().UnixNano()
 	}
-	return coarse.now.Load()
+	return coarseNow()
 }
 
 // State returns the current state. An open breaker whose open time has

@@ -350,3 +350,60 @@ func TestSystemClockBreaker(t *testing.T) {
 		}
 	})
 }
+
+// The coarse clock sleeps once nobody reads it for coarseIdleTicks ticks
+// (an idle producer costs no wake-ups); the next read returns the current
+// time and wakes it, and it ticks again while read.
+func TestCoarseClockSleepsWhenUnread(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, err := New(Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		time.Sleep((coarseIdleTicks + 2) * coarseTick)
+		synctest.Wait()
+		if !coarse.asleep.Load() {
+			t.Fatal("coarse clock still ticking with no reader")
+		}
+		time.Sleep(time.Hour) // asleep: no ticks, yet a read is current
+		if got, want := b.now(), time.Now().UnixNano(); got != want {
+			t.Fatalf("read while asleep = %d, want the current time %d", got, want)
+		}
+		synctest.Wait()
+		if coarse.asleep.Load() {
+			t.Fatal("a read did not wake the clock")
+		}
+		start := b.now()
+		for range 10 { // read every tick: it keeps ticking
+			time.Sleep(coarseTick)
+			synctest.Wait()
+			if got := b.now(); got < start+int64(coarseTick)/2 {
+				t.Fatalf("clock did not advance while read: %d after %d", got, start)
+			}
+			start = b.now()
+		}
+		if coarse.asleep.Load() {
+			t.Fatal("clock fell asleep while read every tick")
+		}
+	})
+}
+
+func TestCoarseAdvanceNeverGoesBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, err := New(Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		now := coarse.now.Load()
+		coarseAdvance(now - 1000)
+		if got := coarse.now.Load(); got != now {
+			t.Fatalf("coarseAdvance went back: %d -> %d", now, got)
+		}
+		coarseAdvance(now + 1000)
+		if got := coarse.now.Load(); got != now+1000 {
+			t.Fatalf("coarseAdvance did not advance: %d", got)
+		}
+	})
+}
