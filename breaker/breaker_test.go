@@ -407,3 +407,31 @@ func TestCoarseAdvanceNeverGoesBack(t *testing.T) {
 		}
 	})
 }
+
+// Readers racing with the clock falling asleep and waking never see the
+// time go back, each in its own sequence of reads.
+func TestCoarseClockMonotonicUnderRaces(t *testing.T) {
+	b, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			last := b.now()
+			for i := range 400 {
+				if i%50 == g { // pause long enough for the clock to fall asleep
+					time.Sleep((coarseIdleTicks + 2) * coarseTick)
+				}
+				now := b.now()
+				if now < last {
+					t.Errorf("reader %d: time went back %d ns", g, last-now)
+					return
+				}
+				last = now
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -43,8 +43,7 @@ const (
 // if it sleeps.
 func coarseNow() int64 {
 	if coarse.asleep.Load() {
-		n := time.Now().UnixNano()
-		coarseAdvance(n) // before waking, so readers after the wake see it
+		n := coarseAdvance(time.Now().UnixNano()) // before waking, so readers after the wake see it
 		if coarse.asleep.CompareAndSwap(true, false) {
 			select {
 			case coarse.wake <- struct{}{}:
@@ -60,12 +59,15 @@ func coarseNow() int64 {
 }
 
 // coarseAdvance stores n unless the clock already shows a later time, so
-// readers never see it go back.
-func coarseAdvance(n int64) {
+// readers never see it go back, and returns what the clock shows.
+func coarseAdvance(n int64) int64 {
 	for {
 		cur := coarse.now.Load()
-		if n <= cur || coarse.now.CompareAndSwap(cur, n) {
-			return
+		if n <= cur {
+			return cur
+		}
+		if coarse.now.CompareAndSwap(cur, n) {
+			return n
 		}
 	}
 }
