@@ -70,5 +70,7 @@ func (e *env) setCPU(r *Result, n int64) {
 		return float64(int64(float64(d.Nanoseconds())/float64(n)/100+0.5)) / 10 // µs, 0.1 µs steps
 	}
 	r.ClientCPUUS = perReq(end.self - e.cpuStart.self)
-	r.RedisCPUUS = perReq(end.redis - e.cpuStart.redis)
+	if d := end.redis - e.cpuStart.redis; d >= 0 { // less: the server restarted during the run
+		r.RedisCPUUS = perReq(d)
+	}
 }
