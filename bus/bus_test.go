@@ -178,6 +178,20 @@ func TestStreamPortOnMiniredis(t *testing.T) {
 	if err != nil || len(groups) != 1 || groups[0].Name != "g" || groups[0].Pending != 0 {
 		t.Errorf("Groups = %+v, %v", groups, err)
 	}
+	// A consumer miniredis never saw act reports idle -1: no idle time, not
+	// a negative one.
+	if err := c.Do(ctx, c.B().XgroupCreateconsumer().Key("s").Group("g").Consumer("c2").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	consumers, err := Consumers(ctx, c, "s", "g")
+	if err != nil || len(consumers) != 2 {
+		t.Fatalf("Consumers = %+v, %v; want c1 and c2", consumers, err)
+	}
+	for _, ci := range consumers {
+		if ci.Idle < 0 {
+			t.Errorf("consumer %s idle %v, want >= 0", ci.Name, ci.Idle)
+		}
+	}
 }
 
 func TestReadCancelReturnsPromptly(t *testing.T) {

@@ -129,7 +129,9 @@ func Consumers(ctx context.Context, c rueidis.Client, key, group string) ([]Cons
 		}
 		if v, ok := m["idle"]; ok {
 			ms, _ := v.AsInt64()
-			ci.Idle = time.Duration(ms) * time.Millisecond
+			// miniredis reports -1 for a consumer whose activity it never
+			// recorded (not every command updates it): no idle time.
+			ci.Idle = time.Duration(max(ms, 0)) * time.Millisecond
 		}
 		out = append(out, ci)
 	}
