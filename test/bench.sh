@@ -38,19 +38,22 @@ echo "R = $R XADD/s (pipelined ceiling; runs: $(echo $Rs)), L = $L_US µs (p50, 
 field() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; } # the top-level field comes before any in "stages"
 
 point() { # scenario concurrency requests
-  local sc=$1 c=$2 n=$3 tputs="" p50s=""
+  local sc=$1 c=$2 n=$3 tputs="" p50s="" ccpu="" rcpu=""
   for i in $(seq "$RUNS"); do
     redis-cli -p "$port" flushall >/dev/null
     line=$(./bin/bus-bench --redis "$URL" --scenario "$sc" --concurrency "$c" --requests "$n" --payload 1024 --json)
     echo "$line" >> "$OUT/results.jsonl"
     tputs+="$(echo "$line" | field throughput_rps)"$'\n'
     p50s+="$(echo "$line" | field p50_us)"$'\n'
+    ccpu+="$(echo "$line" | field client_cpu_us)"$'\n'
+    rcpu+="$(echo "$line" | field redis_cpu_us)"$'\n'
   done
   local t p
   t=$(printf '%s' "$tputs" | median)
   p=$(printf '%s' "$p50s" | median)
-  printf '%-8s c=%-4s median %8.0f/s (%.2f x R)  p50 %6s µs (%.2f x L)\n' "$sc" "$c" "$t" \
-    "$(awk -v a="$t" -v b="$R" 'BEGIN{print a/b}')" "$p" "$(awk -v a="$p" -v b="$L_US" 'BEGIN{print a/b}')"
+  printf '%-8s c=%-4s median %8.0f/s (%.2f x R)  p50 %6s µs (%.2f x L)  CPU/request: bus-bench %s µs, redis %s µs\n' "$sc" "$c" "$t" \
+    "$(awk -v a="$t" -v b="$R" 'BEGIN{print a/b}')" "$p" "$(awk -v a="$p" -v b="$L_US" 'BEGIN{print a/b}')" \
+    "$(printf '%s' "$ccpu" | median)" "$(printf '%s' "$rcpu" | median)"
 }
 
 point rpc 1 "$((REQS / 10))"
