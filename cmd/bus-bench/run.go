@@ -208,27 +208,22 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*outcome, error) 
 		return nil, err
 	}
 	defer e.close()
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
+	for _, r := range []struct {
+		path, flag string
+		start      func(io.Writer) error
+		stop       func()
+	}{
+		{o.cpuProfile, "cpuprofile", pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{o.trace, "trace", trace.Start, trace.Stop},
+	} {
+		if r.path == "" {
+			continue
+		}
+		stop, err := record(r.path, r.flag, r.start, r.stop)
 		if err != nil {
-			return nil, fmt.Errorf("%w: --cpuprofile: %w", errUsage, err)
+			return nil, err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if o.trace != "" {
-		f, err := os.Create(o.trace)
-		if err != nil {
-			return nil, fmt.Errorf("%w: --trace: %w", errUsage, err)
-		}
-		defer f.Close()
-		if err := trace.Start(f); err != nil {
-			return nil, fmt.Errorf("--trace: %w", err)
-		}
-		defer trace.Stop()
+		defer stop()
 	}
 	stopProgress := startProgress(e, stderr)
 	out, err := sc.run(ctx, e)
@@ -241,6 +236,24 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*outcome, error) 
 	}
 	out.res.Stages = e.stages()
 	return out, nil
+}
+
+// record starts a recording of the measured run (a CPU profile, an
+// execution trace) into the file at path; the returned func stops it and
+// closes the file.
+func record(path, flag string, start func(io.Writer) error, stop func()) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --%s: %w", errUsage, flag, err)
+	}
+	if err := start(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	return func() {
+		stop()
+		_ = f.Close()
+	}, nil
 }
 
 // setup connects the callers of o.transport and, unless --no-workers,
