@@ -338,3 +338,44 @@ func TestRequestHandlerCtxEnds(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 }
+
+type runKey struct{}
+
+// Values of the ctx given to Run reach every handler, through the plain
+// handler ctx (events) and the lazily armed deadline ctx (requests).
+func TestHandlerCtxCarriesRunValues(t *testing.T) {
+	m, c := redistest.Mini(t)
+	if _, err := m.XAdd("myc:{r.p}", "*", []string{"m", "x"}); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan any, 2)
+	co, err := consumer.New(c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(ctx context.Context, msg *consumer.Message) ([]byte, error) {
+		seen <- ctx.Value(runKey{})
+		return nil, nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), runKey{}, "from Run"))
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	eventually(t, "group ready", func() bool { return co.Ready(context.Background()) == nil })
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("e")})
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindRequest, ID: "1", ReplyTo: "myc:{r.p}", Deadline: time.Now().Add(time.Minute).UnixNano(), Payload: []byte("r")})
+	for range 2 {
+		select {
+		case v := <-seen:
+			if v != "from Run" {
+				t.Fatalf("handler ctx value = %v, want the one given to Run", v)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("handler not called")
+		}
+	}
+}
