@@ -192,6 +192,17 @@ func TestStreamPortOnMiniredis(t *testing.T) {
 			t.Errorf("consumer %s idle %v, want >= 0", ci.Name, ci.Idle)
 		}
 	}
+	// A group that does not exist on an existing stream: ErrNoGroup from
+	// every group command, so callers know to recreate it.
+	if _, err := Consumers(ctx, c, "s", "nog"); !errors.Is(err, ErrNoGroup) {
+		t.Errorf("Consumers(missing group) = %v, want ErrNoGroup", err)
+	}
+	if _, err := PendingOf(ctx, c, "s", "nog", "-", "+", 10, ""); !errors.Is(err, ErrNoGroup) {
+		t.Errorf("PendingOf(missing group) = %v, want ErrNoGroup", err)
+	}
+	if _, _, _, err := AutoClaim(ctx, c, "s", "nog", "c1", time.Millisecond, "0-0", 10); !errors.Is(err, ErrNoGroup) {
+		t.Errorf("AutoClaim(missing group) = %v, want ErrNoGroup", err)
+	}
 }
 
 func TestReadCancelReturnsPromptly(t *testing.T) {

@@ -21,10 +21,7 @@ func AutoClaim(ctx context.Context, c rueidis.Client, key, group, consumer strin
 	res := c.Do(ctx, cmd)
 	parts, err := res.ToArray()
 	if err != nil {
-		if IsNoGroup(err) {
-			return "", nil, nil, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
-		}
-		return "", nil, nil, err
+		return "", nil, nil, groupErr(err, key, group)
 	}
 	if len(parts) < 2 {
 		return "", nil, nil, fmt.Errorf("bus: XAUTOCLAIM reply has %d elements", len(parts))
@@ -63,10 +60,7 @@ func PendingOf(ctx context.Context, c rueidis.Client, key, group, start, end str
 	}
 	rows, err := c.Do(ctx, cmd).ToArray()
 	if err != nil {
-		if IsNoGroup(err) {
-			return nil, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
-		}
-		return nil, err
+		return nil, groupErr(err, key, group)
 	}
 	out := make([]Pending, 0, len(rows))
 	for i := range rows {
@@ -109,10 +103,7 @@ type ConsumerInfo struct {
 func Consumers(ctx context.Context, c rueidis.Client, key, group string) ([]ConsumerInfo, error) {
 	rows, err := c.Do(ctx, c.B().XinfoConsumers().Key(key).Group(group).Build()).ToArray()
 	if err != nil {
-		if IsNoGroup(err) {
-			return nil, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
-		}
-		return nil, err
+		return nil, groupErr(err, key, group)
 	}
 	out := make([]ConsumerInfo, 0, len(rows))
 	for i := range rows {

@@ -78,6 +78,15 @@ func IsNoGroup(err error) bool {
 	return ok && strings.HasPrefix(re.Error(), "NOGROUP")
 }
 
+// groupErr returns err of a command on group at key, wrapped in ErrNoGroup
+// when it is Redis's NOGROUP reply (so callers can recreate the group).
+func groupErr(err error, key, group string) error {
+	if IsNoGroup(err) {
+		return fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
+	}
+	return err
+}
+
 // IsBusyGroup reports whether err is Redis's BUSYGROUP error (group exists).
 func IsBusyGroup(err error) bool { return rueidis.IsRedisBusyGroup(err) }
 

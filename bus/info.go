@@ -70,10 +70,7 @@ type PendingTotals struct {
 func PendingSummary(ctx context.Context, c rueidis.Client, key, group string) (PendingTotals, error) {
 	arr, err := c.Do(ctx, c.B().Xpending().Key(key).Group(group).Build()).ToArray()
 	if err != nil {
-		if IsNoGroup(err) {
-			return PendingTotals{}, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
-		}
-		return PendingTotals{}, err
+		return PendingTotals{}, groupErr(err, key, group)
 	}
 	if len(arr) < 4 {
 		return PendingTotals{}, fmt.Errorf("bus: XPENDING %s %s: reply of %d elements", key, group, len(arr))

@@ -217,10 +217,7 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 		if rueidis.IsRedisNil(err) {
 			return nil, nil
 		}
-		if IsNoGroup(err) {
-			return nil, fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
-		}
-		return nil, err
+		return nil, groupErr(err, key, group)
 	}
 	return parseRead(res, key)
 }
