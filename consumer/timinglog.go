@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/egos/mycelium/metrics"
 )
 
 // logTiming logs one finished entry's stages: at debug level for every
@@ -27,11 +29,8 @@ func (c *Consumer) logTiming(d *completion, write time.Duration) {
 			outcome = "handler_error"
 		}
 		ev.Str("topic", c.cfg.Topic).Str("entry", d.id).Bool("request", d.reply != nil).Str("outcome", outcome).
-			Float64("queue_wait_us", us(d.queued)).Float64("handler_us", us(d.handled)).
-			Float64("reply_write_us", us(write)).Float64("total_us", us(total)).
+			Float64("queue_wait_us", metrics.Micros(d.queued)).Float64("handler_us", metrics.Micros(d.handled)).
+			Float64("reply_write_us", metrics.Micros(write)).Float64("total_us", metrics.Micros(total)).
 			Msg("entry timing")
 	}
 }
-
-// us is d in microseconds, to 0.1 µs.
-func us(d time.Duration) float64 { return float64(d/100) / 10 }

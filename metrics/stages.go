@@ -114,3 +114,7 @@ func (s *Snapshot) Summaries() []Summary {
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// Micros is d in microseconds, truncated to 0.1 µs: the unit of the
+// producer's and the consumer's timing log fields (*_us).
+func Micros(d time.Duration) float64 { return float64(d/100) / 10 }

@@ -57,10 +57,10 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 	// computed, so a disabled timing log costs the level check only.
 	if ev := p.log.WithLevel(lvl); ev != nil {
 		ev.Str("topic", topic).Str("outcome", outcome(err)).
-			Float64("admission_us", us(tm.admission)).Float64("encode_us", us(tm.encode)).
-			Float64("redis_write_us", us(tm.write)).Float64("queue_wait_us", us(tm.queue)).
-			Float64("handler_us", us(tm.handler)).Float64("reply_transit_us", us(tm.transit)).
-			Float64("decode_us", us(tm.decode)).Float64("end_to_end_us", us(total)).
+			Float64("admission_us", metrics.Micros(tm.admission)).Float64("encode_us", metrics.Micros(tm.encode)).
+			Float64("redis_write_us", metrics.Micros(tm.write)).Float64("queue_wait_us", metrics.Micros(tm.queue)).
+			Float64("handler_us", metrics.Micros(tm.handler)).Float64("reply_transit_us", metrics.Micros(tm.transit)).
+			Float64("decode_us", metrics.Micros(tm.decode)).Float64("end_to_end_us", metrics.Micros(total)).
 			Msg("request timing")
 	}
 }
@@ -79,6 +79,3 @@ func outcome(err error) string {
 	}
 	return "error"
 }
-
-// us is d in microseconds, to 0.1 µs.
-func us(d time.Duration) float64 { return float64(d/100) / 10 }
