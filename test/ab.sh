@@ -24,6 +24,7 @@ case $PAIRS in '' | *[!0-9]* | 0) echo "PAIRS must be a positive integer, got '$
 
 work=$(mktemp -d)
 cleanup_ab() { git worktree remove --force "$work/src" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup_ab EXIT # also when a build fails; replaced below once redis-server runs
 git rev-parse --verify --quiet "$BASE^{commit}" >/dev/null || { echo "not a git revision: $BASE" >&2; exit 2; }
 git worktree add --detach --quiet "$work/src" "$BASE"
 (cd "$work/src" && go build -o "$work/bench-a" ./cmd/bus-bench)
