@@ -1,6 +1,7 @@
 package combine
 
 import (
+	"runtime"
 	"sync"
 )
 
@@ -67,7 +68,19 @@ func (c *Combiner[T]) Add(item T, inline bool) bool {
 // slot, released only when the queue is seen empty under the lock, so no
 // item is ever left queued without a flusher. rounds > 0 bounds the batches
 // written before the rest goes to a helper.
+//
+// A flusher yields once before its first batch. Callers often arrive
+// together: a batch of replies or entries readies a dozen goroutines at
+// once, and the first to Add starts a flusher that would otherwise run
+// next (a new goroutine, or the caller itself) and flush that one item
+// alone, while the others queue behind its round trip. Yielding lets the
+// goroutines already runnable queue their items first, so they share the
+// first round trip. It costs one trip through the scheduler; at low load
+// nothing else is runnable and the flusher resumes at once. Measured with
+// bus-bench rpc (make bench-ab, 8 pairs): +15% at 64 callers, +5% at 256,
+// and the same p50 for a single caller.
 func (c *Combiner[T]) loop(rounds int) {
+	runtime.Gosched()
 	for i := 0; ; i++ {
 		c.mu.Lock()
 		if len(c.queue) == 0 {

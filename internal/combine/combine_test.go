@@ -1,6 +1,7 @@
 package combine
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -78,5 +79,40 @@ func TestCloseRefusesButFlushesQueued(t *testing.T) {
 	c.Wait()
 	if flushed.Load() != 2 {
 		t.Fatalf("flushed %d items, want the 2 queued before Close", flushed.Load())
+	}
+}
+
+// TestGoroutinesWokenTogetherShareAFlush readies several goroutines at once
+// on one P, as a batch of replies does, and checks that the flush the first
+// one starts also carries the items of the others (the flusher yields
+// before its first batch). Without the yield the new flusher runs first
+// and flushes one item alone. With -race the scheduler randomises run
+// order, so only a normal build can tell the two apart; each attempt can
+// also lose to the scheduler's periodic global-queue check (1 in 61
+// schedules), so it takes three attempts and the best of them.
+func TestGoroutinesWokenTogetherShareAFlush(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const callers = 8
+	best := 0
+	for range 3 {
+		var first atomic.Int32
+		c := New(func(b []int) { first.CompareAndSwap(0, int32(len(b))) }, 1, 64, 0)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				c.Add(i, false)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		c.Wait()
+		best = max(best, int(first.Load()))
+	}
+	if best < 2 {
+		t.Errorf("the first flush carried %d item(s); want the items of the goroutines woken with it (up to %d)", best, callers)
 	}
 }
