@@ -85,7 +85,6 @@ func (a *acker) flush(batch []completion) {
 	if dead != nil {
 		a.flushDead(batch, dead)
 	}
-	cmds := make(rueidis.Commands, 0, len(batch)+1)
 	ids := make([]string, 0, len(batch))
 	replies := 0
 	for i := range batch {
@@ -94,14 +93,22 @@ func (a *acker) flush(batch []completion) {
 			continue
 		}
 		if d.reply != nil {
-			cmds = append(cmds, bus.AddCmd(c.c, d.replyTo, c.replyCap, true, d.reply.B))
 			replies++
 		}
 		ids = append(ids, d.id)
 	}
 	if len(ids) > 0 {
-		cmds = append(cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
-		res, ok := a.do(cmds)
+		// The replies go in one transaction (bus.DoBatch: a caller's reply
+		// reader gets all of its replies in one read), the XACK after it.
+		res, ok := a.do(func() []rueidis.RedisResult {
+			cmds := make(rueidis.Commands, 0, replies)
+			for i := range batch {
+				if d := &batch[i]; d.reply != nil && d.dead == nil {
+					cmds = append(cmds, bus.AddCmd(c.c, d.replyTo, c.replyCap, true, d.reply.B))
+				}
+			}
+			return bus.DoBatch(a.ctx, c.c, cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
+		})
 		if ok {
 			now := time.Now()
 			k := 0 // index in res of batch[i]'s reply
@@ -153,11 +160,13 @@ func (a *acker) flush(batch []completion) {
 // letter was stored.
 func (a *acker) flushDead(batch []completion, idx []int) {
 	c := a.c
-	cmds := make(rueidis.Commands, 0, len(idx))
-	for _, i := range idx {
-		cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.dlqCap, batch[i].dead...))
-	}
-	res, ok := a.do(cmds)
+	res, ok := a.do(func() []rueidis.RedisResult {
+		cmds := make(rueidis.Commands, 0, len(idx))
+		for _, i := range idx {
+			cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.dlqCap, batch[i].dead...))
+		}
+		return c.c.DoMulti(a.ctx, cmds...)
+	})
 	if !ok {
 		return
 	}
@@ -172,7 +181,9 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	if len(ids) == 0 {
 		return
 	}
-	if res, ok := a.do(rueidis.Commands{bus.AckCmd(c.c, c.key, c.cfg.Group, ids...)}); ok {
+	if res, ok := a.do(func() []rueidis.RedisResult {
+		return c.c.DoMulti(a.ctx, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
+	}); ok {
 		if n, err := res[0].AsInt64(); err == nil {
 			c.stats.acked.Add(uint64(n))
 			c.stats.deadLettered.Add(uint64(len(ids)))
@@ -180,15 +191,18 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	}
 }
 
-// do runs cmds as one pipeline, retrying connection failures with backoff.
-// It reports false if they could not be sent within the retry budget or
-// the acker's ctx ended.
-func (a *acker) do(cmds rueidis.Commands) ([]rueidis.RedisResult, bool) {
+// do runs one pipeline (send builds its commands afresh and sends them),
+// retrying connection failures with backoff. It reports false if they
+// could not be sent within the retry budget or the acker's ctx ended.
+// Commands are rebuilt for every attempt: rueidis recycles each command
+// that got a reply, so resending one after a partial failure would send a
+// recycled (cleared or reused) command.
+func (a *acker) do(send func() []rueidis.RedisResult) ([]rueidis.RedisResult, bool) {
 	var bo *backoff.ExponentialBackOff
 	for {
 		// No per-flush timer: the connection's write timeout (bus.Config
 		// WriteTimeout) bounds it; a.ctx cancels it at shutdown.
-		res := a.c.c.DoMulti(a.ctx, cmds...)
+		res := send()
 		var netErr error
 		for _, r := range res {
 			if err := r.Error(); err != nil && !bus.IsRedisReply(err) && !rueidis.IsRedisNil(err) {
@@ -206,7 +220,7 @@ func (a *acker) do(cmds rueidis.Commands) ([]rueidis.RedisResult, bool) {
 		}
 		wait := bo.NextBackOff()
 		if wait == backoff.Stop {
-			a.c.log.Error().Err(netErr).Int("commands", len(cmds)).Msg("giving up on replies/acks; entries stay pending")
+			a.c.log.Error().Err(netErr).Msg("giving up on replies/acks; entries stay pending")
 			return nil, false
 		}
 		t := time.NewTimer(wait)

@@ -247,7 +247,9 @@ func (e *PublishError) Error() string { return fmt.Sprintf("entry %d: %v", e.Ind
 // Unwrap returns the entry's error.
 func (e *PublishError) Unwrap() error { return e.Err }
 
-// PublishBatch appends payloads to topic in one pipelined round trip. It
+// PublishBatch appends payloads to topic in one pipelined round trip, as
+// one MULTI/EXEC transaction: the entries are contiguous in the stream and
+// a blocked consumer receives them in one read (see bus.DoBatch). It
 // returns one stream id per payload ("" for a failed one) and, if any
 // failed, an error joining a *PublishError per failure. Payloads are checked
 // before anything is sent: one too large fails the whole batch.
@@ -292,7 +294,7 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 	ids := make([]string, len(payloads))
 	var errs []error
 	recycle := true
-	for i, r := range p.c.DoMulti(ctx, cmds...) {
+	for i, r := range bus.DoBatch(ctx, p.c, cmds) {
 		id, err := r.ToString()
 		if err != nil {
 			p.stats.writeErrors.Add(1)

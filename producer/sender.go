@@ -42,7 +42,8 @@ var cmdsPool = sync.Pool{New: func() any {
 // closed; the item is then not queued.
 func (p *Producer) submit(it sendItem) bool { return p.send.Add(it, false) }
 
-// flush writes one batch as a pipeline and settles every item.
+// flush writes one batch in one round trip (one MULTI/EXEC when it holds
+// two or more, see bus.DoBatch) and settles every item.
 func (p *Producer) flush(batch []sendItem) {
 	cp := cmdsPool.Get().(*rueidis.Commands)
 	cmds := (*cp)[:0]
@@ -52,7 +53,7 @@ func (p *Producer) flush(batch []sendItem) {
 	}
 	// No per-flush timer: the connection's write timeout (bus.Config
 	// WriteTimeout) bounds a pipelined command without a ctx deadline.
-	res := p.c.DoMulti(context.Background(), cmds...)
+	res := bus.DoBatch(context.Background(), p.c, cmds)
 	now := time.Now()
 	for i := range batch {
 		id, err := res[i].ToString()

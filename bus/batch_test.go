@@ -1,0 +1,117 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+func TestDoBatchOnMiniredis(t *testing.T) {
+	_, c := miniClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	xadd := func(key, v string) rueidis.Completed { return AddCmd(c, key, Cap{}, false, []byte(v)) }
+
+	t.Run("one command, no transaction", func(t *testing.T) {
+		res := DoBatch(ctx, c, rueidis.Commands{xadd("s1", "a")})
+		if len(res) != 1 {
+			t.Fatalf("%d results, want 1", len(res))
+		}
+		if _, err := res[0].ToString(); err != nil {
+			t.Fatalf("XADD = %v", err)
+		}
+	})
+	t.Run("one per command, tail after EXEC", func(t *testing.T) {
+		if err := CreateGroup(ctx, c, "s2", "g", "0"); err != nil {
+			t.Fatal(err)
+		}
+		res := DoBatch(ctx, c, rueidis.Commands{xadd("s2", "a"), xadd("s2", "b"), xadd("other", "c")},
+			c.B().Xlen().Key("s2").Build())
+		if len(res) != 4 {
+			t.Fatalf("%d results, want 4", len(res))
+		}
+		var ids []string
+		for i := range 3 {
+			id, err := res[i].ToString()
+			if err != nil || !strings.Contains(id, "-") {
+				t.Fatalf("result %d = %q, %v; want an entry id", i, id, err)
+			}
+			ids = append(ids, id)
+		}
+		if ids[0] >= ids[1] {
+			t.Errorf("ids %q, %q not in command order", ids[0], ids[1])
+		}
+		if n, err := res[3].AsInt64(); err != nil || n != 2 {
+			t.Errorf("tail XLEN = %d, %v; want 2 (it runs after the transaction)", n, err)
+		}
+	})
+	t.Run("a command failing while running fails alone", func(t *testing.T) {
+		if err := c.Do(ctx, c.B().Set().Key("str").Value("x").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		res := DoBatch(ctx, c, rueidis.Commands{xadd("s3", "a"), xadd("str", "b"), xadd("s3", "c")})
+		if _, err := res[0].ToString(); err != nil {
+			t.Errorf("first XADD = %v", err)
+		}
+		if err := res[1].Error(); !IsRedisReply(err) || !strings.Contains(err.Error(), "WRONGTYPE") {
+			t.Errorf("XADD to a string = %v, want WRONGTYPE", err)
+		}
+		if _, err := res[2].ToString(); err != nil {
+			t.Errorf("third XADD = %v", err)
+		}
+	})
+	t.Run("a command refused when queued aborts all", func(t *testing.T) {
+		bad := c.B().Arbitrary("XADD").Keys("s4").Build() // wrong number of arguments
+		res := DoBatch(ctx, c, rueidis.Commands{xadd("s4", "a"), bad}, c.B().Ping().Build())
+		for i, r := range res[:2] {
+			if err := r.Error(); !IsRedisReply(err) {
+				t.Errorf("result %d = %v, want a Redis error", i, err)
+			}
+		}
+		if err := res[1].Error(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "wrong number") {
+			t.Errorf("bad command's result = %v, want its own queue-time error", err)
+		}
+		if err := res[2].Error(); err != nil {
+			t.Errorf("tail PING = %v, want it to run after the aborted transaction", err)
+		}
+		if n, _ := c.Do(ctx, c.B().Xlen().Key("s4").Build()).AsInt64(); n != 0 {
+			t.Errorf("XLEN s4 = %d, want 0: the aborted transaction wrote nothing", n)
+		}
+	})
+	t.Run("a closed client fails every command", func(t *testing.T) {
+		_, c2 := miniClient(t)
+		c2.Close()
+		res := DoBatch(ctx, c2, rueidis.Commands{xadd("s5", "a"), xadd("s5", "b")}, c2.B().Ping().Build())
+		for i, r := range res {
+			if err := r.Error(); err == nil || IsRedisReply(err) {
+				t.Errorf("result %d = %v, want a client error", i, err)
+			}
+		}
+	})
+}
+
+// TestExecResults covers the replies a live server cannot be made to give.
+func TestExecResults(t *testing.T) {
+	ok := rueidis.NewResult(rueidis.RedisMessage{}, nil)
+	netErr := errors.New("connection reset")
+	for _, tt := range []struct {
+		name string
+		res  []rueidis.RedisResult
+		want string
+	}{
+		{"EXEC lost", []rueidis.RedisResult{ok, ok, rueidis.NewErrorResult(netErr)}, "connection reset"},
+		{"MULTI lost", []rueidis.RedisResult{rueidis.NewErrorResult(netErr), rueidis.NewErrorResult(netErr), rueidis.NewErrorResult(netErr)}, "connection reset"},
+		{"EXEC not an array", []rueidis.RedisResult{ok, ok, ok}, ""},
+	} {
+		out := make([]rueidis.RedisResult, 1)
+		execResults(out, tt.res)
+		err := out[0].Error()
+		if err == nil || (tt.want != "" && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%s: result = %v, want an error %q", tt.name, err, tt.want)
+		}
+	}
+}
