@@ -65,6 +65,14 @@ func TestClientOptionRespectsMeasuredFacts(t *testing.T) {
 	if got := (Config{URL: "redis://:pw@h:1"}).Redacted(); strings.Contains(got, "pw") {
 		t.Errorf("Redacted() = %q leaks the password", got)
 	}
+	if opt.MaxFlushDelay != DefaultMaxFlushDelay {
+		t.Errorf("MaxFlushDelay = %v, want the default %v", opt.MaxFlushDelay, DefaultMaxFlushDelay)
+	}
+	for set, want := range map[time.Duration]time.Duration{20 * time.Microsecond: 20 * time.Microsecond, -1: 0} {
+		if o, _ := (Config{MaxFlushDelay: set}).ClientOption(); o.MaxFlushDelay != want {
+			t.Errorf("MaxFlushDelay %v gave %v, want %v", set, o.MaxFlushDelay, want)
+		}
+	}
 	tlsOpt, _ := Config{URL: "rediss://h:1"}.ClientOption()
 	if tlsOpt.TLSConfig == nil || tlsOpt.TLSConfig.ServerName != "h" {
 		t.Errorf("rediss:// TLSConfig = %+v", tlsOpt.TLSConfig)
