@@ -3,6 +3,8 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +114,52 @@ func TestExecResults(t *testing.T) {
 		err := out[0].Error()
 		if err == nil || (tt.want != "" && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("%s: result = %v, want an error %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestByKey(t *testing.T) {
+	_, c := miniClient(t)
+	x := func(key string) rueidis.Completed { return AddCmd(c, key, Cap{}, false, []byte("v")) }
+	for _, tt := range []struct {
+		keys []string
+		want string
+	}{
+		{[]string{"a", "a", "a"}, "[[0 1 2]]"},
+		{[]string{"a", "b", "a", "c", "b"}, "[[0 2] [1 4] [3]]"},
+		{[]string{"a", "b"}, "[[0] [1]]"},
+	} {
+		cmds := make(rueidis.Commands, len(tt.keys))
+		for i, k := range tt.keys {
+			cmds[i] = x(k)
+		}
+		if got := fmt.Sprint(byKey(cmds)); got != tt.want {
+			t.Errorf("byKey(%v) = %s, want %s", tt.keys, got, tt.want)
+		}
+	}
+}
+
+// TestDoBatchInterleavedKeys checks that results come back in command
+// order when the commands' keys interleave (each key's commands form one
+// transaction).
+func TestDoBatchInterleavedKeys(t *testing.T) {
+	_, c := miniClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys := []string{"a", "b", "a", "c", "b", "a"}
+	cmds := make(rueidis.Commands, len(keys))
+	for i, k := range keys {
+		cmds[i] = c.B().Xadd().Key(k).Id("*").FieldValue().FieldValue("i", strconv.Itoa(i)).Build()
+	}
+	res := DoBatch(ctx, c, cmds)
+	for i, k := range keys {
+		id, err := res[i].ToString()
+		if err != nil {
+			t.Fatalf("XADD %d = %v", i, err)
+		}
+		got, err := c.Do(ctx, c.B().Xrange().Key(k).Start(id).End(id).Build()).AsXRange()
+		if err != nil || len(got) != 1 || got[0].FieldValues["i"] != strconv.Itoa(i) {
+			t.Errorf("result %d (id %s of %s) holds %v, %v; want field i=%d", i, id, k, got, err, i)
 		}
 	}
 }

@@ -81,3 +81,71 @@ func TestBatchErrorsOnRedis(t *testing.T) {
 		t.Errorf("XLEN after the aborted batch = %d, %v; want still 2", n, err)
 	}
 }
+
+// TestBatchUnderACLs checks the two ways an ACL meets DoBatch: a user
+// denied one stream gets NOPERM there without failing the writes to the
+// streams it may use (a transaction per key), and a user without
+// @transaction still gets every write done (MULTI refused, the commands
+// run one by one).
+func TestBatchUnderACLs(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, acl := range [][]string{
+		{"keys", "on", ">pw", "~ok*", "+@all"},
+		{"notx", "on", ">pw", "~*", "+@all", "-@transaction"},
+	} {
+		if err := admin.Do(ctx, admin.B().Arbitrary("ACL", "SETUSER").Args(acl...).Build()).Error(); err != nil {
+			t.Fatalf("ACL SETUSER %v: %v", acl, err)
+		}
+	}
+	as := func(user string) rueidis.Client {
+		c, err := bus.Connect(ctx, bus.Config{URL: "redis://" + user + ":pw@" + srv.Addr})
+		if err != nil {
+			t.Fatalf("connect as %s: %v", user, err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	xadd := func(c rueidis.Client, key string) rueidis.Completed {
+		return bus.AddCmd(c, key, bus.Cap{}, false, []byte("v"))
+	}
+	xlen := func(key string) int64 {
+		n, err := admin.Do(ctx, admin.B().Xlen().Key(key).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	c := as("keys")
+	res := bus.DoBatch(ctx, c, rueidis.Commands{xadd(c, "ok1"), xadd(c, "no"), xadd(c, "ok1"), xadd(c, "no"), xadd(c, "ok2")})
+	for _, i := range []int{0, 2, 4} {
+		if _, err := res[i].ToString(); err != nil {
+			t.Errorf("XADD %d to a permitted stream = %v, want an id", i, err)
+		}
+	}
+	for _, i := range []int{1, 3} {
+		if err := res[i].Error(); !bus.IsRedisReply(err) {
+			t.Errorf("XADD %d to a denied stream = %v, want a Redis error", i, err)
+		}
+	}
+	if err := res[1].Error(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Errorf("XADD to a denied stream = %v, want NOPERM", err)
+	}
+	if n1, n2 := xlen("ok1"), xlen("ok2"); n1 != 2 || n2 != 1 {
+		t.Errorf("XLEN ok1, ok2 = %d, %d; want 2, 1", n1, n2)
+	}
+
+	c = as("notx")
+	res = bus.DoBatch(ctx, c, rueidis.Commands{xadd(c, "s"), xadd(c, "s"), xadd(c, "s")})
+	for i, r := range res {
+		if _, err := r.ToString(); err != nil {
+			t.Errorf("XADD %d without @transaction = %v, want an id", i, err)
+		}
+	}
+	if n := xlen("s"); n != 3 {
+		t.Errorf("XLEN s = %d, want 3", n)
+	}
+}
