@@ -79,6 +79,9 @@ func DoBatch(ctx context.Context, c rueidis.Client, cmds rueidis.Commands, tail 
 // order of first appearance and each group in command order. One key, the
 // common case, costs no map.
 func byKey(cmds rueidis.Commands) [][]int {
+	if len(cmds) == 0 {
+		return nil
+	}
 	key := func(i int) string {
 		if args := cmds[i].Commands(); len(args) > 1 {
 			return args[1]

@@ -84,6 +84,12 @@ func TestDoBatchOnMiniredis(t *testing.T) {
 			t.Errorf("XLEN s4 = %d, want 0: the aborted transaction wrote nothing", n)
 		}
 	})
+	t.Run("tail alone", func(t *testing.T) {
+		res := DoBatch(ctx, c, nil, c.B().Ping().Build())
+		if len(res) != 1 || res[0].Error() != nil {
+			t.Fatalf("DoBatch(no cmds, PING) = %v", res)
+		}
+	})
 	t.Run("a closed client fails every command", func(t *testing.T) {
 		_, c2 := miniClient(t)
 		c2.Close()
@@ -128,6 +134,7 @@ func TestByKey(t *testing.T) {
 		{[]string{"a", "a", "a"}, "[[0 1 2]]"},
 		{[]string{"a", "b", "a", "c", "b"}, "[[0 2] [1 4] [3]]"},
 		{[]string{"a", "b"}, "[[0] [1]]"},
+		{nil, "[]"},
 	} {
 		cmds := make(rueidis.Commands, len(tt.keys))
 		for i, k := range tt.keys {
