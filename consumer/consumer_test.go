@@ -158,6 +158,18 @@ func TestFailedEventIsDeadLetteredWithItsEnvelope(t *testing.T) {
 	if f[consumer.DLQReason] != "handler_error" || !strings.Contains(f[consumer.DLQError], "downstream said no") {
 		t.Fatalf("dead letter = %v", f)
 	}
+
+	// Replayed (a script on miniredis too, as under make run), it fails
+	// again and comes back as a new dead letter carrying its origin.
+	firstID := dlq[0].ID // dlq shares miniredis's storage: read it before the replay
+	if n, err := consumer.ReplayDeadLetters(context.Background(), c, "myc", "t"); n != 1 || err != nil {
+		t.Fatalf("ReplayDeadLetters = %d, %v", n, err)
+	}
+	eventually(t, "the replayed event dead-lettered again", func() bool { return co.Stats().DeadLettered == 2 })
+	letters, err := consumer.ListDeadLetters(context.Background(), c, "myc", "t", 10)
+	if err != nil || len(letters) != 1 || letters[0].Envelope == nil || letters[0].Envelope.Headers[consumer.ReplayedFromHeader] != firstID {
+		t.Fatalf("dead letters after the replay = %+v, %v; want one, replayed from %s", letters, err, firstID)
+	}
 }
 
 func TestFailingEventIsRetriedThenDeadLettered(t *testing.T) {

@@ -128,10 +128,19 @@ func parseDeadLetter(id string, f map[string]string) DeadLetter {
 // envelope (a malformed entry): replaying it would only dead-letter it again.
 var ErrNotReplayable = errors.New("consumer: dead letter has no decodable envelope")
 
+// replayScript appends one envelope to the topic stream and then deletes
+// its dead letter, atomically. A MULTI/EXEC would be atomic too, but it
+// runs the XDEL even when the XADD fails while running (the topic key is
+// not a stream: WRONGTYPE) and the dead letter would be lost; in a script
+// the failed XADD raises before the XDEL.
+var replayScript = rueidis.NewLuaScript(`local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[3])
+return id`)
+
 // ReplayDeadLetters puts dead letters back on their topic as new entries,
 // with the attempt count reset and ReplayedFromHeader set, and deletes them
-// from the dead-letter stream, each in one transaction (both keys share a
-// hash slot). ids selects entries; none means all. It returns how many were
+// from the dead-letter stream, each in one atomic script (both keys share
+// a hash slot) that deletes only after the write succeeded. ids selects entries; none means all. It returns how many were
 // replayed; entries that cannot be replayed are reported in the error
 // (wrapping ErrNotReplayable) and left in place.
 func ReplayDeadLetters(ctx context.Context, c rueidis.Client, prefix, topic string, ids ...string) (int, error) {
@@ -170,13 +179,8 @@ func ReplayDeadLetters(ctx context.Context, c rueidis.Client, prefix, topic stri
 		}
 		h[ReplayedFromHeader] = d.ID
 		env.Headers = h
-		res := c.DoMulti(ctx,
-			c.B().Multi().Build(),
-			bus.AddCmd(c, stream, bus.Cap{}, false, codec.AppendEnvelope(nil, &env)),
-			c.B().Xdel().Key(dlq).Id(d.ID).Build(),
-			c.B().Exec().Build(),
-		)
-		if err := res[len(res)-1].Error(); err != nil {
+		data := codec.AppendEnvelope(nil, &env)
+		if err := replayScript.Exec(ctx, c, []string{stream, dlq}, []string{bus.Field, rueidis.BinaryString(data), d.ID}).Error(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.ID, err))
 			continue
 		}

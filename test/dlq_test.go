@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
@@ -107,5 +109,35 @@ func TestDeadLetterTooling(t *testing.T) {
 	}
 	if out, err := run("purge"); err == nil || !strings.Contains(out, "exactly one") {
 		t.Fatalf("dlq purge without a scope = %v\n%s", err, out)
+	}
+}
+
+// TestReplayKeepsTheDeadLetterWhenItsWriteFails: a replay whose XADD Redis
+// refuses (here the topic key holds a string: WRONGTYPE) must report the
+// error and leave the dead letter where it is.
+func TestReplayKeepsTheDeadLetterWhenItsWriteFails(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	t.Run("dead-letter one job", func(t *testing.T) {
+		co := runConsumer(t, c, consumer.Config{Topic: "jobs"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+			return nil, fmt.Errorf("refused: %w", consumer.ErrSkipRetry)
+		}))
+		if _, err := newProducer(t, c, producer.Config{}).Publish(ctx, "jobs", []byte("job")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the dead letter", func() bool { return co.Stats().DeadLettered == 1 })
+	})
+	for _, cmd := range []rueidis.Completed{c.B().Del().Key("myc:{jobs}").Build(), c.B().Set().Key("myc:{jobs}").Value("x").Build()} {
+		if err := c.Do(ctx, cmd).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := consumer.ReplayDeadLetters(ctx, c, "myc", "jobs")
+	if n != 0 || err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Errorf("ReplayDeadLetters onto a string key = %d, %v; want 0 and the WRONGTYPE error", n, err)
+	}
+	if l, err := c.Do(ctx, c.B().Xlen().Key("myc:{jobs}:dlq").Build()).AsInt64(); err != nil || l != 1 {
+		t.Errorf("dead letters after the failed replay = %d, %v; want 1 (kept)", l, err)
 	}
 }
