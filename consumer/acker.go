@@ -110,6 +110,7 @@ func (a *acker) flush(batch []completion) {
 			return bus.DoBatch(a.ctx, c.c, cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
 		})
 		if ok {
+			c.stats.flushes.Add(1)
 			now := time.Now()
 			k := 0 // index in res of batch[i]'s reply
 			for i := range batch {

@@ -40,6 +40,7 @@ type Consumer struct {
 type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
 	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved                             atomic.Uint64
+	reads, flushes                                                                                        atomic.Uint64
 }
 
 // Stats is a snapshot of a Consumer's counters.
@@ -61,6 +62,12 @@ type Stats struct {
 	Trimmed          uint64 `json:"trimmed"`           // entries removed by the consumer's retention
 	ConsumersRemoved uint64 `json:"consumers_removed"` // idle consumers without pending entries removed from the group
 	InFlight         int64  `json:"in_flight"`         // entries held now (read, not yet acknowledged)
+
+	// Batching: Received/Reads entries come per read, Acked/Flushes per
+	// write of replies and acknowledgements. Few per batch under load means
+	// a round trip, a write and thread wake-ups spent on each.
+	Reads   uint64 `json:"reads"`   // XREADGROUP calls that returned entries
+	Flushes uint64 `json:"flushes"` // pipelined writes of replies and acknowledgements
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -108,6 +115,7 @@ func (c *Consumer) Stats() Stats {
 		GroupsCreated: s.groupsCreated.Load(), InFlight: c.inFlight.Load(),
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
 		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
+		Reads: s.reads.Load(), Flushes: s.flushes.Load(),
 	}
 }
 
@@ -273,6 +281,9 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 			continue
 		}
 		out.OK()
+		if len(entries) > 0 {
+			c.stats.reads.Add(1)
+		}
 		now := time.Now()
 		for i := range entries {
 			c.route(&entries[i], now, 1, jobs, a)

@@ -56,6 +56,7 @@ type Producer struct {
 type counters struct {
 	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
 	writeErrors, breakerRejected                                          atomic.Uint64
+	writes, replyReads                                                    atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters.
@@ -71,6 +72,12 @@ type Stats struct {
 
 	WriteErrors     uint64 `json:"write_errors"`     // XADDs that failed: Redis refused them or did not answer (bus.ErrUnavailable)
 	BreakerRejected uint64 `json:"breaker_rejected"` // calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)
+
+	// Batching: (Published+Requests)/Writes entries go per write,
+	// Replies/ReplyReads replies come per read. Few per batch under load
+	// means a round trip, a write and thread wake-ups spent on each.
+	Writes     uint64 `json:"writes"`      // pipelined XADD writes (each a round trip)
+	ReplyReads uint64 `json:"reply_reads"` // reply-stream reads that returned entries
 }
 
 // Option configures optional collaborators of a Producer.
@@ -130,6 +137,7 @@ func (p *Producer) Stats() Stats {
 		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
 		InFlight:    len(p.slots),
 		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(),
+		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(),
 	}
 }
 
@@ -294,6 +302,7 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 	ids := make([]string, len(payloads))
 	var errs []error
 	recycle := true
+	p.stats.writes.Add(1)
 	for i, r := range bus.DoBatch(ctx, p.c, cmds) {
 		id, err := r.ToString()
 		if err != nil {

@@ -108,6 +108,9 @@ func (p *Producer) readReplies(ctx context.Context) {
 			continue
 		}
 		out.OK()
+		if len(entries) > 0 {
+			p.stats.replyReads.Add(1)
+		}
 		at := time.Now()
 		for i := range entries {
 			last = entries[i].ID

@@ -53,6 +53,7 @@ func (p *Producer) flush(batch []sendItem) {
 	}
 	// No per-flush timer: the connection's write timeout (bus.Config
 	// WriteTimeout) bounds a pipelined command without a ctx deadline.
+	p.stats.writes.Add(1)
 	res := bus.DoBatch(context.Background(), p.c, cmds)
 	now := time.Now()
 	for i := range batch {

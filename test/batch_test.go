@@ -9,6 +9,8 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
 
@@ -147,5 +149,47 @@ func TestBatchUnderACLs(t *testing.T) {
 	}
 	if n := xlen("s"); n != 3 {
 		t.Errorf("XLEN s = %d, want 3", n)
+	}
+}
+
+// TestBatchingCounters checks the batching counters end to end: a batch of
+// events written in one PublishBatch reaches a consumer blocked in
+// XREADGROUP as one read (the transaction at work), and one request costs
+// one write and one reply read.
+func TestBatchingCounters(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	co := runConsumer(t, c, consumer.Config{Topic: "batched", Concurrency: 32}, echo)
+	p := newProducer(t, c, producer.Config{})
+	waitFor(t, 5*time.Second, "the consumer to block in XREADGROUP", func() bool {
+		info, err := c.Do(ctx, c.B().Info().Section("clients").Build()).ToString()
+		return err == nil && strings.Contains(info, "blocked_clients:1\r")
+	})
+
+	const n = 10
+	payloads := make([][]byte, n)
+	for i := range payloads {
+		payloads[i] = []byte{byte(i)}
+	}
+	if _, err := p.PublishBatch(ctx, "batched", payloads); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the batch acknowledged", func() bool { return co.Stats().Acked == n })
+	if s := co.Stats(); s.Received != n || s.Reads != 1 || s.Flushes < 1 || s.Flushes > n {
+		t.Errorf("consumer stats = %+v; want %d entries in 1 read and 1..%d flushes", s, n, n)
+	}
+	if s := p.Stats(); s.Published != n || s.Writes != 1 {
+		t.Errorf("producer stats = %+v; want %d published in 1 write", s, n)
+	}
+
+	if _, err := p.Request(ctx, "batched", []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	// The reply reader's first read may return the stream's control entry
+	// alone (the reader starts before the reply lands), hence 1 or 2 reads.
+	if s := p.Stats(); s.Requests != 1 || s.Writes != 2 || s.Replies != 1 || s.ReplyReads < 1 || s.ReplyReads > 2 {
+		t.Errorf("producer stats after one request = %+v; want 2 writes and 1 or 2 reply reads", s)
 	}
 }

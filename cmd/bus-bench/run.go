@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime/pprof"
 	"runtime/trace"
@@ -55,6 +56,20 @@ type Result struct {
 	// does not report INFO cpu.
 	ClientCPUUS float64 `json:"client_cpu_us,omitempty"`
 	RedisCPUUS  float64 `json:"redis_cpu_us,omitempty"`
+
+	// Batches: mycelium, measured part only (absent for the baseline).
+	Batches *Batches `json:"batches,omitempty"`
+}
+
+// Batches is how many entries shared each round trip, from the producer's
+// and the in-process workers' counters: under load every batch costs a
+// write, a read and thread wake-ups, so bigger batches cost less CPU per
+// request. Worker fields are zero with --no-workers.
+type Batches struct {
+	PerWrite     float64 `json:"per_write"`      // requests or events per producer XADD write
+	PerReplyRead float64 `json:"per_reply_read"` // replies per reply-stream read
+	PerRead      float64 `json:"per_read"`       // entries per worker XREADGROUP
+	PerAckWrite  float64 `json:"per_ack_write"`  // entries per worker write of replies and acknowledgements
 }
 
 const (
@@ -112,6 +127,10 @@ func printResult(w io.Writer, res *Result) {
 	if res.ClientCPUUS > 0 || res.RedisCPUUS > 0 {
 		fmt.Fprintf(w, "  cpu per request: this process %.1f us, redis-server %.1f us\n", res.ClientCPUUS, res.RedisCPUUS)
 	}
+	if b := res.Batches; b != nil {
+		fmt.Fprintf(w, "  batches: %.1f per write, %.1f replies per read; workers %.1f per read, %.1f per ack write\n",
+			b.PerWrite, b.PerReplyRead, b.PerRead, b.PerAckWrite)
+	}
 	for _, s := range res.Stages {
 		fmt.Fprintf(w, "  %-14s mean %9.1f us  p50 %9.1f us  p99 %9.1f us  (%d)\n", s.Stage, s.MeanUS, s.P50US, s.P99US, s.Count)
 	}
@@ -149,6 +168,8 @@ type env struct {
 
 	handled      sync.Map // sequence -> handler nanoseconds, when the handler is not a plain echo
 	stagesBefore *metrics.Snapshot
+	prodBefore   producer.Stats // at the measured start, for Batches
+	coBefore     consumer.Stats
 	cpuStart     cpuUsage // at the measured start
 	closers      []func()
 }
@@ -235,6 +256,7 @@ func bench(ctx context.Context, o *options, stderr io.Writer) (*outcome, error) 
 		out.res.Handler = o.handler
 	}
 	out.res.Stages = e.stages()
+	out.res.Batches = e.batches()
 	return out, nil
 }
 
@@ -420,8 +442,36 @@ func (e *env) snapshot() *metrics.Snapshot {
 func (e *env) markMeasured() {
 	if e.p != nil {
 		e.stagesBefore = e.snapshot()
+		e.prodBefore = e.p.Stats()
+	}
+	if e.co != nil {
+		e.coBefore = e.co.Stats()
 	}
 	e.cpuStart = e.cpuNow()
+}
+
+// batches is how well the measured part batched (nil for the baseline).
+func (e *env) batches() *Batches {
+	if e.p == nil {
+		return nil
+	}
+	per := func(n, of uint64) float64 {
+		if of == 0 {
+			return 0
+		}
+		return math.Round(float64(n)/float64(of)*10) / 10
+	}
+	p, p0 := e.p.Stats(), e.prodBefore
+	b := &Batches{
+		PerWrite:     per(p.Published+p.Requests-p0.Published-p0.Requests, p.Writes-p0.Writes),
+		PerReplyRead: per(p.Replies-p0.Replies, p.ReplyReads-p0.ReplyReads),
+	}
+	if e.co != nil {
+		c, c0 := e.co.Stats(), e.coBefore
+		b.PerRead = per(c.Received-c0.Received, c.Reads-c0.Reads)
+		b.PerAckWrite = per(c.Acked-c0.Acked, c.Flushes-c0.Flushes)
+	}
+	return b
 }
 
 // stages summarises the mycelium stage timings of the measured part.

@@ -35,7 +35,7 @@ func TestBaselineOnMiniredis(t *testing.T) {
 				t.Fatal(err)
 			}
 			// miniredis has no INFO cpu: no CPU figures rather than wrong ones.
-			if r := out.res; r.System != systemPubsub || r.OK != 50 || r.Errors != 0 || len(r.Stages) != 0 || len(out.lat) != 50 || r.ClientCPUUS != 0 || r.RedisCPUUS != 0 {
+			if r := out.res; r.System != systemPubsub || r.OK != 50 || r.Errors != 0 || len(r.Stages) != 0 || len(out.lat) != 50 || r.ClientCPUUS != 0 || r.RedisCPUUS != 0 || r.Batches != nil {
 				t.Fatalf("result %+v, %d samples", r, len(out.lat))
 			}
 		})
@@ -57,6 +57,17 @@ func TestSleepHandlerReportsOverhead(t *testing.T) {
 	r := out.res
 	if r.OK != 8 || r.OverheadP99US <= 0 || r.OverheadP99US > 20_000 || r.P50US < 20_000 || r.Handler != "sleep:30ms,10ms" {
 		t.Fatalf("result %+v", r)
+	}
+	// Batches: at least one entry per round trip on every path, at most
+	// the 4 callers' worth.
+	if b := r.Batches; b == nil {
+		t.Fatal("no batches in a mycelium result")
+	} else {
+		for name, v := range map[string]float64{"per_write": b.PerWrite, "per_reply_read": b.PerReplyRead, "per_read": b.PerRead, "per_ack_write": b.PerAckWrite} {
+			if v < 1 || v > 4 {
+				t.Errorf("batches %s = %v, want 1..4", name, v)
+			}
+		}
 	}
 }
 

@@ -93,6 +93,8 @@ var (
 		"trimmed":           "Entries removed by the consumer's retention.",
 		"consumers_removed": "Idle consumers without pending entries removed from the group.",
 		"in_flight":         "Entries held now: read and not yet acknowledged.",
+		"reads":             "XREADGROUP calls that returned entries (received / reads = entries per read).",
+		"flushes":           "Pipelined writes of replies and acknowledgements (acked / flushes = entries per write).",
 	}
 	ProducerHelp = map[string]string{
 		"published":        "Events accepted by Redis.",
@@ -105,6 +107,8 @@ var (
 		"in_flight":        "Requests waiting for a reply now.",
 		"write_errors":     "Writes that failed: Redis refused them or did not answer.",
 		"breaker_rejected": "Calls refused at once by an open circuit breaker.",
+		"writes":           "Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write).",
+		"reply_reads":      "Reply-stream reads that returned entries (replies / reply_reads = replies per read).",
 	}
 )
 
