@@ -52,18 +52,20 @@ func TestDoBatchOnMiniredis(t *testing.T) {
 		}
 	})
 	t.Run("a command failing while running fails alone", func(t *testing.T) {
-		if err := c.Do(ctx, c.B().Set().Key("str").Value("x").Build()).Error(); err != nil {
-			t.Fatal(err)
+		// One stream, so one transaction: the middle XADD's id is below the
+		// first's, which Redis refuses only when it runs.
+		withID := func(id string) rueidis.Completed {
+			return c.B().Xadd().Key("s3").Id(id).FieldValue().FieldValue(Field, "v").Build()
 		}
-		res := DoBatch(ctx, c, rueidis.Commands{xadd("s3", "a"), xadd("str", "b"), xadd("s3", "c")})
-		if _, err := res[0].ToString(); err != nil {
-			t.Errorf("first XADD = %v", err)
+		res := DoBatch(ctx, c, rueidis.Commands{withID("5-0"), withID("1-0"), withID("6-0")})
+		if id, err := res[0].ToString(); err != nil || id != "5-0" {
+			t.Errorf("first XADD = %q, %v", id, err)
 		}
-		if err := res[1].Error(); !IsRedisReply(err) || !strings.Contains(err.Error(), "WRONGTYPE") {
-			t.Errorf("XADD to a string = %v, want WRONGTYPE", err)
+		if err := res[1].Error(); !IsRedisReply(err) || !strings.Contains(err.Error(), "smaller") {
+			t.Errorf("XADD below the top id = %v, want Redis's refusal", err)
 		}
-		if _, err := res[2].ToString(); err != nil {
-			t.Errorf("third XADD = %v", err)
+		if id, err := res[2].ToString(); err != nil || id != "6-0" {
+			t.Errorf("third XADD = %q, %v", id, err)
 		}
 	})
 	t.Run("a command refused when queued aborts all", func(t *testing.T) {
