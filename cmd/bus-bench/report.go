@@ -438,8 +438,8 @@ in-process workers. Latency is measured by the caller from send to verified repl
 {{end}}
 <h2>Results</h2>
 <table>
-<tr><th>case</th><th>system</th><th>concurrency</th><th>payload B</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>overhead p99 ms</th><th>client CPU µs/req</th><th>Redis CPU µs/req</th></tr>
-{{range .Results}}<tr class="{{.System}}"><td>{{.Case}}</td><td class="l">{{.System}}</td><td>{{.Concurrency}}</td><td>{{.Payload}}</td><td>{{.Requests}}</td><td>{{.Errors}}</td><td>{{f0 .ThroughputRPS}}</td><td>{{ms .P50US}}</td><td>{{ms .P90US}}</td><td>{{ms .P99US}}</td><td>{{ms .MaxUS}}</td><td>{{if .OverheadP99US}}{{ms .OverheadP99US}}{{end}}</td><td>{{if .ClientCPUUS}}{{f1 .ClientCPUUS}}{{end}}</td><td>{{if .RedisCPUUS}}{{f1 .RedisCPUUS}}{{end}}</td></tr>
+<tr><th>case</th><th>system</th><th>concurrency</th><th>payload B</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>overhead p99 ms</th><th>client CPU µs/req</th><th>Redis CPU µs/req</th><th>entries per write / read</th></tr>
+{{range .Results}}<tr class="{{.System}}"><td>{{.Case}}</td><td class="l">{{.System}}</td><td>{{.Concurrency}}</td><td>{{.Payload}}</td><td>{{.Requests}}</td><td>{{.Errors}}</td><td>{{f0 .ThroughputRPS}}</td><td>{{ms .P50US}}</td><td>{{ms .P90US}}</td><td>{{ms .P99US}}</td><td>{{ms .MaxUS}}</td><td>{{if .OverheadP99US}}{{ms .OverheadP99US}}{{end}}</td><td>{{if .ClientCPUUS}}{{f1 .ClientCPUUS}}{{end}}</td><td>{{if .RedisCPUUS}}{{f1 .RedisCPUUS}}{{end}}</td><td>{{with .Batches}}{{f1 .PerWrite}} / {{f1 .PerRead}}{{end}}</td></tr>
 {{end}}</table>
 <h2>Stages (mycelium, microseconds)</h2>
 <table>
