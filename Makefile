@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet fuzz tidy-check redis-server clean
+.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,10 +28,13 @@ redis-server: ## install redis-server (and promtool, for the /metrics tests) wit
 	}
 	@redis-server --version
 
+check-repo: ## fail when a tracked file is an executable binary or larger than 1 MiB (build outputs go to ./bin)
+	./test/check-repo.sh
+
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server vet ## everything CI runs: go vet, then go test -race over all packages (unit on miniredis, integration on redis-server)
+test: redis-server check-repo vet ## everything CI runs: the repository check, go vet, then go test -race over all packages (unit on miniredis, integration on redis-server)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
 
 chaos: redis-server ## the long chaos suite (real redis-server and bus-worker processes); make test runs the short one
@@ -60,7 +63,7 @@ bench-ab: redis-server ## A/B: bus-bench at BASE (default HEAD) vs the working t
 report-check: ## open out/report/report.html in headless Chromium (apt-installed when missing): no console errors, every chart drawn
 	./test/report-check.sh out/report/report.html
 
-lint: $(GOLANGCI) ## golangci-lint (pinned, installed into ./bin)
+lint: check-repo $(GOLANGCI) ## golangci-lint (pinned, installed into ./bin)
 	$(GOLANGCI) run ./...
 
 $(GOLANGCI):
