@@ -21,12 +21,8 @@ const (
 	DefaultWriteTimeout     = 5 * time.Second
 	DefaultConnBuffer       = 128 << 10
 	DefaultBlockingPoolSize = 64
-	// DefaultMaxFlushDelay is none. A 50µs delay once gave +18% at 64
-	// concurrent callers; since the bus's own flushers gather what
-	// goroutines woken together write (see internal/combine) and send it as
-	// one transaction, the delay only adds a timer: without it, bus-bench
-	// rpc (1 KiB, 2 cores, make bench-ab, 6-10 pairs) gains 5% at 8 and 16
-	// callers and 3% at 64, and is unchanged at 256.
+	// DefaultMaxFlushDelay is none: the bus gathers concurrent writes
+	// itself, so a delay only adds a timer (docs/performance.md).
 	DefaultMaxFlushDelay = 0
 )
 
@@ -36,6 +32,10 @@ type Config struct {
 	// URL is redis://[user:pass@]host:port[/db] or rediss:// for TLS.
 	// Empty means DefaultURL.
 	URL string
+	// Prefix starts every key of the bus (see Keys); producers and
+	// consumers that talk to each other must share it. Empty means
+	// DefaultPrefix.
+	Prefix string
 	// ClientName is sent with CLIENT SETNAME so operators can tell
 	// connections apart in CLIENT LIST. Empty means none, unless the URL
 	// carries client_name.
@@ -70,18 +70,15 @@ type Config struct {
 	TLS *tls.Config
 }
 
-// ErrInvalidConfig is wrapped by every configuration validation error.
-var ErrInvalidConfig = errors.New("invalid configuration")
-
 // Validate reports the first problem with c, wrapping ErrInvalidConfig.
 func (c Config) Validate() error {
-	_, err := c.ClientOption()
+	_, err := c.clientOption()
 	return err
 }
 
-// ClientOption translates c into rueidis client options: standalone client,
+// clientOption translates c into rueidis client options: standalone client,
 // client-side caching off, buffers and blocking pool sized from c.
-func (c Config) ClientOption() (rueidis.ClientOption, error) {
+func (c Config) clientOption() (rueidis.ClientOption, error) {
 	raw := c.URL
 	if raw == "" {
 		raw = DefaultURL
@@ -109,6 +106,11 @@ func (c Config) ClientOption() (rueidis.ClientOption, error) {
 	}{{"DialTimeout", c.DialTimeout}, {"WriteTimeout", c.WriteTimeout}} {
 		if d.v < 0 {
 			return rueidis.ClientOption{}, fmt.Errorf("%w: %s must not be negative, got %v", ErrInvalidConfig, d.name, d.v)
+		}
+	}
+	if c.Prefix != "" {
+		if err := ValidateName("prefix", c.Prefix); err != nil {
+			return rueidis.ClientOption{}, err
 		}
 	}
 	if c.ConnBuffer < 0 || c.BlockingPoolSize < 0 || c.PipelineConns < 0 {

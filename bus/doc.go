@@ -1,10 +1,10 @@
-// Package bus is Mycelium's shared vocabulary and its one port to Redis:
-// connection Config and setup (a rueidis client tuned for this workload), the
-// key builders, the error catalogue, and the handful of stream commands the
-// producer and consumer roles issue.
+// Package bus is Mycelium's shared vocabulary: how to reach Redis (Config,
+// Connect and the Client that producers and consumers share), the key layout
+// (Keys), and the error catalogue (sentinels to check with errors.Is, and
+// RemoteError).
 //
-// Everything that touches Redis goes through the functions here, so the
-// facts measured about rueidis (blocking reads on the dedicated pool with a
-// ctx deadline, writes never retried by the client, errors classified by
-// prefix once) are applied in one place.
+// Every Redis command the bus sends is built in one internal package, so
+// that the facts measured about rueidis and Redis are applied in one place
+// and a service using producer and consumer never needs a rueidis type.
+// Client.Redis is the explicit escape hatch to the underlying client.
 package bus

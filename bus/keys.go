@@ -5,9 +5,10 @@ import (
 	"strings"
 )
 
-// Keys builds every Redis key Mycelium uses. It is the only place that
-// concatenates key strings. Every key carries a hash tag so that a topic, its
-// dead letters and its cache share one Redis Cluster slot.
+// Keys builds every Redis key Mycelium uses, and parses them back: it is the
+// only place that concatenates or takes apart key strings. Every key carries
+// a hash tag so that a topic, its dead letters and (later) its cache share
+// one Redis Cluster slot. docs/wire.md lists the layout.
 //
 // Keys is a small value; the zero value uses DefaultPrefix.
 type Keys struct {
@@ -28,30 +29,66 @@ func (k Keys) Topic(topic string) string { return k.prefix() + ":{" + topic + "}
 func (k Keys) Reply(producerID string) string { return k.prefix() + ":{r." + producerID + "}" }
 
 // DeadLetter returns a topic's dead-letter stream: prefix:{topic}:dlq.
-func (k Keys) DeadLetter(topic string) string { return k.Topic(topic) + ":dlq" }
+func (k Keys) DeadLetter(topic string) string { return k.Topic(topic) + dlqSuffix }
 
-// TopicPattern returns a SCAN MATCH pattern for every topic stream under the
-// prefix (it also matches dead-letter and reply streams; filter with
-// ParseTopic).
-func (k Keys) TopicPattern() string { return k.prefix() + ":{*" }
+const dlqSuffix = ":dlq"
+
+// Pattern returns a SCAN MATCH pattern for every key under the prefix:
+// topic, dead-letter and reply streams (tell them apart with ParseTopic,
+// ParseDeadLetter and ParseReply).
+func (k Keys) Pattern() string { return k.prefix() + ":{*" }
 
 // ParseTopic returns the topic of a topic stream key, and false for any
 // other key (reply streams, dead letters, foreign keys).
 func (k Keys) ParseTopic(key string) (string, bool) {
-	p := k.prefix() + ":{"
-	if !strings.HasPrefix(key, p) || !strings.HasSuffix(key, "}") {
-		return "", false
-	}
-	t := key[len(p) : len(key)-1]
-	if strings.HasPrefix(t, "r.") || strings.ContainsAny(t, "{}") {
+	t, ok := k.tag(key)
+	if !ok || strings.HasPrefix(t, "r.") {
 		return "", false
 	}
 	return t, true
 }
 
-// ValidateName checks a topic, group, consumer or producer name: non-empty,
-// at most 200 bytes, no braces (they would break the hash tag), no spaces or
-// control characters.
+// ParseDeadLetter returns the topic of a dead-letter stream key, and false
+// for any other key.
+func (k Keys) ParseDeadLetter(key string) (string, bool) {
+	rest, ok := strings.CutSuffix(key, dlqSuffix)
+	if !ok {
+		return "", false
+	}
+	return k.ParseTopic(rest)
+}
+
+// ParseReply returns the producer id of a reply stream key, and false for
+// any other key.
+func (k Keys) ParseReply(key string) (string, bool) {
+	t, ok := k.tag(key)
+	if !ok {
+		return "", false
+	}
+	id, ok := strings.CutPrefix(t, "r.")
+	if !ok || id == "" {
+		return "", false
+	}
+	return id, true
+}
+
+// tag returns the hash tag of prefix:{tag}, rejecting tags that no builder
+// makes.
+func (k Keys) tag(key string) (string, bool) {
+	p := k.prefix() + ":{"
+	if !strings.HasPrefix(key, p) || !strings.HasSuffix(key, "}") {
+		return "", false
+	}
+	t := key[len(p) : len(key)-1]
+	if t == "" || strings.ContainsAny(t, "{}") {
+		return "", false
+	}
+	return t, true
+}
+
+// ValidateName checks a topic, group, consumer, producer or prefix name:
+// non-empty, at most 200 bytes, no braces (they would break the hash tag),
+// no spaces or control characters.
 func ValidateName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s name is empty", ErrInvalidConfig, kind)

@@ -5,11 +5,10 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/redis/rueidis"
 
-	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/combine"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
 
@@ -98,16 +97,18 @@ func (a *acker) flush(batch []completion) {
 		ids = append(ids, d.id)
 	}
 	if len(ids) > 0 {
-		// The replies go in one transaction (bus.DoBatch: a caller's reply
-		// reader gets all of its replies in one read), the XACK after it.
-		res, ok := a.do(func() []rueidis.RedisResult {
-			cmds := make(rueidis.Commands, 0, replies)
-			for i := range batch {
-				if d := &batch[i]; d.reply != nil && d.dead == nil {
-					cmds = append(cmds, bus.AddCmd(c.c, d.replyTo, c.replyCap, true, d.reply.B))
-				}
+		// The replies go in one transaction (redisx.DoBatch: a caller's
+		// reply reader gets all of its replies in one read), the XACK after
+		// it.
+		adds := make([]redisx.Add, 0, replies)
+		for i := range batch {
+			if d := &batch[i]; d.reply != nil && d.dead == nil {
+				adds = append(adds, redisx.Add{Key: d.replyTo, Cap: c.replyCap, NoMkStream: true, Data: d.reply.B})
 			}
-			return bus.DoBatch(a.ctx, c.c, cmds, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
+		}
+		ack := &redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: ids}
+		res, ok := a.do(func(out []redisx.Result) []redisx.Result {
+			return redisx.AddBatch(a.ctx, c.c.Redis(), adds, ack, out)
 		})
 		if ok {
 			c.stats.flushes.Add(1)
@@ -118,7 +119,7 @@ func (a *acker) flush(batch []completion) {
 				if d.reply == nil || d.dead != nil {
 					continue
 				}
-				if _, err := res[k].ToString(); err == nil {
+				if err := res[k].Err; err == nil {
 					c.stats.replied.Add(1)
 					c.timings.Record(metrics.ReplyWrite, now.Sub(d.at))
 					c.logTiming(d, now.Sub(d.at))
@@ -126,14 +127,14 @@ func (a *acker) flush(batch []completion) {
 					// NOMKSTREAM returned nil (the requester is gone) or
 					// Redis refused the write: the caller will time out.
 					c.stats.replyDropped.Add(1)
-					if !rueidis.IsRedisNil(err) {
+					if !redisx.IsNil(err) {
 						c.log.Warn().Err(err).Msg("reply write refused")
 					}
 				}
 				k++
 			}
-			if n, err := res[replies].AsInt64(); err == nil {
-				c.stats.acked.Add(uint64(n))
+			if r := res[replies]; r.Err == nil {
+				c.stats.acked.Add(uint64(r.N))
 				// Handled entries without a reply (events) are done when
 				// the XACK is: their "reply write" is the acknowledgement.
 				for i := range batch {
@@ -142,7 +143,7 @@ func (a *acker) flush(batch []completion) {
 					}
 				}
 			} else {
-				c.log.Warn().Err(err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
+				c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
 			}
 			for i := range batch {
 				if batch[i].reply != nil {
@@ -161,20 +162,20 @@ func (a *acker) flush(batch []completion) {
 // letter was stored.
 func (a *acker) flushDead(batch []completion, idx []int) {
 	c := a.c
-	res, ok := a.do(func() []rueidis.RedisResult {
-		cmds := make(rueidis.Commands, 0, len(idx))
-		for _, i := range idx {
-			cmds = append(cmds, bus.AddFieldsCmd(c.c, c.dlqKey, c.dlqCap, batch[i].dead...))
-		}
-		return c.c.DoMulti(a.ctx, cmds...)
+	adds := make([]redisx.Add, 0, len(idx))
+	for _, i := range idx {
+		adds = append(adds, redisx.Add{Key: c.dlqKey, Cap: c.dlqCap, Fields: batch[i].dead})
+	}
+	res, ok := a.do(func(out []redisx.Result) []redisx.Result {
+		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
 	})
 	if !ok {
 		return
 	}
 	var ids []string
 	for k, r := range res {
-		if err := r.Error(); err != nil {
-			c.log.Error().Err(err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
+		if r.Err != nil {
+			c.log.Error().Err(r.Err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
 			continue
 		}
 		ids = append(ids, batch[idx[k]].id)
@@ -182,32 +183,32 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	if len(ids) == 0 {
 		return
 	}
-	if res, ok := a.do(func() []rueidis.RedisResult {
-		return c.c.DoMulti(a.ctx, bus.AckCmd(c.c, c.key, c.cfg.Group, ids...))
-	}); ok {
-		if n, err := res[0].AsInt64(); err == nil {
-			c.stats.acked.Add(uint64(n))
-			c.stats.deadLettered.Add(uint64(len(ids)))
-		}
+	ack := &redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: ids}
+	if res, ok := a.do(func(out []redisx.Result) []redisx.Result {
+		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, ack, out)
+	}); ok && res[0].Err == nil {
+		c.stats.acked.Add(uint64(res[0].N))
+		c.stats.deadLettered.Add(uint64(len(ids)))
 	}
 }
 
-// do runs one pipeline (send builds its commands afresh and sends them),
-// retrying connection failures with backoff. It reports false if they
-// could not be sent within the retry budget or the acker's ctx ended.
-// Commands are rebuilt for every attempt: rueidis recycles each command
-// that got a reply, so resending one after a partial failure would send a
-// recycled (cleared or reused) command.
-func (a *acker) do(send func() []rueidis.RedisResult) ([]rueidis.RedisResult, bool) {
+// do runs one pipeline (send builds its commands afresh and sends them,
+// appending its results to the slice it is given), retrying connection
+// failures with backoff. It reports false if they could not be sent within
+// the retry budget or the acker's ctx ended. Building the commands for
+// every attempt matters: rueidis recycles each command that got a reply, so
+// resending one after a partial failure would send a recycled one.
+func (a *acker) do(send func([]redisx.Result) []redisx.Result) ([]redisx.Result, bool) {
 	var bo *backoff.ExponentialBackOff
+	var res []redisx.Result
 	for {
 		// No per-flush timer: the connection's write timeout (bus.Config
 		// WriteTimeout) bounds it; a.ctx cancels it at shutdown.
-		res := send()
+		res = send(res[:0])
 		var netErr error
 		for _, r := range res {
-			if err := r.Error(); err != nil && !bus.IsRedisReply(err) && !rueidis.IsRedisNil(err) {
-				netErr = err
+			if redisx.IsConnErr(r.Err) {
+				netErr = r.Err
 				break
 			}
 		}
@@ -215,7 +216,7 @@ func (a *acker) do(send func() []rueidis.RedisResult) ([]rueidis.RedisResult, bo
 			return res, true
 		}
 		if bo == nil {
-			bo = newBackoff()
+			bo = redisx.NewBackoff()
 			bo.MaxElapsedTime = time.Minute
 			a.c.log.Error().Err(netErr).Str("stream", a.c.key).Msg("cannot write replies/acks; retrying")
 		}

@@ -31,9 +31,6 @@ const (
 // Config tunes a Consumer. Topic is required; every other zero value means
 // the documented default.
 type Config struct {
-	// Prefix is the key prefix shared with the producers. Empty means
-	// bus.DefaultPrefix.
-	Prefix string
 	// Topic to consume. Required.
 	Topic string
 	// Group is the consumer group. Empty means DefaultGroup.

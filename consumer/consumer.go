@@ -10,26 +10,25 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
 
 // Consumer runs a Handler over one topic as a member of a consumer group.
 // Create it with New and start it with Run.
 type Consumer struct {
-	c        rueidis.Client
+	c        *bus.Client
 	cfg      Config
 	h        Handler
 	log      zerolog.Logger
 	key      string
 	dlqKey   string
-	replyCap bus.Cap
-	dlqCap   bus.Cap
+	replyCap redisx.Cap
+	dlqCap   redisx.Cap
 	running  atomic.Bool
 	stats    counters
 	inFlight atomic.Int64
@@ -43,31 +42,33 @@ type counters struct {
 	reads, flushes                                                                                        atomic.Uint64
 }
 
-// Stats is a snapshot of a Consumer's counters.
+// Stats is a snapshot of a Consumer's counters. Each field's help tag
+// describes it (and is its Prometheus help text); its json tag names it in
+// /stats, bus-bench and /metrics (mycelium_consumer_<name>[_total]).
+//
+// Batching: Received/Reads entries come per read, Acked/Flushes per write of
+// replies and acknowledgements. Few per batch under load means a round trip,
+// a write and thread wake-ups spent on each.
 type Stats struct {
-	Received         uint64 `json:"received"`          // entries read from the stream
-	Handled          uint64 `json:"handled"`           // handler calls that returned
-	Failed           uint64 `json:"failed"`            // handler calls that returned an error or panicked
-	Replied          uint64 `json:"replied"`           // replies written to a live reply stream
-	ReplyDropped     uint64 `json:"reply_dropped"`     // replies not written because the requester's reply stream is gone
-	Acked            uint64 `json:"acked"`             // entries acknowledged
-	Expired          uint64 `json:"expired"`           // requests acknowledged unprocessed because their deadline had passed
-	DeadLettered     uint64 `json:"dead_lettered"`     // entries moved to the dead-letter stream
-	Panics           uint64 `json:"panics"`            // handler panics recovered
-	GroupsCreated    uint64 `json:"groups_created"`    // times the group was (re)created
-	Retried          uint64 `json:"retried"`           // failed entries left pending for another delivery
-	Reclaimed        uint64 `json:"reclaimed"`         // entries taken over after ClaimIdle (from dead or slow consumers, or retries)
-	DeletedPending   uint64 `json:"deleted_pending"`   // pending entries trimmed before they were handled (reported by XAUTOCLAIM)
-	Heartbeats       uint64 `json:"heartbeats"`        // idle-time resets of long-running entries
-	Trimmed          uint64 `json:"trimmed"`           // entries removed by the consumer's retention
-	ConsumersRemoved uint64 `json:"consumers_removed"` // idle consumers without pending entries removed from the group
-	InFlight         int64  `json:"in_flight"`         // entries held now (read, not yet acknowledged)
-
-	// Batching: Received/Reads entries come per read, Acked/Flushes per
-	// write of replies and acknowledgements. Few per batch under load means
-	// a round trip, a write and thread wake-ups spent on each.
-	Reads   uint64 `json:"reads"`   // XREADGROUP calls that returned entries
-	Flushes uint64 `json:"flushes"` // pipelined writes of replies and acknowledgements
+	Received         uint64 `json:"received" help:"Entries read from the stream (new and reclaimed)."`
+	Handled          uint64 `json:"handled" help:"Handler calls that returned."`
+	Failed           uint64 `json:"failed" help:"Handler calls that returned an error or panicked."`
+	Replied          uint64 `json:"replied" help:"Replies written to a live reply stream."`
+	ReplyDropped     uint64 `json:"reply_dropped" help:"Replies not written because the requester's reply stream is gone."`
+	Acked            uint64 `json:"acked" help:"Entries acknowledged."`
+	Expired          uint64 `json:"expired" help:"Requests acknowledged unprocessed because their caller's deadline had passed on arrival."`
+	DeadLettered     uint64 `json:"dead_lettered" help:"Entries moved to the dead-letter stream."`
+	Panics           uint64 `json:"panics" help:"Handler panics recovered."`
+	GroupsCreated    uint64 `json:"groups_created" help:"Times the consumer group was created or recreated."`
+	Retried          uint64 `json:"retried" help:"Failed entries left pending for another delivery."`
+	Reclaimed        uint64 `json:"reclaimed" help:"Entries taken over after ClaimIdle (from dead or slow consumers, or retries)."`
+	DeletedPending   uint64 `json:"deleted_pending" help:"Pending entries trimmed from the stream before they were handled (reported by XAUTOCLAIM)."`
+	Heartbeats       uint64 `json:"heartbeats" help:"Idle-time resets of long-running entries."`
+	Trimmed          uint64 `json:"trimmed" help:"Entries removed by the consumer's retention."`
+	ConsumersRemoved uint64 `json:"consumers_removed" help:"Idle consumers without pending entries removed from the group."`
+	InFlight         int64  `json:"in_flight" help:"Entries held now: read and not yet acknowledged."`
+	Reads            uint64 `json:"reads" help:"XREADGROUP calls that returned entries (received / reads = entries per read)."`
+	Flushes          uint64 `json:"flushes" help:"Pipelined writes of replies and acknowledgements (acked / flushes = entries per write)."`
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -76,9 +77,10 @@ type Option func(*Consumer)
 // WithLogger sets the logger (default: none).
 func WithLogger(l zerolog.Logger) Option { return func(c *Consumer) { c.log = l } }
 
-// New returns a Consumer of cfg.Topic running h. It neither dials nor starts
-// goroutines. The caller keeps ownership of c.
-func New(c rueidis.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error) {
+// New returns a Consumer of cfg.Topic, under c's key prefix, running h. It
+// neither dials nor starts goroutines. The caller keeps ownership of c and
+// closes it after Run returned.
+func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error) {
 	if c == nil || h == nil {
 		return nil, fmt.Errorf("consumer: %w: nil client or handler", bus.ErrInvalidConfig)
 	}
@@ -90,9 +92,9 @@ func New(c rueidis.Client, cfg Config, h Handler, opts ...Option) (*Consumer, er
 		return nil, fmt.Errorf("consumer: random name: %w", err)
 	}
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
-	keys := bus.Keys{Prefix: cfg.Prefix}
+	keys := c.Keys()
 	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic),
-		replyCap: bus.MaxLen(cfg.ReplyMaxLen), dlqCap: bus.MaxLen(cfg.DeadLetterMaxLen)}
+		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen)}
 	for _, o := range opts {
 		o(co)
 	}
@@ -127,7 +129,7 @@ func (c *Consumer) Timings() *metrics.Snapshot { return c.timings.Snapshot() }
 // Ready reports whether Redis answers and the group exists. Use it for
 // readiness probes.
 func (c *Consumer) Ready(ctx context.Context) error {
-	ok, err := bus.GroupExists(ctx, c.c, c.key, c.cfg.Group)
+	ok, err := redisx.GroupExists(ctx, c.c.Redis(), c.key, c.cfg.Group)
 	if err != nil {
 		return fmt.Errorf("consumer: redis: %w", err)
 	}
@@ -233,8 +235,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 // readLoop reads entries while ctx lives, never more than free slots.
 func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
-	out := bus.Outage{Log: c.log, What: "read loop " + c.key}
-	var rd bus.ReadDeadline
+	out := redisx.Outage{Log: c.log, What: "read loop " + c.key}
+	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	groupReady := false
 	for ctx.Err() == nil {
@@ -263,7 +265,7 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				break more
 			}
 		}
-		entries, err := bus.ReadGroup(rd.For(ctx, c.cfg.Block), c.c, c.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+		entries, err := redisx.ReadGroup(rd.For(ctx, c.cfg.Block), c.c.Redis(), c.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
 		for i := len(entries); i < n; i++ {
 			slots <- struct{}{}
 		}
@@ -292,7 +294,7 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 }
 
 func (c *Consumer) createGroup(ctx context.Context) error {
-	if err := bus.CreateGroup(ctx, c.c, c.key, c.cfg.Group, c.cfg.StartID); err != nil {
+	if err := redisx.CreateGroup(ctx, c.c.Redis(), c.key, c.cfg.Group, c.cfg.StartID); err != nil {
 		return err
 	}
 	c.stats.groupsCreated.Add(1)
@@ -301,7 +303,7 @@ func (c *Consumer) createGroup(ctx context.Context) error {
 
 // route sends one read entry to a worker, or straight to the acker when it
 // must not be handled (malformed, deleted, expired). Each entry holds one slot.
-func (c *Consumer) route(e *bus.Entry, now time.Time, attempt int, jobs chan<- *job, a *acker) {
+func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<- *job, a *acker) {
 	c.stats.received.Add(1)
 	c.inFlight.Add(1)
 	switch {
@@ -309,7 +311,7 @@ func (c *Consumer) route(e *bus.Entry, now time.Time, attempt int, jobs chan<- *
 		a.addAsync(completion{id: e.ID}) // nothing left to handle or dead-letter
 		return
 	case !e.HasData:
-		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry has no %q field", bus.Field))})
+		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry has no %q field", redisx.Field))})
 		return
 	case len(e.Data) > c.cfg.MaxEntrySize:
 		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize))})
@@ -399,11 +401,9 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		done.reply = codec.Encode(&reply)
 	case err == nil:
 	case errors.Is(err, ErrSkipRetry):
-		e := bus.Entry{ID: j.msg.ID}
-		done.dead = c.deadEnvelope(&e, &j.env, j.msg.Attempt, "handler_error", err.Error())
+		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "handler_error", err.Error())
 	case j.msg.Attempt >= c.cfg.MaxDeliveries:
-		e := bus.Entry{ID: j.msg.ID}
-		done.dead = c.deadEnvelope(&e, &j.env, j.msg.Attempt, "max_deliveries",
+		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "max_deliveries",
 			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, c.cfg.MaxDeliveries, err))
 	default:
 		// A failed event is delivered again after ClaimIdle.
@@ -421,7 +421,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 // the two bounds the time the entry became readable.
 func queueWait(id string, sent, readAt int64) time.Duration {
 	from := sent
-	if t, ok := bus.IDTime(id); ok && t.UnixNano() > from {
+	if t, ok := redisx.IDTime(id); ok && t.UnixNano() > from {
 		from = t.UnixNano()
 	}
 	if from == 0 || readAt < from {
@@ -447,12 +447,4 @@ func (c *Consumer) call(ctx context.Context, m *Message) (out []byte, err error)
 		}
 	}()
 	return c.h.Handle(ctx, m)
-}
-
-func newBackoff() *backoff.ExponentialBackOff {
-	return backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(50*time.Millisecond),
-		backoff.WithMaxInterval(2*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
 }

@@ -10,18 +10,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
 	"go.uber.org/goleak"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/test/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func start(t *testing.T, c rueidis.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+func start(t *testing.T, c *bus.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
 	t.Helper()
 	co, err := consumer.New(c, cfg, h)
 	if err != nil {
@@ -51,9 +52,10 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func add(t *testing.T, c rueidis.Client, key string, env *codec.Envelope) {
+func add(t *testing.T, c *bus.Client, key string, env *codec.Envelope) {
 	t.Helper()
-	if err := c.Do(context.Background(), bus.AddCmd(c, key, bus.MaxLen(0), false, codec.AppendEnvelope(nil, env))).Error(); err != nil {
+	res := redisx.AddBatch(context.Background(), c.Redis(), []redisx.Add{{Key: key, Data: codec.AppendEnvelope(nil, env)}}, nil, nil)
+	if err := res[0].Err; err != nil {
 		t.Fatal(err)
 	}
 }
@@ -108,10 +110,10 @@ func TestMalformedEntriesAreDeadLettered(t *testing.T) {
 		for i := 0; i+1 < len(e.Values); i += 2 {
 			f[e.Values[i]] = e.Values[i+1]
 		}
-		if f[consumer.DLQReason] != "malformed" || f[consumer.DLQTopic] != "t" || f[consumer.DLQOriginalID] == "" || f[consumer.DLQConsumer] != co.Name() {
+		if f[redisx.DLQReason] != "malformed" || f[redisx.DLQTopic] != "t" || f[redisx.DLQOriginalID] == "" || f[redisx.DLQConsumer] != co.Name() {
 			t.Errorf("dead letter %v lacks its context", f)
 		}
-		reasons[f[consumer.DLQOriginalID]] = f[consumer.DLQError]
+		reasons[f[redisx.DLQOriginalID]] = f[redisx.DLQError]
 		if f["f.other"] == "field" && f["f.x"] != "y" {
 			t.Errorf("raw fields not kept: %v", f)
 		}
@@ -130,12 +132,11 @@ func TestMalformedEntriesAreDeadLettered(t *testing.T) {
 	}
 	// Dead letters and the good event are acknowledged: nothing stays pending.
 	eventually(t, "nothing pending", func() bool {
-		pending, err := c.Do(context.Background(), c.B().Xpending().Key("myc:{t}").Group("workers").Build()).ToArray()
+		p, err := redisx.PendingSummary(context.Background(), c.Redis(), "myc:{t}", "workers")
 		if err != nil {
 			t.Fatal(err)
 		}
-		n, _ := pending[0].AsInt64()
-		return n == 0
+		return p.Count == 0
 	})
 }
 
@@ -152,22 +153,23 @@ func TestFailedEventIsDeadLetteredWithItsEnvelope(t *testing.T) {
 		f[dlq[0].Values[i]] = dlq[0].Values[i+1]
 	}
 	var env codec.Envelope
-	if err := codec.DecodeEnvelope(f[bus.Field], &env); err != nil || string(env.Payload) != "work" || env.Headers["k"] != "v" {
+	if err := codec.DecodeEnvelope(f[redisx.Field], &env); err != nil || string(env.Payload) != "work" || env.Headers["k"] != "v" {
 		t.Fatalf("dead letter envelope = %+v, %v", env, err)
 	}
-	if f[consumer.DLQReason] != "handler_error" || !strings.Contains(f[consumer.DLQError], "downstream said no") {
+	if f[redisx.DLQReason] != "handler_error" || !strings.Contains(f[redisx.DLQError], "downstream said no") {
 		t.Fatalf("dead letter = %v", f)
 	}
 
 	// Replayed (a script on miniredis too, as under make run), it fails
 	// again and comes back as a new dead letter carrying its origin.
 	firstID := dlq[0].ID // dlq shares miniredis's storage: read it before the replay
-	if n, err := consumer.ReplayDeadLetters(context.Background(), c, "myc", "t"); n != 1 || err != nil {
+	insp := inspect.New(c)
+	if n, err := insp.ReplayDeadLetters(context.Background(), "t"); n != 1 || err != nil {
 		t.Fatalf("ReplayDeadLetters = %d, %v", n, err)
 	}
 	eventually(t, "the replayed event dead-lettered again", func() bool { return co.Stats().DeadLettered == 2 })
-	letters, err := consumer.ListDeadLetters(context.Background(), c, "myc", "t", 10)
-	if err != nil || len(letters) != 1 || letters[0].Envelope == nil || letters[0].Envelope.Headers[consumer.ReplayedFromHeader] != firstID {
+	letters, err := insp.DeadLetters(context.Background(), "t", 10)
+	if err != nil || len(letters) != 1 || letters[0].Envelope == nil || letters[0].Envelope.Headers[inspect.ReplayedFromHeader] != firstID {
 		t.Fatalf("dead letters after the replay = %+v, %v; want one, replayed from %s", letters, err, firstID)
 	}
 }
@@ -196,7 +198,7 @@ func TestFailingEventIsRetriedThenDeadLettered(t *testing.T) {
 	for i := 0; i+1 < len(dlq[0].Values); i += 2 {
 		f[dlq[0].Values[i]] = dlq[0].Values[i+1]
 	}
-	if f[consumer.DLQReason] != "max_deliveries" || f[consumer.DLQAttempts] != "3" || !strings.Contains(f[consumer.DLQError], "flaky downstream") {
+	if f[redisx.DLQReason] != "max_deliveries" || f[redisx.DLQAttempts] != "3" || !strings.Contains(f[redisx.DLQError], "flaky downstream") {
 		t.Fatalf("dead letter = %v", f)
 	}
 	eventually(t, "the dead-lettered entry released", func() bool { return co.Stats().InFlight == 0 })
@@ -236,7 +238,7 @@ func TestRequestReplyAndExpiry(t *testing.T) {
 	if m.Exists("myc:{r.gone}") {
 		t.Fatal("a reply created a reply stream whose producer is gone")
 	}
-	replies, _ := bus.Read(ctx, c, "myc:{r.p}", "0-0", 10, time.Millisecond)
+	replies, _ := redisx.Read(ctx, c.Redis(), "myc:{r.p}", "0-0", 10, time.Millisecond)
 	got := map[string]codec.Envelope{}
 	for _, e := range replies[1:] {
 		var env codec.Envelope

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // workerSlot tells the heartbeat what one worker is running. Each worker
@@ -39,7 +40,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 	t := time.NewTicker(c.cfg.ReclaimInterval)
 	defer t.Stop()
 	cursor := "0-0"
-	out := bus.Outage{Log: c.log, What: "reclaimer " + c.key}
+	out := redisx.Outage{Log: c.log, What: "reclaimer " + c.key}
 	var lastCleanup time.Time
 	for {
 		select {
@@ -78,7 +79,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 // removeIdleConsumers deletes other consumers idle longer than
 // ConsumerIdleTimeout with nothing pending.
 func (c *Consumer) removeIdleConsumers(ctx context.Context) {
-	list, err := bus.Consumers(ctx, c.c, c.key, c.cfg.Group)
+	list, err := redisx.Consumers(ctx, c.c.Redis(), c.key, c.cfg.Group)
 	if err != nil {
 		c.maintenanceFailed("list consumers", err)
 		return
@@ -87,7 +88,7 @@ func (c *Consumer) removeIdleConsumers(ctx context.Context) {
 		if ci.Name == c.cfg.Name || ci.Pending != 0 || ci.Idle < c.cfg.ConsumerIdleTimeout {
 			continue
 		}
-		n, err := bus.DeleteConsumer(ctx, c.c, c.key, c.cfg.Group, ci.Name)
+		n, err := redisx.DeleteConsumer(ctx, c.c.Redis(), c.key, c.cfg.Group, ci.Name)
 		switch {
 		case err != nil:
 			c.maintenanceFailed("remove idle consumer "+ci.Name, err)
@@ -108,7 +109,7 @@ func (c *Consumer) removeIdleConsumers(ctx context.Context) {
 // unreachable is left to the reclaimer's outage log; an error reply (a
 // refused command, a NOGROUP apart) means a misconfiguration and is logged.
 func (c *Consumer) maintenanceFailed(what string, err error) {
-	if bus.IsRedisReply(err) && !bus.IsNoGroup(err) {
+	if redisx.IsRedisReply(err) && !redisx.IsNoGroup(err) {
 		c.log.Warn().Err(err).Str("stream", c.key).Str("op", what).Msg("housekeeping refused by Redis")
 	}
 }
@@ -118,7 +119,7 @@ func (c *Consumer) enforceRetention(ctx context.Context) {
 	if c.cfg.RetentionMaxLen <= 0 && c.cfg.RetentionMaxAge <= 0 {
 		return
 	}
-	n, err := bus.Trim(ctx, c.c, c.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
+	n, err := redisx.Trim(ctx, c.c.Redis(), c.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
 	switch {
 	case err != nil:
 		c.maintenanceFailed("retention trim", err)
@@ -132,7 +133,7 @@ func (c *Consumer) enforceRetention(ctx context.Context) {
 // Claimed entries it cannot route before ctx ends stay pending (ours), and
 // are reclaimed again after ClaimIdle.
 func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots chan struct{}, jobs chan<- *job, a *acker) (int, string, error) {
-	next, entries, deleted, err := bus.AutoClaim(ctx, c.c, c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle, cursor, int64(n))
+	next, entries, deleted, err := redisx.AutoClaim(ctx, c.c.Redis(), c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle, cursor, int64(n))
 	if err != nil {
 		return 0, cursor, err
 	}
@@ -146,7 +147,7 @@ func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots 
 		return 0, next, nil
 	}
 	deliveries := map[string]int64{}
-	pend, err := bus.PendingOf(ctx, c.c, c.key, c.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), c.cfg.Name)
+	pend, err := redisx.PendingOf(ctx, c.c.Redis(), c.key, c.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), c.cfg.Name)
 	if err != nil {
 		return len(entries), next, fmt.Errorf("delivery counts: %w", err)
 	}
@@ -185,7 +186,7 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var ids []string
-	out := bus.Outage{Log: c.log, What: "heartbeat " + c.key}
+	out := redisx.Outage{Log: c.log, What: "heartbeat " + c.key}
 	for {
 		select {
 		case <-ctx.Done():
@@ -214,7 +215,7 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 
 // touch resets the idle time of those ids this consumer still owns.
 func (c *Consumer) touch(ctx context.Context, ids []string) error {
-	mine, err := bus.PendingOf(ctx, c.c, c.key, c.cfg.Group, "-", "+", int64(c.cfg.Concurrency)+int64(len(ids)), c.cfg.Name)
+	mine, err := redisx.PendingOf(ctx, c.c.Redis(), c.key, c.cfg.Group, "-", "+", int64(c.cfg.Concurrency)+int64(len(ids)), c.cfg.Name)
 	if err != nil {
 		return err
 	}
@@ -228,7 +229,7 @@ func (c *Consumer) touch(ctx context.Context, ids []string) error {
 			keep = append(keep, id)
 		}
 	}
-	if err := bus.Touch(ctx, c.c, c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
+	if err := redisx.Touch(ctx, c.c.Redis(), c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
 		return err
 	}
 	c.stats.heartbeats.Add(uint64(len(keep)))

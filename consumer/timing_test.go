@@ -10,9 +10,9 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -52,7 +52,7 @@ func TestTimings(t *testing.T) {
 	if h := s.Stage(metrics.Handler).Quantile(0.5); h < work || h > 20*work {
 		t.Fatalf("handler p50 %v, want about %v", h, work)
 	}
-	replies, err := bus.Read(context.Background(), c, "myc:{r.p}", "0-0", 10, time.Millisecond)
+	replies, err := redisx.Read(context.Background(), c.Redis(), "myc:{r.p}", "0-0", 10, time.Millisecond)
 	if err != nil || len(replies) != 5 {
 		t.Fatalf("replies %d, %v", len(replies), err)
 	}

@@ -8,7 +8,7 @@
 // Recorder on their hot paths, and bus-bench and bus-worker read snapshots
 // (percentiles for reports, Prometheus histograms for /metrics). It has no
 // dependencies, so services that import producer or consumer do not pull in
-// a metrics library; the Prometheus export lives in metrics/prom.
+// a metrics library; the Prometheus export lives in package prom.
 //
 // Recording is a few atomic adds: no lock, no allocation, no clock read
 // (callers pass durations they measured). Histograms have two bucket sets,

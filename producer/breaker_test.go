@@ -65,7 +65,7 @@ func TestBreakerIgnoresCancellationsAndRemoteErrors(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := p.Request(ctx, "t", []byte("x"))
 		cancel()
-		var re *producer.RemoteError
+		var re *bus.RemoteError
 		if !errors.As(err, &re) {
 			t.Fatalf("Request = %v, want a remote error", err)
 		}

@@ -86,7 +86,7 @@ func (p *Producer) outcome(err error) breaker.Outcome {
 	if err == nil { // first, so the common case allocates nothing for errors.As
 		return breaker.Success
 	}
-	var re *RemoteError
+	var re *bus.RemoteError
 	switch {
 	case errors.As(err, &re):
 		if p.cfg.RemoteErrorsTrip {

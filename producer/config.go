@@ -24,9 +24,6 @@ const (
 
 // Config tunes a Producer. The zero value is ready to use.
 type Config struct {
-	// Prefix is the key prefix shared with the consumers. Empty means
-	// bus.DefaultPrefix.
-	Prefix string
 	// ID names this producer instance and its reply stream. Empty means a
 	// random id (a new reply stream per process, the normal case).
 	ID string
@@ -64,7 +61,7 @@ type Config struct {
 	Breaker breaker.Config
 	// NoBreaker turns the circuit breakers off.
 	NoBreaker bool
-	// RemoteErrorsTrip makes handler errors (*RemoteError) count as breaker
+	// RemoteErrorsTrip makes handler errors (*bus.RemoteError) count as breaker
 	// failures. By default they do not: the bus delivered the answer.
 	RemoteErrorsTrip bool
 	// TimingSample makes one request in TimingSample log its stage timings

@@ -11,28 +11,25 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/combine"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
-
-// RemoteError is the error a Request returns when the handler failed.
-type RemoteError = bus.RemoteError
 
 // Producer publishes events and sends requests. Create it with New; it is
 // safe for concurrent use. Close it when done to remove its reply stream.
 type Producer struct {
-	c        rueidis.Client
+	c        *bus.Client
 	cfg      Config
 	keys     bus.Keys
 	log      zerolog.Logger
 	replyKey string
-	inc      string  // incarnation: prefix of every correlation id of this instance
-	cap      bus.Cap // topic streams' MAXLEN
+	inc      string     // incarnation: prefix of every correlation id of this instance
+	cap      redisx.Cap // topic streams' MAXLEN
 
 	seq     atomic.Uint64
 	waiters *registry
@@ -59,25 +56,26 @@ type counters struct {
 	writes, replyReads                                                    atomic.Uint64
 }
 
-// Stats is a snapshot of a Producer's counters.
+// Stats is a snapshot of a Producer's counters. Each field's help tag
+// describes it (and is its Prometheus help text); its json tag names it in
+// /stats, bus-bench and /metrics (mycelium_producer_<name>[_total]).
+//
+// Batching: (Published+Requests)/Writes entries go per write and
+// Replies/ReplyReads replies come per read. Few per batch under load means a
+// round trip, a write and thread wake-ups spent on each.
 type Stats struct {
-	Published    uint64 `json:"published"`     // events accepted by Redis
-	Requests     uint64 `json:"requests"`      // requests accepted by Redis
-	Replies      uint64 `json:"replies"`       // replies delivered to a waiting caller
-	Late         uint64 `json:"late"`          // replies dropped because no caller waited any more
-	Timeouts     uint64 `json:"timeouts"`      // requests that ended with ErrTimeout
-	RemoteErrors uint64 `json:"remote_errors"` // replies carrying a handler error
-	Malformed    uint64 `json:"malformed"`     // undecodable entries on the reply stream (skipped)
-	InFlight     int    `json:"in_flight"`     // requests waiting for a reply now
-
-	WriteErrors     uint64 `json:"write_errors"`     // XADDs that failed: Redis refused them or did not answer (bus.ErrUnavailable)
-	BreakerRejected uint64 `json:"breaker_rejected"` // calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)
-
-	// Batching: (Published+Requests)/Writes entries go per write,
-	// Replies/ReplyReads replies come per read. Few per batch under load
-	// means a round trip, a write and thread wake-ups spent on each.
-	Writes     uint64 `json:"writes"`      // pipelined XADD writes (each a round trip)
-	ReplyReads uint64 `json:"reply_reads"` // reply-stream reads that returned entries
+	Published       uint64 `json:"published" help:"Events accepted by Redis."`
+	Requests        uint64 `json:"requests" help:"Requests accepted by Redis."`
+	Replies         uint64 `json:"replies" help:"Replies delivered to a waiting caller."`
+	Late            uint64 `json:"late" help:"Replies dropped because no caller waited any more."`
+	Timeouts        uint64 `json:"timeouts" help:"Requests that ended with a timeout (bus.ErrTimeout)."`
+	RemoteErrors    uint64 `json:"remote_errors" help:"Replies carrying a handler error."`
+	Malformed       uint64 `json:"malformed" help:"Undecodable entries on the reply stream (skipped)."`
+	InFlight        int    `json:"in_flight" help:"Requests waiting for a reply now."`
+	WriteErrors     uint64 `json:"write_errors" help:"Writes that failed: Redis refused them or did not answer (bus.ErrUnavailable)."`
+	BreakerRejected uint64 `json:"breaker_rejected" help:"Calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)."`
+	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
+	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
 }
 
 // Option configures optional collaborators of a Producer.
@@ -86,10 +84,10 @@ type Option func(*Producer)
 // WithLogger sets the logger (default: none).
 func WithLogger(l zerolog.Logger) Option { return func(p *Producer) { p.log = l } }
 
-// New returns a Producer that writes through c. It neither dials nor starts
-// goroutines; the reply reader starts with the first Request. The caller
-// keeps ownership of c and closes it after Close.
-func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
+// New returns a Producer that writes through c, under c's key prefix. It
+// neither dials nor starts goroutines; the reply reader starts with the
+// first Request. The caller keeps ownership of c and closes it after Close.
+func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	if c == nil {
 		return nil, fmt.Errorf("producer: %w: nil client", bus.ErrInvalidConfig)
 	}
@@ -107,7 +105,7 @@ func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p := &Producer{
 		c:       c,
 		cfg:     cfg,
-		keys:    bus.Keys{Prefix: cfg.Prefix},
+		keys:    c.Keys(),
 		log:     zerolog.Nop(),
 		inc:     hex.EncodeToString(rnd[:4]),
 		waiters: newRegistry(),
@@ -115,7 +113,7 @@ func New(c rueidis.Client, cfg Config, opts ...Option) (*Producer, error) {
 		closing: make(chan struct{}),
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
-	p.cap = bus.MaxLen(cfg.StreamMaxLen)
+	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
 	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
 	for _, o := range opts {
 		o(p)
@@ -175,9 +173,9 @@ func WithHeaders(h map[string]string) CallOption {
 
 // trimCap is the XADD trimming for writes made now: by age when
 // StreamMaxAge is set (computed per batch, not per message), else by length.
-func (p *Producer) trimCap() bus.Cap {
+func (p *Producer) trimCap() redisx.Cap {
 	if p.cfg.StreamMaxAge > 0 {
-		return bus.MinAge(time.Now(), p.cfg.StreamMaxAge)
+		return redisx.MinAge(time.Now(), p.cfg.StreamMaxAge)
 	}
 	return p.cap
 }
@@ -257,7 +255,7 @@ func (e *PublishError) Unwrap() error { return e.Err }
 
 // PublishBatch appends payloads to topic in one pipelined round trip, as
 // one MULTI/EXEC transaction: the entries are contiguous in the stream and
-// a blocked consumer receives them in one read (see bus.DoBatch). It
+// a blocked consumer receives them in one read (see redisx.DoBatch). It
 // returns one stream id per payload ("" for a failed one) and, if any
 // failed, an error joining a *PublishError per failure. Payloads are checked
 // before anything is sent: one too large fails the whole batch.
@@ -292,28 +290,27 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 	env := codec.Envelope{Kind: codec.KindEvent, Sent: time.Now().UnixNano()}
 	env.Headers = apply(opts)
 	bufs := make([]*codec.Buffer, len(payloads))
-	cmds := make(rueidis.Commands, len(payloads))
+	adds := make([]redisx.Add, len(payloads))
 	cp := p.trimCap()
 	for i, pl := range payloads {
 		env.Payload = pl
 		bufs[i] = codec.Encode(&env)
-		cmds[i] = bus.AddCmd(p.c, key, cp, false, bufs[i].B)
+		adds[i] = redisx.Add{Key: key, Cap: cp, Data: bufs[i].B}
 	}
 	ids := make([]string, len(payloads))
 	var errs []error
 	recycle := true
 	p.stats.writes.Add(1)
-	for i, r := range bus.DoBatch(ctx, p.c, cmds) {
-		id, err := r.ToString()
-		if err != nil {
+	for i, r := range redisx.AddBatch(ctx, p.c.Redis(), adds, nil, make([]redisx.Result, 0, len(adds))) {
+		if r.Err != nil {
 			p.stats.writeErrors.Add(1)
-			errs = append(errs, &PublishError{Index: i, Err: bus.Unavailable(err)})
-			if !bus.IsRedisReply(err) {
-				recycle = false
+			errs = append(errs, &PublishError{Index: i, Err: redisx.Unavailable(r.Err)})
+			if redisx.IsConnErr(r.Err) {
+				recycle = false // rueidis may still hold the buffer
 			}
 			continue
 		}
-		ids[i] = id
+		ids[i] = r.ID
 	}
 	if recycle {
 		for _, b := range bufs {
@@ -332,7 +329,7 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 // the request: workers skip requests whose caller already gave up.
 //
 // Errors: bus.ErrTimeout (with context.DeadlineExceeded) when the deadline
-// passes, ctx's error when it is cancelled, *RemoteError when the handler
+// passes, ctx's error when it is cancelled, *bus.RemoteError when the handler
 // failed, bus.ErrPayloadTooLarge, bus.ErrClosed, bus.ErrBreakerOpen,
 // bus.ErrUnavailable when Redis could not be reached, or Redis's own error
 // reply. Safe for concurrent use.
@@ -471,7 +468,7 @@ func (p *Producer) ctxErr(err error, during string) error {
 // Close stops the reply reader, fails waiting requests with bus.ErrClosed
 // and deletes the reply stream. It waits for the reader to exit, bounded by
 // ctx. Calling Close again returns the first result. It does not close the
-// rueidis client.
+// bus.Client.
 func (p *Producer) Close(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -496,7 +493,7 @@ func (p *Producer) Close(ctx context.Context) error {
 		p.closeErr = fmt.Errorf("producer: close: waiting for the reply reader: %w", ctx.Err())
 		return p.closeErr
 	}
-	if err := p.c.Do(ctx, p.c.B().Del().Key(p.replyKey).Build()).Error(); err != nil {
+	if _, err := redisx.Delete(ctx, p.c.Redis(), p.replyKey); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: delete reply stream (it expires after %v): %w", p.cfg.ReplyTTL, err)
 	}
 	return p.closeErr

@@ -8,18 +8,18 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/rueidis"
 	"go.uber.org/goleak"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
+func newProducer(t *testing.T, c *bus.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
 	p, err := producer.New(c, cfg)
 	if err != nil {
@@ -31,7 +31,7 @@ func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.
 
 // replier answers requests on topic t like a consumer would, by hand, so the
 // producer is tested alone.
-func replier(t *testing.T, m *miniredis.Miniredis, c rueidis.Client, topic string, answer func(env *codec.Envelope) *codec.Envelope) (stop func()) {
+func replier(t *testing.T, m *miniredis.Miniredis, c *bus.Client, topic string, answer func(env *codec.Envelope) *codec.Envelope) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -39,7 +39,7 @@ func replier(t *testing.T, m *miniredis.Miniredis, c rueidis.Client, topic strin
 		defer close(done)
 		last := "0-0"
 		for ctx.Err() == nil {
-			entries, err := bus.Read(ctx, c, "myc:{"+topic+"}", last, 100, 50*time.Millisecond)
+			entries, err := redisx.Read(ctx, c.Redis(), "myc:{"+topic+"}", last, 100, 50*time.Millisecond)
 			if err != nil {
 				continue
 			}
@@ -51,7 +51,7 @@ func replier(t *testing.T, m *miniredis.Miniredis, c rueidis.Client, topic strin
 				}
 				if r := answer(&env); r != nil {
 					b := codec.AppendEnvelope(nil, r)
-					_ = c.Do(ctx, bus.AddCmd(c, env.ReplyTo, bus.MaxLen(100), true, b)).Error()
+					redisx.AddBatch(ctx, c.Redis(), []redisx.Add{{Key: env.ReplyTo, NoMkStream: true, Data: b}}, nil, nil)
 				}
 			}
 		}
@@ -91,7 +91,7 @@ func TestRequestReplyAndRemoteError(t *testing.T) {
 		t.Fatalf("Request = %q, %v; want re:hi", got, err)
 	}
 	_, err = p.Request(ctx, "t", []byte("fail"), producer.WithHeaders(map[string]string{"trace": "abc"}))
-	var re *producer.RemoteError
+	var re *bus.RemoteError
 	if !errors.As(err, &re) || re.Code != "quota" || re.Message != "no tokens" {
 		t.Fatalf("Request(fail) = %v, want RemoteError quota", err)
 	}
@@ -280,7 +280,7 @@ func TestLateReplyIsDroppedAndCounted(t *testing.T) {
 	}
 	env := <-hold
 	b := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Payload: []byte("late")})
-	if err := c.Do(context.Background(), bus.AddCmd(c, env.ReplyTo, bus.MaxLen(0), true, b)).Error(); err != nil {
+	if err := redisx.AddBatch(context.Background(), c.Redis(), []redisx.Add{{Key: env.ReplyTo, NoMkStream: true, Data: b}}, nil, nil)[0].Err; err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)

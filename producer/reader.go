@@ -8,6 +8,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // ensureReader creates the reply stream and starts the reply reader on the
@@ -49,22 +50,17 @@ func (p *Producer) ensureReader(ctx context.Context, deadline time.Time) error {
 // the stream's TTL, in one round trip.
 func (p *Producer) createReplyStream(ctx context.Context) error {
 	b := codec.Encode(&codec.Envelope{Kind: codec.KindControl, Sent: time.Now().UnixNano()})
-	defer codec.PutBuffer(b)
-	for _, r := range p.c.DoMulti(ctx,
-		bus.AddCmd(p.c, p.replyKey, bus.Cap{}, false, b.B),
-		p.c.B().Pexpire().Key(p.replyKey).Milliseconds(p.cfg.ReplyTTL.Milliseconds()).Build(),
-	) {
-		if err := r.Error(); err != nil {
-			return err
-		}
+	err := redisx.CreateReplyStream(ctx, p.c.Redis(), p.replyKey, b.B, p.cfg.ReplyTTL)
+	if !redisx.IsConnErr(err) {
+		codec.PutBuffer(b) // else the client may still hold it
 	}
-	return nil
+	return err
 }
 
 // refresh extends the reply stream's TTL, recreating the stream if Redis
 // lost it (restart without persistence, FLUSHALL).
 func (p *Producer) refresh(ctx context.Context) error {
-	ok, err := p.c.Do(ctx, p.c.B().Pexpire().Key(p.replyKey).Milliseconds(p.cfg.ReplyTTL.Milliseconds()).Build()).AsBool()
+	ok, err := redisx.RefreshTTL(ctx, p.c.Redis(), p.replyKey, p.cfg.ReplyTTL)
 	if err != nil {
 		return err
 	}
@@ -85,8 +81,8 @@ func (p *Producer) readReplies(ctx context.Context) {
 	// back within seconds, not only before it would expire.
 	every := min(p.cfg.ReplyTTL/3, 5*time.Second)
 	nextRefresh := time.Now().Add(every)
-	out := bus.Outage{Log: p.log, What: "reply reader " + p.replyKey}
-	var rd bus.ReadDeadline
+	out := redisx.Outage{Log: p.log, What: "reply reader " + p.replyKey}
+	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	for ctx.Err() == nil {
 		if now := time.Now(); !now.Before(nextRefresh) || out.Active() {
@@ -99,7 +95,7 @@ func (p *Producer) readReplies(ctx context.Context) {
 			}
 			nextRefresh = now.Add(every)
 		}
-		entries, err := bus.Read(rd.For(ctx, p.cfg.ReplyBlock), p.c, p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
+		entries, err := redisx.Read(rd.For(ctx, p.cfg.ReplyBlock), p.c.Redis(), p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
 		if err != nil {
 			if ctx.Err() == nil {
 				out.Failed(err)
@@ -124,7 +120,7 @@ func (p *Producer) readReplies(ctx context.Context) {
 // entry (its batch's read time, or when the previous entry's decode ended);
 // it returns when this entry's decode ended, chaining one clock read per
 // entry.
-func (p *Producer) dispatch(e *bus.Entry, at time.Time) time.Time {
+func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 	if !e.HasData {
 		p.stats.malformed.Add(1)
 		return at
@@ -156,7 +152,7 @@ func (p *Producer) dispatch(e *bus.Entry, at time.Time) time.Time {
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
 	}
 	if env.ErrCode != "" {
-		r.payload, r.err = nil, &RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
+		r.payload, r.err = nil, &bus.RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
 	}
 	w.ch <- r
 	return decoded

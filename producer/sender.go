@@ -6,10 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/rueidis"
-
-	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
 
@@ -29,9 +27,14 @@ const (
 	maxSendBatch = 512
 )
 
-var cmdsPool = sync.Pool{New: func() any {
-	c := make(rueidis.Commands, 0, 64)
-	return &c
+// flushBufs are one flush's commands and results, pooled.
+type flushBufs struct {
+	adds []redisx.Add
+	res  []redisx.Result
+}
+
+var flushPool = sync.Pool{New: func() any {
+	return &flushBufs{adds: make([]redisx.Add, 0, 64), res: make([]redisx.Result, 0, 64)}
 }}
 
 // submit queues it for the next pipelined write (see internal/combine):
@@ -43,34 +46,33 @@ var cmdsPool = sync.Pool{New: func() any {
 func (p *Producer) submit(it sendItem) bool { return p.send.Add(it, false) }
 
 // flush writes one batch in one round trip (one MULTI/EXEC when it holds
-// two or more, see bus.DoBatch) and settles every item.
+// two or more, see redisx.DoBatch) and settles every item.
 func (p *Producer) flush(batch []sendItem) {
-	cp := cmdsPool.Get().(*rueidis.Commands)
-	cmds := (*cp)[:0]
+	fb := flushPool.Get().(*flushBufs)
 	trim := p.trimCap()
 	for i := range batch {
-		cmds = append(cmds, bus.AddCmd(p.c, batch[i].key, trim, false, batch[i].buf.B))
+		fb.adds = append(fb.adds, redisx.Add{Key: batch[i].key, Cap: trim, Data: batch[i].buf.B})
 	}
 	// No per-flush timer: the connection's write timeout (bus.Config
 	// WriteTimeout) bounds a pipelined command without a ctx deadline.
 	p.stats.writes.Add(1)
-	res := bus.DoBatch(context.Background(), p.c, cmds)
+	fb.res = redisx.AddBatch(context.Background(), p.c.Redis(), fb.adds, nil, fb.res)
 	now := time.Now()
 	for i := range batch {
-		id, err := res[i].ToString()
-		p.settle(&batch[i], id, err, now.Sub(batch[i].at))
+		p.settle(&batch[i], fb.res[i].ID, fb.res[i].Err, now.Sub(batch[i].at))
 	}
-	clear(cmds)
-	*cp = cmds[:0]
-	cmdsPool.Put(cp)
+	clear(fb.adds)
+	clear(fb.res)
+	fb.adds, fb.res = fb.adds[:0], fb.res[:0]
+	flushPool.Put(fb)
 }
 
 // settle reports one write's outcome to its caller.
 func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration) {
-	if err == nil || bus.IsRedisReply(err) {
-		codec.PutBuffer(it.buf) // else rueidis may still hold it
+	if !redisx.IsConnErr(err) {
+		codec.PutBuffer(it.buf) // else the client may still hold it
 	}
-	err = bus.Unavailable(err)
+	err = redisx.Unavailable(err)
 	if err != nil {
 		p.stats.writeErrors.Add(1)
 	}

@@ -70,7 +70,7 @@ func outcome(err error) string {
 	if err == nil { // first, so the common case allocates nothing for errors.As
 		return "ok"
 	}
-	var re *RemoteError
+	var re *bus.RemoteError
 	switch {
 	case errors.As(err, &re):
 		return "remote_error"

@@ -10,23 +10,24 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
 
-// TestBatchReachesABlockedReaderWhole checks why bus.DoBatch wraps a batch
+// TestBatchReachesABlockedReaderWhole checks why redisx.DoBatch wraps a batch
 // in MULTI/EXEC: Redis serves a blocked XREAD after each top-level command,
 // so a plain pipeline of XADDs would hand the reader the first entry alone.
 func TestBatchReachesABlockedReaderWhole(t *testing.T) {
 	srv := redistest.Start(t)
-	c := srv.Client(t)
+	c := srv.Client(t).Redis()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	const key, n = "batch-reader", 8
 
 	got := make(chan int, 1)
 	go func() {
-		entries, err := bus.Read(ctx, c, key, "0-0", 100, 5*time.Second)
+		entries, err := redisx.Read(ctx, c, key, "0-0", 100, 5*time.Second)
 		if err != nil {
 			t.Errorf("XREAD = %v", err)
 		}
@@ -38,9 +39,9 @@ func TestBatchReachesABlockedReaderWhole(t *testing.T) {
 	})
 	cmds := make(rueidis.Commands, n)
 	for i := range cmds {
-		cmds[i] = bus.AddCmd(c, key, bus.Cap{}, false, []byte{byte(i)})
+		cmds[i] = xadd(c, key, string([]byte{byte(i)}))
 	}
-	for i, r := range bus.DoBatch(ctx, c, cmds) {
+	for i, r := range redisx.DoBatch(ctx, c, cmds) {
 		if err := r.Error(); err != nil {
 			t.Fatalf("XADD %d = %v", i, err)
 		}
@@ -55,18 +56,18 @@ func TestBatchReachesABlockedReaderWhole(t *testing.T) {
 // queued aborts the transaction, and the tail runs either way.
 func TestBatchErrorsOnRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	c := srv.Client(t)
+	c := srv.Client(t).Redis()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	xadd := func(key string) rueidis.Completed { return bus.AddCmd(c, key, bus.Cap{}, false, []byte("v")) }
+	xadd := func(key string) rueidis.Completed { return xadd(c, key, "v") }
 	withID := func(id string) rueidis.Completed {
-		return c.B().Xadd().Key("s").Id(id).FieldValue().FieldValue(bus.Field, "v").Build()
+		return c.B().Xadd().Key("s").Id(id).FieldValue().FieldValue(redisx.Field, "v").Build()
 	}
 
 	// One stream, one transaction: the middle XADD's id is below the
 	// first's, which Redis refuses only when it runs.
-	res := bus.DoBatch(ctx, c, rueidis.Commands{withID("5-0"), withID("1-0"), withID("6-0")}, c.B().Xlen().Key("s").Build())
-	if err := res[1].Error(); !bus.IsRedisReply(err) || !strings.Contains(err.Error(), "smaller") {
+	res := redisx.DoBatch(ctx, c, rueidis.Commands{withID("5-0"), withID("1-0"), withID("6-0")}, c.B().Xlen().Key("s").Build())
+	if err := res[1].Error(); !redisx.IsRedisReply(err) || !strings.Contains(err.Error(), "smaller") {
 		t.Errorf("XADD below the top id = %v, want Redis's refusal", err)
 	}
 	if n, err := res[3].AsInt64(); err != nil || n != 2 {
@@ -74,11 +75,11 @@ func TestBatchErrorsOnRedis(t *testing.T) {
 	}
 
 	bad := c.B().Arbitrary("XADD").Keys("s").Build() // wrong number of arguments
-	res = bus.DoBatch(ctx, c, rueidis.Commands{xadd("s"), bad}, c.B().Xlen().Key("s").Build())
-	if err := res[0].Error(); !bus.IsRedisReply(err) || !strings.Contains(err.Error(), "EXECABORT") {
+	res = redisx.DoBatch(ctx, c, rueidis.Commands{xadd("s"), bad}, c.B().Xlen().Key("s").Build())
+	if err := res[0].Error(); !redisx.IsRedisReply(err) || !strings.Contains(err.Error(), "EXECABORT") {
 		t.Errorf("XADD in an aborted transaction = %v, want EXECABORT", err)
 	}
-	if err := res[1].Error(); !bus.IsRedisReply(err) || !strings.Contains(strings.ToLower(err.Error()), "wrong number") {
+	if err := res[1].Error(); !redisx.IsRedisReply(err) || !strings.Contains(strings.ToLower(err.Error()), "wrong number") {
 		t.Errorf("bad command = %v, want its own queue-time error", err)
 	}
 	if n, err := res[2].AsInt64(); err != nil || n != 2 {
@@ -93,7 +94,7 @@ func TestBatchErrorsOnRedis(t *testing.T) {
 // run one by one).
 func TestBatchUnderACLs(t *testing.T) {
 	srv := redistest.Start(t)
-	admin := srv.Client(t)
+	admin := srv.Client(t).Redis()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, acl := range [][]string{
@@ -110,11 +111,9 @@ func TestBatchUnderACLs(t *testing.T) {
 			t.Fatalf("connect as %s: %v", user, err)
 		}
 		t.Cleanup(c.Close)
-		return c
+		return c.Redis()
 	}
-	xadd := func(c rueidis.Client, key string) rueidis.Completed {
-		return bus.AddCmd(c, key, bus.Cap{}, false, []byte("v"))
-	}
+	xadd := func(c rueidis.Client, key string) rueidis.Completed { return xadd(c, key, "v") }
 	xlen := func(key string) int64 {
 		n, err := admin.Do(ctx, admin.B().Xlen().Key(key).Build()).AsInt64()
 		if err != nil {
@@ -124,14 +123,14 @@ func TestBatchUnderACLs(t *testing.T) {
 	}
 
 	c := as("keys")
-	res := bus.DoBatch(ctx, c, rueidis.Commands{xadd(c, "ok1"), xadd(c, "no"), xadd(c, "ok1"), xadd(c, "no"), xadd(c, "ok2")})
+	res := redisx.DoBatch(ctx, c, rueidis.Commands{xadd(c, "ok1"), xadd(c, "no"), xadd(c, "ok1"), xadd(c, "no"), xadd(c, "ok2")})
 	for _, i := range []int{0, 2, 4} {
 		if _, err := res[i].ToString(); err != nil {
 			t.Errorf("XADD %d to a permitted stream = %v, want an id", i, err)
 		}
 	}
 	for _, i := range []int{1, 3} {
-		if err := res[i].Error(); !bus.IsRedisReply(err) {
+		if err := res[i].Error(); !redisx.IsRedisReply(err) {
 			t.Errorf("XADD %d to a denied stream = %v, want a Redis error", i, err)
 		}
 	}
@@ -143,7 +142,7 @@ func TestBatchUnderACLs(t *testing.T) {
 	}
 
 	c = as("notx")
-	res = bus.DoBatch(ctx, c, rueidis.Commands{xadd(c, "s"), xadd(c, "s"), xadd(c, "s")})
+	res = redisx.DoBatch(ctx, c, rueidis.Commands{xadd(c, "s"), xadd(c, "s"), xadd(c, "s")})
 	for i, r := range res {
 		if _, err := r.ToString(); err != nil {
 			t.Errorf("XADD %d without @transaction = %v, want an id", i, err)
@@ -166,7 +165,7 @@ func TestBatchingCounters(t *testing.T) {
 	co := runConsumer(t, c, consumer.Config{Topic: "batched", Concurrency: 32}, echo)
 	p := newProducer(t, c, producer.Config{})
 	waitFor(t, 5*time.Second, "the consumer to block in XREADGROUP", func() bool {
-		info, err := c.Do(ctx, c.B().Info().Section("clients").Build()).ToString()
+		info, err := c.Redis().Do(ctx, c.Redis().B().Info().Section("clients").Build()).ToString()
 		return err == nil && strings.Contains(info, "blocked_clients:1\r")
 	})
 
@@ -194,4 +193,9 @@ func TestBatchingCounters(t *testing.T) {
 	if s := p.Stats(); s.Requests != 1 || s.Writes != 2 || s.Replies != 1 || s.ReplyReads < 1 || s.ReplyReads > 2 {
 		t.Errorf("producer stats after one request = %+v; want 2 writes and 1 or 2 reply reads", s)
 	}
+}
+
+// xadd builds XADD key * m v.
+func xadd(c rueidis.Client, key, v string) rueidis.Completed {
+	return c.B().Xadd().Key(key).Id("*").FieldValue().FieldValue(redisx.Field, v).Build()
 }

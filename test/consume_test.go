@@ -73,7 +73,7 @@ func TestFlushAllRecreatesGroup(t *testing.T) {
 	if _, err := p.Request(ctx, "flush", []byte("before")); err != nil {
 		t.Fatalf("Request before FLUSHALL = %v", err)
 	}
-	if err := c.Do(ctx, c.B().Flushall().Build()).Error(); err != nil {
+	if err := c.Redis().Do(ctx, c.Redis().B().Flushall().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	// The group is recreated by the consumer, the reply stream by the producer.
@@ -141,7 +141,7 @@ func TestShutdownLetsInFlightHandlersFinish(t *testing.T) {
 	}
 	// The two handled entries were acknowledged; the group's other three
 	// entries were never read, so nothing of this consumer stays pending.
-	pending, err := c.Do(pctx, c.B().Xpending().Key("myc:{drain}").Group("workers").Build()).ToArray()
+	pending, err := c.Redis().Do(pctx, c.Redis().B().Xpending().Key("myc:{drain}").Group("workers").Build()).ToArray()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,14 +180,14 @@ func TestShutdownTimeoutLeavesUnfinishedPending(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
-	pending, err := c.Do(pctx, c.B().Xpending().Key("myc:{stuck}").Group("workers").Build()).ToArray()
+	pending, err := c.Redis().Do(pctx, c.Redis().B().Xpending().Key("myc:{stuck}").Group("workers").Build()).ToArray()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := pending[0].AsInt64(); n != 1 {
 		t.Fatalf("XPENDING count = %d, want the unfinished entry still pending", n)
 	}
-	dlq, _ := c.Do(pctx, c.B().Xlen().Key("myc:{stuck}:dlq").Build()).AsInt64()
+	dlq, _ := c.Redis().Do(pctx, c.Redis().B().Xlen().Key("myc:{stuck}:dlq").Build()).AsInt64()
 	if dlq != 0 {
 		t.Fatalf("a handler cancelled by shutdown was dead-lettered (%d entries)", dlq)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -41,7 +42,7 @@ func TestDeadLetterTooling(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := c.Do(ctx, c.B().Xadd().Key("myc:{jobs}").Id("*").FieldValue().FieldValue("junk", "1").Build()).Error(); err != nil {
+	if err := c.Redis().Do(ctx, c.Redis().B().Xadd().Key("myc:{jobs}").Id("*").FieldValue().FieldValue("junk", "1").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "4 dead letters", func() bool { return co.Stats().DeadLettered == 4 })
@@ -55,17 +56,17 @@ func TestDeadLetterTooling(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dlq list --json: %v\n%s", err, out)
 	}
-	var letters []consumer.DeadLetter
+	var letters []inspect.DeadLetter
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var d consumer.DeadLetter
+		var d inspect.DeadLetter
 		if err := json.Unmarshal([]byte(line), &d); err != nil {
 			t.Fatalf("dlq list --json line %q: %v", line, err)
 		}
 		letters = append(letters, d)
 	}
 	// Dead letters are in completion order, not publish order: index them.
-	byPayload := map[string]consumer.DeadLetter{}
-	var malformed consumer.DeadLetter
+	byPayload := map[string]inspect.DeadLetter{}
+	var malformed inspect.DeadLetter
 	for _, d := range letters {
 		if d.Envelope == nil {
 			malformed = d
@@ -90,7 +91,7 @@ func TestDeadLetterTooling(t *testing.T) {
 	mu.Lock()
 	m := replayed["job-1"]
 	mu.Unlock()
-	if m.Headers[consumer.ReplayedFromHeader] != job1.ID || m.Headers["tenant"] != "a" || m.Attempt != 1 {
+	if m.Headers[inspect.ReplayedFromHeader] != job1.ID || m.Headers["tenant"] != "a" || m.Attempt != 1 {
 		t.Fatalf("replayed message = %+v", m)
 	}
 	// --all replays the good ones and refuses the malformed one (exit 1).
@@ -128,16 +129,17 @@ func TestReplayKeepsTheDeadLetterWhenItsWriteFails(t *testing.T) {
 		}
 		waitFor(t, 10*time.Second, "the dead letter", func() bool { return co.Stats().DeadLettered == 1 })
 	})
-	for _, cmd := range []rueidis.Completed{c.B().Del().Key("myc:{jobs}").Build(), c.B().Set().Key("myc:{jobs}").Value("x").Build()} {
-		if err := c.Do(ctx, cmd).Error(); err != nil {
+	rc := c.Redis()
+	for _, cmd := range []rueidis.Completed{rc.B().Del().Key("myc:{jobs}").Build(), rc.B().Set().Key("myc:{jobs}").Value("x").Build()} {
+		if err := rc.Do(ctx, cmd).Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	n, err := consumer.ReplayDeadLetters(ctx, c, "myc", "jobs")
+	n, err := inspect.New(c).ReplayDeadLetters(ctx, "jobs")
 	if n != 0 || err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
 		t.Errorf("ReplayDeadLetters onto a string key = %d, %v; want 0 and the WRONGTYPE error", n, err)
 	}
-	if l, err := c.Do(ctx, c.B().Xlen().Key("myc:{jobs}:dlq").Build()).AsInt64(); err != nil || l != 1 {
+	if l, err := c.Redis().Do(ctx, c.Redis().B().Xlen().Key("myc:{jobs}:dlq").Build()).AsInt64(); err != nil || l != 1 {
 		t.Errorf("dead letters after the failed replay = %d, %v; want 1 (kept)", l, err)
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
+	"github.com/egos/mycelium/bus"
 
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/producer"
@@ -13,7 +13,7 @@ import (
 )
 
 // runConsumer starts a consumer and stops it (waiting for Run) at cleanup.
-func runConsumer(t testing.TB, c rueidis.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+func runConsumer(t testing.TB, c *bus.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
 	t.Helper()
 	co, err := consumer.New(c, cfg, h)
 	if err != nil {
@@ -37,7 +37,7 @@ func runConsumer(t testing.TB, c rueidis.Client, cfg consumer.Config, h consumer
 	return co
 }
 
-func newProducer(t testing.TB, c rueidis.Client, cfg producer.Config) *producer.Producer {
+func newProducer(t testing.TB, c *bus.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
 	return redistest.NewProducer(t, c, cfg)
 }

@@ -18,11 +18,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/metrics"
-	"github.com/egos/mycelium/metrics/prom"
 	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/prom"
 	"github.com/egos/mycelium/test/redistest"
 )
 
@@ -79,7 +79,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if err := prom.RegisterProducer(reg, p); err != nil {
 		t.Fatal(err)
 	}
-	reg.MustRegister(br, prom.NewStreamCollector(c, bus.Keys{}, "m"))
+	reg.MustRegister(br, prom.NewStreamCollector(inspect.New(c), "m"))
 	hs := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	defer hs.Close()
 
@@ -135,7 +135,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 
 	// Every metric the dashboard queries is exported.
-	raw, err := os.ReadFile("../metrics/prom/grafana-dashboard.json")
+	raw, err := os.ReadFile("../prom/grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestMetricsWhileRedisIsDown(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	reg := prometheus.NewRegistry()
-	sc := prom.NewStreamCollector(c, bus.Keys{}, "m")
+	sc := prom.NewStreamCollector(inspect.New(c), "m")
 	reg.MustRegister(sc, prom.NewBreakerCollector(prometheus.Labels{"topic": "m"}))
 	hs := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	defer hs.Close()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -21,10 +22,10 @@ func ghostRead(t *testing.T, srv *redistest.Server, topic string, n int) {
 	t.Helper()
 	c := srv.Client(t)
 	ctx := context.Background()
-	if err := bus.CreateGroup(ctx, c, "myc:{"+topic+"}", "workers", "0"); err != nil {
+	if err := redisx.CreateGroup(ctx, c.Redis(), "myc:{"+topic+"}", "workers", "0"); err != nil {
 		t.Fatal(err)
 	}
-	got, err := bus.ReadGroup(ctx, c, "myc:{"+topic+"}", "workers", "ghost", ">", int64(n), 100*time.Millisecond)
+	got, err := redisx.ReadGroup(ctx, c.Redis(), "myc:{"+topic+"}", "workers", "ghost", ">", int64(n), 100*time.Millisecond)
 	if err != nil || len(got) != n {
 		t.Fatalf("ghost read %d entries, %v; want %d", len(got), err, n)
 	}
@@ -33,7 +34,7 @@ func ghostRead(t *testing.T, srv *redistest.Server, topic string, n int) {
 func groupPending(t *testing.T, srv *redistest.Server, topic string) int64 {
 	t.Helper()
 	c := srv.Client(t)
-	g, err := bus.Groups(context.Background(), c, "myc:{"+topic+"}")
+	g, err := redisx.Groups(context.Background(), c.Redis(), "myc:{"+topic+"}")
 	if err != nil || len(g) == 0 {
 		t.Fatalf("Groups = %v, %v", g, err)
 	}
@@ -116,7 +117,7 @@ func TestTrimmedPendingEntriesAreDropped(t *testing.T) {
 		}
 	}
 	ghostRead(t, srv, "trim", 5)
-	if err := c.Do(ctx, c.B().Xtrim().Key("myc:{trim}").Maxlen().Threshold("0").Build()).Error(); err != nil {
+	if err := c.Redis().Do(ctx, c.Redis().B().Xtrim().Key("myc:{trim}").Maxlen().Threshold("0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	var handled atomic.Int64
@@ -147,7 +148,7 @@ func TestDeliveryLimitOnRedis(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for co.Stats().DeadLettered != 1 {
 		if time.Now().After(deadline) {
-			pend, _ := bus.PendingOf(context.Background(), c, "myc:{poison}", "workers", "-", "+", 10, "")
+			pend, _ := redisx.PendingOf(context.Background(), c.Redis(), "myc:{poison}", "workers", "-", "+", 10, "")
 			t.Fatalf("poison event not dead-lettered: attempts %d, stats %+v, pending %+v", attempts.Load(), co.Stats(), pend)
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -183,7 +184,7 @@ func TestRequestRetryLaterWhenDeadlineAllows(t *testing.T) {
 	sctx, scancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer scancel()
 	_, err = p.Request(sctx, "retry", []byte("q"))
-	var re *producer.RemoteError
+	var re *bus.RemoteError
 	if !errors.As(err, &re) {
 		t.Fatalf("Request with a short deadline = %v, want the remote error at once", err)
 	}
@@ -203,7 +204,7 @@ func TestConsumerRetention(t *testing.T) {
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
 	// The counter is updated after XTRIM returns: wait for both.
 	waitFor(t, 10*time.Second, "the topic trimmed to 10 entries and counted", func() bool {
-		n, err := c.Do(ctx, c.B().Xlen().Key("myc:{kept}").Build()).AsInt64()
+		n, err := c.Redis().Do(ctx, c.Redis().B().Xlen().Key("myc:{kept}").Build()).AsInt64()
 		return err == nil && n == 10 && co.Stats().Trimmed == 40
 	})
 }
@@ -217,13 +218,13 @@ func TestIdleConsumersRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	ghostRead(t, srv, "idle", 1) // "ghost" holds one pending entry
-	if err := c.Do(ctx, c.B().XgroupCreateconsumer().Key("myc:{idle}").Group("workers").Consumer("gone").Build()).Error(); err != nil {
+	if err := c.Redis().Do(ctx, c.Redis().B().XgroupCreateconsumer().Key("myc:{idle}").Group("workers").Consumer("gone").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	co := runConsumer(t, c, consumer.Config{Topic: "idle", ClaimIdle: 30 * time.Second, ReclaimInterval: 50 * time.Millisecond, ConsumerIdleTimeout: 300 * time.Millisecond},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
 	names := func() map[string]bool {
-		list, err := bus.Consumers(ctx, c, "myc:{idle}", "workers")
+		list, err := redisx.Consumers(ctx, c.Redis(), "myc:{idle}", "workers")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -104,7 +104,7 @@ func TestRemoteErrorsAndPanics(t *testing.T) {
 		{"panic", bus.CodePanic, "boom"},
 	} {
 		_, err := p.Request(ctx, "err", []byte(tt.in))
-		var re *producer.RemoteError
+		var re *bus.RemoteError
 		if !errors.As(err, &re) || re.Code != tt.code || re.Message != tt.msg {
 			t.Errorf("Request(%q) = %v, want RemoteError{%q, %q}", tt.in, err, tt.code, tt.msg)
 		}

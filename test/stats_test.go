@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -30,14 +31,14 @@ func TestBusWorkerStats(t *testing.T) {
 		}
 	}
 	key := bus.Keys{}.Topic("jobs")
-	if err := bus.CreateGroup(ctx, c, key, "g1", "0"); err != nil {
+	if err := redisx.CreateGroup(ctx, c.Redis(), key, "g1", "0"); err != nil {
 		t.Fatal(err)
 	}
 	// w1 takes three entries and never acknowledges them; two stay undelivered.
-	if got, err := bus.ReadGroup(ctx, c, key, "g1", "w1", ">", 3, 0); err != nil || len(got) != 3 {
+	if got, err := redisx.ReadGroup(ctx, c.Redis(), key, "g1", "w1", ">", 3, 0); err != nil || len(got) != 3 {
 		t.Fatalf("ReadGroup = %d, %v", len(got), err)
 	}
-	if err := c.Do(ctx, bus.AddFieldsCmd(c, bus.Keys{}.DeadLetter("jobs"), bus.Cap{}, "reason", "malformed")).Error(); err != nil {
+	if err := c.Redis().Do(ctx, c.Redis().B().Xadd().Key(bus.Keys{}.DeadLetter("jobs")).Id("*").FieldValue().FieldValue("reason", "malformed").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	// A request creates the producer's reply stream; nobody answers it.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -201,7 +202,7 @@ func TestBusWorkerBreakerHoldsWhileDownstreamFails(t *testing.T) {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err := p.Request(rctx, "llm", []byte("q"))
 		cancel()
-		var re *producer.RemoteError
+		var re *bus.RemoteError
 		if !errors.As(err, &re) || re.Code != "http_503" {
 			t.Fatalf("Request through a failing downstream = %v, want remote error http_503", err)
 		}

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/egos/mycelium/bus"
 )
 
@@ -125,7 +123,7 @@ func envName(flagName string) string {
 
 // connect validates the URL and checks that Redis answers; both failures are
 // usage errors (exit 2).
-func connect(ctx context.Context, cfg bus.Config) (rueidis.Client, error) {
+func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, usageError{err}
 	}

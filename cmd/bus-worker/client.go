@@ -55,11 +55,11 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if err := f.check(name); err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := connect(ctx, bus.Config{URL: f.redis, ClientName: "myc-cli"})
+	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	p, err = producer.New(c, producer.Config{Prefix: f.prefix})
+	p, err = producer.New(c, producer.Config{})
 	if err != nil {
 		c.Close()
 		return nil, nil, nil, usageError{err}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 )
 
 // dlq inspects and repairs a topic's dead-letter stream.
@@ -60,14 +60,15 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	case sub == "list" && *limit < 0:
 		return usagef("dlq list: --limit must not be negative")
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, ClientName: "myc-cli"})
+	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	insp := inspect.New(c)
 	switch sub {
 	case "list":
-		letters, err := consumer.ListDeadLetters(ctx, c, *prefix, *topic, *limit)
+		letters, err := insp.DeadLetters(ctx, *topic, *limit)
 		if err != nil {
 			return err
 		}
@@ -86,11 +87,11 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 		if *id != "" {
 			ids = []string{*id}
 		}
-		n, err := consumer.ReplayDeadLetters(ctx, c, *prefix, *topic, ids...)
+		n, err := insp.ReplayDeadLetters(ctx, *topic, ids...)
 		fmt.Fprintf(stdout, "replayed %d dead letter(s) onto %q\n", n, *topic)
 		return err
 	default: // purge
-		n, err := consumer.PurgeDeadLetters(ctx, c, *prefix, *topic, *olderThan)
+		n, err := insp.PurgeDeadLetters(ctx, *topic, *olderThan)
 		if err != nil {
 			return err
 		}
@@ -99,7 +100,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
-func printDeadLetters(w io.Writer, topic string, letters []consumer.DeadLetter) error {
+func printDeadLetters(w io.Writer, topic string, letters []inspect.DeadLetter) error {
 	if len(letters) == 0 {
 		_, err := fmt.Fprintf(w, "no dead letters for %q\n", topic)
 		return err

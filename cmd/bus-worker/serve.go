@@ -18,13 +18,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/metrics/prom"
+	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/prom"
 )
 
 type serveFlags struct {
@@ -77,7 +77,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return usagef("serve: --shutdown-timeout must not be negative")
 	}
 	cfg := consumer.Config{
-		Prefix: f.prefix, Topic: f.topic, Group: f.group, Name: f.name,
+		Topic: f.topic, Group: f.group, Name: f.name,
 		Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
 		ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
 		TimingSample: f.timingSample, SlowEntry: f.slowEntry,
@@ -139,7 +139,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		url = "redis://" + addr
 		log.Warn().Str("redis", addr).Msg("no --redis given: started an embedded in-memory Redis (miniredis) at " + addr + "; its data is lost on exit; not for production")
 	}
-	bcfg := bus.Config{URL: url, ClientName: "myc-worker"}
+	bcfg := bus.Config{URL: url, Prefix: f.prefix, ClientName: "myc-worker"}
 	c, err := connect(ctx, bcfg)
 	if err != nil {
 		return err
@@ -156,7 +156,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var srv *http.Server
 	srvDone := make(chan error, 1)
 	if ln != nil {
-		reg, err := workerRegistry(c, co, f.prefix, brMetrics)
+		reg, err := workerRegistry(c, co, brMetrics)
 		if err != nil {
 			return fmt.Errorf("serve: metrics: %w", err)
 		}
@@ -180,7 +180,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 // workerRegistry gathers what /metrics exports: the consumer's stage
 // timings and counters, the breaker, the topic's streams, and the Go
 // runtime and process.
-func workerRegistry(c rueidis.Client, co *consumer.Consumer, prefix string, br *prom.BreakerCollector) (*prometheus.Registry, error) {
+func workerRegistry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	if err := prom.RegisterConsumer(reg, co); err != nil {
 		return nil, err
@@ -189,7 +189,7 @@ func workerRegistry(c rueidis.Client, co *consumer.Consumer, prefix string, br *
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		br,
-		prom.NewStreamCollector(c, bus.Keys{Prefix: prefix}, co.Config().Topic),
+		prom.NewStreamCollector(inspect.New(c), co.Config().Topic),
 	} {
 		if err := reg.Register(col); err != nil {
 			return nil, err

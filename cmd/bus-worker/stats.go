@@ -6,14 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/inspect"
 )
 
 // topicStats is one topic in `bus-worker stats`; the JSON names are a
@@ -61,15 +58,15 @@ func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	if *watch < 0 {
 		return usagef("stats: --watch must be positive, got %v", *watch)
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, ClientName: "myc-cli"})
+	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	keys := bus.Keys{Prefix: *prefix}
+	insp := inspect.New(c)
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		s, err := collectStats(qctx, c, keys)
+		s, err := collectStats(qctx, insp)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -98,84 +95,28 @@ func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
-// collectStats finds the bus's streams with one SCAN and reads each topic
-// in a few O(1) round trips.
-func collectStats(ctx context.Context, c rueidis.Client, keys bus.Keys) (*busStats, error) {
-	streams, err := bus.ScanStreams(ctx, c, keys.TopicPattern())
+// collectStats reads the whole bus (inspect.Overview) into the printed
+// shape.
+func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, error) {
+	o, err := insp.Overview(ctx)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	s := &busStats{Time: now.UTC(), Topics: []topicStats{}}
-	topics := map[string]bool{}
-	replyPrefix := keys.Reply("")
-	for _, k := range streams {
-		switch {
-		case strings.HasSuffix(k, "}:dlq"):
-			t, ok := keys.ParseTopic(strings.TrimSuffix(k, ":dlq"))
-			if ok {
-				topics[t] = true // a topic whose stream is gone may still have dead letters
+	s := &busStats{Time: o.Time.UTC(), Topics: make([]topicStats, 0, len(o.Topics)), ReplyStreams: len(o.ReplyStreams)}
+	for _, t := range o.Topics {
+		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
+			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups))}
+		for _, g := range t.Groups {
+			gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: g.OldestPendingAge.Seconds(), Lag: g.Lag,
+				Consumers: make([]consumerStats, 0, len(g.Consumers))}
+			for _, ci := range g.Consumers {
+				gs.Consumers = append(gs.Consumers, consumerStats{Name: ci.Name, IdleS: ci.Idle.Seconds(), Pending: ci.Pending})
 			}
-		case strings.HasPrefix(k, strings.TrimSuffix(replyPrefix, "}")):
-			s.ReplyStreams++
-		default:
-			if t, ok := keys.ParseTopic(k); ok {
-				topics[t] = true
-			}
-		}
-	}
-	names := make([]string, 0, len(topics))
-	for t := range topics {
-		names = append(names, t)
-	}
-	sort.Strings(names)
-	for _, t := range names {
-		ts, err := topicStatsOf(ctx, c, keys, t, now)
-		if err != nil {
-			return nil, err
+			ts.Groups = append(ts.Groups, gs)
 		}
 		s.Topics = append(s.Topics, ts)
 	}
 	return s, nil
-}
-
-func topicStatsOf(ctx context.Context, c rueidis.Client, keys bus.Keys, topic string, now time.Time) (topicStats, error) {
-	key := keys.Topic(topic)
-	si, err := bus.Info(ctx, c, key)
-	if err != nil {
-		return topicStats{}, err
-	}
-	ts := topicStats{Topic: topic, Length: si.Length, FirstEntryAgeS: age(si.FirstID, now), LastEntryAgeS: age(si.LastID, now),
-		Groups: []groupStats{}}
-	if ts.DeadLetters, err = c.Do(ctx, c.B().Xlen().Key(keys.DeadLetter(topic)).Build()).AsInt64(); err != nil {
-		return ts, fmt.Errorf("XLEN %s: %w", keys.DeadLetter(topic), err)
-	}
-	for _, g := range si.Groups {
-		p, err := bus.PendingSummary(ctx, c, key, g.Name)
-		if err != nil {
-			return ts, err
-		}
-		cs, err := bus.Consumers(ctx, c, key, g.Name)
-		if err != nil {
-			return ts, err
-		}
-		gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: age(p.OldestID, now), Lag: g.Lag,
-			Consumers: make([]consumerStats, 0, len(cs))}
-		for _, ci := range cs {
-			gs.Consumers = append(gs.Consumers, consumerStats{Name: ci.Name, IdleS: ci.Idle.Seconds(), Pending: ci.Pending})
-		}
-		ts.Groups = append(ts.Groups, gs)
-	}
-	return ts, nil
-}
-
-// age is the age in seconds of a stream entry id, 0 for none.
-func age(id string, now time.Time) float64 {
-	t, ok := bus.IDTime(id)
-	if !ok {
-		return 0
-	}
-	return max(now.Sub(t), 0).Seconds()
 }
 
 func printStats(w io.Writer, s *busStats) {

@@ -21,6 +21,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -300,7 +301,7 @@ func TestChaosPoisonAndMalformed(t *testing.T) {
 	cli("XADD", "myc:{poison}", "*", "other", "field")
 	good := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("truncated soon")})
 	for _, data := range [][]byte{good[:len(good)-4], bytes.Repeat([]byte("x"), consumer.DefaultMaxEntrySize+1)} {
-		if err := c.Do(ctx, bus.AddCmd(c, "myc:{poison}", bus.Cap{}, false, data)).Error(); err != nil {
+		if err := c.Redis().Do(ctx, c.Redis().B().Xadd().Key("myc:{poison}").Id("*").FieldValue().FieldValue("m", string(data)).Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -314,10 +315,10 @@ func TestChaosPoisonAndMalformed(t *testing.T) {
 		t.Fatalf("Request while poison is processed = %q, %v", got, err)
 	}
 	waitFor(t, 30*time.Second, "6 dead letters", func() bool {
-		n, err := c.Do(ctx, c.B().Xlen().Key("myc:{poison}:dlq").Build()).AsInt64()
+		n, err := c.Redis().Do(ctx, c.Redis().B().Xlen().Key("myc:{poison}:dlq").Build()).AsInt64()
 		return err == nil && n == 6
 	})
-	letters, err := consumer.ListDeadLetters(ctx, c, "", "poison", 0)
+	letters, err := inspect.New(c).DeadLetters(ctx, "poison", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

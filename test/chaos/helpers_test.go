@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
+	"github.com/egos/mycelium/bus"
 
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
@@ -28,7 +28,7 @@ func startWorker(t *testing.T, url string, args ...string) *redistest.Worker {
 	return redistest.StartWorker(t, append([]string{"--redis", url}, args...)...)
 }
 
-func newProducer(t *testing.T, c rueidis.Client, cfg producer.Config) *producer.Producer {
+func newProducer(t *testing.T, c *bus.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
 	return redistest.NewProducer(t, c, cfg)
 }

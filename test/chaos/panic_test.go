@@ -10,6 +10,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -53,7 +54,7 @@ func TestChaosPanickingHandler(t *testing.T) {
 		t.Fatalf("Request after panics = %q, %v", got, err)
 	}
 	waitFor(t, 20*time.Second, "the panicking event in the dead-letter stream", func() bool { return co.Stats().DeadLettered == 1 })
-	letters, err := consumer.ListDeadLetters(rctx, c, "", "boom", 0)
+	letters, err := inspect.New(c).DeadLetters(rctx, "boom", 0)
 	if err != nil || len(letters) != 1 || letters[0].Reason != "max_deliveries" || !strings.Contains(letters[0].Error, "handler exploded") {
 		t.Fatalf("dead letters = %+v, %v", letters, err)
 	}

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
 )
@@ -138,23 +137,23 @@ func (s *Server) Signal(sig syscall.Signal) {
 	}
 }
 
-// Client returns a rueidis client configured as in production, closed when
+// Client returns a bus client of the server (as in production), closed when
 // the test ends.
-func (s *Server) Client(tb testing.TB) rueidis.Client {
+func (s *Server) Client(tb testing.TB) *bus.Client {
 	tb.Helper()
-	return connect(tb, bus.Config{URL: s.URL})
+	return Connect(tb, bus.Config{URL: s.URL})
 }
 
-// Mini starts an in-process miniredis and returns it with a client
-// configured as in production (standalone, no client cache), both closed
-// when the test ends.
-func Mini(tb testing.TB) (*miniredis.Miniredis, rueidis.Client) {
+// Mini starts an in-process miniredis and returns it with a bus client of
+// it, both closed when the test ends.
+func Mini(tb testing.TB) (*miniredis.Miniredis, *bus.Client) {
 	tb.Helper()
 	m := miniredis.RunT(tb)
-	return m, connect(tb, bus.Config{URL: "redis://" + m.Addr()})
+	return m, Connect(tb, bus.Config{URL: "redis://" + m.Addr()})
 }
 
-func connect(tb testing.TB, cfg bus.Config) rueidis.Client {
+// Connect returns a bus client for cfg, closed when the test ends.
+func Connect(tb testing.TB, cfg bus.Config) *bus.Client {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
+	"github.com/egos/mycelium/bus"
 
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/producer"
@@ -122,7 +122,7 @@ func (w *Worker) Stats(tb testing.TB) consumer.Stats {
 }
 
 // NewProducer builds a producer on c, closed when the test ends.
-func NewProducer(tb testing.TB, c rueidis.Client, cfg producer.Config) *producer.Producer {
+func NewProducer(tb testing.TB, c *bus.Client, cfg producer.Config) *producer.Producer {
 	tb.Helper()
 	p, err := producer.New(c, cfg)
 	if err != nil {

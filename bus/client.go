@@ -1,0 +1,59 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// Client is a connection to the Redis that carries the bus: it owns a rueidis
+// client tuned for this workload (see Config) and the key builders of
+// Config.Prefix. Producers and consumers share one Client. It is safe for
+// concurrent use; Close it after the producers and consumers that use it.
+type Client struct {
+	rc   rueidis.Client
+	keys Keys
+	cfg  Config
+}
+
+// Connect builds a Client from cfg and checks that Redis answers PING within
+// ctx. The caller owns the Client and must Close it.
+func Connect(ctx context.Context, cfg Config) (*Client, error) {
+	opt, err := cfg.clientOption()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := rueidis.NewClient(opt) // dials one connection
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), redisx.Unavailable(err))
+	}
+	if err := redisx.Ping(ctx, rc); err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), redisx.Unavailable(err))
+	}
+	return &Client{rc: rc, keys: Keys{Prefix: cfg.Prefix}, cfg: cfg}, nil
+}
+
+// Keys returns the key builders of the client's prefix.
+func (c *Client) Keys() Keys { return c.keys }
+
+// Redacted returns the Redis URL the client was built from, with any
+// password replaced, for logs.
+func (c *Client) Redacted() string { return c.cfg.Redacted() }
+
+// Ping checks that Redis answers within ctx; a connection failure wraps
+// ErrUnavailable.
+func (c *Client) Ping(ctx context.Context) error {
+	return redisx.Unavailable(redisx.Ping(ctx, c.rc))
+}
+
+// Redis returns the underlying rueidis client: the escape hatch for commands
+// the bus does not offer (and for tests). The bus's own traffic does not
+// depend on anything done through it; do not Close it, Close the Client.
+func (c *Client) Redis() rueidis.Client { return c.rc }
+
+// Close closes the connections. Close producers and consumers first.
+func (c *Client) Close() { c.rc.Close() }

@@ -1,0 +1,491 @@
+// Package bench runs one bus-bench scenario (rpc, publish or continuous)
+// against a Redis server, on Mycelium or on the PubSub baseline, and
+// measures it: the Result line other tools read, latency samples and
+// timelines for the report, where the time went by stage, CPU per request
+// and batching.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime/pprof"
+	"runtime/trace"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/bus-bench/internal/pubsub"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/metrics"
+	"github.com/egos/mycelium/producer"
+)
+
+// Result is the JSON line contract read by other tools: keep every field
+// and its name; add new fields at the end.
+type Result struct {
+	System        string  `json:"system"`
+	Scenario      string  `json:"scenario"`
+	Concurrency   int     `json:"concurrency"`
+	Payload       int     `json:"payload"`
+	Requests      int     `json:"requests"`
+	OK            int     `json:"ok"`
+	Errors        int     `json:"errors"`
+	Seconds       float64 `json:"seconds"`
+	ThroughputRPS float64 `json:"throughput_rps"`
+	P50US         int64   `json:"p50_us"`
+	P90US         int64   `json:"p90_us"`
+	P99US         int64   `json:"p99_us"`
+	MaxUS         int64   `json:"max_us"`
+
+	// Added by the analysis suite (absent when empty).
+	Case          string            `json:"case,omitempty"`            // suite case name
+	Handler       string            `json:"handler,omitempty"`         // worker handler when not a plain echo
+	OverheadP50US int64             `json:"overhead_p50_us,omitempty"` // per request: end to end minus handler time
+	OverheadP99US int64             `json:"overhead_p99_us,omitempty"`
+	Stages        []metrics.Summary `json:"stages,omitempty"` // mycelium: where the time went
+
+	// CPU per completed request (µs) over the measured part: this process
+	// (callers and in-process workers) and the Redis server (all its
+	// clients; meaningful on a server of its own). Absent when the server
+	// does not report INFO cpu.
+	ClientCPUUS float64 `json:"client_cpu_us,omitempty"`
+	RedisCPUUS  float64 `json:"redis_cpu_us,omitempty"`
+
+	// Batches: mycelium, measured part only (absent for the baseline).
+	Batches *Batches `json:"batches,omitempty"`
+}
+
+// Batches is how many entries shared each round trip, from the producer's
+// and the in-process workers' counters: under load every batch costs a
+// write, a read and thread wake-ups, so bigger batches cost less CPU per
+// request. Worker fields are zero with --no-workers.
+type Batches struct {
+	PerWrite     float64 `json:"per_write"`      // requests or events per producer XADD write
+	PerReplyRead float64 `json:"per_reply_read"` // replies per reply-stream read
+	PerRead      float64 `json:"per_read"`       // entries per worker XREADGROUP
+	PerAckWrite  float64 `json:"per_ack_write"`  // entries per worker write of replies and acknowledgements
+}
+
+// The systems a Result can name.
+const (
+	SystemMycelium = "mycelium"
+	SystemPubsub   = "pubsub-baseline"
+)
+
+// PrintResult writes res as the human-readable summary.
+func PrintResult(w io.Writer, res *Result) {
+	fmt.Fprintf(w, "%s %s: %d sent, concurrency %d, payload %d B: %d ok, %d errors in %.3fs = %.0f/s; latency p50 %v p90 %v p99 %v max %v\n",
+		res.System, res.Scenario, res.Requests, res.Concurrency, res.Payload, res.OK, res.Errors, res.Seconds, res.ThroughputRPS,
+		us(res.P50US), us(res.P90US), us(res.P99US), us(res.MaxUS))
+	if res.OverheadP99US > 0 {
+		fmt.Fprintf(w, "  bus overhead (end to end minus handler): p50 %v p99 %v\n", us(res.OverheadP50US), us(res.OverheadP99US))
+	}
+	if res.ClientCPUUS > 0 || res.RedisCPUUS > 0 {
+		fmt.Fprintf(w, "  cpu per request: this process %.1f us, redis-server %.1f us\n", res.ClientCPUUS, res.RedisCPUUS)
+	}
+	if b := res.Batches; b != nil {
+		fmt.Fprintf(w, "  batches: %.1f per write, %.1f replies per read; workers %.1f per read, %.1f per ack write\n",
+			b.PerWrite, b.PerReplyRead, b.PerRead, b.PerAckWrite)
+	}
+	for _, s := range res.Stages {
+		fmt.Fprintf(w, "  %-14s mean %9.1f us  p50 %9.1f us  p99 %9.1f us  (%d)\n", s.Stage, s.MeanUS, s.P50US, s.P99US, s.Count)
+	}
+}
+
+func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+
+// caller sends one request and returns the reply: the system under test.
+// It applies the per-request timeout (--timeout) itself, each system its
+// own way: the producer through Config.RequestTimeout (as a service would
+// use it, without a context per call), the baseline with a context.
+type caller interface {
+	request(ctx context.Context, payload []byte) ([]byte, error)
+}
+
+type myceliumCaller struct {
+	p     *producer.Producer
+	topic string
+}
+
+func (m myceliumCaller) request(ctx context.Context, payload []byte) ([]byte, error) {
+	return m.p.Request(ctx, m.topic, payload)
+}
+
+// env is what one bench run talks to.
+type env struct {
+	o      *Options
+	system string
+	call   caller
+	bc     *bus.Client        // the callers' bus client; also reads server CPU and drains, whatever the transport
+	insp   *inspect.Inspector // on bc
+	p      *producer.Producer // mycelium only
+	co     *consumer.Consumer // in-process mycelium workers, if any
+	log    io.Writer
+	tl     tally // outcomes of the measured calls (read by the progress line)
+
+	handled      sync.Map // sequence -> handler nanoseconds, when the handler is not a plain echo
+	stagesBefore *metrics.Snapshot
+	prodBefore   producer.Stats // at the measured start, for Batches
+	coBefore     consumer.Stats
+	cpuStart     cpuUsage // at the measured start
+	closers      []func()
+}
+
+func (e *env) close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+}
+
+// Outcome is one run: its result line and the samples the report draws.
+type Outcome struct {
+	Result   *Result
+	Lat      []int64 // sorted latencies, nanoseconds
+	Timeline []Point // one per request, in time order, for time charts
+}
+
+// Point is one request of a run.
+type Point struct {
+	At  float64 // seconds since the run started
+	Lat int64   // nanoseconds
+	Seq uint64  // the request's sequence number
+	// Handler is the request's handler time when the handler recorded it
+	// (--handler sleep:...), else 0.
+	Handler int64
+}
+
+// Embedded returns o.Redis, or starts an embedded miniredis when it is
+// empty and returns its URL; stop stops it.
+func Embedded(o *Options, stderr io.Writer) (url string, stop func(), err error) {
+	if o.Redis != "" {
+		return o.Redis, func() {}, nil
+	}
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		return "", nil, fmt.Errorf("start embedded Redis: %w", err)
+	}
+	fmt.Fprintf(stderr, "bus-bench: no --redis given: using an embedded in-memory Redis (miniredis) at %s; its timings are not representative of Redis\n", m.Addr())
+	return "redis://" + m.Addr(), m.Close, nil
+}
+
+// Run runs the scenario o describes (against an embedded miniredis when
+// o.Redis is empty) and returns its outcome. Errors wrapping ErrUsage are
+// the options' fault. Progress goes to stderr when it is a terminal.
+func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
+	url, stop, err := Embedded(o, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	var sc scenario
+	switch o.Scenario {
+	case "rpc":
+		sc = &rpcScenario{}
+	case "publish":
+		sc = &publishScenario{}
+	case "continuous":
+		sc = &continuousScenario{}
+	default:
+		return nil, fmt.Errorf("%w: --scenario %q", ErrUsage, o.Scenario)
+	}
+	e, err := setup(ctx, o, url, sc, stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	for _, r := range []struct {
+		path, flag string
+		start      func(io.Writer) error
+		stop       func()
+	}{
+		{o.CPUProfile, "cpuprofile", pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{o.Trace, "trace", trace.Start, trace.Stop},
+	} {
+		if r.path == "" {
+			continue
+		}
+		stop, err := record(r.path, r.flag, r.start, r.stop)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+	}
+	stopProgress := startProgress(e, stderr)
+	out, err := sc.run(ctx, e)
+	stopProgress()
+	if err != nil {
+		return nil, err
+	}
+	if o.Handler != "echo" {
+		out.Result.Handler = o.Handler
+	}
+	out.Result.Stages = e.stages()
+	out.Result.Batches = e.batches()
+	return out, nil
+}
+
+// record starts a recording of the measured run (a CPU profile, an
+// execution trace) into the file at path; the returned func stops it and
+// closes the file.
+func record(path, flag string, start func(io.Writer) error, stop func()) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --%s: %w", ErrUsage, flag, err)
+	}
+	if err := start(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	return func() {
+		stop()
+		_ = f.Close()
+	}, nil
+}
+
+// setup connects the callers of o.Transport and, unless --no-workers,
+// starts in-process workers running sc's handler.
+func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.Writer) (*env, error) {
+	e := &env{o: o, log: stderr, system: SystemMycelium}
+	ok := false
+	defer func() {
+		if !ok {
+			e.close()
+		}
+	}()
+	cfg := bus.Config{URL: url, Prefix: o.Prefix, ClientName: "myc-bench", MaxFlushDelay: o.FlushDelay, PipelineConns: o.Conns}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	connect := func() (*bus.Client, error) {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := bus.Connect(cctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", ErrUsage, cfg.Redacted(), err)
+		}
+		e.closers = append(e.closers, c.Close)
+		return c, nil
+	}
+	var err error
+	if e.bc, err = connect(); err != nil {
+		return nil, err
+	}
+	e.insp = inspect.New(e.bc)
+	h := e.wrap(sc.handler(e))
+	if o.Transport == "pubsub" {
+		e.system = SystemPubsub
+		if err := e.setupPubsub(ctx, url, h); err != nil {
+			return nil, err
+		}
+		ok = true
+		return e, nil
+	}
+	p, err := producer.New(e.bc, producer.Config{
+		MaxInFlight: max(o.Concurrency, producer.DefaultMaxInFlight), SlowRequest: -1,
+		RequestTimeout: o.Timeout, // --timeout, enforced by the producer (see caller)
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.p = p
+	e.call = myceliumCaller{p: p, topic: o.Topic}
+	e.closers = append(e.closers, func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = p.Close(cctx)
+		cancel()
+	})
+	if !o.NoWorkers {
+		work, err := connect()
+		if err != nil {
+			return nil, err
+		}
+		stop, err := e.startWorkers(ctx, work, h)
+		if err != nil {
+			return nil, err
+		}
+		e.closers = append(e.closers, stop)
+	}
+	ok = true
+	return e, nil
+}
+
+// setupPubsub connects the baseline's callers and starts its workers, each
+// on a client of the old design (see pubsub.Dial).
+func (e *env) setupPubsub(ctx context.Context, url string, h consumer.Handler) error {
+	dial := func() (rueidis.Client, error) {
+		c, err := pubsub.Dial(ctx, url, e.o.Concurrency+e.o.Workers+1)
+		if err != nil {
+			return nil, fmt.Errorf("%w: cannot reach Redis for the baseline: %w", ErrUsage, err)
+		}
+		e.closers = append(e.closers, c.Close)
+		return c, nil
+	}
+	callers, err := dial()
+	if err != nil {
+		return err
+	}
+	channel := pubsub.Channel(e.o.Prefix, e.o.Topic)
+	pc, err := pubsub.NewCaller(callers, url, channel, e.o.Timeout, e.o.PubsubConn == "fresh")
+	if err != nil {
+		return fmt.Errorf("%w: --redis: %w", ErrUsage, err)
+	}
+	e.call = pubsubCaller{pc}
+	work, err := dial()
+	if err != nil {
+		return err
+	}
+	stop, err := pubsub.StartWorkers(ctx, work, channel, e.o.Workers, func(ctx context.Context, payload []byte) ([]byte, error) {
+		return h.Handle(ctx, &consumer.Message{Topic: channel, Payload: payload, Request: true})
+	})
+	if err != nil {
+		return err
+	}
+	e.closers = append(e.closers, stop)
+	return nil
+}
+
+type pubsubCaller struct{ c *pubsub.Caller }
+
+func (p pubsubCaller) request(ctx context.Context, payload []byte) ([]byte, error) {
+	return p.c.Request(ctx, payload)
+}
+
+// startWorkers runs an in-process consumer with o.Workers handler slots.
+func (e *env) startWorkers(ctx context.Context, c *bus.Client, h consumer.Handler) (func(), error) {
+	co, err := consumer.New(c, consumer.Config{
+		Topic: e.o.Topic, Group: e.o.Group, Concurrency: e.o.Workers, StartID: "$",
+	}, h)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = co.Run(wctx)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for co.Ready(ctx) != nil {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			cancel()
+			<-done
+			return nil, errors.New("in-process workers did not become ready")
+		}
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	e.co = co
+	return func() { cancel(); <-done }, nil
+}
+
+// wrap applies --handler: sleep:<d>[,<jitter>] simulates work before h
+// and records each request's handler time, so the bus overhead (end to end
+// minus handler) can be reported per request.
+func (e *env) wrap(h consumer.Handler) consumer.Handler {
+	if e.o.Work == nil {
+		return h
+	}
+	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		start := time.Now()
+		if err := e.o.Work.Wait(ctx); err != nil {
+			return nil, err
+		}
+		out, err := h.Handle(ctx, m)
+		if seq, ok := seqOf(m.Payload); ok {
+			e.handled.Store(seq, int64(time.Since(start)))
+		}
+		return out, err
+	})
+}
+
+// snapshot is the mycelium stage timings so far: the producer's, with the
+// in-process workers' reply writes.
+func (e *env) snapshot() *metrics.Snapshot {
+	s := e.p.Timings()
+	if e.co != nil {
+		s.Stages[metrics.ReplyWrite] = e.co.Timings().Stages[metrics.ReplyWrite]
+	}
+	return s
+}
+
+// markMeasured records where the measured part starts (after warm-up).
+func (e *env) markMeasured() {
+	if e.p != nil {
+		e.stagesBefore = e.snapshot()
+		e.prodBefore = e.p.Stats()
+	}
+	if e.co != nil {
+		e.coBefore = e.co.Stats()
+	}
+	e.cpuStart = e.cpuNow()
+}
+
+// batches is how well the measured part batched (nil for the baseline).
+func (e *env) batches() *Batches {
+	if e.p == nil {
+		return nil
+	}
+	per := func(n, of uint64) float64 {
+		if of == 0 {
+			return 0
+		}
+		return math.Round(float64(n)/float64(of)*10) / 10
+	}
+	p, p0 := e.p.Stats(), e.prodBefore
+	b := &Batches{
+		PerWrite:     per(p.Published+p.Requests-p0.Published-p0.Requests, p.Writes-p0.Writes),
+		PerReplyRead: per(p.Replies-p0.Replies, p.ReplyReads-p0.ReplyReads),
+	}
+	if e.co != nil {
+		c, c0 := e.co.Stats(), e.coBefore
+		b.PerRead = per(c.Received-c0.Received, c.Reads-c0.Reads)
+		b.PerAckWrite = per(c.Acked-c0.Acked, c.Flushes-c0.Flushes)
+	}
+	return b
+}
+
+// stages summarises the mycelium stage timings of the measured part.
+func (e *env) stages() []metrics.Summary {
+	if e.p == nil {
+		return nil
+	}
+	s := e.snapshot()
+	if e.stagesBefore != nil {
+		s.Sub(e.stagesBefore)
+	}
+	return s.Summaries()
+}
+
+type scenario interface {
+	handler(e *env) consumer.Handler
+	run(ctx context.Context, e *env) (*Outcome, error)
+}
+
+// summarize fills the latency fields from samples (nanoseconds), sorting
+// them.
+func summarize(r *Result, lat []int64) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	r.P50US, r.P90US, r.P99US, r.MaxUS = pct(lat, 0.50)/1000, pct(lat, 0.90)/1000, pct(lat, 0.99)/1000, lat[len(lat)-1]/1000
+}
+
+// pct is the p-quantile of sorted samples (nearest rank).
+func pct(sorted []int64, p float64) int64 {
+	i := int(p*float64(len(sorted))+0.5) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return sorted[i]
+}

@@ -1,0 +1,126 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/simwork"
+)
+
+// Options is one bench run: the command line's flags (see cmd/bus-bench),
+// checked by Check.
+type Options struct {
+	Redis       string // "" starts an embedded miniredis (see Embedded)
+	Scenario    string // rpc | publish | continuous
+	Concurrency int
+	Requests    int           // 0 with Duration: bounded by time only
+	Duration    time.Duration // 0: bounded by Requests
+	Payload     int
+	Topic       string
+	Group       string
+	Workers     int  // in-process handler slots
+	NoWorkers   bool // drive external bus-worker processes
+	Rate        float64
+	Timeout     time.Duration
+	Prefix      string
+	CPUProfile  string
+	Trace       string
+	FlushDelay  time.Duration
+	Conns       int
+	Transport   string         // mycelium | pubsub
+	PubsubConn  string         // fresh | pooled
+	Handler     string         // echo | sleep:<d>[,<jitter>]
+	Work        *simwork.Sleep // parsed from Handler by ParseHandler; nil for echo
+	Case        string         // suite case being run ("" for a single run)
+}
+
+// ErrUsage marks errors in the options: the command exits 2 on them.
+var ErrUsage = errors.New("usage")
+
+// Check validates o and fills what follows from it; given names the flags
+// set on the command line.
+func (o *Options) Check(given map[string]bool) error {
+	switch o.Scenario {
+	case "rpc", "publish", "continuous":
+	default:
+		return fmt.Errorf("--scenario %q: want rpc, publish or continuous", o.Scenario)
+	}
+	switch {
+	case o.Concurrency < 1:
+		return fmt.Errorf("--concurrency must be at least 1, got %d", o.Concurrency)
+	case o.Requests < 1 && o.Duration == 0:
+		return fmt.Errorf("--requests must be at least 1, got %d", o.Requests)
+	case o.Duration < 0:
+		return fmt.Errorf("--duration must not be negative")
+	case o.Payload < 16:
+		return fmt.Errorf("--payload must be at least 16 bytes (room for the check header), got %d", o.Payload)
+	case o.Workers < 0:
+		return fmt.Errorf("--workers must not be negative")
+	case o.NoWorkers && given["workers"]:
+		return fmt.Errorf("--workers and --no-workers exclude each other")
+	case o.Rate <= 0:
+		return fmt.Errorf("--rate must be positive")
+	case o.Timeout <= 0:
+		return fmt.Errorf("--timeout must be positive")
+	}
+	if err := bus.ValidateName("topic", o.Topic); err != nil {
+		return err
+	}
+	switch o.Transport {
+	case "mycelium":
+	case "pubsub":
+		if o.Scenario == "publish" {
+			return fmt.Errorf("--transport pubsub: the baseline has request/reply only (rpc, continuous), not publish")
+		}
+		if o.NoWorkers {
+			return fmt.Errorf("--transport pubsub runs its own baseline workers; drop --no-workers")
+		}
+	default:
+		return fmt.Errorf("--transport %q: want mycelium or pubsub", o.Transport)
+	}
+	if o.PubsubConn != "fresh" && o.PubsubConn != "pooled" {
+		return fmt.Errorf("--pubsub-conn %q: want fresh or pooled", o.PubsubConn)
+	}
+	if err := o.ParseHandler(); err != nil {
+		return err
+	}
+	if o.Redis != "" {
+		if err := (bus.Config{URL: o.Redis, Prefix: o.Prefix}).Validate(); err != nil {
+			return err
+		}
+	}
+	if o.FlushDelay == 0 {
+		o.FlushDelay = -1 // explicit 0 on the command line: off
+	}
+	if o.Workers == 0 {
+		o.Workers = max(o.Concurrency, 64)
+	}
+	if o.Duration > 0 && !given["requests"] {
+		o.Requests = 0 // bounded by time only
+	}
+	return nil
+}
+
+// ParseHandler reads Handler: echo, or sleep:<dur>[,<jitter>], into Work.
+func (o *Options) ParseHandler() error {
+	o.Work = nil
+	if o.Handler == "echo" {
+		return nil
+	}
+	spec, ok := strings.CutPrefix(o.Handler, "sleep:")
+	if !ok {
+		return fmt.Errorf("--handler %q: want echo or sleep:<dur>[,<jitter>]", o.Handler)
+	}
+	w, err := simwork.Parse(spec)
+	if err != nil {
+		return fmt.Errorf("--handler %q: %w", o.Handler, err)
+	}
+	o.Work = &w
+	if o.NoWorkers {
+		return fmt.Errorf("--handler applies to in-process workers; drop --no-workers")
+	}
+	return nil
+}

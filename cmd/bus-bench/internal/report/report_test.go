@@ -1,0 +1,89 @@
+package report_test
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/cmd/bus-bench/internal/bench"
+	"github.com/egos/mycelium/cmd/bus-bench/internal/report"
+	"github.com/egos/mycelium/cmd/bus-bench/internal/suite"
+	"github.com/egos/mycelium/metrics"
+)
+
+// TestWriteReportSynthetic renders a report from made-up runs: every chart
+// is drawn, and nothing in it needs the network.
+func TestWriteReportSynthetic(t *testing.T) {
+	var runs []report.Run
+	for _, c := range suite.SeedCases(true) {
+		for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
+			out := &bench.Outcome{Result: &bench.Result{System: sys, Case: c.Name, Concurrency: c.Concurrency, Payload: c.Payload, OK: 10, ThroughputRPS: 1000 * float64(c.Concurrency)}}
+			slower := int64(1)
+			if sys == bench.SystemPubsub {
+				slower = 3
+			}
+			for i := range 10 {
+				p := bench.Point{At: float64(i) / 10, Lat: slower * int64(time.Millisecond) * int64(i+1), Seq: uint64(i)}
+				out.Timeline = append(out.Timeline, p)
+				out.Lat = append(out.Lat, p.Lat)
+			}
+			if sys == bench.SystemMycelium {
+				var r metrics.Recorder
+				for _, st := range metrics.Stages() {
+					r.Record(st, time.Duration(math.Pow(2, float64(st)))*time.Microsecond)
+				}
+				out.Result.Stages = r.Snapshot().Summaries()
+			}
+			slices.Sort(out.Lat)
+			out.Result.P50US = out.Lat[len(out.Lat)/2] / 1000
+			runs = append(runs, report.Run{Case: c.Name, Concurrency: c.Concurrency, Handler: c.Handler, Sweep: c.Sweep, Timeline: c.Timeline, Out: out})
+		}
+	}
+	path := filepath.Join(t.TempDir(), "report.html")
+	if err := report.Write(path, &report.Env{Redis: "7.0.15", CPUs: 2}, runs, suite.Judge(runs)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(b)
+	if n := strings.Count(page, "<svg"); n != 6 {
+		t.Fatalf("%d charts, want 6", n)
+	}
+	for _, want := range []string{"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
+
+// TestWriteReportPartial: an interrupted suite (no sweep, no timeline
+// runs) still gets a report; the charts it cannot draw say so.
+func TestWriteReportPartial(t *testing.T) {
+	out := &bench.Outcome{Result: &bench.Result{System: bench.SystemMycelium, Case: "single", OK: 1, ThroughputRPS: 10}, Lat: []int64{1e6}, Timeline: []bench.Point{{Lat: 1e6}}}
+	path := filepath.Join(t.TempDir(), "report.html")
+	if err := report.Write(path, &report.Env{}, []report.Run{{Case: "single", Concurrency: 1, Out: out}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "No runs of this kind"); n != 3 { // throughput, pubsub CDF, stages
+		t.Fatalf("%d charts marked empty, want 3", n)
+	}
+	if strings.Count(string(b), "<svg") != 1 {
+		t.Fatal("the mycelium CDF should still be drawn")
+	}
+
+	// One sweep point: the log axes still have a range.
+	one := &bench.Outcome{Result: &bench.Result{System: bench.SystemMycelium, Case: "sweep-256", OK: 1, ThroughputRPS: 1000}, Lat: []int64{1e6}}
+	if err := report.Write(filepath.Join(t.TempDir(), "one.html"), &report.Env{}, []report.Run{{Case: "sweep-256", Concurrency: 256, Sweep: true, Out: one}}, nil); err != nil {
+		t.Fatalf("throughput chart of one point: %v", err)
+	}
+}

@@ -1,0 +1,69 @@
+package suite
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/egos/mycelium/cmd/bus-bench/internal/bench"
+	"github.com/egos/mycelium/cmd/bus-bench/internal/report"
+)
+
+func TestSeedCasesCoverThePlan(t *testing.T) {
+	for _, quick := range []bool{false, true} {
+		byName := map[string]Case{}
+		for _, c := range SeedCases(quick) {
+			byName[c.Name] = c
+		}
+		for name, want := range map[string]func(c Case) bool{
+			"single":        func(c Case) bool { return c.Concurrency == 1 },
+			"concurrent-5":  func(c Case) bool { return c.Concurrency == 5 },
+			"concurrent-10": func(c Case) bool { return c.Concurrency == 10 },
+			"concurrent-20": func(c Case) bool { return c.Concurrency == 20 },
+			"payload-64KiB": func(c Case) bool { return c.Payload == 64<<10 },
+			"payload-1MiB":  func(c Case) bool { return c.Payload == 1<<20 },
+			"continuous":    func(c Case) bool { return c.Scenario == "continuous" && c.Rate > 0 && c.Requests > 0 },
+			"reasoning":     func(c Case) bool { return c.Concurrency == 20 && strings.HasPrefix(c.Handler, "sleep:") },
+			"sweep-1":       func(c Case) bool { return c.Sweep && c.Duration > 0 && c.Requests == 0 },
+			"sweep-256":     func(c Case) bool { return c.Sweep && c.Concurrency == 256 },
+		} {
+			c, ok := byName[name]
+			if !ok || !want(c) {
+				t.Errorf("quick=%v: case %s = %+v", quick, name, c)
+			}
+		}
+		if !quick && (byName["continuous"].Requests != 100 || byName["reasoning"].Handler != "sleep:2s,500ms") {
+			t.Errorf("seed suite lost the plan's continuous (100 requests) or reasoning (2 s ± jitter) case")
+		}
+	}
+}
+
+func TestCaseOptions(t *testing.T) {
+	base := &bench.Options{Topic: "t", Handler: "sleep:1s", Rate: 100}
+	for _, c := range SeedCases(true) {
+		o := c.Options(base, "pubsub")
+		if o.Transport != "pubsub" || o.Case != c.Name || o.Topic != "t-"+c.Name || o.Concurrency != c.Concurrency ||
+			(c.Handler == "") != (o.Work == nil) {
+			t.Errorf("%s: options %+v", c.Name, o)
+		}
+	}
+	if base.Handler != "sleep:1s" || base.Transport != "" {
+		t.Errorf("Options changed its base: %+v", base)
+	}
+}
+
+// TestJudge checks the targets of the brief: 3.5x at 20 callers, 8x at 256.
+func TestJudge(t *testing.T) {
+	run := func(name, sys string, rps float64) report.Run {
+		return report.Run{Case: name, Out: &bench.Outcome{Result: &bench.Result{System: sys, ThroughputRPS: rps}}}
+	}
+	runs := []report.Run{
+		run("concurrent-20", bench.SystemMycelium, 3400), run("concurrent-20", bench.SystemPubsub, 1000),
+		run("sweep-256", bench.SystemMycelium, 8000), run("sweep-256", bench.SystemPubsub, 1000),
+		run("sweep-64", bench.SystemMycelium, 1), run("sweep-64", bench.SystemPubsub, 1000), // no target there
+	}
+	vs := Judge(runs)
+	if len(vs) != 2 || vs[0].OK || !strings.Contains(vs[0].Text, "concurrent-20") || !strings.Contains(vs[0].Text, "3.4x") ||
+		!vs[1].OK || !strings.Contains(vs[1].Text, "sweep-256") {
+		t.Fatalf("Judge = %+v; want concurrent-20 failing at 3.4x and sweep-256 passing at 8x", vs)
+	}
+}

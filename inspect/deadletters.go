@@ -1,0 +1,159 @@
+package inspect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// ReplayedFromHeader is set on a replayed message to the dead-letter entry
+// id it came from, so a handler can tell a replay from a first delivery.
+const ReplayedFromHeader = "mycelium-replayed-from"
+
+var (
+	// ErrNotReplayable: the dead letter has no decodable envelope (a
+	// malformed entry); replaying it would only dead-letter it again.
+	ErrNotReplayable = errors.New("inspect: dead letter has no decodable envelope")
+	// ErrNotFound: no dead letter has the given id.
+	ErrNotFound = errors.New("inspect: no such dead letter")
+)
+
+// DeadLetter is one entry of a topic's dead-letter stream: an entry a
+// consumer gave up on, and why. The JSON names are what `bus-worker dlq list
+// --json` prints.
+type DeadLetter struct {
+	ID         string    `json:"id"`          // id in the dead-letter stream
+	OriginalID string    `json:"original_id"` // id it had on the topic stream
+	Topic      string    `json:"topic"`
+	Group      string    `json:"group"`
+	Consumer   string    `json:"consumer"`
+	Reason     string    `json:"reason"` // malformed | handler_error | max_deliveries
+	Error      string    `json:"error"`
+	Attempts   int       `json:"attempts"`
+	Time       time.Time `json:"time"`
+	// Envelope is the original message when it could be decoded; nil for
+	// malformed entries, whose raw fields are in Fields.
+	Envelope *codec.Envelope   `json:"envelope,omitempty"`
+	Fields   map[string]string `json:"fields,omitempty"`
+}
+
+// deadLetter turns a dead-letter entry into a DeadLetter, decoding (and so
+// validating) its envelope.
+func deadLetter(d *redisx.DeadLetter) DeadLetter {
+	out := DeadLetter{ID: d.ID, OriginalID: d.OriginalID, Topic: d.Topic, Group: d.Group, Consumer: d.Consumer,
+		Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, Time: d.Time}
+	if d.HasData {
+		var env codec.Envelope
+		if codec.DecodeEnvelope(d.Data, &env) == nil {
+			out.Envelope = &env
+			return out
+		}
+	}
+	out.Fields = maps.Clone(d.Raw)
+	if out.Fields == nil {
+		out.Fields = map[string]string{}
+	}
+	if d.HasData { // present but undecodable: show it as it is
+		out.Fields[redisx.Field] = d.Data
+	}
+	return out
+}
+
+// DeadLetters returns up to limit entries of topic's dead-letter stream,
+// oldest first (limit <= 0: all of them, which costs O(length)).
+func (i *Inspector) DeadLetters(ctx context.Context, topic string, limit int) ([]DeadLetter, error) {
+	if err := bus.ValidateName("topic", topic); err != nil {
+		return nil, fmt.Errorf("inspect: %w", err)
+	}
+	raw, err := redisx.DeadLetters(ctx, i.c.Redis(), i.keys.DeadLetter(topic), "-", "+", int64(limit))
+	if err != nil {
+		return nil, fmt.Errorf("inspect: dead letters of %s: %w", topic, redisx.Unavailable(err))
+	}
+	out := make([]DeadLetter, len(raw))
+	for k := range raw {
+		out[k] = deadLetter(&raw[k])
+	}
+	return out, nil
+}
+
+// ReplayDeadLetters puts dead letters back on their topic as new entries,
+// with ReplayedFromHeader set, and deletes them from the dead-letter stream,
+// each in one atomic script that deletes only after the write succeeded (a
+// fresh entry starts its delivery count at 1). ids selects entries; none
+// means all. It returns how many were replayed; entries that cannot be
+// replayed are reported in the error (wrapping ErrNotReplayable or
+// ErrNotFound) and left in place.
+func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...string) (int, error) {
+	if err := bus.ValidateName("topic", topic); err != nil {
+		return 0, fmt.Errorf("inspect: %w", err)
+	}
+	dlq, stream := i.keys.DeadLetter(topic), i.keys.Topic(topic)
+	rc := i.c.Redis()
+	var letters []DeadLetter
+	var errs []error
+	if len(ids) == 0 {
+		var err error
+		if letters, err = i.DeadLetters(ctx, topic, 0); err != nil {
+			return 0, err
+		}
+	}
+	for _, id := range ids {
+		raw, err := redisx.DeadLetters(ctx, rc, dlq, id, id, 1)
+		switch {
+		case err != nil:
+			return 0, fmt.Errorf("inspect: read dead letter %s: %w", id, redisx.Unavailable(err))
+		case len(raw) == 0:
+			errs = append(errs, fmt.Errorf("%s: %w", id, ErrNotFound))
+		default:
+			letters = append(letters, deadLetter(&raw[0]))
+		}
+	}
+	n := 0
+	for _, d := range letters {
+		if d.Envelope == nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.ID, ErrNotReplayable))
+			continue
+		}
+		env := *d.Envelope
+		env.Headers = maps.Clone(env.Headers)
+		if env.Headers == nil {
+			env.Headers = make(map[string]string, 1)
+		}
+		env.Headers[ReplayedFromHeader] = d.ID
+		if _, err := redisx.Replay(ctx, rc, stream, dlq, d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.ID, redisx.Unavailable(err)))
+			continue
+		}
+		n++
+	}
+	if errs != nil {
+		return n, fmt.Errorf("inspect: replay dead letters of %s: %w", topic, errors.Join(errs...))
+	}
+	return n, nil
+}
+
+// PurgeDeadLetters deletes topic's dead letters older than olderThan (all
+// of them when olderThan <= 0) and returns how many it deleted.
+func (i *Inspector) PurgeDeadLetters(ctx context.Context, topic string, olderThan time.Duration) (int64, error) {
+	if err := bus.ValidateName("topic", topic); err != nil {
+		return 0, fmt.Errorf("inspect: %w", err)
+	}
+	key := i.keys.DeadLetter(topic)
+	var n int64
+	var err error
+	if olderThan <= 0 {
+		n, err = redisx.Purge(ctx, i.c.Redis(), key)
+	} else {
+		n, err = redisx.Trim(ctx, i.c.Redis(), key, 0, olderThan)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("inspect: purge dead letters of %s: %w", topic, redisx.Unavailable(err))
+	}
+	return n, nil
+}

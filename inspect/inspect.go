@@ -1,0 +1,227 @@
+package inspect
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// Inspector reads and repairs the bus's streams through a bus.Client, under
+// the client's key prefix. It is safe for concurrent use and holds no state
+// of its own; it never closes the client.
+type Inspector struct {
+	c    *bus.Client
+	keys bus.Keys
+}
+
+// New returns an Inspector of the bus c reaches.
+func New(c *bus.Client) *Inspector { return &Inspector{c: c, keys: c.Keys()} }
+
+// Topic is one topic's stream at one moment.
+type Topic struct {
+	Name    string
+	Length  int64  // entries in the stream
+	FirstID string // oldest entry's id; "" when the stream is empty
+	LastID  string // newest entry's id; "" when the stream is empty
+	// FirstEntryAge and LastEntryAge are the ages of those entries by their
+	// ids; 0 when the stream is empty.
+	FirstEntryAge, LastEntryAge time.Duration
+	DeadLetters                 int64 // entries in the topic's dead-letter stream
+	Groups                      []Group
+}
+
+// Group is one consumer group of a topic.
+type Group struct {
+	Name            string
+	Pending         int64  // entries delivered and not yet acknowledged
+	OldestPendingID string // "" when none
+	// OldestPendingAge is the oldest pending entry's age by its id; 0 when
+	// none.
+	OldestPendingAge time.Duration
+	// Lag is the number of entries not yet delivered to the group; -1 when
+	// Redis cannot tell (before 7.0, or after some deletions).
+	Lag             int64
+	LastDeliveredID string
+	Consumers       []Consumer
+}
+
+// Consumer is one member of a group.
+type Consumer struct {
+	Name    string
+	Pending int64         // entries it holds
+	Idle    time.Duration // since its last read or claim
+}
+
+// ReplyStream is one producer's reply stream.
+type ReplyStream struct {
+	ProducerID string
+	Key        string
+	Length     int64
+	// TTL is how long the stream outlives its producer if nobody refreshes
+	// it; negative when it has no expiry.
+	TTL time.Duration
+}
+
+// Overview is every topic and reply stream under the prefix.
+type Overview struct {
+	Time         time.Time
+	Topics       []Topic
+	ReplyStreams []ReplyStream
+}
+
+// Topic reads one topic: its stream, dead-letter count, and each group with
+// its pending summary and consumers. It costs one round trip plus one per
+// group, each O(1) in the stream's length (XLEN, XRANGE/XREVRANGE COUNT 1,
+// XINFO GROUPS, XPENDING summary, XINFO CONSUMERS). A topic that does not
+// exist reads as empty.
+func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
+	if err := bus.ValidateName("topic", name); err != nil {
+		return Topic{}, fmt.Errorf("inspect: %w", err)
+	}
+	key := i.keys.Topic(name)
+	rc := i.c.Redis()
+	si, err := redisx.Info(ctx, rc, key, i.keys.DeadLetter(name))
+	if err != nil {
+		return Topic{}, fmt.Errorf("inspect: topic %s: %w", name, redisx.Unavailable(err))
+	}
+	now := time.Now()
+	t := Topic{Name: name, Length: si.Length, FirstID: si.FirstID, LastID: si.LastID,
+		FirstEntryAge: age(si.FirstID, now), LastEntryAge: age(si.LastID, now), DeadLetters: si.DeadLetters,
+		Groups: make([]Group, 0, len(si.Groups))}
+	for _, g := range si.Groups {
+		p, cs, err := redisx.GroupDetail(ctx, rc, key, g.Name)
+		if err != nil {
+			return t, fmt.Errorf("inspect: topic %s group %s: %w", name, g.Name, redisx.Unavailable(err))
+		}
+		gr := Group{Name: g.Name, Pending: g.Pending, OldestPendingID: p.OldestID, OldestPendingAge: age(p.OldestID, now),
+			Lag: g.Lag, LastDeliveredID: g.LastDeliveredID, Consumers: make([]Consumer, 0, len(cs))}
+		for _, ci := range cs {
+			gr.Consumers = append(gr.Consumers, Consumer{Name: ci.Name, Pending: ci.Pending, Idle: ci.Idle})
+		}
+		t.Groups = append(t.Groups, gr)
+	}
+	return t, nil
+}
+
+// Topics returns the names of every topic under the prefix that has a
+// stream or dead letters, sorted. It walks the keyspace (SCAN): meant for
+// operator tools, not for hot paths.
+func (i *Inspector) Topics(ctx context.Context) ([]string, error) {
+	topics, _, err := i.scan(ctx)
+	return topics, err
+}
+
+// Overview reads every topic (see Topic) and reply stream under the prefix.
+// It walks the keyspace once (SCAN), then reads each topic.
+func (i *Inspector) Overview(ctx context.Context) (*Overview, error) {
+	topics, replies, err := i.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	o := &Overview{Time: time.Now(), Topics: make([]Topic, 0, len(topics))}
+	for _, name := range topics {
+		t, err := i.Topic(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		o.Topics = append(o.Topics, t)
+	}
+	if o.ReplyStreams, err = i.replyStreams(ctx, replies); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// ReplyStreams lists the producers' reply streams with their length and
+// time to live. It walks the keyspace (SCAN).
+func (i *Inspector) ReplyStreams(ctx context.Context) ([]ReplyStream, error) {
+	_, replies, err := i.scan(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return i.replyStreams(ctx, replies)
+}
+
+func (i *Inspector) replyStreams(ctx context.Context, keys []string) ([]ReplyStream, error) {
+	sizes, err := redisx.Sizes(ctx, i.c.Redis(), keys)
+	if err != nil {
+		return nil, fmt.Errorf("inspect: reply streams: %w", redisx.Unavailable(err))
+	}
+	out := make([]ReplyStream, 0, len(sizes))
+	for _, s := range sizes {
+		if s.TTL == -2 { // expired between the scan and the read
+			continue
+		}
+		id, _ := i.keys.ParseReply(s.Key)
+		out = append(out, ReplyStream{ProducerID: id, Key: s.Key, Length: s.Length, TTL: s.TTL})
+	}
+	return out, nil
+}
+
+// scan finds the bus's streams: topic names (from topic and dead-letter
+// streams, sorted) and reply stream keys (sorted).
+func (i *Inspector) scan(ctx context.Context) (topics, replies []string, err error) {
+	keys, err := redisx.ScanStreams(ctx, i.c.Redis(), i.keys.Pattern())
+	if err != nil {
+		return nil, nil, fmt.Errorf("inspect: %w", redisx.Unavailable(err))
+	}
+	seen := map[string]bool{}
+	for _, k := range keys {
+		if t, ok := i.keys.ParseTopic(k); ok {
+			seen[t] = true
+		} else if t, ok := i.keys.ParseDeadLetter(k); ok {
+			seen[t] = true // a topic whose stream is gone may still have dead letters
+		} else if _, ok := i.keys.ParseReply(k); ok {
+			replies = append(replies, k)
+		}
+	}
+	for t := range seen {
+		topics = append(topics, t)
+	}
+	slices.Sort(topics)
+	slices.Sort(replies)
+	return topics, replies, nil
+}
+
+// Pending is one entry delivered to a group and not yet acknowledged.
+type Pending struct {
+	ID         string
+	Consumer   string        // who holds it
+	Idle       time.Duration // since it was last delivered or heartbeated
+	Deliveries int64
+}
+
+// Pending lists up to count entries pending in group of topic, oldest
+// first; consumer "" means every consumer's. Its cost grows with count.
+func (i *Inspector) Pending(ctx context.Context, topic, group, consumer string, count int64) ([]Pending, error) {
+	for _, n := range [][2]string{{"topic", topic}, {"group", group}} {
+		if err := bus.ValidateName(n[0], n[1]); err != nil {
+			return nil, fmt.Errorf("inspect: %w", err)
+		}
+	}
+	if count <= 0 {
+		return nil, fmt.Errorf("inspect: pending: %w: count must be positive", bus.ErrInvalidConfig)
+	}
+	rows, err := redisx.PendingOf(ctx, i.c.Redis(), i.keys.Topic(topic), group, "-", "+", count, consumer)
+	if err != nil {
+		return nil, fmt.Errorf("inspect: pending of %s/%s: %w", topic, group, redisx.Unavailable(err))
+	}
+	out := make([]Pending, len(rows))
+	for k, r := range rows {
+		out[k] = Pending{ID: r.ID, Consumer: r.Consumer, Idle: r.Idle, Deliveries: r.Deliveries}
+	}
+	return out, nil
+}
+
+// age is how old the stream entry id is at now; 0 for none.
+func age(id string, now time.Time) time.Duration {
+	t, ok := redisx.IDTime(id)
+	if !ok {
+		return 0
+	}
+	return max(now.Sub(t), 0)
+}

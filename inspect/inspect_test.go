@@ -1,0 +1,148 @@
+package inspect_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestOverviewAndPending(t *testing.T) {
+	m, c := redistest.Mini(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	insp := inspect.New(c)
+	if o, err := insp.Overview(ctx); err != nil || len(o.Topics) != 0 || len(o.ReplyStreams) != 0 {
+		t.Fatalf("Overview(empty) = %+v, %v", o, err)
+	}
+	env := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("x")})
+	for range 3 {
+		if _, err := m.XAdd("myc:{jobs}", "*", []string{"m", string(env)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc := c.Redis()
+	if err := rc.Do(ctx, rc.B().XgroupCreate().Key("myc:{jobs}").Group("g1").Id("0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Do(ctx, rc.B().Xreadgroup().Group("g1", "w1").Count(2).Streams().Key("myc:{jobs}").Id(">").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	m.XAdd("myc:{gone}:dlq", "*", []string{"reason", "malformed"}) // dead letters of a topic whose stream is gone
+	m.XAdd("myc:{r.p1}", "*", []string{"m", "x"})                  // a reply stream
+	m.XAdd("other:{jobs}", "*", []string{"m", "x"})                // another prefix
+	m.Set("myc:{plain}", "not a stream")                           // not a stream: ignored
+	m.SetTTL("myc:{r.p1}", time.Minute)
+
+	names, err := insp.Topics(ctx)
+	if err != nil || len(names) != 2 || names[0] != "gone" || names[1] != "jobs" {
+		t.Fatalf("Topics = %v, %v; want [gone jobs]", names, err)
+	}
+	o, err := insp.Overview(ctx)
+	if err != nil || len(o.Topics) != 2 || len(o.ReplyStreams) != 1 {
+		t.Fatalf("Overview = %+v, %v", o, err)
+	}
+	if r := o.ReplyStreams[0]; r.ProducerID != "p1" || r.Key != "myc:{r.p1}" || r.Length != 1 || r.TTL <= 0 || r.TTL > time.Minute {
+		t.Errorf("reply stream = %+v", r)
+	}
+	if g := o.Topics[0]; g.Name != "gone" || g.Length != 0 || g.DeadLetters != 1 || len(g.Groups) != 0 {
+		t.Errorf("topic gone = %+v", g)
+	}
+	j := o.Topics[1]
+	if j.Name != "jobs" || j.Length != 3 || j.FirstID == "" || j.LastID == "" || j.DeadLetters != 0 || len(j.Groups) != 1 {
+		t.Fatalf("topic jobs = %+v", j)
+	}
+	if g := j.Groups[0]; g.Name != "g1" || g.Pending != 2 || g.OldestPendingID != j.FirstID || len(g.Consumers) != 1 ||
+		g.Consumers[0].Name != "w1" || g.Consumers[0].Pending != 2 {
+		t.Errorf("group = %+v", g)
+	}
+
+	p, err := insp.Pending(ctx, "jobs", "g1", "", 10)
+	if err != nil || len(p) != 2 || p[0].Consumer != "w1" || p[0].Deliveries != 1 || p[0].ID != j.FirstID {
+		t.Errorf("Pending = %+v, %v", p, err)
+	}
+	if _, err := insp.Pending(ctx, "jobs", "nope", "", 10); !errors.Is(err, bus.ErrNoGroup) {
+		t.Errorf("Pending(missing group) = %v, want ErrNoGroup", err)
+	}
+	if _, err := insp.Pending(ctx, "jobs", "g1", "", 0); !errors.Is(err, bus.ErrInvalidConfig) {
+		t.Errorf("Pending(count 0) = %v, want ErrInvalidConfig", err)
+	}
+	for name, call := range map[string]func() error{
+		"Topic":            func() error { _, err := insp.Topic(ctx, "a{b"); return err },
+		"DeadLetters":      func() error { _, err := insp.DeadLetters(ctx, "", 1); return err },
+		"Replay":           func() error { _, err := insp.ReplayDeadLetters(ctx, "a b"); return err },
+		"Purge":            func() error { _, err := insp.PurgeDeadLetters(ctx, "a}", 0); return err },
+		"DeleteTopic":      func() error { return insp.DeleteTopic(ctx, "") },
+		"Pending of a bad": func() error { _, err := insp.Pending(ctx, "t", "g g", "", 1); return err },
+	} {
+		if err := call(); !errors.Is(err, bus.ErrInvalidConfig) {
+			t.Errorf("%s with a bad name = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+
+	if err := insp.DeleteTopic(ctx, "jobs"); err != nil {
+		t.Fatal(err)
+	}
+	if tp, err := insp.Topic(ctx, "jobs"); err != nil || tp.Length != 0 || len(tp.Groups) != 0 {
+		t.Errorf("Topic after DeleteTopic = %+v, %v", tp, err)
+	}
+	if s, err := insp.Server(ctx); err != nil || s.CPUOK {
+		t.Errorf("Server(miniredis) = %+v, %v; want no CPU figure", s, err)
+	}
+}
+
+func TestDeadLetterAdmin(t *testing.T) {
+	m, c := redistest.Mini(t)
+	ctx := context.Background()
+	insp := inspect.New(c)
+	env := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("job"), Headers: map[string]string{"tenant": "a"}})
+	good, _ := m.XAdd("myc:{t}:dlq", "*", []string{"id", "1-1", "topic", "t", "reason", "handler_error", "attempts", "2", "time", "2026-11-30T00:00:00Z", "m", string(env)})
+	bad, _ := m.XAdd("myc:{t}:dlq", "*", []string{"id", "1-2", "reason", "malformed", "f.junk", "1", "m", "not msgpack"})
+
+	letters, err := insp.DeadLetters(ctx, "t", 0)
+	if err != nil || len(letters) != 2 {
+		t.Fatalf("DeadLetters = %+v, %v", letters, err)
+	}
+	if d := letters[0]; d.ID != good || d.OriginalID != "1-1" || d.Attempts != 2 || d.Time.IsZero() || d.Envelope == nil ||
+		string(d.Envelope.Payload) != "job" || d.Fields != nil {
+		t.Errorf("good dead letter = %+v", d)
+	}
+	if d := letters[1]; d.ID != bad || d.Envelope != nil || d.Fields["junk"] != "1" || d.Fields["m"] != "not msgpack" {
+		t.Errorf("malformed dead letter = %+v", d)
+	}
+	if one, err := insp.DeadLetters(ctx, "t", 1); err != nil || len(one) != 1 {
+		t.Errorf("DeadLetters(limit 1) = %d, %v", len(one), err)
+	}
+
+	n, err := insp.ReplayDeadLetters(ctx, "t", good, bad, "9-9")
+	if n != 1 || !errors.Is(err, inspect.ErrNotReplayable) || !errors.Is(err, inspect.ErrNotFound) {
+		t.Fatalf("ReplayDeadLetters = %d, %v; want 1 replayed, one not replayable, one not found", n, err)
+	}
+	entries, _ := m.Stream("myc:{t}")
+	if len(entries) != 1 {
+		t.Fatalf("topic stream after replay has %d entries, want 1", len(entries))
+	}
+	var replayed codec.Envelope
+	if err := codec.DecodeEnvelope(entries[0].Values[1], &replayed); err != nil ||
+		replayed.Headers[inspect.ReplayedFromHeader] != good || replayed.Headers["tenant"] != "a" {
+		t.Fatalf("replayed envelope = %+v, %v", replayed, err)
+	}
+	if left, _ := insp.DeadLetters(ctx, "t", 0); len(left) != 1 || left[0].ID != bad {
+		t.Fatalf("dead letters after replay = %+v, want the malformed one only", left)
+	}
+	if n, err := insp.PurgeDeadLetters(ctx, "t", time.Hour); err != nil || n != 0 {
+		t.Errorf("Purge(older than 1h) = %d, %v; want 0 (it is new)", n, err)
+	}
+	if n, err := insp.PurgeDeadLetters(ctx, "t", 0); err != nil || n != 1 || m.Exists("myc:{t}:dlq") {
+		t.Errorf("Purge(all) = %d, %v; want 1 and the stream gone", n, err)
+	}
+}

@@ -1,0 +1,74 @@
+package redisx
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Ping checks that Redis answers.
+func Ping(ctx context.Context, c rueidis.Client) error {
+	return c.Do(ctx, c.B().Ping().Build()).Error()
+}
+
+// Server is what INFO says about the server.
+type Server struct {
+	Version string        // redis_version; "" when not reported
+	CPU     time.Duration // used_cpu_user + used_cpu_sys since it started
+	CPUOK   bool          // both CPU fields were reported (miniredis has none)
+}
+
+// ServerInfo reads INFO server and INFO cpu in one round trip. A section
+// the server refuses (miniredis knows neither) leaves its fields zero; only
+// a connection failure is an error.
+func ServerInfo(ctx context.Context, c rueidis.Client) (Server, error) {
+	res := c.DoMulti(ctx, c.B().Info().Section("server").Build(), c.B().Info().Section("cpu").Build())
+	var s Server
+	for i, r := range res {
+		info, err := r.ToString()
+		switch {
+		case IsConnErr(err):
+			return Server{}, err
+		case err != nil:
+			continue
+		case i == 0:
+			s.Version = infoField(info, "redis_version")
+		default:
+			s.CPU, s.CPUOK = parseCPU(info)
+		}
+	}
+	return s, nil
+}
+
+// infoField returns the value of key in an INFO reply, "" when absent.
+func infoField(info, key string) string {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), key+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// parseCPU sums used_cpu_user and used_cpu_sys (seconds) of an INFO cpu
+// reply; ok is false unless both are present and numbers.
+func parseCPU(info string) (time.Duration, bool) {
+	var total float64
+	for _, k := range []string{"used_cpu_user", "used_cpu_sys"} {
+		f, err := strconv.ParseFloat(infoField(info, k), 64)
+		if err != nil {
+			return 0, false
+		}
+		total += f
+	}
+	return time.Duration(total * float64(time.Second)), true
+}
+
+// Delete removes keys and returns how many existed. Keys of one call must
+// share a hash slot (Redis Cluster).
+func Delete(ctx context.Context, c rueidis.Client, keys ...string) (int64, error) {
+	return c.Do(ctx, c.B().Del().Key(keys...).Build()).AsInt64()
+}

@@ -1,0 +1,86 @@
+package redisx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+// Sentinels that package bus exports under the same names (bus.ErrUnavailable,
+// bus.ErrNoGroup): they are defined here, where Redis errors are classified,
+// because bus imports this package and not the other way round.
+var (
+	// ErrUnavailable: Redis could not be reached or did not answer
+	// (connection refused or lost, write timeout, or a "not now" reply such
+	// as LOADING): a write may or may not have been applied.
+	ErrUnavailable = errors.New("mycelium: redis unavailable")
+	// ErrNoGroup: Redis has no such consumer group (or stream).
+	ErrNoGroup = errors.New("mycelium: consumer group missing")
+)
+
+// Unavailable marks err with ErrUnavailable when it is a connection-level
+// failure rather than a Redis error reply, a nil reply or a caller's ctx
+// ending.
+//
+// Error replies that mean "not now" are unavailability too: LOADING (a
+// restarted Redis replaying its append-only file), BUSY (a script running),
+// TRYAGAIN, MASTERDOWN and CLUSTERDOWN.
+func Unavailable(err error) error {
+	if err == nil || rueidis.IsRedisNil(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if re, ok := rueidis.IsRedisErr(err); ok && !transient(re) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+func transient(re *rueidis.RedisError) bool {
+	if re.IsLoading() || re.IsTryAgain() || re.IsClusterDown() {
+		return true
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "BUSY ") || strings.HasPrefix(msg, "MASTERDOWN")
+}
+
+// IsNil reports whether err is Redis's nil reply (for example XADD
+// NOMKSTREAM on a missing stream).
+func IsNil(err error) bool { return rueidis.IsRedisNil(err) }
+
+// IsNoGroup reports whether err is Redis's NOGROUP error.
+func IsNoGroup(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	return ok && strings.HasPrefix(re.Error(), "NOGROUP")
+}
+
+// IsRedisReply reports whether err is an error reply from Redis (as opposed
+// to a connection, timeout or client-side error, or a nil reply).
+func IsRedisReply(err error) bool {
+	_, ok := rueidis.IsRedisErr(err) // false for the nil reply
+	return ok
+}
+
+// IsConnErr reports whether err is neither nil, nor a Redis reply (error or
+// nil): the command may not have reached Redis, or its reply was lost.
+func IsConnErr(err error) bool {
+	return err != nil && !IsRedisReply(err) && !rueidis.IsRedisNil(err)
+}
+
+// groupErr returns err of a command on group at key, wrapped in ErrNoGroup
+// when it is Redis's NOGROUP reply (so callers can recreate the group).
+func groupErr(err error, key, group string) error {
+	if IsNoGroup(err) {
+		return fmt.Errorf("%w: %s on %s: %w", ErrNoGroup, group, key, err)
+	}
+	return err
+}
+
+// isNoSuchKey matches XINFO's missing-stream error: "ERR no such key" on
+// Redis, "no such key" on miniredis.
+func isNoSuchKey(err error) bool {
+	re, ok := rueidis.IsRedisErr(err)
+	return ok && strings.HasPrefix(strings.TrimPrefix(re.Error(), "ERR "), "no such key")
+}

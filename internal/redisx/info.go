@@ -1,0 +1,246 @@
+package redisx
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// StreamInfo summarises one topic stream for operators (bus-worker stats,
+// /metrics). Reading it costs O(1) in the stream's length.
+type StreamInfo struct {
+	Key         string
+	Length      int64
+	FirstID     string // oldest entry's id; "" when the stream is empty or missing
+	LastID      string // newest entry's id; "" when the stream is empty or missing
+	Groups      []GroupInfo
+	DeadLetters int64 // length of the dead-letter stream given to Info
+}
+
+// Info reads key's length, first and last entry ids and consumer groups,
+// and the length of its dead-letter stream dlq (same hash slot), in one
+// round trip. A missing stream has zero length and no groups. The keys must
+// be streams or missing.
+func Info(ctx context.Context, c rueidis.Client, key, dlq string) (StreamInfo, error) {
+	res := c.DoMulti(ctx,
+		c.B().Xlen().Key(key).Build(),
+		c.B().Xrange().Key(key).Start("-").End("+").Count(1).Build(),
+		c.B().Xrevrange().Key(key).End("+").Start("-").Count(1).Build(),
+		c.B().XinfoGroups().Key(key).Build(),
+		c.B().Xlen().Key(dlq).Build(),
+	)
+	si := StreamInfo{Key: key}
+	var err error
+	if si.DeadLetters, err = res[4].AsInt64(); err != nil {
+		return si, fmt.Errorf("redis: XLEN %s: %w", dlq, err)
+	}
+	if si.Length, err = res[0].AsInt64(); err != nil {
+		return si, fmt.Errorf("redis: XLEN %s: %w", key, err)
+	}
+	if si.FirstID, err = firstID(res[1]); err != nil {
+		return si, fmt.Errorf("redis: XRANGE %s: %w", key, err)
+	}
+	if si.LastID, err = firstID(res[2]); err != nil {
+		return si, fmt.Errorf("redis: XREVRANGE %s: %w", key, err)
+	}
+	if si.Groups, err = parseGroups(res[3]); err != nil {
+		return si, fmt.Errorf("redis: XINFO GROUPS %s: %w", key, err)
+	}
+	return si, nil
+}
+
+// firstID returns the id of the first entry of an XRANGE reply.
+func firstID(r rueidis.RedisResult) (string, error) {
+	items, err := r.ToArray()
+	if err != nil || len(items) == 0 {
+		return "", err
+	}
+	pair, err := items[0].ToArray()
+	if err != nil || len(pair) == 0 {
+		return "", fmt.Errorf("malformed entry")
+	}
+	return pair[0].ToString()
+}
+
+// GroupInfo is one consumer group of a stream, from XINFO GROUPS.
+type GroupInfo struct {
+	Name            string
+	Consumers       int64
+	Pending         int64
+	LastDeliveredID string
+	// Lag is the number of entries not yet delivered to the group; -1 when
+	// Redis cannot tell (or is older than 7.0).
+	Lag int64
+}
+
+// Groups returns the consumer groups of the stream key; a missing stream
+// has none.
+func Groups(ctx context.Context, c rueidis.Client, key string) ([]GroupInfo, error) {
+	return parseGroups(c.Do(ctx, c.B().XinfoGroups().Key(key).Build()))
+}
+
+func parseGroups(res rueidis.RedisResult) ([]GroupInfo, error) {
+	groups, err := res.ToArray()
+	if err != nil {
+		if isNoSuchKey(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	out := make([]GroupInfo, 0, len(groups))
+	for i := range groups {
+		m, err := groups[i].AsMap()
+		if err != nil {
+			return nil, fmt.Errorf("redis: XINFO GROUPS reply: %w", err)
+		}
+		g := GroupInfo{Lag: -1}
+		for k, v := range m {
+			switch k {
+			case "name":
+				g.Name, _ = v.ToString()
+			case "consumers":
+				g.Consumers, _ = v.AsInt64()
+			case "pending":
+				g.Pending, _ = v.AsInt64()
+			case "last-delivered-id":
+				g.LastDeliveredID, _ = v.ToString()
+			case "lag":
+				if n, err := v.AsInt64(); err == nil {
+					g.Lag = n
+				}
+			}
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// GroupExists reports whether group exists on the stream key. A missing
+// stream is reported as false, not as an error.
+func GroupExists(ctx context.Context, c rueidis.Client, key, group string) (bool, error) {
+	groups, err := Groups(ctx, c, key)
+	if err != nil {
+		return false, err
+	}
+	for _, g := range groups {
+		if g.Name == group {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// PendingTotals summarises a group's pending entries (XPENDING summary form).
+type PendingTotals struct {
+	Count    int64
+	OldestID string           // smallest pending id; "" when none
+	ByOwner  map[string]int64 // consumer name -> pending entries
+}
+
+// PendingSummary reads the summary of group's pending entries on key. Its
+// cost grows with the number of consumers, not of entries.
+func PendingSummary(ctx context.Context, c rueidis.Client, key, group string) (PendingTotals, error) {
+	return parsePendingSummary(c.Do(ctx, c.B().Xpending().Key(key).Group(group).Build()), key, group)
+}
+
+// GroupDetail reads the summary of group's pending entries and its consumers
+// in one round trip.
+func GroupDetail(ctx context.Context, c rueidis.Client, key, group string) (PendingTotals, []ConsumerInfo, error) {
+	res := c.DoMulti(ctx,
+		c.B().Xpending().Key(key).Group(group).Build(),
+		c.B().XinfoConsumers().Key(key).Group(group).Build(),
+	)
+	p, err := parsePendingSummary(res[0], key, group)
+	if err != nil {
+		return p, nil, err
+	}
+	cs, err := parseConsumers(res[1], key, group)
+	return p, cs, err
+}
+
+func parsePendingSummary(res rueidis.RedisResult, key, group string) (PendingTotals, error) {
+	arr, err := res.ToArray()
+	if err != nil {
+		return PendingTotals{}, groupErr(err, key, group)
+	}
+	if len(arr) < 4 {
+		return PendingTotals{}, fmt.Errorf("redis: XPENDING %s %s: reply of %d elements", key, group, len(arr))
+	}
+	p := PendingTotals{ByOwner: map[string]int64{}}
+	p.Count, _ = arr[0].AsInt64()
+	if !arr[1].IsNil() {
+		p.OldestID, _ = arr[1].ToString()
+	}
+	owners, _ := arr[3].ToArray()
+	for i := range owners {
+		kv, err := owners[i].ToArray()
+		if err != nil || len(kv) != 2 {
+			continue
+		}
+		name, _ := kv[0].ToString()
+		n, err := kv[1].AsInt64()
+		if err != nil { // RESP2 servers send the count as a string
+			s, _ := kv[1].ToString()
+			_, _ = fmt.Sscan(strings.TrimSpace(s), &n)
+		}
+		p.ByOwner[name] = n
+	}
+	return p, nil
+}
+
+// ScanStreams returns the keys of every stream matching pattern (SCAN MATCH
+// pattern TYPE stream, 1000 keys per step). It walks the whole keyspace:
+// meant for operator tools, not for hot paths or scrapes.
+func ScanStreams(ctx context.Context, c rueidis.Client, pattern string) ([]string, error) {
+	var out []string
+	cursor := uint64(0)
+	for {
+		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Type("stream").Build()).AsScanEntry()
+		if err != nil {
+			return nil, fmt.Errorf("redis: SCAN %s: %w", pattern, err)
+		}
+		out = append(out, e.Elements...)
+		if e.Cursor == 0 {
+			return out, nil
+		}
+		cursor = e.Cursor
+	}
+}
+
+// StreamSize is the length and time to live of one stream.
+type StreamSize struct {
+	Key    string
+	Length int64
+	TTL    time.Duration // -1: no expiry; -2: the key is gone
+}
+
+// Sizes reads the length and TTL of each stream key in one round trip.
+func Sizes(ctx context.Context, c rueidis.Client, keys []string) ([]StreamSize, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	cmds := make(rueidis.Commands, 0, 2*len(keys))
+	for _, k := range keys {
+		cmds = append(cmds, c.B().Xlen().Key(k).Build(), c.B().Pttl().Key(k).Build())
+	}
+	res := c.DoMulti(ctx, cmds...)
+	out := make([]StreamSize, len(keys))
+	for i, k := range keys {
+		n, err := res[2*i].AsInt64()
+		if err != nil {
+			return nil, fmt.Errorf("redis: XLEN %s: %w", k, err)
+		}
+		ttl, err := res[2*i+1].AsInt64()
+		if err != nil {
+			return nil, fmt.Errorf("redis: PTTL %s: %w", k, err)
+		}
+		if ttl >= 0 {
+			ttl *= int64(time.Millisecond)
+		}
+		out[i] = StreamSize{Key: k, Length: n, TTL: time.Duration(ttl)}
+	}
+	return out, nil
+}
