@@ -40,8 +40,8 @@ test: redis-server check-repo vet ## everything CI runs: the repository check, g
 chaos: redis-server ## the long chaos suite (real redis-server and bus-worker processes); make test runs the short one
 	MYCELIUM_CHAOS_LONG=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 30m -v -run Chaos ./test/chaos/
 
-run: ## bus-worker serve on an embedded in-memory Redis (no Redis needed)
-	$(GO) run ./cmd/bus-worker serve
+run: ## bus-worker serve --embedded: a worker on an in-memory Redis (no Redis needed)
+	$(GO) run ./cmd/bus-worker serve --embedded
 
 bench: bench-go bench-breaker bench-bus bench-suite ## all benchmarks: go test -bench, breaker vs gobreaker, bus-bench ratios, the seed suite with its report
 

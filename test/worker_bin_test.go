@@ -121,8 +121,20 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 	}
 }
 
-func TestBusWorkerEmbeddedDefault(t *testing.T) {
-	serve, logs, _ := startServe(t)
+// TestBusWorkerEmbedded: --embedded starts an in-memory Redis and says so
+// first; without it (and without a Redis URL) serve refuses to start.
+func TestBusWorkerEmbedded(t *testing.T) {
+	for _, env := range [][]string{nil, {"MYCELIUM_REDIS=", "MYCELIUM_EMBEDDED=0"}} {
+		cmd := exec.Command(buildCmd(t, "bus-worker"), "serve", "--http-addr", "")
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || strings.Count(string(out), "\n") != 1 ||
+			!strings.Contains(string(out), "--redis") || !strings.Contains(string(out), "--embedded") {
+			t.Fatalf("serve without a Redis (env %v) = %q, %v; want exit 2 and one line naming --redis and --embedded", env, out, err)
+		}
+	}
+	serve, logs, _ := startServe(t, "--embedded")
 	first, _, _ := strings.Cut(logs.String(), "\n")
 	if !strings.Contains(first, "embedded in-memory Redis") || !strings.Contains(first, "127.0.0.1:") || !strings.Contains(first, "lost on exit") {
 		t.Fatalf("first log line = %q, want it to announce the embedded Redis, its address and data loss", first)
@@ -138,6 +150,17 @@ func TestBusWorkerEmbeddedDefault(t *testing.T) {
 	if err := serve.Wait(); err != nil {
 		t.Fatalf("serve exit after SIGINT = %v", err)
 	}
+
+	// MYCELIUM_EMBEDDED=1 does the same.
+	w := exec.Command(buildCmd(t, "bus-worker"), "serve", "--http-addr", "")
+	w.Env = append(os.Environ(), "MYCELIUM_EMBEDDED=1")
+	var wlogs redistest.SyncBuffer
+	w.Stderr = &wlogs
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Process.Kill(); _ = w.Wait() }()
+	waitFor(t, 10*time.Second, "the embedded Redis announced", func() bool { return strings.Contains(wlogs.String(), "embedded in-memory Redis") })
 }
 
 func TestBusWorkerBadInputExitsTwo(t *testing.T) {
@@ -145,6 +168,8 @@ func TestBusWorkerBadInputExitsTwo(t *testing.T) {
 		{"serve", "--concurrency", "many"},
 		{"serve", "--redis", "http://localhost"},
 		{"serve", "--redis", "redis://127.0.0.1:1", "--http-addr", ""},
+		{"serve"},
+		{"serve", "--embedded", "--redis", "redis://127.0.0.1:1"},
 		{"serve", "--handler", "teleport"},
 		{"serve", "--retention", "soon"},
 		{"serve", "--claim-idle", "5ms"},
@@ -172,7 +197,7 @@ func TestBusWorkerBadInputExitsTwo(t *testing.T) {
 }
 
 func TestBusWorkerEnvFlags(t *testing.T) {
-	cmd := exec.Command(buildCmd(t, "bus-worker"), "serve", "--http-addr", "")
+	cmd := exec.Command(buildCmd(t, "bus-worker"), "serve", "--embedded", "--http-addr", "")
 	cmd.Env = append(os.Environ(), "MYCELIUM_CONCURRENCY=zero")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

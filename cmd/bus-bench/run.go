@@ -7,10 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/egos/mycelium/cmd/bus-bench/internal/bench"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/suite"
+	"github.com/egos/mycelium/cmd/internal/cli"
 )
 
 // run is the whole program: it returns the exit status (0 ok, 1 the run
@@ -21,7 +21,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
-		fmt.Fprintln(stderr, "bus-bench: "+oneLine(err.Error()))
+		fmt.Fprintln(stderr, "bus-bench: "+cli.OneLine(err.Error()))
 		return 2
 	}
 	if o.suite != "" {
@@ -49,11 +49,9 @@ func exitCode(err error, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "bus-bench: "+oneLine(err.Error()))
+	fmt.Fprintln(stderr, "bus-bench: "+cli.OneLine(err.Error()))
 	if errors.Is(err, bench.ErrUsage) {
 		return 2
 	}
 	return 1
 }
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

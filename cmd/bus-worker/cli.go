@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/cli"
 )
 
 // Exit codes.
@@ -31,7 +32,7 @@ func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format
 const usage = `bus-worker: run Mycelium workers and send requests from the shell.
 
 Usage:
-  bus-worker serve   [--redis URL] [--topic reasoning] [--group workers] [--concurrency 64]
+  bus-worker serve   (--redis URL | --embedded) [--topic reasoning] [--group workers] [--concurrency 64]
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
   bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json] [--stages]
   bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
@@ -75,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "bus-worker: "+oneLine(err.Error()))
+	fmt.Fprintln(stderr, "bus-worker: "+cli.OneLine(err.Error()))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage
@@ -83,22 +84,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitError
 }
 
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
 // parseFlags parses args into fs, then fills every flag not given on the
-// command line from MYCELIUM_<FLAG>.
-func parseFlags(fs *flag.FlagSet, args []string) error {
+// command line from MYCELIUM_<FLAG>. It returns the names of the flags
+// given on the command line.
+func parseFlags(fs *flag.FlagSet, args []string) (map[string]bool, error) {
 	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stderr)
 			fs.PrintDefaults()
-			return err
+			return nil, err
 		}
-		return usagef("%s: %v", fs.Name(), err)
+		return nil, usagef("%s: %v", fs.Name(), err)
 	}
 	if fs.NArg() > 0 {
-		return usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+		return nil, usagef("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -114,7 +114,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
-	return err
+	return given, err
 }
 
 func envName(flagName string) string {
@@ -131,18 +131,7 @@ func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
 	defer cancel()
 	c, err := bus.Connect(cctx, cfg)
 	if err != nil {
-		return nil, usagef("cannot reach Redis at %s: %v", cfg.Redacted(), rootCause(err))
+		return nil, usagef("cannot reach Redis at %s: %v", cfg.Redacted(), cli.RootCause(err))
 	}
 	return c, nil
-}
-
-// rootCause strips wrapping so a dial error prints as one short line.
-func rootCause(err error) error {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err
-		}
-		err = u
-	}
 }

@@ -49,7 +49,7 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if extra != nil {
 		extra(fs, f)
 	}
-	if err := parseFlags(fs, args); err != nil {
+	if _, err := parseFlags(fs, args); err != nil {
 		return nil, nil, nil, err
 	}
 	if err := f.check(name); err != nil {

@@ -44,7 +44,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	default:
 		return usagef("dlq: unknown command %q (want list, replay or purge)", sub)
 	}
-	if err := parseFlags(fs, args[1:]); err != nil {
+	if _, err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
 	if err := bus.ValidateName("topic", *topic); err != nil {

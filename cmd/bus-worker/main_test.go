@@ -4,88 +4,56 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/internal/simwork"
 )
-
-func TestParseHandler(t *testing.T) {
-	for _, tt := range []struct {
-		spec string
-		ok   bool
-	}{
-		{"echo", true}, {"sleep:10ms", true}, {"sleep:2s,500ms", true}, {"http://127.0.0.1:1/x", true}, {"https://h/x", true},
-		{"", false}, {"sleep:", false}, {"sleep:abc", false}, {"sleep:1s,2s", false}, {"sleep:-1s", false}, {"http://", false}, {"ftp://h", false}, {"teleport", false},
-	} {
-		_, err := parseHandler(tt.spec, 1<<10, http.DefaultClient)
-		var ue usageError
-		if tt.ok != (err == nil) || (err != nil && !errors.As(err, &ue)) {
-			t.Errorf("parseHandler(%q) = %v, want ok=%v (errors must be usage errors)", tt.spec, err, tt.ok)
-		}
-	}
-}
-
-func TestSleepHandlerHonoursDeadline(t *testing.T) {
-	h := sleepHandler(simwork.Sleep{D: time.Hour})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if _, err := h.Handle(ctx, &consumer.Message{Payload: []byte("x")}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("sleep handler past the deadline = %v, want DeadlineExceeded", err)
-	}
-	out, err := sleepHandler(simwork.Sleep{D: time.Millisecond, Jitter: time.Millisecond}).Handle(context.Background(), &consumer.Message{Payload: []byte("p")})
-	if err != nil || string(out) != "p" {
-		t.Fatalf("sleep handler = %q, %v; want the payload echoed", out, err)
-	}
-}
-
-func TestHTTPHandler(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		switch string(body) {
-		case "fail":
-			http.Error(w, "model overloaded", http.StatusServiceUnavailable)
-		case "big":
-			_, _ = w.Write(bytes.Repeat([]byte("x"), 2048))
-		default:
-			if r.Method != http.MethodPost || r.Header.Get("X-Mycelium-Topic") != "t" || r.Header.Get("X-Mycelium-Header-Trace") != "abc" {
-				http.Error(w, "bad request shape", http.StatusBadRequest)
-				return
-			}
-			_, _ = w.Write(append([]byte("re:"), body...))
-		}
-	}))
-	defer srv.Close()
-	h := httpHandler(srv.Client(), srv.URL, 1024)
-	msg := func(p string) *consumer.Message {
-		return &consumer.Message{ID: "1-1", Topic: "t", Payload: []byte(p), Attempt: 1, Headers: map[string]string{"Trace": "abc"}}
-	}
-	ctx := context.Background()
-	if out, err := h.Handle(ctx, msg("hi")); err != nil || string(out) != "re:hi" {
-		t.Fatalf("http handler = %q, %v", out, err)
-	}
-	_, err := h.Handle(ctx, msg("fail"))
-	var re *bus.RemoteError
-	if !errors.As(err, &re) || re.Code != "http_503" || !strings.Contains(re.Message, "model overloaded") {
-		t.Fatalf("http handler on 503 = %v, want RemoteError http_503", err)
-	}
-	if _, err := h.Handle(ctx, msg("big")); !errors.As(err, &re) || re.Code != "http_response_too_large" {
-		t.Fatalf("http handler on an oversized body = %v", err)
-	}
-	if _, err := httpHandler(srv.Client(), "http://127.0.0.1:1", 1024).Handle(ctx, msg("x")); err == nil {
-		t.Fatal("http handler with an unreachable target returned no error")
-	}
-}
 
 func TestEnvName(t *testing.T) {
 	if got := envName("http-addr"); got != "MYCELIUM_HTTP_ADDR" {
 		t.Fatalf("envName = %q", got)
+	}
+}
+
+func TestServeRedisOrEmbedded(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		redis        string
+		embedded     bool
+		given        []string
+		wantErr      string // "" = ok
+		wantEmbedded bool
+	}{
+		{name: "neither", wantErr: "--embedded"},
+		{name: "redis", redis: "redis://h:1", given: []string{"redis"}},
+		{name: "redis from the env", redis: "redis://h:1"},
+		{name: "embedded", embedded: true, given: []string{"embedded"}, wantEmbedded: true},
+		{name: "embedded from the env", embedded: true, wantEmbedded: true},
+		{name: "both on the command line", redis: "redis://h:1", embedded: true, given: []string{"redis", "embedded"}, wantErr: "not both"},
+		{name: "both from the env", redis: "redis://h:1", embedded: true, wantErr: "not both"},
+		{name: "--embedded over MYCELIUM_REDIS", redis: "redis://h:1", embedded: true, given: []string{"embedded"}, wantEmbedded: true},
+		{name: "--redis over MYCELIUM_EMBEDDED", redis: "redis://h:1", embedded: true, given: []string{"redis"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := serveFlags{redis: tt.redis, embedded: tt.embedded, logLevel: "info", topic: "t", concurrency: 1,
+				claimIdle: time.Second, maxDeliveries: 1, handler: "echo"}
+			given := map[string]bool{}
+			for _, g := range tt.given {
+				given[g] = true
+			}
+			cfg, err := f.config(given)
+			var ue usageError
+			switch {
+			case tt.wantErr != "":
+				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("config = %v, want a usage error mentioning %q", err, tt.wantErr)
+				}
+			case err != nil:
+				t.Fatalf("config = %v", err)
+			case cfg.Embedded != tt.wantEmbedded || (!cfg.Embedded && cfg.Redis.URL != tt.redis) || (cfg.Embedded && cfg.Redis.URL != ""):
+				t.Fatalf("config = embedded %v, URL %q; want embedded %v", cfg.Embedded, cfg.Redis.URL, tt.wantEmbedded)
+			}
+		})
 	}
 }
 

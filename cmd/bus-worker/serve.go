@@ -2,33 +2,25 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/mattn/go-isatty"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/bus-worker/internal/worker"
 	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/inspect"
-	"github.com/egos/mycelium/prom"
 )
 
 type serveFlags struct {
 	redis, prefix, topic, group, name, handler, httpAddr, logLevel, retention string
+	embedded                                                                  bool
 	concurrency, maxDeliveries, timingSample                                  int
 	shutdownTimeout, claimIdle, slowEntry                                     time.Duration
 
@@ -41,7 +33,8 @@ type serveFlags struct {
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var f serveFlags
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&f.redis, "redis", "", "Redis URL (redis:// or rediss://); empty starts an embedded in-memory Redis")
+	fs.StringVar(&f.redis, "redis", "", "Redis URL (redis:// or rediss://); required unless --embedded")
+	fs.BoolVar(&f.embedded, "embedded", false, "run on an embedded in-memory Redis (data lost on exit; for trying things out) instead of --redis")
 	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
 	fs.StringVar(&f.topic, "topic", "reasoning", "topic to serve")
 	fs.StringVar(&f.group, "group", consumer.DefaultGroup, "consumer group")
@@ -62,189 +55,88 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Float64Var(&f.breakerRatio, "breaker-failure-ratio", breaker.DefaultFailureRatio, "handler failure ratio that trips the breaker")
 	fs.DurationVar(&f.breakerOpen, "breaker-open-timeout", breaker.DefaultOpenTimeout, "how long the breaker stays open before probing")
 	fs.DurationVar(&f.breakerMaxOpen, "breaker-max-open-timeout", time.Minute, "cap of the open time, which doubles after each failed probe round")
-	if err := parseFlags(fs, args); err != nil {
+	given, err := parseFlags(fs, args)
+	if err != nil {
 		return err
 	}
-	level, err := zerolog.ParseLevel(f.logLevel)
-	if err != nil || f.logLevel == "" {
-		return usagef("serve: --log-level %q: want debug, info, warn or error", f.logLevel)
+	cfg, err := f.config(given)
+	if err != nil {
+		return err
 	}
-	log := newLogger(stderr).Level(level)
-	if f.concurrency < 1 {
-		return usagef("serve: --concurrency must be at least 1, got %d", f.concurrency)
-	}
-	if f.shutdownTimeout < 0 {
-		return usagef("serve: --shutdown-timeout must not be negative")
-	}
-	cfg := consumer.Config{
-		Topic: f.topic, Group: f.group, Name: f.name,
-		Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
-		ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
-		TimingSample: f.timingSample, SlowEntry: f.slowEntry,
-	}
-	if f.retention != "" {
-		if d, err := time.ParseDuration(f.retention); err == nil && d > 0 {
-			cfg.RetentionMaxAge = d
-		} else if n, err := strconv.ParseInt(f.retention, 10, 64); err == nil && n > 0 {
-			cfg.RetentionMaxLen = n
-		} else {
-			return usagef("serve: --retention %q: want a positive entry count (1000000) or age (24h)", f.retention)
-		}
-	}
-	if f.claimIdle <= 0 || f.maxDeliveries < 1 {
-		return usagef("serve: --claim-idle must be positive and --max-deliveries at least 1")
-	}
-	if err := cfg.Validate(); err != nil {
+	level, _ := zerolog.ParseLevel(f.logLevel) // checked by config
+	err = worker.Run(ctx, cfg, newLogger(stderr).Level(level))
+	if errors.Is(err, worker.ErrSetup) {
 		return usageError{err}
 	}
-	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: f.concurrency, IdleConnTimeout: time.Minute}}
-	defer httpClient.CloseIdleConnections()
-	h, err := parseHandler(f.handler, consumer.DefaultMaxEntrySize, httpClient)
-	if err != nil {
-		return err
-	}
-	brMetrics := prom.NewBreakerCollector(prometheus.Labels{"topic": f.topic})
-	var br *breaker.Breaker
-	if f.breaker {
-		br, err = breaker.New(breaker.Config{
-			MinCalls: f.breakerMinCalls, FailureRatio: f.breakerRatio, HalfOpenProbes: f.breakerProbes,
-			OpenTimeout: f.breakerOpen, MaxOpenTimeout: f.breakerMaxOpen, Jitter: 0.1,
-		}, breaker.WithStateChange(func(from, to breaker.State) {
-			brMetrics.OnStateChange(from, to)
-			log.WithLevel(breakerLevel(to)).Str("from", from.String()).Str("to", to.String()).Str("handler", f.handler).Msg("downstream circuit breaker")
-		}))
-		if err != nil {
-			return usagef("serve: breaker flags: %v", err)
-		}
-		defer br.Close()
-		brMetrics.SetState(br.State)
-		h = consumer.Chain(h, consumer.BreakerMiddleware(br))
-	}
-
-	var ln net.Listener
-	if f.httpAddr != "" {
-		if ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", f.httpAddr); err != nil {
-			return usagef("serve: --http-addr %q: %v", f.httpAddr, err)
-		}
-		defer ln.Close()
-	}
-
-	url := f.redis
-	if url == "" {
-		mr, addr, err := startEmbedded()
-		if err != nil {
-			return fmt.Errorf("serve: start embedded Redis: %w", err)
-		}
-		defer mr.Close()
-		url = "redis://" + addr
-		log.Warn().Str("redis", addr).Msg("no --redis given: started an embedded in-memory Redis (miniredis) at " + addr + "; its data is lost on exit; not for production")
-	}
-	bcfg := bus.Config{URL: url, Prefix: f.prefix, ClientName: "myc-worker"}
-	c, err := connect(ctx, bcfg)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-
-	co, err := consumer.New(c, cfg, h, consumer.WithLogger(log))
-	if err != nil {
-		return usageError{err}
-	}
-	log.Info().Str("redis", bcfg.Redacted()).Str("topic", f.topic).Str("group", f.group).Str("consumer", co.Name()).
-		Int("concurrency", f.concurrency).Str("handler", f.handler).Str("http_addr", f.httpAddr).Msg("serving")
-
-	var srv *http.Server
-	srvDone := make(chan error, 1)
-	if ln != nil {
-		reg, err := workerRegistry(c, co, brMetrics)
-		if err != nil {
-			return fmt.Errorf("serve: metrics: %w", err)
-		}
-		srv = &http.Server{Handler: opsMux(co, br, reg), ReadHeaderTimeout: 5 * time.Second}
-		go func() { srvDone <- srv.Serve(ln) }()
-	}
-	err = co.Run(ctx)
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = srv.Shutdown(sctx)
-		cancel()
-		if e := <-srvDone; e != nil && !errors.Is(e, http.ErrServerClosed) {
-			log.Error().Err(e).Msg("http server")
-		}
-	}
-	s := co.Stats()
-	log.Info().Uint64("handled", s.Handled).Uint64("acked", s.Acked).Uint64("failed", s.Failed).Msg("stopped")
 	return err
 }
 
-// workerRegistry gathers what /metrics exports: the consumer's stage
-// timings and counters, the breaker, the topic's streams, and the Go
-// runtime and process.
-func workerRegistry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (*prometheus.Registry, error) {
-	reg := prometheus.NewRegistry()
-	if err := prom.RegisterConsumer(reg, co); err != nil {
-		return nil, err
+// config checks the flags and turns them into the worker's Config; given
+// names the flags set on the command line (not from the environment).
+func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
+	switch {
+	case f.embedded && f.redis != "" && given["redis"] == given["embedded"]:
+		return worker.Config{}, usagef("serve: give --redis URL or --embedded, not both")
+	case f.embedded && f.redis != "":
+		// One came from the command line, the other from the environment:
+		// the command line wins, as for any flag.
+		f.embedded = given["embedded"]
+		if f.embedded {
+			f.redis = ""
+		}
+	case !f.embedded && f.redis == "":
+		return worker.Config{}, usagef("serve: no Redis to serve: give --redis URL (or MYCELIUM_REDIS), or --embedded (or MYCELIUM_EMBEDDED=1) for an in-memory one")
 	}
-	for _, col := range []prometheus.Collector{
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		br,
-		prom.NewStreamCollector(inspect.New(c), co.Config().Topic),
-	} {
-		if err := reg.Register(col); err != nil {
-			return nil, err
+	if level, err := zerolog.ParseLevel(f.logLevel); err != nil || f.logLevel == "" || level == zerolog.NoLevel {
+		return worker.Config{}, usagef("serve: --log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	switch {
+	case f.concurrency < 1:
+		return worker.Config{}, usagef("serve: --concurrency must be at least 1, got %d", f.concurrency)
+	case f.shutdownTimeout < 0:
+		return worker.Config{}, usagef("serve: --shutdown-timeout must not be negative")
+	case f.claimIdle <= 0 || f.maxDeliveries < 1:
+		return worker.Config{}, usagef("serve: --claim-idle must be positive and --max-deliveries at least 1")
+	}
+	cfg := worker.Config{
+		Redis:    bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-worker"},
+		Embedded: f.embedded,
+		Consumer: consumer.Config{
+			Topic: f.topic, Group: f.group, Name: f.name,
+			Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
+			ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
+			TimingSample: f.timingSample, SlowEntry: f.slowEntry,
+		},
+		Handler:  f.handler,
+		HTTPAddr: f.httpAddr,
+	}
+	if f.retention != "" {
+		if d, err := time.ParseDuration(f.retention); err == nil && d > 0 {
+			cfg.Consumer.RetentionMaxAge = d
+		} else if n, err := strconv.ParseInt(f.retention, 10, 64); err == nil && n > 0 {
+			cfg.Consumer.RetentionMaxLen = n
+		} else {
+			return worker.Config{}, usagef("serve: --retention %q: want a positive entry count (1000000) or age (24h)", f.retention)
 		}
 	}
-	return reg, nil
-}
-
-// opsMux serves the operator endpoints. br may be nil.
-func opsMux(co *consumer.Consumer, br *breaker.Breaker, reg *prometheus.Registry) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := co.Ready(ctx); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		if br != nil && br.State() == breaker.Open {
-			http.Error(w, "not ready: downstream circuit breaker open", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = io.WriteString(w, "ready\n")
-	})
-	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		out := struct {
-			consumer.Stats
-			Breaker string `json:"breaker,omitempty"`
-		}{Stats: co.Stats()}
-		if br != nil {
-			out.Breaker = br.State().String()
-		}
-		_ = json.NewEncoder(w).Encode(out)
-	})
-	return mux
-}
-
-// startEmbedded starts miniredis on 127.0.0.1:6379 or the next free port.
-func startEmbedded() (*miniredis.Miniredis, string, error) {
-	var last error
-	for port := 6379; port < 6379+100; port++ {
-		m := miniredis.NewMiniRedis()
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		if err := m.StartAddr(addr); err != nil {
-			last = err
-			continue
-		}
-		return m, addr, nil
+	if err := cfg.Consumer.Validate(); err != nil {
+		return worker.Config{}, usageError{err}
 	}
-	return nil, "", last
+	if !f.embedded {
+		if err := cfg.Redis.Validate(); err != nil {
+			return worker.Config{}, usageError{err}
+		}
+	}
+	if f.breaker {
+		cfg.Breaker = &breaker.Config{
+			MinCalls: f.breakerMinCalls, FailureRatio: f.breakerRatio, HalfOpenProbes: f.breakerProbes,
+			OpenTimeout: f.breakerOpen, MaxOpenTimeout: f.breakerMaxOpen, Jitter: 0.1,
+		}
+		if err := cfg.Breaker.Validate(); err != nil {
+			return worker.Config{}, usagef("serve: breaker flags: %v", err)
+		}
+	}
+	return cfg, nil
 }
 
 func newLogger(w io.Writer) zerolog.Logger {
@@ -252,12 +144,4 @@ func newLogger(w io.Writer) zerolog.Logger {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).With().Timestamp().Logger()
-}
-
-// breakerLevel logs a breaker opening as a warning and closing as info.
-func breakerLevel(to breaker.State) zerolog.Level {
-	if to == breaker.Closed {
-		return zerolog.InfoLevel
-	}
-	return zerolog.WarnLevel
 }

@@ -52,7 +52,7 @@ func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
 	asJSON := fs.Bool("json", false, "one JSON object (per interval with --watch)")
 	watch := fs.Duration("watch", 0, "print again every interval until interrupted (e.g. 2s)")
-	if err := parseFlags(fs, args); err != nil {
+	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *watch < 0 {

@@ -18,11 +18,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/pubsub"
+	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/metrics"
@@ -169,9 +169,9 @@ func Embedded(o *Options, stderr io.Writer) (url string, stop func(), err error)
 	if o.Redis != "" {
 		return o.Redis, func() {}, nil
 	}
-	m := miniredis.NewMiniRedis()
-	if err := m.Start(); err != nil {
-		return "", nil, fmt.Errorf("start embedded Redis: %w", err)
+	m, err := cli.StartEmbedded(0)
+	if err != nil {
+		return "", nil, err
 	}
 	fmt.Fprintf(stderr, "bus-bench: no --redis given: using an embedded in-memory Redis (miniredis) at %s; its timings are not representative of Redis\n", m.Addr())
 	return "redis://" + m.Addr(), m.Close, nil

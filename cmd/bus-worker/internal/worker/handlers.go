@@ -1,4 +1,4 @@
-package main
+package worker
 
 import (
 	"bytes"
@@ -15,26 +15,28 @@ import (
 	"github.com/egos/mycelium/internal/simwork"
 )
 
-// parseHandler turns --handler into a consumer.Handler:
-// echo | sleep:<dur>[,<jitter>] | http(s)://URL.
-func parseHandler(spec string, maxBody int, client *http.Client) (consumer.Handler, error) {
+// ParseHandler turns a handler spec (bus-worker's --handler) into a
+// consumer.Handler: echo | sleep:<dur>[,<jitter>] | http(s)://URL. HTTP
+// backends are called through client and may answer at most maxBody bytes.
+// A bad spec is an error wrapping ErrSetup.
+func ParseHandler(spec string, maxBody int, client *http.Client) (consumer.Handler, error) {
 	switch {
 	case spec == "echo":
 		return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil }), nil
 	case strings.HasPrefix(spec, "sleep:"):
 		w, err := simwork.Parse(strings.TrimPrefix(spec, "sleep:"))
 		if err != nil {
-			return nil, usagef("--handler %q: %v", spec, err)
+			return nil, fmt.Errorf("%w: --handler %q: %w", ErrSetup, spec, err)
 		}
 		return sleepHandler(w), nil
 	case strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://"):
 		u, err := url.Parse(spec)
 		if err != nil || u.Host == "" {
-			return nil, usagef("--handler %q: not a valid http(s) URL", spec)
+			return nil, fmt.Errorf("%w: --handler %q: not a valid http(s) URL", ErrSetup, spec)
 		}
 		return httpHandler(client, u.String(), maxBody), nil
 	}
-	return nil, usagef("--handler %q: want echo, sleep:<dur>[,<jitter>] or an http(s):// URL", spec)
+	return nil, fmt.Errorf("%w: --handler %q: want echo, sleep:<dur>[,<jitter>] or an http(s):// URL", ErrSetup, spec)
 }
 
 // sleepHandler simulates reasoning work: it waits w (honouring

@@ -1,0 +1,140 @@
+// Package worker runs one bus-worker: a consumer of one topic running its
+// handler (echo, simulated work, or an HTTP backend), optionally behind a
+// circuit breaker, with the operator endpoints (/healthz, /readyz, /stats,
+// /metrics), on a real Redis or on an embedded in-memory one. The
+// bus-worker command turns flags and environment into a Config and calls
+// Run.
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/egos/mycelium/breaker"
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/cli"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/prom"
+)
+
+// Config is one worker.
+type Config struct {
+	Redis bus.Config // where the bus is; its URL is ignored with Embedded
+	// Embedded starts an in-memory Redis (miniredis) on 127.0.0.1:6379 or
+	// the next free port instead of connecting to Redis.URL. Its data is
+	// lost on exit: for trying the bus out, never for production.
+	Embedded bool
+	Consumer consumer.Config
+	Handler  string // echo | sleep:<dur>[,<jitter>] | http(s)://URL (see ParseHandler)
+	// Breaker, when not nil, wraps the handler in a circuit breaker (see
+	// consumer.BreakerMiddleware).
+	Breaker *breaker.Config
+	// HTTPAddr serves the operator endpoints; "" serves none.
+	HTTPAddr string
+}
+
+// ErrSetup marks the errors that stop a worker before it serves: a bad
+// handler or breaker setting, the HTTP address taken, Redis unreachable.
+// bus-worker exits 2 on them.
+var ErrSetup = errors.New("cannot start")
+
+// Run serves until ctx ends, then shuts down (see consumer.Consumer.Run)
+// and returns nil, or an error wrapping ErrSetup if it could not start.
+func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency), IdleConnTimeout: time.Minute}}
+	defer httpClient.CloseIdleConnections()
+	h, err := ParseHandler(cfg.Handler, consumer.DefaultMaxEntrySize, httpClient)
+	if err != nil {
+		return err
+	}
+	brMetrics := prom.NewBreakerCollector(prometheus.Labels{"topic": cfg.Consumer.Topic})
+	br, err := newBreaker(cfg, brMetrics, log)
+	if err != nil {
+		return err
+	}
+	if br != nil {
+		defer br.Close()
+		h = consumer.Chain(h, consumer.BreakerMiddleware(br))
+	}
+	var ln net.Listener
+	if cfg.HTTPAddr != "" {
+		if ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("%w: --http-addr %q: %w", ErrSetup, cfg.HTTPAddr, err)
+		}
+		defer ln.Close()
+	}
+	if cfg.Embedded {
+		m, err := cli.StartEmbedded(6379)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrSetup, err)
+		}
+		defer m.Close()
+		cfg.Redis.URL = "redis://" + m.Addr()
+		log.Warn().Str("redis", m.Addr()).Msg("started an embedded in-memory Redis (miniredis) at " + m.Addr() + "; its data is lost on exit; not for production")
+	}
+	c, err := connect(ctx, cfg.Redis)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	co, err := consumer.New(c, cfg.Consumer, h, consumer.WithLogger(log))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	log.Info().Str("redis", c.Redacted()).Str("topic", cfg.Consumer.Topic).Str("group", co.Config().Group).Str("consumer", co.Name()).
+		Int("concurrency", co.Config().Concurrency).Str("handler", cfg.Handler).Str("http_addr", cfg.HTTPAddr).Msg("serving")
+
+	stopOps := func() {}
+	if ln != nil {
+		reg, err := registry(c, co, brMetrics)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		stopOps = serveOps(ln, opsMux(co, br, reg), log)
+	}
+	err = co.Run(ctx)
+	stopOps()
+	s := co.Stats()
+	log.Info().Uint64("handled", s.Handled).Uint64("acked", s.Acked).Uint64("failed", s.Failed).Msg("stopped")
+	return err
+}
+
+// newBreaker builds the handler's circuit breaker, or nil when cfg has none.
+// Its state changes are logged and counted in m.
+func newBreaker(cfg Config, m *prom.BreakerCollector, log zerolog.Logger) (*breaker.Breaker, error) {
+	if cfg.Breaker == nil {
+		return nil, nil
+	}
+	br, err := breaker.New(*cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
+		m.OnStateChange(from, to)
+		lvl := zerolog.WarnLevel
+		if to == breaker.Closed {
+			lvl = zerolog.InfoLevel
+		}
+		log.WithLevel(lvl).Str("from", from.String()).Str("to", to.String()).Str("handler", cfg.Handler).Msg("downstream circuit breaker")
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("%w: breaker flags: %w", ErrSetup, err)
+	}
+	m.SetState(br.State)
+	return br, nil
+}
+
+// connect reaches Redis within 5 s (or ctx); failing that is a setup error.
+func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := bus.Connect(cctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", ErrSetup, cfg.Redacted(), cli.RootCause(err))
+	}
+	return c, nil
+}

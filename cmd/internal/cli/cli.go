@@ -1,0 +1,53 @@
+// Package cli holds what the two commands, bus-worker and bus-bench, share:
+// errors printed as one line, and the embedded in-memory Redis they start
+// when asked to run without a real one.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/alicebob/miniredis/v2"
+)
+
+// OneLine collapses s onto one line (every run of white space becomes one
+// space), for an error a command prints before it exits.
+func OneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// RootCause strips every wrapping from err, so that a dial error prints as
+// one short line ("dial tcp 127.0.0.1:1: connect: connection refused").
+func RootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+// StartEmbedded starts an in-process miniredis on 127.0.0.1, on the first
+// free port from port up (up to 100 tries), or on any free port when port
+// is 0. Its data lives in memory and is lost when it stops: it is for trying
+// the bus out and for tests, never for production.
+func StartEmbedded(port int) (*miniredis.Miniredis, error) {
+	if port == 0 {
+		m := miniredis.NewMiniRedis()
+		if err := m.StartAddr("127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("start embedded Redis: %w", err)
+		}
+		return m, nil
+	}
+	var last error
+	for p := port; p < port+100; p++ {
+		m := miniredis.NewMiniRedis()
+		if err := m.StartAddr("127.0.0.1:" + strconv.Itoa(p)); err != nil {
+			last = err
+			continue
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("start embedded Redis on a port from %d: %w", port, last)
+}
