@@ -19,9 +19,9 @@ type Clock interface {
 //
 // The goroutine sleeps after coarseIdleTicks ticks without a reader, and
 // the next reader wakes it (reading the system clock once itself): a
-// producer with no traffic costs no wake-ups. A 1 ms ticker that never
-// slept cost 1,000 thread wake-ups a second, ~50 ms of CPU per second on an
-// otherwise idle 2-vCPU VM (bus-bench --trace of a 10 req/s run).
+// producer with no traffic costs no wake-ups: a 1 ms ticker that never
+// slept would cost 1,000 thread wake-ups a second in an idle process
+// (docs/performance.md, "Decisions in the code").
 var coarse struct {
 	mu    sync.Mutex
 	users int

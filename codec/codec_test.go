@@ -19,7 +19,7 @@ type wire struct {
 	ReplyTo  string
 	Deadline int64
 	Sent     int64
-	Attempt  uint32
+	Reserved uint32
 	Headers  map[string]string
 	Payload  []byte
 	ErrCode  string
@@ -32,7 +32,7 @@ func sample(payload int) *Envelope {
 	p := bytes.Repeat([]byte{0xab}, payload)
 	return &Envelope{
 		Kind: KindRequest, ID: "p1-42", ReplyTo: "myc:{r.p1}", Deadline: 1764230400123456789,
-		Sent: 1764230399123456789, Attempt: 2, QueueWait: 1 << 40, Handler: 1500,
+		Sent: 1764230399123456789, QueueWait: 1 << 40, Handler: 1500,
 		Headers: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k": "v"},
 		Payload: p,
 	}
@@ -41,7 +41,7 @@ func sample(payload int) *Envelope {
 func equal(t *testing.T, got, want *Envelope) {
 	t.Helper()
 	if got.Kind != want.Kind || got.ID != want.ID || got.ReplyTo != want.ReplyTo || got.Deadline != want.Deadline ||
-		got.Sent != want.Sent || got.Attempt != want.Attempt || !bytes.Equal(got.Payload, want.Payload) ||
+		got.Sent != want.Sent || !bytes.Equal(got.Payload, want.Payload) ||
 		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) ||
 		got.QueueWait != want.QueueWait || got.Handler != want.Handler {
 		t.Fatalf("decoded %+v, want %+v", got, want)
@@ -67,7 +67,6 @@ func TestRoundTrip(t *testing.T) {
 		{"negative deadline", &Envelope{Deadline: -1, Sent: -1 << 40}},
 		{"reply error", &Envelope{Kind: KindReply, ID: "x", ErrCode: "handler_error", ErrMsg: long}},
 		{"string sizes", &Envelope{ID: strings.Repeat("i", 31), ReplyTo: strings.Repeat("r", 200), ErrCode: strings.Repeat("c", 300)}},
-		{"max attempt", &Envelope{Attempt: 1<<32 - 1}},
 		{"many headers", &Envelope{Headers: func() map[string]string {
 			m := map[string]string{}
 			for i := 0; i < 40; i++ {
@@ -108,6 +107,52 @@ func TestRoundTrip(t *testing.T) {
 			}
 			equal(t, &back, tt.env)
 		})
+	}
+}
+
+// TestReservedElement: element 6 is written as 0 and any unsigned integer
+// there is accepted (older writers put an attempt count in it); anything
+// else is malformed.
+func TestReservedElement(t *testing.T) {
+	b := AppendEnvelope(nil, sample(4))
+	var w wire
+	if err := msgpack.Unmarshal(b, &w); err != nil || w.Reserved != 0 {
+		t.Fatalf("reserved element = %d, %v; want 0", w.Reserved, err)
+	}
+	for _, v := range []uint32{2, 1<<32 - 1} {
+		w.Reserved = v
+		lib, err := msgpack.Marshal(&w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Envelope
+		if err := DecodeEnvelope(string(lib), &got); err != nil {
+			t.Fatalf("DecodeEnvelope(reserved %d) = %v", v, err)
+		}
+		equal(t, &got, sample(4))
+	}
+	type badWire struct {
+		_msgpack struct{} `msgpack:",as_array"` //nolint:unused // read by msgpack's struct tag parser
+		Version  uint8
+		Kind     uint8
+		ID       string
+		ReplyTo  string
+		Deadline int64
+		Sent     int64
+		Reserved string
+		Headers  map[string]string
+		Payload  []byte
+		ErrCode  string
+		ErrMsg   string
+	}
+	lib, err := msgpack.Marshal(&badWire{Version: Version, Reserved: "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Envelope
+	var de *DecodeError
+	if err := DecodeEnvelope(string(lib), &got); !errors.As(err, &de) || de.Field != "reserved" {
+		t.Fatalf("DecodeEnvelope(string in element 6) = %v, want a DecodeError on the reserved field", err)
 	}
 }
 

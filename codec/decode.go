@@ -81,11 +81,9 @@ func decodeEnvelope(s string, e *Envelope, alias bool) error {
 	if e.Sent, ok = d.int(); !ok {
 		return d.fail("sent", "not an integer")
 	}
-	a, ok := d.uint()
-	if !ok || a > 1<<32-1 {
-		return d.fail("attempt", "not a 32-bit unsigned integer")
+	if _, ok := d.uint(); !ok { // reserved (see minFields)
+		return d.fail("reserved", "not an unsigned integer")
 	}
-	e.Attempt = uint32(a)
 	if err := d.headers(e); err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 	dst = appendString(dst, e.ReplyTo)
 	dst = appendInt(dst, e.Deadline)
 	dst = appendInt(dst, e.Sent)
-	dst = appendUint(dst, uint64(e.Attempt))
+	dst = append(dst, 0) // reserved (see minFields)
 	if e.Headers == nil {
 		dst = append(dst, 0xc0)
 	} else {

@@ -1,7 +1,5 @@
 package codec
 
-import "time"
-
 // Version is the envelope format version written in the first array element.
 // Decoders accept this version and reject any other.
 const Version = 1
@@ -41,7 +39,6 @@ type Envelope struct {
 	ReplyTo  string            // stream key the reply goes to (requests only)
 	Deadline int64             // unix nanoseconds after which the caller gave up; 0 means none
 	Sent     int64             // unix nanoseconds when the sender encoded the message
-	Attempt  uint32            // delivery attempt recorded by the sender (0 for a first send)
 	Headers  map[string]string // free-form metadata, e.g. trace context; may be nil
 	Payload  []byte
 	ErrCode  string // replies: a non-empty code marks a remote error
@@ -53,20 +50,15 @@ type Envelope struct {
 	Handler   int64 // time spent in the handler
 }
 
-// DeadlineTime returns the deadline as a time, and false when there is none.
-func (e *Envelope) DeadlineTime() (time.Time, bool) {
-	if e.Deadline == 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(0, e.Deadline), true
-}
-
 // Reset clears e for reuse, keeping nothing that aliases earlier input.
 func (e *Envelope) Reset() { *e = Envelope{} }
 
 // minFields is the number of array elements every version-1 envelope has;
 // fields is the number this revision writes (the stage timings were added
-// as trailing elements, which older decoders skip).
+// as trailing elements, which older decoders skip). Element 6 is reserved:
+// it once carried a sender-side attempt count that nothing set (handlers
+// get Redis's delivery count instead, consumer.Message.Attempt); it is
+// written as 0 and ignored when read. docs/wire.md has the layout.
 const (
 	minFields = 11
 	fields    = 13

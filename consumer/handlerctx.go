@@ -10,8 +10,8 @@ import (
 // It behaves like context.WithDeadline(parent, deadline), but it arms its
 // timer and its link to parent only when somebody asks for Done: most fast
 // handlers never do, and context.WithDeadline per message (an allocation, a
-// runtime timer, registration in parent) was 5% of a worker's CPU at 64
-// concurrent requests (pprof of bus-bench rpc).
+// runtime timer, registration in parent) showed in a worker's CPU profile
+// (docs/performance.md, "Decisions in the code").
 //
 // Values come from values, which is parent without its cancellation
 // (context.WithoutCancel): context.Cause then reports this context's own

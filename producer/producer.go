@@ -363,8 +363,8 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 	w.write = 0
 	// Without a ctx deadline, Config.RequestTimeout applies through the
 	// waiter's own reusable timer: a context.WithTimeout per call (an
-	// allocation, a runtime timer, registration in the parent ctx) was 6% of
-	// bus-bench's CPU at 64 callers (pprof).
+	// allocation, a runtime timer, registration in the parent ctx) showed in
+	// the CPU profile (docs/performance.md, "Decisions in the code").
 	var expired <-chan time.Time
 	deadline, ok := ctx.Deadline()
 	if !ok {

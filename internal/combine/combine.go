@@ -79,9 +79,8 @@ func (c *Combiner[T]) Add(item T, inline bool) bool {
 // nothing else is runnable and the flusher resumes at once. In a process
 // whose every P is busy it waits its turn behind what is runnable, like
 // any goroutine the scheduler readies (the reply to its write would wait
-// the same way). Measured with
-// bus-bench rpc (make bench-ab, 8 pairs): +15% at 64 callers, +5% at 256,
-// and the same p50 for a single caller.
+// the same way). docs/performance.md ("Decisions in the code") has what it
+// gained.
 func (c *Combiner[T]) loop(rounds int) {
 	runtime.Gosched()
 	for i := 0; ; i++ {

@@ -19,9 +19,8 @@ import (
 // batch of XADDs to a stream with a blocked reader hands that reader the
 // first entry alone; the rest wait for its next read, a full round trip
 // later, and the lone entry goes on through every later stage alone. Under
-// EXEC the reader is served once, after the last XADD, with all of them.
-// Measured with bus-bench rpc at 64 callers: without it, a third of all
-// XREADGROUP and XREAD calls returned exactly one entry.
+// EXEC the reader is served once, after the last XADD, with all of them
+// (test/batch_test.go shows it; docs/performance.md what it changed).
 //
 // A transaction per key, not one for the whole batch: a command refused
 // when queued (OOM, an ACL that denies the key) aborts its transaction, and
