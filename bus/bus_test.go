@@ -117,12 +117,14 @@ func TestKeys(t *testing.T) {
 			t.Errorf("%q does not round-trip through its builder", tc.key)
 		}
 	}
-	for _, bad := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", 201)} {
+	for _, bad := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", 201), "r.x"} {
 		if err := ValidateName("topic", bad); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("ValidateName(%q) = %v, want ErrInvalidConfig", bad, err)
 		}
 	}
-	if err := ValidateName("topic", "reasoning.v2-eu_1"); err != nil {
-		t.Errorf("ValidateName(ok) = %v", err)
+	for _, ok := range [][2]string{{"topic", "reasoning.v2-eu_1"}, {"topic", "r"}, {"topic", "rx.y"}, {"producer", "r.x"}} {
+		if err := ValidateName(ok[0], ok[1]); err != nil {
+			t.Errorf("ValidateName(%q, %q) = %v", ok[0], ok[1], err)
+		}
 	}
 }

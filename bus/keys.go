@@ -86,12 +86,16 @@ func (k Keys) tag(key string) (string, bool) {
 	return t, true
 }
 
-// ValidateName checks a topic, group, consumer, producer or prefix name:
-// non-empty, at most 200 bytes, no braces (they would break the hash tag),
-// no spaces or control characters.
+// ValidateName checks a name of the given kind ("topic", "group",
+// "consumer", "producer", "prefix"): non-empty, at most 200 bytes, no braces
+// (they would break the hash tag), no spaces or control characters; a topic
+// also must not start with "r." (its stream key would be a reply stream's).
 func ValidateName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s name is empty", ErrInvalidConfig, kind)
+	}
+	if kind == "topic" && strings.HasPrefix(name, "r.") {
+		return fmt.Errorf("%w: topic name %q starts with \"r.\", which reply streams use", ErrInvalidConfig, name)
 	}
 	if len(name) > 200 {
 		return fmt.Errorf("%w: %s name is longer than 200 bytes", ErrInvalidConfig, kind)
