@@ -17,10 +17,11 @@ import (
 const ReplayedFromHeader = "mycelium-replayed-from"
 
 var (
-	// ErrNotReplayable: the dead letter has no decodable envelope (a
-	// malformed entry); replaying it would only dead-letter it again.
+	// ErrNotReplayable is reported for a dead letter without a decodable
+	// envelope (a malformed entry): replaying it would only dead-letter it
+	// again.
 	ErrNotReplayable = errors.New("inspect: dead letter has no decodable envelope")
-	// ErrNotFound: no dead letter has the given id.
+	// ErrNotFound is reported for a dead letter id that is not there.
 	ErrNotFound = errors.New("inspect: no such dead letter")
 )
 

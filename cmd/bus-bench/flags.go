@@ -71,7 +71,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 }
 
 func (o *options) check(given map[string]bool) error {
-	if err := o.Options.Check(given); err != nil {
+	if err := o.Check(given); err != nil {
 		return err
 	}
 	switch {

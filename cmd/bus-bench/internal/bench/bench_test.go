@@ -92,7 +92,7 @@ func TestTallyKeepsTheFirstErrorOfAnyType(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if tl.errs.Load() != 65 || tl.firstErr() != first {
+	if tl.errs.Load() != 65 || tl.firstErr() != first { //nolint:errorlint // identity: the first error itself, not one wrapping it
 		t.Fatalf("tally = %d errors, first %v; want 65 and the first one", tl.errs.Load(), tl.firstErr())
 	}
 	var empty tally

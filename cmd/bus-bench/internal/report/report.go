@@ -395,6 +395,8 @@ type stageRow struct {
 	E2E    float64
 }
 
+// Write renders the report of runs, with info and verdicts, as one
+// self-contained HTML page at path.
 func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 	var charts []chart
 	add := func(c chart, err error) error {
