@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -23,6 +24,30 @@ type completion struct {
 	queued  time.Duration // the entry's queue wait and handler time, for timing logs
 	handled time.Duration
 	failed  bool // the handler returned an error (sent as a remote error)
+}
+
+// flushBufs are one flush's commands, ids and results, pooled: a flush runs
+// for every batch of finished entries.
+type flushBufs struct {
+	adds []redisx.Add
+	ids  []string
+	ack  redisx.Ack
+	res  []redisx.Result
+}
+
+var flushPool = sync.Pool{New: func() any {
+	return &flushBufs{adds: make([]redisx.Add, 0, 64), ids: make([]string, 0, 64), res: make([]redisx.Result, 0, 65)}
+}}
+
+// put clears fb (it must not keep entries' buffers or ids alive) and
+// returns it to the pool.
+func (fb *flushBufs) put() {
+	clear(fb.adds)
+	clear(fb.ids)
+	clear(fb.res)
+	fb.adds, fb.ids, fb.res = fb.adds[:0], fb.ids[:0], fb.res[:0]
+	fb.ack = redisx.Ack{}
+	flushPool.Put(fb)
 }
 
 const (
@@ -84,7 +109,8 @@ func (a *acker) flush(batch []completion) {
 	if dead != nil {
 		a.flushDead(batch, dead)
 	}
-	ids := make([]string, 0, len(batch))
+	fb := flushPool.Get().(*flushBufs)
+	defer fb.put()
 	replies := 0
 	for i := range batch {
 		d := &batch[i]
@@ -93,24 +119,20 @@ func (a *acker) flush(batch []completion) {
 		}
 		if d.reply != nil {
 			replies++
+			fb.adds = append(fb.adds, redisx.Add{Key: d.replyTo, Cap: c.replyCap, NoMkStream: true, Data: d.reply.B})
 		}
-		ids = append(ids, d.id)
+		fb.ids = append(fb.ids, d.id)
 	}
-	if len(ids) > 0 {
+	if len(fb.ids) > 0 {
 		// The replies go in one transaction (redisx.DoBatch: a caller's
 		// reply reader gets all of its replies in one read), the XACK after
 		// it.
-		adds := make([]redisx.Add, 0, replies)
-		for i := range batch {
-			if d := &batch[i]; d.reply != nil && d.dead == nil {
-				adds = append(adds, redisx.Add{Key: d.replyTo, Cap: c.replyCap, NoMkStream: true, Data: d.reply.B})
-			}
-		}
-		ack := &redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: ids}
-		res, ok := a.do(func(out []redisx.Result) []redisx.Result {
-			return redisx.AddBatch(a.ctx, c.c.Redis(), adds, ack, out)
+		fb.ack = redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: fb.ids}
+		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
+			return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, &fb.ack, out)
 		})
 		if ok {
+			fb.res = res // its array, grown or not, goes back to the pool
 			c.stats.flushes.Add(1)
 			now := time.Now()
 			k := 0 // index in res of batch[i]'s reply
@@ -166,7 +188,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	for _, i := range idx {
 		adds = append(adds, redisx.Add{Key: c.dlqKey, Cap: c.dlqCap, Fields: batch[i].dead})
 	}
-	res, ok := a.do(func(out []redisx.Result) []redisx.Result {
+	res, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
 		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
 	})
 	if !ok {
@@ -184,7 +206,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 		return
 	}
 	ack := &redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: ids}
-	if res, ok := a.do(func(out []redisx.Result) []redisx.Result {
+	if res, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
 		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, ack, out)
 	}); ok && res[0].Err == nil {
 		c.stats.acked.Add(uint64(res[0].N))
@@ -193,14 +215,15 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 }
 
 // do runs one pipeline (send builds its commands afresh and sends them,
-// appending its results to the slice it is given), retrying connection
-// failures with backoff. It reports false if they could not be sent within
-// the retry budget or the acker's ctx ended. Building the commands for
-// every attempt matters: rueidis recycles each command that got a reply, so
-// resending one after a partial failure would send a recycled one.
-func (a *acker) do(send func([]redisx.Result) []redisx.Result) ([]redisx.Result, bool) {
+// appending its results to the slice it is given: buf[:0] on every attempt),
+// retrying connection failures with backoff. It reports false if they could
+// not be sent within the retry budget or the acker's ctx ended. Building the
+// commands for every attempt matters: rueidis recycles each command that got
+// a reply, so resending one after a partial failure would send a recycled
+// one.
+func (a *acker) do(buf []redisx.Result, send func([]redisx.Result) []redisx.Result) ([]redisx.Result, bool) {
 	var bo *backoff.ExponentialBackOff
-	var res []redisx.Result
+	res := buf
 	for {
 		// No per-flush timer: the connection's write timeout (bus.Config
 		// WriteTimeout) bounds it; a.ctx cancels it at shutdown.
