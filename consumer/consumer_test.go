@@ -132,7 +132,7 @@ func TestMalformedEntriesAreDeadLettered(t *testing.T) {
 	}
 	// Dead letters and the good event are acknowledged: nothing stays pending.
 	eventually(t, "nothing pending", func() bool {
-		p, err := redisx.PendingSummary(context.Background(), c.Redis(), "myc:{t}", "workers")
+		p, _, err := redisx.GroupDetail(context.Background(), c.Redis(), "myc:{t}", "workers")
 		if err != nil {
 			t.Fatal(err)
 		}

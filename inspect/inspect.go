@@ -2,6 +2,7 @@ package inspect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -94,7 +95,10 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 		Groups: make([]Group, 0, len(si.Groups))}
 	for _, g := range si.Groups {
 		p, cs, err := redisx.GroupDetail(ctx, rc, key, g.Name)
-		if err != nil {
+		switch {
+		case errors.Is(err, redisx.ErrNoGroup):
+			continue // destroyed since XINFO GROUPS listed it
+		case err != nil:
 			return t, fmt.Errorf("inspect: topic %s group %s: %w", name, g.Name, redisx.Unavailable(err))
 		}
 		gr := Group{Name: g.Name, Pending: g.Pending, OldestPendingID: p.OldestID, OldestPendingAge: age(p.OldestID, now),

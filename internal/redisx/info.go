@@ -140,14 +140,9 @@ type PendingTotals struct {
 	ByOwner  map[string]int64 // consumer name -> pending entries
 }
 
-// PendingSummary reads the summary of group's pending entries on key. Its
-// cost grows with the number of consumers, not of entries.
-func PendingSummary(ctx context.Context, c rueidis.Client, key, group string) (PendingTotals, error) {
-	return parsePendingSummary(c.Do(ctx, c.B().Xpending().Key(key).Group(group).Build()), key, group)
-}
-
 // GroupDetail reads the summary of group's pending entries and its consumers
-// in one round trip.
+// in one round trip. Its cost grows with the number of consumers, not of
+// entries.
 func GroupDetail(ctx context.Context, c rueidis.Client, key, group string) (PendingTotals, []ConsumerInfo, error) {
 	res := c.DoMulti(ctx,
 		c.B().Xpending().Key(key).Group(group).Build(),

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-func TestInfoAndPendingSummary(t *testing.T) {
+func TestInfoAndGroupDetail(t *testing.T) {
 	m, c := miniClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -38,13 +38,10 @@ func TestInfoAndPendingSummary(t *testing.T) {
 		si.DeadLetters != 1 {
 		t.Fatalf("Info(s) = %+v, %v; ids %v", si, err, ids)
 	}
-	p, err := PendingSummary(ctx, c, "s", "g")
-	if err != nil || p.Count != 2 || p.OldestID != ids[0] || p.ByOwner["w1"] != 2 {
-		t.Fatalf("PendingSummary = %+v, %v", p, err)
-	}
-	p2, consumers, err := GroupDetail(ctx, c, "s", "g")
-	if err != nil || p2.Count != 2 || len(consumers) != 1 || consumers[0].Name != "w1" || consumers[0].Pending != 2 {
-		t.Fatalf("GroupDetail = %+v, %+v, %v", p2, consumers, err)
+	p, consumers, err := GroupDetail(ctx, c, "s", "g")
+	if err != nil || p.Count != 2 || p.OldestID != ids[0] || p.ByOwner["w1"] != 2 || len(consumers) != 1 ||
+		consumers[0].Name != "w1" || consumers[0].Pending != 2 {
+		t.Fatalf("GroupDetail = %+v, %+v, %v", p, consumers, err)
 	}
 	if _, _, err := GroupDetail(ctx, c, "s", "nogroup"); !errors.Is(err, ErrNoGroup) {
 		t.Fatalf("GroupDetail(no group) = %v, want ErrNoGroup", err)
@@ -57,7 +54,5 @@ func TestInfoAndPendingSummary(t *testing.T) {
 	if keys, err := ScanStreams(ctx, c, "s*"); err != nil || len(keys) != 2 {
 		t.Fatalf("ScanStreams = %v, %v; want [s s:dlq]", keys, err)
 	}
-	if _, err := PendingSummary(ctx, c, "s", "nogroup"); !errors.Is(err, ErrNoGroup) {
-		t.Fatalf("PendingSummary(no group) = %v, want ErrNoGroup", err)
-	}
+
 }

@@ -176,11 +176,6 @@ var cmdsPool = sync.Pool{New: func() any {
 	return &c
 }}
 
-// Acknowledge runs one XACK and returns how many entries it acknowledged.
-func Acknowledge(ctx context.Context, c rueidis.Client, a Ack) (int64, error) {
-	return c.Do(ctx, c.B().Xack().Key(a.Key).Group(a.Group).Id(a.IDs...).Build()).AsInt64()
-}
-
 // Trim runs an exact XTRIM key MAXLEN n (n > 0) or MINID <now-age> (age >
 // 0) and returns how many entries it removed.
 func Trim(ctx context.Context, c rueidis.Client, key string, n int64, age time.Duration) (int64, error) {
