@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -134,17 +135,49 @@ func TestBusWorkerEmbedded(t *testing.T) {
 			t.Fatalf("serve without a Redis (env %v) = %q, %v; want exit 2 and one line naming --redis and --embedded", env, out, err)
 		}
 	}
-	serve, logs, _ := startServe(t, "--embedded")
-	first, _, _ := strings.Cut(logs.String(), "\n")
-	if !strings.Contains(first, "embedded in-memory Redis") || !strings.Contains(first, "127.0.0.1:") || !strings.Contains(first, "lost on exit") {
-		t.Fatalf("first log line = %q, want it to announce the embedded Redis, its address and data loss", first)
+	// The default HTTP address (127.0.0.1:9464) is taken: like the embedded
+	// Redis, it moves to the next free port. (If something else holds 9464
+	// here, it is taken all the same.)
+	if l, err := net.Listen("tcp", "127.0.0.1:9464"); err == nil {
+		defer l.Close()
 	}
-	// The embedded server answers a client on the address it announced.
-	_, addr, _ := strings.Cut(first, `"redis":"`)
-	addr, _, _ = strings.Cut(addr, `"`)
-	out, err := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", "redis://"+addr, "--data", "x", "--json").Output()
-	if err != nil || !strings.Contains(string(out), `"reply":"x"`) {
-		t.Fatalf("request against the embedded Redis = %q, %v", out, err)
+	serve := exec.Command(buildCmd(t, "bus-worker"), "serve", "--embedded")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MYCELIUM_") {
+			serve.Env = append(serve.Env, kv)
+		}
+	}
+	var out, logs redistest.SyncBuffer
+	serve.Stdout, serve.Stderr = &out, &logs
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if serve.ProcessState == nil {
+			_ = serve.Process.Kill()
+			_ = serve.Wait()
+		}
+	}()
+	waitFor(t, 20*time.Second, "the commands to try it", func() bool { return strings.Count(out.String(), "\n") >= 4 })
+	lines := strings.Split(out.String(), "\n")
+	if !strings.Contains(lines[0], "embedded in-memory Redis at redis://127.0.0.1:") || !strings.Contains(lines[0], "lost on exit") ||
+		!strings.Contains(lines[1], " request --redis redis://127.0.0.1:") || !strings.Contains(lines[2], " stats --redis redis://127.0.0.1:") ||
+		!strings.HasPrefix(strings.TrimSpace(lines[3]), "curl -s http://127.0.0.1:") || strings.Contains(lines[3], ":9464/") {
+		t.Fatalf("first lines = %q, want the embedded Redis announced, then request, stats and curl commands with the actual addresses (not the taken :9464)", lines[:4])
+	}
+	// The printed commands work as printed, from a second terminal.
+	reply, err := exec.Command("sh", "-c", strings.TrimSpace(lines[1])).CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(reply), "hello mycelium\n") {
+		t.Fatalf("%s = %q, %v", lines[1], reply, err)
+	}
+	metricsURL := strings.Fields(lines[3])[2]
+	resp, err := http.Get(metricsURL)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s = %v, %v", metricsURL, resp, err)
+	}
+	resp.Body.Close()
+	if !strings.Contains(logs.String(), "embedded in-memory Redis") {
+		t.Fatalf("logs do not mention the embedded Redis:\n%s", logs.String())
 	}
 	_ = serve.Process.Signal(syscall.SIGINT)
 	if err := serve.Wait(); err != nil {

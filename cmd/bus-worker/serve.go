@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -30,7 +31,7 @@ type serveFlags struct {
 	breakerOpen, breakerMaxOpen    time.Duration
 }
 
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f serveFlags
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&f.redis, "redis", "", "Redis URL (redis:// or rediss://); required unless --embedded")
@@ -62,6 +63,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg, err := f.config(given)
 	if err != nil {
 		return err
+	}
+	// The default HTTP address moves past a taken port, as the embedded
+	// Redis does; one the operator chose does not.
+	_, fromEnv := os.LookupEnv(envName("http-addr"))
+	cfg.HTTPAddrMayMove = !given["http-addr"] && !fromEnv
+	if cfg.Embedded {
+		cfg.Announce, cfg.Self = stdout, selfCommand()
 	}
 	level, _ := zerolog.ParseLevel(f.logLevel) // checked by config
 	err = worker.Run(ctx, cfg, newLogger(stderr).Level(level))
@@ -144,4 +152,16 @@ func newLogger(w io.Writer) zerolog.Logger {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
 	}
 	return zerolog.New(w).With().Timestamp().Logger()
+}
+
+// selfCommand is how a user runs this bus-worker again: "go run
+// ./cmd/bus-worker" under go run (make run), else the path it was run by.
+func selfCommand() string {
+	if exe, err := os.Executable(); err == nil && strings.Contains(exe, "go-build") {
+		return "go run ./cmd/bus-worker"
+	}
+	if len(os.Args) > 0 && os.Args[0] != "" {
+		return os.Args[0]
+	}
+	return "bus-worker"
 }

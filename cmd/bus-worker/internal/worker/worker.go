@@ -11,8 +11,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +42,17 @@ type Config struct {
 	Breaker *breaker.Config
 	// HTTPAddr serves the operator endpoints; "" serves none.
 	HTTPAddr string
+	// HTTPAddrMayMove lets the worker take the next free port when
+	// HTTPAddr's is taken (up to 100 ports on): set it when HTTPAddr is the
+	// default rather than an address the operator chose.
+	HTTPAddrMayMove bool
+	// Announce, when not nil, gets the commands to try the worker from a
+	// second terminal (the Redis and HTTP addresses it actually uses), once
+	// it is ready, before any log line: for --embedded.
+	Announce io.Writer
+	// Self is how the commands in Announce invoke bus-worker (for example
+	// "go run ./cmd/bus-worker"); empty means "bus-worker".
+	Self string
 }
 
 // ErrSetup marks the errors that stop a worker before it serves: a bad
@@ -66,19 +80,20 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	var ln net.Listener
 	if cfg.HTTPAddr != "" {
-		if ln, err = (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
+		if ln, err = listen(ctx, cfg.HTTPAddr, cfg.HTTPAddrMayMove); err != nil {
 			return fmt.Errorf("%w: --http-addr %q: %w", ErrSetup, cfg.HTTPAddr, err)
 		}
 		defer ln.Close()
 	}
+	embedded := ""
 	if cfg.Embedded {
 		m, err := cli.StartEmbedded(6379)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrSetup, err)
 		}
 		defer m.Close()
-		cfg.Redis.URL = "redis://" + m.Addr()
-		log.Warn().Str("redis", m.Addr()).Msg("started an embedded in-memory Redis (miniredis) at " + m.Addr() + "; its data is lost on exit; not for production")
+		embedded = m.Addr()
+		cfg.Redis.URL = "redis://" + embedded
 	}
 	c, err := connect(ctx, cfg.Redis)
 	if err != nil {
@@ -89,8 +104,18 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
+	httpAddr := ""
+	if ln != nil {
+		httpAddr = ln.Addr().String()
+	}
+	if cfg.Announce != nil {
+		announce(cfg.Announce, cmp.Or(cfg.Self, "bus-worker"), c.Redacted(), co.Config().Topic, httpAddr, embedded != "")
+	}
+	if embedded != "" {
+		log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
+	}
 	log.Info().Str("redis", c.Redacted()).Str("topic", cfg.Consumer.Topic).Str("group", co.Config().Group).Str("consumer", co.Name()).
-		Int("concurrency", co.Config().Concurrency).Str("handler", cfg.Handler).Str("http_addr", cfg.HTTPAddr).Msg("serving")
+		Int("concurrency", co.Config().Concurrency).Str("handler", cfg.Handler).Str("http_addr", httpAddr).Msg("serving")
 
 	stopOps := func() {}
 	if ln != nil {
@@ -137,4 +162,39 @@ func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
 		return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", ErrSetup, cfg.Redacted(), cli.RootCause(err))
 	}
 	return c, nil
+}
+
+// listen listens on addr, or, when it may move and addr's port is taken, on
+// the next free port (up to 100 on).
+func listen(ctx context.Context, addr string, mayMove bool) (net.Listener, error) {
+	lc := &net.ListenConfig{}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err == nil || !mayMove || !errors.Is(err, syscall.EADDRINUSE) {
+		return ln, err
+	}
+	host, p, splitErr := net.SplitHostPort(addr)
+	port, convErr := strconv.Atoi(p)
+	if splitErr != nil || convErr != nil || port == 0 {
+		return nil, err
+	}
+	for next := port + 1; next < port+100 && next <= 65535; next++ {
+		if ln, nerr := lc.Listen(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(next))); nerr == nil {
+			return ln, nil
+		}
+	}
+	return nil, err
+}
+
+// announce prints the commands that try a worker from a second terminal.
+func announce(w io.Writer, self, redisURL, topic, httpAddr string, embedded bool) {
+	where := "Redis at " + redisURL
+	if embedded {
+		where = "an embedded in-memory Redis at " + redisURL + " (its data is lost on exit)"
+	}
+	fmt.Fprintf(w, "bus-worker: serving topic %q on %s. From a second terminal:\n", topic, where)
+	fmt.Fprintf(w, "  %s request --redis %s --topic %s --data 'hello mycelium'\n", self, redisURL, topic)
+	fmt.Fprintf(w, "  %s stats --redis %s\n", self, redisURL)
+	if httpAddr != "" {
+		fmt.Fprintf(w, "  curl -s http://%s/metrics | grep mycelium_stage\n", httpAddr)
+	}
 }
