@@ -9,8 +9,8 @@ import (
 	"github.com/egos/mycelium/bus"
 )
 
-// CodeBreakerOpen is the remote error code of a request whose deadline
-// passed while the handler's downstream breaker stayed open.
+// CodeBreakerOpen is the remote error code of a request refused because the
+// handler's downstream circuit breaker was open.
 const CodeBreakerOpen = "breaker_open"
 
 // maxBreakerWait caps one wait for an open breaker, so a worker re-checks
@@ -19,13 +19,16 @@ const maxBreakerWait = time.Second
 
 // BreakerMiddleware stops a consumer from hammering a failing downstream
 // (for example the HTTP reasoning service behind a worker). Each call goes
-// through b; handler errors count as failures except cancellations. While
-// b is open the worker holds its entry instead of failing it: the entry
-// stays pending (not acknowledged, not dead-lettered), the worker's slot
-// stays taken so the consumer reads no more, and the call goes ahead once b
-// admits it again. If the message's deadline passes first, the caller gets
-// a remote error coded CodeBreakerOpen; if the consumer shuts down, the
-// entry stays pending for another consumer.
+// through b; handler errors count as failures except cancellations.
+//
+// While b is open, a request is refused at once: its caller gets a remote
+// error coded CodeBreakerOpen (saying when the breaker will probe again)
+// instead of waiting out its deadline, and the entry is acknowledged. An
+// event, which nobody waits for, is held instead: it stays pending (not
+// acknowledged, not dead-lettered), the worker's slot stays taken so the
+// consumer reads no more, and the call goes ahead once b admits it again;
+// if the consumer shuts down first, the event stays pending for another
+// consumer.
 func BreakerMiddleware(b *breaker.Breaker) Middleware {
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, m *Message) ([]byte, error) {
@@ -37,18 +40,24 @@ func BreakerMiddleware(b *breaker.Breaker) Middleware {
 					b.Done(tok, breaker.Classify(herr), time.Since(start))
 					return out, herr
 				}
-				wait := 10 * time.Millisecond // half-open with every probe out
+				probe := 10 * time.Millisecond // half-open with every probe out
 				if until := b.Counts().OpenUntil; !until.IsZero() {
-					wait = min(max(time.Until(until), time.Millisecond), maxBreakerWait)
+					probe = max(time.Until(until), time.Millisecond)
 				}
+				if m.Request {
+					in := probe.Round(time.Millisecond)
+					if probe >= time.Second {
+						in = probe.Round(time.Second)
+					}
+					return nil, &bus.RemoteError{Code: CodeBreakerOpen,
+						Message: fmt.Sprintf("the worker's downstream circuit breaker is open (%v); it probes again in about %v", err, in)}
+				}
+				wait := min(probe, maxBreakerWait)
 				t := time.NewTimer(wait)
 				select {
 				case <-t.C:
 				case <-ctx.Done():
 					t.Stop()
-					if ctx.Err() == context.DeadlineExceeded {
-						return nil, &bus.RemoteError{Code: CodeBreakerOpen, Message: fmt.Sprintf("downstream circuit breaker stayed open until the deadline: %v", err)}
-					}
 					return nil, ctx.Err()
 				}
 			}

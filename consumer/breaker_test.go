@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,7 +13,7 @@ import (
 	"github.com/egos/mycelium/consumer"
 )
 
-func TestBreakerMiddlewareHoldsWhileOpen(t *testing.T) {
+func TestBreakerMiddleware(t *testing.T) {
 	b, err := breaker.New(breaker.Config{MinCalls: 2, OpenTimeout: 50 * time.Millisecond, HalfOpenProbes: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -28,40 +29,55 @@ func TestBreakerMiddlewareHoldsWhileOpen(t *testing.T) {
 		return []byte("ok"), nil
 	}), consumer.BreakerMiddleware(b))
 	ctx := context.Background()
+	event, request := &consumer.Message{}, &consumer.Message{Request: true}
 	for range 2 {
-		if _, err := h.Handle(ctx, &consumer.Message{}); err == nil {
+		if _, err := h.Handle(ctx, event); err == nil {
 			t.Fatal("failing downstream returned no error")
 		}
 	}
 	if b.State() != breaker.Open {
 		t.Fatalf("breaker %v after 2 failures, want open", b.State())
 	}
-	// While open the call waits instead of failing; it runs once the
-	// breaker half-opens and the downstream is back.
-	healthy.Store(true)
+
+	// While open, a request is refused at once with a coded remote error
+	// that says when the breaker probes again; the downstream is not called.
+	// (Open for an hour: a request held until the breaker admits it would
+	// not come back within the test.)
+	long, err := breaker.New(breaker.Config{OpenTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close()
+	long.Trip()
 	before := calls.Load()
-	out, err := h.Handle(ctx, &consumer.Message{})
+	start := time.Now()
+	_, err = consumer.BreakerMiddleware(long)(h).Handle(ctx, request)
+	var re *bus.RemoteError
+	if !errors.As(err, &re) || re.Code != consumer.CodeBreakerOpen || !strings.Contains(re.Message, "probes again in about 1h0m0s") ||
+		time.Since(start) > time.Minute || calls.Load() != before {
+		t.Fatalf("request while open = %v after %v (downstream calls %d -> %d); want %s at once", err, time.Since(start), before, calls.Load(), consumer.CodeBreakerOpen)
+	}
+
+	// An event waits instead of failing; it runs once the breaker
+	// half-opens and the downstream is back.
+	healthy.Store(true)
+	out, err := h.Handle(ctx, event)
 	if err != nil || string(out) != "ok" || calls.Load() != before+1 {
-		t.Fatalf("held call = %q, %v (downstream calls %d -> %d)", out, err, before, calls.Load())
+		t.Fatalf("held event = %q, %v (downstream calls %d -> %d)", out, err, before, calls.Load())
 	}
 	if b.State() != breaker.Closed {
 		t.Fatalf("breaker %v after a good probe, want closed", b.State())
 	}
-
-	// A deadline that ends while the breaker is open gives a coded remote error.
-	b.Trip()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
-	defer cancel()
-	_, err = h.Handle(dctx, &consumer.Message{})
-	var re *bus.RemoteError
-	if !errors.As(err, &re) || re.Code != consumer.CodeBreakerOpen {
-		t.Fatalf("deadline while open = %v, want RemoteError %s", err, consumer.CodeBreakerOpen)
+	if out, err := h.Handle(ctx, request); err != nil || string(out) != "ok" {
+		t.Fatalf("request with the breaker closed = %q, %v", out, err)
 	}
-	// Cancellation (shutdown) returns the ctx error: the entry stays pending.
+
+	// Cancellation (shutdown) of a held event returns the ctx error: the
+	// entry stays pending.
 	b.Trip()
 	cctx, ccancel := context.WithCancel(ctx)
 	ccancel()
-	if _, err := h.Handle(cctx, &consumer.Message{}); !errors.Is(err, context.Canceled) {
+	if _, err := h.Handle(cctx, event); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled while open = %v, want Canceled", err)
 	}
 }

@@ -239,7 +239,11 @@ func TestBusWorkerEnvFlags(t *testing.T) {
 	}
 }
 
-func TestBusWorkerBreakerHoldsWhileDownstreamFails(t *testing.T) {
+// TestBusWorkerBreakerRefusesWhileDownstreamFails: with the worker's
+// breaker open, a request is refused at once with breaker_open (the caller
+// learns it long before its deadline), /readyz says so, and requests are
+// answered again once the downstream is back.
+func TestBusWorkerBreakerRefusesWhileDownstreamFails(t *testing.T) {
 	srv := redistest.Start(t)
 	var healthy atomic.Bool
 	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -252,7 +256,7 @@ func TestBusWorkerBreakerHoldsWhileDownstreamFails(t *testing.T) {
 	}))
 	defer down.Close()
 	serve, logs, httpAddr := startServe(t, "--redis", srv.URL, "--topic", "llm", "--handler", down.URL,
-		"--breaker-min-calls", "3", "--breaker-open-timeout", "300ms", "--breaker-probes", "2")
+		"--breaker-min-calls", "3", "--breaker-open-timeout", "2s", "--breaker-probes", "2")
 	c := srv.Client(t)
 	p := newProducer(t, c, producer.Config{NoBreaker: true})
 	ctx := context.Background()
@@ -280,14 +284,29 @@ func TestBusWorkerBreakerHoldsWhileDownstreamFails(t *testing.T) {
 	if _, body := get("/stats"); !strings.Contains(body, `"breaker":"open"`) {
 		t.Fatalf("/stats = %q, want the breaker state", body)
 	}
-	// The downstream recovers; a request sent now is held, then answered.
-	healthy.Store(true)
+	// Open: a request with 10 s to spare is refused at once.
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	start := time.Now()
+	_, err := p.Request(rctx, "llm", []byte("q1"))
+	var re *bus.RemoteError
+	if !errors.As(err, &re) || re.Code != "breaker_open" || time.Since(start) > 5*time.Second {
+		t.Fatalf("Request with the breaker open = %v after %v, want remote error breaker_open at once", err, time.Since(start))
+	}
+	// The downstream recovers; once the breaker probes, requests are
+	// answered (refusals until then are breaker_open, nothing else).
+	healthy.Store(true)
 	for _, q := range []string{"q2", "q3"} { // two good probes close it
-		got, err := p.Request(rctx, "llm", []byte(q))
-		if err != nil || string(got) != "answer:"+q {
-			t.Fatalf("Request after recovery = %q, %v", got, err)
+		for {
+			got, err := p.Request(rctx, "llm", []byte(q))
+			if errors.As(err, &re) && re.Code == "breaker_open" {
+				time.Sleep(50 * time.Millisecond) // pacing retries, as a caller would
+				continue
+			}
+			if err != nil || string(got) != "answer:"+q {
+				t.Fatalf("Request after recovery = %q, %v", got, err)
+			}
+			break
 		}
 	}
 	waitFor(t, 5*time.Second, "/readyz to recover", func() bool { code, _ := get("/readyz"); return code == http.StatusOK })
