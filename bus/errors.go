@@ -20,6 +20,11 @@ var (
 	// at once without touching Redis. Errors carrying it also match
 	// breaker.ErrOpen.
 	ErrBreakerOpen = errors.New("mycelium: circuit breaker open")
+	// ErrNoResponders: a request went to a topic that no worker serves (no
+	// consumer group, or no consumer holding entries or seen recently), so
+	// it failed at once instead of waiting out its deadline. Nothing was
+	// written.
+	ErrNoResponders = errors.New("mycelium: no responders")
 	// ErrUnavailable: Redis could not be reached or did not answer (connection
 	// refused or lost, write timeout, or a "not now" reply such as LOADING
 	// after a restart): a write may or may not have been applied. Redis's

@@ -33,6 +33,12 @@ func (k Keys) DeadLetter(topic string) string { return k.Topic(topic) + dlqSuffi
 
 const dlqSuffix = ":dlq"
 
+// Workers returns the presence set of a topic's workers:
+// prefix:{topic}:workers (a sorted set: each consumer and when it last
+// announced itself; producers read it to fail fast when nobody serves the
+// topic).
+func (k Keys) Workers(topic string) string { return k.Topic(topic) + ":workers" }
+
 // Pattern returns a SCAN MATCH pattern for every key under the prefix:
 // topic, dead-letter and reply streams (tell them apart with ParseTopic,
 // ParseDeadLetter and ParseReply).

@@ -29,6 +29,10 @@ type Consumer struct {
 	dlqKey   string
 	replyCap redisx.Cap
 	dlqCap   redisx.Cap
+	presence string // the topic's presence set (bus.Keys.Workers)
+	member   string // this consumer in it: "<group> <name>"
+	serving  chan struct{}
+	served   sync.Once // closes serving
 	running  atomic.Bool
 	stats    counters
 	inFlight atomic.Int64
@@ -94,7 +98,8 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := c.Keys()
 	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic),
-		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen)}
+		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen),
+		presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name, serving: make(chan struct{})}
 	for _, o := range opts {
 		o(co)
 	}
@@ -126,9 +131,21 @@ func (c *Consumer) Stats() Stats {
 // ReplyWrite for every reply written. Safe for concurrent use.
 func (c *Consumer) Timings() *metrics.Snapshot { return c.timings.Snapshot() }
 
-// Ready reports whether Redis answers and the group exists. Use it for
-// readiness probes.
+// Serving returns a channel that Run closes once the consumer has joined its
+// group and announced itself, so that producers find a worker for the topic
+// (a Request sent before then may fail with bus.ErrNoResponders), or when
+// Run returns without having joined. It never closes if Run is never
+// called.
+func (c *Consumer) Serving() <-chan struct{} { return c.serving }
+
+// Ready reports whether the consumer serves (see Serving), Redis answers and
+// the group exists. Use it for readiness probes.
 func (c *Consumer) Ready(ctx context.Context) error {
+	select {
+	case <-c.serving:
+	default:
+		return ErrNotServing
+	}
 	ok, err := redisx.GroupExists(ctx, c.c.Redis(), c.key, c.cfg.Group)
 	if err != nil {
 		return fmt.Errorf("consumer: redis: %w", err)
@@ -141,6 +158,9 @@ func (c *Consumer) Ready(ctx context.Context) error {
 
 // ErrRunning is returned by Run when the Consumer is already running.
 var ErrRunning = errors.New("consumer: already running")
+
+// ErrNotServing is returned by Ready before Run has joined the group.
+var ErrNotServing = errors.New("consumer: not serving yet")
 
 // job is one entry on its way to a worker. Jobs are pooled: a Message is
 // valid only during Handle.
@@ -166,6 +186,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	defer c.running.Store(false)
+	defer c.served.Do(func() { close(c.serving) }) // never left open once Run returned
 
 	// Handlers get contexts that survive ctx for the grace period.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
@@ -207,6 +228,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		defer close(heartbeatDone)
 		c.heartbeatLoop(hbctx, running)
 	}()
+	loops.Add(1)
+	go func() {
+		defer loops.Done()
+		c.presenceLoop(ctx)
+	}()
 	c.readLoop(ctx, slots, jobs, a)
 	loops.Wait() // no more sends on jobs
 	defer func() { stopHeartbeat(); <-heartbeatDone }()
@@ -230,6 +256,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		cancelAcker()
 		<-finished
 	}
+	c.leave(context.WithoutCancel(ctx))
 	return nil
 }
 
@@ -293,11 +320,24 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 	}
 }
 
+// createGroup creates the group (if missing) and joins it: the consumer is
+// then listed in the group and in the topic's presence set, and Serving is
+// closed.
 func (c *Consumer) createGroup(ctx context.Context) error {
-	if err := redisx.CreateGroup(ctx, c.c.Redis(), c.key, c.cfg.Group, c.cfg.StartID); err != nil {
+	rc := c.c.Redis()
+	if err := redisx.CreateGroup(ctx, rc, c.key, c.cfg.Group, c.cfg.StartID); err != nil {
 		return err
 	}
 	c.stats.groupsCreated.Add(1)
+	if err := redisx.Join(ctx, rc, c.key, c.cfg.Group, c.cfg.Name, c.presence, c.member, time.Now(), presencePrune); err != nil {
+		if !redisx.IsRedisReply(err) {
+			return fmt.Errorf("consumer: join %s on %s: %w", c.cfg.Group, c.key, err)
+		}
+		// Refused (an ACL without the presence key): serve all the same;
+		// producers then rely on the group's consumers.
+		c.log.Warn().Err(err).Str("key", c.presence).Msg("cannot announce this worker; producers may not see it until it has read an entry")
+	}
+	c.served.Do(func() { close(c.serving) })
 	return nil
 }
 
@@ -447,4 +487,48 @@ func (c *Consumer) call(ctx context.Context, m *Message) (out []byte, err error)
 		}
 	}()
 	return c.h.Handle(ctx, m)
+}
+
+// beatInterval is how often a consumer announces itself in its topic's
+// presence set; presencePrune is how long a member may stay silent before a
+// live one removes it (a worker that died without leaving).
+const (
+	beatInterval  = 5 * time.Second
+	presencePrune = time.Hour
+)
+
+// presenceLoop announces the consumer every beatInterval while ctx lives,
+// so producers see a worker for the topic (producer.Config.ResponderIdle).
+// Unreachable Redis is the read loop's to report; a refused write (an ACL
+// without the presence key) is logged.
+func (c *Consumer) presenceLoop(ctx context.Context) {
+	t := time.NewTicker(beatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := redisx.Beat(ctx, c.c.Redis(), c.presence, c.member, time.Now(), presencePrune); err != nil {
+			c.maintenanceFailed("announce in "+c.presence, err)
+		}
+	}
+}
+
+// leave takes the consumer out of the presence set and, when it holds no
+// pending entries, out of its group: a worker stopped on purpose leaves no
+// ghost in stats and no responder that is not there. Bounded to 2 s.
+func (c *Consumer) leave(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	removed, err := redisx.Leave(ctx, c.c.Redis(), c.key, c.presence, c.cfg.Group, c.cfg.Name, c.member)
+	switch {
+	case err != nil:
+		c.log.Warn().Err(err).Str("stream", c.key).Msg("could not leave the group; other workers remove this consumer once it is idle and holds nothing")
+	case removed:
+		c.log.Info().Str("stream", c.key).Str("group", c.cfg.Group).Str("consumer", c.cfg.Name).Msg("left the group")
+	default:
+		c.log.Info().Str("stream", c.key).Str("consumer", c.cfg.Name).Msg("stays in the group: it holds pending entries, for another consumer to reclaim")
+	}
 }

@@ -271,10 +271,23 @@ func TestRunTwiceAndReadiness(t *testing.T) {
 	if err := co.Run(context.Background()); !errors.Is(err, consumer.ErrRunning) {
 		t.Fatalf("second Run = %v, want ErrRunning", err)
 	}
-	other, _ := consumer.New(c, consumer.Config{Topic: "never"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
-	if err := other.Ready(context.Background()); !errors.Is(err, bus.ErrNoGroup) {
-		t.Fatalf("Ready before Run = %v, want ErrNoGroup", err)
+	select {
+	case <-co.Serving():
+	default:
+		t.Fatal("Serving not closed while the consumer runs and is ready")
 	}
+	other, _ := consumer.New(c, consumer.Config{Topic: "never"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
+	if err := other.Ready(context.Background()); !errors.Is(err, consumer.ErrNotServing) {
+		t.Fatalf("Ready before Run = %v, want ErrNotServing", err)
+	}
+	// Run ending (here at once: its ctx is done) closes Serving too, so
+	// nobody waits on it forever.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := other.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-other.Serving()
 }
 
 func TestChainOrder(t *testing.T) {

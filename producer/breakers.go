@@ -15,12 +15,14 @@ import (
 
 // topic is what a producer caches per topic: its stream key and breaker.
 type topic struct {
-	name string
-	key  string
-	br   *breaker.Breaker // nil when breakers are off
+	name     string
+	key      string
+	presence string           // its workers' presence set
+	br       *breaker.Breaker // nil when breakers are off
 	// rejected counts calls the open breaker refused (the producer's
 	// Stats.BreakerRejected).
 	rejected *atomic.Uint64
+	resp     *responders
 }
 
 // topicFor returns the cached topic, creating (and validating) it once.
@@ -31,7 +33,7 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 	if err := bus.ValidateName("topic", name); err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	t := &topic{name: name, key: p.keys.Topic(name), rejected: &p.stats.breakerRejected}
+	t := &topic{name: name, key: p.keys.Topic(name), presence: p.keys.Workers(name), rejected: &p.stats.breakerRejected, resp: newResponders()}
 	if !p.cfg.NoBreaker {
 		br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
 			lvl := zerolog.WarnLevel
@@ -93,7 +95,7 @@ func (p *Producer) outcome(err error) breaker.Outcome {
 			return breaker.Failure
 		}
 		return breaker.Success
-	case errors.Is(err, context.Canceled), errors.Is(err, bus.ErrClosed), errors.Is(err, errSlotWait):
+	case errors.Is(err, context.Canceled), errors.Is(err, bus.ErrClosed), errors.Is(err, errSlotWait), errors.Is(err, bus.ErrNoResponders):
 		return breaker.Ignored
 	}
 	return breaker.Failure

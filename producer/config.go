@@ -20,6 +20,7 @@ const (
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultTimingSample   = 1000
 	DefaultSlowRequest    = 10 * time.Second
+	DefaultResponderIdle  = 15 * time.Second
 )
 
 // Config tunes a Producer. The zero value is ready to use.
@@ -53,6 +54,17 @@ type Config struct {
 	// RequestTimeout applies to a Request whose ctx has no deadline. Zero
 	// means DefaultRequestTimeout.
 	RequestTimeout time.Duration
+	// WaitForResponders makes Request write requests to topics that no
+	// worker serves now and wait for their deadline, for workers that will
+	// come later. By default such a request fails at once with
+	// bus.ErrNoResponders and nothing is written.
+	WaitForResponders bool
+	// ResponderIdle is how recently a worker must have announced itself for
+	// its topic to count as served (workers announce themselves every 5 s in
+	// the topic's presence set, bus.Keys.Workers; keep this well above that,
+	// and above the clock skew between hosts). Zero means
+	// DefaultResponderIdle.
+	ResponderIdle time.Duration
 	// Breaker configures the circuit breaker each topic gets: when it is
 	// open, Request and Publish fail at once with bus.ErrBreakerOpen instead
 	// of waiting on a Redis or a worker pool that is not answering.
@@ -85,8 +97,8 @@ func (c Config) Validate() error {
 	if c.MaxInFlight < 0 || c.MaxPayload < 0 || c.ReplyBatch < 0 {
 		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch must not be negative", bus.ErrInvalidConfig)
 	}
-	if c.ReplyTTL < 0 || c.ReplyBlock < 0 || c.RequestTimeout < 0 || c.StreamMaxAge < 0 {
-		return fmt.Errorf("%w: ReplyTTL, ReplyBlock, RequestTimeout and StreamMaxAge must not be negative", bus.ErrInvalidConfig)
+	if c.ReplyTTL < 0 || c.ReplyBlock < 0 || c.RequestTimeout < 0 || c.StreamMaxAge < 0 || c.ResponderIdle < 0 {
+		return fmt.Errorf("%w: ReplyTTL, ReplyBlock, RequestTimeout, StreamMaxAge and ResponderIdle must not be negative", bus.ErrInvalidConfig)
 	}
 	if !c.NoBreaker {
 		if err := c.Breaker.Validate(); err != nil {
@@ -110,6 +122,7 @@ func (c Config) withDefaults() Config {
 		c.ReplyBlock = c.ReplyTTL / 3
 	}
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
+	c.ResponderIdle = cmp.Or(c.ResponderIdle, DefaultResponderIdle)
 	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
 	c.SlowRequest = cmp.Or(c.SlowRequest, DefaultSlowRequest)
 	return c

@@ -37,6 +37,7 @@ func Example() {
 	done := make(chan error, 1)
 	go func() { done <- worker.Run(wctx) }()
 	defer func() { stop(); <-done }()
+	<-worker.Serving() // joined: a request now finds it (before, it would fail with bus.ErrNoResponders)
 
 	// The service side.
 	p, _ := producer.New(client, producer.Config{})

@@ -48,11 +48,19 @@ type Producer struct {
 	timings  metrics.Recorder
 
 	send *combine.Combiner[sendItem] // batches XADDs (see submit)
+
+	// Background work (responders refreshes): owned here, cancelled and
+	// waited for by Close.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+	bgMu     sync.Mutex // guards bgClosed against bg.Go racing Close's bg.Wait
+	bgClosed bool
 }
 
 type counters struct {
 	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
-	writeErrors, breakerRejected                                          atomic.Uint64
+	writeErrors, breakerRejected, noResponders                            atomic.Uint64
 	writes, replyReads                                                    atomic.Uint64
 }
 
@@ -74,6 +82,7 @@ type Stats struct {
 	InFlight        int    `json:"in_flight" help:"Requests waiting for a reply now."`
 	WriteErrors     uint64 `json:"write_errors" help:"Writes that failed: Redis refused them or did not answer (bus.ErrUnavailable)."`
 	BreakerRejected uint64 `json:"breaker_rejected" help:"Calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)."`
+	NoResponders    uint64 `json:"no_responders" help:"Requests refused at once because no worker served their topic (bus.ErrNoResponders)."`
 	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
 	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
 }
@@ -113,6 +122,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		closing: make(chan struct{}),
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
+	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
 	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
 	for _, o := range opts {
@@ -134,7 +144,7 @@ func (p *Producer) Stats() Stats {
 		Replies: p.stats.replies.Load(), Late: p.stats.late.Load(), Timeouts: p.stats.timeouts.Load(),
 		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
 		InFlight:    len(p.slots),
-		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(),
+		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(), NoResponders: p.stats.noResponders.Load(),
 		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(),
 	}
 }
@@ -150,25 +160,30 @@ type CallOption func(*callOptions)
 
 type callOptions struct {
 	headers map[string]string
+	wait    bool // WaitForResponders
 }
 
-// apply returns the headers chosen by opts. It is kept out of line so that
-// a call without options does not make its envelope escape to the heap.
-func apply(opts []CallOption) map[string]string {
-	if len(opts) == 0 {
-		return nil
-	}
+// apply returns what opts chose. It is kept out of line so that a call
+// without options does not make its envelope escape to the heap.
+func apply(opts []CallOption) callOptions {
 	var co callOptions
 	for _, o := range opts {
 		o(&co)
 	}
-	return co.headers
+	return co
 }
 
 // WithHeaders attaches headers (for example trace context) to the message.
 // The map is read, not kept, during the call.
 func WithHeaders(h map[string]string) CallOption {
 	return func(co *callOptions) { co.headers = h }
+}
+
+// WaitForResponders makes a Request write its request even when no worker
+// serves the topic now, and wait for its deadline: for work queued for
+// workers that will come later (see Config.WaitForResponders).
+func WaitForResponders() CallOption {
+	return func(co *callOptions) { co.wait = true }
 }
 
 // trimCap is the XADD trimming for writes made now: by age when
@@ -216,7 +231,7 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts []CallOption, now time.Time) (string, error) {
 	topic, key := t.name, t.key
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano()}
-	env.Headers = apply(opts)
+	env.Headers = apply(opts).headers
 	w := waiterPool.Get().(*waiter)
 	buf := codec.Encode(&env)
 	encoded := time.Now()
@@ -288,7 +303,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 
 func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads [][]byte, opts []CallOption) ([]string, error) {
 	env := codec.Envelope{Kind: codec.KindEvent, Sent: time.Now().UnixNano()}
-	env.Headers = apply(opts)
+	env.Headers = apply(opts).headers
 	bufs := make([]*codec.Buffer, len(payloads))
 	adds := make([]redisx.Add, len(payloads))
 	cp := p.trimCap()
@@ -328,8 +343,14 @@ func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads
 // deadline of ctx (or Config.RequestTimeout when ctx has none) travels with
 // the request: workers skip requests whose caller already gave up.
 //
+// A request to a topic that no worker serves fails at once with
+// bus.ErrNoResponders (nothing is written), unless Config.WaitForResponders
+// or the WaitForResponders option says to queue it anyway. Whether a worker
+// serves a topic is checked at most once a second per topic, in the
+// background while the answer is yes.
+//
 // Errors: bus.ErrTimeout (with context.DeadlineExceeded) when the deadline
-// passes, ctx's error when it is cancelled, *bus.RemoteError when the handler
+// passes, ctx's error when it is cancelled, bus.ErrNoResponders, *bus.RemoteError when the handler
 // failed, bus.ErrPayloadTooLarge, bus.ErrClosed, bus.ErrBreakerOpen,
 // bus.ErrUnavailable when Redis could not be reached, or Redis's own error
 // reply. Safe for concurrent use.
@@ -347,6 +368,10 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	start := time.Now()
 	tok, err := t.admit()
 	if err != nil {
+		return nil, err
+	}
+	if err := p.admitRequest(ctx, t, len(opts) > 0 && apply(opts).wait, start); err != nil {
+		p.report(t, tok, err, start)
 		return nil, err
 	}
 	var tm timing
@@ -400,7 +425,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, opts [
 		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
 		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload,
 	}
-	env.Headers = apply(opts)
+	env.Headers = apply(opts).headers
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.
@@ -477,6 +502,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	}
 	close(p.closing) // wakes every waiting caller with ErrClosed
 	defer p.closeBreakers()
+	p.stopBackground()
 	if p.started {
 		p.stop() // signalled on every path, so the reader always exits
 	}

@@ -19,8 +19,12 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// newProducer builds a producer for tests that answer requests by hand
+// (replier: no consumer group, so no worker announces itself): it writes
+// requests whether or not a worker serves the topic.
 func newProducer(t *testing.T, c *bus.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
+	cfg.WaitForResponders = true
 	p, err := producer.New(c, cfg)
 	if err != nil {
 		t.Fatalf("producer.New(%+v) = %v", cfg, err)

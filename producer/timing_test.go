@@ -38,7 +38,9 @@ func TestTimingsAndLogs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m, c := redistest.Mini(t)
 			var logs bytes.Buffer
-			p, err := producer.New(c, tt.cfg, producer.WithLogger(zerolog.New(&logs).Level(tt.level)))
+			cfg := tt.cfg
+			cfg.WaitForResponders = true // answered by hand, no worker announces itself
+			p, err := producer.New(c, cfg, producer.WithLogger(zerolog.New(&logs).Level(tt.level)))
 			if err != nil {
 				t.Fatal(err)
 			}

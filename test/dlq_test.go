@@ -82,6 +82,19 @@ func TestDeadLetterTooling(t *testing.T) {
 	if out, err := run("list"); err != nil || !strings.Contains(out, "REASON") || strings.Count(out, "\n") != 5 {
 		t.Fatalf("dlq list = %v\n%s", err, out)
 	}
+	// Without --topic: every topic's, with a TOPIC column; replay and purge
+	// refuse to guess.
+	every, err := exec.Command(worker, "dlq", "list", "--redis", srv.URL).CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(every), "TOPIC") || strings.Count(string(every), "\njobs ") != 4 {
+		t.Fatalf("dlq list without --topic = %v\n%s", err, every)
+	}
+	for _, sub := range [][]string{{"replay", "--all"}, {"purge", "--all"}} {
+		out, err := exec.Command(worker, append([]string{"dlq"}, append(sub, "--redis", srv.URL)...)...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "--topic") {
+			t.Fatalf("dlq %v without --topic = %v %q, want exit 2 asking for --topic", sub, err, out)
+		}
+	}
 
 	healthy.Store(true)
 	if out, err := run("replay", "--id", job1.ID); err != nil || !strings.Contains(out, "replayed 1") {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -118,9 +119,9 @@ func TestTimeoutAndExpiredRequests(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	p := newProducer(t, c, producer.Config{})
-	// No consumer yet: the request times out while queued.
+	// No consumer yet: queued anyway, the request times out.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_, err := p.Request(ctx, "slow", []byte("x"))
+	_, err := p.Request(ctx, "slow", []byte("x"), producer.WaitForResponders())
 	cancel()
 	if !errors.Is(err, bus.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Request without a consumer = %v, want ErrTimeout and DeadlineExceeded", err)
@@ -138,5 +139,78 @@ func TestTimeoutAndExpiredRequests(t *testing.T) {
 	defer cancel()
 	if got, err := p.Request(ctx, "slow", []byte("y")); err != nil || string(got) != "y" {
 		t.Fatalf("Request(y) = %q, %v", got, err)
+	}
+}
+
+// TestNoResponders: a request to a topic no worker serves fails at once
+// with ErrNoResponders and writes nothing; once a worker has joined it is
+// served; a worker stopped gracefully leaves its group and the presence set,
+// and requests fail fast again; WaitForResponders queues one anyway.
+func TestNoResponders(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	rc := c.Redis()
+	p := newProducer(t, c, producer.Config{})
+	xlen := func() int64 {
+		n, err := rc.Do(context.Background(), rc.B().Xlen().Key("myc:{nobody}").Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := p.Request(ctx, "nobody", []byte("x")); !errors.Is(err, bus.ErrNoResponders) || time.Since(start) > 5*time.Second {
+		t.Fatalf("Request to an unserved topic = %v after %v, want ErrNoResponders at once", err, time.Since(start))
+	}
+	if n := xlen(); n != 0 {
+		t.Fatalf("the refused request left %d entries", n)
+	}
+
+	wctx, stopWorker := context.WithCancel(context.Background())
+	co, err := consumer.New(c, consumer.Config{Topic: "nobody"}, echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- co.Run(wctx) }()
+	<-co.Serving()
+	// Refused just now: the answer is cached for a second, then checked again.
+	waitFor(t, 5*time.Second, "the new worker to be seen", func() bool {
+		got, err := p.Request(ctx, "nobody", []byte("y"))
+		return err == nil && string(got) == "y"
+	})
+
+	stopWorker()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ti, err := inspect.New(c).Topic(ctx, "nobody")
+	if err != nil || len(ti.Groups) != 1 || len(ti.Groups[0].Consumers) != 0 {
+		t.Fatalf("after a graceful stop: topic %+v, %v; want the group without its consumer", ti, err)
+	}
+	if n, err := rc.Do(ctx, rc.B().Exists().Key(c.Keys().Workers("nobody")).Build()).AsInt64(); err != nil || n != 0 {
+		t.Fatalf("presence set after the last worker left: exists %d, %v", n, err)
+	}
+	// For up to a second the cached answer still says served (a request
+	// then queues and times out); after that, requests fail fast.
+	waitFor(t, 5*time.Second, "requests to fail fast again", func() bool {
+		actx, acancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer acancel()
+		_, err := p.Request(actx, "nobody", []byte("z"))
+		return errors.Is(err, bus.ErrNoResponders)
+	})
+	before := xlen()
+	qctx, qcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer qcancel()
+	if _, err := p.Request(qctx, "nobody", []byte("queued"), producer.WaitForResponders()); !errors.Is(err, bus.ErrTimeout) {
+		t.Fatalf("Request with WaitForResponders = %v, want it queued and timed out", err)
+	}
+	if n := xlen(); n != before+1 {
+		t.Fatalf("WaitForResponders wrote %d entries, want 1", n-before)
+	}
+	if s := p.Stats(); s.NoResponders < 2 {
+		t.Fatalf("stats = %+v, want the refusals counted", s)
 	}
 }

@@ -43,7 +43,7 @@ func TestBusWorkerStats(t *testing.T) {
 	}
 	// A request creates the producer's reply stream; nobody answers it.
 	rctx, rcancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	_, _ = p.Request(rctx, "other", []byte("?"))
+	_, _ = p.Request(rctx, "other", []byte("?"), producer.WaitForResponders())
 	rcancel()
 
 	out, err := exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "stats", "--redis", srv.URL, "--json").Output()

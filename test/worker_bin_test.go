@@ -318,3 +318,40 @@ func TestBusWorkerBreakerRefusesWhileDownstreamFails(t *testing.T) {
 		t.Fatalf("logs lack the breaker transitions:\n%s", logs)
 	}
 }
+
+// TestBusWorkerRequestErrors: a failed request says what happened, on
+// stderr in one line and, with --json, as a JSON object on stdout; exit 1.
+func TestBusWorkerRequestErrors(t *testing.T) {
+	srv := redistest.Start(t)
+	startServe(t, "--redis", srv.URL, "--topic", "failing", "--handler", "http://127.0.0.1:1/", "--breaker=false")
+	for _, tt := range []struct {
+		name       string
+		args       []string
+		kind, code string
+		stderr     string
+	}{
+		{"nobody serves the topic", []string{"--topic", "nobody"}, "no_responders", "", "no worker serves this topic"},
+		{"queued for nobody", []string{"--topic", "nobody", "--wait-for-responders", "--timeout", "300ms"}, "timeout", "", "no reply within 300ms"},
+		{"the handler failed", []string{"--topic", "failing"}, "remote", "handler_error", "remote error (handler_error)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(buildCmd(t, "bus-worker"), append([]string{"request", "--redis", srv.URL, "--data", "x", "--json"}, tt.args...)...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("request %v = %v, want exit 1", tt.args, err)
+			}
+			var out struct {
+				Error struct{ Kind, Code, Message string } `json:"error"`
+			}
+			if json.Unmarshal(stdout.Bytes(), &out) != nil || out.Error.Kind != tt.kind || out.Error.Code != tt.code || out.Error.Message == "" {
+				t.Fatalf("request %v --json printed %q, want an error of kind %q, code %q", tt.args, stdout.String(), tt.kind, tt.code)
+			}
+			if strings.Count(stderr.String(), "\n") != 1 || !strings.Contains(stderr.String(), tt.stderr) {
+				t.Fatalf("request %v stderr = %q, want one line saying %q", tt.args, stderr.String(), tt.stderr)
+			}
+		})
+	}
+}

@@ -34,12 +34,12 @@ const usage = `bus-worker: run Mycelium workers and send requests from the shell
 Usage:
   bus-worker serve   (--redis URL | --embedded) [--topic reasoning] [--group workers] [--concurrency 64]
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
-  bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json] [--stages]
+  bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json] [--stages] [--wait-for-responders]
   bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
   bus-worker stats   [--redis URL] [--json] [--watch D]
-  bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]
-  bus-worker dlq replay [--redis URL] [--topic T] (--id ID | --all)
-  bus-worker dlq purge  [--redis URL] [--topic T] (--older-than D | --all)
+  bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]   (every topic's without --topic)
+  bus-worker dlq replay [--redis URL] --topic T (--id ID | --all)
+  bus-worker dlq purge  [--redis URL] --topic T (--older-than D | --all)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
 MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"

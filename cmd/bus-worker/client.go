@@ -17,7 +17,7 @@ import (
 type clientFlags struct {
 	redis, prefix, topic, data string
 	timeout                    time.Duration
-	json, stages               bool
+	json, stages, wait         bool
 }
 
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
@@ -76,6 +76,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	f, p, closeAll, err := openProducer(ctx, "request", args, func(fs *flag.FlagSet, f *clientFlags) {
 		fs.BoolVar(&f.json, "json", false, `print {"reply":…,"latency_us":…} instead of the reply and its latency`)
 		fs.BoolVar(&f.stages, "stages", false, `also print where the time went, stage by stage (with --json: a "stages" field)`)
+		fs.BoolVar(&f.wait, "wait-for-responders", false, "send the request even if no worker serves the topic now, and wait for --timeout")
 	})
 	if err != nil {
 		return err
@@ -83,12 +84,26 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer closeAll()
 	rctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
+	var opts []producer.CallOption
+	if f.wait {
+		opts = append(opts, producer.WaitForResponders())
+	}
 	start := time.Now()
-	reply, err := p.Request(rctx, f.topic, []byte(f.data))
+	reply, err := p.Request(rctx, f.topic, []byte(f.data), opts...)
 	lat := time.Since(start)
 	if err != nil {
-		if errors.Is(err, bus.ErrTimeout) {
-			return fmt.Errorf("request to %q: no reply within %v (is a worker serving this topic?)", f.topic, f.timeout)
+		kind, code, msg := describe(err)
+		if f.json {
+			_ = json.NewEncoder(stdout).Encode(struct {
+				Error     jsonError `json:"error"`
+				LatencyUS int64     `json:"latency_us"`
+			}{jsonError{kind, code, msg}, lat.Microseconds()})
+		}
+		switch kind {
+		case "timeout":
+			return fmt.Errorf("request to %q: no reply within %v (is a worker serving this topic, and is it keeping up?)", f.topic, f.timeout)
+		case "no_responders":
+			return fmt.Errorf("request to %q: no worker serves this topic (start one with bus-worker serve --topic %s, or pass --wait-for-responders to queue the request)", f.topic, f.topic)
 		}
 		return fmt.Errorf("request to %q: %w", f.topic, err)
 	}
@@ -136,4 +151,36 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, id)
 	return nil
+}
+
+// jsonError is a failed request as `request --json` prints it: what kind of
+// failure, the remote error's code when the handler failed, and the text.
+type jsonError struct {
+	Kind    string `json:"kind"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message"`
+}
+
+// describe classifies a request's error for people and scripts: kind is one
+// of timeout, remote (code is the handler's), no_responders, breaker_open
+// (this client's breaker), unavailable, payload_too_large, cancelled, error.
+func describe(err error) (kind, code, msg string) {
+	var re *bus.RemoteError
+	switch {
+	case errors.As(err, &re):
+		return "remote", re.Code, re.Message
+	case errors.Is(err, bus.ErrTimeout):
+		return "timeout", "", err.Error()
+	case errors.Is(err, bus.ErrNoResponders):
+		return "no_responders", "", err.Error()
+	case errors.Is(err, bus.ErrBreakerOpen):
+		return "breaker_open", "", err.Error()
+	case errors.Is(err, bus.ErrUnavailable):
+		return "unavailable", "", err.Error()
+	case errors.Is(err, bus.ErrPayloadTooLarge):
+		return "payload_too_large", "", err.Error()
+	case errors.Is(err, context.Canceled):
+		return "cancelled", "", err.Error()
+	}
+	return "error", "", err.Error()
 }

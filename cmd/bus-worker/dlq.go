@@ -23,7 +23,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
 	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
 	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
-	topic := fs.String("topic", "reasoning", "topic")
+	topic := fs.String("topic", "", "topic (list: every topic's when empty; replay and purge need it)")
 	var (
 		limit     *int
 		asJSON    *bool
@@ -47,8 +47,13 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := parseFlags(fs, args[1:]); err != nil {
 		return err
 	}
-	if err := bus.ValidateName("topic", *topic); err != nil {
-		return usagef("dlq %s: --topic: %v", sub, err)
+	switch {
+	case *topic == "" && sub != "list":
+		return usagef("dlq %s: give --topic (it changes that topic's dead letters)", sub)
+	case *topic != "":
+		if err := bus.ValidateName("topic", *topic); err != nil {
+			return usagef("dlq %s: --topic: %v", sub, err)
+		}
 	}
 	switch {
 	case sub == "replay" && (*id == "") == !*all:
@@ -68,7 +73,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	insp := inspect.New(c)
 	switch sub {
 	case "list":
-		letters, err := insp.DeadLetters(ctx, *topic, *limit)
+		letters, err := listDeadLetters(ctx, insp, *topic, *limit)
 		if err != nil {
 			return err
 		}
@@ -100,14 +105,27 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
+// printDeadLetters prints letters as a table, with a TOPIC column when they
+// are every topic's (topic "").
 func printDeadLetters(w io.Writer, topic string, letters []inspect.DeadLetter) error {
 	if len(letters) == 0 {
-		_, err := fmt.Fprintf(w, "no dead letters for %q\n", topic)
+		var err error
+		if topic == "" {
+			_, err = fmt.Fprintln(w, "no dead letters")
+		} else {
+			_, err = fmt.Fprintf(w, "no dead letters for %q\n", topic)
+		}
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if topic == "" {
+		fmt.Fprint(tw, "TOPIC\t")
+	}
 	fmt.Fprintln(tw, "ID\tORIGINAL ID\tREASON\tATTEMPTS\tAGE\tPAYLOAD\tERROR")
 	for _, d := range letters {
+		if topic == "" {
+			fmt.Fprintf(tw, "%s\t", d.Topic)
+		}
 		payload := "malformed"
 		if d.Envelope != nil {
 			payload = fmt.Sprintf("%s, %d B", d.Envelope.Kind, len(d.Envelope.Payload))
@@ -123,4 +141,30 @@ func printDeadLetters(w io.Writer, topic string, letters []inspect.DeadLetter) e
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, d.OriginalID, d.Reason, d.Attempts, age, payload, msg)
 	}
 	return tw.Flush()
+}
+
+// listDeadLetters reads topic's dead letters, or with topic "" every
+// topic's (each topic's first limit).
+func listDeadLetters(ctx context.Context, insp *inspect.Inspector, topic string, limit int) ([]inspect.DeadLetter, error) {
+	if topic != "" {
+		return insp.DeadLetters(ctx, topic, limit)
+	}
+	topics, err := insp.Topics(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var all []inspect.DeadLetter
+	for _, t := range topics {
+		letters, err := insp.DeadLetters(ctx, t, limit)
+		if err != nil {
+			return nil, err
+		}
+		for i := range letters {
+			if letters[i].Topic == "" { // a dead letter that does not say: the stream it is in does
+				letters[i].Topic = t
+			}
+		}
+		all = append(all, letters...)
+	}
+	return all, nil
 }

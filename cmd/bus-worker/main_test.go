@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egos/mycelium/bus"
 )
 
 func TestEnvName(t *testing.T) {
@@ -69,5 +72,25 @@ func TestRunUsage(t *testing.T) {
 	errb.Reset()
 	if code := run(context.Background(), []string{"publish", "--topic", "a b"}, &out, &errb); code != exitUsage || strings.Count(errb.String(), "\n") != 1 {
 		t.Fatalf("run(publish bad topic) = %d, %q", code, errb.String())
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	for _, tt := range []struct {
+		err        error
+		kind, code string
+	}{
+		{fmt.Errorf("x: %w", &bus.RemoteError{Code: "quota", Message: "out of tokens"}), "remote", "quota"},
+		{fmt.Errorf("x: %w: %w", bus.ErrTimeout, context.DeadlineExceeded), "timeout", ""},
+		{fmt.Errorf("x: %w", bus.ErrNoResponders), "no_responders", ""},
+		{fmt.Errorf("x: %w", bus.ErrBreakerOpen), "breaker_open", ""},
+		{fmt.Errorf("x: %w", bus.ErrUnavailable), "unavailable", ""},
+		{fmt.Errorf("x: %w", bus.ErrPayloadTooLarge), "payload_too_large", ""},
+		{context.Canceled, "cancelled", ""},
+		{errors.New("boom"), "error", ""},
+	} {
+		if kind, code, msg := describe(tt.err); kind != tt.kind || code != tt.code || msg == "" {
+			t.Errorf("describe(%v) = %q, %q, %q; want %q, %q and a message", tt.err, kind, code, msg, tt.kind, tt.code)
+		}
 	}
 }

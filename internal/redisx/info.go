@@ -3,6 +3,7 @@ package redisx
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -238,4 +239,95 @@ func Sizes(ctx context.Context, c rueidis.Client, keys []string) ([]StreamSize, 
 		out[i] = StreamSize{Key: k, Length: n, TTL: time.Duration(ttl)}
 	}
 	return out, nil
+}
+
+// Responders reports whether a worker serves a topic: one in the presence
+// set (see Beat) seen within window of now. When the set does not exist
+// (workers that do not announce themselves, or none ever did), a consumer
+// group on the stream with at least one consumer counts instead. One round
+// trip, two when the set is missing.
+func Responders(ctx context.Context, c rueidis.Client, stream, presence string, now time.Time, window time.Duration) (bool, error) {
+	res := c.DoMulti(ctx,
+		c.B().Zcount().Key(presence).Min("("+strconv.FormatInt(now.Add(-window).UnixMilli(), 10)).Max("+inf").Build(),
+		c.B().Zcard().Key(presence).Build(),
+	)
+	live, err := res[0].AsInt64()
+	if err != nil {
+		return false, err
+	}
+	members, err := res[1].AsInt64()
+	switch {
+	case err != nil:
+		return false, err
+	case live > 0:
+		return true, nil
+	case members > 0: // announced, all gone quiet
+		return false, nil
+	}
+	groups, err := Groups(ctx, c, stream)
+	if err != nil {
+		return false, err
+	}
+	for _, g := range groups {
+		if g.Consumers > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Beat records in the presence set that member serves the topic, at now,
+// and drops members silent for longer than prune (dead workers), in one
+// round trip.
+func Beat(ctx context.Context, c rueidis.Client, presence, member string, now time.Time, prune time.Duration) error {
+	return doAll(ctx, c, beatCmds(c, presence, member, now, prune)...)
+}
+
+// Join makes consumer a member of group on the stream (XGROUP
+// CREATECONSUMER: a blocking read that returns nothing does not, so a new
+// idle worker would be invisible) and beats (see Beat), in one round trip.
+func Join(ctx context.Context, c rueidis.Client, stream, group, consumer, presence, member string, now time.Time, prune time.Duration) error {
+	cmds := append([]rueidis.Completed{c.B().XgroupCreateconsumer().Key(stream).Group(group).Consumer(consumer).Build()},
+		beatCmds(c, presence, member, now, prune)...)
+	if err := doAll(ctx, c, cmds...); err != nil {
+		return groupErr(err, stream, group)
+	}
+	return nil
+}
+
+func beatCmds(c rueidis.Client, presence, member string, now time.Time, prune time.Duration) []rueidis.Completed {
+	return []rueidis.Completed{
+		c.B().Zadd().Key(presence).ScoreMember().ScoreMember(float64(now.UnixMilli()), member).Build(),
+		c.B().Zremrangebyscore().Key(presence).Min("-inf").Max("(" + strconv.FormatInt(now.Add(-prune).UnixMilli(), 10)).Build(),
+	}
+}
+
+// doAll runs cmds in one round trip and returns the first error.
+func doAll(ctx context.Context, c rueidis.Client, cmds ...rueidis.Completed) error {
+	for _, r := range c.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Leave removes member from the presence set and, when it holds no pending
+// entries, consumer from group on the stream (XGROUP DELCONSUMER), so that a
+// worker stopped on purpose leaves no ghost behind. It reports whether the
+// consumer was removed.
+func Leave(ctx context.Context, c rueidis.Client, stream, presence, group, consumer, member string) (bool, error) {
+	if err := c.Do(ctx, c.B().Zrem().Key(presence).Member(member).Build()).Error(); err != nil {
+		return false, err
+	}
+	mine, err := PendingOf(ctx, c, stream, group, "-", "+", 1, consumer)
+	if err != nil || len(mine) > 0 {
+		return false, err
+	}
+	// Between the check and the delete nothing can become pending for this
+	// consumer: it no longer reads.
+	if _, err := DeleteConsumer(ctx, c, stream, group, consumer); err != nil {
+		return false, err
+	}
+	return true, nil
 }

@@ -56,3 +56,63 @@ func TestInfoAndGroupDetail(t *testing.T) {
 	}
 
 }
+
+func TestResponders(t *testing.T) {
+	_, c := miniClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	now := time.Now()
+	is := func(want bool, at time.Time, what string) {
+		t.Helper()
+		if got, err := Responders(ctx, c, "s", "s:workers", at, 15*time.Second); got != want || err != nil {
+			t.Fatalf("%s: Responders = %v, %v; want %v", what, got, err, want)
+		}
+	}
+	is(false, now, "no stream, no presence")
+	if err := CreateGroup(ctx, c, "s", "g", "0"); err != nil {
+		t.Fatal(err)
+	}
+	is(false, now, "a group without consumers")
+	if err := c.Do(ctx, c.B().XgroupCreateconsumer().Key("s").Group("g").Consumer("old").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	is(true, now, "no presence set, a consumer in the group (a worker that does not announce itself)")
+
+	if err := Beat(ctx, c, "s:workers", "g w1", now, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	is(true, now.Add(10*time.Second), "a beat 10s ago")
+	is(false, now.Add(20*time.Second), "a beat 20s ago, window 15s: presence says nobody, whatever the group holds")
+	// A later beat of another worker prunes one silent for longer than prune.
+	if err := Beat(ctx, c, "s:workers", "g w2", now.Add(2*time.Hour), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Do(ctx, c.B().Zcard().Key("s:workers").Build()).AsInt64(); n != 1 || err != nil {
+		t.Fatalf("presence after pruning = %d members, %v; want only w2", n, err)
+	}
+
+	// Leave removes the member, and the consumer when it holds nothing.
+	if err := c.Do(ctx, c.B().XgroupCreateconsumer().Key("s").Group("g").Consumer("w2").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := Leave(ctx, c, "s", "s:workers", "g", "w2", "g w2")
+	if err != nil || !removed {
+		t.Fatalf("Leave = %v, %v; want the consumer removed", removed, err)
+	}
+	cs, _ := Consumers(ctx, c, "s", "g")
+	if len(cs) != 1 || cs[0].Name != "old" {
+		t.Fatalf("consumers after Leave = %+v, want only old", cs)
+	}
+	// The set is gone with its last member: back to the group's consumers.
+	is(true, now.Add(3*time.Hour), "no presence set again, a consumer in the group")
+	// One holding an entry stays in its group.
+	if _, err := add(ctx, c, Add{Key: "s", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadGroup(ctx, c, "s", "g", "old", ">", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := Leave(ctx, c, "s", "s:workers", "g", "old", "g old"); err != nil || removed {
+		t.Fatalf("Leave(consumer holding an entry) = %v, %v; want it kept", removed, err)
+	}
+}
