@@ -38,6 +38,7 @@ func TestChaosPanickingHandler(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- co.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	<-co.Serving()
 
 	p := newProducer(t, c, producer.Config{NoBreaker: true})
 	rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
