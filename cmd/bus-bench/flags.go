@@ -17,6 +17,7 @@ type options struct {
 	json   bool
 	suite  string // "" or seed
 	quick  bool   // --suite-quick: a scaled-down suite for tests
+	ignore bool   // --ignore-targets
 	report string // directory for results.jsonl and report.html
 }
 
@@ -49,6 +50,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports)")
 	fs.BoolVar(&o.quick, "suite-quick", false, "with --suite: a scaled-down run (fewer requests, 0.5 s sweep points, 200 ms handler) to check the suite itself, not to measure")
 	fs.StringVar(&o.report, "report", "", "with --suite: write results.jsonl and a self-contained report.html into this directory")
+	fs.BoolVar(&o.ignore, "ignore-targets", false, "with --suite: exit 0 even when a target fails (the verdicts are printed all the same; --suite-quick never enforces them)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
@@ -79,6 +81,8 @@ func (o *options) check(given map[string]bool) error {
 		return fmt.Errorf("--suite %q: want seed", o.suite)
 	case o.report != "" && o.suite == "":
 		return fmt.Errorf("--report needs --suite seed")
+	case o.ignore && o.suite == "":
+		return fmt.Errorf("--ignore-targets needs --suite seed")
 	case o.suite != "" && o.NoWorkers:
 		return fmt.Errorf("--suite runs its own in-process workers; drop --no-workers")
 	}

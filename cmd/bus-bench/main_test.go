@@ -44,6 +44,8 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"--suite", "seed", "--report", "/tmp/x"}, ""},
 		{[]string{"--suite", "full"}, "--suite"},
 		{[]string{"--report", "/tmp/x"}, "needs --suite"},
+		{[]string{"--ignore-targets"}, "needs --suite"},
+		{[]string{"--suite", "seed", "--ignore-targets"}, ""},
 		{[]string{"--suite", "seed", "--no-workers"}, "in-process"},
 	} {
 		o, err := parseOptions(tt.args, io.Discard)

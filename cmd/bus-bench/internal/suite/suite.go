@@ -101,12 +101,17 @@ type Config struct {
 	Quick  bool          // SeedCases(true)
 	Report string        // directory for results.jsonl and report.html; "" for none
 	JSON   bool          // one JSON result line per run on stdout (verdicts go to stderr)
+	// IgnoreTargets keeps a failed target from making Run return an error
+	// (the verdicts are printed all the same). Quick runs never enforce
+	// their targets: they check the suite, they do not measure.
+	IgnoreTargets bool
 }
 
 // Run runs every case on both transports, prints one result line per run
 // and, with a report directory, writes results.jsonl and report.html. It
-// returns an error when a run failed to start, had errors, or ctx ended
-// (the runs done so far are still reported).
+// returns an error when a run failed to start, had errors, ctx ended (the
+// runs done so far are still reported), or a target failed (unless
+// IgnoreTargets or Quick).
 func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	base := cfg.Base
 	url, stop, err := bench.Embedded(&base, stderr)
@@ -188,6 +193,10 @@ suite:
 	for _, v := range verdicts {
 		fmt.Fprintf(w, "%s %s\n", map[bool]string{true: "PASS", false: "FAIL"}[v.OK], v.Text)
 	}
+	note, targetsErr := checkTargets(verdicts, cfg)
+	if note != "" {
+		fmt.Fprintln(w, note)
+	}
 	if cfg.Report != "" {
 		path := filepath.Join(cfg.Report, "report.html")
 		if err := report.Write(path, info, runs, verdicts); err != nil {
@@ -201,7 +210,27 @@ suite:
 	case failed > 0:
 		return fmt.Errorf("%d runs had errors", failed)
 	}
-	return nil
+	return targetsErr
+}
+
+// checkTargets returns the error a failed target makes the suite return,
+// or, when cfg does not enforce targets, a note saying they failed.
+func checkTargets(vs []report.Verdict, cfg Config) (note string, err error) {
+	missed := 0
+	for _, v := range vs {
+		if !v.OK {
+			missed++
+		}
+	}
+	switch {
+	case missed == 0:
+		return "", nil
+	case cfg.Quick:
+		return fmt.Sprintf("targets not enforced (a quick run checks the suite, it does not measure): %d of %d failed", missed, len(vs)), nil
+	case cfg.IgnoreTargets:
+		return fmt.Sprintf("targets not enforced (--ignore-targets): %d of %d failed", missed, len(vs)), nil
+	}
+	return "", fmt.Errorf("%d of %d targets failed (--ignore-targets to exit 0 anyway)", missed, len(vs))
 }
 
 // cleanup deletes a finished case's streams so large payloads do not pile

@@ -67,3 +67,23 @@ func TestJudge(t *testing.T) {
 		t.Fatalf("Judge = %+v; want concurrent-20 failing at 3.4x and sweep-256 passing at 8x", vs)
 	}
 }
+
+func TestCheckTargets(t *testing.T) {
+	pass, fail := report.Verdict{OK: true}, report.Verdict{}
+	for _, tt := range []struct {
+		name          string
+		vs            []report.Verdict
+		cfg           Config
+		wantErr, note bool
+	}{
+		{"all pass", []report.Verdict{pass, pass}, Config{}, false, false},
+		{"one fails", []report.Verdict{pass, fail}, Config{}, true, false},
+		{"one fails, ignored", []report.Verdict{fail}, Config{IgnoreTargets: true}, false, true},
+		{"one fails, quick", []report.Verdict{fail}, Config{Quick: true}, false, true},
+	} {
+		note, err := checkTargets(tt.vs, tt.cfg)
+		if (err != nil) != tt.wantErr || (note != "") != tt.note {
+			t.Errorf("%s: checkTargets = %q, %v; want error %v, note %v", tt.name, note, err, tt.wantErr, tt.note)
+		}
+	}
+}
