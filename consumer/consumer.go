@@ -38,6 +38,7 @@ type Consumer struct {
 	inFlight atomic.Int64
 	timings  metrics.Recorder
 	sampled  atomic.Uint64 // entries considered for info-level timing logs
+	warns    warnLimiter   // warn lines about entries (see warnEntry)
 }
 
 type counters struct {
@@ -351,10 +352,10 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 		a.addAsync(completion{id: e.ID}) // nothing left to handle or dead-letter
 		return
 	case !e.HasData:
-		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry has no %q field", redisx.Field))})
+		c.malformed(e, attempt, fmt.Sprintf("entry has no %q field", redisx.Field), a)
 		return
 	case len(e.Data) > c.cfg.MaxEntrySize:
-		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize))})
+		c.malformed(e, attempt, fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize), a)
 		return
 	}
 	j := jobPool.Get().(*job)
@@ -362,13 +363,13 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 	// not read again once decoded): the payload may alias it.
 	if err := codec.DecodeEnvelopeOwned(e.Data, &j.env); err != nil {
 		putJob(j)
-		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", err.Error())})
+		c.malformed(e, attempt, err.Error(), a)
 		return
 	}
 	if j.env.Kind != codec.KindEvent && j.env.Kind != codec.KindRequest {
 		kind := j.env.Kind
 		putJob(j)
-		a.addAsync(completion{id: e.ID, dead: c.deadFields(e, 1, "malformed", "envelope kind "+kind.String()+" on a topic stream")})
+		c.malformed(e, attempt, "envelope kind "+kind.String()+" on a topic stream", a)
 		return
 	}
 	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
@@ -388,6 +389,21 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 	j.queued = queueWait(e.ID, j.env.Sent, j.readAt)
 	c.timings.Record(metrics.QueueWait, j.queued)
 	jobs <- j // never blocks: at most Concurrency entries are held
+}
+
+// warnFailed logs a handler failure and what becomes of its entry.
+func (c *Consumer) warnFailed(m *Message, err error, reason, what string) {
+	if ev := c.warnEntry(m.ID, m.Attempt, reason); ev != nil {
+		ev.Bool("request", m.Request).Err(err).Msg(what)
+	}
+}
+
+// malformed dead-letters an entry that cannot be handled, at once.
+func (c *Consumer) malformed(e *redisx.Entry, attempt int, why string, a *acker) {
+	if ev := c.warnEntry(e.ID, attempt, "malformed"); ev != nil {
+		ev.Str("error", why).Msg("malformed entry: dead-lettered")
+	}
+	a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt, "malformed", why)})
 }
 
 // work runs the handler for one job and decides what becomes of the entry:
@@ -422,8 +438,12 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
 			time.Until(j.msg.Deadline) > c.cfg.ClaimIdle {
 			c.stats.retried.Add(1) // the caller can still wait for a retry
+			c.warnFailed(&j.msg, err, "retry", "handler failed: the request is delivered again after ClaimIdle")
 			c.release(j, slots)
 			return
+		}
+		if err != nil {
+			c.warnFailed(&j.msg, err, "handler_error", "handler failed: the caller gets a remote error")
 		}
 		reply := codec.Envelope{
 			Kind: codec.KindReply, ID: j.env.ID, Sent: ended.UnixNano(), Payload: out,
@@ -441,13 +461,16 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		done.reply = codec.Encode(&reply)
 	case err == nil:
 	case errors.Is(err, ErrSkipRetry):
+		c.warnFailed(&j.msg, err, "handler_error", "handler failed (do not retry): dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "handler_error", err.Error())
 	case j.msg.Attempt >= c.cfg.MaxDeliveries:
+		c.warnFailed(&j.msg, err, "max_deliveries", "handler failed on the last delivery: dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "max_deliveries",
 			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, c.cfg.MaxDeliveries, err))
 	default:
 		// A failed event is delivered again after ClaimIdle.
 		c.stats.retried.Add(1)
+		c.warnFailed(&j.msg, err, "retry", "handler failed: the event is delivered again after ClaimIdle")
 		c.release(j, slots)
 		return
 	}

@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/rs/zerolog"
+
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
@@ -406,3 +408,51 @@ func TestHandlerCtxCarriesRunValues(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkerTellsItsStory: failed handlers, dead letters and malformed
+// entries are logged at warn with topic, entry, attempt and reason.
+func TestWorkerTellsItsStory(t *testing.T) {
+	m, c := redistest.Mini(t)
+	var logs syncBuffer
+	co, err := consumer.New(c, consumer.Config{Topic: "t", ClaimIdle: 300 * time.Millisecond, MaxDeliveries: 2},
+		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+			return nil, errors.New("backend refused the connection")
+		}), consumer.WithLogger(zerolog.New(&logs).Level(zerolog.InfoLevel)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-co.Serving()
+	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("work")})
+	if _, err := m.XAdd("myc:{t}", "*", []string{"m", "garbage"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both dead-lettered", func() bool { return co.Stats().DeadLettered == 2 })
+	out := logs.String()
+	for _, want := range []string{
+		`"level":"warn","topic":"t"`,
+		`"attempt":1,"reason":"retry","request":false,"error":"backend refused the connection","message":"handler failed: the event is delivered again after ClaimIdle"`,
+		`"attempt":2,"reason":"max_deliveries"`, `"message":"handler failed on the last delivery: dead-lettered"`,
+		`"reason":"malformed","error":"codec: malformed envelope`, `"message":"malformed entry: dead-lettered"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("logs lack %s:\n%s", want, out)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

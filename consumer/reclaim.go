@@ -169,6 +169,9 @@ func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots 
 		if attempt > c.cfg.MaxDeliveries {
 			c.stats.received.Add(1)
 			c.inFlight.Add(1)
+			if ev := c.warnEntry(e.ID, attempt, "max_deliveries"); ev != nil {
+				ev.Msg("not completed after MaxDeliveries deliveries (its workers died or timed out): dead-lettered")
+			}
 			a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt-1, "max_deliveries",
 				fmt.Sprintf("not completed after %d deliveries (MaxDeliveries %d)", attempt-1, c.cfg.MaxDeliveries))})
 			continue
