@@ -5,13 +5,13 @@ import "time"
 // Stage is one step of a message's way through the bus.
 type Stage uint8
 
-// The stages, in data-path order. A producer records Encode, Admission,
+// The stages, in data-path order. A producer records Admission, Encode,
 // Write, QueueWait and Handler (as reported on the reply), ReplyTransit,
-// Decode and EndToEnd for requests (Encode, Admission and Write for
+// Decode and EndToEnd for requests (Admission, Encode and Write for
 // publishes too); a consumer records QueueWait, Handler and ReplyWrite.
 const (
-	Encode       Stage = iota // producer: encoding the envelope
-	Admission                 // producer: the topic's circuit breaker deciding
+	Admission    Stage = iota // producer: the topic's circuit breaker deciding, and for a request whether a worker serves the topic
+	Encode                    // producer: encoding the envelope
 	Write                     // producer: hand-off to the batched XADD until Redis accepted it
 	QueueWait                 // entry id (or sent time, if later) to pick-up by a worker
 	Handler                   // the handler's own time
@@ -23,7 +23,7 @@ const (
 )
 
 var stageNames = [NumStages]string{
-	"encode", "admission", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
+	"admission", "encode", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
 }
 
 // String returns the stage's metric label, e.g. "queue_wait".

@@ -49,6 +49,13 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 	if len(lines) != 2 || lines[0] != "hello mycelium" || !strings.HasPrefix(lines[1], "latency: ") {
 		t.Fatalf("bus-worker request printed %q, want the reply then its latency", out)
 	}
+	// --stages prints where the time went, the overlap marked, and how the
+	// stages add up to end to end.
+	text, err := exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", "e2e", "--data", "x", "--stages").CombinedOutput()
+	if err != nil || !strings.Contains(string(text), "redis_write") || !strings.Contains(string(text), "overlap") ||
+		!strings.Contains(string(text), "end_to_end") || !strings.Contains(string(text), "= the stages above") {
+		t.Fatalf("request --stages = %v\n%s", err, text)
+	}
 	// --stages --json adds where the time went, every producer stage.
 	out, err = exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", "e2e", "--data", "x", "--stages", "--json").Output()
 	if err != nil {
@@ -69,7 +76,7 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 		t.Fatalf("bus-worker publish = %q, %v; want a stream id", out, err)
 	}
 
-	waitFor(t, 5*time.Second, "/stats to count the three messages", func() bool {
+	waitFor(t, 5*time.Second, "/stats to count the four messages", func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/stats")
 		if err != nil {
 			return false
@@ -79,7 +86,7 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 			Handled uint64 `json:"handled"`
 			Acked   uint64 `json:"acked"`
 		}
-		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Handled == 3 && st.Acked == 3
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Handled == 4 && st.Acked == 4
 	})
 	// The worker's /metrics passes promtool and carries its stages.
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
@@ -117,8 +124,8 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("bus-worker serve did not exit within 15s of SIGTERM; logs:\n%s", logs)
 	}
-	if !strings.Contains(logs.String(), `"handled":3`) {
-		t.Fatalf("serve logs do not report 3 handled messages:\n%s", logs)
+	if !strings.Contains(logs.String(), `"handled":4`) {
+		t.Fatalf("serve logs do not report 4 handled messages:\n%s", logs)
 	}
 }
 

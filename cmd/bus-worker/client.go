@@ -112,18 +112,61 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		stages = requestStages(p)
 	}
 	if f.json {
-		return json.NewEncoder(stdout).Encode(struct {
-			Reply     string            `json:"reply"`
-			LatencyUS int64             `json:"latency_us"`
-			Stages    []metrics.Summary `json:"stages,omitempty"`
-		}{string(reply), lat.Microseconds(), stages})
+		out := struct {
+			Reply       string            `json:"reply"`
+			LatencyUS   int64             `json:"latency_us"`
+			Stages      []metrics.Summary `json:"stages,omitempty"`
+			StagesSumUS float64           `json:"stages_sum_us,omitempty"` // every stage but end_to_end; above it by the redis_write/queue_wait overlap
+		}{Reply: string(reply), LatencyUS: lat.Microseconds(), Stages: stages}
+		if stages != nil {
+			out.StagesSumUS, _ = stageSum(stages)
+		}
+		return json.NewEncoder(stdout).Encode(out)
 	}
 	fmt.Fprintf(stdout, "%s\n", reply)
 	fmt.Fprintf(stderr, "latency: %v\n", lat.Round(time.Microsecond))
-	for _, s := range stages {
-		fmt.Fprintf(stderr, "  %-14s %9.1f µs\n", s.Stage, s.MeanUS)
+	if stages != nil {
+		printStages(stderr, stages)
 	}
 	return nil
+}
+
+// stageSum adds up a request's stages but end_to_end, and returns it with
+// end_to_end (µs, means of one request).
+func stageSum(stages []metrics.Summary) (sum, e2e float64) {
+	for _, s := range stages {
+		if s.Stage == metrics.EndToEnd.String() {
+			e2e = s.MeanUS
+		} else {
+			sum += s.MeanUS
+		}
+	}
+	return sum, e2e
+}
+
+// printStages prints one request's stages in the order of its way, marks
+// the two that overlap, and says how their sum compares with end to end, so
+// that a reader can add them up.
+func printStages(w io.Writer, stages []metrics.Summary) {
+	for _, s := range stages {
+		note := ""
+		switch s.Stage {
+		case metrics.Write.String():
+			note = "  ┐ overlap: queue_wait starts when Redis accepts the entry,"
+		case metrics.QueueWait.String():
+			note = "  ┘ redis_write ends when Redis's answer is back here"
+		case metrics.EndToEnd.String():
+			continue
+		}
+		fmt.Fprintf(w, "  %-14s %9.1f µs%s\n", s.Stage, s.MeanUS, note)
+	}
+	sum, e2e := stageSum(stages)
+	switch d := sum - e2e; {
+	case d >= 0:
+		fmt.Fprintf(w, "  %-14s %9.1f µs  = the stages above, %.1f µs of it counted twice by the overlap\n", "end_to_end", e2e, d)
+	default:
+		fmt.Fprintf(w, "  %-14s %9.1f µs  = the stages above + %.1f µs in none (goroutines waking between stages)\n", "end_to_end", e2e, -d)
+	}
 }
 
 // requestStages returns the stages of the one request p made. The Redis
