@@ -101,10 +101,10 @@ func TestBusWorkerServeRequestSigterm(t *testing.T) {
 		t.Fatalf("promtool check metrics on bus-worker /metrics: %v\n%s", err, out)
 	}
 	for _, want := range []string{
-		`mycelium_stage_duration_seconds_count{role="consumer",stage="handler",topic="e2e"} 3`,
-		`mycelium_stage_duration_seconds_count{role="consumer",stage="reply_write",topic="e2e"} 2`,
-		`mycelium_consumer_handled_total{group="workers",topic="e2e"} 3`,
-		`mycelium_stream_length{topic="e2e"} 3`,
+		`mycelium_stage_duration_seconds_count{role="consumer",stage="handler",topic="e2e"} 4`,
+		`mycelium_stage_duration_seconds_count{role="consumer",stage="reply_write",topic="e2e"} 3`,
+		`mycelium_consumer_handled_total{group="workers",topic="e2e"} 4`,
+		`mycelium_stream_length{topic="e2e"} 4`,
 		`go_goroutines`,
 	} {
 		if !bytes.Contains(metricsText, []byte(want)) {
