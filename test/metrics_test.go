@@ -158,6 +158,29 @@ func TestMetricsEndpoint(t *testing.T) {
 			}
 		}
 	}
+	// And every metric the alerting rules query.
+	rules, err := os.ReadFile("../prom/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names.FindAllString(string(rules), -1) {
+		if !strings.Contains(text, "\n"+name) {
+			t.Errorf("prom/alerts.yml queries %s, which /metrics does not export", name)
+		}
+	}
+}
+
+// TestAlertRules: the alerting rules load (promtool check rules) and fire
+// when they should, and only then (promtool test rules).
+func TestAlertRules(t *testing.T) {
+	tool := promtool(t)
+	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
+		cmd := exec.Command(tool, args...)
+		cmd.Dir = "../prom"
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "SUCCESS") {
+			t.Fatalf("promtool %v: %v\n%s", args, err, out)
+		}
+	}
 }
 
 // TestMetricsWhileRedisIsDown: a scrape during an outage still answers,
