@@ -6,6 +6,7 @@ package report
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"html/template"
 	"image/color"
@@ -14,8 +15,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"codeberg.org/go-fonts/liberation/liberationserifregular"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -47,6 +50,9 @@ type Env struct {
 	Args      string
 	Started   time.Time
 	Elapsed   time.Duration
+	// Quick marks a --suite-quick run: scaled down to check the suite, not
+	// to measure.
+	Quick bool
 }
 
 // Verdict is one acceptance check of the suite.
@@ -75,17 +81,31 @@ func systemColor(system string) color.Color {
 	return palette[0]
 }
 
-// svgOf renders p as an SVG element for inlining (no XML prolog). gonum
-// panics on plots it cannot draw (a log axis without data): that becomes
-// an error, not a crash that loses the report.
+// svgOf renders p, w by h, as an SVG element for inlining (no XML prolog),
+// with its legend (if any) in a strip to the right of w, as wide as the
+// legend's longest entry: the legend covers no data and is never cut off.
+// gonum panics on plots it cannot draw (a log axis without data): that
+// becomes an error, not a crash that loses the report.
 func svgOf(p *plot.Plot, w, h vg.Length) (_ template.HTML, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("drawing %q: %v", p.Title.Text, r)
 		}
 	}()
-	c := vgsvg.New(w, h)
-	p.Draw(draw.New(c))
+	leg := p.Legend
+	leg.Top, leg.Left = true, true
+	leg.XOffs, leg.YOffs = 0, 0
+	var strip vg.Length
+	if lw := leg.Rectangle(draw.New(vgsvg.New(w, h))).Size().X; lw > 0 {
+		strip = lw + vg.Points(24)
+	}
+	c := vgsvg.New(w+strip, h)
+	dc := draw.New(c)
+	p.Legend = plot.NewLegend() // drawn below, outside the data area
+	p.Draw(draw.Crop(dc, 0, -strip, 0, 0))
+	if strip > 0 {
+		leg.Draw(draw.Crop(dc, w+vg.Points(12), 0, 0, -vg.Points(28))) // from below the title's line
+	}
 	var b bytes.Buffer
 	if _, err := c.WriteTo(&b); err != nil {
 		return "", err
@@ -122,14 +142,17 @@ func line(p *plot.Plot, name string, xy plotter.XYs, c color.Color, dashed bool)
 	return nil
 }
 
+// smallSample is the number of requests below which a CDF is drawn as its
+// points: fewer make a staircase that looks like a distribution and is not.
+const smallSample = 20
+
 // cdfChart draws the latency CDF of every non-sweep case of one system.
 func cdfChart(runs []Run, system string) (chart, error) {
 	p := newPlot("Latency CDF: "+system, "latency (ms, log scale)", "fraction of requests")
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = niceLogTicks{}
 	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Top, p.Legend.Left = false, false
-	i := 0
+	i, small := 0, false
 	for _, r := range runs {
 		if r.Sweep || r.Out.Result.System != system || len(r.Out.Lat) == 0 {
 			continue
@@ -141,7 +164,20 @@ func cdfChart(runs []Run, system string) (chart, error) {
 			xy = append(xy, plotter.XY{X: math.Max(float64(lat[j])/1e6, 1e-3), Y: float64(j+1) / float64(len(lat))})
 		}
 		xy = append(xy, plotter.XY{X: math.Max(float64(lat[len(lat)-1])/1e6, 1e-3), Y: 1})
-		if err := line(p, r.Case, xy, palette[i%len(palette)], i >= len(palette)); err != nil {
+		name, col := r.Case, palette[i%len(palette)]
+		if len(lat) < smallSample {
+			// A handful of samples is not a distribution: show each one,
+			// and say how few there are.
+			small = true
+			name = fmt.Sprintf("%s (n=%d)", r.Case, len(lat))
+			pts, err := plotter.NewScatter(xy[:len(xy)-1])
+			if err != nil {
+				return chart{}, err
+			}
+			pts.Color, pts.Radius = col, vg.Points(3)
+			p.Add(pts)
+		}
+		if err := line(p, name, xy, col, i >= len(palette)); err != nil {
 			return chart{}, err
 		}
 		i++
@@ -152,8 +188,11 @@ func cdfChart(runs []Run, system string) (chart, error) {
 	// A log axis needs a positive, non-empty range even for one sample.
 	p.X.Min, p.X.Max = math.Max(p.X.Min/1.5, 1e-3), p.X.Max*1.5
 	svg, err := svgOf(p, 9*vg.Inch, 5*vg.Inch)
-	return chart{ID: "cdf-" + system, Title: "Latency distribution (" + system + ")",
-		Caption: "Cumulative distribution of end-to-end latency per scenario: the further left a curve rises, the faster; its top tail is the p99 and the maximum.", SVG: svg}, err
+	caption := "Cumulative distribution of end-to-end latency per scenario: the further left a curve rises, the faster; its top tail is the p99 and the maximum."
+	if small {
+		caption += fmt.Sprintf(" Scenarios with fewer than %d requests are drawn as their points, with n in the legend: their curve is too coarse to read percentiles from.", smallSample)
+	}
+	return chart{ID: "cdf-" + system, Title: "Latency distribution (" + system + ")", Caption: caption, SVG: svg}, err
 }
 
 // throughputChart draws the sweep: requests per second against
@@ -195,7 +234,7 @@ func throughputChart(runs []Run) (chart, error) {
 	p.Y.Min, p.Y.Max = p.Y.Min/1.5, p.Y.Max*1.5
 	svg, err := svgOf(p, 9*vg.Inch, 5*vg.Inch)
 	return chart{ID: "throughput", Title: "Throughput vs concurrency",
-		Caption: "Closed-loop request/reply with 1 KiB payloads and in-process echo workers, each point a 2 s run: Mycelium pipelines every caller's writes and reads over a few connections; the baseline pays a subscription per request.", SVG: svg}, err
+		Caption: fmt.Sprintf("Closed-loop request/reply with 1 KiB payloads and in-process echo workers, each point a %s run: Mycelium pipelines every caller's writes and reads over a few connections; the baseline pays a subscription per request.", sweepDuration(runs)), SVG: svg}, err
 }
 
 // niceLogTicks labels 1, 2 and 5 times each power of ten on a log axis.
@@ -222,6 +261,22 @@ func (niceLogTicks) Ticks(lo, hi float64) []plot.Tick {
 		}
 	}
 	return ts
+}
+
+// sweepDuration says how long the sweep's points ran ("2s", or "0.4-0.6 s"
+// when they differ, from the runs' measured seconds).
+func sweepDuration(runs []Run) string {
+	lo, hi := math.Inf(1), 0.0
+	for _, r := range runs {
+		if r.Sweep {
+			lo, hi = math.Min(lo, r.Out.Result.Seconds), math.Max(hi, r.Out.Result.Seconds)
+		}
+	}
+	l, h := fmt.Sprintf("%.1f", lo), fmt.Sprintf("%.1f", hi)
+	if l == h {
+		return h + " s"
+	}
+	return l + "-" + h + " s"
 }
 
 // sweepConcurrency is the sorted concurrencies of the sweep's runs.
@@ -253,7 +308,7 @@ var stackStages = []metrics.Stage{metrics.Admission, metrics.Encode, metrics.Wri
 // request (handler excluded) as stacked percentages; the x labels carry
 // the absolute total, and the stage table below the charts the details.
 func stageChart(runs []Run) (chart, error) {
-	p := newPlot("Where the time goes (mycelium, share of the mean request, handler excluded)", "", "percent of the bus's time")
+	p := newPlot("Where the time goes (mycelium, share of the mean request, handler excluded)", "percent of the bus's time", "")
 	var cases []Run
 	for _, r := range runs {
 		if r.Out.Result.System == bench.SystemMycelium && len(r.Out.Result.Stages) > 0 && (!r.Sweep || r.Concurrency == 64 || r.Concurrency == 256) {
@@ -263,6 +318,7 @@ func stageChart(runs []Run) (chart, error) {
 	if len(cases) == 0 {
 		return noData("stages", "Stage breakdown"), nil
 	}
+	slices.Reverse(cases)                  // the first case on top (a nominal y axis counts up)
 	means := make([][]float64, len(cases)) // [case][stage]
 	names := make([]string, len(cases))
 	for j, r := range cases {
@@ -289,10 +345,11 @@ func stageChart(runs []Run) (chart, error) {
 		for j := range cases {
 			vals[j] = means[j][i]
 		}
-		b, err := plotter.NewBarChart(vals, vg.Points(22))
+		b, err := plotter.NewBarChart(vals, vg.Points(16))
 		if err != nil {
 			return chart{}, err
 		}
+		b.Horizontal = true // case names read flat along the y axis
 		b.Color = palette[i%len(palette)]
 		b.LineStyle.Width = 0
 		if below != nil {
@@ -302,16 +359,12 @@ func stageChart(runs []Run) (chart, error) {
 		p.Add(b)
 		p.Legend.Add(st.String(), b)
 	}
-	p.NominalX(names...)
-	p.Y.Min, p.Y.Max = 0, 100
-	p.Y.Tick.Marker = plot.ConstantTicks([]plot.Tick{{Value: 0, Label: "0"}, {Value: 25, Label: "25"}, {Value: 50, Label: "50"}, {Value: 75, Label: "75"}, {Value: 100, Label: "100"}})
-	p.X.Tick.Label.Rotation = math.Pi / 6
-	p.X.Tick.Label.XAlign = draw.XRight
-	p.Legend.Top, p.Legend.Left = true, false
-	p.Legend.XOffs = vg.Points(110)
-	svg, err := svgOf(p, 9*vg.Inch, 5.5*vg.Inch)
+	p.NominalY(names...)
+	p.X.Min, p.X.Max = 0, 100
+	p.X.Tick.Marker = plot.ConstantTicks([]plot.Tick{{Value: 0, Label: "0"}, {Value: 25, Label: "25"}, {Value: 50, Label: "50"}, {Value: 75, Label: "75"}, {Value: 100, Label: "100"}})
+	svg, err := svgOf(p, 9*vg.Inch, vg.Length(len(cases))*vg.Points(26)+vg.Inch)
 	return chart{ID: "stages", Title: "Stage breakdown",
-		Caption: "Each stage's share of the mean request, from the producer's measurements (queue wait and handler time as the worker reported them on its reply); the label under each bar is the sum of the stacked means. Queue wait counts from the entry's stream id, so it overlaps the Redis write by up to one round trip. Small requests split their time between the Redis write, the wait for a worker's read and the reply's transit; large payloads spend it copying bytes through Redis.", SVG: svg}, err
+		Caption: "Each stage's share of the mean request, from the producer's measurements (queue wait and handler time as the worker reported them on its reply); the label of each bar carries the sum of the stacked means. Queue wait counts from the entry's stream id, so it overlaps the Redis write by up to one round trip. Small requests split their time between the Redis write, the wait for a worker's read and the reply's transit; large payloads spend it copying bytes through Redis.", SVG: svg}, err
 }
 
 // noData is a chart the runs so far cannot draw (an interrupted suite).
@@ -340,7 +393,7 @@ func timelineChart(runs []Run, name string) (chart, error) {
 	if overhead {
 		title, ylabel = "Bus overhead over time: "+name+" (end to end minus handler)", "overhead (ms)"
 	}
-	p := newPlot(title, "seconds since the run started", ylabel)
+	p := newPlot(title, "seconds since the run started, when the request completed", ylabel)
 	drawn := false
 	for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
 		for _, r := range runs {
@@ -353,7 +406,10 @@ func timelineChart(runs []Run, name string) (chart, error) {
 				if overhead {
 					lat -= pt.Handler
 				}
-				xy[i] = plotter.XY{X: pt.At, Y: float64(lat) / 1e6}
+				// At its completion, not its start: when every request of a
+				// round starts at once (a closed loop), their starts pile
+				// up on one instant and their completions do not.
+				xy[i] = plotter.XY{X: pt.At + float64(pt.Lat)/1e9, Y: float64(lat) / 1e6}
 			}
 			s, err := plotter.NewScatter(xy)
 			if err != nil {
@@ -373,9 +429,9 @@ func timelineChart(runs []Run, name string) (chart, error) {
 		return noData("timeline-"+name, title), nil
 	}
 	svg, err := svgOf(p, 9*vg.Inch, 4.5*vg.Inch)
-	caption := "One mark per request at the time it was sent (continuous: its scheduled time, so queueing in the caller counts). Steady bands mean steady service; drift or spikes would show queues building."
+	caption := "One mark per request at the time it completed, its latency counted from when it was due (continuous: its scheduled time, so queueing in the caller counts). Steady bands mean steady service; drift or spikes would show queues building."
 	if overhead {
-		caption = "One mark per request at the time it was sent: its end-to-end latency minus the time its handler took (the simulated reasoning work), i.e. what the bus added. The target is a p99 under 2 ms."
+		caption = "One mark per request at the time it completed: its end-to-end latency minus the time its handler took (the simulated reasoning work), i.e. what the bus added. The target is a p99 under 2 ms."
 	}
 	return chart{ID: "timeline-" + name, Title: title, Caption: caption, SVG: svg}, err
 }
@@ -387,7 +443,17 @@ type reportData struct {
 	Results  []*bench.Result
 	Stages   []stageRow
 	Charts   []chart
+	FontFace template.CSS
 }
+
+// chartFont is the charts' typeface as a CSS @font-face, embedded once in
+// the page: gonum/plot lays text out with Liberation Serif's metrics, and a
+// browser without that font substitutes a wider one, which pushed labels
+// into the bars and clipped legends. ~0.5 MB of base64, once per report.
+var chartFont = sync.OnceValue(func() template.CSS {
+	return template.CSS(`@font-face { font-family: "Liberation Serif"; font-style: normal; font-weight: normal; src: url(data:font/ttf;base64,` +
+		base64.StdEncoding.EncodeToString(liberationserifregular.TTF) + `) format("truetype"); }`) //nolint:gosec // our own font data
+})
 
 type stageRow struct {
 	Case   string
@@ -424,7 +490,7 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 			}
 		}
 	}
-	d := reportData{Env: info, Verdicts: verdicts, Charts: charts}
+	d := reportData{Env: info, Verdicts: verdicts, Charts: charts, FontFace: chartFont()}
 	for _, r := range runs {
 		d.Results = append(d.Results, r.Out.Result)
 		if len(r.Out.Result.Stages) > 0 {
@@ -449,6 +515,7 @@ var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap
 <meta charset="utf-8">
 <title>Mycelium performance report</title>
 <style>
+{{.FontFace}}
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
 h1, h2 { font-weight: 600; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
@@ -457,13 +524,17 @@ th:first-child, td:first-child, td.l { text-align: left; }
 tr.pubsub-baseline td { color: #8a1c1c; }
 .pass { color: #1a7f37; font-weight: 600; } .fail { color: #b42318; font-weight: 600; }
 figure { margin: 2rem 0; } figcaption { color: #555; max-width: 60rem; }
+.quick { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6rem 0.8rem; max-width: 60rem; }
 svg { max-width: 100%; height: auto; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
 dt { font-weight: 600; }
 </style>
 </head>
 <body>
-<h1>Mycelium performance report</h1>
+<h1>Mycelium performance report{{if .Env.Quick}} (quick run){{end}}</h1>
+{{if .Env.Quick}}<p class="quick"><strong>Quick run</strong> (<code>--suite-quick</code>): scaled down to check the suite itself, not to measure:
+a twentieth of the requests, sweep points a quarter as long, a 200 ms handler instead of 2 s. Its figures and verdicts say
+nothing about performance, and its targets are not enforced.</p>{{end}}
 <p>Suite <code>seed</code>: every scenario once on Mycelium (Redis Streams) and once on the PubSub baseline
 (the design it replaces: a fresh subscription per request, JSON payloads), against the same Redis, with
 in-process workers. Latency is measured by the caller from send to verified reply.</p>

@@ -21,12 +21,17 @@ func TestWriteReportSynthetic(t *testing.T) {
 	var runs []report.Run
 	for _, c := range suite.SeedCases(true) {
 		for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
-			out := &bench.Outcome{Result: &bench.Result{System: sys, Case: c.Name, Concurrency: c.Concurrency, Payload: c.Payload, OK: 10, ThroughputRPS: 1000 * float64(c.Concurrency)}}
+			out := &bench.Outcome{Result: &bench.Result{System: sys, Case: c.Name, Concurrency: c.Concurrency, Payload: c.Payload, OK: 10, ThroughputRPS: 1000 * float64(c.Concurrency),
+				Seconds: c.Duration.Seconds() + 0.01}}
+			n := 10
+			if c.Name != "payload-1MiB" {
+				n = 40 // a distribution; the 1 MiB case keeps a handful of samples
+			}
 			slower := int64(1)
 			if sys == bench.SystemPubsub {
 				slower = 3
 			}
-			for i := range 10 {
+			for i := range n {
 				p := bench.Point{At: float64(i) / 10, Lat: slower * int64(time.Millisecond) * int64(i+1), Seq: uint64(i)}
 				out.Timeline = append(out.Timeline, p)
 				out.Lat = append(out.Lat, p.Lat)
@@ -44,7 +49,7 @@ func TestWriteReportSynthetic(t *testing.T) {
 		}
 	}
 	path := filepath.Join(t.TempDir(), "report.html")
-	if err := report.Write(path, &report.Env{Redis: "7.0.15", CPUs: 2}, runs, suite.Judge(runs)); err != nil {
+	if err := report.Write(path, &report.Env{Redis: "7.0.15", CPUs: 2, Quick: true}, runs, suite.Judge(runs)); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -55,10 +60,19 @@ func TestWriteReportSynthetic(t *testing.T) {
 	if n := strings.Count(page, "<svg"); n != 6 {
 		t.Fatalf("%d charts, want 6", n)
 	}
-	for _, want := range []string{"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256"} {
+	for _, want := range []string{
+		"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256",
+		"(quick run)", "--suite-quick", // flagged as quick, at the top
+		"payload-1MiB (n=10)", "drawn as their points", // a handful of samples says so
+		"each point a 0.5 s run", // the sweep's duration as run, not as planned for a full suite
+		`@font-face { font-family: "Liberation Serif"`, // the charts' font travels with the page
+	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+	if strings.Contains(page, "single (n=") || strings.Contains(page, "each point a 2 s") {
+		t.Error("report marks a 40-sample case as small, or claims 2 s sweep points")
 	}
 }
 

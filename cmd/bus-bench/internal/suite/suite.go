@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	defer c.Close()
 	insp := inspect.New(c)
 	info := describe(ctx, insp, bcfg)
+	info.Quick = cfg.Quick
 	var jsonl *os.File
 	if cfg.Report != "" {
 		if err := os.MkdirAll(cfg.Report, 0o755); err != nil {
