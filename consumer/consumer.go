@@ -393,16 +393,12 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 
 // warnFailed logs a handler failure and what becomes of its entry.
 func (c *Consumer) warnFailed(m *Message, err error, reason, what string) {
-	if ev := c.warnEntry(m.ID, m.Attempt, reason); ev != nil {
-		ev.Bool("request", m.Request).Err(err).Msg(what)
-	}
+	c.warnEntry(entryWarning{id: m.ID, attempt: m.Attempt, reason: reason, handled: true, request: m.Request, err: err.Error(), msg: what})
 }
 
 // malformed dead-letters an entry that cannot be handled, at once.
 func (c *Consumer) malformed(e *redisx.Entry, attempt int, why string, a *acker) {
-	if ev := c.warnEntry(e.ID, attempt, "malformed"); ev != nil {
-		ev.Str("error", why).Msg("malformed entry: dead-lettered")
-	}
+	c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "malformed", err: why, msg: "malformed entry: dead-lettered"})
 	a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt, "malformed", why)})
 }
 

@@ -169,9 +169,8 @@ func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots 
 		if attempt > c.cfg.MaxDeliveries {
 			c.stats.received.Add(1)
 			c.inFlight.Add(1)
-			if ev := c.warnEntry(e.ID, attempt, "max_deliveries"); ev != nil {
-				ev.Msg("not completed after MaxDeliveries deliveries (its workers died or timed out): dead-lettered")
-			}
+			c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "max_deliveries",
+				msg: "not completed after MaxDeliveries deliveries (its workers died or timed out): dead-lettered"})
 			a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt-1, "max_deliveries",
 				fmt.Sprintf("not completed after %d deliveries (MaxDeliveries %d)", attempt-1, c.cfg.MaxDeliveries))})
 			continue

@@ -43,20 +43,35 @@ func (l *warnLimiter) allow(now time.Time) (ok bool, suppressed int) {
 	return true, suppressed
 }
 
-// warnEntry returns a warn event about entry id (attempt, reason), or nil
-// when warnings are off or over the limit. The caller adds the error and
-// sends it with Msg.
-func (c *Consumer) warnEntry(id string, attempt int, reason string) *zerolog.Event {
+// entryWarning is what happened to one entry, for warnEntry.
+type entryWarning struct {
+	id      string
+	attempt int
+	reason  string // retry | handler_error | max_deliveries | malformed
+	handled bool   // a handler ran: request says what kind of entry it was
+	request bool
+	err     string // "" when there is none
+	msg     string // what becomes of the entry
+}
+
+// warnEntry logs w at warn level unless warnings are off or over the limit.
+func (c *Consumer) warnEntry(w entryWarning) {
 	if c.log.GetLevel() > zerolog.WarnLevel {
-		return nil
+		return
 	}
 	ok, suppressed := c.warns.allow(time.Now())
 	if !ok {
-		return nil
+		return
 	}
-	ev := c.log.Warn().Str("topic", c.cfg.Topic).Str("entry", id).Int("attempt", attempt).Str("reason", reason)
+	ev := c.log.Warn().Str("topic", c.cfg.Topic).Str("entry", w.id).Int("attempt", w.attempt).Str("reason", w.reason)
+	if w.handled {
+		ev = ev.Bool("request", w.request)
+	}
+	if w.err != "" {
+		ev = ev.Str("error", w.err)
+	}
 	if suppressed > 0 {
 		ev = ev.Int("suppressed", suppressed)
 	}
-	return ev
+	ev.Msg(w.msg)
 }

@@ -64,7 +64,7 @@ func TestWriteReportSynthetic(t *testing.T) {
 		"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256",
 		"(quick run)", "--suite-quick", // flagged as quick, at the top
 		"payload-1MiB (n=10)", "drawn as their points", // a handful of samples says so
-		"each point a 0.5 s run", // the sweep's duration as run, not as planned for a full suite
+		"each point a 0.5 s run",                       // the sweep's duration as run, not as planned for a full suite
 		`@font-face { font-family: "Liberation Serif"`, // the charts' font travels with the page
 	} {
 		if !strings.Contains(page, want) {
