@@ -24,9 +24,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func start(t *testing.T, c *bus.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+func start(t *testing.T, c *bus.Client, cfg consumer.Config, h consumer.Handler, opts ...consumer.Option) *consumer.Consumer {
 	t.Helper()
-	co, err := consumer.New(c, cfg, h)
+	co, err := consumer.New(c, cfg, h, opts...)
 	if err != nil {
 		t.Fatalf("consumer.New = %v", err)
 	}
@@ -413,19 +413,11 @@ func TestHandlerCtxCarriesRunValues(t *testing.T) {
 // entries are logged at warn with topic, entry, attempt and reason.
 func TestWorkerTellsItsStory(t *testing.T) {
 	m, c := redistest.Mini(t)
-	var logs syncBuffer
-	co, err := consumer.New(c, consumer.Config{Topic: "t", ClaimIdle: 300 * time.Millisecond, MaxDeliveries: 2},
+	var logs redistest.SyncBuffer
+	co := start(t, c, consumer.Config{Topic: "t", ClaimIdle: 300 * time.Millisecond, MaxDeliveries: 2},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
 			return nil, errors.New("backend refused the connection")
 		}), consumer.WithLogger(zerolog.New(&logs).Level(zerolog.InfoLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- co.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-co.Serving()
 	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("work")})
 	if _, err := m.XAdd("myc:{t}", "*", []string{"m", "garbage"}); err != nil {
 		t.Fatal(err)
@@ -443,16 +435,3 @@ func TestWorkerTellsItsStory(t *testing.T) {
 		}
 	}
 }
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
