@@ -89,8 +89,12 @@ func TestOverviewAndPending(t *testing.T) {
 		}
 	}
 
+	m.ZAdd(c.Keys().Workers("jobs"), 1, "workers w1")
 	if err := insp.DeleteTopic(ctx, "jobs"); err != nil {
 		t.Fatal(err)
+	}
+	if m.Exists(c.Keys().Workers("jobs")) {
+		t.Error("DeleteTopic left the presence set")
 	}
 	if tp, err := insp.Topic(ctx, "jobs"); err != nil || tp.Length != 0 || len(tp.Groups) != 0 {
 		t.Errorf("Topic after DeleteTopic = %+v, %v", tp, err)

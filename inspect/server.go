@@ -28,7 +28,8 @@ func (i *Inspector) Server(ctx context.Context) (Server, error) {
 }
 
 // DeleteTopic deletes a topic's stream, with every entry, consumer group and
-// pending entry in it, and its dead letters, in one command. Entries not
+// pending entry in it, its dead letters and its workers' presence set, in
+// one command. Entries not
 // yet handled are lost: it is for tests, benchmarks and retiring a topic,
 // not for a topic that workers still serve (they recreate the group and
 // start over on new entries).
@@ -36,7 +37,7 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return fmt.Errorf("inspect: %w", err)
 	}
-	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(topic), i.keys.DeadLetter(topic)); err != nil {
+	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(topic), i.keys.DeadLetter(topic), i.keys.Workers(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
 	return nil
