@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/internal/cli"
@@ -121,17 +120,12 @@ func envName(flagName string) string {
 	return "MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// connect validates the URL and checks that Redis answers; both failures are
-// usage errors (exit 2).
+// connect validates the URL and checks that Redis answers; both failures
+// are usage errors (exit 2).
 func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, usageError{err}
-	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	c, err := bus.Connect(cctx, cfg)
+	c, err := cli.Connect(ctx, cfg)
 	if err != nil {
-		return nil, usagef("cannot reach Redis at %s: %v", cfg.Redacted(), cli.RootCause(err))
+		return nil, usageError{err}
 	}
 	return c, nil
 }

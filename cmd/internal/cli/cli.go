@@ -1,24 +1,47 @@
 // Package cli holds what the two commands, bus-worker and bus-bench, share:
-// errors printed as one line, and the embedded in-memory Redis they start
-// when asked to run without a real one.
+// connecting to Redis, errors printed as one line, and the embedded
+// in-memory Redis they start when asked to run without a real one.
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
+
+	"github.com/egos/mycelium/bus"
 )
+
+// ConnectTimeout bounds Connect.
+const ConnectTimeout = 5 * time.Second
+
+// Connect validates cfg and connects within ConnectTimeout (or ctx). Its
+// error is one short line naming the redacted URL and the root cause
+// (never the password); commands wrap it in their usage error.
+func Connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, ConnectTimeout)
+	defer cancel()
+	c, err := bus.Connect(cctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w", cfg.Redacted(), rootCause(err))
+	}
+	return c, nil
+}
 
 // OneLine collapses s onto one line (every run of white space becomes one
 // space), for an error a command prints before it exits.
 func OneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// RootCause strips every wrapping from err, so that a dial error prints as
+// rootCause strips every wrapping from err, so that a dial error prints as
 // one short line ("dial tcp 127.0.0.1:1: connect: connection refused").
-func RootCause(err error) error {
+func rootCause(err error) error {
 	for {
 		u := errors.Unwrap(err)
 		if u == nil {

@@ -1,9 +1,14 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
+
+	"github.com/egos/mycelium/bus"
 )
 
 func TestOneLine(t *testing.T) {
@@ -32,4 +37,15 @@ func TestStartEmbeddedMovesPastATakenPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	any.Close()
+}
+
+func TestConnectSaysWhatFailedInOneLine(t *testing.T) {
+	_, err := Connect(context.Background(), bus.Config{URL: "redis://:S3cret@127.0.0.1:1"}) // nothing listens there
+	if err == nil || strings.Contains(err.Error(), "S3cret") || strings.Contains(err.Error(), "\n") ||
+		!strings.HasPrefix(err.Error(), "cannot reach Redis at redis://:xxxxx@127.0.0.1:1: ") {
+		t.Fatalf("Connect(unreachable) = %v; want one line naming the redacted URL and the cause", err)
+	}
+	if _, err := Connect(context.Background(), bus.Config{URL: "http://x"}); !errors.Is(err, bus.ErrInvalidConfig) {
+		t.Fatalf("Connect(http://) = %v, want ErrInvalidConfig", err)
+	}
 }

@@ -262,15 +262,10 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		}
 	}()
 	cfg := bus.Config{URL: url, Prefix: o.Prefix, ClientName: "myc-bench", MaxFlushDelay: o.FlushDelay, PipelineConns: o.Conns}
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUsage, err)
-	}
 	connect := func() (*bus.Client, error) {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		c, err := bus.Connect(cctx, cfg)
+		c, err := cli.Connect(ctx, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", ErrUsage, cfg.Redacted(), err)
+			return nil, fmt.Errorf("%w: %w", ErrUsage, err)
 		}
 		e.closers = append(e.closers, c.Close)
 		return c, nil

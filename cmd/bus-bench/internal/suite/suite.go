@@ -20,6 +20,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/bench"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/report"
+	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/inspect"
 )
 
@@ -121,11 +122,9 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	defer stop()
 	base.Redis = url
 	bcfg := bus.Config{URL: url, Prefix: base.Prefix, ClientName: "myc-bench"}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	c, err := bus.Connect(cctx, bcfg)
-	cancel()
+	c, err := cli.Connect(ctx, bcfg)
 	if err != nil {
-		return fmt.Errorf("%w: cannot reach Redis at %s: %w", bench.ErrUsage, bcfg.Redacted(), err)
+		return fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}
 	defer c.Close()
 	insp := inspect.New(c)

@@ -95,9 +95,9 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		embedded = m.Addr()
 		cfg.Redis.URL = "redis://" + embedded
 	}
-	c, err := connect(ctx, cfg.Redis)
+	c, err := cli.Connect(ctx, cfg.Redis)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	defer c.Close()
 	co, err := consumer.New(c, cfg.Consumer, h, consumer.WithLogger(log))
@@ -151,17 +151,6 @@ func newBreaker(cfg Config, m *prom.BreakerCollector, log zerolog.Logger) (*brea
 	}
 	m.SetState(br.State)
 	return br, nil
-}
-
-// connect reaches Redis within 5 s (or ctx); failing that is a setup error.
-func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	c, err := bus.Connect(cctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("%w: cannot reach Redis at %s: %w", ErrSetup, cfg.Redacted(), cli.RootCause(err))
-	}
-	return c, nil
 }
 
 // listen listens on addr, or, when it may move and addr's port is taken, on
