@@ -105,27 +105,29 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	httpAddr := ""
-	if ln != nil {
-		httpAddr = ln.Addr().String()
-	}
-	if cfg.Announce != nil {
-		announce(cfg.Announce, cmp.Or(cfg.Self, "bus-worker"), c.Redacted(), co.Config().Topic, httpAddr, embedded != "")
-	}
-	if embedded != "" {
-		log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
-	}
-	log.Info().Str("redis", c.Redacted()).Str("topic", cfg.Consumer.Topic).Str("group", co.Config().Group).Str("consumer", co.Name()).
-		Int("concurrency", co.Config().Concurrency).Str("handler", cfg.Handler).Str("http_addr", httpAddr).Msg("serving")
-
 	stopOps := func() {}
 	if ln != nil {
+		httpAddr = ln.Addr().String()
 		reg, err := registry(c, co, brMetrics)
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
 		stopOps = serveOps(ln, opsMux(co, br, reg), log)
 	}
-	err = co.Run(ctx)
+	done := make(chan error, 1) // Run's result; Run is waited for below
+	go func() { done <- co.Run(ctx) }()
+	<-co.Serving() // joined (or Run returned): only now does a request find this worker
+	if ctx.Err() == nil {
+		if cfg.Announce != nil {
+			announce(cfg.Announce, cmp.Or(cfg.Self, "bus-worker"), c.Redacted(), co.Config().Topic, httpAddr, embedded != "")
+		}
+		if embedded != "" {
+			log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
+		}
+		log.Info().Str("redis", c.Redacted()).Str("topic", cfg.Consumer.Topic).Str("group", co.Config().Group).Str("consumer", co.Name()).
+			Int("concurrency", co.Config().Concurrency).Str("handler", cfg.Handler).Str("http_addr", httpAddr).Msg("serving")
+	}
+	err = <-done
 	stopOps()
 	s := co.Stats()
 	log.Info().Uint64("handled", s.Handled).Uint64("acked", s.Acked).Uint64("failed", s.Failed).Msg("stopped")
