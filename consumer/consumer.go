@@ -32,7 +32,8 @@ type Consumer struct {
 	presence string // the topic's presence set (bus.Keys.Workers)
 	member   string // this consumer in it: "<group> <name>"
 	serving  chan struct{}
-	served   sync.Once // closes serving
+	served   sync.Once   // closes serving
+	joined   atomic.Bool // createGroup joined since Run began: leave at the end
 	running  atomic.Bool
 	stats    counters
 	inFlight atomic.Int64
@@ -257,7 +258,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		cancelAcker()
 		<-finished
 	}
-	c.leave(context.WithoutCancel(ctx))
+	if c.joined.Swap(false) {
+		c.leave(context.WithoutCancel(ctx))
+	}
 	return nil
 }
 
@@ -338,6 +341,7 @@ func (c *Consumer) createGroup(ctx context.Context) error {
 		// producers then rely on the group's consumers.
 		c.log.Warn().Err(err).Str("key", c.presence).Msg("cannot announce this worker; producers may not see it until it has read an entry")
 	}
+	c.joined.Store(true)
 	c.served.Do(func() { close(c.serving) })
 	return nil
 }
@@ -519,18 +523,24 @@ const (
 // presenceLoop announces the consumer every beatInterval while ctx lives,
 // so producers see a worker for the topic (producer.Config.ResponderIdle).
 // Unreachable Redis is the read loop's to report; a refused write (an ACL
-// without the presence key) is logged.
+// without the presence key) is logged once until a beat succeeds again.
 func (c *Consumer) presenceLoop(ctx context.Context) {
 	t := time.NewTicker(beatInterval)
 	defer t.Stop()
+	refused := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if err := redisx.Beat(ctx, c.c.Redis(), c.presence, c.member, time.Now(), presencePrune); err != nil {
-			c.maintenanceFailed("announce in "+c.presence, err)
+		err := redisx.Beat(ctx, c.c.Redis(), c.presence, c.member, time.Now(), presencePrune)
+		switch {
+		case err == nil:
+			refused = false
+		case redisx.IsRedisReply(err) && !refused:
+			refused = true
+			c.log.Warn().Err(err).Str("key", c.presence).Msg("Redis refuses this worker's announcements; producers may not see it while it is idle (logged once until it works again)")
 		}
 	}
 }

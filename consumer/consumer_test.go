@@ -278,7 +278,9 @@ func TestRunTwiceAndReadiness(t *testing.T) {
 	default:
 		t.Fatal("Serving not closed while the consumer runs and is ready")
 	}
-	other, _ := consumer.New(c, consumer.Config{Topic: "never"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
+	var logs redistest.SyncBuffer
+	other, _ := consumer.New(c, consumer.Config{Topic: "never"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }),
+		consumer.WithLogger(zerolog.New(&logs)))
 	if err := other.Ready(context.Background()); !errors.Is(err, consumer.ErrNotServing) {
 		t.Fatalf("Ready before Run = %v, want ErrNotServing", err)
 	}
@@ -290,6 +292,10 @@ func TestRunTwiceAndReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-other.Serving()
+	// It never joined, so it has nothing to leave (and says nothing of it).
+	if strings.Contains(logs.String(), "leave") || strings.Contains(logs.String(), "left") {
+		t.Fatalf("a consumer that never joined tried to leave:\n%s", logs.String())
+	}
 }
 
 func TestChainOrder(t *testing.T) {
