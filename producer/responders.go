@@ -78,7 +78,7 @@ func (p *Producer) admitRequest(ctx context.Context, t *topic, wait bool, now ti
 	defer func() { <-r.check }()
 	if known, ok, fresh = r.get(time.Now()); !known || !fresh { // nobody checked while this caller waited
 		var err error
-		if ok, err = redisx.Responders(ctx, p.c.Redis(), t.key, t.presence, time.Now(), p.cfg.ResponderIdle); err != nil {
+		if ok, err = p.served(ctx, t); err != nil {
 			return nil // cannot tell: let the write decide
 		}
 		r.set(ok)
@@ -87,6 +87,11 @@ func (p *Producer) admitRequest(ctx context.Context, t *topic, wait bool, now ti
 		return p.noResponders(t)
 	}
 	return nil
+}
+
+// served asks Redis whether a worker serves t now.
+func (p *Producer) served(ctx context.Context, t *topic) (bool, error) {
+	return redisx.Responders(ctx, p.c.Redis(), t.key, t.presence, time.Now(), p.cfg.ResponderIdle)
 }
 
 func (p *Producer) noResponders(t *topic) error {
@@ -121,7 +126,7 @@ func (p *Producer) stopBackground() {
 func (p *Producer) refreshResponders(t *topic) {
 	ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
 	defer cancel()
-	ok, err := redisx.Responders(ctx, p.c.Redis(), t.key, t.presence, time.Now(), p.cfg.ResponderIdle)
+	ok, err := p.served(ctx, t)
 	if err == nil {
 		t.resp.set(ok)
 	}

@@ -13,12 +13,7 @@ import (
 // (its producer is gone) late replies are not written at all.
 func CreateReplyStream(ctx context.Context, c rueidis.Client, key string, control []byte, ttl time.Duration) error {
 	add := Add{Key: key, Data: control}
-	for _, r := range c.DoMulti(ctx, add.cmd(c), c.B().Pexpire().Key(key).Milliseconds(ttl.Milliseconds()).Build()) {
-		if err := r.Error(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return doAll(ctx, c, add.cmd(c), c.B().Pexpire().Key(key).Milliseconds(ttl.Milliseconds()).Build())
 }
 
 // RefreshTTL gives key ttl again and reports false when the key does not
