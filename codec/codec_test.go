@@ -26,6 +26,8 @@ type wire struct {
 	ErrMsg   string
 	Queue    int64
 	Handler  int64
+	CacheKey string
+	CacheTTL int64
 }
 
 func sample(payload int) *Envelope {
@@ -33,6 +35,7 @@ func sample(payload int) *Envelope {
 	return &Envelope{
 		Kind: KindRequest, ID: "p1-42", ReplyTo: "myc:{r.p1}", Deadline: 1764230400123456789,
 		Sent: 1764230399123456789, QueueWait: 1 << 40, Handler: 1500,
+		CacheKey: "7:0123456789abcdef0123456789abcdef", CacheTTL: 300e9,
 		Headers: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "k": "v"},
 		Payload: p,
 	}
@@ -43,7 +46,8 @@ func equal(t *testing.T, got, want *Envelope) {
 	if got.Kind != want.Kind || got.ID != want.ID || got.ReplyTo != want.ReplyTo || got.Deadline != want.Deadline ||
 		got.Sent != want.Sent || !bytes.Equal(got.Payload, want.Payload) ||
 		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) ||
-		got.QueueWait != want.QueueWait || got.Handler != want.Handler {
+		got.QueueWait != want.QueueWait || got.Handler != want.Handler ||
+		got.CacheKey != want.CacheKey || got.CacheTTL != want.CacheTTL {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
 	for k, v := range want.Headers {
@@ -165,15 +169,23 @@ func TestDecodeSkipsTrailingFields(t *testing.T) {
 }
 
 // TestDecodeEarlierRevision: an envelope written before the stage timings
-// were added (11 elements), or with one of them only, still decodes.
+// were added (11 elements), or with one of them only, or before the cache
+// fields (13 elements), still decodes.
 func TestDecodeEarlierRevision(t *testing.T) {
 	in := sample(10)
+	in.CacheKey, in.CacheTTL = "", 0
 	b := AppendEnvelope(nil, in)
+	b = b[:len(b)-2] // drop the empty cache fields (2 bytes)
+	var got Envelope
+	thirteen := append([]byte{0x90 | 13}, b[1:]...)
+	if err := DecodeEnvelope(string(thirteen), &got); err != nil {
+		t.Fatalf("DecodeEnvelope(13 elements) = %v", err)
+	}
+	equal(t, &got, in)
 	old := append([]byte{0x90 | minFields}, b[1:len(b)-12]...) // drop both timings (9 + 3 bytes)
-	if tail := AppendEnvelope(nil, &Envelope{QueueWait: 1 << 40, Handler: 1500}); string(b[len(b)-12:]) != string(tail[len(tail)-12:]) {
+	if tail := AppendEnvelope(nil, &Envelope{QueueWait: 1 << 40, Handler: 1500}); string(b[len(b)-12:]) != string(tail[len(tail)-14:len(tail)-2]) {
 		t.Fatalf("test setup: timing tail is not 12 bytes")
 	}
-	var got Envelope
 	if err := DecodeEnvelope(string(old), &got); err != nil {
 		t.Fatalf("DecodeEnvelope(11 elements) = %v", err)
 	}
@@ -189,6 +201,8 @@ func TestDecodeEarlierRevision(t *testing.T) {
 
 func TestDecodeRejects(t *testing.T) {
 	good := AppendEnvelope(nil, sample(16))
+	// good ends with the cache key (a 33-byte string + 1-byte header) and
+	// its TTL (9 bytes)
 	wrongVersion := append([]byte(nil), good...)
 	wrongVersion[1] = 2
 	short := append([]byte{0x90 | 3}, good[1:]...)
@@ -200,8 +214,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", "", "not a msgpack array"},
 		{"garbage", "hello world", "not a msgpack array"},
 		{"json", `{"id":"1"}`, "not a msgpack array"},
-		{"truncated", string(good[:len(good)-3]), "handler"},
-		{"truncated payload", string(good[:len(good)-30]), "payload"},
+		{"truncated", string(good[:len(good)-3]), "cache_ttl"},
+		{"truncated key", string(good[:len(good)-12]), "cache_key"},
+		{"truncated timing", string(good[:len(good)-46]), "handler"},
+		{"truncated payload", string(good[:len(good)-70]), "payload"},
 		{"trailing bytes", string(append(append([]byte(nil), good...), 0x01)), "trailing bytes"},
 		{"wrong version", string(wrongVersion), "unsupported version"},
 		{"too few fields", string(short), "want at least"},

@@ -105,13 +105,22 @@ func decodeEnvelope(s string, e *Envelope, alias bool) error {
 		return d.fail("err_msg", "not a string")
 	}
 	read := minFields
-	if n >= fields {
-		read = fields
+	if n >= minFields+2 {
+		read = minFields + 2
 		if e.QueueWait, ok = d.int(); !ok {
 			return d.fail("queue_wait", "not an integer")
 		}
 		if e.Handler, ok = d.int(); !ok {
 			return d.fail("handler", "not an integer")
+		}
+	}
+	if n >= fields {
+		read = fields
+		if e.CacheKey, ok = d.str(); !ok {
+			return d.fail("cache_key", "not a string")
+		}
+		if e.CacheTTL, ok = d.int(); !ok {
+			return d.fail("cache_ttl", "not an integer")
 		}
 	}
 	for i := read; i < n; i++ { // fields added by later minor revisions

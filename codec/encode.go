@@ -31,13 +31,15 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 	dst = appendString(dst, e.ErrMsg)
 	dst = appendInt(dst, e.QueueWait)
 	dst = appendInt(dst, e.Handler)
+	dst = appendString(dst, e.CacheKey)
+	dst = appendInt(dst, e.CacheTTL)
 	return dst
 }
 
 // EncodedSize returns an upper bound of the encoded size of e, for sizing
 // buffers without encoding twice.
 func EncodedSize(e *Envelope) int {
-	n := 1 + 9*5 + 5*4 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg)
+	n := 1 + 9*6 + 5*5 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey)
 	for k, v := range e.Headers {
 		n += 10 + len(k) + len(v)
 	}

@@ -48,6 +48,15 @@ type Envelope struct {
 	// unknown), so the caller sees where a request's time went.
 	QueueWait int64 // request's time in the stream: its entry id (or Sent, if later) to pick-up
 	Handler   int64 // time spent in the handler
+
+	// Response cache (docs/cache.md). CacheKey names the request's cache
+	// entry within its topic, "<generation>:<32 hex digits>", when the caller
+	// uses the topic's cache (empty otherwise); a reply to a cached request
+	// carries it back. CacheTTL is, on a request, how long its answer may be
+	// stored (nanoseconds; 0: do not store) and, on a reply, how long the
+	// worker stored it (0: not stored, so not to be kept by the caller either).
+	CacheKey string
+	CacheTTL int64
 }
 
 // Reset clears e for reuse, keeping nothing that aliases earlier input.
@@ -55,13 +64,14 @@ func (e *Envelope) Reset() { *e = Envelope{} }
 
 // minFields is the number of array elements every version-1 envelope has;
 // fields is the number this revision writes (the stage timings were added
-// as trailing elements, which older decoders skip). Element 6 is reserved:
+// as trailing elements, which older decoders skip, and then the cache
+// fields). Element 6 is reserved:
 // it once carried a sender-side attempt count that nothing set (handlers
 // get Redis's delivery count instead, consumer.Message.Attempt); it is
 // written as 0 and ignored when read. docs/wire.md has the layout.
 const (
 	minFields = 11
-	fields    = 13
+	fields    = 15
 )
 
 func itoa(v uint64) string {

@@ -23,7 +23,8 @@ type completion struct {
 	at      time.Time     // when the handler returned (ReplyWrite stage)
 	queued  time.Duration // the entry's queue wait and handler time, for timing logs
 	handled time.Duration
-	failed  bool // the handler returned an error (sent as a remote error)
+	failed  bool         // the handler returned an error (sent as a remote error)
+	cache   *cacheSettle // a cached request's answer to store and share, nil for none
 }
 
 // flushBufs are one flush's commands, ids and results, pooled: a flush runs
@@ -109,6 +110,7 @@ func (a *acker) flush(batch []completion) {
 	if dead != nil {
 		a.flushDead(batch, dead)
 	}
+	joined := a.settle(batch)
 	fb := flushPool.Get().(*flushBufs)
 	defer fb.put()
 	replies := 0
@@ -123,6 +125,9 @@ func (a *acker) flush(batch []completion) {
 		}
 		fb.ids = append(fb.ids, d.id)
 	}
+	for _, w := range joined {
+		fb.adds = append(fb.adds, redisx.Add{Key: w.key, Cap: c.replyCap, NoMkStream: true, Data: w.buf.B})
+	}
 	if len(fb.ids) > 0 {
 		// The replies go in one transaction (redisx.DoBatch: a caller's
 		// reply reader gets all of its replies in one read), the XACK after
@@ -131,6 +136,7 @@ func (a *acker) flush(batch []completion) {
 		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
 			return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, &fb.ack, out)
 		})
+
 		if ok {
 			fb.res = res // its array, grown or not, goes back to the pool
 			c.stats.flushes.Add(1)
@@ -155,7 +161,17 @@ func (a *acker) flush(batch []completion) {
 				}
 				k++
 			}
-			if r := res[replies]; r.Err == nil {
+			for _, w := range joined {
+				codec.PutBuffer(w.buf) // unsafe to reuse after a failed pipeline
+			}
+			for _, r := range res[replies : replies+len(joined)] {
+				if r.Err == nil {
+					c.stats.coalescedReplies.Add(1)
+				} else {
+					c.stats.replyDropped.Add(1)
+				}
+			}
+			if r := res[replies+len(joined)]; r.Err == nil {
 				c.stats.acked.Add(uint64(r.N))
 				// Handled entries without a reply (events) are done when
 				// the XACK is: their "reply write" is the acknowledgement.
@@ -222,6 +238,11 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 // a reply, so resending one after a partial failure would send a recycled
 // one.
 func (a *acker) do(buf []redisx.Result, send func([]redisx.Result) []redisx.Result) ([]redisx.Result, bool) {
+	return retry(a, buf, send, func(r redisx.Result) error { return r.Err })
+}
+
+// retry is do for any kind of result; errOf returns one result's error.
+func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) ([]R, bool) {
 	var bo *backoff.ExponentialBackOff
 	res := buf
 	for {
@@ -230,8 +251,8 @@ func (a *acker) do(buf []redisx.Result, send func([]redisx.Result) []redisx.Resu
 		res = send(res[:0])
 		var netErr error
 		for _, r := range res {
-			if redisx.IsConnErr(r.Err) {
-				netErr = r.Err
+			if err := errOf(r); redisx.IsConnErr(err) {
+				netErr = err
 				break
 			}
 		}

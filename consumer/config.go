@@ -25,6 +25,8 @@ const (
 	DefaultConsumerIdleTimeout = time.Hour
 	DefaultTimingSample        = 1000
 	DefaultSlowEntry           = 10 * time.Second
+	DefaultCacheMaxValue       = 1 << 20
+	DefaultCacheMaxTTL         = 24 * time.Hour
 	maxReadBatch               = 512
 )
 
@@ -101,6 +103,15 @@ type Config struct {
 	// together exceed this log its timings at warn level. Zero means
 	// DefaultSlowEntry; negative turns it off.
 	SlowEntry time.Duration
+	// CacheTTL caps how long this worker's answers to cached requests are
+	// stored in the shared tier (docs/cache.md). Zero means as long as the
+	// caller asked (at most DefaultCacheMaxTTL); negative means they are
+	// never stored (identical requests in flight still share one answer).
+	CacheTTL time.Duration
+	// CacheMaxValue is the largest answer (encoded reply, bytes) stored in
+	// the shared tier; larger answers are sent but not stored. Zero means
+	// DefaultCacheMaxValue.
+	CacheMaxValue int
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -142,6 +153,9 @@ func (c Config) Validate() error {
 	if claim, block := c.withDefaults("x").ClaimIdle, c.withDefaults("x").Block; claim < 2*block {
 		return fmt.Errorf("%w: ClaimIdle (%v) must be at least twice Block (%v), or entries waiting for a handler slot get reclaimed", bus.ErrInvalidConfig, claim, block)
 	}
+	if c.CacheMaxValue < 0 {
+		return fmt.Errorf("%w: CacheMaxValue must not be negative", bus.ErrInvalidConfig)
+	}
 	if c.StartID != "" && c.StartID != "0" && c.StartID != "$" {
 		return fmt.Errorf("%w: StartID must be \"0\" or \"$\", got %q", bus.ErrInvalidConfig, c.StartID)
 	}
@@ -171,5 +185,6 @@ func (c Config) withDefaults(rnd string) Config {
 	c.MaxDeliveries = cmp.Or(c.MaxDeliveries, DefaultMaxDeliveries)
 	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
 	c.SlowEntry = cmp.Or(c.SlowEntry, DefaultSlowEntry)
+	c.CacheMaxValue = cmp.Or(c.CacheMaxValue, DefaultCacheMaxValue)
 	return c
 }

@@ -25,6 +25,7 @@ type Consumer struct {
 	cfg      Config
 	h        Handler
 	log      zerolog.Logger
+	keys     bus.Keys
 	key      string
 	dlqKey   string
 	replyCap redisx.Cap
@@ -46,6 +47,7 @@ type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
 	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved                             atomic.Uint64
 	reads, flushes                                                                                        atomic.Uint64
+	cacheStores, coalescedReplies, cacheSettleErrors                                                      atomic.Uint64
 }
 
 // Stats is a snapshot of a Consumer's counters. Each field's help tag
@@ -75,6 +77,9 @@ type Stats struct {
 	InFlight         int64  `json:"in_flight" help:"Entries held now: read and not yet acknowledged."`
 	Reads            uint64 `json:"reads" help:"XREADGROUP calls that returned entries (received / reads = entries per read)."`
 	Flushes          uint64 `json:"flushes" help:"Pipelined writes of replies and acknowledgements (acked / flushes = entries per write)."`
+	CacheStores      uint64 `json:"cache_stores" help:"Answers stored in the shared cache."`
+	CoalescedReplies uint64 `json:"coalesced_replies" help:"Replies written to requests that joined an identical request in flight (one handler call, several callers)."`
+	CacheErrors      uint64 `json:"cache_errors" help:"Answers whose storing or coalesced delivery Redis refused (their callers ask again once the request's deadline passed)."`
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -99,7 +104,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	}
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := c.Keys()
-	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic),
+	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic),
 		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen),
 		presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name, serving: make(chan struct{})}
 	for _, o := range opts {
@@ -125,6 +130,7 @@ func (c *Consumer) Stats() Stats {
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
 		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
 		Reads: s.reads.Load(), Flushes: s.flushes.Load(),
+		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(),
 	}
 }
 
@@ -167,10 +173,15 @@ var ErrNotServing = errors.New("consumer: not serving yet")
 // job is one entry on its way to a worker. Jobs are pooled: a Message is
 // valid only during Handle.
 type job struct {
-	msg    Message
-	env    codec.Envelope
-	readAt int64         // unix nanoseconds when the entry was read or reclaimed
-	queued time.Duration // QueueWait stage: entry id (or sent time, if later) to readAt
+	msg Message
+	env codec.Envelope
+	// cache is the entry id of a cached request ("" otherwise) and cacheTTL
+	// the most its answer may be stored for (the caller's wish within this
+	// worker's limits).
+	cache    string
+	cacheTTL time.Duration
+	readAt   int64         // unix nanoseconds when the entry was read or reclaimed
+	queued   time.Duration // QueueWait stage: entry id (or sent time, if later) to readAt
 }
 
 var jobPool = sync.Pool{New: func() any { return new(job) }}
@@ -389,6 +400,9 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 	if j.env.Deadline != 0 {
 		j.msg.Deadline = time.Unix(0, j.env.Deadline)
 	}
+	if j.env.Kind == codec.KindRequest && j.env.CacheKey != "" {
+		c.cacheOf(j, e.ID)
+	}
 	j.readAt = now.UnixNano()
 	j.queued = queueWait(e.ID, j.env.Sent, j.readAt)
 	c.timings.Record(metrics.QueueWait, j.queued)
@@ -458,6 +472,9 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 			}
 		}
 		done.replyTo = j.env.ReplyTo
+		if j.cache != "" {
+			done.cache = c.settleOf(j, &reply, err, ended)
+		}
 		done.reply = codec.Encode(&reply)
 	case err == nil:
 	case errors.Is(err, ErrSkipRetry):

@@ -26,6 +26,12 @@ type Message struct {
 	Request bool
 	// Sent is when the producer encoded the message.
 	Sent time.Time
+	// CacheTTL is, for a request on a cached topic, how long its answer will
+	// be stored in the shared cache (docs/cache.md); zero otherwise. The
+	// handler may lower it, or set it to zero when its answer must not be
+	// served again (a non-deterministic or personal answer); raising it has
+	// no effect. Errors are never stored.
+	CacheTTL time.Duration
 }
 
 // Retry control: a handler wraps one of these in its error (fmt.Errorf

@@ -5,12 +5,14 @@ import "time"
 // Stage is one step of a message's way through the bus.
 type Stage uint8
 
-// The stages, in data-path order. A producer records Admission, Encode,
+// The stages, in data-path order. A producer records Admission, Cache
+// (cached topics), Encode,
 // Write, QueueWait and Handler (as reported on the reply), ReplyTransit,
 // Decode and EndToEnd for requests (Admission, Encode and Write for
 // publishes too); a consumer records QueueWait, Handler and ReplyWrite.
 const (
 	Admission    Stage = iota // producer: the topic's circuit breaker deciding, and for a request whether a worker serves the topic
+	Cache                     // producer, cached topics: finding the answer in the local tier and, on a local miss, the shared tier's round trip when it answered (a shared miss's round trip is the Write)
 	Encode                    // producer: encoding the envelope
 	Write                     // producer: hand-off to the batched XADD until Redis accepted it
 	QueueWait                 // entry id (or sent time, if later) to pick-up by a worker
@@ -23,7 +25,7 @@ const (
 )
 
 var stageNames = [NumStages]string{
-	"admission", "encode", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
+	"admission", "cache", "encode", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
 }
 
 // String returns the stage's metric label, e.g. "queue_wait".

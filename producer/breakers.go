@@ -23,6 +23,7 @@ type topic struct {
 	// Stats.BreakerRejected).
 	rejected *atomic.Uint64
 	resp     *responders
+	cache    *topicCache // nil when the topic is not cached
 }
 
 // topicFor returns the cached topic, creating (and validating) it once.
@@ -34,6 +35,9 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
 	t := &topic{name: name, key: p.keys.Topic(name), presence: p.keys.Workers(name), rejected: &p.stats.breakerRejected, resp: newResponders()}
+	if cc, ok := p.cfg.Cache[name]; ok {
+		t.cache = &topicCache{cfg: cc, meta: p.keys.Meta(name)}
+	}
 	if !p.cfg.NoBreaker {
 		br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
 			lvl := zerolog.WarnLevel

@@ -85,6 +85,17 @@ type Config struct {
 	// warn level, whatever the sampling. Zero means DefaultSlowRequest;
 	// negative turns it off.
 	SlowRequest time.Duration
+	// Cache turns the response cache and request coalescing on for the
+	// topics it names (docs/cache.md): a Request to one of them is answered
+	// from this process's memory, from Redis, or by joining an identical
+	// request in flight in any process, before a worker is asked. Calls can
+	// steer it (NoCache, NoStore, MaxAge, CacheKey, WithCacheInfo). Nil
+	// means no topic is cached. The map is copied by New.
+	Cache map[string]CacheConfig
+	// LocalCacheBytes bounds the memory of the local tier (answers kept in
+	// this process, for every cached topic together). Zero means
+	// DefaultLocalCacheBytes; negative means no local tier.
+	LocalCacheBytes int64
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -103,6 +114,11 @@ func (c Config) Validate() error {
 	if !c.NoBreaker {
 		if err := c.Breaker.Validate(); err != nil {
 			return fmt.Errorf("%w: %w", bus.ErrInvalidConfig, err)
+		}
+	}
+	for topic, cc := range c.Cache {
+		if err := cc.validate(topic); err != nil {
+			return err
 		}
 	}
 	if c.ReplyTTL > 0 && c.ReplyTTL < 3*time.Second {
@@ -125,5 +141,13 @@ func (c Config) withDefaults() Config {
 	c.ResponderIdle = cmp.Or(c.ResponderIdle, DefaultResponderIdle)
 	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
 	c.SlowRequest = cmp.Or(c.SlowRequest, DefaultSlowRequest)
+	c.LocalCacheBytes = cmp.Or(c.LocalCacheBytes, DefaultLocalCacheBytes)
+	if c.Cache != nil {
+		m := make(map[string]CacheConfig, len(c.Cache))
+		for topic, cc := range c.Cache {
+			m[topic] = cc.withDefaults()
+		}
+		c.Cache = m
+	}
 	return c
 }

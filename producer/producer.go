@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/maypok86/otter/v2"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
@@ -49,6 +50,12 @@ type Producer struct {
 
 	send *combine.Combiner[sendItem] // batches XADDs (see submit)
 
+	// Response cache (cached.go): the local tier (nil when off) and the
+	// flights of this process's cached requests.
+	local   *otter.Cache[localKey, *localEntry]
+	fmu     sync.Mutex
+	flights map[flightKey]*flight
+
 	// Background work (responders refreshes): owned here, cancelled and
 	// waited for by Close.
 	bgCtx    context.Context
@@ -62,6 +69,8 @@ type counters struct {
 	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
 	writeErrors, breakerRejected, noResponders                            atomic.Uint64
 	writes, replyReads                                                    atomic.Uint64
+	hitsLocal, hitsShared, cacheMisses, coalescedLocal, coalescedRemote   atomic.Uint64
+	cacheCorrupt, takeovers, localEvicted                                 atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters. Each field's help tag
@@ -85,6 +94,18 @@ type Stats struct {
 	NoResponders    uint64 `json:"no_responders" help:"Requests refused at once because no worker served their topic (bus.ErrNoResponders)."`
 	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
 	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
+
+	// Response cache (cached topics only).
+	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`
+	CacheHitsShared   uint64 `json:"cache_hits_shared" help:"Cached requests answered from Redis (the shared tier)."`
+	CacheMisses       uint64 `json:"cache_misses" help:"Cached requests written for a worker to answer (no stored answer, none in flight)."`
+	CoalescedLocal    uint64 `json:"coalesced_local" help:"Cached requests that waited for an identical request of this process already in flight."`
+	CoalescedRemote   uint64 `json:"coalesced_remote" help:"Cached requests that joined an identical request of another producer in flight (one handler call answers both)."`
+	CacheTakeovers    uint64 `json:"cache_takeovers" help:"Joined requests asked again because the request they waited for gave up (its deadline passed)."`
+	CacheCorrupt      uint64 `json:"cache_corrupt" help:"Stored answers that could not be decoded: deleted and treated as misses."`
+	CacheEvictions    uint64 `json:"cache_evictions" help:"Answers evicted from the local tier to stay within LocalCacheBytes."`
+	CacheLocalBytes   uint64 `json:"cache_local_bytes" help:"Bytes held by the local tier now (payloads and bookkeeping)."`
+	CacheLocalEntries int    `json:"cache_local_entries" help:"Answers held by the local tier now."`
 }
 
 // Option configures optional collaborators of a Producer.
@@ -125,6 +146,16 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
 	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
+	if len(cfg.Cache) > 0 {
+		p.flights = make(map[flightKey]*flight)
+		if cfg.LocalCacheBytes > 0 {
+			local, err := newLocalTier(cfg.LocalCacheBytes, &p.stats.localEvicted)
+			if err != nil {
+				return nil, fmt.Errorf("producer: local cache: %w", err)
+			}
+			p.local = local
+		}
+	}
 	for _, o := range opts {
 		o(p)
 	}
@@ -139,14 +170,21 @@ func (p *Producer) ReplyStream() string { return p.replyKey }
 
 // Stats returns a snapshot of the counters. Safe for concurrent use.
 func (p *Producer) Stats() Stats {
-	return Stats{
+	s := Stats{
 		Published: p.stats.published.Load(), Requests: p.stats.requests.Load(),
 		Replies: p.stats.replies.Load(), Late: p.stats.late.Load(), Timeouts: p.stats.timeouts.Load(),
 		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
 		InFlight:    len(p.slots),
 		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(), NoResponders: p.stats.noResponders.Load(),
 		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(),
+		CacheHitsLocal: p.stats.hitsLocal.Load(), CacheHitsShared: p.stats.hitsShared.Load(), CacheMisses: p.stats.cacheMisses.Load(),
+		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
+		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),
 	}
+	if p.local != nil {
+		s.CacheLocalBytes, s.CacheLocalEntries = p.local.WeightedSize(), p.local.EstimatedSize()
+	}
+	return s
 }
 
 // Timings returns a snapshot of the per-stage latency histograms this
@@ -161,6 +199,13 @@ type CallOption func(*callOptions)
 type callOptions struct {
 	headers map[string]string
 	wait    bool // WaitForResponders
+
+	// response cache (see cache.go)
+	noCache, noStore bool
+	maxAge           time.Duration
+	key              string
+	hasKey           bool
+	info             *CacheInfo
 }
 
 // apply returns what opts chose. It is kept out of line so that a call
@@ -371,11 +416,14 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 		return nil, err
 	}
 	start := time.Now()
+	co := apply(opts)
+	if t.cache != nil && !(co.noCache && co.noStore) {
+		return p.cachedRequest(ctx, t, payload, &co, start)
+	}
 	tok, err := t.admit()
 	if err != nil {
 		return nil, err
 	}
-	co := apply(opts)
 	if err := p.admitRequest(ctx, t, co.wait, start); err != nil {
 		p.report(t, tok, err, start)
 		return nil, err
@@ -508,6 +556,9 @@ func (p *Producer) Close(ctx context.Context) error {
 	}
 	close(p.closing) // wakes every waiting caller with ErrClosed
 	defer p.closeBreakers()
+	if p.local != nil {
+		defer p.local.StopAllGoroutines()
+	}
 	p.stopBackground()
 	if p.started {
 		p.stop() // signalled on every path, so the reader always exits

@@ -113,7 +113,9 @@ func (p *Producer) readReplies(ctx context.Context) {
 			at = p.dispatch(&entries[i], at)
 		}
 	}
-	p.waiters.drain(func(w *waiter) { w.ch <- result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed)} })
+	p.waiters.drain(func(w *waiter) {
+		p.deliver(w, result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed), writeErr: true})
+	})
 }
 
 // dispatch hands one reply to its waiter. at is when the reader got the
@@ -150,12 +152,24 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 		payload: env.Payload, replied: true,
 		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler),
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
+		cacheTTL: time.Duration(env.CacheTTL),
 	}
 	if env.ErrCode != "" {
 		r.payload, r.err = nil, &bus.RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
 	}
-	w.ch <- r
+	p.deliver(w, r)
 	return decoded
+}
+
+// deliver hands r to the caller waiting on w (taken from the registry):
+// its channel, or the flight of a cached request.
+func (p *Producer) deliver(w *waiter, r result) {
+	if f := w.fl; f != nil {
+		p.complete(f, r, SourceNone, nil)
+		putWaiter(w)
+		return
+	}
+	w.ch <- r
 }
 
 func (p *Producer) parseID(id string) (uint64, bool) {

@@ -10,8 +10,9 @@ type result struct {
 	payload  []byte
 	id       string // publish: the entry id
 	err      error
-	writeErr bool // err is a failed write, not a remote error
-	replied  bool // a reply arrived (payload or remote error): the stages below are set
+	writeErr bool          // err is a failed write, not a remote error
+	replied  bool          // a reply arrived (payload or remote error): the stages below are set
+	cacheTTL time.Duration // how long the answer was stored (a cached request's reply, or a shared hit)
 
 	queue, handler time.Duration // as the worker reported them
 	transit        time.Duration // reply encoded by the worker until the reader got it
@@ -26,6 +27,8 @@ type waiter struct {
 	// timer enforces Config.RequestTimeout for a request whose ctx has no
 	// deadline; stopped (by putWaiter) whenever w is not in use.
 	timer *time.Timer
+	// fl is the flight a cached request's reply completes (instead of ch).
+	fl *flight
 }
 
 var waiterPool = sync.Pool{New: func() any {
@@ -38,6 +41,7 @@ var waiterPool = sync.Pool{New: func() any {
 // stopped timer delivers no stale tick, so the next user can Reset it.
 func putWaiter(w *waiter) {
 	w.timer.Stop()
+	w.fl = nil
 	waiterPool.Put(w)
 }
 

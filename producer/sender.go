@@ -90,7 +90,7 @@ func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration
 		return
 	}
 	if w := p.waiters.take(it.seq); w != nil {
-		w.ch <- result{err: fmt.Errorf("producer: request to %s: %w", it.key, err), writeErr: true}
+		p.deliver(w, result{err: fmt.Errorf("producer: request to %s: %w", it.key, err), writeErr: true})
 	}
 }
 

@@ -65,6 +65,24 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 	}
 }
 
+// recordCached records a cached request that did not end in the local
+// tier (see localHit): its admission and end to end, and logs it when due
+// (with its cache source).
+func (p *Producer) recordCached(topic string, start, admitted time.Time, src CacheSource, err error) {
+	total := time.Since(start)
+	p.timings.Record(metrics.Admission, admitted.Sub(start))
+	p.timings.Record(metrics.EndToEnd, total)
+	lvl := zerolog.DebugLevel
+	if p.cfg.SlowRequest > 0 && total >= p.cfg.SlowRequest {
+		lvl = zerolog.WarnLevel
+	}
+	if ev := p.log.WithLevel(lvl); ev != nil {
+		ev.Str("topic", topic).Str("outcome", outcome(err)).Str("cache", src.String()).
+			Float64("admission_us", metrics.Micros(admitted.Sub(start))).Float64("end_to_end_us", metrics.Micros(total)).
+			Msg("request timing")
+	}
+}
+
 // outcome names how a request ended, for timing logs.
 func outcome(err error) string {
 	if err == nil { // first, so the common case allocates nothing for errors.As

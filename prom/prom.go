@@ -24,7 +24,7 @@ const Namespace = "mycelium"
 // The stages each role records (see producer.Producer.Timings and
 // consumer.Consumer.Timings).
 var (
-	producerStages = [...]metrics.Stage{metrics.Admission, metrics.Encode, metrics.Write, metrics.QueueWait,
+	producerStages = [...]metrics.Stage{metrics.Admission, metrics.Cache, metrics.Encode, metrics.Write, metrics.QueueWait,
 		metrics.Handler, metrics.ReplyTransit, metrics.Decode, metrics.EndToEnd}
 	consumerStages = [...]metrics.Stage{metrics.QueueWait, metrics.Handler, metrics.ReplyWrite}
 )

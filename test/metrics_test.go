@@ -70,7 +70,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	co := runConsumer(t, c, consumer.Config{Topic: "m"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		return m.Payload, nil
 	}))
-	p := newProducer(t, c, producer.Config{})
+	p := newProducer(t, c, producer.Config{Cache: map[string]producer.CacheConfig{"m": {}}})
 	reg := prometheus.NewRegistry()
 	br := prom.NewBreakerCollector(prometheus.Labels{"topic": "m"})
 	if err := prom.RegisterConsumer(reg, co); err != nil {
@@ -90,6 +90,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		if _, err := p.Request(ctx, "m", []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := p.Request(ctx, "m", []byte("0")); err != nil { // a cache hit
+		t.Fatal(err)
 	}
 	// The consumer records ReplyWrite after its pipeline returns, which may
 	// be after the caller got the reply.

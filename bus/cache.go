@@ -1,0 +1,104 @@
+package bus
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// CacheHash is the 128-bit identity of a cached request within its topic, as
+// 32 lower-case hex digits: the first half of SHA-256 over a domain byte and
+// either the request's payload or the key its caller chose (see
+// producer.CacheKey). The match is exact: two prompts that differ by a space
+// are two entries. A cryptographic hash, not a fast one such as xxh3,
+// because an answer is served to whoever presents the same hash: with a
+// hash whose collisions can be computed, one tenant could plant an answer
+// for another tenant's prompt.
+type CacheHash string
+
+// HashPayload returns the cache hash of a request payload.
+func HashPayload(payload []byte) CacheHash { return sum('p', payload) }
+
+// HashKey returns the cache hash of a caller-chosen cache key. A key and a
+// payload of equal bytes hash differently.
+func HashKey(key string) CacheHash { return sum('k', []byte(key)) }
+
+var hashers = sync.Pool{New: func() any { return sha256.New() }}
+
+func sum(domain byte, b []byte) CacheHash {
+	h := hashers.Get().(hash.Hash)
+	h.Reset()
+	h.Write([]byte{domain})
+	h.Write(b)
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	hashers.Put(h)
+	return CacheHash(hex.EncodeToString(out[:16]))
+}
+
+// CacheEntryID names one cache entry within its topic:
+// "<generation>:<hash>". The generation is the topic's cache generation
+// when the entry was made (bumping it invalidates every entry at once).
+func CacheEntryID(gen uint64, h CacheHash) string {
+	return strconv.FormatUint(gen, 10) + ":" + string(h)
+}
+
+// ParseCacheEntryID checks an entry id read from an envelope (untrusted):
+// a decimal generation, a colon, 32 lower-case hex digits.
+func ParseCacheEntryID(id string) (gen uint64, h CacheHash, ok bool) {
+	g, hx, found := strings.Cut(id, ":")
+	if !found || len(hx) != 32 || g == "" || len(g) > 20 {
+		return 0, "", false
+	}
+	gen, err := strconv.ParseUint(g, 10, 64)
+	if err != nil {
+		return 0, "", false
+	}
+	for i := 0; i < len(hx); i++ {
+		if c := hx[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return 0, "", false
+		}
+	}
+	return gen, CacheHash(hx), true
+}
+
+// Cache returns the shared-tier key of a cache entry (see CacheEntryID):
+// prefix:{topic}:c:<gen>:<hash>, a string holding the stored answer.
+func (k Keys) Cache(topic, entryID string) string { return k.Topic(topic) + ":c:" + entryID }
+
+// Flight returns the in-flight marker of a cache entry:
+// prefix:{topic}:f:<gen>:<hash>, a list of the requests waiting for the
+// answer that one worker computes (docs/cache.md).
+func (k Keys) Flight(topic, entryID string) string { return k.Topic(topic) + ":f:" + entryID }
+
+// Meta returns a topic's metadata hash: prefix:{topic}:meta (the cache
+// generation and epoch).
+func (k Keys) Meta(topic string) string { return k.Topic(topic) + ":meta" }
+
+// CachePattern returns a SCAN MATCH pattern for a topic's shared cache
+// entries (flight markers when flights is true), whatever their generation.
+func (k Keys) CachePattern(topic string, flights bool) string {
+	kind := ":c:*"
+	if flights {
+		kind = ":f:*"
+	}
+	return globEscape(k.Topic(topic)) + kind
+}
+
+// globEscape escapes the characters SCAN MATCH treats specially.
+func globEscape(s string) string {
+	if !strings.ContainsAny(s, `*?[]\`) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
