@@ -3,8 +3,11 @@ package test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -420,5 +423,146 @@ func TestCacheOnMiniredis(t *testing.T) {
 	}
 	if n := h.count("a"); n != 3 {
 		t.Fatalf("handler calls = %d, want 3", n)
+	}
+}
+
+// TestBusWorkerRequestCacheProcesses: 20 `bus-worker request --cache`
+// processes asking the same at once cause one handler call and 20 correct
+// answers; `cache stats` and `cache flush` see and drop the answer.
+func TestBusWorkerRequestCacheProcesses(t *testing.T) {
+	srv := redistest.Start(t)
+	w := redistest.StartWorker(t, "--redis", srv.URL, "--topic", "llm", "--handler", "sleep:2s")
+	bin := buildCmd(t, "bus-worker")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	args := []string{"request", "--redis", srv.URL, "--topic", "llm", "--data", "the same prompt", "--cache", "--json", "--timeout", "30s"}
+	type answer struct {
+		Reply string `json:"reply"`
+		Cache struct {
+			Source string `json:"source"`
+		} `json:"cache"`
+	}
+	const n = 20
+	answers := make([]answer, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			out, err := exec.CommandContext(ctx, bin, args...).Output()
+			if err != nil {
+				errs[i] = fmt.Errorf("process %d: %v\n%s", i, err, out)
+				return
+			}
+			errs[i] = json.Unmarshal(out, &answers[i])
+		})
+	}
+	wg.Wait()
+	sources := map[string]int{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if answers[i].Reply != "the same prompt" {
+			t.Fatalf("process %d got %q", i, answers[i].Reply)
+		}
+		sources[answers[i].Cache.Source]++
+	}
+	if s := w.Stats(t); s.Handled != 1 {
+		t.Fatalf("handler calls = %d (sources %v), want 1", s.Handled, sources)
+	}
+	if sources["handler"] != 1 {
+		t.Fatalf("sources = %v, want exactly one handler answer", sources)
+	}
+	out, err := exec.CommandContext(ctx, bin, "cache", "stats", "--redis", srv.URL, "--topic", "llm", "--json").Output()
+	var st struct {
+		Entries  int `json:"entries"`
+		InFlight int `json:"in_flight"`
+	}
+	if err != nil || json.Unmarshal(out, &st) != nil || st.Entries != 1 || st.InFlight != 0 {
+		t.Fatalf("cache stats = %s, %v; want 1 entry, nothing in flight", out, err)
+	}
+	out, err = exec.CommandContext(ctx, bin, "cache", "flush", "--redis", srv.URL, "--topic", "llm", "--data", "the same prompt").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "flushed the answer") {
+		t.Fatalf("cache flush --data = %s, %v", out, err)
+	}
+	out, err = exec.CommandContext(ctx, bin, "cache", "flush", "--redis", srv.URL, "--topic", "llm").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "generation now 1") {
+		t.Fatalf("cache flush = %s, %v", out, err)
+	}
+	out, err = exec.CommandContext(ctx, bin, "request", "--redis", srv.URL, "--topic", "llm", "--data", "x", "--max-age", "1s").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "need --cache") {
+		t.Fatalf("request --max-age without --cache = %s, %v; want a usage error", out, err)
+	}
+}
+
+// TestCacheLeaderCancelledOrKilled: the caller whose request a worker is
+// computing cancels (in process) or is killed (a process); the callers that
+// joined it get the answer of that one handler call.
+func TestCacheLeaderCancelledOrKilled(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	h := newCounting()
+	h.gate = make(chan struct{})
+	runConsumer(t, c, consumer.Config{Topic: "llm"}, h)
+	leader := cachedProducer(t, c, "llm")
+	other := cachedProducer(t, c, "llm")
+
+	lctx, lcancel := context.WithCancel(context.Background())
+	ldone := make(chan error, 1)
+	go func() {
+		_, err := leader.Request(lctx, "llm", []byte("x"))
+		ldone <- err
+	}()
+	waitFor(t, 5*time.Second, "the leader's request reached the handler", func() bool { return h.count("x") == 1 })
+	odone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		got, err := other.Request(ctx, "llm", []byte("x"))
+		if err == nil && string(got) != "re:x" {
+			err = fmt.Errorf("got %q", got)
+		}
+		odone <- err
+	}()
+	waitFor(t, 5*time.Second, "the other caller joined", func() bool { return other.Stats().CoalescedRemote == 1 })
+	lcancel()
+	if err := <-ldone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader = %v, want context.Canceled", err)
+	}
+	h.mu.Lock()
+	close(h.gate)
+	h.gate = nil
+	h.mu.Unlock()
+	if err := <-odone; err != nil {
+		t.Fatalf("joined caller after the leader cancelled = %v", err)
+	}
+
+	// A leader process killed mid-flight.
+	w := redistest.StartWorker(t, "--redis", srv.URL, "--topic", "slow", "--handler", "sleep:1s")
+	bin := buildCmd(t, "bus-worker")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	killed := exec.CommandContext(ctx, bin, "request", "--redis", srv.URL, "--topic", "slow", "--data", "p", "--cache")
+	if err := killed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the leader's request reached the worker", func() bool { return w.Stats(t).Received == 1 })
+	p := newProducer(t, c, producer.Config{Cache: map[string]producer.CacheConfig{"slow": {}}})
+	jdone := make(chan error, 1)
+	go func() {
+		got, err := p.Request(ctx, "slow", []byte("p"))
+		if err == nil && string(got) != "p" {
+			err = fmt.Errorf("got %q", got)
+		}
+		jdone <- err
+	}()
+	waitFor(t, 5*time.Second, "the caller joined", func() bool { return p.Stats().CoalescedRemote == 1 })
+	_ = killed.Process.Kill()
+	_ = killed.Wait()
+	if err := <-jdone; err != nil {
+		t.Fatalf("joined caller after the leader was killed = %v", err)
+	}
+	if s := w.Stats(t); s.Handled != 1 || s.CoalescedReplies != 1 {
+		t.Fatalf("worker: handled %d, coalesced replies %d; want 1 and 1", s.Handled, s.CoalescedReplies)
 	}
 }

@@ -32,13 +32,16 @@ const usage = `bus-worker: run Mycelium workers and send requests from the shell
 
 Usage:
   bus-worker serve   (--redis URL | --embedded) [--topic reasoning] [--group workers] [--concurrency 64]
-                     [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464]
+                     [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464] [--cache-ttl D]
   bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json] [--stages] [--wait-for-responders]
+                     [--cache [--cache-key K] [--max-age D] [--no-cache] [--no-store]]
   bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
   bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]   (every topic's without --topic)
   bus-worker dlq replay [--redis URL] --topic T (--id ID | --all)
   bus-worker dlq purge  [--redis URL] --topic T (--older-than D | --all)
+  bus-worker cache stats [--redis URL] --topic T [--json]
+  bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
 MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"
@@ -66,8 +69,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = dlq(ctx, args[1:], stdout)
 	case "stats":
 		err = stats(ctx, args[1:], stdout)
+	case "cache":
+		err = cacheCmd(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish, stats or dlq; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats, dlq or cache; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:

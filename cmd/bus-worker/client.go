@@ -18,6 +18,11 @@ type clientFlags struct {
 	redis, prefix, topic, data string
 	timeout                    time.Duration
 	json, stages, wait         bool
+
+	// request's response cache flags
+	cache, noCache, noStore bool
+	cacheKey                string
+	maxAge                  time.Duration
 }
 
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
@@ -37,7 +42,34 @@ func (f *clientFlags) check(cmd string) error {
 	if err := bus.ValidateName("topic", f.topic); err != nil {
 		return usagef("%s: --topic: %v", cmd, err)
 	}
+	if !f.cache && (f.noCache || f.noStore || f.cacheKey != "" || f.maxAge != 0) {
+		return usagef("%s: --cache-key, --max-age, --no-cache and --no-store need --cache", cmd)
+	}
+	if f.maxAge < 0 {
+		return usagef("%s: --max-age must be positive, got %v", cmd, f.maxAge)
+	}
 	return nil
+}
+
+// cacheOptions are the call options of request's cache flags.
+func (f *clientFlags) cacheOptions(info *producer.CacheInfo) []producer.CallOption {
+	if !f.cache {
+		return nil
+	}
+	opts := []producer.CallOption{producer.WithCacheInfo(info)}
+	if f.noCache {
+		opts = append(opts, producer.NoCache())
+	}
+	if f.noStore {
+		opts = append(opts, producer.NoStore())
+	}
+	if f.cacheKey != "" {
+		opts = append(opts, producer.CacheKey(f.cacheKey))
+	}
+	if f.maxAge > 0 {
+		opts = append(opts, producer.MaxAge(f.maxAge))
+	}
+	return opts
 }
 
 // openProducer parses a client command's flags (extra adds its own), then
@@ -59,7 +91,11 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	p, err = producer.New(c, producer.Config{})
+	var pcfg producer.Config
+	if f.cache {
+		pcfg.Cache = map[string]producer.CacheConfig{f.topic: {}}
+	}
+	p, err = producer.New(c, pcfg)
 	if err != nil {
 		c.Close()
 		return nil, nil, nil, usageError{err}
@@ -77,6 +113,11 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.BoolVar(&f.json, "json", false, `print {"reply":…,"latency_us":…} instead of the reply and its latency`)
 		fs.BoolVar(&f.stages, "stages", false, `also print where the time went, stage by stage (with --json: a "stages" field)`)
 		fs.BoolVar(&f.wait, "wait-for-responders", false, "send the request even if no worker serves the topic now, and wait for --timeout")
+		fs.BoolVar(&f.cache, "cache", false, "use the topic's response cache: a stored answer, or an identical request in flight anywhere, answers this one (docs/cache.md)")
+		fs.StringVar(&f.cacheKey, "cache-key", "", "with --cache: what counts as the same request (default: the payload)")
+		fs.DurationVar(&f.maxAge, "max-age", 0, "with --cache: accept a stored answer only this young")
+		fs.BoolVar(&f.noCache, "no-cache", false, "with --cache: ask a worker even if an answer is stored (and store the new one)")
+		fs.BoolVar(&f.noStore, "no-store", false, "with --cache: do not store this answer")
 	})
 	if err != nil {
 		return err
@@ -84,7 +125,8 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer closeAll()
 	rctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	var opts []producer.CallOption
+	var info producer.CacheInfo
+	opts := f.cacheOptions(&info)
 	if f.wait {
 		opts = append(opts, producer.WaitForResponders())
 	}
@@ -111,13 +153,18 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if f.stages {
 		stages = requestStages(p)
 	}
+	var cache *jsonCache
+	if f.cache {
+		cache = &jsonCache{Source: info.Source.String(), AgeUS: info.Age.Microseconds(), Entry: info.Entry}
+	}
 	if f.json {
 		out := struct {
 			Reply       string            `json:"reply"`
 			LatencyUS   int64             `json:"latency_us"`
 			Stages      []metrics.Summary `json:"stages,omitempty"`
 			StagesSumUS float64           `json:"stages_sum_us,omitempty"` // every stage but end_to_end; above it by the redis_write/queue_wait overlap
-		}{Reply: string(reply), LatencyUS: lat.Microseconds(), Stages: stages}
+			Cache       *jsonCache        `json:"cache,omitempty"`
+		}{Reply: string(reply), LatencyUS: lat.Microseconds(), Stages: stages, Cache: cache}
 		if stages != nil {
 			out.StagesSumUS, _ = stageSum(stages)
 		}
@@ -125,6 +172,9 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "%s\n", reply)
 	fmt.Fprintf(stderr, "latency: %v\n", lat.Round(time.Microsecond))
+	if cache != nil {
+		fmt.Fprintf(stderr, "cache: %s, age %v (entry %s)\n", info.Source, info.Age.Round(time.Millisecond), info.Entry)
+	}
 	if stages != nil {
 		printStages(stderr, stages)
 	}
@@ -194,6 +244,15 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, id)
 	return nil
+}
+
+// jsonCache is where a cached request's answer came from, as `request
+// --cache --json` prints it: source is handler, local, shared,
+// coalesced_local or coalesced_remote.
+type jsonCache struct {
+	Source string `json:"source"`
+	AgeUS  int64  `json:"age_us"`
+	Entry  string `json:"entry"`
 }
 
 // jsonError is a failed request as `request --json` prints it: what kind of

@@ -23,7 +23,7 @@ type serveFlags struct {
 	redis, prefix, topic, group, name, handler, httpAddr, logLevel, retention string
 	embedded                                                                  bool
 	concurrency, maxDeliveries, timingSample                                  int
-	shutdownTimeout, claimIdle, slowEntry                                     time.Duration
+	shutdownTimeout, claimIdle, slowEntry, cacheTTL                           time.Duration
 
 	breaker                        bool
 	breakerMinCalls, breakerProbes int
@@ -50,6 +50,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&f.maxDeliveries, "max-deliveries", consumer.DefaultMaxDeliveries, "deliveries before an entry goes to the dead-letter stream")
 	fs.IntVar(&f.timingSample, "timing-sample", consumer.DefaultTimingSample, "log one handled entry in this many with its stage timings at info level (every entry at debug); negative: off")
 	fs.DurationVar(&f.slowEntry, "slow-entry", consumer.DefaultSlowEntry, "log every entry whose queue wait + handler + reply write exceed this at warn level; negative: off")
+	fs.DurationVar(&f.cacheTTL, "cache-ttl", 0, "store answers to cached requests (request --cache) for at most this long; 0: as long as the caller asks; negative: never (identical requests in flight still share one answer)")
 	fs.BoolVar(&f.breaker, "breaker", true, "wrap the handler in a circuit breaker: while the downstream fails, hold entries (pending) instead of hammering it")
 	fs.IntVar(&f.breakerMinCalls, "breaker-min-calls", breaker.DefaultMinCalls, "calls in the window before the breaker may trip")
 	fs.IntVar(&f.breakerProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls half-open admits; all must succeed to close")
@@ -113,7 +114,7 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 			Topic: f.topic, Group: f.group, Name: f.name,
 			Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
 			ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
-			TimingSample: f.timingSample, SlowEntry: f.slowEntry,
+			TimingSample: f.timingSample, SlowEntry: f.slowEntry, CacheTTL: f.cacheTTL,
 		},
 		Handler:  f.handler,
 		HTTPAddr: f.httpAddr,
