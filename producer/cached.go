@@ -185,6 +185,10 @@ func (p *Producer) localHit(t *topic, h bus.CacheHash, co *callOptions, start ti
 	d := time.Since(start)
 	p.timings.Record(metrics.Cache, d)
 	p.timings.Record(metrics.EndToEnd, d)
+	if ev := p.log.Debug(); ev != nil {
+		ev.Str("topic", t.name).Str("outcome", "ok").Str("cache", SourceLocal.String()).
+			Float64("cache_us", metrics.Micros(d)).Float64("end_to_end_us", metrics.Micros(d)).Msg("request timing")
+	}
 	return out, true
 }
 

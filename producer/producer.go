@@ -104,7 +104,7 @@ type Stats struct {
 	CacheTakeovers    uint64 `json:"cache_takeovers" help:"Joined requests asked again because the request they waited for gave up (its deadline passed)."`
 	CacheCorrupt      uint64 `json:"cache_corrupt" help:"Stored answers that could not be decoded: deleted and treated as misses."`
 	CacheEvictions    uint64 `json:"cache_evictions" help:"Answers evicted from the local tier to stay within LocalCacheBytes."`
-	CacheLocalBytes   uint64 `json:"cache_local_bytes" help:"Bytes held by the local tier now (payloads and bookkeeping)."`
+	CacheLocalBytes   int64  `json:"cache_local_bytes" help:"Bytes held by the local tier now (payloads and bookkeeping)."`
 	CacheLocalEntries int    `json:"cache_local_entries" help:"Answers held by the local tier now."`
 }
 
@@ -182,7 +182,7 @@ func (p *Producer) Stats() Stats {
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),
 	}
 	if p.local != nil {
-		s.CacheLocalBytes, s.CacheLocalEntries = p.local.WeightedSize(), p.local.EstimatedSize()
+		s.CacheLocalBytes, s.CacheLocalEntries = int64(p.local.WeightedSize()), p.local.EstimatedSize()
 	}
 	return s
 }

@@ -27,7 +27,10 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("bus-bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&b.Redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
-	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous")
+	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached")
+	fs.IntVar(&b.Distinct, "distinct", 1000, "cached: how many different payloads the requests are drawn from")
+	fs.Float64Var(&b.Zipf, "zipf", 1.1, "cached: exponent of the Zipf law the payloads are drawn by (above 1; higher: a few payloads dominate)")
+	fs.BoolVar(&b.NoCache, "no-cache", false, "cached: send the same requests without the response cache (the comparison run)")
 	fs.IntVar(&b.Concurrency, "concurrency", 64, "concurrent callers (continuous: most requests outstanding)")
 	fs.IntVar(&b.Requests, "requests", 10000, "requests or events to send")
 	fs.DurationVar(&b.Duration, "duration", 0, "run for this long instead of a count (continuous: with --rate)")
@@ -54,7 +57,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] --json")
 			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err

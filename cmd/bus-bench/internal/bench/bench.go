@@ -62,6 +62,35 @@ type Result struct {
 
 	// Batches: mycelium, measured part only (absent for the baseline).
 	Batches *Batches `json:"batches,omitempty"`
+
+	// Cache: the cached scenario only.
+	Cache *CacheResult `json:"cache,omitempty"`
+}
+
+// CacheResult is what the response cache did in a cached-scenario run
+// (measured part): where answers came from, how many handler calls were
+// made and how many distinct payloads were asked for, and the latency of
+// each kind of answer.
+type CacheResult struct {
+	Enabled           bool    `json:"enabled"` // false: the --no-cache comparison run
+	Distinct          int     `json:"distinct"`
+	Zipf              float64 `json:"zipf"`
+	DistinctRequested int     `json:"distinct_requested"` // different payloads the run asked for
+	HandlerCalls      int64   `json:"handler_calls"`
+	HitsLocal         int64   `json:"hits_local"`
+	HitsShared        int64   `json:"hits_shared"`
+	CoalescedLocal    int64   `json:"coalesced_local"`
+	CoalescedRemote   int64   `json:"coalesced_remote"`
+	Misses            int64   `json:"misses"`         // answered by a handler call made for them
+	HitRatioLocal     float64 `json:"hit_ratio_local"` // of all requests
+	HitRatioShared    float64 `json:"hit_ratio_shared"`
+	// Latency by where the answer came from (µs; 0 when none).
+	LocalHitP50US  float64 `json:"local_hit_p50_us"`
+	LocalHitP99US  float64 `json:"local_hit_p99_us"`
+	SharedHitP50US float64 `json:"shared_hit_p50_us"`
+	SharedHitP99US float64 `json:"shared_hit_p99_us"`
+	MissP50US      float64 `json:"miss_p50_us"`
+	MissP99US      float64 `json:"miss_p99_us"`
 }
 
 // Batches is how many entries shared each round trip, from the producer's
@@ -91,6 +120,13 @@ func PrintResult(w io.Writer, res *Result) {
 	}
 	if res.ClientCPUUS > 0 || res.RedisCPUUS > 0 {
 		fmt.Fprintf(w, "  cpu per request: this process %.1f us, redis-server %.1f us\n", res.ClientCPUUS, res.RedisCPUUS)
+	}
+	if c := res.Cache; c != nil {
+		fmt.Fprintf(w, "  cache (enabled %v): %d handler calls for %d distinct payloads asked; local %d (%.1f%%), shared %d (%.1f%%), coalesced %d+%d, misses %d\n",
+			c.Enabled, c.HandlerCalls, c.DistinctRequested, c.HitsLocal, 100*c.HitRatioLocal, c.HitsShared, 100*c.HitRatioShared,
+			c.CoalescedLocal, c.CoalescedRemote, c.Misses)
+		fmt.Fprintf(w, "  latency by source: local hit p50 %.1f us p99 %.1f us; shared hit p50 %.1f us p99 %.1f us; miss p50 %.1f us p99 %.1f us\n",
+			c.LocalHitP50US, c.LocalHitP99US, c.SharedHitP50US, c.SharedHitP99US, c.MissP50US, c.MissP99US)
 	}
 	if b := res.Batches; b != nil {
 		fmt.Fprintf(w, "  batches: %.1f per write, %.1f replies per read; workers %.1f per read, %.1f per ack write\n",
@@ -194,6 +230,8 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 		sc = &publishScenario{}
 	case "continuous":
 		sc = &continuousScenario{}
+	case "cached":
+		sc = &cachedScenario{}
 	default:
 		return nil, fmt.Errorf("%w: --scenario %q", ErrUsage, o.Scenario)
 	}
@@ -284,10 +322,14 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		ok = true
 		return e, nil
 	}
-	p, err := producer.New(e.bc, producer.Config{
+	pcfg := producer.Config{
 		MaxInFlight: max(o.Concurrency, producer.DefaultMaxInFlight), SlowRequest: -1,
 		RequestTimeout: o.Timeout, // --timeout, enforced by the producer (see caller)
-	})
+	}
+	if o.Scenario == "cached" && !o.NoCache {
+		pcfg.Cache = map[string]producer.CacheConfig{o.Topic: {}}
+	}
+	p, err := producer.New(e.bc, pcfg)
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,7 @@ import (
 // checked by Check.
 type Options struct {
 	Redis       string // "" starts an embedded miniredis (see Embedded)
-	Scenario    string // rpc | publish | continuous
+	Scenario    string // rpc | publish | continuous | cached
 	Concurrency int
 	Requests    int           // 0 with Duration: bounded by time only
 	Duration    time.Duration // 0: bounded by Requests
@@ -35,6 +35,12 @@ type Options struct {
 	Handler     string         // echo | sleep:<d>[,<jitter>]
 	Work        *simwork.Sleep // parsed from Handler by ParseHandler; nil for echo
 	Case        string         // suite case being run ("" for a single run)
+	// cached scenario: requests drawn from Distinct payloads by a Zipf law
+	// of exponent Zipf; NoCache sends them without the response cache (the
+	// comparison run).
+	Distinct int
+	Zipf     float64
+	NoCache  bool
 }
 
 // ErrUsage marks errors in the options: the command exits 2 on them.
@@ -44,9 +50,21 @@ var ErrUsage = errors.New("usage")
 // set on the command line.
 func (o *Options) Check(given map[string]bool) error {
 	switch o.Scenario {
-	case "rpc", "publish", "continuous":
+	case "rpc", "publish", "continuous", "cached":
 	default:
-		return fmt.Errorf("--scenario %q: want rpc, publish or continuous", o.Scenario)
+		return fmt.Errorf("--scenario %q: want rpc, publish, continuous or cached", o.Scenario)
+	}
+	if o.Scenario == "cached" {
+		switch {
+		case o.Distinct < 1:
+			return fmt.Errorf("--distinct must be at least 1, got %d", o.Distinct)
+		case o.Zipf <= 1:
+			return fmt.Errorf("--zipf must be above 1, got %v", o.Zipf)
+		case o.Transport != "mycelium":
+			return fmt.Errorf("--scenario cached runs on mycelium only")
+		}
+	} else if o.NoCache || given["distinct"] || given["zipf"] {
+		return fmt.Errorf("--distinct, --zipf and --no-cache apply to --scenario cached")
 	}
 	switch {
 	case o.Concurrency < 1:

@@ -483,6 +483,9 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 	if err := add(stageChart(runs)); err != nil {
 		return err
 	}
+	if err := add(cacheChart(runs)); err != nil {
+		return err
+	}
 	for _, r := range runs {
 		if r.Timeline && r.Out.Result.System == bench.SystemMycelium {
 			if err := add(timelineChart(runs, r.Case)); err != nil {

@@ -43,6 +43,16 @@ func TestWriteReportSynthetic(t *testing.T) {
 				}
 				out.Result.Stages = r.Snapshot().Summaries()
 			}
+			if c.Scenario == "cached" {
+				if sys != bench.SystemMycelium {
+					continue // the baseline has no cache
+				}
+				out.Result.Cache = &bench.CacheResult{Enabled: !c.NoCache, Distinct: 1000, Zipf: 1.1, DistinctRequested: 700, HandlerCalls: 700,
+					HitsLocal: 9000, HitRatioLocal: 0.9, LocalHitP50US: 2, LocalHitP99US: 8, MissP50US: 50000, MissP99US: 60000}
+				if c.NoCache {
+					out.Result.Cache = &bench.CacheResult{Distinct: 1000, Zipf: 1.1, DistinctRequested: 600, HandlerCalls: 900, Misses: 900}
+				}
+			}
 			slices.Sort(out.Lat)
 			out.Result.P50US = out.Lat[len(out.Lat)/2] / 1000
 			runs = append(runs, report.Run{Case: c.Name, Concurrency: c.Concurrency, Handler: c.Handler, Sweep: c.Sweep, Timeline: c.Timeline, Out: out})
@@ -57,11 +67,12 @@ func TestWriteReportSynthetic(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := string(b)
-	if n := strings.Count(page, "<svg"); n != 6 {
-		t.Fatalf("%d charts, want 6", n)
+	if n := strings.Count(page, "<svg"); n != 7 {
+		t.Fatalf("%d charts, want 7", n)
 	}
 	for _, want := range []string{
 		"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256",
+		"PASS</span> cached", "Response cache", "90.0% of answers from the local tier",
 		"(quick run)", "--suite-quick", // flagged as quick, at the top
 		"payload-1MiB (n=10)", "drawn as their points", // a handful of samples says so
 		"each point a 0.5 s run",                       // the sweep's duration as run, not as planned for a full suite
@@ -88,8 +99,8 @@ func TestWriteReportPartial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(b), "No runs of this kind"); n != 3 { // throughput, pubsub CDF, stages
-		t.Fatalf("%d charts marked empty, want 3", n)
+	if n := strings.Count(string(b), "No runs of this kind"); n != 4 { // throughput, pubsub CDF, stages, cache
+		t.Fatalf("%d charts marked empty, want 4", n)
 	}
 	if strings.Count(string(b), "<svg") != 1 {
 		t.Fatal("the mycelium CDF should still be drawn")

@@ -36,6 +36,28 @@ type Case struct {
 	Handler     string  // "" = echo
 	Sweep       bool    // a point of the throughput-vs-concurrency sweep
 	Timeline    bool    // draw its latency over time
+	// cached scenario: the payload draw, and the comparison run without the
+	// cache. Cached cases run on mycelium only (the baseline has no cache).
+	Distinct int
+	Zipf     float64
+	NoCache  bool
+}
+
+// transports are the systems a case runs on.
+func (c Case) transports() []string {
+	if c.Scenario == "cached" {
+		return []string{"mycelium"}
+	}
+	return []string{"mycelium", "pubsub"}
+}
+
+// runsOf counts the runs of cases.
+func runsOf(cases []Case) int {
+	n := 0
+	for _, c := range cases {
+		n += len(c.transports())
+	}
+	return n
 }
 
 // sweepConcurrency are the throughput sweep's points.
@@ -44,7 +66,9 @@ var sweepConcurrency = [...]int{1, 2, 4, 8, 16, 32, 64, 128, 256}
 // SeedCases are the plan's scenarios: single request; 5, 10 and 20
 // concurrent callers; 64 KiB and 1 MiB payloads; continuous operation (100
 // requests at a steady rate); simulated reasoning (2 s ± 0.5 s handler, 20
-// callers); and a throughput sweep over concurrency 1..256, 1 KiB payloads
+// callers); repeated reasoning requests through the response cache (1000
+// payloads drawn by Zipf 1.1, 50 ms handler, 50 callers, 10 s) and the same
+// without it; and a throughput sweep over concurrency 1..256, 1 KiB payloads
 // unless said otherwise. quick scales them down to check the suite itself.
 func SeedCases(quick bool) []Case {
 	cs := []Case{
@@ -56,6 +80,8 @@ func SeedCases(quick bool) []Case {
 		{Name: "payload-1MiB", Scenario: "rpc", Concurrency: 4, Requests: 100, Payload: 1 << 20},
 		{Name: "continuous", Scenario: "continuous", Concurrency: 64, Requests: 100, Payload: 1024, Rate: 20, Timeline: true},
 		{Name: "reasoning", Scenario: "rpc", Concurrency: 20, Requests: 200, Payload: 1024, Handler: "sleep:2s,500ms", Timeline: true},
+		{Name: "cached", Scenario: "cached", Concurrency: 50, Duration: 10 * time.Second, Payload: 1024, Handler: "sleep:50ms", Distinct: 1000, Zipf: 1.1},
+		{Name: "cached-off", Scenario: "cached", Concurrency: 50, Duration: 10 * time.Second, Payload: 1024, Handler: "sleep:50ms", Distinct: 1000, Zipf: 1.1, NoCache: true},
 	}
 	for _, c := range sweepConcurrency {
 		cs = append(cs, Case{Name: fmt.Sprintf("sweep-%d", c), Scenario: "rpc", Concurrency: c, Duration: 2 * time.Second, Payload: 1024, Sweep: true})
@@ -92,6 +118,7 @@ func (c Case) Options(base *bench.Options, tr string) *bench.Options {
 	if c.Handler != "" {
 		o.Handler = c.Handler
 	}
+	o.Distinct, o.Zipf, o.NoCache = c.Distinct, c.Zipf, c.NoCache
 	_ = o.ParseHandler() // the seed cases are valid
 	return &o
 }
@@ -147,7 +174,7 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	interrupted := false
 suite:
 	for _, c := range cases {
-		for _, tr := range []string{"mycelium", "pubsub"} {
+		for _, tr := range c.transports() {
 			o := c.Options(&base, tr)
 			// Start every case from a collected heap, so garbage from the
 			// one before (1 MiB payloads) is not collected during this one.
@@ -186,7 +213,7 @@ suite:
 		w = stdout
 	}
 	if interrupted {
-		fmt.Fprintf(w, "suite seed interrupted after %v: %d of %d runs done\n", info.Elapsed, len(runs), 2*len(cases))
+		fmt.Fprintf(w, "suite seed interrupted after %v: %d of %d runs done\n", info.Elapsed, len(runs), runsOf(cases))
 	} else {
 		fmt.Fprintf(w, "suite seed finished in %v\n", info.Elapsed)
 	}
@@ -206,7 +233,7 @@ suite:
 	}
 	switch {
 	case interrupted:
-		return fmt.Errorf("interrupted: %d of %d runs done", len(runs), 2*len(cases))
+		return fmt.Errorf("interrupted: %d of %d runs done", len(runs), runsOf(cases))
 	case failed > 0:
 		return fmt.Errorf("%d runs had errors", failed)
 	}
@@ -297,6 +324,16 @@ func Judge(runs []report.Run) []report.Verdict {
 		m := s[bench.SystemMycelium]
 		vs = append(vs, report.Verdict{OK: m.OverheadP99US < 2000 && m.Errors == 0, Text: fmt.Sprintf("reasoning (%s handler, 20 callers): bus overhead p99 %d us, p50 %d us (target p99 < 2000 us)",
 			strings.TrimPrefix(m.Handler, "sleep:"), m.OverheadP99US, m.OverheadP50US)})
+	}
+	if m := by["cached"][bench.SystemMycelium]; m != nil && m.Cache != nil {
+		c := m.Cache
+		saved := ""
+		if off := by["cached-off"][bench.SystemMycelium]; off != nil && off.Cache != nil && off.OK > 0 {
+			saved = fmt.Sprintf("; without the cache %d handler calls for %d requests", off.Cache.HandlerCalls, off.OK)
+		}
+		vs = append(vs, report.Verdict{OK: c.HandlerCalls <= int64(c.DistinctRequested) && m.Errors == 0, Text: fmt.Sprintf(
+			"cached (%d payloads, Zipf %g, 50 callers): %d handler calls for %d requests over %d distinct payloads (target: at most one call per distinct payload)%s",
+			c.Distinct, c.Zipf, c.HandlerCalls, m.OK, c.DistinctRequested, saved)})
 	}
 	return vs
 }

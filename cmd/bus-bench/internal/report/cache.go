@@ -1,0 +1,60 @@
+package report
+
+import (
+	"fmt"
+
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// cacheChart draws what the response cache saved in the cached cases: the
+// requests made and the handler calls they cost, with and without the
+// cache, and the latency of each kind of answer.
+func cacheChart(runs []Run) (chart, error) {
+	var cached []Run
+	for _, r := range runs {
+		if r.Out.Result.Cache != nil {
+			cached = append(cached, r)
+		}
+	}
+	if len(cached) == 0 {
+		return noData("cache", "Response cache"), nil
+	}
+	p := newPlot("Response cache: requests and the handler calls they cost", "count", "")
+	names := make([]string, len(cached))
+	reqs, calls := make(plotter.Values, len(cached)), make(plotter.Values, len(cached))
+	for i, r := range cached {
+		res := r.Out.Result
+		names[i] = fmt.Sprintf("%s (%d distinct asked)", r.Case, res.Cache.DistinctRequested)
+		reqs[i], calls[i] = float64(res.OK), float64(res.Cache.HandlerCalls)
+	}
+	for k, s := range []struct {
+		name string
+		v    plotter.Values
+	}{{"requests answered", reqs}, {"handler calls", calls}} {
+		b, err := plotter.NewBarChart(s.v, vg.Points(12))
+		if err != nil {
+			return chart{}, err
+		}
+		b.Horizontal = true
+		b.Color = palette[k]
+		b.LineStyle.Width = 0
+		b.Offset = vg.Points(float64(12*k - 6))
+		p.Add(b)
+		p.Legend.Add(s.name, b)
+	}
+	p.NominalY(names...)
+	svg, err := svgOf(p, 9*vg.Inch, vg.Length(len(cached))*vg.Points(40)+vg.Inch)
+	caption := "Requests answered and handler calls made in the same time, with the response cache and without it (cached-off). "
+	for _, r := range cached {
+		c := r.Out.Result.Cache
+		if !c.Enabled {
+			continue
+		}
+		caption += fmt.Sprintf("With the cache: %.1f%% of answers from the local tier (p50 %s, p99 %s), %.1f%% from the shared tier (p50 %s, p99 %s), %d coalesced; a miss (a handler call) took p50 %s, p99 %s. ",
+			100*c.HitRatioLocal, usLabel(c.LocalHitP50US), usLabel(c.LocalHitP99US), 100*c.HitRatioShared, usLabel(c.SharedHitP50US), usLabel(c.SharedHitP99US),
+			c.CoalescedLocal+c.CoalescedRemote, usLabel(c.MissP50US), usLabel(c.MissP99US))
+	}
+	caption += "With coalescing, the handler runs at most once per distinct payload asked within the TTL."
+	return chart{ID: "cache", Title: "Response cache", Caption: caption, SVG: svg}, err
+}
