@@ -35,7 +35,9 @@ type BatchHandler interface {
 type BatchHandlerFunc func(ctx context.Context, msgs []*Message) []Result
 
 // HandleBatch calls f(ctx, msgs).
-func (f BatchHandlerFunc) HandleBatch(ctx context.Context, msgs []*Message) []Result { return f(ctx, msgs) }
+func (f BatchHandlerFunc) HandleBatch(ctx context.Context, msgs []*Message) []Result {
+	return f(ctx, msgs)
+}
 
 // BatchConfig tunes Batch.
 type BatchConfig struct {

@@ -22,8 +22,8 @@ import (
 
 // countingEcho answers "re:<payload>" and counts its calls per payload.
 type countingEcho struct {
-	mu    sync.Mutex
-	calls map[string]int
+	mu        sync.Mutex
+	calls     map[string]int
 	gate      chan struct{} // when not nil, every call waits for it to close
 	total     atomic.Int64
 	cancelled atomic.Int64 // calls that gave up waiting for the gate

@@ -94,16 +94,16 @@ return {3, gen, epoch, id, corrupt}`)
 // BeginArgs is one cached request's lookup-or-send.
 type BeginArgs struct {
 	Stream, Meta, Entry, Flight string // keys (one hash tag)
-	Gen                             uint64
-	MaxAge                          time.Duration // 0: any age
-	Waiter                          string        // "<reply stream> <correlation id>"
-	Now, Deadline                   time.Time     // the caller's clock
-	MarkerTTL                       time.Duration
-	MaxWaiters                      int
-	Data                            []byte // the request's envelope
-	Cap                             Cap
-	DropValue                       bool // the stored value was corrupt: delete it and do not look
-	SkipLookup                      bool // ask the worker even if a value is stored (no-cache)
+	Gen                         uint64
+	MaxAge                      time.Duration // 0: any age
+	Waiter                      string        // "<reply stream> <correlation id>"
+	Now, Deadline               time.Time     // the caller's clock
+	MarkerTTL                   time.Duration
+	MaxWaiters                  int
+	Data                        []byte // the request's envelope
+	Cap                         Cap
+	DropValue                   bool // the stored value was corrupt: delete it and do not look
+	SkipLookup                  bool // ask the worker even if a value is stored (no-cache)
 }
 
 // BeginResult is what Begin found or did.

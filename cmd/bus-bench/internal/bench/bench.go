@@ -81,7 +81,7 @@ type CacheResult struct {
 	HitsShared        int64   `json:"hits_shared"`
 	CoalescedLocal    int64   `json:"coalesced_local"`
 	CoalescedRemote   int64   `json:"coalesced_remote"`
-	Misses            int64   `json:"misses"`         // answered by a handler call made for them
+	Misses            int64   `json:"misses"`          // answered by a handler call made for them
 	HitRatioLocal     float64 `json:"hit_ratio_local"` // of all requests
 	HitRatioShared    float64 `json:"hit_ratio_shared"`
 	// Latency by where the answer came from (µs; 0 when none).
