@@ -3,7 +3,6 @@ package bus
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"hash"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,23 +19,38 @@ import (
 type CacheHash string
 
 // HashPayload returns the cache hash of a request payload.
-func HashPayload(payload []byte) CacheHash { return sum('p', payload) }
+func HashPayload(payload []byte) CacheHash { return PayloadDigest(payload).Hash() }
 
 // HashKey returns the cache hash of a caller-chosen cache key. A key and a
 // payload of equal bytes hash differently.
-func HashKey(key string) CacheHash { return sum('k', []byte(key)) }
+func HashKey(key string) CacheHash { return KeyDigest(key).Hash() }
 
-var hashers = sync.Pool{New: func() any { return sha256.New() }}
+// CacheDigest is a CacheHash in binary: what the producer computes for
+// every cached request (no allocation) and keys its memory by.
+type CacheDigest [16]byte
 
-func sum(domain byte, b []byte) CacheHash {
-	h := hashers.Get().(hash.Hash)
-	h.Reset()
-	h.Write([]byte{domain})
-	h.Write(b)
-	var out [sha256.Size]byte
-	h.Sum(out[:0])
-	hashers.Put(h)
-	return CacheHash(hex.EncodeToString(out[:16]))
+// Hash returns d as a CacheHash (32 hex digits).
+func (d CacheDigest) Hash() CacheHash { return CacheHash(hex.EncodeToString(d[:])) }
+
+// PayloadDigest returns the digest of a request payload (see CacheHash).
+func PayloadDigest(payload []byte) CacheDigest { return digest('p', payload, "") }
+
+// KeyDigest returns the digest of a caller-chosen cache key.
+func KeyDigest(key string) CacheDigest { return digest('k', nil, key) }
+
+// digestBufs hold domain+input for sha256.Sum256, which takes one slice and
+// does not make its input escape, unlike hash.Hash's Write.
+var digestBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+func digest(domain byte, b []byte, s string) CacheDigest {
+	bp := digestBufs.Get().(*[]byte)
+	buf := append(append(append((*bp)[:0], domain), b...), s...)
+	sum := sha256.Sum256(buf)
+	if cap(buf) <= 64<<10 { // a huge prompt's buffer is not kept
+		*bp = buf
+		digestBufs.Put(bp)
+	}
+	return CacheDigest(sum[:16])
 }
 
 // CacheEntryID names one cache entry within its topic:

@@ -110,7 +110,8 @@ func (a *acker) flush(batch []completion) {
 	if dead != nil {
 		a.flushDead(batch, dead)
 	}
-	joined := a.settle(batch)
+	sets, setIdx := settles(batch)
+	var setRes []redisx.SettleResult
 	fb := flushPool.Get().(*flushBufs)
 	defer fb.put()
 	replies := 0
@@ -125,16 +126,19 @@ func (a *acker) flush(batch []completion) {
 		}
 		fb.ids = append(fb.ids, d.id)
 	}
-	for _, w := range joined {
-		fb.adds = append(fb.adds, redisx.Add{Key: w.key, Cap: c.replyCap, NoMkStream: true, Data: w.buf.B})
-	}
 	if len(fb.ids) > 0 {
 		// The replies go in one transaction (redisx.DoBatch: a caller's
 		// reply reader gets all of its replies in one read), the XACK after
 		// it.
 		fb.ack = redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: fb.ids}
 		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
-			return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, &fb.ack, out)
+			if sets == nil {
+				return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, &fb.ack, out)
+			}
+			// Cached answers: stored, and their flights settled, in the
+			// same round trip.
+			out, setRes = redisx.SettleAndAdd(a.ctx, c.c.Redis(), sets, fb.adds, &fb.ack, out, setRes[:0])
+			return out
 		})
 
 		if ok {
@@ -161,17 +165,7 @@ func (a *acker) flush(batch []completion) {
 				}
 				k++
 			}
-			for _, w := range joined {
-				codec.PutBuffer(w.buf) // unsafe to reuse after a failed pipeline
-			}
-			for _, r := range res[replies : replies+len(joined)] {
-				if r.Err == nil {
-					c.stats.coalescedReplies.Add(1)
-				} else {
-					c.stats.replyDropped.Add(1)
-				}
-			}
-			if r := res[replies+len(joined)]; r.Err == nil {
+			if r := res[replies]; r.Err == nil {
 				c.stats.acked.Add(uint64(r.N))
 				// Handled entries without a reply (events) are done when
 				// the XACK is: their "reply write" is the acknowledgement.
@@ -182,6 +176,9 @@ func (a *acker) flush(batch []completion) {
 				}
 			} else {
 				c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
+			}
+			if sets != nil {
+				a.answerJoined(batch, setIdx, setRes)
 			}
 			for i := range batch {
 				if batch[i].reply != nil {

@@ -82,32 +82,29 @@ func (c *Consumer) waiter(w string) (replyTo, id string, ok bool) {
 	return replyTo, id, true
 }
 
-// settle runs the batch's cache settles in one round trip and returns the
-// replies to the requests that joined them, to be written with the batch's
-// own replies. Their buffers go back to the pool after the write.
-func (a *acker) settle(batch []completion) []waiterReply {
-	c := a.c
+// settles returns the batch's cache settles (answers to store, flights to
+// settle) and the index in batch of each.
+func settles(batch []completion) ([]redisx.Settle, []int) {
+	var out []redisx.Settle
 	var idx []int
 	for i := range batch {
-		if batch[i].cache != nil && batch[i].dead == nil {
-			idx = append(idx, i)
-		}
-	}
-	if idx == nil {
-		return nil
-	}
-	settles := make([]redisx.Settle, len(idx))
-	for k, i := range idx {
 		d := &batch[i]
-		settles[k] = redisx.Settle{Entry: d.cache.entry, Flight: d.cache.flight, Value: d.reply.B, TTL: d.cache.ttl, TakeWaiters: true}
+		if d.cache == nil || d.dead != nil || d.reply == nil {
+			continue
+		}
+		out = append(out, redisx.Settle{Entry: d.cache.entry, Flight: d.cache.flight, Value: d.reply.B, TTL: d.cache.ttl, TakeWaiters: true})
+		idx = append(idx, i)
 	}
-	res, ok := retry(a, nil, func(out []redisx.SettleResult) []redisx.SettleResult {
-		return redisx.SettleMulti(a.ctx, c.c.Redis(), settles, out)
-	}, func(r redisx.SettleResult) error { return r.Err })
-	if !ok {
-		return nil
-	}
-	var out []waiterReply
+	return out, idx
+}
+
+// answerJoined writes the answers of settled flights to the requests that
+// joined them (taken by the settles, whose results res are; idx maps them
+// to batch), in one round trip.
+func (a *acker) answerJoined(batch []completion, idx []int, res []redisx.SettleResult) {
+	c := a.c
+	var adds []redisx.Add
+	var bufs []*codec.Buffer
 	for k, r := range res {
 		d := &batch[idx[k]]
 		if r.Err != nil {
@@ -126,14 +123,28 @@ func (a *acker) settle(batch []completion) []waiterReply {
 			}
 			env := d.cache.env
 			env.ID = id
-			out = append(out, waiterReply{key: replyTo, buf: codec.Encode(&env)})
+			b := codec.Encode(&env)
+			bufs = append(bufs, b)
+			adds = append(adds, redisx.Add{Key: replyTo, Cap: c.replyCap, NoMkStream: true, Data: b.B})
 		}
 	}
-	return out
-}
-
-// waiterReply is one reply to a joined request.
-type waiterReply struct {
-	key string
-	buf *codec.Buffer
+	if len(adds) == 0 {
+		return
+	}
+	out, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
+		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
+	})
+	if !ok {
+		return // the buffers may still be held by the client: left to the GC
+	}
+	for _, r := range out {
+		if r.Err == nil {
+			c.stats.coalescedReplies.Add(1)
+		} else {
+			c.stats.replyDropped.Add(1)
+		}
+	}
+	for _, b := range bufs {
+		codec.PutBuffer(b)
+	}
 }

@@ -139,7 +139,7 @@ func WithCacheInfo(info *CacheInfo) CallOption { return func(co *callOptions) { 
 type localKey struct {
 	topic string
 	epoch uint64
-	hash  bus.CacheHash
+	hash  bus.CacheDigest
 }
 
 // localEntry is one answer kept in the local tier.
@@ -153,7 +153,7 @@ type localEntry struct {
 // localWeight is what one entry costs the byte budget: its payload, its key
 // and the bookkeeping around them.
 func localWeight(k localKey, v *localEntry) uint32 {
-	n := len(v.payload) + len(k.topic) + len(k.hash) + len(v.entry) + 160
+	n := len(v.payload) + len(k.topic) + len(v.entry) + 176
 	if n > 1<<31 {
 		return 1 << 31
 	}

@@ -22,8 +22,8 @@ func TestLocalTierTTL(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.StopAllGoroutines()
-		short := localKey{"t", 0, bus.HashPayload([]byte("short"))}
-		long := localKey{"t", 0, bus.HashPayload([]byte("long"))}
+		short := localKey{"t", 0, bus.PayloadDigest([]byte("short"))}
+		long := localKey{"t", 0, bus.PayloadDigest([]byte("long"))}
 		c.Set(short, &localEntry{payload: []byte("a"), ttl: time.Second})
 		c.Set(long, &localEntry{payload: []byte("b"), ttl: time.Minute})
 		time.Sleep(2 * time.Second)
@@ -48,7 +48,7 @@ func TestLocalTierByteBound(t *testing.T) {
 	defer c.StopAllGoroutines()
 	payload := bytes.Repeat([]byte("x"), 1024)
 	for i := range 1000 {
-		k := localKey{"t", 0, bus.HashPayload(fmt.Appendf(nil, "%d", i))}
+		k := localKey{"t", 0, bus.PayloadDigest(fmt.Appendf(nil, "%d", i))}
 		c.Set(k, &localEntry{payload: payload, ttl: time.Hour})
 	}
 	c.CleanUp()

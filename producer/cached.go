@@ -39,7 +39,7 @@ func (tc *topicCache) learn(gen, epoch uint64) {
 // flightKey names a flight: one topic's identical requests.
 type flightKey struct {
 	topic string
-	hash  bus.CacheHash
+	hash  bus.CacheDigest
 }
 
 // flight is one answer being obtained for every identical request of this
@@ -83,11 +83,11 @@ type flight struct {
 // cachedRequest is Request on a cached topic.
 func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, co *callOptions, start time.Time) ([]byte, error) {
 	tc := t.cache
-	var h bus.CacheHash
+	var h bus.CacheDigest
 	if co.hasKey {
-		h = bus.HashKey(co.key)
+		h = bus.KeyDigest(co.key)
 	} else {
-		h = bus.HashPayload(payload)
+		h = bus.PayloadDigest(payload)
 	}
 	if !co.noCache && p.local != nil && tc.cfg.LocalTTL > 0 {
 		if out, ok := p.localHit(t, h, co, start); ok {
@@ -166,7 +166,7 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 }
 
 // localHit serves a request from the local tier.
-func (p *Producer) localHit(t *topic, h bus.CacheHash, co *callOptions, start time.Time) ([]byte, bool) {
+func (p *Producer) localHit(t *topic, h bus.CacheDigest, co *callOptions, start time.Time) ([]byte, bool) {
 	tc := t.cache
 	e, ok := p.local.GetIfPresent(localKey{t.name, tc.epoch.Load(), h})
 	if !ok {
@@ -176,13 +176,14 @@ func (p *Producer) localHit(t *topic, h bus.CacheHash, co *callOptions, start ti
 	if co.maxAge > 0 && age > co.maxAge {
 		return nil, false
 	}
-	p.refreshMeta(t)
 	out := append([]byte(nil), e.payload...)
 	p.stats.hitsLocal.Add(1)
 	if co.info != nil {
 		*co.info = CacheInfo{Source: SourceLocal, Age: max(age, 0), Entry: e.entry}
 	}
-	d := time.Since(start)
+	now := time.Now()
+	p.refreshMeta(t, now)
+	d := now.Sub(start)
 	p.timings.Record(metrics.Cache, d)
 	p.timings.Record(metrics.EndToEnd, d)
 	if ev := p.log.Debug(); ev != nil {
@@ -195,9 +196,9 @@ func (p *Producer) localHit(t *topic, h bus.CacheHash, co *callOptions, start ti
 // refreshMeta re-reads the topic's epoch in the background when it is older
 // than metaRefresh, so that an invalidation reaches this process's local
 // tier within about a second even while every request is a local hit.
-func (p *Producer) refreshMeta(t *topic) {
+func (p *Producer) refreshMeta(t *topic, now time.Time) {
 	tc := t.cache
-	if time.Now().UnixNano()-tc.metaAt.Load() < int64(metaRefresh) || !tc.refreshing.CompareAndSwap(false, true) {
+	if now.UnixNano()-tc.metaAt.Load() < int64(metaRefresh) || !tc.refreshing.CompareAndSwap(false, true) {
 		return
 	}
 	if !p.goBackground(func() {
@@ -252,7 +253,7 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 	drop := false
 	for range 3 {
 		gen := tc.gen.Load()
-		entry := bus.CacheEntryID(gen, f.fk.hash)
+		entry := bus.CacheEntryID(gen, f.fk.hash.Hash())
 		now := time.Now()
 		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: deadline.UnixNano(),
 			Sent: now.UnixNano(), Payload: payload, Headers: co.headers, CacheKey: entry, CacheTTL: int64(ttl)}

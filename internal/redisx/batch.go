@@ -34,11 +34,19 @@ import (
 // rueidis recycles each command that got a reply, so commands must not be
 // sent again after DoBatch, even when some failed: rebuild them to retry.
 func DoBatch(ctx context.Context, c rueidis.Client, cmds rueidis.Commands, tail ...rueidis.Completed) []rueidis.RedisResult {
-	if len(cmds) < 2 && len(tail) == 0 {
-		return c.DoMulti(ctx, cmds...)
+	_, out := doBatch(ctx, c, nil, cmds, tail)
+	return out
+}
+
+// doBatch is DoBatch with head: commands sent first, outside any
+// transaction, whose results come back apart.
+func doBatch(ctx context.Context, c rueidis.Client, head, cmds rueidis.Commands, tail []rueidis.Completed) (headRes, out []rueidis.RedisResult) {
+	if len(cmds) < 2 && len(tail) == 0 && len(head) == 0 {
+		return nil, c.DoMulti(ctx, cmds...)
 	}
 	groups := byKey(cmds)
-	all := make(rueidis.Commands, 0, len(cmds)+2*len(groups)+len(tail))
+	all := make(rueidis.Commands, 0, len(head)+len(cmds)+2*len(groups)+len(tail))
+	all = append(all, head...)
 	for _, g := range groups {
 		if len(g) == 1 {
 			all = append(all, cmds[g[0]])
@@ -52,8 +60,9 @@ func DoBatch(ctx context.Context, c rueidis.Client, cmds rueidis.Commands, tail 
 	}
 	all = append(all, tail...)
 	res := c.DoMulti(ctx, all...) // one result per command, always
+	headRes, res = res[:len(head)], res[len(head):]
 
-	out := make([]rueidis.RedisResult, len(cmds), len(cmds)+len(tail))
+	out = make([]rueidis.RedisResult, len(cmds), len(cmds)+len(tail))
 	at := 0 // position in res
 	for _, g := range groups {
 		if len(g) == 1 {
@@ -71,7 +80,7 @@ func DoBatch(ctx context.Context, c rueidis.Client, cmds rueidis.Commands, tail 
 		}
 		at += len(g) + 2
 	}
-	return append(out, res[at:]...)
+	return headRes, append(out, res[at:]...)
 }
 
 // byKey groups the indexes of cmds by key (the first argument), keys in

@@ -146,17 +146,23 @@ type Result struct {
 // Result per add, then the ack's, to out. Commands are built on every call,
 // so calling it again after a failure is a correct retry.
 func AddBatch(ctx context.Context, c rueidis.Client, adds []Add, ack *Ack, out []Result) []Result {
+	out, _ = addBatch(ctx, c, nil, adds, ack, out)
+	return out
+}
+
+// addBatch is AddBatch with head commands sent first (their results
+// returned apart).
+func addBatch(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds []Add, ack *Ack, out []Result) ([]Result, []rueidis.RedisResult) {
 	cp := cmdsPool.Get().(*rueidis.Commands)
 	cmds := (*cp)[:0]
 	for i := range adds {
 		cmds = append(cmds, adds[i].cmd(c))
 	}
-	var res []rueidis.RedisResult
+	var tail []rueidis.Completed
 	if ack != nil {
-		res = DoBatch(ctx, c, cmds, c.B().Xack().Key(ack.Key).Group(ack.Group).Id(ack.IDs...).Build())
-	} else {
-		res = DoBatch(ctx, c, cmds)
+		tail = append(tail, c.B().Xack().Key(ack.Key).Group(ack.Group).Id(ack.IDs...).Build())
 	}
+	headRes, res := doBatch(ctx, c, head, cmds, tail)
 	for i := range adds {
 		id, err := res[i].ToString()
 		out = append(out, Result{ID: id, Err: err})
@@ -168,7 +174,7 @@ func AddBatch(ctx context.Context, c rueidis.Client, adds []Add, ack *Ack, out [
 	clear(cmds)
 	*cp = cmds[:0]
 	cmdsPool.Put(cp)
-	return out
+	return out, headRes
 }
 
 var cmdsPool = sync.Pool{New: func() any {
