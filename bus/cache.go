@@ -61,11 +61,12 @@ func CacheEntryID(gen uint64, h CacheHash) string {
 }
 
 // ParseCacheEntryID checks an entry id read from an envelope (untrusted):
-// a decimal generation, a colon, 32 lower-case hex digits.
+// a decimal generation (canonical: no sign, no leading zeros), a colon, 32
+// lower-case hex digits.
 func ParseCacheEntryID(id string) (gen uint64, h CacheHash, ok bool) {
 	g, hx, found := strings.Cut(id, ":")
-	if !found || len(hx) != 32 || g == "" || len(g) > 20 {
-		return 0, "", false
+	if !found || len(hx) != 32 || g == "" || len(g) > 20 || (len(g) > 1 && g[0] == '0') {
+		return 0, "", false // one spelling per generation: no leading zeros
 	}
 	gen, err := strconv.ParseUint(g, 10, 64)
 	if err != nil {
