@@ -254,6 +254,9 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 	for range 3 {
 		gen := tc.gen.Load()
 		entry := bus.CacheEntryID(gen, f.fk.hash.Hash())
+		p.fmu.Lock() // before the round trip: its answer may complete f before Begin returns
+		f.entry = entry
+		p.fmu.Unlock()
 		now := time.Now()
 		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: deadline.UnixNano(),
 			Sent: now.UnixNano(), Payload: payload, Headers: co.headers, CacheKey: entry, CacheTTL: int64(ttl)}
@@ -281,9 +284,6 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		if r.Corrupted {
 			p.stats.cacheCorrupt.Add(1)
 		}
-		p.fmu.Lock()
-		f.entry = entry
-		p.fmu.Unlock()
 		switch r.Outcome {
 		case redisx.BeginStale:
 			continue
@@ -422,6 +422,7 @@ func (p *Producer) complete(f *flight, r result, src CacheSource, age *time.Dura
 	if src != SourceNone {
 		f.source = src
 	}
+	entry := f.entry
 	p.fmu.Unlock()
 	if age != nil {
 		f.age = *age
@@ -435,7 +436,7 @@ func (p *Producer) complete(f *flight, r result, src CacheSource, age *time.Dura
 	}
 	if r.err == nil {
 		p.stats.replies.Add(1)
-		p.keepLocal(f, r.cacheTTL)
+		p.keepLocal(f, r.cacheTTL, entry)
 	} else if !r.writeErr {
 		var re *bus.RemoteError
 		if errors.As(r.err, &re) {
@@ -447,7 +448,7 @@ func (p *Producer) complete(f *flight, r result, src CacheSource, age *time.Dura
 
 // keepLocal keeps f's answer in the local tier for at most the time the
 // worker stored it for.
-func (p *Producer) keepLocal(f *flight, stored time.Duration) {
+func (p *Producer) keepLocal(f *flight, stored time.Duration, entry string) {
 	tc := f.t.cache
 	if p.local == nil || f.noStore || stored <= 0 || tc.cfg.LocalTTL <= 0 {
 		return
@@ -457,5 +458,5 @@ func (p *Producer) keepLocal(f *flight, stored time.Duration) {
 		return
 	}
 	p.local.Set(localKey{f.t.name, tc.epoch.Load(), f.fk.hash},
-		&localEntry{payload: f.payload, made: time.Now().Add(-f.age), ttl: ttl, entry: f.entry})
+		&localEntry{payload: f.payload, made: time.Now().Add(-f.age), ttl: ttl, entry: entry})
 }

@@ -157,7 +157,8 @@ func TestCacheNeverStoresFailuresOrUncacheable(t *testing.T) {
 	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
 	_, err := p.Request(short, "llm", []byte("slow"))
 	cancelShort()
-	if !errors.Is(err, bus.ErrTimeout) {
+	var re *bus.RemoteError // the handler's own deadline error may arrive first
+	if !errors.Is(err, bus.ErrTimeout) && (!errors.As(err, &re) || !strings.Contains(re.Message, "deadline")) {
 		t.Fatalf("Request(slow) = %v, want ErrTimeout", err)
 	}
 	// (A handler that finished after the deadline with an answer would
@@ -170,6 +171,9 @@ func TestCacheNeverStoresFailuresOrUncacheable(t *testing.T) {
 	if _, info := request(t, p, "llm", "slow"); info.Source != producer.SourceHandler {
 		t.Fatalf("after a timeout: %+v, want a fresh handler call", info)
 	}
+	// The worker counts a store once its pipeline returned, which may be
+	// after the caller got the reply.
+	waitFor(t, 5*time.Second, "the slow answer's store counted", func() bool { return co.Stats().CacheStores >= 1 })
 	if s := co.Stats(); s.CacheStores != 1 {
 		t.Fatalf("cache stores = %d, want 1 (only the last slow answer)", s.CacheStores)
 	}
@@ -291,9 +295,7 @@ func TestCacheCoalescesAcrossProducers(t *testing.T) {
 	if h.count("q") != 1 || sources[producer.SourceHandler] != 1 || sources[producer.SourceCoalescedRemote] != n-1 {
 		t.Fatalf("handler calls = %d, sources = %v; want 1 call, 1 handler and %d coalesced", h.count("q"), sources, n-1)
 	}
-	if s := co.Stats(); s.CoalescedReplies != n-1 || s.CacheStores != 1 {
-		t.Fatalf("consumer stats = %+v", s)
-	}
+	waitFor(t, 5*time.Second, "the worker's counts", func() bool { s := co.Stats(); return s.CoalescedReplies == n-1 && s.CacheStores == 1 })
 }
 
 // TestCacheLeaderGivesUp: the caller whose request a worker is computing
@@ -562,7 +564,8 @@ func TestCacheLeaderCancelledOrKilled(t *testing.T) {
 	if err := <-jdone; err != nil {
 		t.Fatalf("joined caller after the leader was killed = %v", err)
 	}
-	if s := w.Stats(t); s.Handled != 1 || s.CoalescedReplies != 1 {
-		t.Fatalf("worker: handled %d, coalesced replies %d; want 1 and 1", s.Handled, s.CoalescedReplies)
+	waitFor(t, 5*time.Second, "the worker's counts", func() bool { s := w.Stats(t); return s.CoalescedReplies == 1 })
+	if s := w.Stats(t); s.Handled != 1 {
+		t.Fatalf("worker: handled %d, want 1", s.Handled)
 	}
 }
