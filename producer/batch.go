@@ -54,7 +54,7 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 	}
 	co := apply(opts)
 	co.info = nil
-	if t.cache != nil && !(co.noCache && co.noStore) {
+	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedBatch(ctx, payloads, topic, co), nil
 	}
 	start := time.Now()

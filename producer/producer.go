@@ -417,7 +417,7 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	start := time.Now()
 	co := apply(opts)
-	if t.cache != nil && !(co.noCache && co.noStore) {
+	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedRequest(ctx, t, payload, &co, start)
 	}
 	tok, err := t.admit()

@@ -198,7 +198,7 @@ func TestCacheCallOptions(t *testing.T) {
 		t.Fatalf("handler calls = %d, want 3", n)
 	}
 	// MaxAge: a stored answer older than asked is replaced.
-	time.Sleep(30 * time.Millisecond) //nolint:forbidigo // ages the stored answer (not synchronisation)
+	time.Sleep(30 * time.Millisecond) // ages the stored answer (not synchronisation)
 	if _, info := request(t, p, "llm", "a", producer.MaxAge(20*time.Millisecond)); info.Source != producer.SourceHandler {
 		t.Fatalf("MaxAge(20ms) of an older answer: %v, want handler", info.Source)
 	}
@@ -234,7 +234,7 @@ func TestCacheCoalescesInProcess(t *testing.T) {
 			defer cancel()
 			got, err := p.Request(ctx, "llm", []byte("same"))
 			if err != nil || string(got) != "re:same" {
-				errs <- fmt.Errorf("Request = %q, %v", got, err)
+				errs <- fmt.Errorf("Request = %q, %w", got, err)
 			}
 		})
 	}
@@ -452,7 +452,7 @@ func TestBusWorkerRequestCacheProcesses(t *testing.T) {
 		wg.Go(func() {
 			out, err := exec.CommandContext(ctx, bin, args...).Output()
 			if err != nil {
-				errs[i] = fmt.Errorf("process %d: %v\n%s", i, err, out)
+				errs[i] = fmt.Errorf("process %d: %w\n%s", i, err, out)
 				return
 			}
 			errs[i] = json.Unmarshal(out, &answers[i])

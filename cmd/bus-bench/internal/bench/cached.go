@@ -134,7 +134,7 @@ func (s *cachedScenario) summary(e *env, asked []atomic.Bool, srcs [][]sourced) 
 			c.SharedHitP50US, c.SharedHitP99US = q(l, 0.5), q(l, 0.99)
 		}
 	}
-	misses := append(by[producer.SourceHandler], by[producer.SourceNone]...)
+	misses := slices.Concat(by[producer.SourceHandler], by[producer.SourceNone])
 	slices.Sort(misses)
 	c.MissP50US, c.MissP99US = q(misses, 0.5), q(misses, 0.99)
 	return c
