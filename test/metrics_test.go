@@ -79,7 +79,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if err := prom.RegisterProducer(reg, p); err != nil {
 		t.Fatal(err)
 	}
-	reg.MustRegister(br, prom.NewStreamCollector(inspect.New(c), "m"))
+	reg.MustRegister(br, prom.NewStreamCollector(inspect.New(c), "m"), prom.NewCacheCollector(inspect.New(c), "m"))
 	hs := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	defer hs.Close()
 
@@ -131,6 +131,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		`mycelium_group_pending{group="workers",topic="m"} 0`,
 		`mycelium_redis_up 1`,
 		`mycelium_breaker_state{topic="m"} 0`,
+		`mycelium_cache_shared_entries{topic="m"} 200`,
+		`mycelium_producer_cache_hits_local_total{producer="` + p.ID() + `"} 1`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -22,8 +22,8 @@ import (
 )
 
 // registry gathers what /metrics exports: the consumer's stage timings and
-// counters, the breaker, the topic's streams, and the Go runtime and
-// process.
+// counters, the breaker, the topic's streams and shared cache, and the Go
+// runtime and process.
 func registry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	if err := prom.RegisterConsumer(reg, co); err != nil {
@@ -34,6 +34,7 @@ func registry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		br,
 		prom.NewStreamCollector(inspect.New(c), co.Config().Topic),
+		prom.NewCacheCollector(inspect.New(c), co.Config().Topic),
 	} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
