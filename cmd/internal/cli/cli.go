@@ -51,17 +51,60 @@ func rootCause(err error) error {
 	}
 }
 
+// Embedded is an in-process miniredis whose clock follows the wall clock,
+// so that keys expire as on Redis (reply streams, cache entries, flight
+// markers): miniredis alone only expires keys when told to. Close stops
+// both.
+type Embedded struct {
+	*miniredis.Miniredis
+	stop chan struct{}
+	done chan struct{}
+}
+
+// clockTick is how often the embedded Redis's clock catches up.
+const clockTick = 250 * time.Millisecond
+
+func newEmbedded(m *miniredis.Miniredis) *Embedded {
+	e := &Embedded{Miniredis: m, stop: make(chan struct{}), done: make(chan struct{})}
+	go e.tick()
+	return e
+}
+
+// tick advances the miniredis clock by the time that passed, until Close.
+func (e *Embedded) tick() {
+	defer close(e.done)
+	t := time.NewTicker(clockTick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case now := <-t.C:
+			e.FastForward(now.Sub(last))
+			last = now
+		}
+	}
+}
+
+// Close stops the clock and the server.
+func (e *Embedded) Close() {
+	close(e.stop)
+	<-e.done
+	e.Miniredis.Close()
+}
+
 // StartEmbedded starts an in-process miniredis on 127.0.0.1, on the first
 // free port from port up (up to 100 tries), or on any free port when port
 // is 0. Its data lives in memory and is lost when it stops: it is for trying
 // the bus out and for tests, never for production.
-func StartEmbedded(port int) (*miniredis.Miniredis, error) {
+func StartEmbedded(port int) (*Embedded, error) {
 	if port == 0 {
 		m := miniredis.NewMiniRedis()
 		if err := m.StartAddr("127.0.0.1:0"); err != nil {
 			return nil, fmt.Errorf("start embedded Redis: %w", err)
 		}
-		return m, nil
+		return newEmbedded(m), nil
 	}
 	var last error
 	for p := port; p < port+100; p++ {
@@ -70,7 +113,7 @@ func StartEmbedded(port int) (*miniredis.Miniredis, error) {
 			last = err
 			continue
 		}
-		return m, nil
+		return newEmbedded(m), nil
 	}
 	return nil, fmt.Errorf("start embedded Redis on a port from %d: %w", port, last)
 }

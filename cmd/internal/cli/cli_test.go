@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"testing/synctest"
+	"time"
+
 	"context"
 	"errors"
+	"github.com/alicebob/miniredis/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -48,4 +52,22 @@ func TestConnectSaysWhatFailedInOneLine(t *testing.T) {
 	if _, err := Connect(context.Background(), bus.Config{URL: "http://x"}); !errors.Is(err, bus.ErrInvalidConfig) {
 		t.Fatalf("Connect(http://) = %v, want ErrInvalidConfig", err)
 	}
+}
+
+// TestEmbeddedKeysExpire: keys with a TTL expire on the embedded Redis as on
+// Redis (miniredis alone expires nothing until told to).
+func TestEmbeddedKeysExpire(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newEmbedded(miniredis.NewMiniRedis())
+		defer m.Close()
+		if err := m.Set("k", "v"); err != nil {
+			t.Fatal(err)
+		}
+		m.SetTTL("k", time.Second)
+		time.Sleep(2 * time.Second) // fake time: the clock goroutine ticks 8 times
+		synctest.Wait()
+		if m.Exists("k") {
+			t.Fatal("a key with a 1s TTL still exists 2s later")
+		}
+	})
 }
