@@ -1,16 +1,16 @@
 package cli
 
 import (
-	"testing/synctest"
-	"time"
-
 	"context"
 	"errors"
-	"github.com/alicebob/miniredis/v2"
 	"net"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
 
 	"github.com/egos/mycelium/bus"
 )
