@@ -51,7 +51,7 @@ func (s *cachedScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	r := newResult(e)
 	lats := make([][]Point, e.o.Concurrency)
 	srcs := make([][]sourced, e.o.Concurrency)
-	asked := make([]atomic.Bool, e.o.Distinct)
+	asked := make([]map[uint64]struct{}, e.o.Concurrency) // per caller: no sharing, no slice of --distinct entries
 	tl := &e.tl
 	start := time.Now()
 	cnt := newCounter(e.o, start)
@@ -61,6 +61,8 @@ func (s *cachedScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 			rng := rand.New(rand.NewPCG(pl.run, uint64(g)))
 			zipf := rand.NewZipf(rng, e.o.Zipf, 1, uint64(e.o.Distinct-1))
 			buf := make([]byte, 0, e.o.Payload)
+			seen := map[uint64]struct{}{}
+			asked[g] = seen
 			var info producer.CacheInfo
 			for ctx.Err() == nil {
 				seq, ok := cnt.take()
@@ -68,7 +70,7 @@ func (s *cachedScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 					return
 				}
 				id := zipf.Uint64()
-				asked[id].Store(true)
+				seen[id] = struct{}{}
 				buf = pl.fill(buf, id)
 				t0 := time.Now()
 				reply, err := e.p.Request(ctx, e.o.Topic, buf, producer.WithCacheInfo(&info))
@@ -96,13 +98,15 @@ func (s *cachedScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 }
 
 // summary counts the run's answers by source and their latencies.
-func (s *cachedScenario) summary(e *env, asked []atomic.Bool, srcs [][]sourced) *CacheResult {
+func (s *cachedScenario) summary(e *env, asked []map[uint64]struct{}, srcs [][]sourced) *CacheResult {
 	c := &CacheResult{Enabled: !e.o.NoCache, Distinct: e.o.Distinct, Zipf: e.o.Zipf, HandlerCalls: s.calls.Load()}
-	for i := range asked {
-		if asked[i].Load() {
-			c.DistinctRequested++
+	all := map[uint64]struct{}{}
+	for _, m := range asked {
+		for id := range m {
+			all[id] = struct{}{}
 		}
 	}
+	c.DistinctRequested = len(all)
 	by := map[producer.CacheSource][]int64{}
 	total := 0
 	for _, g := range srcs {
