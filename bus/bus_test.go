@@ -128,3 +128,25 @@ func TestKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestURLErrorsNeverShowThePassword: every kind of bad URL (issue 15's list)
+// fails without the password in the error.
+func TestURLErrorsNeverShowThePassword(t *testing.T) {
+	for _, raw := range []string{
+		"redis://:S3cretPW@127.0.0.1:abc", "http://:S3cretPW@127.0.0.1:6379", "redis://:S3cretPW@127.0.0.1:",
+		"redis://:S3cretPW@", "redis://:S3cretPW@127.0.0.1:6379/x", "redis://:S3cretPW%zz@127.0.0.1:6379",
+		"redis://:S3cretPW@[::1", "redis://user:S3cretPW@127.0.0.1:abc/0",
+	} {
+		err := Config{URL: raw}.Validate()
+		if err == nil {
+			t.Errorf("Validate(%q) = nil, want an error", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "S3cretPW") || strings.Contains(err.Error(), "zz") {
+			t.Errorf("Validate(%q) = %q: shows the password", raw, err)
+		}
+		if r := (Config{URL: raw}).Redacted(); strings.Contains(r, "S3cretPW") {
+			t.Errorf("Redacted(%q) = %q", raw, r)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -83,22 +84,23 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	if raw == "" {
 		raw = DefaultURL
 	}
+	shown := redactURL(raw) // errors never carry the password
 	u, err := url.Parse(raw)
 	if err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, raw, unwrapURLError(err))
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, unwrapURLError(err)))
 	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: scheme must be redis:// or rediss://", ErrInvalidConfig, raw)
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: scheme must be redis:// or rediss://", ErrInvalidConfig, shown)
 	}
 	if u.Host == "" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: missing host", ErrInvalidConfig, raw)
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: missing host", ErrInvalidConfig, shown)
 	}
 	if _, port, err := net.SplitHostPort(u.Host); err == nil && port == "" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty port", ErrInvalidConfig, raw)
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty port", ErrInvalidConfig, shown)
 	}
 	opt, err := rueidis.ParseURL(raw)
 	if err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, raw, err)
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, err))
 	}
 	for _, d := range []struct {
 		name string
@@ -150,11 +152,46 @@ func (c Config) Redacted() string {
 	if raw == "" {
 		raw = DefaultURL
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "<invalid URL>"
+	return redactURL(raw)
+}
+
+// redactURL returns raw with the password of its userinfo (what lies
+// between "://" and the last "@" before the path) replaced by xxxxx, whether
+// or not raw parses: a malformed URL's error must not print it either.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
 	}
-	return u.Redacted()
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		scheme, rest = "", raw
+	}
+	end := len(rest)
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		end = i
+	}
+	at := strings.LastIndex(rest[:end], "@")
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPass := strings.Cut(rest[:at], ":")
+	if !hasPass {
+		return raw
+	}
+	out := user + ":xxxxx" + rest[at:]
+	if ok {
+		out = scheme + "://" + out
+	}
+	return out
+}
+
+// secretSafe returns err, or a generic error when raw holds a password and
+// err's text might quote part of it (a bad escape in the password).
+func secretSafe(raw string, err error) error {
+	if redactURL(raw) == raw {
+		return err
+	}
+	return errors.New("malformed URL (details not shown: it holds a password)")
 }
 
 func unwrapURLError(err error) error {

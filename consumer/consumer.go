@@ -387,6 +387,13 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 		c.malformed(e, attempt, "envelope kind "+kind.String()+" on a topic stream", a)
 		return
 	}
+	if j.env.Kind == codec.KindRequest {
+		if why := c.checkRequest(&j.env); why != "" {
+			putJob(j)
+			c.malformed(e, attempt, why, a)
+			return
+		}
+	}
 	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
 		putJob(j)
 		c.stats.expired.Add(1)
@@ -407,6 +414,34 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 	j.queued = queueWait(e.ID, j.env.Sent, j.readAt)
 	c.timings.Record(metrics.QueueWait, j.queued)
 	jobs <- j // never blocks: at most Concurrency entries are held
+}
+
+// maxCorrelationID bounds a request's correlation id (the Go producer's are
+// about 15 bytes).
+const maxCorrelationID = 128
+
+// checkRequest validates what a request asks the worker to do with its
+// answer (the entry comes from the stream: anyone who can write the topic
+// wrote it): the reply must go to one of this bus's reply streams, never to
+// another key (a worker writes replies with NOMKSTREAM and trims the stream
+// it writes), and carry a plausible correlation id. It returns why not, or
+// "".
+func (c *Consumer) checkRequest(env *codec.Envelope) string {
+	if _, ok := c.keys.ParseReply(env.ReplyTo); !ok {
+		return fmt.Sprintf("reply_to %q is not a reply stream of this bus (%s)", clip(env.ReplyTo), c.keys.Reply("<producer-id>"))
+	}
+	if env.ID == "" || len(env.ID) > maxCorrelationID {
+		return fmt.Sprintf("request id of %d bytes: want 1 to %d", len(env.ID), maxCorrelationID)
+	}
+	return ""
+}
+
+// clip bounds a string from an entry for logs and dead letters.
+func clip(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }
 
 // warnFailed logs a handler failure and what becomes of its entry.

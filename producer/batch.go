@@ -54,6 +54,9 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 	}
 	co := apply(opts)
 	co.info = nil
+	if err := checkHeaders(co.headers); err != nil {
+		return nil, err
+	}
 	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedBatch(ctx, payloads, topic, co), nil
 	}

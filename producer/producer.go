@@ -245,6 +245,39 @@ func (p *Producer) trimCap() redisx.Cap {
 	return p.cap
 }
 
+// Limits on a message's headers, checked before anything is sent: the
+// decoder refuses more than 1,024 headers, and a worker would dead-letter
+// such an entry while its caller waited out its deadline.
+const (
+	MaxHeaders     = 1024
+	MaxHeaderBytes = 64 << 10 // keys and values together
+)
+
+// checkHeaders reports headers over MaxHeaders or MaxHeaderBytes, wrapping
+// bus.ErrPayloadTooLarge.
+func checkHeaders(h map[string]string) error {
+	if len(h) > MaxHeaders {
+		return fmt.Errorf("producer: %w: %d headers, max %d", bus.ErrPayloadTooLarge, len(h), MaxHeaders)
+	}
+	n := 0
+	for k, v := range h {
+		n += len(k) + len(v)
+	}
+	if n > MaxHeaderBytes {
+		return fmt.Errorf("producer: %w: headers of %d bytes, max %d", bus.ErrPayloadTooLarge, n, MaxHeaderBytes)
+	}
+	return nil
+}
+
+// checkOpts checks what opts carry (headers) before a call sends anything;
+// a call without options costs nothing.
+func checkOpts(opts []CallOption) error {
+	if len(opts) == 0 {
+		return nil
+	}
+	return checkHeaders(apply(opts).headers)
+}
+
 func (p *Producer) checkPayload(n int) error {
 	if n > p.cfg.MaxPayload {
 		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, p.cfg.MaxPayload)
@@ -264,6 +297,9 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 		return "", err
 	}
 	if err := p.checkPayload(len(payload)); err != nil {
+		return "", err
+	}
+	if err := checkOpts(opts); err != nil {
 		return "", err
 	}
 	start := time.Now()
@@ -336,6 +372,9 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		if err := p.checkPayload(len(pl)); err != nil {
 			return nil, fmt.Errorf("producer: publish batch entry %d: %w", i, err)
 		}
+	}
+	if err := checkOpts(opts); err != nil {
+		return nil, err
 	}
 	if len(payloads) == 0 {
 		return nil, nil
@@ -417,6 +456,11 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	start := time.Now()
 	co := apply(opts)
+	if co.headers != nil {
+		if err := checkHeaders(co.headers); err != nil {
+			return nil, err
+		}
+	}
 	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedRequest(ctx, t, payload, &co, start)
 	}

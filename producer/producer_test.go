@@ -3,6 +3,7 @@ package producer_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -351,5 +352,36 @@ func TestStreamMaxAgeTrimsOnWrite(t *testing.T) {
 	entries, _ := m.Stream("myc:{aged}")
 	if len(entries) != 1 {
 		t.Fatalf("stream has %d entries after a write with StreamMaxAge 1h, want only the new one", len(entries))
+	}
+}
+
+// TestHeaderLimits: too many headers, or too many header bytes, fail at
+// once with ErrPayloadTooLarge and nothing is written.
+func TestHeaderLimits(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{})
+	many := map[string]string{}
+	for i := range producer.MaxHeaders + 1 {
+		many["h"+strconv.Itoa(i)] = "v"
+	}
+	big := map[string]string{"x": strings.Repeat("v", producer.MaxHeaderBytes)}
+	ctx := context.Background()
+	for name, h := range map[string]map[string]string{"1025 headers": many, "a 64 KiB value": big} {
+		opt := producer.WithHeaders(h)
+		if _, err := p.Publish(ctx, "t", []byte("x"), opt); !errors.Is(err, bus.ErrPayloadTooLarge) {
+			t.Errorf("Publish with %s = %v, want ErrPayloadTooLarge", name, err)
+		}
+		if _, err := p.PublishBatch(ctx, "t", [][]byte{[]byte("x")}, opt); !errors.Is(err, bus.ErrPayloadTooLarge) {
+			t.Errorf("PublishBatch with %s = %v, want ErrPayloadTooLarge", name, err)
+		}
+		if _, err := p.Request(ctx, "t", []byte("x"), opt); !errors.Is(err, bus.ErrPayloadTooLarge) {
+			t.Errorf("Request with %s = %v, want ErrPayloadTooLarge", name, err)
+		}
+		if _, err := p.RequestBatch(ctx, "t", [][]byte{[]byte("x")}, opt); !errors.Is(err, bus.ErrPayloadTooLarge) {
+			t.Errorf("RequestBatch with %s = %v, want ErrPayloadTooLarge", name, err)
+		}
+	}
+	if m.Exists("myc:{t}") {
+		t.Fatal("an entry was written")
 	}
 }
