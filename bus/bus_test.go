@@ -117,7 +117,7 @@ func TestKeys(t *testing.T) {
 			t.Errorf("%q does not round-trip through its builder", tc.key)
 		}
 	}
-	for _, bad := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", 201), "r.x"} {
+	for _, bad := range []string{"", "a{b", "a}b", "a b", "a\nb", strings.Repeat("x", 201), "r.x", "caf\xe9", "x\x1b[31m"} {
 		if err := ValidateName("topic", bad); !errors.Is(err, ErrInvalidConfig) {
 			t.Errorf("ValidateName(%q) = %v, want ErrInvalidConfig", bad, err)
 		}

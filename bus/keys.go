@@ -3,6 +3,7 @@ package bus
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Keys builds every Redis key Mycelium uses, and parses them back: it is the
@@ -94,8 +95,9 @@ func (k Keys) tag(key string) (string, bool) {
 
 // ValidateName checks a name of the given kind ("topic", "group",
 // "consumer", "producer", "prefix"): non-empty, at most 200 bytes, no braces
-// (they would break the hash tag), no spaces or control characters; a topic
-// also must not start with "r." (its stream key would be a reply stream's).
+// (they would break the hash tag), no spaces or control characters, valid
+// UTF-8; a topic also must not start with "r." (its stream key would be a
+// reply stream's).
 func ValidateName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s name is empty", ErrInvalidConfig, kind)
@@ -105,6 +107,9 @@ func ValidateName(kind, name string) error {
 	}
 	if len(name) > 200 {
 		return fmt.Errorf("%w: %s name is longer than 200 bytes", ErrInvalidConfig, kind)
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%w: %s name %q is not valid UTF-8", ErrInvalidConfig, kind, name)
 	}
 	for _, r := range name {
 		if r == '{' || r == '}' || r <= ' ' || r == 0x7f {
