@@ -33,6 +33,10 @@ type Config struct {
 	// URL is redis://[user:pass@]host:port[/db] or rediss:// for TLS.
 	// Empty means DefaultURL.
 	URL string
+	// Username and Password, when set, replace the URL's (so the password
+	// need not be in a URL, argv or a log line: read it from a file or the
+	// environment). Empty means the URL's.
+	Username, Password string
 	// Prefix starts every key of the bus (see Keys); producers and
 	// consumers that talk to each other must share it. Empty means
 	// DefaultPrefix.
@@ -119,6 +123,12 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: ConnBuffer, BlockingPoolSize and PipelineConns must not be negative", ErrInvalidConfig)
 	}
 
+	if c.Username != "" {
+		opt.Username = c.Username
+	}
+	if c.Password != "" {
+		opt.Password = c.Password
+	}
 	opt.ForceSingleClient = true // standalone; never let CLUSTER SLOTS pick the client
 	opt.DisableCache = true      // no DoCache use; also required by miniredis
 	opt.ClientSetInfo = rueidis.DisableClientSetInfo

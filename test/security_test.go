@@ -2,7 +2,11 @@ package test
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,5 +51,46 @@ func TestCraftedReplyToNeverReachesForeignKeys(t *testing.T) {
 	}
 	if s := co.Stats(); s.Replied != 0 || s.Handled != 0 {
 		t.Fatalf("consumer stats = %+v: the handler ran or a reply was written", s)
+	}
+}
+
+// TestPasswordFromFileOrEnvNeverPrinted: bus-worker takes the password from
+// --redis-password-file or MYCELIUM_REDIS_PASSWORD (never needed in argv),
+// and no output of a failing command shows it.
+func TestPasswordFromFileOrEnvNeverPrinted(t *testing.T) {
+	const pw = "S3cretPW-42"
+	srv := redistest.Start(t, "--requirepass", pw)
+	file := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(file, []byte(pw+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := buildCmd(t, "bus-worker")
+	run := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for name, tc := range map[string]struct {
+		env  []string
+		args []string
+		ok   bool
+	}{
+		"file":           {nil, []string{"stats", "--redis", srv.URL, "--redis-password-file", file}, true},
+		"env":            {[]string{"MYCELIUM_REDIS_PASSWORD=" + pw}, []string{"stats", "--redis", srv.URL}, true},
+		"file from env":  {[]string{"MYCELIUM_REDIS_PASSWORD_FILE=" + file}, []string{"cache", "stats", "--redis", srv.URL, "--topic", "t"}, true},
+		"none":           {nil, []string{"stats", "--redis", srv.URL}, false},
+		"wrong":          {[]string{"MYCELIUM_REDIS_PASSWORD=" + pw + "x"}, []string{"dlq", "list", "--redis", srv.URL}, false},
+		"bad URL":        {nil, []string{"stats", "--redis", "redis://:" + pw + "@127.0.0.1:abc"}, false},
+		"bad URL in env": {[]string{"MYCELIUM_REDIS=redis://:" + pw + "@[::1"}, []string{"request", "--data", "x"}, false},
+		"missing file":   {nil, []string{"request", "--redis", srv.URL, "--redis-password-file", file + ".none", "--data", "x"}, false},
+	} {
+		out, err := run(tc.env, tc.args...)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want ok=%v\n%s", name, err, tc.ok, out)
+		}
+		if strings.Contains(out, pw) || strings.Contains(out, "S3cret") {
+			t.Errorf("%s: output shows the password:\n%s", name, out)
+		}
 	}
 }

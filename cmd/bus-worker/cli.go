@@ -125,9 +125,32 @@ func envName(flagName string) string {
 	return "MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
+// passwordFlag adds --redis-password-file to fs (MYCELIUM_REDIS_PASSWORD_FILE
+// in the environment, like every flag).
+func passwordFlag(fs *flag.FlagSet) *string {
+	return fs.String("redis-password-file", "", passwordUsage)
+}
+
+const passwordUsage = "read the Redis password from this file instead of the URL (else " + cli.PasswordEnv + "); keeps it out of argv"
+
+// withPassword sets cfg's password from the password file or the
+// environment (see cli.Password); a bad file is a usage error.
+func withPassword(cfg bus.Config, file string) (bus.Config, error) {
+	pw, err := cli.Password(file)
+	if err != nil {
+		return cfg, usageError{err}
+	}
+	cfg.Password = pw
+	return cfg, nil
+}
+
 // connect validates the URL and checks that Redis answers; both failures
-// are usage errors (exit 2).
-func connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
+// are usage errors (exit 2). pwFile is --redis-password-file.
+func connect(ctx context.Context, cfg bus.Config, pwFile string) (*bus.Client, error) {
+	cfg, err := withPassword(cfg, pwFile)
+	if err != nil {
+		return nil, err
+	}
 	c, err := cli.Connect(ctx, cfg)
 	if err != nil {
 		return nil, usageError{err}

@@ -15,9 +15,9 @@ import (
 )
 
 type clientFlags struct {
-	redis, prefix, topic, data string
-	timeout                    time.Duration
-	json, stages, wait         bool
+	redis, prefix, topic, data, pwFile string
+	timeout                            time.Duration
+	json, stages, wait                 bool
 
 	// request's response cache flags
 	cache, noCache, noStore bool
@@ -28,6 +28,7 @@ type clientFlags struct {
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&f.redis, "redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
+	fs.StringVar(&f.pwFile, "redis-password-file", "", passwordUsage)
 	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
 	fs.StringVar(&f.topic, "topic", "reasoning", "topic")
 	fs.StringVar(&f.data, "data", "", "payload")
@@ -87,7 +88,7 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if err := f.check(name); err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"})
+	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"}, f.pwFile)
 	if err != nil {
 		return nil, nil, nil, err
 	}

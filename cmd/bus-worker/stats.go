@@ -49,6 +49,7 @@ type busStats struct {
 func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
 	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
+	pwFile := passwordFlag(fs)
 	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
 	asJSON := fs.Bool("json", false, "one JSON object (per interval with --watch)")
 	watch := fs.Duration("watch", 0, "print again every interval until interrupted (e.g. 2s)")
@@ -58,7 +59,7 @@ func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	if *watch < 0 {
 		return usagef("stats: --watch must be positive, got %v", *watch)
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"})
+	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, *pwFile)
 	if err != nil {
 		return err
 	}

@@ -104,7 +104,8 @@ func ping(c net.Conn) bool {
 		return false
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
+	// -NOAUTH: a server started with --requirepass answers too.
+	return err == nil && (strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH"))
 }
 
 // Stop kills the server (idempotent).

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -92,6 +94,36 @@ func (e *Embedded) Close() {
 	close(e.stop)
 	<-e.done
 	e.Miniredis.Close()
+}
+
+// PasswordEnv holds the Redis password when no password file is given.
+const PasswordEnv = "MYCELIUM_REDIS_PASSWORD"
+
+// Password returns the Redis password the commands use instead of one in
+// the URL: the content of file (its trailing newline removed; at most 4
+// KiB), else the environment variable PasswordEnv, else "". Errors never
+// carry the file's content.
+func Password(file string) (string, error) {
+	if file == "" {
+		return os.Getenv(PasswordEnv), nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("--redis-password-file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4<<10+1))
+	if err != nil {
+		return "", fmt.Errorf("--redis-password-file %s: %w", file, err)
+	}
+	if len(b) > 4<<10 {
+		return "", fmt.Errorf("--redis-password-file %s: larger than 4 KiB: not a password file", file)
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("--redis-password-file %s: empty", file)
+	}
+	return pw, nil
 }
 
 // StartEmbedded starts an in-process miniredis on 127.0.0.1, on the first
