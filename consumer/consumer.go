@@ -370,7 +370,9 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 		c.malformed(e, attempt, fmt.Sprintf("entry has no %q field", redisx.Field), a)
 		return
 	case len(e.Data) > c.cfg.MaxEntrySize:
-		c.malformed(e, attempt, fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize), a)
+		why := fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize)
+		c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "malformed", err: why, msg: "oversized entry: dead-lettered (its size and first bytes)"})
+		a.addAsync(completion{id: e.ID, dead: redisx.DeadLetterOversized(e, c.deadLetter(attempt, "malformed", why))})
 		return
 	}
 	j := jobPool.Get().(*job)

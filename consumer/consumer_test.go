@@ -119,6 +119,13 @@ func TestMalformedEntriesAreDeadLettered(t *testing.T) {
 		if f["f.other"] == "field" && f["f.x"] != "y" {
 			t.Errorf("raw fields not kept: %v", f)
 		}
+		if strings.Contains(f[redisx.DLQError], "exceeds MaxEntrySize") {
+			// Oversized: its size and first bytes, not its data.
+			if _, hasData := f[redisx.Field]; hasData || f[redisx.DLQSize] != "2048" || len(f[redisx.DLQPrefix]) != redisx.OversizedPrefix {
+				t.Errorf("oversized dead letter keeps %d bytes of data, size %q, prefix of %d bytes; want size 2048, a 1 KiB prefix, no data",
+					len(f[redisx.Field]), f[redisx.DLQSize], len(f[redisx.DLQPrefix]))
+			}
+		}
 	}
 	all := strings.Join(func() []string {
 		var s []string

@@ -42,13 +42,17 @@ type DeadLetter struct {
 	// malformed entries, whose raw fields are in Fields.
 	Envelope *codec.Envelope   `json:"envelope,omitempty"`
 	Fields   map[string]string `json:"fields,omitempty"`
+	// Size and Prefix describe an entry too large to handle: its data's
+	// size and first bytes (its data is not kept).
+	Size   int    `json:"size,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
 }
 
 // deadLetter turns a dead-letter entry into a DeadLetter, decoding (and so
 // validating) its envelope.
 func deadLetter(d *redisx.DeadLetter) DeadLetter {
 	out := DeadLetter{ID: d.ID, OriginalID: d.OriginalID, Topic: d.Topic, Group: d.Group, Consumer: d.Consumer,
-		Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, Time: d.Time}
+		Reason: d.Reason, Error: d.Error, Attempts: d.Attempts, Time: d.Time, Size: d.Size, Prefix: d.Prefix}
 	if d.HasData {
 		var env codec.Envelope
 		if codec.DecodeEnvelope(d.Data, &env) == nil {

@@ -22,8 +22,26 @@ const (
 	DLQError       = "error"    // the error text
 	DLQAttempts    = "attempts" // deliveries so far
 	DLQTime        = "time"     // RFC 3339 time it was dead-lettered
+	DLQSize        = "size"     // oversized entries: the original data's size in bytes
+	DLQPrefix      = "prefix"   // oversized entries: the first bytes of the original data (at most OversizedPrefix)
 	RawFieldPrefix = "f."
 )
+
+// OversizedPrefix is how much of an oversized entry's data its dead letter
+// keeps: copying it whole would double the memory it already costs.
+const OversizedPrefix = 1024
+
+// DeadLetterOversized is the dead letter of an entry too large to handle:
+// its size and the first OversizedPrefix bytes of its data, not the data
+// (it cannot be replayed).
+func DeadLetterOversized(e *Entry, d DeadLetter) []string {
+	d.OriginalID = e.ID
+	p := e.Data
+	if len(p) > OversizedPrefix {
+		p = p[:OversizedPrefix]
+	}
+	return append(d.Fields(), DLQSize, strconv.Itoa(len(e.Data)), DLQPrefix, p)
+}
 
 // DeadLetter is one dead-letter entry: why an entry was given up, and what it
 // held.
@@ -42,6 +60,10 @@ type DeadLetter struct {
 	Data    string
 	HasData bool
 	Raw     map[string]string
+	// Size and Prefix are, for an entry dead-lettered as too large
+	// (DeadLetterOversized), its data's size and first bytes.
+	Size   int
+	Prefix string
 }
 
 // Fields is d as an entry's field/value list: the header fields, then Field
@@ -80,6 +102,8 @@ func parseDeadLetter(id string, f map[string]string) DeadLetter {
 	d := DeadLetter{ID: id, OriginalID: f[DLQOriginalID], Topic: f[DLQTopic], Group: f[DLQGroup], Consumer: f[DLQConsumer],
 		Reason: f[DLQReason], Error: f[DLQError]}
 	d.Attempts, _ = strconv.Atoi(f[DLQAttempts])
+	d.Size, _ = strconv.Atoi(f[DLQSize])
+	d.Prefix = f[DLQPrefix]
 	d.Time, _ = time.Parse(time.RFC3339Nano, f[DLQTime])
 	d.Data, d.HasData = f[Field]
 	for k, v := range f {
