@@ -102,6 +102,10 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	if _, port, err := net.SplitHostPort(u.Host); err == nil && port == "" {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty port", ErrInvalidConfig, shown)
 	}
+	if u.Path == "/" { // redis://host:port/ means database 0, as for other clients
+		u.Path = ""
+		raw = u.String()
+	}
 	opt, err := rueidis.ParseURL(raw)
 	if err != nil {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, err))

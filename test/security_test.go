@@ -94,3 +94,38 @@ func TestPasswordFromFileOrEnvNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIOutputHygieneAndPayloadSources: text from Redis reaches the
+// terminal escaped (a dead letter's error with an escape sequence), and
+// payloads come from stdin or a file as well as --data.
+func TestCLIOutputHygieneAndPayloadSources(t *testing.T) {
+	srv := redistest.Start(t)
+	redistest.StartWorker(t, "--redis", srv.URL, "--topic", "e2e")
+	c := srv.Client(t)
+	rc := c.Redis()
+	ctx := context.Background()
+	if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().DeadLetter("e2e")).Id("*").FieldValue().
+		FieldValue("id", "1-1").FieldValue("reason", "malformed").FieldValue("error", "evil \x1b]0;pwned\x07 text").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	bin := buildCmd(t, "bus-worker")
+	out, err := exec.Command(bin, "dlq", "list", "--redis", srv.URL, "--topic", "e2e").CombinedOutput()
+	if err != nil || strings.ContainsAny(string(out), "\x1b\x07") || !strings.Contains(string(out), `evil \x1b]0;pwned\x07 text`) {
+		t.Fatalf("dlq list = %v\n%q\nwant the error escaped", err, out)
+	}
+	cmd := exec.Command(bin, "request", "--redis", srv.URL, "--topic", "e2e", "--data", "-")
+	cmd.Stdin = strings.NewReader("from stdin\nline two")
+	if out, err := cmd.Output(); err != nil || string(out) != "from stdin\nline two\n" {
+		t.Fatalf("request --data - = %q, %v", out, err)
+	}
+	file := filepath.Join(t.TempDir(), "payload")
+	if err := os.WriteFile(file, []byte("from a file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "request", "--redis", srv.URL, "--topic", "e2e", "--data-file", file).Output(); err != nil || string(out) != "from a file\n" {
+		t.Fatalf("request --data-file = %q, %v", out, err)
+	}
+	if out, err := exec.Command(bin, "request", "--redis", srv.URL+"/", "--topic", "e2e", "--data", "x").Output(); err != nil || string(out) != "x\n" {
+		t.Fatalf("request with a trailing slash in the URL = %q, %v", out, err)
+	}
+}

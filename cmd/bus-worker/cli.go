@@ -33,9 +33,9 @@ const usage = `bus-worker: run Mycelium workers and send requests from the shell
 Usage:
   bus-worker serve   (--redis URL | --embedded) [--topic reasoning] [--group workers] [--concurrency 64]
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464] [--cache-ttl D]
-  bus-worker request [--redis URL] [--topic T] --data STR [--timeout D] [--json] [--stages] [--wait-for-responders]
+  bus-worker request [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--json] [--stages] [--wait-for-responders]
                      [--cache [--cache-key K] [--max-age D] [--no-cache] [--no-store]]
-  bus-worker publish [--redis URL] [--topic T] --data STR [--timeout D]
+  bus-worker publish [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D]
   bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]   (every topic's without --topic)
   bus-worker dlq replay [--redis URL] --topic T (--id ID | --all)

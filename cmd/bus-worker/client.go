@@ -7,15 +7,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
+	"github.com/mattn/go-isatty"
+
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
 )
 
 type clientFlags struct {
 	redis, prefix, topic, data, pwFile string
+	dataFile                           string
+	payload                            []byte // --data, or what --data-file or --data - held
 	timeout                            time.Duration
 	json, stages, wait                 bool
 
@@ -31,7 +37,8 @@ func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
 	fs.StringVar(&f.pwFile, "redis-password-file", "", passwordUsage)
 	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
 	fs.StringVar(&f.topic, "topic", "reasoning", "topic")
-	fs.StringVar(&f.data, "data", "", "payload")
+	fs.StringVar(&f.data, "data", "", `payload ("-": read it from standard input)`)
+	fs.StringVar(&f.dataFile, "data-file", "", "read the payload from this file (for payloads argv cannot hold)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
 	return fs
 }
@@ -49,6 +56,38 @@ func (f *clientFlags) check(cmd string) error {
 	if f.maxAge < 0 {
 		return usagef("%s: --max-age must be positive, got %v", cmd, f.maxAge)
 	}
+	return nil
+}
+
+// readPayload fills f.payload from --data, --data - (stdin) or
+// --data-file, reading at most the producer's largest payload (and one
+// byte more, to say it is too large).
+func (f *clientFlags) readPayload(stdin io.Reader) error {
+	var r io.Reader
+	switch {
+	case f.dataFile != "" && f.data != "":
+		return usagef("give --data or --data-file, not both")
+	case f.dataFile != "":
+		file, err := os.Open(f.dataFile)
+		if err != nil {
+			return usagef("--data-file: %v", err)
+		}
+		defer file.Close()
+		r = file
+	case f.data == "-":
+		r = stdin
+	default:
+		f.payload = []byte(f.data)
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r, producer.DefaultMaxPayload+1))
+	if err != nil {
+		return usagef("reading the payload: %v", err)
+	}
+	if len(b) > producer.DefaultMaxPayload {
+		return usagef("the payload is larger than %d bytes", producer.DefaultMaxPayload)
+	}
+	f.payload = b
 	return nil
 }
 
@@ -86,6 +125,9 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 		return nil, nil, nil, err
 	}
 	if err := f.check(name); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := f.readPayload(os.Stdin); err != nil {
 		return nil, nil, nil, err
 	}
 	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"}, f.pwFile)
@@ -132,7 +174,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		opts = append(opts, producer.WaitForResponders())
 	}
 	start := time.Now()
-	reply, err := p.Request(rctx, f.topic, []byte(f.data), opts...)
+	reply, err := p.Request(rctx, f.topic, f.payload, opts...)
 	lat := time.Since(start)
 	if err != nil {
 		kind, code, msg := describe(err)
@@ -171,6 +213,9 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return json.NewEncoder(stdout).Encode(out)
 	}
+	if isTerminal(stdout) { // a reply from a backend must not drive the terminal; a pipe gets its bytes
+		stdout = cli.PrintableWriter(stdout)
+	}
 	fmt.Fprintf(stdout, "%s\n", reply)
 	fmt.Fprintf(stderr, "latency: %v\n", lat.Round(time.Microsecond))
 	if cache != nil {
@@ -180,6 +225,12 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		printStages(stderr, stages)
 	}
 	return nil
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isatty.IsTerminal(f.Fd())
 }
 
 // stageSum adds up a request's stages but end_to_end, and returns it with
@@ -239,7 +290,7 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	defer closeAll()
 	pctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	id, err := p.Publish(pctx, f.topic, []byte(f.data))
+	id, err := p.Publish(pctx, f.topic, f.payload)
 	if err != nil {
 		return fmt.Errorf("publish to %q: %w", f.topic, err)
 	}

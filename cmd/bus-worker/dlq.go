@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/inspect"
 )
 
@@ -118,7 +119,7 @@ func printDeadLetters(w io.Writer, topic string, letters []inspect.DeadLetter) e
 		}
 		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(cli.PrintableWriter(w), 0, 4, 2, ' ', 0) // dead letters hold anything
 	if topic == "" {
 		fmt.Fprint(tw, "TOPIC\t")
 	}

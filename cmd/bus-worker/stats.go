@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/inspect"
 )
 
@@ -121,6 +122,7 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 }
 
 func printStats(w io.Writer, s *busStats) {
+	w = cli.PrintableWriter(w) // group and consumer names come from Redis
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "TOPIC\tLENGTH\tOLDEST\tNEWEST\tDLQ\tGROUP\tCONSUMERS\tPENDING\tOLDEST PENDING\tLAG\n")
 	for _, t := range s.Topics {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/alicebob/miniredis/v2"
 
@@ -39,7 +40,52 @@ func Connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
 
 // OneLine collapses s onto one line (every run of white space becomes one
 // space), for an error a command prints before it exits.
-func OneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+func OneLine(s string) string { return Printable(strings.Join(strings.Fields(s), " ")) }
+
+// PrintableWriter returns a writer that passes text through Printable: for
+// tables and text that carry data read from Redis. Each Write must hold
+// whole characters (fmt and tabwriter write whole strings).
+func PrintableWriter(w io.Writer) io.Writer { return printableWriter{w} }
+
+type printableWriter struct{ w io.Writer }
+
+func (p printableWriter) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(p.w, Printable(string(b))); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// Printable escapes what a terminal would act on in s (control characters
+// such as ESC, as \x1b; invalid UTF-8, as \xNN), keeping newlines and
+// tabs: text from Redis or a backend (a dead letter's error, a remote
+// error, a reply) must not reach a terminal raw.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if (r < ' ' && r != '\n' && r != '\t') || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case (r < ' ' && r != '\n' && r != '\t') || r == 0x7f || (r >= 0x80 && r < 0xa0):
+			fmt.Fprintf(&b, "\\x%02x", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
 
 // rootCause strips every wrapping from err, so that a dial error prints as
 // one short line ("dial tcp 127.0.0.1:1: connect: connection refused").
