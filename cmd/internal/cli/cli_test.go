@@ -75,10 +75,10 @@ func TestEmbeddedKeysExpire(t *testing.T) {
 func TestPrintable(t *testing.T) {
 	for in, want := range map[string]string{
 		"plain text ü\tok\n": "plain text ü\tok\n",
-		"\x1b[31mred\x1b[0m":  `\x1b[31mred\x1b[0m`,
-		"bell\a nul\x00":      `bell\x07 nul\x00`,
-		"bad \xff utf8":       `bad \xff utf8`,
-		"c1 \u009b":           `c1 \x9b`,
+		"\x1b[31mred\x1b[0m": `\x1b[31mred\x1b[0m`,
+		"bell\a nul\x00":     `bell\x07 nul\x00`,
+		"bad \xff utf8":      `bad \xff utf8`,
+		"c1 \u009b":          `c1 \x9b`,
 	} {
 		if got := Printable(in); got != want {
 			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
