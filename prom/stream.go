@@ -2,6 +2,7 @@ package prom
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,15 +15,25 @@ import (
 // dead-letter length, and each group's pending count, oldest pending age,
 // lag and consumers. A scrape costs one round trip per topic plus one per
 // group, each O(1) in the stream's length (see inspect.Inspector.Topic): no
-// scans. When Redis does not answer within the timeout, mycelium_redis_up is
-// 0 and the gauges are left out.
+// scans. A reading is reused for DefaultStreamReadEvery, so a scrape storm
+// costs Redis nothing more. When Redis does not answer within the timeout,
+// mycelium_redis_up is 0 and the gauges are left out.
 type StreamCollector struct {
 	insp    *inspect.Inspector
 	topics  []string
 	timeout time.Duration
+	every   time.Duration
 
 	up, length, oldest, dead, pending, oldestPending, lag, consumers *prometheus.Desc
+
+	mu   sync.Mutex
+	at   time.Time
+	last []prometheus.Metric // the last reading, with mycelium_redis_up first
 }
+
+// DefaultStreamReadEvery is how often a StreamCollector reads Redis at
+// most; scrapes in between export the last reading.
+const DefaultStreamReadEvery = 2 * time.Second
 
 // NewStreamCollector returns a collector for topics, read through insp.
 func NewStreamCollector(insp *inspect.Inspector, topics ...string) *StreamCollector {
@@ -32,7 +43,7 @@ func NewStreamCollector(insp *inspect.Inspector, topics ...string) *StreamCollec
 		return prometheus.NewDesc(Namespace+"_"+name, help, labels, nil)
 	}
 	return &StreamCollector{
-		insp: insp, topics: topics, timeout: 2 * time.Second,
+		insp: insp, topics: topics, timeout: 2 * time.Second, every: DefaultStreamReadEvery,
 		up:            d("redis_up", "1 when the last scrape could read the streams from Redis, else 0.", nil),
 		length:        d("stream_length", "Entries in the topic stream.", t),
 		oldest:        d("stream_oldest_entry_age_seconds", "Age of the oldest entry still in the topic stream (by its id).", t),
@@ -44,6 +55,13 @@ func NewStreamCollector(insp *inspect.Inspector, topics ...string) *StreamCollec
 	}
 }
 
+// ReadEvery sets how often s reads Redis at most (0: on every scrape) and
+// returns s. Call it before registering s.
+func (s *StreamCollector) ReadEvery(d time.Duration) *StreamCollector {
+	s.every = d
+	return s
+}
+
 // Describe implements prometheus.Collector.
 func (s *StreamCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{s.up, s.length, s.oldest, s.dead, s.pending, s.oldestPending, s.lag, s.consumers} {
@@ -51,8 +69,22 @@ func (s *StreamCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. Concurrent scrapes share one
+// reading.
 func (s *StreamCollector) Collect(ch chan<- prometheus.Metric) {
+	s.mu.Lock()
+	if s.last == nil || time.Since(s.at) >= s.every {
+		s.last, s.at = s.read(), time.Now()
+	}
+	last := s.last
+	s.mu.Unlock()
+	for _, m := range last {
+		ch <- m
+	}
+}
+
+// read reads every topic once.
+func (s *StreamCollector) read() []prometheus.Metric {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
 	var out []prometheus.Metric
@@ -62,8 +94,7 @@ func (s *StreamCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, name := range s.topics {
 		t, err := s.insp.Topic(ctx, name)
 		if err != nil {
-			ch <- prometheus.MustNewConstMetric(s.up, prometheus.GaugeValue, 0)
-			return
+			return []prometheus.Metric{prometheus.MustNewConstMetric(s.up, prometheus.GaugeValue, 0)}
 		}
 		gauge(s.length, float64(t.Length), name)
 		gauge(s.oldest, t.FirstEntryAge.Seconds(), name)
@@ -77,8 +108,5 @@ func (s *StreamCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(s.up, prometheus.GaugeValue, 1)
-	for _, m := range out {
-		ch <- m
-	}
+	return append([]prometheus.Metric{prometheus.MustNewConstMetric(s.up, prometheus.GaugeValue, 1)}, out...)
 }

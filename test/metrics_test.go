@@ -194,7 +194,7 @@ func TestMetricsWhileRedisIsDown(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	reg := prometheus.NewRegistry()
-	sc := prom.NewStreamCollector(inspect.New(c), "m")
+	sc := prom.NewStreamCollector(inspect.New(c), "m").ReadEvery(0) // every scrape reads Redis
 	reg.MustRegister(sc, prom.NewBreakerCollector(prometheus.Labels{"topic": "m"}))
 	hs := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	defer hs.Close()
