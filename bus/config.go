@@ -71,7 +71,11 @@ type Config struct {
 	// cores, 4 on 4 or more).
 	PipelineConns int
 	// TLS, when non-nil, is used for rediss:// URLs instead of the default
-	// (TLS 1.2+, server name from the URL).
+	// (TLS 1.2+, the system's CAs, server name from the URL): set RootCAs
+	// for your own CA, Certificates for mutual TLS, ServerName to check
+	// another name. Its MinVersion is raised to TLS 1.2; its ServerName,
+	// when empty, is the URL's host. A redis:// URL with TLS set is an
+	// error.
 	TLS *tls.Config
 }
 
@@ -101,6 +105,12 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	}
 	if _, port, err := net.SplitHostPort(u.Host); err == nil && port == "" {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty port", ErrInvalidConfig, shown)
+	}
+	if u.Query().Has("skip_verify") {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: skip_verify is not accepted in a URL: set Config.TLS.InsecureSkipVerify (bus-worker --tls-insecure-skip-verify) if you must", ErrInvalidConfig, shown)
+	}
+	if c.TLS != nil && u.Scheme != "rediss" {
+		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: TLS settings need a rediss:// URL", ErrInvalidConfig, shown)
 	}
 	if u.Path == "/" { // redis://host:port/ means database 0, as for other clients
 		u.Path = ""
@@ -155,7 +165,12 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 		opt.PipelineMultiplex = bits.Len(uint(c.PipelineConns - 1))
 	}
 	if c.TLS != nil && opt.TLSConfig != nil {
-		opt.TLSConfig = c.TLS.Clone()
+		tc := c.TLS.Clone()
+		if tc.ServerName == "" {
+			tc.ServerName = opt.TLSConfig.ServerName // the URL's host
+		}
+		tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
+		opt.TLSConfig = tc
 	}
 	return opt, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/bench"
+	"github.com/egos/mycelium/cmd/internal/cli"
 )
 
 // options is the command line: one bench run, or a suite of them.
@@ -27,6 +28,14 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("bus-bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&b.Redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
+	var pwFile string
+	var tf cli.TLSFlags
+	fs.StringVar(&pwFile, "redis-password-file", "", "read the Redis password from this file instead of the URL (else "+cli.PasswordEnv+")")
+	fs.StringVar(&tf.CA, "tls-ca", "", "rediss://: PEM file of the CA(s) that signed the server's certificate")
+	fs.StringVar(&tf.Cert, "tls-cert", "", "rediss://: PEM client certificate, for mutual TLS (with --tls-key)")
+	fs.StringVar(&tf.Key, "tls-key", "", "rediss://: PEM private key of --tls-cert")
+	fs.StringVar(&tf.ServerName, "tls-server-name", "", "rediss://: the name the server's certificate must carry")
+	fs.BoolVar(&tf.InsecureSkipVerify, "tls-insecure-skip-verify", false, "rediss://: do not check the server's certificate (warned about)")
 	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached")
 	fs.IntVar(&b.Distinct, "distinct", 1000, "cached: how many different payloads the requests are drawn from")
 	fs.Float64Var(&b.Zipf, "zipf", 1.1, "cached: exponent of the Zipf law the payloads are drawn by (above 1; higher: a few payloads dominate)")
@@ -69,6 +78,16 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	if b.Password, err = cli.Password(pwFile); err != nil {
+		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
+	}
+	if b.TLS, err = tf.Config(); err != nil {
+		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
+	}
+	if tf.InsecureSkipVerify {
+		fmt.Fprintln(stderr, "bus-bench: "+cli.TLSWarning)
+	}
 	if err := o.check(given); err != nil {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}

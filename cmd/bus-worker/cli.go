@@ -125,29 +125,51 @@ func envName(flagName string) string {
 	return "MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// passwordFlag adds --redis-password-file to fs (MYCELIUM_REDIS_PASSWORD_FILE
-// in the environment, like every flag).
-func passwordFlag(fs *flag.FlagSet) *string {
-	return fs.String("redis-password-file", "", passwordUsage)
+// connFlags are how every command that connects finds Redis besides the
+// URL: the password (never needed in argv) and TLS.
+type connFlags struct {
+	pwFile string
+	tls    cli.TLSFlags
 }
 
-const passwordUsage = "read the Redis password from this file instead of the URL (else " + cli.PasswordEnv + "); keeps it out of argv"
+// addConnFlags adds --redis-password-file and the --tls-* flags to fs
+// (MYCELIUM_REDIS_PASSWORD_FILE, MYCELIUM_TLS_CA... in the environment,
+// like every flag).
+func addConnFlags(fs *flag.FlagSet) *connFlags {
+	f := &connFlags{}
+	fs.StringVar(&f.pwFile, "redis-password-file", "", "read the Redis password from this file instead of the URL (else "+cli.PasswordEnv+"); keeps it out of argv")
+	fs.StringVar(&f.tls.CA, "tls-ca", "", "rediss://: PEM file of the CA(s) that signed the server's certificate (default: the system's)")
+	fs.StringVar(&f.tls.Cert, "tls-cert", "", "rediss://: PEM client certificate, for mutual TLS (with --tls-key)")
+	fs.StringVar(&f.tls.Key, "tls-key", "", "rediss://: PEM private key of --tls-cert")
+	fs.StringVar(&f.tls.ServerName, "tls-server-name", "", "rediss://: the name the server's certificate must carry (default: the URL's host)")
+	fs.BoolVar(&f.tls.InsecureSkipVerify, "tls-insecure-skip-verify", false, "rediss://: do not check the server's certificate (warned about at every start; for tests only)")
+	return f
+}
 
-// withPassword sets cfg's password from the password file or the
-// environment (see cli.Password); a bad file is a usage error.
-func withPassword(cfg bus.Config, file string) (bus.Config, error) {
-	pw, err := cli.Password(file)
+// apply sets cfg's password (see cli.Password) and TLS from the flags;
+// errors are usage errors. With --tls-insecure-skip-verify it warns on
+// stderr.
+func (f *connFlags) apply(cfg bus.Config, stderr io.Writer) (bus.Config, error) {
+	pw, err := cli.Password(f.pwFile)
 	if err != nil {
 		return cfg, usageError{err}
 	}
 	cfg.Password = pw
+	tc, err := f.tls.Config()
+	if err != nil {
+		return cfg, usageError{err}
+	}
+	cfg.TLS = tc
+	if f.tls.InsecureSkipVerify {
+		fmt.Fprintln(stderr, "bus-worker: "+cli.TLSWarning)
+	}
 	return cfg, nil
 }
 
 // connect validates the URL and checks that Redis answers; both failures
-// are usage errors (exit 2). pwFile is --redis-password-file.
-func connect(ctx context.Context, cfg bus.Config, pwFile string) (*bus.Client, error) {
-	cfg, err := withPassword(cfg, pwFile)
+// are usage errors (exit 2). cf are the command's connection flags.
+func connect(ctx context.Context, cfg bus.Config, cf *connFlags) (*bus.Client, error) {
+	cfg, err := cf.apply(cfg, os.Stderr)
 	if err != nil {
 		return nil, err
 	}

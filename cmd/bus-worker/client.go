@@ -19,11 +19,12 @@ import (
 )
 
 type clientFlags struct {
-	redis, prefix, topic, data, pwFile string
-	dataFile                           string
-	payload                            []byte // --data, or what --data-file or --data - held
-	timeout                            time.Duration
-	json, stages, wait                 bool
+	redis, prefix, topic, data string
+	conn                       *connFlags
+	dataFile                   string
+	payload                    []byte // --data, or what --data-file or --data - held
+	timeout                    time.Duration
+	json, stages, wait         bool
 
 	// request's response cache flags
 	cache, noCache, noStore bool
@@ -34,7 +35,7 @@ type clientFlags struct {
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&f.redis, "redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
-	fs.StringVar(&f.pwFile, "redis-password-file", "", passwordUsage)
+	f.conn = addConnFlags(fs)
 	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
 	fs.StringVar(&f.topic, "topic", "reasoning", "topic")
 	fs.StringVar(&f.data, "data", "", `payload ("-": read it from standard input)`)
@@ -130,7 +131,7 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if err := f.readPayload(os.Stdin); err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"}, f.pwFile)
+	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"}, f.conn)
 	if err != nil {
 		return nil, nil, nil, err
 	}

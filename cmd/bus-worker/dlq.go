@@ -23,7 +23,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	sub := args[0]
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
 	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
-	pwFile := passwordFlag(fs)
+	cf := addConnFlags(fs)
 	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
 	topic := fs.String("topic", "", "topic (list: every topic's when empty; replay and purge need it)")
 	var (
@@ -67,7 +67,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	case sub == "list" && *limit < 0:
 		return usagef("dlq list: --limit must not be negative")
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, *pwFile)
+	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, cf)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,7 @@ func TestServeRedisOrEmbedded(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := serveFlags{redis: tt.redis, embedded: tt.embedded, logLevel: "info", topic: "t", concurrency: 1,
-				claimIdle: time.Second, maxDeliveries: 1, handler: "echo"}
+				claimIdle: time.Second, maxDeliveries: 1, handler: "echo", conn: &connFlags{}}
 			given := map[string]bool{}
 			for _, g := range tt.given {
 				given[g] = true

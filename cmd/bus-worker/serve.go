@@ -21,7 +21,7 @@ import (
 
 type serveFlags struct {
 	redis, prefix, topic, group, name, handler, httpAddr, logLevel, retention string
-	pwFile                                                                    string
+	conn                                                                      *connFlags
 	embedded                                                                  bool
 	concurrency, maxDeliveries, timingSample                                  int
 	shutdownTimeout, claimIdle, slowEntry, cacheTTL                           time.Duration
@@ -36,7 +36,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f serveFlags
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&f.redis, "redis", "", "Redis URL (redis:// or rediss://); required unless --embedded")
-	fs.StringVar(&f.pwFile, "redis-password-file", "", passwordUsage)
+	f.conn = addConnFlags(fs)
 	fs.BoolVar(&f.embedded, "embedded", false, "run on an embedded in-memory Redis (data lost on exit; for trying things out) instead of --redis")
 	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
 	fs.StringVar(&f.topic, "topic", "reasoning", "topic to serve")
@@ -135,7 +135,7 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 	}
 	if !f.embedded {
 		var err error
-		if cfg.Redis, err = withPassword(cfg.Redis, f.pwFile); err != nil {
+		if cfg.Redis, err = f.conn.apply(cfg.Redis, os.Stderr); err != nil {
 			return worker.Config{}, err
 		}
 		if err := cfg.Redis.Validate(); err != nil {

@@ -50,7 +50,7 @@ type busStats struct {
 func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
 	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
-	pwFile := passwordFlag(fs)
+	cf := addConnFlags(fs)
 	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
 	asJSON := fs.Bool("json", false, "one JSON object (per interval with --watch)")
 	watch := fs.Duration("watch", 0, "print again every interval until interrupted (e.g. 2s)")
@@ -60,7 +60,7 @@ func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	if *watch < 0 {
 		return usagef("stats: --watch must be positive, got %v", *watch)
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, *pwFile)
+	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, cf)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -36,6 +37,7 @@ type Server struct {
 	args []string
 	cmd  *exec.Cmd
 	tb   testing.TB
+	TLS  *TLSFiles // set by StartTLS: the server listens with TLS only
 }
 
 // Start runs redis-server on a free loopback port with persistence off
@@ -68,6 +70,9 @@ func Start(tb testing.TB, extra ...string) *Server {
 
 func (s *Server) start(bin string) error {
 	args := append([]string{"--port", strconv.Itoa(s.Port)}, s.args...)
+	if s.TLS != nil {
+		args = append([]string{"--port", "0", "--tls-port", strconv.Itoa(s.Port)}, s.args...)
+	}
 	cmd := exec.Command(bin, args...)
 	logf, err := os.Create(filepath.Join(s.Dir, fmt.Sprintf("redis-%d.log", time.Now().UnixNano())))
 	if err != nil {
@@ -80,7 +85,7 @@ func (s *Server) start(bin string) error {
 	s.cmd = cmd
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(s.Port), 100*time.Millisecond); err == nil {
+		if c, err := s.dial(); err == nil {
 			ok := ping(c)
 			c.Close()
 			if ok {
@@ -96,6 +101,16 @@ func (s *Server) start(bin string) error {
 	_ = cmd.Wait()
 	b, _ := os.ReadFile(logf.Name())
 	return fmt.Errorf("redis-server on port %d did not answer: %s", s.Port, strings.TrimSpace(string(b)))
+}
+
+// dial opens a connection to the server for the readiness check: TCP, or
+// TLS as the test's client (its CA and client certificate).
+func (s *Server) dial() (net.Conn, error) {
+	addr := "127.0.0.1:" + strconv.Itoa(s.Port)
+	if s.TLS == nil {
+		return net.DialTimeout("tcp", addr, 100*time.Millisecond)
+	}
+	return tls.DialWithDialer(&net.Dialer{Timeout: 100 * time.Millisecond}, "tcp", addr, s.TLS.ClientConfig())
 }
 
 func ping(c net.Conn) bool {

@@ -5,12 +5,15 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -33,9 +36,27 @@ func Connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
 	defer cancel()
 	c, err := bus.Connect(cctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w", cfg.Redacted(), rootCause(err))
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w%s", cfg.Redacted(), rootCause(err), tlsHint(cfg, err))
 	}
 	return c, nil
+}
+
+// tlsHint explains a TLS connection the server dropped right after the
+// handshake: with TLS 1.3 a server that wants a client certificate (or
+// refuses the one given) says so only by closing the connection, which
+// reads as "connection reset by peer".
+func tlsHint(cfg bus.Config, err error) string {
+	if !strings.HasPrefix(cfg.URL, "rediss://") {
+		return ""
+	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
+		strings.Contains(err.Error(), "certificate required") || strings.Contains(err.Error(), "bad certificate") {
+		if cfg.TLS == nil || len(cfg.TLS.Certificates) == 0 {
+			return " (the server closed the TLS connection: it probably requires a client certificate: --tls-cert and --tls-key)"
+		}
+		return " (the server closed the TLS connection: it probably refuses this client certificate: is it signed by the CA the server trusts?)"
+	}
+	return ""
 }
 
 // OneLine collapses s onto one line (every run of white space becomes one
@@ -141,6 +162,54 @@ func (e *Embedded) Close() {
 	<-e.done
 	e.Miniredis.Close()
 }
+
+// TLSFlags are the TLS options every command that connects takes.
+type TLSFlags struct {
+	CA, Cert, Key, ServerName string
+	InsecureSkipVerify        bool
+}
+
+// Set reports whether any TLS option was given.
+func (f TLSFlags) Set() bool {
+	return f.CA != "" || f.Cert != "" || f.Key != "" || f.ServerName != "" || f.InsecureSkipVerify
+}
+
+// Config builds the tls.Config the flags describe (nil when none was
+// given): the CA file's certificates as the only roots, a client
+// certificate and key for mutual TLS, the server name to check, TLS 1.2 at
+// least. Errors name the file and what is wrong with it.
+func (f TLSFlags) Config() (*tls.Config, error) {
+	if !f.Set() {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.ServerName, InsecureSkipVerify: f.InsecureSkipVerify} //nolint:gosec // only with the explicit flag, which warns
+	if f.CA != "" {
+		pem, err := os.ReadFile(f.CA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", f.CA)
+		}
+		tc.RootCAs = pool
+	}
+	switch {
+	case f.Cert != "" && f.Key != "":
+		cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %w", f.Cert, f.Key, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	case f.Cert != "" || f.Key != "":
+		return nil, errors.New("--tls-cert and --tls-key go together (mutual TLS needs both)")
+	}
+	return tc, nil
+}
+
+// TLSWarning is the line a command prints at every start with
+// --tls-insecure-skip-verify.
+const TLSWarning = "WARNING: --tls-insecure-skip-verify: the Redis server's certificate is not checked; anyone on the path can read and change everything, the password included"
 
 // PasswordEnv holds the Redis password when no password file is given.
 const PasswordEnv = "MYCELIUM_REDIS_PASSWORD"

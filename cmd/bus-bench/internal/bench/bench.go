@@ -299,7 +299,7 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 			e.close()
 		}
 	}()
-	cfg := bus.Config{URL: url, Prefix: o.Prefix, ClientName: "myc-bench", MaxFlushDelay: o.FlushDelay, PipelineConns: o.Conns}
+	cfg := o.BusConfig(url)
 	connect := func() (*bus.Client, error) {
 		c, err := cli.Connect(ctx, cfg)
 		if err != nil {

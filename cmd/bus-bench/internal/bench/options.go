@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,8 +14,10 @@ import (
 // Options is one bench run: the command line's flags (see cmd/bus-bench),
 // checked by Check.
 type Options struct {
-	Redis       string // "" starts an embedded miniredis (see Embedded)
-	Scenario    string // rpc | publish | continuous | cached
+	Redis       string      // "" starts an embedded miniredis (see Embedded)
+	Password    string      // replaces the URL's (from --redis-password-file or MYCELIUM_REDIS_PASSWORD)
+	TLS         *tls.Config // for rediss:// (from the --tls-* flags); nil: the URL's defaults
+	Scenario    string      // rpc | publish | continuous | cached
 	Concurrency int
 	Requests    int           // 0 with Duration: bounded by time only
 	Duration    time.Duration // 0: bounded by Requests
@@ -106,9 +109,12 @@ func (o *Options) Check(given map[string]bool) error {
 		return err
 	}
 	if o.Redis != "" {
-		if err := (bus.Config{URL: o.Redis, Prefix: o.Prefix}).Validate(); err != nil {
+		if err := o.BusConfig(o.Redis).Validate(); err != nil {
 			return err
 		}
+	}
+	if o.Transport == "pubsub" && (o.TLS != nil || o.Password != "") {
+		return fmt.Errorf("--transport pubsub: the baseline connects with the URL alone (no --tls-* or password file)")
 	}
 	if o.FlushDelay == 0 {
 		o.FlushDelay = -1 // explicit 0 on the command line: off
@@ -120,6 +126,12 @@ func (o *Options) Check(given map[string]bool) error {
 		o.Requests = 0 // bounded by time only
 	}
 	return nil
+}
+
+// BusConfig is the connection to url with o's prefix, password and TLS.
+func (o *Options) BusConfig(url string) bus.Config {
+	return bus.Config{URL: url, Prefix: o.Prefix, ClientName: "myc-bench", Password: o.Password, TLS: o.TLS,
+		MaxFlushDelay: o.FlushDelay, PipelineConns: o.Conns}
 }
 
 // ParseHandler reads Handler: echo, or sleep:<dur>[,<jitter>], into Work.

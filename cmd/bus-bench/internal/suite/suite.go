@@ -148,7 +148,8 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	}
 	defer stop()
 	base.Redis = url
-	bcfg := bus.Config{URL: url, Prefix: base.Prefix, ClientName: "myc-bench"}
+	bcfg := base.BusConfig(url)
+	bcfg.MaxFlushDelay, bcfg.PipelineConns = 0, 0 // the suite's own client: defaults
 	c, err := cli.Connect(ctx, bcfg)
 	if err != nil {
 		return fmt.Errorf("%w: %w", bench.ErrUsage, err)
