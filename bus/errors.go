@@ -32,6 +32,10 @@ var (
 	ErrUnavailable = redisx.ErrUnavailable
 	// ErrNoGroup: Redis has no such consumer group (or stream).
 	ErrNoGroup = redisx.ErrNoGroup
+	// ErrPermission: Redis refused a command for good (NOPERM: the ACL user
+	// lacks a permission; WRONGPASS, NOAUTH: bad credentials). A consumer's
+	// Run returns it instead of retrying forever.
+	ErrPermission = redisx.ErrPermission
 	// ErrInvalidConfig is wrapped by every configuration validation error.
 	ErrInvalidConfig = errors.New("invalid configuration")
 )

@@ -159,7 +159,7 @@ func (a *acker) flush(batch []completion) {
 					// NOMKSTREAM returned nil (the requester is gone) or
 					// Redis refused the write: the caller will time out.
 					c.stats.replyDropped.Add(1)
-					if !redisx.IsNil(err) {
+					if !redisx.IsNil(err) && !c.fail(err, "XADD to a reply stream") {
 						c.log.Warn().Err(err).Msg("reply write refused")
 					}
 				}
@@ -175,7 +175,9 @@ func (a *acker) flush(batch []completion) {
 					}
 				}
 			} else {
-				c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
+				if !c.fail(r.Err, "XACK "+c.key) {
+					c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
+				}
 			}
 			if sets != nil {
 				a.answerJoined(batch, setIdx, setRes)
@@ -210,7 +212,9 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	var ids []string
 	for k, r := range res {
 		if r.Err != nil {
-			c.log.Error().Err(r.Err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
+			if !c.fail(r.Err, "XADD "+c.dlqKey) {
+				c.log.Error().Err(r.Err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
+			}
 			continue
 		}
 		ids = append(ids, batch[idx[k]].id)
@@ -224,6 +228,8 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	}); ok && res[0].Err == nil {
 		c.stats.acked.Add(uint64(res[0].N))
 		c.stats.deadLettered.Add(uint64(len(ids)))
+	} else if ok {
+		c.fail(res[0].Err, "XACK "+c.key)
 	}
 }
 

@@ -109,6 +109,7 @@ func (a *acker) answerJoined(batch []completion, idx []int, res []redisx.SettleR
 		d := &batch[idx[k]]
 		if r.Err != nil {
 			c.stats.cacheSettleErrors.Add(1)
+			c.fail(r.Err, "storing a cached answer")
 			c.log.Warn().Err(r.Err).Str("key", d.cache.entry).Msg("cache store refused; joined requests ask again after the deadline")
 			continue
 		}

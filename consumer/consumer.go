@@ -41,6 +41,12 @@ type Consumer struct {
 	timings  metrics.Recorder
 	sampled  atomic.Uint64 // entries considered for info-level timing logs
 	warns    warnLimiter   // warn lines about entries (see warnEntry)
+
+	// A refusal for good (bus.ErrPermission) stops Run: fatalErr is the
+	// first, stopRun cancels Run's loops (both under fatalMu).
+	fatalMu  sync.Mutex
+	fatalErr error
+	stopRun  context.CancelCauseFunc
 }
 
 type counters struct {
@@ -149,6 +155,9 @@ func (c *Consumer) Serving() <-chan struct{} { return c.serving }
 // Ready reports whether the consumer serves (see Serving), Redis answers and
 // the group exists. Use it for readiness probes.
 func (c *Consumer) Ready(ctx context.Context) error {
+	if err := c.fatal(); err != nil {
+		return err
+	}
 	select {
 	case <-c.serving:
 	default:
@@ -192,13 +201,23 @@ func putJob(j *job) {
 }
 
 // Run consumes until ctx is done, then shuts down in the documented order
-// and returns nil. It returns an error early only if the consumer is
-// already running. Redis outages are retried with backoff, not returned.
+// and returns nil. Redis outages are retried with backoff, not returned. It
+// returns an error when the consumer is already running, and, after the
+// same orderly shutdown, when Redis refuses one of its commands for good
+// (an error wrapping bus.ErrPermission, naming the command: an ACL user
+// without a permission it needs, or wrong credentials): retrying would only
+// repeat the work it cannot finish (an entry it cannot acknowledge would be
+// handled and dead-lettered again and again).
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
 	defer c.running.Store(false)
+	ctx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	c.fatalMu.Lock()
+	c.fatalErr, c.stopRun = nil, stopRun
+	c.fatalMu.Unlock()
 	defer c.served.Do(func() { close(c.serving) }) // never left open once Run returned
 
 	// Handlers get contexts that survive ctx for the grace period.
@@ -272,7 +291,33 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.joined.Swap(false) {
 		c.leave(context.WithoutCancel(ctx))
 	}
-	return nil
+	return c.fatal()
+}
+
+// fail stops Run for good when err is a refusal for good (see Run) and
+// reports whether it was; doing names the command refused.
+func (c *Consumer) fail(err error, doing string) bool {
+	if !redisx.IsPermission(err) {
+		return false
+	}
+	err = fmt.Errorf("consumer: %w", redisx.Permission(err, doing))
+	c.fatalMu.Lock()
+	defer c.fatalMu.Unlock()
+	if c.fatalErr == nil {
+		c.fatalErr = err
+		c.log.Error().Err(err).Msg("Redis refuses a command this worker needs: stopping (grant the permission, or fix the credentials)")
+		if c.stopRun != nil {
+			c.stopRun(err)
+		}
+	}
+	return true
+}
+
+// fatal returns the refusal that stopped Run, if any.
+func (c *Consumer) fatal() error {
+	c.fatalMu.Lock()
+	defer c.fatalMu.Unlock()
+	return c.fatalErr
 }
 
 // readLoop reads entries while ctx lives, never more than free slots.
@@ -284,6 +329,9 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 	for ctx.Err() == nil {
 		if !groupReady {
 			if err := c.createGroup(ctx); err != nil {
+				if c.fail(err, "creating or joining the group on "+c.key) {
+					return
+				}
 				out.Failed(err)
 				out.Backoff(ctx)
 				continue
@@ -319,6 +367,9 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				c.log.Warn().Str("stream", c.key).Str("group", c.cfg.Group).Msg("group missing (Redis restarted or flushed?); recreating it")
 				groupReady = false
 				continue
+			}
+			if c.fail(err, "XREADGROUP "+c.key) {
+				return
 			}
 			out.Failed(err)
 			out.Backoff(ctx)

@@ -62,7 +62,7 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 			}
 			got, next, err := c.reclaimOnce(ctx, cursor, n, slots, jobs, a)
 			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) { // the read loop recreates a lost group
+				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) && !c.fail(err, "XAUTOCLAIM "+c.key) { // the read loop recreates a lost group
 					out.Failed(err)
 				}
 				break
@@ -206,7 +206,7 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 			continue
 		}
 		if err := c.touch(ctx, ids); err != nil {
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && !c.fail(err, "XCLAIM (heartbeat) "+c.key) {
 				out.Failed(err) // long handlers may be reclaimed meanwhile
 			}
 			continue

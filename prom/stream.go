@@ -2,11 +2,13 @@ package prom
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/inspect"
 )
 
@@ -44,7 +46,7 @@ func NewStreamCollector(insp *inspect.Inspector, topics ...string) *StreamCollec
 	}
 	return &StreamCollector{
 		insp: insp, topics: topics, timeout: 2 * time.Second, every: DefaultStreamReadEvery,
-		up:            d("redis_up", "1 when the last scrape could read the streams from Redis, else 0.", nil),
+		up:            d("redis_up", "1 when Redis answered the last reading of the streams, else 0 (a refused command, such as an ACL without XINFO, leaves that topic's gauges out but Redis up).", nil),
 		length:        d("stream_length", "Entries in the topic stream.", t),
 		oldest:        d("stream_oldest_entry_age_seconds", "Age of the oldest entry still in the topic stream (by its id).", t),
 		dead:          d("dead_letter_length", "Entries in the topic's dead-letter stream.", t),
@@ -94,7 +96,12 @@ func (s *StreamCollector) read() []prometheus.Metric {
 	for _, name := range s.topics {
 		t, err := s.insp.Topic(ctx, name)
 		if err != nil {
-			return []prometheus.Metric{prometheus.MustNewConstMetric(s.up, prometheus.GaugeValue, 0)}
+			// Unreachable: up 0. An error reply (an ACL without XINFO):
+			// Redis is up; this topic's gauges are left out.
+			if errors.Is(err, bus.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+				return []prometheus.Metric{prometheus.MustNewConstMetric(s.up, prometheus.GaugeValue, 0)}
+			}
+			continue
 		}
 		gauge(s.length, float64(t.Length), name)
 		gauge(s.oldest, t.FirstEntryAge.Seconds(), name)

@@ -2,6 +2,8 @@ package test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,9 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/prom"
 	"github.com/egos/mycelium/test/redistest"
 )
 
@@ -127,5 +135,78 @@ func TestCLIOutputHygieneAndPayloadSources(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, "request", "--redis", srv.URL+"/", "--topic", "e2e", "--data", "x").Output(); err != nil || string(out) != "x\n" {
 		t.Fatalf("request with a trailing slash in the URL = %q, %v", out, err)
+	}
+}
+
+// TestPermissionRefusalStopsTheConsumer: a worker whose ACL user lacks a
+// command it needs stops with a clear error (bus.ErrPermission, naming the
+// command) instead of retrying forever; without XACK it does not
+// dead-letter the same entry again and again.
+func TestPermissionRefusalStopsTheConsumer(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	rc := admin.Redis()
+	ctx := context.Background()
+	for _, rule := range [][]string{
+		{"noread", "on", ">pw", "~*", "+@all", "-xreadgroup"},
+		{"noack", "on", ">pw", "~*", "+@all", "-xack"},
+		{"noinfo", "on", ">pw", "~*", "+@all", "-xinfo"},
+	} {
+		if err := rc.Do(ctx, rc.B().Arbitrary("ACL", "SETUSER").Args(rule...).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(user, topic string, h consumer.Handler) (*consumer.Consumer, chan error) {
+		c := redistest.Connect(t, bus.Config{URL: srv.URL, Username: user, Password: "pw"})
+		co, err := consumer.New(c, consumer.Config{Topic: topic, ClaimIdle: 200 * time.Millisecond, MaxDeliveries: 2}, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- co.Run(ctx) }()
+		return co, done
+	}
+	wait := func(done chan error) error {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(20 * time.Second):
+			t.Fatal("Run kept going after a permission refusal")
+			return nil
+		}
+	}
+	co, done := run("noread", "a", echo)
+	if err := wait(done); !errors.Is(err, bus.ErrPermission) || !strings.Contains(err.Error(), "XREADGROUP") {
+		t.Fatalf("Run without XREADGROUP = %v, want ErrPermission naming XREADGROUP", err)
+	}
+	if err := co.Ready(ctx); !errors.Is(err, bus.ErrPermission) {
+		t.Fatalf("Ready after the refusal = %v, want ErrPermission", err)
+	}
+
+	p := newProducer(t, admin, producer.Config{})
+	for i := range 2 {
+		if _, err := p.Publish(ctx, "b", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, done = run("noack", "b", consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		return nil, fmt.Errorf("poison: %w", consumer.ErrSkipRetry)
+	}))
+	if err := wait(done); !errors.Is(err, bus.ErrPermission) || !strings.Contains(err.Error(), "XACK") {
+		t.Fatalf("Run without XACK = %v, want ErrPermission naming XACK", err)
+	}
+	if n, err := rc.Do(ctx, rc.B().Xlen().Key(admin.Keys().DeadLetter("b")).Build()).AsInt64(); err != nil || n > 2 {
+		t.Fatalf("dead letters = %d, %v; want at most one per entry", n, err)
+	}
+
+	// Without XINFO the stream gauges are left out, but Redis is up.
+	noinfo := redistest.Connect(t, bus.Config{URL: srv.URL, Username: "noinfo", Password: "pw"})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prom.NewStreamCollector(inspect.New(noinfo), "b"))
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP mycelium_redis_up 1 when Redis answered the last reading of the streams, else 0 (a refused command, such as an ACL without XINFO, leaves that topic's gauges out but Redis up).
+# TYPE mycelium_redis_up gauge
+mycelium_redis_up 1
+`), "mycelium_redis_up"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -19,7 +19,34 @@ var (
 	ErrUnavailable = errors.New("mycelium: redis unavailable")
 	// ErrNoGroup: Redis has no such consumer group (or stream).
 	ErrNoGroup = errors.New("mycelium: consumer group missing")
+	// ErrPermission: Redis refused a command for good: the ACL user lacks
+	// a permission (NOPERM), or the credentials are wrong (WRONGPASS,
+	// NOAUTH). Retrying cannot help.
+	ErrPermission = errors.New("mycelium: permission denied by Redis")
 )
+
+// IsPermission reports whether err is a refusal for good (see
+// ErrPermission).
+func IsPermission(err error) bool {
+	if errors.Is(err, ErrPermission) {
+		return true
+	}
+	re, ok := redisErr(err)
+	if !ok {
+		return false
+	}
+	msg := re.Error()
+	return strings.HasPrefix(msg, "NOPERM") || strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH")
+}
+
+// Permission marks err with ErrPermission (when IsPermission), saying what
+// was being done; other errors come back unchanged.
+func Permission(err error, doing string) error {
+	if err == nil || errors.Is(err, ErrPermission) || !IsPermission(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %w", ErrPermission, doing, err)
+}
 
 // Unavailable marks err with ErrUnavailable when it is a connection-level
 // failure rather than a Redis error reply, a nil reply or a caller's ctx
@@ -29,13 +56,24 @@ var (
 // restarted Redis replaying its append-only file), BUSY (a script running),
 // TRYAGAIN, MASTERDOWN and CLUSTERDOWN.
 func Unavailable(err error) error {
-	if err == nil || rueidis.IsRedisNil(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || IsNil(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnavailable) {
 		return err
 	}
-	if re, ok := rueidis.IsRedisErr(err); ok && !transient(re) {
+	if re, ok := redisErr(err); ok && !transient(re) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// redisErr finds Redis's error reply in err's chain (rueidis.IsRedisErr
+// looks at err itself only, so a wrapped reply read as a connection
+// error). The nil reply is not an error reply.
+func redisErr(err error) (*rueidis.RedisError, bool) {
+	var re *rueidis.RedisError
+	if errors.As(err, &re) && re != nil && !re.IsNil() {
+		return re, true
+	}
+	return nil, false
 }
 
 func transient(re *rueidis.RedisError) bool {
@@ -48,25 +86,28 @@ func transient(re *rueidis.RedisError) bool {
 
 // IsNil reports whether err is Redis's nil reply (for example XADD
 // NOMKSTREAM on a missing stream).
-func IsNil(err error) bool { return rueidis.IsRedisNil(err) }
+func IsNil(err error) bool {
+	var re *rueidis.RedisError
+	return errors.As(err, &re) && re != nil && re.IsNil()
+}
 
 // IsNoGroup reports whether err is Redis's NOGROUP error.
 func IsNoGroup(err error) bool {
-	re, ok := rueidis.IsRedisErr(err)
+	re, ok := redisErr(err)
 	return ok && strings.HasPrefix(re.Error(), "NOGROUP")
 }
 
 // IsRedisReply reports whether err is an error reply from Redis (as opposed
 // to a connection, timeout or client-side error, or a nil reply).
 func IsRedisReply(err error) bool {
-	_, ok := rueidis.IsRedisErr(err) // false for the nil reply
+	_, ok := redisErr(err) // false for the nil reply
 	return ok
 }
 
 // IsConnErr reports whether err is neither nil, nor a Redis reply (error or
 // nil): the command may not have reached Redis, or its reply was lost.
 func IsConnErr(err error) bool {
-	return err != nil && !IsRedisReply(err) && !rueidis.IsRedisNil(err)
+	return err != nil && !IsRedisReply(err) && !IsNil(err)
 }
 
 // groupErr returns err of a command on group at key, wrapped in ErrNoGroup
@@ -81,6 +122,6 @@ func groupErr(err error, key, group string) error {
 // isNoSuchKey matches XINFO's missing-stream error: "ERR no such key" on
 // Redis, "no such key" on miniredis.
 func isNoSuchKey(err error) bool {
-	re, ok := rueidis.IsRedisErr(err)
+	re, ok := redisErr(err)
 	return ok && strings.HasPrefix(strings.TrimPrefix(re.Error(), "ERR "), "no such key")
 }
