@@ -174,10 +174,8 @@ func (a *acker) flush(batch []completion) {
 						c.logTiming(d, now.Sub(d.at))
 					}
 				}
-			} else {
-				if !c.fail(r.Err, "XACK "+c.key) {
-					c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
-				}
+			} else if !c.fail(r.Err, "XACK "+c.key) {
+				c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
 			}
 			if sets != nil {
 				a.answerJoined(batch, setIdx, setRes)
