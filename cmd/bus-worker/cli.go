@@ -42,6 +42,7 @@ Usage:
   bus-worker dlq purge  [--redis URL] --topic T (--older-than D | --all)
   bus-worker cache stats [--redis URL] --topic T [--json]
   bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
+  bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME]   (the least-privilege ACL rule)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
 MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"
@@ -71,8 +72,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = stats(ctx, args[1:], stdout)
 	case "cache":
 		err = cacheCmd(ctx, args[1:], stdout)
+	case "acl":
+		err = aclCmd(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish, stats, dlq or cache; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache or acl; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:
