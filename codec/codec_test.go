@@ -47,7 +47,7 @@ func equal(t *testing.T, got, want *Envelope) {
 		got.Sent != want.Sent || !bytes.Equal(got.Payload, want.Payload) ||
 		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) ||
 		got.QueueWait != want.QueueWait || got.Handler != want.Handler ||
-		got.CacheKey != want.CacheKey || got.CacheTTL != want.CacheTTL {
+		got.CacheKey != want.CacheKey || got.CacheTTL != want.CacheTTL || got.RequestEntry != want.RequestEntry {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
 	for k, v := range want.Headers {
@@ -70,6 +70,7 @@ func TestRoundTrip(t *testing.T) {
 		{"request 1MiB", sample(1 << 20)},
 		{"negative deadline", &Envelope{Deadline: -1, Sent: -1 << 40}},
 		{"reply error", &Envelope{Kind: KindReply, ID: "x", ErrCode: "handler_error", ErrMsg: long}},
+		{"reply with its request's entry", &Envelope{Kind: KindReply, ID: "x", Payload: []byte("a"), RequestEntry: "1764230400123-7"}},
 		{"string sizes", &Envelope{ID: strings.Repeat("i", 31), ReplyTo: strings.Repeat("r", 200), ErrCode: strings.Repeat("c", 300)}},
 		{"many headers", &Envelope{Headers: func() map[string]string {
 			m := map[string]string{}
@@ -92,6 +93,13 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("encoded %d bytes, EncodedSize said at most %d", len(b.B), EncodedSize(tt.env))
 			}
 
+			if tt.env.RequestEntry != "" { // 16 elements: check the last one, generically
+				var all []any
+				if err := msgpack.Unmarshal(b.B, &all); err != nil || len(all) != fields+1 || all[fields] != tt.env.RequestEntry {
+					t.Fatalf("msgpack.Unmarshal(ours) = %v, %v; want %d elements ending with the request entry", all, err, fields+1)
+				}
+				return
+			}
 			// The msgpack library reads what we write ...
 			var w wire
 			if err := msgpack.Unmarshal(b.B, &w); err != nil {
@@ -152,7 +160,9 @@ func TestReservedElement(t *testing.T) {
 func TestDecodeSkipsTrailingFields(t *testing.T) {
 	in := sample(10)
 	b := AppendEnvelope(nil, in)
-	b = append([]byte{0xdc, 0, fields + 3}, b[1:]...) // array16 header
+	in.RequestEntry = "5-1"
+	b = append([]byte{0xdc, 0, fields + 4}, b[1:]...) // array16 header
+	b = append(b, 0xa3, '5', '-', '1')              // request entry
 	// three extra values of other types: a nested map, a float and an ext.
 	extra, err := msgpack.Marshal(map[string]any{"a": []any{1, "x", nil}, "b": 1.5})
 	if err != nil {

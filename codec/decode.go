@@ -123,6 +123,12 @@ func decodeEnvelope(s string, e *Envelope, alias bool) error {
 			return d.fail("cache_ttl", "not an integer")
 		}
 	}
+	if n >= fields+1 {
+		read = fields + 1
+		if e.RequestEntry, ok = d.str(); !ok {
+			return d.fail("request_entry", "not a string")
+		}
+	}
 	for i := read; i < n; i++ { // fields added by later minor revisions
 		if !d.skip(0) {
 			return d.fail("trailing field", "undecodable value")

@@ -9,7 +9,11 @@ import (
 // AppendEnvelope appends the msgpack encoding of e to dst and returns the
 // extended slice. It does not allocate when dst has room.
 func AppendEnvelope(dst []byte, e *Envelope) []byte {
-	dst = append(dst, 0x90|fields) // fixarray
+	if e.RequestEntry == "" {
+		dst = append(dst, 0x90|fields) // fixarray
+	} else {
+		dst = append(dst, 0xdc, 0, fields+1) // array 16: one more element than a fixarray holds
+	}
 	dst = appendUint(dst, Version)
 	dst = appendUint(dst, uint64(e.Kind))
 	dst = appendString(dst, e.ID)
@@ -33,13 +37,16 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 	dst = appendInt(dst, e.Handler)
 	dst = appendString(dst, e.CacheKey)
 	dst = appendInt(dst, e.CacheTTL)
+	if e.RequestEntry != "" {
+		dst = appendString(dst, e.RequestEntry)
+	}
 	return dst
 }
 
 // EncodedSize returns an upper bound of the encoded size of e, for sizing
 // buffers without encoding twice.
 func EncodedSize(e *Envelope) int {
-	n := 1 + 9*6 + 5*5 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey)
+	n := 3 + 9*6 + 5*6 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey) + len(e.RequestEntry)
 	for k, v := range e.Headers {
 		n += 10 + len(k) + len(v)
 	}

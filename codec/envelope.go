@@ -57,6 +57,13 @@ type Envelope struct {
 	// worker stored it (0: not stored, so not to be kept by the caller either).
 	CacheKey string
 	CacheTTL int64
+
+	// RequestEntry is, on a reply, the stream entry id of the request it
+	// answers. A producer accepts a reply only for the entry it wrote, so a
+	// request someone else wrote with its correlation id cannot answer it
+	// (docs/security.md). Empty on requests and events: the envelope then
+	// has 15 elements, 16 with it.
+	RequestEntry string
 }
 
 // Reset clears e for reuse, keeping nothing that aliases earlier input.

@@ -550,6 +550,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		reply := codec.Envelope{
 			Kind: codec.KindReply, ID: j.env.ID, Sent: ended.UnixNano(), Payload: out,
 			QueueWait: int64(j.queued), Handler: int64(ended.Sub(started)),
+			RequestEntry: j.msg.ID, // the caller checks it is the entry it wrote
 		}
 		if err != nil {
 			reply.Payload = nil

@@ -146,6 +146,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	for i, r := range redisx.AddBatch(ctx, p.c.Redis(), adds, nil, make([]redisx.Result, 0, n)) {
 		if r.Err == nil {
 			p.stats.requests.Add(1)
+			p.stamp(seqs[i], 0, r.ID)
 			continue
 		}
 		p.stats.writeErrors.Add(1)

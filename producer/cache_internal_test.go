@@ -66,3 +66,42 @@ func TestLocalTierByteBound(t *testing.T) {
 		t.Fatalf("evictions counted = %d, want at least %d", e, 1000-budget/1024)
 	}
 }
+
+// TestRegistryHoldsEarlyReplies: a reply read before its request's write
+// returned waits for the entry id; it is handed over if it answers that
+// entry and dropped if it answers another.
+func TestRegistryHoldsEarlyReplies(t *testing.T) {
+	r := newRegistry()
+	for _, tc := range []struct {
+		replyEntry, written string
+		handed, forged      bool
+	}{{"5-1", "5-1", true, false}, {"6-1", "5-1", false, true}} {
+		w := &waiter{}
+		r.add(1, w)
+		res := result{payload: []byte("a"), entry: tc.replyEntry}
+		if got, how := r.match(1, &res); got != nil || how != matchHeld {
+			t.Fatalf("match before the write = %v, %d; want held", got, how)
+		}
+		got, early, forged := r.stamp(1, 0, tc.written)
+		if (got != nil) != tc.handed || forged != tc.forged || (early != nil) != tc.handed {
+			t.Fatalf("stamp(%s) after a reply for %s = %v, %v, %v", tc.written, tc.replyEntry, got, early, forged)
+		}
+		if tc.forged {
+			// The caller still waits: its own reply is taken.
+			ok := result{entry: tc.written}
+			if got, how := r.match(1, &ok); got != w || how != matchTaken {
+				t.Fatalf("the real reply after a forged one = %v, %d", got, how)
+			}
+		}
+	}
+	// After the write, a reply for another entry is refused at once.
+	w := &waiter{}
+	r.add(2, w)
+	r.stamp(2, 0, "7-1")
+	if _, how := r.match(2, &result{entry: "8-1"}); how != matchForged {
+		t.Fatalf("match of another entry = %d, want forged", how)
+	}
+	if got, how := r.match(2, &result{}); got != w || how != matchTaken {
+		t.Fatalf("a reply from an older worker (no entry) = %v, %d; want taken", got, how)
+	}
+}

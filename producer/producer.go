@@ -71,6 +71,7 @@ type counters struct {
 	writes, replyReads                                                    atomic.Uint64
 	hitsLocal, hitsShared, cacheMisses, coalescedLocal, coalescedRemote   atomic.Uint64
 	cacheCorrupt, takeovers, localEvicted                                 atomic.Uint64
+	forged                                                                atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters. Each field's help tag
@@ -94,6 +95,7 @@ type Stats struct {
 	NoResponders    uint64 `json:"no_responders" help:"Requests refused at once because no worker served their topic (bus.ErrNoResponders)."`
 	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
 	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
+	Forged          uint64 `json:"forged" help:"Replies dropped because they answered a request entry this producer did not write with that correlation id (someone else wrote it)."`
 
 	// Response cache (cached topics only).
 	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`
@@ -176,7 +178,7 @@ func (p *Producer) Stats() Stats {
 		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
 		InFlight:    len(p.slots),
 		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(), NoResponders: p.stats.noResponders.Load(),
-		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(),
+		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(), Forged: p.stats.forged.Load(),
 		CacheHitsLocal: p.stats.hitsLocal.Load(), CacheHitsShared: p.stats.hitsShared.Load(), CacheMisses: p.stats.cacheMisses.Load(),
 		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),

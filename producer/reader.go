@@ -143,22 +143,33 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 		p.stats.late.Add(1) // a reply for an earlier incarnation of this producer id
 		return decoded
 	}
-	w := p.waiters.take(seq)
-	if w == nil {
-		p.stats.late.Add(1)
-		return decoded
-	}
 	r := result{
 		payload: env.Payload, replied: true,
 		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler),
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
-		cacheTTL: time.Duration(env.CacheTTL),
+		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry,
 	}
 	if env.ErrCode != "" {
 		r.payload, r.err = nil, &bus.RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
 	}
-	p.deliver(w, r)
+	w, how := p.waiters.match(seq, &r)
+	switch how {
+	case matchNone:
+		p.stats.late.Add(1)
+	case matchForged:
+		p.forged(e.ID, env.RequestEntry)
+	case matchTaken:
+		p.deliver(w, r)
+	}
 	return decoded
+}
+
+// forged counts and logs a reply that answers a request entry this
+// producer did not write with that correlation id: someone else wrote a
+// request with it (docs/security.md). The caller keeps waiting for its own.
+func (p *Producer) forged(replyID, requestEntry string) {
+	p.stats.forged.Add(1)
+	p.log.Warn().Str("reply", replyID).Str("request_entry", requestEntry).Msg("dropped a reply to a request this producer did not write (forged or misdirected)")
 }
 
 // deliver hands r to the caller waiting on w (taken from the registry):

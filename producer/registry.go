@@ -13,6 +13,7 @@ type result struct {
 	writeErr bool          // err is a failed write, not a remote error
 	replied  bool          // a reply arrived (payload or remote error): the stages below are set
 	cacheTTL time.Duration // how long the answer was stored (a cached request's reply, or a shared hit)
+	entry    string        // a reply's RequestEntry: the request entry it answers ("" from an older worker)
 
 	queue, handler time.Duration // as the worker reported them
 	transit        time.Duration // reply encoded by the worker until the reader got it
@@ -29,6 +30,11 @@ type waiter struct {
 	timer *time.Timer
 	// fl is the flight a cached request's reply completes (instead of ch).
 	fl *flight
+	// entry is the stream entry id of the request, once its write
+	// returned (see stamp); early is a reply that came before that, held
+	// until the entry id is known. Both under the shard lock.
+	entry string
+	early *result
 }
 
 var waiterPool = sync.Pool{New: func() any {
@@ -41,7 +47,7 @@ var waiterPool = sync.Pool{New: func() any {
 // stopped timer delivers no stale tick, so the next user can Reset it.
 func putWaiter(w *waiter) {
 	w.timer.Stop()
-	w.fl = nil
+	w.fl, w.entry, w.early = nil, "", nil
 	waiterPool.Put(w)
 }
 
@@ -85,15 +91,65 @@ func (r *registry) take(seq uint64) *waiter {
 	return w
 }
 
-// stamp records the Redis write time of seq's request if it still waits.
-// The shard lock orders it before the take that hands the waiter over.
-func (r *registry) stamp(seq uint64, d time.Duration) {
+// stamp records the Redis write time and entry id of seq's request if it
+// still waits. The shard lock orders it before the take that hands the
+// waiter over. A reply that came first (held by match) is handed over now
+// when it answers this entry, and returned with the waiter; one that answers
+// another entry is dropped (forged reports it).
+func (r *registry) stamp(seq uint64, d time.Duration, entry string) (w *waiter, early *result, forged bool) {
 	s := &r.shards[seq%shards]
 	s.mu.Lock()
-	if w := s.m[seq]; w != nil {
-		w.write = d
+	defer s.mu.Unlock()
+	w = s.m[seq]
+	if w == nil {
+		return nil, nil, false
 	}
-	s.mu.Unlock()
+	w.write, w.entry = d, entry
+	if w.early == nil {
+		return nil, nil, false
+	}
+	early, w.early = w.early, nil
+	if early.entry != entry {
+		return nil, nil, true
+	}
+	delete(s.m, seq)
+	return w, early, false
+}
+
+// Outcomes of match.
+const (
+	matchNone   = iota // no waiter: a late or duplicate reply
+	matchTaken         // the waiter, taken: hand r over
+	matchHeld          // held until the request's entry id is known (stamp)
+	matchForged        // answers another entry than the request's: dropped, the caller waits on
+)
+
+// match takes seq's waiter for reply r when r answers the entry its
+// request was written as (or says nothing of it: an older worker; or the
+// waiter is a flight's, whose answer may come from another producer's
+// entry). A reply that comes before the request's write returned is held in
+// the waiter for stamp.
+func (r *registry) match(seq uint64, res *result) (*waiter, int) {
+	s := &r.shards[seq%shards]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.m[seq]
+	switch {
+	case w == nil:
+		return nil, matchNone
+	case res.entry == "" || w.fl != nil || res.entry == w.entry:
+	case w.entry == "":
+		if w.early != nil {
+			return nil, matchForged // a second early reply: at most one is the real one
+		}
+		held := *res
+		w.early = &held
+		return nil, matchHeld
+	default:
+		return nil, matchForged
+	}
+	delete(s.m, seq)
+	return w, matchTaken
 }
 
 // drain removes every waiter and hands it to fn.

@@ -86,11 +86,23 @@ func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration
 	if err == nil {
 		p.timings.Record(metrics.Write, took)
 		p.stats.requests.Add(1)
-		p.waiters.stamp(it.seq, took)
+		p.stamp(it.seq, took, id)
 		return
 	}
 	if w := p.waiters.take(it.seq); w != nil {
 		p.deliver(w, result{err: fmt.Errorf("producer: request to %s: %w", it.key, err), writeErr: true})
+	}
+}
+
+// stamp records a request's write (its time and entry id) and hands over a
+// reply that came before it, or drops it if it answered another entry.
+func (p *Producer) stamp(seq uint64, took time.Duration, entry string) {
+	w, early, forged := p.waiters.stamp(seq, took, entry)
+	switch {
+	case forged:
+		p.forged("", entry)
+	case w != nil:
+		p.deliver(w, *early)
 	}
 }
 

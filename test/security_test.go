@@ -210,3 +210,55 @@ mycelium_redis_up 1
 		t.Fatal(err)
 	}
 }
+
+// TestForgedRequestCannotAnswerAnotherCaller: someone who can read and
+// write the topic copies a waiting caller's correlation id and reply stream
+// into a request of their own; the worker answers it, and the caller drops
+// that answer (it answers an entry the caller did not write) and gets its
+// own.
+func TestForgedRequestCannotAnswerAnotherCaller(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	release := make(chan struct{})
+	runConsumer(t, c, consumer.Config{Topic: "demo", Concurrency: 4}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		if string(m.Payload) == "real" {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return append([]byte("re:"), m.Payload...), nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := make(chan string, 1)
+	go func() {
+		reply, err := p.Request(ctx, "demo", []byte("real"))
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(reply)
+	}()
+	rc := c.Redis()
+	var victim codec.Envelope
+	waitFor(t, 5*time.Second, "the caller's request in the stream", func() bool {
+		entries, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic("demo")).Start("-").End("+").Build()).AsXRange()
+		if err != nil || len(entries) == 0 {
+			return false
+		}
+		return codec.DecodeEnvelope(entries[0].FieldValues["m"], &victim) == nil
+	})
+	forged := victim
+	forged.Payload = []byte("forged")
+	if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().Topic("demo")).Id("*").FieldValue().FieldValue("m", string(codec.AppendEnvelope(nil, &forged))).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the forged answer dropped", func() bool { return p.Stats().Forged == 1 })
+	close(release)
+	if reply := <-got; reply != "re:real" {
+		t.Fatalf("the caller got %q, want its own answer re:real", reply)
+	}
+}
