@@ -162,7 +162,7 @@ func TestDecodeSkipsTrailingFields(t *testing.T) {
 	b := AppendEnvelope(nil, in)
 	in.RequestEntry = "5-1"
 	b = append([]byte{0xdc, 0, fields + 4}, b[1:]...) // array16 header
-	b = append(b, 0xa3, '5', '-', '1')              // request entry
+	b = append(b, 0xa3, '5', '-', '1')                // request entry
 	// three extra values of other types: a nested map, a float and an ext.
 	extra, err := msgpack.Marshal(map[string]any{"a": []any{1, "x", nil}, "b": 1.5})
 	if err != nil {
