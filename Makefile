@@ -10,10 +10,14 @@ FUZZTIME        ?= 30s
 # Integration tests start their own redis-server processes on free loopback
 # ports and stop them; this makes a missing redis-server a failure, not a skip.
 TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
+# The secure run (test-secure) skips the tests that start binaries or make
+# their own plain connections and users: the rest run over mutual TLS, with
+# producers and workers as the ACL users of `bus-worker acl`.
+SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test test-secure run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,8 +38,12 @@ check-repo: ## fail when a tracked file is an executable binary or larger than 1
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server check-repo vet ## everything CI runs: the repository check, go vet, then go test -race over all packages (unit on miniredis, integration on redis-server)
+test: redis-server check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), then test-secure
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
+	$(MAKE) --no-print-directory test-secure
+
+test-secure: redis-server ## the integration suite over mutual TLS with its own CA, producers and workers as the least-privilege ACL users (bus-worker acl)
+	MYCELIUM_TEST_SECURE=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 5m -skip '$(SECURE_SKIP)' ./test/
 
 chaos: redis-server ## the long chaos suite (real redis-server and bus-worker processes); make test runs the short one
 	MYCELIUM_CHAOS_LONG=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 30m -v -run Chaos ./test/chaos/

@@ -44,6 +44,11 @@ func (c *Client) Keys() Keys { return c.keys }
 // password replaced, for logs.
 func (c *Client) Redacted() string { return c.cfg.Redacted() }
 
+// Config returns the configuration c was made with (for example to connect
+// again as another user). It holds the password, if any: keep it out of
+// logs (Redacted is for those).
+func (c *Client) Config() Config { return c.cfg }
+
 // Ping checks that Redis answers within ctx; a connection failure wraps
 // ErrUnavailable.
 func (c *Client) Ping(ctx context.Context) error {

@@ -15,6 +15,7 @@ import (
 // runConsumer starts a consumer and stops it (waiting for Run) at cleanup.
 func runConsumer(t testing.TB, c *bus.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
 	t.Helper()
+	c = redistest.RoleClient(t, c, "worker") // the worker's ACL user in secure mode
 	co, err := consumer.New(c, cfg, h)
 	if err != nil {
 		t.Fatalf("consumer.New(%+v) = %v", cfg, err)
@@ -39,7 +40,7 @@ func runConsumer(t testing.TB, c *bus.Client, cfg consumer.Config, h consumer.Ha
 
 func newProducer(t testing.TB, c *bus.Client, cfg producer.Config) *producer.Producer {
 	t.Helper()
-	return redistest.NewProducer(t, c, cfg)
+	return redistest.NewProducer(t, redistest.RoleClient(t, c, "producer"), cfg) // the producer's ACL user in secure mode
 }
 
 func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {

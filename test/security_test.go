@@ -19,6 +19,7 @@ import (
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/prom"
 	"github.com/egos/mycelium/test/redistest"
@@ -260,5 +261,22 @@ func TestForgedRequestCannotAnswerAnotherCaller(t *testing.T) {
 	close(release)
 	if reply := <-got; reply != "re:real" {
 		t.Fatalf("the caller got %q, want its own answer re:real", reply)
+	}
+}
+
+// TestSecureModeRunsAsRoles: in make test-secure the suite's servers speak
+// TLS only and its producers and workers are the least-privilege users.
+func TestSecureModeRunsAsRoles(t *testing.T) {
+	if !redistest.Secure() {
+		t.Skip("checks make test-secure's setup; runs there")
+	}
+	srv := redistest.Start(t)
+	if !strings.HasPrefix(srv.URL, "rediss://") {
+		t.Fatalf("secure mode server at %s, want rediss://", srv.URL)
+	}
+	pc := redistest.RoleClient(t, srv.Client(t), "producer")
+	rc := pc.Redis()
+	if err := rc.Do(context.Background(), rc.B().Flushall().Build()).Error(); !redisx.IsPermission(err) {
+		t.Fatalf("FLUSHALL as the producer user = %v, want NOPERM", err)
 	}
 }

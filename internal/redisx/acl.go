@@ -19,10 +19,10 @@ var connectionCommands = []string{"hello", "auth", "ping", "client|setname", "se
 // producerCommands: Publish, Request (the reply stream: created with a
 // control entry, kept alive with PEXPIRE, read with XREAD, deleted on
 // Close), PublishBatch/RequestBatch (MULTI/EXEC), the responders check
-// (ZCOUNT, ZCARD), and the cache (HMGET of the meta hash; the begin script
-// and its commands).
+// (ZCOUNT, ZCARD; XINFO GROUPS when no worker ever announced itself), and
+// the cache (HMGET of the meta hash; the begin script and its commands).
 var producerCommands = []string{
-	"xadd", "xread", "pexpire", "del", "multi", "exec", "zcount", "zcard", "hmget",
+	"xadd", "xread", "pexpire", "del", "multi", "exec", "zcount", "zcard", "xinfo|groups", "hmget",
 	"evalsha", "eval", "get", "pttl", "lindex", "llen", "lrem", "rpush", "lset",
 }
 

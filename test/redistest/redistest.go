@@ -28,6 +28,11 @@ import (
 // redis-server into a test failure instead of a skip.
 const RequireEnv = "MYCELIUM_REQUIRE_REDIS"
 
+// SecureEnv names the variable that, set to 1, makes Start run the server
+// with TLS only and mutual authentication, and create the ACL users of
+// each role (see RoleClient): the integration suite's secure mode.
+const SecureEnv = "MYCELIUM_TEST_SECURE"
+
 // Server is a redis-server process owned by one test.
 type Server struct {
 	Addr string
@@ -45,6 +50,9 @@ type Server struct {
 // the test ends.
 func Start(tb testing.TB, extra ...string) *Server {
 	tb.Helper()
+	if Secure() {
+		return startSecure(tb, extra...)
+	}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv(RequireEnv) == "1" {
@@ -157,7 +165,17 @@ func (s *Server) Signal(sig syscall.Signal) {
 // the test ends.
 func (s *Server) Client(tb testing.TB) *bus.Client {
 	tb.Helper()
-	return Connect(tb, bus.Config{URL: s.URL})
+	return Connect(tb, s.Config())
+}
+
+// Config is the bus.Config of the server's default (all-powerful) user:
+// its URL, and over TLS the test CA and client certificate.
+func (s *Server) Config() bus.Config {
+	cfg := bus.Config{URL: s.URL}
+	if s.TLS != nil {
+		cfg.TLS = s.TLS.ClientConfig()
+	}
+	return cfg
 }
 
 // Mini starts an in-process miniredis and returns it with a bus client of
