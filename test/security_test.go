@@ -93,6 +93,10 @@ func TestPasswordFromFileOrEnvNeverPrinted(t *testing.T) {
 		"bad URL":        {nil, []string{"stats", "--redis", "redis://:" + pw + "@127.0.0.1:abc"}, false},
 		"bad URL in env": {[]string{"MYCELIUM_REDIS=redis://:" + pw + "@[::1"}, []string{"request", "--data", "x"}, false},
 		"missing file":   {nil, []string{"request", "--redis", srv.URL, "--redis-password-file", file + ".none", "--data", "x"}, false},
+		"publish wrong":  {[]string{"MYCELIUM_REDIS_PASSWORD=nope"}, []string{"publish", "--redis", "redis://:" + pw + "@" + srv.Addr, "--redis-password-file", file + ".none", "--data", "x"}, false},
+		"serve bad URL":  {nil, []string{"serve", "--redis", "redis://u:" + pw + "@127.0.0.1:0x"}, false},
+		"serve wrong":    {[]string{"MYCELIUM_REDIS_PASSWORD=" + pw + "x"}, []string{"serve", "--redis", srv.URL, "--http-addr", ""}, false},
+		"cache flush":    {nil, []string{"cache", "flush", "--redis", "redis://:" + pw + "@" + srv.Addr, "--topic", "t"}, true},
 	} {
 		out, err := run(tc.env, tc.args...)
 		if (err == nil) != tc.ok {
@@ -278,5 +282,64 @@ func TestSecureModeRunsAsRoles(t *testing.T) {
 	rc := pc.Redis()
 	if err := rc.Do(context.Background(), rc.B().Flushall().Build()).Error(); !redisx.IsPermission(err) {
 		t.Fatalf("FLUSHALL as the producer user = %v, want NOPERM", err)
+	}
+}
+
+// TestAttacksReplayedWithRedisCLI: the two attacks of the security review,
+// replayed as an attacker would, with redis-cli against bus-worker serve: a
+// crafted reply-to naming a foreign stream (untouched; the entry
+// dead-lettered), and a copied correlation id answering a waiting
+// bus-worker request (the forged answer is not printed).
+func TestAttacksReplayedWithRedisCLI(t *testing.T) {
+	srv := redistest.Start(t)
+	if srv.TLS != nil {
+		t.Skip("redis-cli here speaks plain TCP")
+	}
+	w := redistest.StartWorker(t, "--redis", srv.URL, "--topic", "demo", "--handler", "sleep:1s")
+	cli := func(stdin []byte, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("redis-cli", append([]string{"-p", strconv.Itoa(srv.Port)}, args...)...)
+		if stdin != nil {
+			cmd.Stdin = strings.NewReader(string(stdin))
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("redis-cli %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for i := range 20 {
+		cli(nil, "XADD", "other:audit", "*", "n", strconv.Itoa(i))
+	}
+	crafted := codec.Envelope{Kind: codec.KindRequest, ID: "x1", ReplyTo: "other:audit", Deadline: time.Now().Add(time.Minute).UnixNano(), Payload: []byte("evil")}
+	cli(codec.AppendEnvelope(nil, &crafted), "-x", "XADD", "myc:{demo}", "*", "m")
+	waitFor(t, 10*time.Second, "the crafted entry dead-lettered", func() bool { return cli(nil, "XLEN", "myc:{demo}:dlq") == "1" })
+	if n := cli(nil, "XLEN", "other:audit"); n != "20" {
+		t.Fatalf("XLEN other:audit = %s, want 20 (untouched)", n)
+	}
+
+	// A waiting bus-worker request, and an attacker copying its id.
+	req := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", "demo", "--data", "real", "--timeout", "20s")
+	var out redistest.SyncBuffer
+	req.Stdout, req.Stderr = &out, &out
+	if err := req.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var victim codec.Envelope
+	waitFor(t, 10*time.Second, "the request in the stream", func() bool {
+		entries, err := srv.Client(t).Redis().Do(context.Background(), srv.Client(t).Redis().B().Xrevrange().Key("myc:{demo}").End("+").Start("-").Count(1).Build()).AsXRange()
+		return err == nil && len(entries) == 1 && codec.DecodeEnvelope(entries[0].FieldValues["m"], &victim) == nil && victim.ReplyTo != "other:audit"
+	})
+	forged := victim
+	forged.Payload = []byte("forged")
+	cli(codec.AppendEnvelope(nil, &forged), "-x", "XADD", "myc:{demo}", "*", "m")
+	if err := req.Wait(); err != nil {
+		t.Fatalf("bus-worker request: %v\n%s", err, out.String())
+	}
+	if got := out.String(); !strings.HasPrefix(got, "real\n") || strings.Contains(got, "forged") {
+		t.Fatalf("bus-worker request printed %q, want its own answer", got)
+	}
+	if s := w.Stats(t); s.Handled < 2 {
+		t.Fatalf("worker handled %d, want both requests", s.Handled)
 	}
 }
