@@ -122,6 +122,11 @@ func TestKeys(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want ErrInvalidConfig", bad, err)
 		}
 	}
+	for _, bad := range []string{"a*", "x?", "[p]", `a\b`} {
+		if err := ValidateName("prefix", bad); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("ValidateName(prefix, %q) = %v, want ErrInvalidConfig", bad, err)
+		}
+	}
 	for _, ok := range [][2]string{{"topic", "reasoning.v2-eu_1"}, {"topic", "r"}, {"topic", "rx.y"}, {"producer", "r.x"}} {
 		if err := ValidateName(ok[0], ok[1]); err != nil {
 			t.Errorf("ValidateName(%q, %q) = %v", ok[0], ok[1], err)

@@ -97,10 +97,14 @@ func (k Keys) tag(key string) (string, bool) {
 // "consumer", "producer", "prefix"): non-empty, at most 200 bytes, no braces
 // (they would break the hash tag), no spaces or control characters, valid
 // UTF-8; a topic also must not start with "r." (its stream key would be a
-// reply stream's).
+// reply stream's), and a prefix holds no glob character (*?[]\: operator
+// scans match keys by it).
 func ValidateName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s name is empty", ErrInvalidConfig, kind)
+	}
+	if kind == "prefix" && strings.ContainsAny(name, `*?[]\`) {
+		return fmt.Errorf("%w: prefix %q contains a glob character (*?[]\\): SCAN patterns would match other keys", ErrInvalidConfig, name)
 	}
 	if kind == "topic" && strings.HasPrefix(name, "r.") {
 		return fmt.Errorf("%w: topic name %q starts with \"r.\", which reply streams use", ErrInvalidConfig, name)

@@ -83,7 +83,9 @@ func TestTLSServerWithoutClientAuth(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "one-way\n") {
 		t.Fatalf("request over TLS without a client certificate = %v\n%s", err, out)
 	}
-	out, err = exec.Command(buildCmd(t, "bus-bench"), "--redis", srv.URL, "--tls-ca", f.CA, "--requests", "200", "--concurrency", "4", "--json").Output()
+	bench := exec.Command(buildCmd(t, "bus-bench"), "--redis", srv.URL, "--requests", "200", "--concurrency", "4", "--json")
+	bench.Env = append(bench.Environ(), "MYCELIUM_TLS_CA="+f.CA) // the environment, as for bus-worker
+	out, err = bench.Output()
 	if err != nil || !strings.Contains(string(out), `"ok":200`) {
 		t.Fatalf("bus-bench over TLS = %v\n%s", err, out)
 	}

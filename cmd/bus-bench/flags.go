@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/egos/mycelium/bus"
@@ -78,6 +80,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, v := range map[string]*string{"tls-ca": &tf.CA, "tls-cert": &tf.Cert, "tls-key": &tf.Key, "tls-server-name": &tf.ServerName, "redis-password-file": &pwFile} {
+		if env := os.Getenv("MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); env != "" && !given[name] {
+			*v = env // as bus-worker: the environment when the flag is not given
+		}
+	}
 	var err error
 	if b.Password, err = cli.Password(pwFile); err != nil {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
