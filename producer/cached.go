@@ -74,10 +74,9 @@ type flight struct {
 	// it passed (takeoverGrace later).
 	leader atomic.Int64
 	asking atomic.Bool
-	// wrote counts the requests this flight wrote to the stream; rtt is the
-	// round trip (ns) of the ask that found the answer in the shared tier.
-	wrote atomic.Int32
-	rtt   atomic.Int64
+	// rtt is the round trip (ns) of the ask that found the answer in the
+	// shared tier.
+	rtt atomic.Int64
 }
 
 // cachedRequest is Request on a cached topic.
@@ -319,7 +318,6 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 				f.source = SourceHandler
 			}
 			p.fmu.Unlock()
-			f.wrote.Add(1)
 			f.leader.Store(deadline.UnixNano())
 			return
 		}

@@ -154,26 +154,6 @@ func Begin(ctx context.Context, c rueidis.Client, a *BeginArgs) (BeginResult, er
 // Keys returns the keys the script touches.
 func (a *BeginArgs) Keys() []string { return []string{a.Stream, a.Meta, a.Entry, a.Flight} }
 
-// BeginMulti runs several Begins in one pipelined round trip.
-func BeginMulti(ctx context.Context, c rueidis.Client, args []BeginArgs) []BeginOrErr {
-	execs := make([]rueidis.LuaExec, len(args))
-	for i := range args {
-		execs[i] = args[i].exec()
-	}
-	res := beginScript.ExecMulti(ctx, c, execs...)
-	out := make([]BeginOrErr, len(res))
-	for i, r := range res {
-		out[i].Result, out[i].Err = parseBegin(r)
-	}
-	return out
-}
-
-// BeginOrErr is one result of BeginMulti.
-type BeginOrErr struct {
-	Result BeginResult
-	Err    error
-}
-
 // parseBegin validates the script's reply (it comes from Redis: checked,
 // not trusted).
 func parseBegin(r rueidis.RedisResult) (BeginResult, error) {
@@ -322,15 +302,6 @@ func settleResults(s []Settle, res []rueidis.RedisResult, out []SettleResult) []
 		out = append(out, r)
 	}
 	return out
-}
-
-// SettleMulti runs the settles in one pipelined round trip.
-func SettleMulti(ctx context.Context, c rueidis.Client, s []Settle, out []SettleResult) []SettleResult {
-	var cmds rueidis.Commands
-	for i := range s {
-		cmds = s[i].cmds(c, cmds)
-	}
-	return settleResults(s, c.DoMulti(ctx, cmds...), out)
 }
 
 // SettleAndAdd runs the settles, then adds and the ack as AddBatch does, in
