@@ -34,17 +34,9 @@ type Reply struct {
 // anything is sent), or more payloads than Config.MaxInFlight. Safe for
 // concurrent use.
 func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]byte, opts ...CallOption) ([]Reply, error) {
-	if p.closed.Load() {
-		return nil, fmt.Errorf("producer: request batch: %w", bus.ErrClosed)
-	}
-	t, err := p.topicFor(topic)
+	t, err := p.checkBatch("request batch", topic, payloads)
 	if err != nil {
 		return nil, err
-	}
-	for i, pl := range payloads {
-		if err := p.checkPayload(len(pl)); err != nil {
-			return nil, fmt.Errorf("producer: request batch entry %d: %w", i, err)
-		}
 	}
 	if len(payloads) > p.cfg.MaxInFlight {
 		return nil, fmt.Errorf("producer: %w: request batch of %d exceeds MaxInFlight %d", bus.ErrInvalidConfig, len(payloads), p.cfg.MaxInFlight)

@@ -345,6 +345,24 @@ func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts [
 	return id, nil
 }
 
+// checkBatch is what both batch calls check before anything is sent: the
+// producer is open, the topic's name, every payload's size.
+func (p *Producer) checkBatch(what, topic string, payloads [][]byte) (*topic, error) {
+	if p.closed.Load() {
+		return nil, fmt.Errorf("producer: %s: %w", what, bus.ErrClosed)
+	}
+	t, err := p.topicFor(topic)
+	if err != nil {
+		return nil, err
+	}
+	for i, pl := range payloads {
+		if err := p.checkPayload(len(pl)); err != nil {
+			return nil, fmt.Errorf("producer: %s entry %d: %w", what, i, err)
+		}
+	}
+	return t, nil
+}
+
 // PublishError is one failed entry of a PublishBatch.
 type PublishError struct {
 	Index int
@@ -363,17 +381,9 @@ func (e *PublishError) Unwrap() error { return e.Err }
 // failed, an error joining a *PublishError per failure. Payloads are checked
 // before anything is sent: one too large fails the whole batch.
 func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]byte, opts ...CallOption) ([]string, error) {
-	if p.closed.Load() {
-		return nil, fmt.Errorf("producer: publish batch: %w", bus.ErrClosed)
-	}
-	t, err := p.topicFor(topic)
+	t, err := p.checkBatch("publish batch", topic, payloads)
 	if err != nil {
 		return nil, err
-	}
-	for i, pl := range payloads {
-		if err := p.checkPayload(len(pl)); err != nil {
-			return nil, fmt.Errorf("producer: publish batch entry %d: %w", i, err)
-		}
 	}
 	if err := checkOpts(opts); err != nil {
 		return nil, err
