@@ -53,12 +53,8 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 		return p.cachedBatch(ctx, payloads, topic, co), nil
 	}
 	start := time.Now()
-	tok, err := t.admit()
+	tok, err := p.admitCall(ctx, t, co.wait, start)
 	if err != nil {
-		return nil, err
-	}
-	if err := p.admitRequest(ctx, t, co.wait, start); err != nil {
-		p.report(t, tok, err, start)
 		return nil, err
 	}
 	out, err := p.requestBatch(ctx, t, payloads, co.headers, start)

@@ -94,12 +94,8 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		}
 	}
 	lookup := time.Since(start) // the Cache stage of a request the local tier did not answer
-	tok, err := t.admit()
+	tok, err := p.admitCall(ctx, t, co.wait, start)
 	if err != nil {
-		return nil, err
-	}
-	if err := p.admitRequest(ctx, t, co.wait, start); err != nil {
-		p.report(t, tok, err, start)
 		return nil, err
 	}
 	deadline, ok := ctx.Deadline()

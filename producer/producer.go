@@ -476,12 +476,8 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedRequest(ctx, t, payload, &co, start)
 	}
-	tok, err := t.admit()
+	tok, err := p.admitCall(ctx, t, co.wait, start)
 	if err != nil {
-		return nil, err
-	}
-	if err := p.admitRequest(ctx, t, co.wait, start); err != nil {
-		p.report(t, tok, err, start)
 		return nil, err
 	}
 	var tm timing

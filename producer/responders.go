@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/internal/redisx"
 )
@@ -48,6 +49,21 @@ func (r *responders) set(ok bool) {
 		s |= 1
 	}
 	r.state.Store(s)
+}
+
+// admitCall admits a request to t: the topic's breaker, then whether a
+// worker serves it (see admitRequest). A refusal by the latter is reported
+// to the breaker; the caller reports the call's outcome otherwise.
+func (p *Producer) admitCall(ctx context.Context, t *topic, wait bool, start time.Time) (breaker.Token, error) {
+	tok, err := t.admit()
+	if err != nil {
+		return tok, err
+	}
+	if err := p.admitRequest(ctx, t, wait, start); err != nil {
+		p.report(t, tok, err, start)
+		return tok, err
+	}
+	return tok, nil
 }
 
 // admitRequest returns nil when a request to t may be written: a worker
