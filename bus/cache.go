@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // CacheHash is the 128-bit identity of a cached request within its topic, as
@@ -100,20 +102,5 @@ func (k Keys) CachePattern(topic string, flights bool) string {
 	if flights {
 		kind = ":f:*"
 	}
-	return globEscape(k.Topic(topic)) + kind
-}
-
-// globEscape escapes the characters SCAN MATCH treats specially.
-func globEscape(s string) string {
-	if !strings.ContainsAny(s, `*?[]\`) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
+	return redisx.GlobEscape(k.Topic(topic)) + kind
 }

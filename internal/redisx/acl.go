@@ -78,15 +78,19 @@ func ACLRule(role, prefix string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	rule := []string{"reset", "on", "~" + globEscape(prefix) + ":*", "resetchannels", "-@all"}
+	rule := []string{"reset", "on", "~" + GlobEscape(prefix) + ":*", "resetchannels", "-@all"}
 	for _, c := range cmds {
 		rule = append(rule, "+"+c)
 	}
 	return rule, nil
 }
 
-// globEscape escapes the characters a key pattern treats specially.
-func globEscape(s string) string {
+// GlobEscape escapes the characters a key pattern (SCAN MATCH, an ACL key
+// rule) treats specially.
+func GlobEscape(s string) string {
+	if !strings.ContainsAny(s, `*?[]\`) {
+		return s
+	}
 	var b strings.Builder
 	for _, r := range s {
 		if strings.ContainsRune(`*?[]\`, r) {
