@@ -30,14 +30,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("bus-bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&b.Redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
-	var pwFile string
-	var tf cli.TLSFlags
-	fs.StringVar(&pwFile, "redis-password-file", "", "read the Redis password from this file instead of the URL (else "+cli.PasswordEnv+")")
-	fs.StringVar(&tf.CA, "tls-ca", "", "rediss://: PEM file of the CA(s) that signed the server's certificate")
-	fs.StringVar(&tf.Cert, "tls-cert", "", "rediss://: PEM client certificate, for mutual TLS (with --tls-key)")
-	fs.StringVar(&tf.Key, "tls-key", "", "rediss://: PEM private key of --tls-cert")
-	fs.StringVar(&tf.ServerName, "tls-server-name", "", "rediss://: the name the server's certificate must carry")
-	fs.BoolVar(&tf.InsecureSkipVerify, "tls-insecure-skip-verify", false, "rediss://: do not check the server's certificate (warned about)")
+	var conn cli.ConnFlags
+	conn.Register(fs)
 	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached")
 	fs.IntVar(&b.Distinct, "distinct", 1000, "cached: how many different payloads the requests are drawn from")
 	fs.Float64Var(&b.Zipf, "zipf", 1.1, "cached: exponent of the Zipf law the payloads are drawn by (above 1; higher: a few payloads dominate)")
@@ -80,21 +74,18 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	for name, v := range map[string]*string{"tls-ca": &tf.CA, "tls-cert": &tf.Cert, "tls-key": &tf.Key, "tls-server-name": &tf.ServerName, "redis-password-file": &pwFile} {
-		if env := os.Getenv("MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); env != "" && !given[name] {
-			*v = env // as bus-worker: the environment when the flag is not given
+	for _, name := range cli.ConnFlagNames { // as bus-worker: the environment when the flag is not given
+		if env, ok := os.LookupEnv("MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); ok && !given[name] {
+			if err := fs.Set(name, env); err != nil {
+				return nil, fmt.Errorf("%w: MYCELIUM_%s: %w", bench.ErrUsage, strings.ToUpper(strings.ReplaceAll(name, "-", "_")), err)
+			}
 		}
 	}
-	var err error
-	if b.Password, err = cli.Password(pwFile); err != nil {
+	cfg := bus.Config{}
+	if err := conn.Apply(&cfg, "bus-bench", stderr); err != nil {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}
-	if b.TLS, err = tf.Config(); err != nil {
-		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
-	}
-	if tf.InsecureSkipVerify {
-		fmt.Fprintln(stderr, "bus-bench: "+cli.TLSWarning)
-	}
+	b.Password, b.TLS = cfg.Password, cfg.TLS
 	if err := o.check(given); err != nil {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}

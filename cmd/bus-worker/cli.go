@@ -128,43 +128,23 @@ func envName(flagName string) string {
 	return "MYCELIUM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// connFlags are how every command that connects finds Redis besides the
-// URL: the password (never needed in argv) and TLS.
-type connFlags struct {
-	pwFile string
-	tls    cli.TLSFlags
-}
+// connFlags are a command's password and TLS flags (see cli.ConnFlags;
+// MYCELIUM_REDIS_PASSWORD_FILE, MYCELIUM_TLS_CA... in the environment, like
+// every flag).
+type connFlags struct{ cli.ConnFlags }
 
-// addConnFlags adds --redis-password-file and the --tls-* flags to fs
-// (MYCELIUM_REDIS_PASSWORD_FILE, MYCELIUM_TLS_CA... in the environment,
-// like every flag).
+// addConnFlags adds the connection flags to fs.
 func addConnFlags(fs *flag.FlagSet) *connFlags {
 	f := &connFlags{}
-	fs.StringVar(&f.pwFile, "redis-password-file", "", "read the Redis password from this file instead of the URL (else "+cli.PasswordEnv+"); keeps it out of argv")
-	fs.StringVar(&f.tls.CA, "tls-ca", "", "rediss://: PEM file of the CA(s) that signed the server's certificate (default: the system's)")
-	fs.StringVar(&f.tls.Cert, "tls-cert", "", "rediss://: PEM client certificate, for mutual TLS (with --tls-key)")
-	fs.StringVar(&f.tls.Key, "tls-key", "", "rediss://: PEM private key of --tls-cert")
-	fs.StringVar(&f.tls.ServerName, "tls-server-name", "", "rediss://: the name the server's certificate must carry (default: the URL's host)")
-	fs.BoolVar(&f.tls.InsecureSkipVerify, "tls-insecure-skip-verify", false, "rediss://: do not check the server's certificate (warned about at every start; for tests only)")
+	f.Register(fs)
 	return f
 }
 
-// apply sets cfg's password (see cli.Password) and TLS from the flags;
-// errors are usage errors. With --tls-insecure-skip-verify it warns on
-// stderr.
+// apply sets cfg's password and TLS from the flags; errors are usage
+// errors.
 func (f *connFlags) apply(cfg bus.Config, stderr io.Writer) (bus.Config, error) {
-	pw, err := cli.Password(f.pwFile)
-	if err != nil {
+	if err := f.Apply(&cfg, "bus-worker", stderr); err != nil {
 		return cfg, usageError{err}
-	}
-	cfg.Password = pw
-	tc, err := f.tls.Config()
-	if err != nil {
-		return cfg, usageError{err}
-	}
-	cfg.TLS = tc
-	if f.tls.InsecureSkipVerify {
-		fmt.Fprintln(stderr, "bus-worker: "+cli.TLSWarning)
 	}
 	return cfg, nil
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -161,6 +162,47 @@ func (e *Embedded) Close() {
 	close(e.stop)
 	<-e.done
 	e.Miniredis.Close()
+}
+
+// ConnFlags are how every command that connects finds Redis besides the
+// URL: the password (never needed in argv) and TLS. Register them on a
+// flag set, then Apply them to a bus.Config.
+type ConnFlags struct {
+	PasswordFile string
+	TLS          TLSFlags
+}
+
+// ConnFlagNames are the flags Register adds (each also read from
+// MYCELIUM_<NAME> by the commands).
+var ConnFlagNames = []string{"redis-password-file", "tls-ca", "tls-cert", "tls-key", "tls-server-name", "tls-insecure-skip-verify"}
+
+// Register adds --redis-password-file and the --tls-* flags to fs.
+func (f *ConnFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.PasswordFile, "redis-password-file", "", "read the Redis password from this file instead of the URL (else "+PasswordEnv+"); keeps it out of argv")
+	fs.StringVar(&f.TLS.CA, "tls-ca", "", "rediss://: PEM file of the CA(s) that signed the server's certificate (default: the system's)")
+	fs.StringVar(&f.TLS.Cert, "tls-cert", "", "rediss://: PEM client certificate, for mutual TLS (with --tls-key)")
+	fs.StringVar(&f.TLS.Key, "tls-key", "", "rediss://: PEM private key of --tls-cert")
+	fs.StringVar(&f.TLS.ServerName, "tls-server-name", "", "rediss://: the name the server's certificate must carry (default: the URL's host)")
+	fs.BoolVar(&f.TLS.InsecureSkipVerify, "tls-insecure-skip-verify", false, "rediss://: do not check the server's certificate (warned about at every start; for tests only)")
+}
+
+// Apply sets cfg's password (see Password) and TLS from the flags. With
+// --tls-insecure-skip-verify it prints TLSWarning to warn, prefixed by
+// the command's name.
+func (f *ConnFlags) Apply(cfg *bus.Config, command string, warn io.Writer) error {
+	pw, err := Password(f.PasswordFile)
+	if err != nil {
+		return err
+	}
+	tc, err := f.TLS.Config()
+	if err != nil {
+		return err
+	}
+	cfg.Password, cfg.TLS = pw, tc
+	if f.TLS.InsecureSkipVerify {
+		fmt.Fprintln(warn, command+": "+TLSWarning)
+	}
+	return nil
 }
 
 // TLSFlags are the TLS options every command that connects takes.
