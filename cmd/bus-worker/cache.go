@@ -18,9 +18,7 @@ func cacheCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("cache "+sub, flag.ContinueOnError)
-	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
-	cf := addConnFlags(fs)
-	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
+	oc := addOpsConn(fs)
 	topic := fs.String("topic", "", "topic (required)")
 	var (
 		asJSON    *bool
@@ -45,7 +43,7 @@ func cacheCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if sub == "flush" && given["key"] && given["data"] {
 		return usagef("cache flush: give --key or --data, not both")
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, cf)
+	c, err := oc.connect(ctx)
 	if err != nil {
 		return err
 	}

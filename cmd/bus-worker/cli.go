@@ -149,6 +149,27 @@ func (f *connFlags) apply(cfg bus.Config, stderr io.Writer) (bus.Config, error) 
 	return cfg, nil
 }
 
+// opsConn is how the operator commands (stats, dlq, cache) reach Redis:
+// --redis, --prefix and the connection flags.
+type opsConn struct {
+	redis, prefix string
+	conn          *connFlags
+}
+
+// addOpsConn adds the operator commands' connection flags to fs.
+func addOpsConn(fs *flag.FlagSet) *opsConn {
+	o := &opsConn{}
+	fs.StringVar(&o.redis, "redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
+	o.conn = addConnFlags(fs)
+	fs.StringVar(&o.prefix, "prefix", bus.DefaultPrefix, "key prefix")
+	return o
+}
+
+// connect connects as the operator commands do (see connect).
+func (o *opsConn) connect(ctx context.Context) (*bus.Client, error) {
+	return connect(ctx, bus.Config{URL: o.redis, Prefix: o.prefix, ClientName: "myc-cli"}, o.conn)
+}
+
 // connect validates the URL and checks that Redis answers; both failures
 // are usage errors (exit 2). cf are the command's connection flags.
 func connect(ctx context.Context, cfg bus.Config, cf *connFlags) (*bus.Client, error) {

@@ -22,9 +22,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
-	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
-	cf := addConnFlags(fs)
-	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
+	oc := addOpsConn(fs)
 	topic := fs.String("topic", "", "topic (list: every topic's when empty; replay and purge need it)")
 	var (
 		limit     *int
@@ -67,7 +65,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 	case sub == "list" && *limit < 0:
 		return usagef("dlq list: --limit must not be negative")
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, cf)
+	c, err := oc.connect(ctx)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/inspect"
 )
@@ -49,9 +48,7 @@ type busStats struct {
 // work, stuck consumers and dead letters.
 func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
-	redisURL := fs.String("redis", bus.DefaultURL, "Redis URL (redis:// or rediss://)")
-	cf := addConnFlags(fs)
-	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
+	oc := addOpsConn(fs)
 	asJSON := fs.Bool("json", false, "one JSON object (per interval with --watch)")
 	watch := fs.Duration("watch", 0, "print again every interval until interrupted (e.g. 2s)")
 	if _, err := parseFlags(fs, args); err != nil {
@@ -60,7 +57,7 @@ func stats(ctx context.Context, args []string, stdout io.Writer) error {
 	if *watch < 0 {
 		return usagef("stats: --watch must be positive, got %v", *watch)
 	}
-	c, err := connect(ctx, bus.Config{URL: *redisURL, Prefix: *prefix, ClientName: "myc-cli"}, cf)
+	c, err := oc.connect(ctx)
 	if err != nil {
 		return err
 	}
