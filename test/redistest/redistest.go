@@ -53,6 +53,13 @@ func Start(tb testing.TB, extra ...string) *Server {
 	if Secure() {
 		return startSecure(tb, extra...)
 	}
+	return launch(tb, nil, extra)
+}
+
+// launch starts redis-server (with TLS only when f is not nil) on a free
+// loopback port, trying a few ports, and stops it when the test ends.
+func launch(tb testing.TB, f *TLSFiles, extra []string) *Server {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv(RequireEnv) == "1" {
@@ -60,7 +67,7 @@ func Start(tb testing.TB, extra ...string) *Server {
 		}
 		tb.Skip("redis-server not on PATH; `make test` installs it")
 	}
-	s := &Server{Dir: tb.TempDir(), tb: tb}
+	s := &Server{Dir: tb.TempDir(), tb: tb, TLS: f}
 	s.args = append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.Dir, "--daemonize", "no", "--loglevel", "warning"}, extra...)
 	for attempt := 0; ; attempt++ {
 		s.Port = freePort(tb)
@@ -72,6 +79,9 @@ func Start(tb testing.TB, extra ...string) *Server {
 	}
 	s.Addr = "127.0.0.1:" + strconv.Itoa(s.Port)
 	s.URL = "redis://" + s.Addr
+	if f != nil {
+		s.URL = "rediss://" + s.Addr
+	}
 	tb.Cleanup(s.Stop)
 	return s
 }

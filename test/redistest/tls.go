@@ -11,9 +11,7 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -112,23 +110,6 @@ func NewTLSFiles(tb testing.TB) *TLSFiles {
 // tls-auth-clients ("yes": mutual TLS, "no"). Its URL is rediss://.
 func StartTLS(tb testing.TB, f *TLSFiles, authClients string, extra ...string) *Server {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		tb.Fatalf("redis-server not found on PATH: %v", err)
-	}
-	s := &Server{Dir: tb.TempDir(), tb: tb, TLS: f}
-	s.args = append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.Dir, "--daemonize", "no", "--loglevel", "warning",
-		"--tls-cert-file", f.ServerCert, "--tls-key-file", f.ServerKey, "--tls-ca-cert-file", f.CA, "--tls-auth-clients", authClients}, extra...)
-	for attempt := 0; ; attempt++ {
-		s.Port = freePort(tb)
-		if err := s.start(bin); err == nil {
-			break
-		} else if attempt == 4 {
-			tb.Fatalf("start redis-server with TLS: %v", err)
-		}
-	}
-	s.Addr = "127.0.0.1:" + strconv.Itoa(s.Port)
-	s.URL = "rediss://" + s.Addr
-	tb.Cleanup(s.Stop)
-	return s
+	return launch(tb, f, append([]string{"--tls-cert-file", f.ServerCert, "--tls-key-file", f.ServerKey,
+		"--tls-ca-cert-file", f.CA, "--tls-auth-clients", authClients}, extra...))
 }
