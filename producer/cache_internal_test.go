@@ -67,35 +67,50 @@ func TestLocalTierByteBound(t *testing.T) {
 	}
 }
 
-// TestRegistryHoldsEarlyReplies: a reply read before its request's write
-// returned waits for the entry id; it is handed over if it answers that
-// entry and dropped if it answers another.
+// TestRegistryHoldsEarlyReplies: replies read before their request's
+// write returned wait for the entry id; the one that answers that entry is
+// handed over, whatever came before it, and the others are dropped.
 func TestRegistryHoldsEarlyReplies(t *testing.T) {
 	r := newRegistry()
 	for _, tc := range []struct {
-		replyEntry, written string
-		handed, forged      bool
-	}{{"5-1", "5-1", true, false}, {"6-1", "5-1", false, true}} {
+		replies []string // entries the early replies answer, in arrival order
+		written string
+		handed  bool
+		forged  int
+	}{
+		{[]string{"5-1"}, "5-1", true, 0},
+		{[]string{"6-1"}, "5-1", false, 1},
+		{[]string{"6-1", "5-1"}, "5-1", true, 1}, // a forged reply first does not push out the real one
+	} {
 		w := &waiter{}
 		r.add(1, w)
-		res := result{payload: []byte("a"), entry: tc.replyEntry}
-		if got, how := r.match(1, &res); got != nil || how != matchHeld {
-			t.Fatalf("match before the write = %v, %d; want held", got, how)
+		for _, e := range tc.replies {
+			if got, how := r.match(1, &result{payload: []byte(e), entry: e}); got != nil || how != matchHeld {
+				t.Fatalf("match before the write = %v, %d; want held", got, how)
+			}
 		}
 		got, early, forged := r.stamp(1, 0, tc.written)
-		if (got != nil) != tc.handed || forged != tc.forged || (early != nil) != tc.handed {
-			t.Fatalf("stamp(%s) after a reply for %s = %v, %v, %v", tc.written, tc.replyEntry, got, early, forged)
+		if (got != nil) != tc.handed || forged != tc.forged || (tc.handed && early.entry != tc.written) {
+			t.Fatalf("stamp(%s) after replies for %v = %v, %+v, %d", tc.written, tc.replies, got, early, forged)
 		}
-		if tc.forged {
+		if !tc.handed {
 			// The caller still waits: its own reply is taken.
-			ok := result{entry: tc.written}
-			if got, how := r.match(1, &ok); got != w || how != matchTaken {
+			if got, how := r.match(1, &result{entry: tc.written}); got != w || how != matchTaken {
 				t.Fatalf("the real reply after a forged one = %v, %d", got, how)
 			}
 		}
 	}
-	// After the write, a reply for another entry is refused at once.
+	// At most maxEarly are held.
 	w := &waiter{}
+	r.add(3, w)
+	for i := range maxEarly {
+		r.match(3, &result{entry: fmt.Sprint(i)})
+	}
+	if _, how := r.match(3, &result{entry: "x"}); how != matchForged {
+		t.Fatalf("match beyond %d held = %d, want forged", maxEarly, how)
+	}
+	// After the write, a reply for another entry is refused at once.
+	w = &waiter{}
 	r.add(2, w)
 	r.stamp(2, 0, "7-1")
 	if _, how := r.match(2, &result{entry: "8-1"}); how != matchForged {

@@ -31,11 +31,16 @@ type waiter struct {
 	// fl is the flight a cached request's reply completes (instead of ch).
 	fl *flight
 	// entry is the stream entry id of the request, once its write
-	// returned (see stamp); early is a reply that came before that, held
-	// until the entry id is known. Both under the shard lock.
+	// returned (see stamp); early are replies that came before that, held
+	// until the entry id is known (a few: a forged one must not push out
+	// the real one). Both under the shard lock.
 	entry string
-	early *result
+	early []result
 }
+
+// maxEarly bounds the replies held for one request before its write
+// returned.
+const maxEarly = 4
 
 var waiterPool = sync.Pool{New: func() any {
 	t := time.NewTimer(time.Hour)
@@ -47,7 +52,9 @@ var waiterPool = sync.Pool{New: func() any {
 // stopped timer delivers no stale tick, so the next user can Reset it.
 func putWaiter(w *waiter) {
 	w.timer.Stop()
-	w.fl, w.entry, w.early = nil, "", nil
+	w.fl, w.entry = nil, ""
+	clear(w.early)
+	w.early = w.early[:0]
 	waiterPool.Put(w)
 }
 
@@ -93,27 +100,36 @@ func (r *registry) take(seq uint64) *waiter {
 
 // stamp records the Redis write time and entry id of seq's request if it
 // still waits. The shard lock orders it before the take that hands the
-// waiter over. A reply that came first (held by match) is handed over now
-// when it answers this entry, and returned with the waiter; one that answers
-// another entry is dropped (forged reports it).
-func (r *registry) stamp(seq uint64, d time.Duration, entry string) (w *waiter, early *result, forged bool) {
+// waiter over. Of the replies that came first (held by match), the one that
+// answers this entry is handed over now, returned with the waiter; the
+// others answered other entries and are dropped (forged counts them).
+func (r *registry) stamp(seq uint64, d time.Duration, entry string) (w *waiter, early result, forged int) {
 	s := &r.shards[seq%shards]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w = s.m[seq]
 	if w == nil {
-		return nil, nil, false
+		return nil, result{}, 0
 	}
 	w.write, w.entry = d, entry
-	if w.early == nil {
-		return nil, nil, false
+	found := -1
+	for i := range w.early {
+		if found < 0 && w.early[i].entry == entry {
+			found = i
+		} else {
+			forged++
+		}
 	}
-	early, w.early = w.early, nil
-	if early.entry != entry {
-		return nil, nil, true
+	if found < 0 {
+		clear(w.early)
+		w.early = w.early[:0]
+		return nil, result{}, forged
 	}
+	early = w.early[found]
+	clear(w.early)
+	w.early = w.early[:0]
 	delete(s.m, seq)
-	return w, early, false
+	return w, early, forged
 }
 
 // Outcomes of match.
@@ -139,11 +155,10 @@ func (r *registry) match(seq uint64, res *result) (*waiter, int) {
 		return nil, matchNone
 	case res.entry == "" || w.fl != nil || res.entry == w.entry:
 	case w.entry == "":
-		if w.early != nil {
-			return nil, matchForged // a second early reply: at most one is the real one
+		if len(w.early) >= maxEarly {
+			return nil, matchForged // the real one is among those held, or never came
 		}
-		held := *res
-		w.early = &held
+		w.early = append(w.early, *res)
 		return nil, matchHeld
 	default:
 		return nil, matchForged

@@ -94,15 +94,15 @@ func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration
 	}
 }
 
-// stamp records a request's write (its time and entry id) and hands over a
-// reply that came before it, or drops it if it answered another entry.
+// stamp records a request's write (its time and entry id), hands over a
+// reply that came before it, and drops those that answered other entries.
 func (p *Producer) stamp(seq uint64, took time.Duration, entry string) {
 	w, early, forged := p.waiters.stamp(seq, took, entry)
-	switch {
-	case forged:
+	for range forged {
 		p.forged("", entry)
-	case w != nil:
-		p.deliver(w, *early)
+	}
+	if w != nil {
+		p.deliver(w, early)
 	}
 }
 
