@@ -2,6 +2,7 @@ package bus
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -97,14 +98,18 @@ func (k Keys) tag(key string) (string, bool) {
 // "consumer", "producer", "prefix"): non-empty, at most 200 bytes, no braces
 // (they would break the hash tag), no spaces or control characters, valid
 // UTF-8; a topic also must not start with "r." (its stream key would be a
-// reply stream's), and a prefix holds no glob character (*?[]\: operator
-// scans match keys by it).
+// reply stream's) nor hold '#' (it separates a topic from its partition
+// number), and a prefix holds no glob character (*?[]\: operator scans
+// match keys by it).
 func ValidateName(kind, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s name is empty", ErrInvalidConfig, kind)
 	}
 	if kind == "prefix" && strings.ContainsAny(name, `*?[]\`) {
 		return fmt.Errorf("%w: prefix %q contains a glob character (*?[]\\): SCAN patterns would match other keys", ErrInvalidConfig, name)
+	}
+	if kind == "topic" && strings.Contains(name, PartitionSep) {
+		return fmt.Errorf("%w: topic name %q contains %q, which separates a topic from its partition number", ErrInvalidConfig, name, PartitionSep)
 	}
 	if kind == "topic" && strings.HasPrefix(name, "r.") {
 		return fmt.Errorf("%w: topic name %q starts with \"r.\", which reply streams use", ErrInvalidConfig, name)
@@ -121,4 +126,40 @@ func ValidateName(kind, name string) error {
 		}
 	}
 	return nil
+}
+
+// PartitionSep separates a topic from its partition number in a partition's
+// name (see Partition).
+const PartitionSep = "#"
+
+// MaxPartitions bounds a topic's partition count.
+const MaxPartitions = 1024
+
+// Partition returns the name of partition p of topic: the topic itself for
+// partition 0 (so a topic that was never partitioned is its own partition
+// 0, and raising its count strands nothing), "topic#p" otherwise. Every key
+// builder takes a partition's name where it takes a topic: partition p's
+// stream is Topic(Partition(t, p)) = prefix:{t#p}, its dead letters, cache
+// entries, flights and cache metadata share that hash tag, so each
+// partition may live on its own Redis Cluster node.
+func Partition(topic string, p int) string {
+	if p == 0 {
+		return topic
+	}
+	return topic + PartitionSep + strconv.Itoa(p)
+}
+
+// ParsePartition splits a partition's name into its topic and number;
+// ok is false when the number is not canonical (leading zeros, sign, 0,
+// MaxPartitions or more).
+func ParsePartition(name string) (topic string, p int, ok bool) {
+	t, num, found := strings.Cut(name, PartitionSep)
+	if !found {
+		return name, 0, name != ""
+	}
+	n, err := strconv.Atoi(num)
+	if err != nil || n <= 0 || n >= MaxPartitions || strconv.Itoa(n) != num || t == "" {
+		return "", 0, false
+	}
+	return t, n, true
 }

@@ -16,6 +16,7 @@ import (
 // completion is one entry the consumer is done with: it is acknowledged,
 // after its reply or dead letter (if any) is written.
 type completion struct {
+	p       *part // the partition it was read from
 	id      string
 	replyTo string
 	reply   *codec.Buffer // encoded reply envelope, nil for none
@@ -32,12 +33,12 @@ type completion struct {
 type flushBufs struct {
 	adds []redisx.Add
 	ids  []string
-	ack  redisx.Ack
+	acks []redisx.Ack // one per partition in the batch (usually one)
 	res  []redisx.Result
 }
 
 var flushPool = sync.Pool{New: func() any {
-	return &flushBufs{adds: make([]redisx.Add, 0, 64), ids: make([]string, 0, 64), res: make([]redisx.Result, 0, 65)}
+	return &flushBufs{adds: make([]redisx.Add, 0, 64), ids: make([]string, 0, 64), acks: make([]redisx.Ack, 0, 1), res: make([]redisx.Result, 0, 65)}
 }}
 
 // put clears fb (it must not keep entries' buffers or ids alive) and
@@ -46,8 +47,8 @@ func (fb *flushBufs) put() {
 	clear(fb.adds)
 	clear(fb.ids)
 	clear(fb.res)
-	fb.adds, fb.ids, fb.res = fb.adds[:0], fb.ids[:0], fb.res[:0]
-	fb.ack = redisx.Ack{}
+	clear(fb.acks)
+	fb.adds, fb.ids, fb.res, fb.acks = fb.adds[:0], fb.ids[:0], fb.res[:0], fb.acks[:0]
 	flushPool.Put(fb)
 }
 
@@ -124,20 +125,19 @@ func (a *acker) flush(batch []completion) {
 			replies++
 			fb.adds = append(fb.adds, redisx.Add{Key: d.replyTo, Cap: c.replyCap, NoMkStream: true, Data: d.reply.B})
 		}
-		fb.ids = append(fb.ids, d.id)
 	}
+	fb.ids, fb.acks = c.acksOf(batch, fb.ids, fb.acks)
 	if len(fb.ids) > 0 {
 		// The replies go in one transaction (redisx.DoBatch: a caller's
-		// reply reader gets all of its replies in one read), the XACK after
-		// it.
-		fb.ack = redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: fb.ids}
+		// reply reader gets all of its replies in one read), the XACKs (one
+		// per partition) after it.
 		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
 			if sets == nil {
-				return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, &fb.ack, out)
+				return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, fb.acks, out)
 			}
 			// Cached answers: stored, and their flights settled, in the
 			// same round trip.
-			out, setRes = redisx.SettleAndAdd(a.ctx, c.c.Redis(), sets, fb.adds, &fb.ack, out, setRes[:0])
+			out, setRes = redisx.SettleAndAdd(a.ctx, c.c.Redis(), sets, fb.adds, fb.acks, out, setRes[:0])
 			return out
 		})
 
@@ -165,17 +165,19 @@ func (a *acker) flush(batch []completion) {
 				}
 				k++
 			}
-			if r := res[replies]; r.Err == nil {
-				c.stats.acked.Add(uint64(r.N))
-				// Handled entries without a reply (events) are done when
-				// the XACK is: their "reply write" is the acknowledgement.
-				for i := range batch {
-					if d := &batch[i]; d.reply == nil && d.dead == nil && !d.at.IsZero() {
-						c.logTiming(d, now.Sub(d.at))
-					}
+			for k, r := range res[replies : replies+len(fb.acks)] {
+				if r.Err == nil {
+					c.stats.acked.Add(uint64(r.N))
+				} else if !c.fail(r.Err, "XACK "+fb.acks[k].Key) {
+					c.log.Warn().Err(r.Err).Str("stream", fb.acks[k].Key).Msg("XACK refused; entries stay pending")
 				}
-			} else if !c.fail(r.Err, "XACK "+c.key) {
-				c.log.Warn().Err(r.Err).Str("stream", c.key).Msg("XACK refused; entries stay pending")
+			}
+			// Handled entries without a reply (events) are done when the
+			// XACK is: their "reply write" is the acknowledgement.
+			for i := range batch {
+				if d := &batch[i]; d.reply == nil && d.dead == nil && !d.at.IsZero() {
+					c.logTiming(d, now.Sub(d.at))
+				}
 			}
 			if sets != nil {
 				a.answerJoined(batch, setIdx, setRes)
@@ -199,7 +201,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	c := a.c
 	adds := make([]redisx.Add, 0, len(idx))
 	for _, i := range idx {
-		adds = append(adds, redisx.Add{Key: c.dlqKey, Cap: c.dlqCap, Fields: batch[i].dead})
+		adds = append(adds, redisx.Add{Key: batch[i].p.dlqKey, Cap: c.dlqCap, Fields: batch[i].dead})
 	}
 	res, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
 		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
@@ -207,28 +209,85 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	if !ok {
 		return
 	}
-	var ids []string
+	stored := make([]completion, 0, len(idx))
 	for k, r := range res {
 		if r.Err != nil {
-			if !c.fail(r.Err, "XADD "+c.dlqKey) {
+			if !c.fail(r.Err, "XADD "+adds[k].Key) {
 				c.log.Error().Err(r.Err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
 			}
 			continue
 		}
-		ids = append(ids, batch[idx[k]].id)
+		stored = append(stored, completion{p: batch[idx[k]].p, id: batch[idx[k]].id})
 	}
-	if len(ids) == 0 {
+	if len(stored) == 0 {
 		return
 	}
-	ack := &redisx.Ack{Key: c.key, Group: c.cfg.Group, IDs: ids}
-	if res, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, ack, out)
-	}); ok && res[0].Err == nil {
-		c.stats.acked.Add(uint64(res[0].N))
-		c.stats.deadLettered.Add(uint64(len(ids)))
-	} else if ok {
-		c.fail(res[0].Err, "XACK "+c.key)
+	_, acks := c.acksOf(stored, nil, nil)
+	res, ok = a.do(nil, func(out []redisx.Result) []redisx.Result {
+		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, acks, out)
+	})
+	if !ok {
+		return
 	}
+	for k, r := range res {
+		if r.Err == nil {
+			c.stats.acked.Add(uint64(r.N))
+			c.stats.deadLettered.Add(uint64(len(acks[k].IDs)))
+		} else {
+			c.fail(r.Err, "XACK "+acks[k].Key)
+		}
+	}
+}
+
+// acksOf appends the ids of batch's entries that are not dead-lettered to
+// ids and one XACK per partition among them to acks (the acks' id lists
+// are sub-slices of ids: one partition, the common case, costs nothing).
+func (c *Consumer) acksOf(batch []completion, ids []string, acks []redisx.Ack) ([]string, []redisx.Ack) {
+	var first *part
+	mixed := false
+	for i := range batch {
+		if batch[i].dead != nil {
+			continue
+		}
+		if first == nil {
+			first = batch[i].p
+		} else if batch[i].p != first {
+			mixed = true
+			break
+		}
+	}
+	if first == nil {
+		return ids, acks
+	}
+	if !mixed {
+		start := len(ids)
+		for i := range batch {
+			if batch[i].dead == nil {
+				ids = append(ids, batch[i].id)
+			}
+		}
+		return ids, append(acks, redisx.Ack{Key: first.key, Group: c.cfg.Group, IDs: ids[start:]})
+	}
+	// Several partitions: ids grouped by partition, in order of first
+	// appearance.
+	var order []*part
+	seen := map[*part]bool{}
+	for i := range batch {
+		if d := &batch[i]; d.dead == nil && !seen[d.p] {
+			seen[d.p] = true
+			order = append(order, d.p)
+		}
+	}
+	for _, pt := range order {
+		start := len(ids)
+		for i := range batch {
+			if d := &batch[i]; d.dead == nil && d.p == pt {
+				ids = append(ids, d.id)
+			}
+		}
+		acks = append(acks, redisx.Ack{Key: pt.key, Group: c.cfg.Group, IDs: ids[start:len(ids):len(ids)]})
+	}
+	return ids, acks
 }
 
 // do runs one pipeline (send builds its commands afresh and sends them,
@@ -263,7 +322,7 @@ func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) ([
 		if bo == nil {
 			bo = redisx.NewBackoff()
 			bo.MaxElapsedTime = time.Minute
-			a.c.log.Error().Err(netErr).Str("stream", a.c.key).Msg("cannot write replies/acks; retrying")
+			a.c.log.Error().Err(netErr).Str("topic", a.c.cfg.Topic).Msg("cannot write replies/acks; retrying")
 		}
 		wait := bo.NextBackOff()
 		if wait == backoff.Stop {

@@ -63,7 +63,7 @@ func (c *Consumer) settleOf(j *job, reply *codec.Envelope, err error, ended time
 		}
 	}
 	reply.CacheKey, reply.CacheTTL = j.cache, int64(ttl)
-	s := &cacheSettle{entry: c.keys.Cache(c.cfg.Topic, j.cache), flight: c.keys.Flight(c.cfg.Topic, j.cache), ttl: ttl, env: *reply}
+	s := &cacheSettle{entry: c.keys.Cache(j.p.name, j.cache), flight: c.keys.Flight(j.p.name, j.cache), ttl: ttl, env: *reply}
 	return s
 }
 

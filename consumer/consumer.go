@@ -26,8 +26,7 @@ type Consumer struct {
 	h        Handler
 	log      zerolog.Logger
 	keys     bus.Keys
-	key      string
-	dlqKey   string
+	key      string // partition 0's stream: the topic's own
 	replyCap redisx.Cap
 	dlqCap   redisx.Cap
 	presence string // the topic's presence set (bus.Keys.Workers)
@@ -47,6 +46,11 @@ type Consumer struct {
 	fatalMu  sync.Mutex
 	fatalErr error
 	stopRun  context.CancelCauseFunc
+
+	// parts are the partitions read now (see partition.go); joins counts
+	// the first partitions still to join before Serving closes.
+	parts atomic.Pointer[[]*part]
+	joins atomic.Int32
 }
 
 type counters struct {
@@ -110,7 +114,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	}
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := c.Keys()
-	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic), dlqKey: keys.DeadLetter(cfg.Topic),
+	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic),
 		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen),
 		presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name, serving: make(chan struct{})}
 	for _, o := range opts {
@@ -163,12 +167,21 @@ func (c *Consumer) Ready(ctx context.Context) error {
 	default:
 		return ErrNotServing
 	}
-	ok, err := redisx.GroupExists(ctx, c.c.Redis(), c.key, c.cfg.Group)
-	if err != nil {
-		return fmt.Errorf("consumer: redis: %w", err)
+	keys := []string{c.key}
+	if ps := c.parts.Load(); ps != nil {
+		keys = keys[:0]
+		for _, pt := range *ps {
+			keys = append(keys, pt.key)
+		}
 	}
-	if !ok {
-		return fmt.Errorf("consumer: %w: %s on %s", bus.ErrNoGroup, c.cfg.Group, c.key)
+	for _, key := range keys {
+		ok, err := redisx.GroupExists(ctx, c.c.Redis(), key, c.cfg.Group)
+		if err != nil {
+			return fmt.Errorf("consumer: redis: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("consumer: %w: %s on %s", bus.ErrNoGroup, c.cfg.Group, key)
+		}
 	}
 	return nil
 }
@@ -184,6 +197,7 @@ var ErrNotServing = errors.New("consumer: not serving yet")
 type job struct {
 	msg Message
 	env codec.Envelope
+	p   *part // the partition it was read from
 	// cache is the entry id of a cached request ("" otherwise) and cacheTTL
 	// the most its answer may be stored for (the caller's wish within this
 	// worker's limits).
@@ -245,14 +259,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	// The reclaimer feeds the same workers; the heartbeat keeps running
-	// entries alive until their handlers finish (it outlives ctx for them).
+	// Each partition's reclaimer feeds the same workers; the heartbeat
+	// keeps running entries alive until their handlers finish (it outlives
+	// ctx for them).
 	var loops sync.WaitGroup
-	loops.Add(1)
-	go func() {
-		defer loops.Done()
-		c.reclaimLoop(ctx, slots, jobs, a)
-	}()
 	hbctx, stopHeartbeat := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHeartbeat()
 	heartbeatDone := make(chan struct{})
@@ -265,8 +275,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		defer loops.Done()
 		c.presenceLoop(ctx)
 	}()
-	c.readLoop(ctx, slots, jobs, a)
-	loops.Wait() // no more sends on jobs
+	c.runPartitions(ctx, slots, jobs, a) // returns once every read loop and reclaimer did
+	loops.Wait()                         // no more sends on jobs
 	defer func() { stopHeartbeat(); <-heartbeatDone }()
 
 	// Shutdown: reading stopped. Let workers finish (and flush) within the
@@ -291,6 +301,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if c.joined.Swap(false) {
 		c.leave(context.WithoutCancel(ctx))
 	}
+	c.parts.Store(nil)
 	return c.fatal()
 }
 
@@ -320,16 +331,25 @@ func (c *Consumer) fatal() error {
 	return c.fatalErr
 }
 
-// readLoop reads entries while ctx lives, never more than free slots.
-func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
-	out := redisx.Outage{Log: c.log, What: "read loop " + c.key}
+// readLoop reads pt's entries while ctx lives, never more than free slots.
+//
+// With one partition, a read takes one slot (waiting for it) and any others
+// free right now, and blocks for up to Block. With several, each holds a
+// fair share: a read that does not block takes up to Concurrency/partitions
+// entries, and only when it finds none does the loop block, holding one
+// slot (and for at most fairBlock when slots are fewer than partitions), so
+// an idle partition never sits on slots that another partition's entries
+// wait for.
+func (c *Consumer) readLoop(ctx context.Context, pt *part, slots chan struct{}, jobs chan<- *job, a *acker) {
+	out := redisx.Outage{Log: c.log, What: "read loop " + pt.key}
 	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	groupReady := false
+	first := true
 	for ctx.Err() == nil {
 		if !groupReady {
-			if err := c.createGroup(ctx); err != nil {
-				if c.fail(err, "creating or joining the group on "+c.key) {
+			if err := c.createGroup(ctx, pt); err != nil {
+				if c.fail(err, "creating or joining the group on "+pt.key) {
 					return
 				}
 				out.Failed(err)
@@ -337,6 +357,10 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				continue
 			}
 			groupReady = true
+			if first {
+				first = false
+				c.joinedPart(pt)
+			}
 		}
 		// Take one slot (waiting for it), then any others free right now.
 		n := 0
@@ -346,8 +370,13 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 		case <-ctx.Done():
 			return
 		}
+		nparts := c.partCount()
+		limit := min(c.cfg.Concurrency, maxReadBatch)
+		if nparts > 1 {
+			limit = max(1, min(limit, (c.cfg.Concurrency+nparts-1)/nparts))
+		}
 	more:
-		for n < c.cfg.Concurrency && n < maxReadBatch {
+		for n < limit {
 			select {
 			case <-slots:
 				n++
@@ -355,7 +384,23 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				break more
 			}
 		}
-		entries, err := redisx.ReadGroup(rd.For(ctx, c.cfg.Block), c.c.Redis(), c.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+		var entries []redisx.Entry
+		var err error
+		if nparts > 1 {
+			entries, err = redisx.ReadGroupNow(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, int64(n))
+			if err == nil && len(entries) == 0 {
+				for ; n > 1; n-- {
+					slots <- struct{}{}
+				}
+				block := c.cfg.Block
+				if nparts > c.cfg.Concurrency {
+					block = min(block, fairBlock)
+				}
+				entries, err = redisx.ReadGroup(rd.For(ctx, block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", 1, block)
+			}
+		} else {
+			entries, err = redisx.ReadGroup(rd.For(ctx, c.cfg.Block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+		}
 		for i := len(entries); i < n; i++ {
 			slots <- struct{}{}
 		}
@@ -364,11 +409,14 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 				return
 			}
 			if errors.Is(err, bus.ErrNoGroup) {
-				c.log.Warn().Str("stream", c.key).Str("group", c.cfg.Group).Msg("group missing (Redis restarted or flushed?); recreating it")
+				if c.forgotten(ctx, pt) {
+					return // another worker forgot this drained partition: do not recreate it
+				}
+				c.log.Warn().Str("stream", pt.key).Str("group", c.cfg.Group).Msg("group missing (Redis restarted or flushed?); recreating it")
 				groupReady = false
 				continue
 			}
-			if c.fail(err, "XREADGROUP "+c.key) {
+			if c.fail(err, "XREADGROUP "+pt.key) {
 				return
 			}
 			out.Failed(err)
@@ -381,49 +429,52 @@ func (c *Consumer) readLoop(ctx context.Context, slots chan struct{}, jobs chan<
 		}
 		now := time.Now()
 		for i := range entries {
-			c.route(&entries[i], now, 1, jobs, a)
+			c.route(pt, &entries[i], now, 1, jobs, a)
 		}
 	}
 }
 
-// createGroup creates the group (if missing) and joins it: the consumer is
-// then listed in the group and in the topic's presence set, and Serving is
-// closed.
-func (c *Consumer) createGroup(ctx context.Context) error {
+// fairBlock bounds a blocking read of one partition when handler slots are
+// fewer than partitions: the read holds a slot, so it returns soon to let
+// another partition's loop have it.
+const fairBlock = 50 * time.Millisecond
+
+// createGroup creates the group on pt (if missing) and joins it: the
+// consumer is then listed in the group and in the topic's presence set.
+func (c *Consumer) createGroup(ctx context.Context, pt *part) error {
 	rc := c.c.Redis()
-	if err := redisx.CreateGroup(ctx, rc, c.key, c.cfg.Group, c.cfg.StartID); err != nil {
+	if err := redisx.CreateGroup(ctx, rc, pt.key, c.cfg.Group, pt.start); err != nil {
 		return err
 	}
 	c.stats.groupsCreated.Add(1)
-	if err := redisx.Join(ctx, rc, c.key, c.cfg.Group, c.cfg.Name, c.presence, c.member, time.Now(), presencePrune); err != nil {
+	if err := redisx.Join(ctx, rc, pt.key, c.cfg.Group, c.cfg.Name, c.presence, c.member, time.Now(), presencePrune); err != nil {
 		if !redisx.IsRedisReply(err) {
-			return fmt.Errorf("consumer: join %s on %s: %w", c.cfg.Group, c.key, err)
+			return fmt.Errorf("consumer: join %s on %s: %w", c.cfg.Group, pt.key, err)
 		}
 		// Refused (an ACL without the presence key): serve all the same;
 		// producers then rely on the group's consumers.
 		c.log.Warn().Err(err).Str("key", c.presence).Msg("cannot announce this worker; producers may not see it until it has read an entry")
 	}
 	c.joined.Store(true)
-	c.served.Do(func() { close(c.serving) })
 	return nil
 }
 
 // route sends one read entry to a worker, or straight to the acker when it
 // must not be handled (malformed, deleted, expired). Each entry holds one slot.
-func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<- *job, a *acker) {
+func (c *Consumer) route(pt *part, e *redisx.Entry, now time.Time, attempt int, jobs chan<- *job, a *acker) {
 	c.stats.received.Add(1)
 	c.inFlight.Add(1)
 	switch {
 	case e.Deleted:
-		a.addAsync(completion{id: e.ID}) // nothing left to handle or dead-letter
+		a.addAsync(completion{p: pt, id: e.ID}) // nothing left to handle or dead-letter
 		return
 	case !e.HasData:
-		c.malformed(e, attempt, fmt.Sprintf("entry has no %q field", redisx.Field), a)
+		c.malformed(pt, e, attempt, fmt.Sprintf("entry has no %q field", redisx.Field), a)
 		return
 	case len(e.Data) > c.cfg.MaxEntrySize:
 		why := fmt.Sprintf("entry of %d bytes exceeds MaxEntrySize %d", len(e.Data), c.cfg.MaxEntrySize)
 		c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "malformed", err: why, msg: "oversized entry: dead-lettered (its size and first bytes)"})
-		a.addAsync(completion{id: e.ID, dead: redisx.DeadLetterOversized(e, c.deadLetter(attempt, "malformed", why))})
+		a.addAsync(completion{p: pt, id: e.ID, dead: redisx.DeadLetterOversized(e, c.deadLetter(attempt, "malformed", why))})
 		return
 	}
 	j := jobPool.Get().(*job)
@@ -431,30 +482,30 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 	// not read again once decoded): the payload may alias it.
 	if err := codec.DecodeEnvelopeOwned(e.Data, &j.env); err != nil {
 		putJob(j)
-		c.malformed(e, attempt, err.Error(), a)
+		c.malformed(pt, e, attempt, err.Error(), a)
 		return
 	}
 	if j.env.Kind != codec.KindEvent && j.env.Kind != codec.KindRequest {
 		kind := j.env.Kind
 		putJob(j)
-		c.malformed(e, attempt, "envelope kind "+kind.String()+" on a topic stream", a)
+		c.malformed(pt, e, attempt, "envelope kind "+kind.String()+" on a topic stream", a)
 		return
 	}
 	if j.env.Kind == codec.KindRequest {
 		if why := c.checkRequest(&j.env); why != "" {
 			putJob(j)
-			c.malformed(e, attempt, why, a)
+			c.malformed(pt, e, attempt, why, a)
 			return
 		}
 	}
 	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
 		putJob(j)
 		c.stats.expired.Add(1)
-		a.addAsync(completion{id: e.ID})
+		a.addAsync(completion{p: pt, id: e.ID})
 		return
 	}
 	j.msg = Message{
-		ID: e.ID, Topic: c.cfg.Topic, Payload: j.env.Payload, Headers: j.env.Headers, Attempt: attempt,
+		ID: e.ID, Topic: c.cfg.Topic, Partition: pt.idx, Payload: j.env.Payload, Headers: j.env.Headers, Attempt: attempt,
 		Request: j.env.Kind == codec.KindRequest, Sent: time.Unix(0, j.env.Sent),
 	}
 	if j.env.Deadline != 0 {
@@ -463,6 +514,7 @@ func (c *Consumer) route(e *redisx.Entry, now time.Time, attempt int, jobs chan<
 	if j.env.Kind == codec.KindRequest && j.env.CacheKey != "" {
 		c.cacheOf(j, e.ID)
 	}
+	j.p = pt
 	j.readAt = now.UnixNano()
 	j.queued = queueWait(e.ID, j.env.Sent, j.readAt)
 	c.timings.Record(metrics.QueueWait, j.queued)
@@ -503,9 +555,9 @@ func (c *Consumer) warnFailed(m *Message, err error, reason, what string) {
 }
 
 // malformed dead-letters an entry that cannot be handled, at once.
-func (c *Consumer) malformed(e *redisx.Entry, attempt int, why string, a *acker) {
+func (c *Consumer) malformed(pt *part, e *redisx.Entry, attempt int, why string, a *acker) {
 	c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "malformed", err: why, msg: "malformed entry: dead-lettered"})
-	a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt, "malformed", why)})
+	a.addAsync(completion{p: pt, id: e.ID, dead: c.deadFields(e, attempt, "malformed", why)})
 }
 
 // work runs the handler for one job and decides what becomes of the entry:
@@ -518,11 +570,11 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		defer dc.cancel(context.Canceled)
 		ctx = dc
 	}
-	slot.set(j.msg.ID, j.readAt)
+	slot.set(j.p, j.msg.ID, j.readAt)
 	started := time.Now()
 	out, err := c.call(ctx, &j.msg)
 	ended := time.Now()
-	slot.set("", 0)
+	slot.set(nil, "", 0)
 	c.timings.Record(metrics.Handler, ended.Sub(started))
 	c.stats.handled.Add(1)
 	if err != nil {
@@ -534,7 +586,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 			return
 		}
 	}
-	done := completion{id: j.msg.ID, at: ended, queued: j.queued, handled: ended.Sub(started), failed: err != nil}
+	done := completion{p: j.p, id: j.msg.ID, at: ended, queued: j.queued, handled: ended.Sub(started), failed: err != nil}
 	switch {
 	case j.msg.Request:
 		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&

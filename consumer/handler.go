@@ -13,6 +13,9 @@ type Message struct {
 	ID string
 	// Topic the entry was read from.
 	Topic string
+	// Partition is the topic's partition the entry was read from (0 for a
+	// topic of one partition). ID is unique within a partition only.
+	Partition int
 	// Payload is the sender's payload; the handler may modify it.
 	Payload []byte
 	// Headers are the sender's headers (nil when none).

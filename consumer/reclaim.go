@@ -15,20 +15,21 @@ import (
 // owns its slot; the heartbeat reads it every ClaimIdle/3.
 type workerSlot struct {
 	mu     sync.Mutex
+	p      *part  // the entry's partition
 	id     string // entry id; "" when idle
 	readAt int64  // unix nanoseconds when the entry was read
 }
 
-func (s *workerSlot) set(id string, readAt int64) {
+func (s *workerSlot) set(p *part, id string, readAt int64) {
 	s.mu.Lock()
-	s.id, s.readAt = id, readAt
+	s.p, s.id, s.readAt = p, id, readAt
 	s.mu.Unlock()
 }
 
-func (s *workerSlot) get() (string, int64) {
+func (s *workerSlot) get() (*part, string, int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.id, s.readAt
+	return s.p, s.id, s.readAt
 }
 
 // reclaimLoop takes over entries other consumers left pending longer than
@@ -36,11 +37,11 @@ func (s *workerSlot) get() (string, int64) {
 // ones; past MaxDeliveries they go to the dead-letter stream. It claims at
 // most as many entries as handler slots are free, and each claimed entry
 // waits for a slot like a read one. It returns when ctx ends.
-func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
+func (c *Consumer) reclaimLoop(ctx context.Context, pt *part, slots chan struct{}, jobs chan<- *job, a *acker) {
 	t := time.NewTicker(c.cfg.ReclaimInterval)
 	defer t.Stop()
 	cursor := "0-0"
-	out := redisx.Outage{Log: c.log, What: "reclaimer " + c.key}
+	out := redisx.Outage{Log: c.log, What: "reclaimer " + pt.key}
 	var lastCleanup time.Time
 	for {
 		select {
@@ -48,10 +49,10 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 			return
 		case <-t.C:
 		}
-		c.enforceRetention(ctx)
+		c.enforceRetention(ctx, pt)
 		if c.cfg.ConsumerIdleTimeout > 0 && time.Since(lastCleanup) >= min(c.cfg.ConsumerIdleTimeout/4, time.Minute) {
 			lastCleanup = time.Now()
-			c.removeIdleConsumers(ctx)
+			c.removeIdleConsumers(ctx, pt)
 		}
 		for ctx.Err() == nil { // keep going while full batches come back
 			// The read loop may hold the free slots while it blocks, so size
@@ -60,9 +61,9 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 			if n <= 0 {
 				break
 			}
-			got, next, err := c.reclaimOnce(ctx, cursor, n, slots, jobs, a)
+			got, next, err := c.reclaimOnce(ctx, pt, cursor, n, slots, jobs, a)
 			if err != nil {
-				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) && !c.fail(err, "XAUTOCLAIM "+c.key) { // the read loop recreates a lost group
+				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) && !c.fail(err, "XAUTOCLAIM "+pt.key) { // the read loop recreates a lost group
 					out.Failed(err)
 				}
 				break
@@ -78,20 +79,20 @@ func (c *Consumer) reclaimLoop(ctx context.Context, slots chan struct{}, jobs ch
 
 // removeIdleConsumers deletes other consumers idle longer than
 // ConsumerIdleTimeout with nothing pending.
-func (c *Consumer) removeIdleConsumers(ctx context.Context) {
-	list, err := redisx.Consumers(ctx, c.c.Redis(), c.key, c.cfg.Group)
+func (c *Consumer) removeIdleConsumers(ctx context.Context, pt *part) {
+	list, err := redisx.Consumers(ctx, c.c.Redis(), pt.key, c.cfg.Group)
 	if err != nil {
-		c.maintenanceFailed("list consumers", err)
+		c.maintenanceFailed(pt, "list consumers", err)
 		return
 	}
 	for _, ci := range list {
 		if ci.Name == c.cfg.Name || ci.Pending != 0 || ci.Idle < c.cfg.ConsumerIdleTimeout {
 			continue
 		}
-		n, err := redisx.DeleteConsumer(ctx, c.c.Redis(), c.key, c.cfg.Group, ci.Name)
+		n, err := redisx.DeleteConsumer(ctx, c.c.Redis(), pt.key, c.cfg.Group, ci.Name)
 		switch {
 		case err != nil:
-			c.maintenanceFailed("remove idle consumer "+ci.Name, err)
+			c.maintenanceFailed(pt, "remove idle consumer "+ci.Name, err)
 			return
 		case n > 0:
 			// It read entries between the listing and the delete: they left
@@ -108,21 +109,21 @@ func (c *Consumer) removeIdleConsumers(ctx context.Context) {
 // maintenanceFailed reports a failed housekeeping command. Redis being
 // unreachable is left to the reclaimer's outage log; an error reply (a
 // refused command, a NOGROUP apart) means a misconfiguration and is logged.
-func (c *Consumer) maintenanceFailed(what string, err error) {
+func (c *Consumer) maintenanceFailed(pt *part, what string, err error) {
 	if redisx.IsRedisReply(err) && !redisx.IsNoGroup(err) {
-		c.log.Warn().Err(err).Str("stream", c.key).Str("op", what).Msg("housekeeping refused by Redis")
+		c.log.Warn().Err(err).Str("stream", pt.key).Str("op", what).Msg("housekeeping refused by Redis")
 	}
 }
 
 // enforceRetention trims the topic to the configured retention, if any.
-func (c *Consumer) enforceRetention(ctx context.Context) {
+func (c *Consumer) enforceRetention(ctx context.Context, pt *part) {
 	if c.cfg.RetentionMaxLen <= 0 && c.cfg.RetentionMaxAge <= 0 {
 		return
 	}
-	n, err := redisx.Trim(ctx, c.c.Redis(), c.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
+	n, err := redisx.Trim(ctx, c.c.Redis(), pt.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
 	switch {
 	case err != nil:
-		c.maintenanceFailed("retention trim", err)
+		c.maintenanceFailed(pt, "retention trim", err)
 	case n > 0:
 		c.stats.trimmed.Add(uint64(n))
 	}
@@ -132,8 +133,8 @@ func (c *Consumer) enforceRetention(ctx context.Context) {
 // has a handler slot; it returns how many it claimed and the next cursor.
 // Claimed entries it cannot route before ctx ends stay pending (ours), and
 // are reclaimed again after ClaimIdle.
-func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots chan struct{}, jobs chan<- *job, a *acker) (int, string, error) {
-	next, entries, deleted, err := redisx.AutoClaim(ctx, c.c.Redis(), c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle, cursor, int64(n))
+func (c *Consumer) reclaimOnce(ctx context.Context, pt *part, cursor string, n int, slots chan struct{}, jobs chan<- *job, a *acker) (int, string, error) {
+	next, entries, deleted, err := redisx.AutoClaim(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle, cursor, int64(n))
 	if err != nil {
 		return 0, cursor, err
 	}
@@ -141,13 +142,13 @@ func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots 
 		// Trimmed while pending: Redis dropped them from the pending list
 		// as it reported them; nothing is left to handle or retry.
 		c.stats.deletedPending.Add(uint64(len(deleted)))
-		c.log.Warn().Int("entries", len(deleted)).Str("stream", c.key).Msg("pending entries were trimmed before anyone handled them")
+		c.log.Warn().Int("entries", len(deleted)).Str("stream", pt.key).Msg("pending entries were trimmed before anyone handled them")
 	}
 	if len(entries) == 0 {
 		return 0, next, nil
 	}
 	deliveries := map[string]int64{}
-	pend, err := redisx.PendingOf(ctx, c.c.Redis(), c.key, c.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), c.cfg.Name)
+	pend, err := redisx.PendingOf(ctx, c.c.Redis(), pt.key, c.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), c.cfg.Name)
 	if err != nil {
 		return len(entries), next, fmt.Errorf("delivery counts: %w", err)
 	}
@@ -171,23 +172,24 @@ func (c *Consumer) reclaimOnce(ctx context.Context, cursor string, n int, slots 
 			c.inFlight.Add(1)
 			c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "max_deliveries",
 				msg: "not completed after MaxDeliveries deliveries (its workers died or timed out): dead-lettered"})
-			a.addAsync(completion{id: e.ID, dead: c.deadFields(e, attempt-1, "max_deliveries",
+			a.addAsync(completion{p: pt, id: e.ID, dead: c.deadFields(e, attempt-1, "max_deliveries",
 				fmt.Sprintf("not completed after %d deliveries (MaxDeliveries %d)", attempt-1, c.cfg.MaxDeliveries))})
 			continue
 		}
-		c.route(e, time.Now(), attempt, jobs, a)
+		c.route(pt, e, time.Now(), attempt, jobs, a)
 	}
 	return len(entries), next, nil
 }
 
 // heartbeatLoop keeps entries whose handler runs long from being reclaimed:
 // every ClaimIdle/3 it resets the idle time of this consumer's entries that
-// were read more than ClaimIdle/3 ago and are still being handled.
+// were read more than ClaimIdle/3 ago and are still being handled (one
+// round of commands per partition that has such entries).
 func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 	every := c.cfg.ClaimIdle / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var ids []string
+	byPart := map[*part][]string{}
 	out := redisx.Outage{Log: c.log, What: "heartbeat " + c.key}
 	for {
 		select {
@@ -195,29 +197,31 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 			return
 		case <-t.C:
 		}
-		ids = ids[:0]
+		clear(byPart)
 		old := time.Now().Add(-every).UnixNano()
 		for i := range running {
-			if id, readAt := running[i].get(); id != "" && readAt < old {
-				ids = append(ids, id)
+			if pt, id, readAt := running[i].get(); id != "" && readAt < old {
+				byPart[pt] = append(byPart[pt], id)
 			}
 		}
-		if len(ids) == 0 {
-			continue
-		}
-		if err := c.touch(ctx, ids); err != nil {
-			if ctx.Err() == nil && !c.fail(err, "XCLAIM (heartbeat) "+c.key) {
-				out.Failed(err) // long handlers may be reclaimed meanwhile
+		failed := false
+		for pt, ids := range byPart {
+			if err := c.touch(ctx, pt, ids); err != nil {
+				if ctx.Err() == nil && !c.fail(err, "XCLAIM (heartbeat) "+pt.key) {
+					out.Failed(err) // long handlers may be reclaimed meanwhile
+				}
+				failed = true
 			}
-			continue
 		}
-		out.OK()
+		if len(byPart) > 0 && !failed {
+			out.OK()
+		}
 	}
 }
 
-// touch resets the idle time of those ids this consumer still owns.
-func (c *Consumer) touch(ctx context.Context, ids []string) error {
-	mine, err := redisx.PendingOf(ctx, c.c.Redis(), c.key, c.cfg.Group, "-", "+", int64(c.cfg.Concurrency)+int64(len(ids)), c.cfg.Name)
+// touch resets the idle time of those ids of pt this consumer still owns.
+func (c *Consumer) touch(ctx context.Context, pt *part, ids []string) error {
+	mine, err := redisx.PendingOf(ctx, c.c.Redis(), pt.key, c.cfg.Group, "-", "+", int64(c.cfg.Concurrency)+int64(len(ids)), c.cfg.Name)
 	if err != nil {
 		return err
 	}
@@ -231,7 +235,7 @@ func (c *Consumer) touch(ctx context.Context, ids []string) error {
 			keep = append(keep, id)
 		}
 	}
-	if err := redisx.Touch(ctx, c.c.Redis(), c.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
+	if err := redisx.Touch(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
 		return err
 	}
 	c.stats.heartbeats.Add(uint64(len(keep)))

@@ -40,20 +40,27 @@ func (i *Inspector) CacheStats(ctx context.Context, topic string) (CacheStats, e
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return CacheStats{}, fmt.Errorf("inspect: %w", err)
 	}
+	ps, err := i.partitions(ctx, topic)
+	if err != nil {
+		return CacheStats{}, err
+	}
 	rc := i.c.Redis()
 	s := CacheStats{Topic: topic}
-	var err error
 	if s.Generation, s.Epoch, err = redisx.CacheMeta(ctx, rc, i.keys.Meta(topic)); err != nil {
 		return s, fmt.Errorf("inspect: cache stats of %s: %w", topic, err)
 	}
-	var trunc1, trunc2 bool
-	if s.Entries, s.Bytes, trunc1, err = redisx.KeyStats(ctx, rc, i.keys.CachePattern(topic, false), cacheScanLimit); err != nil {
-		return s, fmt.Errorf("inspect: cache stats of %s: %w", topic, err)
+	for _, pn := range ps.names() { // each partition's entries live under its own hash tag
+		n, b, trunc1, err := redisx.KeyStats(ctx, rc, i.keys.CachePattern(pn, false), cacheScanLimit)
+		if err != nil {
+			return s, fmt.Errorf("inspect: cache stats of %s: %w", pn, err)
+		}
+		f, _, trunc2, err := redisx.KeyStats(ctx, rc, i.keys.CachePattern(pn, true), cacheScanLimit)
+		if err != nil {
+			return s, fmt.Errorf("inspect: cache stats of %s: %w", pn, err)
+		}
+		s.Entries, s.Bytes, s.InFlight = s.Entries+n, s.Bytes+b, s.InFlight+f
+		s.Truncated = s.Truncated || trunc1 || trunc2
 	}
-	if s.InFlight, _, trunc2, err = redisx.KeyStats(ctx, rc, i.keys.CachePattern(topic, true), cacheScanLimit); err != nil {
-		return s, fmt.Errorf("inspect: cache stats of %s: %w", topic, err)
-	}
-	s.Truncated = trunc1 || trunc2
 	return s, nil
 }
 
@@ -65,11 +72,21 @@ func (i *Inspector) FlushCache(ctx context.Context, topic string) (uint64, error
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return 0, fmt.Errorf("inspect: %w", err)
 	}
-	g, err := redisx.BumpGeneration(ctx, i.c.Redis(), i.keys.Meta(topic))
+	ps, err := i.partitions(ctx, topic)
 	if err != nil {
-		return 0, fmt.Errorf("inspect: flush cache of %s: %w", topic, err)
+		return 0, err
 	}
-	return g, nil
+	var first uint64
+	for k, pn := range ps.names() { // each partition has its own generation
+		g, err := redisx.BumpGeneration(ctx, i.c.Redis(), i.keys.Meta(pn))
+		if err != nil {
+			return 0, fmt.Errorf("inspect: flush cache of %s: %w", pn, err)
+		}
+		if k == 0 {
+			first = g
+		}
+	}
+	return first, nil
 }
 
 // FlushCacheEntry invalidates one cached answer: the one of requests whose
@@ -83,15 +100,25 @@ func (i *Inspector) FlushCacheEntry(ctx context.Context, topic string, h bus.Cac
 	if _, _, ok := bus.ParseCacheEntryID(bus.CacheEntryID(0, h)); !ok {
 		return false, fmt.Errorf("inspect: %w: cache hash %q is not 32 lower-case hex digits", bus.ErrInvalidConfig, h)
 	}
+	ps, err := i.partitions(ctx, topic)
+	if err != nil {
+		return false, err
+	}
 	rc := i.c.Redis()
-	meta := i.keys.Meta(topic)
-	gen, _, err := redisx.CacheMeta(ctx, rc, meta)
-	if err != nil {
-		return false, fmt.Errorf("inspect: flush cache entry of %s: %w", topic, err)
+	found := false
+	// The entry lives in the partition its hash chose under the count of
+	// the time it was stored: drop it from each.
+	for _, pn := range ps.names() {
+		meta := i.keys.Meta(pn)
+		gen, _, err := redisx.CacheMeta(ctx, rc, meta)
+		if err != nil {
+			return false, fmt.Errorf("inspect: flush cache entry of %s: %w", pn, err)
+		}
+		ok, err := redisx.DropEntry(ctx, rc, meta, i.keys.Cache(pn, bus.CacheEntryID(gen, h)))
+		if err != nil {
+			return false, fmt.Errorf("inspect: flush cache entry of %s: %w", pn, err)
+		}
+		found = found || ok
 	}
-	ok, err := redisx.DropEntry(ctx, rc, meta, i.keys.Cache(topic, bus.CacheEntryID(gen, h)))
-	if err != nil {
-		return false, fmt.Errorf("inspect: flush cache entry of %s: %w", topic, err)
-	}
-	return ok, nil
+	return found, nil
 }

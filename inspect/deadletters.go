@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/egos/mycelium/bus"
@@ -30,6 +31,7 @@ var (
 // --json` prints.
 type DeadLetter struct {
 	ID         string    `json:"id"`          // id in the dead-letter stream
+	Partition  int       `json:"partition"`   // the topic's partition it came from (ids are unique per partition)
 	OriginalID string    `json:"original_id"` // id it had on the topic stream
 	Topic      string    `json:"topic"`
 	Group      string    `json:"group"`
@@ -70,19 +72,29 @@ func deadLetter(d *redisx.DeadLetter) DeadLetter {
 	return out
 }
 
-// DeadLetters returns up to limit entries of topic's dead-letter stream,
-// oldest first (limit <= 0: all of them, which costs O(length)).
+// DeadLetters returns up to limit entries of topic's dead-letter streams
+// (one per partition), oldest first (limit <= 0: all of them, which costs
+// O(length)).
 func (i *Inspector) DeadLetters(ctx context.Context, topic string, limit int) ([]DeadLetter, error) {
-	if err := bus.ValidateName("topic", topic); err != nil {
-		return nil, fmt.Errorf("inspect: %w", err)
-	}
-	raw, err := redisx.DeadLetters(ctx, i.c.Redis(), i.keys.DeadLetter(topic), "-", "+", int64(limit))
+	ps, err := i.partitions(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("inspect: dead letters of %s: %w", topic, redisx.Unavailable(err))
+		return nil, err
 	}
-	out := make([]DeadLetter, len(raw))
-	for k := range raw {
-		out[k] = deadLetter(&raw[k])
+	var out []DeadLetter
+	for k, pn := range ps.names() {
+		raw, err := redisx.DeadLetters(ctx, i.c.Redis(), i.keys.DeadLetter(pn), "-", "+", int64(limit))
+		if err != nil {
+			return nil, fmt.Errorf("inspect: dead letters of %s: %w", pn, redisx.Unavailable(err))
+		}
+		for j := range raw {
+			d := deadLetter(&raw[j])
+			d.Partition = k
+			out = append(out, d)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b DeadLetter) int { return redisx.CompareIDs(a.ID, b.ID) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
 	}
 	return out, nil
 }
@@ -98,7 +110,11 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return 0, fmt.Errorf("inspect: %w", err)
 	}
-	dlq, stream := i.keys.DeadLetter(topic), i.keys.Topic(topic)
+	ps, err := i.partitions(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	names := ps.names()
 	rc := i.c.Redis()
 	var letters []DeadLetter
 	var errs []error
@@ -109,14 +125,21 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 		}
 	}
 	for _, id := range ids {
-		raw, err := redisx.DeadLetters(ctx, rc, dlq, id, id, 1)
-		switch {
-		case err != nil:
-			return 0, fmt.Errorf("inspect: read dead letter %s: %w", id, redisx.Unavailable(err))
-		case len(raw) == 0:
+		found := false
+		for k, pn := range names { // ids are unique per partition: each one's letter
+			raw, err := redisx.DeadLetters(ctx, rc, i.keys.DeadLetter(pn), id, id, 1)
+			if err != nil {
+				return 0, fmt.Errorf("inspect: read dead letter %s: %w", id, redisx.Unavailable(err))
+			}
+			if len(raw) > 0 {
+				d := deadLetter(&raw[0])
+				d.Partition = k
+				letters = append(letters, d)
+				found = true
+			}
+		}
+		if !found {
 			errs = append(errs, fmt.Errorf("%s: %w", id, ErrNotFound))
-		default:
-			letters = append(letters, deadLetter(&raw[0]))
 		}
 	}
 	n := 0
@@ -131,7 +154,10 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 			env.Headers = make(map[string]string, 1)
 		}
 		env.Headers[ReplayedFromHeader] = d.ID
-		if _, err := redisx.Replay(ctx, rc, stream, dlq, d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
+		// Back to the partition it came from (a removed partition is read
+		// until drained, and forgotten only once its dead letters are gone).
+		pn := bus.Partition(topic, d.Partition)
+		if _, err := redisx.Replay(ctx, rc, i.keys.Topic(pn), i.keys.DeadLetter(pn), d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.ID, redisx.Unavailable(err)))
 			continue
 		}
@@ -149,16 +175,23 @@ func (i *Inspector) PurgeDeadLetters(ctx context.Context, topic string, olderTha
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return 0, fmt.Errorf("inspect: %w", err)
 	}
-	key := i.keys.DeadLetter(topic)
-	var n int64
-	var err error
-	if olderThan <= 0 {
-		n, err = redisx.Purge(ctx, i.c.Redis(), key)
-	} else {
-		n, err = redisx.Trim(ctx, i.c.Redis(), key, 0, olderThan)
-	}
+	ps, err := i.partitions(ctx, topic)
 	if err != nil {
-		return 0, fmt.Errorf("inspect: purge dead letters of %s: %w", topic, redisx.Unavailable(err))
+		return 0, err
 	}
-	return n, nil
+	var total int64
+	for _, pn := range ps.names() {
+		key := i.keys.DeadLetter(pn)
+		var n int64
+		if olderThan <= 0 {
+			n, err = redisx.Purge(ctx, i.c.Redis(), key)
+		} else {
+			n, err = redisx.Trim(ctx, i.c.Redis(), key, 0, olderThan)
+		}
+		if err != nil {
+			return total, fmt.Errorf("inspect: purge dead letters of %s: %w", pn, redisx.Unavailable(err))
+		}
+		total += n
+	}
+	return total, nil
 }

@@ -33,6 +33,13 @@ type Topic struct {
 	FirstEntryAge, LastEntryAge time.Duration
 	DeadLetters                 int64 // entries in the topic's dead-letter stream
 	Groups                      []Group
+	// Partitions is the topic's partition count and Draining the removed
+	// partitions still read (see Partitions). For a partitioned topic the
+	// figures above add up its partitions, each of which is in Parts (with
+	// its Partition number); Parts is nil for a topic of one partition.
+	Partitions, Draining int
+	Partition            int
+	Parts                []Topic
 }
 
 // Group is one consumer group of a topic.
@@ -77,20 +84,97 @@ type Overview struct {
 // Topic reads one topic: its stream, dead-letter count, and each group with
 // its pending summary and consumers. It costs one round trip plus one per
 // group, each O(1) in the stream's length (XLEN, XRANGE/XREVRANGE COUNT 1,
-// XINFO GROUPS, XPENDING summary, XINFO CONSUMERS). A topic that does not
-// exist reads as empty.
+// XINFO GROUPS, XPENDING summary, XINFO CONSUMERS), for each partition. A
+// topic that does not exist reads as empty.
+//
+// A partitioned topic's figures add up its partitions (lengths, dead
+// letters, pending and lag per group, pending per consumer; the oldest
+// first and newest last entry); Parts holds each partition's own.
 func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
-	if err := bus.ValidateName("topic", name); err != nil {
-		return Topic{}, fmt.Errorf("inspect: %w", err)
-	}
-	key := i.keys.Topic(name)
-	rc := i.c.Redis()
-	si, err := redisx.Info(ctx, rc, key, i.keys.DeadLetter(name))
+	ps, err := i.partitions(ctx, name)
 	if err != nil {
-		return Topic{}, fmt.Errorf("inspect: topic %s: %w", name, redisx.Unavailable(err))
+		return Topic{}, err
+	}
+	names := ps.names()
+	if len(names) == 1 {
+		t, err := i.partTopic(ctx, name, name)
+		t.Partitions = 1
+		return t, err
+	}
+	t := Topic{Name: name, Partitions: ps.Count, Draining: ps.Draining}
+	for _, pn := range names {
+		pt, err := i.partTopic(ctx, name, pn)
+		if err != nil {
+			return t, err
+		}
+		t.Parts = append(t.Parts, pt)
+	}
+	t.add(time.Now())
+	return t, nil
+}
+
+// add sums t.Parts into t.
+func (t *Topic) add(now time.Time) {
+	groups := map[string]int{}
+	for _, p := range t.Parts {
+		t.Length += p.Length
+		t.DeadLetters += p.DeadLetters
+		if p.FirstID != "" && (t.FirstID == "" || redisx.CompareIDs(p.FirstID, t.FirstID) < 0) {
+			t.FirstID = p.FirstID
+		}
+		if redisx.CompareIDs(p.LastID, t.LastID) > 0 {
+			t.LastID = p.LastID
+		}
+		for _, g := range p.Groups {
+			k, ok := groups[g.Name]
+			if !ok {
+				k = len(t.Groups)
+				groups[g.Name] = k
+				t.Groups = append(t.Groups, Group{Name: g.Name})
+			}
+			tg := &t.Groups[k]
+			tg.Pending += g.Pending
+			if g.OldestPendingID != "" && (tg.OldestPendingID == "" || redisx.CompareIDs(g.OldestPendingID, tg.OldestPendingID) < 0) {
+				tg.OldestPendingID = g.OldestPendingID
+			}
+			if tg.Lag >= 0 {
+				if g.Lag < 0 {
+					tg.Lag = -1
+				} else {
+					tg.Lag += g.Lag
+				}
+			}
+			if redisx.CompareIDs(g.LastDeliveredID, tg.LastDeliveredID) > 0 {
+				tg.LastDeliveredID = g.LastDeliveredID
+			}
+			for _, c := range g.Consumers {
+				j := slices.IndexFunc(tg.Consumers, func(x Consumer) bool { return x.Name == c.Name })
+				if j < 0 {
+					tg.Consumers = append(tg.Consumers, c)
+					continue
+				}
+				tg.Consumers[j].Pending += c.Pending
+				tg.Consumers[j].Idle = min(tg.Consumers[j].Idle, c.Idle)
+			}
+		}
+	}
+	t.FirstEntryAge, t.LastEntryAge = age(t.FirstID, now), age(t.LastID, now)
+	for k := range t.Groups {
+		t.Groups[k].OldestPendingAge = age(t.Groups[k].OldestPendingID, now)
+	}
+}
+
+// partTopic reads one partition (part, a partition name) of topic.
+func (i *Inspector) partTopic(ctx context.Context, topic, part string) (Topic, error) {
+	key := i.keys.Topic(part)
+	rc := i.c.Redis()
+	si, err := redisx.Info(ctx, rc, key, i.keys.DeadLetter(part))
+	if err != nil {
+		return Topic{}, fmt.Errorf("inspect: topic %s: %w", part, redisx.Unavailable(err))
 	}
 	now := time.Now()
-	t := Topic{Name: name, Length: si.Length, FirstID: si.FirstID, LastID: si.LastID,
+	_, pnum, _ := bus.ParsePartition(part)
+	t := Topic{Name: topic, Partition: pnum, Length: si.Length, FirstID: si.FirstID, LastID: si.LastID,
 		FirstEntryAge: age(si.FirstID, now), LastEntryAge: age(si.LastID, now), DeadLetters: si.DeadLetters,
 		Groups: make([]Group, 0, len(si.Groups))}
 	for _, g := range si.Groups {
@@ -99,7 +183,7 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 		case errors.Is(err, redisx.ErrNoGroup):
 			continue // destroyed since XINFO GROUPS listed it
 		case err != nil:
-			return t, fmt.Errorf("inspect: topic %s group %s: %w", name, g.Name, redisx.Unavailable(err))
+			return t, fmt.Errorf("inspect: topic %s group %s: %w", part, g.Name, redisx.Unavailable(err))
 		}
 		gr := Group{Name: g.Name, Pending: g.Pending, OldestPendingID: p.OldestID, OldestPendingAge: age(p.OldestID, now),
 			Lag: g.Lag, LastDeliveredID: g.LastDeliveredID, Consumers: make([]Consumer, 0, len(cs))}
@@ -176,9 +260,13 @@ func (i *Inspector) scan(ctx context.Context) (topics, replies []string, err err
 	seen := map[string]bool{}
 	for _, k := range keys {
 		if t, ok := i.keys.ParseTopic(k); ok {
-			seen[t] = true
+			if t, _, ok := bus.ParsePartition(t); ok {
+				seen[t] = true
+			}
 		} else if t, ok := i.keys.ParseDeadLetter(k); ok {
-			seen[t] = true // a topic whose stream is gone may still have dead letters
+			if t, _, ok := bus.ParsePartition(t); ok {
+				seen[t] = true // a topic whose stream is gone may still have dead letters
+			}
 		} else if _, ok := i.keys.ParseReply(k); ok {
 			replies = append(replies, k)
 		}
@@ -193,6 +281,7 @@ func (i *Inspector) scan(ctx context.Context) (topics, replies []string, err err
 
 // Pending is one entry delivered to a group and not yet acknowledged.
 type Pending struct {
+	Partition  int // the topic's partition it is in (IDs are unique per partition)
 	ID         string
 	Consumer   string        // who holds it
 	Idle       time.Duration // since it was last delivered or heartbeated
@@ -210,13 +299,24 @@ func (i *Inspector) Pending(ctx context.Context, topic, group, consumer string, 
 	if count <= 0 {
 		return nil, fmt.Errorf("inspect: pending: %w: count must be positive", bus.ErrInvalidConfig)
 	}
-	rows, err := redisx.PendingOf(ctx, i.c.Redis(), i.keys.Topic(topic), group, "-", "+", count, consumer)
+	ps, err := i.partitions(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("inspect: pending of %s/%s: %w", topic, group, redisx.Unavailable(err))
+		return nil, err
 	}
-	out := make([]Pending, len(rows))
-	for k, r := range rows {
-		out[k] = Pending{ID: r.ID, Consumer: r.Consumer, Idle: r.Idle, Deliveries: r.Deliveries}
+	var out []Pending
+	for k, pn := range ps.names() {
+		rows, err := redisx.PendingOf(ctx, i.c.Redis(), i.keys.Topic(pn), group, "-", "+", count, consumer)
+		if err != nil {
+			return nil, fmt.Errorf("inspect: pending of %s/%s: %w", pn, group, redisx.Unavailable(err))
+		}
+		for _, r := range rows {
+			out = append(out, Pending{Partition: k, ID: r.ID, Consumer: r.Consumer, Idle: r.Idle, Deliveries: r.Deliveries})
+		}
+	}
+	// Oldest first across partitions, at most count.
+	slices.SortStableFunc(out, func(a, b Pending) int { return redisx.CompareIDs(a.ID, b.ID) })
+	if int64(len(out)) > count {
+		out = out[:count]
 	}
 	return out, nil
 }

@@ -37,7 +37,19 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return fmt.Errorf("inspect: %w", err)
 	}
+	ps, err := i.partitions(ctx, topic)
+	if err != nil {
+		return err
+	}
+	for _, pn := range ps.names()[1:] {
+		if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(pn), i.keys.DeadLetter(pn)); err != nil {
+			return fmt.Errorf("inspect: delete topic %s: %w", pn, redisx.Unavailable(err))
+		}
+	}
 	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(topic), i.keys.DeadLetter(topic), i.keys.Workers(topic)); err != nil {
+		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
+	}
+	if err := redisx.ForgetPartitionCount(ctx, i.c.Redis(), i.keys.Meta(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
 	return nil

@@ -57,7 +57,7 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 	if err != nil {
 		return nil, err
 	}
-	out, err := p.requestBatch(ctx, t, payloads, co.headers, start)
+	out, err := p.requestBatch(ctx, t, payloads, &co, start)
 	var first error
 	for i := range out {
 		if out[i].Err != nil && first == nil {
@@ -80,7 +80,8 @@ func (p *Producer) cachedBatch(ctx context.Context, payloads [][]byte, topic str
 	return out
 }
 
-func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte, headers map[string]string, start time.Time) ([]Reply, error) {
+func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte, co *callOptions, start time.Time) ([]Reply, error) {
+	headers := co.headers
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = start.Add(p.cfg.RequestTimeout)
@@ -118,6 +119,13 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	adds := make([]redisx.Add, n)
 	now := time.Now()
 	cp := p.trimCap()
+	pts := make([]*topic, n)
+	for i := range payloads {
+		var err error
+		if pts[i], err = p.partition(ctx, t, co, nil, now.UnixNano()); err != nil {
+			return nil, err
+		}
+	}
 	for i, pl := range payloads {
 		seqs[i] = p.seq.Add(1)
 		ws[i] = waiterPool.Get().(*waiter)
@@ -125,7 +133,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 		env := codec.Envelope{Kind: codec.KindRequest, ID: p.inc + strconv.FormatUint(seqs[i], 36), ReplyTo: p.replyKey,
 			Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: pl, Headers: headers}
 		bufs[i] = codec.Encode(&env)
-		adds[i] = redisx.Add{Key: t.key, Cap: cp, Data: bufs[i].B}
+		adds[i] = redisx.Add{Key: pts[i].key, Cap: cp, Data: bufs[i].B}
 		p.waiters.add(seqs[i], ws[i])
 	}
 	out := make([]Reply, n)

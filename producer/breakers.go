@@ -24,6 +24,10 @@ type topic struct {
 	rejected *atomic.Uint64
 	resp     *responders
 	cache    *topicCache // nil when the topic is not cached
+	// parts is the topic's partition count and its partitions after the
+	// first (see partition.go); parent is set on those partitions.
+	parts  parts
+	parent *topic
 }
 
 // topicFor returns the cached topic, creating (and validating) it once.

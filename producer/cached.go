@@ -81,13 +81,18 @@ type flight struct {
 
 // cachedRequest is Request on a cached topic.
 func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, co *callOptions, start time.Time) ([]byte, error) {
-	tc := t.cache
 	var h bus.CacheDigest
 	if co.hasKey {
 		h = bus.KeyDigest(co.key)
 	} else {
 		h = bus.PayloadDigest(payload)
 	}
+	root := t
+	t, err := p.partition(ctx, t, co, &h, start.UnixNano())
+	if err != nil {
+		return nil, err
+	}
+	tc := t.cache
 	if !co.noCache && p.local != nil && tc.cfg.LocalTTL > 0 {
 		if out, ok := p.localHit(t, h, co, start); ok {
 			return out, nil
@@ -156,7 +161,7 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 			co.info.Age = f.age
 		}
 	}
-	p.recordCached(t.name, start, admitted, src, err)
+	p.recordCached(root.name, start, admitted, src, err)
 	return out, err
 }
 

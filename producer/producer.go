@@ -208,6 +208,9 @@ type callOptions struct {
 	key              string
 	hasKey           bool
 	info             *CacheInfo
+
+	partKey    string // PartitionKey
+	hasPartKey bool
 }
 
 // apply returns what opts chose. It is kept out of line so that a call
@@ -317,9 +320,14 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 }
 
 func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts []CallOption, now time.Time) (string, error) {
-	topic, key := t.name, t.key
+	co := apply(opts)
+	pt, err := p.partition(ctx, t, &co, nil, now.UnixNano())
+	if err != nil {
+		return "", err
+	}
+	topic, key := t.name, pt.key
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano()}
-	env.Headers = apply(opts).headers
+	env.Headers = co.headers
 	w := waiterPool.Get().(*waiter)
 	buf := codec.Encode(&env)
 	encoded := time.Now()
@@ -397,21 +405,33 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		return nil, err
 	}
 	p.timings.Record(metrics.Admission, time.Since(start))
-	ids, err := p.publishBatch(ctx, t.key, topic, payloads, opts)
+	ids, err := p.publishBatch(ctx, t, payloads, opts)
 	p.report(t, tok, err, start)
 	return ids, err
 }
 
-func (p *Producer) publishBatch(ctx context.Context, key, topic string, payloads [][]byte, opts []CallOption) ([]string, error) {
-	env := codec.Envelope{Kind: codec.KindEvent, Sent: time.Now().UnixNano()}
-	env.Headers = apply(opts).headers
+func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte, opts []CallOption) ([]string, error) {
+	topic := t.name
+	now := time.Now()
+	env := codec.Envelope{Kind: codec.KindEvent, Sent: now.UnixNano()}
+	co := apply(opts)
+	env.Headers = co.headers
 	bufs := make([]*codec.Buffer, len(payloads))
 	adds := make([]redisx.Add, len(payloads))
 	cp := p.trimCap()
 	for i, pl := range payloads {
+		// Each entry's partition (one for a PartitionKey batch, round robin
+		// otherwise); AddBatch makes one transaction per partition.
+		pt, err := p.partition(ctx, t, &co, nil, now.UnixNano())
+		if err != nil {
+			for _, b := range bufs[:i] {
+				codec.PutBuffer(b)
+			}
+			return nil, err
+		}
 		env.Payload = pl
 		bufs[i] = codec.Encode(&env)
-		adds[i] = redisx.Add{Key: key, Cap: cp, Data: bufs[i].B}
+		adds[i] = redisx.Add{Key: pt.key, Cap: cp, Data: bufs[i].B}
 	}
 	ids := make([]string, len(payloads))
 	var errs []error
@@ -482,7 +502,11 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	var tm timing
 	tm.admission = time.Since(start)
-	reply, err := p.request(ctx, t, payload, co.headers, &tm, start)
+	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
+	var reply []byte
+	if err == nil {
+		reply, err = p.request(ctx, pt, payload, co.headers, &tm, start)
+	}
 	p.report(t, tok, err, start)
 	p.recordRequest(t.name, start, &tm, err)
 	return reply, err

@@ -107,7 +107,7 @@ func (p *Producer) admitRequest(ctx context.Context, t *topic, wait bool, now ti
 
 // served asks Redis whether a worker serves t now.
 func (p *Producer) served(ctx context.Context, t *topic) (bool, error) {
-	return redisx.Responders(ctx, p.c.Redis(), t.key, t.presence, time.Now(), p.cfg.ResponderIdle)
+	return redisx.Responders(ctx, p.c.Redis(), t.root().key, t.presence, time.Now(), p.cfg.ResponderIdle)
 }
 
 func (p *Producer) noResponders(t *topic) error {

@@ -33,15 +33,17 @@ const usage = `bus-worker: run Mycelium workers and send requests from the shell
 Usage:
   bus-worker serve   (--redis URL | --embedded) [--topic reasoning] [--group workers] [--concurrency 64]
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464] [--cache-ttl D]
-  bus-worker request [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--json] [--stages] [--wait-for-responders]
+  bus-worker request [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--json] [--stages] [--wait-for-responders] [--partition-key K]
                      [--cache [--cache-key K] [--max-age D] [--no-cache] [--no-store]]
-  bus-worker publish [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D]
+  bus-worker publish [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--partition-key K]
   bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]   (every topic's without --topic)
   bus-worker dlq replay [--redis URL] --topic T (--id ID | --all)
   bus-worker dlq purge  [--redis URL] --topic T (--older-than D | --all)
   bus-worker cache stats [--redis URL] --topic T [--json]
   bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
+  bus-worker topic create|set-partitions [--redis URL] --topic T --partitions N [--json]
+  bus-worker topic describe [--redis URL] --topic T [--json]
   bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME]   (the least-privilege ACL rule)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
@@ -74,8 +76,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cacheCmd(ctx, args[1:], stdout)
 	case "acl":
 		err = aclCmd(ctx, args[1:], stdout)
+	case "topic":
+		err = topicCmd(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache or acl; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic or acl; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:

@@ -30,6 +30,8 @@ type clientFlags struct {
 	cache, noCache, noStore bool
 	cacheKey                string
 	maxAge                  time.Duration
+
+	partKey string // --partition-key
 }
 
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
@@ -41,6 +43,7 @@ func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
 	fs.StringVar(&f.data, "data", "", `payload ("-": read it from standard input)`)
 	fs.StringVar(&f.dataFile, "data-file", "", "read the payload from this file (for payloads argv cannot hold)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
+	fs.StringVar(&f.partKey, "partition-key", "", "on a partitioned topic, write to this key's partition (order is kept per key; default: round robin)")
 	return fs
 }
 
@@ -90,6 +93,14 @@ func (f *clientFlags) readPayload(stdin io.Reader) error {
 	}
 	f.payload = b
 	return nil
+}
+
+// partOptions are the call options of --partition-key.
+func (f *clientFlags) partOptions() []producer.CallOption {
+	if f.partKey == "" {
+		return nil
+	}
+	return []producer.CallOption{producer.PartitionKey(f.partKey)}
 }
 
 // cacheOptions are the call options of request's cache flags.
@@ -170,7 +181,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	rctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	var info producer.CacheInfo
-	opts := f.cacheOptions(&info)
+	opts := append(f.cacheOptions(&info), f.partOptions()...)
 	if f.wait {
 		opts = append(opts, producer.WaitForResponders())
 	}
@@ -291,7 +302,7 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	defer closeAll()
 	pctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	id, err := p.Publish(pctx, f.topic, f.payload)
+	id, err := p.Publish(pctx, f.topic, f.payload, f.partOptions()...)
 	if err != nil {
 		return fmt.Errorf("publish to %q: %w", f.topic, err)
 	}

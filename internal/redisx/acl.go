@@ -37,6 +37,9 @@ var workerCommands = []string{
 	"xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "xadd", "xtrim", "xlen", "xrange", "xrevrange",
 	"zadd", "zremrangebyscore", "zrem", "zcount", "zcard", "multi", "exec", "lrange", "del", "set",
 	"scan", "strlen", "hmget",
+	// partitions: the count (HMGET), forgetting drained ones (a script:
+	// HGET, HSET, TIME; then DEL of their streams)
+	"evalsha", "eval", "hget", "hset", "time",
 }
 
 // operatorCommands: package inspect (stats, pending, dead letters listed,
@@ -45,6 +48,8 @@ var workerCommands = []string{
 var operatorCommands = []string{
 	"scan", "xlen", "xrange", "xrevrange", "xinfo|groups", "xinfo|consumers", "xpending", "pttl", "info",
 	"evalsha", "eval", "xadd", "xdel", "del", "hmget", "hincrby", "multi", "exec", "strlen", "zcount", "zcard",
+	// partitions: set by script (HGET, HSET, TIME), forgotten with a topic (HDEL)
+	"hget", "hset", "time", "hdel",
 }
 
 // ACLRoles are the roles ACLCommands knows.

@@ -67,6 +67,21 @@ func parseCPU(info string) (time.Duration, bool) {
 	return time.Duration(total * float64(time.Second)), true
 }
 
+// DeleteEach deletes each key with its own DEL, in one pipelined round
+// trip (the keys may live in different hash slots).
+func DeleteEach(ctx context.Context, c rueidis.Client, keys ...string) error {
+	cmds := make(rueidis.Commands, len(keys))
+	for i, k := range keys {
+		cmds[i] = c.B().Del().Key(k).Build()
+	}
+	for _, r := range c.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Delete removes keys and returns how many existed. Keys of one call must
 // share a hash slot (Redis Cluster).
 func Delete(ctx context.Context, c rueidis.Client, keys ...string) (int64, error) {

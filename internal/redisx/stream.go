@@ -140,35 +140,35 @@ type Result struct {
 	Err error  // a Redis error reply, the nil reply (IsNil: NOMKSTREAM on a missing stream) or a connection error (IsConnErr)
 }
 
-// AddBatch writes adds and then, when ack is not nil, the XACK, in one
-// pipelined round trip (see DoBatch: two or more adds to one stream go as
-// one MULTI/EXEC, so a blocked reader gets them in one read). It appends one
-// Result per add, then the ack's, to out. Commands are built on every call,
+// AddBatch writes adds and then the XACK of each of acks (one per stream),
+// in one pipelined round trip (see DoBatch: two or more adds to one stream
+// go as one MULTI/EXEC, so a blocked reader gets them in one read). It
+// appends one Result per add, then one per ack, to out. Commands are built on every call,
 // so calling it again after a failure is a correct retry.
-func AddBatch(ctx context.Context, c rueidis.Client, adds []Add, ack *Ack, out []Result) []Result {
-	out, _ = addBatch(ctx, c, nil, adds, ack, out)
+func AddBatch(ctx context.Context, c rueidis.Client, adds []Add, acks []Ack, out []Result) []Result {
+	out, _ = addBatch(ctx, c, nil, adds, acks, out)
 	return out
 }
 
 // addBatch is AddBatch with head commands sent first (their results
 // returned apart).
-func addBatch(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds []Add, ack *Ack, out []Result) ([]Result, []rueidis.RedisResult) {
+func addBatch(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds []Add, acks []Ack, out []Result) ([]Result, []rueidis.RedisResult) {
 	cp := cmdsPool.Get().(*rueidis.Commands)
 	cmds := (*cp)[:0]
 	for i := range adds {
 		cmds = append(cmds, adds[i].cmd(c))
 	}
 	var tail []rueidis.Completed
-	if ack != nil {
-		tail = append(tail, c.B().Xack().Key(ack.Key).Group(ack.Group).Id(ack.IDs...).Build())
+	for i := range acks {
+		tail = append(tail, c.B().Xack().Key(acks[i].Key).Group(acks[i].Group).Id(acks[i].IDs...).Build())
 	}
 	headRes, res := doBatch(ctx, c, head, cmds, tail)
 	for i := range adds {
 		id, err := res[i].ToString()
 		out = append(out, Result{ID: id, Err: err})
 	}
-	if ack != nil {
-		n, err := res[len(adds)].AsInt64()
+	for i := range acks {
+		n, err := res[len(adds)+i].AsInt64()
 		out = append(out, Result{N: n, Err: err})
 	}
 	clear(cmds)
@@ -218,6 +218,21 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 	defer cancel()
 	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(id).Build()
 	res := c.Do(ctx, cmd)
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return nil, nil
+		}
+		return nil, groupErr(err, key, group)
+	}
+	return parseRead(res, key)
+}
+
+// ReadGroupNow runs XREADGROUP GROUP group consumer COUNT count STREAMS key
+// > without BLOCK: it returns what is there now, through the auto-pipeline
+// (no dedicated connection). No entries yields (nil, nil); a missing group
+// an error wrapping ErrNoGroup.
+func ReadGroupNow(ctx context.Context, c rueidis.Client, key, group, consumer string, count int64) ([]Entry, error) {
+	res := c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(key).Id(">").Build())
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
 			return nil, nil

@@ -87,7 +87,7 @@ func TestStreamPortOnMiniredis(t *testing.T) {
 	if got[1].HasData || strings.Join(got[1].Fields(), ",") != "x,1,y,2" {
 		t.Errorf("entry 1 = %+v fields %v", got[1], got[1].Fields())
 	}
-	if r := AddBatch(ctx, c, nil, &Ack{Key: "s", Group: "g", IDs: []string{got[0].ID, got[1].ID}}, nil); len(r) != 1 || r[0].N != 2 || r[0].Err != nil {
+	if r := AddBatch(ctx, c, nil, []Ack{{Key: "s", Group: "g", IDs: []string{got[0].ID, got[1].ID}}}, nil); len(r) != 1 || r[0].N != 2 || r[0].Err != nil {
 		t.Errorf("XACK = %+v", r)
 	}
 	empty, err := ReadGroup(ctx, c, "s", "g", "c1", ">", 10, 10*time.Millisecond)

@@ -1,0 +1,214 @@
+package consumer
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// part is one partition of the consumer's topic: its stream, its dead
+// letters, and the loops that read and reclaim it.
+type part struct {
+	idx    int
+	name   string // bus.Partition(topic, idx)
+	key    string // its stream
+	dlqKey string // its dead-letter stream
+	start  string // where its group starts when created
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Partitions: how often a consumer re-reads its topic's partition count,
+// and how long after a count was lowered a removed, drained partition may
+// be forgotten (well over the producers' partMaxAge of 3 s, so no producer
+// still writes to it).
+const (
+	partWatch   = 2 * time.Second
+	forgetGrace = 15 * time.Second
+)
+
+// partCount returns how many partitions the consumer reads now.
+func (c *Consumer) partCount() int {
+	if ps := c.parts.Load(); ps != nil {
+		return len(*ps)
+	}
+	return 1
+}
+
+// partOf returns the partition being read with this index, nil if none.
+func (c *Consumer) partOf(idx int) *part {
+	if ps := c.parts.Load(); ps != nil {
+		for _, pt := range *ps {
+			if pt.idx == idx {
+				return pt
+			}
+		}
+	}
+	return nil
+}
+
+// joinedPart notes that pt's group exists and the consumer joined it: once
+// every partition known at the start has, Serving closes.
+func (c *Consumer) joinedPart(*part) {
+	if c.joins.Add(-1) <= 0 {
+		c.served.Do(func() { close(c.serving) })
+	}
+}
+
+// forgotten reports whether pt is a partition the topic's metadata no
+// longer lists (removed, drained and forgotten by some worker).
+func (c *Consumer) forgotten(ctx context.Context, pt *part) bool {
+	if pt.idx == 0 {
+		return false
+	}
+	m, err := redisx.Partitions(ctx, c.c.Redis(), c.keys.Meta(c.cfg.Topic))
+	return err == nil && pt.idx >= m.Drain
+}
+
+// runPartitions reads every partition of the topic until ctx ends: one read
+// loop and one reclaimer per partition, all sharing the handler slots. It
+// follows the partition count in the topic's metadata (re-read every
+// partWatch): partitions added are read from their first entry; partitions
+// removed are read until drained, then forgotten (see forget). It returns
+// once every loop it started has.
+func (c *Consumer) runPartitions(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
+	out := redisx.Outage{Log: c.log, What: "partition count of " + c.cfg.Topic}
+	meta := c.keys.Meta(c.cfg.Topic)
+	var m redisx.PartitionMeta
+	for {
+		var err error
+		if m, err = redisx.Partitions(ctx, c.c.Redis(), meta); err == nil {
+			out.OK()
+			break
+		}
+		if ctx.Err() != nil || c.fail(err, "HMGET "+meta) {
+			return
+		}
+		out.Failed(err)
+		out.Backoff(ctx)
+	}
+	c.joins.Store(int32(m.Drain))
+	var wg sync.WaitGroup
+	running := map[int]*part{}
+	initial := true
+	apply := func() {
+		for i := range m.Drain {
+			if running[i] != nil {
+				continue
+			}
+			start := "0" // a partition added while running: every entry
+			if initial {
+				start = c.cfg.StartID
+			}
+			name := bus.Partition(c.cfg.Topic, i)
+			pctx, cancel := context.WithCancel(ctx)
+			pt := &part{idx: i, name: name, key: c.keys.Topic(name), dlqKey: c.keys.DeadLetter(name), start: start,
+				cancel: cancel, done: make(chan struct{})}
+			running[i] = pt
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer close(pt.done)
+				var rw sync.WaitGroup
+				rw.Go(func() { c.reclaimLoop(pctx, pt, slots, jobs, a) })
+				c.readLoop(pctx, pt, slots, jobs, a)
+				rw.Wait()
+			}()
+			if !initial {
+				c.log.Info().Str("topic", c.cfg.Topic).Int("partition", i).Msg("reading a new partition")
+			}
+		}
+		for i, pt := range running {
+			if i >= m.Drain {
+				pt.cancel() // forgotten: drained, and nothing is written to it
+				delete(running, i)
+				c.log.Info().Str("topic", c.cfg.Topic).Int("partition", i).Msg("stopped reading a drained, removed partition")
+			}
+		}
+		ps := make([]*part, 0, len(running))
+		for i := range m.Drain {
+			ps = append(ps, running[i])
+		}
+		c.parts.Store(&ps)
+		initial = false
+	}
+	apply()
+	t := time.NewTicker(partWatch)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		case <-t.C:
+		}
+		nm, err := redisx.Partitions(ctx, c.c.Redis(), meta)
+		if err != nil {
+			if ctx.Err() == nil && !c.fail(err, "HMGET "+meta) && !redisx.IsConnErr(err) {
+				c.log.Warn().Err(err).Str("key", meta).Msg("cannot read the partition count; keeping the last one")
+			}
+			continue
+		}
+		if nm.Draining() {
+			if forgot := c.forget(ctx, nm); forgot {
+				if nm2, err := redisx.Partitions(ctx, c.c.Redis(), meta); err == nil {
+					nm = nm2
+				}
+			}
+		}
+		if nm.N != m.N || nm.Drain != m.Drain {
+			c.log.Info().Str("topic", c.cfg.Topic).Int("partitions", nm.N).Int("draining", nm.Drain-nm.N).Msg("partition count changed")
+		}
+		m = nm
+		apply()
+	}
+}
+
+// forget lowers the topic's drain bound over the removed partitions at its
+// end that are drained for every group of partition 0 (nothing pending,
+// nothing undelivered, no dead letters), once the count was lowered
+// forgetGrace ago by Redis's clock. It deletes their streams, and reports
+// whether it lowered the bound. Any worker of any group may do it; the
+// metadata check makes concurrent attempts safe.
+func (c *Consumer) forget(ctx context.Context, m redisx.PartitionMeta) bool {
+	if !m.Lowered.IsZero() && time.Since(m.Lowered) < forgetGrace-time.Second {
+		return false // not yet (by this machine's clock; Redis's decides)
+	}
+	rc := c.c.Redis()
+	gs, err := redisx.Groups(ctx, rc, c.key)
+	if err != nil {
+		return false
+	}
+	groups := make([]string, len(gs))
+	for i, g := range gs {
+		groups[i] = g.Name
+	}
+	drain := m.Drain
+	for drain > m.N {
+		name := bus.Partition(c.cfg.Topic, drain-1)
+		ok, err := redisx.Drained(ctx, rc, c.keys.Topic(name), c.keys.DeadLetter(name), groups)
+		if err != nil || !ok {
+			break
+		}
+		drain--
+	}
+	if drain == m.Drain {
+		return false
+	}
+	ok, err := redisx.ForgetPartitions(ctx, rc, c.keys.Meta(c.cfg.Topic), m, drain, forgetGrace)
+	if err != nil || !ok {
+		return false
+	}
+	var keys []string
+	for i := drain; i < m.Drain; i++ {
+		keys = append(keys, c.keys.Topic(bus.Partition(c.cfg.Topic, i)))
+	}
+	if err := redisx.DeleteEach(ctx, rc, keys...); err != nil {
+		c.log.Warn().Err(err).Strs("streams", keys).Msg("could not delete forgotten partitions' streams")
+	}
+	c.log.Info().Str("topic", c.cfg.Topic).Int("from", m.Drain).Int("to", drain).Msg("removed partitions drained: forgotten")
+	return true
+}

@@ -1,0 +1,180 @@
+package producer
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// A topic's partition count lives in Redis (its metadata hash, see
+// inspect.SetPartitions). A producer reads it on a topic's first use,
+// re-reads it in the background once partRefresh old, and never writes
+// with a count older than partMaxAge: a worker forgets a removed partition
+// only well after that (consumer's forgetGrace), so no entry lands in a
+// partition nobody reads.
+const (
+	partRefresh = time.Second
+	partMaxAge  = 3 * time.Second
+)
+
+// partView is a topic's partition count as last read.
+type partView struct {
+	n    int
+	read int64 // unix nanoseconds when it was read
+}
+
+// parts is what a topic keeps about its partitions.
+type parts struct {
+	view       atomic.Pointer[partView]
+	refreshing atomic.Bool
+	rr         atomic.Uint64 // round robin over partitions
+	mu         sync.Mutex    // serialises synchronous reads and subs growth
+	subs       atomic.Pointer[[]*topic]
+}
+
+// PartitionKey makes Publish, PublishBatch, Request and RequestBatch write
+// to the partition of key (a stable hash of it modulo the topic's partition
+// count): entries with one key land in one partition, in the order they
+// were written, as long as the count does not change. Without it, a
+// partitioned topic's entries go round robin over its partitions (and a
+// cached request to the partition of its cache key). It has no effect on a
+// topic of one partition.
+func PartitionKey(key string) CallOption {
+	return func(co *callOptions) { co.partKey, co.hasPartKey = key, true }
+}
+
+// PartitionOf returns the partition a key maps to among n: FNV-1a (32 bit)
+// of the key, modulo n. It is part of the wire contract (docs/wire.md):
+// clients in other languages compute the same.
+func PartitionOf(key string, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
+}
+
+// partitions returns t's partition count, reading it from Redis on first
+// use and when the last reading is too old, and refreshing it in the
+// background otherwise.
+func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, error) {
+	if v := t.parts.view.Load(); v != nil {
+		age := now - v.read
+		if age < int64(partRefresh) {
+			return v.n, nil
+		}
+		if age < int64(partMaxAge) {
+			p.refreshPartitions(t)
+			return v.n, nil
+		}
+	}
+	t.parts.mu.Lock()
+	defer t.parts.mu.Unlock()
+	if v := t.parts.view.Load(); v != nil && time.Now().UnixNano()-v.read < int64(partMaxAge) {
+		return v.n, nil // another caller read it meanwhile
+	}
+	v, err := p.readPartitions(ctx, t)
+	if err != nil {
+		return 0, err
+	}
+	return v.n, nil
+}
+
+// refreshPartitions re-reads t's partition count on a background goroutine
+// (one at a time per topic).
+func (p *Producer) refreshPartitions(t *topic) {
+	if !t.parts.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	if !p.goBackground(func() {
+		defer t.parts.refreshing.Store(false)
+		ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
+		defer cancel()
+		t.parts.mu.Lock()
+		defer t.parts.mu.Unlock()
+		if _, err := p.readPartitions(ctx, t); err != nil {
+			p.log.Debug().Err(err).Str("topic", t.name).Msg("partition count refresh failed; using the last one read")
+		}
+	}) {
+		t.parts.refreshing.Store(false)
+	}
+}
+
+// readPartitions reads t's partition count; the caller holds t.parts.mu.
+func (p *Producer) readPartitions(ctx context.Context, t *topic) (*partView, error) {
+	m, err := redisx.Partitions(ctx, p.c.Redis(), p.keys.Meta(t.name))
+	if err != nil {
+		return nil, fmt.Errorf("producer: partition count of %s: %w", t.name, redisx.Unavailable(err))
+	}
+	v := &partView{n: m.N, read: time.Now().UnixNano()}
+	t.parts.view.Store(v)
+	return v, nil
+}
+
+// partition returns the partition of t a call writes to: t itself for
+// partition 0, else the partition's own topic value (its stream key and
+// cache state), made once.
+func (p *Producer) partition(ctx context.Context, t *topic, co *callOptions, cacheHash *bus.CacheDigest, now int64) (*topic, error) {
+	n, err := p.partitions(ctx, t, now)
+	if err != nil || n <= 1 {
+		return t, err
+	}
+	var i int
+	switch {
+	case co.hasPartKey:
+		i = PartitionOf(co.partKey, n)
+	case cacheHash != nil:
+		// One cache entry, one partition: its flight marker and answer
+		// live under the partition's hash tag.
+		i = int(uint32(cacheHash[0])<<24|uint32(cacheHash[1])<<16|uint32(cacheHash[2])<<8|uint32(cacheHash[3])) % n
+	default:
+		i = int(t.parts.rr.Add(1) % uint64(n))
+	}
+	return t.sub(p, i), nil
+}
+
+// sub returns partition i of t (i > 0) as a topic of its own: its stream,
+// and for a cached topic its cache metadata; breaker, responders and
+// presence are t's.
+func (t *topic) sub(p *Producer, i int) *topic {
+	if i == 0 {
+		return t
+	}
+	if s := t.parts.subs.Load(); s != nil && i < len(*s) && (*s)[i] != nil {
+		return (*s)[i]
+	}
+	t.parts.mu.Lock()
+	defer t.parts.mu.Unlock()
+	var cur []*topic
+	if s := t.parts.subs.Load(); s != nil {
+		cur = *s
+	}
+	if i < len(cur) && cur[i] != nil {
+		return cur[i]
+	}
+	grown := make([]*topic, max(len(cur), i+1))
+	copy(grown, cur)
+	name := bus.Partition(t.name, i)
+	st := &topic{name: name, key: p.keys.Topic(name), presence: t.presence, br: t.br, rejected: t.rejected, resp: t.resp, parent: t}
+	if t.cache != nil {
+		st.cache = &topicCache{cfg: t.cache.cfg, meta: p.keys.Meta(name)}
+	}
+	grown[i] = st
+	t.parts.subs.Store(&grown)
+	return st
+}
+
+// root returns the topic a partition belongs to (t itself for a topic).
+func (t *topic) root() *topic {
+	if t.parent != nil {
+		return t.parent
+	}
+	return t
+}
