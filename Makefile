@@ -13,11 +13,11 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
 # The secure run (test-secure) skips the tests that start binaries or make
 # their own plain connections and users: the rest run over mutual TLS, with
 # producers and workers as the ACL users of `bus-worker acl`.
-SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling
+SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test test-secure run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ test: redis-server check-repo vet ## everything CI runs: the repository check, g
 
 test-secure: redis-server ## the integration suite over mutual TLS with its own CA, producers and workers as the least-privilege ACL users (bus-worker acl)
 	MYCELIUM_TEST_SECURE=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 5m -skip '$(SECURE_SKIP)' ./test/
+
+test-cluster: redis-server ## the Redis Cluster and Sentinel suites, long versions: 3 masters + 3 replicas (test/redis-cluster.sh), 5 failovers measured; make test runs the short ones
+	MYCELIUM_CLUSTER_LONG=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 20m -v -run 'Cluster|Sentinel' ./test/
 
 chaos: redis-server ## the long chaos suite (real redis-server and bus-worker processes); make test runs the short one
 	MYCELIUM_CHAOS_LONG=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 30m -v -run Chaos ./test/chaos/

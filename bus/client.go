@@ -34,8 +34,17 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		rc.Close()
 		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), redisx.Unavailable(err))
 	}
+	if cfg.Cluster && rc.Mode() != rueidis.ClientModeCluster {
+		rc.Close()
+		return nil, fmt.Errorf("bus: connect to %s: %w: Cluster is set but the server is not a Redis Cluster node (cluster_enabled:0)", cfg.Redacted(), ErrInvalidConfig)
+	}
 	return &Client{rc: rc, keys: Keys{Prefix: cfg.Prefix}, cfg: cfg}, nil
 }
+
+// Mode says how the client reaches Redis: "standalone", "cluster" (Redis
+// Cluster: commands routed by hash slot) or "sentinel" (the master of a
+// Sentinel-watched set).
+func (c *Client) Mode() string { return string(c.rc.Mode()) }
 
 // Keys returns the key builders of the client's prefix.
 func (c *Client) Keys() Keys { return c.keys }

@@ -31,8 +31,24 @@ const (
 // DefaultURL. Config is plain data: copy it freely.
 type Config struct {
 	// URL is redis://[user:pass@]host:port[/db] or rediss:// for TLS.
-	// Empty means DefaultURL.
+	// Empty means DefaultURL. Several hosts, comma-separated
+	// (redis://h1:p1,h2:p2,h3:p3), are seed nodes of a Redis Cluster (the
+	// cluster client learns every node from them); with master_set=NAME in
+	// the query (or MasterSet set) they are Redis Sentinels watching that
+	// master set instead (docs/cluster.md).
 	URL string
+	// Cluster makes a URL of one host a Redis Cluster seed: the cluster
+	// client is built, and connecting fails if the server is not a cluster
+	// node. A URL of several hosts implies it.
+	Cluster bool
+	// MasterSet names the master set the URL's hosts, Redis Sentinels,
+	// watch: the client follows that master across failovers. Empty means
+	// the URL's master_set query value, if any.
+	MasterSet string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (which have their own users); empty means none. Username and Password
+	// are the master's.
+	SentinelUsername, SentinelPassword string
 	// Username and Password, when set, replace the URL's (so the password
 	// need not be in a URL, argv or a log line: read it from a file or the
 	// environment). Empty means the URL's.
@@ -114,12 +130,27 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	}
 	if u.Path == "/" { // redis://host:port/ means database 0, as for other clients
 		u.Path = ""
-		raw = u.String()
 	}
+	// Several comma-separated hosts: seeds (or sentinels). rueidis parses
+	// the first; the others join its InitAddress.
+	hosts := strings.Split(u.Host, ",")
+	for i, h := range hosts {
+		if h == "" {
+			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty host in the host list", ErrInvalidConfig, shown)
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			if len(hosts) > 1 || strings.Count(h, ":") > 0 {
+				return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: host %d (%q): want host:port", ErrInvalidConfig, shown, i+1, h)
+			}
+		}
+	}
+	u.Host = hosts[0]
+	raw = u.String()
 	opt, err := rueidis.ParseURL(raw)
 	if err != nil {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, err))
 	}
+	opt.InitAddress = append(opt.InitAddress, hosts[1:]...)
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -143,8 +174,33 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	if c.Password != "" {
 		opt.Password = c.Password
 	}
-	opt.ForceSingleClient = true // standalone; never let CLUSTER SLOTS pick the client
-	opt.DisableCache = true      // no DoCache use; also required by miniredis
+	if c.MasterSet != "" {
+		opt.Sentinel.MasterSet = c.MasterSet
+	}
+	switch {
+	case opt.Sentinel.MasterSet != "":
+		if c.Cluster {
+			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: a master set (Sentinel) and Cluster exclude each other", ErrInvalidConfig, shown)
+		}
+		if err := ValidateName("master set", opt.Sentinel.MasterSet); err != nil {
+			return rueidis.ClientOption{}, err
+		}
+		opt.Sentinel.Username, opt.Sentinel.Password = c.SentinelUsername, c.SentinelPassword
+		// The sentinels tell the client of a failover by PUB/SUB; the
+		// periodic check catches a missed message (rueidis's advice).
+		opt.Sentinel.TopologyRefreshInterval = 2 * time.Second
+	case c.Cluster || len(opt.InitAddress) > 1:
+		if opt.SelectDB != 0 {
+			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: Redis Cluster has database 0 only", ErrInvalidConfig, shown)
+		}
+		// Topology: refreshed lazily on MOVED/ASK and connection errors,
+		// and every few seconds (a failover elsewhere shows up without an
+		// error on this client). Redirections are bounded by the ctx.
+		opt.ClusterOption.ShardsRefreshInterval = 5 * time.Second
+	default:
+		opt.ForceSingleClient = true // standalone; never let CLUSTER SLOTS pick the client
+	}
+	opt.DisableCache = true // no DoCache use; also required by miniredis
 	opt.ClientSetInfo = rueidis.DisableClientSetInfo
 	if c.ClientName != "" {
 		opt.ClientName = c.ClientName
@@ -171,6 +227,11 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 		}
 		tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
 		opt.TLSConfig = tc
+	}
+	if opt.Sentinel.MasterSet != "" {
+		opt.Sentinel.Dialer = opt.Dialer
+		opt.Sentinel.TLSConfig = opt.TLSConfig
+		opt.Sentinel.ClientName = opt.ClientName
 	}
 	return opt, nil
 }

@@ -42,19 +42,11 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 	if cc, ok := p.cfg.Cache[name]; ok {
 		t.cache = &topicCache{cfg: cc, meta: p.keys.Meta(name)}
 	}
-	if !p.cfg.NoBreaker {
-		br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
-			lvl := zerolog.WarnLevel
-			if to == breaker.Closed {
-				lvl = zerolog.InfoLevel
-			}
-			p.log.WithLevel(lvl).Str("topic", name).Str("from", from.String()).Str("to", to.String()).Msg("circuit breaker")
-		}))
-		if err != nil {
-			return nil, fmt.Errorf("producer: %w", err)
-		}
-		t.br = br
+	br, err := p.newBreaker(name)
+	if err != nil {
+		return nil, err
 	}
+	t.br = br
 	if prev, loaded := p.topics.LoadOrStore(name, t); loaded {
 		if t.br != nil {
 			t.br.Close()
@@ -62,6 +54,25 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 		return prev.(*topic), nil
 	}
 	return t, nil
+}
+
+// newBreaker returns the breaker of a topic or partition (nil when breakers
+// are off).
+func (p *Producer) newBreaker(name string) (*breaker.Breaker, error) {
+	if p.cfg.NoBreaker {
+		return nil, nil
+	}
+	br, err := breaker.New(p.cfg.Breaker, breaker.WithStateChange(func(from, to breaker.State) {
+		lvl := zerolog.WarnLevel
+		if to == breaker.Closed {
+			lvl = zerolog.InfoLevel
+		}
+		p.log.WithLevel(lvl).Str("topic", name).Str("from", from.String()).Str("to", to.String()).Msg("circuit breaker")
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
+	return br, nil
 }
 
 // admit asks the topic's breaker for a call.
@@ -112,8 +123,10 @@ func (p *Producer) outcome(err error) breaker.Outcome {
 // errSlotWait marks a timeout spent waiting for a local in-flight slot.
 var errSlotWait = errors.New("waiting for an in-flight slot")
 
-// BreakerState returns the state of topic's circuit breaker, and false if
-// the producer has none for it (breakers off, or no call to it yet).
+// BreakerState returns the state of topic's circuit breaker (of its
+// partition 0, for a partitioned topic: each partition has its own), and
+// false if the producer has none for it (breakers off, or no call to it
+// yet).
 func (p *Producer) BreakerState(topicName string) (breaker.State, bool) {
 	t, ok := p.topics.Load(topicName)
 	if !ok || t.(*topic).br == nil {
@@ -122,11 +135,19 @@ func (p *Producer) BreakerState(topicName string) (breaker.State, bool) {
 	return t.(*topic).br.State(), true
 }
 
-// closeBreakers releases every topic's breaker.
+// closeBreakers releases every topic's and partition's breaker.
 func (p *Producer) closeBreakers() {
 	p.topics.Range(func(_, v any) bool {
-		if br := v.(*topic).br; br != nil {
-			br.Close()
+		t := v.(*topic)
+		if t.br != nil {
+			t.br.Close()
+		}
+		if s := t.parts.subs.Load(); s != nil {
+			for _, st := range *s {
+				if st != nil && st.br != nil {
+					st.br.Close()
+				}
+			}
 		}
 		return true
 	})

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/internal/redisx"
 )
@@ -64,8 +65,15 @@ func PartitionOf(key string, n int) int {
 // partitions returns t's partition count, reading it from Redis on first
 // use and when the last reading is too old, and refreshing it in the
 // background otherwise.
+//
+// When the last reading is too old and Redis does not answer within
+// staleRead (the metadata's node is failing over, say), the old count is
+// used: a worker forgets a removed partition only through that same
+// metadata, so it cannot do so meanwhile either. Only one caller at a time
+// waits for such a read; the others use the old count.
 func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, error) {
-	if v := t.parts.view.Load(); v != nil {
+	v := t.parts.view.Load()
+	if v != nil {
 		age := now - v.read
 		if age < int64(partRefresh) {
 			return v.n, nil
@@ -74,18 +82,35 @@ func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, er
 			p.refreshPartitions(t)
 			return v.n, nil
 		}
+		if !t.parts.mu.TryLock() {
+			return v.n, nil // another caller is reading it
+		}
+		defer t.parts.mu.Unlock()
+		rctx, cancel := context.WithTimeout(ctx, staleRead)
+		defer cancel()
+		if nv, err := p.readPartitions(rctx, t); err == nil {
+			return nv.n, nil
+		}
+		return v.n, nil
 	}
 	t.parts.mu.Lock()
 	defer t.parts.mu.Unlock()
-	if v := t.parts.view.Load(); v != nil && time.Now().UnixNano()-v.read < int64(partMaxAge) {
+	if v := t.parts.view.Load(); v != nil {
 		return v.n, nil // another caller read it meanwhile
 	}
 	v, err := p.readPartitions(ctx, t)
 	if err != nil {
+		if ctx.Err() != nil {
+			return 0, p.ctxErr(ctx.Err(), "reading the partition count of "+t.name)
+		}
 		return 0, err
 	}
 	return v.n, nil
 }
+
+// staleRead bounds the wait for a partition count whose last reading is
+// older than partMaxAge.
+const staleRead = 250 * time.Millisecond
 
 // refreshPartitions re-reads t's partition count on a background goroutine
 // (one at a time per topic).
@@ -135,14 +160,25 @@ func (p *Producer) partition(ctx context.Context, t *topic, co *callOptions, cac
 		// live under the partition's hash tag.
 		i = int(uint32(cacheHash[0])<<24|uint32(cacheHash[1])<<16|uint32(cacheHash[2])<<8|uint32(cacheHash[3])) % n
 	default:
+		// Round robin, past partitions whose breaker is open (their node
+		// failing, say): the others take the load meanwhile.
 		i = int(t.parts.rr.Add(1) % uint64(n))
+		if t.br != nil {
+			for k := range n {
+				j := (i + k) % n
+				if st := t.sub(p, j); st.br == nil || st.br.State() != breaker.Open {
+					i = j
+					break
+				}
+			}
+		}
 	}
 	return t.sub(p, i), nil
 }
 
 // sub returns partition i of t (i > 0) as a topic of its own: its stream,
-// and for a cached topic its cache metadata; breaker, responders and
-// presence are t's.
+// its breaker (partitions fail apart: their nodes do), and for a cached
+// topic its cache metadata; responders and presence are t's.
 func (t *topic) sub(p *Producer, i int) *topic {
 	if i == 0 {
 		return t
@@ -162,7 +198,11 @@ func (t *topic) sub(p *Producer, i int) *topic {
 	grown := make([]*topic, max(len(cur), i+1))
 	copy(grown, cur)
 	name := bus.Partition(t.name, i)
-	st := &topic{name: name, key: p.keys.Topic(name), presence: t.presence, br: t.br, rejected: t.rejected, resp: t.resp, parent: t}
+	br, err := p.newBreaker(name)
+	if err != nil {
+		br = t.br // the configuration was valid for t: not reached
+	}
+	st := &topic{name: name, key: p.keys.Topic(name), presence: t.presence, br: br, rejected: t.rejected, resp: t.resp, parent: t}
 	if t.cache != nil {
 		st.cache = &topicCache{cfg: t.cache.cfg, meta: p.keys.Meta(name)}
 	}

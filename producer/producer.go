@@ -308,26 +308,27 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 		return "", err
 	}
 	start := time.Now()
-	tok, err := t.admit()
+	co := apply(opts)
+	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
+	if err != nil {
+		return "", err
+	}
+	tok, err := pt.admit()
 	if err != nil {
 		return "", err
 	}
 	admitted := time.Now()
 	p.timings.Record(metrics.Admission, admitted.Sub(start))
-	id, err := p.publish(ctx, t, payload, opts, admitted)
-	p.report(t, tok, err, start)
+	id, err := p.publish(ctx, pt, payload, co.headers, admitted)
+	p.report(pt, tok, err, start)
 	return id, err
 }
 
-func (p *Producer) publish(ctx context.Context, t *topic, payload []byte, opts []CallOption, now time.Time) (string, error) {
-	co := apply(opts)
-	pt, err := p.partition(ctx, t, &co, nil, now.UnixNano())
-	if err != nil {
-		return "", err
-	}
-	topic, key := t.name, pt.key
+// publish writes one event to pt (a topic, or a partition of one).
+func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, headers map[string]string, now time.Time) (string, error) {
+	topic, key := pt.root().name, pt.key
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano()}
-	env.Headers = co.headers
+	env.Headers = headers
 	w := waiterPool.Get().(*waiter)
 	buf := codec.Encode(&env)
 	encoded := time.Now()
@@ -496,18 +497,18 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedRequest(ctx, t, payload, &co, start)
 	}
-	tok, err := p.admitCall(ctx, t, co.wait, start)
+	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := p.admitCall(ctx, pt, co.wait, start)
 	if err != nil {
 		return nil, err
 	}
 	var tm timing
 	tm.admission = time.Since(start)
-	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
-	var reply []byte
-	if err == nil {
-		reply, err = p.request(ctx, pt, payload, co.headers, &tm, start)
-	}
-	p.report(t, tok, err, start)
+	reply, err := p.request(ctx, pt, payload, co.headers, &tm, start)
+	p.report(pt, tok, err, start)
 	p.recordRequest(t.name, start, &tm, err)
 	return reply, err
 }

@@ -14,7 +14,11 @@ import (
 
 // connectionCommands are what the client itself sends on connecting (HELLO
 // with AUTH and SETNAME) and what health checks send.
-var connectionCommands = []string{"hello", "auth", "ping", "client|setname", "select", "quit", "reset"}
+// On Redis Cluster the client reads the topology (CLUSTER SLOTS, or SHARDS
+// on 8+); with Sentinel it checks the master's ROLE; operator tools ask each
+// node's ROLE to find the masters (EachMaster).
+var connectionCommands = []string{"hello", "auth", "ping", "client|setname", "select", "quit", "reset",
+	"cluster|slots", "cluster|shards", "role"}
 
 // producerCommands: Publish, Request (the reply stream: created with a
 // control entry, kept alive with PEXPIRE, read with XREAD, deleted on

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/redis/rueidis"
 )
@@ -59,7 +60,7 @@ func doBatch(ctx context.Context, c rueidis.Client, head, cmds rueidis.Commands,
 		all = append(all, c.B().Exec().Build())
 	}
 	all = append(all, tail...)
-	res := c.DoMulti(ctx, all...) // one result per command, always
+	res := doMulti(ctx, c, all) // one result per command, always
 	headRes, res = res[:len(head)], res[len(head):]
 
 	out = make([]rueidis.RedisResult, len(cmds), len(cmds)+len(tail))
@@ -81,6 +82,71 @@ func doBatch(ctx context.Context, c rueidis.Client, head, cmds rueidis.Commands,
 		at += len(g) + 2
 	}
 	return headRes, append(out, res[at:]...)
+}
+
+// doMulti sends all as one pipeline (c.DoMulti). On Redis Cluster, a
+// pipeline that holds a transaction must not hold commands of other hash
+// slots (rueidis refuses the mix): each transaction span of all (MULTI to
+// EXEC, one slot) then goes as a pipeline of its own, concurrently with one
+// pipeline of the other commands, which the cluster client splits by node.
+// Results come back in all's order either way.
+//
+// What that changes on a cluster: the commands of different nodes (a
+// reply and its request's XACK, say) are not ordered among themselves, as
+// they never are across nodes; within one slot, order holds.
+func doMulti(ctx context.Context, c rueidis.Client, all rueidis.Commands) []rueidis.RedisResult {
+	if c.Mode() != rueidis.ClientModeCluster {
+		return c.DoMulti(ctx, all...)
+	}
+	var spans [][2]int
+	for i := 0; i < len(all); i++ {
+		if !isWord(all[i], "MULTI") {
+			continue
+		}
+		j := i + 1
+		for j < len(all) && !isWord(all[j], "EXEC") {
+			j++
+		}
+		spans = append(spans, [2]int{i, min(j+1, len(all))})
+		i = j
+	}
+	if len(spans) == 0 || (len(spans) == 1 && spans[0] == [2]int{0, len(all)}) {
+		return c.DoMulti(ctx, all...)
+	}
+	out := make([]rueidis.RedisResult, len(all))
+	var plain rueidis.Commands
+	var plainAt []int
+	next := 0
+	for _, sp := range spans {
+		for i := next; i < sp[0]; i++ {
+			plain, plainAt = append(plain, all[i]), append(plainAt, i)
+		}
+		next = sp[1]
+	}
+	for i := next; i < len(all); i++ {
+		plain, plainAt = append(plain, all[i]), append(plainAt, i)
+	}
+	var wg sync.WaitGroup
+	for _, sp := range spans[1:] {
+		wg.Go(func() { copy(out[sp[0]:sp[1]], c.DoMulti(ctx, all[sp[0]:sp[1]]...)) })
+	}
+	if len(plain) > 0 {
+		wg.Go(func() {
+			for k, r := range c.DoMulti(ctx, plain...) {
+				out[plainAt[k]] = r
+			}
+		})
+	}
+	sp := spans[0]
+	copy(out[sp[0]:sp[1]], c.DoMulti(ctx, all[sp[0]:sp[1]]...))
+	wg.Wait()
+	return out
+}
+
+// isWord reports whether cmd is the one-word command w (MULTI, EXEC).
+func isWord(cmd rueidis.Completed, w string) bool {
+	args := cmd.Commands()
+	return len(args) == 1 && args[0] == w
 }
 
 // byKey groups the indexes of cmds by key (the first argument), keys in

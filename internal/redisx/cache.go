@@ -382,31 +382,39 @@ func DropEntry(ctx context.Context, c rueidis.Client, meta, entry string) (bool,
 // KeyStats counts the keys matching pattern and sums their string lengths,
 // scanning at most limit keys (limit <= 0: all). It reports whether it
 // stopped at the limit.
+//
+// On Redis Cluster it scans every master (the limit is per master).
 func KeyStats(ctx context.Context, c rueidis.Client, pattern string, limit int) (n int, bytes int64, truncated bool, err error) {
-	cursor := uint64(0)
-	for {
-		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
-		if err != nil {
-			return n, bytes, false, err
-		}
-		if len(e.Elements) > 0 {
-			cmds := make(rueidis.Commands, len(e.Elements))
-			for i, k := range e.Elements {
-				cmds[i] = c.B().Strlen().Key(k).Build()
+	err = EachMaster(ctx, c, func(_ string, node rueidis.Client) error {
+		cursor := uint64(0)
+		seen := 0
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				return err
 			}
-			for _, r := range c.DoMulti(ctx, cmds...) {
-				if l, err := r.AsInt64(); err == nil {
-					bytes += l
+			if len(e.Elements) > 0 {
+				cmds := make(rueidis.Commands, len(e.Elements))
+				for i, k := range e.Elements {
+					cmds[i] = node.B().Strlen().Key(k).Build()
 				}
+				for _, r := range node.DoMulti(ctx, cmds...) {
+					if l, err := r.AsInt64(); err == nil {
+						bytes += l
+					}
+				}
+				n += len(e.Elements)
+				seen += len(e.Elements)
 			}
-			n += len(e.Elements)
+			if e.Cursor == 0 {
+				return nil
+			}
+			if limit > 0 && seen >= limit {
+				truncated = true
+				return nil
+			}
+			cursor = e.Cursor
 		}
-		if e.Cursor == 0 {
-			return n, bytes, false, nil
-		}
-		if limit > 0 && n >= limit {
-			return n, bytes, true, nil
-		}
-		cursor = e.Cursor
-	}
+	})
+	return n, bytes, truncated, err
 }

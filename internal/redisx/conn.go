@@ -2,6 +2,9 @@ package redisx
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -9,9 +12,20 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Ping checks that Redis answers.
+// Ping checks that Redis answers. On Redis Cluster, one node answering is
+// enough (a master failing over leaves the others usable): it fails only
+// when none does, with the last error.
 func Ping(ctx context.Context, c rueidis.Client) error {
-	return c.Do(ctx, c.B().Ping().Build()).Error()
+	err := c.Do(ctx, c.B().Ping().Build()).Error()
+	if err == nil || c.Mode() != rueidis.ClientModeCluster {
+		return err
+	}
+	for _, n := range c.Nodes() {
+		if e := n.Do(ctx, n.B().Ping().Build()).Error(); e == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 // Server is what INFO says about the server.
@@ -65,6 +79,35 @@ func parseCPU(info string) (time.Duration, bool) {
 		total += f
 	}
 	return time.Duration(total * float64(time.Second)), true
+}
+
+// EachMaster calls fn with a client of each master of a Redis Cluster, in
+// address order (replicas hold copies of the same keys), or with c itself
+// when c is not a cluster client. Keyless commands a node answers about
+// itself (SCAN, INFO) go through it.
+func EachMaster(ctx context.Context, c rueidis.Client, fn func(addr string, node rueidis.Client) error) error {
+	if c.Mode() != rueidis.ClientModeCluster {
+		return fn("", c)
+	}
+	nodes := c.Nodes()
+	addrs := slices.Sorted(maps.Keys(nodes))
+	for _, addr := range addrs {
+		n := nodes[addr]
+		role, err := n.Do(ctx, n.B().Role().Build()).ToArray()
+		if err != nil {
+			return fmt.Errorf("redis: ROLE of %s: %w", addr, err)
+		}
+		if len(role) == 0 {
+			continue
+		}
+		if r, _ := role[0].ToString(); r != "master" {
+			continue
+		}
+		if err := fn(addr, n); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DeleteEach deletes each key with its own DEL, in one pipelined round

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/redis/rueidis"
@@ -56,7 +57,14 @@ func Permission(err error, doing string) error {
 // restarted Redis replaying its append-only file), BUSY (a script running),
 // TRYAGAIN, MASTERDOWN and CLUSTERDOWN.
 func Unavailable(err error) error {
-	if err == nil || IsNil(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnavailable) {
+	if err == nil || IsNil(err) || errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	// A network operation that timed out (dial tcp: i/o timeout) also
+	// matches context.DeadlineExceeded; it is an unreachable server, not
+	// the caller's deadline.
+	var op *net.OpError
+	if (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) && !errors.As(err, &op) {
 		return err
 	}
 	if re, ok := redisErr(err); ok && !transient(re) {

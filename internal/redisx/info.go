@@ -190,20 +190,25 @@ func parsePendingSummary(res rueidis.RedisResult, key, group string) (PendingTot
 // ScanStreams returns the keys of every stream matching pattern (SCAN MATCH
 // pattern TYPE stream, 1000 keys per step). It walks the whole keyspace:
 // meant for operator tools, not for hot paths or scrapes.
+//
+// On Redis Cluster it scans every master.
 func ScanStreams(ctx context.Context, c rueidis.Client, pattern string) ([]string, error) {
 	var out []string
-	cursor := uint64(0)
-	for {
-		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Type("stream").Build()).AsScanEntry()
-		if err != nil {
-			return nil, fmt.Errorf("redis: SCAN %s: %w", pattern, err)
+	err := EachMaster(ctx, c, func(_ string, n rueidis.Client) error {
+		cursor := uint64(0)
+		for {
+			e, err := n.Do(ctx, n.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Type("stream").Build()).AsScanEntry()
+			if err != nil {
+				return fmt.Errorf("redis: SCAN %s: %w", pattern, err)
+			}
+			out = append(out, e.Elements...)
+			if e.Cursor == 0 {
+				return nil
+			}
+			cursor = e.Cursor
 		}
-		out = append(out, e.Elements...)
-		if e.Cursor == 0 {
-			return out, nil
-		}
-		cursor = e.Cursor
-	}
+	})
+	return out, err
 }
 
 // StreamSize is the length and time to live of one stream.

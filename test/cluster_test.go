@@ -1,0 +1,396 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/breaker"
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+// clusterEcho answers requests, counts every call per payload, and
+// dead-letters events whose payload starts with "poison".
+type clusterEcho struct {
+	mu    sync.Mutex
+	calls map[string]int
+	parts map[int]int
+}
+
+func newClusterEcho() *clusterEcho { return &clusterEcho{calls: map[string]int{}, parts: map[int]int{}} }
+
+func (h *clusterEcho) Handle(_ context.Context, m *consumer.Message) ([]byte, error) {
+	h.mu.Lock()
+	h.calls[string(m.Payload)]++
+	h.parts[m.Partition]++
+	h.mu.Unlock()
+	if strings.HasPrefix(string(m.Payload), "poison") {
+		return nil, fmt.Errorf("poison: %w", consumer.ErrSkipRetry)
+	}
+	return append([]byte("re:"), m.Payload...), nil
+}
+
+func (h *clusterEcho) count(p string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.calls[p]
+}
+
+// TestClusterPartitions: on a 3-master cluster, a topic of 12 partitions
+// spreads over every master; requests, events, both batch calls, a cached
+// topic and dead letters all work (a CROSSSLOT refusal or a client panic on
+// a mixed pipeline would fail them), and operators see every partition on
+// every node.
+func TestClusterPartitions(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client(t)
+	if c.Mode() != "cluster" {
+		t.Fatalf("Mode() = %q; want cluster", c.Mode())
+	}
+	ctx := context.Background()
+	insp := inspect.New(c)
+	for _, tp := range []string{"work", "cached12"} {
+		if _, err := insp.CreateTopic(ctx, tp, 12); err != nil {
+			t.Fatal(err)
+		}
+	}
+	masters := map[int]bool{}
+	for k := range 12 {
+		m, err := cl.MasterOf(c.Keys().Topic(bus.Partition("work", k)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		masters[m] = true
+	}
+	if len(masters) != 3 {
+		t.Errorf("12 partitions on %d masters; want all 3", len(masters))
+	}
+	h := newClusterEcho()
+	for range 2 {
+		runConsumer(t, c, consumer.Config{Topic: "work", Group: "g", Concurrency: 16}, h)
+	}
+	hc := newClusterEcho()
+	runConsumer(t, c, consumer.Config{Topic: "cached12", Group: "g"}, hc)
+	p := newProducer(t, c, producer.Config{Cache: map[string]producer.CacheConfig{"cached12": {}}})
+
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for i := range 300 {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			want := fmt.Sprintf("q%d", i)
+			got, err := p.Request(rctx, "work", []byte(want))
+			if err != nil || string(got) != "re:"+want {
+				bad.Add(1)
+				t.Errorf("request %s = %q, %v", want, got, err)
+			}
+		})
+	}
+	for i := range 60 {
+		wg.Go(func() {
+			if _, err := p.Publish(ctx, "work", fmt.Appendf(nil, "ev%d", i)); err != nil {
+				bad.Add(1)
+				t.Errorf("publish: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	var batch [][]byte
+	for i := range 24 {
+		batch = append(batch, fmt.Appendf(nil, "b%d", i))
+	}
+	if _, err := p.PublishBatch(ctx, "work", batch); err != nil {
+		t.Errorf("PublishBatch over 12 partitions: %v", err)
+	}
+	var rbatch [][]byte
+	for i := range 24 {
+		rbatch = append(rbatch, fmt.Appendf(nil, "rb%d", i))
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	replies, err := p.RequestBatch(rctx, "work", rbatch)
+	cancel()
+	if err != nil {
+		t.Fatalf("RequestBatch over 12 partitions: %v", err)
+	}
+	for i, r := range replies {
+		if r.Err != nil || string(r.Payload) != fmt.Sprintf("re:rb%d", i) {
+			t.Errorf("RequestBatch reply %d = %q, %v", i, r.Payload, r.Err)
+		}
+	}
+	for i := range 5 {
+		if _, err := p.Publish(ctx, "work", fmt.Appendf(nil, "poison%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 12 {
+		for range 2 {
+			if got, _ := request(t, p, "cached12", fmt.Sprintf("same%d", i)); got != fmt.Sprintf("re:same%d", i) {
+				t.Fatalf("cached request = %q", got)
+			}
+		}
+		if n := hc.count(fmt.Sprintf("same%d", i)); n != 1 {
+			t.Errorf("cached payload same%d: %d handler calls; want 1", i, n)
+		}
+	}
+	waitFor(t, 10*time.Second, "events and dead letters handled", func() bool {
+		letters, err := insp.DeadLetters(ctx, "work", 0)
+		return err == nil && len(letters) == 5 && h.count("b23") == 1 && h.count("ev59") == 1
+	})
+	h.mu.Lock()
+	if len(h.parts) != 12 {
+		t.Errorf("handled entries of %d partitions; want 12", len(h.parts))
+	}
+	h.mu.Unlock()
+
+	// Operators: the sum over partitions and nodes.
+	tp, err := insp.Topic(ctx, "work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(300 + 60 + 24 + 24 + 5); tp.Length != want || len(tp.Parts) != 12 || tp.DeadLetters != 5 {
+		t.Errorf("Topic: length %d, %d parts, %d dead letters; want %d, 12, 5", tp.Length, len(tp.Parts), tp.DeadLetters, want)
+	}
+	topics, err := insp.Topics(ctx)
+	if err != nil || !contains(topics, "work") || !contains(topics, "cached12") {
+		t.Errorf("Topics over every node = %v, %v", topics, err)
+	}
+	cs, err := insp.CacheStats(ctx, "cached12")
+	if err != nil || cs.Entries != 12 {
+		t.Errorf("CacheStats over every node = %+v, %v; want 12 entries", cs, err)
+	}
+	if n, err := insp.ReplayDeadLetters(ctx, "work"); err != nil || n != 5 {
+		t.Errorf("ReplayDeadLetters = %d, %v; want 5 (each to its partition)", n, err)
+	}
+	waitFor(t, 10*time.Second, "replayed poison dead-lettered again", func() bool {
+		letters, err := insp.DeadLetters(ctx, "work", 0)
+		return err == nil && len(letters) == 5
+	})
+
+	// bus-worker's operator commands aggregate the same way.
+	bin := redistest.Binary(t, "bus-worker")
+	out, err := exec.Command(bin, "stats", "--redis", cl.URL, "--json").Output()
+	if err != nil {
+		t.Fatalf("bus-worker stats: %v", err)
+	}
+	var st struct {
+		Topics []struct {
+			Topic       string `json:"topic"`
+			Length      int64  `json:"length"`
+			DeadLetters int64  `json:"dead_letters"`
+		} `json:"topics"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("stats --json: %v: %s", err, out)
+	}
+	found := false
+	for _, s := range st.Topics {
+		if s.Topic == "work" {
+			found = true
+			if s.Length != tp.Length+5 || s.DeadLetters != 5 {
+				t.Errorf("bus-worker stats: work length %d, dead letters %d; want %d, 5", s.Length, s.DeadLetters, tp.Length+5)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("bus-worker stats lists no topic work: %s", out)
+	}
+	out, err = exec.Command(bin, "dlq", "list", "--redis", cl.URL, "--topic", "work", "--json").Output()
+	if err != nil || strings.Count(string(out), `"reason":"handler_error"`) != 5 {
+		t.Errorf("bus-worker dlq list: %v: %s", err, out)
+	}
+	out, err = exec.Command(bin, "cache", "stats", "--redis", cl.URL, "--topic", "cached12", "--json").Output()
+	if err != nil || !strings.Contains(string(out), `"entries":12`) {
+		t.Errorf("bus-worker cache stats: %v: %s", err, out)
+	}
+}
+
+func contains[T comparable](s []T, v T) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// failoverRun is what one failover run measured.
+type failoverRun struct {
+	Recovery           time.Duration // kill → first request answered on the killed master's partition
+	Requests, OK       int64
+	Typed, Untyped     int64 // failed requests with a bus error (ErrTimeout, ErrUnavailable…) and without
+	Published, Handled int64 // events Redis acknowledged (Publish returned an id), and handled
+	Lost, Duplicated   int64 // acknowledged events never handled; events handled more than once
+}
+
+// runFailover puts load on a 6-partition topic of a fresh cluster, kills
+// the master of partition 0 after warm, keeps the load for after, and
+// counts what became of every request and acknowledged event.
+func runFailover(t *testing.T, warm, after time.Duration) failoverRun {
+	cl := redistest.StartCluster(t)
+	c := cl.Client(t)
+	ctx := context.Background()
+	insp := inspect.New(c)
+	if _, err := insp.CreateTopic(ctx, "fo", 6); err != nil {
+		t.Fatal(err)
+	}
+	h := newClusterEcho()
+	runConsumer(t, c, consumer.Config{Topic: "fo", Group: "g", Concurrency: 16, ClaimIdle: 2 * time.Second}, h)
+	runConsumer(t, c, consumer.Config{Topic: "fo", Group: "g", Concurrency: 16, ClaimIdle: 2 * time.Second}, h)
+	// A breaker that probes after 1 s (the default 5 s adds up to 5 s to
+	// the recovery; docs/cluster.md).
+	p := newProducer(t, c, producer.Config{Breaker: breaker.Config{OpenTimeout: time.Second}})
+	victim, err := cl.MasterOf(c.Keys().Topic("fo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key0 := ""
+	for i := 0; key0 == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); producer.PartitionOf(k, 6) == 0 {
+			key0 = k
+		}
+	}
+
+	var r failoverRun
+	var published sync.Map
+	var killedAt atomic.Int64
+	var firstOK atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				atomic.AddInt64(&r.Requests, 1)
+				began := time.Now().UnixNano()
+				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				want := fmt.Sprintf("w%d-%d", w, i)
+				var opts []producer.CallOption
+				if w == 0 {
+					opts = append(opts, producer.PartitionKey(key0)) // the probe of the killed master's partition
+				}
+				got, err := p.Request(rctx, "fo", []byte(want), opts...)
+				cancel()
+				switch {
+				case err == nil && string(got) == "re:"+want:
+					atomic.AddInt64(&r.OK, 1)
+					if k := killedAt.Load(); w == 0 && k != 0 && began > k && firstOK.Load() == 0 {
+						firstOK.CompareAndSwap(0, time.Now().UnixNano())
+					}
+				case err == nil:
+					t.Errorf("request %s answered %q", want, got)
+				case errors.Is(err, bus.ErrTimeout) || errors.Is(err, bus.ErrUnavailable) || errors.Is(err, bus.ErrBreakerOpen) || errors.Is(err, bus.ErrNoResponders):
+					atomic.AddInt64(&r.Typed, 1)
+					time.Sleep(10 * time.Millisecond) // a caller backs off before trying again
+				default:
+					atomic.AddInt64(&r.Untyped, 1)
+					t.Logf("untyped error: %v", err)
+				}
+				if w == 0 {
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ev := fmt.Sprintf("e%d", i)
+			if _, err := p.Publish(pctx, "fo", []byte(ev)); err == nil {
+				published.Store(ev, true)
+				atomic.AddInt64(&r.Published, 1)
+			}
+			cancel()
+		}
+	})
+	time.Sleep(warm)
+	killedAt.Store(time.Now().UnixNano())
+	cl.Kill(victim)
+	hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := cl.WaitHealthy(hctx, victim); err != nil {
+		t.Errorf("cluster not healthy 30 s after the kill: %v", err)
+	}
+	hcancel()
+	time.Sleep(after)
+	close(stop)
+	wg.Wait()
+	if f := firstOK.Load(); f != 0 {
+		r.Recovery = time.Duration(f - killedAt.Load())
+	} else {
+		t.Errorf("no request to the killed master's partition succeeded after the kill")
+	}
+	// Let the workers finish (reclaim included) before counting.
+	waitFor(t, 20*time.Second, "events handled", func() bool {
+		n := int64(0)
+		published.Range(func(k, _ any) bool {
+			if h.count(k.(string)) > 0 {
+				n++
+			}
+			return true
+		})
+		return n == r.Published
+	})
+	published.Range(func(k, _ any) bool {
+		switch n := h.count(k.(string)); {
+		case n == 0:
+			r.Lost++
+		case n > 1:
+			r.Duplicated++
+		}
+		if h.count(k.(string)) > 0 {
+			r.Handled++
+		}
+		return true
+	})
+	return r
+}
+
+// TestClusterFailover: a master killed under load; its replica takes over
+// (cluster-node-timeout 2 s); requests resume on its partitions within
+// seconds, every request ends answered or with a typed error, and the
+// acknowledged events lost or handled twice are counted. make test-cluster
+// runs it 5 times (MYCELIUM_CLUSTER_LONG=1) and reports each run.
+func TestClusterFailover(t *testing.T) {
+	runs := 1
+	if os.Getenv("MYCELIUM_CLUSTER_LONG") == "1" {
+		runs = 5
+	}
+	for i := range runs {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			r := runFailover(t, 2*time.Second, 6*time.Second)
+			t.Logf("failover run %d: recovery %v; requests %d ok %d typed-errors %d untyped %d; events acknowledged %d handled %d lost %d duplicated %d",
+				i, r.Recovery.Round(time.Millisecond), r.Requests, r.OK, r.Typed, r.Untyped, r.Published, r.Handled, r.Lost, r.Duplicated)
+			if r.Untyped > 0 {
+				t.Errorf("%d requests failed with an untyped error", r.Untyped)
+			}
+			if r.Recovery > 15*time.Second {
+				t.Errorf("recovery took %v; want a few seconds after the replica's promotion", r.Recovery)
+			}
+		})
+	}
+}

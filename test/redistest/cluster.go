@@ -1,0 +1,199 @@
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// Cluster is a Redis Cluster of 3 masters and 3 replicas on loopback,
+// started by test/redis-cluster.sh and owned by one test.
+type Cluster struct {
+	URL   string // seed URL: redis://h:p1,h:p2,h:p3
+	Dir   string
+	Ports []int
+	tb    testing.TB
+}
+
+// StartCluster starts a cluster (about 2.5 s) and stops it when the test
+// ends. A missing redis-server skips the test, or fails it under RequireEnv.
+func StartCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv(RequireEnv) == "1" {
+			tb.Fatalf("redis-server not found: %v", err)
+		}
+		tb.Skip("redis-server not found")
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	script := filepath.Join(root, "test", "redis-cluster.sh")
+	var lastErr error
+	for range 3 { // another package's cluster may take the ports between check and bind
+		dir, err := os.MkdirTemp("", "mycelium-cluster-")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		base := 20000 + 10*rand.IntN(900)
+		out, err := exec.Command(script, "start", dir, strconv.Itoa(base)).CombinedOutput()
+		if err != nil {
+			lastErr = fmt.Errorf("%w: %s", err, out)
+			_ = exec.Command(script, "stop", dir).Run()
+			continue
+		}
+		c := &Cluster{URL: strings.TrimSpace(lastLine(out)), Dir: dir, tb: tb}
+		ports, _ := os.ReadFile(filepath.Join(dir, "ports"))
+		for _, f := range strings.Fields(string(ports)) {
+			p, _ := strconv.Atoi(f)
+			c.Ports = append(c.Ports, p)
+		}
+		tb.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+		return c
+	}
+	tb.Fatalf("start a Redis Cluster: %v", lastErr)
+	return nil
+}
+
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
+
+// Client returns a bus client of the cluster, closed when the test ends.
+func (c *Cluster) Client(tb testing.TB) *bus.Client {
+	tb.Helper()
+	return Connect(tb, bus.Config{URL: c.URL})
+}
+
+// Node is one node of the cluster as CLUSTER NODES lists it.
+type Node struct {
+	ID     string
+	Port   int
+	Master bool
+	Failed bool
+	Slots  string // "0-5460", masters only
+}
+
+// Nodes lists the cluster's nodes as the node on port sees them.
+func (c *Cluster) Nodes(port int) ([]Node, error) {
+	out, err := exec.Command("redis-cli", "-p", strconv.Itoa(port), "cluster", "nodes").Output()
+	if err != nil {
+		return nil, err
+	}
+	var nodes []Node
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 8 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		_, ps, _ := strings.Cut(addr, ":")
+		p, _ := strconv.Atoi(ps)
+		n := Node{ID: f[0], Port: p, Master: strings.Contains(f[2], "master"), Failed: strings.Contains(f[2], "fail")}
+		if n.Master && len(f) > 8 {
+			n.Slots = strings.Join(f[8:], " ")
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
+// MasterOf returns the port of the master serving key, as the node on
+// port sees it.
+func (c *Cluster) MasterOf(key string) (int, error) {
+	out, err := exec.Command("redis-cli", "-p", strconv.Itoa(c.Ports[0]), "cluster", "keyslot", key).Output()
+	if err != nil {
+		return 0, err
+	}
+	slot, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range c.Ports {
+		nodes, err := c.Nodes(p)
+		if err != nil {
+			continue
+		}
+		for _, n := range nodes {
+			if !n.Master || n.Failed {
+				continue
+			}
+			for _, r := range strings.Fields(n.Slots) {
+				lo, hi, found := strings.Cut(r, "-")
+				a, _ := strconv.Atoi(lo)
+				b := a
+				if found {
+					b, _ = strconv.Atoi(hi)
+				}
+				if slot >= a && slot <= b {
+					return n.Port, nil
+				}
+			}
+		}
+		return 0, fmt.Errorf("no master serves slot %d", slot)
+	}
+	return 0, fmt.Errorf("no node answers")
+}
+
+// Kill sends SIGKILL to the node on port, as a crash would.
+func (c *Cluster) Kill(port int) {
+	c.tb.Helper()
+	b, err := os.ReadFile(filepath.Join(c.Dir, strconv.Itoa(port)+".pid"))
+	if err != nil {
+		c.tb.Fatalf("pid of node %d: %v", port, err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		c.tb.Fatalf("kill node %d: %v", port, err)
+	}
+}
+
+// WaitHealthy waits until every live node reports cluster_state:ok and
+// every slot has a live master.
+func (c *Cluster) WaitHealthy(ctx context.Context, except ...int) error {
+	for ctx.Err() == nil {
+		ok := true
+		for _, p := range c.Ports {
+			if contains(except, p) {
+				continue
+			}
+			out, err := exec.Command("redis-cli", "-p", strconv.Itoa(p), "cluster", "info").Output()
+			if err != nil || !bytes.Contains(out, []byte("cluster_state:ok")) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return ctx.Err()
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
