@@ -235,12 +235,47 @@ type failoverRun struct {
 	Lost, Duplicated   int64 // acknowledged events never handled; events handled more than once
 }
 
-// runFailover puts load on a 6-partition topic of a fresh cluster, kills
-// the master of partition 0 after warm, keeps the load for after, and
-// counts what became of every request and acknowledged event.
-func runFailover(t *testing.T, warm, after time.Duration) failoverRun {
+// failoverRig is a Redis deployment whose master a failover test kills.
+type failoverRig struct {
+	client *bus.Client
+	// kill kills the master that holds the topic's partition 0 and
+	// returns a function waiting until a replica took over.
+	kill func(t *testing.T, c *bus.Client) func(context.Context) error
+}
+
+func clusterRig(t *testing.T) failoverRig {
 	cl := redistest.StartCluster(t)
-	c := cl.Client(t)
+	return failoverRig{client: cl.Client(t), kill: func(t *testing.T, c *bus.Client) func(context.Context) error {
+		victim, err := cl.MasterOf(c.Keys().Topic("fo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.Kill(victim)
+		return func(ctx context.Context) error { return cl.WaitHealthy(ctx, victim) }
+	}}
+}
+
+func sentinelRig(t *testing.T) failoverRig {
+	sn := redistest.StartSentinel(t)
+	c := sn.Client(t)
+	if c.Mode() != "sentinel" {
+		t.Fatalf("Mode() = %q; want sentinel", c.Mode())
+	}
+	return failoverRig{client: c, kill: func(t *testing.T, _ *bus.Client) func(context.Context) error {
+		m, err := sn.CurrentMaster()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sn.Kill(m)
+		return func(ctx context.Context) error { return sn.WaitPromoted(ctx, m) }
+	}}
+}
+
+// runFailover puts load on a 6-partition topic, kills the master of
+// partition 0 after warm, keeps the load for after the replica took over,
+// and counts what became of every request and acknowledged event.
+func runFailover(t *testing.T, rig failoverRig, warm, after time.Duration) failoverRun {
+	c := rig.client
 	ctx := context.Background()
 	insp := inspect.New(c)
 	if _, err := insp.CreateTopic(ctx, "fo", 6); err != nil {
@@ -252,10 +287,6 @@ func runFailover(t *testing.T, warm, after time.Duration) failoverRun {
 	// A breaker that probes after 1 s (the default 5 s adds up to 5 s to
 	// the recovery; docs/cluster.md).
 	p := newProducer(t, c, producer.Config{Breaker: breaker.Config{OpenTimeout: time.Second}})
-	victim, err := cl.MasterOf(c.Keys().Topic("fo"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	key0 := ""
 	for i := 0; key0 == ""; i++ {
 		if k := fmt.Sprintf("k%d", i); producer.PartitionOf(k, 6) == 0 {
@@ -329,11 +360,11 @@ func runFailover(t *testing.T, warm, after time.Duration) failoverRun {
 		}
 	})
 	time.Sleep(warm)
+	healthy := rig.kill(t, c)
 	killedAt.Store(time.Now().UnixNano())
-	cl.Kill(victim)
 	hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
-	if err := cl.WaitHealthy(hctx, victim); err != nil {
-		t.Errorf("cluster not healthy 30 s after the kill: %v", err)
+	if err := healthy(hctx); err != nil {
+		t.Errorf("no replica took over within 30 s of the kill: %v", err)
 	}
 	hcancel()
 	time.Sleep(after)
@@ -375,14 +406,20 @@ func runFailover(t *testing.T, warm, after time.Duration) failoverRun {
 // seconds, every request ends answered or with a typed error, and the
 // acknowledged events lost or handled twice are counted. make test-cluster
 // runs it 5 times (MYCELIUM_CLUSTER_LONG=1) and reports each run.
-func TestClusterFailover(t *testing.T) {
+func TestClusterFailover(t *testing.T) { testFailover(t, clusterRig) }
+
+// TestSentinelFailover: the same with one master, one replica and three
+// sentinels: the client follows the master the sentinels name.
+func TestSentinelFailover(t *testing.T) { testFailover(t, sentinelRig) }
+
+func testFailover(t *testing.T, rig func(*testing.T) failoverRig) {
 	runs := 1
 	if os.Getenv("MYCELIUM_CLUSTER_LONG") == "1" {
 		runs = 5
 	}
 	for i := range runs {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			r := runFailover(t, 2*time.Second, 6*time.Second)
+			r := runFailover(t, rig(t), 2*time.Second, 6*time.Second)
 			t.Logf("failover run %d: recovery %v; requests %d ok %d typed-errors %d untyped %d; events acknowledged %d handled %d lost %d duplicated %d",
 				i, r.Recovery.Round(time.Millisecond), r.Requests, r.OK, r.Typed, r.Untyped, r.Published, r.Handled, r.Lost, r.Duplicated)
 			if r.Untyped > 0 {

@@ -48,7 +48,7 @@ func StartCluster(tb testing.TB) *Cluster {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		base := 20000 + 10*rand.IntN(900)
+		base := 20000 + 10*randInt(900)
 		out, err := exec.Command(script, "start", dir, strconv.Itoa(base)).CombinedOutput()
 		if err != nil {
 			lastErr = fmt.Errorf("%w: %s", err, out)
@@ -67,6 +67,8 @@ func StartCluster(tb testing.TB) *Cluster {
 	tb.Fatalf("start a Redis Cluster: %v", lastErr)
 	return nil
 }
+
+func randInt(n int) int { return rand.IntN(n) }
 
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")

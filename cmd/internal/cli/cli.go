@@ -170,11 +170,17 @@ func (e *Embedded) Close() {
 type ConnFlags struct {
 	PasswordFile string
 	TLS          TLSFlags
+	// Cluster, MasterSet and SentinelPasswordFile: Redis Cluster and
+	// Sentinel (docs/cluster.md).
+	Cluster              bool
+	MasterSet            string
+	SentinelPasswordFile string
 }
 
 // ConnFlagNames are the flags Register adds (each also read from
 // MYCELIUM_<NAME> by the commands).
-var ConnFlagNames = []string{"redis-password-file", "tls-ca", "tls-cert", "tls-key", "tls-server-name", "tls-insecure-skip-verify"}
+var ConnFlagNames = []string{"redis-password-file", "tls-ca", "tls-cert", "tls-key", "tls-server-name", "tls-insecure-skip-verify",
+	"cluster", "sentinel-master", "sentinel-password-file"}
 
 // Register adds --redis-password-file and the --tls-* flags to fs.
 func (f *ConnFlags) Register(fs *flag.FlagSet) {
@@ -184,7 +190,13 @@ func (f *ConnFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.TLS.Key, "tls-key", "", "rediss://: PEM private key of --tls-cert")
 	fs.StringVar(&f.TLS.ServerName, "tls-server-name", "", "rediss://: the name the server's certificate must carry (default: the URL's host)")
 	fs.BoolVar(&f.TLS.InsecureSkipVerify, "tls-insecure-skip-verify", false, "rediss://: do not check the server's certificate (warned about at every start; for tests only)")
+	fs.BoolVar(&f.Cluster, "cluster", false, "the URL's host is a Redis Cluster node (a URL of several comma-separated hosts implies it)")
+	fs.StringVar(&f.MasterSet, "sentinel-master", "", "the URL's hosts are Redis Sentinels watching this master set (or master_set=NAME in the URL)")
+	fs.StringVar(&f.SentinelPasswordFile, "sentinel-password-file", "", "read the sentinels' password from this file (else "+SentinelPasswordEnv+")")
 }
+
+// SentinelPasswordEnv holds the sentinels' password when no file is given.
+const SentinelPasswordEnv = "MYCELIUM_SENTINEL_PASSWORD"
 
 // Apply sets cfg's password (see Password) and TLS from the flags. With
 // --tls-insecure-skip-verify it prints TLSWarning to warn, prefixed by
@@ -199,6 +211,14 @@ func (f *ConnFlags) Apply(cfg *bus.Config, command string, warn io.Writer) error
 		return err
 	}
 	cfg.Password, cfg.TLS = pw, tc
+	cfg.Cluster, cfg.MasterSet = f.Cluster, f.MasterSet
+	if f.SentinelPasswordFile != "" {
+		if cfg.SentinelPassword, err = readSecret(f.SentinelPasswordFile, "--sentinel-password-file"); err != nil {
+			return err
+		}
+	} else {
+		cfg.SentinelPassword = os.Getenv(SentinelPasswordEnv)
+	}
 	if f.TLS.InsecureSkipVerify {
 		fmt.Fprintln(warn, command+": "+TLSWarning)
 	}
@@ -264,21 +284,28 @@ func Password(file string) (string, error) {
 	if file == "" {
 		return os.Getenv(PasswordEnv), nil
 	}
+	return readSecret(file, "--redis-password-file")
+}
+
+// readSecret reads a password file given by flag: its content without the
+// trailing newline, at most 4 KiB, not empty. Errors never carry the
+// content.
+func readSecret(file, flag string) (string, error) {
 	f, err := os.Open(file)
 	if err != nil {
-		return "", fmt.Errorf("--redis-password-file: %w", err)
+		return "", fmt.Errorf("%s: %w", flag, err)
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, 4<<10+1))
 	if err != nil {
-		return "", fmt.Errorf("--redis-password-file %s: %w", file, err)
+		return "", fmt.Errorf("%s %s: %w", flag, file, err)
 	}
 	if len(b) > 4<<10 {
-		return "", fmt.Errorf("--redis-password-file %s: larger than 4 KiB: not a password file", file)
+		return "", fmt.Errorf("%s %s: larger than 4 KiB: not a password file", flag, file)
 	}
 	pw := strings.TrimRight(string(b), "\r\n")
 	if pw == "" {
-		return "", fmt.Errorf("--redis-password-file %s: empty", file)
+		return "", fmt.Errorf("%s %s: empty", flag, file)
 	}
 	return pw, nil
 }

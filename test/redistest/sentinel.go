@@ -1,0 +1,129 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// Sentinel is one master, one replica and three sentinels on loopback,
+// started by test/redis-sentinel.sh and owned by one test.
+type Sentinel struct {
+	URL       string // redis://s1,s2,s3?master_set=mymaster
+	Dir       string
+	Master    int // the first master's port
+	Replica   int
+	Sentinels []int
+	tb        testing.TB
+}
+
+// StartSentinel starts the setup (about 2.5 s) and stops it when the test
+// ends. A missing redis-server skips the test, or fails it under RequireEnv.
+func StartSentinel(tb testing.TB) *Sentinel {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv(RequireEnv) == "1" {
+			tb.Fatalf("redis-server not found: %v", err)
+		}
+		tb.Skip("redis-server not found")
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	script := filepath.Join(root, "test", "redis-sentinel.sh")
+	var lastErr error
+	for range 3 {
+		dir, err := os.MkdirTemp("", "mycelium-sentinel-")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		base := 10000 + 10*randInt(900)
+		out, err := exec.Command(script, "start", dir, strconv.Itoa(base)).CombinedOutput()
+		if err != nil {
+			lastErr = fmt.Errorf("%w: %s", err, out)
+			_ = exec.Command(script, "stop", dir).Run()
+			continue
+		}
+		s := &Sentinel{URL: strings.TrimSpace(lastLine(out)), Dir: dir, tb: tb}
+		ports, _ := os.ReadFile(filepath.Join(dir, "ports"))
+		f := strings.Fields(string(ports))
+		if len(f) != 5 {
+			tb.Fatalf("redis-sentinel.sh wrote ports %q", ports)
+		}
+		s.Master, _ = strconv.Atoi(f[0])
+		s.Replica, _ = strconv.Atoi(f[1])
+		for _, x := range f[2:] {
+			p, _ := strconv.Atoi(x)
+			s.Sentinels = append(s.Sentinels, p)
+		}
+		tb.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+		return s
+	}
+	tb.Fatalf("start Redis Sentinel: %v", lastErr)
+	return nil
+}
+
+// Client returns a bus client that follows the master, closed when the
+// test ends.
+func (s *Sentinel) Client(tb testing.TB) *bus.Client {
+	tb.Helper()
+	return Connect(tb, bus.Config{URL: s.URL})
+}
+
+// CurrentMaster asks the first answering sentinel for the master's port.
+func (s *Sentinel) CurrentMaster() (int, error) {
+	var lastErr error
+	for _, p := range s.Sentinels {
+		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(p), "sentinel", "get-master-addr-by-name", "mymaster").Output()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		f := strings.Fields(string(out))
+		if len(f) == 2 {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no sentinel names the master: %v", lastErr)
+}
+
+// Kill sends SIGKILL to the data node on port (master or replica).
+func (s *Sentinel) Kill(port int) {
+	s.tb.Helper()
+	b, err := os.ReadFile(filepath.Join(s.Dir, strconv.Itoa(port)+".pid"))
+	if err != nil {
+		s.tb.Fatalf("pid of %d: %v", port, err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		s.tb.Fatalf("kill %d: %v", port, err)
+	}
+}
+
+// WaitPromoted waits until the sentinels name a master other than old and
+// it answers as a master.
+func (s *Sentinel) WaitPromoted(ctx context.Context, old int) error {
+	for ctx.Err() == nil {
+		if p, err := s.CurrentMaster(); err == nil && p != old {
+			out, err := exec.Command("redis-cli", "-p", strconv.Itoa(p), "role").Output()
+			if err == nil && strings.HasPrefix(strings.TrimSpace(string(out)), "master") {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return ctx.Err()
+}
