@@ -36,9 +36,19 @@ var (
 	// lacks a permission; WRONGPASS, NOAUTH: bad credentials). A consumer's
 	// Run returns it instead of retrying forever.
 	ErrPermission = redisx.ErrPermission
+	// ErrNotReplicated: a write Redis applied, but fewer replicas than the
+	// producer's WaitReplicas acknowledged it in time: a failover now may
+	// lose it (docs/cluster.md). The error is a *NotReplicatedError saying
+	// how many did.
+	ErrNotReplicated = redisx.ErrNotReplicated
 	// ErrInvalidConfig is wrapped by every configuration validation error.
 	ErrInvalidConfig = errors.New("invalid configuration")
 )
+
+// NotReplicatedError says how many replicas acknowledged a write within
+// the producer's WaitTimeout (Want, Got, Timeout). It wraps
+// ErrNotReplicated.
+type NotReplicatedError = redisx.NotReplicatedError
 
 // Remote error codes set by the consumer.
 const (

@@ -139,7 +139,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	out := make([]Reply, n)
 	p.stats.writes.Add(1)
 	recycle := true
-	for i, r := range redisx.AddBatch(ctx, p.c.Redis(), adds, nil, make([]redisx.Result, 0, n)) {
+	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, n)) {
 		if r.Err == nil {
 			p.stats.requests.Add(1)
 			p.stamp(seqs[i], 0, r.ID)

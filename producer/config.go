@@ -18,6 +18,8 @@ const (
 	DefaultReplyBlock     = 2 * time.Second
 	DefaultReplyBatch     = 512
 	DefaultRequestTimeout = 30 * time.Second
+	// DefaultWaitTimeout bounds a WAIT for replicas (Config.WaitReplicas).
+	DefaultWaitTimeout = time.Second
 	DefaultTimingSample   = 1000
 	DefaultSlowRequest    = 10 * time.Second
 	DefaultResponderIdle  = 15 * time.Second
@@ -92,6 +94,19 @@ type Config struct {
 	// steer it (NoCache, NoStore, MaxAge, CacheKey, WithCacheInfo). Nil
 	// means no topic is cached. The map is copied by New.
 	Cache map[string]CacheConfig
+	// WaitReplicas, when positive, makes every write of Publish,
+	// PublishBatch, Request and RequestBatch wait until that many replicas
+	// acknowledged it (WAIT after the write, same connection), for up to
+	// WaitTimeout: a write they did not all acknowledge fails with
+	// bus.ErrNotReplicated (*bus.NotReplicatedError; the entry was written
+	// and may still be handled, or lost in a failover). It narrows, never
+	// closes, the window in which a failover loses acknowledged writes;
+	// docs/cluster.md measures what it costs. Cached requests (their Lua
+	// script) do not wait. Zero means no wait.
+	WaitReplicas int
+	// WaitTimeout bounds the wait for replicas. Zero means
+	// DefaultWaitTimeout.
+	WaitTimeout time.Duration
 	// LocalCacheBytes bounds the memory of the local tier (answers kept in
 	// this process, for every cached topic together). Zero means
 	// DefaultLocalCacheBytes; negative means no local tier.
@@ -104,6 +119,9 @@ func (c Config) Validate() error {
 		if err := bus.ValidateName("producer", c.ID); err != nil {
 			return err
 		}
+	}
+	if c.WaitReplicas < 0 || c.WaitTimeout < 0 {
+		return fmt.Errorf("%w: WaitReplicas and WaitTimeout must not be negative", bus.ErrInvalidConfig)
 	}
 	if c.MaxInFlight < 0 || c.MaxPayload < 0 || c.ReplyBatch < 0 {
 		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch must not be negative", bus.ErrInvalidConfig)
@@ -142,6 +160,7 @@ func (c Config) withDefaults() Config {
 	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
 	c.SlowRequest = cmp.Or(c.SlowRequest, DefaultSlowRequest)
 	c.LocalCacheBytes = cmp.Or(c.LocalCacheBytes, DefaultLocalCacheBytes)
+	c.WaitTimeout = cmp.Or(c.WaitTimeout, DefaultWaitTimeout)
 	if c.Cache != nil {
 		m := make(map[string]CacheConfig, len(c.Cache))
 		for topic, cc := range c.Cache {

@@ -291,7 +291,9 @@ func (p *Producer) checkPayload(n int) error {
 }
 
 // Publish appends one event to topic and returns its stream entry id once
-// Redis accepted it. It blocks for one round trip (shared with concurrent
+// Redis accepted it (and, with Config.WaitReplicas, its replicas: when they
+// did not in time, the id comes with an error wrapping
+// bus.ErrNotReplicated). It blocks for one round trip (shared with concurrent
 // callers), bounded by ctx. Safe for concurrent use.
 func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, opts ...CallOption) (string, error) {
 	if p.closed.Load() {
@@ -348,7 +350,9 @@ func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, heade
 	}
 	id, err := r.id, r.err
 	if err != nil {
-		return "", fmt.Errorf("producer: publish to %s: %w", topic, err)
+		// With bus.ErrNotReplicated the entry was written: its id comes
+		// with the error.
+		return id, fmt.Errorf("producer: publish to %s: %w", topic, err)
 	}
 	p.stats.published.Add(1)
 	return id, nil
@@ -438,10 +442,11 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	var errs []error
 	recycle := true
 	p.stats.writes.Add(1)
-	for i, r := range redisx.AddBatch(ctx, p.c.Redis(), adds, nil, make([]redisx.Result, 0, len(adds))) {
+	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, len(adds))) {
 		if r.Err != nil {
 			p.stats.writeErrors.Add(1)
 			errs = append(errs, &PublishError{Index: i, Err: redisx.Unavailable(r.Err)})
+			ids[i] = r.ID // written but not replicated (bus.ErrNotReplicated): known
 			if redisx.IsConnErr(r.Err) {
 				recycle = false // rueidis may still hold the buffer
 			}
@@ -459,6 +464,15 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 		return ids, fmt.Errorf("producer: publish batch to %s: %d of %d failed: %w", topic, len(errs), len(payloads), errors.Join(errs...))
 	}
 	return ids, nil
+}
+
+// addBatch writes adds (redisx.AddBatch), waiting for replicas when
+// Config.WaitReplicas asks for it.
+func (p *Producer) addBatch(ctx context.Context, adds []redisx.Add, out []redisx.Result) []redisx.Result {
+	if p.cfg.WaitReplicas > 0 {
+		return redisx.AddBatchDurable(ctx, p.c.Redis(), adds, redisx.Durability{Replicas: p.cfg.WaitReplicas, Timeout: p.cfg.WaitTimeout}, out)
+	}
+	return redisx.AddBatch(ctx, p.c.Redis(), adds, nil, out)
 }
 
 // Request sends payload to topic and waits for the handler's reply. The

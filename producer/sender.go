@@ -56,7 +56,7 @@ func (p *Producer) flush(batch []sendItem) {
 	// No per-flush timer: the connection's write timeout (bus.Config
 	// WriteTimeout) bounds a pipelined command without a ctx deadline.
 	p.stats.writes.Add(1)
-	fb.res = redisx.AddBatch(context.Background(), p.c.Redis(), fb.adds, nil, fb.res)
+	fb.res = p.addBatch(context.Background(), fb.adds, fb.res)
 	now := time.Now()
 	for i := range batch {
 		p.settle(&batch[i], fb.res[i].ID, fb.res[i].Err, now.Sub(batch[i].at))

@@ -57,7 +57,7 @@ func Permission(err error, doing string) error {
 // restarted Redis replaying its append-only file), BUSY (a script running),
 // TRYAGAIN, MASTERDOWN and CLUSTERDOWN.
 func Unavailable(err error) error {
-	if err == nil || IsNil(err) || errors.Is(err, ErrUnavailable) {
+	if err == nil || IsNil(err) || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotReplicated) {
 		return err
 	}
 	// A network operation that timed out (dial tcp: i/o timeout) also
@@ -113,9 +113,10 @@ func IsRedisReply(err error) bool {
 }
 
 // IsConnErr reports whether err is neither nil, nor a Redis reply (error or
-// nil): the command may not have reached Redis, or its reply was lost.
+// nil), nor a write that replicas did not acknowledge (ErrNotReplicated):
+// the command may not have reached Redis, or its reply was lost.
 func IsConnErr(err error) bool {
-	return err != nil && !IsRedisReply(err) && !IsNil(err)
+	return err != nil && !IsRedisReply(err) && !IsNil(err) && !errors.Is(err, ErrNotReplicated)
 }
 
 // groupErr returns err of a command on group at key, wrapped in ErrNoGroup
