@@ -46,6 +46,31 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 // Sentinel-watched set).
 func (c *Client) Mode() string { return string(c.rc.Mode()) }
 
+// Node connects to one node at addr ("host:port") with the client's
+// credentials and TLS, as a standalone client: for operator actions aimed
+// at a given node of a cluster (a replica's CLUSTER FAILOVER, say). The
+// caller closes it.
+func (c *Client) Node(ctx context.Context, addr string) (*Client, error) {
+	cfg := c.cfg
+	cfg.Cluster, cfg.MasterSet = false, ""
+	opt, err := cfg.clientOption()
+	if err != nil {
+		return nil, err
+	}
+	opt.InitAddress = []string{addr}
+	opt.ForceSingleClient = true
+	opt.Sentinel = rueidis.SentinelOption{}
+	rc, err := rueidis.NewClient(opt)
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, redisx.Unavailable(err))
+	}
+	if err := redisx.Ping(ctx, rc); err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, redisx.Unavailable(err))
+	}
+	return &Client{rc: rc, keys: c.keys, cfg: cfg}, nil
+}
+
 // Keys returns the key builders of the client's prefix.
 func (c *Client) Keys() Keys { return c.keys }
 

@@ -27,6 +27,27 @@ func (i *Inspector) Server(ctx context.Context) (Server, error) {
 	return Server{Version: s.Version, CPU: s.CPU, CPUOK: s.CPUOK}, nil
 }
 
+// NodeServer is one Redis master's facts (see Servers).
+type NodeServer struct {
+	Addr string // "" on a standalone server
+	Server
+}
+
+// Servers reads each master's version and CPU time (one entry on a
+// standalone server or Sentinel's master; every master of a Redis
+// Cluster, in address order).
+func (i *Inspector) Servers(ctx context.Context) ([]NodeServer, error) {
+	nodes, err := redisx.ServerInfos(ctx, i.c.Redis())
+	if err != nil {
+		return nil, fmt.Errorf("inspect: server info: %w", redisx.Unavailable(err))
+	}
+	out := make([]NodeServer, len(nodes))
+	for k, s := range nodes {
+		out[k] = NodeServer{Addr: s.Addr, Server: Server{Version: s.Version, CPU: s.CPU, CPUOK: s.CPUOK}}
+	}
+	return out, nil
+}
+
 // DeleteTopic deletes a topic's stream, with every entry, consumer group and
 // pending entry in it, its dead letters and its workers' presence set, in
 // one command. Entries not
@@ -51,6 +72,57 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 	}
 	if err := redisx.ForgetPartitionCount(ctx, i.c.Redis(), i.keys.Meta(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
+	}
+	return nil
+}
+
+// ClusterNode is one node of a Redis Cluster (see ClusterNodes).
+type ClusterNode = redisx.ClusterNode
+
+// ClusterNodes lists the nodes of the Redis Cluster the client reaches
+// (an error on a standalone server).
+func (i *Inspector) ClusterNodes(ctx context.Context) ([]ClusterNode, error) {
+	n, err := redisx.ClusterNodes(ctx, i.c.Redis())
+	if err != nil {
+		return nil, fmt.Errorf("inspect: cluster nodes: %w", redisx.Unavailable(err))
+	}
+	return n, nil
+}
+
+// KeySlot returns the Redis Cluster hash slot of key.
+func (i *Inspector) KeySlot(ctx context.Context, key string) (int, error) {
+	s, err := redisx.KeySlot(ctx, i.c.Redis(), key)
+	if err != nil {
+		return 0, fmt.Errorf("inspect: key slot: %w", redisx.Unavailable(err))
+	}
+	return s, nil
+}
+
+// FailoverTo asks the replica at addr to take over from its master
+// (CLUSTER FAILOVER, coordinated: nothing is lost). For drills and
+// benchmarks (bus-bench --scenario failover).
+func (i *Inspector) FailoverTo(ctx context.Context, addr string) error {
+	n, err := i.c.Node(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("inspect: failover to %s: %w", addr, err)
+	}
+	defer n.Close()
+	if err := redisx.FailoverTo(ctx, n.Redis()); err != nil {
+		return fmt.Errorf("inspect: failover to %s: %w", addr, err)
+	}
+	return nil
+}
+
+// ShutdownNode stops the node at addr at once, as a crash would (SHUTDOWN
+// NOSAVE NOW FORCE). For drills and benchmarks only.
+func (i *Inspector) ShutdownNode(ctx context.Context, addr string) error {
+	n, err := i.c.Node(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("inspect: shutdown %s: %w", addr, err)
+	}
+	defer n.Close()
+	if err := redisx.ShutdownNode(ctx, n.Redis()); err != nil {
+		return fmt.Errorf("inspect: shutdown %s: %w", addr, err)
 	}
 	return nil
 }

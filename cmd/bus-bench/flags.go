@@ -32,7 +32,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
 	var conn cli.ConnFlags
 	conn.Register(fs)
-	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached")
+	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached | failover")
+	fs.IntVar(&b.Partitions, "partitions", 0, "set the topic's partition count before the run (0: leave it as it is)")
+	fs.IntVar(&b.WaitReplicas, "wait-replicas", 0, "the producer waits for this many replicas after each write (producer.Config.WaitReplicas)")
+	fs.StringVar(&b.Failover, "failover", "manual", "failover: manual (CLUSTER FAILOVER on a replica of the master of the topic's partition 0) | shutdown (SHUTDOWN NOSAVE NOW on that master, as a crash)")
+	fs.DurationVar(&b.KillAfter, "kill-after", 5*time.Second, "failover: when to fail the master over, from the start of the measured run")
 	fs.IntVar(&b.Distinct, "distinct", 1000, "cached: how many different payloads the requests are drawn from")
 	fs.Float64Var(&b.Zipf, "zipf", 1.1, "cached: exponent of the Zipf law the payloads are drawn by (above 1; higher: a few payloads dominate)")
 	fs.BoolVar(&b.NoCache, "no-cache", false, "cached: send the same requests without the response cache (the comparison run)")
@@ -62,7 +66,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
 			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err
@@ -86,6 +90,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}
 	b.Password, b.TLS = cfg.Password, cfg.TLS
+	b.Cluster, b.MasterSet, b.SentinelPassword = cfg.Cluster, cfg.MasterSet, cfg.SentinelPassword
 	if err := o.check(given); err != nil {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}

@@ -30,6 +30,7 @@ func Ping(ctx context.Context, c rueidis.Client) error {
 
 // Server is what INFO says about the server.
 type Server struct {
+	Addr    string        // the node's address, from ServerInfos on a cluster
 	Version string        // redis_version; "" when not reported
 	CPU     time.Duration // used_cpu_user + used_cpu_sys since it started
 	CPUOK   bool          // both CPU fields were reported (miniredis has none)
@@ -55,6 +56,22 @@ func ServerInfo(ctx context.Context, c rueidis.Client) (Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// ServerInfos is ServerInfo of each master (see EachMaster), with its
+// address ("" when c is not a cluster client).
+func ServerInfos(ctx context.Context, c rueidis.Client) ([]Server, error) {
+	var out []Server
+	err := EachMaster(ctx, c, func(addr string, n rueidis.Client) error {
+		s, err := ServerInfo(ctx, n)
+		if err != nil {
+			return err
+		}
+		s.Addr = addr
+		out = append(out, s)
+		return nil
+	})
+	return out, err
 }
 
 // infoField returns the value of key in an INFO reply, "" when absent.

@@ -65,6 +65,37 @@ type Result struct {
 
 	// Cache: the cached scenario only.
 	Cache *CacheResult `json:"cache,omitempty"`
+
+	// Partitions of the topic during the run (--partitions), replicas
+	// each write waited for (--wait-replicas), and the Redis deployment:
+	// standalone, cluster or sentinel, with its masters' CPU per request
+	// one by one (RedisCPUUS is their sum).
+	Partitions     int       `json:"partitions,omitempty"`
+	WaitReplicas   int       `json:"wait_replicas,omitempty"`
+	RedisMode      string    `json:"redis_mode,omitempty"`
+	RedisNodeCPUUS []float64 `json:"redis_node_cpu_us,omitempty"`
+
+	// Failover: the failover scenario only.
+	Failover *FailoverResult `json:"failover,omitempty"`
+}
+
+// FailoverResult is what a failover-scenario run saw: when and how the
+// master of the topic's partition 0 was failed over, how long requests to
+// that partition failed, and what became of the events Redis acknowledged.
+type FailoverResult struct {
+	Mode       string  `json:"mode"`   // manual | shutdown
+	Target     string  `json:"target"` // the master failed over
+	AtS        float64 `json:"at_s"`   // since the measured start
+	RecoveryMS float64 `json:"recovery_ms"`
+	// Probe: requests to partition 0 (every 20 ms) that failed after the
+	// failover began.
+	ProbeErrors int `json:"probe_errors"`
+	// Events: published and acknowledged by Redis, handled, never handled
+	// (lost), handled more than once (duplicated).
+	EventsAcked   int64 `json:"events_acked"`
+	EventsHandled int64 `json:"events_handled"`
+	Lost          int64 `json:"lost"`
+	Duplicated    int64 `json:"duplicated"`
 }
 
 // CacheResult is what the response cache did in a cached-scenario run
@@ -232,6 +263,8 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 		sc = &continuousScenario{}
 	case "cached":
 		sc = &cachedScenario{}
+	case "failover":
+		sc = &failoverScenario{}
 	default:
 		return nil, fmt.Errorf("%w: --scenario %q", ErrUsage, o.Scenario)
 	}
@@ -268,6 +301,10 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 	}
 	out.Result.Stages = e.stages()
 	out.Result.Batches = e.batches()
+	out.Result.Partitions, out.Result.WaitReplicas = o.Partitions, o.WaitReplicas
+	if e.bc != nil && e.bc.Mode() != "standalone" {
+		out.Result.RedisMode = e.bc.Mode()
+	}
 	return out, nil
 }
 
@@ -322,9 +359,19 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		ok = true
 		return e, nil
 	}
+	if o.Partitions > 0 {
+		if _, err := e.insp.SetPartitions(ctx, o.Topic, o.Partitions); err != nil {
+			return nil, err
+		}
+	}
 	pcfg := producer.Config{
 		MaxInFlight: max(o.Concurrency, producer.DefaultMaxInFlight), SlowRequest: -1,
 		RequestTimeout: o.Timeout, // --timeout, enforced by the producer (see caller)
+		WaitReplicas:   o.WaitReplicas,
+	}
+	if o.Scenario == "failover" {
+		// Probe the failed partition again after 1 s, not the default 5 s.
+		pcfg.Breaker.OpenTimeout = time.Second
 	}
 	if o.Scenario == "cached" && !o.NoCache {
 		pcfg.Cache = map[string]producer.CacheConfig{o.Topic: {}}

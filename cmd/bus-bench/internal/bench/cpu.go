@@ -10,9 +10,10 @@ import (
 // server, to turn a run into CPU per request: a figure that moves far less
 // than throughput on a shared machine.
 type cpuUsage struct {
-	self  time.Duration // user + system time of this process (getrusage)
-	redis time.Duration // the server's, from INFO cpu
-	ok    bool          // both were read
+	self  time.Duration   // user + system time of this process (getrusage)
+	redis time.Duration   // the servers', from INFO cpu (every master's, summed)
+	nodes []time.Duration // each master's, in address order (a cluster's)
+	ok    bool            // both were read
 }
 
 // cpuNow reads the CPU time of this process and of the server. It reports
@@ -26,11 +27,18 @@ func (e *env) cpuNow() cpuUsage {
 	u := cpuUsage{self: time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s, err := e.insp.Server(ctx)
-	if err != nil || !s.CPUOK {
+	nodes, err := e.insp.Servers(ctx)
+	if err != nil || len(nodes) == 0 {
 		return u
 	}
-	u.redis, u.ok = s.CPU, true
+	for _, s := range nodes {
+		if !s.CPUOK {
+			return u
+		}
+		u.redis += s.CPU
+		u.nodes = append(u.nodes, s.CPU)
+	}
+	u.ok = true
 	return u
 }
 
@@ -50,5 +58,10 @@ func (e *env) setCPU(r *Result, n int64) {
 	r.ClientCPUUS = perReq(end.self - e.cpuStart.self)
 	if d := end.redis - e.cpuStart.redis; d >= 0 { // less: the server restarted during the run
 		r.RedisCPUUS = perReq(d)
+	}
+	if len(end.nodes) > 1 && len(end.nodes) == len(e.cpuStart.nodes) {
+		for i := range end.nodes {
+			r.RedisNodeCPUUS = append(r.RedisNodeCPUUS, perReq(max(end.nodes[i]-e.cpuStart.nodes[i], 0)))
+		}
 	}
 }

@@ -44,6 +44,19 @@ type Options struct {
 	Distinct int
 	Zipf     float64
 	NoCache  bool
+	// Redis Cluster and Sentinel (--cluster, --sentinel-master and the
+	// sentinels' password), partitions of the topic (0: leave it as it
+	// is), replicas each write waits for.
+	Cluster          bool
+	MasterSet        string
+	SentinelPassword string
+	Partitions       int
+	WaitReplicas     int
+	// failover scenario: how (manual: CLUSTER FAILOVER on a replica of the
+	// master of the topic's partition 0; shutdown: SHUTDOWN NOSAVE NOW on
+	// that master, as a crash) and when.
+	Failover  string
+	KillAfter time.Duration
 }
 
 // ErrUsage marks errors in the options: the command exits 2 on them.
@@ -53,9 +66,31 @@ var ErrUsage = errors.New("usage")
 // set on the command line.
 func (o *Options) Check(given map[string]bool) error {
 	switch o.Scenario {
-	case "rpc", "publish", "continuous", "cached":
+	case "rpc", "publish", "continuous", "cached", "failover":
 	default:
-		return fmt.Errorf("--scenario %q: want rpc, publish, continuous or cached", o.Scenario)
+		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached or failover", o.Scenario)
+	}
+	switch {
+	case o.Partitions < 0 || o.Partitions > bus.MaxPartitions:
+		return fmt.Errorf("--partitions must be 1 to %d (0: leave the topic as it is), got %d", bus.MaxPartitions, o.Partitions)
+	case o.WaitReplicas < 0:
+		return fmt.Errorf("--wait-replicas must not be negative")
+	case o.Scenario == "failover" && o.Failover != "manual" && o.Failover != "shutdown":
+		return fmt.Errorf("--failover %q: want manual (CLUSTER FAILOVER on a replica) or shutdown (SHUTDOWN NOSAVE NOW on the master)", o.Failover)
+	case o.Scenario == "failover" && (o.Transport != "mycelium" || o.NoWorkers):
+		return fmt.Errorf("--scenario failover runs mycelium with its in-process workers")
+	case o.Scenario != "failover" && (given["failover"] || given["kill-after"]):
+		return fmt.Errorf("--failover and --kill-after apply to --scenario failover")
+	case o.Transport == "pubsub" && (o.Partitions > 0 || o.WaitReplicas > 0 || o.Cluster || o.MasterSet != ""):
+		return fmt.Errorf("--transport pubsub: the baseline knows no partitions, replicas, Cluster or Sentinel")
+	}
+	if o.Scenario == "failover" {
+		if o.Duration == 0 {
+			o.Duration = 20 * time.Second
+		}
+		if o.KillAfter <= 0 || o.KillAfter >= o.Duration {
+			return fmt.Errorf("--kill-after must be within the run (--duration %v), got %v", o.Duration, o.KillAfter)
+		}
 	}
 	if o.Scenario == "cached" {
 		switch {
@@ -131,7 +166,8 @@ func (o *Options) Check(given map[string]bool) error {
 // BusConfig is the connection to url with o's prefix, password and TLS.
 func (o *Options) BusConfig(url string) bus.Config {
 	return bus.Config{URL: url, Prefix: o.Prefix, ClientName: "myc-bench", Password: o.Password, TLS: o.TLS,
-		MaxFlushDelay: o.FlushDelay, PipelineConns: o.Conns}
+		MaxFlushDelay: o.FlushDelay, PipelineConns: o.Conns,
+		Cluster: o.Cluster, MasterSet: o.MasterSet, SentinelPassword: o.SentinelPassword}
 }
 
 // ParseHandler reads Handler: echo, or sleep:<dur>[,<jitter>], into Work.
