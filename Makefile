@@ -17,7 +17,7 @@ SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,9 @@ bench-bus: redis-server build ## bus-bench rpc/publish scenarios against a redis
 
 bench-suite: redis-server build ## bus-bench --suite seed --report out/report against a redis-server it starts, then report-check
 	./test/suite.sh
+
+bench-cluster: redis-server build ## bus-bench --suite cluster: 1/3/12 partitions on a 3-master cluster vs a standalone Redis, 5 coordinated failovers and a crash, report in out/cluster
+	./test/bench-cluster.sh
 
 bench-ab: redis-server ## A/B: bus-bench at BASE (default HEAD) vs the working tree, alternating runs (PAIRS, ARGS, B_ARGS, FIELD; see test/ab.sh)
 	./test/ab.sh $(BASE)

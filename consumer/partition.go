@@ -2,6 +2,8 @@ package consumer
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,6 +94,12 @@ func (c *Consumer) runPartitions(ctx context.Context, slots chan struct{}, jobs 
 	}
 	c.joins.Store(int32(m.Drain))
 	var wg sync.WaitGroup
+	// One read of every partition on a single server; a read per
+	// partition on a cluster (their streams live in different slots).
+	perPartition := c.c.Mode() == "cluster"
+	if !perPartition {
+		wg.Go(func() { c.readAll(ctx, slots, jobs, a) })
+	}
 	running := map[int]*part{}
 	initial := true
 	apply := func() {
@@ -114,7 +122,9 @@ func (c *Consumer) runPartitions(ctx context.Context, slots chan struct{}, jobs 
 				defer close(pt.done)
 				var rw sync.WaitGroup
 				rw.Go(func() { c.reclaimLoop(pctx, pt, slots, jobs, a) })
-				c.readLoop(pctx, pt, slots, jobs, a)
+				if perPartition {
+					c.readLoop(pctx, pt, slots, jobs, a)
+				}
 				rw.Wait()
 			}()
 			if !initial {
@@ -211,4 +221,145 @@ func (c *Consumer) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	}
 	c.log.Info().Str("topic", c.cfg.Topic).Int("from", m.Drain).Int("to", drain).Msg("removed partitions drained: forgotten")
 	return true
+}
+
+// readAll reads every partition being read (c.parts) with one XREADGROUP
+// over all their streams, while ctx lives: on a single server (standalone
+// or Sentinel's master) a multi-stream read costs one round trip, however
+// many partitions a topic has. (A cluster reads each partition apart: its
+// streams live in different slots; see readLoop.)
+//
+// It holds n free slots (one, waited for, then any others free now) and
+// asks each stream for up to max(1, n/partitions) entries, so no partition
+// starves; a read that returns more entries than slots (n below the
+// partition count) waits for slots before routing the extra ones, which
+// stay pending meanwhile (at most one per partition).
+func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<- *job, a *acker) {
+	out := redisx.Outage{Log: c.log, What: "read loop " + c.key}
+	var rd redisx.ReadDeadline
+	defer rd.Stop()
+	joined := map[*part]bool{}   // group created and joined since the last NOGROUP
+	announced := map[*part]bool{} // counted for Serving
+	recreate := false
+	var keys []string
+	for ctx.Err() == nil {
+		ps := c.readParts()
+		if len(ps) == 0 {
+			select { // runPartitions has not published the partitions yet
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		failed := false
+		for _, pt := range ps {
+			if joined[pt] {
+				continue
+			}
+			if recreate && c.forgotten(ctx, pt) {
+				continue // forgotten by a worker: runPartitions drops it
+			}
+			if err := c.createGroup(ctx, pt); err != nil {
+				if c.fail(err, "creating or joining the group on "+pt.key) {
+					return
+				}
+				out.Failed(err)
+				out.Backoff(ctx)
+				failed = true
+				break
+			}
+			joined[pt] = true
+			if !announced[pt] {
+				announced[pt] = true
+				c.joinedPart(pt)
+			}
+		}
+		if failed {
+			continue
+		}
+		recreate = false
+		keys = keys[:0]
+		var read []*part
+		for _, pt := range ps {
+			if joined[pt] {
+				keys = append(keys, pt.key)
+				read = append(read, pt)
+			}
+		}
+		if len(keys) == 0 {
+			continue
+		}
+		n := 0
+		select {
+		case <-slots:
+			n = 1
+		case <-ctx.Done():
+			return
+		}
+	more:
+		for n < c.cfg.Concurrency && n < maxReadBatch {
+			select {
+			case <-slots:
+				n++
+			default:
+				break more
+			}
+		}
+		per := max(1, n/len(keys))
+		res, err := redisx.ReadGroupAll(rd.For(ctx, c.cfg.Block), c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, int64(per), c.cfg.Block)
+		got := 0
+		for _, es := range res {
+			got += len(es)
+		}
+		for i := got; i < n; i++ {
+			slots <- struct{}{}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, bus.ErrNoGroup) {
+				c.log.Warn().Strs("streams", keys).Str("group", c.cfg.Group).Msg("group missing (Redis restarted or flushed, or a partition forgotten?); recreating it")
+				clear(joined)
+				recreate = true
+				continue
+			}
+			if c.fail(err, "XREADGROUP "+strings.Join(keys, " ")) {
+				return
+			}
+			out.Failed(err)
+			out.Backoff(ctx)
+			continue
+		}
+		out.OK()
+		if got > 0 {
+			c.stats.reads.Add(1)
+		}
+		now := time.Now()
+		held := n
+		for i, es := range res {
+			for k := range es {
+				if held == 0 { // more entries than slots: wait for one
+					select {
+					case <-slots:
+					case <-ctx.Done():
+						return // the rest stay pending: reclaimed after ClaimIdle
+					}
+					now = time.Now()
+				} else {
+					held--
+				}
+				c.route(read[i], &es[k], now, 1, jobs, a)
+			}
+		}
+	}
+}
+
+// readParts returns the partitions being read now.
+func (c *Consumer) readParts() []*part {
+	if ps := c.parts.Load(); ps != nil {
+		return *ps
+	}
+	return nil
 }

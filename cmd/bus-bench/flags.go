@@ -17,11 +17,12 @@ import (
 // options is the command line: one bench run, or a suite of them.
 type options struct {
 	bench.Options
-	json   bool
-	suite  string // "" or seed
-	quick  bool   // --suite-quick: a scaled-down suite for tests
-	ignore bool   // --ignore-targets
-	report string // directory for results.jsonl and report.html
+	json    bool
+	suite   string // "" or seed
+	quick   bool   // --suite-quick: a scaled-down suite for tests
+	ignore  bool   // --ignore-targets
+	report  string // directory for results.jsonl and report.html
+	compare string // --compare-redis: the cluster suite's standalone server
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
@@ -59,7 +60,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
 	fs.StringVar(&b.PubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
 	fs.StringVar(&b.Handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")
-	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports)")
+	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports) | cluster (partitions and failovers on a Redis Cluster)")
+	fs.StringVar(&o.compare, "compare-redis", "", "with --suite cluster: a standalone Redis URL for the comparison runs (1 and 12 partitions on one server)")
 	fs.BoolVar(&o.quick, "suite-quick", false, "with --suite: a scaled-down run (fewer requests, 0.5 s sweep points, 200 ms handler) to check the suite itself, not to measure")
 	fs.StringVar(&o.report, "report", "", "with --suite: write results.jsonl and a self-contained report.html into this directory")
 	fs.BoolVar(&o.ignore, "ignore-targets", false, "with --suite: exit 0 even when a target fails (the verdicts are printed all the same; --suite-quick never enforces them)")
@@ -102,12 +104,14 @@ func (o *options) check(given map[string]bool) error {
 		return err
 	}
 	switch {
-	case o.suite != "" && o.suite != "seed":
-		return fmt.Errorf("--suite %q: want seed", o.suite)
+	case o.suite != "" && o.suite != "seed" && o.suite != "cluster":
+		return fmt.Errorf("--suite %q: want seed or cluster", o.suite)
 	case o.report != "" && o.suite == "":
-		return fmt.Errorf("--report needs --suite seed")
+		return fmt.Errorf("--report needs --suite")
 	case o.ignore && o.suite == "":
-		return fmt.Errorf("--ignore-targets needs --suite seed")
+		return fmt.Errorf("--ignore-targets needs --suite")
+	case o.compare != "" && o.suite != "cluster":
+		return fmt.Errorf("--compare-redis needs --suite cluster")
 	case o.suite != "" && o.NoWorkers:
 		return fmt.Errorf("--suite runs its own in-process workers; drop --no-workers")
 	}

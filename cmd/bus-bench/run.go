@@ -25,7 +25,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if o.suite != "" {
-		err := suite.Run(ctx, suite.Config{Base: o.Options, Quick: o.quick, Report: o.report, JSON: o.json, IgnoreTargets: o.ignore}, stdout, stderr)
+		err := suite.Run(ctx, suite.Config{Base: o.Options, Name: o.suite, Compare: o.compare, Quick: o.quick, Report: o.report, JSON: o.json, IgnoreTargets: o.ignore}, stdout, stderr)
 		return exitCode(err, stderr)
 	}
 	out, err := bench.Run(ctx, &o.Options, stderr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -225,6 +226,73 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 		return nil, groupErr(err, key, group)
 	}
 	return parseRead(res, key)
+}
+
+// ReadGroupAll runs one XREADGROUP GROUP group consumer COUNT count BLOCK
+// block STREAMS keys... > > ... on the blocking pool: up to count entries of
+// each stream, returned by stream in keys' order (nil for a stream without
+// entries). The keys must share a hash slot on Redis Cluster; on a single
+// server any keys go. Same cancellation, watchdog and error rules as
+// ReadGroup (a group missing on any stream fails the whole read with
+// ErrNoGroup).
+func ReadGroupAll(ctx context.Context, c rueidis.Client, keys []string, group, consumer string, count int64, block time.Duration) ([][]Entry, error) {
+	if len(keys) == 1 {
+		e, err := ReadGroup(ctx, c, keys[0], group, consumer, ">", count, block)
+		return [][]Entry{e}, err
+	}
+	ctx, cancel := guard(ctx, block)
+	defer cancel()
+	ids := make([]string, len(keys))
+	for i := range ids {
+		ids[i] = ">"
+	}
+	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(keys...).Id(ids...).Build()
+	res := c.Do(ctx, cmd)
+	out := make([][]Entry, len(keys))
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return out, nil
+		}
+		return nil, groupErr(err, strings.Join(keys, " "), group)
+	}
+	lists, err := readLists(res)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range keys {
+		if l, ok := lists[k]; ok {
+			if out[i], err = parseEntries(&l); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// readLists maps each stream of an XREAD/XREADGROUP reply (RESP3 map or
+// RESP2 array) to its entry list.
+func readLists(res rueidis.RedisResult) (map[string]rueidis.RedisMessage, error) {
+	msg, err := res.ToMessage()
+	if err != nil {
+		return nil, err
+	}
+	if msg.IsMap() {
+		return msg.ToMap()
+	}
+	streams, err := msg.ToArray()
+	if err != nil {
+		return nil, fmt.Errorf("redis: read reply: %w", err)
+	}
+	out := make(map[string]rueidis.RedisMessage, len(streams))
+	for i := range streams {
+		kv, err := streams[i].ToArray()
+		if err != nil || len(kv) != 2 {
+			return nil, fmt.Errorf("redis: read reply: malformed stream element")
+		}
+		k, _ := kv[0].ToString()
+		out[k] = kv[1]
+	}
+	return out, nil
 }
 
 // ReadGroupNow runs XREADGROUP GROUP group consumer COUNT count STREAMS key

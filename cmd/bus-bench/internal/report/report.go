@@ -53,6 +53,9 @@ type Env struct {
 	// Quick marks a --suite-quick run: scaled down to check the suite, not
 	// to measure.
 	Quick bool
+	// Suite is the suite's name ("" for seed); Compare the standalone
+	// Redis of the cluster suite's comparison runs.
+	Suite, Compare string
 }
 
 // Verdict is one acceptance check of the suite.
@@ -438,12 +441,19 @@ func timelineChart(runs []Run, name string) (chart, error) {
 
 // reportData is what the HTML template renders.
 type reportData struct {
-	Env      *Env
-	Verdicts []Verdict
-	Results  []*bench.Result
-	Stages   []stageRow
-	Charts   []chart
-	FontFace template.CSS
+	Env       *Env
+	Verdicts  []Verdict
+	Results   []*bench.Result
+	Stages    []stageRow
+	Charts    []chart
+	FontFace  template.CSS
+	Failovers []failoverRow
+}
+
+// failoverRow is one failover run of the cluster suite.
+type failoverRow struct {
+	Case string
+	F    *bench.FailoverResult
 }
 
 // chartFont is the charts' typeface as a CSS @font-face, embedded once in
@@ -472,19 +482,27 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 		charts = append(charts, c)
 		return nil
 	}
-	if err := add(throughputChart(runs)); err != nil {
-		return err
-	}
-	for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
-		if err := add(cdfChart(runs, sys)); err != nil {
+	if info.Suite == "cluster" {
+		for _, sc := range []string{"rpc", "publish"} {
+			if err := add(partitionChart(runs, sc)); err != nil {
+				return err
+			}
+		}
+	} else {
+		if err := add(throughputChart(runs)); err != nil {
 			return err
 		}
-	}
-	if err := add(stageChart(runs)); err != nil {
-		return err
-	}
-	if err := add(cacheChart(runs)); err != nil {
-		return err
+		for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
+			if err := add(cdfChart(runs, sys)); err != nil {
+				return err
+			}
+		}
+		if err := add(stageChart(runs)); err != nil {
+			return err
+		}
+		if err := add(cacheChart(runs)); err != nil {
+			return err
+		}
 	}
 	for _, r := range runs {
 		if r.Timeline && r.Out.Result.System == bench.SystemMycelium {
@@ -496,6 +514,9 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 	d := reportData{Env: info, Verdicts: verdicts, Charts: charts, FontFace: chartFont()}
 	for _, r := range runs {
 		d.Results = append(d.Results, r.Out.Result)
+		if f := r.Out.Result.Failover; f != nil {
+			d.Failovers = append(d.Failovers, failoverRow{Case: r.Case, F: f})
+		}
 		if len(r.Out.Result.Stages) > 0 {
 			d.Stages = append(d.Stages, stageRow{Case: r.Case, Stages: r.Out.Result.Stages})
 		}
@@ -538,9 +559,12 @@ dt { font-weight: 600; }
 {{if .Env.Quick}}<p class="quick"><strong>Quick run</strong> (<code>--suite-quick</code>): scaled down to check the suite itself, not to measure:
 a twentieth of the requests, sweep points a quarter as long, a 200 ms handler instead of 2 s. Its figures and verdicts say
 nothing about performance, and its targets are not enforced.</p>{{end}}
-<p>Suite <code>seed</code>: every scenario once on Mycelium (Redis Streams) and once on the PubSub baseline
+{{if eq .Env.Suite "cluster"}}<p>Suite <code>cluster</code>: request/reply and events on a topic of 1, 3 and 12 partitions on a Redis Cluster
+{{if .Env.Compare}}and on one standalone Redis ({{.Env.Compare}}) {{end}}with in-process workers, then failovers under load
+(docs/cluster.md). Every process shares this machine's CPUs: the figures show cost per request and what a failover loses,
+not the scaling of a cluster with a core per master.</p>{{else}}<p>Suite <code>seed</code>: every scenario once on Mycelium (Redis Streams) and once on the PubSub baseline
 (the design it replaces: a fresh subscription per request, JSON payloads), against the same Redis, with
-in-process workers. Latency is measured by the caller from send to verified reply.</p>
+in-process workers. Latency is measured by the caller from send to verified reply.</p>{{end}}
 <h2>Environment</h2>
 <dl>
 <dt>Redis</dt><dd>{{.Env.Redis}} at {{.Env.RedisURL}}</dd>
@@ -562,14 +586,23 @@ in-process workers. Latency is measured by the caller from send to verified repl
 {{end}}
 <h2>Results</h2>
 <table>
-<tr><th>case</th><th>system</th><th>concurrency</th><th>payload B</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>overhead p99 ms</th><th>client CPU µs/req</th><th>Redis CPU µs/req</th><th>entries per write / read</th></tr>
-{{range .Results}}<tr class="{{.System}}"><td>{{.Case}}</td><td class="l">{{.System}}</td><td>{{.Concurrency}}</td><td>{{.Payload}}</td><td>{{.Requests}}</td><td>{{.Errors}}</td><td>{{f0 .ThroughputRPS}}</td><td>{{ms .P50US}}</td><td>{{ms .P90US}}</td><td>{{ms .P99US}}</td><td>{{ms .MaxUS}}</td><td>{{if .OverheadP99US}}{{ms .OverheadP99US}}{{end}}</td><td>{{if .ClientCPUUS}}{{f1 .ClientCPUUS}}{{end}}</td><td>{{if .RedisCPUUS}}{{f1 .RedisCPUUS}}{{end}}</td><td>{{with .Batches}}{{f1 .PerWrite}} / {{f1 .PerRead}}{{end}}</td></tr>
+<tr><th>case</th><th>system</th><th>partitions</th><th>concurrency</th><th>payload B</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>overhead p99 ms</th><th>client CPU µs/req</th><th>Redis CPU µs/req</th><th>entries per write / read</th></tr>
+{{range .Results}}<tr class="{{.System}}"><td>{{.Case}}</td><td class="l">{{.System}}{{with .RedisMode}} ({{.}}){{end}}</td><td>{{if .Partitions}}{{.Partitions}}{{end}}</td><td>{{.Concurrency}}</td><td>{{.Payload}}</td><td>{{.Requests}}</td><td>{{.Errors}}</td><td>{{f0 .ThroughputRPS}}</td><td>{{ms .P50US}}</td><td>{{ms .P90US}}</td><td>{{ms .P99US}}</td><td>{{ms .MaxUS}}</td><td>{{if .OverheadP99US}}{{ms .OverheadP99US}}{{end}}</td><td>{{if .ClientCPUUS}}{{f1 .ClientCPUUS}}{{end}}</td><td>{{if .RedisCPUUS}}{{f1 .RedisCPUUS}}{{end}}</td><td>{{with .Batches}}{{f1 .PerWrite}} / {{f1 .PerRead}}{{end}}</td></tr>
 {{end}}</table>
 <h2>Stages (mycelium, microseconds)</h2>
 <table>
 <tr><th>case</th><th>stage</th><th>count</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th></tr>
 {{range .Stages}}{{$c := .Case}}{{range .Stages}}<tr><td>{{$c}}</td><td class="l">{{.Stage}}</td><td>{{.Count}}</td><td>{{f1 .MeanUS}}</td><td>{{f1 .P50US}}</td><td>{{f1 .P90US}}</td><td>{{f1 .P99US}}</td></tr>
 {{end}}{{end}}</table>
+{{if .Failovers}}<h2>Failovers</h2>
+<p>The master of the topic's partition 0 failed over under load: <em>manual</em> is a coordinated CLUSTER FAILOVER
+(the master pauses writes until its replica caught up), <em>shutdown</em> a crash (SHUTDOWN NOSAVE NOW: the replica is
+promoted after cluster-node-timeout). Recovery: from the failover to the first answer to a request on that partition
+(probed every 20 ms). Events: published and acknowledged by Redis, then checked at the end.</p>
+<table>
+<tr><th>case</th><th>mode</th><th>master</th><th>at s</th><th>recovery ms</th><th>probe errors</th><th>events acked</th><th>handled</th><th>lost</th><th>duplicated</th></tr>
+{{range .Failovers}}<tr><td>{{.Case}}</td><td class="l">{{.F.Mode}}</td><td class="l">{{.F.Target}}</td><td>{{f1 .F.AtS}}</td><td>{{f0 .F.RecoveryMS}}</td><td>{{.F.ProbeErrors}}</td><td>{{.F.EventsAcked}}</td><td>{{.F.EventsHandled}}</td><td>{{.F.Lost}}</td><td>{{.F.Duplicated}}</td></tr>
+{{end}}</table>{{end}}
 <p>Raw results: <code>results.jsonl</code> next to this file, one <code>bus-bench --json</code> line per run.</p>
 </body>
 </html>

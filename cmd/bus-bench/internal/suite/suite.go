@@ -6,6 +6,7 @@
 package suite
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -41,11 +42,17 @@ type Case struct {
 	Distinct int
 	Zipf     float64
 	NoCache  bool
+	// cluster suite: the topic's partitions, the standalone comparison
+	// server (--compare-redis) instead of the cluster, the failover.
+	Partitions int
+	Standalone bool
+	Failover   string
+	KillAfter  time.Duration
 }
 
 // transports are the systems a case runs on.
 func (c Case) transports() []string {
-	if c.Scenario == "cached" {
+	if c.Scenario == "cached" || c.Partitions > 0 {
 		return []string{"mycelium"}
 	}
 	return []string{"mycelium", "pubsub"}
@@ -119,16 +126,24 @@ func (c Case) Options(base *bench.Options, tr string) *bench.Options {
 		o.Handler = c.Handler
 	}
 	o.Distinct, o.Zipf, o.NoCache = c.Distinct, c.Zipf, c.NoCache
+	o.Partitions = c.Partitions
+	if c.Failover != "" {
+		o.Failover, o.KillAfter = c.Failover, c.KillAfter
+	}
 	_ = o.ParseHandler() // the seed cases are valid
 	return &o
 }
 
 // Config is one suite run.
 type Config struct {
-	Base   bench.Options // the command line's options; each case adjusts a copy
-	Quick  bool          // SeedCases(true)
-	Report string        // directory for results.jsonl and report.html; "" for none
-	JSON   bool          // one JSON result line per run on stdout (verdicts go to stderr)
+	Base bench.Options // the command line's options; each case adjusts a copy
+	Name string        // seed (default) | cluster
+	// Compare is the standalone Redis of the cluster suite's comparison
+	// cases (--compare-redis); "" skips them.
+	Compare string
+	Quick   bool   // SeedCases(true)
+	Report  string // directory for results.jsonl and report.html; "" for none
+	JSON    bool   // one JSON result line per run on stdout (verdicts go to stderr)
 	// IgnoreTargets keeps a failed target from making Run return an error
 	// (the verdicts are printed all the same). Quick runs never enforce
 	// their targets: they check the suite, they do not measure.
@@ -171,12 +186,33 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	started := time.Now()
 	var runs []report.Run
 	failed := 0
+	name := cmp.Or(cfg.Name, "seed")
 	cases := SeedCases(cfg.Quick)
+	judge := Judge
+	var compareInsp *inspect.Inspector
+	if name == "cluster" {
+		cases, judge = ClusterCases(cfg.Quick, cfg.Compare != ""), JudgeCluster
+		info.Suite = "cluster"
+		if cfg.Compare != "" {
+			cc, err := cli.Connect(ctx, base.BusConfig(cfg.Compare))
+			if err != nil {
+				return fmt.Errorf("%w: --compare-redis: %w", bench.ErrUsage, err)
+			}
+			defer cc.Close()
+			compareInsp = inspect.New(cc)
+			info.Compare = cc.Redacted()
+		}
+	}
 	interrupted := false
 suite:
 	for _, c := range cases {
 		for _, tr := range c.transports() {
 			o := c.Options(&base, tr)
+			insp := insp
+			if c.Standalone {
+				o.Redis, o.Cluster = cfg.Compare, false
+				insp = compareInsp
+			}
 			// Start every case from a collected heap, so garbage from the
 			// one before (1 MiB payloads) is not collected during this one.
 			debug.FreeOSMemory()
@@ -188,7 +224,7 @@ suite:
 			if err != nil {
 				return fmt.Errorf("case %s (%s): %w", c.Name, tr, err)
 			}
-			if out.Result.Errors > 0 {
+			if out.Result.Errors > 0 && c.Failover == "" { // a failover's failed requests are what it measures
 				failed++
 			}
 			cleanup(ctx, insp, o.Topic)
@@ -208,15 +244,15 @@ suite:
 		}
 	}
 	info.Elapsed = time.Since(started).Round(time.Second)
-	verdicts := Judge(runs)
+	verdicts := judge(runs)
 	w := stderr
 	if !cfg.JSON {
 		w = stdout
 	}
 	if interrupted {
-		fmt.Fprintf(w, "suite seed interrupted after %v: %d of %d runs done\n", info.Elapsed, len(runs), runsOf(cases))
+		fmt.Fprintf(w, "suite %s interrupted after %v: %d of %d runs done\n", name, info.Elapsed, len(runs), runsOf(cases))
 	} else {
-		fmt.Fprintf(w, "suite seed finished in %v\n", info.Elapsed)
+		fmt.Fprintf(w, "suite %s finished in %v\n", name, info.Elapsed)
 	}
 	for _, v := range verdicts {
 		fmt.Fprintf(w, "%s %s\n", map[bool]string{true: "PASS", false: "FAIL"}[v.OK], v.Text)
