@@ -28,6 +28,7 @@ var connectionCommands = []string{"hello", "auth", "ping", "client|setname", "se
 var producerCommands = []string{
 	"xadd", "xread", "pexpire", "del", "multi", "exec", "zcount", "zcard", "xinfo|groups", "hmget",
 	"evalsha", "eval", "get", "pttl", "lindex", "llen", "lrem", "rpush", "lset",
+	"wait", // Config.WaitReplicas
 }
 
 // workerCommands: the group (XGROUP CREATE, CREATECONSUMER, DELCONSUMER,
