@@ -20,8 +20,8 @@ if grep -E 'CONSOLE|Uncaught|ERR_FILE' "$log" >&2; then
   echo "report-check: the page logged errors (above)" >&2
   exit 1
 fi
-if [ "$charts" -lt 6 ] || [ "$svgs" -ne "$charts" ]; then
-  echo "report-check: $charts figures, $svgs inline SVGs rendered; want 6 or more, one SVG each" >&2
+if [ "$charts" -lt "${MIN_FIGURES:-6}" ] || [ "$svgs" -ne "$charts" ]; then
+  echo "report-check: $charts figures, $svgs inline SVGs rendered; want ${MIN_FIGURES:-6} or more, one SVG each" >&2
   exit 1
 fi
 timeout 120 chromium "${flags[@]}" --window-size=1400,9000 --screenshot="$shot" "file://$report" >/dev/null 2>&1

@@ -42,19 +42,29 @@ func Partitions(ctx context.Context, c rueidis.Client, meta string) (PartitionMe
 	if len(vals) != 3 {
 		return PartitionMeta{}, fmt.Errorf("redis: HMGET %s: %d values for 3 fields", meta, len(vals))
 	}
-	return parsePartitions(meta, vals)
+	var fields [3]*string
+	for i := range vals {
+		if vals[i].IsNil() {
+			continue
+		}
+		s, err := vals[i].ToString()
+		if err != nil {
+			return PartitionMeta{}, fmt.Errorf("%w: %s: %w", ErrCorruptMeta, meta, err)
+		}
+		fields[i] = &s
+	}
+	return parsePartitions(meta, fields)
 }
 
-func parsePartitions(meta string, vals []rueidis.RedisMessage) (PartitionMeta, error) {
+// parsePartitions reads the partitions, drain and lowered fields (nil:
+// missing) of a topic's metadata.
+func parsePartitions(meta string, vals [3]*string) (PartitionMeta, error) {
 	m := PartitionMeta{N: 1}
 	field := func(i int, name string, lo, hi int64) (int64, bool, error) {
-		s, err := vals[i].ToString()
-		if rueidis.IsRedisNil(err) || vals[i].IsNil() {
+		if vals[i] == nil {
 			return 0, false, nil
 		}
-		if err != nil {
-			return 0, false, fmt.Errorf("redis: %s field %s: %w", meta, name, err)
-		}
+		s := *vals[i]
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || v < lo || v > hi {
 			return 0, false, fmt.Errorf("%w: %s field %s is %q: want an integer in [%d, %d]", ErrCorruptMeta, meta, name, clipValue(s), lo, hi)

@@ -208,32 +208,40 @@ func (s *failoverScenario) countEvents(acked *sync.Map, fr *FailoverResult) {
 }
 
 // failover fails over the master of the topic's partition 0 and returns
-// its address.
+// its address. The cluster's view is read again for up to 10 s while the
+// master has no live replica (one may be resyncing after a heavy run).
 func failover(ctx context.Context, e *env, mode string) (string, error) {
-	nodes, err := e.insp.ClusterNodes(ctx)
-	if err != nil {
-		return "", err
-	}
 	slot, err := e.insp.KeySlot(ctx, e.bc.Keys().Topic(bus.Partition(e.o.Topic, 0)))
 	if err != nil {
 		return "", err
 	}
-	var master string
-	for _, n := range nodes {
-		if n.Master && n.Serves(slot) {
-			master = n.Addr
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nodes, err := e.insp.ClusterNodes(ctx)
+		if err != nil {
+			return "", err
 		}
-	}
-	if master == "" {
-		return "", fmt.Errorf("no master serves slot %d", slot)
-	}
-	if mode == "shutdown" {
-		return master, e.insp.ShutdownNode(ctx, master)
-	}
-	for _, n := range nodes {
-		if !n.Master && n.MasterAddr == master && !strings.Contains(n.Flags, "fail") {
-			return master, e.insp.FailoverTo(ctx, n.Addr)
+		var master string
+		for _, n := range nodes {
+			if n.Master && n.Serves(slot) {
+				master = n.Addr
+			}
 		}
+		if master != "" && mode == "shutdown" {
+			return master, e.insp.ShutdownNode(ctx, master)
+		}
+		for _, n := range nodes {
+			if master != "" && !n.Master && n.MasterAddr == master && !strings.Contains(n.Flags, "fail") {
+				return master, e.insp.FailoverTo(ctx, n.Addr)
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			var view []string
+			for _, n := range nodes {
+				view = append(view, fmt.Sprintf("%s %s master=%s", n.Addr, n.Flags, n.MasterAddr))
+			}
+			return master, fmt.Errorf("no live replica of the master of slot %d (%q); nodes: %s", slot, master, strings.Join(view, "; "))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return master, fmt.Errorf("master %s has no live replica", master)
 }
