@@ -232,8 +232,22 @@ func TestPartitionsRaisedAndLoweredUnderLoad(t *testing.T) {
 	}
 	srv := redistest.Start(t)
 	c := srv.Client(t)
+	testRepartition(t, c, redistest.RoleClient(t, c, "operator"))
+}
+
+// TestClusterPartitionsRaisedAndLoweredUnderLoad: the same on a 3-master
+// cluster, where each partition is read apart.
+func TestClusterPartitionsRaisedAndLoweredUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the forget grace (15 s)")
+	}
+	c := redistest.StartCluster(t).Client(t)
+	testRepartition(t, c, c)
+}
+
+func testRepartition(t *testing.T, c, operator *bus.Client) {
 	ctx := context.Background()
-	insp := inspect.New(redistest.RoleClient(t, c, "operator"))
+	insp := inspect.New(operator)
 	if _, err := insp.CreateTopic(ctx, "repart", 2); err != nil {
 		t.Fatal(err)
 	}
