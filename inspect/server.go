@@ -48,9 +48,10 @@ func (i *Inspector) Servers(ctx context.Context) ([]NodeServer, error) {
 	return out, nil
 }
 
-// DeleteTopic deletes a topic's stream, with every entry, consumer group and
-// pending entry in it, its dead letters and its workers' presence set, in
-// one command. Entries not
+// DeleteTopic deletes a topic's streams (every partition's), with every
+// entry, consumer group and pending entry in them, their dead letters and
+// its workers' presence set, and forgets its partition count (its cache
+// generation stays, so stored answers are never served again). Entries not
 // yet handled are lost: it is for tests, benchmarks and retiring a topic,
 // not for a topic that workers still serve (they recreate the group and
 // start over on new entries).
