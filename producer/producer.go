@@ -446,7 +446,9 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 		if r.Err != nil {
 			p.stats.writeErrors.Add(1)
 			errs = append(errs, &PublishError{Index: i, Err: redisx.Unavailable(r.Err)})
-			ids[i] = r.ID // written but not replicated (bus.ErrNotReplicated): known
+			if errors.Is(r.Err, bus.ErrNotReplicated) {
+				ids[i] = r.ID // written, not replicated: its id is known
+			}
 			if redisx.IsConnErr(r.Err) {
 				recycle = false // rueidis may still hold the buffer
 			}

@@ -83,6 +83,7 @@ func AddBatchDurable(ctx context.Context, c rueidis.Client, adds []Add, d Durabi
 			id, err := r[k].ToString()
 			switch {
 			case err != nil:
+				id = ""
 			case werr != nil:
 				err = fmt.Errorf("redis: WAIT: %w", werr)
 			case got < int64(d.Replicas):
