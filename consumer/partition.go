@@ -40,18 +40,6 @@ func (c *Consumer) partCount() int {
 	return 1
 }
 
-// partOf returns the partition being read with this index, nil if none.
-func (c *Consumer) partOf(idx int) *part {
-	if ps := c.parts.Load(); ps != nil {
-		for _, pt := range *ps {
-			if pt.idx == idx {
-				return pt
-			}
-		}
-	}
-	return nil
-}
-
 // joinedPart notes that pt's group exists and the consumer joined it: once
 // every partition known at the start has, Serving closes.
 func (c *Consumer) joinedPart(*part) {
@@ -238,7 +226,7 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 	out := redisx.Outage{Log: c.log, What: "read loop " + c.key}
 	var rd redisx.ReadDeadline
 	defer rd.Stop()
-	joined := map[*part]bool{}   // group created and joined since the last NOGROUP
+	joined := map[*part]bool{}    // group created and joined since the last NOGROUP
 	announced := map[*part]bool{} // counted for Serving
 	recreate := false
 	var keys []string

@@ -19,10 +19,10 @@ const (
 	DefaultReplyBatch     = 512
 	DefaultRequestTimeout = 30 * time.Second
 	// DefaultWaitTimeout bounds a WAIT for replicas (Config.WaitReplicas).
-	DefaultWaitTimeout = time.Second
-	DefaultTimingSample   = 1000
-	DefaultSlowRequest    = 10 * time.Second
-	DefaultResponderIdle  = 15 * time.Second
+	DefaultWaitTimeout   = time.Second
+	DefaultTimingSample  = 1000
+	DefaultSlowRequest   = 10 * time.Second
+	DefaultResponderIdle = 15 * time.Second
 )
 
 // Config tunes a Producer. The zero value is ready to use.

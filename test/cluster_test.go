@@ -29,7 +29,9 @@ type clusterEcho struct {
 	parts map[int]int
 }
 
-func newClusterEcho() *clusterEcho { return &clusterEcho{calls: map[string]int{}, parts: map[int]int{}} }
+func newClusterEcho() *clusterEcho {
+	return &clusterEcho{calls: map[string]int{}, parts: map[int]int{}}
+}
 
 func (h *clusterEcho) Handle(_ context.Context, m *consumer.Message) ([]byte, error) {
 	h.mu.Lock()

@@ -29,7 +29,6 @@ func startReplicated(t testing.TB) (master, replica *redistest.Server) {
 	return master, replica
 }
 
-
 // TestWaitReplicas: with WaitReplicas 1, writes succeed while the replica
 // acknowledges them, and fail with bus.ErrNotReplicated (saying 0 of 1)
 // once it stops doing so; the entries were written all the same.

@@ -123,7 +123,7 @@ func TestPartitionedTopic(t *testing.T) {
 	if n := tp.Parts[want].Length; n < 50 {
 		t.Errorf("partition %d of key k1 holds %d entries; want at least the 50 keyed ones", want, n)
 	}
-	if !slices.IsSortedFunc(ids, func(a, b string) int { return compareIDs(a, b) }) {
+	if !slices.IsSortedFunc(ids, compareIDs) {
 		t.Errorf("ids of one key's events are not increasing: %v", ids)
 	}
 	if len(tp.Groups) != 1 || tp.Groups[0].Pending != 0 {

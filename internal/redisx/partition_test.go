@@ -107,7 +107,7 @@ func TestReadGroupAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 3 || len(res[0]) != 1 || len(res[1]) != 0 || len(res[2]) != 1 || string(res[2][0].Data) != "3" {
+	if len(res) != 3 || len(res[0]) != 1 || len(res[1]) != 0 || len(res[2]) != 1 || res[2][0].Data != "3" {
 		t.Fatalf("ReadGroupAll COUNT 1 = %+v; want one of a, none of b, one of c", res)
 	}
 	if _, err := ReadGroupAll(ctx, c, []string{"a", "nogroup"}, "g", "c1", 1, 10*time.Millisecond); !errors.Is(err, ErrNoGroup) {

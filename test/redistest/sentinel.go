@@ -94,7 +94,7 @@ func (s *Sentinel) CurrentMaster() (int, error) {
 			return strconv.Atoi(f[1])
 		}
 	}
-	return 0, fmt.Errorf("no sentinel names the master: %v", lastErr)
+	return 0, fmt.Errorf("no sentinel names the master: %w", lastErr)
 }
 
 // Kill sends SIGKILL to the data node on port (master or replica).

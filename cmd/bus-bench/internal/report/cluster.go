@@ -2,7 +2,6 @@ package report
 
 import (
 	"fmt"
-	"image/color"
 	"strings"
 
 	"gonum.org/v1/plot/plotter"
@@ -47,7 +46,7 @@ func partitionChart(runs []Run, sc string) (chart, error) {
 		if err != nil {
 			return chart{}, err
 		}
-		pts.Color = color.Color(c)
+		pts.Color = c
 		p.Add(pts)
 	}
 	p.Y.Min = 0
