@@ -703,19 +703,29 @@ func (c *Consumer) presenceLoop(ctx context.Context) {
 	}
 }
 
-// leave takes the consumer out of the presence set and, when it holds no
-// pending entries, out of its group: a worker stopped on purpose leaves no
-// ghost in stats and no responder that is not there. Bounded to 2 s.
+// leave takes the consumer out of the presence set and, from each
+// partition where it holds no pending entries, out of its group: a worker
+// stopped on purpose leaves no ghost in stats and no responder that is not
+// there. Bounded to 2 s.
 func (c *Consumer) leave(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	removed, err := redisx.Leave(ctx, c.c.Redis(), c.key, c.presence, c.cfg.Group, c.cfg.Name, c.member)
-	switch {
-	case err != nil:
-		c.log.Warn().Err(err).Str("stream", c.key).Msg("could not leave the group; other workers remove this consumer once it is idle and holds nothing")
-	case removed:
-		c.log.Info().Str("stream", c.key).Str("group", c.cfg.Group).Str("consumer", c.cfg.Name).Msg("left the group")
-	default:
-		c.log.Info().Str("stream", c.key).Str("consumer", c.cfg.Name).Msg("stays in the group: it holds pending entries, for another consumer to reclaim")
+	keys := []string{c.key}
+	if ps := c.readParts(); len(ps) > 0 {
+		keys = keys[:0]
+		for _, pt := range ps {
+			keys = append(keys, pt.key)
+		}
+	}
+	for _, key := range keys {
+		removed, err := redisx.Leave(ctx, c.c.Redis(), key, c.presence, c.cfg.Group, c.cfg.Name, c.member)
+		switch {
+		case err != nil:
+			c.log.Warn().Err(err).Str("stream", key).Msg("could not leave the group; other workers remove this consumer once it is idle and holds nothing")
+		case removed:
+			c.log.Info().Str("stream", key).Str("group", c.cfg.Group).Str("consumer", c.cfg.Name).Msg("left the group")
+		default:
+			c.log.Info().Str("stream", key).Str("consumer", c.cfg.Name).Msg("stays in the group: it holds pending entries, for another consumer to reclaim")
+		}
 	}
 }

@@ -230,6 +230,7 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 	announced := map[*part]bool{} // counted for Serving
 	recreate := false
 	var keys []string
+	var read []*part // the partitions of keys
 	for ctx.Err() == nil {
 		ps := c.readParts()
 		if len(ps) == 0 {
@@ -267,8 +268,7 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 			continue
 		}
 		recreate = false
-		keys = keys[:0]
-		var read []*part
+		keys, read = keys[:0], read[:0]
 		for _, pt := range ps {
 			if joined[pt] {
 				keys = append(keys, pt.key)
