@@ -192,6 +192,7 @@ func TestClusterPartitions(t *testing.T) {
 			Topic       string `json:"topic"`
 			Length      int64  `json:"length"`
 			DeadLetters int64  `json:"dead_letters"`
+			Partitions  int    `json:"partitions"`
 		} `json:"topics"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
@@ -201,8 +202,8 @@ func TestClusterPartitions(t *testing.T) {
 	for _, s := range st.Topics {
 		if s.Topic == "work" {
 			found = true
-			if s.Length != tp.Length+5 || s.DeadLetters != 5 {
-				t.Errorf("bus-worker stats: work length %d, dead letters %d; want %d, 5", s.Length, s.DeadLetters, tp.Length+5)
+			if s.Length != tp.Length+5 || s.DeadLetters != 5 || s.Partitions != 12 {
+				t.Errorf("bus-worker stats: work length %d, dead letters %d, partitions %d; want %d, 5, 12", s.Length, s.DeadLetters, s.Partitions, tp.Length+5)
 			}
 		}
 	}

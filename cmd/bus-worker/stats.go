@@ -22,6 +22,10 @@ type topicStats struct {
 	LastEntryAgeS  float64      `json:"last_entry_age_seconds"`
 	DeadLetters    int64        `json:"dead_letters"`
 	Groups         []groupStats `json:"groups"`
+	// Partitions written to, and removed ones still drained (every
+	// figure above adds up the partitions).
+	Partitions int `json:"partitions"`
+	Draining   int `json:"draining_partitions"`
 }
 
 type groupStats struct {
@@ -104,7 +108,7 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 	s := &busStats{Time: o.Time.UTC(), Topics: make([]topicStats, 0, len(o.Topics)), ReplyStreams: len(o.ReplyStreams)}
 	for _, t := range o.Topics {
 		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
-			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups))}
+			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining}
 		for _, g := range t.Groups {
 			gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: g.OldestPendingAge.Seconds(), Lag: g.Lag,
 				Consumers: make([]consumerStats, 0, len(g.Consumers))}
@@ -149,6 +153,15 @@ func printStats(w io.Writer, s *busStats) {
 				fmt.Fprintf(tw, "  %s\t%s\t%d\n", c.Name, dur(c.IdleS, 1), c.Pending)
 			}
 			_ = tw.Flush()
+		}
+	}
+	for _, t := range s.Topics {
+		if t.Partitions > 1 || t.Draining > 0 {
+			fmt.Fprintf(w, "\n%s: %d partitions (figures above are their sums)", t.Topic, t.Partitions)
+			if t.Draining > 0 {
+				fmt.Fprintf(w, ", %d removed ones still drained", t.Draining)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 	fmt.Fprintf(w, "\nreply streams: %d\n", s.ReplyStreams)
