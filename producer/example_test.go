@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/producer"
 )
 
@@ -93,4 +95,65 @@ func Example_cache() {
 	// 42 handler <nil>
 	// 42 local <nil>
 	// handler calls: 1
+}
+
+// A partitioned topic: the count lives in Redis (an operator sets it once:
+// bus-worker topic create --topic orders --partitions 4); entries with one
+// PartitionKey land in one partition, in order; a worker reads them all.
+// On Redis Cluster the partitions spread over the masters: give the
+// bus.Config URL several seed hosts (docs/cluster.md).
+func ExamplePartitionKey() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	ctx := context.Background()
+	client, err := bus.Connect(ctx, bus.Config{URL: "redis://" + mr.Addr()})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer client.Close()
+	if _, err := inspect.New(client).CreateTopic(ctx, "orders", 4); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	var mu sync.Mutex
+	byCustomer := map[string][]string{}
+	worker, _ := consumer.New(client, consumer.Config{Topic: "orders", Concurrency: 1},
+		consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+			customer, order, _ := strings.Cut(string(m.Payload), ":")
+			mu.Lock()
+			byCustomer[customer] = append(byCustomer[customer], fmt.Sprintf("%s@p%d", order, m.Partition))
+			mu.Unlock()
+			return nil, nil
+		}))
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(wctx) }()
+	defer func() { stop(); <-done }()
+
+	p, _ := producer.New(client, producer.Config{})
+	defer p.Close(ctx)
+	for _, order := range []string{"ada:1", "bob:1", "ada:2", "ada:3", "bob:2"} {
+		customer, _, _ := strings.Cut(order, ":")
+		if _, err := p.Publish(ctx, "orders", []byte(order), producer.PartitionKey(customer)); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(byCustomer["ada"]) + len(byCustomer["bob"])
+		mu.Unlock()
+		if n == 5 {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	fmt.Println("ada:", byCustomer["ada"], "partition", producer.PartitionOf("ada", 4))
+	fmt.Println("bob:", byCustomer["bob"], "partition", producer.PartitionOf("bob", 4))
+	// Output:
+	// ada: [1@p3 2@p3 3@p3] partition 3
+	// bob: [1@p0 2@p0] partition 0
 }
