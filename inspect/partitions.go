@@ -64,7 +64,7 @@ func (i *Inspector) Partitions(ctx context.Context, topic string) (Partitions, e
 }
 
 // SetPartitions sets a topic's partition count to n (1..bus.MaxPartitions).
-// Producers follow within about a second (never more than 3 s) and workers
+// Producers follow within about a second (while Redis answers) and workers
 // within 2 s: raising it spreads new entries over the new partitions;
 // lowering it keeps the removed partitions read until they are drained
 // (nothing pending or undelivered for any group of partition 0, no dead

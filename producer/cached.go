@@ -116,10 +116,13 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		return nil, err
 	}
 	if tc.metaAt.Load() == 0 {
-		// The first cached request of this topic learns its generation.
-		if gen, epoch, err := redisx.CacheMeta(ctx, p.c.Redis(), tc.meta); err == nil {
+		// The first cached request of this topic learns its generation
+		// (without handing the caller's deadline to rueidis: redisx.Detach).
+		mctx, cancel := redisx.Detach(ctx)
+		if gen, epoch, err := redisx.CacheMeta(mctx, p.c.Redis(), tc.meta); err == nil {
 			tc.learn(gen, epoch)
 		}
+		cancel()
 	}
 	admitted := time.Now()
 	fk := flightKey{t.name, h}
@@ -242,9 +245,15 @@ func (p *Producer) startFlight(ctx context.Context, f *flight, payload []byte, c
 func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time) {
 	t, tc := f.t, f.t.cache
 	// The round trip is bounded by the deadline, not cut short by this
-	// caller's cancellation: others may wait for its outcome.
-	rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-	defer cancel()
+	// caller's cancellation: others may wait for its outcome. The deadline
+	// cancels it rather than riding on the ctx (see redisx.Detach: a
+	// deadline would close the connection when it passed).
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	expire := time.AfterFunc(time.Until(deadline), cancel)
+	defer func() {
+		expire.Stop()
+		cancel()
+	}()
 	id := p.inc + strconv.FormatUint(f.seq, 36)
 	ttl := tc.cfg.TTL
 	if f.noStore {
@@ -276,6 +285,9 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 			p.timings.Record(metrics.Write, rtt)
 		}
 		if err != nil {
+			if errors.Is(err, context.Canceled) && !time.Now().Before(deadline) {
+				err = context.DeadlineExceeded // the deadline cancelled rctx
+			}
 			p.stats.writeErrors.Add(1)
 			p.complete(f, result{err: fmt.Errorf("producer: request to %s: %w", t.name, redisx.Unavailable(err)), writeErr: true}, SourceNone, nil)
 			return

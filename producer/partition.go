@@ -14,15 +14,12 @@ import (
 )
 
 // A topic's partition count lives in Redis (its metadata hash, see
-// inspect.SetPartitions). A producer reads it on a topic's first use,
-// re-reads it in the background once partRefresh old, and never writes
-// with a count older than partMaxAge: a worker forgets a removed partition
-// only well after that (consumer's forgetGrace), so no entry lands in a
+// inspect.SetPartitions). A producer reads it on a topic's first use and
+// re-reads it in the background once partRefresh old: while Redis answers,
+// a worker forgets a removed partition only well after producers stopped
+// writing to it (consumer's forgetGrace, 15 s), so no entry lands in a
 // partition nobody reads.
-const (
-	partRefresh = time.Second
-	partMaxAge  = 3 * time.Second
-)
+const partRefresh = time.Second
 
 // partView is a topic's partition count as last read.
 type partView struct {
@@ -62,34 +59,17 @@ func PartitionOf(key string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// partitions returns t's partition count, reading it from Redis on first
-// use and when the last reading is too old, and refreshing it in the
-// background otherwise.
-//
-// When the last reading is too old and Redis does not answer within
-// staleRead (the metadata's node is failing over, say), the old count is
-// used: a worker forgets a removed partition only through that same
-// metadata, so it cannot do so meanwhile either. Only one caller at a time
-// waits for such a read; the others use the old count.
+// partitions returns t's partition count: read from Redis on first use,
+// then re-read in the background whenever the last reading is partRefresh
+// old (one read at a time per topic). While Redis answers, a count is thus
+// never older than about partRefresh plus a round trip; when the metadata's
+// node does not answer (failing over, say), the old count is used: a
+// worker forgets a removed partition only through that same metadata, so
+// it cannot do so meanwhile either. Nothing blocks a call but the first.
 func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, error) {
-	v := t.parts.view.Load()
-	if v != nil {
-		age := now - v.read
-		if age < int64(partRefresh) {
-			return v.n, nil
-		}
-		if age < int64(partMaxAge) {
+	if v := t.parts.view.Load(); v != nil {
+		if now-v.read >= int64(partRefresh) {
 			p.refreshPartitions(t)
-			return v.n, nil
-		}
-		if !t.parts.mu.TryLock() {
-			return v.n, nil // another caller is reading it
-		}
-		defer t.parts.mu.Unlock()
-		rctx, cancel := context.WithTimeout(ctx, staleRead)
-		defer cancel()
-		if nv, err := p.readPartitions(rctx, t); err == nil {
-			return nv.n, nil
 		}
 		return v.n, nil
 	}
@@ -98,7 +78,14 @@ func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, er
 	if v := t.parts.view.Load(); v != nil {
 		return v.n, nil // another caller read it meanwhile
 	}
-	v, err := p.readPartitions(ctx, t)
+	// The caller's deadline must not reach rueidis: on an idle connection a
+	// command with a deadline runs synchronously and, when the deadline
+	// passes, closes the connection, and every caller then waits for a
+	// reconnection (seen with Redis paused: 2 s calls with 300 ms
+	// deadlines). A ctx that is only cancelled abandons the wait instead.
+	rctx, cancel := redisx.Detach(ctx)
+	defer cancel()
+	v, err := p.readPartitions(rctx, t)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, p.ctxErr(ctx.Err(), "reading the partition count of "+t.name)
@@ -107,10 +94,6 @@ func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, er
 	}
 	return v.n, nil
 }
-
-// staleRead bounds the wait for a partition count whose last reading is
-// older than partMaxAge.
-const staleRead = 250 * time.Millisecond
 
 // refreshPartitions re-reads t's partition count on a background goroutine
 // (one at a time per topic).

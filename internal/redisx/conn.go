@@ -98,6 +98,24 @@ func parseCPU(info string) (time.Duration, bool) {
 	return time.Duration(total * float64(time.Second)), true
 }
 
+// Detach returns a context without ctx's deadline that is cancelled when
+// ctx ends, for commands sent on behalf of a caller. rueidis runs a command
+// whose ctx has a deadline synchronously on an idle connection and closes
+// the connection when the deadline passes (every other caller then waits
+// for a reconnection, up to the dial timeout); a command whose ctx is only
+// cancelled waits in the queue and is abandoned, the connection kept.
+func Detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); !ok {
+		return context.WithCancel(ctx)
+	}
+	d, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel)
+	return d, func() {
+		stop()
+		cancel()
+	}
+}
+
 // EachMaster calls fn with a client of each master of a Redis Cluster, in
 // address order (replicas hold copies of the same keys), or with c itself
 // when c is not a cluster client. Keyless commands a node answers about

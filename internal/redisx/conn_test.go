@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -33,5 +34,31 @@ func TestServerInfoOnMiniredis(t *testing.T) {
 	// miniredis has a minimal INFO: no version line in "server", no cpu.
 	if err != nil || s.CPUOK {
 		t.Fatalf("ServerInfo(miniredis) = %+v, %v; want no CPU figure and no error", s, err)
+	}
+}
+
+// TestDetach: the detached ctx carries no deadline (rueidis would run the
+// command synchronously and close the connection at the deadline) yet ends
+// when its parent does.
+func TestDetach(t *testing.T) {
+	parent, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	d, stop := Detach(parent)
+	defer stop()
+	if _, ok := d.Deadline(); ok {
+		t.Fatal("the detached ctx has a deadline")
+	}
+	select {
+	case <-d.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the detached ctx did not end with its parent")
+	}
+	if !errors.Is(d.Err(), context.Canceled) {
+		t.Errorf("Err() = %v, want context.Canceled", d.Err())
+	}
+	plain, stop2 := Detach(context.Background())
+	stop2()
+	if plain.Err() == nil {
+		t.Error("stop did not cancel a detached ctx without deadline")
 	}
 }
