@@ -25,7 +25,7 @@ type part struct {
 
 // Partitions: how often a consumer re-reads its topic's partition count,
 // and how long after a count was lowered a removed, drained partition may
-// be forgotten (well over the producers' partMaxAge of 3 s, so no producer
+// be forgotten (well over the producers' refresh of about a second, so no producer
 // still writes to it).
 const (
 	partWatch   = 2 * time.Second

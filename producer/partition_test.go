@@ -67,7 +67,7 @@ func TestPublishPartitions(t *testing.T) {
 	if total != 17 {
 		t.Errorf("%d entries over the partitions; want 17", total)
 	}
-	// The count changes in Redis; the producer follows within partMaxAge.
+	// The count changes in Redis; the producer follows within about a second.
 	if _, err := inspect.New(c).SetPartitions(ctx, "pt", 6); err != nil {
 		t.Fatal(err)
 	}
