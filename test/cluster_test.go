@@ -434,3 +434,29 @@ func testFailover(t *testing.T, rig func(*testing.T) failoverRig) {
 		})
 	}
 }
+
+// TestSentinelPassword: sentinels that require a password are reached with
+// bus.Config.SentinelPassword (the master's own password is apart); without
+// it, connecting fails with a clear error and never shows the password.
+func TestSentinelPassword(t *testing.T) {
+	sn := redistest.StartSentinelAuth(t, "s3nt1nel-pw")
+	c := sn.Client(t)
+	runConsumer(t, c, consumer.Config{Topic: "sp", Group: "g"}, echo)
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if got, err := p.Request(ctx, "sp", []byte("hi")); err != nil || string(got) != "hi" {
+		t.Fatalf("request through password-protected sentinels = %q, %v", got, err)
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	bad, err := bus.Connect(cctx, bus.Config{URL: sn.URL, SentinelPassword: "wrong-pw"})
+	if err == nil {
+		bad.Close()
+		t.Fatal("connected with the wrong sentinel password")
+	}
+	if strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("the error shows the password: %v", err)
+	}
+	t.Logf("wrong sentinel password: %v", err)
+}

@@ -15,6 +15,8 @@
 #
 # Sentinels declare the master down after 1 s (down-after-milliseconds
 # 1000, against 30000 by default), so a failover completes within seconds.
+# With SENTINEL_PASSWORD set, the sentinels require it (requirepass, and
+# sentinel-pass among themselves); the data nodes need no password.
 set -euo pipefail
 
 usage() { echo "usage: $0 start DIR [BASE] | stop DIR" >&2; exit 2; }
@@ -60,11 +62,14 @@ sentinel down-after-milliseconds mymaster 1000
 sentinel failover-timeout mymaster 10000
 sentinel parallel-syncs mymaster 1
 CONF
+    if [ -n "${SENTINEL_PASSWORD:-}" ]; then
+      printf 'requirepass %s\nsentinel sentinel-pass %s\n' "$SENTINEL_PASSWORD" "$SENTINEL_PASSWORD" >>"$dir/sentinel-$s.conf"
+    fi
     redis-server "$dir/sentinel-$s.conf" --sentinel
   done
   for s in "${sports[@]}"; do
     for _ in $(seq 400); do
-      out=$(redis-cli -p "$s" sentinel master mymaster 2>/dev/null | tr '\n' ' ')
+      out=$(REDISCLI_AUTH="${SENTINEL_PASSWORD:-}" redis-cli -p "$s" sentinel master mymaster 2>/dev/null | tr '\n' ' ')
       [[ $out == *"num-slaves 1 "* && $out == *"num-other-sentinels 2 "* ]] && break
       sleep 0.05
     done

@@ -23,12 +23,22 @@ type Sentinel struct {
 	Master    int // the first master's port
 	Replica   int
 	Sentinels []int
-	tb        testing.TB
+	// Password is what the sentinels require ("" for none; see
+	// StartSentinelAuth).
+	Password string
+	tb       testing.TB
 }
 
 // StartSentinel starts the setup (about 2.5 s) and stops it when the test
 // ends. A missing redis-server skips the test, or fails it under RequireEnv.
 func StartSentinel(tb testing.TB) *Sentinel {
+	tb.Helper()
+	return StartSentinelAuth(tb, "")
+}
+
+// StartSentinelAuth is StartSentinel with sentinels that require password
+// (the data nodes require none).
+func StartSentinelAuth(tb testing.TB, password string) *Sentinel {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv(RequireEnv) == "1" {
@@ -48,13 +58,15 @@ func StartSentinel(tb testing.TB) *Sentinel {
 			tb.Fatal(err)
 		}
 		base := 10000 + 10*randInt(900)
-		out, err := exec.Command(script, "start", dir, strconv.Itoa(base)).CombinedOutput()
+		cmd := exec.Command(script, "start", dir, strconv.Itoa(base))
+		cmd.Env = append(os.Environ(), "SENTINEL_PASSWORD="+password)
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			lastErr = fmt.Errorf("%w: %s", err, out)
 			_ = exec.Command(script, "stop", dir).Run()
 			continue
 		}
-		s := &Sentinel{URL: strings.TrimSpace(lastLine(out)), Dir: dir, tb: tb}
+		s := &Sentinel{URL: strings.TrimSpace(lastLine(out)), Dir: dir, Password: password, tb: tb}
 		ports, _ := os.ReadFile(filepath.Join(dir, "ports"))
 		f := strings.Fields(string(ports))
 		if len(f) != 5 {
@@ -77,14 +89,16 @@ func StartSentinel(tb testing.TB) *Sentinel {
 // test ends.
 func (s *Sentinel) Client(tb testing.TB) *bus.Client {
 	tb.Helper()
-	return Connect(tb, bus.Config{URL: s.URL})
+	return Connect(tb, bus.Config{URL: s.URL, SentinelPassword: s.Password})
 }
 
 // CurrentMaster asks the first answering sentinel for the master's port.
 func (s *Sentinel) CurrentMaster() (int, error) {
 	var lastErr error
 	for _, p := range s.Sentinels {
-		out, err := exec.Command("redis-cli", "-p", strconv.Itoa(p), "sentinel", "get-master-addr-by-name", "mymaster").Output()
+		cmd := exec.Command("redis-cli", "-p", strconv.Itoa(p), "sentinel", "get-master-addr-by-name", "mymaster")
+		cmd.Env = append(os.Environ(), "REDISCLI_AUTH="+s.Password)
+		out, err := cmd.Output()
 		if err != nil {
 			lastErr = err
 			continue
