@@ -18,25 +18,17 @@
 # without the diskless delay, and the script returns once every replica's
 # link is up (a replica that never synced cannot take over).
 set -euo pipefail
+. "$(dirname "$0")/rig-lib.sh"
 
 usage() { echo "usage: $0 start DIR [BASE] | stop DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1 dir=$2
 
-free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 case $cmd in
 start)
   base=${3:-30000}
   mkdir -p "$dir"
-  first=""
-  for p in $(seq "$base" 10 $((base + 2000))); do
-    ok=1
-    for i in 0 1 2 3 4 5; do
-      free $((p + i)) && free $((p + i + 10000)) || { ok=0; break; }
-    done
-    if [ $ok = 1 ]; then first=$p; break; fi
-  done
+  first=$(free_block "$base" 6 10000)
   [ -n "$first" ] || { echo "redis-cluster.sh: no six free ports from $base" >&2; exit 1; }
   ports=()
   for i in 0 1 2 3 4 5; do
@@ -78,19 +70,7 @@ start)
   echo "$url"
   ;;
 stop)
-  [ -d "$dir" ] || exit 0
-  for f in "$dir"/*.pid; do
-    [ -e "$f" ] || continue
-    pid=$(cat "$f")
-    kill "$pid" 2>/dev/null || true
-  done
-  for f in "$dir"/*.pid; do
-    [ -e "$f" ] || continue
-    pid=$(cat "$f")
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  rm -rf "$dir"
+  stop_rig "$dir"
   ;;
 *) usage ;;
 esac

@@ -18,22 +18,17 @@
 # With SENTINEL_PASSWORD set, the sentinels require it (requirepass, and
 # sentinel-pass among themselves); the data nodes need no password.
 set -euo pipefail
+. "$(dirname "$0")/rig-lib.sh"
 
 usage() { echo "usage: $0 start DIR [BASE] | stop DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1 dir=$2
-free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 case $cmd in
 start)
   base=${3:-32000}
   mkdir -p "$dir"
-  first=""
-  for p in $(seq "$base" 10 $((base + 2000))); do
-    ok=1
-    for i in 0 1 2 3 4; do free $((p + i)) || { ok=0; break; }; done
-    if [ $ok = 1 ]; then first=$p; break; fi
-  done
+  first=$(free_block "$base" 5)
   [ -n "$first" ] || { echo "redis-sentinel.sh: no five free ports from $base" >&2; exit 1; }
   m=$first r=$((first + 1))
   common=(--bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize yes --loglevel warning --repl-diskless-sync-delay 0)
@@ -80,18 +75,7 @@ CONF
   echo "$url"
   ;;
 stop)
-  [ -d "$dir" ] || exit 0
-  for f in "$dir"/*.pid; do
-    [ -e "$f" ] || continue
-    kill "$(cat "$f")" 2>/dev/null || true
-  done
-  for f in "$dir"/*.pid; do
-    [ -e "$f" ] || continue
-    pid=$(cat "$f")
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  rm -rf "$dir"
+  stop_rig "$dir"
   ;;
 *) usage ;;
 esac

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,48 +30,8 @@ type Cluster struct {
 // ends. A missing redis-server skips the test, or fails it under RequireEnv.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv(RequireEnv) == "1" {
-			tb.Fatalf("redis-server not found: %v", err)
-		}
-		tb.Skip("redis-server not found")
-	}
-	root, err := moduleRoot()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	script := filepath.Join(root, "test", "redis-cluster.sh")
-	var lastErr error
-	for range 3 { // another package's cluster may take the ports between check and bind
-		dir, err := os.MkdirTemp("", "mycelium-cluster-")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		base := 20000 + 10*randInt(900)
-		out, err := exec.Command(script, "start", dir, strconv.Itoa(base)).CombinedOutput()
-		if err != nil {
-			lastErr = fmt.Errorf("%w: %s", err, out)
-			_ = exec.Command(script, "stop", dir).Run()
-			continue
-		}
-		c := &Cluster{URL: strings.TrimSpace(lastLine(out)), Dir: dir, tb: tb}
-		ports, _ := os.ReadFile(filepath.Join(dir, "ports"))
-		for _, f := range strings.Fields(string(ports)) {
-			p, _ := strconv.Atoi(f)
-			c.Ports = append(c.Ports, p)
-		}
-		tb.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
-		return c
-	}
-	tb.Fatalf("start a Redis Cluster: %v", lastErr)
-	return nil
-}
-
-func randInt(n int) int { return rand.IntN(n) }
-
-func lastLine(b []byte) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+	dir, url, ports := startRig(tb, "redis-cluster.sh", 20000)
+	return &Cluster{URL: url, Dir: dir, Ports: ports, tb: tb}
 }
 
 // Client returns a bus client of the cluster, closed when the test ends.

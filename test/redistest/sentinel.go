@@ -40,49 +40,11 @@ func StartSentinel(tb testing.TB) *Sentinel {
 // (the data nodes require none).
 func StartSentinelAuth(tb testing.TB, password string) *Sentinel {
 	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv(RequireEnv) == "1" {
-			tb.Fatalf("redis-server not found: %v", err)
-		}
-		tb.Skip("redis-server not found")
+	dir, url, ports := startRig(tb, "redis-sentinel.sh", 10000, "SENTINEL_PASSWORD="+password)
+	if len(ports) != 5 {
+		tb.Fatalf("redis-sentinel.sh wrote ports %v", ports)
 	}
-	root, err := moduleRoot()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	script := filepath.Join(root, "test", "redis-sentinel.sh")
-	var lastErr error
-	for range 3 {
-		dir, err := os.MkdirTemp("", "mycelium-sentinel-")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		base := 10000 + 10*randInt(900)
-		cmd := exec.Command(script, "start", dir, strconv.Itoa(base))
-		cmd.Env = append(os.Environ(), "SENTINEL_PASSWORD="+password)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			lastErr = fmt.Errorf("%w: %s", err, out)
-			_ = exec.Command(script, "stop", dir).Run()
-			continue
-		}
-		s := &Sentinel{URL: strings.TrimSpace(lastLine(out)), Dir: dir, Password: password, tb: tb}
-		ports, _ := os.ReadFile(filepath.Join(dir, "ports"))
-		f := strings.Fields(string(ports))
-		if len(f) != 5 {
-			tb.Fatalf("redis-sentinel.sh wrote ports %q", ports)
-		}
-		s.Master, _ = strconv.Atoi(f[0])
-		s.Replica, _ = strconv.Atoi(f[1])
-		for _, x := range f[2:] {
-			p, _ := strconv.Atoi(x)
-			s.Sentinels = append(s.Sentinels, p)
-		}
-		tb.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
-		return s
-	}
-	tb.Fatalf("start Redis Sentinel: %v", lastErr)
-	return nil
+	return &Sentinel{URL: url, Dir: dir, Master: ports[0], Replica: ports[1], Sentinels: ports[2:], Password: password, tb: tb}
 }
 
 // Client returns a bus client that follows the master, closed when the
