@@ -28,11 +28,11 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	rc, err := rueidis.NewClient(opt) // dials one connection
 	if err != nil {
-		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), redisx.Unavailable(err))
+		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), connErr(err))
 	}
 	if err := redisx.Ping(ctx, rc); err != nil {
 		rc.Close()
-		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), redisx.Unavailable(err))
+		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), connErr(err))
 	}
 	if cfg.Cluster && rc.Mode() != rueidis.ClientModeCluster {
 		rc.Close()
@@ -62,13 +62,20 @@ func (c *Client) Node(ctx context.Context, addr string) (*Client, error) {
 	opt.Sentinel = rueidis.SentinelOption{}
 	rc, err := rueidis.NewClient(opt)
 	if err != nil {
-		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, redisx.Unavailable(err))
+		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, connErr(err))
 	}
 	if err := redisx.Ping(ctx, rc); err != nil {
 		rc.Close()
-		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, redisx.Unavailable(err))
+		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, connErr(err))
 	}
 	return &Client{rc: rc, keys: c.keys, cfg: cfg}, nil
+}
+
+// connErr classifies a failure to connect: wrong credentials (WRONGPASS,
+// NOAUTH, NOPERM, from the server or a sentinel) wrap ErrPermission, an
+// unreachable server ErrUnavailable.
+func connErr(err error) error {
+	return redisx.Unavailable(redisx.Permission(err, "authenticating"))
 }
 
 // Keys returns the key builders of the client's prefix.

@@ -37,6 +37,14 @@ func TestConnect(t *testing.T) {
 	if !errors.Is(err, bus.ErrUnavailable) || strings.Contains(err.Error(), "S3cret") {
 		t.Errorf("Connect(unreachable) = %v, want ErrUnavailable without the password", err)
 	}
+	// Wrong credentials are a refusal for good: ErrPermission, not
+	// ErrUnavailable, and no password in the message.
+	locked := miniredis.RunT(t)
+	locked.RequireAuth("right-pw")
+	_, err = bus.Connect(ctx, bus.Config{URL: "redis://" + locked.Addr(), Password: "wrong-pw"})
+	if !errors.Is(err, bus.ErrPermission) || errors.Is(err, bus.ErrUnavailable) || strings.Contains(err.Error(), "wrong-pw") {
+		t.Errorf("Connect(wrong password) = %v, want ErrPermission without the password", err)
+	}
 	if _, err := bus.Connect(ctx, bus.Config{URL: "http://x"}); !errors.Is(err, bus.ErrInvalidConfig) {
 		t.Errorf("Connect(http://) = %v, want ErrInvalidConfig", err)
 	}

@@ -458,5 +458,8 @@ func TestSentinelPassword(t *testing.T) {
 	if strings.Contains(err.Error(), "wrong-pw") {
 		t.Errorf("the error shows the password: %v", err)
 	}
+	if !errors.Is(err, bus.ErrPermission) {
+		t.Errorf("wrong sentinel password: %v; want bus.ErrPermission", err)
+	}
 	t.Logf("wrong sentinel password: %v", err)
 }
