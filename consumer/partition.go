@@ -20,7 +20,6 @@ type part struct {
 	dlqKey string // its dead-letter stream
 	start  string // where its group starts when created
 	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // Partitions: how often a consumer re-reads its topic's partition count,
@@ -102,12 +101,11 @@ func (c *Consumer) runPartitions(ctx context.Context, slots chan struct{}, jobs 
 			name := bus.Partition(c.cfg.Topic, i)
 			pctx, cancel := context.WithCancel(ctx)
 			pt := &part{idx: i, name: name, key: c.keys.Topic(name), dlqKey: c.keys.DeadLetter(name), start: start,
-				cancel: cancel, done: make(chan struct{})}
+				cancel: cancel}
 			running[i] = pt
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer close(pt.done)
 				var rw sync.WaitGroup
 				rw.Go(func() { c.reclaimLoop(pctx, pt, slots, jobs, a) })
 				if perPartition {

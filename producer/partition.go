@@ -105,8 +105,9 @@ func (p *Producer) refreshPartitions(t *topic) {
 		defer t.parts.refreshing.Store(false)
 		ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
 		defer cancel()
-		t.parts.mu.Lock()
-		defer t.parts.mu.Unlock()
+		// Not under t.parts.mu: sub() takes it on a call's path, and a
+		// slow Redis must not hold that call (the view is atomic; the
+		// refreshing flag keeps refreshes one at a time).
 		if _, err := p.readPartitions(ctx, t); err != nil {
 			p.log.Debug().Err(err).Str("topic", t.name).Msg("partition count refresh failed; using the last one read")
 		}
@@ -115,7 +116,7 @@ func (p *Producer) refreshPartitions(t *topic) {
 	}
 }
 
-// readPartitions reads t's partition count; the caller holds t.parts.mu.
+// readPartitions reads t's partition count and stores it as t's view.
 func (p *Producer) readPartitions(ctx context.Context, t *topic) (*partView, error) {
 	m, err := redisx.Partitions(ctx, p.c.Redis(), p.keys.Meta(t.name))
 	if err != nil {
