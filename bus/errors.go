@@ -41,6 +41,12 @@ var (
 	// lose it (docs/cluster.md). The error is a *NotReplicatedError saying
 	// how many did.
 	ErrNotReplicated = redisx.ErrNotReplicated
+	// ErrStreamBroken: a streamed reply cannot go on in order: the request
+	// was delivered again after the caller read chunks of the first
+	// delivery, a chunk is missing (the reply stream was trimmed), or the
+	// caller read too slowly and the buffered chunks overflowed. The
+	// handler is cancelled.
+	ErrStreamBroken = errors.New("mycelium: stream broken")
 	// ErrInvalidConfig is wrapped by every configuration validation error.
 	ErrInvalidConfig = errors.New("invalid configuration")
 )

@@ -41,6 +41,24 @@ const dlqSuffix = ":dlq"
 // topic).
 func (k Keys) Workers(topic string) string { return k.Topic(topic) + ":workers" }
 
+// Control returns a topic's control stream: prefix:{topic}:ctl. Producers
+// write to it what every worker of the topic must hear at once (a caller
+// cancelled a request, a delayed entry was added); every worker reads it
+// (XREAD, no group). It lives in partition 0's slot.
+func (k Keys) Control(topic string) string { return k.Topic(topic) + ":ctl" }
+
+// Delayed returns the sorted set of a partition's delayed entries:
+// prefix:{partition}:delayed (member "<id>:<encoded envelope>", score the
+// unix milliseconds when it is due; workers move due entries to the
+// partition's stream). It shares the partition's hash tag, so one script
+// moves entries from it to the stream.
+func (k Keys) Delayed(partition string) string { return k.Topic(partition) + ":delayed" }
+
+// Retry returns the sorted set of a partition's delayed retries:
+// prefix:{partition}:retry (member a pending entry's id, score the unix
+// milliseconds when it is to be delivered again).
+func (k Keys) Retry(partition string) string { return k.Topic(partition) + ":retry" }
+
 // Pattern returns a SCAN MATCH pattern for every key under the prefix:
 // topic, dead-letter and reply streams (tell them apart with ParseTopic,
 // ParseDeadLetter and ParseReply).

@@ -19,7 +19,7 @@ type wire struct {
 	ReplyTo  string
 	Deadline int64
 	Sent     int64
-	Reserved uint32
+	Attempt  uint32
 	Headers  map[string]string
 	Payload  []byte
 	ErrCode  string
@@ -47,7 +47,8 @@ func equal(t *testing.T, got, want *Envelope) {
 		got.Sent != want.Sent || !bytes.Equal(got.Payload, want.Payload) ||
 		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) ||
 		got.QueueWait != want.QueueWait || got.Handler != want.Handler ||
-		got.CacheKey != want.CacheKey || got.CacheTTL != want.CacheTTL || got.RequestEntry != want.RequestEntry {
+		got.CacheKey != want.CacheKey || got.CacheTTL != want.CacheTTL || got.RequestEntry != want.RequestEntry ||
+		got.Attempt != want.Attempt || got.Seq != want.Seq || got.Flags != want.Flags {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
 	for k, v := range want.Headers {
@@ -71,6 +72,9 @@ func TestRoundTrip(t *testing.T) {
 		{"negative deadline", &Envelope{Deadline: -1, Sent: -1 << 40}},
 		{"reply error", &Envelope{Kind: KindReply, ID: "x", ErrCode: "handler_error", ErrMsg: long}},
 		{"reply with its request's entry", &Envelope{Kind: KindReply, ID: "x", Payload: []byte("a"), RequestEntry: "1764230400123-7"}},
+		{"retried event", &Envelope{Kind: KindEvent, Attempt: 3, Payload: []byte("a")}},
+		{"stream request", &Envelope{Kind: KindRequest, ID: "x", ReplyTo: "r", Flags: FlagStream}},
+		{"chunk", &Envelope{Kind: KindChunk, ID: "x", Payload: []byte("tok"), RequestEntry: "1-1", Attempt: 2, Seq: 1 << 40}},
 		{"string sizes", &Envelope{ID: strings.Repeat("i", 31), ReplyTo: strings.Repeat("r", 200), ErrCode: strings.Repeat("c", 300)}},
 		{"many headers", &Envelope{Headers: func() map[string]string {
 			m := map[string]string{}
@@ -93,6 +97,13 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("encoded %d bytes, EncodedSize said at most %d", len(b.B), EncodedSize(tt.env))
 			}
 
+			if tt.env.Seq != 0 || tt.env.Flags != 0 { // 18 elements
+				var all []any
+				if err := msgpack.Unmarshal(b.B, &all); err != nil || len(all) != maxFields {
+					t.Fatalf("msgpack.Unmarshal(ours) = %v, %v; want %d elements", all, err, maxFields)
+				}
+				return
+			}
 			if tt.env.RequestEntry != "" { // 16 elements: check the last one, generically
 				var all []any
 				if err := msgpack.Unmarshal(b.B, &all); err != nil || len(all) != fields+1 || all[fields] != tt.env.RequestEntry {
@@ -122,47 +133,51 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-// TestReservedElement: element 6 is written as 0 and any unsigned integer
-// there is accepted (older writers put an attempt count in it); anything
-// else is malformed.
-func TestReservedElement(t *testing.T) {
+// TestAttemptElement: element 6 carries Attempt (earlier revisions wrote
+// 0 there); any 32-bit unsigned integer is accepted, anything else is
+// malformed.
+func TestAttemptElement(t *testing.T) {
 	b := AppendEnvelope(nil, sample(4))
 	var w wire
-	if err := msgpack.Unmarshal(b, &w); err != nil || w.Reserved != 0 {
-		t.Fatalf("reserved element = %d, %v; want 0", w.Reserved, err)
+	if err := msgpack.Unmarshal(b, &w); err != nil || w.Attempt != 0 {
+		t.Fatalf("attempt element = %d, %v; want 0", w.Attempt, err)
 	}
 	for _, v := range []uint32{2, 1<<32 - 1} {
-		w.Reserved = v
+		w.Attempt = v
 		lib, err := msgpack.Marshal(&w)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var got Envelope
 		if err := DecodeEnvelope(string(lib), &got); err != nil {
-			t.Fatalf("DecodeEnvelope(reserved %d) = %v", v, err)
+			t.Fatalf("DecodeEnvelope(attempt %d) = %v", v, err)
 		}
-		equal(t, &got, sample(4))
+		want := *sample(4)
+		want.Attempt = v
+		equal(t, &got, &want)
 	}
-	// A string where the reserved integer goes: an event with empty id and
+	// A string where the integer goes: an event with empty id and
 	// reply_to and zero times encodes element 6 at byte 7.
 	ev := AppendEnvelope(nil, &Envelope{})
 	if ev[7] != 0 {
 		t.Fatalf("element 6 not at byte 7 of % x", ev)
 	}
-	lib := append(append(ev[:7:7], 0xa1, '2'), ev[8:]...)
-	var got Envelope
-	var de *DecodeError
-	if err := DecodeEnvelope(string(lib), &got); !errors.As(err, &de) || de.Field != "reserved" {
-		t.Fatalf("DecodeEnvelope(string in element 6) = %v, want a DecodeError on the reserved field", err)
+	for _, bad := range [][]byte{{0xa1, '2'}, {0xcf, 0, 0, 0, 1, 0, 0, 0, 0}} {
+		lib := append(append(ev[:7:7], bad...), ev[8:]...)
+		var got Envelope
+		var de *DecodeError
+		if err := DecodeEnvelope(string(lib), &got); !errors.As(err, &de) || de.Field != "attempt" {
+			t.Fatalf("DecodeEnvelope(% x in element 6) = %v, want a DecodeError on the attempt field", bad, err)
+		}
 	}
 }
 
 func TestDecodeSkipsTrailingFields(t *testing.T) {
 	in := sample(10)
 	b := AppendEnvelope(nil, in)
-	in.RequestEntry = "5-1"
-	b = append([]byte{0xdc, 0, fields + 4}, b[1:]...) // array16 header
-	b = append(b, 0xa3, '5', '-', '1')                // request entry
+	in.RequestEntry, in.Seq, in.Flags = "5-1", 9, FlagStream
+	b = append([]byte{0xdc, 0, maxFields + 3}, b[1:]...) // array16 header
+	b = append(b, 0xa3, '5', '-', '1', 9, 1)             // request entry, seq, flags
 	// three extra values of other types: a nested map, a float and an ext.
 	extra, err := msgpack.Marshal(map[string]any{"a": []any{1, "x", nil}, "b": 1.5})
 	if err != nil {
@@ -291,7 +306,7 @@ func TestOwnedPayloadAliases(t *testing.T) {
 }
 
 func TestKindString(t *testing.T) {
-	for k, want := range map[Kind]string{KindEvent: "event", KindRequest: "request", KindReply: "reply", KindControl: "control", 200: "kind(200)"} {
+	for k, want := range map[Kind]string{KindEvent: "event", KindRequest: "request", KindReply: "reply", KindControl: "control", KindChunk: "chunk", 200: "kind(200)"} {
 		if got := k.String(); got != want {
 			t.Errorf("Kind(%d).String() = %q, want %q", k, got, want)
 		}
@@ -302,6 +317,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(AppendEnvelope(nil, sample(8)))
 	f.Add(AppendEnvelope(nil, &Envelope{}))
 	f.Add(AppendEnvelope(nil, &Envelope{Kind: KindReply, ErrCode: "c", ErrMsg: "m"}))
+	f.Add(AppendEnvelope(nil, &Envelope{Kind: KindChunk, ID: "x", Seq: 3, Attempt: 2, Payload: []byte("t")}))
 	f.Add([]byte{})
 	f.Add([]byte("garbage"))
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})

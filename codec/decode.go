@@ -81,9 +81,11 @@ func decodeEnvelope(s string, e *Envelope, alias bool) error {
 	if e.Sent, ok = d.int(); !ok {
 		return d.fail("sent", "not an integer")
 	}
-	if _, ok := d.uint(); !ok { // reserved (see minFields)
-		return d.fail("reserved", "not an unsigned integer")
+	a, ok := d.uint()
+	if !ok || a > 1<<32-1 {
+		return d.fail("attempt", "not a 32-bit unsigned integer")
 	}
+	e.Attempt = uint32(a)
 	if err := d.headers(e); err != nil {
 		return err
 	}
@@ -127,6 +129,15 @@ func decodeEnvelope(s string, e *Envelope, alias bool) error {
 		read = fields + 1
 		if e.RequestEntry, ok = d.str(); !ok {
 			return d.fail("request_entry", "not a string")
+		}
+	}
+	if n >= maxFields {
+		read = maxFields
+		if e.Seq, ok = d.uint(); !ok {
+			return d.fail("seq", "not an unsigned integer")
+		}
+		if e.Flags, ok = d.uint(); !ok {
+			return d.fail("flags", "not an unsigned integer")
 		}
 	}
 	for i := read; i < n; i++ { // fields added by later minor revisions

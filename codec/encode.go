@@ -9,9 +9,13 @@ import (
 // AppendEnvelope appends the msgpack encoding of e to dst and returns the
 // extended slice. It does not allocate when dst has room.
 func AppendEnvelope(dst []byte, e *Envelope) []byte {
-	if e.RequestEntry == "" {
+	streamed := e.Seq != 0 || e.Flags != 0
+	switch {
+	case streamed:
+		dst = append(dst, 0xdc, 0, maxFields)
+	case e.RequestEntry == "":
 		dst = append(dst, 0x90|fields) // fixarray
-	} else {
+	default:
 		dst = append(dst, 0xdc, 0, fields+1) // array 16: one more element than a fixarray holds
 	}
 	dst = appendUint(dst, Version)
@@ -20,7 +24,7 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 	dst = appendString(dst, e.ReplyTo)
 	dst = appendInt(dst, e.Deadline)
 	dst = appendInt(dst, e.Sent)
-	dst = append(dst, 0) // reserved (see minFields)
+	dst = appendUint(dst, uint64(e.Attempt))
 	if e.Headers == nil {
 		dst = append(dst, 0xc0)
 	} else {
@@ -37,8 +41,12 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 	dst = appendInt(dst, e.Handler)
 	dst = appendString(dst, e.CacheKey)
 	dst = appendInt(dst, e.CacheTTL)
-	if e.RequestEntry != "" {
+	if e.RequestEntry != "" || streamed {
 		dst = appendString(dst, e.RequestEntry)
+	}
+	if streamed {
+		dst = appendUint(dst, e.Seq)
+		dst = appendUint(dst, e.Flags)
 	}
 	return dst
 }
@@ -46,7 +54,7 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 // EncodedSize returns an upper bound of the encoded size of e, for sizing
 // buffers without encoding twice.
 func EncodedSize(e *Envelope) int {
-	n := 3 + 9*6 + 5*6 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey) + len(e.RequestEntry)
+	n := 3 + 9*9 + 5*6 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey) + len(e.RequestEntry)
 	for k, v := range e.Headers {
 		n += 10 + len(k) + len(v)
 	}

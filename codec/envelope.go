@@ -13,6 +13,7 @@ const (
 	KindRequest             // a request: the handler's result goes to ReplyTo
 	KindReply               // a reply to the request whose ID it carries
 	KindControl             // bus-internal marker (for example a reply stream's first entry); never delivered
+	KindChunk               // one part of a streamed reply (Seq orders them); the stream ends with a KindReply
 	kindEnd
 )
 
@@ -27,6 +28,8 @@ func (k Kind) String() string {
 		return "reply"
 	case KindControl:
 		return "control"
+	case KindChunk:
+		return "chunk"
 	}
 	return "kind(" + itoa(uint64(k)) + ")"
 }
@@ -64,7 +67,30 @@ type Envelope struct {
 	// (docs/security.md). Empty on requests and events: the envelope then
 	// has 15 elements, 16 with it.
 	RequestEntry string
+
+	// Attempt is, on a request or event, how many deliveries this message
+	// had before it was written again by a delayed retry (0 for a new
+	// message): a worker counts them toward MaxDeliveries. On a chunk or a
+	// reply it is the delivery that produced it (1 for the first), so a
+	// caller never mixes the streams of two deliveries. Element 6 of the
+	// array (it was reserved and written as 0).
+	Attempt uint32
+
+	// Streamed replies (docs/wire.md). Seq is a chunk's index in its stream
+	// (from 0) and, on the reply that ends a stream, the number of chunks
+	// sent before it. Flags carries FlagStream on a request whose caller
+	// reads chunks. Elements 17 and 18, written only when one is non-zero
+	// (RequestEntry, element 16, is then written even when empty).
+	Seq   uint64
+	Flags uint64
 }
+
+// Envelope flags.
+const (
+	// FlagStream marks a request whose caller reads a streamed reply: the
+	// handler may send chunks before its reply.
+	FlagStream uint64 = 1 << iota
+)
 
 // Reset clears e for reuse, keeping nothing that aliases earlier input.
 func (e *Envelope) Reset() { *e = Envelope{} }
@@ -72,13 +98,12 @@ func (e *Envelope) Reset() { *e = Envelope{} }
 // minFields is the number of array elements every version-1 envelope has;
 // fields is the number this revision writes (the stage timings were added
 // as trailing elements, which older decoders skip, and then the cache
-// fields). Element 6 is reserved:
-// it once carried a sender-side attempt count that nothing set (handlers
-// get Redis's delivery count instead, consumer.Message.Attempt); it is
-// written as 0 and ignored when read. docs/wire.md has the layout.
+// fields, the request entry, the stream fields). Element 6 is Attempt
+// (earlier revisions wrote 0 and ignored it). docs/wire.md has the layout.
 const (
 	minFields = 11
 	fields    = 15
+	maxFields = fields + 3
 )
 
 func itoa(v uint64) string {

@@ -74,11 +74,15 @@ type acker struct {
 	c     *Consumer
 	slots chan<- struct{}
 	comb  *combine.Combiner[completion]
+	// chunks writes streamed replies' chunks (stream.go), batched the same
+	// way.
+	chunks *combine.Combiner[chunkWrite]
 }
 
 func newAcker(ctx context.Context, c *Consumer, slots chan<- struct{}) *acker {
 	a := &acker{ctx: ctx, c: c, slots: slots}
 	a.comb = combine.New(a.flush, maxAckFlushers, maxAckBatch, maxAckRounds)
+	a.chunks = newChunkWriter(a)
 	return a
 }
 
@@ -93,7 +97,7 @@ func (a *acker) addAsync(d completion) { a.comb.Add(d, false) }
 
 // wait returns when every helper flusher has finished. Call it after the
 // last add has returned.
-func (a *acker) wait() { a.comb.Wait() }
+func (a *acker) wait() { a.comb.Wait(); a.chunks.Wait() }
 
 // flush writes one batch: dead letters first (an entry is acknowledged only
 // once its dead letter is stored), then replies and one XACK in one

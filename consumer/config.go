@@ -21,6 +21,8 @@ const (
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultClaimIdle           = 30 * time.Second
 	DefaultMaxDeliveries       = 5
+	DefaultRetryBackoff        = 500 * time.Millisecond
+	DefaultRetryBackoffMax     = 5 * time.Minute
 	DefaultReclaimBatch        = 100
 	DefaultConsumerIdleTimeout = time.Hour
 	DefaultTimingSample        = 1000
@@ -77,6 +79,11 @@ type Config struct {
 	// MaxDeliveries is how many times an entry is delivered before it goes
 	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
 	MaxDeliveries int
+	// RetryBackoff is the least delay of a retry asked with RetryAfter on
+	// the first delivery, doubled for each later one up to RetryBackoffMax
+	// (a longer delay the handler asks for wins). Zero means
+	// DefaultRetryBackoff and DefaultRetryBackoffMax.
+	RetryBackoff, RetryBackoffMax time.Duration
 	// ConsumerIdleTimeout removes other consumers of the group that have
 	// been idle this long with nothing pending (dead workers leave their
 	// names behind). Consumers still holding entries are never removed.
@@ -147,6 +154,9 @@ func (c Config) Validate() error {
 	if c.ClaimIdle < 0 || c.ReclaimInterval < 0 || c.ReclaimBatch < 0 || c.MaxDeliveries < 0 {
 		return fmt.Errorf("%w: ClaimIdle, ReclaimInterval, ReclaimBatch and MaxDeliveries must not be negative", bus.ErrInvalidConfig)
 	}
+	if c.RetryBackoff < 0 || c.RetryBackoffMax < 0 {
+		return fmt.Errorf("%w: RetryBackoff and RetryBackoffMax must not be negative", bus.ErrInvalidConfig)
+	}
 	if c.ClaimIdle > 0 && c.ClaimIdle < 30*time.Millisecond {
 		return fmt.Errorf("%w: ClaimIdle must be at least 30ms, got %v", bus.ErrInvalidConfig, c.ClaimIdle)
 	}
@@ -183,6 +193,8 @@ func (c Config) withDefaults(rnd string) Config {
 	c.ReclaimBatch = cmp.Or(c.ReclaimBatch, DefaultReclaimBatch)
 	c.ConsumerIdleTimeout = cmp.Or(c.ConsumerIdleTimeout, DefaultConsumerIdleTimeout)
 	c.MaxDeliveries = cmp.Or(c.MaxDeliveries, DefaultMaxDeliveries)
+	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff)
+	c.RetryBackoffMax = max(cmp.Or(c.RetryBackoffMax, DefaultRetryBackoffMax), c.RetryBackoff)
 	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
 	c.SlowEntry = cmp.Or(c.SlowEntry, DefaultSlowEntry)
 	c.CacheMaxValue = cmp.Or(c.CacheMaxValue, DefaultCacheMaxValue)

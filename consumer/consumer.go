@@ -51,6 +51,9 @@ type Consumer struct {
 	// the first partitions still to join before Serving closes.
 	parts atomic.Pointer[[]*part]
 	joins atomic.Int32
+
+	cancels cancelSet  // requests their callers cancelled (control.go)
+	waiting waitingSet // delayed retries this consumer owns (delay.go)
 }
 
 type counters struct {
@@ -58,6 +61,7 @@ type counters struct {
 	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved                             atomic.Uint64
 	reads, flushes                                                                                        atomic.Uint64
 	cacheStores, coalescedReplies, cacheSettleErrors                                                      atomic.Uint64
+	chunks, cancelled, badControl, delayedRetries, promoted                                               atomic.Uint64
 }
 
 // Stats is a snapshot of a Consumer's counters. Each field's help tag
@@ -90,6 +94,12 @@ type Stats struct {
 	CacheStores      uint64 `json:"cache_stores" help:"Answers stored in the shared cache."`
 	CoalescedReplies uint64 `json:"coalesced_replies" help:"Replies written to requests that joined an identical request in flight (one handler call, several callers)."`
 	CacheErrors      uint64 `json:"cache_errors" help:"Answers whose storing or coalesced delivery Redis refused (their callers ask again once the request's deadline passed)."`
+	Chunks           uint64 `json:"chunks" help:"Chunks of streamed replies written."`
+	Cancelled        uint64 `json:"cancelled" help:"Requests their callers cancelled: handlers cancelled while running, and requests acknowledged unhandled at pick-up."`
+	DelayedRetries   uint64 `json:"delayed_retries" help:"Entries left pending for a delayed retry (RetryAfter)."`
+	Waiting          int    `json:"waiting" help:"Delayed retries this consumer holds now, waiting for their due time."`
+	Promoted         uint64 `json:"promoted" help:"Delayed events this consumer moved to their stream when due."`
+	ControlMalformed uint64 `json:"control_malformed" help:"Malformed notices skipped on the topic's control stream."`
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -141,6 +151,8 @@ func (c *Consumer) Stats() Stats {
 		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
 		Reads: s.reads.Load(), Flushes: s.flushes.Load(),
 		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(),
+		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.waiting.len(),
+		Promoted: s.promoted.Load(), ControlMalformed: s.badControl.Load(),
 	}
 }
 
@@ -275,6 +287,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 		defer loops.Done()
 		c.presenceLoop(ctx)
 	}()
+	// Cancellations and wake-ups (control stream), delayed events and
+	// retries.
+	wake := make(chan int64, 64)
+	caughtUp := make(chan struct{})
+	loops.Go(func() { c.controlLoop(ctx, running, wake, caughtUp) })
+	loops.Go(func() { c.delayLoop(ctx, wake, slots, jobs, a) })
+	select { // requests cancelled before this worker started are skipped
+	case <-caughtUp:
+	case <-ctx.Done():
+	}
 	c.runPartitions(ctx, slots, jobs, a) // returns once every read loop and reclaimer did
 	loops.Wait()                         // no more sends on jobs
 	defer func() { stopHeartbeat(); <-heartbeatDone }()
@@ -504,6 +526,12 @@ func (c *Consumer) route(pt *part, e *redisx.Entry, now time.Time, attempt int, 
 		a.addAsync(completion{p: pt, id: e.ID})
 		return
 	}
+	if j.env.Kind == codec.KindRequest && c.cancels.has(j.env.ReplyTo, j.env.ID) {
+		putJob(j)
+		c.stats.cancelled.Add(1)
+		a.addAsync(completion{p: pt, id: e.ID})
+		return
+	}
 	j.msg = Message{
 		ID: e.ID, Topic: c.cfg.Topic, Partition: pt.idx, Payload: j.env.Payload, Headers: j.env.Headers, Attempt: attempt,
 		Request: j.env.Kind == codec.KindRequest, Sent: time.Unix(0, j.env.Sent),
@@ -513,6 +541,9 @@ func (c *Consumer) route(pt *part, e *redisx.Entry, now time.Time, attempt int, 
 	}
 	if j.env.Kind == codec.KindRequest && j.env.CacheKey != "" {
 		c.cacheOf(j, e.ID)
+	}
+	if j.env.Kind == codec.KindRequest && j.env.Flags&codec.FlagStream != 0 {
+		j.msg.stream = &chunkStream{a: a, replyTo: j.env.ReplyTo, id: j.env.ID, entry: e.ID, attempt: uint32(min(attempt, 1<<31))}
 	}
 	j.p = pt
 	j.readAt = now.UnixNano()
@@ -565,16 +596,49 @@ func (c *Consumer) malformed(pt *part, e *redisx.Entry, attempt int, why string,
 // for another delivery.
 func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots chan<- struct{}, slot *workerSlot) {
 	ctx := hctx
+	var cancel func(error) // cancels a request's handler (its caller gave up)
 	if !j.msg.Deadline.IsZero() {
 		dc := newDeadlineCtx(hctx, hvals, j.msg.Deadline)
 		defer dc.cancel(context.Canceled)
-		ctx = dc
+		ctx, cancel = dc, dc.cancel
+	} else if j.msg.Request {
+		cctx, cf := context.WithCancelCause(hctx)
+		defer cf(nil)
+		ctx, cancel = cctx, cf
 	}
-	slot.set(j.p, j.msg.ID, j.readAt)
+	if j.msg.Request {
+		slot.setRequest(j.p, j.msg.ID, j.readAt, j.env.ReplyTo, j.env.ID, cancel)
+		// A cancel notice handled between the pick-up and now found no slot.
+		if c.cancels.has(j.env.ReplyTo, j.env.ID) {
+			cancel(errCancelled)
+			c.stats.cancelled.Add(1)
+		}
+	} else {
+		slot.set(j.p, j.msg.ID, j.readAt)
+	}
 	started := time.Now()
-	out, err := c.call(ctx, &j.msg)
+	var out []byte
+	var err error
+	if ctx.Err() == nil {
+		out, err = c.call(ctx, &j.msg)
+	} else {
+		err = ctx.Err()
+	}
 	ended := time.Now()
 	slot.set(nil, "", 0)
+	chunks := uint64(0)
+	if j.msg.stream != nil {
+		chunks = j.msg.stream.end()
+	}
+	if j.msg.Request && errors.Is(context.Cause(ctx), ErrCancelled) {
+		// The caller gave up: no reply, nobody reads it.
+		c.timings.Record(metrics.Handler, ended.Sub(started))
+		c.stats.handled.Add(1)
+		done := completion{p: j.p, id: j.msg.ID}
+		putJob(j)
+		a.add(done)
+		return
+	}
 	c.timings.Record(metrics.Handler, ended.Sub(started))
 	c.stats.handled.Add(1)
 	if err != nil {
@@ -588,6 +652,8 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	}
 	done := completion{p: j.p, id: j.msg.ID, at: ended, queued: j.queued, handled: ended.Sub(started), failed: err != nil}
 	switch {
+	case err != nil && c.retryAfter(hctx, j, err, slots):
+		return
 	case j.msg.Request:
 		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
 			time.Until(j.msg.Deadline) > c.cfg.ClaimIdle {
@@ -603,6 +669,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 			Kind: codec.KindReply, ID: j.env.ID, Sent: ended.UnixNano(), Payload: out,
 			QueueWait: int64(j.queued), Handler: int64(ended.Sub(started)),
 			RequestEntry: j.msg.ID, // the caller checks it is the entry it wrote
+			Attempt:      uint32(min(j.msg.Attempt, 1<<31)), Seq: chunks,
 		}
 		if err != nil {
 			reply.Payload = nil
@@ -635,6 +702,39 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	putJob(j) // done holds only strings that alias the entry, not j
 	a.add(done)
 }
+
+// retryAfter leaves the entry of a handler that returned a RetryAfter
+// error pending for a delayed retry, when MaxDeliveries and (for a request)
+// the caller's deadline leave room; it reports whether it did (then j is
+// released).
+func (c *Consumer) retryAfter(ctx context.Context, j *job, err error, slots chan<- struct{}) bool {
+	var ra *RetryAfterError
+	if !errors.As(err, &ra) || j.msg.Attempt >= c.cfg.MaxDeliveries {
+		return false
+	}
+	delay := c.retryDelay(ra.Delay, j.msg.Attempt)
+	if j.msg.Request && !j.msg.Deadline.IsZero() && time.Until(j.msg.Deadline) <= delay {
+		return false // the caller would be gone: it gets the error now
+	}
+	c.stats.retried.Add(1)
+	if c.scheduleRetry(ctx, j, delay) {
+		c.warnFailed(&j.msg, err, "retry", "handler asked for a retry: delivered again after "+delay.Round(time.Millisecond).String())
+	}
+	c.release(j, slots)
+	return true
+}
+
+// cancelledError is a handler ctx's error when its caller cancelled the
+// request: it is context.Canceled and ErrCancelled to errors.Is.
+type cancelledError struct{}
+
+func (cancelledError) Error() string { return "context canceled: " + ErrCancelled.Error() }
+
+func (cancelledError) Is(target error) bool {
+	return target == context.Canceled || target == ErrCancelled
+}
+
+var errCancelled error = cancelledError{}
 
 // queueWait is how long an entry waited in the stream before a worker
 // picked it up at readAt (unix nanoseconds). The entry id has millisecond

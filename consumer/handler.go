@@ -35,7 +35,79 @@ type Message struct {
 	// served again (a non-deterministic or personal answer); raising it has
 	// no effect. Errors are never stored.
 	CacheTTL time.Duration
+
+	// stream writes chunks (Send) when the caller reads a streamed reply.
+	stream *chunkStream
 }
+
+// Streaming reports whether the caller reads this request's reply as a
+// stream (producer.Stream): Send then delivers chunks as they are made.
+func (m *Message) Streaming() bool { return m.stream != nil }
+
+// Send sends one chunk of a streamed reply to the caller, before the
+// handler returns its final reply (which, when not empty, is the last
+// chunk the caller gets). It returns once Redis stored the chunk (chunks
+// of concurrent handlers share round trips), so chunks reach the caller in
+// the order sent. Safe for concurrent use, but chunks sent at once by two
+// goroutines go in no particular order.
+//
+// Errors: ErrNotStreaming when the caller does not read a stream (reply
+// with the whole answer instead), ErrCallerGone when the caller's reply
+// stream is gone (it closed), bus.ErrPayloadTooLarge for a chunk over
+// MaxEntrySize, ctx's error, or Redis's. After an error, or once the
+// handler returned, every Send fails.
+func (m *Message) Send(ctx context.Context, chunk []byte) error {
+	if m.stream == nil {
+		return ErrNotStreaming
+	}
+	return m.stream.send(ctx, chunk)
+}
+
+// Errors of Send, and the cause of a cancelled handler's ctx.
+var (
+	// ErrNotStreaming: Send on a message whose caller does not read a
+	// streamed reply (a plain Request, or an event).
+	ErrNotStreaming = errors.New("consumer: the caller does not read a stream")
+	// ErrCallerGone: the caller's reply stream is gone (the producer
+	// closed or died): nobody reads what the handler sends.
+	ErrCallerGone = errors.New("consumer: the caller is gone")
+	// ErrCancelled: a handler's ctx ended because its caller cancelled the
+	// request (the caller's ctx was cancelled, or its producer closed).
+	// errors.Is(context.Cause(ctx), ErrCancelled) tells it apart from a
+	// deadline or a shutdown; the ctx's Err matches context.Canceled.
+	ErrCancelled = errors.New("consumer: cancelled by the caller")
+)
+
+// RetryAfter wraps err to ask for the message to be delivered again after
+// at least d (a backend's Retry-After, for example), counted toward
+// MaxDeliveries. The delay grows with the attempts (Config.RetryBackoff
+// doubled per delivery, up to Config.RetryBackoffMax: the larger of that
+// and d applies) plus up to a tenth more of jitter. The entry stays pending
+// meanwhile, so a worker that dies does not lose it: whoever reclaims it
+// waits for the same due time. A request is retried only if its caller's
+// deadline leaves time for the delay; otherwise the caller gets err now.
+// On the last delivery an event goes to the dead-letter stream and a
+// request gets err.
+func RetryAfter(err error, d time.Duration) error {
+	return &RetryAfterError{Err: err, Delay: max(d, 0)}
+}
+
+// RetryAfterError is the error RetryAfter returns: Err, retried after
+// Delay. Find it with errors.As.
+type RetryAfterError struct {
+	Err   error
+	Delay time.Duration
+}
+
+func (e *RetryAfterError) Error() string {
+	if e.Err == nil {
+		return "retry after " + e.Delay.String()
+	}
+	return e.Err.Error() + " (retry after " + e.Delay.String() + ")"
+}
+
+// Unwrap returns Err.
+func (e *RetryAfterError) Unwrap() error { return e.Err }
 
 // Retry control: a handler wraps one of these in its error (fmt.Errorf
 // with %w) to say what should happen next; check them with errors.Is.
@@ -44,7 +116,8 @@ var (
 	// dead-letter stream at once, a request gets the error reply.
 	ErrSkipRetry = errors.New("consumer: do not retry")
 	// ErrRetryLater: try again later. The entry stays pending and is
-	// delivered again after ClaimIdle (up to MaxDeliveries). A request is
+	// delivered again after ClaimIdle (up to MaxDeliveries); RetryAfter
+	// chooses the delay instead. A request is
 	// retried only if its caller's deadline leaves time for that; otherwise
 	// the caller gets the error reply at once.
 	ErrRetryLater = errors.New("consumer: retry later")

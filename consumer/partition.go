@@ -18,8 +18,10 @@ type part struct {
 	name   string // bus.Partition(topic, idx)
 	key    string // its stream
 	dlqKey string // its dead-letter stream
-	start  string // where its group starts when created
-	cancel context.CancelFunc
+	// its delayed events and delayed retries (delay.go)
+	delayedKey, retryKey string
+	start                string // where its group starts when created
+	cancel               context.CancelFunc
 }
 
 // Partitions: how often a consumer re-reads its topic's partition count,
@@ -101,6 +103,7 @@ func (c *Consumer) runPartitions(ctx context.Context, slots chan struct{}, jobs 
 			name := bus.Partition(c.cfg.Topic, i)
 			pctx, cancel := context.WithCancel(ctx)
 			pt := &part{idx: i, name: name, key: c.keys.Topic(name), dlqKey: c.keys.DeadLetter(name), start: start,
+				delayedKey: c.keys.Delayed(name), retryKey: c.keys.Retry(name),
 				cancel: cancel}
 			running[i] = pt
 			wg.Add(1)

@@ -18,11 +18,25 @@ type workerSlot struct {
 	p      *part  // the entry's partition
 	id     string // entry id; "" when idle
 	readAt int64  // unix nanoseconds when the entry was read
+
+	// A request's reply stream and correlation id, and what cancels its
+	// handler's ctx (see cancelRunning); empty for events.
+	replyTo, reqID string
+	cancel         func(error)
 }
 
 func (s *workerSlot) set(p *part, id string, readAt int64) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
+	s.replyTo, s.reqID, s.cancel = "", "", nil
+	s.mu.Unlock()
+}
+
+// setRequest is set for a request whose handler ctx cancel cancels.
+func (s *workerSlot) setRequest(p *part, id string, readAt int64, replyTo, reqID string, cancel func(error)) {
+	s.mu.Lock()
+	s.p, s.id, s.readAt = p, id, readAt
+	s.replyTo, s.reqID, s.cancel = replyTo, reqID, cancel
 	s.mu.Unlock()
 }
 
@@ -147,10 +161,36 @@ func (c *Consumer) reclaimOnce(ctx context.Context, pt *part, cursor string, n i
 	if len(entries) == 0 {
 		return 0, next, nil
 	}
+	// Delayed retries of a consumer that died: they wait for their due
+	// time here (a pass of the delay loop claims them then).
+	due, err := redisx.RetryDue(ctx, c.c.Redis(), pt.retryKey, idsOf(entries))
+	if err != nil {
+		return len(entries), next, fmt.Errorf("retry due times: %w", err)
+	}
+	now := time.Now().UnixMilli()
+	ready := entries[:0]
+	for i := range entries {
+		if due[i] > now+50 { // not yet (Redis's clock may run a little ahead)
+			c.waiting.add(pt, entries[i].ID)
+			continue
+		}
+		ready = append(ready, entries[i])
+	}
+	return len(entries), next, c.handleClaimed(ctx, pt, ready, slots, jobs, a)
+}
+
+// handleClaimed routes entries this consumer just claimed (reclaimed, or
+// due retries), each once it has a handler slot; past MaxDeliveries they
+// go to the dead-letter stream. Entries it cannot route before ctx ends
+// stay pending (ours), and are reclaimed again after ClaimIdle.
+func (c *Consumer) handleClaimed(ctx context.Context, pt *part, entries []redisx.Entry, slots chan struct{}, jobs chan<- *job, a *acker) error {
+	if len(entries) == 0 {
+		return nil
+	}
 	deliveries := map[string]int64{}
 	pend, err := redisx.PendingOf(ctx, c.c.Redis(), pt.key, c.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), c.cfg.Name)
 	if err != nil {
-		return len(entries), next, fmt.Errorf("delivery counts: %w", err)
+		return fmt.Errorf("delivery counts: %w", err)
 	}
 	for _, p := range pend {
 		deliveries[p.ID] = p.Deliveries
@@ -159,7 +199,7 @@ func (c *Consumer) reclaimOnce(ctx context.Context, pt *part, cursor string, n i
 		select {
 		case <-slots:
 		case <-ctx.Done():
-			return len(entries), next, nil
+			return nil
 		}
 		e := &entries[i]
 		attempt := int(deliveries[e.ID])
@@ -178,7 +218,7 @@ func (c *Consumer) reclaimOnce(ctx context.Context, pt *part, cursor string, n i
 		}
 		c.route(pt, e, time.Now(), attempt, jobs, a)
 	}
-	return len(entries), next, nil
+	return nil
 }
 
 // heartbeatLoop keeps entries whose handler runs long from being reclaimed:
@@ -198,6 +238,7 @@ func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
 		case <-t.C:
 		}
 		clear(byPart)
+		c.waiting.appendTo(byPart)
 		old := time.Now().Add(-every).UnixNano()
 		for i := range running {
 			if pt, id, readAt := running[i].get(); id != "" && readAt < old {
@@ -230,10 +271,16 @@ func (c *Consumer) touch(ctx context.Context, pt *part, ids []string) error {
 		owned[p.ID] = true
 	}
 	keep := ids[:0]
+	var gone []string
 	for _, id := range ids {
 		if owned[id] {
 			keep = append(keep, id)
+		} else {
+			gone = append(gone, id)
 		}
+	}
+	if gone != nil {
+		c.waiting.drop(pt, gone...) // claimed by another worker, or finished
 	}
 	if err := redisx.Touch(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
 		return err

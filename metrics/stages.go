@@ -20,12 +20,16 @@ const (
 	ReplyWrite                // consumer: handler done until the reply XADD and XACK were accepted
 	ReplyTransit              // reply encoded by the worker until read by the producer's reply reader
 	Decode                    // producer: decoding the reply
-	EndToEnd                  // producer: Request call to return
+	EndToEnd                  // producer: Request call to return (a Stream's: call to its end)
+	FirstChunk                // producer: Stream call to its first chunk read
+	ChunkTransit              // a chunk encoded by the worker until read by the producer's reply reader
+	ChunkWrite                // consumer: Message.Send until Redis stored the chunk
 	NumStages
 )
 
 var stageNames = [NumStages]string{
 	"admission", "cache", "encode", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
+	"first_chunk", "chunk_transit", "chunk_write",
 }
 
 // String returns the stage's metric label, e.g. "queue_wait".

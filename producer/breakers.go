@@ -28,6 +28,7 @@ type topic struct {
 	// first (see partition.go); parent is set on those partitions.
 	parts  parts
 	parent *topic
+	ctl    string // the topic's control stream (cancel notices, wake-ups)
 }
 
 // topicFor returns the cached topic, creating (and validating) it once.
@@ -38,7 +39,8 @@ func (p *Producer) topicFor(name string) (*topic, error) {
 	if err := bus.ValidateName("topic", name); err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	t := &topic{name: name, key: p.keys.Topic(name), presence: p.keys.Workers(name), rejected: &p.stats.breakerRejected, resp: newResponders()}
+	t := &topic{name: name, key: p.keys.Topic(name), presence: p.keys.Workers(name), rejected: &p.stats.breakerRejected, resp: newResponders(),
+		ctl: p.keys.Control(name)}
 	if cc, ok := p.cfg.Cache[name]; ok {
 		t.cache = &topicCache{cfg: cc, meta: p.keys.Meta(name)}
 	}

@@ -85,7 +85,7 @@ func TestRegistryHoldsEarlyReplies(t *testing.T) {
 		w := &waiter{}
 		r.add(1, w)
 		for _, e := range tc.replies {
-			if got, how := r.match(1, &result{payload: []byte(e), entry: e}); got != nil || how != matchHeld {
+			if got, how := r.match(1, &result{payload: []byte(e), entry: e}, false); got != nil || how != matchHeld {
 				t.Fatalf("match before the write = %v, %d; want held", got, how)
 			}
 		}
@@ -95,7 +95,7 @@ func TestRegistryHoldsEarlyReplies(t *testing.T) {
 		}
 		if !tc.handed {
 			// The caller still waits: its own reply is taken.
-			if got, how := r.match(1, &result{entry: tc.written}); got != w || how != matchTaken {
+			if got, how := r.match(1, &result{entry: tc.written}, false); got != w || how != matchTaken {
 				t.Fatalf("the real reply after a forged one = %v, %d", got, how)
 			}
 		}
@@ -104,19 +104,19 @@ func TestRegistryHoldsEarlyReplies(t *testing.T) {
 	w := &waiter{}
 	r.add(3, w)
 	for i := range maxEarly {
-		r.match(3, &result{entry: fmt.Sprint(i)})
+		r.match(3, &result{entry: fmt.Sprint(i)}, false)
 	}
-	if _, how := r.match(3, &result{entry: "x"}); how != matchForged {
+	if _, how := r.match(3, &result{entry: "x"}, false); how != matchForged {
 		t.Fatalf("match beyond %d held = %d, want forged", maxEarly, how)
 	}
 	// After the write, a reply for another entry is refused at once.
 	w = &waiter{}
 	r.add(2, w)
 	r.stamp(2, 0, "7-1")
-	if _, how := r.match(2, &result{entry: "8-1"}); how != matchForged {
+	if _, how := r.match(2, &result{entry: "8-1"}, false); how != matchForged {
 		t.Fatalf("match of another entry = %d, want forged", how)
 	}
-	if got, how := r.match(2, &result{}); got != w || how != matchTaken {
+	if got, how := r.match(2, &result{}, false); got != w || how != matchTaken {
 		t.Fatalf("a reply from an older worker (no entry) = %v, %d; want taken", got, how)
 	}
 }

@@ -49,6 +49,11 @@ type Producer struct {
 	timings  metrics.Recorder
 
 	send *combine.Combiner[sendItem] // batches XADDs (see submit)
+	// cancels writes cancel notices (cancel.go) under ctlCtx, which Close
+	// cancels if they overrun it.
+	cancels *combine.Combiner[cancelNotice]
+	ctlCtx  context.Context
+	ctlStop context.CancelFunc
 
 	// Response cache (cached.go): the local tier (nil when off) and the
 	// flights of this process's cached requests.
@@ -72,6 +77,7 @@ type counters struct {
 	hitsLocal, hitsShared, cacheMisses, coalescedLocal, coalescedRemote   atomic.Uint64
 	cacheCorrupt, takeovers, localEvicted                                 atomic.Uint64
 	forged                                                                atomic.Uint64
+	cancelled, cancelErrors, streams, chunks, streamsBroken, delayed      atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters. Each field's help tag
@@ -96,6 +102,12 @@ type Stats struct {
 	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
 	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
 	Forged          uint64 `json:"forged" help:"Replies dropped because they answered a request entry this producer did not write with that correlation id (someone else wrote it)."`
+	Cancelled       uint64 `json:"cancelled" help:"Cancel notices sent for requests their callers gave up (ctx cancelled, stream closed early, or abandoned by Close)."`
+	CancelErrors    uint64 `json:"cancel_errors" help:"Cancel notices Redis did not take (those handlers run until their deadline)."`
+	Streams         uint64 `json:"streams" help:"Streamed requests written (Stream)."`
+	Chunks          uint64 `json:"chunks" help:"Chunks of streamed replies handed to callers."`
+	StreamsBroken   uint64 `json:"streams_broken" help:"Streams that ended with bus.ErrStreamBroken (a redelivery after chunks were read, a missing chunk, or a caller reading too slowly)."`
+	Delayed         uint64 `json:"delayed" help:"Events published with a delay (After, At), held until due."`
 
 	// Response cache (cached topics only).
 	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`
@@ -148,6 +160,8 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
 	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
+	p.cancels = p.newCanceller()
+	p.ctlCtx, p.ctlStop = context.WithCancel(context.Background())
 	if len(cfg.Cache) > 0 {
 		p.flights = make(map[flightKey]*flight)
 		if cfg.LocalCacheBytes > 0 {
@@ -179,6 +193,8 @@ func (p *Producer) Stats() Stats {
 		InFlight:    len(p.slots),
 		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(), NoResponders: p.stats.noResponders.Load(),
 		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(), Forged: p.stats.forged.Load(),
+		Cancelled: p.stats.cancelled.Load(), CancelErrors: p.stats.cancelErrors.Load(), Streams: p.stats.streams.Load(),
+		Chunks: p.stats.chunks.Load(), StreamsBroken: p.stats.streamsBroken.Load(), Delayed: p.stats.delayed.Load(),
 		CacheHitsLocal: p.stats.hitsLocal.Load(), CacheHitsShared: p.stats.hitsShared.Load(), CacheMisses: p.stats.cacheMisses.Load(),
 		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),
@@ -211,6 +227,8 @@ type callOptions struct {
 
 	partKey    string // PartitionKey
 	hasPartKey bool
+
+	delay *delaySpec // After, At
 }
 
 // apply returns what opts chose. It is kept out of line so that a call
@@ -321,7 +339,12 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	}
 	admitted := time.Now()
 	p.timings.Record(metrics.Admission, admitted.Sub(start))
-	id, err := p.publish(ctx, pt, payload, co.headers, admitted)
+	var id string
+	if co.delay != nil {
+		id, err = p.publishDelayed(ctx, pt, payload, co.headers, co.delay, admitted)
+	} else {
+		id, err = p.publish(ctx, pt, payload, co.headers, admitted)
+	}
 	p.report(pt, tok, err, start)
 	return id, err
 }
@@ -410,7 +433,12 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		return nil, err
 	}
 	p.timings.Record(metrics.Admission, time.Since(start))
-	ids, err := p.publishBatch(ctx, t, payloads, opts)
+	var ids []string
+	if co := apply(opts); co.delay != nil {
+		ids, err = p.publishBatchDelayed(ctx, t, payloads, &co)
+	} else {
+		ids, err = p.publishBatch(ctx, t, payloads, opts)
+	}
 	p.report(t, tok, err, start)
 	return ids, err
 }
@@ -510,6 +538,9 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 			return nil, err
 		}
 	}
+	if co.delay != nil {
+		return nil, fmt.Errorf("producer: request: %w: After and At apply to events only", bus.ErrInvalidConfig)
+	}
 	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedRequest(ctx, t, payload, &co, start)
 	}
@@ -573,6 +604,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload,
 	}
 	env.Headers = headers
+	w.cancel = noticeFor(t, env.ID, deadline)
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.
@@ -602,6 +634,9 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
 	if p.waiters.take(seq) != nil {
+		if errors.Is(gaveUp, context.Canceled) {
+			p.cancelRequest(w.cancel) // the handler stops too
+		}
 		putWaiter(w)
 		return nil, p.ctxErr(gaveUp, "waiting for the reply")
 	}
@@ -647,7 +682,8 @@ func (p *Producer) Close(ctx context.Context) error {
 	if p.closed.Swap(true) {
 		return p.closeErr
 	}
-	close(p.closing) // wakes every waiting caller with ErrClosed
+	p.cancelAbandoned() // before the callers wake and leave
+	close(p.closing)    // wakes every waiting caller with ErrClosed
 	defer p.closeBreakers()
 	if p.local != nil {
 		defer p.local.StopAllGoroutines()
@@ -656,6 +692,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	if p.started {
 		p.stop() // signalled on every path, so the reader always exits
 	}
+	p.closeCancels(ctx)
 	if err := p.closeSender(ctx); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: waiting for queued writes: %w", err)
 		return p.closeErr

@@ -135,7 +135,7 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 		p.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping undecodable reply")
 		return decoded
 	}
-	if env.Kind != codec.KindReply {
+	if env.Kind != codec.KindReply && env.Kind != codec.KindChunk {
 		return decoded // control entries
 	}
 	seq, ok := p.parseID(env.ID)
@@ -152,8 +152,10 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 	if env.ErrCode != "" {
 		r.payload, r.err = nil, &bus.RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
 	}
-	w, how := p.waiters.match(seq, &r)
+	w, how := p.waiters.match(seq, &r, env.Kind == codec.KindChunk)
 	switch how {
+	case matchStream:
+		w.st.push(&env, &r, at)
 	case matchNone:
 		p.stats.late.Add(1)
 	case matchForged:

@@ -36,6 +36,14 @@ type waiter struct {
 	// the real one). Both under the shard lock.
 	entry string
 	early []result
+
+	// st is set for a streamed request (stream.go): its chunks and reply go
+	// there. Such waiters are not pooled.
+	st *streamState
+	// cancel is where a cancel notice for this request goes (its topic's
+	// control stream, its correlation id, its deadline): Close sends one for
+	// each request it abandons. Empty for flights.
+	cancel cancelNotice
 }
 
 // maxEarly bounds the replies held for one request before its write
@@ -52,7 +60,7 @@ var waiterPool = sync.Pool{New: func() any {
 // stopped timer delivers no stale tick, so the next user can Reset it.
 func putWaiter(w *waiter) {
 	w.timer.Stop()
-	w.fl, w.entry = nil, ""
+	w.fl, w.entry, w.cancel = nil, "", cancelNotice{}
 	clear(w.early)
 	w.early = w.early[:0]
 	waiterPool.Put(w)
@@ -138,6 +146,7 @@ const (
 	matchTaken         // the waiter, taken: hand r over
 	matchHeld          // held until the request's entry id is known (stamp)
 	matchForged        // answers another entry than the request's: dropped, the caller waits on
+	matchStream        // a streamed request's waiter, left registered: its stream sorts chunks and reply out
 )
 
 // match takes seq's waiter for reply r when r answers the entry its
@@ -145,7 +154,7 @@ const (
 // waiter is a flight's, whose answer may come from another producer's
 // entry). A reply that comes before the request's write returned is held in
 // the waiter for stamp.
-func (r *registry) match(seq uint64, res *result) (*waiter, int) {
+func (r *registry) match(seq uint64, res *result, chunk bool) (*waiter, int) {
 	s := &r.shards[seq%shards]
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,6 +162,10 @@ func (r *registry) match(seq uint64, res *result) (*waiter, int) {
 	switch {
 	case w == nil:
 		return nil, matchNone
+	case w.st != nil:
+		return w, matchStream
+	case chunk:
+		return nil, matchNone // a chunk for a request that reads no stream
 	case res.entry == "" || w.fl != nil || res.entry == w.entry:
 	case w.entry == "":
 		if len(w.early) >= maxEarly {
@@ -165,6 +178,18 @@ func (r *registry) match(seq uint64, res *result) (*waiter, int) {
 	}
 	delete(s.m, seq)
 	return w, matchTaken
+}
+
+// each calls fn for every waiter, leaving them registered.
+func (r *registry) each(fn func(*waiter)) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for _, w := range s.m {
+			fn(w)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // drain removes every waiter and hands it to fn.

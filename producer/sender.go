@@ -15,9 +15,10 @@ import (
 type sendItem struct {
 	key string
 	buf *codec.Buffer
-	seq uint64    // request: its waiter in the registry receives a write error
-	pub *waiter   // publish: receives the entry id or the write error
-	at  time.Time // when it was handed to the sender (for the Write stage)
+	seq uint64       // request: its waiter in the registry receives a write error
+	pub *waiter      // publish: receives the entry id or the write error
+	st  *streamState // streamed request: receives the entry id or the write error
+	at  time.Time    // when it was handed to the sender (for the Write stage)
 }
 
 const (
@@ -81,6 +82,14 @@ func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration
 			p.timings.Record(metrics.Write, took)
 		}
 		it.pub.ch <- result{id: id, err: err}
+		return
+	}
+	if it.st != nil {
+		if err == nil {
+			p.timings.Record(metrics.Write, took)
+			p.stats.requests.Add(1)
+		}
+		it.st.setWritten(id, err)
 		return
 	}
 	if err == nil {

@@ -25,8 +25,8 @@ const Namespace = "mycelium"
 // consumer.Consumer.Timings).
 var (
 	producerStages = [...]metrics.Stage{metrics.Admission, metrics.Cache, metrics.Encode, metrics.Write, metrics.QueueWait,
-		metrics.Handler, metrics.ReplyTransit, metrics.Decode, metrics.EndToEnd}
-	consumerStages = [...]metrics.Stage{metrics.QueueWait, metrics.Handler, metrics.ReplyWrite}
+		metrics.Handler, metrics.ReplyTransit, metrics.Decode, metrics.EndToEnd, metrics.FirstChunk, metrics.ChunkTransit}
+	consumerStages = [...]metrics.Stage{metrics.QueueWait, metrics.Handler, metrics.ReplyWrite, metrics.ChunkWrite}
 )
 
 // stageCollector exports one histogram per stage,

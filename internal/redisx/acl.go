@@ -29,6 +29,9 @@ var producerCommands = []string{
 	"xadd", "xread", "pexpire", "del", "multi", "exec", "zcount", "zcard", "xinfo|groups", "hmget",
 	"evalsha", "eval", "get", "pttl", "lindex", "llen", "lrem", "rpush", "lset",
 	"wait", // Config.WaitReplicas
+	// cancel notices (XADD to the control stream); delayed events (a
+	// script: TIME, ZCARD, ZADD)
+	"time", "zadd",
 }
 
 // workerCommands: the group (XGROUP CREATE, CREATECONSUMER, DELCONSUMER,
@@ -45,6 +48,10 @@ var workerCommands = []string{
 	// partitions: the count (HMGET), forgetting drained ones (a script:
 	// HGET, HSET, TIME; then DEL of their streams)
 	"evalsha", "eval", "hget", "hset", "time",
+	// the control stream (XREAD); delayed events and retries (scripts:
+	// ZRANGEBYSCORE, ZRANGE, ZREM, ZADD, XADD, XCLAIM; ZSCORE when
+	// reclaiming)
+	"xread", "zrangebyscore", "zrange", "zscore",
 }
 
 // operatorCommands: package inspect (stats, pending, dead letters listed,

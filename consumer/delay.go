@@ -1,0 +1,226 @@
+package consumer
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// Delays: delayed events (producer.After, producer.At) wait in a sorted set
+// per partition until due; handlers' delayed retries (RetryAfter) stay
+// pending in the stream, their due time in another sorted set per
+// partition. Every worker runs the delay loop: it sleeps until the earliest
+// due time it knows (from its last pass over the sets, or from a wake
+// notice on the control stream that a producer or worker wrote when it
+// added an entry) and then, in one script per partition, moves due events
+// to the stream and claims due retries for itself (each removed from its
+// set first, so one worker gets it). No polling: a pass runs at a due time,
+// on a wake-up, or every delayPoll as a safety net for lost wake-ups.
+
+// delayPoll is the longest the delay loop sleeps without a known due time.
+const delayPoll = 10 * time.Second
+
+// slotWait is how soon the delay loop looks again when retries are due
+// but every handler slot is taken.
+const slotWait = 100 * time.Millisecond
+
+// maxPromote bounds the delayed events one pass moves per partition (a
+// full batch runs the next pass at once).
+const maxPromote = 512
+
+// waitingSet is the retries this consumer scheduled or reclaimed and still
+// owns in Redis (pending, not yet due): the heartbeat keeps them from being
+// reclaimed by others before their due time.
+type waitingSet struct {
+	mu sync.Mutex
+	m  map[*part]map[string]struct{}
+}
+
+func (w *waitingSet) add(pt *part, id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.m == nil {
+		w.m = map[*part]map[string]struct{}{}
+	}
+	if w.m[pt] == nil {
+		w.m[pt] = map[string]struct{}{}
+	}
+	w.m[pt][id] = struct{}{}
+}
+
+// drop forgets ids of pt (claimed by a worker, or no longer ours).
+func (w *waitingSet) drop(pt *part, ids ...string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, id := range ids {
+		delete(w.m[pt], id)
+	}
+	if len(w.m[pt]) == 0 {
+		delete(w.m, pt)
+	}
+}
+
+// appendTo adds the waiting ids to byPart (the heartbeat's list).
+func (w *waitingSet) appendTo(byPart map[*part][]string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for pt, ids := range w.m {
+		for id := range ids {
+			byPart[pt] = append(byPart[pt], id)
+		}
+	}
+}
+
+func (w *waitingSet) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, ids := range w.m {
+		n += len(ids)
+	}
+	return n
+}
+
+// retryDelay is the delay of a retry asked with at least d on delivery
+// attempt: the larger of d and RetryBackoff doubled per earlier delivery
+// (capped at RetryBackoffMax), plus up to a tenth more of jitter.
+func (c *Consumer) retryDelay(d time.Duration, attempt int) time.Duration {
+	b := c.cfg.RetryBackoff
+	for i := 1; i < attempt && b < c.cfg.RetryBackoffMax; i++ {
+		b *= 2
+	}
+	b = min(b, c.cfg.RetryBackoffMax)
+	d = max(d, b)
+	if j := int64(d / 10); j > 0 {
+		d += time.Duration(rand.Int64N(j + 1))
+	}
+	return d
+}
+
+// scheduleRetry leaves j's entry pending and records it as due after
+// delay (retry set, wake notice); it reports false when Redis refused, in
+// which case the entry is still pending and reclaimed after ClaimIdle.
+func (c *Consumer) scheduleRetry(ctx context.Context, j *job, delay time.Duration) bool {
+	pt := j.p
+	due, err := redisx.ScheduleRetry(ctx, c.c.Redis(), pt.retryKey, j.msg.ID, delay)
+	if err != nil {
+		if !c.fail(err, "EVALSHA (schedule a retry) "+pt.retryKey) {
+			c.log.Warn().Err(err).Str("entry", j.msg.ID).Msg("cannot schedule the retry: the entry stays pending and is delivered again after ClaimIdle")
+		}
+		return false
+	}
+	c.waiting.add(pt, j.msg.ID)
+	c.stats.delayedRetries.Add(1)
+	c.wakeAt(ctx, due)
+	return true
+}
+
+// wakeAt tells every worker of the topic (this one included) that
+// something is due at due (unix ms, Redis's clock). Best effort: the delay
+// loop's poll catches a lost notice.
+func (c *Consumer) wakeAt(ctx context.Context, due int64) {
+	err := redisx.AddControl(ctx, c.c.Redis(), c.keys.Control(c.cfg.Topic), []redisx.Control{{Op: redisx.OpWake, Until: due}})
+	if err != nil && ctx.Err() == nil {
+		c.log.Debug().Err(err).Msg("wake notice not written; workers find the entry on their next pass")
+	}
+}
+
+// delayLoop runs passes over the partitions' delayed events and retries
+// (see above) while ctx lives. Claimed retries are handled like reclaimed
+// entries, each once it has a handler slot.
+func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan struct{}, jobs chan<- *job, a *acker) {
+	out := redisx.Outage{Log: c.log, What: "delayed entries of " + c.cfg.Topic}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var skew int64 // Redis's clock minus ours (ms), from the last pass
+	var next time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case due := <-wake:
+			at := time.UnixMilli(due - skew)
+			if !at.Before(next) {
+				continue // a pass is planned by then
+			}
+			if d := time.Until(at); d > 0 {
+				timer.Reset(d)
+				next = at
+				continue
+			}
+		}
+		parts := c.readParts()
+		if len(parts) == 0 {
+			next = time.Now().Add(time.Second)
+			timer.Reset(time.Second)
+			continue
+		}
+		keys := make([]redisx.DuePart, len(parts))
+		claim := make([]int64, len(parts))
+		free := int64(max(0, c.cfg.Concurrency-int(c.inFlight.Load())))
+		for i, pt := range parts {
+			keys[i] = redisx.DuePart{Delayed: pt.delayedKey, Stream: pt.key, Retry: pt.retryKey}
+			claim[i] = free / int64(len(parts))
+			if int64(i) < free%int64(len(parts)) {
+				claim[i]++
+			}
+		}
+		res := redisx.Due(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, maxPromote, claim)
+		wait := delayPoll
+		failed := false
+		for i, r := range res {
+			if r.Err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				if c.fail(r.Err, "EVALSHA (delayed entries) "+parts[i].key) {
+					return
+				}
+				out.Failed(r.Err)
+				failed = true
+				continue
+			}
+			skew = r.Now - time.Now().UnixMilli()
+			if r.Moved > 0 {
+				c.stats.promoted.Add(uint64(r.Moved))
+			}
+			if r.Moved >= maxPromote || (claim[i] > 0 && int64(len(r.Claimed)) >= claim[i]) {
+				wait = 0 // more may be due
+			}
+			if r.Next >= 0 {
+				w := time.Duration(max(0, r.Next-r.Now)) * time.Millisecond
+				if w == 0 && claim[i] == 0 {
+					w = slotWait // due retries, but no free handler slot: look again soon
+				}
+				wait = min(wait, w)
+			}
+			if len(r.Claimed) > 0 {
+				c.waiting.drop(parts[i], idsOf(r.Claimed)...)
+				if err := c.handleClaimed(ctx, parts[i], r.Claimed, slots, jobs, a); err != nil && ctx.Err() == nil {
+					out.Failed(err)
+					failed = true
+				}
+			}
+		}
+		if failed {
+			out.Backoff(ctx)
+			wait = 0
+		} else {
+			out.OK()
+		}
+		next = time.Now().Add(wait)
+		timer.Reset(wait)
+	}
+}
+
+func idsOf(entries []redisx.Entry) []string {
+	ids := make([]string, len(entries))
+	for i := range entries {
+		ids[i] = entries[i].ID
+	}
+	return ids
+}

@@ -1,0 +1,350 @@
+package redisx
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// A topic's control stream (bus.Keys.Control) carries what every worker of
+// the topic must hear at once: a caller cancelled a request, a delayed
+// entry became due earlier than workers planned. Every worker reads it
+// with XREAD (no group); entries are small field/value lists, validated
+// here before anyone acts on them.
+
+// Control operations.
+const (
+	OpCancel = "cancel" // a caller gave up on a request: cancel its handler, skip it if not picked up
+	OpWake   = "wake"   // a delayed entry is due at Until: promote it then
+)
+
+// Control fields.
+const (
+	ctlOp      = "op"
+	ctlID      = "id"    // cancel: the request's correlation id
+	ctlReplyTo = "to"    // cancel: the request's reply stream
+	ctlUntil   = "until" // cancel: the request's deadline; wake: when the entry is due (unix ms)
+)
+
+// ControlMaxLen caps a control stream (MAXLEN ~): a worker starting reads
+// back at most this many recent notices.
+const ControlMaxLen = 10000
+
+// maxControlField bounds a control field's value (a correlation id or a
+// reply-stream key is far shorter).
+const maxControlField = 512
+
+// Control is one notice on a control stream.
+type Control struct {
+	ID    string // stream entry id (reading only)
+	Op    string // OpCancel or OpWake
+	Req   string // OpCancel: correlation id
+	To    string // OpCancel: reply stream key
+	Until int64  // unix milliseconds (see ctlUntil)
+}
+
+// AddControl appends notices to the control stream key, in one round trip
+// (one MULTI/EXEC when several).
+func AddControl(ctx context.Context, c rueidis.Client, key string, notices []Control) error {
+	adds := make([]Add, len(notices))
+	for i, n := range notices {
+		f := []string{ctlOp, n.Op, ctlUntil, strconv.FormatInt(n.Until, 10)}
+		if n.Op == OpCancel {
+			f = append(f, ctlID, n.Req, ctlReplyTo, n.To)
+		}
+		adds[i] = Add{Key: key, Fields: f, Cap: MaxLen(ControlMaxLen)}
+	}
+	var errs []error
+	for _, r := range AddBatch(ctx, c, adds, nil, make([]Result, 0, len(adds))) {
+		if r.Err != nil {
+			errs = append(errs, r.Err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ControlStart is the id to read a control stream from so that notices of
+// the last window are seen (a worker that starts learns of requests
+// cancelled before it ran).
+func ControlStart(now time.Time, window time.Duration) string { return minID(now.Add(-window)) }
+
+// ReadControl reads notices after id after (XREAD COUNT count BLOCK block,
+// on the blocking pool; the same cancellation rules as Read; block <= 0:
+// without BLOCK, what is there now). Notices that
+// are not well formed are skipped; bad counts how many. The last id read
+// (well formed or not) is returned for the next call ("" when nothing came).
+func ReadControl(ctx context.Context, c rueidis.Client, key, after string, count int64, block time.Duration) (notices []Control, last string, bad int, err error) {
+	var res rueidis.RedisResult
+	if block <= 0 {
+		res = c.Do(ctx, c.B().Xread().Count(count).Streams().Key(key).Id(after).Build())
+	} else {
+		ctx, cancel := guard(ctx, block)
+		defer cancel()
+		res = c.Do(ctx, c.B().Xread().Count(count).Block(block.Milliseconds()).Streams().Key(key).Id(after).Build())
+	}
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return nil, "", 0, nil
+		}
+		return nil, "", 0, err
+	}
+	lists, err := readLists(res)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	list, ok := lists[key]
+	if !ok {
+		return nil, "", 0, nil
+	}
+	entries, err := list.ToArray()
+	if err != nil {
+		return nil, "", 0, err
+	}
+	for i := range entries {
+		kv, err := entries[i].ToArray()
+		if err != nil || len(kv) != 2 {
+			bad++
+			continue
+		}
+		id, err := kv[0].ToString()
+		if err != nil {
+			bad++
+			continue
+		}
+		last = id
+		fv, _ := kv[1].ToArray() // nil for an entry deleted meanwhile
+		n, ok := parseControl(id, fv)
+		if !ok {
+			bad++
+			continue
+		}
+		notices = append(notices, n)
+	}
+	return notices, last, bad, nil
+}
+
+// parseControl validates one notice's fields.
+func parseControl(id string, fv []rueidis.RedisMessage) (Control, bool) {
+	n := Control{ID: id}
+	if len(fv)%2 != 0 || len(fv) == 0 || len(fv) > 16 {
+		return n, false
+	}
+	var until string
+	for i := 0; i+1 < len(fv); i += 2 {
+		k, err1 := fv[i].ToString()
+		v, err2 := fv[i+1].ToString()
+		if err1 != nil || err2 != nil || len(v) > maxControlField {
+			return n, false
+		}
+		switch k {
+		case ctlOp:
+			n.Op = v
+		case ctlID:
+			n.Req = v
+		case ctlReplyTo:
+			n.To = v
+		case ctlUntil:
+			until = v
+		}
+	}
+	u, err := strconv.ParseInt(until, 10, 64)
+	if err != nil || u < 0 {
+		return n, false
+	}
+	n.Until = u
+	switch n.Op {
+	case OpCancel:
+		return n, n.Req != "" && n.To != ""
+	case OpWake:
+		return n, true
+	}
+	return n, false
+}
+
+// Delayed events: a sorted set per partition (bus.Keys.Delayed), member
+// "<id>:<encoded envelope>", score the unix milliseconds (Redis's clock)
+// when it is due. The id makes members unique (identical payloads delayed
+// together are two entries). Workers move due entries to the partition's
+// stream with promoteScript.
+
+// redisNow is the Lua prelude that reads Redis's clock in milliseconds.
+const redisNow = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// delayScript adds one member due at ARGV[2] (unix ms) or, when that is 0,
+// ARGV[3] ms from now by Redis's clock; refused when the set already holds
+// ARGV[4] members (0: no bound). Returns the due time.
+var delayScript = rueidis.NewLuaScript(redisNow + `local due = tonumber(ARGV[2])
+if due <= 0 then due = now + tonumber(ARGV[3]) end
+local max = tonumber(ARGV[4])
+if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then
+  return redis.error_reply('MYCFULL delayed set holds ' .. max .. ' entries')
+end
+redis.call('ZADD', KEYS[1], due, ARGV[1])
+return due`)
+
+// ErrDelayedFull: a delayed set holds as many entries as it may.
+var ErrDelayedFull = errors.New("mycelium: delayed set full")
+
+// AddDelayed adds member (see above) to the delayed set key, due at at (if
+// not zero) or after delay by Redis's clock, unless the set holds max
+// members already (max <= 0: no bound; ErrDelayedFull). It returns when
+// the entry is due (unix ms).
+func AddDelayed(ctx context.Context, c rueidis.Client, key, member string, at time.Time, delay time.Duration, max int64) (int64, error) {
+	var atMs int64
+	if !at.IsZero() {
+		atMs = max64(at.UnixMilli(), 1)
+	}
+	due, err := delayScript.Exec(ctx, c, []string{key}, []string{member, strconv.FormatInt(atMs, 10),
+		strconv.FormatInt(delay.Milliseconds(), 10), strconv.FormatInt(max, 10)}).AsInt64()
+	if err != nil {
+		if re, ok := redisErr(err); ok && len(re.Error()) >= 7 && re.Error()[:7] == "MYCFULL" {
+			return 0, ErrDelayedFull
+		}
+		return 0, err
+	}
+	return due, nil
+}
+
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// Delayed retries keep their entry pending (never acknowledged and
+// written again: the caller accepts a reply only for the entry it wrote);
+// a sorted set per partition (bus.Keys.Retry) records when each is due, so
+// that a consumer that reclaims it from a dead one waits for that time too.
+
+// scheduleScript records entry ARGV[1] as due ARGV[2] ms from now (Redis's
+// clock) in the retry set KEYS[1]. Returns the due time (unix ms).
+var scheduleScript = rueidis.NewLuaScript(redisNow + `local due = now + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], due, ARGV[1])
+return due`)
+
+// ScheduleRetry records that the pending entry id is to be delivered again
+// after delay, in the retry set key. It returns when (unix ms, Redis's
+// clock).
+func ScheduleRetry(ctx context.Context, c rueidis.Client, key, id string, delay time.Duration) (int64, error) {
+	return scheduleScript.Exec(ctx, c, []string{key}, []string{id, strconv.FormatInt(delay.Milliseconds(), 10)}).AsInt64()
+}
+
+// RetryDue returns, for each of ids, when it is due in the retry set key
+// (unix ms, Redis's clock), or -1 when it has no retry scheduled.
+func RetryDue(ctx context.Context, c rueidis.Client, key string, ids []string) ([]int64, error) {
+	out := make([]int64, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	cmds := make(rueidis.Commands, len(ids))
+	for i, id := range ids {
+		cmds[i] = c.B().Zscore().Key(key).Member(id).Build()
+	}
+	for i, r := range c.DoMulti(ctx, cmds...) {
+		f, err := r.AsFloat64()
+		switch {
+		case IsNil(err):
+			out[i] = -1
+		case err != nil:
+			return nil, err
+		default:
+			out[i] = int64(f)
+		}
+	}
+	return out, nil
+}
+
+// DropRetry removes id from the retry set key (its entry was finished).
+func DropRetry(ctx context.Context, c rueidis.Client, key string, ids ...string) error {
+	return c.Do(ctx, c.B().Zrem().Key(key).Member(ids...).Build()).Error()
+}
+
+// dueScript does what is due on one partition (KEYS[1] its delayed
+// events, KEYS[2] its stream, KEYS[3] its retries): it moves up to ARGV[2]
+// due delayed events to the stream (field ARGV[1]; a member without its id
+// separator is dropped), and claims up to ARGV[5] due retries for consumer
+// ARGV[4] of group ARGV[3] (each removed from the set first: of the workers
+// woken for it, one gets it). Returns {moved, next due (unix ms, -1: none),
+// now, claimed entries}.
+var dueScript = rueidis.NewLuaScript(redisNow + `local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local moved = 0
+for _, m in ipairs(due) do
+  local sep = string.find(m, ':', 1, true)
+  if sep then
+    redis.call('XADD', KEYS[2], '*', ARGV[1], string.sub(m, sep + 1))
+    moved = moved + 1
+  end
+  redis.call('ZREM', KEYS[1], m)
+end
+local claimed = {}
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', KEYS[3], id)
+    local ok, e = pcall(redis.call, 'XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, id)
+    if ok and e[1] then table.insert(claimed, e[1]) end
+  end
+end
+local n = -1
+for _, k in ipairs({KEYS[1], KEYS[3]}) do
+  local nxt = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+  if nxt[2] then
+    local v = tonumber(nxt[2])
+    if n < 0 or v < n then n = v end
+  end
+end
+return {moved, n, now, claimed}`)
+
+// DuePart names one partition's keys for Due.
+type DuePart struct{ Delayed, Stream, Retry string }
+
+// DueResult is what Due did on one partition.
+type DueResult struct {
+	Moved   int64   // delayed events moved to the stream
+	Claimed []Entry // due retries, now pending for the consumer (delivery count raised)
+	Next    int64   // when the next delayed event or retry is due (unix ms, Redis's clock); -1: none
+	Now     int64   // Redis's clock when the script ran (unix ms)
+	Err     error
+}
+
+// Due moves due delayed events (up to limit per partition) of each of
+// parts to its stream and claims for consumer up to claim[i] due retries
+// of parts[i], in one pipelined round trip (one script per partition).
+func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer string, limit int64, claim []int64) []DueResult {
+	execs := make([]rueidis.LuaExec, len(parts))
+	lim := strconv.FormatInt(limit, 10)
+	for i, p := range parts {
+		execs[i] = rueidis.LuaExec{Keys: []string{p.Delayed, p.Stream, p.Retry},
+			Args: []string{Field, lim, group, consumer, strconv.FormatInt(claim[i], 10)}}
+	}
+	out := make([]DueResult, len(parts))
+	for i, r := range dueScript.ExecMulti(ctx, c, execs...) {
+		vals, err := r.ToArray()
+		if err == nil && len(vals) != 4 {
+			err = errors.New("redis: due script: unexpected reply")
+		}
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		var e1, e2, e3, e4 error
+		out[i].Moved, e1 = vals[0].AsInt64()
+		out[i].Next, e2 = vals[1].AsInt64()
+		out[i].Now, e3 = vals[2].AsInt64()
+		out[i].Claimed, e4 = parseEntries(&vals[3])
+		out[i].Err = errors.Join(e1, e2, e3, e4)
+	}
+	return out
+}
+
+// DelayedCount returns how many entries the delayed set key holds.
+func DelayedCount(ctx context.Context, c rueidis.Client, key string) (int64, error) {
+	return c.Do(ctx, c.B().Zcard().Key(key).Build()).AsInt64()
+}

@@ -1,0 +1,122 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redisx"
+	"github.com/egos/mycelium/metrics"
+)
+
+// Delayed events wait in their partition's delayed set (bus.Keys.Delayed)
+// until due; workers move them to the stream then (consumer package,
+// "Delays"), woken by a notice on the topic's control stream.
+
+// delaySpec is what After or At chose.
+type delaySpec struct {
+	at    time.Time     // due at this time (our clock), if set
+	after time.Duration // else due this long after Redis accepted it (Redis's clock)
+}
+
+// After delays a published event: it is delivered to workers d after Redis
+// accepted it (by Redis's clock), not before; d <= 0 publishes at once.
+// Only Publish and PublishBatch take it; Request and Stream refuse it.
+// The id Publish returns is then the delayed entry's ("d" + a producer-unique
+// id), not a stream entry id.
+func After(d time.Duration) CallOption {
+	return func(co *callOptions) {
+		if d > 0 {
+			co.delay = &delaySpec{after: d}
+		} else {
+			co.delay = nil
+		}
+	}
+}
+
+// At delays a published event until t (by this process's clock; Redis's
+// decides when it is due); a time not in the future publishes at once.
+// See After.
+func At(t time.Time) CallOption {
+	return func(co *callOptions) {
+		if time.Until(t) > 0 {
+			co.delay = &delaySpec{at: t}
+		} else {
+			co.delay = nil
+		}
+	}
+}
+
+// MaxDelay bounds After and At: a longer delay is refused
+// (bus.ErrInvalidConfig).
+const MaxDelay = 366 * 24 * time.Hour
+
+func (d *delaySpec) check() error {
+	if d.after > MaxDelay || (!d.at.IsZero() && time.Until(d.at) > MaxDelay) {
+		return fmt.Errorf("producer: %w: delay over %v", bus.ErrInvalidConfig, MaxDelay)
+	}
+	return nil
+}
+
+// publishDelayed adds one event to pt's delayed set and wakes the topic's
+// workers for its due time. It returns the delayed entry's id.
+func (p *Producer) publishDelayed(ctx context.Context, pt *topic, payload []byte, headers map[string]string, d *delaySpec, now time.Time) (string, error) {
+	if err := d.check(); err != nil {
+		return "", err
+	}
+	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano(), Headers: headers}
+	id := "d" + p.inc + strconv.FormatUint(p.seq.Add(1), 36)
+	member := make([]byte, 0, len(id)+1+codec.EncodedSize(&env))
+	member = codec.AppendEnvelope(append(append(member, id...), ':'), &env)
+	p.timings.Record(metrics.Encode, time.Since(now))
+	dctx, cancel := redisx.Detach(ctx)
+	defer cancel()
+	start := time.Now()
+	due, err := redisx.AddDelayed(dctx, p.c.Redis(), p.keys.Delayed(pt.name), string(member), d.at, d.after, p.cfg.StreamMaxLen)
+	if err != nil {
+		p.stats.writeErrors.Add(1)
+		if errors.Is(err, redisx.ErrDelayedFull) {
+			return "", fmt.Errorf("producer: publish to %s: %w: its delayed set holds StreamMaxLen (%d) entries", pt.root().name, bus.ErrPayloadTooLarge, p.cfg.StreamMaxLen)
+		}
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, ctx.Err())
+		}
+		return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, redisx.Unavailable(err))
+	}
+	p.timings.Record(metrics.Write, time.Since(start))
+	p.stats.published.Add(1)
+	p.stats.delayed.Add(1)
+	// Best effort: workers also look at every delayed set every few
+	// seconds.
+	if err := redisx.AddControl(dctx, p.c.Redis(), pt.root().ctl, []redisx.Control{{Op: redisx.OpWake, Until: due}}); err != nil {
+		p.log.Debug().Err(err).Msg("wake notice not written; workers find the event on their next pass")
+	}
+	return id, nil
+}
+
+// publishBatchDelayed publishes each payload delayed (one round trip
+// each), in its partition; like publishBatch, it returns an id per
+// payload ("" for a failed one) and an error joining a *PublishError per
+// failure.
+func (p *Producer) publishBatchDelayed(ctx context.Context, t *topic, payloads [][]byte, co *callOptions) ([]string, error) {
+	ids := make([]string, len(payloads))
+	var errs []error
+	for i, pl := range payloads {
+		now := time.Now()
+		pt, err := p.partition(ctx, t, co, nil, now.UnixNano())
+		if err == nil {
+			ids[i], err = p.publishDelayed(ctx, pt, pl, co.headers, co.delay, now)
+		}
+		if err != nil {
+			errs = append(errs, &PublishError{Index: i, Err: err})
+		}
+	}
+	if errs != nil {
+		return ids, fmt.Errorf("producer: publish batch to %s: %d of %d failed: %w", t.name, len(errs), len(payloads), errors.Join(errs...))
+	}
+	return ids, nil
+}

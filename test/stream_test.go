@@ -1,0 +1,438 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/metrics"
+	"github.com/egos/mycelium/producer"
+	"github.com/egos/mycelium/test/redistest"
+)
+
+// chunker sends n chunks "<i>" (n from the payload), then replies "end".
+var chunker = consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+	n, err := strconv.Atoi(string(m.Payload))
+	if err != nil {
+		return nil, err
+	}
+	for i := range n {
+		if err := m.Send(ctx, []byte(strconv.Itoa(i))); err != nil {
+			return nil, err
+		}
+	}
+	return []byte("end"), nil
+})
+
+// TestStreamsInOrderAt64Callers: 64 concurrent streams of 1,000 chunks
+// each: every chunk in order, none duplicated, the final reply last.
+func TestStreamsInOrderAt64Callers(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	co := runConsumer(t, c, consumer.Config{Topic: "tok", Concurrency: 64}, chunker)
+	p := newProducer(t, c, producer.Config{})
+
+	const callers, chunks = 64, 1000
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for range callers {
+		wg.Go(func() {
+			s, err := p.Stream(ctx, "tok", []byte(strconv.Itoa(chunks)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			i := 0
+			for chunk, err := range s.All() {
+				if err != nil {
+					errs <- fmt.Errorf("after %d chunks: %w", i, err)
+					return
+				}
+				want := strconv.Itoa(i)
+				if i == chunks {
+					want = "end"
+				}
+				if string(chunk) != want {
+					errs <- fmt.Errorf("chunk %d = %q, want %q", i, chunk, want)
+					return
+				}
+				i++
+			}
+			if i != chunks+1 {
+				errs <- fmt.Errorf("got %d chunks, want %d", i, chunks+1)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if s := p.Stats(); s.Streams != callers || s.Chunks != callers*(chunks+1) || s.StreamsBroken != 0 {
+		t.Fatalf("producer stats = %+v", s)
+	}
+	if s := co.Stats(); s.Chunks != callers*chunks {
+		t.Fatalf("consumer chunks = %d, want %d", s.Chunks, callers*chunks)
+	}
+	snap := p.Timings()
+	if snap.Stage(metrics.FirstChunk).Count != callers {
+		t.Fatalf("first_chunk observations = %d, want %d", snap.Stage(metrics.FirstChunk).Count, callers)
+	}
+}
+
+// TestStreamErrorMidStream: chunks sent before a handler error reach the
+// caller, then the remote error.
+func TestStreamErrorMidStream(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	runConsumer(t, c, consumer.Config{Topic: "bad"}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		for i := range 3 {
+			if err := m.Send(ctx, []byte{byte('a' + i)}); err != nil {
+				return nil, err
+			}
+		}
+		return nil, &bus.RemoteError{Code: "model_overloaded", Message: "try later"}
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := p.Stream(ctx, "bad", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for {
+		chunk, err := s.Recv()
+		if err != nil {
+			var re *bus.RemoteError
+			if !errors.As(err, &re) || re.Code != "model_overloaded" || got != "abc" {
+				t.Fatalf("after %q: Recv = %v, want the remote error after abc", got, err)
+			}
+			break
+		}
+		got += string(chunk)
+	}
+	if _, err := s.Recv(); err == nil {
+		t.Fatal("Recv after the end returned no error")
+	}
+}
+
+// TestStreamOfPlainHandler: a handler that sends nothing yields its reply
+// as the one chunk; Send on a plain Request says ErrNotStreaming.
+func TestStreamOfPlainHandler(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	sendErr := make(chan error, 1)
+	runConsumer(t, c, consumer.Config{Topic: "plain"}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		if !m.Streaming() {
+			sendErr <- m.Send(ctx, []byte("x"))
+		}
+		return m.Payload, nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := p.Stream(ctx, "plain", []byte("whole"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chunks []string
+	for chunk, err := range s.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks = append(chunks, string(chunk))
+	}
+	if len(chunks) != 1 || chunks[0] != "whole" {
+		t.Fatalf("chunks = %q, want [whole]", chunks)
+	}
+	if _, err := p.Request(ctx, "plain", []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sendErr; !errors.Is(err, consumer.ErrNotStreaming) {
+		t.Fatalf("Send on a plain request = %v, want ErrNotStreaming", err)
+	}
+}
+
+// TestCancelReachesHandler: cancelling the caller's ctx during the handler
+// cancels the handler's ctx (cause ErrCancelled), on the worker holding it.
+func TestCancelReachesHandler(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	started := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	co := runConsumer(t, c, consumer.Config{Topic: "slow"}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		ended <- context.Cause(ctx)
+		return nil, ctx.Err()
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Request(ctx, "slow", []byte("x"))
+		done <- err
+	}()
+	<-started
+	at := time.Now()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Request = %v, want context.Canceled", err)
+	}
+	select {
+	case cause := <-ended:
+		if !errors.Is(cause, consumer.ErrCancelled) || !errors.Is(cause, context.Canceled) {
+			t.Fatalf("handler ctx cause = %v, want ErrCancelled (and context.Canceled)", cause)
+		}
+		t.Logf("cancel to handler ctx.Done: %v", time.Since(at))
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler ctx not cancelled within 5s of the caller's cancel")
+	}
+	waitFor(t, 5*time.Second, "cancelled request acknowledged", func() bool {
+		s := co.Stats()
+		return s.Cancelled == 1 && s.Acked == 1 && s.Replied == 0
+	})
+}
+
+// TestCancelBeforePickup: a request cancelled before any worker picked it
+// up is acknowledged unhandled; a request cancelled after its reply
+// changes nothing.
+func TestCancelBeforePickup(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	p := newProducer(t, c, producer.Config{WaitForResponders: true})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Request(ctx, "later", []byte("x"))
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "request written", func() bool { return p.Stats().Requests == 1 })
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Request = %v, want context.Canceled", err)
+	}
+	waitFor(t, 5*time.Second, "cancel notice written", func() bool { return p.Stats().Cancelled == 1 })
+	var calls atomic.Int64
+	co := runConsumer(t, c, consumer.Config{Topic: "later"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		calls.Add(1)
+		return m.Payload, nil
+	}))
+	waitFor(t, 10*time.Second, "cancelled request skipped", func() bool { return co.Stats().Acked == 1 })
+	if n := calls.Load(); n != 0 || co.Stats().Cancelled != 1 {
+		t.Fatalf("handler calls = %d, stats %+v; want 0 calls, 1 cancelled", n, co.Stats())
+	}
+	// After the reply: the cancel of an answered request is harmless.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	if _, err := p.Request(ctx2, "later", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	cancel2()
+	if calls.Load() != 1 {
+		t.Fatalf("handler calls = %d, want 1", calls.Load())
+	}
+}
+
+// TestStreamCloseCancelsHandler: a caller that stops reading cancels the
+// streaming handler, whose Send then fails.
+func TestStreamCloseCancelsHandler(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ended := make(chan error, 1)
+	runConsumer(t, c, consumer.Config{Topic: "gen"}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		for i := 0; ; i++ {
+			if err := m.Send(ctx, []byte("tok")); err != nil {
+				ended <- err
+				return nil, err
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}))
+	p := newProducer(t, c, producer.Config{})
+	s, err := p.Stream(context.Background(), "gen", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, err := range s.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n++; n == 5 {
+			break
+		}
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Send after Close = %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler still sending 5s after the stream was closed")
+	}
+	if _, err := s.Recv(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Recv after Close = %v", err)
+	}
+}
+
+// TestRetryAfterDelay: a handler asking for a retry after 1s is delivered
+// again about a second later (not after ClaimIdle), and its caller gets the
+// second answer.
+func TestRetryAfterDelay(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	var mu sync.Mutex
+	var times []time.Time
+	co := runConsumer(t, c, consumer.Config{Topic: "quota", ClaimIdle: 30 * time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		mu.Lock()
+		times = append(times, time.Now())
+		n := len(times)
+		mu.Unlock()
+		if n == 1 {
+			return nil, consumer.RetryAfter(errors.New("429"), time.Second)
+		}
+		return []byte(fmt.Sprint("attempt ", m.Attempt)), nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got, err := p.Request(ctx, "quota", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "attempt 2" {
+		t.Fatalf("reply = %q, want attempt 2", got)
+	}
+	mu.Lock()
+	gap := times[1].Sub(times[0])
+	mu.Unlock()
+	if gap < 950*time.Millisecond || gap > 3*time.Second {
+		t.Fatalf("retried after %v, want about 1s", gap)
+	}
+	if s := co.Stats(); s.DelayedRetries != 1 || s.Waiting != 0 {
+		t.Fatalf("consumer stats = %+v", s)
+	}
+}
+
+// TestRetryAfterSurvivesWorkerDeath: the worker that scheduled a retry
+// dies (without leaving); another delivers the entry at its due time,
+// once.
+func TestRetryAfterSurvivesWorkerDeath(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	cfg := consumer.Config{Topic: "survive", ClaimIdle: 400 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond}
+	var first atomic.Int64
+	scheduled := make(chan struct{})
+	h1 := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		if first.Add(1) == 1 {
+			defer close(scheduled)
+		}
+		return nil, consumer.RetryAfter(errors.New("later"), 3*time.Second)
+	})
+	c1 := srv.Client(t)
+	co1, err := consumer.New(redistest.RoleClient(t, c1, "worker"), cfg, h1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, kill := context.WithCancel(context.Background())
+	done1 := make(chan error, 1)
+	go func() { done1 <- co1.Run(ctx1) }()
+	waitFor(t, 5*time.Second, "first worker ready", func() bool { return co1.Ready(context.Background()) == nil })
+
+	p := newProducer(t, c, producer.Config{})
+	sent := time.Now()
+	if _, err := p.Publish(context.Background(), "survive", []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	<-scheduled
+	waitFor(t, 5*time.Second, "retry scheduled", func() bool { return co1.Stats().Waiting == 1 })
+	// "Kill" the first worker: its connection closes, its loops stop, it
+	// never leaves the group nor touches the entry again.
+	c1.Close()
+	kill()
+	<-done1
+
+	var mu sync.Mutex
+	var got []time.Time
+	co2 := runConsumer(t, c, cfg, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		mu.Lock()
+		got = append(got, time.Now())
+		mu.Unlock()
+		return nil, nil
+	}))
+	waitFor(t, 10*time.Second, "retry delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0
+	})
+	time.Sleep(time.Second) // no second delivery comes
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 {
+		t.Fatalf("delivered %d times, want once", len(got))
+	}
+	if at := got[0].Sub(sent); at < 2900*time.Millisecond || at > 5*time.Second {
+		t.Fatalf("delivered %v after publishing, want at the due time (about 3s)", at)
+	}
+	if s := co2.Stats(); s.Acked != 1 {
+		t.Fatalf("second worker stats = %+v", s)
+	}
+}
+
+// TestPublishAfter: a delayed event is delivered not before its time; At
+// in the past publishes at once; Request refuses After.
+func TestPublishAfter(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	got := make(chan time.Time, 2)
+	co := runConsumer(t, c, consumer.Config{Topic: "later"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		got <- time.Now()
+		return nil, nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx := context.Background()
+	sent := time.Now()
+	id, err := p.Publish(ctx, "later", []byte("x"), producer.After(1500*time.Millisecond))
+	if err != nil || id == "" || id[0] != 'd' {
+		t.Fatalf("Publish(After) = %q, %v", id, err)
+	}
+	select {
+	case at := <-got:
+		if d := at.Sub(sent); d < 1500*time.Millisecond || d > 3*time.Second {
+			t.Fatalf("delivered %v after publishing, want 1.5s", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("delayed event not delivered")
+	}
+	if _, err := p.Publish(ctx, "later", []byte("y"), producer.At(time.Now().Add(-time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-got:
+		if d := time.Since(at); d > time.Second {
+			t.Fatalf("At in the past delivered late")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("event with At in the past not delivered")
+	}
+	if _, err := p.Request(ctx, "later", nil, producer.After(time.Second)); !errors.Is(err, bus.ErrInvalidConfig) {
+		t.Fatalf("Request(After) = %v, want ErrInvalidConfig", err)
+	}
+	if s := co.Stats(); s.Promoted != 1 {
+		t.Fatalf("consumer promoted = %d, want 1", s.Promoted)
+	}
+}
+
