@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mattn/go-isatty"
 
@@ -32,6 +33,9 @@ type clientFlags struct {
 	maxAge                  time.Duration
 
 	partKey string // --partition-key
+
+	stream bool          // request --stream
+	after  time.Duration // publish --after
 }
 
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
@@ -173,6 +177,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.DurationVar(&f.maxAge, "max-age", 0, "with --cache: accept a stored answer only this young")
 		fs.BoolVar(&f.noCache, "no-cache", false, "with --cache: ask a worker even if an answer is stored (and store the new one)")
 		fs.BoolVar(&f.noStore, "no-store", false, "with --cache: do not store this answer")
+		fs.BoolVar(&f.stream, "stream", false, `read the reply as a stream: print each chunk as it arrives (with --json: one line per chunk, then one for the end or the error)`)
 	})
 	if err != nil {
 		return err
@@ -185,6 +190,12 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if f.wait {
 		opts = append(opts, producer.WaitForResponders())
 	}
+	if f.stream {
+		if f.cache || f.stages {
+			return usagef("request: --stream does not go with --cache or --stages")
+		}
+		return requestStream(rctx, p, f, opts, stdout, stderr)
+	}
 	start := time.Now()
 	reply, err := p.Request(rctx, f.topic, f.payload, opts...)
 	lat := time.Since(start)
@@ -196,13 +207,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				LatencyUS int64     `json:"latency_us"`
 			}{jsonError{kind, code, msg}, lat.Microseconds()})
 		}
-		switch kind {
-		case "timeout":
-			return fmt.Errorf("request to %q: no reply within %v (is a worker serving this topic, and is it keeping up?)", f.topic, f.timeout)
-		case "no_responders":
-			return fmt.Errorf("request to %q: no worker serves this topic (start one with bus-worker serve --topic %s, or pass --wait-for-responders to queue the request)", f.topic, f.topic)
-		}
-		return fmt.Errorf("request to %q: %w", f.topic, err)
+		return requestError(f, kind, err)
 	}
 	var stages []metrics.Summary
 	if f.stages {
@@ -236,6 +241,85 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if stages != nil {
 		printStages(stderr, stages)
 	}
+	return nil
+}
+
+// requestError is what request says of a failed request.
+func requestError(f *clientFlags, kind string, err error) error {
+	switch kind {
+	case "timeout":
+		return fmt.Errorf("request to %q: no reply within %v (is a worker serving this topic, and is it keeping up?)", f.topic, f.timeout)
+	case "no_responders":
+		return fmt.Errorf("request to %q: no worker serves this topic (start one with bus-worker serve --topic %s, or pass --wait-for-responders to queue the request)", f.topic, f.topic)
+	}
+	return fmt.Errorf("request to %q: %w", f.topic, err)
+}
+
+// jsonChunk is one line of request --stream --json: a chunk (as text when
+// it is valid UTF-8, else base64 in chunk_b64), or the end (end: true, with
+// the counts and times), or the error.
+type jsonChunk struct {
+	Seq          *int       `json:"seq,omitempty"`
+	Chunk        *string    `json:"chunk,omitempty"`
+	ChunkB64     []byte     `json:"chunk_b64,omitempty"`
+	AtUS         int64      `json:"at_us"` // since the request was sent
+	End          bool       `json:"end,omitempty"`
+	Chunks       int        `json:"chunks,omitempty"`
+	FirstChunkUS int64      `json:"first_chunk_us,omitempty"`
+	Error        *jsonError `json:"error,omitempty"`
+}
+
+// requestStream is request --stream: each chunk printed as it arrives.
+// SIGINT cancels ctx, which cancels the handler.
+func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, opts []producer.CallOption, stdout, stderr io.Writer) error {
+	start := time.Now()
+	enc := json.NewEncoder(stdout)
+	fail := func(err error) error {
+		kind, code, msg := describe(err)
+		if f.json {
+			_ = enc.Encode(jsonChunk{AtUS: time.Since(start).Microseconds(), Error: &jsonError{kind, code, msg}})
+		}
+		return requestError(f, kind, err)
+	}
+	s, err := p.Stream(ctx, f.topic, f.payload, opts...)
+	if err != nil {
+		return fail(err)
+	}
+	defer s.Close()
+	out := stdout
+	if isTerminal(stdout) {
+		out = cli.PrintableWriter(stdout)
+	}
+	n := 0
+	for chunk, err := range s.All() {
+		if err != nil {
+			if !f.json {
+				fmt.Fprintln(out)
+			}
+			return fail(err)
+		}
+		if f.json {
+			line := jsonChunk{Seq: &n, AtUS: time.Since(start).Microseconds()}
+			if utf8.Valid(chunk) {
+				text := string(chunk)
+				line.Chunk = &text
+			} else {
+				line.ChunkB64 = chunk
+			}
+			if err := enc.Encode(line); err != nil {
+				return err
+			}
+		} else if _, err := out.Write(chunk); err != nil {
+			return err
+		}
+		n++
+	}
+	lat := time.Since(start)
+	if f.json {
+		return enc.Encode(jsonChunk{End: true, Chunks: n, AtUS: lat.Microseconds(), FirstChunkUS: s.FirstChunk().Microseconds()})
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintf(stderr, "%d chunks, first after %v, all after %v\n", n, s.FirstChunk().Round(time.Microsecond), lat.Round(time.Microsecond))
 	return nil
 }
 
@@ -295,14 +379,23 @@ func requestStages(p *producer.Producer) []metrics.Summary {
 }
 
 func publish(ctx context.Context, args []string, stdout io.Writer) error {
-	f, p, closeAll, err := openProducer(ctx, "publish", args, nil)
+	f, p, closeAll, err := openProducer(ctx, "publish", args, func(fs *flag.FlagSet, f *clientFlags) {
+		fs.DurationVar(&f.after, "after", 0, "deliver the event this long from now, not before (a delayed event; the id printed is then the delayed entry's)")
+	})
 	if err != nil {
 		return err
 	}
 	defer closeAll()
+	if f.after < 0 || f.after > producer.MaxDelay {
+		return usagef("publish: --after must be between 0 and %v, got %v", producer.MaxDelay, f.after)
+	}
 	pctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	id, err := p.Publish(pctx, f.topic, f.payload, f.partOptions()...)
+	opts := f.partOptions()
+	if f.after > 0 {
+		opts = append(opts, producer.After(f.after))
+	}
+	id, err := p.Publish(pctx, f.topic, f.payload, opts...)
 	if err != nil {
 		return fmt.Errorf("publish to %q: %w", f.topic, err)
 	}
@@ -345,6 +438,8 @@ func describe(err error) (kind, code, msg string) {
 		return "unavailable", "", err.Error()
 	case errors.Is(err, bus.ErrPayloadTooLarge):
 		return "payload_too_large", "", err.Error()
+	case errors.Is(err, bus.ErrStreamBroken):
+		return "stream_broken", "", err.Error()
 	case errors.Is(err, context.Canceled):
 		return "cancelled", "", err.Error()
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/bus-worker/internal/worker"
+	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/consumer"
 )
 
@@ -25,6 +26,10 @@ type serveFlags struct {
 	embedded                                                                  bool
 	concurrency, maxDeliveries, timingSample                                  int
 	shutdownTimeout, claimIdle, slowEntry, cacheTTL                           time.Duration
+
+	httpContentType, httpAuthHeader, httpAuthFile, httpHeaderPrefix string
+	httpTimeout, httpMaxRetryAfter                                  time.Duration
+	httpMaxResponse                                                 int
 
 	breaker                        bool
 	breakerMinCalls, breakerProbes int
@@ -43,7 +48,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.group, "group", consumer.DefaultGroup, "consumer group")
 	fs.StringVar(&f.name, "name", "", "consumer name, unique in the group (default host-pid-random)")
 	fs.IntVar(&f.concurrency, "concurrency", consumer.DefaultConcurrency, "handler workers")
-	fs.StringVar(&f.handler, "handler", "echo", "echo | sleep:<dur>[,<jitter>] | http(s)://URL")
+	fs.StringVar(&f.handler, "handler", "echo", "echo | sleep:<dur>[,<jitter>] | stream:<chunks>,<interval> (a fake model streaming tokens) | http(s)://URL (docs/http-backends.md)")
+	fs.StringVar(&f.httpContentType, "http-content-type", "", "Content-Type of calls to an http(s) handler; empty: the caller's content-type header, else application/octet-stream")
+	fs.StringVar(&f.httpAuthHeader, "http-auth-header", "Authorization", "header that carries the http(s) handler's credential")
+	fs.StringVar(&f.httpAuthFile, "http-auth-file", "", "read the http(s) handler's credential (e.g. \"Bearer sk-…\") from this file (else "+httpAuthEnv+"); keeps it out of argv")
+	fs.StringVar(&f.httpHeaderPrefix, "http-header-prefix", worker.DefaultHeaderPrefix, "prefix of the envelope headers passed to an http(s) handler (traceparent, tracestate and baggage pass as themselves)")
+	fs.DurationVar(&f.httpTimeout, "http-timeout", 0, "bound of one call to an http(s) handler when shorter than the request's deadline; 0: the deadline alone")
+	fs.IntVar(&f.httpMaxResponse, "http-max-response", consumer.DefaultMaxEntrySize, "largest response body (a streamed one in total) taken from an http(s) handler")
+	fs.DurationVar(&f.httpMaxRetryAfter, "http-max-retry-after", worker.DefaultMaxRetryAfter, "cap of the delay a 429 or 503 Retry-After asks for")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz, /stats and /metrics; empty disables")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
@@ -120,6 +132,11 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		},
 		Handler:  f.handler,
 		HTTPAddr: f.httpAddr,
+		HTTP: worker.HTTPOptions{ContentType: f.httpContentType, AuthHeader: f.httpAuthHeader, HeaderPrefix: f.httpHeaderPrefix,
+			Timeout: f.httpTimeout, MaxResponse: f.httpMaxResponse, MaxRetryAfter: f.httpMaxRetryAfter},
+	}
+	if err := f.httpConfig(&cfg.HTTP); err != nil {
+		return worker.Config{}, err
 	}
 	if f.retention != "" {
 		if d, err := time.ParseDuration(f.retention); err == nil && d > 0 {
@@ -152,6 +169,43 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// httpAuthEnv holds an http(s) handler's credential when --http-auth-file
+// is not given.
+const httpAuthEnv = "MYCELIUM_HTTP_AUTH"
+
+// httpConfig checks the --http-* flags and reads the credential.
+func (f *serveFlags) httpConfig(o *worker.HTTPOptions) error {
+	switch {
+	case f.httpTimeout < 0 || f.httpMaxRetryAfter < 0:
+		return usagef("serve: --http-timeout and --http-max-retry-after must not be negative")
+	case f.httpMaxResponse < 0:
+		return usagef("serve: --http-max-response must not be negative, got %d", f.httpMaxResponse)
+	case f.httpAuthHeader != "" && !worker.ValidHeaderName(f.httpAuthHeader):
+		return usagef("serve: --http-auth-header %q is not a valid header name", f.httpAuthHeader)
+	case f.httpHeaderPrefix != "" && !worker.ValidHeaderName(f.httpHeaderPrefix):
+		return usagef("serve: --http-header-prefix %q is not a valid header name", f.httpHeaderPrefix)
+	case f.httpContentType != "" && !worker.ValidHeaderValue(f.httpContentType):
+		return usagef("serve: --http-content-type %q holds a control character", f.httpContentType)
+	}
+	switch {
+	case f.httpAuthFile != "":
+		v, err := cli.ReadSecret(f.httpAuthFile, "--http-auth-file")
+		if err != nil {
+			return usagef("serve: %v", err)
+		}
+		o.AuthValue = v
+	default:
+		o.AuthValue = os.Getenv(httpAuthEnv)
+	}
+	if o.AuthHeader == "" {
+		o.AuthHeader = "Authorization"
+	}
+	if !worker.ValidHeaderValue(o.AuthValue) {
+		return usagef("serve: the http(s) handler's credential holds a control character")
+	}
+	return nil
 }
 
 func newLogger(w io.Writer) zerolog.Logger {

@@ -213,7 +213,7 @@ func (f *ConnFlags) Apply(cfg *bus.Config, command string, warn io.Writer) error
 	cfg.Password, cfg.TLS = pw, tc
 	cfg.Cluster, cfg.MasterSet = f.Cluster, f.MasterSet
 	if f.SentinelPasswordFile != "" {
-		if cfg.SentinelPassword, err = readSecret(f.SentinelPasswordFile, "--sentinel-password-file"); err != nil {
+		if cfg.SentinelPassword, err = ReadSecret(f.SentinelPasswordFile, "--sentinel-password-file"); err != nil {
 			return err
 		}
 	} else {
@@ -284,13 +284,13 @@ func Password(file string) (string, error) {
 	if file == "" {
 		return os.Getenv(PasswordEnv), nil
 	}
-	return readSecret(file, "--redis-password-file")
+	return ReadSecret(file, "--redis-password-file")
 }
 
-// readSecret reads a password file given by flag: its content without the
+// ReadSecret reads a secret file given by flag: its content without the
 // trailing newline, at most 4 KiB, not empty. Errors never carry the
 // content.
-func readSecret(file, flag string) (string, error) {
+func ReadSecret(file, flag string) (string, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", flag, err)

@@ -1,25 +1,24 @@
 package worker
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
-	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/internal/simwork"
 )
 
 // ParseHandler turns a handler spec (bus-worker's --handler) into a
-// consumer.Handler: echo | sleep:<dur>[,<jitter>] | http(s)://URL. HTTP
-// backends are called through client and may answer at most maxBody bytes.
-// A bad spec is an error wrapping ErrSetup.
-func ParseHandler(spec string, maxBody int, client *http.Client) (consumer.Handler, error) {
+// consumer.Handler: echo | sleep:<dur>[,<jitter>] |
+// stream:<chunks>,<interval> | http(s)://URL. HTTP backends are called
+// through client, shaped by o. A bad spec is an error wrapping ErrSetup.
+func ParseHandler(spec string, o HTTPOptions, client *http.Client) (consumer.Handler, error) {
 	switch {
 	case spec == "echo":
 		return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) { return m.Payload, nil }), nil
@@ -34,9 +33,15 @@ func ParseHandler(spec string, maxBody int, client *http.Client) (consumer.Handl
 		if err != nil || u.Host == "" {
 			return nil, fmt.Errorf("%w: --handler %q: not a valid http(s) URL", ErrSetup, spec)
 		}
-		return httpHandler(client, u.String(), maxBody), nil
+		return httpHandler(client, u.String(), o), nil
+	case strings.HasPrefix(spec, "stream:"):
+		n, every, err := parseStream(strings.TrimPrefix(spec, "stream:"))
+		if err != nil {
+			return nil, fmt.Errorf("%w: --handler %q: %w", ErrSetup, spec, err)
+		}
+		return streamHandler(n, every), nil
 	}
-	return nil, fmt.Errorf("%w: --handler %q: want echo, sleep:<dur>[,<jitter>] or an http(s):// URL", ErrSetup, spec)
+	return nil, fmt.Errorf("%w: --handler %q: want echo, sleep:<dur>[,<jitter>], stream:<chunks>,<interval> or an http(s):// URL", ErrSetup, spec)
 }
 
 // sleepHandler simulates reasoning work: it waits w (honouring
@@ -50,40 +55,50 @@ func sleepHandler(w simwork.Sleep) consumer.Handler {
 	})
 }
 
-// httpHandler forwards the payload as a POST body and replies with the
-// response body; a non-2xx status becomes a remote error "http_<status>".
-func httpHandler(client *http.Client, target string, maxBody int) consumer.Handler {
+// parseStream reads "<chunks>,<interval>" (e.g. 200,20ms: a fake model at
+// 50 tokens per second).
+func parseStream(s string) (int, time.Duration, error) {
+	ns, ds, ok := strings.Cut(s, ",")
+	n, err := strconv.Atoi(ns)
+	if !ok || err != nil || n < 1 || n > 1_000_000 {
+		return 0, 0, errors.New("want stream:<chunks>,<interval> with 1 to 1000000 chunks, e.g. stream:200,20ms")
+	}
+	d, err := time.ParseDuration(ds)
+	if err != nil || d < 0 {
+		return 0, 0, errors.New("want a non-negative interval, e.g. stream:200,20ms")
+	}
+	return n, d, nil
+}
+
+// streamHandler plays a model that streams: n chunks ("tok<i> "), one every
+// interval (the first after one interval), honouring cancellation; a caller
+// that reads no stream gets them all in one reply.
+func streamHandler(n int, every time.Duration) consumer.Handler {
 	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(m.Payload))
-		if err != nil {
-			return nil, err
+		var whole []byte
+		var t *time.Timer
+		if every > 0 {
+			t = time.NewTimer(every)
+			defer t.Stop()
 		}
-		req.Header.Set("Content-Type", "application/octet-stream")
-		req.Header.Set("X-Mycelium-Id", m.ID)
-		req.Header.Set("X-Mycelium-Topic", m.Topic)
-		req.Header.Set("X-Mycelium-Attempt", strconv.Itoa(m.Attempt))
-		for k, v := range m.Headers {
-			req.Header.Set("X-Mycelium-Header-"+k, v)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("POST %s: %w", target, err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxBody)+1))
-		if err != nil {
-			return nil, fmt.Errorf("POST %s: reading the response: %w", target, err)
-		}
-		if len(body) > maxBody {
-			return nil, &bus.RemoteError{Code: "http_response_too_large", Message: fmt.Sprintf("response larger than %d bytes", maxBody)}
-		}
-		if resp.StatusCode < 200 || resp.StatusCode > 299 {
-			msg := strings.TrimSpace(string(body))
-			if len(msg) > 512 {
-				msg = msg[:512]
+		for i := range n {
+			if t != nil {
+				select {
+				case <-t.C:
+					t.Reset(every)
+				case <-ctx.Done():
+					return nil, context.Cause(ctx)
+				}
 			}
-			return nil, &bus.RemoteError{Code: "http_" + strconv.Itoa(resp.StatusCode), Message: resp.Status + ": " + msg}
+			tok := []byte("tok" + strconv.Itoa(i) + " ")
+			if !m.Streaming() {
+				whole = append(whole, tok...)
+				continue
+			}
+			if err := m.Send(ctx, tok); err != nil {
+				return nil, err
+			}
 		}
-		return body, nil
+		return whole, nil
 	})
 }

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -36,7 +35,9 @@ type Config struct {
 	// lost on exit: for trying the bus out, never for production.
 	Embedded bool
 	Consumer consumer.Config
-	Handler  string // echo | sleep:<dur>[,<jitter>] | http(s)://URL (see ParseHandler)
+	Handler  string // echo | sleep:<dur>[,<jitter>] | stream:<n>,<interval> | http(s)://URL (see ParseHandler)
+	// HTTP shapes the calls of an http(s):// handler.
+	HTTP HTTPOptions
 	// Breaker, when not nil, wraps the handler in a circuit breaker (see
 	// consumer.BreakerMiddleware).
 	Breaker *breaker.Config
@@ -63,9 +64,9 @@ var ErrSetup = errors.New("cannot start")
 // Run serves until ctx ends, then shuts down (see consumer.Consumer.Run)
 // and returns nil, or an error wrapping ErrSetup if it could not start.
 func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
-	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency), IdleConnTimeout: time.Minute}}
+	httpClient := &http.Client{Transport: NewHTTPTransport(cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency))}
 	defer httpClient.CloseIdleConnections()
-	h, err := ParseHandler(cfg.Handler, consumer.DefaultMaxEntrySize, httpClient)
+	h, err := ParseHandler(cfg.Handler, cfg.HTTP, httpClient)
 	if err != nil {
 		return err
 	}
