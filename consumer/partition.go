@@ -188,7 +188,7 @@ func (c *Consumer) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	drain := m.Drain
 	for drain > m.N {
 		name := bus.Partition(c.cfg.Topic, drain-1)
-		ok, err := redisx.Drained(ctx, rc, c.keys.Topic(name), c.keys.DeadLetter(name), groups)
+		ok, err := redisx.Drained(ctx, rc, c.keys.Topic(name), c.keys.DeadLetter(name), []string{c.keys.Delayed(name), c.keys.Retry(name)}, groups)
 		if err != nil || !ok {
 			break
 		}

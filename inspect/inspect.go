@@ -32,6 +32,9 @@ type Topic struct {
 	// ids; 0 when the stream is empty.
 	FirstEntryAge, LastEntryAge time.Duration
 	DeadLetters                 int64 // entries in the topic's dead-letter stream
+	// Delayed counts delayed events not yet due and entries waiting for a
+	// delayed retry (docs/streams.md).
+	Delayed int64
 	Groups                      []Group
 	// Partitions is the topic's partition count and Draining the removed
 	// partitions still read (see Partitions). For a partitioned topic the
@@ -119,6 +122,7 @@ func (t *Topic) add(now time.Time) {
 	for _, p := range t.Parts {
 		t.Length += p.Length
 		t.DeadLetters += p.DeadLetters
+		t.Delayed += p.Delayed
 		if p.FirstID != "" && (t.FirstID == "" || redisx.CompareIDs(p.FirstID, t.FirstID) < 0) {
 			t.FirstID = p.FirstID
 		}
@@ -168,14 +172,14 @@ func (t *Topic) add(now time.Time) {
 func (i *Inspector) partTopic(ctx context.Context, topic, part string) (Topic, error) {
 	key := i.keys.Topic(part)
 	rc := i.c.Redis()
-	si, err := redisx.Info(ctx, rc, key, i.keys.DeadLetter(part))
+	si, err := redisx.Info(ctx, rc, key, i.keys.DeadLetter(part), i.keys.Delayed(part), i.keys.Retry(part))
 	if err != nil {
 		return Topic{}, fmt.Errorf("inspect: topic %s: %w", part, redisx.Unavailable(err))
 	}
 	now := time.Now()
 	_, pnum, _ := bus.ParsePartition(part)
 	t := Topic{Name: topic, Partition: pnum, Length: si.Length, FirstID: si.FirstID, LastID: si.LastID,
-		FirstEntryAge: age(si.FirstID, now), LastEntryAge: age(si.LastID, now), DeadLetters: si.DeadLetters,
+		FirstEntryAge: age(si.FirstID, now), LastEntryAge: age(si.LastID, now), DeadLetters: si.DeadLetters, Delayed: si.Delayed,
 		Groups: make([]Group, 0, len(si.Groups))}
 	for _, g := range si.Groups {
 		p, cs, err := redisx.GroupDetail(ctx, rc, key, g.Name)

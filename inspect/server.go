@@ -50,7 +50,8 @@ func (i *Inspector) Servers(ctx context.Context) ([]NodeServer, error) {
 
 // DeleteTopic deletes a topic's streams (every partition's), with every
 // entry, consumer group and pending entry in them, their dead letters and
-// its workers' presence set, and forgets its partition count (its cache
+// its workers' presence set, its delayed events and retries, its control
+// stream, and forgets its partition count (its cache
 // generation stays, so stored answers are never served again). Entries not
 // yet handled are lost: it is for tests, benchmarks and retiring a topic,
 // not for a topic that workers still serve (they recreate the group and
@@ -64,11 +65,15 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 		return err
 	}
 	for _, pn := range ps.names()[1:] {
-		if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(pn), i.keys.DeadLetter(pn)); err != nil {
+		if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(pn), i.keys.DeadLetter(pn), i.keys.Delayed(pn), i.keys.Retry(pn)); err != nil {
 			return fmt.Errorf("inspect: delete topic %s: %w", pn, redisx.Unavailable(err))
 		}
 	}
-	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(topic), i.keys.DeadLetter(topic), i.keys.Workers(topic)); err != nil {
+	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(topic), i.keys.DeadLetter(topic), i.keys.Workers(topic),
+		i.keys.Delayed(topic), i.keys.Retry(topic)); err != nil {
+		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
+	}
+	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Control(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
 	if err := redisx.ForgetPartitionCount(ctx, i.c.Redis(), i.keys.Meta(topic)); err != nil {

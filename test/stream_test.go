@@ -435,4 +435,3 @@ func TestPublishAfter(t *testing.T) {
 		t.Fatalf("consumer promoted = %d, want 1", s.Promoted)
 	}
 }
-

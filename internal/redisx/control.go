@@ -37,6 +37,9 @@ const ControlMaxLen = 10000
 // reply-stream key is far shorter).
 const maxControlField = 512
 
+// maxControlFields bounds a notice's field/value list.
+const maxControlFields = 16
+
 // Control is one notice on a control stream.
 type Control struct {
 	ID    string // stream entry id (reading only)
@@ -116,7 +119,20 @@ func ReadControl(ctx context.Context, c rueidis.Client, key, after string, count
 		}
 		last = id
 		fv, _ := kv[1].ToArray() // nil for an entry deleted meanwhile
-		n, ok := parseControl(id, fv)
+		if len(fv) > maxControlFields {
+			bad++
+			continue
+		}
+		strs := make([]string, len(fv))
+		for j := range fv {
+			if strs[j], err = fv[j].ToString(); err != nil {
+				break
+			}
+		}
+		n, ok := parseControl(id, strs)
+		if err != nil {
+			ok = false
+		}
 		if !ok {
 			bad++
 			continue
@@ -127,16 +143,15 @@ func ReadControl(ctx context.Context, c rueidis.Client, key, after string, count
 }
 
 // parseControl validates one notice's fields.
-func parseControl(id string, fv []rueidis.RedisMessage) (Control, bool) {
+func parseControl(id string, fv []string) (Control, bool) {
 	n := Control{ID: id}
-	if len(fv)%2 != 0 || len(fv) == 0 || len(fv) > 16 {
+	if len(fv)%2 != 0 || len(fv) == 0 || len(fv) > maxControlFields {
 		return n, false
 	}
 	var until string
 	for i := 0; i+1 < len(fv); i += 2 {
-		k, err1 := fv[i].ToString()
-		v, err2 := fv[i+1].ToString()
-		if err1 != nil || err2 != nil || len(v) > maxControlField {
+		k, v := fv[i], fv[i+1]
+		if len(v) > maxControlField {
 			return n, false
 		}
 		switch k {

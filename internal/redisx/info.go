@@ -19,22 +19,35 @@ type StreamInfo struct {
 	LastID      string // newest entry's id; "" when the stream is empty or missing
 	Groups      []GroupInfo
 	DeadLetters int64 // length of the dead-letter stream given to Info
+	Delayed     int64 // members of the sorted sets given to Info (delayed events and retries)
 }
 
 // Info reads key's length, first and last entry ids and consumer groups,
 // and the length of its dead-letter stream dlq (same hash slot), in one
 // round trip. A missing stream has zero length and no groups. The keys must
-// be streams or missing.
-func Info(ctx context.Context, c rueidis.Client, key, dlq string) (StreamInfo, error) {
-	res := c.DoMulti(ctx,
+// be streams or missing. sets (sorted sets in the same slot: delayed events
+// and retries) are counted into Delayed.
+func Info(ctx context.Context, c rueidis.Client, key, dlq string, sets ...string) (StreamInfo, error) {
+	cmds := rueidis.Commands{
 		c.B().Xlen().Key(key).Build(),
 		c.B().Xrange().Key(key).Start("-").End("+").Count(1).Build(),
 		c.B().Xrevrange().Key(key).End("+").Start("-").Count(1).Build(),
 		c.B().XinfoGroups().Key(key).Build(),
 		c.B().Xlen().Key(dlq).Build(),
-	)
+	}
+	for _, k := range sets {
+		cmds = append(cmds, c.B().Zcard().Key(k).Build())
+	}
+	res := c.DoMulti(ctx, cmds...)
 	si := StreamInfo{Key: key}
 	var err error
+	for i, k := range sets {
+		n, err := res[5+i].AsInt64()
+		if err != nil {
+			return si, fmt.Errorf("redis: ZCARD %s: %w", k, err)
+		}
+		si.Delayed += n
+	}
 	if si.DeadLetters, err = res[4].AsInt64(); err != nil {
 		return si, fmt.Errorf("redis: XLEN %s: %w", dlq, err)
 	}

@@ -165,12 +165,12 @@ func ForgetPartitions(ctx context.Context, c rueidis.Client, meta string, m Part
 // every entry delivered. It also requires the dead-letter stream dlq (same
 // hash slot) to be empty: dead letters are replayed into their partition, so
 // a partition is forgotten only once they are replayed or purged.
-func Drained(ctx context.Context, c rueidis.Client, key, dlq string, groups []string) (bool, error) {
-	si, err := Info(ctx, c, key, dlq)
+func Drained(ctx context.Context, c rueidis.Client, key, dlq string, sets, groups []string) (bool, error) {
+	si, err := Info(ctx, c, key, dlq, sets...)
 	if err != nil {
 		return false, err
 	}
-	if si.DeadLetters > 0 {
+	if si.DeadLetters > 0 || si.Delayed > 0 {
 		return false, nil
 	}
 	if si.Length == 0 {

@@ -64,32 +64,42 @@ func TestPartitionsMeta(t *testing.T) {
 func TestDrained(t *testing.T) {
 	_, c := miniClient(t)
 	ctx := context.Background()
-	if ok, err := Drained(ctx, c, "s", "s:dlq", []string{"g"}); err != nil || !ok {
+	sets := []string{"s:delayed", "s:retry"}
+	if ok, err := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); err != nil || !ok {
 		t.Fatalf("missing stream drained = %v, %v; want true", ok, err)
 	}
 	if err := CreateGroup(ctx, c, "s", "g", "0"); err != nil {
 		t.Fatal(err)
 	}
 	res := AddBatch(ctx, c, []Add{{Key: "s", Data: []byte("a")}, {Key: "s", Data: []byte("b")}}, nil, nil)
-	if ok, _ := Drained(ctx, c, "s", "s:dlq", []string{"g"}); ok {
+	if ok, _ := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); ok {
 		t.Fatal("undelivered entries read as drained")
 	}
-	if ok, _ := Drained(ctx, c, "s", "s:dlq", []string{"other"}); ok {
+	if ok, _ := Drained(ctx, c, "s", "s:dlq", sets, []string{"other"}); ok {
 		t.Fatal("a group missing on the stream read as drained")
 	}
 	es, err := ReadGroupNow(ctx, c, "s", "g", "c1", 10)
 	if err != nil || len(es) != 2 {
 		t.Fatalf("read = %d, %v", len(es), err)
 	}
-	if ok, _ := Drained(ctx, c, "s", "s:dlq", []string{"g"}); ok {
+	if ok, _ := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); ok {
 		t.Fatal("pending entries read as drained")
 	}
 	AddBatch(ctx, c, nil, []Ack{{Key: "s", Group: "g", IDs: []string{res[0].ID, res[1].ID}}}, nil)
-	if ok, err := Drained(ctx, c, "s", "s:dlq", []string{"g"}); err != nil || !ok {
+	if ok, err := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); err != nil || !ok {
 		t.Fatalf("all acknowledged = %v, %v; want drained", ok, err)
 	}
+	if _, err := ScheduleRetry(ctx, c, "s:retry", res[0].ID, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); ok {
+		t.Fatal("a partition with a retry scheduled read as drained")
+	}
+	if err := DropRetry(ctx, c, "s:retry", res[0].ID); err != nil {
+		t.Fatal(err)
+	}
 	AddBatch(ctx, c, []Add{{Key: "s:dlq", Fields: []string{"reason", "x"}}}, nil, nil)
-	if ok, _ := Drained(ctx, c, "s", "s:dlq", []string{"g"}); ok {
+	if ok, _ := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); ok {
 		t.Fatal("a partition with dead letters read as drained")
 	}
 }

@@ -1,0 +1,117 @@
+package redisx
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestControlRoundTrip(t *testing.T) {
+	_, c := miniClient(t)
+	ctx := context.Background()
+	start := ControlStart(time.Now(), time.Minute)
+	notices := []Control{
+		{Op: OpCancel, Req: "abc1", To: "myc:{r.p}", Until: 1764500000000},
+		{Op: OpWake, Until: 1764500000500},
+	}
+	if err := AddControl(ctx, c, "ctl", notices); err != nil {
+		t.Fatal(err)
+	}
+	// Malformed notices: unknown op, cancel without its ids, bad time.
+	for _, f := range [][]string{{"op", "explode", "until", "1"}, {"op", "cancel", "until", "1"}, {"op", "wake", "until", "soon"}, {"x", "y"}} {
+		AddBatch(ctx, c, []Add{{Key: "ctl", Fields: f}}, nil, nil)
+	}
+	got, last, bad, err := ReadControl(ctx, c, "ctl", start, 100, 0)
+	if err != nil || bad != 4 || len(got) != 2 || last == "" {
+		t.Fatalf("ReadControl = %+v, last %q, bad %d, %v; want 2 notices and 4 malformed", got, last, bad, err)
+	}
+	for i := range notices {
+		got[i].ID = ""
+		if got[i] != notices[i] {
+			t.Errorf("notice %d = %+v, want %+v", i, got[i], notices[i])
+		}
+	}
+	got, next, _, err := ReadControl(ctx, c, "ctl", last, 100, 0)
+	if err != nil || len(got) != 0 || next != "" {
+		t.Fatalf("read after the last = %+v, %q, %v; want nothing", got, next, err)
+	}
+}
+
+func FuzzParseControl(f *testing.F) {
+	f.Add("op", "cancel", "id", "x", "to", "myc:{r.p}", "until", "5")
+	f.Add("op", "wake", "until", "12", "", "", "", "")
+	f.Add("op", "cancel", "until", "-1", "id", "", "to", "")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3, k4, v4 string) {
+		n, ok := parseControl("1-1", []string{k1, v1, k2, v2, k3, v3, k4, v4})
+		if !ok {
+			return
+		}
+		switch {
+		case n.Until < 0:
+			t.Fatalf("accepted a negative time: %+v", n)
+		case n.Op == OpCancel && (n.Req == "" || n.To == ""):
+			t.Fatalf("accepted a cancel without its request: %+v", n)
+		case n.Op != OpCancel && n.Op != OpWake:
+			t.Fatalf("accepted op %q", n.Op)
+		case len(n.Req) > maxControlField || len(n.To) > maxControlField:
+			t.Fatalf("accepted an oversized field")
+		}
+	})
+}
+
+func TestDelayedEventsAndRetries(t *testing.T) {
+	m, c := miniClient(t)
+	ctx := context.Background()
+	if err := CreateGroup(ctx, c, "s", "g", "0"); err != nil {
+		t.Fatal(err)
+	}
+	due, err := AddDelayed(ctx, c, "s:delayed", "d1:event-one", time.Time{}, 2*time.Second, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := AddDelayed(ctx, c, "s:delayed", "d2:event-two", time.UnixMilli(due+3000), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := AddDelayed(ctx, c, "s:delayed", "d3:x", time.Time{}, time.Second, 2); err != ErrDelayedFull {
+		t.Fatalf("AddDelayed over max = %v, want ErrDelayedFull", err)
+	}
+	parts := []DuePart{{Delayed: "s:delayed", Stream: "s", Retry: "s:retry"}}
+	r := Due(ctx, c, parts, "g", "c1", 10, []int64{10})[0]
+	if r.Err != nil || r.Moved != 0 || r.Next != due {
+		t.Fatalf("Due before the time = %+v; want nothing moved, next %d", r, due)
+	}
+	m.SetTime(time.UnixMilli(due + 1))
+	r = Due(ctx, c, parts, "g", "c1", 10, []int64{10})[0]
+	if r.Err != nil || r.Moved != 1 || r.Next != due+3000 {
+		t.Fatalf("Due at the time = %+v; want one moved, next %d", r, due+3000)
+	}
+	es, err := ReadGroupNow(ctx, c, "s", "g", "c1", 10)
+	if err != nil || len(es) != 1 || es[0].Data != "event-one" {
+		t.Fatalf("stream after Due = %+v, %v", es, err)
+	}
+	// A retry: the entry stays pending; when due, the consumer that runs
+	// Due claims it (delivery count up) and the set forgets it.
+	rdue, err := ScheduleRetry(ctx, c, "s:retry", es[0].ID, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := RetryDue(ctx, c, "s:retry", []string{es[0].ID, "9-9"}); err != nil || got[0] != rdue || got[1] != -1 {
+		t.Fatalf("RetryDue = %v, %v; want [%d -1]", got, err, rdue)
+	}
+	m.SetTime(time.UnixMilli(rdue + 1))
+	r = Due(ctx, c, parts, "g", "c2", 10, []int64{0})[0]
+	if r.Err != nil || len(r.Claimed) != 0 {
+		t.Fatalf("Due without slots claimed %+v", r)
+	}
+	r = Due(ctx, c, parts, "g", "c2", 10, []int64{5})[0]
+	if r.Err != nil || len(r.Claimed) != 1 || r.Claimed[0].ID != es[0].ID || r.Claimed[0].Data != "event-one" {
+		t.Fatalf("Due claimed %+v, %v; want the retried entry", r.Claimed, r.Err)
+	}
+	if r = Due(ctx, c, parts, "g", "c3", 10, []int64{5})[0]; len(r.Claimed) != 0 {
+		t.Fatalf("a second Due claimed the retry again: %+v", r.Claimed)
+	}
+	pend, err := PendingOf(ctx, c, "s", "g", "-", "+", 10, "c2")
+	if err != nil || len(pend) != 1 || pend[0].Deliveries != 2 {
+		t.Fatalf("pending of c2 = %+v, %v; want the entry, delivered twice", pend, err)
+	}
+}
