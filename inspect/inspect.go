@@ -35,7 +35,7 @@ type Topic struct {
 	// Delayed counts delayed events not yet due and entries waiting for a
 	// delayed retry (docs/streams.md).
 	Delayed int64
-	Groups                      []Group
+	Groups  []Group
 	// Partitions is the topic's partition count and Draining the removed
 	// partitions still read (see Partitions). For a partitioned topic the
 	// figures above add up its partitions, each of which is in Parts (with

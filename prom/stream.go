@@ -26,7 +26,7 @@ type StreamCollector struct {
 	timeout time.Duration
 	every   time.Duration
 
-	up, length, oldest, dead, pending, oldestPending, lag, consumers, partitions *prometheus.Desc
+	up, length, oldest, dead, pending, oldestPending, lag, consumers, partitions, delayed *prometheus.Desc
 
 	mu   sync.Mutex
 	at   time.Time
@@ -50,6 +50,7 @@ func NewStreamCollector(insp *inspect.Inspector, topics ...string) *StreamCollec
 		length:        d("stream_length", "Entries in the topic stream.", t),
 		oldest:        d("stream_oldest_entry_age_seconds", "Age of the oldest entry still in the topic stream (by its id).", t),
 		dead:          d("dead_letter_length", "Entries in the topic's dead-letter stream.", t),
+		delayed:       d("delayed_entries", "Delayed events not yet due and entries waiting for a delayed retry (all partitions).", t),
 		partitions:    d("topic_partitions", "Partitions the topic is written to (the other gauges add them up).", t),
 		pending:       d("group_pending", "Entries delivered to the group and not yet acknowledged.", g),
 		oldestPending: d("group_oldest_pending_age_seconds", "Age (by id) of the group's oldest pending entry; 0 when none.", g),
@@ -67,7 +68,7 @@ func (s *StreamCollector) ReadEvery(d time.Duration) *StreamCollector {
 
 // Describe implements prometheus.Collector.
 func (s *StreamCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.up, s.length, s.oldest, s.dead, s.pending, s.oldestPending, s.lag, s.consumers, s.partitions} {
+	for _, d := range []*prometheus.Desc{s.up, s.length, s.oldest, s.dead, s.pending, s.oldestPending, s.lag, s.consumers, s.partitions, s.delayed} {
 		ch <- d
 	}
 }
@@ -107,6 +108,7 @@ func (s *StreamCollector) read() []prometheus.Metric {
 		gauge(s.length, float64(t.Length), name)
 		gauge(s.oldest, t.FirstEntryAge.Seconds(), name)
 		gauge(s.dead, float64(t.DeadLetters), name)
+		gauge(s.delayed, float64(t.Delayed), name)
 		gauge(s.partitions, float64(max(t.Partitions, 1)), name)
 		for _, g := range t.Groups {
 			gauge(s.pending, float64(g.Pending), name, g.Name)

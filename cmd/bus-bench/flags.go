@@ -33,7 +33,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
 	var conn cli.ConnFlags
 	conn.Register(fs)
-	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached | failover")
+	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached | failover | stream (a handler streaming --chunks chunks, one every --chunk-interval) | cancel (callers cancel running requests: time to the handler's ctx.Done)")
+	fs.IntVar(&b.Chunks, "chunks", 200, "stream: chunks per streamed reply")
+	fs.DurationVar(&b.ChunkInterval, "chunk-interval", 10*time.Millisecond, "stream: the handler sends one chunk this often (10ms: a fake model at 100 tokens/s)")
 	fs.IntVar(&b.Partitions, "partitions", 0, "set the topic's partition count before the run (0: leave it as it is)")
 	fs.IntVar(&b.WaitReplicas, "wait-replicas", 0, "the producer waits for this many replicas after each write (producer.Config.WaitReplicas)")
 	fs.StringVar(&b.Failover, "failover", "manual", "failover: manual (CLUSTER FAILOVER on a replica of the master of the topic's partition 0) | shutdown (SHUTDOWN NOSAVE NOW on that master, as a crash)")

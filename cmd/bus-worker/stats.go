@@ -26,6 +26,8 @@ type topicStats struct {
 	// figure above adds up the partitions).
 	Partitions int `json:"partitions"`
 	Draining   int `json:"draining_partitions"`
+	// Delayed events not yet due and entries waiting for a delayed retry.
+	Delayed int64 `json:"delayed"`
 }
 
 type groupStats struct {
@@ -108,7 +110,8 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 	s := &busStats{Time: o.Time.UTC(), Topics: make([]topicStats, 0, len(o.Topics)), ReplyStreams: len(o.ReplyStreams)}
 	for _, t := range o.Topics {
 		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
-			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining}
+			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining,
+			Delayed: t.Delayed}
 		for _, g := range t.Groups {
 			gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: g.OldestPendingAge.Seconds(), Lag: g.Lag,
 				Consumers: make([]consumerStats, 0, len(g.Consumers))}

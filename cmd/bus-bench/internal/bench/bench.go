@@ -77,6 +77,10 @@ type Result struct {
 
 	// Failover: the failover scenario only.
 	Failover *FailoverResult `json:"failover,omitempty"`
+
+	// Stream and Cancel: the stream and cancel scenarios only.
+	Stream *StreamResult `json:"stream,omitempty"`
+	Cancel *CancelResult `json:"cancel,omitempty"`
 }
 
 // FailoverResult is what a failover-scenario run saw: when and how the
@@ -158,6 +162,16 @@ func PrintResult(w io.Writer, res *Result) {
 			c.CoalescedLocal, c.CoalescedRemote, c.Misses)
 		fmt.Fprintf(w, "  latency by source: local hit p50 %.1f us p99 %.1f us; shared hit p50 %.1f us p99 %.1f us; miss p50 %.1f us p99 %.1f us\n",
 			c.LocalHitP50US, c.LocalHitP99US, c.SharedHitP50US, c.SharedHitP99US, c.MissP50US, c.MissP99US)
+	}
+	if st := res.Stream; st != nil {
+		fmt.Fprintf(w, "  stream (%d streams of %d chunks, one every %.1f ms): first chunk p50 %.0f us p99 %.0f us; full reply p50 %.0f us p99 %.0f us\n",
+			st.Streams, st.Chunks, st.IntervalMS, st.FirstChunkP50US, st.FirstChunkP99US, st.FullReplyP50US, st.FullReplyP99US)
+		fmt.Fprintf(w, "  between chunks p50 %.0f us p99 %.0f us; bus overhead per chunk (Send to Recv) p50 %.0f us p99 %.0f us\n",
+			st.InterChunkP50US, st.InterChunkP99US, st.OverheadP50US, st.OverheadP99US)
+	}
+	if c := res.Cancel; c != nil {
+		fmt.Fprintf(w, "  cancel to the handler's ctx.Done (%d cancels, %d missed): p50 %.0f us p99 %.0f us max %.0f us (pick-up p50 %.0f us)\n",
+			c.Cancels, c.Missed, c.P50US, c.P99US, c.MaxUS, c.PickupUS)
 	}
 	if b := res.Batches; b != nil {
 		fmt.Fprintf(w, "  batches: %.1f per write, %.1f replies per read; workers %.1f per read, %.1f per ack write\n",
@@ -265,6 +279,10 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 		sc = &cachedScenario{}
 	case "failover":
 		sc = &failoverScenario{}
+	case "stream":
+		sc = &streamScenario{}
+	case "cancel":
+		sc = &cancelScenario{}
 	default:
 		return nil, fmt.Errorf("%w: --scenario %q", ErrUsage, o.Scenario)
 	}

@@ -17,7 +17,7 @@ type Options struct {
 	Redis       string      // "" starts an embedded miniredis (see Embedded)
 	Password    string      // replaces the URL's (from --redis-password-file or MYCELIUM_REDIS_PASSWORD)
 	TLS         *tls.Config // for rediss:// (from the --tls-* flags); nil: the URL's defaults
-	Scenario    string      // rpc | publish | continuous | cached
+	Scenario    string      // rpc | publish | continuous | cached | failover | stream | cancel
 	Concurrency int
 	Requests    int           // 0 with Duration: bounded by time only
 	Duration    time.Duration // 0: bounded by Requests
@@ -57,6 +57,10 @@ type Options struct {
 	// that master, as a crash) and when.
 	Failover  string
 	KillAfter time.Duration
+	// stream scenario: the handler sends Chunks chunks of Payload bytes,
+	// one every ChunkInterval.
+	Chunks        int
+	ChunkInterval time.Duration
 }
 
 // ErrUsage marks errors in the options: the command exits 2 on them.
@@ -66,9 +70,17 @@ var ErrUsage = errors.New("usage")
 // set on the command line.
 func (o *Options) Check(given map[string]bool) error {
 	switch o.Scenario {
-	case "rpc", "publish", "continuous", "cached", "failover":
+	case "rpc", "publish", "continuous", "cached", "failover", "stream", "cancel":
 	default:
-		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached or failover", o.Scenario)
+		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached, failover, stream or cancel", o.Scenario)
+	}
+	switch {
+	case (o.Scenario == "stream" || o.Scenario == "cancel") && (o.Transport != "mycelium" || o.NoWorkers):
+		return fmt.Errorf("--scenario %s runs mycelium with its in-process workers", o.Scenario)
+	case o.Scenario == "stream" && (o.Chunks < 1 || o.ChunkInterval < 0):
+		return fmt.Errorf("--chunks must be at least 1 and --chunk-interval not negative")
+	case o.Scenario != "stream" && (given["chunks"] || given["chunk-interval"]):
+		return fmt.Errorf("--chunks and --chunk-interval apply to --scenario stream")
 	}
 	switch {
 	case o.Partitions < 0 || o.Partitions > bus.MaxPartitions:

@@ -376,6 +376,9 @@ func noData(id, title string) chart {
 }
 
 // usLabel prints microseconds as µs or ms.
+// USLabel formats µs for people (µs, ms or s).
+func USLabel(us float64) string { return usLabel(us) }
+
 func usLabel(us float64) string {
 	if us >= 1000 {
 		return fmt.Sprintf("%.1f ms", us/1000)
@@ -501,6 +504,9 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 			return err
 		}
 		if err := add(cacheChart(runs)); err != nil {
+			return err
+		}
+		if err := add(streamChart(runs)); err != nil {
 			return err
 		}
 	}

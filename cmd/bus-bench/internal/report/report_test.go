@@ -53,6 +53,14 @@ func TestWriteReportSynthetic(t *testing.T) {
 					out.Result.Cache = &bench.CacheResult{Distinct: 1000, Zipf: 1.1, DistinctRequested: 600, HandlerCalls: 900, Misses: 900}
 				}
 			}
+			if sys == bench.SystemMycelium && c.Scenario == "stream" {
+				out.Result.Stream = &bench.StreamResult{Chunks: 200, IntervalMS: 10, Streams: out.Result.Requests,
+					FirstChunkP50US: 13000, FirstChunkP99US: 17000, FullReplyP50US: 2.1e6, FullReplyP99US: 2.2e6,
+					InterChunkP50US: 10500, InterChunkP99US: 16000, OverheadP50US: 800, OverheadP99US: 5000}
+			}
+			if sys == bench.SystemMycelium && c.Scenario == "cancel" {
+				out.Result.Cancel = &bench.CancelResult{Cancels: 100, P50US: 300, P99US: 4000, MaxUS: 7000}
+			}
 			slices.Sort(out.Lat)
 			out.Result.P50US = out.Lat[len(out.Lat)/2] / 1000
 			runs = append(runs, report.Run{Case: c.Name, Concurrency: c.Concurrency, Handler: c.Handler, Sweep: c.Sweep, Timeline: c.Timeline, Out: out})
@@ -67,12 +75,13 @@ func TestWriteReportSynthetic(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := string(b)
-	if n := strings.Count(page, "<svg"); n != 7 {
-		t.Fatalf("%d charts, want 7", n)
+	if n := strings.Count(page, "<svg"); n != 8 {
+		t.Fatalf("%d charts, want 8", n)
 	}
 	for _, want := range []string{
 		"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256",
 		"PASS</span> cached", "Response cache", "90.0% of answers from the local tier",
+		"Streamed replies and cancellation", "bus time per chunk", "cancel to handler", "PASS</span> cancel",
 		"(quick run)", "--suite-quick", // flagged as quick, at the top
 		"payload-1MiB (n=10)", "drawn as their points", // a handful of samples says so
 		"each point a 0.5 s run",                       // the sweep's duration as run, not as planned for a full suite
@@ -99,8 +108,8 @@ func TestWriteReportPartial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(b), "No runs of this kind"); n != 4 { // throughput, pubsub CDF, stages, cache
-		t.Fatalf("%d charts marked empty, want 4", n)
+	if n := strings.Count(string(b), "No runs of this kind"); n != 5 { // throughput, pubsub CDF, stages, cache, stream
+		t.Fatalf("%d charts marked empty, want 5", n)
 	}
 	if strings.Count(string(b), "<svg") != 1 {
 		t.Fatal("the mycelium CDF should still be drawn")

@@ -48,11 +48,14 @@ type Case struct {
 	Standalone bool
 	Failover   string
 	KillAfter  time.Duration
+	// stream scenario: chunks per reply and the handler's pace.
+	Chunks        int
+	ChunkInterval time.Duration
 }
 
 // transports are the systems a case runs on.
 func (c Case) transports() []string {
-	if c.Scenario == "cached" || c.Partitions > 0 {
+	if c.Scenario == "cached" || c.Scenario == "stream" || c.Scenario == "cancel" || c.Partitions > 0 {
 		return []string{"mycelium"}
 	}
 	return []string{"mycelium", "pubsub"}
@@ -75,7 +78,9 @@ var sweepConcurrency = [...]int{1, 2, 4, 8, 16, 32, 64, 128, 256}
 // requests at a steady rate); simulated reasoning (2 s ± 0.5 s handler, 20
 // callers); repeated reasoning requests through the response cache (1000
 // payloads drawn by Zipf 1.1, 50 ms handler, 50 callers, 10 s) and the same
-// without it; and a throughput sweep over concurrency 1..256, 1 KiB payloads
+// without it; 20 concurrent streamed replies of 200 chunks over 2 s (a fake
+// model at 100 tokens/s); callers cancelling running requests; and a
+// throughput sweep over concurrency 1..256, 1 KiB payloads
 // unless said otherwise. quick scales them down to check the suite itself.
 func SeedCases(quick bool) []Case {
 	cs := []Case{
@@ -89,6 +94,8 @@ func SeedCases(quick bool) []Case {
 		{Name: "reasoning", Scenario: "rpc", Concurrency: 20, Requests: 200, Payload: 1024, Handler: "sleep:2s,500ms", Timeline: true},
 		{Name: "cached", Scenario: "cached", Concurrency: 50, Duration: 10 * time.Second, Payload: 1024, Handler: "sleep:50ms", Distinct: 1000, Zipf: 1.1},
 		{Name: "cached-off", Scenario: "cached", Concurrency: 50, Duration: 10 * time.Second, Payload: 1024, Handler: "sleep:50ms", Distinct: 1000, Zipf: 1.1, NoCache: true},
+		{Name: "stream", Scenario: "stream", Concurrency: 20, Requests: 60, Payload: 16, Chunks: 200, ChunkInterval: 10 * time.Millisecond},
+		{Name: "cancel", Scenario: "cancel", Concurrency: 8, Requests: 2000, Payload: 1024},
 	}
 	for _, c := range sweepConcurrency {
 		cs = append(cs, Case{Name: fmt.Sprintf("sweep-%d", c), Scenario: "rpc", Concurrency: c, Duration: 2 * time.Second, Payload: 1024, Sweep: true})
@@ -129,6 +136,9 @@ func (c Case) Options(base *bench.Options, tr string) *bench.Options {
 	o.Partitions = c.Partitions
 	if c.Failover != "" {
 		o.Failover, o.KillAfter = c.Failover, c.KillAfter
+	}
+	if c.Chunks > 0 {
+		o.Chunks, o.ChunkInterval = c.Chunks, c.ChunkInterval
 	}
 	_ = o.ParseHandler() // the seed cases are valid
 	return &o
@@ -371,6 +381,19 @@ func Judge(runs []report.Run) []report.Verdict {
 		vs = append(vs, report.Verdict{OK: c.HandlerCalls <= int64(c.DistinctRequested) && m.Errors == 0, Text: fmt.Sprintf(
 			"cached (%d payloads, Zipf %g, 50 callers): %d handler calls for %d requests over %d distinct payloads (target: at most one call per distinct payload)%s",
 			c.Distinct, c.Zipf, c.HandlerCalls, m.OK, c.DistinctRequested, saved)})
+	}
+	if m := by["stream"][bench.SystemMycelium]; m != nil && m.Stream != nil {
+		st := m.Stream
+		vs = append(vs, report.Verdict{OK: m.Errors == 0 && st.Streams == m.Requests && st.FirstChunkP50US < st.FullReplyP50US/20, Text: fmt.Sprintf(
+			"stream (%d streams of %d chunks, one every %.0f ms, 20 at once): first chunk p50 %s next to the full reply's %s, bus overhead per chunk p50 %s p99 %s, %d errors (target: every chunk in order, the first within 5%% of the full reply's time)",
+			st.Streams, st.Chunks, st.IntervalMS, report.USLabel(st.FirstChunkP50US), report.USLabel(st.FullReplyP50US),
+			report.USLabel(st.OverheadP50US), report.USLabel(st.OverheadP99US), m.Errors)})
+	}
+	if m := by["cancel"][bench.SystemMycelium]; m != nil && m.Cancel != nil {
+		c := m.Cancel
+		vs = append(vs, report.Verdict{OK: c.Missed == 0 && m.Errors == 0, Text: fmt.Sprintf(
+			"cancel: %d requests cancelled while their handler ran; the handler's ctx ended p50 %s, p99 %s after the caller's cancel, %d missed (target: every handler cancelled)",
+			c.Cancels, report.USLabel(c.P50US), report.USLabel(c.P99US), c.Missed)})
 	}
 	return vs
 }
