@@ -606,11 +606,12 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		defer cf(nil)
 		ctx, cancel = cctx, cf
 	}
+	early := false // cancelled before the handler started
 	if j.msg.Request {
 		slot.setRequest(j.p, j.msg.ID, j.readAt, j.env.ReplyTo, j.env.ID, cancel)
 		// A cancel notice handled between the pick-up and now found no slot.
 		if c.cancels.has(j.env.ReplyTo, j.env.ID) {
-			cancel(errCancelled)
+			early = true
 			c.stats.cancelled.Add(1)
 		}
 	} else {
@@ -619,18 +620,16 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	started := time.Now()
 	var out []byte
 	var err error
-	if ctx.Err() == nil {
+	if !early {
 		out, err = c.call(ctx, &j.msg)
-	} else {
-		err = ctx.Err()
 	}
 	ended := time.Now()
-	slot.set(nil, "", 0)
+	cancelled := slot.clear() || early
 	chunks := uint64(0)
 	if j.msg.stream != nil {
 		chunks = j.msg.stream.end()
 	}
-	if j.msg.Request && errors.Is(context.Cause(ctx), ErrCancelled) {
+	if cancelled {
 		// The caller gave up: no reply, nobody reads it.
 		c.timings.Record(metrics.Handler, ended.Sub(started))
 		c.stats.handled.Add(1)

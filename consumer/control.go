@@ -184,8 +184,11 @@ func (c *Consumer) cancelRunning(running []workerSlot, to, id string) {
 	for i := range running {
 		s := &running[i]
 		s.mu.Lock()
-		hit := s.id != "" && s.reqID == id && s.replyTo == to && s.cancel != nil
+		hit := s.id != "" && !s.cancelled && s.reqID == id && s.replyTo == to && s.cancel != nil
 		cancel := s.cancel
+		if hit {
+			s.cancelled = true
+		}
 		s.mu.Unlock()
 		if hit {
 			cancel(errCancelled)

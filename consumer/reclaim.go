@@ -23,20 +23,32 @@ type workerSlot struct {
 	// handler's ctx (see cancelRunning); empty for events.
 	replyTo, reqID string
 	cancel         func(error)
+	cancelled      bool // cancelRunning cancelled it
 }
 
 func (s *workerSlot) set(p *part, id string, readAt int64) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
-	s.replyTo, s.reqID, s.cancel = "", "", nil
+	s.replyTo, s.reqID, s.cancel, s.cancelled = "", "", nil, false
 	s.mu.Unlock()
+}
+
+// clear marks the slot idle and reports whether its request was cancelled
+// while it ran.
+func (s *workerSlot) clear() bool {
+	s.mu.Lock()
+	cancelled := s.cancelled
+	s.p, s.id, s.readAt = nil, "", 0
+	s.replyTo, s.reqID, s.cancel, s.cancelled = "", "", nil, false
+	s.mu.Unlock()
+	return cancelled
 }
 
 // setRequest is set for a request whose handler ctx cancel cancels.
 func (s *workerSlot) setRequest(p *part, id string, readAt int64, replyTo, reqID string, cancel func(error)) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
-	s.replyTo, s.reqID, s.cancel = replyTo, reqID, cancel
+	s.replyTo, s.reqID, s.cancel, s.cancelled = replyTo, reqID, cancel, false
 	s.mu.Unlock()
 }
 
