@@ -65,7 +65,11 @@ func TestBusBenchSuiteReport(t *testing.T) {
 		if r.Errors != 0 || r.OK == 0 || r.Throughput <= 0 || r.P50 <= 0 || r.ClientCPU <= 0 || r.RedisCPU <= 0 {
 			t.Errorf("%s/%s: %s", r.Case, r.System, sc.Text())
 		}
-		if r.System == "mycelium" {
+		if r.System == "mycelium" && (r.Case == "stream" || r.Case == "cancel") {
+			if !strings.Contains(sc.Text(), `"`+r.Case+`":{`) {
+				t.Errorf("%s: no %s figures: %s", r.Case, r.Case, sc.Text())
+			}
+		} else if r.System == "mycelium" {
 			names := map[string]bool{}
 			for _, s := range r.Stages {
 				names[s.Stage] = s.Count > 0

@@ -339,7 +339,7 @@ func TestBusWorkerRequestErrors(t *testing.T) {
 	}{
 		{"nobody serves the topic", []string{"--topic", "nobody"}, "no_responders", "", "no worker serves this topic"},
 		{"queued for nobody", []string{"--topic", "nobody", "--wait-for-responders", "--timeout", "300ms"}, "timeout", "", "no reply within 300ms"},
-		{"the handler failed", []string{"--topic", "failing"}, "remote", "handler_error", "remote error (handler_error)"},
+		{"the handler failed", []string{"--topic", "failing"}, "remote", "http_unreachable", "remote error (http_unreachable)"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(buildCmd(t, "bus-worker"), append([]string{"request", "--redis", srv.URL, "--data", "x", "--json"}, tt.args...)...)
