@@ -596,19 +596,22 @@ func (c *Consumer) malformed(pt *part, e *redisx.Entry, attempt int, why string,
 // for another delivery.
 func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots chan<- struct{}, slot *workerSlot) {
 	ctx := hctx
-	var cancel func(error) // cancels a request's handler (its caller gave up)
+	// What cancels a request's handler when its caller gave up: its
+	// deadline ctx (no method value: that would allocate per request), or
+	// for a request without a deadline, a cancel func.
+	var dc *deadlineCtx
+	var cancel context.CancelCauseFunc
 	if !j.msg.Deadline.IsZero() {
-		dc := newDeadlineCtx(hctx, hvals, j.msg.Deadline)
+		dc = newDeadlineCtx(hctx, hvals, j.msg.Deadline)
 		defer dc.cancel(context.Canceled)
-		ctx, cancel = dc, dc.cancel
+		ctx = dc
 	} else if j.msg.Request {
-		cctx, cf := context.WithCancelCause(hctx)
-		defer cf(nil)
-		ctx, cancel = cctx, cf
+		ctx, cancel = context.WithCancelCause(hctx)
+		defer cancel(nil)
 	}
 	early := false // cancelled before the handler started
 	if j.msg.Request {
-		slot.setRequest(j.p, j.msg.ID, j.readAt, j.env.ReplyTo, j.env.ID, cancel)
+		slot.setRequest(j.p, j.msg.ID, j.readAt, j.env.ReplyTo, j.env.ID, dc, cancel)
 		// A cancel notice handled between the pick-up and now found no slot.
 		if c.cancels.has(j.env.ReplyTo, j.env.ID) {
 			early = true

@@ -184,14 +184,13 @@ func (c *Consumer) cancelRunning(running []workerSlot, to, id string) {
 	for i := range running {
 		s := &running[i]
 		s.mu.Lock()
-		hit := s.id != "" && !s.cancelled && s.reqID == id && s.replyTo == to && s.cancel != nil
-		cancel := s.cancel
+		hit := s.id != "" && !s.cancelled && s.reqID == id && s.replyTo == to && (s.dc != nil || s.cancel != nil)
 		if hit {
 			s.cancelled = true
+			s.cancelHandler(errCancelled) // under the lock: the handler cannot have moved on to another entry
 		}
 		s.mu.Unlock()
 		if hit {
-			cancel(errCancelled)
 			c.stats.cancelled.Add(1)
 		}
 	}

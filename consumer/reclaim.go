@@ -22,14 +22,25 @@ type workerSlot struct {
 	// A request's reply stream and correlation id, and what cancels its
 	// handler's ctx (see cancelRunning); empty for events.
 	replyTo, reqID string
-	cancel         func(error)
-	cancelled      bool // cancelRunning cancelled it
+	dc             *deadlineCtx
+	cancel         context.CancelCauseFunc // when dc is nil
+	cancelled      bool                    // cancelRunning cancelled it
+}
+
+// cancelHandler cancels the handler's ctx with cause (under s.mu).
+func (s *workerSlot) cancelHandler(cause error) {
+	switch {
+	case s.dc != nil:
+		s.dc.cancel(cause)
+	case s.cancel != nil:
+		s.cancel(cause)
+	}
 }
 
 func (s *workerSlot) set(p *part, id string, readAt int64) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
-	s.replyTo, s.reqID, s.cancel, s.cancelled = "", "", nil, false
+	s.replyTo, s.reqID, s.dc, s.cancel, s.cancelled = "", "", nil, nil, false
 	s.mu.Unlock()
 }
 
@@ -39,16 +50,17 @@ func (s *workerSlot) clear() bool {
 	s.mu.Lock()
 	cancelled := s.cancelled
 	s.p, s.id, s.readAt = nil, "", 0
-	s.replyTo, s.reqID, s.cancel, s.cancelled = "", "", nil, false
+	s.replyTo, s.reqID, s.dc, s.cancel, s.cancelled = "", "", nil, nil, false
 	s.mu.Unlock()
 	return cancelled
 }
 
-// setRequest is set for a request whose handler ctx cancel cancels.
-func (s *workerSlot) setRequest(p *part, id string, readAt int64, replyTo, reqID string, cancel func(error)) {
+// setRequest is set for a request whose handler ctx dc (or cancel, when
+// dc is nil) cancels.
+func (s *workerSlot) setRequest(p *part, id string, readAt int64, replyTo, reqID string, dc *deadlineCtx, cancel context.CancelCauseFunc) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
-	s.replyTo, s.reqID, s.cancel, s.cancelled = replyTo, reqID, cancel, false
+	s.replyTo, s.reqID, s.dc, s.cancel, s.cancelled = replyTo, reqID, dc, cancel, false
 	s.mu.Unlock()
 }
 

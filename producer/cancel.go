@@ -2,6 +2,7 @@ package producer
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/egos/mycelium/internal/combine"
@@ -17,9 +18,13 @@ import (
 // (the worker's ctx carries the same deadline).
 
 // cancelNotice is what a cancel notice needs: the topic's control stream,
-// the request's correlation id and deadline (unix ms).
+// the request's sequence number (its correlation id is the producer's
+// incarnation and the number in base 36: formatted only for a notice, so
+// that requests that are not cancelled allocate nothing for it) and
+// deadline (unix ms).
 type cancelNotice struct {
-	ctl, id  string
+	ctl      string
+	seq      uint64
 	deadline int64
 }
 
@@ -47,7 +52,8 @@ func (p *Producer) cancelRequest(n cancelNotice) {
 func (p *Producer) flushCancels(batch []cancelNotice) {
 	byKey := map[string][]redisx.Control{}
 	for _, n := range batch {
-		byKey[n.ctl] = append(byKey[n.ctl], redisx.Control{Op: redisx.OpCancel, Req: n.id, To: p.replyKey, Until: n.deadline})
+		id := p.inc + strconv.FormatUint(n.seq, 36)
+		byKey[n.ctl] = append(byKey[n.ctl], redisx.Control{Op: redisx.OpCancel, Req: id, To: p.replyKey, Until: n.deadline})
 	}
 	for key, notices := range byKey {
 		// No deadline reaches rueidis (see redisx.Detach): the connection's
@@ -81,7 +87,7 @@ func (p *Producer) closeCancels(ctx context.Context) {
 	}
 }
 
-// noticeFor returns the cancel notice of request id on t with deadline.
-func noticeFor(t *topic, id string, deadline time.Time) cancelNotice {
-	return cancelNotice{ctl: t.root().ctl, id: id, deadline: deadline.UnixMilli()}
+// noticeFor returns the cancel notice of request seq on t with deadline.
+func noticeFor(t *topic, seq uint64, deadline time.Time) cancelNotice {
+	return cancelNotice{ctl: t.root().ctl, seq: seq, deadline: deadline.UnixMilli()}
 }

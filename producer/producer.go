@@ -604,7 +604,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload,
 	}
 	env.Headers = headers
-	w.cancel = noticeFor(t, env.ID, deadline)
+	w.cancel = noticeFor(t, seq, deadline)
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.

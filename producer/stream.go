@@ -194,7 +194,7 @@ func (s *Stream) send(payload []byte, headers map[string]string) error {
 	id := string(strconv.AppendUint(append(idb[:0], p.inc...), s.seq, 36))
 	env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: s.deadline.UnixNano(),
 		Sent: time.Now().UnixNano(), Payload: payload, Headers: headers, Flags: codec.FlagStream}
-	s.notice = noticeFor(s.t, id, s.deadline)
+	s.notice = noticeFor(s.t, s.seq, s.deadline)
 	w.cancel = s.notice
 	p.waiters.add(s.seq, w)
 	buf := codec.Encode(&env)
