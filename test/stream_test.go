@@ -327,68 +327,100 @@ func TestRetryAfterDelay(t *testing.T) {
 	}
 }
 
-// TestRetryAfterSurvivesWorkerDeath: the worker that scheduled a retry
-// dies (without leaving); another delivers the entry at its due time,
-// once.
+// TestRetryAfterSurvivesWorkerDeath: two workers; the one that scheduled a
+// retry dies (without leaving, its connection gone); the other delivers the
+// entry at its due time, once.
 func TestRetryAfterSurvivesWorkerDeath(t *testing.T) {
 	srv := redistest.Start(t)
-	c := srv.Client(t)
 	cfg := consumer.Config{Topic: "survive", ClaimIdle: 400 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond}
-	var first atomic.Int64
-	scheduled := make(chan struct{})
-	h1 := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
-		if first.Add(1) == 1 {
-			defer close(scheduled)
-		}
-		return nil, consumer.RetryAfter(errors.New("later"), 3*time.Second)
-	})
-	c1 := srv.Client(t)
-	co1, err := consumer.New(redistest.RoleClient(t, c1, "worker"), cfg, h1)
-	if err != nil {
-		t.Fatal(err)
+	type delivery struct {
+		worker int
+		at     time.Time
 	}
-	ctx1, kill := context.WithCancel(context.Background())
-	done1 := make(chan error, 1)
-	go func() { done1 <- co1.Run(ctx1) }()
-	waitFor(t, 5*time.Second, "first worker ready", func() bool { return co1.Ready(context.Background()) == nil })
-
-	p := newProducer(t, c, producer.Config{})
+	deliveries := make(chan delivery, 10)
+	type worker struct {
+		co   *consumer.Consumer
+		c    *bus.Client
+		stop context.CancelFunc
+		done chan struct{} // closed when Run returned
+	}
+	var workers [2]*worker
+	for i := range workers {
+		c := srv.Client(t)
+		h := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+			deliveries <- delivery{i, time.Now()}
+			if m.Attempt == 1 {
+				return nil, consumer.RetryAfter(errors.New("later"), 3*time.Second)
+			}
+			return nil, nil
+		})
+		co, err := consumer.New(redistest.RoleClient(t, c, "worker"), cfg, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		w := &worker{co: co, c: c, stop: stop, done: make(chan struct{})}
+		go func() {
+			defer close(w.done)
+			_ = co.Run(ctx) // the killed one's may fail: its client is closed
+		}()
+		t.Cleanup(func() { stop(); <-w.done })
+		waitFor(t, 5*time.Second, "worker ready", func() bool { return co.Ready(context.Background()) == nil })
+		workers[i] = w
+	}
+	p := newProducer(t, srv.Client(t), producer.Config{})
 	sent := time.Now()
 	if _, err := p.Publish(context.Background(), "survive", []byte("job")); err != nil {
 		t.Fatal(err)
 	}
-	<-scheduled
-	waitFor(t, 5*time.Second, "retry scheduled", func() bool { return co1.Stats().Waiting == 1 })
-	// "Kill" the first worker: its connection closes, its loops stop, it
-	// never leaves the group nor touches the entry again.
-	c1.Close()
-	kill()
-	<-done1
+	first := <-deliveries
+	holder, other := workers[first.worker], workers[1-first.worker]
+	waitFor(t, 5*time.Second, "retry scheduled", func() bool { return holder.co.Stats().Waiting == 1 })
+	// "Kill" the holder: its connection closes, its loops stop, it never
+	// leaves the group nor touches the entry again.
+	holder.c.Close()
+	holder.stop()
+	<-holder.done
 
-	var mu sync.Mutex
-	var got []time.Time
-	co2 := runConsumer(t, c, cfg, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
-		mu.Lock()
-		got = append(got, time.Now())
-		mu.Unlock()
-		return nil, nil
-	}))
-	waitFor(t, 10*time.Second, "retry delivered", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(got) > 0
-	})
-	time.Sleep(time.Second) // no second delivery comes
-	mu.Lock()
-	defer mu.Unlock()
-	if len(got) != 1 {
-		t.Fatalf("delivered %d times, want once", len(got))
+	var second delivery
+	select {
+	case second = <-deliveries:
+	case <-time.After(10 * time.Second):
+		t.Fatal("retry not delivered")
 	}
-	if at := got[0].Sub(sent); at < 2900*time.Millisecond || at > 5*time.Second {
+	if second.worker == first.worker {
+		t.Fatalf("delivered again by the dead worker")
+	}
+	if at := second.at.Sub(sent); at < 2900*time.Millisecond || at > 4*time.Second {
 		t.Fatalf("delivered %v after publishing, want at the due time (about 3s)", at)
 	}
-	if s := co2.Stats(); s.Acked != 1 {
-		t.Fatalf("second worker stats = %+v", s)
+	waitFor(t, 5*time.Second, "retry acknowledged", func() bool { return other.co.Stats().Acked == 1 })
+	select {
+	case d := <-deliveries:
+		t.Fatalf("delivered a third time, by worker %d", d.worker)
+	case <-time.After(time.Second): // no further delivery comes
+	}
+}
+
+// TestRetryAfterPastDeadline: a request whose caller's deadline leaves no
+// time for the delay gets the error at once.
+func TestRetryAfterPastDeadline(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	co := runConsumer(t, c, consumer.Config{Topic: "hurry"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		return nil, consumer.RetryAfter(&bus.RemoteError{Code: "quota", Message: "try in a minute"}, time.Minute)
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := p.Request(ctx, "hurry", nil)
+	var re *bus.RemoteError
+	if !errors.As(err, &re) || re.Code != "quota" || time.Since(start) > 2*time.Second {
+		t.Fatalf("Request = %v after %v, want the handler's error at once", err, time.Since(start))
+	}
+	if s := co.Stats(); s.DelayedRetries != 0 {
+		t.Fatalf("a retry was scheduled past the caller's deadline: %+v", s)
 	}
 }
 

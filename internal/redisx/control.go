@@ -202,7 +202,8 @@ end
 redis.call('ZADD', KEYS[1], due, ARGV[1])
 return due`)
 
-// ErrDelayedFull: a delayed set holds as many entries as it may.
+// ErrDelayedFull is returned by AddDelayed when the delayed set holds as
+// many entries as it may.
 var ErrDelayedFull = errors.New("mycelium: delayed set full")
 
 // AddDelayed adds member (see above) to the delayed set key, due at at (if

@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -72,7 +73,7 @@ func TestDelayedEventsAndRetries(t *testing.T) {
 	if _, err := AddDelayed(ctx, c, "s:delayed", "d2:event-two", time.UnixMilli(due+3000), 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := AddDelayed(ctx, c, "s:delayed", "d3:x", time.Time{}, time.Second, 2); err != ErrDelayedFull {
+	if _, err := AddDelayed(ctx, c, "s:delayed", "d3:x", time.Time{}, time.Second, 2); !errors.Is(err, ErrDelayedFull) {
 		t.Fatalf("AddDelayed over max = %v, want ErrDelayedFull", err)
 	}
 	parts := []DuePart{{Delayed: "s:delayed", Stream: "s", Retry: "s:retry"}}

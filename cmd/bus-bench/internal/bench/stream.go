@@ -68,6 +68,7 @@ func (*streamScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	if e.p == nil {
 		return nil, fmt.Errorf("%w: --scenario stream runs on mycelium only", ErrUsage)
 	}
+	e.markMeasured() // no warm-up: a stream takes seconds
 	r := newResult(e)
 	var mu sync.Mutex
 	var first, full, gaps, over []int64
@@ -208,6 +209,7 @@ func (s *cancelScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	if e.p == nil {
 		return nil, fmt.Errorf("%w: --scenario cancel runs on mycelium only", ErrUsage)
 	}
+	e.markMeasured() // no warm-up: every request waits for its cancel
 	pl := newPayloads(max(e.o.Payload, 16))
 	r := newResult(e)
 	lats := make([][]Point, e.o.Concurrency)
@@ -240,12 +242,15 @@ func (s *cancelScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 				case began = <-st:
 				case err := <-done:
 					cancel()
-					tl.failed(fmt.Errorf("request %d ended before its handler started: %v", seq, err))
+					tl.failed(fmt.Errorf("request %d ended before its handler started: %w", seq, err))
 					continue
 				}
 				at := time.Now()
 				cancel()
-				<-done
+				if err := <-done; err == nil {
+					tl.failed(fmt.Errorf("request %d answered although its handler was cancelled", seq))
+					continue
+				}
 				select {
 				case ended := <-en:
 					tl.ok.Add(1)

@@ -375,10 +375,10 @@ func noData(id, title string) chart {
 	return chart{ID: id, Title: title, Caption: "No runs of this kind in these results (was the suite interrupted?)."}
 }
 
-// usLabel prints microseconds as µs or ms.
-// USLabel formats µs for people (µs, ms or s).
+// USLabel prints microseconds as µs or ms (for verdicts).
 func USLabel(us float64) string { return usLabel(us) }
 
+// usLabel prints microseconds as µs or ms.
 func usLabel(us float64) string {
 	if us >= 1000 {
 		return fmt.Sprintf("%.1f ms", us/1000)
