@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
 # The secure run (test-secure) skips the tests that start binaries or make
 # their own plain connections and users: the rest run over mutual TLS, with
 # producers and workers as the ACL users of `bus-worker acl`.
-SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas
+SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled
 
 export PATH := $(PATH):/usr/local/go/bin
 

@@ -107,9 +107,9 @@ func (c *Consumer) scheduleRetry(ctx context.Context, j *job, delay time.Duratio
 	pt := j.p
 	due, err := redisx.ScheduleRetry(ctx, c.c.Redis(), pt.retryKey, j.msg.ID, delay)
 	if err != nil {
-		if !c.fail(err, "EVALSHA (schedule a retry) "+pt.retryKey) {
-			c.log.Warn().Err(err).Str("entry", j.msg.ID).Msg("cannot schedule the retry: the entry stays pending and is delivered again after ClaimIdle")
-		}
+		// Not a reason to stop serving (an ACL from before delayed
+		// retries, say): the entry is retried the old way.
+		c.log.Warn().Err(err).Str("entry", j.msg.ID).Msg("cannot schedule the retry: the entry stays pending and is delivered again after ClaimIdle")
 		return false
 	}
 	c.waiting.add(pt, j.msg.ID)
@@ -133,6 +133,7 @@ func (c *Consumer) wakeAt(ctx context.Context, due int64) {
 // entries, each once it has a handler slot.
 func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan struct{}, jobs chan<- *job, a *acker) {
 	out := redisx.Outage{Log: c.log, What: "delayed entries of " + c.cfg.Topic}
+	refused := false
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var skew int64 // Redis's clock minus ours (ms), from the last pass
@@ -172,13 +173,20 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 		res := redisx.Due(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, maxPromote, claim)
 		wait := delayPoll
 		failed := false
+		denied := false
 		for i, r := range res {
 			if r.Err != nil {
 				if ctx.Err() != nil {
 					return
 				}
-				if c.fail(r.Err, "EVALSHA (delayed entries) "+parts[i].key) {
-					return
+				if redisx.IsRedisReply(r.Err) {
+					// Refused (an ACL without the delayed sets or their
+					// scripts): serve all the same, without delays.
+					if !refused {
+						c.log.Warn().Err(r.Err).Str("stream", parts[i].key).Msg("Redis refuses the delayed-entries script: delayed events and retries are not delivered by this worker (logged once)")
+					}
+					refused, denied = true, true
+					continue
 				}
 				out.Failed(r.Err)
 				failed = true
@@ -206,11 +214,15 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 				}
 			}
 		}
-		if failed {
+		switch {
+		case failed:
 			out.Backoff(ctx)
 			wait = 0
-		} else {
+		case denied:
+			wait = 30 * time.Second
+		default:
 			out.OK()
+			refused = false
 		}
 		next = time.Now().Add(wait)
 		timer.Reset(wait)

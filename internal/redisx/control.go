@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -332,23 +333,23 @@ type DueResult struct {
 
 // Due moves due delayed events (up to limit per partition) of each of
 // parts to its stream and claims for consumer up to claim[i] due retries
-// of parts[i], in one pipelined round trip (one script per partition).
+// of parts[i]: one script per partition, sent together (auto-pipelined).
+// Not rueidis's ExecMulti: it sends SCRIPT LOAD to every node on every
+// call, a command the worker's ACL role does not grant; Exec sends
+// EVALSHA, and EVAL once when the script is not cached.
 func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer string, limit int64, claim []int64) []DueResult {
-	execs := make([]rueidis.LuaExec, len(parts))
-	lim := strconv.FormatInt(limit, 10)
-	for i, p := range parts {
-		execs[i] = rueidis.LuaExec{Keys: []string{p.Delayed, p.Stream, p.Retry},
-			Args: []string{Field, lim, group, consumer, strconv.FormatInt(claim[i], 10)}}
-	}
 	out := make([]DueResult, len(parts))
-	for i, r := range dueScript.ExecMulti(ctx, c, execs...) {
+	lim := strconv.FormatInt(limit, 10)
+	one := func(i int) {
+		p := parts[i]
+		r := dueScript.Exec(ctx, c, []string{p.Delayed, p.Stream, p.Retry}, []string{Field, lim, group, consumer, strconv.FormatInt(claim[i], 10)})
 		vals, err := r.ToArray()
 		if err == nil && len(vals) != 4 {
 			err = errors.New("redis: due script: unexpected reply")
 		}
 		if err != nil {
 			out[i].Err = err
-			continue
+			return
 		}
 		var e1, e2, e3, e4 error
 		out[i].Moved, e1 = vals[0].AsInt64()
@@ -357,6 +358,15 @@ func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer
 		out[i].Claimed, e4 = parseEntries(&vals[3])
 		out[i].Err = errors.Join(e1, e2, e3, e4)
 	}
+	if len(parts) == 1 {
+		one(0)
+		return out
+	}
+	var wg sync.WaitGroup
+	for i := range parts {
+		wg.Go(func() { one(i) })
+	}
+	wg.Wait()
 	return out
 }
 
