@@ -9,15 +9,19 @@ GOLANGCI        := $(BIN)/golangci-lint
 FUZZTIME        ?= 30s
 # Integration tests start their own redis-server processes on free loopback
 # ports and stop them; this makes a missing redis-server a failure, not a skip.
-TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1
+TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1 MYCELIUM_REQUIRE_PYTHON=1
+# The Python client (clients/python) is tested with Debian's packages, never
+# the package index: python-deps installs them with apt when missing.
+PYTHON          ?= /usr/bin/python3
+PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-asyncio python3-hypothesis
 # The secure run (test-secure) skips the tests that start binaries or make
 # their own plain connections and users: the rest run over mutual TLS, with
 # producers and workers as the ACL users of `bus-worker acl`.
-SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled
+SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled|Python
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test test-python python-deps test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,9 +42,20 @@ check-repo: ## fail when a tracked file is an executable binary or larger than 1
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), then test-secure
+test: redis-server python-deps check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), test-secure, then the Python client's tests
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
 	$(MAKE) --no-print-directory test-secure
+	$(MAKE) --no-print-directory test-python
+
+python-deps: ## install the Python client's packages for its tests (Debian's, with apt) when missing
+	@$(PYTHON) -c 'import redis, msgpack, pytest, pytest_asyncio, hypothesis' 2>/dev/null || { \
+		echo "installing $(PY_DEBS) with apt"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PY_DEBS) >/dev/null; \
+	}
+
+test-python: redis-server python-deps ## the Python client: codec (golden files from the Go tests, hypothesis) and the conformance suite against the Go bus-worker
+	$(GO) build -o $(BIN)/bus-worker ./cmd/bus-worker
+	cd clients/python && PYTHONDONTWRITEBYTECODE=1 $(TEST_ENV) MYCELIUM_BUS_WORKER=$(BIN)/bus-worker $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 test-secure: redis-server ## the integration suite over mutual TLS with its own CA, producers and workers as the least-privilege ACL users (bus-worker acl)
 	MYCELIUM_TEST_SECURE=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 5m -skip '$(SECURE_SKIP)' ./test/

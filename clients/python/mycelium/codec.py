@@ -1,0 +1,191 @@
+"""The Mycelium envelope (docs/wire.md): encode and decode, byte for byte as
+the Go codec does.
+
+An envelope is a msgpack array of 15 elements (16 with request_entry, 18
+with seq and flags). The Go encoder uses the shortest form of every integer
+and string, ``bin`` for the payload and ``nil`` for no headers; so does
+:func:`encode` (the golden files written by the Go tests check it).
+:func:`decode` accepts what the Go decoder accepts and refuses the rest with
+:class:`~mycelium.errors.MalformedError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import MalformedError
+
+VERSION = 1
+
+EVENT = 0
+REQUEST = 1
+REPLY = 2
+CONTROL = 3
+CHUNK = 4
+_KIND_END = 5
+
+#: request flag: the caller reads a streamed reply
+FLAG_STREAM = 1
+
+MIN_FIELDS = 11
+FIELDS = 15
+MAX_FIELDS = FIELDS + 3
+MAX_HEADERS = 1024
+
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_U64_MAX = (1 << 64) - 1
+
+
+@dataclass
+class Envelope:
+    """One message on the bus (see docs/wire.md for each field)."""
+
+    kind: int = EVENT
+    id: str = ""
+    reply_to: str = ""
+    deadline: int = 0  # unix ns after which the caller gave up; 0: none
+    sent: int = 0  # unix ns when the sender encoded it
+    attempt: int = 0
+    headers: dict[str, str] | None = None
+    payload: bytes = b""
+    err_code: str = ""
+    err_msg: str = ""
+    queue_wait: int = 0
+    handler: int = 0
+    cache_key: str = ""
+    cache_ttl: int = 0
+    request_entry: str = ""
+    seq: int = 0
+    flags: int = 0
+    extra: list[Any] = field(default_factory=list, repr=False)  # trailing elements of a later revision (kept, not written)
+
+    def replace(self, **changes: Any) -> "Envelope":
+        return dataclasses.replace(self, **changes)
+
+
+def encode(env: Envelope) -> bytes:
+    """Encode ``env`` as the Go encoder does."""
+    if not 0 <= env.kind < 256:
+        raise ValueError("kind out of range")
+    for name in ("deadline", "sent", "queue_wait", "handler", "cache_ttl"):
+        v = getattr(env, name)
+        if not _I64_MIN <= v <= _I64_MAX:
+            raise ValueError(f"{name} out of the int64 range")
+    if not 0 <= env.attempt < (1 << 32):
+        raise ValueError("attempt out of the uint32 range")
+    if not 0 <= env.seq <= _U64_MAX or not 0 <= env.flags <= _U64_MAX:
+        raise ValueError("seq or flags out of the uint64 range")
+    arr: list[Any] = [
+        VERSION,
+        env.kind,
+        env.id,
+        env.reply_to,
+        env.deadline,
+        env.sent,
+        env.attempt,
+        env.headers,
+        bytes(env.payload),
+        env.err_code,
+        env.err_msg,
+        env.queue_wait,
+        env.handler,
+        env.cache_key,
+        env.cache_ttl,
+    ]
+    streamed = env.seq != 0 or env.flags != 0
+    if env.request_entry or streamed:
+        arr.append(env.request_entry)
+    if streamed:
+        arr += [env.seq, env.flags]
+    return msgpack.packb(arr, use_bin_type=True)
+
+
+def _str(v: Any, name: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    raise MalformedError(name, "not a string")
+
+
+def _int(v: Any, name: str, *, unsigned: bool = False, bits: int = 64) -> int:
+    if type(v) is not int:  # noqa: E721 - bool is an int subclass and is not allowed
+        raise MalformedError(name, "not an integer")
+    lo = 0 if unsigned else -(1 << (bits - 1))
+    hi = (1 << bits) - 1 if unsigned else (1 << (bits - 1)) - 1
+    if not lo <= v <= hi:
+        raise MalformedError(name, "out of range")
+    return v
+
+
+def decode(data: bytes | bytearray | memoryview) -> Envelope:
+    """Decode one envelope; anything the Go decoder refuses raises
+    :class:`~mycelium.errors.MalformedError`."""
+    try:
+        arr = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=False,
+            unicode_errors="surrogateescape",
+            use_list=True,
+            max_map_len=MAX_HEADERS,
+        )
+    except MalformedError:
+        raise
+    except Exception as e:  # msgpack raises ExtraData, ValueError, FormatError, StackError...
+        raise MalformedError("envelope", f"not msgpack: {e}") from None
+    if not isinstance(arr, list):
+        raise MalformedError("envelope", "not a msgpack array")
+    n = len(arr)
+    if n < MIN_FIELDS:
+        raise MalformedError("envelope", f"array of {n} elements, want at least {MIN_FIELDS}")
+    if type(arr[0]) is not int or arr[0] < 0:  # noqa: E721
+        raise MalformedError("version", "not an unsigned integer")
+    if arr[0] != VERSION:
+        raise MalformedError("version", f"unsupported version {arr[0]}")
+    if type(arr[1]) is not int or not 0 <= arr[1] < _KIND_END:  # noqa: E721
+        raise MalformedError("kind", "unknown kind")
+    env = Envelope(kind=arr[1])
+    env.id = _str(arr[2], "id")
+    env.reply_to = _str(arr[3], "reply_to")
+    env.deadline = _int(arr[4], "deadline")
+    env.sent = _int(arr[5], "sent")
+    env.attempt = _int(arr[6], "attempt", unsigned=True, bits=32)
+    h = arr[7]
+    if h is not None:
+        if not isinstance(h, dict):
+            raise MalformedError("headers", "not a map")
+        if len(h) > MAX_HEADERS:
+            raise MalformedError("headers", f"{len(h)} headers, max {MAX_HEADERS}")
+        for k, v in h.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise MalformedError("headers", "not a map of strings")
+        env.headers = h
+    p = arr[8]
+    if p is None:
+        env.payload = b""
+    elif isinstance(p, bytes):
+        env.payload = p
+    elif isinstance(p, str):
+        env.payload = p.encode("utf-8", "surrogateescape")
+    else:
+        raise MalformedError("payload", "not binary data")
+    env.err_code = _str(arr[9], "err_code")
+    env.err_msg = _str(arr[10], "err_msg")
+    if n >= MIN_FIELDS + 2:
+        env.queue_wait = _int(arr[11], "queue_wait")
+        env.handler = _int(arr[12], "handler")
+    if n >= FIELDS:
+        env.cache_key = _str(arr[13], "cache_key")
+        env.cache_ttl = _int(arr[14], "cache_ttl")
+    if n >= FIELDS + 1:
+        env.request_entry = _str(arr[15], "request_entry")
+    if n >= MAX_FIELDS:
+        env.seq = _int(arr[16], "seq", unsigned=True)
+        env.flags = _int(arr[17], "flags", unsigned=True)
+    env.extra = arr[MAX_FIELDS:]
+    return env

@@ -1,0 +1,82 @@
+"""Fixtures of the conformance suite: a throwaway redis-server on a free
+loopback port and the Go bus-worker binary (MYCELIUM_BUS_WORKER, else built
+from this repository with `go build`). Without redis-server the suite fails
+when MYCELIUM_REQUIRE_REDIS=1 (make test), else it is skipped."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPO = ROOT.parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("MYCELIUM_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{what} is required (MYCELIUM_REQUIRE_REDIS=1)")
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if shutil.which("redis-server") is None:
+        _missing("redis-server")
+    d = tempfile.mkdtemp()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bus_worker() -> Iterator[str]:
+    path = os.environ.get("MYCELIUM_BUS_WORKER")
+    if path:
+        yield path
+        return
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not os.path.exists(go):
+        _missing("go (to build bus-worker)")
+    d = tempfile.mkdtemp()
+    out = os.path.join(d, "bus-worker")
+    subprocess.run([go, "build", "-o", out, "./cmd/bus-worker"], cwd=REPO, check=True)
+    yield out
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def topic(request: pytest.FixtureRequest) -> str:
+    """A topic name of its own for each test."""
+    return "py-" + request.node.name.replace("[", "-").replace("]", "")[:60]

@@ -1,0 +1,324 @@
+"""Same wire, proved both ways: the Python client against the Go bus-worker
+(callers and workers in both languages on one redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from conftest import free_port
+from mycelium import Consumer, Message, Producer, RemoteError, codec
+from mycelium.errors import NoResponders
+
+pytestmark = pytest.mark.asyncio
+
+MIB = 1 << 20
+
+
+class GoWorker:
+    def __init__(self, proc: subprocess.Popen[bytes], http_addr: str) -> None:
+        self.proc, self.http_addr = proc, http_addr
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://{self.http_addr}/stats", timeout=5) as r:
+            return json.load(r)
+
+
+@contextlib.contextmanager
+def go_worker(bus_worker: str, redis_url: str, topic: str, *args: str) -> Iterator[GoWorker]:
+    addr = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([bus_worker, "serve", "--redis", redis_url, "--topic", topic, "--http-addr", addr, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{addr}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError(f"bus-worker did not get ready: {proc.stderr.read().decode() if proc.poll() is not None else ''}")
+            time.sleep(0.05)
+        yield GoWorker(proc, addr)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def go_cli(bus_worker: str, *args: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    p = await asyncio.create_subprocess_exec(bus_worker, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                             stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(stdin), 60)
+    return p.returncode or 0, out, err
+
+
+@contextlib.asynccontextmanager
+async def py_worker(redis_url: str, topic: str, handler, **kw) -> AsyncIterator[Consumer]:
+    c = Consumer(redis_url, topic, handler, **kw)
+    task = asyncio.ensure_future(c.run())
+    await asyncio.wait_for(c.serving.wait(), 10)
+    try:
+        yield c
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(cond, within: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def echo(m: Message) -> bytes:
+    return m.payload
+
+
+# -- Python caller, Go worker ------------------------------------------------
+
+
+async def test_python_caller_go_worker(redis_url: str, bus_worker: str, topic: str) -> None:
+    with go_worker(bus_worker, redis_url, topic):
+        async with Producer(redis_url) as p:
+            assert await p.request(topic, b"hello", timeout=10) == b"hello"
+            big = os.urandom(MIB)
+            assert await p.request(topic, big, timeout=30) == big
+            results = await asyncio.gather(*(p.request(topic, b"r%d" % i, timeout=20) for i in range(200)))
+            assert results == [b"r%d" % i for i in range(200)]
+            assert p.stats.replies == 202 and p.stats.forged == 0
+
+
+async def test_no_responders(redis_url: str) -> None:
+    async with Producer(redis_url) as p:
+        with pytest.raises(NoResponders):
+            await p.request("py-nobody-serves", b"x", timeout=5)
+
+
+async def test_trace_headers_reach_go_worker_backend(redis_url: str, bus_worker: str, topic: str) -> None:
+    got: dict[str, str] = {}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got.update({k.lower(): v for k, v in self.headers.items()})
+            body = b"seen"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        with go_worker(bus_worker, redis_url, topic, "--handler", f"http://127.0.0.1:{srv.server_port}/"):
+            async with Producer(redis_url) as p:
+                out = await p.request(topic, b"{}", timeout=10, headers={"traceparent": tp, "tracestate": "a=b", "tenant": "acme"})
+    finally:
+        srv.shutdown()
+    assert out == b"seen"
+    assert got["traceparent"] == tp and got["tracestate"] == "a=b" and got["x-mycelium-header-tenant"] == "acme"
+
+
+async def test_go_remote_error_code(redis_url: str, bus_worker: str, topic: str) -> None:
+    with go_worker(bus_worker, redis_url, topic, "--handler", "http://127.0.0.1:1/", "--breaker=false"):
+        async with Producer(redis_url) as p:
+            with pytest.raises(RemoteError) as e:
+                await p.request(topic, b"x", timeout=10)
+    assert e.value.code == "http_unreachable"
+
+
+async def test_python_events_to_go_worker(redis_url: str, bus_worker: str, topic: str) -> None:
+    with go_worker(bus_worker, redis_url, topic) as w:
+        async with Producer(redis_url) as p:
+            ids = await p.publish_batch(topic, [b"e%d" % i for i in range(50)])
+            ids.append(await p.publish(topic, b"one more", headers={"k": "v"}))
+        assert len(ids) == 51 and all("-" in i for i in ids)
+
+        async def handled() -> bool:
+            s = w.stats()
+            return s["handled"] == 51 and s["acked"] == 51
+
+        await eventually(handled, what="the Go worker to handle 51 events")
+
+
+async def test_expired_request_skipped_by_go(redis_url: str, bus_worker: str, topic: str) -> None:
+    with go_worker(bus_worker, redis_url, topic) as w:
+        r = aioredis.from_url(redis_url)
+        env = codec.Envelope(kind=codec.REQUEST, id="late1", reply_to="myc:{r.nobody}", deadline=time.time_ns() - 10**9,
+                             sent=time.time_ns(), payload=b"x")
+        await r.xadd(f"myc:{{{topic}}}", {"m": codec.encode(env)})
+        await r.close()
+
+        async def expired() -> bool:
+            s = w.stats()
+            return s["expired"] == 1 and s["handled"] == 0
+
+        await eventually(expired, what="the Go worker to skip the expired request")
+
+
+async def test_python_malformed_dead_lettered_by_go(redis_url: str, bus_worker: str, topic: str) -> None:
+    with go_worker(bus_worker, redis_url, topic) as w:
+        r = aioredis.from_url(redis_url)
+        await r.xadd(f"myc:{{{topic}}}", {"m": b"\x92\x01\x02"})  # msgpack, not an envelope
+        await r.xadd(f"myc:{{{topic}}}", {"other": b"field"})
+
+        async def dead() -> bool:
+            return await r.xlen(f"myc:{{{topic}}}:dlq") == 2
+
+        await eventually(dead, what="two dead letters")
+        letters = await r.xrange(f"myc:{{{topic}}}:dlq")
+        await r.close()
+        assert {f[b"reason"] for _, f in letters} == {b"malformed"}
+        assert w.stats()["dead_lettered"] == 2
+
+
+# -- Go caller, Python worker ------------------------------------------------
+
+
+async def test_go_caller_python_worker(redis_url: str, bus_worker: str, topic: str) -> None:
+    async with py_worker(redis_url, topic, echo) as c:
+        code, out, err = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data", "hi from go", "--json")
+        assert code == 0, err
+        assert json.loads(out)["reply"] == "hi from go"
+        big = os.urandom(MIB)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(big)
+            f.flush()
+            code, out, err = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data-file", f.name)
+        assert code == 0, err
+        assert out == big + b"\n"
+        assert c.stats.replied == 2
+
+
+async def test_python_remote_error_code_to_go(redis_url: str, bus_worker: str, topic: str) -> None:
+    async def quota(m: Message) -> bytes:
+        raise RemoteError("quota_exceeded", "try again in a minute")
+
+    async def boom(m: Message) -> bytes:
+        raise ValueError("bad prompt")
+
+    async with py_worker(redis_url, topic, quota):
+        code, out, _ = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data", "x", "--json")
+    assert code == 1
+    assert json.loads(out)["error"] == {"kind": "remote", "code": "quota_exceeded", "message": "try again in a minute"}
+    async with py_worker(redis_url, topic + "-2", boom):
+        code, out, _ = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic + "-2", "--data", "x", "--json")
+    assert json.loads(out)["error"]["code"] == "handler_error" and "bad prompt" in json.loads(out)["error"]["message"]
+
+
+async def test_go_events_to_python_worker(redis_url: str, bus_worker: str, topic: str) -> None:
+    seen: list[tuple[bytes, dict]] = []
+
+    async def record(m: Message) -> None:
+        seen.append((m.payload, m.headers))
+
+    async with py_worker(redis_url, topic, record) as c:
+        for i in range(5):
+            code, _, err = await go_cli(bus_worker, "publish", "--redis", redis_url, "--topic", topic, "--data", f"ev{i}")
+            assert code == 0, err
+
+        async def handled() -> bool:
+            return c.stats.acked == 5
+
+        await eventually(handled, what="five events handled")
+    assert sorted(p for p, _ in seen) == [b"ev%d" % i for i in range(5)]
+
+
+async def test_trace_headers_reach_python_worker(redis_url: str, topic: str) -> None:
+    async def headers(m: Message) -> bytes:
+        return json.dumps(m.headers, sort_keys=True).encode()
+
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with py_worker(redis_url, topic, headers):
+        async with Producer(redis_url) as p:
+            out = await p.request(topic, b"", timeout=10, headers={"traceparent": tp, "baggage": "k=v"})
+    assert json.loads(out) == {"baggage": "k=v", "traceparent": tp}
+
+
+async def test_expired_and_malformed_by_python_worker(redis_url: str, topic: str) -> None:
+    calls = 0
+
+    async def count(m: Message) -> bytes:
+        nonlocal calls
+        calls += 1
+        return b""
+
+    async with py_worker(redis_url, topic, count) as c:
+        r = aioredis.from_url(redis_url)
+        key = f"myc:{{{topic}}}"
+        late = codec.Envelope(kind=codec.REQUEST, id="l1", reply_to="myc:{r.nobody}", deadline=time.time_ns() - 10**9, payload=b"x")
+        await r.xadd(key, {"m": codec.encode(late)})
+        await r.xadd(key, {"m": b"garbage"})
+        await r.xadd(key, {"m": codec.encode(codec.Envelope(kind=codec.REQUEST, id="x", reply_to="other:key"))})
+        await r.xadd(key, {"m": codec.encode(codec.Envelope(kind=codec.REPLY, id="x"))})
+
+        async def done() -> bool:
+            return c.stats.expired == 1 and c.stats.dead_lettered == 3
+
+        await eventually(done, what="one expired, three dead letters")
+        letters = await r.xrange(key + ":dlq")
+        await r.close()
+    assert calls == 0
+    assert all(f[b"reason"] == b"malformed" for _, f in letters)
+    assert any(b"reply_to" in f[b"error"] for _, f in letters)
+
+
+async def test_python_caller_python_worker_cancel(redis_url: str, topic: str) -> None:
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def slow(m: Message) -> bytes:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.set()
+        return b""
+
+    async with py_worker(redis_url, topic, slow) as c:
+        async with Producer(redis_url) as p:
+            req = asyncio.ensure_future(p.request(topic, b"x", timeout=30))
+            await asyncio.wait_for(started.wait(), 10)
+            req.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await req
+            await asyncio.wait_for(ended.wait(), 5)  # the cancel notice reached the handler
+        assert c.stats.cancelled == 1
+
+
+async def test_event_retry_then_dead_letter(redis_url: str, topic: str) -> None:
+    attempts: list[int] = []
+
+    async def fail(m: Message) -> None:
+        attempts.append(m.attempt)
+        raise RuntimeError("nope")
+
+    async with py_worker(redis_url, topic, fail, claim_idle=0.3, block=0.1, max_deliveries=3) as c:
+        async with Producer(redis_url) as p:
+            await p.publish(topic, b"poison")
+
+        async def dead() -> bool:
+            return c.stats.dead_lettered == 1
+
+        await eventually(dead, within=20, what="the poison event dead-lettered")
+    assert attempts == [1, 2, 3]
