@@ -24,6 +24,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bus-bench: "+cli.OneLine(err.Error()))
 		return 2
 	}
+	if o.servePubsub {
+		return exitCode(bench.ServePubsub(ctx, &o.Options, stdout), stderr)
+	}
 	if o.suite != "" {
 		err := suite.Run(ctx, suite.Config{Base: o.Options, Name: o.suite, Compare: o.compare, Quick: o.quick, Report: o.report, JSON: o.json, IgnoreTargets: o.ignore}, stdout, stderr)
 		return exitCode(err, stderr)

@@ -420,6 +420,40 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 	return e, nil
 }
 
+// ServePubsub runs only the PubSub baseline's workers (o.Workers of them,
+// default 64, running o's handler) on o.Topic until ctx ends: the old
+// design's side of a before/after run driven by another client (the Python
+// client's benchmark). It prints "serving" on stdout once subscribed.
+func ServePubsub(ctx context.Context, o *Options, stdout io.Writer) error {
+	if o.Redis == "" {
+		return fmt.Errorf("%w: --serve-pubsub needs --redis", ErrUsage)
+	}
+	n := o.Workers
+	if n <= 0 {
+		n = 64
+	}
+	c, err := pubsub.Dial(ctx, o.Redis, n+1)
+	if err != nil {
+		return fmt.Errorf("%w: cannot reach Redis: %w", ErrUsage, err)
+	}
+	defer c.Close()
+	stop, err := pubsub.StartWorkers(ctx, c, pubsub.Channel(o.Prefix, o.Topic), n, func(ctx context.Context, payload []byte) ([]byte, error) {
+		if o.Work != nil {
+			if err := o.Work.Wait(ctx); err != nil {
+				return nil, err
+			}
+		}
+		return payload, nil
+	})
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintln(stdout, "serving")
+	<-ctx.Done()
+	return nil
+}
+
 // setupPubsub connects the baseline's callers and starts its workers, each
 // on a client of the old design (see pubsub.Dial).
 func (e *env) setupPubsub(ctx context.Context, url string, h consumer.Handler) error {
