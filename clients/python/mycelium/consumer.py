@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import os
 import secrets
 import socket
@@ -20,6 +21,8 @@ from . import codec
 from .errors import CODE_HANDLER, InvalidConfig, MalformedError, RemoteError
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
 from .producer import FIELD, _unavailable
+
+log = logging.getLogger("mycelium.consumer")
 
 MAX_CORRELATION_ID = 128
 PRESENCE_EVERY = 5.0
@@ -61,6 +64,7 @@ class Stats:
     reclaimed: int = 0
     heartbeats: int = 0
     cancelled: int = 0
+    write_errors: int = 0  # replies, acks or dead letters Redis did not take (the entry stays pending)
 
 
 @dataclass
@@ -271,11 +275,11 @@ class Consumer:
                 backoff = min(backoff * 2, 2.0)
                 continue
             got = 0
-            for key, entries in res or []:
-                key = key.decode() if isinstance(key, bytes) else key
+            for rkey, entries in res or []:
+                key = rkey.decode() if isinstance(rkey, bytes) else str(rkey)
                 for eid, fields in entries:
                     got += 1
-                    self._start(key, eid.decode(), fields, 1)
+                    self._start(key, eid.decode() if isinstance(eid, bytes) else str(eid), fields, 1)
             self._give_slots(n - got)
 
     async def _reclaim_loop(self) -> None:
@@ -291,7 +295,8 @@ class Consumer:
         n = self.concurrency - len(self._running)
         if n <= 0:
             return
-        res = await self.redis.xautoclaim(key, self.group, self.name, int(self.claim_idle * 1000), cursors.get(key, "0-0"), count=n)
+        res = await self.redis.xautoclaim(key, self.group, self.name, int(self.claim_idle * 1000),
+                                          cursors.get(key, "0-0"), count=n)  # type: ignore[arg-type] # any stream id goes
         cursors[key] = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         entries = [e for e in res[1] if e and e[0]]
         if not entries:
@@ -382,7 +387,7 @@ class Consumer:
     def _start(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int, *, slot_taken: bool = True) -> None:
         self.stats.received += 1
         rid = key + "|" + eid
-        task = asyncio.ensure_future(self._handle(key, eid, fields, attempt))
+        task = asyncio.ensure_future(self._handle_safely(key, eid, fields, attempt))
         self._running[rid] = _Running(key, task, time.monotonic())
 
         def done(_: asyncio.Task[Any]) -> None:
@@ -390,6 +395,15 @@ class Consumer:
             self._give_slots(1)
 
         task.add_done_callback(done)
+
+    async def _handle_safely(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int) -> None:
+        try:
+            await self._handle(key, eid, fields, attempt)
+        except (RedisError, OSError) as e:
+            # The reply, ack or dead letter did not land: the entry stays
+            # pending and is reclaimed after claim_idle (at least once).
+            self.stats.write_errors += 1
+            log.warning("cannot finish entry %s on %s (it stays pending): %s", eid, key, e)
 
     async def _handle(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int) -> None:
         r = self.redis
@@ -453,6 +467,10 @@ class Consumer:
             err = RemoteError(CODE_HANDLER, "context deadline exceeded")
         except Exception as e:  # noqa: BLE001 - a handler's failure becomes the caller's remote error
             err = e
+        if err is None and out is not None and not isinstance(out, (bytes, bytearray, memoryview)):
+            err = RemoteError(CODE_HANDLER, f"handler returned {type(out).__name__}, not bytes")
+        if err is not None:
+            log.warning("handler failed on entry %s (attempt %d, %s): %s", eid, attempt, "request" if req else "event", err)
         handled_ns = int((time.monotonic() - started) * 1e9)
         self.stats.handled += 1
         if err is not None:
@@ -514,6 +532,7 @@ class Consumer:
         await asyncio.shield(pipe.execute())
         self.stats.dead_lettered += 1
         self.stats.acked += 1
+        log.warning("entry %s of %s dead-lettered (%s): %s", eid, key, reason, why[:200])
 
 
 def _id_order(eid: str) -> tuple[int, int]:
