@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/egos/mycelium/bus"
 )
 
@@ -79,6 +82,18 @@ type Config struct {
 	// MaxDeliveries is how many times an entry is delivered before it goes
 	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
 	MaxDeliveries int
+	// TracerProvider, when set, records a "process {topic}" CONSUMER span
+	// around each handler call (docs/tracing.md), linked to the trace
+	// context the message carries; with TraceParent also its child (one
+	// trace from caller to handler). Nil records none. Either way the
+	// handler's ctx carries the message's span context (the process span,
+	// or the sender's), so a handler calling an HTTP service through
+	// otelhttp continues the trace. Propagator reads the headers (nil: W3C
+	// trace context and baggage).
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
+	TraceParent    bool
+
 	// RetryBackoff is the least delay of a retry asked with RetryAfter on
 	// the first delivery, doubled for each later one up to RetryBackoffMax
 	// (a longer delay the handler asks for wins). Zero means

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
@@ -54,6 +55,7 @@ type Consumer struct {
 
 	cancels cancelSet  // requests their callers cancelled (control.go)
 	waiting waitingSet // delayed retries this consumer owns (delay.go)
+	tr      tracing    // OpenTelemetry (trace.go)
 }
 
 type counters struct {
@@ -127,6 +129,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic),
 		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen),
 		presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name, serving: make(chan struct{})}
+	co.tr = newTracing(&co.cfg)
 	for _, o := range opts {
 		o(co)
 	}
@@ -521,6 +524,7 @@ func (c *Consumer) route(pt *part, e *redisx.Entry, now time.Time, attempt int, 
 		}
 	}
 	if j.env.Deadline != 0 && now.UnixNano() >= j.env.Deadline {
+		c.tr.expired(c, e.ID, &j.env)
 		putJob(j)
 		c.stats.expired.Add(1)
 		a.addAsync(completion{p: pt, id: e.ID})
@@ -596,17 +600,25 @@ func (c *Consumer) malformed(pt *part, e *redisx.Entry, attempt int, why string,
 // for another delivery.
 func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots chan<- struct{}, slot *workerSlot) {
 	ctx := hctx
+	// The message's trace context (and its process span) in the handler's
+	// ctx values; nothing when it carries none and no tracer is set.
+	vals := hvals
+	var span trace.Span
+	if c.tr.traced(j.env.Headers) {
+		vals, span = c.tr.start(hvals, c, &j.msg, &j.env)
+		ctx = valuesCtx{hctx, vals}
+	}
 	// What cancels a request's handler when its caller gave up: its
 	// deadline ctx (no method value: that would allocate per request), or
 	// for a request without a deadline, a cancel func.
 	var dc *deadlineCtx
 	var cancel context.CancelCauseFunc
 	if !j.msg.Deadline.IsZero() {
-		dc = newDeadlineCtx(hctx, hvals, j.msg.Deadline)
+		dc = newDeadlineCtx(hctx, vals, j.msg.Deadline)
 		defer dc.cancel(context.Canceled)
 		ctx = dc
 	} else if j.msg.Request {
-		ctx, cancel = context.WithCancelCause(hctx)
+		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
 	}
 	early := false // cancelled before the handler started
@@ -623,6 +635,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	started := time.Now()
 	var out []byte
 	var err error
+	outcome := "" // a span event naming what became of the entry, when not a plain ack
 	if !early {
 		out, err = c.call(ctx, &j.msg)
 	}
@@ -632,7 +645,12 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	if j.msg.stream != nil {
 		chunks = j.msg.stream.end()
 	}
+	if span != nil {
+		queued := j.queued // j goes back to its pool before the span ends
+		defer func() { endProcess(span, queued, err, outcome) }()
+	}
 	if cancelled {
+		outcome = "cancelled"
 		// The caller gave up: no reply, nobody reads it.
 		c.timings.Record(metrics.Handler, ended.Sub(started))
 		c.stats.handled.Add(1)
@@ -655,11 +673,13 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	done := completion{p: j.p, id: j.msg.ID, at: ended, queued: j.queued, handled: ended.Sub(started), failed: err != nil}
 	switch {
 	case err != nil && c.retryAfter(hctx, j, err, slots):
+		outcome = "retry_after"
 		return
 	case j.msg.Request:
 		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
 			time.Until(j.msg.Deadline) > c.cfg.ClaimIdle {
 			c.stats.retried.Add(1) // the caller can still wait for a retry
+			outcome = "retry"
 			c.warnFailed(&j.msg, err, "retry", "handler failed: the request is delivered again after ClaimIdle")
 			c.release(j, slots)
 			return
@@ -688,15 +708,18 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		done.reply = codec.Encode(&reply)
 	case err == nil:
 	case errors.Is(err, ErrSkipRetry):
+		outcome = "dead_lettered"
 		c.warnFailed(&j.msg, err, "handler_error", "handler failed (do not retry): dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "handler_error", err.Error())
 	case j.msg.Attempt >= c.cfg.MaxDeliveries:
+		outcome = "dead_lettered"
 		c.warnFailed(&j.msg, err, "max_deliveries", "handler failed on the last delivery: dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "max_deliveries",
 			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, c.cfg.MaxDeliveries, err))
 	default:
 		// A failed event is delivered again after ClaimIdle.
 		c.stats.retried.Add(1)
+		outcome = "retry"
 		c.warnFailed(&j.msg, err, "retry", "handler failed: the event is delivered again after ClaimIdle")
 		c.release(j, slots)
 		return

@@ -81,7 +81,7 @@ func (p *Producer) cachedBatch(ctx context.Context, payloads [][]byte, topic str
 }
 
 func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte, co *callOptions, start time.Time) ([]Reply, error) {
-	headers := co.headers
+	headers := p.tr.inject(ctx, co.headers)
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = start.Add(p.cfg.RequestTimeout)

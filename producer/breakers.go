@@ -29,6 +29,7 @@ type topic struct {
 	parts  parts
 	parent *topic
 	ctl    string // the topic's control stream (cancel notices, wake-ups)
+	idx    int    // its partition number (0 for a topic itself)
 }
 
 // topicFor returns the cached topic, creating (and validating) it once.

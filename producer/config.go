@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 )
@@ -75,6 +78,16 @@ type Config struct {
 	Breaker breaker.Config
 	// NoBreaker turns the circuit breakers off.
 	NoBreaker bool
+
+	// TracerProvider, when set, records OpenTelemetry spans following the
+	// messaging conventions (docs/tracing.md): "send {topic}" (PRODUCER)
+	// for each write, and "request {topic}" (CLIENT) around a request and
+	// its reply. Nil records none and costs nothing. Either way, a caller's
+	// ctx that carries a span has its trace context injected into the
+	// message headers (traceparent, tracestate, baggage) with Propagator
+	// (nil: W3C trace context and baggage).
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
 	// RemoteErrorsTrip makes handler errors (*bus.RemoteError) count as breaker
 	// failures. By default they do not: the bus delivered the answer.
 	RemoteErrorsTrip bool

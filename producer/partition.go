@@ -186,7 +186,7 @@ func (t *topic) sub(p *Producer, i int) *topic {
 	if err != nil {
 		br = t.br // the configuration was valid for t: not reached
 	}
-	st := &topic{name: name, key: p.keys.Topic(name), presence: t.presence, br: br, rejected: t.rejected, resp: t.resp, parent: t}
+	st := &topic{name: name, key: p.keys.Topic(name), presence: t.presence, br: br, rejected: t.rejected, resp: t.resp, parent: t, idx: i}
 	if t.cache != nil {
 		st.cache = &topicCache{cfg: t.cache.cfg, meta: p.keys.Meta(name)}
 	}
@@ -194,6 +194,9 @@ func (t *topic) sub(p *Producer, i int) *topic {
 	t.parts.subs.Store(&grown)
 	return st
 }
+
+// index returns t's partition number (0 for a topic itself).
+func (t *topic) index() int { return t.idx }
 
 // root returns the topic a partition belongs to (t itself for a topic).
 func (t *topic) root() *topic {

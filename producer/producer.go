@@ -13,6 +13,8 @@ import (
 
 	"github.com/maypok86/otter/v2"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
@@ -49,6 +51,7 @@ type Producer struct {
 	timings  metrics.Recorder
 
 	send *combine.Combiner[sendItem] // batches XADDs (see submit)
+	tr   tracing                     // OpenTelemetry (trace.go)
 	// cancels writes cancel notices (cancel.go) under ctlCtx, which Close
 	// cancels if they overrun it.
 	cancels *combine.Combiner[cancelNotice]
@@ -157,6 +160,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		closing: make(chan struct{}),
 	}
 	p.replyKey = p.keys.Reply(cfg.ID)
+	p.tr = newTracing(&cfg)
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
 	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
@@ -229,6 +233,8 @@ type callOptions struct {
 	hasPartKey bool
 
 	delay *delaySpec // After, At
+
+	trace *timing // a traced request's stages, for its spans
 }
 
 // apply returns what opts chose. It is kept out of line so that a call
@@ -339,11 +345,20 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	}
 	admitted := time.Now()
 	p.timings.Record(metrics.Admission, admitted.Sub(start))
+	var span trace.Span
+	if p.tr.tr != nil {
+		ctx, span = p.tr.startSend(ctx, pt)
+	}
+	headers := p.tr.inject(ctx, co.headers)
 	var id string
 	if co.delay != nil {
-		id, err = p.publishDelayed(ctx, pt, payload, co.headers, co.delay, admitted)
+		id, err = p.publishDelayed(ctx, pt, payload, headers, co.delay, admitted)
 	} else {
-		id, err = p.publish(ctx, pt, payload, co.headers, admitted)
+		id, err = p.publish(ctx, pt, payload, headers, admitted)
+	}
+	if span != nil {
+		span.SetAttributes(attribute.String("messaging.message.id", id))
+		endSpan(span, err)
 	}
 	p.report(pt, tok, err, start)
 	return id, err
@@ -433,11 +448,21 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		return nil, err
 	}
 	p.timings.Record(metrics.Admission, time.Since(start))
+	var span trace.Span
+	if p.tr.tr != nil {
+		ctx, span = p.tr.startSend(ctx, t, attribute.Int("messaging.batch.message_count", len(payloads)))
+	}
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		opts = append(opts, WithHeaders(p.tr.inject(ctx, apply(opts).headers)))
+	}
 	var ids []string
 	if co := apply(opts); co.delay != nil {
 		ids, err = p.publishBatchDelayed(ctx, t, payloads, &co)
 	} else {
 		ids, err = p.publishBatch(ctx, t, payloads, opts)
+	}
+	if span != nil {
+		endSpan(span, err)
 	}
 	p.report(t, tok, err, start)
 	return ids, err
@@ -541,10 +566,20 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if co.delay != nil {
 		return nil, fmt.Errorf("producer: request: %w: After and At apply to events only", bus.ErrInvalidConfig)
 	}
-	if t.cache != nil && (!co.noCache || !co.noStore) {
-		return p.cachedRequest(ctx, t, payload, &co, start)
+	if p.tr.tr != nil {
+		return p.tracedRequest(ctx, t, payload, &co, start)
 	}
-	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
+	co.headers = p.tr.inject(ctx, co.headers)
+	return p.untracedRequest(ctx, t, payload, &co, start)
+}
+
+// untracedRequest is Request after its checks (and, when traced, inside
+// its spans).
+func (p *Producer) untracedRequest(ctx context.Context, t *topic, payload []byte, co *callOptions, start time.Time) ([]byte, error) {
+	if t.cache != nil && (!co.noCache || !co.noStore) {
+		return p.cachedRequest(ctx, t, payload, co, start)
+	}
+	pt, err := p.partition(ctx, t, co, nil, start.UnixNano())
 	if err != nil {
 		return nil, err
 	}
@@ -557,6 +592,42 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	reply, err := p.request(ctx, pt, payload, co.headers, &tm, start)
 	p.report(pt, tok, err, start)
 	p.recordRequest(t.name, start, &tm, err)
+	if co.trace != nil {
+		*co.trace = tm
+	}
+	return reply, err
+}
+
+// tracedRequest is Request in a "request {topic}" CLIENT span holding a
+// "send {topic}" PRODUCER span for the write (whose context the message
+// carries).
+func (p *Producer) tracedRequest(ctx context.Context, t *topic, payload []byte, co *callOptions, start time.Time) ([]byte, error) {
+	ctx, client := p.tr.startRequest(ctx, t.name)
+	sctx, send := p.tr.startSend(ctx, t)
+	sendStart := time.Now()
+	co.headers = p.tr.inject(sctx, co.headers)
+	var tm timing
+	co.trace = &tm
+	reply, err := p.untracedRequest(ctx, t, payload, co, start)
+	if tm.entry != "" {
+		send.SetAttributes(attribute.String("messaging.message.id", tm.entry))
+		client.SetAttributes(attribute.String("messaging.message.id", tm.entry))
+	}
+	if tm.seq != 0 {
+		id := p.inc + strconv.FormatUint(tm.seq, 36)
+		send.SetAttributes(attribute.String("messaging.message.conversation_id", id))
+		client.SetAttributes(attribute.String("messaging.message.conversation_id", id))
+	}
+	if tm.replied {
+		client.SetAttributes(attribute.Int64("mycelium.queue_wait_us", tm.queue.Microseconds()),
+			attribute.Int64("mycelium.handler_us", tm.handler.Microseconds()))
+	}
+	var sendErr error
+	if err != nil && tm.write == 0 && !tm.replied {
+		sendErr = err // the write itself failed, or never happened
+	}
+	endSpan(send, sendErr, sendEnd(sendStart, tm.encode+tm.write))
+	endSpan(client, err)
 	return reply, err
 }
 

@@ -156,7 +156,7 @@ func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opt
 		return nil, err
 	}
 	s := &Stream{p: p, t: pt, tok: tok, ctx: ctx, start: start, admitted: time.Now()}
-	if err := s.send(payload, co.headers); err != nil {
+	if err := s.send(payload, p.tr.inject(ctx, co.headers)); err != nil {
 		p.report(pt, tok, err, start)
 		return nil, err
 	}

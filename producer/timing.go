@@ -17,11 +17,12 @@ type timing struct {
 	admission, encode, write        time.Duration
 	queue, handler, transit, decode time.Duration
 	replied                         bool
+	entry                           string // the request's stream entry id, once written
 }
 
 // fill copies what the sender and the reply reader measured.
 func (tm *timing) fill(w *waiter, r *result) {
-	tm.write = w.write
+	tm.write, tm.entry = w.write, w.entry
 	if r.replied {
 		tm.replied = true
 		tm.queue, tm.handler, tm.transit, tm.decode = r.queue, r.handler, r.transit, r.decode

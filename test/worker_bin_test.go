@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -361,4 +362,40 @@ func TestBusWorkerRequestErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBusWorkerTraceConsole: bus-worker serve and bus-worker request, two
+// processes with OTEL_TRACES_EXPORTER=console, print spans of one trace:
+// the request's (request, send) and the worker's (process).
+func TestBusWorkerTraceConsole(t *testing.T) {
+	srv := redistest.Start(t)
+	t.Setenv("OTEL_TRACES_EXPORTER", "console")
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	w := redistest.StartWorker(t, "--redis", srv.URL, "--topic", "traced")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	began := time.Now()
+	out, err := exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", "traced", "--data", "hi").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bus-worker request: %v\n%s", err, out)
+	}
+	t.Logf("request took %v", time.Since(began))
+	began = time.Now()
+	w.Stop(t) // flushes the worker's spans
+	t.Logf("worker stop took %v", time.Since(began))
+	traceIDs := func(s string) map[string][]string {
+		ids := map[string][]string{}
+		for _, m := range regexp.MustCompile(`"Name":\s*"([^"]+)",\s*"SpanContext":\s*\{\s*"TraceID":\s*"([0-9a-f]{32})"`).FindAllStringSubmatch(s, -1) {
+			ids[m[2]] = append(ids[m[2]], m[1])
+		}
+		return ids
+	}
+	caller, worker := traceIDs(string(out)), traceIDs(w.Logs.String())
+	for id, names := range caller {
+		if wn, ok := worker[id]; ok {
+			t.Logf("trace %s: request printed %q, the worker %q", id, names, wn)
+			return
+		}
+	}
+	t.Fatalf("no trace id in both processes' spans: request printed %v, the worker %v\nrequest output:\n%s", caller, worker, out)
 }

@@ -17,15 +17,15 @@ import (
 // options is the command line: one bench run, or a suite of them.
 type options struct {
 	bench.Options
-	json    bool
-	suite   string // "" or seed
+	json  bool
+	suite string // "" or seed
 	// servePubsub runs only the PubSub baseline's workers on --topic until
 	// interrupted (for other clients' before/after runs).
 	servePubsub bool
-	quick   bool   // --suite-quick: a scaled-down suite for tests
-	ignore  bool   // --ignore-targets
-	report  string // directory for results.jsonl and report.html
-	compare string // --compare-redis: the cluster suite's standalone server
+	quick       bool   // --suite-quick: a scaled-down suite for tests
+	ignore      bool   // --ignore-targets
+	report      string // directory for results.jsonl and report.html
+	compare     string // --compare-redis: the cluster suite's standalone server
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {

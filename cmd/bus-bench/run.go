@@ -24,6 +24,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bus-bench: "+cli.OneLine(err.Error()))
 		return 2
 	}
+	tp, stopTracing, err := cli.Tracing(ctx, "bus-bench")
+	if err != nil {
+		fmt.Fprintln(stderr, "bus-bench: "+cli.OneLine(err.Error()))
+		return 2
+	}
+	defer stopTracing()
+	o.TracerProvider = tp
 	if o.servePubsub {
 		return exitCode(bench.ServePubsub(ctx, &o.Options, stdout), stderr)
 	}

@@ -154,8 +154,15 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if f.cache {
 		pcfg.Cache = map[string]producer.CacheConfig{f.topic: {}}
 	}
+	tp, stopTracing, err := cli.Tracing(ctx, "bus-worker")
+	if err != nil {
+		c.Close()
+		return nil, nil, nil, usageError{err}
+	}
+	pcfg.TracerProvider = tp
 	p, err = producer.New(c, pcfg)
 	if err != nil {
+		stopTracing()
 		c.Close()
 		return nil, nil, nil, usageError{err}
 	}
@@ -164,6 +171,7 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 		_ = p.Close(cctx)
 		cancel()
 		c.Close()
+		stopTracing()
 	}, nil
 }
 

@@ -31,6 +31,8 @@ type serveFlags struct {
 	httpTimeout, httpMaxRetryAfter                                  time.Duration
 	httpMaxResponse                                                 int
 
+	traceParent bool
+
 	breaker                        bool
 	breakerMinCalls, breakerProbes int
 	breakerRatio                   float64
@@ -65,6 +67,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&f.timingSample, "timing-sample", consumer.DefaultTimingSample, "log one handled entry in this many with its stage timings at info level (every entry at debug); negative: off")
 	fs.DurationVar(&f.slowEntry, "slow-entry", consumer.DefaultSlowEntry, "log every entry whose queue wait + handler + reply write exceed this at warn level; negative: off")
 	fs.DurationVar(&f.cacheTTL, "cache-ttl", 0, "store answers to cached requests (request --cache) for at most this long; 0: as long as the caller asks; negative: never (identical requests in flight still share one answer)")
+	fs.BoolVar(&f.traceParent, "trace-parent", true, "with tracing on (OTEL_TRACES_EXPORTER): make each process span a child of the sender's span (one trace from caller to handler), not only linked to it")
 	fs.BoolVar(&f.breaker, "breaker", true, "wrap the handler in a circuit breaker: while the downstream fails, hold entries (pending) instead of hammering it")
 	fs.IntVar(&f.breakerMinCalls, "breaker-min-calls", breaker.DefaultMinCalls, "calls in the window before the breaker may trip")
 	fs.IntVar(&f.breakerProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls half-open admits; all must succeed to close")
@@ -129,6 +132,7 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 			Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
 			ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
 			TimingSample: f.timingSample, SlowEntry: f.slowEntry, CacheTTL: f.cacheTTL,
+			TraceParent: f.traceParent,
 		},
 		Handler:  f.handler,
 		HTTPAddr: f.httpAddr,

@@ -385,7 +385,7 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 	pcfg := producer.Config{
 		MaxInFlight: max(o.Concurrency, producer.DefaultMaxInFlight), SlowRequest: -1,
 		RequestTimeout: o.Timeout, // --timeout, enforced by the producer (see caller)
-		WaitReplicas:   o.WaitReplicas,
+		WaitReplicas:   o.WaitReplicas, TracerProvider: o.TracerProvider,
 	}
 	if o.Scenario == "failover" {
 		// Probe the failed partition again after 1 s, not the default 5 s.
@@ -499,6 +499,7 @@ func (p pubsubCaller) request(ctx context.Context, payload []byte) ([]byte, erro
 func (e *env) startWorkers(ctx context.Context, c *bus.Client, h consumer.Handler) (func(), error) {
 	co, err := consumer.New(c, consumer.Config{
 		Topic: e.o.Topic, Group: e.o.Group, Concurrency: e.o.Workers, StartID: "$",
+		TracerProvider: e.o.TracerProvider, TraceParent: true,
 	}, h)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/internal/simwork"
 )
@@ -61,6 +63,9 @@ type Options struct {
 	// one every ChunkInterval.
 	Chunks        int
 	ChunkInterval time.Duration
+	// TracerProvider traces the run's producer and workers (from the
+	// OTEL_* environment; nil: off).
+	TracerProvider trace.TracerProvider
 }
 
 // ErrUsage marks errors in the options: the command exits 2 on them.

@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 )
@@ -48,6 +51,9 @@ const (
 	DefaultHeaderPrefix  = "X-Mycelium-Header-"
 	DefaultMaxRetryAfter = 10 * time.Minute
 )
+
+// traceContext writes the handler's span context into a backend request.
+var traceContext = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
 // traceHeaders pass to the backend under their own names.
 var traceHeaders = map[string]bool{"traceparent": true, "tracestate": true, "baggage": true}
@@ -99,6 +105,11 @@ func httpHandler(client *http.Client, target string, o HTTPOptions) consumer.Han
 			return nil, err
 		}
 		setHeaders(req.Header, m, &o)
+		// The handler's ctx carries the message's span (its process span
+		// when the worker traces): the backend's request continues it.
+		if trace.SpanContextFromContext(ctx).IsValid() {
+			traceContext.Inject(ctx, propagation.HeaderCarrier(req.Header))
+		}
 		resp, err := client.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {

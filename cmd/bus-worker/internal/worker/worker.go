@@ -64,6 +64,14 @@ var ErrSetup = errors.New("cannot start")
 // Run serves until ctx ends, then shuts down (see consumer.Consumer.Run)
 // and returns nil, or an error wrapping ErrSetup if it could not start.
 func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
+	tp, stopTracing, err := cli.Tracing(ctx, "bus-worker")
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	defer stopTracing()
+	if tp != nil {
+		cfg.Consumer.TracerProvider = tp
+	}
 	httpClient := &http.Client{Transport: NewHTTPTransport(cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency))}
 	defer httpClient.CloseIdleConnections()
 	h, err := ParseHandler(cfg.Handler, cfg.HTTP, httpClient)

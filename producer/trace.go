@@ -1,0 +1,137 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/egos/mycelium/bus"
+)
+
+// Tracing (docs/tracing.md): spans follow the OpenTelemetry messaging
+// conventions; trace context travels as W3C headers in the envelope.
+
+// instrumentation names the tracer.
+const instrumentation = "github.com/egos/mycelium/producer"
+
+// defaultPropagator is W3C trace context and baggage.
+var defaultPropagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+
+type tracing struct {
+	tr   trace.Tracer // nil: no spans
+	prop propagation.TextMapPropagator
+}
+
+func newTracing(cfg *Config) tracing {
+	t := tracing{prop: cfg.Propagator}
+	if t.prop == nil {
+		t.prop = defaultPropagator
+	}
+	if cfg.TracerProvider != nil {
+		t.tr = cfg.TracerProvider.Tracer(instrumentation)
+	}
+	return t
+}
+
+// inject returns headers with ctx's trace context added, as a copy (the
+// caller's map is not modified), when ctx carries a valid span; else
+// headers unchanged. One context lookup when it does not.
+func (t *tracing) inject(ctx context.Context, headers map[string]string) map[string]string {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return headers
+	}
+	h := make(map[string]string, len(headers)+3)
+	maps.Copy(h, headers)
+	t.prop.Inject(ctx, propagation.MapCarrier(h))
+	return h
+}
+
+// attrs are a span's messaging attributes for topic (partition p of n).
+func msgAttrs(op, topic string, part int) []attribute.KeyValue {
+	a := []attribute.KeyValue{
+		attribute.String("messaging.system", "mycelium"),
+		attribute.String("messaging.operation.name", op),
+		attribute.String("messaging.operation.type", op),
+		attribute.String("messaging.destination.name", topic),
+	}
+	if part > 0 {
+		a = append(a, attribute.String("messaging.destination.partition.id", itoa(part)))
+	}
+	return a
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
+
+// startSend starts a "send {topic}" PRODUCER span for a write to pt.
+func (t *tracing) startSend(ctx context.Context, pt *topic, extra ...attribute.KeyValue) (context.Context, trace.Span) {
+	root := pt.root().name
+	return t.tr.Start(ctx, "send "+root, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(append(msgAttrs("send", root, pt.index()), extra...)...))
+}
+
+// startRequest starts a "request {topic}" CLIENT span around a request
+// and its reply.
+func (t *tracing) startRequest(ctx context.Context, topic string) (context.Context, trace.Span) {
+	return t.tr.Start(ctx, "request "+topic, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("messaging.system", "mycelium"), attribute.String("messaging.destination.name", topic)))
+}
+
+// endSpan ends span with err recorded (error.type and the status).
+func endSpan(span trace.Span, err error, opts ...trace.SpanEndOption) {
+	if err != nil {
+		span.SetAttributes(attribute.String("error.type", errorType(err)))
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End(opts...)
+}
+
+// errorType names err for error.type: the bus's sentinel it wraps, the
+// remote error's code, else "_OTHER".
+func errorType(err error) string {
+	var re *bus.RemoteError
+	switch {
+	case errors.As(err, &re):
+		return re.Code
+	case errors.Is(err, bus.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	case errors.Is(err, bus.ErrNoResponders):
+		return "no_responders"
+	case errors.Is(err, bus.ErrBreakerOpen):
+		return "breaker_open"
+	case errors.Is(err, bus.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, bus.ErrPayloadTooLarge):
+		return "payload_too_large"
+	case errors.Is(err, bus.ErrClosed):
+		return "closed"
+	}
+	return "_OTHER"
+}
+
+// sendEnd is when a request's send span ends: its start plus the write's
+// time, once known.
+func sendEnd(start time.Time, write time.Duration) trace.SpanEndOption {
+	if write <= 0 {
+		return trace.WithTimestamp(time.Now())
+	}
+	return trace.WithTimestamp(start.Add(write))
+}
