@@ -322,3 +322,30 @@ async def test_event_retry_then_dead_letter(redis_url: str, topic: str) -> None:
 
         await eventually(dead, within=20, what="the poison event dead-lettered")
     assert attempts == [1, 2, 3]
+
+
+async def test_reclaim_from_dead_consumer_and_heartbeat(redis_url: str, topic: str) -> None:
+    r = aioredis.from_url(redis_url)
+    key = f"myc:{{{topic}}}"
+    # A worker that read an entry and died: it stays pending under its name.
+    await r.xgroup_create(key, "workers", id="0", mkstream=True)
+    await r.xadd(key, {"m": codec.encode(codec.Envelope(kind=codec.EVENT, payload=b"orphan"))})
+    await r.xreadgroup("workers", "dead-worker", {key: ">"}, count=1)
+    seen: list[tuple[bytes, int]] = []
+
+    async def slow(m: Message) -> None:
+        seen.append((m.payload, m.attempt))
+        if m.payload == b"long":
+            await asyncio.sleep(2.0)  # longer than claim_idle: the heartbeat keeps it ours
+
+    async with py_worker(redis_url, topic, slow, claim_idle=0.6, block=0.1) as c:
+        await r.xadd(key, {"m": codec.encode(codec.Envelope(kind=codec.EVENT, payload=b"long"))})
+
+        async def done() -> bool:
+            return c.stats.acked == 2
+
+        await eventually(done, within=15, what="the orphan reclaimed and the long event handled")
+        assert c.stats.reclaimed >= 1 and c.stats.heartbeats >= 1
+    await r.close()
+    assert (b"orphan", 2) in seen
+    assert [p for p, _ in seen].count(b"long") == 1  # never reclaimed while running
