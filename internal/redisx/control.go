@@ -277,11 +277,6 @@ func RetryDue(ctx context.Context, c rueidis.Client, key string, ids []string) (
 	return out, nil
 }
 
-// DropRetry removes id from the retry set key (its entry was finished).
-func DropRetry(ctx context.Context, c rueidis.Client, key string, ids ...string) error {
-	return c.Do(ctx, c.B().Zrem().Key(key).Member(ids...).Build()).Error()
-}
-
 // dueScript does what is due on one partition (KEYS[1] its delayed
 // events, KEYS[2] its stream, KEYS[3] its retries): it moves up to ARGV[2]
 // due delayed events to the stream (field ARGV[1]; a member without its id
@@ -368,9 +363,4 @@ func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer
 	}
 	wg.Wait()
 	return out
-}
-
-// DelayedCount returns how many entries the delayed set key holds.
-func DelayedCount(ctx context.Context, c rueidis.Client, key string) (int64, error) {
-	return c.Do(ctx, c.B().Zcard().Key(key).Build()).AsInt64()
 }

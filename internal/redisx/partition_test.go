@@ -95,7 +95,7 @@ func TestDrained(t *testing.T) {
 	if ok, _ := Drained(ctx, c, "s", "s:dlq", sets, []string{"g"}); ok {
 		t.Fatal("a partition with a retry scheduled read as drained")
 	}
-	if err := DropRetry(ctx, c, "s:retry", res[0].ID); err != nil {
+	if err := c.Do(ctx, c.B().Zrem().Key("s:retry").Member(res[0].ID).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	AddBatch(ctx, c, []Add{{Key: "s:dlq", Fields: []string{"reason", "x"}}}, nil, nil)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import codec
 from .errors import CODE_HANDLER, InvalidConfig, MalformedError, RemoteError
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
-from .producer import FIELD, _unavailable
+from .producer import FIELD
 
 log = logging.getLogger("mycelium.consumer")
 
@@ -561,4 +561,4 @@ def _queue_wait(eid: str, sent_ns: int, read_ns: int) -> int:
     return read_ns - start if start and read_ns >= start else 0
 
 
-__all__ = ["Consumer", "Handler", "Message", "Stats", "_unavailable"]
+__all__ = ["Consumer", "Handler", "Message", "Stats"]
