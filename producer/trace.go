@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -52,7 +53,8 @@ func (t *tracing) inject(ctx context.Context, headers map[string]string) map[str
 	return h
 }
 
-// attrs are a span's messaging attributes for topic (partition p of n).
+// msgAttrs are a span's messaging attributes for op on topic (partition
+// part; 0 for a topic of one partition).
 func msgAttrs(op, topic string, part int) []attribute.KeyValue {
 	a := []attribute.KeyValue{
 		attribute.String("messaging.system", "mycelium"),
@@ -61,22 +63,9 @@ func msgAttrs(op, topic string, part int) []attribute.KeyValue {
 		attribute.String("messaging.destination.name", topic),
 	}
 	if part > 0 {
-		a = append(a, attribute.String("messaging.destination.partition.id", itoa(part)))
+		a = append(a, attribute.String("messaging.destination.partition.id", strconv.Itoa(part)))
 	}
 	return a
-}
-
-func itoa(n int) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			return string(b[i:])
-		}
-	}
 }
 
 // startSend starts a "send {topic}" PRODUCER span for a write to pt.

@@ -3,6 +3,7 @@ package report
 import (
 	"fmt"
 
+	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 )
@@ -28,20 +29,8 @@ func cacheChart(runs []Run) (chart, error) {
 		names[i] = fmt.Sprintf("%s (%d distinct asked)", r.Case, res.Cache.DistinctRequested)
 		reqs[i], calls[i] = float64(res.OK), float64(res.Cache.HandlerCalls)
 	}
-	for k, s := range []struct {
-		name string
-		v    plotter.Values
-	}{{"requests answered", reqs}, {"handler calls", calls}} {
-		b, err := plotter.NewBarChart(s.v, vg.Points(12))
-		if err != nil {
-			return chart{}, err
-		}
-		b.Horizontal = true
-		b.Color = palette[k]
-		b.LineStyle.Width = 0
-		b.Offset = vg.Points(float64(12*k - 6))
-		p.Add(b)
-		p.Legend.Add(s.name, b)
+	if err := hbars(p, barSeries{"requests answered", reqs}, barSeries{"handler calls", calls}); err != nil {
+		return chart{}, err
 	}
 	p.NominalY(names...)
 	svg, err := svgOf(p, 9*vg.Inch, vg.Length(len(cached))*vg.Points(40)+vg.Inch)
@@ -57,4 +46,28 @@ func cacheChart(runs []Run) (chart, error) {
 	}
 	caption += "With coalescing, the handler runs at most once per distinct payload asked within the TTL."
 	return chart{ID: "cache", Title: "Response cache", Caption: caption, SVG: svg}, err
+}
+
+// barSeries is one series of a horizontal bar chart.
+type barSeries struct {
+	name string
+	v    plotter.Values
+}
+
+// hbars adds series to p as horizontal bars side by side (12 pt each, one
+// palette colour per series), with a legend entry each.
+func hbars(p *plot.Plot, series ...barSeries) error {
+	for k, s := range series {
+		b, err := plotter.NewBarChart(s.v, vg.Points(12))
+		if err != nil {
+			return err
+		}
+		b.Horizontal = true
+		b.Color = palette[k]
+		b.LineStyle.Width = 0
+		b.Offset = vg.Points(float64(12*k - 6*(len(series)-1)))
+		p.Add(b)
+		p.Legend.Add(s.name, b)
+	}
+	return nil
 }

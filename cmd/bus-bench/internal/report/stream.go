@@ -37,24 +37,15 @@ func streamChart(runs []Run) (chart, error) {
 		return noData("stream", "Streamed replies and cancellation"), nil
 	}
 	p := newPlot("Streamed replies and cancellation", "milliseconds", "")
-	for k, s := range []struct {
-		name string
-		v    plotter.Values
-	}{{"p50", p50}, {"p99", p99}} {
-		v := make(plotter.Values, len(s.v))
-		for i := range s.v {
-			v[i] = s.v[i] / 1000
+	ms := func(us plotter.Values) plotter.Values {
+		v := make(plotter.Values, len(us))
+		for i := range us {
+			v[i] = us[i] / 1000
 		}
-		b, err := plotter.NewBarChart(v, vg.Points(12))
-		if err != nil {
-			return chart{}, err
-		}
-		b.Horizontal = true
-		b.Color = palette[k]
-		b.LineStyle.Width = 0
-		b.Offset = vg.Points(float64(12*k - 6))
-		p.Add(b)
-		p.Legend.Add(s.name, b)
+		return v
+	}
+	if err := hbars(p, barSeries{"p50", ms(p50)}, barSeries{"p99", ms(p99)}); err != nil {
+		return chart{}, err
 	}
 	p.NominalY(names...)
 	svg, err := svgOf(p, 9*vg.Inch, vg.Length(len(names))*vg.Points(34)+vg.Inch)

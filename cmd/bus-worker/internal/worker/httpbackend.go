@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
@@ -51,9 +52,6 @@ const (
 	DefaultHeaderPrefix  = "X-Mycelium-Header-"
 	DefaultMaxRetryAfter = 10 * time.Minute
 )
-
-// traceContext writes the handler's span context into a backend request.
-var traceContext = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
 // traceHeaders pass to the backend under their own names.
 var traceHeaders = map[string]bool{"traceparent": true, "tracestate": true, "baggage": true}
@@ -106,9 +104,11 @@ func httpHandler(client *http.Client, target string, o HTTPOptions) consumer.Han
 		}
 		setHeaders(req.Header, m, &o)
 		// The handler's ctx carries the message's span (its process span
-		// when the worker traces): the backend's request continues it.
+		// when the worker traces): the backend's request continues it, by
+		// the process's propagators (W3C when bus-worker traces; without
+		// tracing the caller's headers above already carry it).
 		if trace.SpanContextFromContext(ctx).IsValid() {
-			traceContext.Inject(ctx, propagation.HeaderCarrier(req.Header))
+			otel.GetTextMapPropagator().Inject(ctx, propagation.HeaderCarrier(req.Header))
 		}
 		resp, err := client.Do(req)
 		if err != nil {
