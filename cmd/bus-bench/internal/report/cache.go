@@ -6,6 +6,8 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/egos/mycelium/internal/svgchart"
 )
 
 // cacheChart draws what the response cache saved in the cached cases: the
@@ -21,7 +23,7 @@ func cacheChart(runs []Run) (chart, error) {
 	if len(cached) == 0 {
 		return noData("cache", "Response cache"), nil
 	}
-	p := newPlot("Response cache: requests and the handler calls they cost", "count", "")
+	p := svgchart.New("Response cache: requests and the handler calls they cost", "count", "")
 	names := make([]string, len(cached))
 	reqs, calls := make(plotter.Values, len(cached)), make(plotter.Values, len(cached))
 	for i, r := range cached {
@@ -33,7 +35,7 @@ func cacheChart(runs []Run) (chart, error) {
 		return chart{}, err
 	}
 	p.NominalY(names...)
-	svg, err := svgOf(p, 9*vg.Inch, vg.Length(len(cached))*vg.Points(40)+vg.Inch)
+	svg, err := svgchart.SVG(p, 9*vg.Inch, vg.Length(len(cached))*vg.Points(40)+vg.Inch)
 	caption := "Requests answered and handler calls made in the same time, with the response cache and without it (cached-off). "
 	for _, r := range cached {
 		c := r.Out.Result.Cache
@@ -55,7 +57,7 @@ type barSeries struct {
 }
 
 // hbars adds series to p as horizontal bars side by side (12 pt each, one
-// palette colour per series), with a legend entry each.
+// svgchart.Palette colour per series), with a legend entry each.
 func hbars(p *plot.Plot, series ...barSeries) error {
 	for k, s := range series {
 		b, err := plotter.NewBarChart(s.v, vg.Points(12))
@@ -63,7 +65,7 @@ func hbars(p *plot.Plot, series ...barSeries) error {
 			return err
 		}
 		b.Horizontal = true
-		b.Color = palette[k]
+		b.Color = svgchart.Palette[k]
 		b.LineStyle.Width = 0
 		b.Offset = vg.Points(float64(12*k - 6*(len(series)-1)))
 		p.Add(b)

@@ -5,6 +5,8 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/egos/mycelium/internal/svgchart"
 )
 
 // streamChart draws the streamed-reply and cancellation measurements of
@@ -36,7 +38,7 @@ func streamChart(runs []Run) (chart, error) {
 	if len(names) == 0 {
 		return noData("stream", "Streamed replies and cancellation"), nil
 	}
-	p := newPlot("Streamed replies and cancellation", "milliseconds", "")
+	p := svgchart.New("Streamed replies and cancellation", "milliseconds", "")
 	ms := func(us plotter.Values) plotter.Values {
 		v := make(plotter.Values, len(us))
 		for i := range us {
@@ -48,6 +50,6 @@ func streamChart(runs []Run) (chart, error) {
 		return chart{}, err
 	}
 	p.NominalY(names...)
-	svg, err := svgOf(p, 9*vg.Inch, vg.Length(len(names))*vg.Points(34)+vg.Inch)
+	svg, err := svgchart.SVG(p, 9*vg.Inch, vg.Length(len(names))*vg.Points(34)+vg.Inch)
 	return chart{ID: "stream", Title: "Streamed replies and cancellation", Caption: caption, SVG: svg}, err
 }
