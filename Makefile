@@ -19,9 +19,14 @@ PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-a
 # producers and workers as the ACL users of `bus-worker acl`.
 SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled|Python
 
+# The soak (test/soak, docs/soak.md): make soak runs SOAK of it; make test
+# runs 60 seconds of it (soak-short) into its own directory.
+SOAK            ?= 30m
+SOAK_TIMEOUT    ?= 3h
+
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test test-python python-deps test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test soak soak-short test-python python-deps test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,8 +47,9 @@ check-repo: ## fail when a tracked file is an executable binary or larger than 1
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server python-deps check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), test-secure, then the Python client's tests
+test: redis-server python-deps check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), the 60-second soak, test-secure, then the Python client's tests
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
+	$(MAKE) --no-print-directory soak-short
 	$(MAKE) --no-print-directory test-secure
 	$(MAKE) --no-print-directory test-python
 
@@ -65,6 +71,13 @@ test-cluster: redis-server ## the Redis Cluster and Sentinel suites, long versio
 
 chaos: redis-server ## the long chaos suite (real redis-server and bus-worker processes); make test runs the short one
 	MYCELIUM_CHAOS_LONG=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 30m -v -run Chaos ./test/chaos/
+
+soak: redis-server ## the soak: SOAK (default 30m) of requests, events and poison at half the measured capacity, workers restarted and killed, Redis restarted; out/soak/soak.jsonl and report.html (checked in headless Chromium)
+	MYCELIUM_SOAK=$(SOAK) $(TEST_ENV) $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -v -run '^TestSoak$$' ./test/soak/
+	MIN_FIGURES=11 ./test/report-check.sh out/soak/report.html
+
+soak-short: redis-server ## the 60-second soak make test runs (out/soak-60s), without the race detector: it measures memory and latency
+	MYCELIUM_SOAK=60s MYCELIUM_SOAK_OUT=$(CURDIR)/out/soak-60s $(TEST_ENV) $(GO) test -count=1 -timeout 6m -run '^TestSoak$$' ./test/soak/
 
 run: ## bus-worker serve --embedded: a worker on an in-memory Redis (no Redis needed)
 	$(GO) run ./cmd/bus-worker serve --embedded

@@ -17,7 +17,7 @@ var (
 )
 
 // Binary builds ./cmd/<name> of this module once per test process (with
-// the race detector, like the tests) and returns its path.
+// the race detector when the test runs with it) and returns its path.
 func Binary(tb testing.TB, name string) string {
 	tb.Helper()
 	buildMu.Lock()
@@ -36,7 +36,11 @@ func Binary(tb testing.TB, name string) string {
 		if rerr != nil {
 			tb.Fatal(rerr)
 		}
-		cmd := exec.Command("go", "build", "-race", "-o", out, "./cmd/"+name)
+		args := []string{"build", "-o", out}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "./cmd/"+name)...)
 		cmd.Dir = root
 		if b, berr := cmd.CombinedOutput(); berr != nil {
 			err = fmt.Errorf("go build ./cmd/%s: %w: %s", name, berr, b)

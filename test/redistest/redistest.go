@@ -151,6 +151,36 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
+// Shutdown sends SIGTERM, as a service manager's restart would: Redis
+// writes its append-only file and exits. It waits up to 30s for the exit;
+// Restart starts the server again.
+func (s *Server) Shutdown() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		s.cmd = nil
+		return err
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-done
+		s.cmd = nil
+		return fmt.Errorf("redis-server did not exit within 30s of SIGTERM")
+	}
+}
+
+// Pid is the server process's id (0 when stopped).
+func (s *Server) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Kill sends SIGKILL, as a crash would.
 func (s *Server) Kill() { s.Stop() }
 
@@ -158,10 +188,19 @@ func (s *Server) Kill() { s.Stop() }
 // (and data directory, so an append-only file is replayed).
 func (s *Server) Restart() {
 	s.tb.Helper()
-	bin, _ := exec.LookPath("redis-server")
-	if err := s.start(bin); err != nil {
+	if err := s.Relaunch(); err != nil {
 		s.tb.Fatalf("restart redis-server: %v", err)
 	}
+}
+
+// Relaunch is Restart returning its error instead of failing the test
+// (for goroutines other than the test's).
+func (s *Server) Relaunch() error {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return err
+	}
+	return s.start(bin)
 }
 
 // Signal sends sig (for example syscall.SIGSTOP) to the server.

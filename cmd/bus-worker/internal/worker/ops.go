@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,7 +31,11 @@ func registry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (
 		return nil, err
 	}
 	for _, col := range []prometheus.Collector{
-		collectors.NewGoCollector(),
+		// The default Go metrics, plus the live heap (marked by the last
+		// GC): the figure to watch for a leak, where the allocated heap
+		// saws up and down with every cycle.
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		br,
 		prom.NewStreamCollector(inspect.New(c), co.Config().Topic),

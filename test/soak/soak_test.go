@@ -1,0 +1,207 @@
+package soak
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egos/mycelium/test/redistest"
+)
+
+// Env names the variable that runs the soak for its duration (make soak
+// sets it from SOAK, make test to 60s); without it TestSoak skips.
+const Env = "MYCELIUM_SOAK"
+
+// OutEnv names the variable of the output directory (default out/soak at
+// the module root).
+const OutEnv = "MYCELIUM_SOAK_OUT"
+
+func TestSoak(t *testing.T) {
+	v := os.Getenv(Env)
+	if v == "" {
+		t.Skipf("%s not set: make soak (SOAK=30m) or make test (60s) run it", Env)
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", Env, v, err)
+	}
+	cfg := ConfigFor(d)
+	cfg.Out = os.Getenv(OutEnv)
+	if cfg.Out == "" {
+		cfg.Out, _ = filepath.Abs("../../out/soak")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d+10*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range res.Verdicts {
+		mark := "PASS"
+		if !v.OK {
+			mark = "FAIL"
+		}
+		t.Logf("%s %s", mark, v.Text)
+	}
+	t.Logf("capacity %.0f/s, sent %.0f requests/s + %.0f events/s; report %s", res.CapacityMPS, res.RequestRate, res.EventRate, filepath.Join(cfg.Out, "report.html"))
+	if !res.Pass {
+		t.Errorf("the soak failed (verdicts above; worker logs in %s)", cfg.Out)
+	}
+}
+
+func TestConfigFor(t *testing.T) {
+	for _, d := range []time.Duration{time.Minute, 2 * time.Minute, 10 * time.Minute, 30 * time.Minute, 2 * time.Hour} {
+		c := ConfigFor(d)
+		if err := c.Validate(); err != nil {
+			t.Errorf("ConfigFor(%v): %v", d, err)
+		}
+		plan := c.plan()
+		kinds := map[string]int{}
+		for i, p := range plan {
+			kinds[p.kind]++
+			if p.at <= 0 || p.at >= d {
+				t.Errorf("%v: fault %s at %v outside the run", d, p.kind, p.at)
+			}
+			if i > 0 && p.at-plan[i-1].at < 5*time.Second {
+				t.Errorf("%v: faults %v apart", d, p.at-plan[i-1].at)
+			}
+			if p.kind != FaultRestart && (p.at < c.Warmup+c.Window || p.at > d-c.Window) {
+				t.Errorf("%v: %s at %v inside a compared window", d, p.kind, p.at)
+			}
+		}
+		if kinds[FaultRedisRestart] != 1 || kinds[FaultKill] != 1 || kinds[FaultRestart] < 2 {
+			t.Errorf("%v: plan %v", d, kinds)
+		}
+	}
+	if c := ConfigFor(30 * time.Second); c.Validate() == nil {
+		t.Error("a 30s soak validated")
+	}
+}
+
+func TestLedger(t *testing.T) {
+	start := time.Now()
+	at := func(s float64) time.Time { return start.Add(time.Duration(s * float64(time.Second))) }
+	tl := &timeline{start: start, handlerMax: 15 * time.Millisecond, timeout: 8 * time.Second, grace: 11 * time.Second}
+	i := tl.begin(Fault{Kind: FaultKill, At: 10})
+	tl.finish(i, 10.5, "")
+	l := newLedger(start, 4, tl.explainsDuplicate) // 1024 slots
+	// 1: answered once. 2: executed twice, first just before the kill
+	// (explained). 3: executed twice long before it (not). 4: an acked
+	// event never executed (lost). 5: failed, executed. 6: never finished.
+	for id := uint64(1); id <= 6; id++ {
+		l.Issue(id, at(1))
+	}
+	l.Executed(1, at(2))
+	l.Done(1, true)
+	l.Executed(2, at(9.995))
+	l.Executed(2, at(12.5))
+	l.Done(2, true)
+	l.Executed(3, at(3))
+	l.Executed(3, at(4))
+	l.Done(3, true)
+	l.Done(4, true)
+	l.Executed(5, at(6))
+	l.Done(5, false)
+	l.Executed(99, at(6)) // never issued
+	got := l.Finalize()
+	want := Tally{Issued: 6, Answered: 4, Failed: 1, Executed: 4, Duplicates: 2, Explained: 1, Lost: 1, FailedExecuted: 1, Unfinished: 1, Stray: 1}
+	if got != want {
+		t.Fatalf("tally\n got %+v\nwant %+v", got, want)
+	}
+	// Reusing a slot settles its old message (the ring wraps at 1024).
+	l2 := newLedger(start, 1, nil)
+	l2.Issue(1, at(0))
+	l2.Executed(1, at(0))
+	l2.Done(1, true)
+	l2.Issue(1025, at(1))
+	l2.Executed(1, at(2)) // its slot holds 1025 now: a stray execution
+	if s := l2.Snapshot(); s.Answered != 1 || s.Executed != 1 || s.Stray != 1 {
+		t.Fatalf("after wrap: %+v", s)
+	}
+}
+
+func TestTimelineShadows(t *testing.T) {
+	tl := &timeline{handlerMax: 15 * time.Millisecond, timeout: 8 * time.Second, grace: 11 * time.Second}
+	i := tl.begin(Fault{Kind: FaultRedisRestart, At: 100})
+	if !tl.explainsError(int64(150 * time.Second)) {
+		t.Error("an error while the restart is in progress is in its shadow")
+	}
+	tl.finish(i, 101, "ok")
+	tl.begin(Fault{Kind: FaultRestart, At: 200, End: 201})
+	for _, c := range []struct {
+		due  float64
+		want bool
+	}{{91, false}, {92.5, true}, {101, true}, {111.9, true}, {112.5, false}, {200.5, false}} {
+		if got := tl.explainsError(int64(c.due * 1e9)); got != c.want {
+			t.Errorf("error due at %vs explained = %v, want %v", c.due, got, c.want)
+		}
+	}
+}
+
+func TestDriftAndVerdicts(t *testing.T) {
+	cfg := ConfigFor(time.Minute)
+	var samples []Sample
+	for ts := 2.0; ts <= 60; ts += 2 {
+		heap := uint64(10 << 20)
+		if ts > 40 {
+			heap = 12 << 20 // +20%: a leak
+		}
+		samples = append(samples, Sample{T: ts, ReqPS: 100, P50MS: 12, P99MS: 20, Procs: []ProcSample{
+			{Role: "caller", OK: true, RSS: 50 << 20, HeapLive: heap, Goroutines: 1100, FDs: 40},
+			{Role: "req-1", OK: ts != 30, RSS: 30 << 20, HeapLive: 5 << 20, Goroutines: 90, FDs: 20},
+		}, Redis: RedisSample{OK: true, UsedMemory: 100 << 20}})
+	}
+	res := &Result{Config: cfg, Samples: samples, FirstN: 100, LastN: 100, P99First: 20, P99Last: 25,
+		Requests: Tally{Issued: 10, Answered: 10, Executed: 10}, Events: Tally{Issued: 5, Answered: 5, Executed: 5},
+		Poison: PoisonResult{Events: 2, Malformed: 2, InDLQ: 4},
+		Faults: []Fault{{Kind: FaultKill, At: 40, End: 41}, {Kind: FaultRedisRestart, At: 36, End: 37, Exit: "ok"}, {Kind: FaultRestart, At: 30, End: 31, Exit: "ok"}}}
+	res.judge()
+	if res.Pass {
+		t.Fatal("a 20% heap rise passed")
+	}
+	var out []string
+	for _, d := range res.Drift {
+		if !d.OK {
+			out = append(out, d.What)
+		}
+	}
+	if strings.Join(out, ",") != "caller live heap" {
+		t.Fatalf("drift out: %v (%+v)", out, res.Drift)
+	}
+	for _, v := range res.Verdicts[1:] {
+		if !v.OK {
+			t.Errorf("verdict failed: %s", v.Text)
+		}
+	}
+	// The report draws every figure from these samples.
+	path := filepath.Join(t.TempDir(), "report.html")
+	if err := WriteReport(path, res); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if figs, svgs := strings.Count(string(b), "<figure id="), strings.Count(string(b), "<svg"); figs < 10 || svgs != figs-1 {
+		// errors: none in this run, so its figure says so without an SVG
+		t.Fatalf("%d figures, %d SVGs", figs, svgs)
+	}
+	if !strings.Contains(string(b), "FAIL") {
+		t.Fatal("the report does not say FAIL")
+	}
+}
+
+// TestProcResources reads this process's resources from /proc.
+func TestProcResources(t *testing.T) {
+	s := selfSample()
+	if !s.OK || s.RSS < 1<<20 || s.FDs < 3 || s.HeapLive == 0 || s.Goroutines < 1 {
+		t.Fatalf("self sample %+v", s)
+	}
+	if _, _, err := procResources(1 << 30); err == nil {
+		t.Fatal("no error for a missing process")
+	}
+	_ = redistest.RequireEnv
+}
