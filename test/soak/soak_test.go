@@ -205,3 +205,27 @@ func TestProcResources(t *testing.T) {
 	}
 	_ = redistest.RequireEnv
 }
+
+func TestReadSamples(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "soak.jsonl")
+	body := `{"kind":"sample","t_s":2,"phase":"warmup","procs":[{"role":"caller","pid":1,"rss_bytes":5,"ok":true}],"redis":{"ok":true,"used_memory":7}}
+{"kind":"sample","t_s":4,"phase":"soak","procs":null,"redis":{"ok":false},"errors":{"timeout":3}}
+{"kind":"result","pass":true}
+`
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readSamples(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Procs[0].RSS != 5 || got[0].Redis.UsedMemory != 7 || got[1].Errors["timeout"] != 3 || got[1].Phase != "soak" {
+		t.Fatalf("read %+v", got)
+	}
+	if err := os.WriteFile(path, []byte(`{"kind":"sample","t_s":`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSamples(path); err == nil {
+		t.Fatal("no error for a cut line")
+	}
+}
