@@ -167,9 +167,9 @@ func (s *Server) Shutdown() error {
 		return err
 	case <-time.After(30 * time.Second):
 		_ = s.cmd.Process.Kill()
-		<-done
+		kerr := <-done
 		s.cmd = nil
-		return fmt.Errorf("redis-server did not exit within 30s of SIGTERM")
+		return fmt.Errorf("redis-server did not exit within 30s of SIGTERM (killed: %w)", kerr)
 	}
 }
 

@@ -79,7 +79,10 @@ func startProc(ctx context.Context, bin, dir, name string, args []string) (*proc
 		}
 		select {
 		case <-p.done:
-			return nil, fmt.Errorf("%s exited before it was ready: %v (see %s)", name, p.err, log.Name())
+			if p.err == nil {
+				return nil, fmt.Errorf("%s exited before it was ready (see %s)", name, log.Name())
+			}
+			return nil, fmt.Errorf("%s exited before it was ready: %w (see %s)", name, p.err, log.Name())
 		case <-ctx.Done():
 			p.kill()
 			return nil, fmt.Errorf("%s not ready within 30s (see %s)", name, log.Name())

@@ -45,7 +45,7 @@ type Result struct {
 	Samples   []Sample  `json:"-"` // in soak.jsonl, line by line
 }
 
-// PoisonResult: the poison entries sent and found in the dead letters.
+// PoisonResult is the poison entries sent and found in the dead letters.
 type PoisonResult struct {
 	Events     int      `json:"events"`    // events the backend always refuses
 	Malformed  int      `json:"malformed"` // entries written without an envelope
