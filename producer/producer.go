@@ -608,7 +608,17 @@ func (p *Producer) tracedRequest(ctx context.Context, t *topic, payload []byte, 
 	co.headers = p.tr.inject(sctx, co.headers)
 	var tm timing
 	co.trace = &tm
+	var ci CacheInfo
+	if t.cache != nil && co.info == nil {
+		co.info = &ci // to name the tier that answered on the span
+	}
 	reply, err := p.untracedRequest(ctx, t, payload, co, start)
+	if co.info != nil && co.info.Source != SourceNone {
+		client.SetAttributes(attribute.String("mycelium.cache.source", co.info.Source.String()))
+		if co.info.Age > 0 {
+			client.SetAttributes(attribute.Int64("mycelium.cache.age_ms", co.info.Age.Milliseconds()))
+		}
+	}
 	if tm.entry != "" {
 		send.SetAttributes(attribute.String("messaging.message.id", tm.entry))
 		client.SetAttributes(attribute.String("messaging.message.id", tm.entry))

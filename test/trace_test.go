@@ -186,3 +186,38 @@ func TestTraceTimeoutAndLinkOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceCacheTier: a cached request's CLIENT span names the tier that
+// answered it: the handler the first time, this process's memory the next.
+func TestTraceCacheTier(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	runConsumer(t, c, consumer.Config{Topic: "tcache"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		return m.Payload, nil
+	}))
+	p := newProducer(t, c, producer.Config{TracerProvider: tp, Cache: map[string]producer.CacheConfig{"tcache": {TTL: time.Minute}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var sources []string
+	for range 2 {
+		if _, err := p.Request(ctx, "tcache", []byte("same prompt")); err != nil {
+			t.Fatal(err)
+		}
+		var last sdktrace.ReadOnlySpan
+		for _, s := range rec.Ended() {
+			if s.Name() == "request tcache" {
+				last = s
+			}
+		}
+		if last == nil {
+			t.Fatal("no request span")
+		}
+		v, _ := spanAttr(last, "mycelium.cache.source")
+		sources = append(sources, v.AsString())
+	}
+	if sources[0] != "handler" || sources[1] != "local" {
+		t.Fatalf("mycelium.cache.source of two identical requests = %q, want handler then local", sources)
+	}
+}
