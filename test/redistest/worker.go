@@ -5,11 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,18 +40,26 @@ func (s *SyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // FreeAddr returns a loopback address nothing listens on right now.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return addr
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
 // Worker is a `bus-worker serve` process owned by one test.
 type Worker struct {
 	Cmd      *exec.Cmd
-	Logs     *SyncBuffer // its stdout and stderr
+	Logs     *SyncBuffer // its stdout and stderr (StartWorker; nil after Launch)
 	HTTPAddr string      // its /healthz, /readyz and /stats
 }
 
@@ -57,31 +68,60 @@ type Worker struct {
 // when the test ends.
 func StartWorker(tb testing.TB, args ...string) *Worker {
 	tb.Helper()
-	w := &Worker{Logs: &SyncBuffer{}, HTTPAddr: FreeAddr(tb)}
-	w.Cmd = exec.Command(Binary(tb, "bus-worker"), append([]string{"serve", "--http-addr", w.HTTPAddr}, args...)...)
-	w.Cmd.Stdout, w.Cmd.Stderr = w.Logs, w.Logs
-	if err := w.Cmd.Start(); err != nil {
-		tb.Fatal(err)
+	logs := &SyncBuffer{}
+	w, err := Launch(context.Background(), Binary(tb, "bus-worker"), logs, args...)
+	if err != nil {
+		tb.Fatalf("%v; its output:\n%s", err, logs)
 	}
+	w.Logs = logs
 	tb.Cleanup(func() {
 		if w.Cmd.ProcessState == nil {
-			_ = w.Cmd.Process.Kill()
-			_ = w.Cmd.Wait()
+			w.Kill()
 		}
 		if tb.Failed() {
 			tb.Logf("bus-worker %s logs:\n%s", w.HTTPAddr, w.Logs)
 		}
 	})
-	WaitFor(tb, 20*time.Second, "bus-worker /readyz", func() bool {
-		resp, err := http.Get("http://" + w.HTTPAddr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
 	return w
 }
+
+// Launch runs `bin serve --http-addr <free> args...` with its output to out
+// and waits (at most 30 s, and while ctx lasts) until /readyz answers 200.
+// It neither fails a test nor cleans up: for the goroutines of a harness
+// that replaces workers as it runs (the soak), which Kill or Terminate them.
+func Launch(ctx context.Context, bin string, out io.Writer, args ...string) (*Worker, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{HTTPAddr: addr}
+	w.Cmd = exec.Command(bin, append([]string{"serve", "--http-addr", addr}, args...)...)
+	w.Cmd.Stdout, w.Cmd.Stderr = out, out
+	if err := w.Cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start bus-worker: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if resp, err := statusClient.Get("http://" + addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return w, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			w.Kill()
+			return nil, fmt.Errorf("bus-worker %s not ready: %w", addr, ctx.Err())
+		case <-tick.C: // polling a child's HTTP port: there is nothing to wait on
+		}
+	}
+}
+
+// statusClient reads the worker's HTTP endpoints, never for long.
+var statusClient = &http.Client{Timeout: 2 * time.Second}
 
 // Kill sends SIGKILL and reaps the process.
 func (w *Worker) Kill() {
@@ -93,32 +133,49 @@ func (w *Worker) Kill() {
 // within 30s.
 func (w *Worker) Stop(tb testing.TB) {
 	tb.Helper()
-	_ = w.Cmd.Process.Signal(os.Interrupt)
+	if err := w.signal(os.Interrupt, 30*time.Second); err != nil {
+		tb.Errorf("bus-worker after SIGINT: %v", err)
+	}
+}
+
+// Terminate sends SIGTERM (a service manager's stop) and returns how the
+// worker exited: nil for a clean exit; an error if it failed, or did not
+// exit within within (then it is killed).
+func (w *Worker) Terminate(within time.Duration) error { return w.signal(syscall.SIGTERM, within) }
+
+func (w *Worker) signal(sig os.Signal, within time.Duration) error {
+	_ = w.Cmd.Process.Signal(sig)
 	done := make(chan error, 1)
 	go func() { done <- w.Cmd.Wait() }()
 	select {
 	case err := <-done:
-		if err != nil {
-			tb.Errorf("bus-worker exit after SIGINT = %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		tb.Errorf("bus-worker did not stop within 30s of SIGINT")
+		return err
+	case <-time.After(within):
+		_ = w.Cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("no exit within %v of %v", within, sig)
 	}
 }
 
-// Stats reads the worker's /stats.
+// Stats reads the worker's /stats, failing the test if it cannot.
 func (w *Worker) Stats(tb testing.TB) consumer.Stats {
 	tb.Helper()
-	resp, err := http.Get("http://" + w.HTTPAddr + "/stats")
+	s, err := w.ReadStats()
 	if err != nil {
 		tb.Fatalf("/stats: %v", err)
 	}
-	defer resp.Body.Close()
-	var s consumer.Stats
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		tb.Fatalf("/stats: %v", err)
-	}
 	return s
+}
+
+// ReadStats reads the worker's /stats.
+func (w *Worker) ReadStats() (consumer.Stats, error) {
+	var s consumer.Stats
+	resp, err := statusClient.Get("http://" + w.HTTPAddr + "/stats")
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
 // NewProducer builds a producer on c, closed when the test ends.

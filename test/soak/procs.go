@@ -3,23 +3,19 @@ package soak
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/test/redistest"
 )
 
 // ProcSample is one process's resources at one moment.
@@ -33,104 +29,51 @@ type ProcSample struct {
 	OK         bool   `json:"ok"` // false: it could not be read (a worker being replaced)
 }
 
-// proc is one bus-worker process.
+// proc is one bus-worker process of a role, logging to its own file.
 type proc struct {
-	cmd  *exec.Cmd
+	*redistest.Worker
 	name string
-	addr string // its /readyz, /stats, /metrics
 	log  *os.File
-	done chan struct{}
-	err  error // its exit, once done is closed
 }
 
-// startProc runs `bin serve --http-addr <free> --name name args...`,
-// logging to dir/name.log, and waits until /readyz answers.
+// startProc runs `bin serve --name name args...`, logging to dir/name.log,
+// and waits until it is ready.
 func startProc(ctx context.Context, bin, dir, name string, args []string) (*proc, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
 	log, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
-	p := &proc{name: name, addr: addr, log: log, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, append([]string{"serve", "--http-addr", addr, "--name", name}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = log, log
-	if err := p.cmd.Start(); err != nil {
+	w, err := redistest.Launch(ctx, bin, log, append([]string{"--name", name}, args...)...)
+	if err != nil {
 		log.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w (see %s)", name, err, log.Name())
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		log.Close()
-		close(p.done)
-	}()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, nil
-			}
-		}
-		select {
-		case <-p.done:
-			if p.err == nil {
-				return nil, fmt.Errorf("%s exited before it was ready (see %s)", name, log.Name())
-			}
-			return nil, fmt.Errorf("%s exited before it was ready: %w (see %s)", name, p.err, log.Name())
-		case <-ctx.Done():
-			p.kill()
-			return nil, fmt.Errorf("%s not ready within 30s (see %s)", name, log.Name())
-		case <-tick.C: // polling a child's HTTP port: there is nothing to wait on
-		}
-	}
+	return &proc{Worker: w, name: name, log: log}, nil
 }
 
 // terminate sends SIGTERM and waits for the exit (a graceful drain).
 func (p *proc) terminate(within time.Duration) error {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(within):
-		p.kill()
-		return fmt.Errorf("%s did not exit within %v of SIGTERM", p.name, within)
-	}
+	defer p.log.Close()
+	return p.Terminate(within)
 }
 
 // kill sends SIGKILL and reaps the process.
 func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.done
+	p.Kill()
+	p.log.Close()
 }
 
 var httpc = &http.Client{Timeout: 2 * time.Second}
 
-// stats reads the worker's /stats.
-func (p *proc) stats() (consumer.Stats, error) {
-	var s consumer.Stats
-	resp, err := httpc.Get("http://" + p.addr + "/stats")
-	if err != nil {
-		return s, err
-	}
-	defer resp.Body.Close()
-	return s, json.NewDecoder(resp.Body).Decode(&s)
-}
-
 // sample reads the process's RSS and descriptors from /proc and its live
 // heap and goroutines from its /metrics.
 func (p *proc) sample(role string) ProcSample {
-	s := ProcSample{Role: role, Pid: p.cmd.Process.Pid}
+	s := ProcSample{Role: role, Pid: p.Cmd.Process.Pid}
 	var err error
 	if s.RSS, s.FDs, err = procResources(s.Pid); err != nil {
 		return s
 	}
-	resp, err := httpc.Get("http://" + p.addr + "/metrics")
+	resp, err := httpc.Get("http://" + p.HTTPAddr + "/metrics")
 	if err != nil {
 		return s
 	}
@@ -191,15 +134,6 @@ func procResources(pid int) (rss uint64, fds int, err error) {
 	}
 	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
 	return rss, len(ents), err
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // role is one worker's place in the soak: its arguments and its current

@@ -795,7 +795,7 @@ func (r *run) since() float64 { return time.Since(r.start).Seconds() }
 // the new one is ready (a rolling restart), or SIGKILL and then the new one.
 func (r *run) replace(ctx context.Context, ro *role, kill bool) error {
 	old := ro.current()
-	st, _ := old.stats()
+	st, _ := old.ReadStats()
 	if kill {
 		i := r.tl.begin(Fault{Kind: FaultKill, Role: ro.name, At: r.since(), InFlight: st.InFlight})
 		old.kill()

@@ -129,7 +129,10 @@ func TestBaselineOnMiniredis(t *testing.T) {
 }
 
 // TestSleepHandlerReportsOverhead: with a simulated handler the result
-// carries the bus overhead, and it is far below the handler's time.
+// carries the bus overhead: end to end minus the handler, so at least the
+// handler's shortest time (20 ms) below end to end at every percentile
+// (the arithmetic, not the machine's speed: a slow moment under -race made
+// a bound on its size flaky).
 func TestSleepHandlerReportsOverhead(t *testing.T) {
 	m := miniredis.RunT(t)
 	o := options(t, m, func(o *Options) { o.Concurrency, o.Requests, o.Handler = 4, 8, "sleep:30ms,10ms" })
@@ -138,7 +141,9 @@ func TestSleepHandlerReportsOverhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := out.Result
-	if r.OK != 8 || r.OverheadP99US <= 0 || r.OverheadP99US > 20_000 || r.P50US < 20_000 || r.Handler != "sleep:30ms,10ms" {
+	// 19 ms, not 20: the histograms' buckets round by up to ~1%.
+	if r.OK != 8 || r.OverheadP50US <= 0 || r.OverheadP99US < r.OverheadP50US || r.OverheadP50US > r.P50US-19_000 ||
+		r.OverheadP99US > r.P99US-19_000 || r.P50US < 20_000 || r.Handler != "sleep:30ms,10ms" {
 		t.Fatalf("result %+v", r)
 	}
 	// Batches: at least one entry per round trip on every path, at most
