@@ -152,8 +152,7 @@ func (w *Worker) signal(sig os.Signal, within time.Duration) error {
 		return err
 	case <-time.After(within):
 		_ = w.Cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("no exit within %v of %v", within, sig)
+		return fmt.Errorf("no exit within %v of %v (killed: %w)", within, sig, <-done)
 	}
 }
 
