@@ -140,3 +140,28 @@ figure { margin: 2rem 0; } figcaption { color: #555; max-width: 60rem; }
 svg { max-width: 100%; height: auto; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
 dt { font-weight: 600; }`
+
+// Figure is one chart of a report: an inline SVG (from SVG) with its title
+// and caption; no SVG draws the caption alone (nothing to draw).
+type Figure struct {
+	ID, Title, Caption string
+	SVG                template.HTML
+}
+
+// Verdict is one pass criterion of a report.
+type Verdict struct {
+	OK   bool   `json:"ok"`
+	Text string `json:"text"`
+}
+
+// Partials are the pieces both reports' templates include (parse them into
+// the report's template): {{template "verdicts" .}} lists []Verdict as
+// PASS/FAIL lines, {{template "figures" .}} draws []Figure.
+const Partials = `{{define "verdicts"}}<ul>
+{{range .}}<li><span class="{{if .OK}}pass{{else}}fail{{end}}">{{if .OK}}PASS{{else}}FAIL{{end}}</span> {{.Text}}</li>
+{{end}}</ul>{{end}}{{define "figures"}}{{range .}}<figure id="{{.ID}}">
+<h2>{{.Title}}</h2>
+{{.SVG}}
+<figcaption>{{.Caption}}</figcaption>
+</figure>
+{{end}}{{end}}`

@@ -20,10 +20,7 @@ import (
 )
 
 // figure is one chart of the soak report.
-type figure struct {
-	ID, Title, Caption string
-	SVG                template.HTML
-}
+type figure = svgchart.Figure
 
 // axis is the report's time axis: minutes for a long soak, seconds for a
 // short one.
@@ -305,13 +302,13 @@ func WriteReport(path string, res *Result) error {
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
-var reportTemplate = template.Must(template.New("soak").Funcs(template.FuncMap{
+var reportTemplate = template.Must(template.Must(template.New("soak").Funcs(template.FuncMap{
 	"f0":   func(v float64) string { return fmt.Sprintf("%.0f", v) },
 	"f1":   func(v float64) string { return fmt.Sprintf("%.1f", v) },
 	"pct":  func(v float64) string { return fmt.Sprintf("%+.1f%%", 100*v) },
 	"when": func(t time.Time) string { return t.Format(time.RFC3339) },
 	"dur":  func(d time.Duration) string { return d.Round(time.Second).String() },
-}).Parse(`<!DOCTYPE html>
+}).Parse(svgchart.Partials)).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -336,15 +333,8 @@ Recorded every {{.R.Config.Sample}}; <code>soak.jsonl</code> next to this file h
 <dt>Load</dt><dd>{{f0 .R.RequestRate}} requests/s + {{f0 .R.EventRate}} events/s; request timeout {{.R.Config.Timeout}}; workers' claim-idle {{.R.Config.ClaimIdle}}, max deliveries {{.R.Config.MaxDeliveries}}</dd>
 </dl>
 <h2>Verdicts</h2>
-<ul>
-{{range .R.Verdicts}}<li><span class="{{if .OK}}pass{{else}}fail{{end}}">{{if .OK}}PASS{{else}}FAIL{{end}}</span> {{.Text}}</li>
-{{end}}</ul>
-{{range .Figures}}<figure id="{{.ID}}">
-<h2>{{.Title}}</h2>
-{{.SVG}}
-<figcaption>{{.Caption}}</figcaption>
-</figure>
-{{end}}
+{{template "verdicts" .R.Verdicts}}
+{{template "figures" .Figures}}
 <h2>Faults</h2>
 <table>
 <tr><th>fault</th><th>worker</th><th>at s</th><th>over s</th><th>in flight</th><th>exit</th></tr>

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/egos/mycelium/internal/svgchart"
 )
 
 // Result is a soak's outcome: what it ran, what it saw, its verdicts.
@@ -68,10 +70,7 @@ type Drift struct {
 }
 
 // Verdict is one pass criterion.
-type Verdict struct {
-	OK   bool   `json:"ok"`
-	Text string `json:"text"`
-}
+type Verdict = svgchart.Verdict
 
 // MaxDrift is how far a resource may move from the end of the warm-up.
 const MaxDrift = 0.10

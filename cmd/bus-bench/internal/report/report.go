@@ -54,16 +54,10 @@ type Env struct {
 }
 
 // Verdict is one acceptance check of the suite.
-type Verdict struct {
-	OK   bool
-	Text string
-}
+type Verdict = svgchart.Verdict
 
 // chart is one figure of the report: an inline SVG drawn by gonum/plot.
-type chart struct {
-	ID, Title, Caption string
-	SVG                template.HTML
-}
+type chart = svgchart.Figure
 
 func systemColor(system string) color.Color {
 	if system == bench.SystemPubsub {
@@ -427,12 +421,12 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
-var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
+var reportTemplate = template.Must(template.Must(template.New("report").Funcs(template.FuncMap{
 	"ms":   func(us int64) string { return fmt.Sprintf("%.3f", float64(us)/1000) },
 	"f0":   func(v float64) string { return fmt.Sprintf("%.0f", v) },
 	"f1":   func(v float64) string { return fmt.Sprintf("%.1f", v) },
 	"when": func(t time.Time) string { return t.Format(time.RFC3339) },
-}).Parse(`<!DOCTYPE html>
+}).Parse(svgchart.Partials)).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -465,15 +459,8 @@ in-process workers. Latency is measured by the caller from send to verified repl
 <dt>Started</dt><dd>{{when .Env.Started}}, ran {{.Env.Elapsed}}</dd>
 </dl>
 <h2>Targets</h2>
-<ul>
-{{range .Verdicts}}<li><span class="{{if .OK}}pass{{else}}fail{{end}}">{{if .OK}}PASS{{else}}FAIL{{end}}</span> {{.Text}}</li>
-{{end}}</ul>
-{{range .Charts}}<figure id="{{.ID}}">
-<h2>{{.Title}}</h2>
-{{.SVG}}
-<figcaption>{{.Caption}}</figcaption>
-</figure>
-{{end}}
+{{template "verdicts" .Verdicts}}
+{{template "figures" .Charts}}
 <h2>Results</h2>
 <table>
 <tr><th>case</th><th>system</th><th>partitions</th><th>concurrency</th><th>payload B</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>overhead p99 ms</th><th>client CPU µs/req</th><th>Redis CPU µs/req</th><th>entries per write / read</th></tr>
