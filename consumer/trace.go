@@ -21,8 +21,6 @@ import (
 
 const instrumentation = "github.com/egos/mycelium/consumer"
 
-var defaultPropagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-
 type tracing struct {
 	tr     trace.Tracer // nil: no spans
 	prop   propagation.TextMapPropagator
@@ -32,7 +30,7 @@ type tracing struct {
 func newTracing(cfg *Config) tracing {
 	t := tracing{prop: cfg.Propagator, parent: cfg.TraceParent}
 	if t.prop == nil {
-		t.prop = defaultPropagator
+		t.prop = bus.TracePropagator()
 	}
 	if cfg.TracerProvider != nil {
 		t.tr = cfg.TracerProvider.Tracer(instrumentation)

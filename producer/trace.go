@@ -21,9 +21,6 @@ import (
 // instrumentation names the tracer.
 const instrumentation = "github.com/egos/mycelium/producer"
 
-// defaultPropagator is W3C trace context and baggage.
-var defaultPropagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-
 type tracing struct {
 	tr   trace.Tracer // nil: no spans
 	prop propagation.TextMapPropagator
@@ -32,7 +29,7 @@ type tracing struct {
 func newTracing(cfg *Config) tracing {
 	t := tracing{prop: cfg.Propagator}
 	if t.prop == nil {
-		t.prop = defaultPropagator
+		t.prop = bus.TracePropagator()
 	}
 	if cfg.TracerProvider != nil {
 		t.tr = cfg.TracerProvider.Tracer(instrumentation)
