@@ -523,7 +523,8 @@ func (r *run) backend(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return
 	}
-	r.lastExec.Store(time.Now().UnixNano())
+	now := time.Now()
+	r.lastExec.Store(now.UnixNano())
 	if string(body) == "probe" {
 		if r.work(req.Context()) {
 			_, _ = w.Write(body)
@@ -547,9 +548,9 @@ func (r *run) backend(w http.ResponseWriter, req *http.Request) {
 	}
 	switch body[0] {
 	case 'r':
-		r.req.Executed(id, time.Now())
+		r.req.Executed(id, now)
 	case 'e':
-		r.ev.Executed(id, time.Now())
+		r.ev.Executed(id, now)
 	default:
 		http.Error(w, "unknown kind", http.StatusBadRequest)
 		return
