@@ -47,11 +47,11 @@ check-repo: ## fail when a tracked file is an executable binary or larger than 1
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server python-deps check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), the 60-second soak, test-secure, then the Python client's tests
+test: redis-server python-deps check-repo vet ## everything CI runs: the repository check, go vet, go test -race over all packages (unit on miniredis, integration on redis-server), test-secure, the Python client's tests, then the 60-second soak (last: it judges losses, dead letters and memory, never latency)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
-	$(MAKE) --no-print-directory soak-short
 	$(MAKE) --no-print-directory test-secure
 	$(MAKE) --no-print-directory test-python
+	$(MAKE) --no-print-directory soak-short
 
 python-deps: ## install the Python client's packages for its tests (Debian's, with apt) when missing
 	@$(PYTHON) -c 'import redis, msgpack, pytest, pytest_asyncio, hypothesis' 2>/dev/null || { \
@@ -76,7 +76,7 @@ soak: redis-server ## the soak: SOAK (default 30m) of requests, events and poiso
 	MYCELIUM_SOAK=$(SOAK) $(TEST_ENV) $(GO) test -count=1 -timeout $(SOAK_TIMEOUT) -v -run '^TestSoak$$' ./test/soak/
 	MIN_FIGURES=11 ./test/report-check.sh out/soak/report.html
 
-soak-short: redis-server ## the 60-second soak make test runs (out/soak-60s), without the race detector: it measures memory and latency
+soak-short: redis-server ## the 60-second soak make test runs last (out/soak-60s), without the race detector: it judges losses, dead letters and memory, and reports latency
 	MYCELIUM_SOAK=60s MYCELIUM_SOAK_OUT=$(CURDIR)/out/soak-60s $(TEST_ENV) $(GO) test -count=1 -timeout 6m -run '^TestSoak$$' ./test/soak/
 
 run: ## bus-worker serve --embedded: a worker on an in-memory Redis (no Redis needed)

@@ -135,7 +135,7 @@ h1, h2 { font-weight: 600; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
 th:first-child, td:first-child, td.l { text-align: left; }
-.pass { color: #1a7f37; font-weight: 600; } .fail { color: #b42318; font-weight: 600; }
+.pass { color: #1a7f37; font-weight: 600; } .fail { color: #b42318; font-weight: 600; } .info { color: #57606a; font-weight: 600; }
 figure { margin: 2rem 0; } figcaption { color: #555; max-width: 60rem; }
 svg { max-width: 100%; height: auto; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2rem 1rem; }
@@ -148,17 +148,42 @@ type Figure struct {
 	SVG                template.HTML
 }
 
-// Verdict is one pass criterion of a report.
+// Verdict is one pass criterion of a report. An Info verdict is reported
+// (INFO, with what it measured) and never fails the report: an absolute
+// time on a shared machine, say, which noise decides rather than the code.
 type Verdict struct {
 	OK   bool   `json:"ok"`
+	Info bool   `json:"info,omitempty"`
 	Text string `json:"text"`
+}
+
+// Mark is how v's line starts: PASS, FAIL, or INFO for one reported and
+// never failed.
+func (v Verdict) Mark() string {
+	switch {
+	case v.Info:
+		return "INFO"
+	case v.OK:
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// Passed reports whether every verdict that is judged passed.
+func Passed(vs []Verdict) bool {
+	for _, v := range vs {
+		if !v.OK && !v.Info {
+			return false
+		}
+	}
+	return true
 }
 
 // Partials are the pieces both reports' templates include (parse them into
 // the report's template): {{template "verdicts" .}} lists []Verdict as
-// PASS/FAIL lines, {{template "figures" .}} draws []Figure.
+// PASS/FAIL/INFO lines, {{template "figures" .}} draws []Figure.
 const Partials = `{{define "verdicts"}}<ul>
-{{range .}}<li><span class="{{if .OK}}pass{{else}}fail{{end}}">{{if .OK}}PASS{{else}}FAIL{{end}}</span> {{.Text}}</li>
+{{range .}}<li><span class="{{if .Info}}info{{else if .OK}}pass{{else}}fail{{end}}">{{.Mark}}</span> {{.Text}}</li>
 {{end}}</ul>{{end}}{{define "figures"}}{{range .}}<figure id="{{.ID}}">
 <h2>{{.Title}}</h2>
 {{.SVG}}

@@ -80,10 +80,15 @@ const MaxP99Ratio = 1.5
 
 // judge computes the drift and the verdicts from the rest of r.
 func (r *Result) judge() {
-	r.Drift = drift(r.Samples, r.Config.Warmup, r.Config.Sample)
+	robust := r.Config.Robust
+	r.Drift = drift(r.Samples, r.Config.Warmup, r.Config.Sample, robust)
 	r.Verdicts = nil
 	add := func(ok bool, format string, args ...any) {
 		r.Verdicts = append(r.Verdicts, Verdict{OK: ok, Text: fmt.Sprintf(format, args...)})
+	}
+	// info adds a verdict that is reported, never failed.
+	info := func(ok bool, format string, args ...any) {
+		r.Verdicts = append(r.Verdicts, Verdict{OK: ok, Info: true, Text: fmt.Sprintf(format, args...)})
 	}
 	var bad []string
 	for _, d := range r.Drift {
@@ -91,10 +96,20 @@ func (r *Result) judge() {
 			bad = append(bad, fmt.Sprintf("%s %+.1f%%", d.What, 100*d.Change))
 		}
 	}
-	add(len(r.Drift) > 0 && len(bad) == 0, "no resource ends more than %.0f%% above its value at the end of the warm-up (%d figures: RSS, live heap, goroutines and descriptors of each process, Redis used_memory; the floor of as many samples at each end)%s",
-		100*MaxDrift, len(r.Drift), listed(" — out: ", bad))
-	add(r.FirstN > 0 && r.LastN > 0 && r.P99Last <= MaxP99Ratio*r.P99First, "p99 of the last %v (%.1f ms, %d requests) at most %.1fx that of the first %v after warm-up (%.1f ms, %d requests): %.2fx",
-		r.Config.Window, r.P99Last, r.LastN, MaxP99Ratio, r.Config.Window, r.P99First, r.FirstN, r.P99Last/math.Max(r.P99First, 1e-9))
+	redisFigure := "Redis used_memory"
+	if robust {
+		redisFigure = "Redis's memory overhead (clients, buffers) and key count (the streams are not capped within the run)"
+	}
+	add(len(r.Drift) > 0 && len(bad) == 0, "no resource ends more than %.0f%% above its value at the end of the warm-up (%d figures: RSS, live heap, goroutines and descriptors of each process, %s; the floor of as many samples at each end)%s",
+		100*MaxDrift, len(r.Drift), redisFigure, listed(" — out: ", bad))
+	latency := add
+	latencyNote := ""
+	if robust {
+		// Latency on a shared machine is the machine's: make soak judges it.
+		latency, latencyNote = info, " (reported: a shared machine's load decides it; make soak judges it)"
+	}
+	latency(r.FirstN > 0 && r.LastN > 0 && r.P99Last <= MaxP99Ratio*r.P99First, "p99 of the last %v (%.1f ms, %d requests) at most %.1fx that of the first %v after warm-up (%.1f ms, %d requests): %.2fx%s",
+		r.Config.Window, r.P99Last, r.LastN, MaxP99Ratio, r.Config.Window, r.P99First, r.FirstN, r.P99Last/math.Max(r.P99First, 1e-9), latencyNote)
 
 	r.DupBudget = 0
 	kills, restarts := 0, 0
@@ -121,12 +136,21 @@ func (r *Result) judge() {
 	explained := r.Requests.Explained + r.Events.Explained
 	add(dups == explained && dups <= r.DupBudget, "executed twice only where an injected kill explains it: %d re-executions (%d requests, %d events), %d of them begun just before a SIGKILL or the Redis restart; budget %d (what the killed workers held, every slot per Redis restart); %d late replies dropped by the producer",
 		dups, r.Requests.Duplicates, r.Events.Duplicates, explained, r.DupBudget, r.LateReplies)
-	var unexplained uint64
-	for _, n := range r.Unexplained {
-		unexplained += n
+	judged, slow := map[string]uint64{}, map[string]uint64{}
+	for k, n := range r.Unexplained {
+		if robust && slowKind(k) {
+			slow[k] = n
+		} else {
+			judged[k] = n
+		}
 	}
-	add(unexplained == 0, "no caller error outside a fault's shadow (due from one timeout before a SIGKILL or Redis restart to %v after it ended): %d errors in all %v, %d outside %v",
-		r.Config.ClaimIdle*time.Duration(r.Config.MaxDeliveries)+5*time.Second, sum(r.Errors), kinds(r.Errors), unexplained, kinds(r.Unexplained))
+	add(sum(judged) == 0, "no caller error outside a fault's shadow (due from one timeout before a SIGKILL or Redis restart to %v after it ended)%s: %d errors in all %v, %d outside %v",
+		r.Config.ClaimIdle*time.Duration(r.Config.MaxDeliveries)+5*time.Second, map[bool]string{true: " but a slow one", false: ""}[robust],
+		sum(r.Errors), kinds(r.Errors), sum(judged), kinds(judged))
+	if robust {
+		info(sum(slow) == 0, "slow answers outside a fault's shadow (timeouts, and the breaker they open): %d, %v (reported: a shared machine's load decides them; make soak judges them)",
+			sum(slow), kinds(slow))
+	}
 	sent := r.Poison.Events + r.Poison.Malformed
 	add(sent > 0 && len(r.Poison.Missing) == 0, "every poison entry in the dead-letter streams: %d sent (%d failing events, %d malformed entries), %d found%s",
 		sent, r.Poison.Events, r.Poison.Malformed, r.Poison.InDLQ, listed(" — missing: ", r.Poison.Missing))
@@ -138,17 +162,22 @@ func (r *Result) judge() {
 	}
 	add(kills >= 1 && restarts == 1 && len(unclean) == 0, "faults injected: %d (%d SIGTERM restarts, %d SIGKILL, %d Redis restart); every SIGTERM ended in a clean exit%s",
 		len(r.Faults), len(r.Faults)-kills-restarts, kills, restarts, listed(" — not: ", unclean))
-	r.Pass = true
-	for _, v := range r.Verdicts {
-		r.Pass = r.Pass && v.OK
-	}
+	r.Pass = svgchart.Passed(r.Verdicts)
 }
+
+// slowKind: caller errors that say only that an answer came late (a
+// timeout, or the breaker that timeouts open).
+func slowKind(kind string) bool { return kind == "timeout" || kind == "breaker_open" }
 
 // drift compares every (process role, resource) and Redis's used_memory
 // (see Drift). Unreadable samples (a worker being replaced, Redis
 // restarting) are skipped. A role's process may differ at the two ends (a
 // restarted worker).
-func drift(samples []Sample, warmup, every time.Duration) []Drift {
+//
+// robust: Redis's figures are its memory overhead and its key count (a
+// robust soak does not cap the streams within the run, so used_memory grows
+// with them).
+func drift(samples []Sample, warmup, every time.Duration, robust bool) []Drift {
 	type key struct{ role, res string }
 	var order []key
 	ref, end := map[key][]float64{}, map[key][]float64{}
@@ -181,7 +210,11 @@ func drift(samples []Sample, warmup, every time.Duration) []Drift {
 			put(s, key{p.Role, "goroutines"}, float64(p.Goroutines))
 			put(s, key{p.Role, "descriptors"}, float64(p.FDs))
 		}
-		if s.Redis.OK {
+		switch {
+		case s.Redis.OK && robust:
+			put(s, key{"redis", "used_memory_overhead"}, float64(s.Redis.Overhead))
+			put(s, key{"redis", "keys"}, float64(s.Redis.Keys))
+		case s.Redis.OK:
 			put(s, key{"redis", "used_memory"}, float64(s.Redis.UsedMemory))
 		}
 	}

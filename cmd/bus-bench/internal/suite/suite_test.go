@@ -68,6 +68,39 @@ func TestJudge(t *testing.T) {
 	}
 }
 
+// TestJudgeReportsAbsoluteTimes: the reasoning case's overhead p99 is an
+// absolute time, which a loaded machine decides: reported (INFO), never a
+// failed target; its errors fail it.
+func TestJudgeReportsAbsoluteTimes(t *testing.T) {
+	reasoning := func(p99 int64, errs int) []report.Run {
+		return []report.Run{{Case: "reasoning", Out: &bench.Outcome{Result: &bench.Result{System: bench.SystemMycelium,
+			Handler: "sleep:2s,500ms", Requests: 100, Errors: errs, OverheadP99US: p99, OverheadP50US: 300}}}}
+	}
+	for _, tt := range []struct {
+		p99     int64
+		errs    int
+		wantErr bool
+	}{{1500, 0, false}, {2062, 0, false}, {1500, 1, true}} {
+		vs := Judge(reasoning(tt.p99, tt.errs))
+		_, err := checkTargets(vs, Config{})
+		if (err != nil) != tt.wantErr {
+			t.Errorf("reasoning p99 %d us, %d errors: checkTargets = %v, want error %v (verdicts %+v)", tt.p99, tt.errs, err, tt.wantErr, vs)
+		}
+		var info bool
+		for _, v := range vs {
+			if v.Info && strings.Contains(v.Text, "p99") {
+				info = true
+				if got := v.Mark(); got != "INFO" {
+					t.Errorf("Mark = %q, want INFO", got)
+				}
+			}
+		}
+		if !info {
+			t.Errorf("reasoning p99 %d us: no INFO verdict for the overhead in %+v", tt.p99, vs)
+		}
+	}
+}
+
 func TestCheckTargets(t *testing.T) {
 	pass, fail := report.Verdict{OK: true}, report.Verdict{}
 	for _, tt := range []struct {
