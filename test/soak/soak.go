@@ -119,8 +119,8 @@ type RedisSample struct {
 	UsedMemory int64 `json:"used_memory"`
 	// Overhead is used_memory_overhead: what is not data (clients and
 	// their buffers, the keyspace's tables, the AOF buffer).
-	Overhead int64 `json:"used_memory_overhead"`
-	Keys     int64 `json:"keys"` // DBSIZE
+	Overhead     int64            `json:"used_memory_overhead"`
+	Keys         int64            `json:"keys"` // DBSIZE
 	Clients      int64            `json:"connected_clients"`
 	Streams      map[string]int64 `json:"stream_len"` // by topic
 	Pending      map[string]int64 `json:"pending"`    // by topic

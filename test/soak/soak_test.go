@@ -280,10 +280,12 @@ func TestRobustVerdicts(t *testing.T) {
 		t.Errorf("%d INFO verdicts, want 2 (p99 and slow answers): %+v", infos, res.Verdicts)
 	}
 	for name, spoil := range map[string]func(r *Result){
-		"wrong reply":      func(r *Result) { r.Unexplained["wrong_reply"] = 1 },
-		"unavailable":      func(r *Result) { r.Unexplained["unavailable"] = 1 },
-		"lost event":       func(r *Result) { r.Events.Lost = 1 },
-		"missing poison":   func(r *Result) { r.Poison.InDLQ, r.Poison.Missing = 3, []string{"p:3 (entry 1-0 trimmed before it was dead-lettered)"} },
+		"wrong reply": func(r *Result) { r.Unexplained["wrong_reply"] = 1 },
+		"unavailable": func(r *Result) { r.Unexplained["unavailable"] = 1 },
+		"lost event":  func(r *Result) { r.Events.Lost = 1 },
+		"missing poison": func(r *Result) {
+			r.Poison.InDLQ, r.Poison.Missing = 3, []string{"p:3 (entry 1-0 trimmed before it was dead-lettered)"}
+		},
 		"redis leak":       func(r *Result) { r.Samples = samples(true) },
 		"unexplained dup":  func(r *Result) { r.Requests.Duplicates = 1 },
 		"unclean shutdown": func(r *Result) { r.Faults[2].Exit = "exit status 1" },
