@@ -48,7 +48,7 @@ func equal(t *testing.T, got, want *Envelope) {
 		got.ErrCode != want.ErrCode || got.ErrMsg != want.ErrMsg || len(got.Headers) != len(want.Headers) ||
 		got.QueueWait != want.QueueWait || got.Handler != want.Handler ||
 		got.CacheKey != want.CacheKey || got.CacheTTL != want.CacheTTL || got.RequestEntry != want.RequestEntry ||
-		got.Attempt != want.Attempt || got.Seq != want.Seq || got.Flags != want.Flags {
+		got.Attempt != want.Attempt || got.Seq != want.Seq || got.Flags != want.Flags || got.Token != want.Token {
 		t.Fatalf("decoded %+v, want %+v", got, want)
 	}
 	for k, v := range want.Headers {
@@ -74,6 +74,8 @@ func TestRoundTrip(t *testing.T) {
 		{"reply with its request's entry", &Envelope{Kind: KindReply, ID: "x", Payload: []byte("a"), RequestEntry: "1764230400123-7"}},
 		{"retried event", &Envelope{Kind: KindEvent, Attempt: 3, Payload: []byte("a")}},
 		{"stream request", &Envelope{Kind: KindRequest, ID: "x", ReplyTo: "r", Flags: FlagStream}},
+		{"request with a cancel token", &Envelope{Kind: KindRequest, ID: "x", ReplyTo: "r", Payload: []byte("p"), Token: Token{0xff, 1, 0, 9}}},
+		{"stream request with a cancel token", &Envelope{Kind: KindRequest, ID: "x", ReplyTo: "r", Flags: FlagStream, Token: Token{7}}},
 		{"chunk", &Envelope{Kind: KindChunk, ID: "x", Payload: []byte("tok"), RequestEntry: "1-1", Attempt: 2, Seq: 1 << 40}},
 		{"string sizes", &Envelope{ID: strings.Repeat("i", 31), ReplyTo: strings.Repeat("r", 200), ErrCode: strings.Repeat("c", 300)}},
 		{"many headers", &Envelope{Headers: func() map[string]string {
@@ -97,10 +99,17 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("encoded %d bytes, EncodedSize said at most %d", len(b.B), EncodedSize(tt.env))
 			}
 
+			if !tt.env.Token.IsZero() { // 19 elements, the token last
+				var all []any
+				if err := msgpack.Unmarshal(b.B, &all); err != nil || len(all) != maxFields || !bytes.Equal(all[maxFields-1].([]byte), tt.env.Token[:]) {
+					t.Fatalf("msgpack.Unmarshal(ours) = %v, %v; want %d elements ending with the token", all, err, maxFields)
+				}
+				return
+			}
 			if tt.env.Seq != 0 || tt.env.Flags != 0 { // 18 elements
 				var all []any
-				if err := msgpack.Unmarshal(b.B, &all); err != nil || len(all) != maxFields {
-					t.Fatalf("msgpack.Unmarshal(ours) = %v, %v; want %d elements", all, err, maxFields)
+				if err := msgpack.Unmarshal(b.B, &all); err != nil || len(all) != streamFields {
+					t.Fatalf("msgpack.Unmarshal(ours) = %v, %v; want %d elements", all, err, streamFields)
 				}
 				return
 			}
@@ -176,8 +185,11 @@ func TestDecodeSkipsTrailingFields(t *testing.T) {
 	in := sample(10)
 	b := AppendEnvelope(nil, in)
 	in.RequestEntry, in.Seq, in.Flags = "5-1", 9, FlagStream
+	in.Token = Token{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
 	b = append([]byte{0xdc, 0, maxFields + 3}, b[1:]...) // array16 header
 	b = append(b, 0xa3, '5', '-', '1', 9, 1)             // request entry, seq, flags
+	b = append(b, 0xc4, TokenSize)                       // the token
+	b = append(b, in.Token[:]...)
 	// three extra values of other types: a nested map, a float and an ext.
 	extra, err := msgpack.Marshal(map[string]any{"a": []any{1, "x", nil}, "b": 1.5})
 	if err != nil {
@@ -249,6 +261,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"huge header count", string([]byte{0x9b, 1, 0, 0xa0, 0xa0, 0, 0, 0, 0xdf, 0xff, 0xff, 0xff, 0xff}), "implausible header count"},
 		{"huge string length", string([]byte{0x9b, 1, 0, 0xdb, 0xff, 0xff, 0xff, 0xff}), "id"},
 		{"bad kind", string([]byte{0x9b, 1, 9}), "kind"},
+		{"short token", string(append(append([]byte{0xdc, 0, maxFields}, good[1:]...), 0xa0, 0, 0, 0xc4, 5, 1, 2, 3, 4, 5)), "token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

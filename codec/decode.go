@@ -131,14 +131,22 @@ func decodeEnvelope(s string, e *Envelope, alias bool) error {
 			return d.fail("request_entry", "not a string")
 		}
 	}
-	if n >= maxFields {
-		read = maxFields
+	if n >= streamFields {
+		read = streamFields
 		if e.Seq, ok = d.uint(); !ok {
 			return d.fail("seq", "not an unsigned integer")
 		}
 		if e.Flags, ok = d.uint(); !ok {
 			return d.fail("flags", "not an unsigned integer")
 		}
+	}
+	if n >= maxFields {
+		read = maxFields
+		t, ok := d.bin()
+		if !ok || (len(t) != TokenSize && len(t) != 0) {
+			return d.fail("token", fmt.Sprintf("not %d bytes of binary data", TokenSize))
+		}
+		copy(e.Token[:], t)
 	}
 	for i := read; i < n; i++ { // fields added by later minor revisions
 		if !d.skip(0) {

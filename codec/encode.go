@@ -9,10 +9,13 @@ import (
 // AppendEnvelope appends the msgpack encoding of e to dst and returns the
 // extended slice. It does not allocate when dst has room.
 func AppendEnvelope(dst []byte, e *Envelope) []byte {
-	streamed := e.Seq != 0 || e.Flags != 0
+	tokened := !e.Token.IsZero()
+	streamed := e.Seq != 0 || e.Flags != 0 || tokened
 	switch {
-	case streamed:
+	case tokened:
 		dst = append(dst, 0xdc, 0, maxFields)
+	case streamed:
+		dst = append(dst, 0xdc, 0, streamFields)
 	case e.RequestEntry == "":
 		dst = append(dst, 0x90|fields) // fixarray
 	default:
@@ -48,13 +51,16 @@ func AppendEnvelope(dst []byte, e *Envelope) []byte {
 		dst = appendUint(dst, e.Seq)
 		dst = appendUint(dst, e.Flags)
 	}
+	if tokened {
+		dst = appendBin(dst, e.Token[:])
+	}
 	return dst
 }
 
 // EncodedSize returns an upper bound of the encoded size of e, for sizing
 // buffers without encoding twice.
 func EncodedSize(e *Envelope) int {
-	n := 3 + 9*9 + 5*6 + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey) + len(e.RequestEntry)
+	n := 3 + 9*9 + 5*6 + 2 + TokenSize + len(e.ID) + len(e.ReplyTo) + len(e.Payload) + len(e.ErrCode) + len(e.ErrMsg) + len(e.CacheKey) + len(e.RequestEntry)
 	for k, v := range e.Headers {
 		n += 10 + len(k) + len(v)
 	}

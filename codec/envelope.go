@@ -83,7 +83,24 @@ type Envelope struct {
 	// (RequestEntry, element 16, is then written even when empty).
 	Seq   uint64
 	Flags uint64
+
+	// Token is, on a request, a random secret of its caller's: a cancel
+	// notice must present it (docs/wire.md, "Control stream"), so only the
+	// caller, who alone knows it, can cancel the request. Zero on
+	// everything else. Element 19, written only when not zero (the
+	// elements before it are then written too).
+	Token Token
 }
+
+// TokenSize is the length of a request's cancel token.
+const TokenSize = 16
+
+// Token is a request's cancel token (Envelope.Token); the zero value is
+// none.
+type Token [TokenSize]byte
+
+// IsZero reports whether t is no token.
+func (t *Token) IsZero() bool { return *t == Token{} }
 
 // Envelope flags.
 const (
@@ -101,9 +118,10 @@ func (e *Envelope) Reset() { *e = Envelope{} }
 // fields, the request entry, the stream fields). Element 6 is Attempt
 // (earlier revisions wrote 0 and ignored it). docs/wire.md has the layout.
 const (
-	minFields = 11
-	fields    = 15
-	maxFields = fields + 3
+	minFields    = 11
+	fields       = 15
+	streamFields = fields + 3 // with RequestEntry, Seq and Flags
+	maxFields    = fields + 4 // and Token
 )
 
 func itoa(v uint64) string {

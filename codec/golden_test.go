@@ -38,6 +38,7 @@ type golden struct {
 	RequestEntry string            `json:"request_entry"`
 	Seq          uint64            `json:"seq"`
 	Flags        uint64            `json:"flags"`
+	TokenHex     string            `json:"token_hex"` // "": none
 	EncodedHex   string            `json:"encoded_hex"`
 }
 
@@ -56,6 +57,8 @@ func goldenEnvelopes() []golden {
 		{"control", Envelope{Kind: KindControl, Sent: 42}},
 		{"cached request", Envelope{Kind: KindRequest, ID: "c9", ReplyTo: "myc:{r.p}", Deadline: 1, CacheKey: "3:0123456789abcdef0123456789abcdef", CacheTTL: 300000000000}},
 		{"stream request", Envelope{Kind: KindRequest, ID: "s1", ReplyTo: "myc:{r.p}", Deadline: 99, Flags: FlagStream}},
+		{"request with a cancel token", Envelope{Kind: KindRequest, ID: "t1", ReplyTo: "myc:{r.p}", Deadline: 99, Payload: []byte("q"),
+			Token: Token{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff}}},
 		{"chunk", Envelope{Kind: KindChunk, ID: "s1", RequestEntry: "7-0", Attempt: 1, Seq: 3, Payload: []byte("tok")}},
 		{"negative times", Envelope{Deadline: -1, Sent: -5000000000}},
 		{"long strings", Envelope{ID: strings.Repeat("i", 40), ReplyTo: strings.Repeat("r", 300), ErrMsg: strings.Repeat("e", 1000)}},
@@ -68,7 +71,10 @@ func goldenEnvelopes() []golden {
 	out := make([]golden, len(envs))
 	for i, g := range envs {
 		e := g.e
-		out[i] = golden{Name: g.name, Kind: e.Kind, ID: e.ID, ReplyTo: e.ReplyTo, Deadline: e.Deadline, Sent: e.Sent, Attempt: e.Attempt,
+		if !e.Token.IsZero() {
+			out[i].TokenHex = hex.EncodeToString(e.Token[:])
+		}
+		out[i] = golden{TokenHex: out[i].TokenHex, Name: g.name, Kind: e.Kind, ID: e.ID, ReplyTo: e.ReplyTo, Deadline: e.Deadline, Sent: e.Sent, Attempt: e.Attempt,
 			Headers: e.Headers, PayloadHex: hex.EncodeToString(e.Payload), ErrCode: e.ErrCode, ErrMsg: e.ErrMsg,
 			QueueWait: e.QueueWait, Handler: e.Handler, CacheKey: e.CacheKey, CacheTTL: e.CacheTTL, RequestEntry: e.RequestEntry,
 			Seq: e.Seq, Flags: e.Flags, EncodedHex: hex.EncodeToString(AppendEnvelope(nil, &e))}

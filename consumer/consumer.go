@@ -294,7 +294,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// retries.
 	wake := make(chan int64, 64)
 	caughtUp := make(chan struct{})
-	loops.Go(func() { c.controlLoop(ctx, running, wake, caughtUp) })
+	loops.Go(func() { c.controlLoop(ctx, wake, caughtUp) })
 	loops.Go(func() { c.delayLoop(ctx, wake, slots, jobs, a) })
 	select { // requests cancelled before this worker started are skipped
 	case <-caughtUp:
@@ -530,7 +530,7 @@ func (c *Consumer) route(pt *part, e *redisx.Entry, now time.Time, attempt int, 
 		a.addAsync(completion{p: pt, id: e.ID})
 		return
 	}
-	if j.env.Kind == codec.KindRequest && c.cancels.has(j.env.ReplyTo, j.env.ID) {
+	if j.env.Kind == codec.KindRequest && c.cancels.has(&j.env.Token) {
 		putJob(j)
 		c.stats.cancelled.Add(1)
 		a.addAsync(completion{p: pt, id: e.ID})
@@ -623,9 +623,10 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	}
 	early := false // cancelled before the handler started
 	if j.msg.Request {
-		slot.setRequest(j.p, j.msg.ID, j.readAt, j.env.ReplyTo, j.env.ID, dc, cancel)
-		// A cancel notice handled between the pick-up and now found no slot.
-		if c.cancels.has(j.env.ReplyTo, j.env.ID) {
+		slot.setRequest(j.p, j.msg.ID, j.readAt, &j.env.Token, dc, cancel)
+		// A cancel notice handled between the pick-up and now found no
+		// handler to cancel.
+		if c.cancels.started(&j.env.Token, slot) {
 			early = true
 			c.stats.cancelled.Add(1)
 		}
@@ -641,6 +642,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 	}
 	ended := time.Now()
 	cancelled := slot.clear() || early
+	c.cancels.finished(&j.env.Token) // an event's token is zero: nothing to do
 	chunks := uint64(0)
 	if j.msg.stream != nil {
 		chunks = j.msg.stream.end()

@@ -1,11 +1,13 @@
 package consumer
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/redisx"
 )
 
@@ -23,73 +25,168 @@ import (
 const controlWindow = 10 * time.Minute
 
 // maxCancelled bounds the cancelled requests a worker remembers; past it,
-// the oldest-expiring are forgotten first (those requests are handled if
-// picked up, as without cancellation).
+// the soonest-expiring are forgotten first (those requests are handled if
+// picked up, as without cancellation). A flood of notices (anyone who may
+// write the control stream can write notices, though only a request's
+// caller knows the token that cancels it) therefore costs at most this
+// many entries, and each notice O(1).
 const maxCancelled = 100_000
 
-// cancelKey identifies a request across producers: its reply stream and
-// correlation id.
-type cancelKey struct{ to, id string }
+// wheelSlots is the cancelled set's time wheel: one bucket per second of
+// the notices' expiry, more seconds than controlWindow (an expiry is never
+// further ahead), so a bucket holds one second at a time.
+const wheelSlots = 1024
 
-// cancelSet is the requests cancelled recently, each until its deadline.
+// runShards stripes the index of running requests (every request's
+// handler registers in it), so that workers rarely share a lock.
+const runShards = 16
+
+// cancelSet is the requests cancelled recently, by their cancel tokens,
+// each remembered until its deadline; and the requests this consumer's
+// workers are running, so that a notice finds its handler at once. Every
+// operation is O(1): expiry and eviction walk a time wheel of one bucket
+// per second instead of the whole set.
 type cancelSet struct {
-	n  atomic.Int64 // len(m), read without the lock by the hot path
-	mu sync.Mutex
-	m  map[cancelKey]int64 // -> unix ms after which it no longer matters
+	n     atomic.Int64 // len(until), read without the lock by the hot path
+	mu    sync.Mutex
+	until map[codec.Token]int64 // -> unix ms after which it no longer matters
+	wheel [wheelSlots][]codec.Token
+	swept int64 // the wheel holds no token of a second below this
+	limit int   // maxCancelled, or a test's smaller bound
+
+	running [runShards]runShard
 }
 
-// has reports whether the request was cancelled. It costs one atomic load
-// while nothing is cancelled.
-func (s *cancelSet) has(to, id string) bool {
-	if s.n.Load() == 0 {
+// runShard is one stripe of the running index (padded to its own cache
+// lines).
+type runShard struct {
+	mu sync.Mutex
+	m  map[codec.Token]*workerSlot
+	_  [40]byte
+}
+
+// has reports whether the request with token tok was cancelled. It costs
+// one atomic load while nothing is cancelled.
+func (s *cancelSet) has(tok *codec.Token) bool {
+	if s.n.Load() == 0 || tok.IsZero() {
 		return false
 	}
 	s.mu.Lock()
-	_, ok := s.m[cancelKey{to, id}]
+	_, ok := s.until[*tok]
 	s.mu.Unlock()
 	return ok
 }
 
-// add remembers a cancelled request until until (unix ms), pruning the
-// expired ones when the set is large.
-func (s *cancelSet) add(to, id string, until, now int64) {
+// add remembers that the request with token tok was cancelled, until
+// until (unix ms; at most controlWindow after now), forgetting expired
+// ones as it goes and the soonest-expiring one when full.
+func (s *cancelSet) add(tok codec.Token, until, now int64) {
+	if tok.IsZero() || until < now {
+		return
+	}
+	until = min(until, now+int64(controlWindow/time.Millisecond))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[cancelKey]int64{}
+	if s.until == nil {
+		s.until = map[codec.Token]int64{}
 	}
-	if len(s.m) >= maxCancelled/2 {
-		s.pruneLocked(now)
+	s.sweepLocked(now)
+	if _, ok := s.until[tok]; !ok && len(s.until) >= cmp.Or(s.limit, maxCancelled) {
+		s.evictLocked()
 	}
-	if len(s.m) >= maxCancelled {
-		var victim cancelKey
-		first := true
-		var soonest int64
-		for k, u := range s.m {
-			if first || u < soonest {
-				victim, soonest, first = k, u, false
-			}
-		}
-		delete(s.m, victim)
-	}
-	s.m[cancelKey{to, id}] = until
-	s.n.Store(int64(len(s.m)))
+	s.until[tok] = until
+	sec := until / 1000
+	s.wheel[sec%wheelSlots] = append(s.wheel[sec%wheelSlots], tok)
+	s.n.Store(int64(len(s.until)))
 }
 
 // prune forgets requests whose deadline passed.
 func (s *cancelSet) prune(now int64) {
 	s.mu.Lock()
-	s.pruneLocked(now)
+	s.sweepLocked(now)
 	s.mu.Unlock()
 }
 
-func (s *cancelSet) pruneLocked(now int64) {
-	for k, u := range s.m {
-		if u < now {
-			delete(s.m, k)
+// sweepLocked empties the wheel's buckets of every second before now's:
+// their requests' deadlines passed. A token whose expiry moved (cancelled
+// again) stays, in its current bucket.
+func (s *cancelSet) sweepLocked(now int64) {
+	sec := now / 1000
+	if s.swept == 0 || sec-s.swept > wheelSlots {
+		s.swept = sec - wheelSlots // first use, or idle longer than a turn: every bucket once
+	}
+	for ; s.swept < sec; s.swept++ {
+		b := &s.wheel[s.swept%wheelSlots]
+		for _, tok := range *b {
+			if u, ok := s.until[tok]; ok && u/1000 <= s.swept {
+				delete(s.until, tok)
+			}
+		}
+		*b = (*b)[:0]
+		if cap(*b) > 1024 {
+			*b = nil // a burst's bucket: give its memory back
 		}
 	}
-	s.n.Store(int64(len(s.m)))
+	s.n.Store(int64(len(s.until)))
+}
+
+// evictLocked forgets the request that expires soonest: a token of the
+// earliest bucket that still holds a live one (tokens whose expiry moved
+// are dropped from it on the way).
+func (s *cancelSet) evictLocked() {
+	for i := int64(0); i < wheelSlots; i++ {
+		sec := s.swept + i
+		b := &s.wheel[sec%wheelSlots]
+		for len(*b) > 0 {
+			tok := (*b)[len(*b)-1]
+			*b = (*b)[:len(*b)-1]
+			if u, ok := s.until[tok]; ok && u/1000 == sec {
+				delete(s.until, tok)
+				return
+			}
+		}
+	}
+}
+
+func (s *cancelSet) shard(tok *codec.Token) *runShard { return &s.running[tok[0]%runShards] }
+
+// started records that slot runs the request with token tok and reports
+// whether it was cancelled already (a notice read between the pick-up and
+// now found no handler to cancel). It registers first and then looks, and
+// a notice is remembered first and then looks for its handler: one of the
+// two always sees the other.
+func (s *cancelSet) started(tok *codec.Token, slot *workerSlot) bool {
+	if tok.IsZero() {
+		return false
+	}
+	sh := s.shard(tok)
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = map[codec.Token]*workerSlot{}
+	}
+	sh.m[*tok] = slot
+	sh.mu.Unlock()
+	return s.has(tok)
+}
+
+// finished forgets that the request with token tok runs.
+func (s *cancelSet) finished(tok *codec.Token) {
+	if tok.IsZero() {
+		return
+	}
+	sh := s.shard(tok)
+	sh.mu.Lock()
+	delete(sh.m, *tok)
+	sh.mu.Unlock()
+}
+
+// runner returns the slot running the request with token tok, or nil.
+func (s *cancelSet) runner(tok *codec.Token) *workerSlot {
+	sh := s.shard(tok)
+	sh.mu.Lock()
+	slot := sh.m[*tok]
+	sh.mu.Unlock()
+	return slot
 }
 
 // controlLoop reads the topic's control stream while ctx lives: cancel
@@ -101,7 +198,7 @@ func (s *cancelSet) pruneLocked(now int64) {
 // The first reads catch up with the window without blocking; ready is
 // closed once they did (or failed), so that Run reads no entry before it
 // knows what was cancelled.
-func (c *Consumer) controlLoop(ctx context.Context, running []workerSlot, wake chan<- int64, ready chan<- struct{}) {
+func (c *Consumer) controlLoop(ctx context.Context, wake chan<- int64, ready chan<- struct{}) {
 	key := c.keys.Control(c.cfg.Topic)
 	after := redisx.ControlStart(time.Now(), controlWindow)
 	out := redisx.Outage{Log: c.log, What: "control stream " + key}
@@ -159,11 +256,11 @@ func (c *Consumer) controlLoop(ctx context.Context, running []workerSlot, wake c
 					continue // its deadline passed: nothing left to cancel
 				}
 				until := n.Until
-				if until == 0 || until > now+int64(controlWindow/time.Millisecond) {
+				if until == 0 {
 					until = now + int64(controlWindow/time.Millisecond)
 				}
-				c.cancels.add(n.To, n.Req, until, now)
-				c.cancelRunning(running, n.To, n.Req)
+				c.cancels.add(n.Token, until, now)
+				c.cancelRunning(&n.Token)
 			case redisx.OpWake:
 				select {
 				case wake <- n.Until:
@@ -178,21 +275,22 @@ func (c *Consumer) controlLoop(ctx context.Context, running []workerSlot, wake c
 	}
 }
 
-// cancelRunning cancels the handler running the request (to, id), if any
-// of this consumer's workers runs it.
-func (c *Consumer) cancelRunning(running []workerSlot, to, id string) {
-	for i := range running {
-		s := &running[i]
-		s.mu.Lock()
-		hit := s.id != "" && !s.cancelled && s.reqID == id && s.replyTo == to && (s.dc != nil || s.cancel != nil)
-		if hit {
-			s.cancelled = true
-			s.cancelHandler(errCancelled) // under the lock: the handler cannot have moved on to another entry
-		}
-		s.mu.Unlock()
-		if hit {
-			c.stats.cancelled.Add(1)
-		}
+// cancelRunning cancels the handler running the request with token tok,
+// if one of this consumer's workers runs it.
+func (c *Consumer) cancelRunning(tok *codec.Token) {
+	s := c.cancels.runner(tok)
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	hit := s.id != "" && !s.cancelled && s.token == *tok && (s.dc != nil || s.cancel != nil)
+	if hit {
+		s.cancelled = true
+		s.cancelHandler(errCancelled) // under the lock: the handler cannot have moved on to another entry
+	}
+	s.mu.Unlock()
+	if hit {
+		c.stats.cancelled.Add(1)
 	}
 }
 

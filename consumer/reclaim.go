@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/redisx"
 )
 
@@ -19,12 +20,12 @@ type workerSlot struct {
 	id     string // entry id; "" when idle
 	readAt int64  // unix nanoseconds when the entry was read
 
-	// A request's reply stream and correlation id, and what cancels its
-	// handler's ctx (see cancelRunning); empty for events.
-	replyTo, reqID string
-	dc             *deadlineCtx
-	cancel         context.CancelCauseFunc // when dc is nil
-	cancelled      bool                    // cancelRunning cancelled it
+	// A request's cancel token, and what cancels its handler's ctx (see
+	// cancelRunning); zero for events.
+	token     codec.Token
+	dc        *deadlineCtx
+	cancel    context.CancelCauseFunc // when dc is nil
+	cancelled bool                    // cancelRunning cancelled it
 }
 
 // cancelHandler cancels the handler's ctx with cause (under s.mu).
@@ -40,7 +41,7 @@ func (s *workerSlot) cancelHandler(cause error) {
 func (s *workerSlot) set(p *part, id string, readAt int64) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
-	s.replyTo, s.reqID, s.dc, s.cancel, s.cancelled = "", "", nil, nil, false
+	s.token, s.dc, s.cancel, s.cancelled = codec.Token{}, nil, nil, false
 	s.mu.Unlock()
 }
 
@@ -50,17 +51,17 @@ func (s *workerSlot) clear() bool {
 	s.mu.Lock()
 	cancelled := s.cancelled
 	s.p, s.id, s.readAt = nil, "", 0
-	s.replyTo, s.reqID, s.dc, s.cancel, s.cancelled = "", "", nil, nil, false
+	s.token, s.dc, s.cancel, s.cancelled = codec.Token{}, nil, nil, false
 	s.mu.Unlock()
 	return cancelled
 }
 
 // setRequest is set for a request whose handler ctx dc (or cancel, when
 // dc is nil) cancels.
-func (s *workerSlot) setRequest(p *part, id string, readAt int64, replyTo, reqID string, dc *deadlineCtx, cancel context.CancelCauseFunc) {
+func (s *workerSlot) setRequest(p *part, id string, readAt int64, token *codec.Token, dc *deadlineCtx, cancel context.CancelCauseFunc) {
 	s.mu.Lock()
 	s.p, s.id, s.readAt = p, id, readAt
-	s.replyTo, s.reqID, s.dc, s.cancel, s.cancelled = replyTo, reqID, dc, cancel, false
+	s.token, s.dc, s.cancel, s.cancelled = *token, dc, cancel, false
 	s.mu.Unlock()
 }
 

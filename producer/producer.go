@@ -680,12 +680,12 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	var idb [32]byte
 	id := strconv.AppendUint(append(idb[:0], p.inc...), seq, 36)
 	now := time.Now()
+	w.cancel = noticeFor(t, seq, deadline)
 	env := codec.Envelope{
 		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
-		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload,
+		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload, Token: w.cancel.token,
 	}
 	env.Headers = headers
-	w.cancel = noticeFor(t, seq, deadline)
 	p.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.

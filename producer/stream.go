@@ -192,9 +192,9 @@ func (s *Stream) send(payload []byte, headers map[string]string) error {
 	s.seq = p.seq.Add(1)
 	var idb [32]byte
 	id := string(strconv.AppendUint(append(idb[:0], p.inc...), s.seq, 36))
-	env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: s.deadline.UnixNano(),
-		Sent: time.Now().UnixNano(), Payload: payload, Headers: headers, Flags: codec.FlagStream}
 	s.notice = noticeFor(s.t, s.seq, s.deadline)
+	env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: s.deadline.UnixNano(),
+		Sent: time.Now().UnixNano(), Payload: payload, Headers: headers, Flags: codec.FlagStream, Token: s.notice.token}
 	w.cancel = s.notice
 	p.waiters.add(s.seq, w)
 	buf := codec.Encode(&env)

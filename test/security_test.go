@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
@@ -342,4 +343,138 @@ func TestAttacksReplayedWithRedisCLI(t *testing.T) {
 	if s := w.Stats(t); s.Handled < 2 {
 		t.Fatalf("worker handled %d, want both requests", s.Handled)
 	}
+}
+
+// TestForgedCancelIgnored: someone who may write a topic's control stream
+// (any producer) copies a running request's correlation id and reply
+// stream into cancel notices, without the request's token, with a wrong
+// one, and pre-cancels the ids the caller will use next: none of it
+// cancels anything; the caller's own cancel still does. (Before cancel
+// tokens, the copied ids cancelled the running request and the predicted
+// ones the next five.)
+func TestForgedCancelIgnored(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	release := make(chan struct{})
+	co := runConsumer(t, c, consumer.Config{Topic: "victim", Concurrency: 4}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		switch string(m.Payload) {
+		case "slow": // until released
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		case "stuck": // until cancelled
+			<-ctx.Done()
+			return nil, context.Cause(ctx)
+		}
+		return append([]byte("re:"), m.Payload...), nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got := make(chan string, 1)
+	go func() {
+		reply, err := p.Request(ctx, "victim", []byte("slow"))
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(reply)
+	}()
+	rc := c.Redis()
+	var victim codec.Envelope
+	waitFor(t, 5*time.Second, "the caller's request in the stream", func() bool {
+		entries, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic("victim")).Start("-").End("+").Build()).AsXRange()
+		if err != nil || len(entries) == 0 {
+			return false
+		}
+		return codec.DecodeEnvelope(entries[0].FieldValues["m"], &victim) == nil
+	})
+	if victim.Token.IsZero() {
+		t.Fatal("the request carries no cancel token")
+	}
+	ctl := c.Keys().Control("victim")
+	until := strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)
+	notice := func(fields ...string) {
+		t.Helper()
+		cmd := rc.B().Xadd().Key(ctl).Id("*").FieldValue().FieldValue("op", "cancel").FieldValue("until", until)
+		for i := 0; i+1 < len(fields); i += 2 {
+			cmd = cmd.FieldValue(fields[i], fields[i+1])
+		}
+		if err := rc.Do(ctx, cmd.Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrong := victim.Token
+	wrong[0] ^= 1
+	notice("id", victim.ID, "to", victim.ReplyTo)                                      // the ids alone
+	notice("id", victim.ID, "to", victim.ReplyTo, "tok", string(wrong[:]))             // a guessed token
+	notice("id", victim.ID, "to", victim.ReplyTo, "tok", "0123456789abcdef")           // another
+	next := victim.ID[:len(victim.ID)-1] + string(rune(victim.ID[len(victim.ID)-1]+1)) // the next correlation id, predicted
+	notice("id", next, "to", victim.ReplyTo, "tok", string(victim.Token[:])[:8]+"01234567")
+	waitFor(t, 5*time.Second, "the forged notices read", func() bool { return co.Stats().ControlMalformed >= 1 })
+	close(release)
+	if reply := <-got; reply != "re:slow" {
+		t.Fatalf("the caller got %q, want its answer re:slow (a forged notice cancelled it)", reply)
+	}
+	for i := range 5 {
+		if reply, err := p.Request(ctx, "victim", []byte("fast")); err != nil || string(reply) != "re:fast" {
+			t.Fatalf("request %d after the forged notices = %q, %v", i, reply, err)
+		}
+	}
+	if s := co.Stats(); s.Cancelled != 0 {
+		t.Fatalf("worker stats %+v: something was cancelled", s)
+	}
+	// The caller's own cancel, which presents the token, still works.
+	cctx, ccancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Request(cctx, "victim", []byte("stuck"))
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "the request running", func() bool { return co.Stats().InFlight == 1 })
+	ccancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Request = %v, want context.Canceled", err)
+	}
+	waitFor(t, 5*time.Second, "the handler cancelled", func() bool { return co.Stats().Cancelled == 1 })
+}
+
+// TestCancelFloodDoesNotStallAWorker: a worker starting with 200,000
+// distinct notices on its control stream (written by anyone who may write
+// it) reads them in time proportional to their number and serves; before,
+// each notice past 50,000 scanned the whole set (100,000 notices: 21 s at
+// full CPU before the first answer; 200,000: not serving after 120 s).
+func TestCancelFloodDoesNotStallAWorker(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	rc := c.Redis()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctl := c.Keys().Control("flooded")
+	until := strconv.FormatInt(time.Now().Add(5*time.Minute).UnixMilli(), 10)
+	const n, batch = 200_000, 1000
+	began := time.Now()
+	for i := 0; i < n; i += batch {
+		cmds := make(rueidis.Commands, 0, batch)
+		for j := i; j < i+batch; j++ {
+			tok := fmt.Sprintf("%016x", j)
+			cmds = append(cmds, rc.B().Xadd().Key(ctl).Id("*").FieldValue().FieldValue("op", "cancel").FieldValue("until", until).
+				FieldValue("tok", tok).FieldValue("id", "x"+strconv.Itoa(j)).FieldValue("to", "myc:{r.victim}").Build())
+		}
+		for _, r := range rc.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	written := time.Since(began)
+	started := time.Now()
+	runConsumer(t, c, consumer.Config{Topic: "flooded"}, echo)
+	p := newProducer(t, c, producer.Config{WaitForResponders: true})
+	if reply, err := p.Request(ctx, "flooded", []byte("hello")); err != nil || string(reply) != "hello" {
+		t.Fatalf("Request after the flood = %q, %v", reply, err)
+	}
+	t.Logf("%d notices written in %v; the worker answered %v after it started", n, written.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/codec"
 )
 
 // A topic's control stream (bus.Keys.Control) carries what every worker of
@@ -25,8 +27,9 @@ const (
 // Control fields.
 const (
 	ctlOp      = "op"
-	ctlID      = "id"    // cancel: the request's correlation id
-	ctlReplyTo = "to"    // cancel: the request's reply stream
+	ctlToken   = "tok"   // cancel: the request's cancel token (codec.Envelope.Token, its 16 bytes)
+	ctlID      = "id"    // cancel: the request's correlation id (for people reading the stream)
+	ctlReplyTo = "to"    // cancel: the request's reply stream (likewise)
 	ctlUntil   = "until" // cancel: the request's deadline; wake: when the entry is due (unix ms)
 )
 
@@ -43,11 +46,12 @@ const maxControlFields = 16
 
 // Control is one notice on a control stream.
 type Control struct {
-	ID    string // stream entry id (reading only)
-	Op    string // OpCancel or OpWake
-	Req   string // OpCancel: correlation id
-	To    string // OpCancel: reply stream key
-	Until int64  // unix milliseconds (see ctlUntil)
+	ID    string      // stream entry id (reading only)
+	Op    string      // OpCancel or OpWake
+	Token codec.Token // OpCancel: the request's cancel token; a notice without one is malformed
+	Req   string      // OpCancel: correlation id (informative)
+	To    string      // OpCancel: reply stream key (informative)
+	Until int64       // unix milliseconds (see ctlUntil)
 }
 
 // AddControl appends notices to the control stream key, in one round trip
@@ -57,7 +61,7 @@ func AddControl(ctx context.Context, c rueidis.Client, key string, notices []Con
 	for i, n := range notices {
 		f := []string{ctlOp, n.Op, ctlUntil, strconv.FormatInt(n.Until, 10)}
 		if n.Op == OpCancel {
-			f = append(f, ctlID, n.Req, ctlReplyTo, n.To)
+			f = append(f, ctlToken, string(n.Token[:]), ctlID, n.Req, ctlReplyTo, n.To)
 		}
 		adds[i] = Add{Key: key, Fields: f, Cap: MaxLen(ControlMaxLen)}
 	}
@@ -158,6 +162,11 @@ func parseControl(id string, fv []string) (Control, bool) {
 		switch k {
 		case ctlOp:
 			n.Op = v
+		case ctlToken:
+			if len(v) != codec.TokenSize {
+				return n, false
+			}
+			copy(n.Token[:], v)
 		case ctlID:
 			n.Req = v
 		case ctlReplyTo:
@@ -173,7 +182,7 @@ func parseControl(id string, fv []string) (Control, bool) {
 	n.Until = u
 	switch n.Op {
 	case OpCancel:
-		return n, n.Req != "" && n.To != ""
+		return n, !n.Token.IsZero()
 	case OpWake:
 		return n, true
 	}

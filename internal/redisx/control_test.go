@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/egos/mycelium/codec"
 )
 
 func TestControlRoundTrip(t *testing.T) {
@@ -12,19 +14,23 @@ func TestControlRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	start := ControlStart(time.Now(), time.Minute)
 	notices := []Control{
-		{Op: OpCancel, Req: "abc1", To: "myc:{r.p}", Until: 1764500000000},
+		{Op: OpCancel, Token: codec.Token{1, 2, 0, 0xff}, Req: "abc1", To: "myc:{r.p}", Until: 1764500000000},
 		{Op: OpWake, Until: 1764500000500},
 	}
 	if err := AddControl(ctx, c, "ctl", notices); err != nil {
 		t.Fatal(err)
 	}
-	// Malformed notices: unknown op, cancel without its ids, bad time.
-	for _, f := range [][]string{{"op", "explode", "until", "1"}, {"op", "cancel", "until", "1"}, {"op", "wake", "until", "soon"}, {"x", "y"}} {
+	// Malformed notices: unknown op, a cancel without its token (ids are
+	// not enough: anyone who saw them could cancel), a short token, a zero
+	// token, bad time.
+	for _, f := range [][]string{{"op", "explode", "until", "1"}, {"op", "cancel", "until", "1", "id", "abc1", "to", "myc:{r.p}"},
+		{"op", "cancel", "until", "1", "tok", "short"}, {"op", "cancel", "until", "1", "tok", string(make([]byte, codec.TokenSize))},
+		{"op", "wake", "until", "soon"}, {"x", "y"}} {
 		AddBatch(ctx, c, []Add{{Key: "ctl", Fields: f}}, nil, nil)
 	}
 	got, last, bad, err := ReadControl(ctx, c, "ctl", start, 100, 0)
-	if err != nil || bad != 4 || len(got) != 2 || last == "" {
-		t.Fatalf("ReadControl = %+v, last %q, bad %d, %v; want 2 notices and 4 malformed", got, last, bad, err)
+	if err != nil || bad != 6 || len(got) != 2 || last == "" {
+		t.Fatalf("ReadControl = %+v, last %q, bad %d, %v; want 2 notices and 6 malformed", got, last, bad, err)
 	}
 	for i := range notices {
 		got[i].ID = ""
@@ -39,7 +45,7 @@ func TestControlRoundTrip(t *testing.T) {
 }
 
 func FuzzParseControl(f *testing.F) {
-	f.Add("op", "cancel", "id", "x", "to", "myc:{r.p}", "until", "5")
+	f.Add("op", "cancel", "id", "x", "tok", "0123456789abcdef", "until", "5")
 	f.Add("op", "wake", "until", "12", "", "", "", "")
 	f.Add("op", "cancel", "until", "-1", "id", "", "to", "")
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3, k4, v4 string) {
@@ -50,8 +56,8 @@ func FuzzParseControl(f *testing.F) {
 		switch {
 		case n.Until < 0:
 			t.Fatalf("accepted a negative time: %+v", n)
-		case n.Op == OpCancel && (n.Req == "" || n.To == ""):
-			t.Fatalf("accepted a cancel without its request: %+v", n)
+		case n.Op == OpCancel && n.Token.IsZero():
+			t.Fatalf("accepted a cancel without its token: %+v", n)
 		case n.Op != OpCancel && n.Op != OpWake:
 			t.Fatalf("accepted op %q", n.Op)
 		case len(n.Req) > maxControlField || len(n.To) > maxControlField:

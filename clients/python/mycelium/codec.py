@@ -2,7 +2,7 @@
 the Go codec does.
 
 An envelope is a msgpack array of 15 elements (16 with request_entry, 18
-with seq and flags). The Go encoder uses the shortest form of every integer
+with seq and flags, 19 with a request's cancel token). The Go encoder uses the shortest form of every integer
 and string, ``bin`` for the payload and ``nil`` for no headers; so does
 :func:`encode` (the golden files written by the Go tests check it).
 :func:`decode` accepts what the Go decoder accepts and refuses the rest with
@@ -33,7 +33,10 @@ FLAG_STREAM = 1
 
 MIN_FIELDS = 11
 FIELDS = 15
-MAX_FIELDS = FIELDS + 3
+STREAM_FIELDS = FIELDS + 3
+MAX_FIELDS = FIELDS + 4
+#: length of a request's cancel token (Envelope.token)
+TOKEN_SIZE = 16
 MAX_HEADERS = 1024
 
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
@@ -61,6 +64,7 @@ class Envelope:
     request_entry: str = ""
     seq: int = 0
     flags: int = 0
+    token: bytes = b""  # a request's cancel token (TOKEN_SIZE random bytes; b"": none)
     extra: list[Any] = field(default_factory=list, repr=False)  # trailing elements of a later revision (kept, not written)
 
     def replace(self, **changes: Any) -> "Envelope":
@@ -79,6 +83,11 @@ def encode(env: Envelope) -> bytes:
         raise ValueError("attempt out of the uint32 range")
     if not 0 <= env.seq <= _U64_MAX or not 0 <= env.flags <= _U64_MAX:
         raise ValueError("seq or flags out of the uint64 range")
+    token = bytes(env.token)
+    if token == bytes(TOKEN_SIZE):
+        token = b""
+    if len(token) not in (0, TOKEN_SIZE):
+        raise ValueError(f"token must be {TOKEN_SIZE} bytes")
     arr: list[Any] = [
         VERSION,
         env.kind,
@@ -96,11 +105,13 @@ def encode(env: Envelope) -> bytes:
         env.cache_key,
         env.cache_ttl,
     ]
-    streamed = env.seq != 0 or env.flags != 0
+    streamed = env.seq != 0 or env.flags != 0 or bool(token)
     if env.request_entry or streamed:
         arr.append(env.request_entry)
     if streamed:
         arr += [env.seq, env.flags]
+    if token:
+        arr.append(token)
     return msgpack.packb(arr, use_bin_type=True)
 
 
@@ -184,8 +195,15 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
         env.cache_ttl = _int(arr[14], "cache_ttl")
     if n >= FIELDS + 1:
         env.request_entry = _str(arr[15], "request_entry")
-    if n >= MAX_FIELDS:
+    if n >= STREAM_FIELDS:
         env.seq = _int(arr[16], "seq", unsigned=True)
         env.flags = _int(arr[17], "flags", unsigned=True)
+    if n >= MAX_FIELDS:
+        t = arr[18]
+        if isinstance(t, str):
+            t = t.encode("utf-8", "surrogateescape")
+        if not isinstance(t, bytes) or len(t) not in (0, TOKEN_SIZE):
+            raise MalformedError("token", f"not {TOKEN_SIZE} bytes of binary data")
+        env.token = b"" if t == bytes(TOKEN_SIZE) else t
     env.extra = arr[MAX_FIELDS:]
     return env

@@ -4,6 +4,7 @@ the Go consumer's delivery rules (docs/wire.md, "Serving a topic")."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import logging
@@ -28,6 +29,9 @@ MAX_CORRELATION_ID = 128
 PRESENCE_EVERY = 5.0
 PRESENCE_PRUNE_MS = 3_600_000
 CONTROL_WINDOW_MS = 600_000
+#: cancelled requests a worker remembers (by token); a flood of notices
+#: evicts the oldest first, at O(1) a notice
+MAX_CANCELLED = 100_000
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Stats:
     reclaimed: int = 0
     heartbeats: int = 0
     cancelled: int = 0
+    control_malformed: int = 0  # cancel notices without a valid token (forged or foreign), skipped
     write_errors: int = 0  # replies, acks or dead letters Redis did not take (the entry stays pending)
 
 
@@ -72,8 +77,7 @@ class _Running:
     key: str
     task: asyncio.Task[Any]
     started: float
-    reply_to: str = ""
-    req_id: str = ""
+    token: bytes = b""  # a request's cancel token (b"": an event, or none)
 
 
 class Consumer:
@@ -135,7 +139,10 @@ class Consumer:
         self._parts: list[str] = []  # stream keys read, partition i at index i
         self._slots: asyncio.Semaphore | None = None  # one per handler that may run; FIFO for waiters
         self._running: dict[str, _Running] = {}  # entry id (per partition key) -> its handler
-        self._cancelled: dict[tuple[str, str], int] = {}  # (reply_to, id) -> until (unix ms)
+        # cancel token -> until (unix ms), oldest notice first; at most
+        # MAX_CANCELLED (a flood of notices evicts the oldest, O(1) each)
+        self._cancelled: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._by_token: dict[bytes, _Running] = {}  # cancel token -> the handler running it
         self.stats = Stats()
         self.serving = asyncio.Event()
 
@@ -365,21 +372,33 @@ class Consumer:
             for eid, fields in entries:
                 n += 1
                 self._ctl_last = eid.decode() if isinstance(eid, bytes) else eid
-                f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (fields or {}).items()}
-                if f.get("op") != "cancel" or not f.get("id") or not f.get("to") or len(f["id"]) > 512 or len(f["to"]) > 512:
+                f = dict(fields or {})
+                tok = f.get(b"tok", b"")
+                # A notice must present the request's token: its ids alone
+                # are no proof (anyone who saw them could cancel).
+                if f.get(b"op") != b"cancel" or len(tok) != codec.TOKEN_SIZE or tok == bytes(codec.TOKEN_SIZE):
+                    self.stats.control_malformed += f.get(b"op") == b"cancel"
                     continue
                 try:
-                    until = int(f.get("until", ""))
+                    until = int(f.get(b"until", b""))
                 except ValueError:
+                    self.stats.control_malformed += 1
                     continue
                 if until and until < now:
                     continue
-                self._cancelled[(f["to"], f["id"])] = min(until or now + CONTROL_WINDOW_MS, now + CONTROL_WINDOW_MS)
-                for run in self._running.values():
-                    if run.reply_to == f["to"] and run.req_id == f["id"] and not run.task.done():
-                        run.task.cancel()
-        if len(self._cancelled) > 10_000:
-            self._cancelled = {k: u for k, u in self._cancelled.items() if u >= now}
+                self._cancelled.pop(tok, None)
+                self._cancelled[tok] = min(until or now + CONTROL_WINDOW_MS, now + CONTROL_WINDOW_MS)
+                while len(self._cancelled) > MAX_CANCELLED:
+                    self._cancelled.popitem(last=False)
+                run = self._by_token.get(tok)
+                if run is not None and not run.task.done():
+                    run.task.cancel()
+        # The oldest notices first: drop those whose deadline passed.
+        while self._cancelled:
+            tok, until = next(iter(self._cancelled.items()))
+            if until >= now:
+                break
+            self._cancelled.popitem(last=False)
         return n
 
     # -- one entry -----------------------------------------------------
@@ -391,7 +410,9 @@ class Consumer:
         self._running[rid] = _Running(key, task, time.monotonic())
 
         def done(_: asyncio.Task[Any]) -> None:
-            self._running.pop(rid, None)
+            run = self._running.pop(rid, None)
+            if run is not None and run.token:
+                self._by_token.pop(run.token, None)
             self._give_slots(1)
 
         task.add_done_callback(done)
@@ -439,13 +460,14 @@ class Consumer:
             self.stats.expired += 1
             await self._ack(key, eid)
             return
-        if req and (env.reply_to, env.id) in self._cancelled:
+        if req and env.token and env.token in self._cancelled:
             self.stats.cancelled += 1
             await self._ack(key, eid)
             return
         run = self._running.get(key + "|" + eid)
-        if run is not None and req:
-            run.reply_to, run.req_id = env.reply_to, env.id
+        if run is not None and req and env.token:
+            run.token = env.token
+            self._by_token[env.token] = run
         msg = Message(id=eid, topic=self.topic, partition=self._parts.index(key) if key in self._parts else 0,
                       payload=env.payload, headers=env.headers or {}, attempt=attempt,
                       deadline=env.deadline / 1e9 if env.deadline else None, request=req, sent=env.sent / 1e9)
@@ -458,7 +480,7 @@ class Consumer:
             else:
                 out = await self._h(msg)
         except asyncio.CancelledError:
-            if req and (env.reply_to, env.id) in self._cancelled:
+            if req and env.token and env.token in self._cancelled:
                 self.stats.cancelled += 1  # the caller gave up: no reply
                 await asyncio.shield(self._ack(key, eid))
                 return

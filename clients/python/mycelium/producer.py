@@ -129,7 +129,9 @@ class Producer:
         self._wait = wait_for_responders
         self._seq = 0
         self._waiters: dict[int, _Waiter] = {}
-        self._inflight: dict[int, tuple[_Topic, int]] = {}  # seq -> topic, deadline (unix ns)
+        # seq -> topic, deadline (unix ns), cancel token (a worker cancels a
+        # request only for a notice that presents its token)
+        self._inflight: dict[int, tuple[_Topic, int, bytes]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._reader: asyncio.Task[None] | None = None
         self._reader_lock: asyncio.Lock | None = None
@@ -180,7 +182,7 @@ class Producer:
                 w.future.set_exception(Closed("producer closed"))
         if waiting and self._r is not None:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._cancel_notices([(t, s) for s, (t, _) in self._inflight.items()]), 2)
+                await asyncio.wait_for(self._cancel_notices([(s, *v) for s, v in self._inflight.items()]), 2)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -360,12 +362,13 @@ class Producer:
         loop = asyncio.get_running_loop()
         w = _Waiter(loop.create_future())
         self._waiters[seq] = w
-        self._inflight[seq] = (t, deadline_ns)
+        token = secrets.token_bytes(codec.TOKEN_SIZE)
+        self._inflight[seq] = (t, deadline_ns, token)
         written = False
         try:
             key = await self._partition(t, partition_key)
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
-                                 headers=dict(headers) if headers else None, payload=bytes(payload))
+                                 headers=dict(headers) if headers else None, payload=bytes(payload), token=token)
             try:
                 eid = await self.redis.xadd(key, {FIELD: codec.encode(env)}, maxlen=self._cap, approximate=True)
             except RedisError as e:
@@ -385,7 +388,7 @@ class Producer:
                 raise BusTimeout(f"request to {t.name!r}: no reply within {timeout:g}s") from None
         except asyncio.CancelledError:
             if written:  # the caller gave up: its handler stops too
-                self._spawn(self._cancel_notices([(t, seq)]))
+                self._spawn(self._cancel_notices([(seq, t, deadline_ns, token)]))
             raise
         finally:
             self._waiters.pop(seq, None)
@@ -404,14 +407,14 @@ class Producer:
             w.future.set_result(r)
         return True
 
-    async def _cancel_notices(self, reqs: list[tuple[_Topic, int]]) -> None:
+    async def _cancel_notices(self, reqs: list[tuple[int, _Topic, int, bytes]]) -> None:
+        """Writes a cancel notice for each (seq, topic, deadline, token)."""
         pipe = self.redis.pipeline(transaction=False)
-        for t, seq in reqs:
-            deadline_ns = self._inflight.get(seq, (t, 0))[1]
+        for seq, t, deadline_ns, token in reqs:
             pipe.xadd(
                 self._keys.control(t.name),
-                {b"op": b"cancel", b"until": str(deadline_ns // 1_000_000).encode(), b"id": (self._inc + _base36(seq)).encode(),
-                 b"to": self.reply_key.encode()},
+                {b"op": b"cancel", b"until": str(deadline_ns // 1_000_000).encode(), b"tok": token,
+                 b"id": (self._inc + _base36(seq)).encode(), b"to": self.reply_key.encode()},
                 maxlen=10_000, approximate=True,
             )
         with contextlib.suppress(RedisError, OSError):

@@ -23,7 +23,7 @@ def from_golden(g: dict) -> codec.Envelope:
         attempt=g["attempt"], headers=g["headers"], payload=bytes.fromhex(g["payload_hex"]),
         err_code=g["err_code"], err_msg=g["err_msg"], queue_wait=g["queue_wait"], handler=g["handler"],
         cache_key=g["cache_key"], cache_ttl=g["cache_ttl"], request_entry=g["request_entry"],
-        seq=g["seq"], flags=g["flags"],
+        seq=g["seq"], flags=g["flags"], token=bytes.fromhex(g.get("token_hex", "")),
     )
 
 
@@ -54,6 +54,7 @@ envelopes = st.builds(
     payload=st.binary(max_size=70_000),
     err_code=texts, err_msg=texts, queue_wait=i64, handler=i64, cache_key=texts, cache_ttl=i64,
     request_entry=texts, seq=u64, flags=u64,
+    token=st.one_of(st.just(b""), st.binary(min_size=16, max_size=16).filter(lambda b: b != bytes(16))),
 )
 
 
@@ -65,7 +66,7 @@ def test_round_trip(env: codec.Envelope) -> None:
     assert got == env
     # The msgpack library reads it as a plain array of the documented length.
     arr = msgpack.unpackb(b, raw=False, strict_map_key=False)
-    want = 18 if (env.seq or env.flags) else 16 if env.request_entry else 15
+    want = 19 if env.token else 18 if (env.seq or env.flags) else 16 if env.request_entry else 15
     assert len(arr) == want
 
 
@@ -91,6 +92,7 @@ def test_rejects() -> None:
         "negative attempt": msgpack.packb([1, 0, "", "", 0, 0, -1, None, b"", "", ""]),
         "headers not strings": msgpack.packb([1, 0, "", "", 0, 0, 0, {"a": 1}, b"", "", ""]),
         "garbage": b"garbage",
+        "short token": msgpack.packb([1, 1, "", "", 0, 0, 0, None, b"", "", "", 0, 0, "", 0, "", 0, 0, b"12345"], use_bin_type=True),
     }
     for name, b in bad.items():
         with pytest.raises(MalformedError):
@@ -99,7 +101,8 @@ def test_rejects() -> None:
 
 
 def test_trailing_fields_skipped() -> None:
-    arr = msgpack.unpackb(codec.encode(codec.Envelope(kind=codec.CHUNK, seq=2, request_entry="1-1")), raw=False)
+    tok = bytes(range(1, 17))
+    arr = msgpack.unpackb(codec.encode(codec.Envelope(kind=codec.REQUEST, seq=2, request_entry="1-1", token=tok)), raw=False)
     arr += [{"future": [1, 2]}, 1.5]
     got = codec.decode(msgpack.packb(arr, use_bin_type=True))
-    assert got.seq == 2 and got.request_entry == "1-1" and len(got.extra) == 2
+    assert got.seq == 2 and got.request_entry == "1-1" and got.token == tok and len(got.extra) == 2

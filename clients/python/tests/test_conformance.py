@@ -306,6 +306,69 @@ async def test_python_caller_python_worker_cancel(redis_url: str, topic: str) ->
         assert c.stats.cancelled == 1
 
 
+async def test_forged_cancel_ignored(redis_url: str, topic: str) -> None:
+    """A notice that copies a running request's ids without its token, or
+    with a wrong one, cancels nothing (security issue: anyone who may write
+    the control stream could cancel anyone's requests)."""
+    release = asyncio.Event()
+
+    async def slow(m: Message) -> bytes:
+        await release.wait()
+        return b"re:" + m.payload
+
+    r = aioredis.from_url(redis_url)
+    key, ctl = f"myc:{{{topic}}}", f"myc:{{{topic}}}:ctl"
+    async with py_worker(redis_url, topic, slow) as c:
+        async with Producer(redis_url) as p:
+            req = asyncio.ensure_future(p.request(topic, b"slow", timeout=30))
+
+            async def written() -> bool:
+                return await r.xlen(key) == 1
+
+            await eventually(written, within=10, what="the request written")
+            (_, fields), = await r.xrange(key)
+            victim = codec.decode(fields[b"m"])
+            assert len(victim.token) == codec.TOKEN_SIZE
+            until = str(int(time.time() * 1000) + 60_000).encode()
+            base = {b"op": b"cancel", b"until": until, b"id": victim.id.encode(), b"to": victim.reply_to.encode()}
+            wrong = bytes([victim.token[0] ^ 1]) + victim.token[1:]
+            for extra in ({}, {b"tok": wrong}, {b"tok": b"short"}):
+                await r.xadd(ctl, {**base, **extra})
+
+            async def read() -> bool:
+                return c.stats.control_malformed == 2  # no token, a short one
+
+            await eventually(read, within=10, what="the forged notices read")
+            release.set()
+            assert await req == b"re:slow"
+        assert c.stats.cancelled == 0
+    await r.close()
+
+
+async def test_cancel_flood_bounded(redis_url: str, topic: str) -> None:
+    """200,000 distinct notices: the worker remembers at most MAX_CANCELLED
+    and serves."""
+    from mycelium import consumer as cmod
+
+    r = aioredis.from_url(redis_url)
+    ctl = f"myc:{{{topic}}}:ctl"
+    until = str(int(time.time() * 1000) + 300_000).encode()
+    for i in range(0, 200_000, 5000):
+        pipe = r.pipeline(transaction=False)
+        for j in range(i, i + 5000):
+            pipe.xadd(ctl, {b"op": b"cancel", b"until": until, b"tok": j.to_bytes(16, "big")})
+        await pipe.execute()
+    await r.close()
+
+    async def echo(m: Message) -> bytes:
+        return m.payload
+
+    async with py_worker(redis_url, topic, echo) as c:
+        async with Producer(redis_url) as p:
+            assert await p.request(topic, b"hello", timeout=60) == b"hello"
+        assert len(c._cancelled) <= cmod.MAX_CANCELLED
+
+
 async def test_event_retry_then_dead_letter(redis_url: str, topic: str) -> None:
     attempts: list[int] = []
 
