@@ -17,6 +17,7 @@ type Client struct {
 	rc   rueidis.Client
 	keys Keys
 	cfg  Config
+	user string // the ACL user it authenticates as; "" for the default user
 }
 
 // Connect builds a Client from cfg and checks that Redis answers PING within
@@ -38,8 +39,22 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		rc.Close()
 		return nil, fmt.Errorf("bus: connect to %s: %w: Cluster is set but the server is not a Redis Cluster node (cluster_enabled:0)", cfg.Redacted(), ErrInvalidConfig)
 	}
-	return &Client{rc: rc, keys: Keys{Prefix: cfg.Prefix}, cfg: cfg}, nil
+	return &Client{rc: rc, keys: Keys{Prefix: cfg.Prefix}, cfg: cfg, user: userOf(opt.Username)}, nil
 }
+
+// userOf is the ACL user a client authenticates as: "" for the default
+// user.
+func userOf(name string) string {
+	if name == "default" {
+		return ""
+	}
+	return name
+}
+
+// User returns the ACL user the client authenticates as (from the URL or
+// Config.Username), or "" for the default user. A producer names its reply
+// streams after it (producer.Config.Owner).
+func (c *Client) User() string { return c.user }
 
 // Mode says how the client reaches Redis: "standalone", "cluster" (Redis
 // Cluster: commands routed by hash slot) or "sentinel" (the master of a
@@ -68,7 +83,7 @@ func (c *Client) Node(ctx context.Context, addr string) (*Client, error) {
 		rc.Close()
 		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, connErr(err))
 	}
-	return &Client{rc: rc, keys: c.keys, cfg: cfg}, nil
+	return &Client{rc: rc, keys: c.keys, cfg: cfg, user: c.user}, nil
 }
 
 // connErr classifies a failure to connect: wrong credentials (WRONGPASS,
@@ -102,4 +117,7 @@ func (c *Client) Ping(ctx context.Context) error {
 func (c *Client) Redis() rueidis.Client { return c.rc }
 
 // Close closes the connections. Close producers and consumers first.
-func (c *Client) Close() { c.rc.Close() }
+func (c *Client) Close() {
+	redisx.ForgetClient(c.rc)
+	c.rc.Close()
+}

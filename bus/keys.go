@@ -27,8 +27,11 @@ func (k Keys) prefix() string {
 // Topic returns the stream of a topic's requests and events: prefix:{topic}.
 func (k Keys) Topic(topic string) string { return k.prefix() + ":{" + topic + "}" }
 
-// Reply returns the reply stream of one producer: prefix:{r.<producerID>}.
-func (k Keys) Reply(producerID string) string { return k.prefix() + ":{r." + producerID + "}" }
+// Reply returns the reply stream of one producer: prefix:{r.<name>}, name
+// being "<owner>.<producer id>" for a producer with an owner (its ACL
+// user: the producer role reads only its own user's reply streams,
+// prefix:{r.<owner>.*}) and its id alone otherwise.
+func (k Keys) Reply(name string) string { return k.prefix() + ":{r." + name + "}" }
 
 // DeadLetter returns a topic's dead-letter stream: prefix:{topic}:dlq.
 func (k Keys) DeadLetter(topic string) string { return k.Topic(topic) + dlqSuffix }
@@ -84,8 +87,8 @@ func (k Keys) ParseDeadLetter(key string) (string, bool) {
 	return k.ParseTopic(rest)
 }
 
-// ParseReply returns the producer id of a reply stream key, and false for
-// any other key.
+// ParseReply returns the name of a reply stream key ("<owner>.<producer
+// id>", or the producer id), and false for any other key.
 func (k Keys) ParseReply(key string) (string, bool) {
 	t, ok := k.tag(key)
 	if !ok {

@@ -48,9 +48,7 @@ func (p *Producer) cancelRequest(n cancelNotice) {
 	if n.ctl == "" {
 		return
 	}
-	if p.cancels.Add(n, false) {
-		p.stats.cancelled.Add(1)
-	}
+	p.cancels.Add(n, false)
 }
 
 // flushCancels writes queued notices, one round trip per control stream.
@@ -63,7 +61,9 @@ func (p *Producer) flushCancels(batch []cancelNotice) {
 	for key, notices := range byKey {
 		// No deadline reaches rueidis (see redisx.Detach): the connection's
 		// write timeout bounds the write, Close cancels it.
-		if err := redisx.AddControl(p.ctlCtx, p.c.Redis(), key, notices); err != nil {
+		if err := redisx.AddControl(p.ctlCtx, p.c.Redis(), key, notices); err == nil {
+			p.stats.cancelled.Add(uint64(len(notices))) // written: a worker reading now sees them
+		} else {
 			p.stats.cancelErrors.Add(uint64(len(notices)))
 			p.log.Warn().Err(err).Str("stream", key).Int("notices", len(notices)).Msg("cancel notices not written: those handlers run until their deadline")
 		}

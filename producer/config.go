@@ -10,6 +10,7 @@ import (
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // Defaults for Config fields left at their zero value.
@@ -33,6 +34,15 @@ type Config struct {
 	// ID names this producer instance and its reply stream. Empty means a
 	// random id (a new reply stream per process, the normal case).
 	ID string
+	// Owner names whose reply streams this producer's is:
+	// <prefix>:{r.<owner>.<id>}. The producer role of bus-worker acl
+	// --role producer --user NAME reads and writes only the reply streams
+	// of owner NAME (docs/security.md), so a producer isolated from the
+	// others must have its user's name here. Empty means the client's
+	// ACL user (bus.Client.User); for the default user, none:
+	// <prefix>:{r.<id>}. At most 100 bytes, no '.', braces, spaces or glob
+	// characters.
+	Owner string
 	// MaxInFlight bounds outstanding requests. A Request beyond it waits for
 	// a slot, bounded by its ctx. Zero means DefaultMaxInFlight.
 	MaxInFlight int
@@ -131,6 +141,11 @@ func (c Config) Validate() error {
 	if c.ID != "" {
 		if err := bus.ValidateName("producer", c.ID); err != nil {
 			return err
+		}
+	}
+	if c.Owner != "" {
+		if err := redisx.ValidOwner(c.Owner); err != nil {
+			return fmt.Errorf("%w: Owner: %w", bus.ErrInvalidConfig, err)
 		}
 	}
 	if c.WaitReplicas < 0 || c.WaitTimeout < 0 {

@@ -149,6 +149,12 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	if cfg.ID == "" {
 		cfg.ID = hex.EncodeToString(rnd[:])
 	}
+	if cfg.Owner == "" && c.User() != "" {
+		if err := redisx.ValidOwner(c.User()); err != nil {
+			return nil, fmt.Errorf("producer: %w: the client's user names the reply stream (Config.Owner): %w", bus.ErrInvalidConfig, err)
+		}
+		cfg.Owner = c.User()
+	}
 	p := &Producer{
 		c:       c,
 		cfg:     cfg,
@@ -159,7 +165,11 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		slots:   make(chan struct{}, cfg.MaxInFlight),
 		closing: make(chan struct{}),
 	}
-	p.replyKey = p.keys.Reply(cfg.ID)
+	if cfg.Owner != "" {
+		p.replyKey = p.keys.Reply(cfg.Owner + "." + cfg.ID)
+	} else {
+		p.replyKey = p.keys.Reply(cfg.ID)
+	}
 	p.tr = newTracing(&cfg)
 	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)

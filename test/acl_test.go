@@ -25,7 +25,7 @@ func aclUsers(t *testing.T, srv *redistest.Server) map[string]*bus.Client {
 	rc := srv.Client(t).Redis()
 	out := map[string]*bus.Client{}
 	for _, role := range redisx.ACLRoles {
-		rule, err := redisx.ACLRule(role, bus.DefaultPrefix)
+		rule, err := redisx.ACLRule(redisx.ACLSpec{Role: role, Prefix: bus.DefaultPrefix, User: "myc-" + role})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,6 +34,11 @@ func aclUsers(t *testing.T, srv *redistest.Server) map[string]*bus.Client {
 			t.Fatalf("ACL SETUSER %s: %v", strings.Join(args, " "), err)
 		}
 		out[role] = redistest.Connect(t, bus.Config{URL: srv.URL, Username: "myc-" + role, Password: "pw"})
+	}
+	// The operator loads the bus's functions; the other roles may only
+	// call them.
+	if err := redisx.LoadFunctions(context.Background(), out["operator"].Redis()); err != nil {
+		t.Fatalf("loading the functions as the operator: %v", err)
 	}
 	return out
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/test/redistest"
 )
@@ -218,6 +219,12 @@ func TestBusWorkerBadInputExitsTwo(t *testing.T) {
 		{"dlq", "frobnicate"},
 		{"request", "--redis", "redis://127.0.0.1:1"},
 		{"request", "--timeout", "-1s"},
+		{"acl", "--role", "producer", "--user", "a.b"},
+		{"acl", "--role", "operator", "--topics", "t"},
+		{"acl", "--role", "worker", "--topics", "a,r.x"},
+		{"acl", "--role", "root"},
+		{"functions"},
+		{"functions", "upgrade"},
 		{"nonsense"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
@@ -234,6 +241,40 @@ func TestBusWorkerBadInputExitsTwo(t *testing.T) {
 				t.Fatalf("bus-worker %v stderr = %q, want one line", args, text)
 			}
 		})
+	}
+}
+
+// TestBusWorkerFunctions: the operator's step loads the bus's functions
+// (idempotently), lists them and prunes other releases' libraries.
+func TestBusWorkerFunctions(t *testing.T) {
+	srv := redistest.Start(t)
+	bin := buildCmd(t, "bus-worker")
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, append(args, "--redis", srv.URL)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bus-worker %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	lib := redisx.LibraryName()
+	if out := cli("functions", "list"); !strings.Contains(out, "no library") || !strings.Contains(out, lib) {
+		t.Fatalf("functions list before loading = %q", out)
+	}
+	for range 2 {
+		if out := cli("functions", "load"); !strings.Contains(out, "loaded "+lib) {
+			t.Fatalf("functions load = %q", out)
+		}
+	}
+	if out := cli("functions", "list"); !strings.Contains(out, lib+" (this build's): myc_begin_") {
+		t.Fatalf("functions list = %q", out)
+	}
+	var libs []struct{ Name string }
+	if err := json.Unmarshal([]byte(cli("functions", "list", "--json")), &libs); err != nil || len(libs) != 1 || libs[0].Name != lib {
+		t.Fatalf("functions list --json = %+v, %v", libs, err)
+	}
+	if out := cli("functions", "prune"); !strings.Contains(out, "no other library") {
+		t.Fatalf("functions prune = %q", out)
 	}
 }
 

@@ -44,7 +44,8 @@ Usage:
   bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
   bus-worker topic create|set-partitions [--redis URL] --topic T --partitions N [--json]
   bus-worker topic describe [--redis URL] --topic T [--json]
-  bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME]   (the least-privilege ACL rule)
+  bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME] [--topics T1,T2]   (the least-privilege ACL rule)
+  bus-worker functions load|list|prune [--redis URL] [--json]   (the bus's Redis functions: the operator loads them)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
 MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"
@@ -78,8 +79,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = aclCmd(ctx, args[1:], stdout)
 	case "topic":
 		err = topicCmd(ctx, args[1:], stdout)
+	case "functions":
+		err = functionsCmd(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic or acl; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic, functions or acl; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:

@@ -38,7 +38,7 @@ const (
 // 9 envelope, 10 cap kind ("", MAXLEN or MINID), 11 cap value, 12 "1" to
 // skip and delete the stored value (it was corrupt), 13 "1" to skip the
 // lookup only.
-var beginScript = rueidis.NewLuaScript(`local meta = redis.call('HMGET', KEYS[2], 'gen', 'epoch')
+var beginScript = newScript("begin", `local meta = redis.call('HMGET', KEYS[2], 'gen', 'epoch')
 local gen = meta[1] or '0'
 local epoch = meta[2] or '0'
 if gen ~= ARGV[1] then return {0, gen, epoch} end

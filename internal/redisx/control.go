@@ -203,7 +203,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // delayScript adds one member due at ARGV[2] (unix ms) or, when that is 0,
 // ARGV[3] ms from now by Redis's clock; refused when the set already holds
 // ARGV[4] members (0: no bound). Returns the due time.
-var delayScript = rueidis.NewLuaScript(redisNow + `local due = tonumber(ARGV[2])
+var delayScript = newScript("delay", redisNow+`local due = tonumber(ARGV[2])
 if due <= 0 then due = now + tonumber(ARGV[3]) end
 local max = tonumber(ARGV[4])
 if max > 0 and redis.call('ZCARD', KEYS[1]) >= max then
@@ -250,7 +250,7 @@ func max64(a, b int64) int64 {
 
 // scheduleScript records entry ARGV[1] as due ARGV[2] ms from now (Redis's
 // clock) in the retry set KEYS[1]. Returns the due time (unix ms).
-var scheduleScript = rueidis.NewLuaScript(redisNow + `local due = now + tonumber(ARGV[2])
+var scheduleScript = newScript("schedule", redisNow+`local due = now + tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], due, ARGV[1])
 return due`)
 
@@ -293,7 +293,7 @@ func RetryDue(ctx context.Context, c rueidis.Client, key string, ids []string) (
 // ARGV[4] of group ARGV[3] (each removed from the set first: of the workers
 // woken for it, one gets it). Returns {moved, next due (unix ms, -1: none),
 // now, claimed entries}.
-var dueScript = rueidis.NewLuaScript(redisNow + `local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+var dueScript = newScript("due", redisNow+`local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local moved = 0
 for _, m in ipairs(due) do
   local sep = string.find(m, ':', 1, true)

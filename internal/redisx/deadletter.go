@@ -143,7 +143,7 @@ func DeadLetters(ctx context.Context, c rueidis.Client, key, start, end string, 
 // runs the XDEL even when the XADD fails while running (the topic key is
 // not a stream: WRONGTYPE) and the dead letter would be lost; in a script
 // the failed XADD raises before the XDEL.
-var replayScript = rueidis.NewLuaScript(`local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+var replayScript = newScript("replay", `local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[3])
 return id`)
 
@@ -157,7 +157,7 @@ func Replay(ctx context.Context, c rueidis.Client, stream, dlq, id string, data 
 
 // purgeScript deletes a stream and returns how many entries it had, in one
 // step (nothing added between the count and the delete is lost unseen).
-var purgeScript = rueidis.NewLuaScript(`local n = redis.call('XLEN', KEYS[1])
+var purgeScript = newScript("purge", `local n = redis.call('XLEN', KEYS[1])
 redis.call('DEL', KEYS[1])
 return n`)
 

@@ -111,7 +111,7 @@ func clipValue(s string) string {
 // drain range to cover every partition that held entries: a lowered count
 // keeps the removed partitions read until they are drained (and records
 // Redis's time of the lowering).
-var setPartitionsScript = rueidis.NewLuaScript(`local cur = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '1') or 1
+var setPartitionsScript = newScript("set_partitions", `local cur = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '1') or 1
 local drain = tonumber(redis.call('HGET', KEYS[1], 'drain') or '0') or 0
 local n = tonumber(ARGV[1])
 drain = math.max(drain, cur, n)
@@ -137,7 +137,7 @@ func SetPartitions(ctx context.Context, c rueidis.Client, meta string, n int) (P
 // forgetScript lowers the drain bound from ARGV[2] to ARGV[3] if the
 // metadata still says ARGV[1] partitions and drain ARGV[2], and the count
 // was lowered at least ARGV[4] ms ago by Redis's clock.
-var forgetScript = rueidis.NewLuaScript(`local p = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '1') or 1
+var forgetScript = newScript("forget", `local p = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '1') or 1
 local d = tonumber(redis.call('HGET', KEYS[1], 'drain') or '0') or 0
 if p ~= tonumber(ARGV[1]) or d ~= tonumber(ARGV[2]) then return 0 end
 local lowered = tonumber(redis.call('HGET', KEYS[1], 'lowered') or '0') or 0

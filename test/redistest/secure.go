@@ -22,7 +22,7 @@ func startSecure(tb testing.TB, extra ...string) *Server {
 	s := StartTLS(tb, NewTLSFiles(tb), "yes", extra...)
 	c := Connect(tb, s.Config())
 	for _, role := range redisx.ACLRoles {
-		rule, err := redisx.ACLRule(role, bus.DefaultPrefix)
+		rule, err := redisx.ACLRule(redisx.ACLSpec{Role: role, Prefix: bus.DefaultPrefix, User: "myc-" + role})
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -31,6 +31,11 @@ func startSecure(tb testing.TB, extra ...string) *Server {
 		if err := rc.Do(context.Background(), rc.B().Arbitrary("ACL", "SETUSER").Args(args...).Build()).Error(); err != nil {
 			tb.Fatalf("ACL SETUSER myc-%s: %v", role, err)
 		}
+	}
+	// The operator's step: the roles may run the bus's functions, not load
+	// them.
+	if err := redisx.LoadFunctions(context.Background(), c.Redis()); err != nil {
+		tb.Fatalf("loading the bus's functions: %v", err)
 	}
 	return s
 }

@@ -83,6 +83,27 @@ class Stats:
     cancelled: int = 0
 
 
+
+def _user_of(url: str, client: aioredis.Redis | None) -> str:
+    """The ACL user a producer connects as ("" for the default user)."""
+    user: str | None
+    if client is not None:
+        user = client.connection_pool.connection_kwargs.get("username")
+    else:
+        import urllib.parse
+
+        user = urllib.parse.urlsplit(url).username
+        user = urllib.parse.unquote(user) if user else None
+    return "" if not user or user == "default" else user
+
+
+def validate_owner(name: str) -> None:
+    """A reply stream's owner (an ACL user's name): it makes the key
+    pattern of the user's reply streams, so no '.', braces, spaces or glob
+    characters, at most 100 bytes."""
+    if len(name.encode()) > 100 or any(ch in name for ch in ".{}*?[]\\ ") or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidConfig(f"owner {name!r}: at most 100 bytes without '.', braces, spaces, control or glob characters")
+
 class Producer:
     """Sends requests and publishes events. Use it as ``async with
     Producer(url) as p:``; it is safe to share between tasks of one event
@@ -101,6 +122,7 @@ class Producer:
         *,
         prefix: str = DEFAULT_PREFIX,
         producer_id: str | None = None,
+        owner: str | None = None,
         max_in_flight: int = 1024,
         request_timeout: float = 30.0,
         reply_ttl: float = 60.0,
@@ -119,7 +141,17 @@ class Producer:
         self._url = url
         self._own_client = client is None
         self._r: aioredis.Redis | None = client
-        self.reply_key = self._keys.reply(self.id)
+        # The reply stream is named after its owner, the ACL user (the
+        # producer role of bus-worker acl reads only its own user's:
+        # <prefix>:{r.<owner>.<id>}); default: the URL's or the client's
+        # user, none for the default user.
+        if owner is None:
+            owner = _user_of(url, client)
+        if owner:
+            validate_owner(owner)
+            self.reply_key = self._keys.reply(owner + "." + self.id)
+        else:
+            self.reply_key = self._keys.reply(self.id)
         self._max_in_flight = max_in_flight
         self._timeout = request_timeout
         self._ttl_ms = int(reply_ttl * 1000)

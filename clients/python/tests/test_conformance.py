@@ -17,6 +17,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from conftest import free_port
 from mycelium import Consumer, Message, Producer, RemoteError, codec
@@ -109,6 +110,31 @@ async def test_no_responders(redis_url: str) -> None:
     async with Producer(redis_url) as p:
         with pytest.raises(NoResponders):
             await p.request("py-nobody-serves", b"x", timeout=5)
+
+
+async def test_python_producer_as_its_acl_user(redis_url: str, bus_worker: str, topic: str) -> None:
+    """A Python producer connecting as a user made from `bus-worker acl
+    --role producer --user NAME` names its reply stream after the user,
+    gets its answers, and can read no topic."""
+    import shlex
+
+    code, out, err = await go_cli(bus_worker, "acl", "--role", "producer", "--user", "pyuser")
+    assert code == 0, err
+    line = out.decode().splitlines()[0]
+    args = shlex.split(line)
+    assert args[:3] == ["ACL", "SETUSER", "pyuser"]
+    admin = aioredis.from_url(redis_url)
+    await admin.execute_command(*args, ">pw")
+    user_url = redis_url.replace("redis://", "redis://pyuser:pw@")
+    with go_worker(bus_worker, redis_url, topic):
+        async with Producer(user_url) as p:
+            assert p.reply_key.startswith("myc:{r.pyuser.")
+            assert await p.request(topic, b"hi", timeout=20) == b"hi"
+        user = aioredis.from_url(user_url)
+        with pytest.raises(NoPermissionError):
+            await user.xrange(f"myc:{{{topic}}}")
+        await user.close()
+    await admin.close()
 
 
 async def test_trace_headers_reach_go_worker_backend(redis_url: str, bus_worker: str, topic: str) -> None:
