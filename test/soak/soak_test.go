@@ -297,6 +297,29 @@ func TestRobustVerdicts(t *testing.T) {
 			t.Errorf("%s: the robust soak passed", name)
 		}
 	}
+	// A worker's pool of backend connections filled by a burst: within its
+	// slots in a robust soak; a rise past them fails it.
+	pool := func(extra int) *Result {
+		r := base()
+		for i := range r.Samples {
+			g, fds := 120, 45
+			if r.Samples[i].T > 40 {
+				g, fds = g+2*extra, fds+extra
+			}
+			r.Samples[i].Procs = append(r.Samples[i].Procs, ProcSample{Role: "req-2", OK: true, RSS: 30 << 20, HeapLive: 4 << 20, Goroutines: g, FDs: fds})
+		}
+		return r
+	}
+	filled := pool(cfg.Concurrency)
+	filled.judge()
+	if !filled.Pass {
+		t.Errorf("a worker's backend pool filling within its %d slots failed the robust soak: %+v", cfg.Concurrency, filled.Drift)
+	}
+	leaking := pool(cfg.Concurrency + 10)
+	leaking.judge()
+	if leaking.Pass {
+		t.Error("a worker's goroutines rising past its slots' pool passed the robust soak")
+	}
 	// The long soak judges what the robust one reports.
 	long := base()
 	long.Config = ConfigFor(30 * time.Minute)
