@@ -141,13 +141,17 @@ func TestURLErrorsNeverShowThePassword(t *testing.T) {
 		"redis://:S3cretPW@127.0.0.1:abc", "http://:S3cretPW@127.0.0.1:6379", "redis://:S3cretPW@127.0.0.1:",
 		"redis://:S3cretPW@", "redis://:S3cretPW@127.0.0.1:6379/x", "redis://:S3cretPW%zz@127.0.0.1:6379",
 		"redis://:S3cretPW@[::1", "redis://user:S3cretPW@127.0.0.1:abc/0",
+		// Unencoded '/', '#', '?' in the password (security issue, point
+		// 11: the part before the character was printed as a port).
+		"redis://user:S3cretPW/ret9@127.0.0.1:6379", "redis://user:S3cretPW#x@127.0.0.1:6379", "redis://user:S3cretPW?x@127.0.0.1:6379",
+		"redis://user:1234/S3cretPW@127.0.0.1:6379", "redis://:S3cretPW/@127.0.0.1:6379/0",
 	} {
 		err := Config{URL: raw}.Validate()
 		if err == nil {
 			t.Errorf("Validate(%q) = nil, want an error", raw)
 			continue
 		}
-		if strings.Contains(err.Error(), "S3cretPW") || strings.Contains(err.Error(), "zz") {
+		if strings.Contains(err.Error(), "S3cretPW") || strings.Contains(err.Error(), "zz") || strings.Contains(err.Error(), "ret9") || strings.Contains(err.Error(), "1234") {
 			t.Errorf("Validate(%q) = %q: shows the password", raw, err)
 		}
 		if r := (Config{URL: raw}).Redacted(); strings.Contains(r, "S3cretPW") {

@@ -109,6 +109,11 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 		raw = DefaultURL
 	}
 	shown := redactURL(raw) // errors never carry the password
+	if _, rest, ok := strings.Cut(raw, "://"); ok {
+		if at, cut := strings.LastIndex(rest, "@"), strings.IndexAny(rest, "/?#"); at >= 0 && cut >= 0 && cut < at && strings.Contains(rest[:at], ":") {
+			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: its password holds '/', '?', '#' or '@' unencoded: percent-encode it (%%2F, %%3F, %%23, %%40), or pass it with --redis-password-file or MYCELIUM_REDIS_PASSWORD", ErrInvalidConfig, shown)
+		}
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, unwrapURLError(err)))
@@ -245,22 +250,18 @@ func (c Config) Redacted() string {
 	return redactURL(raw)
 }
 
-// redactURL returns raw with the password of its userinfo (what lies
-// between "://" and the last "@" before the path) replaced by xxxxx, whether
-// or not raw parses: a malformed URL's error must not print it either.
+// redactURL returns raw with the password of its userinfo replaced by
+// xxxxx, whether or not raw parses: a malformed URL's error must not print
+// it either. The userinfo is taken to run to the last "@" of the whole URL,
+// not the first "/", "?" or "#" as a URL parser reads it: a password holding
+// one of those unencoded would otherwise show (an "@" in a query, rare in
+// a Redis URL, only hides more than it must).
 func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
-	}
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
 		scheme, rest = "", raw
 	}
-	end := len(rest)
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		end = i
-	}
-	at := strings.LastIndex(rest[:end], "@")
+	at := strings.LastIndex(rest, "@")
 	if at < 0 {
 		return raw
 	}

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import codec
 from .errors import CODE_HANDLER, InvalidConfig, MalformedError, RemoteError
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
-from .producer import FIELD
+from .producer import FIELD, connect_url
 
 log = logging.getLogger("mycelium.consumer")
 
@@ -156,10 +156,7 @@ class Consumer:
     async def run(self) -> None:
         """Serves until cancelled (see the class)."""
         if self._r is None:
-            try:
-                self._r = aioredis.from_url(self._url, decode_responses=False)
-            except ValueError as e:
-                raise InvalidConfig(f"bad Redis URL: {e}") from None
+            self._r = connect_url(self._url)
         loops: list[asyncio.Task[Any]] = []
         self._slots = asyncio.Semaphore(self.concurrency)
         try:

@@ -84,6 +84,36 @@ class Stats:
 
 
 
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by xxxxx. The userinfo is taken to
+    run to the last '@' (not the first '/', '?' or '#', as a URL parser
+    reads it), so a password holding one of those unencoded never shows."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if at < 0 or ":" not in rest[:at]:
+        return url
+    user = rest[:at].split(":", 1)[0]
+    return (scheme + "://" if sep else "") + user + ":xxxxx" + rest[at:]
+
+
+def connect_url(url: str) -> aioredis.Redis:
+    """The client of ``url``; a malformed URL raises InvalidConfig saying
+    what is wrong without its password (Go: bus.Config's checks)."""
+    _, sep, rest = url.partition("://")
+    at, cut = rest.rfind("@"), min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=-1)
+    if sep and at >= 0 and 0 <= cut < at and ":" in rest[:at]:
+        raise InvalidConfig(f"redis URL {redact_url(url)!r}: its password holds '/', '?', '#' or '@' unencoded: "
+                            "percent-encode it (%2F, %3F, %23, %40)")
+    try:
+        return aioredis.from_url(url, decode_responses=False)
+    except ValueError as e:
+        shown = redact_url(url)
+        why = str(e) if shown == url else "malformed (details not shown: it holds a password)"
+        raise InvalidConfig(f"redis URL {shown!r}: {why}") from None
+
 def _user_of(url: str, client: aioredis.Redis | None) -> str:
     """The ACL user a producer connects as ("" for the default user)."""
     user: str | None
@@ -184,10 +214,7 @@ class Producer:
     async def start(self) -> None:
         """Connects (and checks Redis answers). Called by ``async with``."""
         if self._r is None:
-            try:
-                self._r = aioredis.from_url(self._url, decode_responses=False)
-            except ValueError as e:
-                raise InvalidConfig(f"bad Redis URL: {e}") from None
+            self._r = connect_url(self._url)
         self._slots = asyncio.Semaphore(self._max_in_flight)
         self._reader_lock = asyncio.Lock()
         try:

@@ -106,3 +106,20 @@ def test_trailing_fields_skipped() -> None:
     arr += [{"future": [1, 2]}, 1.5]
     got = codec.decode(msgpack.packb(arr, use_bin_type=True))
     assert got.seq == 2 and got.request_entry == "1-1" and got.token == tok and len(got.extra) == 2
+
+
+@pytest.mark.parametrize("url", [
+    "redis://user:S3cretPW/ret9@127.0.0.1:6379", "redis://user:S3cretPW#x@127.0.0.1:6379",
+    "redis://user:S3cretPW?x@127.0.0.1:6379", "redis://user:S3cretPW@127.0.0.1:abc",
+])
+def test_bad_url_never_shows_the_password(url: str) -> None:
+    """Security issue, point 11: a password holding '/', '#' or '?' leaked the
+    part before the character; every bad URL's error hides it."""
+    from mycelium.errors import InvalidConfig
+    from mycelium.producer import connect_url, redact_url
+
+    with pytest.raises(InvalidConfig) as e:
+        connect_url(url)
+    for part in ("S3cretPW", "ret9"):
+        assert part not in str(e.value)
+        assert part not in redact_url(url)
