@@ -81,18 +81,23 @@ type Drift struct {
 // replaced after a SIGKILL or a Redis restart takes a burst (what was left
 // pending) that the one at the end of the warm-up never saw. Bounded by
 // its slots, so not a leak; a 60-second run cannot tell a slow leak from a
-// pool filling, and make soak (30 minutes) judges without it.
+// pool filling, and make soak (30 minutes) judges without it. The caller
+// hosts the backend: each of those connections is one descriptor and one
+// goroutine of its server there.
 func (c *Config) poolAllowance(role, res string) float64 {
-	slots := float64(c.Concurrency)
+	evSlots := float64(max(1, c.Concurrency/4))
+	var slots, perConn float64
 	switch {
 	case role == "ev":
-		slots = float64(max(1, c.Concurrency/4))
-	case !strings.HasPrefix(role, "req-"):
-		return 0 // the caller
+		slots, perConn = evSlots, 2
+	case strings.HasPrefix(role, "req-"):
+		slots, perConn = float64(c.Concurrency), 2
+	default: // the caller: every worker's connections, served
+		slots, perConn = 2*float64(c.Concurrency)+evSlots, 1
 	}
 	switch res {
 	case "goroutines":
-		return 2 * slots
+		return perConn * slots
 	case "descriptors":
 		return slots
 	}
