@@ -13,6 +13,14 @@ import (
 	"github.com/egos/mycelium/bus"
 )
 
+// Upper bounds of Config fields: Validate refuses more (each handler slot
+// is a goroutine with its buffers; 1e8 slots once took 24 GB in seconds).
+const (
+	MaxConcurrency  = 10_000
+	MaxEntrySizeCap = 512 << 20 // Redis's own bulk-string limit (proto-max-bulk-len)
+	MaxReclaimBatch = 10_000
+)
+
 // Defaults for Config fields left at their zero value.
 const (
 	DefaultGroup               = "workers"
@@ -153,6 +161,15 @@ func (c Config) Validate() error {
 	}
 	if c.Concurrency < 0 || c.MaxEntrySize < 0 || c.ReplyMaxLen < 0 || c.DeadLetterMaxLen < 0 {
 		return fmt.Errorf("%w: Concurrency, MaxEntrySize, ReplyMaxLen and DeadLetterMaxLen must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.Concurrency > MaxConcurrency {
+		return fmt.Errorf("%w: Concurrency %d: at most %d (each slot is a goroutine; run more workers instead)", bus.ErrInvalidConfig, c.Concurrency, MaxConcurrency)
+	}
+	if c.MaxEntrySize > MaxEntrySizeCap {
+		return fmt.Errorf("%w: MaxEntrySize %d: at most %d (Redis's own bulk-string limit)", bus.ErrInvalidConfig, c.MaxEntrySize, MaxEntrySizeCap)
+	}
+	if c.ReclaimBatch > MaxReclaimBatch {
+		return fmt.Errorf("%w: ReclaimBatch %d: at most %d", bus.ErrInvalidConfig, c.ReclaimBatch, MaxReclaimBatch)
 	}
 	if c.Block < 0 || c.ShutdownTimeout < 0 {
 		return fmt.Errorf("%w: Block and ShutdownTimeout must not be negative", bus.ErrInvalidConfig)

@@ -13,6 +13,13 @@ import (
 	"github.com/egos/mycelium/internal/redisx"
 )
 
+// Upper bounds of Config fields: Validate refuses more.
+const (
+	MaxInFlightCap = 1_000_000
+	MaxPayloadCap  = 512 << 20 // Redis's own bulk-string limit (proto-max-bulk-len)
+	MaxReplyBatch  = 10_000
+)
+
 // Defaults for Config fields left at their zero value.
 const (
 	DefaultMaxInFlight    = 4096
@@ -150,6 +157,10 @@ func (c Config) Validate() error {
 	}
 	if c.WaitReplicas < 0 || c.WaitTimeout < 0 {
 		return fmt.Errorf("%w: WaitReplicas and WaitTimeout must not be negative", bus.ErrInvalidConfig)
+	}
+	if c.MaxInFlight > MaxInFlightCap || c.MaxPayload > MaxPayloadCap || c.ReplyBatch > MaxReplyBatch {
+		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch: at most %d, %d and %d, got %d, %d and %d",
+			bus.ErrInvalidConfig, MaxInFlightCap, MaxPayloadCap, MaxReplyBatch, c.MaxInFlight, c.MaxPayload, c.ReplyBatch)
 	}
 	if c.MaxInFlight < 0 || c.MaxPayload < 0 || c.ReplyBatch < 0 {
 		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch must not be negative", bus.ErrInvalidConfig)

@@ -66,7 +66,8 @@ func replier(t *testing.T, m *miniredis.Miniredis, c *bus.Client, topic string, 
 
 func TestNewValidates(t *testing.T) {
 	_, c := redistest.Mini(t)
-	for _, cfg := range []producer.Config{{ID: "a b"}, {MaxInFlight: -1}, {ReplyTTL: time.Second}, {RequestTimeout: -1}} {
+	for _, cfg := range []producer.Config{{ID: "a b"}, {MaxInFlight: -1}, {ReplyTTL: time.Second}, {RequestTimeout: -1},
+		{MaxInFlight: producer.MaxInFlightCap + 1}, {MaxPayload: producer.MaxPayloadCap + 1}, {ReplyBatch: producer.MaxReplyBatch + 1}, {Owner: "a.b"}} {
 		if _, err := producer.New(c, cfg); !errors.Is(err, bus.ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
 		}

@@ -215,6 +215,7 @@ func TestBusWorkerBadInputExitsTwo(t *testing.T) {
 		{"serve", "--handler", "teleport"},
 		{"serve", "--retention", "soon"},
 		{"serve", "--claim-idle", "5ms"},
+		{"serve", "--embedded", "--concurrency", "100000000"}, // 24 GB in seconds before it was bounded
 		{"dlq", "purge"},
 		{"dlq", "frobnicate"},
 		{"request", "--redis", "redis://127.0.0.1:1"},

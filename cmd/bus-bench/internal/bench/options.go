@@ -10,8 +10,14 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/internal/simwork"
+	"github.com/egos/mycelium/producer"
 )
+
+// maxCallers bounds --concurrency: each caller is a goroutine with its
+// buffers (1e8 took the host's memory in seconds).
+const maxCallers = 100_000
 
 // Options is one bench run: the command line's flags (see cmd/bus-bench),
 // checked by Check.
@@ -122,8 +128,12 @@ func (o *Options) Check(given map[string]bool) error {
 		return fmt.Errorf("--distinct, --zipf and --no-cache apply to --scenario cached")
 	}
 	switch {
-	case o.Concurrency < 1:
-		return fmt.Errorf("--concurrency must be at least 1, got %d", o.Concurrency)
+	case o.Concurrency < 1 || o.Concurrency > maxCallers:
+		return fmt.Errorf("--concurrency must be 1 to %d, got %d", maxCallers, o.Concurrency)
+	case o.Workers > consumer.MaxConcurrency:
+		return fmt.Errorf("--workers must be at most %d, got %d", consumer.MaxConcurrency, o.Workers)
+	case o.Payload > producer.MaxPayloadCap:
+		return fmt.Errorf("--payload must be at most %d bytes, got %d", producer.MaxPayloadCap, o.Payload)
 	case o.Requests < 1 && o.Duration == 0:
 		return fmt.Errorf("--requests must be at least 1, got %d", o.Requests)
 	case o.Duration < 0:
@@ -172,7 +182,7 @@ func (o *Options) Check(given map[string]bool) error {
 		o.FlushDelay = -1 // explicit 0 on the command line: off
 	}
 	if o.Workers == 0 {
-		o.Workers = max(o.Concurrency, 64)
+		o.Workers = min(max(o.Concurrency, 64), consumer.MaxConcurrency)
 	}
 	if o.Duration > 0 && !given["requests"] {
 		o.Requests = 0 // bounded by time only
