@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -19,7 +20,9 @@ const maxBreakerWait = time.Second
 
 // BreakerMiddleware stops a consumer from hammering a failing downstream
 // (for example the HTTP reasoning service behind a worker). Each call goes
-// through b; handler errors count as failures except cancellations.
+// through b; handler errors count as failures except cancellations and
+// errors that say the message was at fault (ErrCallerFault: a bad request
+// says nothing of the downstream's health).
 //
 // While b is open, a request is refused at once: its caller gets a remote
 // error coded CodeBreakerOpen (saying when the breaker will probe again)
@@ -37,7 +40,11 @@ func BreakerMiddleware(b *breaker.Breaker) Middleware {
 				if err == nil {
 					start := time.Now()
 					out, herr := next.Handle(ctx, m)
-					b.Done(tok, breaker.Classify(herr), time.Since(start))
+					outcome := breaker.Classify(herr)
+					if outcome == breaker.Failure && errors.Is(herr, ErrCallerFault) {
+						outcome = breaker.Ignored
+					}
+					b.Done(tok, outcome, time.Since(start))
 					return out, herr
 				}
 				probe := 10 * time.Millisecond // half-open with every probe out

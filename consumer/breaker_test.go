@@ -81,3 +81,31 @@ func TestBreakerMiddleware(t *testing.T) {
 		t.Fatalf("cancelled while open = %v, want Canceled", err)
 	}
 }
+
+// TestBreakerIgnoresCallerFaults: thirty bad requests (the downstream
+// answered 400) do not open the breaker for the next caller's good one
+// (security issue, point 10).
+func TestBreakerIgnoresCallerFaults(t *testing.T) {
+	b, err := breaker.New(breaker.Config{MinCalls: 2, OpenTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	h := consumer.Chain(consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		if string(m.Payload) == "bad" {
+			return nil, consumer.CallerFault(&bus.RemoteError{Code: "http_400", Message: "400 Bad Request"})
+		}
+		return []byte("ok"), nil
+	}), consumer.BreakerMiddleware(b))
+	ctx := context.Background()
+	for range 30 {
+		_, err := h.Handle(ctx, &consumer.Message{Request: true, Payload: []byte("bad")})
+		var re *bus.RemoteError
+		if !errors.As(err, &re) || re.Code != "http_400" {
+			t.Fatalf("bad request = %v, want its http_400", err)
+		}
+	}
+	if out, err := h.Handle(ctx, &consumer.Message{Request: true, Payload: []byte("good")}); err != nil || string(out) != "ok" || b.State() != breaker.Closed {
+		t.Fatalf("good request after 30 bad ones = %q, %v (breaker %v)", out, err, b.State())
+	}
+}

@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -121,7 +122,18 @@ var (
 	// retried only if its caller's deadline leaves time for that; otherwise
 	// the caller gets the error reply at once.
 	ErrRetryLater = errors.New("consumer: retry later")
+	// ErrCallerFault: the message itself is at fault (a downstream
+	// answered that the request was bad: an HTTP 4xx but 408 and 429),
+	// not the downstream: BreakerMiddleware does not count it as a
+	// failure, so one caller's bad input never opens the breaker for
+	// everyone. Wrap it with the error the caller should see
+	// (CallerFault).
+	ErrCallerFault = errors.New("consumer: the message is at fault, not the downstream")
 )
+
+// CallerFault marks err as the message's fault (ErrCallerFault), keeping
+// err (and the *bus.RemoteError in it, which the caller gets) in the chain.
+func CallerFault(err error) error { return fmt.Errorf("%w: %w", ErrCallerFault, err) }
 
 // Handler processes messages. For a request, the returned bytes are the
 // reply payload and a non-nil error becomes a remote error for the caller

@@ -30,6 +30,7 @@ type serveFlags struct {
 	httpContentType, httpAuthHeader, httpAuthFile, httpHeaderPrefix string
 	httpTimeout, httpMaxRetryAfter                                  time.Duration
 	httpMaxResponse                                                 int
+	httpErrorBody                                                   bool
 
 	traceParent bool
 
@@ -58,6 +59,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&f.httpTimeout, "http-timeout", 0, "bound of one call to an http(s) handler when shorter than the request's deadline; 0: the deadline alone")
 	fs.IntVar(&f.httpMaxResponse, "http-max-response", consumer.DefaultMaxEntrySize, "largest response body (a streamed one in total) taken from an http(s) handler")
 	fs.DurationVar(&f.httpMaxRetryAfter, "http-max-retry-after", worker.DefaultMaxRetryAfter, "cap of the delay a 429 or 503 Retry-After asks for")
+	fs.BoolVar(&f.httpErrorBody, "http-error-body", false, "pass the first 512 bytes of an http(s) handler's error body on to callers (credentials redacted); else the status alone")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz, /stats and /metrics; empty disables")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug | info | warn | error")
@@ -137,7 +139,7 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		Handler:  f.handler,
 		HTTPAddr: f.httpAddr,
 		HTTP: worker.HTTPOptions{ContentType: f.httpContentType, AuthHeader: f.httpAuthHeader, HeaderPrefix: f.httpHeaderPrefix,
-			Timeout: f.httpTimeout, MaxResponse: f.httpMaxResponse, MaxRetryAfter: f.httpMaxRetryAfter},
+			Timeout: f.httpTimeout, MaxResponse: f.httpMaxResponse, MaxRetryAfter: f.httpMaxRetryAfter, ErrorBody: f.httpErrorBody},
 	}
 	if err := f.httpConfig(&cfg.HTTP); err != nil {
 		return worker.Config{}, err

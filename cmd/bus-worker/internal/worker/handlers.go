@@ -31,7 +31,7 @@ func ParseHandler(spec string, o HTTPOptions, client *http.Client) (consumer.Han
 	case strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://"):
 		u, err := url.Parse(spec)
 		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("%w: --handler %q: not a valid http(s) URL", ErrSetup, spec)
+			return nil, fmt.Errorf("%w: --handler %q: not a valid http(s) URL", ErrSetup, RedactSpec(spec))
 		}
 		return httpHandler(client, u.String(), o), nil
 	case strings.HasPrefix(spec, "stream:"):
@@ -41,7 +41,16 @@ func ParseHandler(spec string, o HTTPOptions, client *http.Client) (consumer.Han
 		}
 		return streamHandler(n, every), nil
 	}
-	return nil, fmt.Errorf("%w: --handler %q: want echo, sleep:<dur>[,<jitter>], stream:<chunks>,<interval> or an http(s):// URL", ErrSetup, spec)
+	return nil, fmt.Errorf("%w: --handler %q: want echo, sleep:<dur>[,<jitter>], stream:<chunks>,<interval> or an http(s):// URL", ErrSetup, RedactSpec(spec))
+}
+
+// RedactSpec is a handler spec as logs and errors show it: an http(s) URL's
+// password replaced.
+func RedactSpec(spec string) string {
+	if strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://") {
+		return redactURL(spec)
+	}
+	return spec
 }
 
 // sleepHandler simulates reasoning work: it waits w (honouring

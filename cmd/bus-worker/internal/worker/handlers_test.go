@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,8 +72,12 @@ func TestHTTPHandler(t *testing.T) {
 	}
 	_, err := h.Handle(ctx, msg("fail"))
 	var re *bus.RemoteError
-	if !errors.As(err, &re) || re.Code != "http_503" || !strings.Contains(re.Message, "model overloaded") {
-		t.Fatalf("http handler on 503 = %v, want RemoteError http_503", err)
+	if !errors.As(err, &re) || re.Code != "http_503" || strings.Contains(re.Message, "model overloaded") {
+		t.Fatalf("http handler on 503 = %v, want RemoteError http_503 without the body (not asked for)", err)
+	}
+	withBody := httpHandler(srv.Client(), srv.URL, HTTPOptions{MaxResponse: 1024, ErrorBody: true})
+	if _, err := withBody.Handle(ctx, msg("fail")); !errors.As(err, &re) || re.Code != "http_503" || !strings.Contains(re.Message, "model overloaded") {
+		t.Fatalf("http handler (ErrorBody) on 503 = %v, want RemoteError http_503 with the body", err)
 	}
 	if _, err := h.Handle(ctx, msg("big")); !errors.As(err, &re) || re.Code != "http_response_too_large" {
 		t.Fatalf("http handler on an oversized body = %v", err)
@@ -184,5 +189,68 @@ func TestReadEvents(t *testing.T) {
 	var re *bus.RemoteError
 	if !errors.As(err, &re) || re.Code != "http_response_too_large" {
 		t.Fatalf("oversized event = %v", err)
+	}
+}
+
+
+// TestHTTPHandlerKeepsSecrets (security issue, points 14 and 15): a handler
+// URL's password never reaches callers' errors; a backend's error body
+// reaches them only when asked for, with credentials redacted.
+func TestHTTPHandlerKeepsSecrets(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":"bad key","headers":{"Authorization":"Bearer sk-live-0123456789abcdef"},"api_key":"k3y-s3cret","url":"https://u:pw0rd@x"}`, http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	m := &consumer.Message{ID: "1-1", Topic: "t", Payload: []byte("x"), Attempt: 1}
+	_, err := httpHandler(srv.Client(), srv.URL, HTTPOptions{ErrorBody: true}).Handle(ctx, m)
+	var re *bus.RemoteError
+	if !errors.As(err, &re) || re.Code != "http_401" || !strings.Contains(re.Message, "bad key") {
+		t.Fatalf("401 with ErrorBody = %v", err)
+	}
+	for _, secret := range []string{"sk-live", "0123456789abcdef", "k3y-s3cret", "pw0rd"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the caller's error shows %q: %v", secret, err)
+		}
+	}
+	if !errors.Is(err, consumer.ErrCallerFault) {
+		t.Errorf("401 = %v, want it marked the caller's fault (the breaker must not count it)", err)
+	}
+	// A password in the handler's URL: unreachable, and not shown.
+	_, err = httpHandler(srv.Client(), "http://user:hunter2@127.0.0.1:1/v1", HTTPOptions{}).Handle(ctx, m)
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "http_unreachable") {
+		t.Fatalf("unreachable backend with a password = %v", err)
+	}
+	if got := RedactSpec("https://user:hunter2@model.internal/v1"); strings.Contains(got, "hunter2") {
+		t.Fatalf("RedactSpec = %q", got)
+	}
+	if _, err := ParseHandler("http://user:hunter2@[::1", HTTPOptions{}, srv.Client()); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("ParseHandler(bad URL with a password) = %v", err)
+	}
+}
+
+// TestHTTPHandlerCallerFaults (security issue, point 10): 4xx answers but
+// 408 and 429 are the request's fault, not the backend's; a trace header
+// holding a CR is dropped instead of failing the call.
+func TestHTTPHandlerCallerFaults(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		if code == 0 {
+			_, _ = w.Write([]byte("ok"))
+			return
+		}
+		w.WriteHeader(code)
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	for code, fault := range map[int]bool{400: true, 404: true, 422: true, 408: false, 500: false, 502: false} {
+		_, err := httpHandler(srv.Client(), srv.URL+"?code="+strconv.Itoa(code), HTTPOptions{}).Handle(ctx, &consumer.Message{ID: "1-1"})
+		if err == nil || errors.Is(err, consumer.ErrCallerFault) != fault {
+			t.Errorf("status %d = %v; caller's fault %v, want %v", code, err, errors.Is(err, consumer.ErrCallerFault), fault)
+		}
+	}
+	m := &consumer.Message{ID: "1-1", Headers: map[string]string{"traceparent": "00-abc\r\nX-Evil: 1"}}
+	if out, err := httpHandler(srv.Client(), srv.URL, HTTPOptions{}).Handle(ctx, m); err != nil || string(out) != "ok" {
+		t.Fatalf("a traceparent holding CR LF = %q, %v; want the call made without it", out, err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +47,11 @@ type HTTPOptions struct {
 	// MaxRetryAfter caps the delay a 429 or 503 asks for; zero means
 	// DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
+	// ErrorBody passes the first 512 bytes of a failed call's body on to
+	// the caller in the remote error's message, credentials redacted (a
+	// backend may echo the request's Authorization). False: the status
+	// alone.
+	ErrorBody bool
 }
 
 // Defaults of HTTPOptions.
@@ -92,6 +99,7 @@ func httpHandler(client *http.Client, target string, o HTTPOptions) consumer.Han
 	if o.MaxRetryAfter <= 0 {
 		o.MaxRetryAfter = DefaultMaxRetryAfter
 	}
+	shown := redactURL(target) // what errors say: never its password
 	return consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
 		if o.Timeout > 0 {
 			var cancel context.CancelFunc
@@ -115,18 +123,18 @@ func httpHandler(client *http.Client, target string, o HTTPOptions) consumer.Han
 			if ctx.Err() != nil {
 				return nil, context.Cause(ctx)
 			}
-			return nil, &bus.RemoteError{Code: "http_unreachable", Message: "POST " + target + ": " + unwrapURLError(err).Error()}
+			return nil, &bus.RemoteError{Code: "http_unreachable", Message: "POST " + shown + ": " + redactSecrets(unwrapURLError(err).Error())}
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode > 299 {
-			return nil, statusError(resp, o.MaxRetryAfter)
+			return nil, statusError(resp, o.MaxRetryAfter, o.ErrorBody)
 		}
 		if m.Streaming() {
 			return nil, streamBody(ctx, m, resp, o.MaxResponse)
 		}
 		body, err := io.ReadAll(io.LimitReader(resp.Body, int64(o.MaxResponse)+1))
 		if err != nil {
-			return nil, readError(ctx, target, err)
+			return nil, readError(ctx, shown, err)
 		}
 		if len(body) > o.MaxResponse {
 			return nil, tooLarge(o.MaxResponse)
@@ -146,7 +154,9 @@ func setHeaders(h http.Header, m *consumer.Message, o *HTTPOptions) {
 				ct = v
 			}
 		case traceHeaders[lk]:
-			h.Set(lk, v)
+			if ValidHeaderValue(v) { // else net/http refuses the whole call
+				h.Set(lk, v)
+			}
 		case ValidHeaderName(k) && ValidHeaderValue(v):
 			h.Set(o.HeaderPrefix+k, v)
 		}
@@ -193,20 +203,60 @@ func ValidHeaderValue(s string) bool {
 
 // statusError turns a non-2xx answer into the handler's error: a retry
 // after Retry-After for 429 and 503 that carry one, else a remote error
-// http_<status> with the start of the body.
-func statusError(resp *http.Response, maxDelay time.Duration) error {
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	msg := strings.TrimSpace(string(body))
+// http_<status> (with the start of the body, credentials redacted, when
+// withBody). A 4xx other than 408 and 429 is the request's fault, not the
+// backend's (consumer.CallerFault: the breaker does not count it).
+func statusError(resp *http.Response, maxDelay time.Duration, withBody bool) error {
 	re := &bus.RemoteError{Code: "http_" + strconv.Itoa(resp.StatusCode), Message: resp.Status}
-	if msg != "" {
-		re.Message += ": " + msg
+	if withBody {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		if msg := strings.TrimSpace(string(body)); msg != "" {
+			re.Message += ": " + redactSecrets(msg)
+		}
 	}
-	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+	switch code := resp.StatusCode; {
+	case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable:
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
 			return consumer.RetryAfter(re, min(d, maxDelay))
 		}
+	case code >= 400 && code < 500 && code != http.StatusRequestTimeout:
+		return consumer.CallerFault(re)
 	}
 	return re
+}
+
+// secretPatterns match credentials a backend's error body or a transport
+// error may echo: authorization values, bearer tokens, API keys (OpenAI's
+// sk-…, and key/token/secret/password parameters), and a URL's password.
+var secretPatterns = []*regexp.Regexp{
+	regexp.MustCompile(`(?i)(authorization|proxy-authorization)(["']?\s*[:=]\s*["']?)[^"',;\s]+(\s+[^"',;\s]+)?`),
+	regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+`),
+	regexp.MustCompile(`\bsk-[A-Za-z0-9_-]{6,}`),
+	regexp.MustCompile(`(?i)\b([a-z_-]*(?:api[_-]?key|token|secret|password|passwd))(["']?\s*[:=]\s*["']?)[^"',;&\s]+`),
+	regexp.MustCompile(`(://[^/:@\s]*:)[^@/\s]+@`),
+}
+
+// redactSecrets replaces what looks like a credential in s with "[redacted]".
+func redactSecrets(s string) string {
+	for i, re := range secretPatterns {
+		switch i {
+		case 0, 3:
+			s = re.ReplaceAllString(s, "${1}${2}[redacted]")
+		case 4:
+			s = re.ReplaceAllString(s, "${1}[redacted]@")
+		default:
+			s = re.ReplaceAllString(s, "[redacted]")
+		}
+	}
+	return s
+}
+
+// redactURL is target with its password replaced, for messages and logs.
+func redactURL(target string) string {
+	if u, err := url.Parse(target); err == nil {
+		return u.Redacted()
+	}
+	return redactSecrets(target)
 }
 
 // parseRetryAfter reads a Retry-After value: delay-seconds or an HTTP date

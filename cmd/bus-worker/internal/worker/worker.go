@@ -134,7 +134,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
 		}
 		log.Info().Str("redis", c.Redacted()).Str("topic", cfg.Consumer.Topic).Str("group", co.Config().Group).Str("consumer", co.Name()).
-			Int("concurrency", co.Config().Concurrency).Str("handler", cfg.Handler).Str("http_addr", httpAddr).Msg("serving")
+			Int("concurrency", co.Config().Concurrency).Str("handler", RedactSpec(cfg.Handler)).Str("http_addr", httpAddr).Msg("serving")
 	}
 	err = <-done
 	stopOps()
@@ -155,7 +155,7 @@ func newBreaker(cfg Config, m *prom.BreakerCollector, log zerolog.Logger) (*brea
 		if to == breaker.Closed {
 			lvl = zerolog.InfoLevel
 		}
-		log.WithLevel(lvl).Str("from", from.String()).Str("to", to.String()).Str("handler", cfg.Handler).Msg("downstream circuit breaker")
+		log.WithLevel(lvl).Str("from", from.String()).Str("to", to.String()).Str("handler", RedactSpec(cfg.Handler)).Msg("downstream circuit breaker")
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("%w: breaker flags: %w", ErrSetup, err)
