@@ -2,7 +2,9 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 
 	"github.com/redis/rueidis"
 
@@ -33,7 +35,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if err := redisx.Ping(ctx, rc); err != nil {
 		rc.Close()
-		return nil, fmt.Errorf("bus: connect to %s: %w", cfg.Redacted(), connErr(err))
+		return nil, fmt.Errorf("bus: connect to %s: %w%s", cfg.Redacted(), connErr(err), tlsHint(opt, err))
 	}
 	if cfg.Cluster && rc.Mode() != rueidis.ClientModeCluster {
 		rc.Close()
@@ -84,6 +86,17 @@ func (c *Client) Node(ctx context.Context, addr string) (*Client, error) {
 		return nil, fmt.Errorf("bus: connect to node %s: %w", addr, connErr(err))
 	}
 	return &Client{rc: rc, keys: c.keys, cfg: cfg, user: c.user}, nil
+}
+
+// tlsHint says what a TLS client that got no answer is most likely facing:
+// a plaintext server, which waits for the end of a "command" that never
+// comes (the TLS hello), so the dial times out with nothing more said.
+func tlsHint(opt rueidis.ClientOption, err error) string {
+	var ne net.Error
+	if opt.TLSConfig != nil && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+		return " (no TLS handshake: is the server speaking TLS on that port? a plaintext Redis wants a redis:// URL)"
+	}
+	return ""
 }
 
 // connErr classifies a failure to connect: wrong credentials (WRONGPASS,

@@ -90,3 +90,17 @@ func TestTLSServerWithoutClientAuth(t *testing.T) {
 		t.Fatalf("bus-bench over TLS = %v\n%s", err, out)
 	}
 }
+
+// TestTLSToAPlaintextServer: rediss:// to a server that does not speak TLS
+// says so, not only "context deadline exceeded" (security issue, point 21).
+func TestTLSToAPlaintextServer(t *testing.T) {
+	srv := redistest.Start(t)
+	if srv.TLS != nil {
+		t.Skip("needs a plaintext server")
+	}
+	out, err := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", "rediss://"+srv.Addr, "--tls-insecure-skip-verify",
+		"--topic", "t", "--data", "x").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is the server speaking TLS on that port") {
+		t.Fatalf("rediss:// to a plaintext server = %v\n%s", err, out)
+	}
+}

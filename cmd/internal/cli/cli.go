@@ -45,10 +45,15 @@ func Connect(ctx context.Context, cfg bus.Config) (*bus.Client, error) {
 // tlsHint explains a TLS connection the server dropped right after the
 // handshake: with TLS 1.3 a server that wants a client certificate (or
 // refuses the one given) says so only by closing the connection, which
-// reads as "connection reset by peer".
+// reads as "connection reset by peer"; and one that never answered: a
+// plaintext server waits for the end of a "command" (the TLS hello) that
+// never comes.
 func tlsHint(cfg bus.Config, err error) string {
 	if !strings.HasPrefix(cfg.URL, "rediss://") {
 		return ""
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return " (no TLS handshake: is the server speaking TLS on that port? a plaintext Redis wants a redis:// URL)"
 	}
 	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
 		strings.Contains(err.Error(), "certificate required") || strings.Contains(err.Error(), "bad certificate") {
