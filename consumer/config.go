@@ -29,6 +29,7 @@ const (
 	DefaultReplyMaxLen         = 10_000
 	DefaultDeadLetterMaxLen    = 100_000
 	DefaultMaxEntrySize        = 8 << 20
+	DefaultStreamMaxLen        = 100_000
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultClaimIdle           = 30 * time.Second
 	DefaultMaxDeliveries       = 5
@@ -70,6 +71,11 @@ type Config struct {
 	// MaxEntrySize is the largest encoded entry handled; larger ones are
 	// dead-lettered unread. Zero means DefaultMaxEntrySize.
 	MaxEntrySize int
+	// StreamMaxLen caps a topic stream when this worker writes to it: the
+	// delayed events it moves to the stream when due are written like a
+	// producer's (XADD MAXLEN ~). Zero means DefaultStreamMaxLen (the
+	// producers' default); negative means no trimming.
+	StreamMaxLen int64
 	// ShutdownTimeout bounds how long Run waits for in-flight handlers after
 	// its ctx is done before cancelling their contexts. Zero means
 	// DefaultShutdownTimeout.
@@ -219,6 +225,7 @@ func (c Config) withDefaults(rnd string) Config {
 	c.ReplyMaxLen = cmp.Or(c.ReplyMaxLen, DefaultReplyMaxLen)
 	c.DeadLetterMaxLen = cmp.Or(c.DeadLetterMaxLen, DefaultDeadLetterMaxLen)
 	c.MaxEntrySize = cmp.Or(c.MaxEntrySize, DefaultMaxEntrySize)
+	c.StreamMaxLen = cmp.Or(c.StreamMaxLen, DefaultStreamMaxLen)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	c.StartID = cmp.Or(c.StartID, "0")
 	c.ReclaimInterval = cmp.Or(c.ReclaimInterval, min(c.ClaimIdle/2, 5*time.Second))

@@ -138,6 +138,7 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 	defer timer.Stop()
 	var skew int64 // Redis's clock minus ours (ms), from the last pass
 	var next time.Time
+	warnedBad := map[string]bool{} // keys of the wrong type, logged once
 	for {
 		select {
 		case <-ctx.Done():
@@ -170,7 +171,7 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 				claim[i]++
 			}
 		}
-		res := redisx.Due(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, maxPromote, claim)
+		res := redisx.Due(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, maxPromote, claim, redisx.MaxLen(c.cfg.StreamMaxLen))
 		wait := delayPoll
 		failed := false
 		denied := false
@@ -193,6 +194,16 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 				continue
 			}
 			skew = r.Now - time.Now().UnixMilli()
+			for _, bad := range []struct {
+				is   bool
+				key  string
+				what string
+			}{{r.BadDelayed, parts[i].delayedKey, "delayed events wait there"}, {r.BadRetry, parts[i].retryKey, "retried entries wait for ClaimIdle instead"}} {
+				if bad.is && !warnedBad[bad.key] {
+					warnedBad[bad.key] = true
+					c.log.Warn().Str("key", bad.key).Msg("not a sorted set (someone replaced it): left alone, " + bad.what + " (logged once)")
+				}
+			}
 			if r.Moved > 0 {
 				c.stats.promoted.Add(uint64(r.Moved))
 			}

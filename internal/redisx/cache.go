@@ -121,13 +121,7 @@ type BeginResult struct {
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
 
 func (a *BeginArgs) exec() rueidis.LuaExec {
-	capKind, capVal := "", ""
-	switch {
-	case a.Cap.minID:
-		capKind, capVal = "MINID", a.Cap.s
-	case a.Cap.n > 0:
-		capKind, capVal = "MAXLEN", a.Cap.s
-	}
+	capKind, capVal := a.Cap.args()
 	flag := func(b bool) string {
 		if b {
 			return "1"

@@ -262,7 +262,9 @@ func ScheduleRetry(ctx context.Context, c rueidis.Client, key, id string, delay 
 }
 
 // RetryDue returns, for each of ids, when it is due in the retry set key
-// (unix ms, Redis's clock), or -1 when it has no retry scheduled.
+// (unix ms, Redis's clock), or -1 when it has no retry scheduled (or the
+// key is not a sorted set: someone replaced it, and its retries are lost,
+// so the entry is handled now rather than never).
 func RetryDue(ctx context.Context, c rueidis.Client, key string, ids []string) ([]int64, error) {
 	out := make([]int64, len(ids))
 	if len(ids) == 0 {
@@ -275,7 +277,7 @@ func RetryDue(ctx context.Context, c rueidis.Client, key string, ids []string) (
 	for i, r := range c.DoMulti(ctx, cmds...) {
 		f, err := r.AsFloat64()
 		switch {
-		case IsNil(err):
+		case IsNil(err), isWrongType(err):
 			out[i] = -1
 		case err != nil:
 			return nil, err
@@ -289,23 +291,41 @@ func RetryDue(ctx context.Context, c rueidis.Client, key string, ids []string) (
 // dueScript does what is due on one partition (KEYS[1] its delayed
 // events, KEYS[2] its stream, KEYS[3] its retries): it moves up to ARGV[2]
 // due delayed events to the stream (field ARGV[1]; a member without its id
-// separator is dropped), and claims up to ARGV[5] due retries for consumer
-// ARGV[4] of group ARGV[3] (each removed from the set first: of the workers
-// woken for it, one gets it). Returns {moved, next due (unix ms, -1: none),
-// now, claimed entries}.
-var dueScript = newScript("due", redisNow+`local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+// separator is dropped; XADD capped like a producer's write: ARGV[6] MAXLEN
+// or MINID, ~ ARGV[7], none when ARGV[6] is empty), and claims up to ARGV[5]
+// due retries for consumer ARGV[4] of group ARGV[3] (each removed from the
+// set first: of the workers woken for it, one gets it). A set that is not a
+// sorted set (someone replaced it) is left alone and reported, so the other
+// still works. Returns {moved, next due (unix ms, -1: none), now, claimed
+// entries, 1 if the delayed set had the wrong type + 2 if the retry set
+// had}.
+var dueScript = newScript("due", redisNow+`local bad = 0
+local function zset(k, bit)
+  local t = redis.call('TYPE', k)['ok']
+  if t == 'zset' then return true end
+  if t ~= 'none' then bad = bad + bit end
+  return false
+end
+local delayedOK, retryOK = zset(KEYS[1], 1), zset(KEYS[3], 2)
 local moved = 0
-for _, m in ipairs(due) do
-  local sep = string.find(m, ':', 1, true)
-  if sep then
-    redis.call('XADD', KEYS[2], '*', ARGV[1], string.sub(m, sep + 1))
-    moved = moved + 1
+if delayedOK then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+  for _, m in ipairs(due) do
+    local sep = string.find(m, ':', 1, true)
+    if sep then
+      if ARGV[6] == '' then
+        redis.call('XADD', KEYS[2], '*', ARGV[1], string.sub(m, sep + 1))
+      else
+        redis.call('XADD', KEYS[2], ARGV[6], '~', ARGV[7], '*', ARGV[1], string.sub(m, sep + 1))
+      end
+      moved = moved + 1
+    end
+    redis.call('ZREM', KEYS[1], m)
   end
-  redis.call('ZREM', KEYS[1], m)
 end
 local claimed = {}
 local limit = tonumber(ARGV[5])
-if limit > 0 then
+if limit > 0 and retryOK then
   local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[3], id)
@@ -314,14 +334,16 @@ if limit > 0 then
   end
 end
 local n = -1
-for _, k in ipairs({KEYS[1], KEYS[3]}) do
-  local nxt = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
-  if nxt[2] then
-    local v = tonumber(nxt[2])
-    if n < 0 or v < n then n = v end
+for i, k in ipairs({KEYS[1], KEYS[3]}) do
+  if (i == 1 and delayedOK) or (i == 2 and retryOK) then
+    local nxt = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+    if nxt[2] then
+      local v = tonumber(nxt[2])
+      if n < 0 or v < n then n = v end
+    end
   end
 end
-return {moved, n, now, claimed}`)
+return {moved, n, now, claimed, bad}`)
 
 // DuePart names one partition's keys for Due.
 type DuePart struct{ Delayed, Stream, Retry string }
@@ -332,35 +354,40 @@ type DueResult struct {
 	Claimed []Entry // due retries, now pending for the consumer (delivery count raised)
 	Next    int64   // when the next delayed event or retry is due (unix ms, Redis's clock); -1: none
 	Now     int64   // Redis's clock when the script ran (unix ms)
-	Err     error
+	// BadDelayed and BadRetry: that key holds something other than a
+	// sorted set (someone replaced it); it was left alone.
+	BadDelayed, BadRetry bool
+	Err                  error
 }
 
 // Due moves due delayed events (up to limit per partition) of each of
-// parts to its stream and claims for consumer up to claim[i] due retries
-// of parts[i]: one script per partition, sent together (auto-pipelined).
-// Not rueidis's ExecMulti: it sends SCRIPT LOAD to every node on every
-// call, a command the worker's ACL role does not grant; Exec sends
-// EVALSHA, and EVAL once when the script is not cached.
-func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer string, limit int64, claim []int64) []DueResult {
+// parts to its stream (capped by cp, as a producer's write) and claims for
+// consumer up to claim[i] due retries of parts[i]: one script per
+// partition, sent together (auto-pipelined).
+func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer string, limit int64, claim []int64, cp Cap) []DueResult {
 	out := make([]DueResult, len(parts))
 	lim := strconv.FormatInt(limit, 10)
+	capKind, capVal := cp.args()
 	one := func(i int) {
 		p := parts[i]
-		r := dueScript.Exec(ctx, c, []string{p.Delayed, p.Stream, p.Retry}, []string{Field, lim, group, consumer, strconv.FormatInt(claim[i], 10)})
+		r := dueScript.Exec(ctx, c, []string{p.Delayed, p.Stream, p.Retry}, []string{Field, lim, group, consumer, strconv.FormatInt(claim[i], 10), capKind, capVal})
 		vals, err := r.ToArray()
-		if err == nil && len(vals) != 4 {
+		if err == nil && len(vals) != 5 {
 			err = errors.New("redis: due script: unexpected reply")
 		}
 		if err != nil {
 			out[i].Err = err
 			return
 		}
-		var e1, e2, e3, e4 error
+		var e1, e2, e3, e4, e5 error
+		var bad int64
 		out[i].Moved, e1 = vals[0].AsInt64()
 		out[i].Next, e2 = vals[1].AsInt64()
 		out[i].Now, e3 = vals[2].AsInt64()
 		out[i].Claimed, e4 = parseEntries(&vals[3])
-		out[i].Err = errors.Join(e1, e2, e3, e4)
+		bad, e5 = vals[4].AsInt64()
+		out[i].BadDelayed, out[i].BadRetry = bad&1 != 0, bad&2 != 0
+		out[i].Err = errors.Join(e1, e2, e3, e4, e5)
 	}
 	if len(parts) == 1 {
 		one(0)

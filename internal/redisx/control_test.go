@@ -3,6 +3,7 @@ package redisx
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -83,12 +84,12 @@ func TestDelayedEventsAndRetries(t *testing.T) {
 		t.Fatalf("AddDelayed over max = %v, want ErrDelayedFull", err)
 	}
 	parts := []DuePart{{Delayed: "s:delayed", Stream: "s", Retry: "s:retry"}}
-	r := Due(ctx, c, parts, "g", "c1", 10, []int64{10})[0]
+	r := Due(ctx, c, parts, "g", "c1", 10, []int64{10}, Cap{})[0]
 	if r.Err != nil || r.Moved != 0 || r.Next != due {
 		t.Fatalf("Due before the time = %+v; want nothing moved, next %d", r, due)
 	}
 	m.SetTime(time.UnixMilli(due + 1))
-	r = Due(ctx, c, parts, "g", "c1", 10, []int64{10})[0]
+	r = Due(ctx, c, parts, "g", "c1", 10, []int64{10}, Cap{})[0]
 	if r.Err != nil || r.Moved != 1 || r.Next != due+3000 {
 		t.Fatalf("Due at the time = %+v; want one moved, next %d", r, due+3000)
 	}
@@ -106,19 +107,73 @@ func TestDelayedEventsAndRetries(t *testing.T) {
 		t.Fatalf("RetryDue = %v, %v; want [%d -1]", got, err, rdue)
 	}
 	m.SetTime(time.UnixMilli(rdue + 1))
-	r = Due(ctx, c, parts, "g", "c2", 10, []int64{0})[0]
+	r = Due(ctx, c, parts, "g", "c2", 10, []int64{0}, Cap{})[0]
 	if r.Err != nil || len(r.Claimed) != 0 {
 		t.Fatalf("Due without slots claimed %+v", r)
 	}
-	r = Due(ctx, c, parts, "g", "c2", 10, []int64{5})[0]
+	r = Due(ctx, c, parts, "g", "c2", 10, []int64{5}, Cap{})[0]
 	if r.Err != nil || len(r.Claimed) != 1 || r.Claimed[0].ID != es[0].ID || r.Claimed[0].Data != "event-one" {
 		t.Fatalf("Due claimed %+v, %v; want the retried entry", r.Claimed, r.Err)
 	}
-	if r = Due(ctx, c, parts, "g", "c3", 10, []int64{5})[0]; len(r.Claimed) != 0 {
+	if r = Due(ctx, c, parts, "g", "c3", 10, []int64{5}, Cap{})[0]; len(r.Claimed) != 0 {
 		t.Fatalf("a second Due claimed the retry again: %+v", r.Claimed)
 	}
 	pend, err := PendingOf(ctx, c, "s", "g", "-", "+", 10, "c2")
 	if err != nil || len(pend) != 1 || pend[0].Deliveries != 2 {
 		t.Fatalf("pending of c2 = %+v, %v; want the entry, delivered twice", pend, err)
+	}
+}
+
+// TestDueSurvivesAReplacedSet: a delayed set replaced by a list (security
+// issue, point 18) leaves the retries working (the script used to fail as a
+// whole with WRONGTYPE, so a 429-retried request never ran again), and is
+// reported; a retry set replaced likewise; RetryDue reads it as "no retry".
+// Promoted entries are capped like a producer's writes (point 19).
+func TestDueSurvivesAReplacedSet(t *testing.T) {
+	m, c := miniClient(t)
+	ctx := context.Background()
+	if err := CreateGroup(ctx, c, "s", "g", "0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, c.B().Rpush().Key("s:delayed").Element("junk").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	AddBatch(ctx, c, []Add{{Key: "s", Data: []byte("retried")}}, nil, nil)
+	es, err := ReadGroupNow(ctx, c, "s", "g", "c1", 10)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("read = %v, %v", es, err)
+	}
+	due, err := ScheduleRetry(ctx, c, "s:retry", es[0].ID, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetTime(time.UnixMilli(due + 1))
+	parts := []DuePart{{Delayed: "s:delayed", Stream: "s", Retry: "s:retry"}}
+	r := Due(ctx, c, parts, "g", "c2", 10, []int64{5}, MaxLen(100))[0]
+	if r.Err != nil || !r.BadDelayed || r.BadRetry || len(r.Claimed) != 1 || r.Claimed[0].ID != es[0].ID {
+		t.Fatalf("Due with a list for the delayed set = %+v; want the retry claimed and the set reported", r)
+	}
+	if err := c.Do(ctx, c.B().Del().Key("s:retry").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, c.B().Set().Key("s:retry").Value("junk").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := RetryDue(ctx, c, "s:retry", []string{es[0].ID}); err != nil || got[0] != -1 {
+		t.Fatalf("RetryDue on a string = %v, %v; want -1 (handle it now)", got, err)
+	}
+	// A flood of due delayed events is promoted capped.
+	if err := c.Do(ctx, c.B().Del().Key("s:delayed", "s:retry").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 {
+		if _, err := AddDelayed(ctx, c, "s:delayed", fmt.Sprintf("d%d:e", i), time.UnixMilli(due), 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = Due(ctx, c, parts, "g", "c2", 100, []int64{0}, MaxLen(10))[0]
+	n, err := c.Do(ctx, c.B().Xlen().Key("s").Build()).AsInt64()
+	if r.Err != nil || r.Moved != 30 || err != nil || n > 10 {
+		t.Fatalf("30 promoted with a cap of 10: %+v, stream length %d, %v", r, n, err)
 	}
 }

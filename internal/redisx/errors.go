@@ -99,6 +99,13 @@ func IsNil(err error) bool {
 	return errors.As(err, &re) && re != nil && re.IsNil()
 }
 
+// isWrongType reports whether err is Redis's WRONGTYPE error (a key holding
+// another type than the command's).
+func isWrongType(err error) bool {
+	re, ok := redisErr(err)
+	return ok && strings.HasPrefix(re.Error(), "WRONGTYPE")
+}
+
 // IsNoGroup reports whether err is Redis's NOGROUP error.
 func IsNoGroup(err error) bool {
 	re, ok := redisErr(err)

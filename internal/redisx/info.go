@@ -264,9 +264,14 @@ func Sizes(ctx context.Context, c rueidis.Client, keys []string) ([]StreamSize, 
 // (workers that do not announce themselves, or none ever did), a consumer
 // group on the stream with at least one consumer counts instead. One round
 // trip, two when the set is missing.
+//
+// A member announced further ahead than MaxClockSkew is not counted: a
+// score from the future (a member someone planted with ZADD … 9e15) would
+// count as live for ever; Beat removes such members.
 func Responders(ctx context.Context, c rueidis.Client, stream, presence string, now time.Time, window time.Duration) (bool, error) {
 	res := c.DoMulti(ctx,
-		c.B().Zcount().Key(presence).Min("("+strconv.FormatInt(now.Add(-window).UnixMilli(), 10)).Max("+inf").Build(),
+		c.B().Zcount().Key(presence).Min("("+strconv.FormatInt(now.Add(-window).UnixMilli(), 10)).
+			Max(strconv.FormatInt(now.Add(MaxClockSkew).UnixMilli(), 10)).Build(),
 		c.B().Zcard().Key(presence).Build(),
 	)
 	live, err := res[0].AsInt64()
@@ -317,8 +322,15 @@ func beatCmds(c rueidis.Client, presence, member string, now time.Time, prune ti
 	return []rueidis.Completed{
 		c.B().Zadd().Key(presence).ScoreMember().ScoreMember(float64(now.UnixMilli()), member).Build(),
 		c.B().Zremrangebyscore().Key(presence).Min("-inf").Max("(" + strconv.FormatInt(now.Add(-prune).UnixMilli(), 10)).Build(),
+		// Members from the future: a clock far off, or planted.
+		c.B().Zremrangebyscore().Key(presence).Min("(" + strconv.FormatInt(now.Add(MaxClockSkew).UnixMilli(), 10)).Max("+inf").Build(),
 	}
 }
+
+// MaxClockSkew is how far ahead of a reader's clock a presence beat may be
+// and still count (hosts' clocks differ a little; a beat further ahead is
+// planted or broken, and pruned).
+const MaxClockSkew = time.Minute
 
 // doAll runs cmds in one round trip and returns the first error.
 func doAll(ctx context.Context, c rueidis.Client, cmds ...rueidis.Completed) error {

@@ -91,6 +91,20 @@ func TestResponders(t *testing.T) {
 		t.Fatalf("presence after pruning = %d members, %v; want only w2", n, err)
 	}
 
+	// A member planted with a score from the future (security issue, point
+	// 17) counts as nobody, and the next beat prunes it.
+	later := now.Add(3 * time.Hour)
+	if err := c.Do(ctx, c.B().Zadd().Key("s:workers").ScoreMember().ScoreMember(9e15, "ghost").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	is(false, later, "only a ghost from the future")
+	if err := Beat(ctx, c, "s:workers", "g w2", now.Add(2*time.Hour), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := c.Do(ctx, c.B().Zscore().Key("s:workers").Member("ghost").Build()).AsFloat64(); !IsNil(err) {
+		t.Fatalf("the ghost after a beat: score %v, %v; want it pruned", s, err)
+	}
+
 	// Leave removes the member, and the consumer when it holds nothing.
 	if err := c.Do(ctx, c.B().XgroupCreateconsumer().Key("s").Group("g").Consumer("w2").Build()).Error(); err != nil {
 		t.Fatal(err)

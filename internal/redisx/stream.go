@@ -55,6 +55,18 @@ func MaxLen(n int64) Cap {
 	return Cap{n: n, s: strconv.FormatInt(n, 10)}
 }
 
+// args are a script's arguments for c: "MAXLEN" or "MINID" and the
+// threshold, or two empty strings for none.
+func (c Cap) args() (kind, val string) {
+	switch {
+	case c.minID:
+		return "MINID", c.s
+	case c.n > 0:
+		return "MAXLEN", c.s
+	}
+	return "", ""
+}
+
 // MinAge returns the cap that drops entries older than age at time now
 // (MINID ~ of the stream id for now-age).
 func MinAge(now time.Time, age time.Duration) Cap {
