@@ -43,6 +43,10 @@ type Topic struct {
 	Partitions, Draining int
 	Partition            int
 	Parts                []Topic
+	// Err is, in an Overview, why the topic could not be read (malformed
+	// metadata, a key of the wrong type): its figures are then zero, and
+	// the other topics are read all the same.
+	Err string
 }
 
 // Group is one consumer group of a topic.
@@ -217,7 +221,13 @@ func (i *Inspector) Overview(ctx context.Context) (*Overview, error) {
 	o := &Overview{Time: time.Now(), Topics: make([]Topic, 0, len(topics))}
 	for _, name := range topics {
 		t, err := i.Topic(ctx, name)
-		if err != nil {
+		switch {
+		case err == nil:
+		case errors.Is(err, redisx.ErrCorruptMeta) || redisx.IsRedisReply(err):
+			// What this topic's keys hold is wrong, not Redis: say so
+			// for it and read the others.
+			t = Topic{Name: name, Err: err.Error()}
+		default:
 			return nil, err
 		}
 		o.Topics = append(o.Topics, t)

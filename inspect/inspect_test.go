@@ -3,6 +3,7 @@ package inspect_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,5 +149,43 @@ func TestDeadLetterAdmin(t *testing.T) {
 	}
 	if n, err := insp.PurgeDeadLetters(ctx, "t", 0); err != nil || n != 1 || m.Exists("myc:{t}:dlq") {
 		t.Errorf("Purge(all) = %d, %v; want 1 and the stream gone", n, err)
+	}
+}
+
+// TestOverviewWithABadTopic: one topic whose metadata is malformed, or
+// whose keys hold the wrong type, is reported as such, and the others are
+// read (security issue, point 16: it used to fail the whole overview as
+// "redis unavailable").
+func TestOverviewWithABadTopic(t *testing.T) {
+	m, c := redistest.Mini(t)
+	ctx := context.Background()
+	rc := c.Redis()
+	for _, topic := range []string{"good", "badmeta", "wrongtype"} {
+		if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().Topic(topic)).Id("*").FieldValue().FieldValue("m", "x").Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.HSet(c.Keys().Meta("badmeta"), "partitions", "0")
+	if err := m.Set(c.Keys().Meta("wrongtype"), "x"); err != nil {
+		t.Fatal(err)
+	}
+	o, err := inspect.New(c).Overview(ctx)
+	if err != nil {
+		t.Fatalf("Overview = %v; want the good topic read and the bad ones reported", err)
+	}
+	got := map[string]string{}
+	for _, tp := range o.Topics {
+		got[tp.Name] = tp.Err
+		if tp.Name == "good" && tp.Length != 1 {
+			t.Errorf("good topic: %+v", tp)
+		}
+	}
+	if got["good"] != "" || !strings.Contains(got["badmeta"], "malformed topic metadata") || !strings.Contains(got["wrongtype"], "not a hash") {
+		t.Fatalf("topic errors = %q", got)
+	}
+	for _, e := range got {
+		if strings.Contains(e, "unavailable") {
+			t.Fatalf("a malformed topic reported as Redis unavailable: %q", e)
+		}
 	}
 }

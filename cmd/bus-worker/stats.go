@@ -28,6 +28,8 @@ type topicStats struct {
 	Draining   int `json:"draining_partitions"`
 	// Delayed events not yet due and entries waiting for a delayed retry.
 	Delayed int64 `json:"delayed"`
+	// Error: why the topic could not be read (its figures are then zero).
+	Error string `json:"error,omitempty"`
 }
 
 type groupStats struct {
@@ -111,7 +113,7 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 	for _, t := range o.Topics {
 		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
 			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining,
-			Delayed: t.Delayed}
+			Delayed: t.Delayed, Error: t.Err}
 		for _, g := range t.Groups {
 			gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: g.OldestPendingAge.Seconds(), Lag: g.Lag,
 				Consumers: make([]consumerStats, 0, len(g.Consumers))}
@@ -130,6 +132,10 @@ func printStats(w io.Writer, s *busStats) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "TOPIC\tLENGTH\tOLDEST\tNEWEST\tDLQ\tGROUP\tCONSUMERS\tPENDING\tOLDEST PENDING\tLAG\n")
 	for _, t := range s.Topics {
+		if t.Error != "" {
+			fmt.Fprintf(tw, "%s\tunreadable: %s\n", t.Topic, t.Error)
+			continue
+		}
 		row := fmt.Sprintf("%s\t%d\t%s\t%s\t%d", t.Topic, t.Length, dur(t.FirstEntryAgeS, t.Length), dur(t.LastEntryAgeS, t.Length), t.DeadLetters)
 		if len(t.Groups) == 0 {
 			fmt.Fprintf(tw, "%s\t-\t0\t0\t-\t-\n", row)

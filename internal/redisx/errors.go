@@ -57,8 +57,8 @@ func Permission(err error, doing string) error {
 // restarted Redis replaying its append-only file), BUSY (a script running),
 // TRYAGAIN, MASTERDOWN and CLUSTERDOWN.
 func Unavailable(err error) error {
-	if err == nil || IsNil(err) || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotReplicated) {
-		return err
+	if err == nil || IsNil(err) || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotReplicated) || errors.Is(err, ErrCorruptMeta) {
+		return err // ours: what Redis holds is wrong, Redis is there
 	}
 	// A network operation that timed out (dial tcp: i/o timeout) also
 	// matches context.DeadlineExceeded; it is an unreachable server, not

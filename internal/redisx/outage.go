@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -30,12 +31,17 @@ type Outage struct {
 	bo    *backoff.ExponentialBackOff
 }
 
-// Failed records an error; it logs only the first of an outage.
+// Failed records an error; it logs only the first of an outage. A topic's
+// malformed metadata is not a lost Redis, and is logged as what it is.
 func (o *Outage) Failed(err error) {
 	if !o.since.IsZero() {
 		return
 	}
 	o.since = time.Now()
+	if errors.Is(err, ErrCorruptMeta) {
+		o.Log.Error().Err(err).Str("loop", o.What).Msg("malformed topic metadata: waiting for an operator to fix it (bus-worker topic set-partitions), retrying with backoff")
+		return
+	}
 	o.Log.Error().Err(err).Str("loop", o.What).Msg("lost Redis; retrying with backoff")
 }
 

@@ -36,6 +36,9 @@ func (m PartitionMeta) Draining() bool { return m.Drain > m.N }
 // could have changed it).
 func Partitions(ctx context.Context, c rueidis.Client, meta string) (PartitionMeta, error) {
 	vals, err := c.Do(ctx, c.B().Hmget().Key(meta).Field("partitions", "drain", "lowered").Build()).ToArray()
+	if isWrongType(err) {
+		return PartitionMeta{}, fmt.Errorf("%w: %s is not a hash (someone replaced it): fix it with bus-worker topic set-partitions, or delete it", ErrCorruptMeta, meta)
+	}
 	if err != nil {
 		return PartitionMeta{}, err
 	}
