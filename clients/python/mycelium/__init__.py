@@ -12,12 +12,13 @@ from .errors import (
     MyceliumError,
     NoResponders,
     PayloadTooLarge,
+    PermissionDenied,
     RemoteError,
     Unavailable,
 )
 
 __all__ = [
     "BusTimeout", "Closed", "Envelope", "InvalidConfig", "MalformedError", "MyceliumError",
-    "NoResponders", "PayloadTooLarge", "RemoteError", "Unavailable", "Producer", "Consumer", "Message",
+    "NoResponders", "PayloadTooLarge", "PermissionDenied", "RemoteError", "Unavailable", "Producer", "Consumer", "Message",
 ]
 __version__ = "0.1.0"

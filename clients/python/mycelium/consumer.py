@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import codec
 from .errors import CODE_HANDLER, InvalidConfig, MalformedError, RemoteError
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
-from .producer import FIELD, connect_url
+from .producer import FIELD, _unavailable, connect_url
 
 log = logging.getLogger("mycelium.consumer")
 
@@ -160,7 +160,10 @@ class Consumer:
         loops: list[asyncio.Task[Any]] = []
         self._slots = asyncio.Semaphore(self.concurrency)
         try:
-            await self._join()
+            try:
+                await self._join()
+            except (RedisError, OSError) as e:
+                raise _unavailable(e) from None  # a wrong password, NOPERM, or Redis down: a MyceliumError
             await self._catch_up_control()
             self.serving.set()
             loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._reclaim_loop(), self._heartbeat_loop(),

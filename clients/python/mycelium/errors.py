@@ -40,6 +40,11 @@ class Unavailable(MyceliumError, ConnectionError):
     """Redis could not be reached or did not answer (Go: bus.ErrUnavailable)."""
 
 
+class PermissionDenied(MyceliumError, PermissionError):
+    """Redis refused the credentials or a command (WRONGPASS, NOAUTH,
+    NOPERM): retrying will not help (Go: bus.ErrPermission)."""
+
+
 class InvalidConfig(MyceliumError, ValueError):
     """A bad name, option or URL."""
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,6 +21,7 @@ from .errors import (
     BusTimeout,
     Closed,
     InvalidConfig,
+    PermissionDenied,
     MalformedError,
     NoResponders,
     PayloadTooLarge,
@@ -47,6 +49,12 @@ def _base36(n: int) -> str:
 
 
 def _unavailable(e: Exception) -> Exception:
+    """The MyceliumError a Redis error means: refused credentials or
+    commands (a wrong password raised a bare redis-py error) are
+    PermissionDenied, a connection that failed Unavailable."""
+    if isinstance(e, (AuthenticationError, NoPermissionError)) or (
+            isinstance(e, ResponseError) and str(e).split(" ", 1)[0] in ("WRONGPASS", "NOAUTH", "NOPERM")):
+        return PermissionDenied(f"redis refused: {e}")
     if isinstance(e, (RedisConnectionError, RedisTimeoutError, OSError)):
         return Unavailable(f"redis unavailable: {e}")
     return e

@@ -438,3 +438,26 @@ async def test_reclaim_from_dead_consumer_and_heartbeat(redis_url: str, topic: s
     await r.close()
     assert (b"orphan", 2) in seen
     assert [p for p, _ in seen].count(b"long") == 1  # never reclaimed while running
+
+
+async def test_wrong_password_is_permission_denied(redis_url: str, topic: str) -> None:
+    """A wrong password raises PermissionDenied, a MyceliumError, from a
+    producer and a consumer alike (security issue, point 20: a raw redis-py
+    error escaped)."""
+    from mycelium import MyceliumError, PermissionDenied
+
+    admin = aioredis.from_url(redis_url)
+    await admin.execute_command("ACL", "SETUSER", "pwuser", "on", ">right", "~*", "+@all")
+    await admin.close()
+    bad = redis_url.replace("redis://", "redis://pwuser:wrong@")
+    with pytest.raises(PermissionDenied) as e:
+        async with Producer(bad):
+            pass
+    assert isinstance(e.value, MyceliumError) and "wrong" not in str(e.value)
+
+    async def echo(m: Message) -> bytes:
+        return m.payload
+
+    c = Consumer(bad, topic, echo)
+    with pytest.raises(PermissionDenied):
+        await asyncio.wait_for(c.run(), 10)
