@@ -15,6 +15,13 @@ import (
 // runConsumer starts a consumer and stops it (waiting for Run) at cleanup.
 func runConsumer(t testing.TB, c *bus.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
 	t.Helper()
+	return runConsumerWithin(t, 5*time.Second, c, cfg, h)
+}
+
+// runConsumerWithin is runConsumer, waiting up to ready for the consumer
+// to be ready.
+func runConsumerWithin(t testing.TB, ready time.Duration, c *bus.Client, cfg consumer.Config, h consumer.Handler) *consumer.Consumer {
+	t.Helper()
 	c = redistest.RoleClient(t, c, "worker") // the worker's ACL user in secure mode
 	co, err := consumer.New(c, cfg, h)
 	if err != nil {
@@ -34,7 +41,7 @@ func runConsumer(t testing.TB, c *bus.Client, cfg consumer.Config, h consumer.Ha
 			t.Errorf("consumer Run did not return within 30s of cancel")
 		}
 	})
-	waitFor(t, 5*time.Second, "consumer group ready", func() bool { return co.Ready(context.Background()) == nil })
+	waitFor(t, ready, "consumer group ready", func() bool { return co.Ready(context.Background()) == nil })
 	return co
 }
 

@@ -42,9 +42,9 @@ var workerCommands = []string{
 	// HGET, HSET, TIME; then DEL of their streams)
 	"fcall", "hget", "hset", "time",
 	// the control stream (XREAD); delayed events and retries (functions:
-	// ZRANGEBYSCORE, ZRANGE, ZREM, ZADD, XADD, XCLAIM; ZSCORE when
+	// TYPE, ZRANGEBYSCORE, ZRANGE, ZREM, ZADD, XADD, XCLAIM; ZSCORE when
 	// reclaiming)
-	"xread", "zrangebyscore", "zrange", "zscore",
+	"xread", "type", "zrangebyscore", "zrange", "zscore",
 }
 
 // operatorCommands: package inspect (stats, pending, dead letters listed,

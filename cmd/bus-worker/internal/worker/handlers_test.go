@@ -192,7 +192,6 @@ func TestReadEvents(t *testing.T) {
 	}
 }
 
-
 // TestHTTPHandlerKeepsSecrets (security issue, points 14 and 15): a handler
 // URL's password never reaches callers' errors; a backend's error body
 // reaches them only when asked for, with credentials redacted.
