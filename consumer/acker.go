@@ -185,6 +185,7 @@ func (a *acker) flush(batch []completion) {
 			}
 			if sets != nil {
 				a.answerJoined(batch, setIdx, setRes)
+				a.deleteStale(sets, setRes)
 			}
 			for i := range batch {
 				if batch[i].reply != nil {

@@ -18,9 +18,10 @@ import (
 
 // cacheSettle is what a finished cached request leaves to the acker.
 type cacheSettle struct {
-	entry, flight string         // keys
-	ttl           time.Duration  // 0: do not store
-	env           codec.Envelope // the reply, re-addressed to every joined request
+	entry, flight, meta string         // keys
+	gen                 uint64         // the entry's generation
+	ttl                 time.Duration  // 0: do not store
+	env                 codec.Envelope // the reply, re-addressed to every joined request
 }
 
 // cacheOf validates a request's cache entry id (it comes from the stream:
@@ -43,6 +44,25 @@ func (c *Consumer) cacheOf(j *job, id string) {
 	j.msg.CacheTTL = ttl
 }
 
+// deleteStale deletes the answers just stored under a generation that is
+// not the topic's current one (see redisx.Settle): a flush raced them, or
+// the request named a generation to come, to plant an answer.
+func (a *acker) deleteStale(sets []redisx.Settle, res []redisx.SettleResult) {
+	stale := 0
+	for i := range res {
+		if res[i].Stale {
+			stale++
+		}
+	}
+	if stale == 0 {
+		return
+	}
+	a.c.stats.cacheStale.Add(uint64(stale))
+	if err := redisx.DeleteStale(a.ctx, a.c.c.Redis(), sets, res); err != nil {
+		a.c.log.Warn().Err(err).Msg("could not delete cached answers stored under another generation than the topic's: they expire with their TTL")
+	}
+}
+
 // settleOf decides what becomes of a cached request's answer: stored for
 // the time the handler allowed (errors never), and sent to every request
 // that joined it. A handler that ran out of the request's deadline settles
@@ -63,7 +83,9 @@ func (c *Consumer) settleOf(j *job, reply *codec.Envelope, err error, ended time
 		}
 	}
 	reply.CacheKey, reply.CacheTTL = j.cache, int64(ttl)
-	s := &cacheSettle{entry: c.keys.Cache(j.p.name, j.cache), flight: c.keys.Flight(j.p.name, j.cache), ttl: ttl, env: *reply}
+	gen, _, _ := bus.ParseCacheEntryID(j.cache) // validated by cacheOf
+	s := &cacheSettle{entry: c.keys.Cache(j.p.name, j.cache), flight: c.keys.Flight(j.p.name, j.cache), meta: c.keys.Meta(j.p.name),
+		gen: gen, ttl: ttl, env: *reply}
 	return s
 }
 
@@ -92,7 +114,8 @@ func settles(batch []completion) ([]redisx.Settle, []int) {
 		if d.cache == nil || d.dead != nil || d.reply == nil {
 			continue
 		}
-		out = append(out, redisx.Settle{Entry: d.cache.entry, Flight: d.cache.flight, Value: d.reply.B, TTL: d.cache.ttl, TakeWaiters: true})
+		out = append(out, redisx.Settle{Entry: d.cache.entry, Flight: d.cache.flight, Meta: d.cache.meta, Gen: d.cache.gen,
+			Value: d.reply.B, TTL: d.cache.ttl, TakeWaiters: true})
 		idx = append(idx, i)
 	}
 	return out, idx

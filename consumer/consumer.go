@@ -62,7 +62,7 @@ type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
 	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved                             atomic.Uint64
 	reads, flushes                                                                                        atomic.Uint64
-	cacheStores, coalescedReplies, cacheSettleErrors                                                      atomic.Uint64
+	cacheStores, coalescedReplies, cacheSettleErrors, cacheStale                                          atomic.Uint64
 	chunks, cancelled, badControl, delayedRetries, promoted                                               atomic.Uint64
 }
 
@@ -96,6 +96,7 @@ type Stats struct {
 	CacheStores      uint64 `json:"cache_stores" help:"Answers stored in the shared cache."`
 	CoalescedReplies uint64 `json:"coalesced_replies" help:"Replies written to requests that joined an identical request in flight (one handler call, several callers)."`
 	CacheErrors      uint64 `json:"cache_errors" help:"Answers whose storing or coalesced delivery Redis refused (their callers ask again once the request's deadline passed)."`
+	CacheStale       uint64 `json:"cache_stale" help:"Answers deleted right after storing: their request named another cache generation than the topic's (a flush raced it, or a request planting an answer for a generation to come)."`
 	Chunks           uint64 `json:"chunks" help:"Chunks of streamed replies written."`
 	Cancelled        uint64 `json:"cancelled" help:"Requests their callers cancelled: handlers cancelled while running, and requests acknowledged unhandled at pick-up."`
 	DelayedRetries   uint64 `json:"delayed_retries" help:"Entries left pending for a delayed retry (RetryAfter)."`
@@ -153,7 +154,7 @@ func (c *Consumer) Stats() Stats {
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
 		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
 		Reads: s.reads.Load(), Flushes: s.flushes.Load(),
-		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(),
+		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(), CacheStale: s.cacheStale.Load(),
 		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.waiting.len(),
 		Promoted: s.promoted.Load(), ControlMalformed: s.badControl.Load(),
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/maypok86/otter/v2"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // Response cache defaults (see Config.Cache and docs/cache.md).
@@ -15,9 +16,12 @@ const (
 	DefaultCacheTTL        = 5 * time.Minute
 	DefaultLocalTTL        = time.Minute
 	DefaultLocalCacheBytes = 64 << 20
+)
+
+const (
 	// maxFlightWaiters bounds the callers of other processes that join one
 	// flight in Redis; more are sent to the workers uncoalesced.
-	maxFlightWaiters = 10_000
+	maxFlightWaiters = redisx.MaxFlightWaiters
 	// takeoverGrace is how long after a flight leader's deadline its joined
 	// callers wait for the answer before one of them asks again itself.
 	takeoverGrace = 100 * time.Millisecond

@@ -266,6 +266,7 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		p.fmu.Lock() // before the round trip: its answer may complete f before Begin returns
 		f.entry = entry
 		p.fmu.Unlock()
+		p.waiters.expectCache(f.seq, entry)
 		now := time.Now()
 		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: deadline.UnixNano(),
 			Sent: now.UnixNano(), Payload: payload, Headers: co.headers, CacheKey: entry, CacheTTL: int64(ttl)}

@@ -147,7 +147,7 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 		payload: env.Payload, replied: true,
 		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler),
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
-		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry,
+		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry, cacheKey: env.CacheKey,
 	}
 	if env.ErrCode != "" {
 		r.payload, r.err = nil, &bus.RemoteError{Code: env.ErrCode, Message: env.ErrMsg}

@@ -14,6 +14,7 @@ type result struct {
 	replied  bool          // a reply arrived (payload or remote error): the stages below are set
 	cacheTTL time.Duration // how long the answer was stored (a cached request's reply, or a shared hit)
 	entry    string        // a reply's RequestEntry: the request entry it answers ("" from an older worker)
+	cacheKey string        // a reply's CacheKey: the cache entry of the request it answers
 
 	queue, handler time.Duration // as the worker reported them
 	transit        time.Duration // reply encoded by the worker until the reader got it
@@ -28,8 +29,13 @@ type waiter struct {
 	// timer enforces Config.RequestTimeout for a request whose ctx has no
 	// deadline; stopped (by putWaiter) whenever w is not in use.
 	timer *time.Timer
-	// fl is the flight a cached request's reply completes (instead of ch).
-	fl *flight
+	// fl is the flight a cached request's reply completes (instead of ch);
+	// cacheKey the cache entry id its answer must name (set by expectCache
+	// before each ask, under the shard lock): an answer that joined this
+	// caller to another flight (a waiter planted in someone else's flight
+	// marker) names another and is dropped.
+	fl       *flight
+	cacheKey string
 	// entry is the stream entry id of the request, once its write
 	// returned (see stamp); early are replies that came before that, held
 	// until the entry id is known (a few: a forged one must not push out
@@ -60,7 +66,7 @@ var waiterPool = sync.Pool{New: func() any {
 // stopped timer delivers no stale tick, so the next user can Reset it.
 func putWaiter(w *waiter) {
 	w.timer.Stop()
-	w.fl, w.entry, w.cancel = nil, "", cancelNotice{}
+	w.fl, w.cacheKey, w.entry, w.cancel = nil, "", "", cancelNotice{}
 	clear(w.early)
 	w.early = w.early[:0]
 	waiterPool.Put(w)
@@ -152,7 +158,8 @@ const (
 // match takes seq's waiter for reply r when r answers the entry its
 // request was written as (or says nothing of it: an older worker; or the
 // waiter is a flight's, whose answer may come from another producer's
-// entry). A reply that comes before the request's write returned is held in
+// entry, but must name the flight's cache entry: a Python worker names
+// none). A reply that comes before the request's write returned is held in
 // the waiter for stamp.
 func (r *registry) match(seq uint64, res *result, chunk bool) (*waiter, int) {
 	s := &r.shards[seq%shards]
@@ -166,7 +173,11 @@ func (r *registry) match(seq uint64, res *result, chunk bool) (*waiter, int) {
 		return w, matchStream
 	case chunk:
 		return nil, matchNone // a chunk for a request that reads no stream
-	case res.entry == "" || w.fl != nil || res.entry == w.entry:
+	case w.fl != nil:
+		if res.cacheKey != "" && res.cacheKey != w.cacheKey {
+			return nil, matchForged
+		}
+	case res.entry == "" || res.entry == w.entry:
 	case w.entry == "":
 		if len(w.early) >= maxEarly {
 			return nil, matchForged // the real one is among those held, or never came
@@ -178,6 +189,17 @@ func (r *registry) match(seq uint64, res *result, chunk bool) (*waiter, int) {
 	}
 	delete(s.m, seq)
 	return w, matchTaken
+}
+
+// expectCache records the cache entry id the answer of seq's flight must
+// name (see waiter.cacheKey).
+func (r *registry) expectCache(seq uint64, key string) {
+	s := &r.shards[seq%shards]
+	s.mu.Lock()
+	if w := s.m[seq]; w != nil {
+		w.cacheKey = key
+	}
+	s.mu.Unlock()
 }
 
 // each calls fn for every waiter, leaving them registered.

@@ -583,3 +583,152 @@ func TestRolesIsolateProducers(t *testing.T) {
 		t.Fatalf("bob got %q", r)
 	}
 }
+
+// TestPlantedFlightWaiterDropped: someone who may write a topic's flight
+// markers (any producer of it) reads a cached caller's waiter from one
+// marker and plants it in the marker of a flight of their own: the worker
+// answers the planted waiter with the attacker's answer, and the victim
+// drops it (it names another cache entry) and gets its own (security
+// issue, point 5: "NO, FORGED via flight" was accepted).
+func TestPlantedFlightWaiterDropped(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	release := make(chan struct{})
+	runConsumer(t, c, consumer.Config{Topic: "chat", Concurrency: 4}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		if string(m.Payload) == "victim" {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if string(m.Payload) == "attacker" {
+			return []byte("NO, FORGED via flight"), nil
+		}
+		return append([]byte("re:"), m.Payload...), nil
+	}))
+	cached := producer.Config{Cache: map[string]producer.CacheConfig{"chat": {}}}
+	victim, attacker := newProducer(t, c, cached), newProducer(t, c, cached)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got := make(chan string, 1)
+	go func() {
+		r, err := victim.Request(ctx, "chat", []byte("victim"))
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(r)
+	}()
+	rc := c.Redis()
+	var env codec.Envelope
+	waitFor(t, 5*time.Second, "the victim's request in the stream", func() bool {
+		es, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic("chat")).Start("-").End("+").Build()).AsXRange()
+		return err == nil && len(es) == 1 && codec.DecodeEnvelope(es[0].FieldValues["m"], &env) == nil
+	})
+	// The attacker's own flight: a marker for its payload's entry, with
+	// the victim's waiter planted in it, then its request.
+	mine := bus.CacheEntryID(0, bus.HashPayload([]byte("attacker")))
+	flight := c.Keys().Flight("chat", mine)
+	deadline := strconv.FormatInt(time.Now().Add(20*time.Second).UnixMilli(), 10)
+	if err := rc.Do(ctx, rc.B().Rpush().Key(flight).Element(deadline, env.ReplyTo+" "+env.ID).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	forged := codec.Envelope{Kind: codec.KindRequest, ID: "x1", ReplyTo: attacker.ReplyStream(), Deadline: time.Now().Add(20 * time.Second).UnixNano(),
+		Payload: []byte("attacker"), CacheKey: mine, CacheTTL: int64(time.Minute)}
+	if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().Topic("chat")).Id("*").FieldValue().FieldValue("m", string(codec.AppendEnvelope(nil, &forged))).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the planted answer dropped by the victim", func() bool { return victim.Stats().Forged == 1 })
+	close(release)
+	if r := <-got; r != "re:victim" {
+		t.Fatalf("the victim got %q, want its own answer", r)
+	}
+}
+
+// TestPlantedFutureGenerationDeleted: a request naming a cache generation
+// to come (someone who may write the topic) gets its answer stored for a
+// moment only: the worker sees the topic's generation and deletes it, so
+// a later flush does not serve it (security issue, point 6: "PLANTED: pay
+// account 666" after cache flush).
+func TestPlantedFutureGenerationDeleted(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	co := runConsumer(t, c, consumer.Config{Topic: "bank"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		return m.Payload, nil
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := newProducer(t, c, producer.Config{Cache: map[string]producer.CacheConfig{"bank": {}}})
+	rc := c.Redis()
+	question := []byte("what is my account?")
+	h := bus.HashPayload(question)
+	for gen := uint64(1); gen <= 3; gen++ {
+		planted := codec.Envelope{Kind: codec.KindRequest, ID: "p" + strconv.FormatUint(gen, 10), ReplyTo: p.ReplyStream(),
+			Deadline: time.Now().Add(20 * time.Second).UnixNano(), Payload: []byte("PLANTED: pay account 666"),
+			CacheKey: bus.CacheEntryID(gen, h), CacheTTL: int64(time.Hour)}
+		if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().Topic("bank")).Id("*").FieldValue().FieldValue("m", string(codec.AppendEnvelope(nil, &planted))).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the planted answers deleted", func() bool { return co.Stats().CacheStale == 3 })
+	for gen := uint64(1); gen <= 3; gen++ {
+		if n, err := rc.Do(ctx, rc.B().Exists().Key(c.Keys().Cache("bank", bus.CacheEntryID(gen, h))).Build()).AsInt64(); err != nil || n != 0 {
+			t.Fatalf("planted answer of generation %d still stored (%d, %v)", gen, n, err)
+		}
+	}
+	ins := inspect.New(c)
+	for range 3 {
+		if _, err := ins.FlushCache(ctx, "bank"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := p.Request(ctx, "bank", question); err != nil || string(got) != string(question) {
+		t.Fatalf("after three flushes the caller got %q, %v; want the handler's answer", got, err)
+	}
+}
+
+// TestFlightWaitersBoundedInTheWorker: a marker pushed far past the
+// begin function's cap (someone who may write it) costs the worker at
+// most MaxFlightWaiters replies (security issue, point 7: 300,000 waiters
+// took a worker to 996 MiB RSS and 300k replies).
+func TestFlightWaitersBoundedInTheWorker(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	co := runConsumer(t, c, consumer.Config{Topic: "flood"}, echo)
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := p.Request(ctx, "flood", []byte("warm")); err != nil { // creates its reply stream
+		t.Fatal(err)
+	}
+	rc := c.Redis()
+	entry := bus.CacheEntryID(0, bus.HashPayload([]byte("q")))
+	flight := c.Keys().Flight("flood", entry)
+	if err := rc.Do(ctx, rc.B().Rpush().Key(flight).Element(strconv.FormatInt(time.Now().Add(time.Minute).UnixMilli(), 10)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	const pushed = redisx.MaxFlightWaiters + 5000
+	for i := 0; i < pushed; i += 1000 {
+		els := make([]string, 1000)
+		for j := range els {
+			els[j] = p.ReplyStream() + " w" + strconv.Itoa(i+j)
+		}
+		if err := rc.Do(ctx, rc.B().Rpush().Key(flight).Element(els...).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := codec.Envelope{Kind: codec.KindRequest, ID: "lead", ReplyTo: p.ReplyStream(), Deadline: time.Now().Add(time.Minute).UnixNano(),
+		Payload: []byte("q"), CacheKey: entry, CacheTTL: int64(time.Minute)}
+	if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().Topic("flood")).Id("*").FieldValue().FieldValue("m", string(codec.AppendEnvelope(nil, &req))).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the flight settled", func() bool {
+		n, err := rc.Do(ctx, rc.B().Exists().Key(flight).Build()).AsInt64()
+		return err == nil && n == 0 && co.Stats().Flushes >= 2
+	})
+	waitFor(t, 30*time.Second, "the joined replies written", func() bool { return co.Stats().CoalescedReplies >= redisx.MaxFlightWaiters })
+	if n := co.Stats().CoalescedReplies; n > redisx.MaxFlightWaiters {
+		t.Fatalf("the worker wrote %d joined replies, want at most %d", n, redisx.MaxFlightWaiters)
+	}
+}

@@ -225,17 +225,27 @@ func parseUint(m rueidis.RedisMessage) (uint64, error) {
 // cost about 60 µs more round trip than a plain command here (see
 // docs/cache.md), a transaction of plain commands a few.
 
+// MaxFlightWaiters bounds the requests that may join one flight (the begin
+// function refuses more) and the waiters a worker takes from a flight
+// marker: someone who may write the marker could push far more.
+const MaxFlightWaiters = 10_000
+
 // Settle is one worker answer to store and one flight to settle.
 type Settle struct {
-	Entry, Flight string // keys (one hash tag)
-	Value         []byte // the reply envelope to store
-	TTL           time.Duration
-	TakeWaiters   bool
+	Entry, Flight, Meta string // keys (one hash tag)
+	Gen                 uint64 // the entry's generation (from its id)
+	Value               []byte // the reply envelope to store
+	TTL                 time.Duration
+	TakeWaiters         bool
 }
 
-// SettleResult is one Settle's outcome: the waiters it took, unvalidated.
+// SettleResult is one Settle's outcome: the waiters it took, unvalidated
+// (at most MaxFlightWaiters), and whether the answer was stored under a
+// generation that is not the topic's current one (Stale: the caller
+// deletes it, see DeleteStale).
 type SettleResult struct {
 	Waiters []string
+	Stale   bool
 	Err     error
 }
 
@@ -247,22 +257,41 @@ func (s *Settle) n() int {
 		n += 2
 	}
 	if s.TTL.Milliseconds() > 0 {
-		n++
+		n += 2
 	}
 	return n
 }
 
-// cmds appends the settle's transaction.
+// cmds appends the settle's transaction. A stored answer is followed by
+// the topic's current generation: an answer whose request named another
+// (a flush raced it, or someone wrote a request naming a future
+// generation to plant an answer it would serve after the next flush) is
+// deleted at once by the caller.
 func (s *Settle) cmds(c rueidis.Client, dst rueidis.Commands) rueidis.Commands {
 	dst = append(dst, c.B().Multi().Build())
 	if s.TakeWaiters {
-		dst = append(dst, c.B().Lrange().Key(s.Flight).Start(1).Stop(-1).Build(), c.B().Del().Key(s.Flight).Build())
+		dst = append(dst, c.B().Lrange().Key(s.Flight).Start(1).Stop(MaxFlightWaiters).Build(), c.B().Del().Key(s.Flight).Build())
 	}
 	if ttl := s.TTL.Milliseconds(); ttl > 0 {
 		v := strconv.FormatInt(ttl, 10) + "\n" + rueidis.BinaryString(s.Value)
-		dst = append(dst, c.B().Set().Key(s.Entry).Value(v).PxMilliseconds(ttl).Build())
+		dst = append(dst, c.B().Set().Key(s.Entry).Value(v).PxMilliseconds(ttl).Build(), c.B().Hget().Key(s.Meta).Field("gen").Build())
 	}
 	return append(dst, c.B().Exec().Build())
+}
+
+// DeleteStale deletes the answers of settles whose result was Stale, in
+// one round trip (each key in its own DEL: they may live on other slots).
+func DeleteStale(ctx context.Context, c rueidis.Client, s []Settle, res []SettleResult) error {
+	var keys []string
+	for i := range res {
+		if res[i].Stale {
+			keys = append(keys, s[i].Entry)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return DeleteEach(ctx, c, keys...)
 }
 
 // settleResults reads the transactions' replies (res, in the order of s's
@@ -291,7 +320,11 @@ func settleResults(s []Settle, res []rueidis.RedisResult, out []SettleResult) []
 			r.Waiters, r.Err = arr[0].AsStrSlice()
 		}
 		if r.Err == nil && s[i].TTL.Milliseconds() > 0 {
-			r.Err = arr[len(arr)-1].Error()
+			r.Err = arr[len(arr)-2].Error()
+			if r.Err == nil {
+				cur := metaUint(arr[len(arr)-1])
+				r.Stale = cur != s[i].Gen
+			}
 		}
 		out = append(out, r)
 	}

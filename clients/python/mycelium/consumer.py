@@ -500,7 +500,8 @@ class Consumer:
         if req:
             reply = codec.Envelope(kind=codec.REPLY, id=env.id, sent=time.time_ns(), payload=bytes(out or b""),
                                    queue_wait=_queue_wait(eid, env.sent, now_ns), handler=handled_ns,
-                                   request_entry=eid, attempt=min(attempt, (1 << 32) - 1))
+                                   request_entry=eid, attempt=min(attempt, (1 << 32) - 1),
+                                   cache_key=env.cache_key)  # names the cache entry it answers (not stored: cache_ttl 0)
             if err is not None:
                 reply.payload = b""
                 if isinstance(err, RemoteError):
