@@ -48,6 +48,12 @@ type streamState struct {
 	notify  chan struct{} // 1 slot: something changed
 }
 
+// chunkOverhead is what a buffered chunk costs beside its payload (its
+// item, entry id and bookkeeping), counted toward the buffer's bound: a
+// flood of empty chunks must break the stream too (2,300,000 of them once
+// took a slow caller's heap past 1 GiB).
+const chunkOverhead = 256
+
 func newStreamState(max int) *streamState {
 	return &streamState{max: max, notify: make(chan struct{}, 1)}
 }
@@ -67,7 +73,7 @@ func (s *streamState) push(env *codec.Envelope, r *result, at time.Time) {
 	s.mu.Lock()
 	if !s.over {
 		s.items = append(s.items, it)
-		s.bytes += len(it.payload)
+		s.bytes += len(it.payload) + chunkOverhead
 		s.over = s.bytes > s.max
 	}
 	s.mu.Unlock()
