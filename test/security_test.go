@@ -239,24 +239,9 @@ func TestForgedRequestCannotAnswerAnotherCaller(t *testing.T) {
 	p := newProducer(t, c, producer.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	got := make(chan string, 1)
-	go func() {
-		reply, err := p.Request(ctx, "demo", []byte("real"))
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		got <- string(reply)
-	}()
+	got := requestAsync(ctx, p, "demo", []byte("real"))
 	rc := c.Redis()
-	var victim codec.Envelope
-	waitFor(t, 5*time.Second, "the caller's request in the stream", func() bool {
-		entries, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic("demo")).Start("-").End("+").Build()).AsXRange()
-		if err != nil || len(entries) == 0 {
-			return false
-		}
-		return codec.DecodeEnvelope(entries[0].FieldValues["m"], &victim) == nil
-	})
+	victim := firstRequest(t, ctx, c, "demo")
 	forged := victim
 	forged.Payload = []byte("forged")
 	if err := rc.Do(ctx, rc.B().Xadd().Key(c.Keys().Topic("demo")).Id("*").FieldValue().FieldValue("m", string(codec.AppendEnvelope(nil, &forged))).Build()).Error(); err != nil {
@@ -374,24 +359,9 @@ func TestForgedCancelIgnored(t *testing.T) {
 	p := newProducer(t, c, producer.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	got := make(chan string, 1)
-	go func() {
-		reply, err := p.Request(ctx, "victim", []byte("slow"))
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		got <- string(reply)
-	}()
+	got := requestAsync(ctx, p, "victim", []byte("slow"))
 	rc := c.Redis()
-	var victim codec.Envelope
-	waitFor(t, 5*time.Second, "the caller's request in the stream", func() bool {
-		entries, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic("victim")).Start("-").End("+").Build()).AsXRange()
-		if err != nil || len(entries) == 0 {
-			return false
-		}
-		return codec.DecodeEnvelope(entries[0].FieldValues["m"], &victim) == nil
-	})
+	victim := firstRequest(t, ctx, c, "victim")
 	if victim.Token.IsZero() {
 		t.Fatal("the request carries no cancel token")
 	}
@@ -519,15 +489,7 @@ func TestRolesIsolateProducers(t *testing.T) {
 	if !strings.HasPrefix(pb.ReplyStream(), "myc:{r.bob.") {
 		t.Fatalf("bob's reply stream %q is not under his name", pb.ReplyStream())
 	}
-	got := make(chan string, 1)
-	go func() {
-		reply, err := pb.Request(ctx, "demo", []byte("secret prompt"))
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		got <- string(reply)
-	}()
+	got := requestAsync(ctx, pb, "demo", []byte("secret prompt"))
 	admin := srv.Client(t).Redis()
 	topicKey := alice.Keys().Topic("demo")
 	waitFor(t, 5*time.Second, "bob's request in the stream", func() bool {
@@ -611,21 +573,9 @@ func TestPlantedFlightWaiterDropped(t *testing.T) {
 	victim, attacker := newProducer(t, c, cached), newProducer(t, c, cached)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	got := make(chan string, 1)
-	go func() {
-		r, err := victim.Request(ctx, "chat", []byte("victim"))
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		got <- string(r)
-	}()
+	got := requestAsync(ctx, victim, "chat", []byte("victim"))
 	rc := c.Redis()
-	var env codec.Envelope
-	waitFor(t, 5*time.Second, "the victim's request in the stream", func() bool {
-		es, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic("chat")).Start("-").End("+").Build()).AsXRange()
-		return err == nil && len(es) == 1 && codec.DecodeEnvelope(es[0].FieldValues["m"], &env) == nil
-	})
+	env := firstRequest(t, ctx, c, "chat")
 	// The attacker's own flight: a marker for its payload's entry, with
 	// the victim's waiter planted in it, then its request.
 	mine := bus.CacheEntryID(0, bus.HashPayload([]byte("attacker")))
@@ -731,4 +681,33 @@ func TestFlightWaitersBoundedInTheWorker(t *testing.T) {
 	if n := co.Stats().CoalescedReplies; n > redisx.MaxFlightWaiters {
 		t.Fatalf("the worker wrote %d joined replies, want at most %d", n, redisx.MaxFlightWaiters)
 	}
+}
+
+
+// requestAsync sends a request on its own goroutine; the channel gets its
+// reply, or its error's text.
+func requestAsync(ctx context.Context, p *producer.Producer, topic string, payload []byte) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		reply, err := p.Request(ctx, topic, payload)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(reply)
+	}()
+	return got
+}
+
+// firstRequest waits for the first entry of topic's stream and decodes it:
+// what an attacker with read access to the topic sees of a caller.
+func firstRequest(t *testing.T, ctx context.Context, c *bus.Client, topic string) codec.Envelope {
+	t.Helper()
+	rc := c.Redis()
+	var env codec.Envelope
+	waitFor(t, 5*time.Second, "the caller's request in the stream", func() bool {
+		entries, err := rc.Do(ctx, rc.B().Xrange().Key(c.Keys().Topic(topic)).Start("-").End("+").Build()).AsXRange()
+		return err == nil && len(entries) > 0 && codec.DecodeEnvelope(entries[0].FieldValues["m"], &env) == nil
+	})
+	return env
 }
