@@ -26,6 +26,10 @@ type completion struct {
 	handled time.Duration
 	failed  bool         // the handler returned an error (sent as a remote error)
 	cache   *cacheSettle // a cached request's answer to store and share, nil for none
+	// unanswered: Redis refused its reply (OOM under noeviction, a reply
+	// stream replaced by another type): it is not acknowledged, so it is
+	// delivered again (flush sets it).
+	unanswered bool
 }
 
 // flushBufs are one flush's commands, ids and results, pooled: a flush runs
@@ -100,10 +104,14 @@ func (a *acker) addAsync(d completion) { a.comb.Add(d, false) }
 func (a *acker) wait() { a.comb.Wait(); a.chunks.Wait() }
 
 // flush writes one batch: dead letters first (an entry is acknowledged only
-// once its dead letter is stored), then replies and one XACK in one
-// pipeline. Connection errors are retried with backoff for up to a minute;
-// after that the entries stay pending (at-least-once). Every entry's slot
-// is released at the end.
+// once its dead letter is stored), then replies with the XACK of the
+// entries that need none in one pipeline, then the XACK of the requests
+// whose reply Redis took: a request is acknowledged only once its reply is
+// stored (an XACK pipelined with a reply that Redis refused, OOM say,
+// would acknowledge a request whose caller never hears of it). Connection
+// errors are retried with backoff for up to a minute; after that the
+// entries stay pending (at-least-once). Every entry's slot is released at
+// the end.
 func (a *acker) flush(batch []completion) {
 	c := a.c
 	var dead []int
@@ -130,11 +138,13 @@ func (a *acker) flush(batch []completion) {
 			fb.adds = append(fb.adds, redisx.Add{Key: d.replyTo, Cap: c.replyCap, NoMkStream: true, Data: d.reply.B})
 		}
 	}
-	fb.ids, fb.acks = c.acksOf(batch, fb.ids, fb.acks)
-	if len(fb.ids) > 0 {
-		// The replies go in one transaction (redisx.DoBatch: a caller's
-		// reply reader gets all of its replies in one read), the XACKs (one
-		// per partition) after it.
+	fb.ids, fb.acks = c.acksOf(batch, withoutReply, fb.ids, fb.acks)
+	if replies > 0 || len(fb.acks) > 0 {
+		// The replies go in one transaction per reply stream
+		// (redisx.DoBatch: a caller's reply reader gets all of its replies
+		// in one read), the XACKs (one per partition) of the entries that
+		// need no reply after them; the answered requests' XACKs follow
+		// once their replies are known to be stored (ackAnswered).
 		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
 			if sets == nil {
 				return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, fb.acks, out)
@@ -155,26 +165,28 @@ func (a *acker) flush(batch []completion) {
 				if d.reply == nil || d.dead != nil {
 					continue
 				}
-				if err := res[k].Err; err == nil {
+				switch err := res[k].Err; {
+				case err == nil:
 					c.stats.replied.Add(1)
 					c.timings.Record(metrics.ReplyWrite, now.Sub(d.at))
 					c.logTiming(d, now.Sub(d.at))
-				} else {
-					// NOMKSTREAM returned nil (the requester is gone) or
-					// Redis refused the write: the caller will time out.
+				case redisx.IsNil(err):
+					// NOMKSTREAM: the requester is gone; nobody waits.
 					c.stats.replyDropped.Add(1)
-					if !redisx.IsNil(err) && !c.fail(err, "XADD to a reply stream") {
-						c.log.Warn().Err(err).Msg("reply write refused")
+				default:
+					// Redis refused the reply: not acknowledged, the
+					// request is delivered again after ClaimIdle.
+					d.unanswered = true
+					c.stats.replyDropped.Add(1)
+					if !c.fail(err, "XADD to a reply stream") {
+						c.log.Warn().Err(err).Str("entry", d.id).Msg("reply write refused; the request stays pending and is delivered again")
 					}
 				}
 				k++
 			}
-			for k, r := range res[replies : replies+len(fb.acks)] {
-				if r.Err == nil {
-					c.stats.acked.Add(uint64(r.N))
-				} else if !c.fail(r.Err, "XACK "+fb.acks[k].Key) {
-					c.log.Warn().Err(r.Err).Str("stream", fb.acks[k].Key).Msg("XACK refused; entries stay pending")
-				}
+			c.acked(res[replies:replies+len(fb.acks)], fb.acks)
+			if replies > 0 {
+				a.ackAnswered(batch, fb)
 			}
 			// Handled entries without a reply (events) are done when the
 			// XACK is: their "reply write" is the acknowledgement.
@@ -227,7 +239,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	if len(stored) == 0 {
 		return
 	}
-	_, acks := c.acksOf(stored, nil, nil)
+	_, acks := c.acksOf(stored, notDead, nil, nil)
 	res, ok = a.do(nil, func(out []redisx.Result) []redisx.Result {
 		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, acks, out)
 	})
@@ -244,14 +256,49 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	}
 }
 
-// acksOf appends the ids of batch's entries that are not dead-lettered to
-// ids and one XACK per partition among them to acks (the acks' id lists
-// are sub-slices of ids: one partition, the common case, costs nothing).
-func (c *Consumer) acksOf(batch []completion, ids []string, acks []redisx.Ack) ([]string, []redisx.Ack) {
+// Which entries of a batch an XACK takes.
+func withoutReply(d *completion) bool { return d.dead == nil && d.reply == nil }
+func answered(d *completion) bool     { return d.dead == nil && d.reply != nil && !d.unanswered }
+func notDead(d *completion) bool      { return d.dead == nil }
+
+// ackAnswered acknowledges the requests of batch whose reply Redis took,
+// one XACK per partition (fb's id and ack buffers reused).
+func (a *acker) ackAnswered(batch []completion, fb *flushBufs) {
+	c := a.c
+	clear(fb.ids)
+	clear(fb.acks)
+	fb.ids, fb.acks = c.acksOf(batch, answered, fb.ids[:0], fb.acks[:0])
+	if len(fb.acks) == 0 {
+		return
+	}
+	res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
+		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, fb.acks, out)
+	})
+	if ok {
+		fb.res = res
+		c.acked(res, fb.acks)
+	}
+}
+
+// acked counts the XACKs' results (res, one per ack) and logs refusals.
+func (c *Consumer) acked(res []redisx.Result, acks []redisx.Ack) {
+	for k, r := range res {
+		if r.Err == nil {
+			c.stats.acked.Add(uint64(r.N))
+		} else if !c.fail(r.Err, "XACK "+acks[k].Key) {
+			c.log.Warn().Err(r.Err).Str("stream", acks[k].Key).Msg("XACK refused; entries stay pending")
+		}
+	}
+}
+
+// acksOf appends the ids of batch's entries that keep takes to ids and
+// one XACK per partition among them to acks (the acks' id lists are
+// sub-slices of ids: one partition, the common case, costs nothing).
+func (c *Consumer) acksOf(batch []completion, keep func(*completion) bool, ids []string, acks []redisx.Ack) ([]string, []redisx.Ack) {
 	var first *part
 	mixed := false
 	for i := range batch {
-		if batch[i].dead != nil {
+		if !keep(&batch[i]) {
 			continue
 		}
 		if first == nil {
@@ -267,7 +314,7 @@ func (c *Consumer) acksOf(batch []completion, ids []string, acks []redisx.Ack) (
 	if !mixed {
 		start := len(ids)
 		for i := range batch {
-			if batch[i].dead == nil {
+			if keep(&batch[i]) {
 				ids = append(ids, batch[i].id)
 			}
 		}
@@ -278,7 +325,7 @@ func (c *Consumer) acksOf(batch []completion, ids []string, acks []redisx.Ack) (
 	var order []*part
 	seen := map[*part]bool{}
 	for i := range batch {
-		if d := &batch[i]; d.dead == nil && !seen[d.p] {
+		if d := &batch[i]; keep(d) && !seen[d.p] {
 			seen[d.p] = true
 			order = append(order, d.p)
 		}
@@ -286,7 +333,7 @@ func (c *Consumer) acksOf(batch []completion, ids []string, acks []redisx.Ack) (
 	for _, pt := range order {
 		start := len(ids)
 		for i := range batch {
-			if d := &batch[i]; d.dead == nil && d.p == pt {
+			if d := &batch[i]; keep(d) && d.p == pt {
 				ids = append(ids, d.id)
 			}
 		}

@@ -711,3 +711,56 @@ func firstRequest(t *testing.T, ctx context.Context, c *bus.Client, topic string
 	})
 	return env
 }
+
+// TestReplyRefusedLeavesTheRequestPending: Redis out of memory
+// (maxmemory, noeviction) refuses a reply; the request is not acknowledged
+// (before, its XACK, pipelined with the reply and not refused by OOM, went
+// through: pending 0 and the caller waited its whole timeout though memory
+// was back), so once memory is back it is delivered again and the caller
+// gets its answer (security issue, point 9).
+func TestReplyRefusedLeavesTheRequestPending(t *testing.T) {
+	srv := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	c := srv.Client(t)
+	admin := c.Redis()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	started := make(chan struct{}, 4)
+	release := make(chan struct{})
+	co := runConsumer(t, c, consumer.Config{Topic: "oom", ClaimIdle: 500 * time.Millisecond}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		started <- struct{}{}
+		if m.Attempt == 1 {
+			<-release
+		}
+		return append([]byte("re:"), m.Payload...), nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	got := requestAsync(ctx, p, "oom", []byte("q"))
+	<-started
+	// Memory is now over the limit: every write that may grow it is refused.
+	info, err := admin.Do(ctx, admin.B().Info().Section("memory").Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := ""
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			used = v
+		}
+	}
+	n, _ := strconv.ParseInt(used, 10, 64)
+	if err := admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("maxmemory", strconv.FormatInt(n/2, 10)).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	waitFor(t, 10*time.Second, "the reply refused", func() bool { return co.Stats().ReplyDropped >= 1 })
+	pending, err := redisx.Groups(ctx, admin, c.Keys().Topic("oom"))
+	if err != nil || len(pending) != 1 || pending[0].Pending != 1 {
+		t.Fatalf("groups after the refused reply = %+v, %v; want the request still pending", pending, err)
+	}
+	if err := admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("maxmemory", "0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r != "re:q" {
+		t.Fatalf("the caller got %q; want its answer once memory was back", r)
+	}
+}
