@@ -38,11 +38,13 @@ type flushBufs struct {
 	adds []redisx.Add
 	ids  []string
 	acks []redisx.Ack // one per partition in the batch (usually one)
+	tied []redisx.Ack // the answered requests', run with their replies (see flush)
 	res  []redisx.Result
 }
 
 var flushPool = sync.Pool{New: func() any {
-	return &flushBufs{adds: make([]redisx.Add, 0, 64), ids: make([]string, 0, 64), acks: make([]redisx.Ack, 0, 1), res: make([]redisx.Result, 0, 65)}
+	return &flushBufs{adds: make([]redisx.Add, 0, 64), ids: make([]string, 0, 64), acks: make([]redisx.Ack, 0, 1), tied: make([]redisx.Ack, 0, 1),
+		res: make([]redisx.Result, 0, 66)}
 }}
 
 // put clears fb (it must not keep entries' buffers or ids alive) and
@@ -52,7 +54,8 @@ func (fb *flushBufs) put() {
 	clear(fb.ids)
 	clear(fb.res)
 	clear(fb.acks)
-	fb.adds, fb.ids, fb.res, fb.acks = fb.adds[:0], fb.ids[:0], fb.res[:0], fb.acks[:0]
+	clear(fb.tied)
+	fb.adds, fb.ids, fb.res, fb.acks, fb.tied = fb.adds[:0], fb.ids[:0], fb.res[:0], fb.acks[:0], fb.tied[:0]
 	flushPool.Put(fb)
 }
 
@@ -104,14 +107,16 @@ func (a *acker) addAsync(d completion) { a.comb.Add(d, false) }
 func (a *acker) wait() { a.comb.Wait(); a.chunks.Wait() }
 
 // flush writes one batch: dead letters first (an entry is acknowledged only
-// once its dead letter is stored), then replies with the XACK of the
-// entries that need none in one pipeline, then the XACK of the requests
-// whose reply Redis took: a request is acknowledged only once its reply is
-// stored (an XACK pipelined with a reply that Redis refused, OOM say,
-// would acknowledge a request whose caller never hears of it). Connection
-// errors are retried with backoff for up to a minute; after that the
-// entries stay pending (at-least-once). Every entry's slot is released at
-// the end.
+// once its dead letter is stored), then replies and XACKs in one pipeline.
+// A request is acknowledged only with its reply stored (an XACK pipelined
+// with a reply that Redis refused, OOM say, would acknowledge a request
+// whose caller never hears of it): on one server the replies and their
+// requests' XACKs run in one MULTI/EXEC, which a refused reply aborts
+// whole (redisx.AddTied); on a cluster, where they live on other slots,
+// the answered requests' XACKs follow once the replies are known stored
+// (ackAnswered: a second round trip). Connection errors are retried with
+// backoff for up to a minute; after that the entries stay pending
+// (at-least-once). Every entry's slot is released at the end.
 func (a *acker) flush(batch []completion) {
 	c := a.c
 	var dead []int
@@ -139,6 +144,9 @@ func (a *acker) flush(batch []completion) {
 		}
 	}
 	fb.ids, fb.acks = c.acksOf(batch, withoutReply, fb.ids, fb.acks)
+	if c.oneServer {
+		fb.ids, fb.tied = c.acksOf(batch, withReply, fb.ids, fb.tied)
+	}
 	if replies > 0 || len(fb.acks) > 0 {
 		// The replies go in one transaction per reply stream
 		// (redisx.DoBatch: a caller's reply reader gets all of its replies
@@ -147,11 +155,11 @@ func (a *acker) flush(batch []completion) {
 		// once their replies are known to be stored (ackAnswered).
 		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
 			if sets == nil {
-				return redisx.AddBatch(a.ctx, c.c.Redis(), fb.adds, fb.acks, out)
+				return redisx.AddTied(a.ctx, c.c.Redis(), fb.adds, fb.tied, fb.acks, out)
 			}
 			// Cached answers: stored, and their flights settled, in the
 			// same round trip.
-			out, setRes = redisx.SettleAndAdd(a.ctx, c.c.Redis(), sets, fb.adds, fb.acks, out, setRes[:0])
+			out, setRes = redisx.SettleAndAdd(a.ctx, c.c.Redis(), sets, fb.adds, fb.tied, fb.acks, out, setRes[:0])
 			return out
 		})
 
@@ -184,8 +192,9 @@ func (a *acker) flush(batch []completion) {
 				}
 				k++
 			}
-			c.acked(res[replies:replies+len(fb.acks)], fb.acks)
-			if replies > 0 {
+			c.acked(res[replies:replies+len(fb.tied)], fb.tied)
+			c.acked(res[replies+len(fb.tied):replies+len(fb.tied)+len(fb.acks)], fb.acks)
+			if replies > 0 && !c.oneServer {
 				a.ackAnswered(batch, fb)
 			}
 			// Handled entries without a reply (events) are done when the
@@ -258,6 +267,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 
 // Which entries of a batch an XACK takes.
 func withoutReply(d *completion) bool { return d.dead == nil && d.reply == nil }
+func withReply(d *completion) bool    { return d.dead == nil && d.reply != nil }
 func answered(d *completion) bool     { return d.dead == nil && d.reply != nil && !d.unanswered }
 func notDead(d *completion) bool      { return d.dead == nil }
 

@@ -30,17 +30,20 @@ type Consumer struct {
 	key      string // partition 0's stream: the topic's own
 	replyCap redisx.Cap
 	dlqCap   redisx.Cap
-	presence string // the topic's presence set (bus.Keys.Workers)
-	member   string // this consumer in it: "<group> <name>"
-	serving  chan struct{}
-	served   sync.Once   // closes serving
-	joined   atomic.Bool // createGroup joined since Run began: leave at the end
-	running  atomic.Bool
-	stats    counters
-	inFlight atomic.Int64
-	timings  metrics.Recorder
-	sampled  atomic.Uint64 // entries considered for info-level timing logs
-	warns    warnLimiter   // warn lines about entries (see warnEntry)
+	// oneServer: the client reaches one server (not a cluster), so a
+	// flush's replies and their requests' XACKs can share a transaction.
+	oneServer bool
+	presence  string // the topic's presence set (bus.Keys.Workers)
+	member    string // this consumer in it: "<group> <name>"
+	serving   chan struct{}
+	served    sync.Once   // closes serving
+	joined    atomic.Bool // createGroup joined since Run began: leave at the end
+	running   atomic.Bool
+	stats     counters
+	inFlight  atomic.Int64
+	timings   metrics.Recorder
+	sampled   atomic.Uint64 // entries considered for info-level timing logs
+	warns     warnLimiter   // warn lines about entries (see warnEntry)
 
 	// A refusal for good (bus.ErrPermission) stops Run: fatalErr is the
 	// first, stopRun cancels Run's loops (both under fatalMu).
@@ -127,7 +130,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	}
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := c.Keys()
-	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic),
+	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic), oneServer: c.Mode() != "cluster",
 		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen),
 		presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name, serving: make(chan struct{})}
 	co.tr = newTracing(&co.cfg)

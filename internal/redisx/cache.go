@@ -337,12 +337,14 @@ func settleResults(s []Settle, res []rueidis.RedisResult, out []SettleResult) []
 // own callers and acknowledges them. The settles run first, so an answer is
 // stored before its caller can see it. It appends one SettleResult per
 // settle to sout and AddBatch's results to out.
-func SettleAndAdd(ctx context.Context, c rueidis.Client, s []Settle, adds []Add, acks []Ack, out []Result, sout []SettleResult) ([]Result, []SettleResult) {
+//
+// tied acks run with the adds as AddTied runs them (one server only).
+func SettleAndAdd(ctx context.Context, c rueidis.Client, s []Settle, adds []Add, tied, acks []Ack, out []Result, sout []SettleResult) ([]Result, []SettleResult) {
 	var head rueidis.Commands
 	for i := range s {
 		head = s[i].cmds(c, head)
 	}
-	out, hres := addBatch(ctx, c, head, adds, acks, out)
+	out, hres := addTied(ctx, c, head, adds, tied, acks, out)
 	return out, settleResults(s, hres, sout)
 }
 

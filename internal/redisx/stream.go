@@ -163,6 +163,54 @@ func AddBatch(ctx context.Context, c rueidis.Client, adds []Add, acks []Ack, out
 	return out
 }
 
+// AddTied is AddBatch for replies and the acknowledgements of the requests
+// they answer, on one server (not a cluster client: the keys are on many
+// slots): the adds and the tied acks run in one MULTI/EXEC, so an add that
+// Redis refuses when it is queued (OOM under noeviction) aborts the whole
+// transaction and no tied ack runs without its reply; acks run after it.
+// It appends one Result per add, one per tied ack, then one per ack.
+func AddTied(ctx context.Context, c rueidis.Client, adds []Add, tied, acks []Ack, out []Result) []Result {
+	out, _ = addTied(ctx, c, nil, adds, tied, acks, out)
+	return out
+}
+
+func addTied(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds []Add, tied, acks []Ack, out []Result) ([]Result, []rueidis.RedisResult) {
+	if len(tied) == 0 {
+		return addBatch(ctx, c, head, adds, acks, out)
+	}
+	n := len(adds) + len(tied)
+	all := make(rueidis.Commands, 0, len(head)+n+2+len(acks))
+	all = append(all, head...)
+	all = append(all, c.B().Multi().Build())
+	for i := range adds {
+		all = append(all, adds[i].cmd(c))
+	}
+	for i := range tied {
+		all = append(all, tied[i].cmd(c))
+	}
+	all = append(all, c.B().Exec().Build())
+	for i := range acks {
+		all = append(all, acks[i].cmd(c))
+	}
+	res := c.DoMulti(ctx, all...)
+	headRes, res := res[:len(head)], res[len(head):]
+	txn := make([]rueidis.RedisResult, n)
+	execResults(txn, res[:n+2])
+	for i := range adds {
+		id, err := txn[i].ToString()
+		out = append(out, Result{ID: id, Err: err})
+	}
+	for _, r := range append(txn[len(adds):], res[n+2:]...) {
+		v, err := r.AsInt64()
+		out = append(out, Result{N: v, Err: err})
+	}
+	return out, headRes
+}
+
+func (a *Ack) cmd(c rueidis.Client) rueidis.Completed {
+	return c.B().Xack().Key(a.Key).Group(a.Group).Id(a.IDs...).Build()
+}
+
 // addBatch is AddBatch with head commands sent first (their results
 // returned apart).
 func addBatch(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds []Add, acks []Ack, out []Result) ([]Result, []rueidis.RedisResult) {
@@ -173,7 +221,7 @@ func addBatch(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds
 	}
 	var tail []rueidis.Completed
 	for i := range acks {
-		tail = append(tail, c.B().Xack().Key(acks[i].Key).Group(acks[i].Group).Id(acks[i].IDs...).Build())
+		tail = append(tail, acks[i].cmd(c))
 	}
 	headRes, res := doBatch(ctx, c, head, cmds, tail)
 	for i := range adds {
