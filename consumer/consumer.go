@@ -362,13 +362,15 @@ func (c *Consumer) fatal() error {
 
 // readLoop reads pt's entries while ctx lives, never more than free slots.
 //
-// With one partition, a read takes one slot (waiting for it) and any others
-// free right now, and blocks for up to Block. With several, each holds a
-// fair share: a read that does not block takes up to Concurrency/partitions
-// entries, and only when it finds none does the loop block, holding one
-// slot (and for at most fairBlock when slots are fewer than partitions), so
-// an idle partition never sits on slots that another partition's entries
-// wait for.
+// A read takes one slot (waiting for it) and any others free right now (a
+// fair share of them with several partitions: Concurrency/partitions) and
+// does not block; only when it finds nothing does the loop block, holding
+// one slot (for at most fairBlock when slots are fewer than partitions).
+// So a blocked read never sits on slots that others wait for: another
+// partition's entries, and the retries and reclaimed entries the delay
+// loop and the reclaimer claim (a read blocked for Block on every free
+// slot held a retry due meanwhile until the read returned: retries came
+// up to Block late).
 func (c *Consumer) readLoop(ctx context.Context, pt *part, slots chan struct{}, jobs chan<- *job, a *acker) {
 	out := redisx.Outage{Log: c.log, What: "read loop " + pt.key}
 	var rd redisx.ReadDeadline
@@ -413,22 +415,16 @@ func (c *Consumer) readLoop(ctx context.Context, pt *part, slots chan struct{}, 
 				break more
 			}
 		}
-		var entries []redisx.Entry
-		var err error
-		if nparts > 1 {
-			entries, err = redisx.ReadGroupNow(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, int64(n))
-			if err == nil && len(entries) == 0 {
-				for ; n > 1; n-- {
-					slots <- struct{}{}
-				}
-				block := c.cfg.Block
-				if nparts > c.cfg.Concurrency {
-					block = min(block, fairBlock)
-				}
-				entries, err = redisx.ReadGroup(rd.For(ctx, block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", 1, block)
+		entries, err := redisx.ReadGroupNow(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, int64(n))
+		if err == nil && len(entries) == 0 {
+			for ; n > 1; n-- {
+				slots <- struct{}{}
 			}
-		} else {
-			entries, err = redisx.ReadGroup(rd.For(ctx, c.cfg.Block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+			block := c.cfg.Block
+			if nparts > c.cfg.Concurrency {
+				block = min(block, fairBlock)
+			}
+			entries, err = redisx.ReadGroup(rd.For(ctx, block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", 1, block)
 		}
 		for i := len(entries); i < n; i++ {
 			slots <- struct{}{}

@@ -86,7 +86,9 @@ func (w *waitingSet) len() int {
 
 // retryDelay is the delay of a retry asked with at least d on delivery
 // attempt: the larger of d and RetryBackoff doubled per earlier delivery
-// (capped at RetryBackoffMax), plus up to a tenth more of jitter.
+// (capped at RetryBackoffMax), plus up to a twentieth more of jitter (so
+// that retries asked for the same moment spread a little, and still come
+// within 10% of it).
 func (c *Consumer) retryDelay(d time.Duration, attempt int) time.Duration {
 	b := c.cfg.RetryBackoff
 	for i := 1; i < attempt && b < c.cfg.RetryBackoffMax; i++ {
@@ -94,7 +96,7 @@ func (c *Consumer) retryDelay(d time.Duration, attempt int) time.Duration {
 	}
 	b = min(b, c.cfg.RetryBackoffMax)
 	d = max(d, b)
-	if j := int64(d / 10); j > 0 {
+	if j := int64(d / 20); j > 0 {
 		d += time.Duration(rand.Int64N(j + 1))
 	}
 	return d

@@ -295,11 +295,20 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 				break more
 			}
 		}
+		// What is there now, without blocking; only when nothing is does
+		// it block, holding one slot: a read blocked on every free slot
+		// would hold the retries and reclaimed entries that the delay loop
+		// and the reclaimer claim meanwhile until it returned (up to Block:
+		// retries came that late).
 		per := max(1, n/len(keys))
-		res, err := redisx.ReadGroupAll(rd.For(ctx, c.cfg.Block), c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, int64(per), c.cfg.Block)
-		got := 0
-		for _, es := range res {
-			got += len(es)
+		res, err := redisx.ReadGroupAll(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, int64(per), 0)
+		got := entriesIn(res)
+		if err == nil && got == 0 {
+			for ; n > 1; n-- {
+				slots <- struct{}{}
+			}
+			res, err = redisx.ReadGroupAll(rd.For(ctx, c.cfg.Block), c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, 1, c.cfg.Block)
+			got = entriesIn(res)
 		}
 		for i := got; i < n; i++ {
 			slots <- struct{}{}
@@ -343,6 +352,14 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 			}
 		}
 	}
+}
+
+func entriesIn(res [][]redisx.Entry) int {
+	n := 0
+	for _, es := range res {
+		n += len(es)
+	}
+	return n
 }
 
 // readParts returns the partitions being read now.

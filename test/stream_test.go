@@ -471,3 +471,58 @@ func TestPublishAfter(t *testing.T) {
 		t.Fatalf("consumer promoted = %d, want 1", s.Promoted)
 	}
 }
+
+// TestRetryAfterOnTime: a retry comes at its due time, within max(50 ms,
+// 10%) of it, for delays of 0.5, 1, 2 and 5 s (requests) and 3 s (an event).
+// Before, a read blocked on every free handler slot held the retry until
+// the read returned: 2 s came at 4 s, 5 s at 6 s (issue 31, point 1).
+func TestRetryAfterOnTime(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	type times struct{ failed, again time.Time }
+	var mu sync.Mutex
+	seen := map[string]*times{}
+	delays := map[string]time.Duration{"r500ms": 500 * time.Millisecond, "r1s": time.Second, "r2s": 2 * time.Second, "r5s": 5 * time.Second, "e3s": 3 * time.Second}
+	done := make(chan string, len(delays))
+	runConsumer(t, c, consumer.Config{Topic: "ontime", ClaimIdle: 30 * time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		key := string(m.Payload)
+		mu.Lock()
+		defer mu.Unlock()
+		tm := seen[key]
+		if tm == nil {
+			seen[key] = &times{failed: time.Now()}
+			return nil, consumer.RetryAfter(errors.New("429"), delays[key])
+		}
+		tm.again = time.Now()
+		done <- key
+		return []byte("ok"), nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for key := range delays {
+		if key[0] == 'e' {
+			if _, err := p.Publish(ctx, "ontime", []byte(key)); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		go func() { _, _ = p.Request(ctx, "ontime", []byte(key)) }()
+	}
+	for range delays {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			t.Fatalf("not every retry came within 30 s: %v", seen)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for key, d := range delays {
+		late := seen[key].again.Sub(seen[key].failed) - d
+		t.Logf("%s: delivered again %v after its due time", key, late.Round(time.Millisecond))
+		if allowed := max(50*time.Millisecond, d/10); late > allowed || late < -10*time.Millisecond {
+			t.Errorf("%s: retry %v off its due time, want within %v", key, late, allowed)
+		}
+	}
+}
