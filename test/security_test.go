@@ -683,7 +683,6 @@ func TestFlightWaitersBoundedInTheWorker(t *testing.T) {
 	}
 }
 
-
 // requestAsync sends a request on its own goroutine; the channel gets its
 // reply, or its error's text.
 func requestAsync(ctx context.Context, p *producer.Producer, topic string, payload []byte) <-chan string {
