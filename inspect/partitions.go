@@ -10,7 +10,7 @@ import (
 	"github.com/egos/mycelium/internal/redisx"
 )
 
-// Partitions describes how a topic is partitioned (docs/partitions.md).
+// Partitions describes how a topic is partitioned (docs/cluster.md, "Partitions").
 type Partitions struct {
 	Topic string `json:"topic"`
 	// Count is the number of partitions producers write to (1 for a topic

@@ -109,7 +109,7 @@ type Config struct {
 	// failures. By default they do not: the bus delivered the answer.
 	RemoteErrorsTrip bool
 	// TimingSample makes one request in TimingSample log its stage timings
-	// at info level (see the README's "Timing logs"). Every request logs
+	// at info level (see the README's "Timings and metrics"). Every request logs
 	// them at debug level. Zero means DefaultTimingSample; negative turns
 	// sampling off.
 	TimingSample int

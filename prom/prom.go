@@ -44,7 +44,7 @@ type stageCollector struct {
 func newStageCollector(role, topic string, stages []metrics.Stage, snap func() *metrics.Snapshot) *stageCollector {
 	return &stageCollector{
 		desc: prometheus.NewDesc(Namespace+"_stage_duration_seconds",
-			"Time spent in each stage of the data path (see the README's Observability section).",
+			"Time spent in each stage of the data path (see the README's \"Timings and metrics\" section).",
 			[]string{"stage"}, prometheus.Labels{"role": role, "topic": topic}),
 		stages: stages, snap: snap,
 	}
