@@ -1,10 +1,14 @@
 package test
 
 import (
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -82,5 +86,45 @@ func TestDocReferencesExist(t *testing.T) {
 		if !strings.Contains(string(readme), "mycelium_"+m[1]) {
 			t.Errorf("gauge mycelium_%s is not in the README's metrics table", m[1])
 		}
+	}
+}
+
+// TestRigPortCheckBinds: the rigs' free-port check binds (issue 31, point
+// 3): a port held without listening, as an outgoing connection's is,
+// refuses connections and still cannot be bound; a connect test called it
+// free and a cluster node then failed to start ("40000 bind in use").
+func TestRigPortCheckBinds(t *testing.T) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			_ = syscall.Close(fd)
+		}
+	}()
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*syscall.SockaddrInet4).Port
+	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		_ = c.Close()
+		t.Fatalf("port %d bound without listening accepted a connection", port)
+	}
+	check := func(p int) bool {
+		return exec.Command("bash", "-c", fmt.Sprintf(". rig-lib.sh; port_free %d", p)).Run() == nil
+	}
+	if check(port) {
+		t.Fatalf("port_free %d = free, but it is bound", port)
+	}
+	_ = syscall.Close(fd)
+	closed = true
+	if !check(port) {
+		t.Fatalf("port_free %d = busy once released", port)
 	}
 }

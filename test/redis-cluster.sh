@@ -5,11 +5,13 @@
 #
 #   test/redis-cluster.sh start DIR [BASE]
 #       start six redis-server nodes on the first six free consecutive ports
-#       from BASE (default 30000; each also needs port+10000 for the cluster
-#       bus), form the cluster (redis-cli --cluster create --cluster-replicas
-#       1), wait until every node reports cluster_state:ok, and print the
-#       seed URL (also written to DIR/url). Node files, logs and pid files
-#       live in DIR.
+#       from BASE (default 20000; each also needs port+10000 for the cluster
+#       bus: keep BASE+10000 below 32768, where Linux's ephemeral ports
+#       begin, or an outgoing connection may hold a bus port), form the
+#       cluster (redis-cli --cluster create --cluster-replicas 1), wait until
+#       every node reports cluster_state:ok, and print the seed URL (also
+#       written to DIR/url). Node files, logs and pid files live in DIR. A
+#       start that fails stops the nodes it started.
 #   test/redis-cluster.sh stop DIR
 #       stop every node of DIR and remove DIR.
 #
@@ -26,8 +28,9 @@ cmd=$1 dir=$2
 
 case $cmd in
 start)
-  base=${3:-30000}
+  base=${3:-20000}
   mkdir -p "$dir"
+  trap 'status=$?; [ $status = 0 ] || stop_rig "$dir"; exit $status' EXIT # a failed start leaves nothing running
   first=$(free_block "$base" 6 10000)
   [ -n "$first" ] || { echo "redis-cluster.sh: no six free ports from $base" >&2; exit 1; }
   ports=()

@@ -28,6 +28,7 @@ case $cmd in
 start)
   base=${3:-32000}
   mkdir -p "$dir"
+  trap 'status=$?; [ $status = 0 ] || stop_rig "$dir"; exit $status' EXIT # a failed start leaves nothing running
   first=$(free_block "$base" 5)
   [ -n "$first" ] || { echo "redis-sentinel.sh: no five free ports from $base" >&2; exit 1; }
   m=$first r=$((first + 1))

@@ -17,7 +17,17 @@ free_block() {
   done
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# port_free P: P can be bound on loopback now. A connect test is not
+# enough: a port held by an outgoing connection (one of Linux's ephemeral
+# ports, 32768-60999) refuses connections and still cannot be bound.
+port_free() {
+  python3 -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)' "$1" 2>/dev/null
+}
 
 # stop_rig DIR: stop every process with a pid file in DIR (TERM, then KILL
 # after 5 s) and remove DIR.

@@ -30,7 +30,7 @@ type Cluster struct {
 // ends. A missing redis-server skips the test, or fails it under RequireEnv.
 func StartCluster(tb testing.TB) *Cluster {
 	tb.Helper()
-	dir, url, ports := startRig(tb, "redis-cluster.sh", 20000)
+	dir, url, ports := startRig(tb, "redis-cluster.sh", 20000, 270)
 	return &Cluster{URL: url, Dir: dir, Ports: ports, tb: tb}
 }
 

@@ -12,12 +12,12 @@ import (
 )
 
 // startRig runs test/<script> start DIR BASE (a redis-cluster.sh or
-// redis-sentinel.sh rig) with env added, on a random base port from lo
-// (another package's rig may take the ports between the script's check and
-// its bind: three tries), stops it when the test ends, and returns its
+// redis-sentinel.sh rig) with env added, on a random base port among lo,
+// lo+10 … lo+10*(spread-1) (another package's rig may take the ports
+// between the script's check and its bind: three tries), stops it when the test ends, and returns its
 // directory, its URL (the script's last line) and the ports it wrote. A
 // missing redis-server skips the test, or fails it under RequireEnv.
-func startRig(tb testing.TB, script string, lo int, env ...string) (dir, url string, ports []int) {
+func startRig(tb testing.TB, script string, lo, spread int, env ...string) (dir, url string, ports []int) {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv(RequireEnv) == "1" {
@@ -36,7 +36,7 @@ func startRig(tb testing.TB, script string, lo int, env ...string) (dir, url str
 		if err != nil {
 			tb.Fatal(err)
 		}
-		cmd := exec.Command(path, "start", dir, strconv.Itoa(lo+10*rand.IntN(900)))
+		cmd := exec.Command(path, "start", dir, strconv.Itoa(lo+10*rand.IntN(spread)))
 		cmd.Env = append(os.Environ(), env...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {

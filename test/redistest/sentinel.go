@@ -40,7 +40,7 @@ func StartSentinel(tb testing.TB) *Sentinel {
 // (the data nodes require none).
 func StartSentinelAuth(tb testing.TB, password string) *Sentinel {
 	tb.Helper()
-	dir, url, ports := startRig(tb, "redis-sentinel.sh", 10000, "SENTINEL_PASSWORD="+password)
+	dir, url, ports := startRig(tb, "redis-sentinel.sh", 10000, 900, "SENTINEL_PASSWORD="+password)
 	if len(ports) != 5 {
 		tb.Fatalf("redis-sentinel.sh wrote ports %v", ports)
 	}
