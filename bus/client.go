@@ -41,6 +41,13 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		rc.Close()
 		return nil, fmt.Errorf("bus: connect to %s: %w: Cluster is set but the server is not a Redis Cluster node (cluster_enabled:0)", cfg.Redacted(), ErrInvalidConfig)
 	}
+	if rc.Mode() == rueidis.ClientModeStandalone && opt.Sentinel.MasterSet == "" && redisx.ClusterEnabled(ctx, rc) {
+		// One host given, and it is a cluster node: a standalone client
+		// would send every other slot's command there and get MOVED.
+		rc.Close()
+		cfg.Cluster = true
+		return Connect(ctx, cfg)
+	}
 	return &Client{rc: rc, keys: Keys{Prefix: cfg.Prefix}, cfg: cfg, user: userOf(opt.Username)}, nil
 }
 

@@ -39,7 +39,8 @@ type Config struct {
 	URL string
 	// Cluster makes a URL of one host a Redis Cluster seed: the cluster
 	// client is built, and connecting fails if the server is not a cluster
-	// node. A URL of several hosts implies it.
+	// node. A URL of several hosts implies it; so does a single host that
+	// turns out to be a cluster node (Connect asks it: cluster_enabled).
 	Cluster bool
 	// MasterSet names the master set the URL's hosts, Redis Sentinels,
 	// watch: the client follows that master across failovers. Empty means

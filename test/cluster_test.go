@@ -57,6 +57,7 @@ func (h *clusterEcho) count(p string) int {
 // every node.
 func TestClusterPartitions(t *testing.T) {
 	cl := redistest.StartCluster(t)
+	t.Run("one node's URL", func(t *testing.T) { clusterNodeGivenAlone(t, cl) })
 	c := cl.Client(t)
 	if c.Mode() != "cluster" {
 		t.Fatalf("Mode() = %q; want cluster", c.Mode())
@@ -462,4 +463,33 @@ func TestSentinelPassword(t *testing.T) {
 		t.Errorf("wrong sentinel password: %v; want bus.ErrPermission", err)
 	}
 	t.Logf("wrong sentinel password: %v", err)
+}
+
+// clusterNodeGivenAlone: a URL of one cluster node, without Cluster,
+// connects as a cluster client (Connect asks the node), so commands for
+// other nodes' slots are routed instead of answered MOVED (issue 31, point
+// 4: bus-worker request printed a raw "MOVED 13233 ..."); bus-worker
+// request with that URL works too. Part of TestClusterPartitions (one
+// cluster started for both).
+func clusterNodeGivenAlone(t *testing.T, cl *redistest.Cluster) {
+	one := fmt.Sprintf("redis://127.0.0.1:%d", cl.Ports[0])
+	c := redistest.Connect(t, bus.Config{URL: one})
+	if c.Mode() != "cluster" {
+		t.Fatalf("a single cluster node's URL connected in %s mode, want cluster", c.Mode())
+	}
+	runConsumer(t, c, consumer.Config{Topic: "alone"}, echo)
+	for i := range 20 { // topics hash over every master
+		topic := fmt.Sprintf("alone-%d", i)
+		if i == 0 {
+			topic = "alone"
+		}
+		p := newProducer(t, c, producer.Config{})
+		if _, err := p.Publish(context.Background(), topic, []byte("x")); err != nil {
+			t.Fatalf("Publish to %s through one node's URL = %v", topic, err)
+		}
+	}
+	out, err := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", one, "--topic", "alone", "--data", "hi", "--timeout", "10s").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "hi\n") {
+		t.Fatalf("bus-worker request through one node's URL = %v\n%s", err, out)
+	}
 }

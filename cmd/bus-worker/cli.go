@@ -90,7 +90,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "bus-worker: "+cli.OneLine(err.Error()))
+	msg := err.Error()
+	if strings.Contains(msg, "MOVED ") {
+		// A cluster node reached as a single server (its user may not ask
+		// INFO, so Connect could not tell).
+		msg += " (the server is a Redis Cluster node: pass --cluster, or list several nodes in --redis)"
+	}
+	fmt.Fprintln(stderr, "bus-worker: "+cli.OneLine(msg))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage

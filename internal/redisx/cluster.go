@@ -109,3 +109,11 @@ func ShutdownNode(ctx context.Context, n rueidis.Client) error {
 	}
 	return err
 }
+
+// ClusterEnabled reports whether the server c reaches is a Redis Cluster
+// node (INFO cluster: cluster_enabled:1). Any failure (a user without
+// INFO, a server that does not know the section) reports false.
+func ClusterEnabled(ctx context.Context, c rueidis.Client) bool {
+	info, err := c.Do(ctx, c.B().Info().Section("cluster").Build()).ToString()
+	return err == nil && strings.Contains(info, "cluster_enabled:1")
+}
