@@ -823,7 +823,7 @@ func (c *Consumer) presenceLoop(ctx context.Context) {
 		switch {
 		case err == nil:
 			refused = false
-		case redisx.IsRedisReply(err) && !refused:
+		case redisx.IsRefused(err) && !refused:
 			refused = true
 			c.log.Warn().Err(err).Str("key", c.presence).Msg("Redis refuses this worker's announcements; producers may not see it while it is idle (logged once until it works again)")
 		}

@@ -228,7 +228,7 @@ func (c *Consumer) controlLoop(ctx context.Context, wake chan<- int64, ready cha
 			if ctx.Err() != nil {
 				return
 			}
-			if redisx.IsRedisReply(err) {
+			if redisx.IsRefused(err) {
 				if !refused {
 					refused = true
 					c.log.Warn().Err(err).Str("key", key).Msg("Redis refuses reading the control stream: cancellations and delayed-entry wake-ups do not reach this worker (logged once)")

@@ -182,9 +182,9 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 				if ctx.Err() != nil {
 					return
 				}
-				if redisx.IsRedisReply(r.Err) {
+				if redisx.IsRefused(r.Err) {
 					// Refused (an ACL without the delayed sets or their
-					// scripts): serve all the same, without delays.
+					// functions): serve all the same, without delays.
 					if !refused {
 						c.log.Warn().Err(r.Err).Str("stream", parts[i].key).Msg("Redis refuses the delayed-entries script: delayed events and retries are not delivered by this worker (logged once)")
 					}

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
@@ -525,4 +528,73 @@ func TestRetryAfterOnTime(t *testing.T) {
 			t.Errorf("%s: retry %v off its due time, want within %v", key, late, allowed)
 		}
 	}
+}
+
+// TestControlReadUnblockedIsNotARefusal: a blocked control-stream read
+// that Redis ends with an error reply it would not repeat (UNBLOCKED, as a
+// failover answers the clients of a demoted master) is retried, not
+// reported as Redis refusing the control stream (issue 31, point 5: after
+// CLUSTER FAILOVER a worker warned that cancellations did not reach it,
+// and they kept working).
+func TestControlReadUnblockedIsNotARefusal(t *testing.T) {
+	if redistest.Secure() {
+		t.Skip("uses CLIENT LIST and CLIENT UNBLOCK as the default user")
+	}
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	var logs redistest.SyncBuffer
+	started := make(chan struct{}, 1)
+	co, err := consumer.New(c, consumer.Config{Topic: "unblocked", Block: 5 * time.Second}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	}), consumer.WithLogger(zerolog.New(&logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitFor(t, 5*time.Second, "the consumer ready", func() bool { return co.Ready(ctx) == nil })
+	rc := c.Redis()
+	unblocked := 0
+	waitFor(t, 5*time.Second, "the control stream's blocked read unblocked", func() bool {
+		list, err := rc.Do(ctx, rc.B().ClientList().Build()).ToString()
+		if err != nil {
+			return false
+		}
+		for line := range strings.Lines(list) {
+			if !strings.Contains(line, " cmd=xread ") {
+				continue
+			}
+			id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+			n, err := rc.Do(ctx, rc.B().ClientUnblock().ClientId(mustInt(t, id)).Error().Build()).AsInt64()
+			if err == nil && n == 1 {
+				unblocked++
+			}
+		}
+		return unblocked > 0
+	})
+	p := newProducer(t, c, producer.Config{})
+	rctx, rcancel := context.WithCancel(ctx)
+	go func() { _, _ = p.Request(rctx, "unblocked", []byte("x")) }()
+	<-started
+	rcancel()
+	waitFor(t, 10*time.Second, "the cancel reaching the handler", func() bool { return co.Stats().Cancelled == 1 })
+	if strings.Contains(logs.String(), "refuses reading the control stream") {
+		t.Fatalf("an unblocked read was reported as a refusal:\n%s", logs.String())
+	}
+}
+
+func mustInt(t *testing.T, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatalf("%q: %v", s, err)
+	}
+	return n
 }

@@ -92,6 +92,23 @@ func transient(re *rueidis.RedisError) bool {
 	return strings.HasPrefix(msg, "BUSY ") || strings.HasPrefix(msg, "MASTERDOWN")
 }
 
+// IsRefused reports whether err is Redis refusing a command for what it is
+// (NOPERM, WRONGTYPE, an unknown command or script error): an error reply
+// that retrying will not change. A reply that says "not now" is not a
+// refusal: LOADING, BUSY, TRYAGAIN, MASTERDOWN, CLUSTERDOWN, and what a
+// failover answers a client of the node it demoted (MOVED, ASK, READONLY,
+// and UNBLOCKED for a blocked read the role change ended).
+func IsRefused(err error) bool {
+	re, ok := redisErr(err)
+	if !ok || transient(re) {
+		return false
+	}
+	_, moved := re.IsMoved()
+	_, ask := re.IsAsk()
+	msg := re.Error()
+	return !moved && !ask && !strings.HasPrefix(msg, "READONLY") && !strings.HasPrefix(msg, "UNBLOCKED")
+}
+
 // IsNil reports whether err is Redis's nil reply (for example XADD
 // NOMKSTREAM on a missing stream).
 func IsNil(err error) bool {
