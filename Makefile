@@ -79,8 +79,9 @@ soak: redis-server ## the soak: SOAK (default 30m) of requests, events and poiso
 soak-short: redis-server ## the 60-second soak make test runs last (out/soak-60s), without the race detector: it judges losses, dead letters and memory, and reports latency
 	MYCELIUM_SOAK=60s MYCELIUM_SOAK_OUT=$(CURDIR)/out/soak-60s $(TEST_ENV) $(GO) test -count=1 -timeout 6m -run '^TestSoak$$' ./test/soak/
 
-run: ## bus-worker serve --embedded: a worker on an in-memory Redis (no Redis needed)
-	$(GO) run ./cmd/bus-worker serve --embedded
+run: ## bus-worker serve --embedded: a worker on an in-memory Redis (no Redis needed); Ctrl-C stops it cleanly
+	@$(GO) build -o $(BIN)/bus-worker ./cmd/bus-worker
+	@trap 'exit 0' INT TERM; $(BIN)/bus-worker serve --embedded & wait $$!; wait $$! 2>/dev/null; exit 0
 
 bench: bench-go bench-breaker bench-bus bench-suite ## all benchmarks: go test -bench, breaker vs gobreaker, bus-bench ratios, the seed suite with its report
 

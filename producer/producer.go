@@ -327,8 +327,10 @@ func (p *Producer) checkPayload(n int) error {
 // Publish appends one event to topic and returns its stream entry id once
 // Redis accepted it (and, with Config.WaitReplicas, its replicas: when they
 // did not in time, the id comes with an error wrapping
-// bus.ErrNotReplicated). It blocks for one round trip (shared with concurrent
-// callers), bounded by ctx. Safe for concurrent use.
+// bus.ErrNotReplicated). With After or At the id is the delayed entry's
+// ("d" and a producer-unique suffix), not a stream entry id: the event gets
+// its stream id when it is due. It blocks for one round trip (shared with
+// concurrent callers), bounded by ctx. Safe for concurrent use.
 func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, opts ...CallOption) (string, error) {
 	if p.closed.Load() {
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)

@@ -17,7 +17,7 @@ func aclCmd(_ context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("acl", flag.ContinueOnError)
 	role := fs.String("role", "", "producer | worker | operator")
 	prefix := fs.String("prefix", bus.DefaultPrefix, "key prefix")
-	user := fs.String("user", "", "user name (default myc-<role>); a producer's reply streams are named after it")
+	user := fs.String("user", "", "user name (default <prefix>-<role>); a producer's reply streams are named after it")
 	topics := fs.String("topics", "", "comma-separated topics a producer or worker may use (default: every topic)")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
@@ -27,7 +27,7 @@ func aclCmd(_ context.Context, args []string, stdout io.Writer) error {
 	}
 	name := *user
 	if name == "" {
-		name = "myc-" + *role
+		name = *prefix + "-" + *role
 	}
 	if strings.ContainsAny(name, " \t\n\"'") || name == "" {
 		return usagef("acl: --user %q: no spaces or quotes", name)
