@@ -68,7 +68,11 @@ type Group struct {
 type Consumer struct {
 	Name    string
 	Pending int64         // entries it holds
-	Idle    time.Duration // since its last read or claim
+	Idle    time.Duration // since its last read or claim (Redis before 7.2: since its last read that returned entries)
+	// LastBeat is how long ago it last announced itself in the topic's
+	// presence set (a live worker does every few seconds, idle or not);
+	// -1 when it is not there (gone, or a worker that does not announce).
+	LastBeat time.Duration
 }
 
 // ReplyStream is one producer's reply stream.
@@ -103,21 +107,42 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 		return Topic{}, err
 	}
 	names := ps.names()
+	var t Topic
 	if len(names) == 1 {
-		t, err := i.partTopic(ctx, name, name)
+		t, err = i.partTopic(ctx, name, name)
 		t.Partitions = 1
-		return t, err
-	}
-	t := Topic{Name: name, Partitions: ps.Count, Draining: ps.Draining}
-	for _, pn := range names {
-		pt, err := i.partTopic(ctx, name, pn)
 		if err != nil {
 			return t, err
 		}
-		t.Parts = append(t.Parts, pt)
+	} else {
+		t = Topic{Name: name, Partitions: ps.Count, Draining: ps.Draining}
+		for _, pn := range names {
+			pt, err := i.partTopic(ctx, name, pn)
+			if err != nil {
+				return t, err
+			}
+			t.Parts = append(t.Parts, pt)
+		}
+		t.add(time.Now())
 	}
-	t.add(time.Now())
+	i.beats(ctx, &t)
 	return t, nil
+}
+
+// beats fills in when each consumer of t last announced itself. A presence
+// set it may not read (a user without ZRANGE) leaves them unknown (-1).
+func (i *Inspector) beats(ctx context.Context, t *Topic) {
+	seen, _ := redisx.Beats(ctx, i.c.Redis(), i.keys.Workers(t.Name))
+	now := time.Now()
+	for g := range t.Groups {
+		for k := range t.Groups[g].Consumers {
+			c := &t.Groups[g].Consumers[k]
+			c.LastBeat = -1
+			if at, ok := seen[t.Groups[g].Name+" "+c.Name]; ok {
+				c.LastBeat = max(now.Sub(at), 0)
+			}
+		}
+	}
 }
 
 // add sums t.Parts into t.

@@ -41,6 +41,15 @@ func TestBusWorkerStats(t *testing.T) {
 	if err := c.Redis().Do(ctx, c.Redis().B().Xadd().Key(bus.Keys{}.DeadLetter("jobs")).Id("*").FieldValue().FieldValue("reason", "malformed").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
+	// w1 announced itself 3 s ago (a live worker beats every few seconds
+	// however idle: IDLE alone made a live idle worker look dead); w2 is
+	// in the group and never announced itself.
+	if err := redisx.Beat(ctx, c.Redis(), bus.Keys{}.Workers("jobs"), "g1 w1", time.Now().Add(-3*time.Second), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Redis().Do(ctx, c.Redis().B().XgroupCreateconsumer().Key(key).Group("g1").Consumer("w2").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
 	// A request creates the producer's reply stream; nobody answers it.
 	rctx, rcancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	_, _ = p.Request(rctx, "other", []byte("?"), producer.WaitForResponders())
@@ -62,9 +71,10 @@ func TestBusWorkerStats(t *testing.T) {
 				OldestPendingAge float64 `json:"oldest_pending_age_seconds"`
 				Lag              int64   `json:"lag"`
 				Consumers        []struct {
-					Name    string  `json:"name"`
-					Idle    float64 `json:"idle_seconds"`
-					Pending int64   `json:"pending"`
+					Name     string  `json:"name"`
+					Idle     float64 `json:"idle_seconds"`
+					Pending  int64   `json:"pending"`
+					LastBeat float64 `json:"last_beat_seconds"`
 				} `json:"consumers"`
 			} `json:"groups"`
 		} `json:"topics"`
@@ -82,15 +92,18 @@ func TestBusWorkerStats(t *testing.T) {
 	}
 	g := j.Groups[0]
 	if g.Group != "g1" || g.Pending != 3 || g.Lag != 2 || g.OldestPendingAge <= 0 ||
-		len(g.Consumers) != 1 || g.Consumers[0].Name != "w1" || g.Consumers[0].Pending != 3 {
+		len(g.Consumers) != 2 || g.Consumers[0].Name != "w1" || g.Consumers[0].Pending != 3 {
 		t.Fatalf("group = %+v", g)
+	}
+	if w1, w2 := g.Consumers[0].LastBeat, g.Consumers[1].LastBeat; w1 < 2.5 || w1 > 30 || w2 != -1 {
+		t.Fatalf("last beats: w1 %v s ago (want about 3), w2 %v (want -1: never)", w1, w2)
 	}
 
 	table, err := exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "stats", "--redis", srv.URL).Output()
 	if err != nil {
 		t.Fatalf("stats: %v", err)
 	}
-	for _, want := range []string{"TOPIC", "OLDEST PENDING", "jobs", "g1", "w1", "reply streams: 1"} {
+	for _, want := range []string{"TOPIC", "OLDEST PENDING", "DELAYED", "LAG (UNREAD)", "LAST BEAT", "s ago", "none (gone?)", "jobs", "g1", "w1", "reply streams: 1"} {
 		if !strings.Contains(string(table), want) {
 			t.Fatalf("stats table lacks %q:\n%s", want, table)
 		}

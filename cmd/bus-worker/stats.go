@@ -44,6 +44,9 @@ type consumerStats struct {
 	Name    string  `json:"name"`
 	IdleS   float64 `json:"idle_seconds"`
 	Pending int64   `json:"pending"`
+	// LastBeatS: seconds since it last announced itself (a live worker
+	// does every few seconds, idle or not); -1: not in the presence set.
+	LastBeatS float64 `json:"last_beat_seconds"`
 }
 
 type busStats struct {
@@ -118,7 +121,11 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 			gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: g.OldestPendingAge.Seconds(), Lag: g.Lag,
 				Consumers: make([]consumerStats, 0, len(g.Consumers))}
 			for _, ci := range g.Consumers {
-				gs.Consumers = append(gs.Consumers, consumerStats{Name: ci.Name, IdleS: ci.Idle.Seconds(), Pending: ci.Pending})
+				beat := -1.0
+				if ci.LastBeat >= 0 {
+					beat = ci.LastBeat.Seconds()
+				}
+				gs.Consumers = append(gs.Consumers, consumerStats{Name: ci.Name, IdleS: ci.Idle.Seconds(), Pending: ci.Pending, LastBeatS: beat})
 			}
 			ts.Groups = append(ts.Groups, gs)
 		}
@@ -130,13 +137,13 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 func printStats(w io.Writer, s *busStats) {
 	w = cli.PrintableWriter(w) // group and consumer names come from Redis
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "TOPIC\tLENGTH\tOLDEST\tNEWEST\tDLQ\tGROUP\tCONSUMERS\tPENDING\tOLDEST PENDING\tLAG\n")
+	fmt.Fprintf(tw, "TOPIC\tLENGTH\tOLDEST\tNEWEST\tDLQ\tDELAYED\tGROUP\tCONSUMERS\tPENDING\tOLDEST PENDING\tLAG (UNREAD)\n")
 	for _, t := range s.Topics {
 		if t.Error != "" {
 			fmt.Fprintf(tw, "%s\tunreadable: %s\n", t.Topic, t.Error)
 			continue
 		}
-		row := fmt.Sprintf("%s\t%d\t%s\t%s\t%d", t.Topic, t.Length, dur(t.FirstEntryAgeS, t.Length), dur(t.LastEntryAgeS, t.Length), t.DeadLetters)
+		row := fmt.Sprintf("%s\t%d\t%s\t%s\t%d\t%d", t.Topic, t.Length, dur(t.FirstEntryAgeS, t.Length), dur(t.LastEntryAgeS, t.Length), t.DeadLetters, t.Delayed)
 		if len(t.Groups) == 0 {
 			fmt.Fprintf(tw, "%s\t-\t0\t0\t-\t-\n", row)
 		}
@@ -146,10 +153,11 @@ func printStats(w io.Writer, s *busStats) {
 				lag = fmt.Sprint(g.Lag)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", row, g.Group, len(g.Consumers), g.Pending, dur(g.OldestPendingAgeS, g.Pending), lag)
-			row = "\t\t\t\t"
+			row = "\t\t\t\t\t"
 		}
 	}
 	_ = tw.Flush()
+	fmt.Fprintln(w, "(DELAYED: events not yet due and entries waiting for a retry; LAG (UNREAD): entries not yet delivered to the group, ? when Redis cannot tell)")
 	for _, t := range s.Topics {
 		for _, g := range t.Groups {
 			if len(g.Consumers) == 0 {
@@ -157,9 +165,13 @@ func printStats(w io.Writer, s *busStats) {
 			}
 			fmt.Fprintf(w, "\n%s / %s consumers:\n", t.Topic, g.Group)
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintf(tw, "  NAME\tIDLE\tPENDING\n")
+			fmt.Fprintf(tw, "  NAME\tLAST BEAT\tIDLE\tPENDING\n")
 			for _, c := range g.Consumers {
-				fmt.Fprintf(tw, "  %s\t%s\t%d\n", c.Name, dur(c.IdleS, 1), c.Pending)
+				beat := "none (gone?)"
+				if c.LastBeatS >= 0 {
+					beat = dur(c.LastBeatS, 1) + " ago"
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\n", c.Name, beat, dur(c.IdleS, 1), c.Pending)
 			}
 			_ = tw.Flush()
 		}

@@ -52,7 +52,7 @@ var workerCommands = []string{
 // stats and flushes, deleting a topic) and the bus's functions (loaded,
 // listed, old releases' deleted).
 var operatorCommands = []string{
-	"scan", "xlen", "xrange", "xrevrange", "xinfo|groups", "xinfo|consumers", "xpending", "pttl", "info",
+	"scan", "xlen", "xrange", "xrevrange", "xinfo|groups", "xinfo|consumers", "xpending", "pttl", "info", "zrange",
 	"fcall", "xadd", "xdel", "del", "hmget", "hincrby", "multi", "exec", "strlen", "zcount", "zcard",
 	// partitions: set by function (HGET, HSET, TIME), forgotten with a
 	// topic (HDEL)

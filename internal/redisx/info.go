@@ -299,6 +299,20 @@ func Responders(ctx context.Context, c rueidis.Client, stream, presence string, 
 	return false, nil
 }
 
+// Beats reads a topic's presence set: when each member last announced
+// itself (see Beat), by member ("<group> <consumer>").
+func Beats(ctx context.Context, c rueidis.Client, presence string) (map[string]time.Time, error) {
+	vals, err := c.Do(ctx, c.B().Zrange().Key(presence).Min("0").Max("-1").Withscores().Build()).AsZScores()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]time.Time, len(vals))
+	for _, v := range vals {
+		out[v.Member] = time.UnixMilli(int64(v.Score))
+	}
+	return out, nil
+}
+
 // Beat records in the presence set that member serves the topic, at now,
 // and drops members silent for longer than prune (dead workers), in one
 // round trip.
