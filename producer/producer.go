@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -715,6 +716,14 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	var gaveUp error
 	select {
 	case r := <-w.ch:
+		if r.err != nil && !r.writeErr && (ctx.Err() != nil || !time.Now().Before(deadline)) {
+			// The deadline passed as a remote error arrived (often the
+			// handler's own "context deadline exceeded": its ctx carries
+			// the same deadline). The caller gave up: a timeout, whichever
+			// of the two select saw first.
+			putWaiter(w)
+			return nil, p.ctxErr(cmp.Or(ctx.Err(), context.DeadlineExceeded), "waiting for the reply")
+		}
 		return p.received(w, &r, tm)
 	case <-ctx.Done():
 		gaveUp = ctx.Err()
