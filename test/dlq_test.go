@@ -56,23 +56,35 @@ func TestDeadLetterTooling(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dlq list --json: %v\n%s", err, out)
 	}
-	var letters []inspect.DeadLetter
+	// The envelope in the wire format's names, its payload as text
+	// (issue 31, point 11: Go field names and base64 before).
+	type letter struct {
+		inspect.DeadLetter
+		Envelope *struct {
+			Kind    string `json:"kind"`
+			Payload string `json:"payload"`
+		} `json:"envelope"`
+	}
+	if strings.Contains(out, `"Payload"`) || strings.Contains(out, `"ReplyTo"`) {
+		t.Fatalf("dlq list --json shows Go field names:\n%s", out)
+	}
+	var letters []letter
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var d inspect.DeadLetter
+		var d letter
 		if err := json.Unmarshal([]byte(line), &d); err != nil {
 			t.Fatalf("dlq list --json line %q: %v", line, err)
 		}
 		letters = append(letters, d)
 	}
 	// Dead letters are in completion order, not publish order: index them.
-	byPayload := map[string]inspect.DeadLetter{}
-	var malformed inspect.DeadLetter
+	byPayload := map[string]letter{}
+	var malformed letter
 	for _, d := range letters {
 		if d.Envelope == nil {
 			malformed = d
 			continue
 		}
-		byPayload[string(d.Envelope.Payload)] = d
+		byPayload[d.Envelope.Payload] = d
 	}
 	job1 := byPayload["job-1"]
 	if len(letters) != 4 || len(byPayload) != 3 || job1.Reason != "handler_error" || !strings.Contains(job1.Error, "bad input job-1") ||

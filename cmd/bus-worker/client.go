@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,6 +36,7 @@ type clientFlags struct {
 	partKey string // --partition-key
 
 	stream bool          // request --stream
+	lines  bool          // request --stream --lines: each chunk on a line of its own
 	after  time.Duration // publish --after
 }
 
@@ -185,7 +187,8 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.DurationVar(&f.maxAge, "max-age", 0, "with --cache: accept a stored answer only this young")
 		fs.BoolVar(&f.noCache, "no-cache", false, "with --cache: ask a worker even if an answer is stored (and store the new one)")
 		fs.BoolVar(&f.noStore, "no-store", false, "with --cache: do not store this answer")
-		fs.BoolVar(&f.stream, "stream", false, `read the reply as a stream: print each chunk as it arrives (with --json: one line per chunk, then one for the end or the error)`)
+		fs.BoolVar(&f.stream, "stream", false, `read the reply as a stream: print each chunk as it arrives, text as it is (tokens join up) and a chunk that is a JSON object or array on a line of its own (with --json: one line per chunk, then one for the end or the error)`)
+		fs.BoolVar(&f.lines, "lines", false, "with --stream: print every chunk on a line of its own")
 	})
 	if err != nil {
 		return err
@@ -277,6 +280,34 @@ type jsonChunk struct {
 	Error        *jsonError `json:"error,omitempty"`
 }
 
+// writeChunk prints one chunk of request --stream in text: as it is (a
+// model's tokens join up into its text), except that a chunk that is a
+// whole JSON object or array (an event of an SSE or NDJSON backend), or
+// every chunk with lines, goes on a line of its own. midLine tracks whether
+// the output stands after a chunk that did not end its line.
+func writeChunk(w io.Writer, chunk []byte, lines bool, midLine *bool) error {
+	t := bytes.TrimSpace(chunk)
+	own := lines || len(t) > 0 && (t[0] == '{' || t[0] == '[') && json.Valid(t)
+	if own {
+		chunk = t
+		if *midLine {
+			if _, err := io.WriteString(w, "\n"); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := w.Write(chunk); err != nil {
+		return err
+	}
+	*midLine = true
+	if own {
+		_, err := io.WriteString(w, "\n")
+		*midLine = false
+		return err
+	}
+	return nil
+}
+
 // requestStream is request --stream: each chunk printed as it arrives.
 // SIGINT cancels ctx, which cancels the handler.
 func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, opts []producer.CallOption, stdout, stderr io.Writer) error {
@@ -299,9 +330,10 @@ func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, op
 		out = cli.PrintableWriter(stdout)
 	}
 	n := 0
+	midLine := false // the last chunk printed did not end a line
 	for chunk, err := range s.All() {
 		if err != nil {
-			if !f.json {
+			if !f.json && midLine {
 				fmt.Fprintln(out)
 			}
 			return fail(err)
@@ -317,7 +349,7 @@ func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, op
 			if err := enc.Encode(line); err != nil {
 				return err
 			}
-		} else if _, err := out.Write(chunk); err != nil {
+		} else if err := writeChunk(out, chunk, f.lines, &midLine); err != nil {
 			return err
 		}
 		n++
@@ -326,7 +358,9 @@ func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, op
 	if f.json {
 		return enc.Encode(jsonChunk{End: true, Chunks: n, AtUS: lat.Microseconds(), FirstChunkUS: s.FirstChunk().Microseconds()})
 	}
-	fmt.Fprintln(out)
+	if midLine {
+		fmt.Fprintln(out)
+	}
 	fmt.Fprintf(stderr, "%d chunks, first after %v, all after %v\n", n, s.FirstChunk().Round(time.Microsecond), lat.Round(time.Microsecond))
 	return nil
 }

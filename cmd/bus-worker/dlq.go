@@ -9,8 +9,10 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/inspect"
 )
@@ -80,7 +82,7 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			for i := range letters {
-				if err := enc.Encode(&letters[i]); err != nil {
+				if err := enc.Encode(dlqLine(&letters[i])); err != nil {
 					return err
 				}
 			}
@@ -103,6 +105,49 @@ func dlq(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "deleted %d dead letter(s) of %q\n", n, *topic)
 		return nil
 	}
+}
+
+// dlqJSON is one line of dlq list --json: the dead letter, its envelope in
+// the wire format's snake_case names (docs/wire.md), the payload as text
+// when it is UTF-8, else base64 in payload_b64.
+type dlqJSON struct {
+	inspect.DeadLetter
+	Envelope *envelopeJSON `json:"envelope,omitempty"`
+}
+
+type envelopeJSON struct {
+	Kind         string            `json:"kind"`
+	ID           string            `json:"id,omitempty"`
+	ReplyTo      string            `json:"reply_to,omitempty"`
+	Deadline     *time.Time        `json:"deadline,omitempty"`
+	Sent         time.Time         `json:"sent"`
+	Attempt      uint32            `json:"attempt,omitempty"`
+	Headers      map[string]string `json:"headers,omitempty"`
+	Payload      *string           `json:"payload,omitempty"`
+	PayloadB64   []byte            `json:"payload_b64,omitempty"`
+	CacheKey     string            `json:"cache_key,omitempty"`
+	RequestEntry string            `json:"request_entry,omitempty"`
+	Stream       bool              `json:"stream,omitempty"`
+}
+
+func dlqLine(d *inspect.DeadLetter) dlqJSON {
+	out := dlqJSON{DeadLetter: *d}
+	if e := d.Envelope; e != nil {
+		j := &envelopeJSON{Kind: e.Kind.String(), ID: e.ID, ReplyTo: e.ReplyTo, Sent: time.Unix(0, e.Sent).UTC(), Attempt: e.Attempt,
+			Headers: e.Headers, CacheKey: e.CacheKey, RequestEntry: e.RequestEntry, Stream: e.Flags&codec.FlagStream != 0}
+		if e.Deadline != 0 {
+			dl := time.Unix(0, e.Deadline).UTC()
+			j.Deadline = &dl
+		}
+		if utf8.Valid(e.Payload) {
+			text := string(e.Payload)
+			j.Payload = &text
+		} else {
+			j.PayloadB64 = e.Payload
+		}
+		out.Envelope = j
+	}
+	return out
 }
 
 // printDeadLetters prints letters as a table, with a TOPIC column when they

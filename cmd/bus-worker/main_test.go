@@ -94,3 +94,31 @@ func TestDescribe(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteChunk: request --stream in text joins tokens and puts each JSON
+// chunk (an SSE or NDJSON backend's events) on a line of its own (issue 31,
+// point 11: JSON chunks printed back to back).
+func TestWriteChunk(t *testing.T) {
+	for _, tt := range []struct {
+		chunks []string
+		lines  bool
+		want   string
+	}{
+		{[]string{"Hel", "lo", " world"}, false, "Hello world"},
+		{[]string{`{"token":"a"}`, `{"token":"b"}`}, false, "{\"token\":\"a\"}\n{\"token\":\"b\"}\n"},
+		{[]string{"thinking ", `{"tool":"x"}`, "done"}, false, "thinking \n{\"tool\":\"x\"}\ndone"},
+		{[]string{"a", "b"}, true, "a\nb\n"},
+		{[]string{"{not json"}, false, "{not json"},
+	} {
+		var b bytes.Buffer
+		mid := false
+		for _, c := range tt.chunks {
+			if err := writeChunk(&b, []byte(c), tt.lines, &mid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if b.String() != tt.want {
+			t.Errorf("chunks %q (lines %v) printed %q, want %q", tt.chunks, tt.lines, b.String(), tt.want)
+		}
+	}
+}
