@@ -12,8 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/cmd/internal/cli"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/inspect"
 )
 
