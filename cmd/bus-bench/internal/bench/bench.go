@@ -154,23 +154,23 @@ func PrintResult(w io.Writer, res *Result) {
 		fmt.Fprintf(w, "  bus overhead (end to end minus handler): p50 %v p99 %v\n", us(res.OverheadP50US), us(res.OverheadP99US))
 	}
 	if res.ClientCPUUS > 0 || res.RedisCPUUS > 0 {
-		fmt.Fprintf(w, "  cpu per request: this process %.1f us, redis-server %.1f us\n", res.ClientCPUUS, res.RedisCPUUS)
+		fmt.Fprintf(w, "  cpu per request: this process %.1f µs, redis-server %.1f µs\n", res.ClientCPUUS, res.RedisCPUUS)
 	}
 	if c := res.Cache; c != nil {
 		fmt.Fprintf(w, "  cache (enabled %v): %d handler calls for %d distinct payloads asked; local %d (%.1f%%), shared %d (%.1f%%), coalesced %d+%d, misses %d\n",
 			c.Enabled, c.HandlerCalls, c.DistinctRequested, c.HitsLocal, 100*c.HitRatioLocal, c.HitsShared, 100*c.HitRatioShared,
 			c.CoalescedLocal, c.CoalescedRemote, c.Misses)
-		fmt.Fprintf(w, "  latency by source: local hit p50 %.1f us p99 %.1f us; shared hit p50 %.1f us p99 %.1f us; miss p50 %.1f us p99 %.1f us\n",
+		fmt.Fprintf(w, "  latency by source: local hit p50 %.1f µs p99 %.1f µs; shared hit p50 %.1f µs p99 %.1f µs; miss p50 %.1f µs p99 %.1f µs\n",
 			c.LocalHitP50US, c.LocalHitP99US, c.SharedHitP50US, c.SharedHitP99US, c.MissP50US, c.MissP99US)
 	}
 	if st := res.Stream; st != nil {
-		fmt.Fprintf(w, "  stream (%d streams of %d chunks, one every %.1f ms): first chunk p50 %.0f us p99 %.0f us; full reply p50 %.0f us p99 %.0f us\n",
+		fmt.Fprintf(w, "  stream (%d streams of %d chunks, one every %.1f ms): first chunk p50 %.0f µs p99 %.0f µs; full reply p50 %.0f µs p99 %.0f µs\n",
 			st.Streams, st.Chunks, st.IntervalMS, st.FirstChunkP50US, st.FirstChunkP99US, st.FullReplyP50US, st.FullReplyP99US)
-		fmt.Fprintf(w, "  between chunks p50 %.0f us p99 %.0f us; bus overhead per chunk (Send to Recv) p50 %.0f us p99 %.0f us\n",
+		fmt.Fprintf(w, "  between chunks p50 %.0f µs p99 %.0f µs; bus overhead per chunk (Send to Recv) p50 %.0f µs p99 %.0f µs\n",
 			st.InterChunkP50US, st.InterChunkP99US, st.OverheadP50US, st.OverheadP99US)
 	}
 	if c := res.Cancel; c != nil {
-		fmt.Fprintf(w, "  cancel to the handler's ctx.Done (%d cancels, %d missed): p50 %.0f us p99 %.0f us max %.0f us (pick-up p50 %.0f us)\n",
+		fmt.Fprintf(w, "  cancel to the handler's ctx.Done (%d cancels, %d missed): p50 %.0f µs p99 %.0f µs max %.0f µs (pick-up p50 %.0f µs)\n",
 			c.Cancels, c.Missed, c.P50US, c.P99US, c.MaxUS, c.PickupUS)
 	}
 	if b := res.Batches; b != nil {
@@ -178,7 +178,7 @@ func PrintResult(w io.Writer, res *Result) {
 			b.PerWrite, b.PerReplyRead, b.PerRead, b.PerAckWrite)
 	}
 	for _, s := range res.Stages {
-		fmt.Fprintf(w, "  %-14s mean %9.1f us  p50 %9.1f us  p99 %9.1f us  (%d)\n", s.Stage, s.MeanUS, s.P50US, s.P99US, s.Count)
+		fmt.Fprintf(w, "  %-14s mean %9.1f µs  p50 %9.1f µs  p99 %9.1f µs  (%d)\n", s.Stage, s.MeanUS, s.P50US, s.P99US, s.Count)
 	}
 }
 

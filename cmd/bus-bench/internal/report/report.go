@@ -12,6 +12,8 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -270,6 +272,25 @@ func noData(id, title string) chart {
 	return chart{ID: id, Title: title, Caption: "No runs of this kind in these results (was the suite interrupted?)."}
 }
 
+// thousands prints v with a thin space between groups of three digits
+// (12 345 678): big counts read at a glance.
+func thousands(v int64) string {
+	s := strconv.FormatInt(v, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteString("\u2009")
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
 // USLabel prints microseconds as µs or ms (for verdicts).
 func USLabel(us float64) string { return usLabel(us) }
 
@@ -422,8 +443,19 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 }
 
 var reportTemplate = template.Must(template.Must(template.New("report").Funcs(template.FuncMap{
-	"ms":   func(us int64) string { return fmt.Sprintf("%.3f", float64(us)/1000) },
-	"f0":   func(v float64) string { return fmt.Sprintf("%.0f", v) },
+	"ms": func(us int64) string { return fmt.Sprintf("%.3f", float64(us)/1000) },
+	"f0": func(v float64) string { return thousands(int64(v + 0.5)) },
+	"n": func(v any) string {
+		switch x := v.(type) {
+		case int:
+			return thousands(int64(x))
+		case int64:
+			return thousands(x)
+		case uint64:
+			return thousands(int64(x))
+		}
+		return fmt.Sprint(v)
+	},
 	"f1":   func(v float64) string { return fmt.Sprintf("%.1f", v) },
 	"when": func(t time.Time) string { return t.Format(time.RFC3339) },
 }).Parse(svgchart.Partials)).Parse(`<!DOCTYPE html>
@@ -436,6 +468,9 @@ var reportTemplate = template.Must(template.Must(template.New("report").Funcs(te
 {{.CSS}}
 tr.pubsub-baseline td { color: #8a1c1c; }
 .quick { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6rem 0.8rem; max-width: 60rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.scroll table { font-size: 0.85rem; }
+details summary { cursor: pointer; font-weight: 600; margin: 1rem 0 0.5rem; }
 </style>
 </head>
 <body>
@@ -462,15 +497,17 @@ in-process workers. Latency is measured by the caller from send to verified repl
 {{template "verdicts" .Verdicts}}
 {{template "figures" .Charts}}
 <h2>Results</h2>
-<table>
+<div class="scroll"><table>
 <tr><th>case</th><th>system</th><th>partitions</th><th>concurrency</th><th>payload B</th><th>requests</th><th>errors</th><th>req/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>overhead p99 ms</th><th>client CPU µs/req</th><th>Redis CPU µs/req</th><th>entries per write / read</th></tr>
-{{range .Results}}<tr class="{{.System}}"><td>{{.Case}}</td><td class="l">{{.System}}{{with .RedisMode}} ({{.}}){{end}}</td><td>{{if .Partitions}}{{.Partitions}}{{end}}</td><td>{{.Concurrency}}</td><td>{{.Payload}}</td><td>{{.Requests}}</td><td>{{.Errors}}</td><td>{{f0 .ThroughputRPS}}</td><td>{{ms .P50US}}</td><td>{{ms .P90US}}</td><td>{{ms .P99US}}</td><td>{{ms .MaxUS}}</td><td>{{if .OverheadP99US}}{{ms .OverheadP99US}}{{end}}</td><td>{{if .ClientCPUUS}}{{f1 .ClientCPUUS}}{{end}}</td><td>{{if .RedisCPUUS}}{{f1 .RedisCPUUS}}{{end}}</td><td>{{with .Batches}}{{f1 .PerWrite}} / {{f1 .PerRead}}{{end}}</td></tr>
-{{end}}</table>
-<h2>Stages (mycelium, microseconds)</h2>
-<table>
-<tr><th>case</th><th>stage</th><th>count</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th></tr>
-{{range .Stages}}{{$c := .Case}}{{range .Stages}}<tr><td>{{$c}}</td><td class="l">{{.Stage}}</td><td>{{.Count}}</td><td>{{f1 .MeanUS}}</td><td>{{f1 .P50US}}</td><td>{{f1 .P90US}}</td><td>{{f1 .P99US}}</td></tr>
-{{end}}{{end}}</table>
+{{range .Results}}<tr class="{{.System}}"><td>{{.Case}}</td><td class="l">{{.System}}{{with .RedisMode}} ({{.}}){{end}}</td><td>{{if .Partitions}}{{.Partitions}}{{end}}</td><td>{{n .Concurrency}}</td><td>{{n .Payload}}</td><td>{{n .Requests}}</td><td>{{n .Errors}}</td><td>{{f0 .ThroughputRPS}}</td><td>{{ms .P50US}}</td><td>{{ms .P90US}}</td><td>{{ms .P99US}}</td><td>{{ms .MaxUS}}</td><td>{{if .OverheadP99US}}{{ms .OverheadP99US}}{{end}}</td><td>{{if .ClientCPUUS}}{{f1 .ClientCPUUS}}{{end}}</td><td>{{if .RedisCPUUS}}{{f1 .RedisCPUUS}}{{end}}</td><td>{{with .Batches}}{{f1 .PerWrite}} / {{f1 .PerRead}}{{end}}</td></tr>
+{{end}}</table></div>
+<details>
+<summary>Stages of every mycelium case, in µs (the breakdown chart above draws their means)</summary>
+<div class="scroll"><table>
+<tr><th>case</th><th>stage</th><th>count</th><th>mean µs</th><th>p50 µs</th><th>p90 µs</th><th>p99 µs</th></tr>
+{{range .Stages}}{{$c := .Case}}{{range .Stages}}<tr><td>{{$c}}</td><td class="l">{{.Stage}}</td><td>{{n .Count}}</td><td>{{f1 .MeanUS}}</td><td>{{f1 .P50US}}</td><td>{{f1 .P90US}}</td><td>{{f1 .P99US}}</td></tr>
+{{end}}{{end}}</table></div>
+</details>
 {{if .Failovers}}<h2>Failovers</h2>
 <p>The master of the topic's partition 0 failed over under load: <em>manual</em> is a coordinated CLUSTER FAILOVER
 (the master pauses writes until its replica caught up), <em>shutdown</em> a crash (SHUTDOWN NOSAVE NOW: the replica is

@@ -86,10 +86,17 @@ func TestWriteReportSynthetic(t *testing.T) {
 		"payload-1MiB (n=10)", "drawn as their points", // a handful of samples says so
 		"each point a 0.5 s run",                       // the sweep's duration as run, not as planned for a full suite
 		`@font-face { font-family: "Liberation Serif"`, // the charts' font travels with the page
+		// Readable in a 1,400 px window (issue 31, point 12): the wide table
+		// scrolls in its box, the per-stage table is folded, big numbers
+		// have separators, the cache chart is a ratio, µs everywhere.
+		`<div class="scroll"><table>`, "<details>", "256\u2009000", "handler calls per 1,000 requests",
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+	if strings.Contains(page, " us ") || strings.Contains(page, " us)") {
+		t.Error("report mixes \"us\" with µs")
 	}
 	if strings.Contains(page, "single (n=") || strings.Contains(page, "each point a 2 s") {
 		t.Error("report marks a 40-sample case as small, or claims 2 s sweep points")

@@ -365,7 +365,8 @@ func Judge(runs []report.Run) []report.Verdict {
 	ratio("sweep-256", ratioAt256)
 	if s := by["single"]; s[bench.SystemMycelium] != nil && s[bench.SystemPubsub] != nil {
 		m, b := s[bench.SystemMycelium], s[bench.SystemPubsub]
-		vs = append(vs, report.Verdict{OK: m.P50US < b.P50US, Text: fmt.Sprintf("single: p50 %d us vs the baseline's %d us (target: lower)", m.P50US, b.P50US)})
+		vs = append(vs, report.Verdict{OK: m.P50US < b.P50US, Text: fmt.Sprintf("single: p50 %s vs the baseline's %s (target: lower)",
+			report.USLabel(float64(m.P50US)), report.USLabel(float64(b.P50US)))})
 	}
 	if s := by["reasoning"]; s[bench.SystemMycelium] != nil {
 		m := s[bench.SystemMycelium]
