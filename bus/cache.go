@@ -91,8 +91,10 @@ func (k Keys) Cache(topic, entryID string) string { return k.Topic(topic) + ":c:
 // answer that one worker computes (docs/cache.md).
 func (k Keys) Flight(topic, entryID string) string { return k.Topic(topic) + ":f:" + entryID }
 
-// Meta returns a topic's metadata hash: prefix:{topic}:meta (the cache
-// generation and epoch).
+// Meta returns a topic's (or a partition's) metadata hash:
+// prefix:{topic}:meta. A topic's holds its partition count (partitions,
+// drain, lowered) and partition 0's cache generation and epoch; a
+// partition's, its own cache generation and epoch (docs/wire.md).
 func (k Keys) Meta(topic string) string { return k.Topic(topic) + ":meta" }
 
 // CachePattern returns a SCAN MATCH pattern for a topic's shared cache

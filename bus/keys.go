@@ -5,11 +5,13 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // Keys builds every Redis key Mycelium uses, and parses them back: it is the
 // only place that concatenates or takes apart key strings. Every key carries
-// a hash tag so that a topic, its dead letters and (later) its cache share
+// a hash tag so that a topic, its dead letters and its cache share
 // one Redis Cluster slot. docs/wire.md lists the layout.
 //
 // Keys is a small value; the zero value uses DefaultPrefix.
@@ -154,7 +156,7 @@ func ValidateName(kind, name string) error {
 const PartitionSep = "#"
 
 // MaxPartitions bounds a topic's partition count.
-const MaxPartitions = 1024
+const MaxPartitions = redisx.MaxPartitions
 
 // Partition returns the name of partition p of topic: the topic itself for
 // partition 0 (so a topic that was never partitioned is its own partition

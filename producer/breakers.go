@@ -13,7 +13,11 @@ import (
 	"github.com/egos/mycelium/bus"
 )
 
-// topic is what a producer caches per topic: its stream key and breaker.
+// topic is what a producer keeps per topic: its stream key, breaker,
+// responders check, cache settings, control stream and partitions. A
+// partition after the first is a topic too (parent set, idx its number),
+// with its own stream key and breaker. (The redesign of issue 25 splits
+// these into admission, partitioner and cache components.)
 type topic struct {
 	name     string
 	key      string

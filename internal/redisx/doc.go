@@ -3,12 +3,13 @@
 // transactions, the blocking-read watchdog, the outage backoff, Lua scripts,
 // the dead-letter layout, operator queries and the classification of Redis
 // errors all live here, so the facts measured about rueidis and Redis
-// (../shared/REDIS-NOTES.md: blocking reads on the dedicated pool with a
+// (docs/performance.md: blocking reads on the dedicated pool with a
 // watchdog, writes never retried by the client, commands rebuilt rather than
-// resent, errors classified by prefix once) are applied in one place.
+// resent, errors classified by prefix once) are applied in one place. The
+// bus's Lua scripts are a Redis Functions library here (functions.go), the
+// ACL roles' rules too (acl.go), and the cluster's partitions and routing.
 //
-// It is internal so that its shape can change freely (cluster and partition
-// routing will land here); the public vocabulary (Config, Client, keys,
-// errors) is package bus. Functions take the rueidis client that a
-// bus.Client owns; every call that blocks takes a ctx.
+// It is internal so that its shape can change freely; the public vocabulary
+// (Config, Client, keys, errors) is package bus. Functions take the rueidis
+// client that a bus.Client owns; every call that blocks takes a ctx.
 package redisx
