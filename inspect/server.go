@@ -104,31 +104,4 @@ func (i *Inspector) KeySlot(ctx context.Context, key string) (int, error) {
 	return s, nil
 }
 
-// FailoverTo asks the replica at addr to take over from its master
-// (CLUSTER FAILOVER, coordinated: nothing is lost). For drills and
-// benchmarks (bus-bench --scenario failover).
-func (i *Inspector) FailoverTo(ctx context.Context, addr string) error {
-	n, err := i.c.Node(ctx, addr)
-	if err != nil {
-		return fmt.Errorf("inspect: failover to %s: %w", addr, err)
-	}
-	defer n.Close()
-	if err := redisx.FailoverTo(ctx, n.Redis()); err != nil {
-		return fmt.Errorf("inspect: failover to %s: %w", addr, err)
-	}
-	return nil
-}
 
-// ShutdownNode stops the node at addr at once, as a crash would (SHUTDOWN
-// NOSAVE NOW FORCE). For drills and benchmarks only.
-func (i *Inspector) ShutdownNode(ctx context.Context, addr string) error {
-	n, err := i.c.Node(ctx, addr)
-	if err != nil {
-		return fmt.Errorf("inspect: shutdown %s: %w", addr, err)
-	}
-	defer n.Close()
-	if err := redisx.ShutdownNode(ctx, n.Redis()); err != nil {
-		return fmt.Errorf("inspect: shutdown %s: %w", addr, err)
-	}
-	return nil
-}

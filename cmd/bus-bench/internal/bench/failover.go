@@ -8,8 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 )
 
@@ -228,11 +231,11 @@ func failover(ctx context.Context, e *env, mode string) (string, error) {
 			}
 		}
 		if master != "" && mode == "shutdown" {
-			return master, e.insp.ShutdownNode(ctx, master)
+			return master, onNode(ctx, e.bc, master, "shutdown", redisx.ShutdownNode)
 		}
 		for _, n := range nodes {
 			if master != "" && !n.Master && n.MasterAddr == master && !strings.Contains(n.Flags, "fail") {
-				return master, e.insp.FailoverTo(ctx, n.Addr)
+				return master, onNode(ctx, e.bc, n.Addr, "failover to", redisx.FailoverTo)
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -244,4 +247,20 @@ func failover(ctx context.Context, e *env, mode string) (string, error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// onNode runs a drill (redisx.FailoverTo: the replica at addr takes over,
+// coordinated; redisx.ShutdownNode: the node at addr stops at once, as a
+// crash would) on a client of that node alone. Drills live here, not in
+// package inspect: operators have no business crashing nodes.
+func onNode(ctx context.Context, c *bus.Client, addr, what string, drill func(context.Context, rueidis.Client) error) error {
+	n, err := c.Node(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, addr, err)
+	}
+	defer n.Close()
+	if err := drill(ctx, n.Redis()); err != nil {
+		return fmt.Errorf("%s %s: %w", what, addr, err)
+	}
+	return nil
 }
