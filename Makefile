@@ -19,7 +19,7 @@ PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-a
 # producers and workers as the ACL users of `bus-worker acl`.
 SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled|Python
 
-# The soak (test/soak, docs/soak.md): make soak runs SOAK of it; make test
+# The soak (test/soak runs the harness test/internal/soak, docs/soak.md): make soak runs SOAK of it; make test
 # runs 60 seconds of it (soak-short) into its own directory.
 SOAK            ?= 30m
 SOAK_TIMEOUT    ?= 3h

@@ -10,7 +10,7 @@ import (
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
-	"github.com/egos/mycelium/test/redistest"
+	"github.com/egos/mycelium/internal/redistest"
 )
 
 // TestPartitionsReadAndLeft: a consumer of a 3-partition topic handles

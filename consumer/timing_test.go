@@ -12,9 +12,9 @@ import (
 
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestTimings: the consumer records queue wait, handler and reply write,

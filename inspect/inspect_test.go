@@ -12,7 +12,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/inspect"
-	"github.com/egos/mycelium/test/redistest"
+	"github.com/egos/mycelium/internal/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -103,5 +103,3 @@ func (i *Inspector) KeySlot(ctx context.Context, key string) (int, error) {
 	}
 	return s, nil
 }
-
-

@@ -9,8 +9,8 @@ import (
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 func TestBreakerFailsFastAfterTimeouts(t *testing.T) {

@@ -13,9 +13,9 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

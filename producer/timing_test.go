@@ -12,9 +12,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/codec"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestTimingsAndLogs: every request records every producer stage, takes

@@ -8,8 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/prom"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestStreamCollectorReusesItsReading: scrapes within ReadEvery export the

@@ -12,10 +12,10 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/prom"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // aclUsers creates one user per role with the rules bus-worker acl prints

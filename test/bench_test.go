@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // BenchmarkRequest measures one request/reply round trip through a real

@@ -12,8 +12,8 @@ import (
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestBreakerWhileRedisPaused pauses Redis (SIGSTOP) under request load:

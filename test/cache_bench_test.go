@@ -9,9 +9,9 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // cachedBench starts a redis-server, an echo consumer and a producer that

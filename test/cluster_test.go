@@ -17,8 +17,8 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // clusterEcho answers requests, counts every call per payload, and

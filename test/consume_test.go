@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 func TestHundredThousandEventsEachHandledOnce(t *testing.T) {

@@ -16,8 +16,8 @@ import (
 
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 func TestDeadLetterTooling(t *testing.T) {

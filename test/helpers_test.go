@@ -8,8 +8,8 @@ import (
 	"github.com/egos/mycelium/bus"
 
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // runConsumer starts a consumer and stops it (waiting for Run) at cleanup.

@@ -20,10 +20,10 @@ import (
 
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/prom"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // promtool returns the path of promtool: make test installs it (Debian's

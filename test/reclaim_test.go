@@ -11,9 +11,9 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // ghostRead reads n entries as a consumer that then "dies": they stay

@@ -20,10 +20,10 @@ import (
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 	"github.com/egos/mycelium/prom"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestCraftedReplyToNeverReachesForeignKeys: a request whose reply-to names

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/egos/mycelium/test/redistest"
+	"github.com/egos/mycelium/internal/redistest"
 )
 
 // TestBusBenchSuiteReport runs the seed suite scaled down (--suite-quick)

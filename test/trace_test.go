@@ -14,8 +14,8 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 func spanAttr(s sdktrace.ReadOnlySpan, key string) (attribute.Value, bool) {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/egos/mycelium/test/redistest"
+	"github.com/egos/mycelium/internal/redistest"
 )
 
 // TestChaosBenchSurvivesRedisRestart: bus-bench driving a bus-worker while

@@ -22,8 +22,8 @@ import (
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestChaosWorkerKilled: two workers serve a topic; one is SIGKILLed

@@ -7,8 +7,8 @@ import (
 
 	"github.com/egos/mycelium/bus"
 
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // long reports whether the long versions were asked for (make chaos).

@@ -11,8 +11,8 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
+	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
-	"github.com/egos/mycelium/test/redistest"
 )
 
 // TestChaosPanickingHandler: a handler that panics on some inputs, run

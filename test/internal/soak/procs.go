@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/egos/mycelium/test/redistest"
+	"github.com/egos/mycelium/internal/redistest"
 )
 
 // ProcSample is one process's resources at one moment.

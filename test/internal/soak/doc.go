@@ -8,5 +8,6 @@
 // p99, nothing lost, re-executions only where a kill explains them, every
 // poison entry dead-lettered) and draws them (report.html). See
 // docs/soak.md. It is a package of its own because it is neither a test of
-// one feature nor a benchmark: its code is the harness, its test the run.
+// one feature nor a benchmark: its code is the harness (internal to test/:
+// nothing outside the module's tests imports it), test/soak the run.
 package soak
