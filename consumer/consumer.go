@@ -57,6 +57,7 @@ type Consumer struct {
 	joins atomic.Int32
 
 	cancels cancelSet  // requests their callers cancelled (control.go)
+	loan    slotLoan   // the slots a blocked read lends to claimed entries (loan.go)
 	waiting waitingSet // delayed retries this consumer owns (delay.go)
 	tr      tracing    // OpenTelemetry (trace.go)
 }
@@ -362,15 +363,13 @@ func (c *Consumer) fatal() error {
 
 // readLoop reads pt's entries while ctx lives, never more than free slots.
 //
-// A read takes one slot (waiting for it) and any others free right now (a
-// fair share of them with several partitions: Concurrency/partitions) and
-// does not block; only when it finds nothing does the loop block, holding
-// one slot (for at most fairBlock when slots are fewer than partitions).
-// So a blocked read never sits on slots that others wait for: another
-// partition's entries, and the retries and reclaimed entries the delay
-// loop and the reclaimer claim (a read blocked for Block on every free
-// slot held a retry due meanwhile until the read returned: retries came
-// up to Block late).
+// With one partition, a read takes one slot (waiting for it) and any others
+// free right now, and blocks for up to Block. With several, each holds a
+// fair share: a read that does not block takes up to Concurrency/partitions
+// entries, and only when it finds none does the loop block, holding one
+// slot (and for at most fairBlock when slots are fewer than partitions), so
+// an idle partition never sits on slots that another partition's entries
+// wait for.
 func (c *Consumer) readLoop(ctx context.Context, pt *part, slots chan struct{}, jobs chan<- *job, a *acker) {
 	out := redisx.Outage{Log: c.log, What: "read loop " + pt.key}
 	var rd redisx.ReadDeadline
@@ -415,16 +414,27 @@ func (c *Consumer) readLoop(ctx context.Context, pt *part, slots chan struct{}, 
 				break more
 			}
 		}
-		entries, err := redisx.ReadGroupNow(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, int64(n))
-		if err == nil && len(entries) == 0 {
-			for ; n > 1; n-- {
-				slots <- struct{}{}
+		var entries []redisx.Entry
+		var err error
+		if nparts > 1 {
+			entries, err = redisx.ReadGroupNow(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, int64(n))
+			if err == nil && len(entries) == 0 {
+				for ; n > 1; n-- {
+					slots <- struct{}{}
+				}
+				block := c.cfg.Block
+				if nparts > c.cfg.Concurrency {
+					block = min(block, fairBlock)
+				}
+				entries, err = redisx.ReadGroup(rd.For(ctx, block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", 1, block)
 			}
-			block := c.cfg.Block
-			if nparts > c.cfg.Concurrency {
-				block = min(block, fairBlock)
+		} else {
+			// Its slots are on loan while it blocks (see slotLoan).
+			lent := c.loan.offer(n)
+			entries, err = redisx.ReadGroup(rd.For(ctx, c.cfg.Block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", int64(n), c.cfg.Block)
+			if lent {
+				n -= c.loan.withdraw(n)
 			}
-			entries, err = redisx.ReadGroup(rd.For(ctx, block), c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, ">", 1, block)
 		}
 		for i := len(entries); i < n; i++ {
 			slots <- struct{}{}
@@ -454,6 +464,12 @@ func (c *Consumer) readLoop(ctx context.Context, pt *part, slots chan struct{}, 
 		}
 		now := time.Now()
 		for i := range entries {
+			if i >= n { // more entries than the slots left it (some were lent): wait for one
+				if !c.takeSlot(ctx, slots) {
+					return // the rest stay pending: reclaimed after ClaimIdle
+				}
+				now = time.Now()
+			}
 			c.route(pt, &entries[i], now, 1, jobs, a)
 		}
 	}

@@ -295,20 +295,17 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 				break more
 			}
 		}
-		// What is there now, without blocking; only when nothing is does
-		// it block, holding one slot: a read blocked on every free slot
-		// would hold the retries and reclaimed entries that the delay loop
-		// and the reclaimer claim meanwhile until it returned (up to Block:
-		// retries came that late).
 		per := max(1, n/len(keys))
-		res, err := redisx.ReadGroupAll(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, int64(per), 0)
-		got := entriesIn(res)
-		if err == nil && got == 0 {
-			for ; n > 1; n-- {
-				slots <- struct{}{}
-			}
-			res, err = redisx.ReadGroupAll(rd.For(ctx, c.cfg.Block), c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, 1, c.cfg.Block)
-			got = entriesIn(res)
+		// Its slots are on loan while it blocks (see slotLoan): what
+		// comes back beyond the slots left waits for one below.
+		lent := c.loan.offer(n)
+		res, err := redisx.ReadGroupAll(rd.For(ctx, c.cfg.Block), c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, int64(per), c.cfg.Block)
+		if lent {
+			n -= c.loan.withdraw(n)
+		}
+		got := 0
+		for _, es := range res {
+			got += len(es)
 		}
 		for i := got; i < n; i++ {
 			slots <- struct{}{}
@@ -339,9 +336,7 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 		for i, es := range res {
 			for k := range es {
 				if held == 0 { // more entries than slots: wait for one
-					select {
-					case <-slots:
-					case <-ctx.Done():
+					if !c.takeSlot(ctx, slots) {
 						return // the rest stay pending: reclaimed after ClaimIdle
 					}
 					now = time.Now()
@@ -352,14 +347,6 @@ func (c *Consumer) readAll(ctx context.Context, slots chan struct{}, jobs chan<-
 			}
 		}
 	}
-}
-
-func entriesIn(res [][]redisx.Entry) int {
-	n := 0
-	for _, es := range res {
-		n += len(es)
-	}
-	return n
 }
 
 // readParts returns the partitions being read now.

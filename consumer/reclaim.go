@@ -221,9 +221,7 @@ func (c *Consumer) handleClaimed(ctx context.Context, pt *part, entries []redisx
 		deliveries[p.ID] = p.Deliveries
 	}
 	for i := range entries {
-		select {
-		case <-slots:
-		case <-ctx.Done():
+		if !c.takeSlot(ctx, slots) {
 			return nil
 		}
 		e := &entries[i]

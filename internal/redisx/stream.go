@@ -295,32 +295,19 @@ func ReadGroup(ctx context.Context, c rueidis.Client, key, group, consumer, id s
 // server any keys go. Same cancellation, watchdog and error rules as
 // ReadGroup (a group missing on any stream fails the whole read with
 // ErrNoGroup).
-//
-// block <= 0 reads without BLOCK (what is there now), on the pipelined
-// connections.
 func ReadGroupAll(ctx context.Context, c rueidis.Client, keys []string, group, consumer string, count int64, block time.Duration) ([][]Entry, error) {
 	if len(keys) == 1 {
-		var e []Entry
-		var err error
-		if block <= 0 {
-			e, err = ReadGroupNow(ctx, c, keys[0], group, consumer, count)
-		} else {
-			e, err = ReadGroup(ctx, c, keys[0], group, consumer, ">", count, block)
-		}
+		e, err := ReadGroup(ctx, c, keys[0], group, consumer, ">", count, block)
 		return [][]Entry{e}, err
 	}
+	ctx, cancel := guard(ctx, block)
+	defer cancel()
 	ids := make([]string, len(keys))
 	for i := range ids {
 		ids[i] = ">"
 	}
-	var res rueidis.RedisResult
-	if block <= 0 {
-		res = c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(keys...).Id(ids...).Build())
-	} else {
-		gctx, cancel := guard(ctx, block)
-		defer cancel()
-		res = c.Do(gctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(keys...).Id(ids...).Build())
-	}
+	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(keys...).Id(ids...).Build()
+	res := c.Do(ctx, cmd)
 	out := make([][]Entry, len(keys))
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
