@@ -114,7 +114,7 @@ class OldDesign:
             await ps.close()
 
     async def close(self) -> None:
-        await self.r.close()
+        await self.r.close(close_connection_pool=True)
 
 
 async def run_scenario(system: str, sc: Scenario, call: Callable[[bytes], Awaitable[bytes]]) -> Result:

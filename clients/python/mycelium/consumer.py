@@ -32,6 +32,9 @@ CONTROL_WINDOW_MS = 600_000
 #: cancelled requests a worker remembers (by token); a flood of notices
 #: evicts the oldest first, at O(1) a notice
 MAX_CANCELLED = 100_000
+#: notices read per round trip when a worker catches up on the control
+#: stream at start (a flood of 200,000 is 49 reads, not 391)
+CONTROL_CATCH_UP = 4096
 
 
 @dataclass
@@ -346,9 +349,9 @@ class Consumer:
         self._ctl_last = f"{int(time.time() * 1000) - CONTROL_WINDOW_MS}-0"
         with contextlib.suppress(RedisError, OSError):
             while True:
-                res = await self.redis.xread({self._keys.control(self.topic): self._ctl_last}, count=512)
+                res = await self.redis.xread({self._keys.control(self.topic): self._ctl_last}, count=CONTROL_CATCH_UP)
                 n = self._control(res)
-                if n < 512:
+                if n < CONTROL_CATCH_UP:
                     return
 
     async def _control_loop(self) -> None:

@@ -227,7 +227,11 @@ class Producer:
         self._reader_lock = asyncio.Lock()
         try:
             await self._r.ping()
-        except RedisError as e:
+        except (RedisError, OSError) as e:
+            if self._own_client:  # nothing else will close it: __aexit__ does not run when __aenter__ fails
+                with contextlib.suppress(Exception):
+                    await self._r.close(close_connection_pool=True)
+                self._r = None
             raise _unavailable(e) from None
 
     @property

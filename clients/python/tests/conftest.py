@@ -5,6 +5,8 @@ when MYCELIUM_REQUIRE_REDIS=1 (make test), else it is skipped."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import pathlib
 import shutil
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -80,3 +82,18 @@ def bus_worker() -> Iterator[str]:
 def topic(request: pytest.FixtureRequest) -> str:
     """A topic name of its own for each test."""
     return "py-" + request.node.name.replace("[", "-").replace("]", "")[:60]
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_connections(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fails a test that drops a connected redis-py connection: the
+    library's __del__ then schedules a disconnect that the test's event loop
+    never runs ("Task was destroyed but it is pending!" at the end of the
+    run). Close clients with close(close_connection_pool=True)."""
+    yield
+    gc.collect()
+    leaked = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "Connection.disconnect"]
+    for t in leaked:
+        await asyncio.wait([t], timeout=2)
+    if leaked:
+        pytest.fail(f"{request.node.name} dropped {len(leaked)} open redis connection(s) without closing them")

@@ -68,10 +68,10 @@ async def go_cli(bus_worker: str, *args: str, stdin: bytes | None = None) -> tup
 
 
 @contextlib.asynccontextmanager
-async def py_worker(redis_url: str, topic: str, handler, **kw) -> AsyncIterator[Consumer]:
+async def py_worker(redis_url: str, topic: str, handler, serving_within: float = 10, **kw) -> AsyncIterator[Consumer]:
     c = Consumer(redis_url, topic, handler, **kw)
     task = asyncio.ensure_future(c.run())
-    await asyncio.wait_for(c.serving.wait(), 10)
+    await asyncio.wait_for(c.serving.wait(), serving_within)
     try:
         yield c
     finally:
@@ -133,8 +133,8 @@ async def test_python_producer_as_its_acl_user(redis_url: str, bus_worker: str, 
         user = aioredis.from_url(user_url)
         with pytest.raises(NoPermissionError):
             await user.xrange(f"myc:{{{topic}}}")
-        await user.close()
-    await admin.close()
+        await user.close(close_connection_pool=True)
+    await admin.close(close_connection_pool=True)
 
 
 async def test_trace_headers_reach_go_worker_backend(redis_url: str, bus_worker: str, topic: str) -> None:
@@ -194,7 +194,7 @@ async def test_expired_request_skipped_by_go(redis_url: str, bus_worker: str, to
         env = codec.Envelope(kind=codec.REQUEST, id="late1", reply_to="myc:{r.nobody}", deadline=time.time_ns() - 10**9,
                              sent=time.time_ns(), payload=b"x")
         await r.xadd(f"myc:{{{topic}}}", {"m": codec.encode(env)})
-        await r.close()
+        await r.close(close_connection_pool=True)
 
         async def expired() -> bool:
             s = w.stats()
@@ -214,7 +214,7 @@ async def test_python_malformed_dead_lettered_by_go(redis_url: str, bus_worker: 
 
         await eventually(dead, what="two dead letters")
         letters = await r.xrange(f"myc:{{{topic}}}:dlq")
-        await r.close()
+        await r.close(close_connection_pool=True)
         assert {f[b"reason"] for _, f in letters} == {b"malformed"}
         assert w.stats()["dead_lettered"] == 2
 
@@ -304,7 +304,7 @@ async def test_expired_and_malformed_by_python_worker(redis_url: str, topic: str
 
         await eventually(done, what="one expired, three dead letters")
         letters = await r.xrange(key + ":dlq")
-        await r.close()
+        await r.close(close_connection_pool=True)
     assert calls == 0
     assert all(f[b"reason"] == b"malformed" for _, f in letters)
     assert any(b"reply_to" in f[b"error"] for _, f in letters)
@@ -368,7 +368,7 @@ async def test_forged_cancel_ignored(redis_url: str, topic: str) -> None:
             release.set()
             assert await req == b"re:slow"
         assert c.stats.cancelled == 0
-    await r.close()
+    await r.close(close_connection_pool=True)
 
 
 async def test_cancel_flood_bounded(redis_url: str, topic: str) -> None:
@@ -384,12 +384,14 @@ async def test_cancel_flood_bounded(redis_url: str, topic: str) -> None:
         for j in range(i, i + 5000):
             pipe.xadd(ctl, {b"op": b"cancel", b"until": until, b"tok": j.to_bytes(16, "big")})
         await pipe.execute()
-    await r.close()
+    await r.close(close_connection_pool=True)
 
     async def echo(m: Message) -> bytes:
         return m.payload
 
-    async with py_worker(redis_url, topic, echo) as c:
+    # It judges memory and that the worker serves, not how fast it catches
+    # up: on a loaded CI machine reading 200,000 notices takes seconds.
+    async with py_worker(redis_url, topic, echo, serving_within=120) as c:
         async with Producer(redis_url) as p:
             assert await p.request(topic, b"hello", timeout=60) == b"hello"
         assert len(c._cancelled) <= cmod.MAX_CANCELLED
@@ -435,7 +437,7 @@ async def test_reclaim_from_dead_consumer_and_heartbeat(redis_url: str, topic: s
 
         await eventually(done, within=15, what="the orphan reclaimed and the long event handled")
         assert c.stats.reclaimed >= 1 and c.stats.heartbeats >= 1
-    await r.close()
+    await r.close(close_connection_pool=True)
     assert (b"orphan", 2) in seen
     assert [p for p, _ in seen].count(b"long") == 1  # never reclaimed while running
 
@@ -448,7 +450,7 @@ async def test_wrong_password_is_permission_denied(redis_url: str, topic: str) -
 
     admin = aioredis.from_url(redis_url)
     await admin.execute_command("ACL", "SETUSER", "pwuser", "on", ">right", "~*", "+@all")
-    await admin.close()
+    await admin.close(close_connection_pool=True)
     bad = redis_url.replace("redis://", "redis://pwuser:wrong@")
     with pytest.raises(PermissionDenied) as e:
         async with Producer(bad):
