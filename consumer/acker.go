@@ -22,8 +22,9 @@ type completion struct {
 	reply   *codec.Buffer // encoded reply envelope, nil for none
 	dead    []string      // dead-letter field/values, nil for none
 	at      time.Time     // when the handler returned (ReplyWrite stage)
-	queued  time.Duration // the entry's queue wait and handler time, for timing logs
+	queued  time.Duration // the entry's queue wait (retry wait when retried) and handler time, for timing logs
 	handled time.Duration
+	retried bool         // a redelivery: queued is its retry wait
 	failed  bool         // the handler returned an error (sent as a remote error)
 	cache   *cacheSettle // a cached request's answer to store and share, nil for none
 	// unanswered: Redis refused its reply (OOM under noeviction, a reply

@@ -224,7 +224,7 @@ type job struct {
 	cache    string
 	cacheTTL time.Duration
 	readAt   int64         // unix nanoseconds when the entry was read or reclaimed
-	queued   time.Duration // QueueWait stage: entry id (or sent time, if later) to readAt
+	queued   time.Duration // QueueWait (RetryWait when msg.Attempt > 1) stage: entry id (or sent time, if later) to readAt
 }
 
 var jobPool = sync.Pool{New: func() any { return new(job) }}
@@ -568,7 +568,11 @@ func (c *Consumer) route(pt *part, e *redisx.Entry, now time.Time, attempt int, 
 	j.p = pt
 	j.readAt = now.UnixNano()
 	j.queued = queueWait(e.ID, j.env.Sent, j.readAt)
-	c.timings.Record(metrics.QueueWait, j.queued)
+	if attempt > 1 {
+		c.timings.Record(metrics.RetryWait, j.queued) // earlier deliveries and the waits between them
+	} else {
+		c.timings.Record(metrics.QueueWait, j.queued)
+	}
 	jobs <- j // never blocks: at most Concurrency entries are held
 }
 
@@ -688,7 +692,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 			return
 		}
 	}
-	done := completion{p: j.p, id: j.msg.ID, at: ended, queued: j.queued, handled: ended.Sub(started), failed: err != nil}
+	done := completion{p: j.p, id: j.msg.ID, at: ended, queued: j.queued, retried: j.msg.Attempt > 1, handled: ended.Sub(started), failed: err != nil}
 	switch {
 	case err != nil && c.retryAfter(hctx, j, err, slots):
 		outcome = "retry_after"

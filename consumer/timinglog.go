@@ -28,8 +28,12 @@ func (c *Consumer) logTiming(d *completion, write time.Duration) {
 		if d.failed {
 			outcome = "handler_error"
 		}
+		wait := "queue_wait_us"
+		if d.retried {
+			wait = "retry_wait_us"
+		}
 		ev.Str("topic", c.cfg.Topic).Str("entry", d.id).Bool("request", d.reply != nil).Str("outcome", outcome).
-			Float64("queue_wait_us", metrics.Micros(d.queued)).Float64("handler_us", metrics.Micros(d.handled)).
+			Float64(wait, metrics.Micros(d.queued)).Float64("handler_us", metrics.Micros(d.handled)).
 			Float64("reply_write_us", metrics.Micros(write)).Float64("total_us", metrics.Micros(total)).
 			Msg("entry timing")
 	}

@@ -7,15 +7,17 @@ type Stage uint8
 
 // The stages, in data-path order. A producer records Admission, Cache
 // (cached topics), Encode,
-// Write, QueueWait and Handler (as reported on the reply), ReplyTransit,
-// Decode and EndToEnd for requests (Admission, Encode and Write for
-// publishes too); a consumer records QueueWait, Handler and ReplyWrite.
+// Write, QueueWait (RetryWait for a redelivery) and Handler (as reported on
+// the reply), ReplyTransit, Decode and EndToEnd for requests (Admission,
+// Encode and Write for publishes too); a consumer records QueueWait or
+// RetryWait, Handler and ReplyWrite.
 const (
 	Admission    Stage = iota // producer: the topic's circuit breaker deciding, and for a request whether a worker serves the topic
 	Cache                     // producer, cached topics: finding the answer in the local tier and, on a local miss, the shared tier's round trip when it answered (a shared miss's round trip is the Write)
 	Encode                    // producer: encoding the envelope
 	Write                     // producer: hand-off to the batched XADD until Redis accepted it
-	QueueWait                 // entry id (or sent time, if later) to pick-up by a worker
+	QueueWait                 // entry id (or sent time, if later) to pick-up by a worker, on its first delivery
+	RetryWait                 // a redelivered entry (a delayed retry, or reclaimed from a stopped worker): entry id (or sent time) to this pick-up, its earlier attempts and the waits between them included; it replaces QueueWait
 	Handler                   // the handler's own time
 	ReplyWrite                // consumer: handler done until the reply XADD and XACK were accepted
 	ReplyTransit              // reply encoded by the worker until read by the producer's reply reader
@@ -28,7 +30,7 @@ const (
 )
 
 var stageNames = [NumStages]string{
-	"admission", "cache", "encode", "redis_write", "queue_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
+	"admission", "cache", "encode", "redis_write", "queue_wait", "retry_wait", "handler", "reply_write", "reply_transit", "decode", "end_to_end",
 	"first_chunk", "chunk_transit", "chunk_write",
 }
 

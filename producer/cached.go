@@ -441,7 +441,7 @@ func (p *Producer) complete(f *flight, r result, src CacheSource, age *time.Dura
 	}
 	f.payload, f.err = r.payload, r.err
 	if r.replied { // the stages of the request a worker answered
-		p.timings.Record(metrics.QueueWait, r.queue)
+		p.timings.Record(waitStage(r.retried), r.queue)
 		p.timings.Record(metrics.Handler, r.handler)
 		p.timings.Record(metrics.ReplyTransit, r.transit)
 		p.timings.Record(metrics.Decode, r.decode)

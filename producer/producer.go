@@ -642,7 +642,7 @@ func (p *Producer) tracedRequest(ctx context.Context, t *topic, payload []byte, 
 		client.SetAttributes(attribute.String("messaging.message.conversation_id", id))
 	}
 	if tm.replied {
-		client.SetAttributes(attribute.Int64("mycelium.queue_wait_us", tm.queue.Microseconds()),
+		client.SetAttributes(attribute.Int64(waitAttr(tm.retried), tm.queue.Microseconds()),
 			attribute.Int64("mycelium.handler_us", tm.handler.Microseconds()))
 	}
 	var sendErr error

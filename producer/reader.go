@@ -145,7 +145,7 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 	}
 	r := result{
 		payload: env.Payload, replied: true,
-		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler),
+		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler), retried: env.Attempt > 1,
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
 		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry, cacheKey: env.CacheKey,
 	}

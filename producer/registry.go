@@ -17,6 +17,7 @@ type result struct {
 	cacheKey string        // a reply's CacheKey: the cache entry of the request it answers
 
 	queue, handler time.Duration // as the worker reported them
+	retried        bool          // the reply came from a redelivery: queue is its retry wait (metrics.RetryWait)
 	transit        time.Duration // reply encoded by the worker until the reader got it
 	decode         time.Duration
 }

@@ -33,6 +33,7 @@ type streamItem struct {
 	transit time.Duration
 	queue   time.Duration // the reply's stages, as the worker reported them
 	handler time.Duration
+	retried bool // queue is a retry wait
 }
 
 // streamState is what the reader and the sender hand a Stream.
@@ -69,7 +70,7 @@ func (s *streamState) wake() {
 func (s *streamState) push(env *codec.Envelope, r *result, at time.Time) {
 	it := streamItem{payload: env.Payload, entry: env.RequestEntry, attempt: env.Attempt, seq: env.Seq,
 		end: env.Kind == codec.KindReply, err: r.err, transit: time.Duration(at.UnixNano() - env.Sent),
-		queue: r.queue, handler: r.handler}
+		queue: r.queue, handler: r.handler, retried: r.retried}
 	s.mu.Lock()
 	if !s.over {
 		s.items = append(s.items, it)
@@ -367,7 +368,7 @@ func (s *Stream) take(it *streamItem) (chunk []byte, done bool, err error) {
 		s.p.timings.Record(metrics.ChunkTransit, it.transit)
 		return it.payload, true, nil
 	}
-	s.p.timings.Record(metrics.QueueWait, it.queue)
+	s.p.timings.Record(waitStage(it.retried), it.queue)
 	s.p.timings.Record(metrics.Handler, it.handler)
 	if it.err != nil {
 		s.end(it.err, false)

@@ -16,7 +16,7 @@ type timing struct {
 	seq                             uint64 // 0 until the request got a correlation id
 	admission, encode, write        time.Duration
 	queue, handler, transit, decode time.Duration
-	replied                         bool
+	replied, retried                bool   // retried: queue is a retry wait
 	entry                           string // the request's stream entry id, once written
 }
 
@@ -25,8 +25,34 @@ func (tm *timing) fill(w *waiter, r *result) {
 	tm.write, tm.entry = w.write, w.entry
 	if r.replied {
 		tm.replied = true
-		tm.queue, tm.handler, tm.transit, tm.decode = r.queue, r.handler, r.transit, r.decode
+		tm.queue, tm.handler, tm.transit, tm.decode, tm.retried = r.queue, r.handler, r.transit, r.decode, r.retried
 	}
+}
+
+// waitStage is the stage a reply's reported wait belongs to: RetryWait
+// when a redelivery answered (its wait includes the earlier attempts),
+// else QueueWait.
+func waitStage(retried bool) metrics.Stage {
+	if retried {
+		return metrics.RetryWait
+	}
+	return metrics.QueueWait
+}
+
+// waitField and waitAttr name a reply's reported wait in the timing log
+// and on the request's span.
+func waitField(retried bool) string {
+	if retried {
+		return "retry_wait_us"
+	}
+	return "queue_wait_us"
+}
+
+func waitAttr(retried bool) string {
+	if retried {
+		return "mycelium.retry_wait_us"
+	}
+	return "mycelium.queue_wait_us"
 }
 
 // recordRequest records a finished request's stages (the Write stage is
@@ -41,7 +67,7 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 		r.Record(metrics.Encode, tm.encode)
 	}
 	if tm.replied {
-		r.Record(metrics.QueueWait, tm.queue)
+		r.Record(waitStage(tm.retried), tm.queue)
 		r.Record(metrics.Handler, tm.handler)
 		r.Record(metrics.ReplyTransit, tm.transit)
 		r.Record(metrics.Decode, tm.decode)
@@ -59,7 +85,7 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 	if ev := p.log.WithLevel(lvl); ev != nil {
 		ev.Str("topic", topic).Str("outcome", outcome(err)).
 			Float64("admission_us", metrics.Micros(tm.admission)).Float64("encode_us", metrics.Micros(tm.encode)).
-			Float64("redis_write_us", metrics.Micros(tm.write)).Float64("queue_wait_us", metrics.Micros(tm.queue)).
+			Float64("redis_write_us", metrics.Micros(tm.write)).Float64(waitField(tm.retried), metrics.Micros(tm.queue)).
 			Float64("handler_us", metrics.Micros(tm.handler)).Float64("reply_transit_us", metrics.Micros(tm.transit)).
 			Float64("decode_us", metrics.Micros(tm.decode)).Float64("end_to_end_us", metrics.Micros(total)).
 			Msg("request timing")

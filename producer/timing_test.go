@@ -65,8 +65,8 @@ func TestTimingsAndLogs(t *testing.T) {
 			s := p.Timings()
 			for _, st := range metrics.Stages() {
 				want := uint64(10)
-				if st == metrics.ReplyWrite || st == metrics.Cache || st >= metrics.FirstChunk {
-					want = 0 // a consumer's stage; cached topics only; streams only
+				if st == metrics.ReplyWrite || st == metrics.Cache || st == metrics.RetryWait || st >= metrics.FirstChunk {
+					want = 0 // a consumer's stage; cached topics only; redeliveries only; streams only
 				}
 				if got := s.Stage(st).Count; got != want {
 					t.Errorf("stage %v: %d observations, want %d", st, got, want)

@@ -24,9 +24,9 @@ const Namespace = "mycelium"
 // The stages each role records (see producer.Producer.Timings and
 // consumer.Consumer.Timings).
 var (
-	producerStages = [...]metrics.Stage{metrics.Admission, metrics.Cache, metrics.Encode, metrics.Write, metrics.QueueWait,
+	producerStages = [...]metrics.Stage{metrics.Admission, metrics.Cache, metrics.Encode, metrics.Write, metrics.QueueWait, metrics.RetryWait,
 		metrics.Handler, metrics.ReplyTransit, metrics.Decode, metrics.EndToEnd, metrics.FirstChunk, metrics.ChunkTransit}
-	consumerStages = [...]metrics.Stage{metrics.QueueWait, metrics.Handler, metrics.ReplyWrite, metrics.ChunkWrite}
+	consumerStages = [...]metrics.Stage{metrics.QueueWait, metrics.RetryWait, metrics.Handler, metrics.ReplyWrite, metrics.ChunkWrite}
 )
 
 // stageCollector exports one histogram per stage,

@@ -487,7 +487,7 @@ func TestRetryAfterOnTime(t *testing.T) {
 	seen := map[string]*times{}
 	delays := map[string]time.Duration{"r500ms": 500 * time.Millisecond, "r1s": time.Second, "r2s": 2 * time.Second, "r5s": 5 * time.Second, "e3s": 3 * time.Second}
 	done := make(chan string, len(delays))
-	runConsumer(t, c, consumer.Config{Topic: "ontime", ClaimIdle: 30 * time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "ontime", ClaimIdle: 30 * time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		key := string(m.Payload)
 		mu.Lock()
 		defer mu.Unlock()
@@ -503,6 +503,8 @@ func TestRetryAfterOnTime(t *testing.T) {
 	p := newProducer(t, c, producer.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	var calls sync.WaitGroup
+	requests := 0
 	for key := range delays {
 		if key[0] == 'e' {
 			if _, err := p.Publish(ctx, "ontime", []byte(key)); err != nil {
@@ -510,7 +512,12 @@ func TestRetryAfterOnTime(t *testing.T) {
 			}
 			continue
 		}
-		go func() { _, _ = p.Request(ctx, "ontime", []byte(key)) }()
+		requests++
+		calls.Go(func() {
+			if _, err := p.Request(ctx, "ontime", []byte(key)); err != nil {
+				t.Errorf("request %s: %v", key, err)
+			}
+		})
 	}
 	for range delays {
 		select {
@@ -518,6 +525,21 @@ func TestRetryAfterOnTime(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("not every retry came within 30 s: %v", seen)
 		}
+	}
+	calls.Wait()
+	// The wait of a retried request is its own stage, retry_wait, on both
+	// sides: it is not queue_wait (issue 31, point 1: --stages showed an
+	// 8-second queue_wait).
+	pt := p.Timings()
+	if q, r := pt.Stage(metrics.QueueWait).Count, pt.Stage(metrics.RetryWait).Count; q != 0 || r != uint64(requests) {
+		t.Errorf("producer: %d queue_wait and %d retry_wait observations, want 0 and %d (every answer came from a retry)", q, r, requests)
+	}
+	if low := pt.Stage(metrics.RetryWait).Quantile(0); low < 450*time.Millisecond {
+		t.Errorf("producer: shortest retry_wait %v, want at least the shortest retry delay, 500ms", low)
+	}
+	ct := co.Timings()
+	if q, r := ct.Stage(metrics.QueueWait).Count, ct.Stage(metrics.RetryWait).Count; q != uint64(len(delays)) || r != uint64(len(delays)) {
+		t.Errorf("consumer: %d queue_wait and %d retry_wait observations, want %d of each (first deliveries, retries)", q, r, len(delays))
 	}
 	mu.Lock()
 	defer mu.Unlock()

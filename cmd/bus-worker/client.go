@@ -233,7 +233,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			Reply       string            `json:"reply"`
 			LatencyUS   int64             `json:"latency_us"`
 			Stages      []metrics.Summary `json:"stages,omitempty"`
-			StagesSumUS float64           `json:"stages_sum_us,omitempty"` // every stage but end_to_end; above it by the redis_write/queue_wait overlap
+			StagesSumUS float64           `json:"stages_sum_us,omitempty"` // every stage but end_to_end; above it by the redis_write/queue_wait (or retry_wait) overlap
 			Cache       *jsonCache        `json:"cache,omitempty"`
 		}{Reply: string(reply), LatencyUS: lat.Microseconds(), Stages: stages, Cache: cache}
 		if stages != nil {
@@ -392,8 +392,8 @@ func printStages(w io.Writer, stages []metrics.Summary) {
 		note := ""
 		switch s.Stage {
 		case metrics.Write.String():
-			note = "  ┐ overlap: queue_wait starts when Redis accepts the entry,"
-		case metrics.QueueWait.String():
+			note = "  ┐ overlap: the wait starts when Redis accepts the entry,"
+		case metrics.QueueWait.String(), metrics.RetryWait.String():
 			note = "  ┘ redis_write ends when Redis's answer is back here"
 		case metrics.EndToEnd.String():
 			continue
