@@ -228,13 +228,25 @@ func addBatch(ctx context.Context, c rueidis.Client, head rueidis.Commands, adds
 		id, err := res[i].ToString()
 		out = append(out, Result{ID: id, Err: err})
 	}
+	reuse := true
 	for i := range acks {
 		n, err := res[len(adds)+i].AsInt64()
 		out = append(out, Result{N: n, Err: err})
 	}
-	clear(cmds)
-	*cp = cmds[:0]
-	cmdsPool.Put(cp)
+	for i := range res {
+		// A connection that broke returns DoMulti's results before its
+		// writer goroutine is done with the commands (rueidis's pipe keeps
+		// reading the slice it was given): that slice must not be reused.
+		if IsConnErr(res[i].Error()) {
+			reuse = false
+			break
+		}
+	}
+	if reuse {
+		clear(cmds)
+		*cp = cmds[:0]
+		cmdsPool.Put(cp)
+	}
 	return out, headRes
 }
 
