@@ -154,7 +154,7 @@ func (a *acker) flush(batch []completion) {
 		// in one read), the XACKs (one per partition) of the entries that
 		// need no reply after them; the answered requests' XACKs follow
 		// once their replies are known to be stored (ackAnswered).
-		res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
+		res, ok, reusable := a.doOwned(fb.res, func(out []redisx.Result) []redisx.Result {
 			if sets == nil {
 				return redisx.AddTied(a.ctx, c.c.Redis(), fb.adds, fb.tied, fb.acks, out)
 			}
@@ -210,7 +210,7 @@ func (a *acker) flush(batch []completion) {
 				a.deleteStale(sets, setRes)
 			}
 			for i := range batch {
-				if batch[i].reply != nil {
+				if batch[i].reply != nil && reusable {
 					codec.PutBuffer(batch[i].reply) // unsafe to reuse after a failed pipeline
 				}
 			}
@@ -361,11 +361,20 @@ func (c *Consumer) acksOf(batch []completion, keep func(*completion) bool, ids [
 // a reply, so resending one after a partial failure would send a recycled
 // one.
 func (a *acker) do(buf []redisx.Result, send func([]redisx.Result) []redisx.Result) ([]redisx.Result, bool) {
+	res, ok, _ := a.doOwned(buf, send)
+	return res, ok
+}
+
+// doOwned is do that also says whether the data send gave the client is
+// ours again (reusable): only when the first attempt went through. After a
+// connection error, the broken connection's writer goroutine may still be
+// reading it.
+func (a *acker) doOwned(buf []redisx.Result, send func([]redisx.Result) []redisx.Result) (res []redisx.Result, ok, reusable bool) {
 	return retry(a, buf, send, func(r redisx.Result) error { return r.Err })
 }
 
-// retry is do for any kind of result; errOf returns one result's error.
-func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) ([]R, bool) {
+// retry is doOwned for any kind of result; errOf returns one result's error.
+func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) (_ []R, ok, reusable bool) {
 	var bo *backoff.ExponentialBackOff
 	res := buf
 	for {
@@ -380,7 +389,7 @@ func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) ([
 			}
 		}
 		if netErr == nil {
-			return res, true
+			return res, true, bo == nil
 		}
 		if bo == nil {
 			bo = redisx.NewBackoff()
@@ -390,14 +399,14 @@ func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) ([
 		wait := bo.NextBackOff()
 		if wait == backoff.Stop {
 			a.c.log.Error().Err(netErr).Msg("giving up on replies/acks; entries stay pending")
-			return nil, false
+			return nil, false, false
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-a.ctx.Done():
 			t.Stop()
-			return nil, false
+			return nil, false, false
 		}
 	}
 }

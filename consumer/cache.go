@@ -155,7 +155,7 @@ func (a *acker) answerJoined(batch []completion, idx []int, res []redisx.SettleR
 	if len(adds) == 0 {
 		return
 	}
-	out, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
+	out, ok, reusable := a.doOwned(nil, func(out []redisx.Result) []redisx.Result {
 		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
 	})
 	if !ok {
@@ -167,6 +167,9 @@ func (a *acker) answerJoined(batch []completion, idx []int, res []redisx.SettleR
 		} else {
 			c.stats.replyDropped.Add(1)
 		}
+	}
+	if !reusable {
+		return // a broken connection may still read them: left to the GC
 	}
 	for _, b := range bufs {
 		codec.PutBuffer(b)

@@ -113,7 +113,7 @@ func (a *acker) flushChunks(batch []chunkWrite) {
 	for i := range batch {
 		adds[i] = redisx.Add{Key: batch[i].key, Cap: c.replyCap, NoMkStream: true, Data: batch[i].buf.B}
 	}
-	res, ok := a.do(make([]redisx.Result, 0, len(adds)), func(out []redisx.Result) []redisx.Result {
+	res, ok, reusable := a.doOwned(make([]redisx.Result, 0, len(adds)), func(out []redisx.Result) []redisx.Result {
 		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
 	})
 	for i := range batch {
@@ -122,10 +122,14 @@ func (a *acker) flushChunks(batch []chunkWrite) {
 		case !ok:
 			err = fmt.Errorf("consumer: send: %w", bus.ErrUnavailable)
 		case res[i].Err == nil:
-			codec.PutBuffer(batch[i].buf)
+			if reusable {
+				codec.PutBuffer(batch[i].buf)
+			}
 		case redisx.IsNil(res[i].Err):
 			err = ErrCallerGone
-			codec.PutBuffer(batch[i].buf)
+			if reusable {
+				codec.PutBuffer(batch[i].buf)
+			}
 		default:
 			err = fmt.Errorf("consumer: send: %w", redisx.Unavailable(res[i].Err))
 		}
