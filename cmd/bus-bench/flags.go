@@ -65,7 +65,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
 	fs.StringVar(&b.PubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
 	fs.StringVar(&b.Handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")
-	fs.BoolVar(&o.servePubsub, "serve-pubsub", false, "serve the PubSub baseline's workers (--workers of them, --handler) on --topic until interrupted, printing \"serving\" when ready: the old design's side of another client's before/after run (python -m mycelium.bench)")
+	fs.BoolVar(&o.servePubsub, "serve-pubsub", false, "serve the PubSub baseline's workers (--workers of them, --handler) on --topic until interrupted, printing \"serving\" when ready: the old design's side of another client's before/after run (clients/python/tools/bench.py)")
 	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports) | cluster (partitions and failovers on a Redis Cluster)")
 	fs.StringVar(&o.compare, "compare-redis", "", "with --suite cluster: a standalone Redis URL for the comparison runs (1 and 12 partitions on one server)")
 	fs.BoolVar(&o.quick, "suite-quick", false, "with --suite: a scaled-down run (fewer requests, 0.5 s sweep points, 200 ms handler) to check the suite itself, not to measure")

@@ -142,7 +142,7 @@ func (s *Script) Exec(ctx context.Context, c rueidis.Client, keys, args []string
 	// This user may not load it: run the script itself, if it may.
 	r = s.lua.Exec(ctx, c, keys, args)
 	if err := r.Error(); IsPermission(err) {
-		return rueidis.NewErrorResult(fmt.Errorf("%w (%v)", ErrFunctionsNotLoaded, err))
+		return rueidis.NewErrorResult(fmt.Errorf("%w (%v)", ErrFunctionsNotLoaded, err)) //nolint:errorlint // not wrapped: callers branch on ErrFunctionsNotLoaded, not on the NOPERM behind it
 	}
 	return r
 }

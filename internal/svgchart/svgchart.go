@@ -2,7 +2,9 @@
 // figures rendered as inline SVG (legend in a strip beside the data), the
 // palette, 1-2-5 log ticks, the embedded chart font and the page's CSS.
 // Two reports share it: bus-bench's suite report
-// (cmd/bus-bench/internal/report) and the soak report (test/soak).
+// (cmd/bus-bench/internal/report) and the soak report (test/internal/soak).
+// It lives in the module's internal/, not cmd/internal/, because the soak
+// harness under test/ uses it too (Go lets only cmd/... import cmd/internal).
 package svgchart
 
 import (

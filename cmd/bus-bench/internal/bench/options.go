@@ -10,8 +10,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/simwork"
 	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/internal/simwork"
 	"github.com/egos/mycelium/producer"
 )
 

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/egos/mycelium/cmd/internal/simwork"
 	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/internal/simwork"
 )
 
 // ParseHandler turns a handler spec (bus-worker's --handler) into a

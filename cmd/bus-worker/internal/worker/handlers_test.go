@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/internal/simwork"
 	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/internal/simwork"
 )
 
 func TestParseHandler(t *testing.T) {

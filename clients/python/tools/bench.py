@@ -1,5 +1,6 @@
-"""``python -m mycelium.bench``: the before/after the plan asked for, in
-Python. The old design as the system this bus replaces built it (a PubSub
+"""``python tools/bench.py`` (from clients/python): the before/after the
+plan asked for, in Python. It lives beside the package, not in it (a
+benchmark is not part of the client). The old design as the system this bus replaces built it (a PubSub
 subscription per request, JSON payloads with the bytes base64-encoded, a
 circuit breaker taking one lock per call) against this client over
 Mycelium, same scenarios as the Go suite, each against Go workers: the Go
@@ -8,8 +9,8 @@ own baseline workers) for PubSub. It starts both (and, with no --redis, a
 throwaway redis-server) and prints one line per run, or JSON lines with
 --json.
 
-    python -m mycelium.bench --bin ../../bin            # from clients/python, after make build
-    python -m mycelium.bench --redis redis://127.0.0.1:6379 --scenarios single,concurrent-20
+    python tools/bench.py --bin ../../bin            # from clients/python, after make build
+    python tools/bench.py --redis redis://127.0.0.1:6379 --scenarios single,concurrent-20
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ import socket
 import subprocess
 import tempfile
 import threading
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Awaitable, Callable, Iterator
 
 import redis.asyncio as aioredis
 
-from .producer import Producer
+# A tool beside the package, not in it: the package is found from here.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mycelium.producer import Producer  # noqa: E402
 
 KIB = 1024
 
@@ -192,7 +196,7 @@ def _wait_line(p: subprocess.Popen[bytes], want: bytes, what: str, within: float
     t.join(within)
     if not box:
         err = p.stderr.read().decode() if p.poll() is not None and p.stderr else ""
-        raise SystemExit(f"mycelium.bench: {what} did not start: {err.strip()[:500]}")
+        raise SystemExit(f"tools/bench.py: {what} did not start: {err.strip()[:500]}")
 
 
 def _wait_ready(addr: str, within: float = 20) -> None:
@@ -205,7 +209,7 @@ def _wait_ready(addr: str, within: float = 20) -> None:
                 if r.status == 200:
                     return
         time.sleep(0.05)
-    raise SystemExit("mycelium.bench: bus-worker did not get ready")
+    raise SystemExit("tools/bench.py: bus-worker did not get ready")
 
 
 def _free_port() -> int:
@@ -220,7 +224,7 @@ def _redis(url: str | None) -> Iterator[str]:
         yield url
         return
     if shutil.which("redis-server") is None:
-        raise SystemExit("mycelium.bench: give --redis URL, or install redis-server")
+        raise SystemExit("tools/bench.py: give --redis URL, or install redis-server")
     d = tempfile.mkdtemp()
     port = _free_port()
     with _process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d]):
@@ -245,7 +249,7 @@ def go_caller(bus_bench: str, url: str, sc: Scenario, topic: str) -> Result:
     try:
         j = json.loads(r.stdout.decode().strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise SystemExit(f"mycelium.bench: bus-bench failed: {r.stderr.decode().strip()[:500]}") from None
+        raise SystemExit(f"tools/bench.py: bus-bench failed: {r.stderr.decode().strip()[:500]}") from None
     return Result("mycelium-go", sc.name, sc.concurrency, sc.payload, j["requests"], j["ok"], j["errors"], round(j["seconds"], 3),
                   round(j["throughput_rps"], 1), j["p50_us"], j["p99_us"], j["max_us"])
 
@@ -265,7 +269,7 @@ async def bench(url: str, scenarios: list[Scenario], timeout: float, out: Callab
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m mycelium.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--redis", help="Redis URL (default: start a throwaway redis-server)")
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "bin"),
                     help="directory holding bus-worker and bus-bench (make build)")
@@ -276,11 +280,11 @@ def main() -> None:
     want = a.scenarios.split(",")
     scs = [s for s in SCENARIOS if s.name in want]
     if len(scs) != len(want):
-        raise SystemExit(f"mycelium.bench: --scenarios: want some of {','.join(s.name for s in SCENARIOS)}")
+        raise SystemExit(f"tools/bench.py: --scenarios: want some of {','.join(s.name for s in SCENARIOS)}")
     bw, bb = os.path.join(a.bin, "bus-worker"), os.path.join(a.bin, "bus-bench")
     for b in (bw, bb):
         if not os.access(b, os.X_OK):
-            raise SystemExit(f"mycelium.bench: {b} not found: run make build, or give --bin")
+            raise SystemExit(f"tools/bench.py: {b} not found: run make build, or give --bin")
 
     def out(r: Result) -> None:
         if a.json:
