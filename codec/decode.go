@@ -8,7 +8,7 @@ import (
 
 // ErrMalformed is wrapped by every decoding error: the bytes are not a
 // Mycelium envelope. Check it with errors.Is.
-var ErrMalformed = errors.New("codec: malformed envelope")
+var ErrMalformed = errors.New("mycelium: malformed envelope")
 
 // DecodeError says where and why decoding failed. It wraps ErrMalformed.
 type DecodeError struct {
@@ -18,7 +18,7 @@ type DecodeError struct {
 }
 
 func (e *DecodeError) Error() string {
-	return fmt.Sprintf("codec: malformed envelope: %s at byte %d: %s", e.Field, e.Offset, e.Reason)
+	return fmt.Sprintf("mycelium: malformed envelope: %s at byte %d: %s", e.Field, e.Offset, e.Reason)
 }
 
 // Unwrap returns ErrMalformed.

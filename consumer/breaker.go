@@ -10,10 +10,6 @@ import (
 	"github.com/egos/mycelium/bus"
 )
 
-// CodeBreakerOpen is the remote error code of a request refused because the
-// handler's downstream circuit breaker was open.
-const CodeBreakerOpen = "breaker_open"
-
 // maxBreakerWait caps one wait for an open breaker, so a worker re-checks
 // at least this often.
 const maxBreakerWait = time.Second
@@ -21,7 +17,7 @@ const maxBreakerWait = time.Second
 // BreakerMiddleware stops a consumer from hammering a failing downstream
 // (for example the HTTP reasoning service behind a worker). Each call goes
 // through b; handler errors count as failures except cancellations and
-// errors that say the message was at fault (ErrCallerFault: a bad request
+// errors that say the message was at fault (bus.ErrCallerFault: a bad request
 // says nothing of the downstream's health).
 //
 // While b is open, a request is refused at once: its caller gets a remote
@@ -41,7 +37,7 @@ func BreakerMiddleware(b *breaker.Breaker) Middleware {
 					start := time.Now()
 					out, herr := next.Handle(ctx, m)
 					outcome := breaker.Classify(herr)
-					if outcome == breaker.Failure && errors.Is(herr, ErrCallerFault) {
+					if outcome == breaker.Failure && errors.Is(herr, bus.ErrCallerFault) {
 						outcome = breaker.Ignored
 					}
 					b.Done(tok, outcome, time.Since(start))
@@ -56,7 +52,7 @@ func BreakerMiddleware(b *breaker.Breaker) Middleware {
 					if probe >= time.Second {
 						in = probe.Round(time.Second)
 					}
-					return nil, &bus.RemoteError{Code: CodeBreakerOpen,
+					return nil, &bus.RemoteError{Code: bus.CodeBreakerOpen,
 						Message: fmt.Sprintf("the worker's downstream circuit breaker is open (%v); it probes again in about %v", err, in)}
 				}
 				wait := min(probe, maxBreakerWait)

@@ -53,9 +53,9 @@ func TestBreakerMiddleware(t *testing.T) {
 	start := time.Now()
 	_, err = consumer.BreakerMiddleware(long)(h).Handle(ctx, request)
 	var re *bus.RemoteError
-	if !errors.As(err, &re) || re.Code != consumer.CodeBreakerOpen || !strings.Contains(re.Message, "probes again in about 1h0m0s") ||
+	if !errors.As(err, &re) || re.Code != bus.CodeBreakerOpen || !strings.Contains(re.Message, "probes again in about 1h0m0s") ||
 		time.Since(start) > time.Minute || calls.Load() != before {
-		t.Fatalf("request while open = %v after %v (downstream calls %d -> %d); want %s at once", err, time.Since(start), before, calls.Load(), consumer.CodeBreakerOpen)
+		t.Fatalf("request while open = %v after %v (downstream calls %d -> %d); want %s at once", err, time.Since(start), before, calls.Load(), bus.CodeBreakerOpen)
 	}
 
 	// An event waits instead of failing; it runs once the breaker

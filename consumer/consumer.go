@@ -185,7 +185,7 @@ func (c *Consumer) Ready(ctx context.Context) error {
 	select {
 	case <-c.serving:
 	default:
-		return ErrNotServing
+		return bus.ErrNotServing
 	}
 	keys := []string{c.key}
 	if ps := c.parts.Load(); ps != nil {
@@ -205,12 +205,6 @@ func (c *Consumer) Ready(ctx context.Context) error {
 	}
 	return nil
 }
-
-// ErrRunning is returned by Run when the Consumer is already running.
-var ErrRunning = errors.New("consumer: already running")
-
-// ErrNotServing is returned by Ready before Run has joined the group.
-var ErrNotServing = errors.New("consumer: not serving yet")
 
 // job is one entry on its way to a worker. Jobs are pooled: a Message is
 // valid only during Handle.
@@ -244,7 +238,7 @@ func putJob(j *job) {
 // handled and dead-lettered again and again).
 func (c *Consumer) Run(ctx context.Context) error {
 	if !c.running.CompareAndSwap(false, true) {
-		return ErrRunning
+		return bus.ErrRunning
 	}
 	defer c.running.Store(false)
 	ctx, stopRun := context.WithCancelCause(ctx)
@@ -698,7 +692,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		outcome = "retry_after"
 		return
 	case j.msg.Request:
-		if err != nil && errors.Is(err, ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
+		if err != nil && errors.Is(err, bus.ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
 			time.Until(j.msg.Deadline) > c.cfg.ClaimIdle {
 			c.stats.retried.Add(1) // the caller can still wait for a retry
 			outcome = "retry"
@@ -717,10 +711,10 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		}
 		if err != nil {
 			reply.Payload = nil
-			reply.ErrCode, reply.ErrMsg = bus.CodeHandler, err.Error()
+			reply.ErrCode, reply.ErrMsg = string(bus.CodeHandler), err.Error()
 			var re *bus.RemoteError
 			if errors.As(err, &re) && re.Code != "" {
-				reply.ErrCode, reply.ErrMsg = re.Code, re.Message
+				reply.ErrCode, reply.ErrMsg = string(re.Code), re.Message
 			}
 		}
 		done.replyTo = j.env.ReplyTo
@@ -729,7 +723,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		}
 		done.reply = codec.Encode(&reply)
 	case err == nil:
-	case errors.Is(err, ErrSkipRetry):
+	case errors.Is(err, bus.ErrSkipRetry):
 		outcome = "dead_lettered"
 		c.warnFailed(&j.msg, err, "handler_error", "handler failed (do not retry): dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "handler_error", err.Error())
@@ -772,13 +766,13 @@ func (c *Consumer) retryAfter(ctx context.Context, j *job, err error, slots chan
 }
 
 // cancelledError is a handler ctx's error when its caller cancelled the
-// request: it is context.Canceled and ErrCancelled to errors.Is.
+// request: it is context.Canceled and bus.ErrCancelled to errors.Is.
 type cancelledError struct{}
 
-func (cancelledError) Error() string { return "context canceled: " + ErrCancelled.Error() }
+func (cancelledError) Error() string { return "context canceled: " + bus.ErrCancelled.Error() }
 
 func (cancelledError) Is(target error) bool {
-	return target == context.Canceled || target == ErrCancelled
+	return target == context.Canceled || target == bus.ErrCancelled
 }
 
 var errCancelled error = cancelledError{}

@@ -153,7 +153,7 @@ func TestMalformedEntriesAreDeadLettered(t *testing.T) {
 func TestFailedEventIsDeadLetteredWithItsEnvelope(t *testing.T) {
 	m, c := redistest.Mini(t)
 	co := start(t, c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
-		return nil, fmt.Errorf("downstream said no: %w", consumer.ErrSkipRetry)
+		return nil, fmt.Errorf("downstream said no: %w", bus.ErrSkipRetry)
 	}))
 	add(t, c, "myc:{t}", &codec.Envelope{Kind: codec.KindEvent, Payload: []byte("work"), Headers: map[string]string{"k": "v"}})
 	eventually(t, "dead letter", func() bool { return co.Stats().DeadLettered == 1 })
@@ -257,7 +257,7 @@ func TestRequestReplyAndExpiry(t *testing.T) {
 		}
 		got[env.ID] = env
 	}
-	if string(got["1"].Payload) != "re:a" || got["2"].ErrCode != bus.CodePanic || !strings.Contains(got["2"].ErrMsg, "kaboom") {
+	if string(got["1"].Payload) != "re:a" || got["2"].ErrCode != string(bus.CodePanic) || !strings.Contains(got["2"].ErrMsg, "kaboom") {
 		t.Fatalf("replies = %+v", got)
 	}
 }
@@ -278,8 +278,8 @@ func TestRecreatesGroupAfterStreamLoss(t *testing.T) {
 func TestRunTwiceAndReadiness(t *testing.T) {
 	_, c := redistest.Mini(t)
 	co := start(t, c, consumer.Config{Topic: "t"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
-	if err := co.Run(context.Background()); !errors.Is(err, consumer.ErrRunning) {
-		t.Fatalf("second Run = %v, want ErrRunning", err)
+	if err := co.Run(context.Background()); !errors.Is(err, bus.ErrRunning) {
+		t.Fatalf("second Run = %v, want bus.ErrRunning", err)
 	}
 	select {
 	case <-co.Serving():
@@ -289,8 +289,8 @@ func TestRunTwiceAndReadiness(t *testing.T) {
 	var logs redistest.SyncBuffer
 	other, _ := consumer.New(c, consumer.Config{Topic: "never"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }),
 		consumer.WithLogger(zerolog.New(&logs)))
-	if err := other.Ready(context.Background()); !errors.Is(err, consumer.ErrNotServing) {
-		t.Fatalf("Ready before Run = %v, want ErrNotServing", err)
+	if err := other.Ready(context.Background()); !errors.Is(err, bus.ErrNotServing) {
+		t.Fatalf("Ready before Run = %v, want bus.ErrNotServing", err)
 	}
 	// Run ending (here at once: its ctx is done) closes Serving too, so
 	// nobody waits on it forever.
@@ -442,7 +442,7 @@ func TestWorkerTellsItsStory(t *testing.T) {
 		`"level":"warn","topic":"t"`,
 		`"attempt":1,"reason":"retry","request":false,"error":"backend refused the connection","message":"handler failed: the event is delivered again after ClaimIdle"`,
 		`"attempt":2,"reason":"max_deliveries"`, `"message":"handler failed on the last delivery: dead-lettered"`,
-		`"reason":"malformed","error":"codec: malformed envelope`, `"message":"malformed entry: dead-lettered"`,
+		`"reason":"malformed","error":"mycelium: malformed envelope`, `"message":"malformed entry: dead-lettered"`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("logs lack %s:\n%s", want, out)

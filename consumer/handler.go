@@ -2,9 +2,10 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
+
+	"github.com/egos/mycelium/bus"
 )
 
 // Message is one entry handed to a Handler. It is valid only during the
@@ -52,32 +53,17 @@ func (m *Message) Streaming() bool { return m.stream != nil }
 // the order sent. Safe for concurrent use, but chunks sent at once by two
 // goroutines go in no particular order.
 //
-// Errors: ErrNotStreaming when the caller does not read a stream (reply
-// with the whole answer instead), ErrCallerGone when the caller's reply
+// Errors: bus.ErrNotStreaming when the caller does not read a stream (reply
+// with the whole answer instead), bus.ErrCallerGone when the caller's reply
 // stream is gone (it closed), bus.ErrPayloadTooLarge for a chunk over
 // MaxEntrySize, ctx's error, or Redis's. After an error, or once the
 // handler returned, every Send fails.
 func (m *Message) Send(ctx context.Context, chunk []byte) error {
 	if m.stream == nil {
-		return ErrNotStreaming
+		return bus.ErrNotStreaming
 	}
 	return m.stream.send(ctx, chunk)
 }
-
-// Errors of Send, and the cause of a cancelled handler's ctx.
-var (
-	// ErrNotStreaming: Send on a message whose caller does not read a
-	// streamed reply (a plain Request, or an event).
-	ErrNotStreaming = errors.New("consumer: the caller does not read a stream")
-	// ErrCallerGone: the caller's reply stream is gone (the producer
-	// closed or died): nobody reads what the handler sends.
-	ErrCallerGone = errors.New("consumer: the caller is gone")
-	// ErrCancelled: a handler's ctx ended because its caller cancelled the
-	// request (the caller's ctx was cancelled, or its producer closed).
-	// errors.Is(context.Cause(ctx), ErrCancelled) tells it apart from a
-	// deadline or a shutdown; the ctx's Err matches context.Canceled.
-	ErrCancelled = errors.New("consumer: cancelled by the caller")
-)
 
 // RetryAfter wraps err to ask for the message to be delivered again after
 // at least d (a backend's Retry-After, for example), counted toward
@@ -110,38 +96,17 @@ func (e *RetryAfterError) Error() string {
 // Unwrap returns Err.
 func (e *RetryAfterError) Unwrap() error { return e.Err }
 
-// Retry control: a handler wraps one of these in its error (fmt.Errorf
-// with %w) to say what should happen next; check them with errors.Is.
-var (
-	// ErrSkipRetry: the message can never succeed; an event goes to the
-	// dead-letter stream at once, a request gets the error reply.
-	ErrSkipRetry = errors.New("consumer: do not retry")
-	// ErrRetryLater: try again later. The entry stays pending and is
-	// delivered again after ClaimIdle (up to MaxDeliveries); RetryAfter
-	// chooses the delay instead. A request is
-	// retried only if its caller's deadline leaves time for that; otherwise
-	// the caller gets the error reply at once.
-	ErrRetryLater = errors.New("consumer: retry later")
-	// ErrCallerFault: the message itself is at fault (a downstream
-	// answered that the request was bad: an HTTP 4xx but 408 and 429),
-	// not the downstream: BreakerMiddleware does not count it as a
-	// failure, so one caller's bad input never opens the breaker for
-	// everyone. Wrap it with the error the caller should see
-	// (CallerFault).
-	ErrCallerFault = errors.New("consumer: the message is at fault, not the downstream")
-)
-
-// CallerFault marks err as the message's fault (ErrCallerFault), keeping
+// CallerFault marks err as the message's fault (bus.ErrCallerFault), keeping
 // err (and the *bus.RemoteError in it, which the caller gets) in the chain.
-func CallerFault(err error) error { return fmt.Errorf("%w: %w", ErrCallerFault, err) }
+func CallerFault(err error) error { return fmt.Errorf("%w: %w", bus.ErrCallerFault, err) }
 
 // Handler processes messages. For a request, the returned bytes are the
 // reply payload and a non-nil error becomes a remote error for the caller
 // (return a *bus.RemoteError to choose its code), sent at once unless the
-// error wraps ErrRetryLater and the deadline allows a retry. For an event
+// error wraps bus.ErrRetryLater and the deadline allows a retry. For an event
 // the bytes are ignored and an error means a retry after ClaimIdle, up to
 // MaxDeliveries, then the dead-letter stream (at once if it wraps
-// ErrSkipRetry). Handle is called from Concurrency goroutines at once.
+// bus.ErrSkipRetry). Handle is called from Concurrency goroutines at once.
 type Handler interface {
 	Handle(ctx context.Context, m *Message) ([]byte, error)
 }

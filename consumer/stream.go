@@ -34,7 +34,7 @@ type chunkStream struct {
 }
 
 // errStreamEnded: Send after the handler returned.
-var errStreamEnded = fmt.Errorf("consumer: the handler returned: %w", ErrCallerGone)
+var errStreamEnded = fmt.Errorf("consumer: the handler returned: %w", bus.ErrCallerGone)
 
 // chunkWrite is one chunk on its way to Redis.
 type chunkWrite struct {
@@ -126,7 +126,7 @@ func (a *acker) flushChunks(batch []chunkWrite) {
 				codec.PutBuffer(batch[i].buf)
 			}
 		case redisx.IsNil(res[i].Err):
-			err = ErrCallerGone
+			err = bus.ErrCallerGone
 			if reusable {
 				codec.PutBuffer(batch[i].buf)
 			}

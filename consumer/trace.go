@@ -122,15 +122,15 @@ func errorType(err error) string {
 	var re *bus.RemoteError
 	switch {
 	case errors.As(err, &re):
-		return re.Code
-	case errors.Is(err, ErrCancelled):
+		return string(re.Code)
+	case errors.Is(err, bus.ErrCancelled):
 		return "cancelled"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "cancelled"
 	}
-	return bus.CodeHandler
+	return string(bus.CodeHandler)
 }
 
 // valuesCtx is a handler's ctx without a deadline of its own: cancelled

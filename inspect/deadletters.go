@@ -17,14 +17,6 @@ import (
 // id it came from, so a handler can tell a replay from a first delivery.
 const ReplayedFromHeader = "mycelium-replayed-from"
 
-var (
-	// ErrNotReplayable is reported for a dead letter without a decodable
-	// envelope (a malformed entry): replaying it would only dead-letter it
-	// again.
-	ErrNotReplayable = errors.New("inspect: dead letter has no decodable envelope")
-	// ErrNotFound is reported for a dead letter id that is not there.
-	ErrNotFound = errors.New("inspect: no such dead letter")
-)
 
 // DeadLetter is one entry of a topic's dead-letter stream: an entry a
 // consumer gave up on, and why. The JSON names are what `bus-worker dlq list
@@ -104,8 +96,8 @@ func (i *Inspector) DeadLetters(ctx context.Context, topic string, limit int) ([
 // each in one atomic script that deletes only after the write succeeded (a
 // fresh entry starts its delivery count at 1). ids selects entries; none
 // means all. It returns how many were replayed; entries that cannot be
-// replayed are reported in the error (wrapping ErrNotReplayable or
-// ErrNotFound) and left in place.
+// replayed are reported in the error (wrapping bus.ErrNotReplayable or
+// bus.ErrNotFound) and left in place.
 func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...string) (int, error) {
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return 0, fmt.Errorf("inspect: %w", err)
@@ -139,13 +131,13 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 			}
 		}
 		if !found {
-			errs = append(errs, fmt.Errorf("%s: %w", id, ErrNotFound))
+			errs = append(errs, fmt.Errorf("%s: %w", id, bus.ErrNotFound))
 		}
 	}
 	n := 0
 	for _, d := range letters {
 		if d.Envelope == nil {
-			errs = append(errs, fmt.Errorf("%s: %w", d.ID, ErrNotReplayable))
+			errs = append(errs, fmt.Errorf("%s: %w", d.ID, bus.ErrNotReplayable))
 			continue
 		}
 		env := *d.Envelope

@@ -129,7 +129,7 @@ func TestDeadLetterAdmin(t *testing.T) {
 	}
 
 	n, err := insp.ReplayDeadLetters(ctx, "t", good, bad, "9-9")
-	if n != 1 || !errors.Is(err, inspect.ErrNotReplayable) || !errors.Is(err, inspect.ErrNotFound) {
+	if n != 1 || !errors.Is(err, bus.ErrNotReplayable) || !errors.Is(err, bus.ErrNotFound) {
 		t.Fatalf("ReplayDeadLetters = %d, %v; want 1 replayed, one not replayable, one not found", n, err)
 	}
 	entries, _ := m.Stream("myc:{t}")

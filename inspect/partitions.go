@@ -2,7 +2,6 @@ package inspect
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -28,10 +27,6 @@ type Partitions struct {
 	// Streams are the keys of the partitions read now, partition 0 first.
 	Streams []string `json:"streams"`
 }
-
-// ErrTopicExists is returned by CreateTopic for a topic whose partition
-// count was already set to another value.
-var ErrTopicExists = errors.New("inspect: topic already has a partition count")
 
 func (i *Inspector) partitions(ctx context.Context, topic string) (Partitions, error) {
 	if err := bus.ValidateName("topic", topic); err != nil {
@@ -84,7 +79,7 @@ func (i *Inspector) SetPartitions(ctx context.Context, topic string, n int) (Par
 }
 
 // CreateTopic gives a topic its partition count. Creating it again with the
-// same count does nothing; with another count it fails with ErrTopicExists
+// same count does nothing; with another count it fails with bus.ErrTopicExists
 // (SetPartitions changes it).
 func (i *Inspector) CreateTopic(ctx context.Context, topic string, n int) (Partitions, error) {
 	p, err := i.partitions(ctx, topic)
@@ -93,7 +88,7 @@ func (i *Inspector) CreateTopic(ctx context.Context, topic string, n int) (Parti
 	}
 	if p.Set {
 		if p.Count != n {
-			return p, fmt.Errorf("%w: %s has %d, not %d (use set-partitions to change it)", ErrTopicExists, topic, p.Count, n)
+			return p, fmt.Errorf("%w: %s has %d, not %d (use set-partitions to change it)", bus.ErrTopicExists, topic, p.Count, n)
 		}
 		return p, nil
 	}

@@ -79,8 +79,8 @@ func (p *Producer) publishDelayed(ctx context.Context, pt *topic, payload []byte
 	due, err := redisx.AddDelayed(dctx, p.c.Redis(), p.keys.Delayed(pt.name), string(member), d.at, d.after, p.cfg.StreamMaxLen)
 	if err != nil {
 		p.stats.writeErrors.Add(1)
-		if errors.Is(err, redisx.ErrDelayedFull) {
-			return "", fmt.Errorf("producer: publish to %s: %w: its delayed set holds StreamMaxLen (%d) entries", pt.root().name, bus.ErrPayloadTooLarge, p.cfg.StreamMaxLen)
+		if errors.Is(err, bus.ErrDelayedFull) {
+			return "", fmt.Errorf("producer: publish to %s: %w: it holds StreamMaxLen (%d) entries", pt.root().name, bus.ErrDelayedFull, p.cfg.StreamMaxLen)
 		}
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, ctx.Err())

@@ -386,3 +386,24 @@ func TestHeaderLimits(t *testing.T) {
 		t.Fatal("an entry was written")
 	}
 }
+
+// TestDelayedSetFull: a delayed publish into a delayed set that holds
+// StreamMaxLen entries fails with ErrDelayedFull (it was reported as
+// ErrPayloadTooLarge, which it is not) and writes nothing.
+func TestDelayedSetFull(t *testing.T) {
+	m, c := redistest.Mini(t)
+	p := newProducer(t, c, producer.Config{StreamMaxLen: 2})
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := p.Publish(ctx, "later", []byte{byte(i)}, producer.After(time.Hour)); err != nil {
+			t.Fatalf("delayed publish %d: %v", i, err)
+		}
+	}
+	_, err := p.Publish(ctx, "later", []byte("third"), producer.After(time.Hour))
+	if !errors.Is(err, bus.ErrDelayedFull) || errors.Is(err, bus.ErrPayloadTooLarge) {
+		t.Fatalf("third delayed publish = %v, want ErrDelayedFull (and not ErrPayloadTooLarge)", err)
+	}
+	if n, _ := m.ZMembers("myc:{later}:delayed"); len(n) != 2 {
+		t.Errorf("delayed set holds %d entries, want 2", len(n))
+	}
+}

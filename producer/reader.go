@@ -150,7 +150,7 @@ func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
 		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry, cacheKey: env.CacheKey,
 	}
 	if env.ErrCode != "" {
-		r.payload, r.err = nil, &bus.RemoteError{Code: env.ErrCode, Message: env.ErrMsg}
+		r.payload, r.err = nil, &bus.RemoteError{Code: bus.Code(env.ErrCode), Message: env.ErrMsg}
 	}
 	w, how := p.waiters.match(seq, &r, env.Kind == codec.KindChunk)
 	switch how {

@@ -94,7 +94,7 @@ func errorType(err error) string {
 	var re *bus.RemoteError
 	switch {
 	case errors.As(err, &re):
-		return re.Code
+		return string(re.Code)
 	case errors.Is(err, bus.ErrTimeout):
 		return "timeout"
 	case errors.Is(err, context.Canceled):

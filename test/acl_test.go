@@ -58,7 +58,7 @@ func TestACLRolesSuffice(t *testing.T) {
 	h := consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		calls++
 		if strings.HasPrefix(string(m.Payload), "poison") {
-			return nil, fmt.Errorf("poison: %w", consumer.ErrSkipRetry)
+			return nil, fmt.Errorf("poison: %w", bus.ErrSkipRetry)
 		}
 		return m.Payload, nil
 	})

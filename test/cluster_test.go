@@ -39,7 +39,7 @@ func (h *clusterEcho) Handle(_ context.Context, m *consumer.Message) ([]byte, er
 	h.parts[m.Partition]++
 	h.mu.Unlock()
 	if strings.HasPrefix(string(m.Payload), "poison") {
-		return nil, fmt.Errorf("poison: %w", consumer.ErrSkipRetry)
+		return nil, fmt.Errorf("poison: %w", bus.ErrSkipRetry)
 	}
 	return append([]byte("re:"), m.Payload...), nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/internal/redistest"
@@ -28,7 +29,7 @@ func TestDeadLetterTooling(t *testing.T) {
 	replayed := map[string]consumer.Message{}
 	co := runConsumer(t, c, consumer.Config{Topic: "jobs"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		if !healthy.Load() {
-			return nil, fmt.Errorf("bad input %s: %w", m.Payload, consumer.ErrSkipRetry)
+			return nil, fmt.Errorf("bad input %s: %w", m.Payload, bus.ErrSkipRetry)
 		}
 		mu.Lock()
 		replayed[string(m.Payload)] = *m
@@ -147,7 +148,7 @@ func TestReplayKeepsTheDeadLetterWhenItsWriteFails(t *testing.T) {
 	ctx := context.Background()
 	t.Run("dead-letter one job", func(t *testing.T) {
 		co := runConsumer(t, c, consumer.Config{Topic: "jobs"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
-			return nil, fmt.Errorf("refused: %w", consumer.ErrSkipRetry)
+			return nil, fmt.Errorf("refused: %w", bus.ErrSkipRetry)
 		}))
 		if _, err := newProducer(t, c, producer.Config{}).Publish(ctx, "jobs", []byte("job")); err != nil {
 			t.Fatal(err)

@@ -234,7 +234,7 @@ func TestRequestInterruptCancelsHandler(t *testing.T) {
 	_ = cmd.Process.Signal(os.Interrupt)
 	select {
 	case cause := <-ended:
-		if !errors.Is(cause, consumer.ErrCancelled) {
+		if !errors.Is(cause, bus.ErrCancelled) {
 			t.Fatalf("handler ctx ended with %v, want ErrCancelled", cause)
 		}
 	case <-time.After(5 * time.Second):

@@ -167,7 +167,7 @@ func TestRequestRetryLaterWhenDeadlineAllows(t *testing.T) {
 	runConsumer(t, c, consumer.Config{Topic: "retry", ClaimIdle: 100 * time.Millisecond},
 		consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 			if m.Attempt == 1 { // every request's first delivery
-				return nil, fmt.Errorf("model warming up: %w", consumer.ErrRetryLater)
+				return nil, fmt.Errorf("model warming up: %w", bus.ErrRetryLater)
 			}
 			return []byte(fmt.Sprintf("answer on attempt %d", m.Attempt)), nil
 		}))

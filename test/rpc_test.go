@@ -99,7 +99,11 @@ func TestRemoteErrorsAndPanics(t *testing.T) {
 	p := newProducer(t, c, producer.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, tt := range []struct{ in, code, msg string }{
+	for _, tt := range []struct {
+		in   string
+		code bus.Code
+		msg  string
+	}{
 		{"plain", bus.CodeHandler, "model overloaded"},
 		{"coded", "quota", "out of tokens"},
 		{"panic", bus.CodePanic, "boom"},

@@ -196,7 +196,7 @@ func TestPermissionRefusalStopsTheConsumer(t *testing.T) {
 		}
 	}
 	_, done = run("noack", "b", consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
-		return nil, fmt.Errorf("poison: %w", consumer.ErrSkipRetry)
+		return nil, fmt.Errorf("poison: %w", bus.ErrSkipRetry)
 	}))
 	if err := wait(done); !errors.Is(err, bus.ErrPermission) || !strings.Contains(err.Error(), "XACK") {
 		t.Fatalf("Run without XACK = %v, want ErrPermission naming XACK", err)

@@ -161,7 +161,7 @@ func TestStreamOfPlainHandler(t *testing.T) {
 	if _, err := p.Request(ctx, "plain", []byte("r")); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-sendErr; !errors.Is(err, consumer.ErrNotStreaming) {
+	if err := <-sendErr; !errors.Is(err, bus.ErrNotStreaming) {
 		t.Fatalf("Send on a plain request = %v, want ErrNotStreaming", err)
 	}
 }
@@ -194,7 +194,7 @@ func TestCancelReachesHandler(t *testing.T) {
 	}
 	select {
 	case cause := <-ended:
-		if !errors.Is(cause, consumer.ErrCancelled) || !errors.Is(cause, context.Canceled) {
+		if !errors.Is(cause, bus.ErrCancelled) || !errors.Is(cause, context.Canceled) {
 			t.Fatalf("handler ctx cause = %v, want ErrCancelled (and context.Canceled)", cause)
 		}
 		t.Logf("cancel to handler ctx.Done: %v", time.Since(at))

@@ -469,7 +469,7 @@ func describe(err error) (kind, code, msg string) {
 	var re *bus.RemoteError
 	switch {
 	case errors.As(err, &re):
-		return "remote", re.Code, re.Message
+		return "remote", string(re.Code), re.Message
 	case errors.Is(err, bus.ErrTimeout):
 		return "timeout", "", err.Error()
 	case errors.Is(err, bus.ErrNoResponders):

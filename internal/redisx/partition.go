@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -101,7 +102,7 @@ func parsePartitions(meta string, vals [3]*string) (PartitionMeta, error) {
 
 // ErrCorruptMeta is returned when a topic's metadata hash holds a value the
 // bus never writes.
-var ErrCorruptMeta = fmt.Errorf("redis: malformed topic metadata")
+var ErrCorruptMeta = errors.New("mycelium: malformed topic metadata")
 
 func clipValue(s string) string {
 	if len(s) > 40 {

@@ -513,7 +513,7 @@ func errKind(err error) string {
 	case errors.Is(err, errWrongReply):
 		return "wrong_reply"
 	case errors.As(err, &re):
-		return "remote_" + re.Code
+		return "remote_" + string(re.Code)
 	case errors.Is(err, bus.ErrBreakerOpen):
 		return "breaker_open"
 	case errors.Is(err, bus.ErrTimeout), errors.Is(err, context.DeadlineExceeded):

@@ -171,7 +171,7 @@ func TestHTTPRetryAfter(t *testing.T) {
 			t.Errorf("%s: %v asks for a retry", path, err)
 		case want >= 0 && (!errors.As(err, &ra) || ra.Delay != want):
 			t.Errorf("%s: %v, want a retry after %v", path, err, want)
-		case !errors.As(err, &re) || !strings.HasPrefix(re.Code, "http_"):
+		case !errors.As(err, &re) || !strings.HasPrefix(string(re.Code), "http_"):
 			t.Errorf("%s: %v does not carry the status as a remote error", path, err)
 		}
 	}
@@ -212,7 +212,7 @@ func TestHTTPHandlerKeepsSecrets(t *testing.T) {
 			t.Errorf("the caller's error shows %q: %v", secret, err)
 		}
 	}
-	if !errors.Is(err, consumer.ErrCallerFault) {
+	if !errors.Is(err, bus.ErrCallerFault) {
 		t.Errorf("401 = %v, want it marked the caller's fault (the breaker must not count it)", err)
 	}
 	// A password in the handler's URL: unreachable, and not shown.
@@ -244,8 +244,8 @@ func TestHTTPHandlerCallerFaults(t *testing.T) {
 	ctx := context.Background()
 	for code, fault := range map[int]bool{400: true, 404: true, 422: true, 408: false, 500: false, 502: false} {
 		_, err := httpHandler(srv.Client(), srv.URL+"?code="+strconv.Itoa(code), HTTPOptions{}).Handle(ctx, &consumer.Message{ID: "1-1"})
-		if err == nil || errors.Is(err, consumer.ErrCallerFault) != fault {
-			t.Errorf("status %d = %v; caller's fault %v, want %v", code, err, errors.Is(err, consumer.ErrCallerFault), fault)
+		if err == nil || errors.Is(err, bus.ErrCallerFault) != fault {
+			t.Errorf("status %d = %v; caller's fault %v, want %v", code, err, errors.Is(err, bus.ErrCallerFault), fault)
 		}
 	}
 	m := &consumer.Message{ID: "1-1", Headers: map[string]string{"traceparent": "00-abc\r\nX-Evil: 1"}}

@@ -123,7 +123,7 @@ func httpHandler(client *http.Client, target string, o HTTPOptions) consumer.Han
 			if ctx.Err() != nil {
 				return nil, context.Cause(ctx)
 			}
-			return nil, &bus.RemoteError{Code: "http_unreachable", Message: "POST " + shown + ": " + redactSecrets(unwrapURLError(err).Error())}
+			return nil, &bus.RemoteError{Code: bus.CodeHTTPUnreachable, Message: "POST " + shown + ": " + redactSecrets(unwrapURLError(err).Error())}
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -207,7 +207,7 @@ func ValidHeaderValue(s string) bool {
 // withBody). A 4xx other than 408 and 429 is the request's fault, not the
 // backend's (consumer.CallerFault: the breaker does not count it).
 func statusError(resp *http.Response, maxDelay time.Duration, withBody bool) error {
-	re := &bus.RemoteError{Code: "http_" + strconv.Itoa(resp.StatusCode), Message: resp.Status}
+	re := &bus.RemoteError{Code: bus.CodeHTTPStatus(resp.StatusCode), Message: resp.Status}
 	if withBody {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		if msg := strings.TrimSpace(string(body)); msg != "" {
@@ -377,18 +377,18 @@ func scanError(ctx context.Context, err error, max int) error {
 	case ctx.Err() != nil:
 		return context.Cause(ctx)
 	}
-	return &bus.RemoteError{Code: "http_read", Message: "reading the response: " + err.Error()}
+	return &bus.RemoteError{Code: bus.CodeHTTPRead, Message: "reading the response: " + err.Error()}
 }
 
 func readError(ctx context.Context, target string, err error) error {
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
-	return &bus.RemoteError{Code: "http_read", Message: "POST " + target + ": reading the response: " + err.Error()}
+	return &bus.RemoteError{Code: bus.CodeHTTPRead, Message: "POST " + target + ": reading the response: " + err.Error()}
 }
 
 func tooLarge(max int) error {
-	return fmt.Errorf("%w", &bus.RemoteError{Code: "http_response_too_large", Message: fmt.Sprintf("response larger than %d bytes", max)})
+	return fmt.Errorf("%w", &bus.RemoteError{Code: bus.CodeHTTPResponseTooLarge, Message: fmt.Sprintf("response larger than %d bytes", max)})
 }
 
 // unwrapURLError drops the *url.Error wrapper (it repeats method and URL).
