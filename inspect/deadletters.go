@@ -17,7 +17,6 @@ import (
 // id it came from, so a handler can tell a replay from a first delivery.
 const ReplayedFromHeader = "mycelium-replayed-from"
 
-
 // DeadLetter is one entry of a topic's dead-letter stream: an entry a
 // consumer gave up on, and why. The JSON names are what `bus-worker dlq list
 // --json` prints.
