@@ -33,7 +33,7 @@ type Reply struct {
 // bus.ErrPayloadTooLarge (one payload too large fails the batch before
 // anything is sent), or more payloads than Config.MaxInFlight. Safe for
 // concurrent use.
-func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]byte, opts ...CallOption) ([]Reply, error) {
+func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]byte, opts ...RequestOption) ([]Reply, error) {
 	t, err := p.checkBatch("request batch", topic, payloads)
 	if err != nil {
 		return nil, err
@@ -44,8 +44,10 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 	if len(payloads) == 0 {
 		return nil, nil
 	}
-	co := apply(opts)
-	co.info = nil
+	co := applyRequest(opts)
+	if co.info != nil {
+		return nil, fmt.Errorf("producer: request batch: %w: WithCacheInfo applies to one Request (a batch's answers come from several sources)", bus.ErrInvalidConfig)
+	}
 	if err := checkHeaders(co.headers); err != nil {
 		return nil, err
 	}
@@ -71,7 +73,7 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 // cachedBatch runs the cached path for each payload at once.
 func (p *Producer) cachedBatch(ctx context.Context, payloads [][]byte, topic string, co callOptions) []Reply {
 	out := make([]Reply, len(payloads))
-	opts := []CallOption{func(c *callOptions) { *c = co }}
+	opts := []RequestOption{CacheOption(func(c *callOptions) { *c = co })}
 	var wg sync.WaitGroup
 	for i, pl := range payloads {
 		wg.Go(func() { out[i].Payload, out[i].Err = p.Request(ctx, topic, pl, opts...) })

@@ -117,25 +117,25 @@ type CacheInfo struct {
 
 // NoCache makes a Request on a cached topic ask a worker even if an answer
 // is stored (bypass: the new answer is stored, unless NoStore).
-func NoCache() CallOption { return func(co *callOptions) { co.noCache = true } }
+func NoCache() CacheOption { return func(co *callOptions) { co.noCache = true } }
 
 // NoStore makes a Request on a cached topic leave its answer unstored (a
 // stored answer is still served, unless NoCache).
-func NoStore() CallOption { return func(co *callOptions) { co.noStore = true } }
+func NoStore() CacheOption { return func(co *callOptions) { co.noStore = true } }
 
 // MaxAge makes a Request on a cached topic accept a stored answer only if it
 // was computed at most d ago; an older one is replaced by a fresh answer.
-func MaxAge(d time.Duration) CallOption { return func(co *callOptions) { co.maxAge = d } }
+func MaxAge(d time.Duration) CacheOption { return func(co *callOptions) { co.maxAge = d } }
 
 // CacheKey makes a Request on a cached topic identify "the same request" by
 // key instead of by its payload: a canonical prompt, the model id and its
 // parameters, a tenant. The match is exact (bus.HashKey).
-func CacheKey(key string) CallOption {
+func CacheKey(key string) CacheOption {
 	return func(co *callOptions) { co.key, co.hasKey = key, true }
 }
 
 // WithCacheInfo makes a Request fill info with where its answer came from.
-func WithCacheInfo(info *CacheInfo) CallOption { return func(co *callOptions) { co.info = info } }
+func WithCacheInfo(info *CacheInfo) CacheOption { return func(co *callOptions) { co.info = info } }
 
 // localKey names an answer in the local tier. The epoch is the topic's
 // invalidation epoch when the answer was kept: an invalidation bumps it, and

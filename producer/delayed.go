@@ -25,10 +25,10 @@ type delaySpec struct {
 
 // After delays a published event: it is delivered to workers d after Redis
 // accepted it (by Redis's clock), not before; d <= 0 publishes at once.
-// Only Publish and PublishBatch take it; Request and Stream refuse it.
-// The id Publish returns is then the delayed entry's ("d" + a producer-unique
-// id), not a stream entry id.
-func After(d time.Duration) CallOption {
+// Only Publish and PublishBatch take it (a DelayOption: a Request or Stream
+// with it does not compile). The id Publish returns is then the delayed
+// entry's ("d" + a producer-unique id), not a stream entry id.
+func After(d time.Duration) DelayOption {
 	return func(co *callOptions) {
 		if d > 0 {
 			co.delay = &delaySpec{after: d}
@@ -41,7 +41,7 @@ func After(d time.Duration) CallOption {
 // At delays a published event until t (by this process's clock; Redis's
 // decides when it is due); a time not in the future publishes at once.
 // See After.
-func At(t time.Time) CallOption {
+func At(t time.Time) DelayOption {
 	return func(co *callOptions) {
 		if time.Until(t) > 0 {
 			co.delay = &delaySpec{at: t}

@@ -226,9 +226,6 @@ func (p *Producer) Stats() Stats {
 // reply); for publishes Admission, Encode and Write. Safe for concurrent use.
 func (p *Producer) Timings() *metrics.Snapshot { return p.timings.Snapshot() }
 
-// CallOption adjusts one Publish, PublishBatch or Request.
-type CallOption func(*callOptions)
-
 type callOptions struct {
 	headers map[string]string
 	wait    bool // WaitForResponders
@@ -246,34 +243,6 @@ type callOptions struct {
 	delay *delaySpec // After, At
 
 	trace *timing // a traced request's stages, for its spans
-}
-
-// apply returns what opts chose. It is kept out of line so that a call
-// without options does not make its envelope escape to the heap, and it
-// returns early without any: co escapes (the options get its address), so
-// declaring it costs an allocation.
-func apply(opts []CallOption) callOptions {
-	if len(opts) == 0 {
-		return callOptions{}
-	}
-	var co callOptions
-	for _, o := range opts {
-		o(&co)
-	}
-	return co
-}
-
-// WithHeaders attaches headers (for example trace context) to the message.
-// The map is read, not kept, during the call.
-func WithHeaders(h map[string]string) CallOption {
-	return func(co *callOptions) { co.headers = h }
-}
-
-// WaitForResponders makes a Request write its request even when no worker
-// serves the topic now, and wait for its deadline: for work queued for
-// workers that will come later (see Config.WaitForResponders).
-func WaitForResponders() CallOption {
-	return func(co *callOptions) { co.wait = true }
 }
 
 // trimCap is the XADD trimming for writes made now: by age when
@@ -309,15 +278,6 @@ func checkHeaders(h map[string]string) error {
 	return nil
 }
 
-// checkOpts checks what opts carry (headers) before a call sends anything;
-// a call without options costs nothing.
-func checkOpts(opts []CallOption) error {
-	if len(opts) == 0 {
-		return nil
-	}
-	return checkHeaders(apply(opts).headers)
-}
-
 func (p *Producer) checkPayload(n int) error {
 	if n > p.cfg.MaxPayload {
 		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, p.cfg.MaxPayload)
@@ -332,7 +292,7 @@ func (p *Producer) checkPayload(n int) error {
 // ("d" and a producer-unique suffix), not a stream entry id: the event gets
 // its stream id when it is due. It blocks for one round trip (shared with
 // concurrent callers), bounded by ctx. Safe for concurrent use.
-func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, opts ...CallOption) (string, error) {
+func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, opts ...PublishOption) (string, error) {
 	if p.closed.Load() {
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
 	}
@@ -343,11 +303,11 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if err := p.checkPayload(len(payload)); err != nil {
 		return "", err
 	}
-	if err := checkOpts(opts); err != nil {
+	start := time.Now()
+	co := applyPublish(opts)
+	if err := checkHeaders(co.headers); err != nil {
 		return "", err
 	}
-	start := time.Now()
-	co := apply(opts)
 	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
 	if err != nil {
 		return "", err
@@ -444,12 +404,13 @@ func (e *PublishError) Unwrap() error { return e.Err }
 // returns one stream id per payload ("" for a failed one) and, if any
 // failed, an error joining a *PublishError per failure. Payloads are checked
 // before anything is sent: one too large fails the whole batch.
-func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]byte, opts ...CallOption) ([]string, error) {
+func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]byte, opts ...PublishOption) ([]string, error) {
 	t, err := p.checkBatch("publish batch", topic, payloads)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkOpts(opts); err != nil {
+	co := applyPublish(opts)
+	if err := checkHeaders(co.headers); err != nil {
 		return nil, err
 	}
 	if len(payloads) == 0 {
@@ -466,13 +427,13 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		ctx, span = p.tr.startSend(ctx, t, attribute.Int("messaging.batch.message_count", len(payloads)))
 	}
 	if trace.SpanContextFromContext(ctx).IsValid() {
-		opts = append(opts, WithHeaders(p.tr.inject(ctx, apply(opts).headers)))
+		co.headers = p.tr.inject(ctx, co.headers)
 	}
 	var ids []string
-	if co := apply(opts); co.delay != nil {
+	if co.delay != nil {
 		ids, err = p.publishBatchDelayed(ctx, t, payloads, &co)
 	} else {
-		ids, err = p.publishBatch(ctx, t, payloads, opts)
+		ids, err = p.publishBatch(ctx, t, payloads, &co)
 	}
 	if span != nil {
 		endSpan(span, err)
@@ -481,11 +442,10 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	return ids, err
 }
 
-func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte, opts []CallOption) ([]string, error) {
+func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte, co *callOptions) ([]string, error) {
 	topic := t.name
 	now := time.Now()
 	env := codec.Envelope{Kind: codec.KindEvent, Sent: now.UnixNano()}
-	co := apply(opts)
 	env.Headers = co.headers
 	bufs := make([]*codec.Buffer, len(payloads))
 	adds := make([]redisx.Add, len(payloads))
@@ -493,7 +453,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	for i, pl := range payloads {
 		// Each entry's partition (one for a PartitionKey batch, round robin
 		// otherwise); AddBatch makes one transaction per partition.
-		pt, err := p.partition(ctx, t, &co, nil, now.UnixNano())
+		pt, err := p.partition(ctx, t, co, nil, now.UnixNano())
 		if err != nil {
 			for _, b := range bufs[:i] {
 				codec.PutBuffer(b)
@@ -558,7 +518,7 @@ func (p *Producer) addBatch(ctx context.Context, adds []redisx.Add, out []redisx
 // failed, bus.ErrPayloadTooLarge, bus.ErrClosed, bus.ErrBreakerOpen,
 // bus.ErrUnavailable when Redis could not be reached, or Redis's own error
 // reply. Safe for concurrent use.
-func (p *Producer) Request(ctx context.Context, topic string, payload []byte, opts ...CallOption) ([]byte, error) {
+func (p *Producer) Request(ctx context.Context, topic string, payload []byte, opts ...RequestOption) ([]byte, error) {
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
@@ -570,14 +530,11 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 		return nil, err
 	}
 	start := time.Now()
-	co := apply(opts)
+	co := applyRequest(opts)
 	if co.headers != nil {
 		if err := checkHeaders(co.headers); err != nil {
 			return nil, err
 		}
-	}
-	if co.delay != nil {
-		return nil, fmt.Errorf("producer: request: %w: After and At apply to events only", bus.ErrInvalidConfig)
 	}
 	if p.tr.tr != nil {
 		return p.tracedRequest(ctx, t, payload, &co, start)

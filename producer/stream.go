@@ -135,7 +135,7 @@ func (p *Producer) streamBuffer() int { return max(16<<20, 4*p.cfg.MaxPayload) }
 //
 // Streams bypass the response cache. Errors of the write are returned
 // here, like Request's; errors after it come from Recv.
-func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opts ...CallOption) (*Stream, error) {
+func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opts ...StreamOption) (*Stream, error) {
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: stream: %w", bus.ErrClosed)
 	}
@@ -147,12 +147,9 @@ func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opt
 		return nil, err
 	}
 	start := time.Now()
-	co := apply(opts)
+	co := applyStream(opts)
 	if err := checkHeaders(co.headers); err != nil {
 		return nil, err
-	}
-	if co.delay != nil {
-		return nil, fmt.Errorf("producer: stream: %w: After and At apply to events only", bus.ErrInvalidConfig)
 	}
 	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
 	if err != nil {

@@ -67,7 +67,7 @@ func BenchmarkCachedRequest(b *testing.B) {
 	}{{"local_hit", true, false, false}, {"local_hit_key", true, false, true}, {"shared_hit", false, false, false}, {"miss", true, true, false}} {
 		b.Run(tc.name, func(b *testing.B) {
 			p := cachedBench(b, tc.local)
-			var opts []producer.CallOption
+			var opts []producer.RequestOption
 			if tc.key {
 				opts = append(opts, producer.CacheKey("model=m1 prompt=42"))
 			}

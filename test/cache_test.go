@@ -71,7 +71,7 @@ func cachedProducer(t *testing.T, c *bus.Client, topics ...string) *producer.Pro
 	return newProducer(t, c, producer.Config{Cache: m})
 }
 
-func request(t *testing.T, p *producer.Producer, topic, payload string, opts ...producer.CallOption) (string, producer.CacheInfo) {
+func request(t *testing.T, p *producer.Producer, topic, payload string, opts ...producer.RequestOption) (string, producer.CacheInfo) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -316,7 +316,7 @@ func runFailover(t *testing.T, rig failoverRig, warm, after time.Duration) failo
 				began := time.Now().UnixNano()
 				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				want := fmt.Sprintf("w%d-%d", w, i)
-				var opts []producer.CallOption
+				var opts []producer.RequestOption
 				if w == 0 {
 					opts = append(opts, producer.PartitionKey(key0)) // the probe of the killed master's partition
 				}

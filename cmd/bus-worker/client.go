@@ -101,20 +101,20 @@ func (f *clientFlags) readPayload(stdin io.Reader) error {
 	return nil
 }
 
-// partOptions are the call options of --partition-key.
-func (f *clientFlags) partOptions() []producer.CallOption {
+// partOption is the option of --partition-key, nil without it.
+func (f *clientFlags) partOption() producer.CallOption {
 	if f.partKey == "" {
 		return nil
 	}
-	return []producer.CallOption{producer.PartitionKey(f.partKey)}
+	return producer.PartitionKey(f.partKey)
 }
 
-// cacheOptions are the call options of request's cache flags.
-func (f *clientFlags) cacheOptions(info *producer.CacheInfo) []producer.CallOption {
+// cacheOptions are the request options of request's cache flags.
+func (f *clientFlags) cacheOptions(info *producer.CacheInfo) []producer.RequestOption {
 	if !f.cache {
 		return nil
 	}
-	opts := []producer.CallOption{producer.WithCacheInfo(info)}
+	opts := []producer.RequestOption{producer.WithCacheInfo(info)}
 	if f.noCache {
 		opts = append(opts, producer.NoCache())
 	}
@@ -197,15 +197,25 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	rctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	var info producer.CacheInfo
-	opts := append(f.cacheOptions(&info), f.partOptions()...)
-	if f.wait {
-		opts = append(opts, producer.WaitForResponders())
-	}
 	if f.stream {
 		if f.cache || f.stages {
 			return usagef("request: --stream does not go with --cache or --stages")
 		}
+		var opts []producer.StreamOption
+		if o := f.partOption(); o != nil {
+			opts = append(opts, o)
+		}
+		if f.wait {
+			opts = append(opts, producer.WaitForResponders())
+		}
 		return requestStream(rctx, p, f, opts, stdout, stderr)
+	}
+	opts := f.cacheOptions(&info)
+	if o := f.partOption(); o != nil {
+		opts = append(opts, o)
+	}
+	if f.wait {
+		opts = append(opts, producer.WaitForResponders())
 	}
 	start := time.Now()
 	reply, err := p.Request(rctx, f.topic, f.payload, opts...)
@@ -310,7 +320,7 @@ func writeChunk(w io.Writer, chunk []byte, lines bool, midLine *bool) error {
 
 // requestStream is request --stream: each chunk printed as it arrives.
 // SIGINT cancels ctx, which cancels the handler.
-func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, opts []producer.CallOption, stdout, stderr io.Writer) error {
+func requestStream(ctx context.Context, p *producer.Producer, f *clientFlags, opts []producer.StreamOption, stdout, stderr io.Writer) error {
 	start := time.Now()
 	enc := json.NewEncoder(stdout)
 	fail := func(err error) error {
@@ -433,7 +443,10 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	opts := f.partOptions()
+	var opts []producer.PublishOption
+	if o := f.partOption(); o != nil {
+		opts = append(opts, o)
+	}
 	if f.after > 0 {
 		opts = append(opts, producer.After(f.after))
 	}

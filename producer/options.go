@@ -1,0 +1,101 @@
+package producer
+
+// Options per verb: each verb takes its own option interface, and each
+// option implements the interfaces of the verbs it applies to, so an option
+// that makes no sense for a verb does not compile (Request(..., After(d)),
+// a cache option on Publish):
+//
+//	option                                      Publish(Batch)  Request(Batch)  Stream
+//	WithHeaders, PartitionKey (CallOption)      yes             yes             yes
+//	WaitForResponders (WaitOption)              -               yes             yes
+//	After, At (DelayOption)                     yes             -               -
+//	NoCache, NoStore, MaxAge, CacheKey,
+//	WithCacheInfo (CacheOption)                 -               yes             -
+//
+// RequestBatch refuses WithCacheInfo at run time (one CacheInfo cannot
+// describe a batch's answers).
+
+// PublishOption adjusts one Publish or PublishBatch.
+type PublishOption interface{ publishOption(*callOptions) }
+
+// RequestOption adjusts one Request or RequestBatch.
+type RequestOption interface{ requestOption(*callOptions) }
+
+// StreamOption adjusts one Stream.
+type StreamOption interface{ streamOption(*callOptions) }
+
+// CallOption applies to every verb: WithHeaders, PartitionKey.
+type CallOption func(*callOptions)
+
+func (o CallOption) publishOption(co *callOptions) { o(co) }
+func (o CallOption) requestOption(co *callOptions) { o(co) }
+func (o CallOption) streamOption(co *callOptions)  { o(co) }
+
+// WaitOption applies to the verbs that wait for a worker's answer:
+// Request, RequestBatch and Stream (WaitForResponders).
+type WaitOption func(*callOptions)
+
+func (o WaitOption) requestOption(co *callOptions) { o(co) }
+func (o WaitOption) streamOption(co *callOptions)  { o(co) }
+
+// DelayOption applies to events only: Publish and PublishBatch (After, At).
+type DelayOption func(*callOptions)
+
+func (o DelayOption) publishOption(co *callOptions) { o(co) }
+
+// CacheOption applies to the response cache's verbs: Request and
+// RequestBatch (NoCache, NoStore, MaxAge, CacheKey, WithCacheInfo). Streams
+// bypass the cache.
+type CacheOption func(*callOptions)
+
+func (o CacheOption) requestOption(co *callOptions) { o(co) }
+
+// WithHeaders attaches headers (for example trace context) to the message.
+// The map is read, not kept, during the call.
+func WithHeaders(h map[string]string) CallOption {
+	return func(co *callOptions) { co.headers = h }
+}
+
+// WaitForResponders makes a Request (or Stream) write its request even
+// when no worker serves the topic now, and wait for its deadline: for work
+// queued for workers that will come later (see Config.WaitForResponders).
+func WaitForResponders() WaitOption {
+	return func(co *callOptions) { co.wait = true }
+}
+
+// applyPublish, applyRequest and applyStream return what opts chose. They
+// are kept out of line so that a call without options does not make its
+// envelope escape to the heap, and return early without any: co escapes
+// (the options get its address), so declaring it costs an allocation.
+func applyPublish(opts []PublishOption) callOptions {
+	if len(opts) == 0 {
+		return callOptions{}
+	}
+	var co callOptions
+	for _, o := range opts {
+		o.publishOption(&co)
+	}
+	return co
+}
+
+func applyRequest(opts []RequestOption) callOptions {
+	if len(opts) == 0 {
+		return callOptions{}
+	}
+	var co callOptions
+	for _, o := range opts {
+		o.requestOption(&co)
+	}
+	return co
+}
+
+func applyStream(opts []StreamOption) callOptions {
+	if len(opts) == 0 {
+		return callOptions{}
+	}
+	var co callOptions
+	for _, o := range opts {
+		o.streamOption(&co)
+	}
+	return co
+}
