@@ -35,10 +35,10 @@ func (c *Consumer) cacheOf(j *job, id string) {
 	}
 	ttl := min(max(time.Duration(j.env.CacheTTL), 0), DefaultCacheMaxTTL)
 	switch {
-	case c.cfg.CacheTTL < 0:
+	case c.cfg.Cache.TTL < 0:
 		ttl = 0
-	case c.cfg.CacheTTL > 0:
-		ttl = min(ttl, c.cfg.CacheTTL)
+	case c.cfg.Cache.TTL > 0:
+		ttl = min(ttl, c.cfg.Cache.TTL)
 	}
 	j.cache, j.cacheTTL = j.env.CacheKey, ttl
 	j.msg.CacheTTL = ttl
@@ -75,7 +75,7 @@ func (c *Consumer) settleOf(j *job, reply *codec.Envelope, err error, ended time
 	ttl := time.Duration(0)
 	if err == nil {
 		ttl = min(max(j.msg.CacheTTL, 0), j.cacheTTL)
-		if len(reply.Payload) > c.cfg.CacheMaxValue {
+		if len(reply.Payload) > c.cfg.Cache.MaxValue {
 			ttl = 0
 		}
 		if ttl > 0 && ttl < time.Millisecond {

@@ -45,7 +45,8 @@ const (
 )
 
 // Config tunes a Consumer. Topic is required; every other zero value means
-// the documented default.
+// the documented default. The fields past the first few are grouped by
+// concern: Reclaim, Retry, Retention, Cache, Tracing, Timing.
 type Config struct {
 	// Topic to consume. Required.
 	Topic string
@@ -58,28 +59,33 @@ type Config struct {
 	// held at once. Zero means DefaultConcurrency.
 	Concurrency int
 	// Block is how long one XREADGROUP waits for entries. Zero means
-	// DefaultBlock, or ClaimIdle/4 if that is shorter: a read holds free
-	// handler slots while it waits, and a reclaimed entry may wait that
+	// DefaultBlock, or Reclaim.ClaimIdle/4 if that is shorter: a read holds
+	// free handler slots while it waits, and a reclaimed entry may wait that
 	// long for one, which must stay well below ClaimIdle.
 	Block time.Duration
-	// ReplyMaxLen caps reply streams on write (MAXLEN ~). Keep it above
-	// the producers' MaxInFlight. Zero means DefaultReplyMaxLen.
-	ReplyMaxLen int64
-	// DeadLetterMaxLen caps the topic's dead-letter stream. Zero means
-	// DefaultDeadLetterMaxLen.
-	DeadLetterMaxLen int64
 	// MaxEntrySize is the largest encoded entry handled; larger ones are
 	// dead-lettered unread. Zero means DefaultMaxEntrySize.
 	MaxEntrySize int
-	// StreamMaxLen caps a topic stream when this worker writes to it: the
-	// delayed events it moves to the stream when due are written like a
-	// producer's (XADD MAXLEN ~). Zero means DefaultStreamMaxLen (the
-	// producers' default); negative means no trimming.
-	StreamMaxLen int64
 	// ShutdownTimeout bounds how long Run waits for in-flight handlers after
 	// its ctx is done before cancelling their contexts. Zero means
 	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// StartID is where a newly created group starts: "0" (default: every
+	// entry still in the stream, so nothing published before the first
+	// worker started is lost) or "$" (only new entries).
+	StartID string
+
+	Reclaim   ReclaimConfig   // taking over the entries of consumers that stopped
+	Retry     RetryConfig     // deliveries, retries and dead letters
+	Retention RetentionConfig // how long the streams this consumer reads and writes keep entries
+	Cache     CacheConfig     // the shared tier of the response cache (docs/cache.md)
+	Tracing   TracingConfig   // OpenTelemetry spans (docs/tracing.md)
+	Timing    TimingConfig    // stage timing logs
+}
+
+// ReclaimConfig says when entries a consumer holds without progress go to
+// another consumer, and when consumers that left are forgotten.
+type ReclaimConfig struct {
 	// ClaimIdle is how long an entry may stay pending without progress
 	// before another consumer takes it over (XAUTOCLAIM): a consumer that
 	// died leaves its entries pending, and live ones reclaim them after
@@ -87,67 +93,96 @@ type Config struct {
 	// reclaimed by a heartbeat every ClaimIdle/3. Zero means
 	// DefaultClaimIdle.
 	ClaimIdle time.Duration
-	// ReclaimInterval is how often the consumer looks for entries to
-	// reclaim. Zero means ClaimIdle/2 (at most 5s).
-	ReclaimInterval time.Duration
-	// ReclaimBatch is the most entries reclaimed at once (never more than
-	// free handler slots). Zero means DefaultReclaimBatch.
-	ReclaimBatch int
-	// MaxDeliveries is how many times an entry is delivered before it goes
-	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
-	MaxDeliveries int
-	// TracerProvider, when set, records a "process {topic}" CONSUMER span
-	// around each handler call (docs/tracing.md), linked to the trace
-	// context the message carries; with TraceParent also its child (one
-	// trace from caller to handler). Nil records none. Either way the
-	// handler's ctx carries the message's span context (the process span,
-	// or the sender's), so a handler calling an HTTP service through
-	// otelhttp continues the trace. Propagator reads the headers (nil: W3C
-	// trace context and baggage).
-	TracerProvider trace.TracerProvider
-	Propagator     propagation.TextMapPropagator
-	TraceParent    bool
-
-	// RetryBackoff is the least delay of a retry asked with RetryAfter on
-	// the first delivery, doubled for each later one up to RetryBackoffMax
-	// (a longer delay the handler asks for wins). Zero means
-	// DefaultRetryBackoff and DefaultRetryBackoffMax.
-	RetryBackoff, RetryBackoffMax time.Duration
+	// Interval is how often the consumer looks for entries to reclaim
+	// (and trims by Retention). Zero means ClaimIdle/2 (at most 5s).
+	Interval time.Duration
+	// Batch is the most entries reclaimed at once (never more than free
+	// handler slots). Zero means DefaultReclaimBatch.
+	Batch int
 	// ConsumerIdleTimeout removes other consumers of the group that have
 	// been idle this long with nothing pending (dead workers leave their
 	// names behind). Consumers still holding entries are never removed.
 	// Zero means DefaultConsumerIdleTimeout; negative disables removal.
 	ConsumerIdleTimeout time.Duration
-	// RetentionMaxLen, when positive, makes the consumer trim its topic to
-	// this many entries (exact XTRIM every ReclaimInterval), whatever the
+}
+
+// RetryConfig says how often a message is tried and how long retries wait.
+type RetryConfig struct {
+	// MaxDeliveries is how many times an entry is delivered before it goes
+	// to the dead-letter stream instead. Zero means DefaultMaxDeliveries.
+	MaxDeliveries int
+	// Backoff is the least delay of a retry asked with RetryAfter on the
+	// first delivery, doubled for each later one up to BackoffMax (a
+	// longer delay the handler asks for wins). Zero means
+	// DefaultRetryBackoff and DefaultRetryBackoffMax.
+	Backoff, BackoffMax time.Duration
+}
+
+// RetentionConfig caps the streams this consumer writes (replies, dead
+// letters, promoted delayed events) and, optionally, trims its topic.
+type RetentionConfig struct {
+	// ReplyMaxLen caps reply streams on write (MAXLEN ~). Keep it above
+	// the producers' MaxInFlight. Zero means DefaultReplyMaxLen.
+	ReplyMaxLen int64
+	// DeadLetterMaxLen caps the topic's dead-letter stream. Zero means
+	// DefaultDeadLetterMaxLen.
+	DeadLetterMaxLen int64
+	// StreamMaxLen caps a topic stream when this worker writes to it: the
+	// delayed events it moves to the stream when due are written like a
+	// producer's (XADD MAXLEN ~). Zero means DefaultStreamMaxLen (the
+	// producers' default); negative means no trimming.
+	StreamMaxLen int64
+	// MaxLen, when positive, makes the consumer trim its topic to this
+	// many entries (exact XTRIM every Reclaim.Interval), whatever the
 	// producers' own caps. Entries beyond it are dropped even if no worker
 	// handled them: size it well above your backlog.
-	RetentionMaxLen int64
-	// RetentionMaxAge, when positive, trims entries older than this
-	// instead (XTRIM MINID), with the same caveat.
-	RetentionMaxAge time.Duration
-	// StartID is where a newly created group starts: "0" (default: every
-	// entry still in the stream, so nothing published before the first
-	// worker started is lost) or "$" (only new entries).
-	StartID string
-	// TimingSample makes one handled entry in TimingSample log its stage
-	// timings (queue wait, handler, reply write) at info level; every entry
-	// logs them at debug level. Zero means DefaultTimingSample; negative
-	// turns sampling off.
-	TimingSample int
-	// SlowEntry makes every entry whose queue wait, handler and reply write
-	// together exceed this log its timings at warn level. Zero means
-	// DefaultSlowEntry; negative turns it off.
-	SlowEntry time.Duration
-	// CacheTTL caps how long this worker's answers to cached requests are
+	MaxLen int64
+	// MaxAge, when positive, trims entries older than this instead (XTRIM
+	// MINID), with the same caveat.
+	MaxAge time.Duration
+}
+
+// CacheConfig bounds what this worker stores in the response cache's
+// shared tier.
+type CacheConfig struct {
+	// TTL caps how long this worker's answers to cached requests are
 	// stored in the shared tier (docs/cache.md). Zero means as long as the
 	// caller asked (at most DefaultCacheMaxTTL); negative means they are
 	// never stored (identical requests in flight still share one answer).
-	CacheTTL time.Duration
-	// CacheMaxValue is the largest answer (encoded reply, bytes) stored in
-	// the shared tier; larger answers are sent but not stored. Zero means
+	TTL time.Duration
+	// MaxValue is the largest answer (encoded reply, bytes) stored in the
+	// shared tier; larger answers are sent but not stored. Zero means
 	// DefaultCacheMaxValue.
-	CacheMaxValue int
+	MaxValue int
+}
+
+// TracingConfig turns on OpenTelemetry spans around handler calls.
+type TracingConfig struct {
+	// Provider, when set, records a "process {topic}" CONSUMER span around
+	// each handler call (docs/tracing.md), linked to the trace context the
+	// message carries; with Parent also its child (one trace from caller to
+	// handler). Nil records none. Either way the handler's ctx carries the
+	// message's span context (the process span, or the sender's), so a
+	// handler calling an HTTP service through otelhttp continues the trace.
+	Provider trace.TracerProvider
+	// Propagator reads the headers (nil: W3C trace context and baggage).
+	Propagator propagation.TextMapPropagator
+	// Parent makes the process span a child of the sender's span, not only
+	// linked to it.
+	Parent bool
+}
+
+// TimingConfig says which handled entries log their stage timings (queue
+// or retry wait, handler, reply write).
+type TimingConfig struct {
+	// Sample makes one handled entry in Sample log its timings at info
+	// level; every entry logs them at debug level. Zero means
+	// DefaultTimingSample; negative turns sampling off.
+	Sample int
+	// SlowEntry makes every entry whose wait, handler and reply write
+	// together exceed this log its timings at warn level. Zero means
+	// DefaultSlowEntry; negative turns it off.
+	SlowEntry time.Duration
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -165,8 +200,8 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	if c.Concurrency < 0 || c.MaxEntrySize < 0 || c.ReplyMaxLen < 0 || c.DeadLetterMaxLen < 0 {
-		return fmt.Errorf("%w: Concurrency, MaxEntrySize, ReplyMaxLen and DeadLetterMaxLen must not be negative", bus.ErrInvalidConfig)
+	if c.Concurrency < 0 || c.MaxEntrySize < 0 || c.Retention.ReplyMaxLen < 0 || c.Retention.DeadLetterMaxLen < 0 {
+		return fmt.Errorf("%w: Concurrency, MaxEntrySize, Retention.ReplyMaxLen and Retention.DeadLetterMaxLen must not be negative", bus.ErrInvalidConfig)
 	}
 	if c.Concurrency > MaxConcurrency {
 		return fmt.Errorf("%w: Concurrency %d: at most %d (each slot is a goroutine; run more workers instead)", bus.ErrInvalidConfig, c.Concurrency, MaxConcurrency)
@@ -174,8 +209,8 @@ func (c Config) Validate() error {
 	if c.MaxEntrySize > MaxEntrySizeCap {
 		return fmt.Errorf("%w: MaxEntrySize %d: at most %d (Redis's own bulk-string limit)", bus.ErrInvalidConfig, c.MaxEntrySize, MaxEntrySizeCap)
 	}
-	if c.ReclaimBatch > MaxReclaimBatch {
-		return fmt.Errorf("%w: ReclaimBatch %d: at most %d", bus.ErrInvalidConfig, c.ReclaimBatch, MaxReclaimBatch)
+	if c.Reclaim.Batch > MaxReclaimBatch {
+		return fmt.Errorf("%w: Reclaim.Batch %d: at most %d", bus.ErrInvalidConfig, c.Reclaim.Batch, MaxReclaimBatch)
 	}
 	if c.Block < 0 || c.ShutdownTimeout < 0 {
 		return fmt.Errorf("%w: Block and ShutdownTimeout must not be negative", bus.ErrInvalidConfig)
@@ -183,26 +218,26 @@ func (c Config) Validate() error {
 	if c.Block > 0 && c.Block < time.Millisecond {
 		return fmt.Errorf("%w: Block must be at least 1ms, got %v", bus.ErrInvalidConfig, c.Block)
 	}
-	if c.RetentionMaxLen < 0 || c.RetentionMaxAge < 0 {
-		return fmt.Errorf("%w: RetentionMaxLen and RetentionMaxAge must not be negative", bus.ErrInvalidConfig)
+	if c.Retention.MaxLen < 0 || c.Retention.MaxAge < 0 {
+		return fmt.Errorf("%w: Retention.MaxLen and Retention.MaxAge must not be negative", bus.ErrInvalidConfig)
 	}
-	if c.RetentionMaxLen > 0 && c.RetentionMaxAge > 0 {
-		return fmt.Errorf("%w: set RetentionMaxLen or RetentionMaxAge, not both", bus.ErrInvalidConfig)
+	if c.Retention.MaxLen > 0 && c.Retention.MaxAge > 0 {
+		return fmt.Errorf("%w: set Retention.MaxLen or Retention.MaxAge, not both", bus.ErrInvalidConfig)
 	}
-	if c.ClaimIdle < 0 || c.ReclaimInterval < 0 || c.ReclaimBatch < 0 || c.MaxDeliveries < 0 {
-		return fmt.Errorf("%w: ClaimIdle, ReclaimInterval, ReclaimBatch and MaxDeliveries must not be negative", bus.ErrInvalidConfig)
+	if c.Reclaim.ClaimIdle < 0 || c.Reclaim.Interval < 0 || c.Reclaim.Batch < 0 || c.Retry.MaxDeliveries < 0 {
+		return fmt.Errorf("%w: Reclaim.ClaimIdle, Reclaim.Interval, Reclaim.Batch and Retry.MaxDeliveries must not be negative", bus.ErrInvalidConfig)
 	}
-	if c.RetryBackoff < 0 || c.RetryBackoffMax < 0 {
-		return fmt.Errorf("%w: RetryBackoff and RetryBackoffMax must not be negative", bus.ErrInvalidConfig)
+	if c.Retry.Backoff < 0 || c.Retry.BackoffMax < 0 {
+		return fmt.Errorf("%w: Retry.Backoff and Retry.BackoffMax must not be negative", bus.ErrInvalidConfig)
 	}
-	if c.ClaimIdle > 0 && c.ClaimIdle < 30*time.Millisecond {
-		return fmt.Errorf("%w: ClaimIdle must be at least 30ms, got %v", bus.ErrInvalidConfig, c.ClaimIdle)
+	if c.Reclaim.ClaimIdle > 0 && c.Reclaim.ClaimIdle < 30*time.Millisecond {
+		return fmt.Errorf("%w: Reclaim.ClaimIdle must be at least 30ms, got %v", bus.ErrInvalidConfig, c.Reclaim.ClaimIdle)
 	}
-	if claim, block := c.withDefaults("x").ClaimIdle, c.withDefaults("x").Block; claim < 2*block {
-		return fmt.Errorf("%w: ClaimIdle (%v) must be at least twice Block (%v), or entries waiting for a handler slot get reclaimed", bus.ErrInvalidConfig, claim, block)
+	if claim, block := c.withDefaults("x").Reclaim.ClaimIdle, c.withDefaults("x").Block; claim < 2*block {
+		return fmt.Errorf("%w: Reclaim.ClaimIdle (%v) must be at least twice Block (%v), or entries waiting for a handler slot get reclaimed", bus.ErrInvalidConfig, claim, block)
 	}
-	if c.CacheMaxValue < 0 {
-		return fmt.Errorf("%w: CacheMaxValue must not be negative", bus.ErrInvalidConfig)
+	if c.Cache.MaxValue < 0 {
+		return fmt.Errorf("%w: Cache.MaxValue must not be negative", bus.ErrInvalidConfig)
 	}
 	if c.StartID != "" && c.StartID != "0" && c.StartID != "$" {
 		return fmt.Errorf("%w: StartID must be \"0\" or \"$\", got %q", bus.ErrInvalidConfig, c.StartID)
@@ -220,22 +255,22 @@ func (c Config) withDefaults(rnd string) Config {
 		c.Name = host + "-" + strconv.Itoa(os.Getpid()) + "-" + rnd
 	}
 	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
-	c.ClaimIdle = cmp.Or(c.ClaimIdle, DefaultClaimIdle)
-	c.Block = cmp.Or(c.Block, min(DefaultBlock, c.ClaimIdle/4))
-	c.ReplyMaxLen = cmp.Or(c.ReplyMaxLen, DefaultReplyMaxLen)
-	c.DeadLetterMaxLen = cmp.Or(c.DeadLetterMaxLen, DefaultDeadLetterMaxLen)
+	c.Reclaim.ClaimIdle = cmp.Or(c.Reclaim.ClaimIdle, DefaultClaimIdle)
+	c.Block = cmp.Or(c.Block, min(DefaultBlock, c.Reclaim.ClaimIdle/4))
+	c.Retention.ReplyMaxLen = cmp.Or(c.Retention.ReplyMaxLen, DefaultReplyMaxLen)
+	c.Retention.DeadLetterMaxLen = cmp.Or(c.Retention.DeadLetterMaxLen, DefaultDeadLetterMaxLen)
 	c.MaxEntrySize = cmp.Or(c.MaxEntrySize, DefaultMaxEntrySize)
-	c.StreamMaxLen = cmp.Or(c.StreamMaxLen, DefaultStreamMaxLen)
+	c.Retention.StreamMaxLen = cmp.Or(c.Retention.StreamMaxLen, DefaultStreamMaxLen)
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	c.StartID = cmp.Or(c.StartID, "0")
-	c.ReclaimInterval = cmp.Or(c.ReclaimInterval, min(c.ClaimIdle/2, 5*time.Second))
-	c.ReclaimBatch = cmp.Or(c.ReclaimBatch, DefaultReclaimBatch)
-	c.ConsumerIdleTimeout = cmp.Or(c.ConsumerIdleTimeout, DefaultConsumerIdleTimeout)
-	c.MaxDeliveries = cmp.Or(c.MaxDeliveries, DefaultMaxDeliveries)
-	c.RetryBackoff = cmp.Or(c.RetryBackoff, DefaultRetryBackoff)
-	c.RetryBackoffMax = max(cmp.Or(c.RetryBackoffMax, DefaultRetryBackoffMax), c.RetryBackoff)
-	c.TimingSample = cmp.Or(c.TimingSample, DefaultTimingSample)
-	c.SlowEntry = cmp.Or(c.SlowEntry, DefaultSlowEntry)
-	c.CacheMaxValue = cmp.Or(c.CacheMaxValue, DefaultCacheMaxValue)
+	c.Reclaim.Interval = cmp.Or(c.Reclaim.Interval, min(c.Reclaim.ClaimIdle/2, 5*time.Second))
+	c.Reclaim.Batch = cmp.Or(c.Reclaim.Batch, DefaultReclaimBatch)
+	c.Reclaim.ConsumerIdleTimeout = cmp.Or(c.Reclaim.ConsumerIdleTimeout, DefaultConsumerIdleTimeout)
+	c.Retry.MaxDeliveries = cmp.Or(c.Retry.MaxDeliveries, DefaultMaxDeliveries)
+	c.Retry.Backoff = cmp.Or(c.Retry.Backoff, DefaultRetryBackoff)
+	c.Retry.BackoffMax = max(cmp.Or(c.Retry.BackoffMax, DefaultRetryBackoffMax), c.Retry.Backoff)
+	c.Timing.Sample = cmp.Or(c.Timing.Sample, DefaultTimingSample)
+	c.Timing.SlowEntry = cmp.Or(c.Timing.SlowEntry, DefaultSlowEntry)
+	c.Cache.MaxValue = cmp.Or(c.Cache.MaxValue, DefaultCacheMaxValue)
 	return c
 }

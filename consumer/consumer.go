@@ -132,7 +132,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := c.Keys()
 	co := &Consumer{c: c, cfg: cfg, h: h, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic), oneServer: c.Mode() != "cluster",
-		replyCap: redisx.MaxLen(cfg.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.DeadLetterMaxLen),
+		replyCap: redisx.MaxLen(cfg.Retention.ReplyMaxLen), dlqCap: redisx.MaxLen(cfg.Retention.DeadLetterMaxLen),
 		presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name, serving: make(chan struct{})}
 	co.tr = newTracing(&co.cfg)
 	for _, o := range opts {
@@ -692,8 +692,8 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		outcome = "retry_after"
 		return
 	case j.msg.Request:
-		if err != nil && errors.Is(err, bus.ErrRetryLater) && j.msg.Attempt < c.cfg.MaxDeliveries &&
-			time.Until(j.msg.Deadline) > c.cfg.ClaimIdle {
+		if err != nil && errors.Is(err, bus.ErrRetryLater) && j.msg.Attempt < c.cfg.Retry.MaxDeliveries &&
+			time.Until(j.msg.Deadline) > c.cfg.Reclaim.ClaimIdle {
 			c.stats.retried.Add(1) // the caller can still wait for a retry
 			outcome = "retry"
 			c.warnFailed(&j.msg, err, "retry", "handler failed: the request is delivered again after ClaimIdle")
@@ -727,11 +727,11 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 		outcome = "dead_lettered"
 		c.warnFailed(&j.msg, err, "handler_error", "handler failed (do not retry): dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "handler_error", err.Error())
-	case j.msg.Attempt >= c.cfg.MaxDeliveries:
+	case j.msg.Attempt >= c.cfg.Retry.MaxDeliveries:
 		outcome = "dead_lettered"
 		c.warnFailed(&j.msg, err, "max_deliveries", "handler failed on the last delivery: dead-lettered")
 		done.dead = c.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "max_deliveries",
-			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, c.cfg.MaxDeliveries, err))
+			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, c.cfg.Retry.MaxDeliveries, err))
 	default:
 		// A failed event is delivered again after ClaimIdle.
 		c.stats.retried.Add(1)
@@ -750,7 +750,7 @@ func (c *Consumer) work(hctx, hvals context.Context, j *job, a *acker, slots cha
 // released).
 func (c *Consumer) retryAfter(ctx context.Context, j *job, err error, slots chan<- struct{}) bool {
 	var ra *RetryAfterError
-	if !errors.As(err, &ra) || j.msg.Attempt >= c.cfg.MaxDeliveries {
+	if !errors.As(err, &ra) || j.msg.Attempt >= c.cfg.Retry.MaxDeliveries {
 		return false
 	}
 	delay := c.retryDelay(ra.Delay, j.msg.Attempt)

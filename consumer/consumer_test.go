@@ -66,7 +66,7 @@ func TestNewValidates(t *testing.T) {
 	_, c := redistest.Mini(t)
 	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil })
 	for _, cfg := range []consumer.Config{{}, {Topic: "a{b}"}, {Topic: "t", Concurrency: -1}, {Topic: "t", StartID: "5"}, {Topic: "t", Block: time.Microsecond}, {Topic: "t", Group: "g g"},
-		{Topic: "t", Concurrency: consumer.MaxConcurrency + 1}, {Topic: "t", MaxEntrySize: consumer.MaxEntrySizeCap + 1}, {Topic: "t", ReclaimBatch: consumer.MaxReclaimBatch + 1}} {
+		{Topic: "t", Concurrency: consumer.MaxConcurrency + 1}, {Topic: "t", MaxEntrySize: consumer.MaxEntrySizeCap + 1}, {Topic: "t", Reclaim: consumer.ReclaimConfig{Batch: consumer.MaxReclaimBatch + 1}}} {
 		if _, err := consumer.New(c, cfg, h); !errors.Is(err, bus.ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
 		}
@@ -188,7 +188,7 @@ func TestFailingEventIsRetriedThenDeadLettered(t *testing.T) {
 	m, c := redistest.Mini(t)
 	var attempts []int
 	var mu sync.Mutex
-	co := start(t, c, consumer.Config{Topic: "t", ClaimIdle: 300 * time.Millisecond, MaxDeliveries: 3},
+	co := start(t, c, consumer.Config{Topic: "t", Reclaim: consumer.ReclaimConfig{ClaimIdle: 300 * time.Millisecond}, Retry: consumer.RetryConfig{MaxDeliveries: 3}},
 		consumer.HandlerFunc(func(_ context.Context, msg *consumer.Message) ([]byte, error) {
 			mu.Lock()
 			attempts = append(attempts, msg.Attempt)
@@ -428,7 +428,7 @@ func TestHandlerCtxCarriesRunValues(t *testing.T) {
 func TestWorkerTellsItsStory(t *testing.T) {
 	m, c := redistest.Mini(t)
 	var logs redistest.SyncBuffer
-	co := start(t, c, consumer.Config{Topic: "t", ClaimIdle: 300 * time.Millisecond, MaxDeliveries: 2},
+	co := start(t, c, consumer.Config{Topic: "t", Reclaim: consumer.ReclaimConfig{ClaimIdle: 300 * time.Millisecond}, Retry: consumer.RetryConfig{MaxDeliveries: 2}},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
 			return nil, errors.New("backend refused the connection")
 		}), consumer.WithLogger(zerolog.New(&logs).Level(zerolog.InfoLevel)))

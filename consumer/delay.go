@@ -90,11 +90,11 @@ func (w *waitingSet) len() int {
 // that retries asked for the same moment spread a little, and still come
 // within 10% of it).
 func (c *Consumer) retryDelay(d time.Duration, attempt int) time.Duration {
-	b := c.cfg.RetryBackoff
-	for i := 1; i < attempt && b < c.cfg.RetryBackoffMax; i++ {
+	b := c.cfg.Retry.Backoff
+	for i := 1; i < attempt && b < c.cfg.Retry.BackoffMax; i++ {
 		b *= 2
 	}
-	b = min(b, c.cfg.RetryBackoffMax)
+	b = min(b, c.cfg.Retry.BackoffMax)
 	d = max(d, b)
 	if j := int64(d / 20); j > 0 {
 		d += time.Duration(rand.Int64N(j + 1))
@@ -173,7 +173,7 @@ func (c *Consumer) delayLoop(ctx context.Context, wake <-chan int64, slots chan 
 				claim[i]++
 			}
 		}
-		res := redisx.Due(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, maxPromote, claim, redisx.MaxLen(c.cfg.StreamMaxLen))
+		res := redisx.Due(ctx, c.c.Redis(), keys, c.cfg.Group, c.cfg.Name, maxPromote, claim, redisx.MaxLen(c.cfg.Retention.StreamMaxLen))
 		wait := delayPoll
 		failed := false
 		denied := false

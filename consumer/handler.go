@@ -67,8 +67,8 @@ func (m *Message) Send(ctx context.Context, chunk []byte) error {
 
 // RetryAfter wraps err to ask for the message to be delivered again after
 // at least d (a backend's Retry-After, for example), counted toward
-// MaxDeliveries. The delay grows with the attempts (Config.RetryBackoff
-// doubled per delivery, up to Config.RetryBackoffMax: the larger of that
+// MaxDeliveries. The delay grows with the attempts (Config.Retry.Backoff
+// doubled per delivery, up to Config.Retry.BackoffMax: the larger of that
 // and d applies) plus up to a tenth more of jitter. The entry stays pending
 // meanwhile, so a worker that dies does not lose it: whoever reclaims it
 // waits for the same due time. A request is retried only if its caller's

@@ -77,7 +77,7 @@ func (s *workerSlot) get() (*part, string, int64) {
 // most as many entries as handler slots are free, and each claimed entry
 // waits for a slot like a read one. It returns when ctx ends.
 func (c *Consumer) reclaimLoop(ctx context.Context, pt *part, slots chan struct{}, jobs chan<- *job, a *acker) {
-	t := time.NewTicker(c.cfg.ReclaimInterval)
+	t := time.NewTicker(c.cfg.Reclaim.Interval)
 	defer t.Stop()
 	cursor := "0-0"
 	out := redisx.Outage{Log: c.log, What: "reclaimer " + pt.key}
@@ -89,14 +89,14 @@ func (c *Consumer) reclaimLoop(ctx context.Context, pt *part, slots chan struct{
 		case <-t.C:
 		}
 		c.enforceRetention(ctx, pt)
-		if c.cfg.ConsumerIdleTimeout > 0 && time.Since(lastCleanup) >= min(c.cfg.ConsumerIdleTimeout/4, time.Minute) {
+		if c.cfg.Reclaim.ConsumerIdleTimeout > 0 && time.Since(lastCleanup) >= min(c.cfg.Reclaim.ConsumerIdleTimeout/4, time.Minute) {
 			lastCleanup = time.Now()
 			c.removeIdleConsumers(ctx, pt)
 		}
 		for ctx.Err() == nil { // keep going while full batches come back
 			// The read loop may hold the free slots while it blocks, so size
 			// the claim by what is in flight rather than by free tokens.
-			n := min(c.cfg.Concurrency-int(c.inFlight.Load()), c.cfg.ReclaimBatch)
+			n := min(c.cfg.Concurrency-int(c.inFlight.Load()), c.cfg.Reclaim.Batch)
 			if n <= 0 {
 				break
 			}
@@ -125,7 +125,7 @@ func (c *Consumer) removeIdleConsumers(ctx context.Context, pt *part) {
 		return
 	}
 	for _, ci := range list {
-		if ci.Name == c.cfg.Name || ci.Pending != 0 || ci.Idle < c.cfg.ConsumerIdleTimeout {
+		if ci.Name == c.cfg.Name || ci.Pending != 0 || ci.Idle < c.cfg.Reclaim.ConsumerIdleTimeout {
 			continue
 		}
 		n, err := redisx.DeleteConsumer(ctx, c.c.Redis(), pt.key, c.cfg.Group, ci.Name)
@@ -156,10 +156,10 @@ func (c *Consumer) maintenanceFailed(pt *part, what string, err error) {
 
 // enforceRetention trims the topic to the configured retention, if any.
 func (c *Consumer) enforceRetention(ctx context.Context, pt *part) {
-	if c.cfg.RetentionMaxLen <= 0 && c.cfg.RetentionMaxAge <= 0 {
+	if c.cfg.Retention.MaxLen <= 0 && c.cfg.Retention.MaxAge <= 0 {
 		return
 	}
-	n, err := redisx.Trim(ctx, c.c.Redis(), pt.key, c.cfg.RetentionMaxLen, c.cfg.RetentionMaxAge)
+	n, err := redisx.Trim(ctx, c.c.Redis(), pt.key, c.cfg.Retention.MaxLen, c.cfg.Retention.MaxAge)
 	switch {
 	case err != nil:
 		c.maintenanceFailed(pt, "retention trim", err)
@@ -173,7 +173,7 @@ func (c *Consumer) enforceRetention(ctx context.Context, pt *part) {
 // Claimed entries it cannot route before ctx ends stay pending (ours), and
 // are reclaimed again after ClaimIdle.
 func (c *Consumer) reclaimOnce(ctx context.Context, pt *part, cursor string, n int, slots chan struct{}, jobs chan<- *job, a *acker) (int, string, error) {
-	next, entries, deleted, err := redisx.AutoClaim(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle, cursor, int64(n))
+	next, entries, deleted, err := redisx.AutoClaim(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.Reclaim.ClaimIdle, cursor, int64(n))
 	if err != nil {
 		return 0, cursor, err
 	}
@@ -230,13 +230,13 @@ func (c *Consumer) handleClaimed(ctx context.Context, pt *part, entries []redisx
 			attempt = 1 // not listed: acknowledged meanwhile; handling is harmless
 		}
 		c.stats.reclaimed.Add(1)
-		if attempt > c.cfg.MaxDeliveries {
+		if attempt > c.cfg.Retry.MaxDeliveries {
 			c.stats.received.Add(1)
 			c.inFlight.Add(1)
 			c.warnEntry(entryWarning{id: e.ID, attempt: attempt, reason: "max_deliveries",
 				msg: "not completed after MaxDeliveries deliveries (its workers died or timed out): dead-lettered"})
 			a.addAsync(completion{p: pt, id: e.ID, dead: c.deadFields(e, attempt-1, "max_deliveries",
-				fmt.Sprintf("not completed after %d deliveries (MaxDeliveries %d)", attempt-1, c.cfg.MaxDeliveries))})
+				fmt.Sprintf("not completed after %d deliveries (MaxDeliveries %d)", attempt-1, c.cfg.Retry.MaxDeliveries))})
 			continue
 		}
 		c.route(pt, e, time.Now(), attempt, jobs, a)
@@ -249,7 +249,7 @@ func (c *Consumer) handleClaimed(ctx context.Context, pt *part, entries []redisx
 // were read more than ClaimIdle/3 ago and are still being handled (one
 // round of commands per partition that has such entries).
 func (c *Consumer) heartbeatLoop(ctx context.Context, running []workerSlot) {
-	every := c.cfg.ClaimIdle / 3
+	every := c.cfg.Reclaim.ClaimIdle / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
 	byPart := map[*part][]string{}
@@ -305,7 +305,7 @@ func (c *Consumer) touch(ctx context.Context, pt *part, ids []string) error {
 	if gone != nil {
 		c.waiting.drop(pt, gone...) // claimed by another worker, or finished
 	}
-	if err := redisx.Touch(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.ClaimIdle/6, keep...); err != nil {
+	if err := redisx.Touch(ctx, c.c.Redis(), pt.key, c.cfg.Group, c.cfg.Name, c.cfg.Reclaim.ClaimIdle/6, keep...); err != nil {
 		return err
 	}
 	c.stats.heartbeats.Add(uint64(len(keep)))

@@ -77,10 +77,10 @@ func TestTimingLogs(t *testing.T) {
 		wantLevel string
 		wantLines int
 	}{
-		{"debug logs every entry", zerolog.DebugLevel, consumer.Config{TimingSample: -1, SlowEntry: -1}, "debug", 6},
-		{"info samples one in three", zerolog.InfoLevel, consumer.Config{TimingSample: 3, SlowEntry: -1}, "info", 2},
-		{"slow entries at warn", zerolog.WarnLevel, consumer.Config{TimingSample: -1, SlowEntry: time.Nanosecond}, "warn", 6},
-		{"default level logs nothing", zerolog.InfoLevel, consumer.Config{TimingSample: -1, SlowEntry: -1}, "", 0},
+		{"debug logs every entry", zerolog.DebugLevel, consumer.Config{Timing: consumer.TimingConfig{Sample: -1, SlowEntry: -1}}, "debug", 6},
+		{"info samples one in three", zerolog.InfoLevel, consumer.Config{Timing: consumer.TimingConfig{Sample: 3, SlowEntry: -1}}, "info", 2},
+		{"slow entries at warn", zerolog.WarnLevel, consumer.Config{Timing: consumer.TimingConfig{Sample: -1, SlowEntry: time.Nanosecond}}, "warn", 6},
+		{"default level logs nothing", zerolog.InfoLevel, consumer.Config{Timing: consumer.TimingConfig{Sample: -1, SlowEntry: -1}}, "", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

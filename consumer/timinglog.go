@@ -9,18 +9,18 @@ import (
 )
 
 // logTiming logs one finished entry's stages: at debug level for every
-// entry, at info level for one in Config.TimingSample, at warn level when
-// queue wait, handler and write together exceed Config.SlowEntry. write is
+// entry, at info level for one in Config.Timing.Sample, at warn level when
+// queue wait, handler and write together exceed Config.Timing.SlowEntry. write is
 // the reply write (for an event: its acknowledgement). Below the logger's
 // level it costs a level check and, at info, one atomic add.
 func (c *Consumer) logTiming(d *completion, write time.Duration) {
 	total := d.queued + d.handled + write
 	lvl := zerolog.DebugLevel
 	switch {
-	case c.cfg.SlowEntry > 0 && total >= c.cfg.SlowEntry:
+	case c.cfg.Timing.SlowEntry > 0 && total >= c.cfg.Timing.SlowEntry:
 		lvl = zerolog.WarnLevel
-	case c.cfg.TimingSample > 0 && c.log.GetLevel() <= zerolog.InfoLevel &&
-		c.sampled.Add(1)%uint64(c.cfg.TimingSample) == 0:
+	case c.cfg.Timing.Sample > 0 && c.log.GetLevel() <= zerolog.InfoLevel &&
+		c.sampled.Add(1)%uint64(c.cfg.Timing.Sample) == 0:
 		lvl = zerolog.InfoLevel
 	}
 	if ev := c.log.WithLevel(lvl); ev != nil {

@@ -17,7 +17,7 @@ import (
 
 // Tracing (docs/tracing.md): a "process {topic}" CONSUMER span around
 // each handler call, linked to the creation context the message carries
-// (W3C headers), and its child with Config.TraceParent.
+// (W3C headers), and its child with Config.Tracing.Parent.
 
 const instrumentation = "github.com/egos/mycelium/consumer"
 
@@ -28,12 +28,12 @@ type tracing struct {
 }
 
 func newTracing(cfg *Config) tracing {
-	t := tracing{prop: cfg.Propagator, parent: cfg.TraceParent}
+	t := tracing{prop: cfg.Tracing.Propagator, parent: cfg.Tracing.Parent}
 	if t.prop == nil {
 		t.prop = bus.TracePropagator()
 	}
-	if cfg.TracerProvider != nil {
-		t.tr = cfg.TracerProvider.Tracer(instrumentation)
+	if cfg.Tracing.Provider != nil {
+		t.tr = cfg.Tracing.Provider.Tracer(instrumentation)
 	}
 	return t
 }

@@ -62,7 +62,7 @@ func TestACLRolesSuffice(t *testing.T) {
 		}
 		return m.Payload, nil
 	})
-	co := runConsumer(t, users["worker"], consumer.Config{Topic: "acl", Concurrency: 1, ClaimIdle: 200 * time.Millisecond, RetentionMaxLen: 1000}, h)
+	co := runConsumer(t, users["worker"], consumer.Config{Topic: "acl", Concurrency: 1, Reclaim: consumer.ReclaimConfig{ClaimIdle: 200 * time.Millisecond}, Retention: consumer.RetentionConfig{MaxLen: 1000}}, h)
 	p := newProducer(t, users["producer"], producer.Config{Cache: map[string]producer.CacheConfig{"acl": {}}})
 
 	if got, err := p.Request(ctx, "acl", []byte("q")); err != nil || string(got) != "q" {

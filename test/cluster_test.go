@@ -286,8 +286,8 @@ func runFailover(t *testing.T, rig failoverRig, warm, after time.Duration) failo
 		t.Fatal(err)
 	}
 	h := newClusterEcho()
-	runConsumer(t, c, consumer.Config{Topic: "fo", Group: "g", Concurrency: 16, ClaimIdle: 2 * time.Second}, h)
-	runConsumer(t, c, consumer.Config{Topic: "fo", Group: "g", Concurrency: 16, ClaimIdle: 2 * time.Second}, h)
+	runConsumer(t, c, consumer.Config{Topic: "fo", Group: "g", Concurrency: 16, Reclaim: consumer.ReclaimConfig{ClaimIdle: 2 * time.Second}}, h)
+	runConsumer(t, c, consumer.Config{Topic: "fo", Group: "g", Concurrency: 16, Reclaim: consumer.ReclaimConfig{ClaimIdle: 2 * time.Second}}, h)
 	// A breaker that probes after 1 s (the default 5 s adds up to 5 s to
 	// the recovery; docs/cluster.md).
 	p := newProducer(t, c, producer.Config{Breaker: breaker.Config{OpenTimeout: time.Second}})

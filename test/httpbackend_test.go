@@ -278,7 +278,7 @@ func TestStreamWorkerKilled(t *testing.T) {
 	}
 	w.Kill()
 	second := make(chan error, 1)
-	runConsumer(t, c, consumer.Config{Topic: "kill", ClaimIdle: time.Second, ReclaimInterval: 200 * time.Millisecond},
+	runConsumer(t, c, consumer.Config{Topic: "kill", Reclaim: consumer.ReclaimConfig{ClaimIdle: time.Second, Interval: 200 * time.Millisecond}},
 		consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
 			for i := 0; ; i++ {
 				if err := m.Send(ctx, []byte("second"+strconv.Itoa(i))); err != nil {

@@ -55,7 +55,7 @@ func TestReclaimFromDeadConsumer(t *testing.T) {
 	ghostRead(t, srv, "orphans", n)
 	var seen sync.Map
 	var handled atomic.Int64
-	co := runConsumer(t, c, consumer.Config{Topic: "orphans", ClaimIdle: time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "orphans", Reclaim: consumer.ReclaimConfig{ClaimIdle: time.Second}}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		if _, dup := seen.LoadOrStore(string(m.Payload), true); dup {
 			t.Errorf("entry %s handled twice", m.Payload)
 		}
@@ -88,8 +88,8 @@ func TestSlowHandlerIsNotReclaimed(t *testing.T) {
 		close(finished)
 		return nil, nil
 	})
-	a := runConsumer(t, c, consumer.Config{Topic: "slow", Name: "a", ClaimIdle: claimIdle}, h)
-	b := runConsumer(t, c, consumer.Config{Topic: "slow", Name: "b", ClaimIdle: claimIdle}, h)
+	a := runConsumer(t, c, consumer.Config{Topic: "slow", Name: "a", Reclaim: consumer.ReclaimConfig{ClaimIdle: claimIdle}}, h)
+	b := runConsumer(t, c, consumer.Config{Topic: "slow", Name: "b", Reclaim: consumer.ReclaimConfig{ClaimIdle: claimIdle}}, h)
 	p := newProducer(t, c, producer.Config{})
 	if _, err := p.Publish(context.Background(), "slow", []byte("think")); err != nil {
 		t.Fatal(err)
@@ -121,7 +121,7 @@ func TestTrimmedPendingEntriesAreDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	var handled atomic.Int64
-	co := runConsumer(t, c, consumer.Config{Topic: "trim", ClaimIdle: 100 * time.Millisecond}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "trim", Reclaim: consumer.ReclaimConfig{ClaimIdle: 100 * time.Millisecond}}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
 		handled.Add(1)
 		return nil, nil
 	}))
@@ -136,7 +136,7 @@ func TestDeliveryLimitOnRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	var attempts atomic.Int64
-	co := runConsumer(t, c, consumer.Config{Topic: "poison", ClaimIdle: 500 * time.Millisecond, MaxDeliveries: 4},
+	co := runConsumer(t, c, consumer.Config{Topic: "poison", Reclaim: consumer.ReclaimConfig{ClaimIdle: 500 * time.Millisecond}, Retry: consumer.RetryConfig{MaxDeliveries: 4}},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
 			attempts.Add(1)
 			return nil, errors.New("always fails")
@@ -164,7 +164,7 @@ func TestDeliveryLimitOnRedis(t *testing.T) {
 func TestRequestRetryLaterWhenDeadlineAllows(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
-	runConsumer(t, c, consumer.Config{Topic: "retry", ClaimIdle: 100 * time.Millisecond},
+	runConsumer(t, c, consumer.Config{Topic: "retry", Reclaim: consumer.ReclaimConfig{ClaimIdle: 100 * time.Millisecond}},
 		consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 			if m.Attempt == 1 { // every request's first delivery
 				return nil, fmt.Errorf("model warming up: %w", bus.ErrRetryLater)
@@ -198,7 +198,7 @@ func TestConsumerRetention(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	co := runConsumer(t, c, consumer.Config{Topic: "kept", ClaimIdle: 200 * time.Millisecond, RetentionMaxLen: 10},
+	co := runConsumer(t, c, consumer.Config{Topic: "kept", Reclaim: consumer.ReclaimConfig{ClaimIdle: 200 * time.Millisecond}, Retention: consumer.RetentionConfig{MaxLen: 10}},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
 	// The counter is updated after XTRIM returns: wait for both.
 	waitFor(t, 10*time.Second, "the topic trimmed to 10 entries and counted", func() bool {
@@ -219,7 +219,7 @@ func TestIdleConsumersRemoved(t *testing.T) {
 	if err := c.Redis().Do(ctx, c.Redis().B().XgroupCreateconsumer().Key("myc:{idle}").Group("workers").Consumer("gone").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	co := runConsumer(t, c, consumer.Config{Topic: "idle", ClaimIdle: 30 * time.Second, ReclaimInterval: 50 * time.Millisecond, ConsumerIdleTimeout: 300 * time.Millisecond},
+	co := runConsumer(t, c, consumer.Config{Topic: "idle", Reclaim: consumer.ReclaimConfig{ClaimIdle: 30 * time.Second, Interval: 50 * time.Millisecond, ConsumerIdleTimeout: 300 * time.Millisecond}},
 		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil }))
 	names := func() map[string]bool {
 		list, err := redisx.Consumers(ctx, c.Redis(), "myc:{idle}", "workers")

@@ -33,7 +33,7 @@ import (
 func TestCraftedReplyToNeverReachesForeignKeys(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
-	co := runConsumer(t, c, consumer.Config{Topic: "demo", ReplyMaxLen: 10}, echo)
+	co := runConsumer(t, c, consumer.Config{Topic: "demo", Retention: consumer.RetentionConfig{ReplyMaxLen: 10}}, echo)
 	rc := c.Redis()
 	ctx := context.Background()
 	for i := range 50 {
@@ -164,7 +164,7 @@ func TestPermissionRefusalStopsTheConsumer(t *testing.T) {
 	}
 	run := func(user, topic string, h consumer.Handler) (*consumer.Consumer, chan error) {
 		c := redistest.Connect(t, bus.Config{URL: srv.URL, Username: user, Password: "pw"})
-		co, err := consumer.New(c, consumer.Config{Topic: topic, ClaimIdle: 200 * time.Millisecond, MaxDeliveries: 2}, h)
+		co, err := consumer.New(c, consumer.Config{Topic: topic, Reclaim: consumer.ReclaimConfig{ClaimIdle: 200 * time.Millisecond}, Retry: consumer.RetryConfig{MaxDeliveries: 2}}, h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -725,7 +725,7 @@ func TestReplyRefusedLeavesTheRequestPending(t *testing.T) {
 	defer cancel()
 	started := make(chan struct{}, 4)
 	release := make(chan struct{})
-	co := runConsumer(t, c, consumer.Config{Topic: "oom", ClaimIdle: 500 * time.Millisecond}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "oom", Reclaim: consumer.ReclaimConfig{ClaimIdle: 500 * time.Millisecond}}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
 		started <- struct{}{}
 		if m.Attempt == 1 {
 			<-release

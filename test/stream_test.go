@@ -299,7 +299,7 @@ func TestRetryAfterDelay(t *testing.T) {
 	c := srv.Client(t)
 	var mu sync.Mutex
 	var times []time.Time
-	co := runConsumer(t, c, consumer.Config{Topic: "quota", ClaimIdle: 30 * time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "quota", Reclaim: consumer.ReclaimConfig{ClaimIdle: 30 * time.Second}}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		mu.Lock()
 		times = append(times, time.Now())
 		n := len(times)
@@ -335,7 +335,7 @@ func TestRetryAfterDelay(t *testing.T) {
 // entry at its due time, once.
 func TestRetryAfterSurvivesWorkerDeath(t *testing.T) {
 	srv := redistest.Start(t)
-	cfg := consumer.Config{Topic: "survive", ClaimIdle: 400 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond}
+	cfg := consumer.Config{Topic: "survive", Reclaim: consumer.ReclaimConfig{ClaimIdle: 400 * time.Millisecond, Interval: 100 * time.Millisecond}}
 	type delivery struct {
 		worker int
 		at     time.Time
@@ -484,7 +484,7 @@ func TestRetryAfterOnTime(t *testing.T) {
 	seen := map[string]*times{}
 	delays := map[string]time.Duration{"r500ms": 500 * time.Millisecond, "r1s": time.Second, "r2s": 2 * time.Second, "r5s": 5 * time.Second, "e3s": 3 * time.Second}
 	done := make(chan string, len(delays))
-	co := runConsumer(t, c, consumer.Config{Topic: "ontime", ClaimIdle: 30 * time.Second}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+	co := runConsumer(t, c, consumer.Config{Topic: "ontime", Reclaim: consumer.ReclaimConfig{ClaimIdle: 30 * time.Second}}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		key := string(m.Payload)
 		mu.Lock()
 		defer mu.Unlock()

@@ -52,7 +52,7 @@ func TestTraceAcrossTheBus(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	handlerSpan := make(chan trace.SpanContext, 2)
-	runConsumer(t, c, consumer.Config{Topic: "traced", TracerProvider: tp, TraceParent: true}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+	runConsumer(t, c, consumer.Config{Topic: "traced", Tracing: consumer.TracingConfig{Provider: tp, Parent: true}}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
 		handlerSpan <- trace.SpanContextFromContext(ctx)
 		if string(m.Payload) == "fail" {
 			return nil, &bus.RemoteError{Code: "model_error", Message: "no"}
@@ -134,7 +134,7 @@ func TestTraceTimeoutAndLinkOnly(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	got := make(chan trace.SpanContext, 4)
-	runConsumer(t, c, consumer.Config{Topic: "slowtr", TracerProvider: tp}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+	runConsumer(t, c, consumer.Config{Topic: "slowtr", Tracing: consumer.TracingConfig{Provider: tp}}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
 		got <- trace.SpanContextFromContext(ctx)
 		if string(m.Payload) == "slow" {
 			<-ctx.Done()

@@ -132,9 +132,11 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		Consumer: consumer.Config{
 			Topic: f.topic, Group: f.group, Name: f.name,
 			Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
-			ClaimIdle: f.claimIdle, MaxDeliveries: f.maxDeliveries,
-			TimingSample: f.timingSample, SlowEntry: f.slowEntry, CacheTTL: f.cacheTTL,
-			TraceParent: f.traceParent,
+			Reclaim: consumer.ReclaimConfig{ClaimIdle: f.claimIdle},
+			Retry:   consumer.RetryConfig{MaxDeliveries: f.maxDeliveries},
+			Cache:   consumer.CacheConfig{TTL: f.cacheTTL},
+			Tracing: consumer.TracingConfig{Parent: f.traceParent},
+			Timing:  consumer.TimingConfig{Sample: f.timingSample, SlowEntry: f.slowEntry},
 		},
 		Handler:  f.handler,
 		HTTPAddr: f.httpAddr,
@@ -146,9 +148,9 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 	}
 	if f.retention != "" {
 		if d, err := time.ParseDuration(f.retention); err == nil && d > 0 {
-			cfg.Consumer.RetentionMaxAge = d
+			cfg.Consumer.Retention.MaxAge = d
 		} else if n, err := strconv.ParseInt(f.retention, 10, 64); err == nil && n > 0 {
-			cfg.Consumer.RetentionMaxLen = n
+			cfg.Consumer.Retention.MaxLen = n
 		} else {
 			return worker.Config{}, usagef("serve: --retention %q: want a positive entry count (1000000) or age (24h)", f.retention)
 		}

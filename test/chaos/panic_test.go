@@ -23,7 +23,7 @@ func TestChaosPanickingHandler(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	var panics atomic.Int64
-	co, err := consumer.New(c, consumer.Config{Topic: "boom", ClaimIdle: 200 * time.Millisecond, MaxDeliveries: 3},
+	co, err := consumer.New(c, consumer.Config{Topic: "boom", Reclaim: consumer.ReclaimConfig{ClaimIdle: 200 * time.Millisecond}, Retry: consumer.RetryConfig{MaxDeliveries: 3}},
 		consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 			if strings.HasPrefix(string(m.Payload), "boom") {
 				panics.Add(1)

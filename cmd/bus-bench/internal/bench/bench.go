@@ -499,7 +499,7 @@ func (p pubsubCaller) request(ctx context.Context, payload []byte) ([]byte, erro
 func (e *env) startWorkers(ctx context.Context, c *bus.Client, h consumer.Handler) (func(), error) {
 	co, err := consumer.New(c, consumer.Config{
 		Topic: e.o.Topic, Group: e.o.Group, Concurrency: e.o.Workers, StartID: "$",
-		TracerProvider: e.o.TracerProvider, TraceParent: true,
+		Tracing: consumer.TracingConfig{Provider: e.o.TracerProvider, Parent: true},
 	}, h)
 	if err != nil {
 		return nil, err

@@ -70,7 +70,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	}
 	defer stopTracing()
 	if tp != nil {
-		cfg.Consumer.TracerProvider = tp
+		cfg.Consumer.Tracing.Provider = tp
 	}
 	httpClient := &http.Client{Transport: NewHTTPTransport(cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency))}
 	defer httpClient.CloseIdleConnections()
