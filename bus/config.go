@@ -105,34 +105,42 @@ func (c Config) Validate() error {
 // clientOption translates c into rueidis client options: standalone client,
 // client-side caching off, buffers and blocking pool sized from c.
 func (c Config) clientOption() (rueidis.ClientOption, error) {
-	raw := c.URL
-	if raw == "" {
-		raw = DefaultURL
+	if err := c.checkLimits(); err != nil {
+		return rueidis.ClientOption{}, err
 	}
-	shown := redactURL(raw) // errors never carry the password
+	opt, shown, err := c.parseURL()
+	if err != nil {
+		return rueidis.ClientOption{}, err
+	}
+	if c.Username != "" {
+		opt.Username = c.Username
+	}
+	if c.Password != "" {
+		opt.Password = c.Password
+	}
+	if err := c.topology(&opt, shown); err != nil {
+		return rueidis.ClientOption{}, err
+	}
+	c.tune(&opt)
+	return opt, nil
+}
+
+// parseURL checks c.URL (or DefaultURL) and parses it into rueidis
+// options; shown is the URL as errors show it (without its password).
+func (c Config) parseURL() (opt rueidis.ClientOption, shown string, err error) {
+	raw := cmp.Or(c.URL, DefaultURL)
+	shown = redactURL(raw) // errors never carry the password
 	if _, rest, ok := strings.Cut(raw, "://"); ok {
 		if at, cut := strings.LastIndex(rest, "@"), strings.IndexAny(rest, "/?#"); at >= 0 && cut >= 0 && cut < at && strings.Contains(rest[:at], ":") {
-			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: its password holds '/', '?', '#' or '@' unencoded: percent-encode it (%%2F, %%3F, %%23, %%40), or pass it with --redis-password-file or MYCELIUM_REDIS_PASSWORD", ErrInvalidConfig, shown)
+			return opt, shown, fmt.Errorf("%w: redis URL %q: its password holds '/', '?', '#' or '@' unencoded: percent-encode it (%%2F, %%3F, %%23, %%40), or pass it with --redis-password-file or MYCELIUM_REDIS_PASSWORD", ErrInvalidConfig, shown)
 		}
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, unwrapURLError(err)))
+		return opt, shown, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, unwrapURLError(err)))
 	}
-	if u.Scheme != "redis" && u.Scheme != "rediss" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: scheme must be redis:// or rediss://", ErrInvalidConfig, shown)
-	}
-	if u.Host == "" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: missing host", ErrInvalidConfig, shown)
-	}
-	if _, port, err := net.SplitHostPort(u.Host); err == nil && port == "" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty port", ErrInvalidConfig, shown)
-	}
-	if u.Query().Has("skip_verify") {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: skip_verify is not accepted in a URL: set Config.TLS.InsecureSkipVerify (bus-worker --tls-insecure-skip-verify) if you must", ErrInvalidConfig, shown)
-	}
-	if c.TLS != nil && u.Scheme != "rediss" {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: TLS settings need a rediss:// URL", ErrInvalidConfig, shown)
+	if why := c.checkURL(u); why != "" {
+		return opt, shown, fmt.Errorf("%w: redis URL %q: %s", ErrInvalidConfig, shown, why)
 	}
 	if u.Path == "/" { // redis://host:port/ means database 0, as for other clients
 		u.Path = ""
@@ -142,54 +150,75 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	hosts := strings.Split(u.Host, ",")
 	for i, h := range hosts {
 		if h == "" {
-			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: empty host in the host list", ErrInvalidConfig, shown)
+			return opt, shown, fmt.Errorf("%w: redis URL %q: empty host in the host list", ErrInvalidConfig, shown)
 		}
 		if _, _, err := net.SplitHostPort(h); err != nil {
 			if len(hosts) > 1 || strings.Count(h, ":") > 0 {
-				return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: host %d (%q): want host:port", ErrInvalidConfig, shown, i+1, h)
+				return opt, shown, fmt.Errorf("%w: redis URL %q: host %d (%q): want host:port", ErrInvalidConfig, shown, i+1, h)
 			}
 		}
 	}
 	u.Host = hosts[0]
 	raw = u.String()
-	opt, err := rueidis.ParseURL(raw)
-	if err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, err))
+	if opt, err = rueidis.ParseURL(raw); err != nil {
+		return opt, shown, fmt.Errorf("%w: redis URL %q: %w", ErrInvalidConfig, shown, secretSafe(raw, err))
 	}
 	opt.InitAddress = append(opt.InitAddress, hosts[1:]...)
+	return opt, shown, nil
+}
+
+// checkURL returns what is wrong with u, or "".
+func (c Config) checkURL(u *url.URL) string {
+	switch {
+	case u.Scheme != "redis" && u.Scheme != "rediss":
+		return "scheme must be redis:// or rediss://"
+	case u.Host == "":
+		return "missing host"
+	case u.Query().Has("skip_verify"):
+		return "skip_verify is not accepted in a URL: set Config.TLS.InsecureSkipVerify (bus-worker --tls-insecure-skip-verify) if you must"
+	case c.TLS != nil && u.Scheme != "rediss":
+		return "TLS settings need a rediss:// URL"
+	}
+	if _, port, err := net.SplitHostPort(u.Host); err == nil && port == "" {
+		return "empty port"
+	}
+	return ""
+}
+
+// checkLimits checks c's durations, sizes and prefix.
+func (c Config) checkLimits() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
 	}{{"DialTimeout", c.DialTimeout}, {"WriteTimeout", c.WriteTimeout}} {
 		if d.v < 0 {
-			return rueidis.ClientOption{}, fmt.Errorf("%w: %s must not be negative, got %v", ErrInvalidConfig, d.name, d.v)
+			return fmt.Errorf("%w: %s must not be negative, got %v", ErrInvalidConfig, d.name, d.v)
 		}
 	}
 	if c.Prefix != "" {
 		if err := ValidateName("prefix", c.Prefix); err != nil {
-			return rueidis.ClientOption{}, err
+			return err
 		}
 	}
 	if c.ConnBuffer < 0 || c.BlockingPoolSize < 0 || c.PipelineConns < 0 {
-		return rueidis.ClientOption{}, fmt.Errorf("%w: ConnBuffer, BlockingPoolSize and PipelineConns must not be negative", ErrInvalidConfig)
+		return fmt.Errorf("%w: ConnBuffer, BlockingPoolSize and PipelineConns must not be negative", ErrInvalidConfig)
 	}
+	return nil
+}
 
-	if c.Username != "" {
-		opt.Username = c.Username
-	}
-	if c.Password != "" {
-		opt.Password = c.Password
-	}
+// topology sets how the client finds its servers: Sentinel's master set,
+// a cluster's seeds, or one standalone server.
+func (c Config) topology(opt *rueidis.ClientOption, shown string) error {
 	if c.MasterSet != "" {
 		opt.Sentinel.MasterSet = c.MasterSet
 	}
 	switch {
 	case opt.Sentinel.MasterSet != "":
 		if c.Cluster {
-			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: a master set (Sentinel) and Cluster exclude each other", ErrInvalidConfig, shown)
+			return fmt.Errorf("%w: redis URL %q: a master set (Sentinel) and Cluster exclude each other", ErrInvalidConfig, shown)
 		}
 		if err := ValidateName("master set", opt.Sentinel.MasterSet); err != nil {
-			return rueidis.ClientOption{}, err
+			return err
 		}
 		opt.Sentinel.Username, opt.Sentinel.Password = c.SentinelUsername, c.SentinelPassword
 		// The sentinels tell the client of a failover by PUB/SUB; the
@@ -197,7 +226,7 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 		opt.Sentinel.TopologyRefreshInterval = 2 * time.Second
 	case c.Cluster || len(opt.InitAddress) > 1:
 		if opt.SelectDB != 0 {
-			return rueidis.ClientOption{}, fmt.Errorf("%w: redis URL %q: Redis Cluster has database 0 only", ErrInvalidConfig, shown)
+			return fmt.Errorf("%w: redis URL %q: Redis Cluster has database 0 only", ErrInvalidConfig, shown)
 		}
 		// Topology: refreshed lazily on MOVED/ASK and connection errors,
 		// and every few seconds (a failover elsewhere shows up without an
@@ -206,6 +235,11 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 	default:
 		opt.ForceSingleClient = true // standalone; never let CLUSTER SLOTS pick the client
 	}
+	return nil
+}
+
+// tune sets the connection's timeouts, buffers, pools and TLS from c.
+func (c Config) tune(opt *rueidis.ClientOption) {
 	opt.DisableCache = true // no DoCache use; also required by miniredis
 	opt.ClientSetInfo = rueidis.DisableClientSetInfo
 	if c.ClientName != "" {
@@ -239,7 +273,6 @@ func (c Config) clientOption() (rueidis.ClientOption, error) {
 		opt.Sentinel.TLSConfig = opt.TLSConfig
 		opt.Sentinel.ClientName = opt.ClientName
 	}
-	return opt, nil
 }
 
 // Redacted returns the URL with any password replaced, for logs.

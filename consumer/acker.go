@@ -78,17 +78,22 @@ const (
 // Batches grow with load; at low load a worker writes its own reply with no
 // hand-off.
 type acker struct {
+	*env
 	ctx   context.Context // cancelled only if the final flush overruns shutdown
-	c     *Consumer
-	slots chan<- struct{}
+	slots *slotPool
 	comb  *combine.Combiner[completion]
+	// oneServer: the client reaches one server (not a cluster), so a
+	// flush's replies and their requests' XACKs can share a transaction.
+	oneServer        bool
+	replyCap, dlqCap redisx.Cap
 	// chunks writes streamed replies' chunks (stream.go), batched the same
 	// way.
 	chunks *combine.Combiner[chunkWrite]
 }
 
-func newAcker(ctx context.Context, c *Consumer, slots chan<- struct{}) *acker {
-	a := &acker{ctx: ctx, c: c, slots: slots}
+func newAcker(ctx context.Context, e *env, slots *slotPool) *acker {
+	a := &acker{env: e, ctx: ctx, slots: slots, oneServer: e.c.Mode() != "cluster",
+		replyCap: redisx.MaxLen(e.cfg.Retention.ReplyMaxLen), dlqCap: redisx.MaxLen(e.cfg.Retention.DeadLetterMaxLen)}
 	a.comb = combine.New(a.flush, maxAckFlushers, maxAckBatch, maxAckRounds)
 	a.chunks = newChunkWriter(a)
 	return a
@@ -100,7 +105,7 @@ func newAcker(ctx context.Context, c *Consumer, slots chan<- struct{}) *acker {
 func (a *acker) add(d completion) { a.comb.Add(d, true) }
 
 // addAsync queues d like add, but never flushes on the caller's goroutine:
-// the read loop and reclaimer use it so a slow flush cannot stall them.
+// the reader, reclaimer and delayer use it so a slow flush cannot stall them.
 func (a *acker) addAsync(d completion) { a.comb.Add(d, false) }
 
 // wait returns when every helper flusher has finished. Call it after the
@@ -119,7 +124,6 @@ func (a *acker) wait() { a.comb.Wait(); a.chunks.Wait() }
 // backoff for up to a minute; after that the entries stay pending
 // (at-least-once). Every entry's slot is released at the end.
 func (a *acker) flush(batch []completion) {
-	c := a.c
 	var dead []int
 	for i := range batch {
 		if batch[i].dead != nil {
@@ -129,109 +133,114 @@ func (a *acker) flush(batch []completion) {
 	if dead != nil {
 		a.flushDead(batch, dead)
 	}
-	sets, setIdx := settles(batch)
-	var setRes []redisx.SettleResult
 	fb := flushPool.Get().(*flushBufs)
 	defer fb.put()
 	replies := 0
 	for i := range batch {
-		d := &batch[i]
-		if d.dead != nil {
-			continue
-		}
-		if d.reply != nil {
+		if d := &batch[i]; d.dead == nil && d.reply != nil {
 			replies++
-			fb.adds = append(fb.adds, redisx.Add{Key: d.replyTo, Cap: c.replyCap, NoMkStream: true, Data: d.reply.B})
+			fb.adds = append(fb.adds, redisx.Add{Key: d.replyTo, Cap: a.replyCap, NoMkStream: true, Data: d.reply.B})
 		}
 	}
-	fb.ids, fb.acks = c.acksOf(batch, withoutReply, fb.ids, fb.acks)
-	if c.oneServer {
-		fb.ids, fb.tied = c.acksOf(batch, withReply, fb.ids, fb.tied)
+	fb.ids, fb.acks = a.acksOf(batch, withoutReply, fb.ids, fb.acks)
+	if a.oneServer {
+		fb.ids, fb.tied = a.acksOf(batch, withReply, fb.ids, fb.tied)
 	}
 	if replies > 0 || len(fb.acks) > 0 {
-		// The replies go in one transaction per reply stream
-		// (redisx.DoBatch: a caller's reply reader gets all of its replies
-		// in one read), the XACKs (one per partition) of the entries that
-		// need no reply after them; the answered requests' XACKs follow
-		// once their replies are known to be stored (ackAnswered).
-		res, ok, reusable := a.doOwned(fb.res, func(out []redisx.Result) []redisx.Result {
-			if sets == nil {
-				return redisx.AddTied(a.ctx, c.c.Redis(), fb.adds, fb.tied, fb.acks, out)
-			}
-			// Cached answers: stored, and their flights settled, in the
-			// same round trip.
-			out, setRes = redisx.SettleAndAdd(a.ctx, c.c.Redis(), sets, fb.adds, fb.tied, fb.acks, out, setRes[:0])
-			return out
-		})
+		a.writeReplies(batch, fb, replies)
+	}
+	a.inFlight.Add(-int64(len(batch)))
+	a.slots.give(len(batch))
+}
 
-		if ok {
-			fb.res = res // its array, grown or not, goes back to the pool
-			c.stats.flushes.Add(1)
-			now := time.Now()
-			k := 0 // index in res of batch[i]'s reply
-			for i := range batch {
-				d := &batch[i]
-				if d.reply == nil || d.dead != nil {
-					continue
-				}
-				switch err := res[k].Err; {
-				case err == nil:
-					c.stats.replied.Add(1)
-					c.timings.Record(metrics.ReplyWrite, now.Sub(d.at))
-					c.logTiming(d, now.Sub(d.at))
-				case redisx.IsNil(err):
-					// NOMKSTREAM: the requester is gone; nobody waits.
-					c.stats.replyDropped.Add(1)
-				default:
-					// Redis refused the reply: not acknowledged, the
-					// request is delivered again after ClaimIdle.
-					d.unanswered = true
-					c.stats.replyDropped.Add(1)
-					if !c.fail(err, "XADD to a reply stream") {
-						c.log.Warn().Err(err).Str("entry", d.id).Msg("reply write refused; the request stays pending and is delivered again")
-					}
-				}
-				k++
-			}
-			c.acked(res[replies:replies+len(fb.tied)], fb.tied)
-			c.acked(res[replies+len(fb.tied):replies+len(fb.tied)+len(fb.acks)], fb.acks)
-			if replies > 0 && !c.oneServer {
-				a.ackAnswered(batch, fb)
-			}
-			// Handled entries without a reply (events) are done when the
-			// XACK is: their "reply write" is the acknowledgement.
-			for i := range batch {
-				if d := &batch[i]; d.reply == nil && d.dead == nil && !d.at.IsZero() {
-					c.logTiming(d, now.Sub(d.at))
-				}
-			}
-			if sets != nil {
-				a.answerJoined(batch, setIdx, setRes)
-				a.deleteStale(sets, setRes)
-			}
-			for i := range batch {
-				if batch[i].reply != nil && reusable {
-					codec.PutBuffer(batch[i].reply) // unsafe to reuse after a failed pipeline
-				}
+// writeReplies writes a batch's replies, in one transaction per reply
+// stream (redisx.DoBatch: a caller's reply reader gets all of its replies
+// in one read), with the XACKs (one per partition) of the entries that
+// need no reply after them, the cached answers to store and their flights
+// to settle; the answered requests' XACKs are tied to their replies, or
+// follow once the replies are known to be stored (ackAnswered).
+func (a *acker) writeReplies(batch []completion, fb *flushBufs, replies int) {
+	sets, setIdx := settles(batch)
+	var setRes []redisx.SettleResult
+	res, ok, reusable := a.doOwned(fb.res, func(out []redisx.Result) []redisx.Result {
+		if sets == nil {
+			return redisx.AddTied(a.ctx, a.c.Redis(), fb.adds, fb.tied, fb.acks, out)
+		}
+		// Cached answers: stored, and their flights settled, in the same
+		// round trip.
+		out, setRes = redisx.SettleAndAdd(a.ctx, a.c.Redis(), sets, fb.adds, fb.tied, fb.acks, out, setRes[:0])
+		return out
+	})
+	if !ok {
+		return
+	}
+	fb.res = res // its array, grown or not, goes back to the pool
+	a.stats.flushes.Add(1)
+	now := time.Now()
+	a.replied(batch, res[:replies], now)
+	a.acked(res[replies:replies+len(fb.tied)], fb.tied)
+	a.acked(res[replies+len(fb.tied):replies+len(fb.tied)+len(fb.acks)], fb.acks)
+	if replies > 0 && !a.oneServer {
+		a.ackAnswered(batch, fb)
+	}
+	// Handled entries without a reply (events) are done when the XACK is:
+	// their "reply write" is the acknowledgement.
+	for i := range batch {
+		if d := &batch[i]; d.reply == nil && d.dead == nil && !d.at.IsZero() {
+			a.logTiming(d, now.Sub(d.at))
+		}
+	}
+	if sets != nil {
+		a.answerJoined(batch, setIdx, setRes)
+		a.deleteStale(sets, setRes)
+	}
+	if reusable { // unsafe to reuse after a failed pipeline
+		for i := range batch {
+			if batch[i].reply != nil {
+				codec.PutBuffer(batch[i].reply)
 			}
 		}
 	}
-	for range batch {
-		c.inFlight.Add(-1)
-		a.slots <- struct{}{}
+}
+
+// replied takes the results of the batch's replies (res, in order): a
+// reply stored is timed and logged; one Redis refused leaves its request
+// unanswered (not acknowledged: delivered again after ClaimIdle).
+func (a *acker) replied(batch []completion, res []redisx.Result, now time.Time) {
+	k := 0 // index in res of batch[i]'s reply
+	for i := range batch {
+		d := &batch[i]
+		if d.reply == nil || d.dead != nil {
+			continue
+		}
+		switch err := res[k].Err; {
+		case err == nil:
+			a.stats.replied.Add(1)
+			a.timings.Record(metrics.ReplyWrite, now.Sub(d.at))
+			a.logTiming(d, now.Sub(d.at))
+		case redisx.IsNil(err):
+			// NOMKSTREAM: the requester is gone; nobody waits.
+			a.stats.replyDropped.Add(1)
+		default:
+			d.unanswered = true
+			a.stats.replyDropped.Add(1)
+			if !a.fail(err, "XADD to a reply stream") {
+				a.log.Warn().Err(err).Str("entry", d.id).Msg("reply write refused; the request stays pending and is delivered again")
+			}
+		}
+		k++
 	}
 }
 
 // flushDead stores dead letters, then acknowledges the entries whose dead
 // letter was stored.
 func (a *acker) flushDead(batch []completion, idx []int) {
-	c := a.c
 	adds := make([]redisx.Add, 0, len(idx))
 	for _, i := range idx {
-		adds = append(adds, redisx.Add{Key: batch[i].p.dlqKey, Cap: c.dlqCap, Fields: batch[i].dead})
+		adds = append(adds, redisx.Add{Key: batch[i].p.dlqKey, Cap: a.dlqCap, Fields: batch[i].dead})
 	}
 	res, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
+		return redisx.AddBatch(a.ctx, a.c.Redis(), adds, nil, out)
 	})
 	if !ok {
 		return
@@ -239,8 +248,8 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	stored := make([]completion, 0, len(idx))
 	for k, r := range res {
 		if r.Err != nil {
-			if !c.fail(r.Err, "XADD "+adds[k].Key) {
-				c.log.Error().Err(r.Err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
+			if !a.fail(r.Err, "XADD "+adds[k].Key) {
+				a.log.Error().Err(r.Err).Str("entry", batch[idx[k]].id).Msg("dead-letter write refused; entry stays pending")
 			}
 			continue
 		}
@@ -249,19 +258,19 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	if len(stored) == 0 {
 		return
 	}
-	_, acks := c.acksOf(stored, notDead, nil, nil)
+	_, acks := a.acksOf(stored, notDead, nil, nil)
 	res, ok = a.do(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, acks, out)
+		return redisx.AddBatch(a.ctx, a.c.Redis(), nil, acks, out)
 	})
 	if !ok {
 		return
 	}
 	for k, r := range res {
 		if r.Err == nil {
-			c.stats.acked.Add(uint64(r.N))
-			c.stats.deadLettered.Add(uint64(len(acks[k].IDs)))
+			a.stats.acked.Add(uint64(r.N))
+			a.stats.deadLettered.Add(uint64(len(acks[k].IDs)))
 		} else {
-			c.fail(r.Err, "XACK "+acks[k].Key)
+			a.fail(r.Err, "XACK "+acks[k].Key)
 		}
 	}
 }
@@ -275,29 +284,28 @@ func notDead(d *completion) bool      { return d.dead == nil }
 // ackAnswered acknowledges the requests of batch whose reply Redis took,
 // one XACK per partition (fb's id and ack buffers reused).
 func (a *acker) ackAnswered(batch []completion, fb *flushBufs) {
-	c := a.c
 	clear(fb.ids)
 	clear(fb.acks)
-	fb.ids, fb.acks = c.acksOf(batch, answered, fb.ids[:0], fb.acks[:0])
+	fb.ids, fb.acks = a.acksOf(batch, answered, fb.ids[:0], fb.acks[:0])
 	if len(fb.acks) == 0 {
 		return
 	}
 	res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, c.c.Redis(), nil, fb.acks, out)
+		return redisx.AddBatch(a.ctx, a.c.Redis(), nil, fb.acks, out)
 	})
 	if ok {
 		fb.res = res
-		c.acked(res, fb.acks)
+		a.acked(res, fb.acks)
 	}
 }
 
 // acked counts the XACKs' results (res, one per ack) and logs refusals.
-func (c *Consumer) acked(res []redisx.Result, acks []redisx.Ack) {
+func (a *acker) acked(res []redisx.Result, acks []redisx.Ack) {
 	for k, r := range res {
 		if r.Err == nil {
-			c.stats.acked.Add(uint64(r.N))
-		} else if !c.fail(r.Err, "XACK "+acks[k].Key) {
-			c.log.Warn().Err(r.Err).Str("stream", acks[k].Key).Msg("XACK refused; entries stay pending")
+			a.stats.acked.Add(uint64(r.N))
+		} else if !a.fail(r.Err, "XACK "+acks[k].Key) {
+			a.log.Warn().Err(r.Err).Str("stream", acks[k].Key).Msg("XACK refused; entries stay pending")
 		}
 	}
 }
@@ -305,7 +313,7 @@ func (c *Consumer) acked(res []redisx.Result, acks []redisx.Ack) {
 // acksOf appends the ids of batch's entries that keep takes to ids and
 // one XACK per partition among them to acks (the acks' id lists are
 // sub-slices of ids: one partition, the common case, costs nothing).
-func (c *Consumer) acksOf(batch []completion, keep func(*completion) bool, ids []string, acks []redisx.Ack) ([]string, []redisx.Ack) {
+func (a *acker) acksOf(batch []completion, keep func(*completion) bool, ids []string, acks []redisx.Ack) ([]string, []redisx.Ack) {
 	var first *part
 	mixed := false
 	for i := range batch {
@@ -329,7 +337,7 @@ func (c *Consumer) acksOf(batch []completion, keep func(*completion) bool, ids [
 				ids = append(ids, batch[i].id)
 			}
 		}
-		return ids, append(acks, redisx.Ack{Key: first.key, Group: c.cfg.Group, IDs: ids[start:]})
+		return ids, append(acks, redisx.Ack{Key: first.key, Group: a.cfg.Group, IDs: ids[start:]})
 	}
 	// Several partitions: ids grouped by partition, in order of first
 	// appearance.
@@ -348,7 +356,7 @@ func (c *Consumer) acksOf(batch []completion, keep func(*completion) bool, ids [
 				ids = append(ids, d.id)
 			}
 		}
-		acks = append(acks, redisx.Ack{Key: pt.key, Group: c.cfg.Group, IDs: ids[start:len(ids):len(ids)]})
+		acks = append(acks, redisx.Ack{Key: pt.key, Group: a.cfg.Group, IDs: ids[start:len(ids):len(ids)]})
 	}
 	return ids, acks
 }
@@ -394,11 +402,11 @@ func retry[R any](a *acker, buf []R, send func([]R) []R, errOf func(R) error) (_
 		if bo == nil {
 			bo = redisx.NewBackoff()
 			bo.MaxElapsedTime = time.Minute
-			a.c.log.Error().Err(netErr).Str("topic", a.c.cfg.Topic).Msg("cannot write replies/acks; retrying")
+			a.log.Error().Err(netErr).Str("topic", a.cfg.Topic).Msg("cannot write replies/acks; retrying")
 		}
 		wait := bo.NextBackOff()
 		if wait == backoff.Stop {
-			a.c.log.Error().Err(netErr).Msg("giving up on replies/acks; entries stay pending")
+			a.log.Error().Err(netErr).Msg("giving up on replies/acks; entries stay pending")
 			return nil, false, false
 		}
 		t := time.NewTimer(wait)

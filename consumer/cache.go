@@ -24,26 +24,6 @@ type cacheSettle struct {
 	env                 codec.Envelope // the reply, re-addressed to every joined request
 }
 
-// cacheOf validates a request's cache entry id (it comes from the stream:
-// anyone who can write the topic wrote it) and how long its answer may be
-// stored. A malformed id makes the request an uncached one.
-func (c *Consumer) cacheOf(j *job, id string) {
-	if _, _, ok := bus.ParseCacheEntryID(j.env.CacheKey); !ok {
-		c.warnEntry(entryWarning{id: id, attempt: j.msg.Attempt, reason: "cache", request: true,
-			err: "malformed cache entry id", msg: "cached request with a malformed cache entry id: answered, not cached"})
-		return
-	}
-	ttl := min(max(time.Duration(j.env.CacheTTL), 0), DefaultCacheMaxTTL)
-	switch {
-	case c.cfg.Cache.TTL < 0:
-		ttl = 0
-	case c.cfg.Cache.TTL > 0:
-		ttl = min(ttl, c.cfg.Cache.TTL)
-	}
-	j.cache, j.cacheTTL = j.env.CacheKey, ttl
-	j.msg.CacheTTL = ttl
-}
-
 // deleteStale deletes the answers just stored under a generation that is
 // not the topic's current one (see redisx.Settle): a flush raced them, or
 // the request named a generation to come, to plant an answer.
@@ -57,9 +37,9 @@ func (a *acker) deleteStale(sets []redisx.Settle, res []redisx.SettleResult) {
 	if stale == 0 {
 		return
 	}
-	a.c.stats.cacheStale.Add(uint64(stale))
-	if err := redisx.DeleteStale(a.ctx, a.c.c.Redis(), sets, res); err != nil {
-		a.c.log.Warn().Err(err).Msg("could not delete cached answers stored under another generation than the topic's: they expire with their TTL")
+	a.stats.cacheStale.Add(uint64(stale))
+	if err := redisx.DeleteStale(a.ctx, a.c.Redis(), sets, res); err != nil {
+		a.log.Warn().Err(err).Msg("could not delete cached answers stored under another generation than the topic's: they expire with their TTL")
 	}
 }
 
@@ -68,14 +48,14 @@ func (a *acker) deleteStale(sets []redisx.Settle, res []redisx.SettleResult) {
 // that joined it. A handler that ran out of the request's deadline settles
 // nothing: the joined requests, whose deadlines may be later, ask again.
 // It marks reply with the entry and the time it is stored for.
-func (c *Consumer) settleOf(j *job, reply *codec.Envelope, err error, ended time.Time) *cacheSettle {
+func (w *processor) settleOf(j *job, reply *codec.Envelope, err error, ended time.Time) *cacheSettle {
 	if err != nil && (errors.Is(err, context.DeadlineExceeded) || (!j.msg.Deadline.IsZero() && !ended.Before(j.msg.Deadline))) {
 		return nil
 	}
 	ttl := time.Duration(0)
 	if err == nil {
 		ttl = min(max(j.msg.CacheTTL, 0), j.cacheTTL)
-		if len(reply.Payload) > c.cfg.Cache.MaxValue {
+		if len(reply.Payload) > w.cfg.Cache.MaxValue {
 			ttl = 0
 		}
 		if ttl > 0 && ttl < time.Millisecond {
@@ -84,7 +64,7 @@ func (c *Consumer) settleOf(j *job, reply *codec.Envelope, err error, ended time
 	}
 	reply.CacheKey, reply.CacheTTL = j.cache, int64(ttl)
 	gen, _, _ := bus.ParseCacheEntryID(j.cache) // validated by cacheOf
-	s := &cacheSettle{entry: c.keys.Cache(j.p.name, j.cache), flight: c.keys.Flight(j.p.name, j.cache), meta: c.keys.Meta(j.p.name),
+	s := &cacheSettle{entry: w.keys.Cache(j.p.name, j.cache), flight: w.keys.Flight(j.p.name, j.cache), meta: w.keys.Meta(j.p.name),
 		gen: gen, ttl: ttl, env: *reply}
 	return s
 }
@@ -92,13 +72,13 @@ func (c *Consumer) settleOf(j *job, reply *codec.Envelope, err error, ended time
 // waiter parses one joined request taken from a flight marker:
 // "<reply stream> <correlation id>". Nothing read from Redis is trusted:
 // the reply stream must be one of this bus's reply streams.
-func (c *Consumer) waiter(w string) (replyTo, id string, ok bool) {
+func (a *acker) waiter(w string) (replyTo, id string, ok bool) {
 	i := strings.LastIndexByte(w, ' ')
 	if i <= 0 || i == len(w)-1 || len(w)-i-1 > 64 {
 		return "", "", false
 	}
 	replyTo, id = w[:i], w[i+1:]
-	if _, ok := c.keys.ParseReply(replyTo); !ok {
+	if _, ok := a.keys.ParseReply(replyTo); !ok {
 		return "", "", false
 	}
 	return replyTo, id, true
@@ -125,47 +105,46 @@ func settles(batch []completion) ([]redisx.Settle, []int) {
 // joined them (taken by the settles, whose results res are; idx maps them
 // to batch), in one round trip.
 func (a *acker) answerJoined(batch []completion, idx []int, res []redisx.SettleResult) {
-	c := a.c
 	var adds []redisx.Add
 	var bufs []*codec.Buffer
 	for k, r := range res {
 		d := &batch[idx[k]]
 		if r.Err != nil {
-			c.stats.cacheSettleErrors.Add(1)
-			c.fail(r.Err, "storing a cached answer")
-			c.log.Warn().Err(r.Err).Str("key", d.cache.entry).Msg("cache store refused; joined requests ask again after the deadline")
+			a.stats.cacheSettleErrors.Add(1)
+			a.fail(r.Err, "storing a cached answer")
+			a.log.Warn().Err(r.Err).Str("key", d.cache.entry).Msg("cache store refused; joined requests ask again after the deadline")
 			continue
 		}
 		if d.cache.ttl > 0 {
-			c.stats.cacheStores.Add(1)
+			a.stats.cacheStores.Add(1)
 		}
 		for _, w := range r.Waiters {
-			replyTo, id, ok := c.waiter(w)
+			replyTo, id, ok := a.waiter(w)
 			if !ok {
-				c.warnEntry(entryWarning{id: d.id, reason: "cache", err: "malformed waiter in flight marker", msg: "skipped a joined request that is not a reply stream of this bus"})
+				a.warnEntry(entryWarning{id: d.id, reason: "cache", err: "malformed waiter in flight marker", msg: "skipped a joined request that is not a reply stream of this bus"})
 				continue
 			}
 			env := d.cache.env
 			env.ID = id
 			b := codec.Encode(&env)
 			bufs = append(bufs, b)
-			adds = append(adds, redisx.Add{Key: replyTo, Cap: c.replyCap, NoMkStream: true, Data: b.B})
+			adds = append(adds, redisx.Add{Key: replyTo, Cap: a.replyCap, NoMkStream: true, Data: b.B})
 		}
 	}
 	if len(adds) == 0 {
 		return
 	}
 	out, ok, reusable := a.doOwned(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
+		return redisx.AddBatch(a.ctx, a.c.Redis(), adds, nil, out)
 	})
 	if !ok {
 		return // the buffers may still be held by the client: left to the GC
 	}
 	for _, r := range out {
 		if r.Err == nil {
-			c.stats.coalescedReplies.Add(1)
+			a.stats.coalescedReplies.Add(1)
 		} else {
-			c.stats.replyDropped.Add(1)
+			a.stats.replyDropped.Add(1)
 		}
 	}
 	if !reusable {

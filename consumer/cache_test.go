@@ -11,7 +11,7 @@ import (
 // keys can put anything there) is accepted only if it names one of this
 // bus's reply streams, so a worker never writes a reply outside them.
 func FuzzWaiter(f *testing.F) {
-	c := &Consumer{keys: bus.Keys{Prefix: "myc"}}
+	c := &acker{env: &env{keys: bus.Keys{Prefix: "myc"}}}
 	f.Add("myc:{r.abc} p1-5")
 	f.Add("myc:{audit} 1")
 	f.Add("other:{r.x} 1")
@@ -31,7 +31,7 @@ func FuzzWaiter(f *testing.F) {
 }
 
 func TestWaiter(t *testing.T) {
-	c := &Consumer{keys: bus.Keys{Prefix: "myc"}}
+	c := &acker{env: &env{keys: bus.Keys{Prefix: "myc"}}}
 	for w, want := range map[string]bool{
 		"myc:{r.abc} p1-5": true, "myc:{audit} 1": false, "myc:{reasoning}:dlq 1": false, "other:{r.x} 1": false,
 		"myc:{r.abc}": false, "myc:{r.abc} ": false, " 1": false, "myc:{r.abc} " + strings.Repeat("x", 65): false,

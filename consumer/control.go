@@ -189,19 +189,23 @@ func (s *cancelSet) runner(tok *codec.Token) *workerSlot {
 	return slot
 }
 
-// controlLoop reads the topic's control stream while ctx lives: cancel
+// controller reads the topic's control stream while Run runs: cancel
 // notices cancel running handlers and are remembered (see cancelSet); wake
-// notices go to the delay loop. A refused read (an ACL without the control
+// notices go to the delayer. A refused read (an ACL without the control
 // key) is logged once and retried slowly: the worker then serves without
 // cancellation.
-//
-// The first reads catch up with the window without blocking; ready is
-// closed once they did (or failed), so that Run reads no entry before it
-// knows what was cancelled.
-func (c *Consumer) controlLoop(ctx context.Context, wake chan<- int64, ready chan<- struct{}) {
-	key := c.keys.Control(c.cfg.Topic)
+type controller struct {
+	*env
+	cancels *cancelSet
+}
+
+// run reads the control stream while ctx lives. The first reads catch up
+// with the window without blocking; ready is closed once they did (or
+// failed), so that Run reads no entry before it knows what was cancelled.
+func (ct *controller) run(ctx context.Context, wake chan<- int64, ready chan<- struct{}) {
+	key := ct.keys.Control(ct.cfg.Topic)
 	after := redisx.ControlStart(time.Now(), controlWindow)
-	out := redisx.Outage{Log: c.log, What: "control stream " + key}
+	out := redisx.Outage{Log: ct.log, What: "control stream " + key}
 	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	refused := false
@@ -216,11 +220,11 @@ func (c *Consumer) controlLoop(ctx context.Context, wake chan<- int64, ready cha
 	defer caughtUp()
 	for ctx.Err() == nil {
 		const batch = 512
-		block := c.cfg.Block
+		block := ct.cfg.Block
 		if catchingUp {
 			block = 0
 		}
-		notices, last, bad, err := redisx.ReadControl(rd.For(ctx, c.cfg.Block), c.c.Redis(), key, after, batch, block)
+		notices, last, bad, err := redisx.ReadControl(rd.For(ctx, ct.cfg.Block), ct.c.Redis(), key, after, batch, block)
 		if err != nil || (last == "" && bad == 0) || len(notices)+bad < batch {
 			caughtUp() // an error: serve all the same, without what was missed
 		}
@@ -231,7 +235,7 @@ func (c *Consumer) controlLoop(ctx context.Context, wake chan<- int64, ready cha
 			if redisx.IsRefused(err) {
 				if !refused {
 					refused = true
-					c.log.Warn().Err(err).Str("key", key).Msg("Redis refuses reading the control stream: cancellations and delayed-entry wake-ups do not reach this worker (logged once)")
+					ct.log.Warn().Err(err).Str("key", key).Msg("Redis refuses reading the control stream: cancellations and delayed-entry wake-ups do not reach this worker (logged once)")
 				}
 				sleepCtx(ctx, 30*time.Second)
 				continue
@@ -246,39 +250,44 @@ func (c *Consumer) controlLoop(ctx context.Context, wake chan<- int64, ready cha
 			after = last
 		}
 		if bad > 0 {
-			c.stats.badControl.Add(uint64(bad))
+			ct.stats.badControl.Add(uint64(bad))
 		}
 		now := time.Now().UnixMilli()
-		for _, n := range notices {
-			switch n.Op {
-			case redisx.OpCancel:
-				if n.Until != 0 && n.Until < now {
-					continue // its deadline passed: nothing left to cancel
-				}
-				until := n.Until
-				if until == 0 {
-					until = now + int64(controlWindow/time.Millisecond)
-				}
-				c.cancels.add(n.Token, until, now)
-				c.cancelRunning(&n.Token)
-			case redisx.OpWake:
-				select {
-				case wake <- n.Until:
-				default: // the delay loop is busy: it promotes on its next turn
-				}
-			}
-		}
+		ct.apply(notices, wake, now)
 		if time.Since(lastPrune) > time.Minute {
 			lastPrune = time.Now()
-			c.cancels.prune(now)
+			ct.cancels.prune(now)
+		}
+	}
+}
+
+// apply acts on notices read at now (unix ms).
+func (ct *controller) apply(notices []redisx.Control, wake chan<- int64, now int64) {
+	for _, n := range notices {
+		switch n.Op {
+		case redisx.OpCancel:
+			if n.Until != 0 && n.Until < now {
+				continue // its deadline passed: nothing left to cancel
+			}
+			until := n.Until
+			if until == 0 {
+				until = now + int64(controlWindow/time.Millisecond)
+			}
+			ct.cancels.add(n.Token, until, now)
+			ct.cancelRunning(&n.Token)
+		case redisx.OpWake:
+			select {
+			case wake <- n.Until:
+			default: // the delayer is busy: it promotes on its next turn
+			}
 		}
 	}
 }
 
 // cancelRunning cancels the handler running the request with token tok,
 // if one of this consumer's workers runs it.
-func (c *Consumer) cancelRunning(tok *codec.Token) {
-	s := c.cancels.runner(tok)
+func (ct *controller) cancelRunning(tok *codec.Token) {
+	s := ct.cancels.runner(tok)
 	if s == nil {
 		return
 	}
@@ -290,7 +299,7 @@ func (c *Consumer) cancelRunning(tok *codec.Token) {
 	}
 	s.mu.Unlock()
 	if hit {
-		c.stats.cancelled.Add(1)
+		ct.stats.cancelled.Add(1)
 	}
 }
 

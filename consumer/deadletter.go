@@ -11,22 +11,22 @@ import (
 // dead-letter stream with why (docs/wire.md has the fields). Listing,
 // replaying and purging them is package inspect's.
 
-func (c *Consumer) deadLetter(attempts int, reason, errText string) redisx.DeadLetter {
+func (e *env) deadLetter(attempts int, reason, errText string) redisx.DeadLetter {
 	return redisx.DeadLetter{
-		Topic: c.cfg.Topic, Group: c.cfg.Group, Consumer: c.cfg.Name,
+		Topic: e.cfg.Topic, Group: e.cfg.Group, Consumer: e.cfg.Name,
 		Reason: reason, Error: errText, Attempts: attempts, Time: time.Now(),
 	}
 }
 
 // deadFields describes an entry that could not be decoded: its raw fields
 // travel with it.
-func (c *Consumer) deadFields(e *redisx.Entry, attempts int, reason, errText string) []string {
-	return redisx.DeadLetterOf(e, c.deadLetter(attempts, reason, errText))
+func (e *env) deadFields(ent *redisx.Entry, attempts int, reason, errText string) []string {
+	return redisx.DeadLetterOf(ent, e.deadLetter(attempts, reason, errText))
 }
 
 // deadEnvelope describes a decoded entry: its envelope is re-encoded.
-func (c *Consumer) deadEnvelope(id string, env *codec.Envelope, attempts int, reason, errText string) []string {
-	d := c.deadLetter(attempts, reason, errText)
+func (e *env) deadEnvelope(id string, env *codec.Envelope, attempts int, reason, errText string) []string {
+	d := e.deadLetter(attempts, reason, errText)
 	d.OriginalID, d.Data, d.HasData = id, string(codec.AppendEnvelope(nil, env)), true
 	return d.Fields()
 }

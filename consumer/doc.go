@@ -13,4 +13,9 @@
 // handlers finish within Config.ShutdownTimeout, then cancel their contexts;
 // flush replies and acknowledgements; return. Entries whose handler did not
 // finish stay pending in the group for another consumer.
+//
+// Inside, a Consumer is a composition of components with one job each
+// (reader, router, processor, acker, reclaimer, janitor, heartbeat,
+// membership, topology, controller, delayer): env.go lists them, Run
+// (consumer.go) says the order in which they start and stop.
 package consumer

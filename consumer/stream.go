@@ -54,7 +54,7 @@ func (s *chunkStream) send(ctx context.Context, chunk []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if max := s.a.c.cfg.MaxEntrySize; len(chunk) > max {
+	if max := s.a.cfg.MaxEntrySize; len(chunk) > max {
 		return fmt.Errorf("consumer: send: %w: chunk of %d bytes, max %d", bus.ErrPayloadTooLarge, len(chunk), max)
 	}
 	env := codec.Envelope{Kind: codec.KindChunk, ID: s.id, RequestEntry: s.entry, Attempt: s.attempt, Seq: s.seq,
@@ -70,13 +70,13 @@ func (s *chunkStream) send(ctx context.Context, chunk []byte) error {
 	select {
 	case err := <-w.done:
 		donePool.Put(w.done)
-		s.a.c.timings.Record(metrics.ChunkWrite, time.Since(start))
+		s.a.timings.Record(metrics.ChunkWrite, time.Since(start))
 		if err != nil {
 			s.err = err
 			return err
 		}
 		s.seq++
-		s.a.c.stats.chunks.Add(1)
+		s.a.stats.chunks.Add(1)
 		return nil
 	case <-ctx.Done():
 		// The write may still land; nothing after it may (a gap the caller
@@ -108,13 +108,12 @@ func newChunkWriter(a *acker) *combine.Combiner[chunkWrite] {
 // stream in one MULTI/EXEC, in order) and tells each sender how it went.
 // Connection errors are retried like replies.
 func (a *acker) flushChunks(batch []chunkWrite) {
-	c := a.c
 	adds := make([]redisx.Add, len(batch))
 	for i := range batch {
-		adds[i] = redisx.Add{Key: batch[i].key, Cap: c.replyCap, NoMkStream: true, Data: batch[i].buf.B}
+		adds[i] = redisx.Add{Key: batch[i].key, Cap: a.replyCap, NoMkStream: true, Data: batch[i].buf.B}
 	}
 	res, ok, reusable := a.doOwned(make([]redisx.Result, 0, len(adds)), func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, c.c.Redis(), adds, nil, out)
+		return redisx.AddBatch(a.ctx, a.c.Redis(), adds, nil, out)
 	})
 	for i := range batch {
 		var err error

@@ -13,17 +13,17 @@ import (
 // queue wait, handler and write together exceed Config.Timing.SlowEntry. write is
 // the reply write (for an event: its acknowledgement). Below the logger's
 // level it costs a level check and, at info, one atomic add.
-func (c *Consumer) logTiming(d *completion, write time.Duration) {
+func (e *env) logTiming(d *completion, write time.Duration) {
 	total := d.queued + d.handled + write
 	lvl := zerolog.DebugLevel
 	switch {
-	case c.cfg.Timing.SlowEntry > 0 && total >= c.cfg.Timing.SlowEntry:
+	case e.cfg.Timing.SlowEntry > 0 && total >= e.cfg.Timing.SlowEntry:
 		lvl = zerolog.WarnLevel
-	case c.cfg.Timing.Sample > 0 && c.log.GetLevel() <= zerolog.InfoLevel &&
-		c.sampled.Add(1)%uint64(c.cfg.Timing.Sample) == 0:
+	case e.cfg.Timing.Sample > 0 && e.log.GetLevel() <= zerolog.InfoLevel &&
+		e.sampled.Add(1)%uint64(e.cfg.Timing.Sample) == 0:
 		lvl = zerolog.InfoLevel
 	}
-	if ev := c.log.WithLevel(lvl); ev != nil {
+	if ev := e.log.WithLevel(lvl); ev != nil {
 		outcome := "ok"
 		if d.failed {
 			outcome = "handler_error"
@@ -32,7 +32,7 @@ func (c *Consumer) logTiming(d *completion, write time.Duration) {
 		if d.retried {
 			wait = "retry_wait_us"
 		}
-		ev.Str("topic", c.cfg.Topic).Str("entry", d.id).Bool("request", d.reply != nil).Str("outcome", outcome).
+		ev.Str("topic", e.cfg.Topic).Str("entry", d.id).Bool("request", d.reply != nil).Str("outcome", outcome).
 			Float64(wait, metrics.Micros(d.queued)).Float64("handler_us", metrics.Micros(d.handled)).
 			Float64("reply_write_us", metrics.Micros(write)).Float64("total_us", metrics.Micros(total)).
 			Msg("entry timing")

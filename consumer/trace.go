@@ -55,7 +55,7 @@ func (t *tracing) traced(h map[string]string) bool {
 // start returns the values of the handler's ctx (base with the message's
 // trace context, or its process span) and the span (nil without a
 // tracer).
-func (t *tracing) start(base context.Context, c *Consumer, m *Message, env *codec.Envelope) (context.Context, trace.Span) {
+func (t *tracing) start(base context.Context, cfg *Config, m *Message, env *codec.Envelope) (context.Context, trace.Span) {
 	rctx := base
 	if m.Headers != nil {
 		rctx = t.prop.Extract(base, propagation.MapCarrier(m.Headers))
@@ -67,8 +67,8 @@ func (t *tracing) start(base context.Context, c *Consumer, m *Message, env *code
 		attribute.String("messaging.system", "mycelium"),
 		attribute.String("messaging.operation.name", "process"),
 		attribute.String("messaging.operation.type", "process"),
-		attribute.String("messaging.destination.name", c.cfg.Topic),
-		attribute.String("messaging.consumer.group.name", c.cfg.Group),
+		attribute.String("messaging.destination.name", cfg.Topic),
+		attribute.String("messaging.consumer.group.name", cfg.Group),
 		attribute.String("messaging.message.id", m.ID),
 		attribute.Int("mycelium.attempt", m.Attempt),
 	}
@@ -89,17 +89,17 @@ func (t *tracing) start(base context.Context, c *Consumer, m *Message, env *code
 			opts = append(opts, trace.WithNewRoot())
 		}
 	}
-	return t.tr.Start(rctx, "process "+c.cfg.Topic, opts...)
+	return t.tr.Start(rctx, "process "+cfg.Topic, opts...)
 }
 
 // expired records a request skipped because its caller's deadline had
 // passed: a process span with the "expired" event (tracer set only).
-func (t *tracing) expired(c *Consumer, id string, env *codec.Envelope) {
+func (t *tracing) expired(cfg *Config, id string, env *codec.Envelope) {
 	if t.tr == nil {
 		return
 	}
 	m := Message{ID: id, Headers: env.Headers, Attempt: 1}
-	_, span := t.start(context.Background(), c, &m, env)
+	_, span := t.start(context.Background(), cfg, &m, env)
 	span.AddEvent("expired", trace.WithAttributes(attribute.Int64("mycelium.late_us", time.Since(time.Unix(0, env.Deadline)).Microseconds())))
 	span.End()
 }

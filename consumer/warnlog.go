@@ -55,15 +55,15 @@ type entryWarning struct {
 }
 
 // warnEntry logs w at warn level unless warnings are off or over the limit.
-func (c *Consumer) warnEntry(w entryWarning) {
-	if c.log.GetLevel() > zerolog.WarnLevel {
+func (e *env) warnEntry(w entryWarning) {
+	if e.log.GetLevel() > zerolog.WarnLevel {
 		return
 	}
-	ok, suppressed := c.warns.allow(time.Now())
+	ok, suppressed := e.warns.allow(time.Now())
 	if !ok {
 		return
 	}
-	ev := c.log.Warn().Str("topic", c.cfg.Topic).Str("entry", w.id).Int("attempt", w.attempt).Str("reason", w.reason)
+	ev := e.log.Warn().Str("topic", e.cfg.Topic).Str("entry", w.id).Int("attempt", w.attempt).Str("reason", w.reason)
 	if w.handled {
 		ev = ev.Bool("request", w.request)
 	}

@@ -9,7 +9,7 @@ import (
 // slotLoan lends the handler slots a blocked read holds to claimed
 // entries. A read takes every free slot and blocks (so that a batch
 // written in one transaction comes back in one read); the retries the
-// delay loop claims and the entries the reclaimer claims meanwhile would
+// delayer claims and the entries the reclaimer claims meanwhile would
 // wait for those slots until the read returned, up to Block later (a
 // retry due in 2 s came at 4 s). While the read blocks, its slots are on
 // offer: a claimed entry borrows one, and the read, when it returns, uses
@@ -73,22 +73,69 @@ func (l *slotLoan) offered() <-chan struct{} {
 	return l.ch
 }
 
-// takeSlot takes a handler slot for a claimed entry: a free one, or one a
-// blocked read lends. It reports false when ctx ended first. The slot goes
-// back to slots when the entry is done, whichever way it was taken.
-func (c *Consumer) takeSlot(ctx context.Context, slots <-chan struct{}) bool {
-	for {
-		offered := c.loan.offered()
+// slotPool is a Run's handler slots: Concurrency tokens, one per entry
+// held (read or claimed, until the acker is done with it), and the loan a
+// blocked read makes of those it holds.
+type slotPool struct {
+	ch   chan struct{}
+	loan slotLoan
+}
+
+func newSlotPool(n int) *slotPool {
+	s := &slotPool{ch: make(chan struct{}, n)}
+	for range n {
+		s.ch <- struct{}{}
+	}
+	return s
+}
+
+// take waits for one slot; false when ctx ended first.
+func (s *slotPool) take(ctx context.Context) bool {
+	select {
+	case <-s.ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// more takes free slots without waiting, until the caller holds limit
+// (it holds held now), and returns how many it holds then.
+func (s *slotPool) more(held, limit int) int {
+	for held < limit {
 		select {
-		case <-slots:
+		case <-s.ch:
+			held++
+		default:
+			return held
+		}
+	}
+	return held
+}
+
+// give returns n slots.
+func (s *slotPool) give(n int) {
+	for range n {
+		s.ch <- struct{}{}
+	}
+}
+
+// claim takes a handler slot for a claimed entry: a free one, or one a
+// blocked read lends. It reports false when ctx ended first. The slot goes
+// back to the pool when the entry is done, whichever way it was taken.
+func (s *slotPool) claim(ctx context.Context) bool {
+	for {
+		offered := s.loan.offered()
+		select {
+		case <-s.ch:
 			return true
 		default:
 		}
-		if c.loan.borrow() {
+		if s.loan.borrow() {
 			return true
 		}
 		select {
-		case <-slots:
+		case <-s.ch:
 			return true
 		case <-offered:
 		case <-ctx.Done():

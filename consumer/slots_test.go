@@ -8,10 +8,9 @@ import (
 
 // TestSlotLoan: a blocked read's slots are lent to claimed entries; the
 // read, when it returns, knows how many; a second reader lends nothing
-// while one lends; takeSlot waits for an offer when no slot is free.
+// while one lends; claim waits for an offer when no slot is free.
 func TestSlotLoan(t *testing.T) {
-	var c Consumer
-	slots := make(chan struct{}, 4) // every slot held by the read below
+	c := &slotPool{ch: make(chan struct{}, 4)} // every slot held by the read below
 	if !c.loan.offer(4) {
 		t.Fatal("the first offer was refused")
 	}
@@ -20,7 +19,7 @@ func TestSlotLoan(t *testing.T) {
 	}
 	ctx := context.Background()
 	for range 3 {
-		if !c.takeSlot(ctx, slots) {
+		if !c.claim(ctx) {
 			t.Fatal("no slot borrowed from the blocked read")
 		}
 	}
@@ -30,29 +29,29 @@ func TestSlotLoan(t *testing.T) {
 	if c.loan.borrow() {
 		t.Fatal("borrowed after the offer was withdrawn")
 	}
-	// No free slot and no offer: takeSlot waits, and an offer wakes it.
+	// No free slot and no offer: claim waits, and an offer wakes it.
 	got := make(chan bool, 1)
-	go func() { got <- c.takeSlot(ctx, slots) }()
+	go func() { got <- c.claim(ctx) }()
 	select {
 	case <-got:
-		t.Fatal("takeSlot returned with nothing free and nothing lent")
+		t.Fatal("claim returned with nothing free and nothing lent")
 	case <-time.After(20 * time.Millisecond):
 	}
 	c.loan.offer(1)
 	if !<-got {
-		t.Fatal("takeSlot did not borrow the slot offered")
+		t.Fatal("claim did not borrow the slot offered")
 	}
 	if lent := c.loan.withdraw(1); lent != 1 {
 		t.Fatalf("withdraw = %d lent, want 1", lent)
 	}
 	// A free slot is taken first.
-	slots <- struct{}{}
-	if !c.takeSlot(ctx, slots) || len(slots) != 0 {
+	c.give(1)
+	if !c.claim(ctx) || len(c.ch) != 0 {
 		t.Fatal("the free slot was not taken")
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if c.takeSlot(cctx, slots) {
-		t.Fatal("takeSlot with nothing free and a cancelled ctx reported a slot")
+	if c.claim(cctx) {
+		t.Fatal("claim with nothing free and a cancelled ctx reported a slot")
 	}
 }

@@ -1,0 +1,283 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// fairBlock bounds a blocking read of one partition when handler slots are
+// fewer than partitions: the read holds a slot, so it returns soon to let
+// another partition's loop have it.
+const fairBlock = 50 * time.Millisecond
+
+// reader reads new entries (XREADGROUP ">") and hands them to the router,
+// never more than it holds handler slots for. One type serves both modes:
+// on a single server (standalone, or Sentinel's master) one multi-stream
+// read covers every partition (readAll); on a cluster each partition is
+// read apart (readPartition), its streams living in different slots.
+type reader struct {
+	*env
+	topo    *topology
+	members *membership
+	route   *router
+}
+
+// readPartition reads pt's entries while ctx lives, never more than free
+// slots.
+//
+// With one partition, a read takes one slot (waiting for it) and any others
+// free right now, and blocks for up to Block. With several, each holds a
+// fair share: a read that does not block takes up to Concurrency/partitions
+// entries, and only when it finds none does the loop block, holding one
+// slot (and for at most fairBlock when slots are fewer than partitions), so
+// an idle partition never sits on slots that another partition's entries
+// wait for.
+func (r *reader) readPartition(ctx context.Context, pt *part, p *pipe) {
+	out := redisx.Outage{Log: r.log, What: "read loop " + pt.key}
+	var rd redisx.ReadDeadline
+	defer rd.Stop()
+	ready, first := false, true
+	for ctx.Err() == nil {
+		if !ready {
+			if err := r.members.join(ctx, pt); err != nil {
+				if r.fail(err, "creating or joining the group on "+pt.key) {
+					return
+				}
+				out.Failed(err)
+				out.Backoff(ctx)
+				continue
+			}
+			ready = true
+			if first {
+				first = false
+				r.topo.joined(pt)
+			}
+		}
+		entries, held, err := r.readOne(ctx, pt, p, &rd)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, bus.ErrNoGroup) {
+				if r.topo.forgotten(ctx, pt) {
+					return // another worker forgot this drained partition: do not recreate it
+				}
+				r.log.Warn().Str("stream", pt.key).Str("group", r.cfg.Group).Msg("group missing (Redis restarted or flushed?); recreating it")
+				ready = false
+				continue
+			}
+			if r.fail(err, "XREADGROUP "+pt.key) {
+				return
+			}
+			out.Failed(err)
+			out.Backoff(ctx)
+			continue
+		}
+		out.OK()
+		if len(entries) > 0 {
+			r.stats.reads.Add(1)
+		}
+		if !r.deliver(ctx, pt, entries, &held, p) {
+			return
+		}
+	}
+}
+
+// readOne makes one read of pt (see readPartition) and returns its
+// entries and how many of them hold a slot (the others wait for one: some
+// of the read's slots were lent while it blocked). Slots it does not use
+// go back to the pool.
+func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.ReadDeadline) ([]redisx.Entry, int, error) {
+	if !p.slots.take(ctx) {
+		return nil, 0, ctx.Err()
+	}
+	nparts := r.topo.count()
+	limit := min(r.cfg.Concurrency, maxReadBatch)
+	if nparts > 1 {
+		limit = max(1, min(limit, (r.cfg.Concurrency+nparts-1)/nparts))
+	}
+	n := p.slots.more(1, limit)
+	var entries []redisx.Entry
+	var err error
+	if nparts > 1 {
+		entries, err = redisx.ReadGroupNow(ctx, r.c.Redis(), pt.key, r.cfg.Group, r.cfg.Name, int64(n))
+		if err == nil && len(entries) == 0 {
+			p.slots.give(n - 1)
+			n = 1
+			block := r.cfg.Block
+			if nparts > r.cfg.Concurrency {
+				block = min(block, fairBlock)
+			}
+			entries, err = redisx.ReadGroup(rd.For(ctx, block), r.c.Redis(), pt.key, r.cfg.Group, r.cfg.Name, ">", 1, block)
+		}
+	} else {
+		// Its slots are on loan while it blocks (see slotLoan).
+		lent := p.slots.loan.offer(n)
+		entries, err = redisx.ReadGroup(rd.For(ctx, r.cfg.Block), r.c.Redis(), pt.key, r.cfg.Group, r.cfg.Name, ">", int64(n), r.cfg.Block)
+		if lent {
+			n -= p.slots.loan.withdraw(n)
+		}
+	}
+	if len(entries) < n {
+		p.slots.give(n - len(entries))
+	}
+	return entries, n, err
+}
+
+// deliver routes entries read from pt: the first *held with the slots the
+// read held, the others each once it has one. It reports false when ctx
+// ended first (the rest stay pending: reclaimed after ClaimIdle).
+func (r *reader) deliver(ctx context.Context, pt *part, entries []redisx.Entry, held *int, p *pipe) bool {
+	now := time.Now()
+	for k := range entries {
+		if *held == 0 {
+			if !p.slots.claim(ctx) {
+				return false
+			}
+			now = time.Now()
+		} else {
+			*held--
+		}
+		r.route.route(pt, &entries[k], now, 1, p)
+	}
+	return true
+}
+
+// readAll reads every partition being read with one XREADGROUP over all
+// their streams, while ctx lives: on a single server a multi-stream read
+// costs one round trip, however many partitions a topic has.
+//
+// It holds n free slots (one, waited for, then any others free now) and
+// asks each stream for up to max(1, n/partitions) entries, so no partition
+// starves; a read that returns more entries than slots (n below the
+// partition count) waits for slots before routing the extra ones, which
+// stay pending meanwhile (at most one per partition).
+func (r *reader) readAll(ctx context.Context, p *pipe) {
+	out := redisx.Outage{Log: r.log, What: "read loop " + r.key}
+	var rd redisx.ReadDeadline
+	defer rd.Stop()
+	g := groups{joined: map[*part]bool{}, announced: map[*part]bool{}}
+	for ctx.Err() == nil {
+		ps := r.topo.current()
+		if len(ps) == 0 {
+			sleepCtx(ctx, 10*time.Millisecond) // the topology has not published the partitions yet
+			continue
+		}
+		if !r.joinAll(ctx, ps, &g, &out) {
+			if r.fatal() != nil {
+				return
+			}
+			continue
+		}
+		read, keys := g.read(ps)
+		if len(read) == 0 {
+			continue
+		}
+		res, held, err := r.readEach(ctx, read, keys, p, &rd)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, bus.ErrNoGroup) {
+				r.log.Warn().Strs("streams", keys).Str("group", r.cfg.Group).Msg("group missing (Redis restarted or flushed, or a partition forgotten?); recreating it")
+				clear(g.joined)
+				g.recreate = true
+				continue
+			}
+			if r.fail(err, "XREADGROUP "+strings.Join(keys, " ")) {
+				return
+			}
+			out.Failed(err)
+			out.Backoff(ctx)
+			continue
+		}
+		out.OK()
+		for i, es := range res {
+			if !r.deliver(ctx, read[i], es, &held, p) {
+				return
+			}
+		}
+	}
+}
+
+// groups is readAll's record of the partitions whose group it joined.
+type groups struct {
+	joined    map[*part]bool // group created and joined since the last NOGROUP
+	announced map[*part]bool // counted for Serving
+	recreate  bool           // a NOGROUP: skip forgotten partitions when joining again
+	parts     []*part        // read's buffers, reused
+	keys      []string
+}
+
+// read returns the partitions of ps whose group is joined, and their
+// streams (valid until the next call).
+func (g *groups) read(ps []*part) ([]*part, []string) {
+	g.parts, g.keys = g.parts[:0], g.keys[:0]
+	for _, pt := range ps {
+		if g.joined[pt] {
+			g.parts = append(g.parts, pt)
+			g.keys = append(g.keys, pt.key)
+		}
+	}
+	return g.parts, g.keys
+}
+
+// joinAll joins the group on every partition of ps not joined yet; false
+// when one failed (it backed off, or the failure stopped Run).
+func (r *reader) joinAll(ctx context.Context, ps []*part, g *groups, out *redisx.Outage) bool {
+	for _, pt := range ps {
+		if g.joined[pt] {
+			continue
+		}
+		if g.recreate && r.topo.forgotten(ctx, pt) {
+			continue // forgotten by a worker: the topology drops it
+		}
+		if err := r.members.join(ctx, pt); err != nil {
+			if !r.fail(err, "creating or joining the group on "+pt.key) {
+				out.Failed(err)
+				out.Backoff(ctx)
+			}
+			return false
+		}
+		g.joined[pt] = true
+		if !g.announced[pt] {
+			g.announced[pt] = true
+			r.topo.joined(pt)
+		}
+	}
+	g.recreate = false
+	return true
+}
+
+// readEach makes one read of the streams of read (see readAll) and returns
+// the entries of each and how many hold a slot.
+func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *pipe, rd *redisx.ReadDeadline) ([][]redisx.Entry, int, error) {
+	if !p.slots.take(ctx) {
+		return nil, 0, ctx.Err()
+	}
+	n := p.slots.more(1, min(r.cfg.Concurrency, maxReadBatch))
+	per := max(1, n/len(read))
+	// Its slots are on loan while it blocks (see slotLoan): what comes back
+	// beyond the slots left waits for one (deliver).
+	lent := p.slots.loan.offer(n)
+	res, err := redisx.ReadGroupAll(rd.For(ctx, r.cfg.Block), r.c.Redis(), keys, r.cfg.Group, r.cfg.Name, int64(per), r.cfg.Block)
+	if lent {
+		n -= p.slots.loan.withdraw(n)
+	}
+	got := 0
+	for _, es := range res {
+		got += len(es)
+	}
+	if got < n {
+		p.slots.give(n - got)
+	}
+	if got > 0 {
+		r.stats.reads.Add(1)
+	}
+	return res, n, err
+}
