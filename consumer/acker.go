@@ -164,11 +164,11 @@ func (a *acker) writeReplies(batch []completion, fb *flushBufs, replies int) {
 	var setRes []redisx.SettleResult
 	res, ok, reusable := a.doOwned(fb.res, func(out []redisx.Result) []redisx.Result {
 		if sets == nil {
-			return redisx.AddTied(a.ctx, a.c.Redis(), fb.adds, fb.tied, fb.acks, out)
+			return a.port.AddTied(a.ctx, fb.adds, fb.tied, fb.acks, out)
 		}
 		// Cached answers: stored, and their flights settled, in the same
 		// round trip.
-		out, setRes = redisx.SettleAndAdd(a.ctx, a.c.Redis(), sets, fb.adds, fb.tied, fb.acks, out, setRes[:0])
+		out, setRes = a.port.SettleAndAdd(a.ctx, sets, fb.adds, fb.tied, fb.acks, out, setRes[:0])
 		return out
 	})
 	if !ok {
@@ -240,7 +240,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 		adds = append(adds, redisx.Add{Key: batch[i].p.dlqKey, Cap: a.dlqCap, Fields: batch[i].dead})
 	}
 	res, ok := a.do(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, a.c.Redis(), adds, nil, out)
+		return a.port.AddBatch(a.ctx, adds, nil, out)
 	})
 	if !ok {
 		return
@@ -260,7 +260,7 @@ func (a *acker) flushDead(batch []completion, idx []int) {
 	}
 	_, acks := a.acksOf(stored, notDead, nil, nil)
 	res, ok = a.do(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, a.c.Redis(), nil, acks, out)
+		return a.port.AddBatch(a.ctx, nil, acks, out)
 	})
 	if !ok {
 		return
@@ -291,7 +291,7 @@ func (a *acker) ackAnswered(batch []completion, fb *flushBufs) {
 		return
 	}
 	res, ok := a.do(fb.res, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, a.c.Redis(), nil, fb.acks, out)
+		return a.port.AddBatch(a.ctx, nil, fb.acks, out)
 	})
 	if ok {
 		fb.res = res

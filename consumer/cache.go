@@ -38,7 +38,7 @@ func (a *acker) deleteStale(sets []redisx.Settle, res []redisx.SettleResult) {
 		return
 	}
 	a.stats.cacheStale.Add(uint64(stale))
-	if err := redisx.DeleteStale(a.ctx, a.c.Redis(), sets, res); err != nil {
+	if err := a.port.DeleteStale(a.ctx, sets, res); err != nil {
 		a.log.Warn().Err(err).Msg("could not delete cached answers stored under another generation than the topic's: they expire with their TTL")
 	}
 }
@@ -135,7 +135,7 @@ func (a *acker) answerJoined(batch []completion, idx []int, res []redisx.SettleR
 		return
 	}
 	out, ok, reusable := a.doOwned(nil, func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, a.c.Redis(), adds, nil, out)
+		return a.port.AddBatch(a.ctx, adds, nil, out)
 	})
 	if !ok {
 		return // the buffers may still be held by the client: left to the GC

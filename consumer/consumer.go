@@ -97,7 +97,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	}
 	cfg = cfg.withDefaults(hex.EncodeToString(rnd[:]))
 	keys := c.Keys()
-	e := &env{c: c, cfg: cfg, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic)}
+	e := &env{c: c, port: redisx.PortOf(c), cfg: cfg, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic)}
 	e.tr = newTracing(&e.cfg)
 	co := &Consumer{e: e}
 	co.topo = &topology{env: e, serving: make(chan struct{})}
@@ -163,7 +163,7 @@ func (c *Consumer) Ready(ctx context.Context) error {
 		return bus.ErrNotServing
 	}
 	for _, key := range c.topo.streams() {
-		ok, err := redisx.GroupExists(ctx, c.e.c.Redis(), key, c.e.cfg.Group)
+		ok, err := c.e.port.GroupExists(ctx, key, c.e.cfg.Group)
 		if err != nil {
 			return fmt.Errorf("consumer: redis: %w", err)
 		}

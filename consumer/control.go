@@ -224,7 +224,7 @@ func (ct *controller) run(ctx context.Context, wake chan<- int64, ready chan<- s
 		if catchingUp {
 			block = 0
 		}
-		notices, last, bad, err := redisx.ReadControl(rd.For(ctx, ct.cfg.Block), ct.c.Redis(), key, after, batch, block)
+		notices, last, bad, err := ct.port.ReadControl(rd.For(ctx, ct.cfg.Block), key, after, batch, block)
 		if err != nil || (last == "" && bad == 0) || len(notices)+bad < batch {
 			caughtUp() // an error: serve all the same, without what was missed
 		}

@@ -118,7 +118,7 @@ func (dl *delayer) retryDelay(d time.Duration, attempt int) time.Duration {
 // case the entry is still pending and reclaimed after ClaimIdle.
 func (dl *delayer) schedule(ctx context.Context, j *job, delay time.Duration) bool {
 	pt := j.p
-	due, err := redisx.ScheduleRetry(ctx, dl.c.Redis(), pt.retryKey, j.msg.ID, delay)
+	due, err := dl.port.ScheduleRetry(ctx, pt.retryKey, j.msg.ID, delay)
 	if err != nil {
 		// Not a reason to stop serving (an ACL from before delayed
 		// retries, say): the entry is retried the old way.
@@ -135,7 +135,7 @@ func (dl *delayer) schedule(ctx context.Context, j *job, delay time.Duration) bo
 // something is due at due (unix ms, Redis's clock). Best effort: the
 // delayer's poll catches a lost notice.
 func (dl *delayer) wakeAt(ctx context.Context, due int64) {
-	err := redisx.AddControl(ctx, dl.c.Redis(), dl.keys.Control(dl.cfg.Topic), []redisx.Control{{Op: redisx.OpWake, Until: due}})
+	err := dl.port.AddControl(ctx, dl.keys.Control(dl.cfg.Topic), []redisx.Control{{Op: redisx.OpWake, Until: due}})
 	if err != nil && ctx.Err() == nil {
 		dl.log.Debug().Err(err).Msg("wake notice not written; workers find the entry on their next pass")
 	}
@@ -200,7 +200,7 @@ func (dl *delayer) pass(ctx context.Context, p *pipe, st *passState) (time.Durat
 			claim[i]++
 		}
 	}
-	res := redisx.Due(ctx, dl.c.Redis(), keys, dl.cfg.Group, dl.cfg.Name, maxPromote, claim, redisx.MaxLen(dl.cfg.Retention.StreamMaxLen))
+	res := dl.port.Due(ctx, keys, dl.cfg.Group, dl.cfg.Name, maxPromote, claim, redisx.MaxLen(dl.cfg.Retention.StreamMaxLen))
 	wait := delayPoll
 	failed, denied := false, false
 	for i, r := range res {

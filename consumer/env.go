@@ -37,6 +37,7 @@ import (
 // refusal (under fatalMu).
 type env struct {
 	c    *bus.Client
+	port port // Redis, through redisx.Port (port.go)
 	cfg  Config
 	log  zerolog.Logger
 	keys bus.Keys

@@ -56,7 +56,7 @@ func (h *heartbeat) run(ctx context.Context, running []workerSlot) {
 
 // touch resets the idle time of those ids of pt this consumer still owns.
 func (h *heartbeat) touch(ctx context.Context, pt *part, ids []string) error {
-	mine, err := redisx.PendingOf(ctx, h.c.Redis(), pt.key, h.cfg.Group, "-", "+", int64(h.cfg.Concurrency)+int64(len(ids)), h.cfg.Name)
+	mine, err := h.port.PendingOf(ctx, pt.key, h.cfg.Group, "-", "+", int64(h.cfg.Concurrency)+int64(len(ids)), h.cfg.Name)
 	if err != nil {
 		return err
 	}
@@ -76,7 +76,7 @@ func (h *heartbeat) touch(ctx context.Context, pt *part, ids []string) error {
 	if gone != nil {
 		h.waiting.drop(pt, gone...) // claimed by another worker, or finished
 	}
-	if err := redisx.Touch(ctx, h.c.Redis(), pt.key, h.cfg.Group, h.cfg.Name, h.cfg.Reclaim.ClaimIdle/6, keep...); err != nil {
+	if err := h.port.Touch(ctx, pt.key, h.cfg.Group, h.cfg.Name, h.cfg.Reclaim.ClaimIdle/6, keep...); err != nil {
 		return err
 	}
 	h.stats.heartbeats.Add(uint64(len(keep)))

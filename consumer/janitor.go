@@ -28,7 +28,7 @@ func (j *janitor) tidy(ctx context.Context, pt *part, last *time.Time) {
 // removeIdleConsumers deletes other consumers idle longer than
 // ConsumerIdleTimeout with nothing pending.
 func (j *janitor) removeIdleConsumers(ctx context.Context, pt *part) {
-	list, err := redisx.Consumers(ctx, j.c.Redis(), pt.key, j.cfg.Group)
+	list, err := j.port.Consumers(ctx, pt.key, j.cfg.Group)
 	if err != nil {
 		j.maintenanceFailed(pt, "list consumers", err)
 		return
@@ -37,7 +37,7 @@ func (j *janitor) removeIdleConsumers(ctx context.Context, pt *part) {
 		if ci.Name == j.cfg.Name || ci.Pending != 0 || ci.Idle < j.cfg.Reclaim.ConsumerIdleTimeout {
 			continue
 		}
-		n, err := redisx.DeleteConsumer(ctx, j.c.Redis(), pt.key, j.cfg.Group, ci.Name)
+		n, err := j.port.DeleteConsumer(ctx, pt.key, j.cfg.Group, ci.Name)
 		switch {
 		case err != nil:
 			j.maintenanceFailed(pt, "remove idle consumer "+ci.Name, err)
@@ -68,7 +68,7 @@ func (j *janitor) enforceRetention(ctx context.Context, pt *part) {
 	if j.cfg.Retention.MaxLen <= 0 && j.cfg.Retention.MaxAge <= 0 {
 		return
 	}
-	n, err := redisx.Trim(ctx, j.c.Redis(), pt.key, j.cfg.Retention.MaxLen, j.cfg.Retention.MaxAge)
+	n, err := j.port.Trim(ctx, pt.key, j.cfg.Retention.MaxLen, j.cfg.Retention.MaxAge)
 	switch {
 	case err != nil:
 		j.maintenanceFailed(pt, "retention trim", err)

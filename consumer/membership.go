@@ -31,12 +31,11 @@ type membership struct {
 // join creates the group on pt (if missing) and joins it: the consumer is
 // then listed in the group and in the topic's presence set.
 func (m *membership) join(ctx context.Context, pt *part) error {
-	rc := m.c.Redis()
-	if err := redisx.CreateGroup(ctx, rc, pt.key, m.cfg.Group, pt.start); err != nil {
+	if err := m.port.CreateGroup(ctx, pt.key, m.cfg.Group, pt.start); err != nil {
 		return err
 	}
 	m.stats.groupsCreated.Add(1)
-	if err := redisx.Join(ctx, rc, pt.key, m.cfg.Group, m.cfg.Name, m.presence, m.member, time.Now(), presencePrune); err != nil {
+	if err := m.port.Join(ctx, pt.key, m.cfg.Group, m.cfg.Name, m.presence, m.member, time.Now(), presencePrune); err != nil {
 		if !redisx.IsRedisReply(err) {
 			return fmt.Errorf("consumer: join %s on %s: %w", m.cfg.Group, pt.key, err)
 		}
@@ -62,7 +61,7 @@ func (m *membership) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		err := redisx.Beat(ctx, m.c.Redis(), m.presence, m.member, time.Now(), presencePrune)
+		err := m.port.Beat(ctx, m.presence, m.member, time.Now(), presencePrune)
 		switch {
 		case err == nil:
 			refused = false
@@ -84,7 +83,7 @@ func (m *membership) leave(ctx context.Context, keys []string) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	for _, key := range keys {
-		removed, err := redisx.Leave(ctx, m.c.Redis(), key, m.presence, m.cfg.Group, m.cfg.Name, m.member)
+		removed, err := m.port.Leave(ctx, key, m.presence, m.cfg.Group, m.cfg.Name, m.member)
 		switch {
 		case err != nil:
 			m.log.Warn().Err(err).Str("stream", key).Msg("could not leave the group; other workers remove this consumer once it is idle and holds nothing")

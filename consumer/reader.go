@@ -105,7 +105,7 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 	var entries []redisx.Entry
 	var err error
 	if nparts > 1 {
-		entries, err = redisx.ReadGroupNow(ctx, r.c.Redis(), pt.key, r.cfg.Group, r.cfg.Name, int64(n))
+		entries, err = r.port.ReadGroupNow(ctx, pt.key, r.cfg.Group, r.cfg.Name, int64(n))
 		if err == nil && len(entries) == 0 {
 			p.slots.give(n - 1)
 			n = 1
@@ -113,12 +113,12 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 			if nparts > r.cfg.Concurrency {
 				block = min(block, fairBlock)
 			}
-			entries, err = redisx.ReadGroup(rd.For(ctx, block), r.c.Redis(), pt.key, r.cfg.Group, r.cfg.Name, ">", 1, block)
+			entries, err = r.port.ReadGroup(rd.For(ctx, block), pt.key, r.cfg.Group, r.cfg.Name, ">", 1, block)
 		}
 	} else {
 		// Its slots are on loan while it blocks (see slotLoan).
 		lent := p.slots.loan.offer(n)
-		entries, err = redisx.ReadGroup(rd.For(ctx, r.cfg.Block), r.c.Redis(), pt.key, r.cfg.Group, r.cfg.Name, ">", int64(n), r.cfg.Block)
+		entries, err = r.port.ReadGroup(rd.For(ctx, r.cfg.Block), pt.key, r.cfg.Group, r.cfg.Name, ">", int64(n), r.cfg.Block)
 		if lent {
 			n -= p.slots.loan.withdraw(n)
 		}
@@ -265,7 +265,7 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	// Its slots are on loan while it blocks (see slotLoan): what comes back
 	// beyond the slots left waits for one (deliver).
 	lent := p.slots.loan.offer(n)
-	res, err := redisx.ReadGroupAll(rd.For(ctx, r.cfg.Block), r.c.Redis(), keys, r.cfg.Group, r.cfg.Name, int64(per), r.cfg.Block)
+	res, err := r.port.ReadGroupAll(rd.For(ctx, r.cfg.Block), keys, r.cfg.Group, r.cfg.Name, int64(per), r.cfg.Block)
 	if lent {
 		n -= p.slots.loan.withdraw(n)
 	}

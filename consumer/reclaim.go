@@ -66,7 +66,7 @@ func (rc *reclaimer) run(ctx context.Context, pt *part, p *pipe) {
 // Claimed entries it cannot route before ctx ends stay pending (ours), and
 // are reclaimed again after ClaimIdle.
 func (rc *reclaimer) once(ctx context.Context, pt *part, cursor string, n int, p *pipe) (int, string, error) {
-	next, entries, deleted, err := redisx.AutoClaim(ctx, rc.c.Redis(), pt.key, rc.cfg.Group, rc.cfg.Name, rc.cfg.Reclaim.ClaimIdle, cursor, int64(n))
+	next, entries, deleted, err := rc.port.AutoClaim(ctx, pt.key, rc.cfg.Group, rc.cfg.Name, rc.cfg.Reclaim.ClaimIdle, cursor, int64(n))
 	if err != nil {
 		return 0, cursor, err
 	}
@@ -81,7 +81,7 @@ func (rc *reclaimer) once(ctx context.Context, pt *part, cursor string, n int, p
 	}
 	// Delayed retries of a consumer that died: they wait for their due
 	// time here (a pass of the delayer claims them then).
-	due, err := redisx.RetryDue(ctx, rc.c.Redis(), pt.retryKey, idsOf(entries))
+	due, err := rc.port.RetryDue(ctx, pt.retryKey, idsOf(entries))
 	if err != nil {
 		return len(entries), next, fmt.Errorf("retry due times: %w", err)
 	}

@@ -185,7 +185,7 @@ func (r *router) claimed(ctx context.Context, pt *part, entries []redisx.Entry, 
 		return nil
 	}
 	deliveries := map[string]int64{}
-	pend, err := redisx.PendingOf(ctx, r.c.Redis(), pt.key, r.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), r.cfg.Name)
+	pend, err := r.port.PendingOf(ctx, pt.key, r.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), r.cfg.Name)
 	if err != nil {
 		return fmt.Errorf("delivery counts: %w", err)
 	}

@@ -113,7 +113,7 @@ func (a *acker) flushChunks(batch []chunkWrite) {
 		adds[i] = redisx.Add{Key: batch[i].key, Cap: a.replyCap, NoMkStream: true, Data: batch[i].buf.B}
 	}
 	res, ok, reusable := a.doOwned(make([]redisx.Result, 0, len(adds)), func(out []redisx.Result) []redisx.Result {
-		return redisx.AddBatch(a.ctx, a.c.Redis(), adds, nil, out)
+		return a.port.AddBatch(a.ctx, adds, nil, out)
 	})
 	for i := range batch {
 		var err error

@@ -95,7 +95,7 @@ func (t *topology) forgotten(ctx context.Context, pt *part) bool {
 	if pt.idx == 0 {
 		return false
 	}
-	m, err := redisx.Partitions(ctx, t.c.Redis(), t.keys.Meta(t.cfg.Topic))
+	m, err := t.port.Partitions(ctx, t.keys.Meta(t.cfg.Topic))
 	return err == nil && pt.idx >= m.Drain
 }
 
@@ -145,7 +145,7 @@ func (t *topology) first(ctx context.Context) (redisx.PartitionMeta, bool) {
 	out := redisx.Outage{Log: t.log, What: "partition count of " + t.cfg.Topic}
 	meta := t.keys.Meta(t.cfg.Topic)
 	for {
-		m, err := redisx.Partitions(ctx, t.c.Redis(), meta)
+		m, err := t.port.Partitions(ctx, meta)
 		if err == nil {
 			out.OK()
 			return m, true
@@ -163,7 +163,7 @@ func (t *topology) first(ctx context.Context) (redisx.PartitionMeta, bool) {
 // (the last count stays).
 func (t *topology) refresh(ctx context.Context) (redisx.PartitionMeta, bool) {
 	meta := t.keys.Meta(t.cfg.Topic)
-	nm, err := redisx.Partitions(ctx, t.c.Redis(), meta)
+	nm, err := t.port.Partitions(ctx, meta)
 	if err != nil {
 		if ctx.Err() == nil && !t.fail(err, "HMGET "+meta) && !redisx.IsConnErr(err) {
 			t.log.Warn().Err(err).Str("key", meta).Msg("cannot read the partition count; keeping the last one")
@@ -171,7 +171,7 @@ func (t *topology) refresh(ctx context.Context) (redisx.PartitionMeta, bool) {
 		return nm, false
 	}
 	if nm.Draining() && t.forget(ctx, nm) {
-		if nm2, err := redisx.Partitions(ctx, t.c.Redis(), meta); err == nil {
+		if nm2, err := t.port.Partitions(ctx, meta); err == nil {
 			nm = nm2
 		}
 	}
@@ -230,8 +230,7 @@ func (t *topology) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	if !m.Lowered.IsZero() && time.Since(m.Lowered) < forgetGrace-time.Second {
 		return false // not yet (by this machine's clock; Redis's decides)
 	}
-	rc := t.c.Redis()
-	gs, err := redisx.Groups(ctx, rc, t.key)
+	gs, err := t.port.Groups(ctx, t.key)
 	if err != nil {
 		return false
 	}
@@ -242,7 +241,7 @@ func (t *topology) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	drain := m.Drain
 	for drain > m.N {
 		name := bus.Partition(t.cfg.Topic, drain-1)
-		ok, err := redisx.Drained(ctx, rc, t.keys.Topic(name), t.keys.DeadLetter(name), []string{t.keys.Delayed(name), t.keys.Retry(name)}, groups)
+		ok, err := t.port.Drained(ctx, t.keys.Topic(name), t.keys.DeadLetter(name), []string{t.keys.Delayed(name), t.keys.Retry(name)}, groups)
 		if err != nil || !ok {
 			break
 		}
@@ -251,7 +250,7 @@ func (t *topology) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	if drain == m.Drain {
 		return false
 	}
-	ok, err := redisx.ForgetPartitions(ctx, rc, t.keys.Meta(t.cfg.Topic), m, drain, forgetGrace)
+	ok, err := t.port.ForgetPartitions(ctx, t.keys.Meta(t.cfg.Topic), m, drain, forgetGrace)
 	if err != nil || !ok {
 		return false
 	}
@@ -259,7 +258,7 @@ func (t *topology) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	for i := drain; i < m.Drain; i++ {
 		keys = append(keys, t.keys.Topic(bus.Partition(t.cfg.Topic, i)))
 	}
-	if err := redisx.DeleteEach(ctx, rc, keys...); err != nil {
+	if err := t.port.DeleteEach(ctx, keys...); err != nil {
 		t.log.Warn().Err(err).Strs("streams", keys).Msg("could not delete forgotten partitions' streams")
 	}
 	t.log.Info().Str("topic", t.cfg.Topic).Int("from", m.Drain).Int("to", drain).Msg("removed partitions drained: forgotten")

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/internal/redisx"
 )
 
 // CacheStats is a topic's shared response cache at one moment
@@ -44,17 +43,16 @@ func (i *Inspector) CacheStats(ctx context.Context, topic string) (CacheStats, e
 	if err != nil {
 		return CacheStats{}, err
 	}
-	rc := i.c.Redis()
 	s := CacheStats{Topic: topic}
-	if s.Generation, s.Epoch, err = redisx.CacheMeta(ctx, rc, i.keys.Meta(topic)); err != nil {
+	if s.Generation, s.Epoch, err = i.port.CacheMeta(ctx, i.keys.Meta(topic)); err != nil {
 		return s, fmt.Errorf("inspect: cache stats of %s: %w", topic, err)
 	}
 	for _, pn := range ps.names() { // each partition's entries live under its own hash tag
-		n, b, trunc1, err := redisx.KeyStats(ctx, rc, i.keys.CachePattern(pn, false), cacheScanLimit)
+		n, b, trunc1, err := i.port.KeyStats(ctx, i.keys.CachePattern(pn, false), cacheScanLimit)
 		if err != nil {
 			return s, fmt.Errorf("inspect: cache stats of %s: %w", pn, err)
 		}
-		f, _, trunc2, err := redisx.KeyStats(ctx, rc, i.keys.CachePattern(pn, true), cacheScanLimit)
+		f, _, trunc2, err := i.port.KeyStats(ctx, i.keys.CachePattern(pn, true), cacheScanLimit)
 		if err != nil {
 			return s, fmt.Errorf("inspect: cache stats of %s: %w", pn, err)
 		}
@@ -78,7 +76,7 @@ func (i *Inspector) FlushCache(ctx context.Context, topic string) (uint64, error
 	}
 	var first uint64
 	for k, pn := range ps.names() { // each partition has its own generation
-		g, err := redisx.BumpGeneration(ctx, i.c.Redis(), i.keys.Meta(pn))
+		g, err := i.port.BumpGeneration(ctx, i.keys.Meta(pn))
 		if err != nil {
 			return 0, fmt.Errorf("inspect: flush cache of %s: %w", pn, err)
 		}
@@ -104,17 +102,16 @@ func (i *Inspector) FlushCacheEntry(ctx context.Context, topic string, h bus.Cac
 	if err != nil {
 		return false, err
 	}
-	rc := i.c.Redis()
 	found := false
 	// The entry lives in the partition its hash chose under the count of
 	// the time it was stored: drop it from each.
 	for _, pn := range ps.names() {
 		meta := i.keys.Meta(pn)
-		gen, _, err := redisx.CacheMeta(ctx, rc, meta)
+		gen, _, err := i.port.CacheMeta(ctx, meta)
 		if err != nil {
 			return false, fmt.Errorf("inspect: flush cache entry of %s: %w", pn, err)
 		}
-		ok, err := redisx.DropEntry(ctx, rc, meta, i.keys.Cache(pn, bus.CacheEntryID(gen, h)))
+		ok, err := i.port.DropEntry(ctx, meta, i.keys.Cache(pn, bus.CacheEntryID(gen, h)))
 		if err != nil {
 			return false, fmt.Errorf("inspect: flush cache entry of %s: %w", pn, err)
 		}

@@ -73,7 +73,7 @@ func (i *Inspector) DeadLetters(ctx context.Context, topic string, limit int) ([
 	}
 	var out []DeadLetter
 	for k, pn := range ps.names() {
-		raw, err := redisx.DeadLetters(ctx, i.c.Redis(), i.keys.DeadLetter(pn), "-", "+", int64(limit))
+		raw, err := i.port.DeadLetters(ctx, i.keys.DeadLetter(pn), "-", "+", int64(limit))
 		if err != nil {
 			return nil, fmt.Errorf("inspect: dead letters of %s: %w", pn, redisx.Unavailable(err))
 		}
@@ -106,7 +106,6 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 		return 0, err
 	}
 	names := ps.names()
-	rc := i.c.Redis()
 	var letters []DeadLetter
 	var errs []error
 	if len(ids) == 0 {
@@ -118,7 +117,7 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 	for _, id := range ids {
 		found := false
 		for k, pn := range names { // ids are unique per partition: each one's letter
-			raw, err := redisx.DeadLetters(ctx, rc, i.keys.DeadLetter(pn), id, id, 1)
+			raw, err := i.port.DeadLetters(ctx, i.keys.DeadLetter(pn), id, id, 1)
 			if err != nil {
 				return 0, fmt.Errorf("inspect: read dead letter %s: %w", id, redisx.Unavailable(err))
 			}
@@ -148,7 +147,7 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 		// Back to the partition it came from (a removed partition is read
 		// until drained, and forgotten only once its dead letters are gone).
 		pn := bus.Partition(topic, d.Partition)
-		if _, err := redisx.Replay(ctx, rc, i.keys.Topic(pn), i.keys.DeadLetter(pn), d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
+		if _, err := i.port.Replay(ctx, i.keys.Topic(pn), i.keys.DeadLetter(pn), d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.ID, redisx.Unavailable(err)))
 			continue
 		}
@@ -175,9 +174,9 @@ func (i *Inspector) PurgeDeadLetters(ctx context.Context, topic string, olderTha
 		key := i.keys.DeadLetter(pn)
 		var n int64
 		if olderThan <= 0 {
-			n, err = redisx.Purge(ctx, i.c.Redis(), key)
+			n, err = i.port.Purge(ctx, key)
 		} else {
-			n, err = redisx.Trim(ctx, i.c.Redis(), key, 0, olderThan)
+			n, err = i.port.Trim(ctx, key, 0, olderThan)
 		}
 		if err != nil {
 			return total, fmt.Errorf("inspect: purge dead letters of %s: %w", pn, redisx.Unavailable(err))

@@ -25,12 +25,12 @@ func FunctionsLibrary() string { return redisx.LibraryName() }
 // (bus-worker acl) need it loaded before they run scripts: cached
 // requests, delayed events and retries, partitions.
 func (i *Inspector) LoadFunctions(ctx context.Context) error {
-	return redisx.LoadFunctions(ctx, i.c.Redis())
+	return i.port.LoadFunctions(ctx)
 }
 
 // Functions lists the bus's libraries on every master.
 func (i *Inspector) Functions(ctx context.Context) ([]FunctionLibrary, error) {
-	libs, err := redisx.ListFunctions(ctx, i.c.Redis())
+	libs, err := i.port.ListFunctions(ctx)
 	out := make([]FunctionLibrary, len(libs))
 	for j, l := range libs {
 		out[j] = FunctionLibrary(l)
@@ -41,5 +41,5 @@ func (i *Inspector) Functions(ctx context.Context) ([]FunctionLibrary, error) {
 // DeleteOldFunctions deletes every library of the bus but this build's (run
 // it once no process of an older release runs) and returns their names.
 func (i *Inspector) DeleteOldFunctions(ctx context.Context) ([]string, error) {
-	return redisx.DeleteOldFunctions(ctx, i.c.Redis())
+	return i.port.DeleteOldFunctions(ctx)
 }

@@ -16,11 +16,12 @@ import (
 // of its own; it never closes the client.
 type Inspector struct {
 	c    *bus.Client
+	port port // every command goes through it (port.go)
 	keys bus.Keys
 }
 
 // New returns an Inspector of the bus c reaches.
-func New(c *bus.Client) *Inspector { return &Inspector{c: c, keys: c.Keys()} }
+func New(c *bus.Client) *Inspector { return &Inspector{c: c, port: redisx.PortOf(c), keys: c.Keys()} }
 
 // Topic is one topic's stream at one moment.
 type Topic struct {
@@ -132,7 +133,7 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 // beats fills in when each consumer of t last announced itself. A presence
 // set it may not read (a user without ZRANGE) leaves them unknown (-1).
 func (i *Inspector) beats(ctx context.Context, t *Topic) {
-	seen, _ := redisx.Beats(ctx, i.c.Redis(), i.keys.Workers(t.Name))
+	seen, _ := i.port.Beats(ctx, i.keys.Workers(t.Name))
 	now := time.Now()
 	for g := range t.Groups {
 		for k := range t.Groups[g].Consumers {
@@ -200,8 +201,7 @@ func (t *Topic) add(now time.Time) {
 // partTopic reads one partition (part, a partition name) of topic.
 func (i *Inspector) partTopic(ctx context.Context, topic, part string) (Topic, error) {
 	key := i.keys.Topic(part)
-	rc := i.c.Redis()
-	si, err := redisx.Info(ctx, rc, key, i.keys.DeadLetter(part), i.keys.Delayed(part), i.keys.Retry(part))
+	si, err := i.port.Info(ctx, key, i.keys.DeadLetter(part), i.keys.Delayed(part), i.keys.Retry(part))
 	if err != nil {
 		return Topic{}, fmt.Errorf("inspect: topic %s: %w", part, redisx.Unavailable(err))
 	}
@@ -211,7 +211,7 @@ func (i *Inspector) partTopic(ctx context.Context, topic, part string) (Topic, e
 		FirstEntryAge: age(si.FirstID, now), LastEntryAge: age(si.LastID, now), DeadLetters: si.DeadLetters, Delayed: si.Delayed,
 		Groups: make([]Group, 0, len(si.Groups))}
 	for _, g := range si.Groups {
-		p, cs, err := redisx.GroupDetail(ctx, rc, key, g.Name)
+		p, cs, err := i.port.GroupDetail(ctx, key, g.Name)
 		switch {
 		case errors.Is(err, redisx.ErrNoGroup):
 			continue // destroyed since XINFO GROUPS listed it
@@ -274,7 +274,7 @@ func (i *Inspector) ReplyStreams(ctx context.Context) ([]ReplyStream, error) {
 }
 
 func (i *Inspector) replyStreams(ctx context.Context, keys []string) ([]ReplyStream, error) {
-	sizes, err := redisx.Sizes(ctx, i.c.Redis(), keys)
+	sizes, err := i.port.Sizes(ctx, keys)
 	if err != nil {
 		return nil, fmt.Errorf("inspect: reply streams: %w", redisx.Unavailable(err))
 	}
@@ -292,7 +292,7 @@ func (i *Inspector) replyStreams(ctx context.Context, keys []string) ([]ReplyStr
 // scan finds the bus's streams: topic names (from topic and dead-letter
 // streams, sorted) and reply stream keys (sorted).
 func (i *Inspector) scan(ctx context.Context) (topics, replies []string, err error) {
-	keys, err := redisx.ScanStreams(ctx, i.c.Redis(), i.keys.Pattern())
+	keys, err := i.port.ScanStreams(ctx, i.keys.Pattern())
 	if err != nil {
 		return nil, nil, fmt.Errorf("inspect: %w", redisx.Unavailable(err))
 	}
@@ -344,7 +344,7 @@ func (i *Inspector) Pending(ctx context.Context, topic, group, consumer string, 
 	}
 	var out []Pending
 	for k, pn := range ps.names() {
-		rows, err := redisx.PendingOf(ctx, i.c.Redis(), i.keys.Topic(pn), group, "-", "+", count, consumer)
+		rows, err := i.port.PendingOf(ctx, i.keys.Topic(pn), group, "-", "+", count, consumer)
 		if err != nil {
 			return nil, fmt.Errorf("inspect: pending of %s/%s: %w", pn, group, redisx.Unavailable(err))
 		}

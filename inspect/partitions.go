@@ -32,7 +32,7 @@ func (i *Inspector) partitions(ctx context.Context, topic string) (Partitions, e
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return Partitions{}, fmt.Errorf("inspect: %w", err)
 	}
-	m, err := redisx.Partitions(ctx, i.c.Redis(), i.keys.Meta(topic))
+	m, err := i.port.Partitions(ctx, i.keys.Meta(topic))
 	if err != nil {
 		return Partitions{}, fmt.Errorf("inspect: partitions of %s: %w", topic, redisx.Unavailable(err))
 	}
@@ -72,7 +72,7 @@ func (i *Inspector) SetPartitions(ctx context.Context, topic string, n int) (Par
 	if n < 1 || n > bus.MaxPartitions {
 		return Partitions{}, fmt.Errorf("inspect: %w: partition count %d out of [1, %d]", bus.ErrInvalidConfig, n, bus.MaxPartitions)
 	}
-	if _, err := redisx.SetPartitions(ctx, i.c.Redis(), i.keys.Meta(topic), n); err != nil {
+	if _, err := i.port.SetPartitions(ctx, i.keys.Meta(topic), n); err != nil {
 		return Partitions{}, fmt.Errorf("inspect: set partitions of %s: %w", topic, redisx.Unavailable(err))
 	}
 	return i.partitions(ctx, topic)

@@ -20,7 +20,7 @@ type Server struct {
 
 // Server reads the server's version and CPU time in one round trip.
 func (i *Inspector) Server(ctx context.Context) (Server, error) {
-	s, err := redisx.ServerInfo(ctx, i.c.Redis())
+	s, err := i.port.ServerInfo(ctx)
 	if err != nil {
 		return Server{}, fmt.Errorf("inspect: server info: %w", redisx.Unavailable(err))
 	}
@@ -37,7 +37,7 @@ type NodeServer struct {
 // standalone server or Sentinel's master; every master of a Redis
 // Cluster, in address order).
 func (i *Inspector) Servers(ctx context.Context) ([]NodeServer, error) {
-	nodes, err := redisx.ServerInfos(ctx, i.c.Redis())
+	nodes, err := i.port.ServerInfos(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("inspect: server info: %w", redisx.Unavailable(err))
 	}
@@ -65,18 +65,18 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 		return err
 	}
 	for _, pn := range ps.names()[1:] {
-		if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(pn), i.keys.DeadLetter(pn), i.keys.Delayed(pn), i.keys.Retry(pn)); err != nil {
+		if _, err := i.port.Delete(ctx, i.keys.Topic(pn), i.keys.DeadLetter(pn), i.keys.Delayed(pn), i.keys.Retry(pn)); err != nil {
 			return fmt.Errorf("inspect: delete topic %s: %w", pn, redisx.Unavailable(err))
 		}
 	}
-	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Topic(topic), i.keys.DeadLetter(topic), i.keys.Workers(topic),
+	if _, err := i.port.Delete(ctx, i.keys.Topic(topic), i.keys.DeadLetter(topic), i.keys.Workers(topic),
 		i.keys.Delayed(topic), i.keys.Retry(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
-	if _, err := redisx.Delete(ctx, i.c.Redis(), i.keys.Control(topic)); err != nil {
+	if _, err := i.port.Delete(ctx, i.keys.Control(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
-	if err := redisx.ForgetPartitionCount(ctx, i.c.Redis(), i.keys.Meta(topic)); err != nil {
+	if err := i.port.ForgetPartitionCount(ctx, i.keys.Meta(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
 	return nil
@@ -88,7 +88,7 @@ type ClusterNode = redisx.ClusterNode
 // ClusterNodes lists the nodes of the Redis Cluster the client reaches
 // (an error on a standalone server).
 func (i *Inspector) ClusterNodes(ctx context.Context) ([]ClusterNode, error) {
-	n, err := redisx.ClusterNodes(ctx, i.c.Redis())
+	n, err := i.port.ClusterNodes(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("inspect: cluster nodes: %w", redisx.Unavailable(err))
 	}
@@ -97,7 +97,7 @@ func (i *Inspector) ClusterNodes(ctx context.Context) ([]ClusterNode, error) {
 
 // KeySlot returns the Redis Cluster hash slot of key.
 func (i *Inspector) KeySlot(ctx context.Context, key string) (int, error) {
-	s, err := redisx.KeySlot(ctx, i.c.Redis(), key)
+	s, err := i.port.KeySlot(ctx, key)
 	if err != nil {
 		return 0, fmt.Errorf("inspect: key slot: %w", redisx.Unavailable(err))
 	}
