@@ -2,6 +2,8 @@ package redisx
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/redis/rueidis"
 )
@@ -47,6 +49,17 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 		return ctx, func() {}
 	}
 	return Detach(ctx)
+}
+
+// overran returns err, or, when the caller's ctx ended by its deadline
+// while the detached command ran (then cancelled: context.Canceled), an
+// error that says so: the caller sees its deadline, as if the command had
+// carried it (context.DeadlineExceeded).
+func overran(ctx context.Context, err error) error {
+	if err != nil && errors.Is(err, context.Canceled) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("redis: the command overran its caller's deadline: %w", context.DeadlineExceeded)
+	}
+	return err
 }
 
 // retryable reports whether a read that failed with err may be tried once

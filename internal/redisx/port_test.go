@@ -1,6 +1,9 @@
 package redisx
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -8,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestPortCoversTheFunctions: every function of this package that takes
@@ -52,5 +56,26 @@ func TestPortCoversTheFunctions(t *testing.T) {
 	}
 	if n < 50 {
 		t.Fatalf("found %d functions taking a client: the test no longer sees them", n)
+	}
+}
+
+// TestPortDeadlineIsTheCallers: a command the caller's deadline overran
+// (the port ran it detached, then cancelled it: context.Canceled) fails
+// with context.DeadlineExceeded, as if the command had carried the
+// deadline (test/metrics_test.go sees it against a hung redis-server); a
+// cancelled caller sees its cancellation.
+func TestPortDeadlineIsTheCallers(t *testing.T) {
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if err := overran(expired, fmt.Errorf("rueidis: %w", context.Canceled)); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		t.Fatalf("overran(expired, Canceled) = %v, want DeadlineExceeded only", err)
+	}
+	cancelled, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := overran(cancelled, context.Canceled); !errors.Is(err, context.Canceled) {
+		t.Fatalf("overran(cancelled, Canceled) = %v, want Canceled", err)
+	}
+	if err := overran(expired, nil); err != nil {
+		t.Fatalf("overran(expired, nil) = %v", err)
 	}
 }
