@@ -108,7 +108,7 @@ func TestDriftAndVerdicts(t *testing.T) {
 	for ts := 2.0; ts <= 60; ts += 2 {
 		heap := uint64(10 << 20)
 		if ts > 40 {
-			heap = 12 << 20 // +20%: a leak
+			heap = 13 << 20 // +30%, 3 MiB: a leak past HeapInFlight
 		}
 		samples = append(samples, Sample{T: ts, ReqPS: 100, P50MS: 12, P99MS: 20, Procs: []ProcSample{
 			{Role: "caller", OK: true, RSS: 50 << 20, HeapLive: heap, Goroutines: 1100, FDs: 40},
@@ -121,7 +121,7 @@ func TestDriftAndVerdicts(t *testing.T) {
 		Faults: []Fault{{Kind: FaultKill, At: 40, End: 41}, {Kind: FaultRedisRestart, At: 36, End: 37, Exit: "ok"}, {Kind: FaultRestart, At: 30, End: 31, Exit: "ok"}}}
 	res.judge()
 	if res.Pass {
-		t.Fatal("a 20% heap rise passed")
+		t.Fatal("a 30% (3 MiB) heap rise passed")
 	}
 	var out []string
 	for _, d := range res.Drift {
@@ -282,6 +282,33 @@ func TestRobustVerdicts(t *testing.T) {
 	leaking.judge()
 	if leaking.Pass {
 		t.Error("a worker's goroutines rising past its slots' pool passed the robust soak")
+	}
+	// A live heap that a GC finds with or without a read batch in flight
+	// (3.4 or 4.3 MB from one sample to the next, the last samples all
+	// high): within HeapInFlight in a robust soak; a steady rise past it
+	// fails it.
+	heap := func(high func(t float64) uint64) *Result {
+		r := base()
+		for i := range r.Samples {
+			t := r.Samples[i].T
+			r.Samples[i].Procs = append(r.Samples[i].Procs, ProcSample{Role: "ev", OK: true, RSS: 30 << 20, HeapLive: high(t), Goroutines: 40, FDs: 20})
+		}
+		return r
+	}
+	bimodal := heap(func(t float64) uint64 {
+		if t > 50 || int(t)%4 == 0 {
+			return 4300 << 10
+		}
+		return 3400 << 10
+	})
+	bimodal.judge()
+	if !bimodal.Pass {
+		t.Errorf("a live heap with a read batch in flight at the last GCs failed the robust soak: %+v", bimodal.Drift)
+	}
+	rising := heap(func(t float64) uint64 { return 3400<<10 + uint64(t*float64(60<<10)) })
+	rising.judge()
+	if rising.Pass {
+		t.Error("a live heap rising 60 KiB a second passed the robust soak")
 	}
 	// The long soak judges what the robust one reports.
 	long := base()
