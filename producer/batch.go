@@ -102,7 +102,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 			for range i {
 				<-p.slots
 			}
-			return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx.Err(), "waiting for in-flight slots"))
+			return nil, fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(ctx.Err(), "waiting for in-flight slots"))
 		case <-p.closing:
 			for range i {
 				<-p.slots
@@ -169,7 +169,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 		select {
 		case r := <-w.ch:
 			putWaiter(w)
-			out[i].Payload, out[i].Err = p.finish(r)
+			out[i].Payload, out[i].Err = p.stats.answer(&r)
 			continue
 		case <-ctx.Done():
 		case <-p.closing:
@@ -179,13 +179,13 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 			if p.closed.Load() {
 				out[i].Err = fmt.Errorf("producer: request: %w", bus.ErrClosed)
 			} else {
-				out[i].Err = p.ctxErr(ctx.Err(), "waiting for the reply")
+				out[i].Err = p.stats.ctxErr(ctx.Err(), "waiting for the reply")
 			}
 			continue
 		}
 		r := <-w.ch // the reader took it and is handing it over
 		putWaiter(w)
-		out[i].Payload, out[i].Err = p.finish(r)
+		out[i].Payload, out[i].Err = p.stats.answer(&r)
 	}
 	return out, nil
 }

@@ -204,9 +204,9 @@ func (p *Producer) refreshMeta(t *topic, now time.Time) {
 	if now.UnixNano()-tc.metaAt.Load() < int64(metaRefresh) || !tc.refreshing.CompareAndSwap(false, true) {
 		return
 	}
-	if !p.goBackground(func() {
+	if !p.bg.run(func(ctx context.Context) {
 		defer tc.refreshing.Store(false)
-		ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
+		ctx, cancel := context.WithTimeout(ctx, respondersTimeout)
 		defer cancel()
 		if gen, epoch, err := redisx.CacheMeta(ctx, p.c.Redis(), tc.meta); err == nil {
 			tc.learn(gen, epoch)
@@ -221,9 +221,9 @@ func (p *Producer) startFlight(ctx context.Context, f *flight, payload []byte, c
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
+		return fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
 	case <-expired:
-		return fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
+		return fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
 	case <-p.closing:
 		return fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
@@ -387,7 +387,7 @@ func (p *Producer) waitFlight(ctx context.Context, f *flight, payload []byte, co
 		default:
 		}
 		p.leave(f)
-		return nil, p.ctxErr(gaveUp, "waiting for the reply")
+		return nil, p.stats.ctxErr(gaveUp, "waiting for the reply")
 	}
 }
 

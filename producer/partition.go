@@ -88,7 +88,7 @@ func (p *Producer) partitions(ctx context.Context, t *topic, now int64) (int, er
 	v, err := p.readPartitions(rctx, t)
 	if err != nil {
 		if ctx.Err() != nil {
-			return 0, p.ctxErr(ctx.Err(), "reading the partition count of "+t.name)
+			return 0, p.stats.ctxErr(ctx.Err(), "reading the partition count of "+t.name)
 		}
 		return 0, err
 	}
@@ -101,9 +101,9 @@ func (p *Producer) refreshPartitions(t *topic) {
 	if !t.parts.refreshing.CompareAndSwap(false, true) {
 		return
 	}
-	if !p.goBackground(func() {
+	if !p.bg.run(func(ctx context.Context) {
 		defer t.parts.refreshing.Store(false)
-		ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
+		ctx, cancel := context.WithTimeout(ctx, respondersTimeout)
 		defer cancel()
 		// Not under t.parts.mu: sub() takes it on a call's path, and a
 		// slow Redis must not hold that call (the view is atomic; the

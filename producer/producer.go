@@ -65,65 +65,9 @@ type Producer struct {
 	fmu     sync.Mutex
 	flights map[flightKey]*flight
 
-	// Background work (responders refreshes): owned here, cancelled and
-	// waited for by Close.
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
-	bgMu     sync.Mutex // guards bgClosed against bg.Go racing Close's bg.Wait
-	bgClosed bool
-}
-
-type counters struct {
-	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
-	writeErrors, breakerRejected, noResponders                            atomic.Uint64
-	writes, replyReads                                                    atomic.Uint64
-	hitsLocal, hitsShared, cacheMisses, coalescedLocal, coalescedRemote   atomic.Uint64
-	cacheCorrupt, takeovers, localEvicted                                 atomic.Uint64
-	forged                                                                atomic.Uint64
-	cancelled, cancelErrors, streams, chunks, streamsBroken, delayed      atomic.Uint64
-}
-
-// Stats is a snapshot of a Producer's counters. Each field's help tag
-// describes it (and is its Prometheus help text); its json tag names it in
-// /stats, bus-bench and /metrics (mycelium_producer_<name>[_total]).
-//
-// Batching: (Published+Requests)/Writes entries go per write and
-// Replies/ReplyReads replies come per read. Few per batch under load means a
-// round trip, a write and thread wake-ups spent on each.
-type Stats struct {
-	Published       uint64 `json:"published" help:"Events accepted by Redis."`
-	Requests        uint64 `json:"requests" help:"Requests accepted by Redis."`
-	Replies         uint64 `json:"replies" help:"Replies delivered to a waiting caller."`
-	Late            uint64 `json:"late" help:"Replies dropped because no caller waited any more."`
-	Timeouts        uint64 `json:"timeouts" help:"Requests that ended with a timeout (bus.ErrTimeout)."`
-	RemoteErrors    uint64 `json:"remote_errors" help:"Replies carrying a handler error."`
-	Malformed       uint64 `json:"malformed" help:"Undecodable entries on the reply stream (skipped)."`
-	InFlight        int    `json:"in_flight" help:"Requests waiting for a reply now."`
-	WriteErrors     uint64 `json:"write_errors" help:"Writes that failed: Redis refused them or did not answer (bus.ErrUnavailable)."`
-	BreakerRejected uint64 `json:"breaker_rejected" help:"Calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)."`
-	NoResponders    uint64 `json:"no_responders" help:"Requests refused at once because no worker served their topic (bus.ErrNoResponders)."`
-	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
-	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
-	Forged          uint64 `json:"forged" help:"Replies dropped because they answered a request entry this producer did not write with that correlation id (someone else wrote it)."`
-	Cancelled       uint64 `json:"cancelled" help:"Cancel notices sent for requests their callers gave up (ctx cancelled, stream closed early, or abandoned by Close)."`
-	CancelErrors    uint64 `json:"cancel_errors" help:"Cancel notices Redis did not take (those handlers run until their deadline)."`
-	Streams         uint64 `json:"streams" help:"Streamed requests written (Stream)."`
-	Chunks          uint64 `json:"chunks" help:"Chunks of streamed replies handed to callers."`
-	StreamsBroken   uint64 `json:"streams_broken" help:"Streams that ended with bus.ErrStreamBroken (a redelivery after chunks were read, a missing chunk, or a caller reading too slowly)."`
-	Delayed         uint64 `json:"delayed" help:"Events published with a delay (After, At), held until due."`
-
-	// Response cache (cached topics only).
-	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`
-	CacheHitsShared   uint64 `json:"cache_hits_shared" help:"Cached requests answered from Redis (the shared tier)."`
-	CacheMisses       uint64 `json:"cache_misses" help:"Cached requests written for a worker to answer (no stored answer, none in flight)."`
-	CoalescedLocal    uint64 `json:"coalesced_local" help:"Cached requests that waited for an identical request of this process already in flight."`
-	CoalescedRemote   uint64 `json:"coalesced_remote" help:"Cached requests that joined an identical request of another producer in flight (one handler call answers both)."`
-	CacheTakeovers    uint64 `json:"cache_takeovers" help:"Joined requests asked again because the request they waited for gave up (its deadline passed)."`
-	CacheCorrupt      uint64 `json:"cache_corrupt" help:"Stored answers that could not be decoded: deleted and treated as misses."`
-	CacheEvictions    uint64 `json:"cache_evictions" help:"Answers evicted from the local tier to stay within LocalCacheBytes."`
-	CacheLocalBytes   int64  `json:"cache_local_bytes" help:"Bytes held by the local tier now (payloads and bookkeeping)."`
-	CacheLocalEntries int    `json:"cache_local_entries" help:"Answers held by the local tier now."`
+	// bg runs background refreshes (responders, partition counts, cache
+	// epochs); Close stops it.
+	bg *background
 }
 
 // Option configures optional collaborators of a Producer.
@@ -172,7 +116,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		p.replyKey = p.keys.Reply(cfg.ID)
 	}
 	p.tr = newTracing(&cfg)
-	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
+	p.bg = newBackground()
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
 	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
 	p.cancels = p.newCanceller()
@@ -635,10 +579,10 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
 		putWaiter(w)
-		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
+		return nil, fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
 	case <-expired:
 		putWaiter(w)
-		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
+		return nil, fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
 	case <-p.closing:
 		putWaiter(w)
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
@@ -679,7 +623,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 			// the same deadline). The caller gave up: a timeout, whichever
 			// of the two select saw first.
 			putWaiter(w)
-			return nil, p.ctxErr(cmp.Or(ctx.Err(), context.DeadlineExceeded), "waiting for the reply")
+			return nil, p.stats.ctxErr(cmp.Or(ctx.Err(), context.DeadlineExceeded), "waiting for the reply")
 		}
 		return p.received(w, &r, tm)
 	case <-ctx.Done():
@@ -697,7 +641,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 			p.cancelRequest(w.cancel) // the handler stops too
 		}
 		putWaiter(w)
-		return nil, p.ctxErr(gaveUp, "waiting for the reply")
+		return nil, p.stats.ctxErr(gaveUp, "waiting for the reply")
 	}
 	r := <-w.ch // the reader took it and is handing the reply over
 	return p.received(w, &r, tm)
@@ -707,28 +651,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 func (p *Producer) received(w *waiter, r *result, tm *timing) ([]byte, error) {
 	tm.fill(w, r)
 	putWaiter(w)
-	return p.finish(*r)
-}
-
-func (p *Producer) finish(r result) ([]byte, error) {
-	if r.err != nil {
-		if !r.writeErr {
-			p.stats.remoteErrors.Add(1)
-		}
-		return nil, r.err
-	}
-	p.stats.replies.Add(1)
-	return r.payload, nil
-}
-
-// ctxErr is the error of a request that gave up for err (its ctx's error,
-// or context.DeadlineExceeded when Config.RequestTimeout passed).
-func (p *Producer) ctxErr(err error, during string) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		p.stats.timeouts.Add(1)
-		return fmt.Errorf("producer: %w %s: %w", bus.ErrTimeout, during, err)
-	}
-	return fmt.Errorf("producer: request cancelled %s: %w", during, err)
+	return p.stats.answer(r)
 }
 
 // Close stops the reply reader, fails waiting requests with bus.ErrClosed
@@ -747,7 +670,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	if p.local != nil {
 		defer p.local.StopAllGoroutines()
 	}
-	p.stopBackground()
+	p.bg.stop()
 	if p.started {
 		p.stop() // signalled on every path, so the reader always exits
 	}

@@ -78,7 +78,7 @@ func (p *Producer) admitRequest(ctx context.Context, t *topic, wait bool, now ti
 	known, ok, fresh := r.get(now)
 	switch {
 	case known && ok:
-		if !fresh && r.refreshing.CompareAndSwap(false, true) && !p.goBackground(func() { p.refreshResponders(t) }) {
+		if !fresh && r.refreshing.CompareAndSwap(false, true) && !p.bg.run(func(ctx context.Context) { p.refreshResponders(ctx, t) }) {
 			r.refreshing.Store(false) // closing
 		}
 		return nil
@@ -116,31 +116,9 @@ func (p *Producer) noResponders(t *topic) error {
 		t.name, p.cfg.ResponderIdle, bus.ErrNoResponders)
 }
 
-// goBackground runs fn on a goroutine the producer owns (Close cancels
-// p.bgCtx and waits for it) and reports true, or reports false once Close
-// has begun.
-func (p *Producer) goBackground(fn func()) bool {
-	p.bgMu.Lock()
-	defer p.bgMu.Unlock()
-	if p.bgClosed {
-		return false
-	}
-	p.bg.Go(fn)
-	return true
-}
-
-// stopBackground cancels the background goroutines and waits for them.
-func (p *Producer) stopBackground() {
-	p.bgMu.Lock()
-	p.bgClosed = true
-	p.bgMu.Unlock()
-	p.bgCancel()
-	p.bg.Wait()
-}
-
-// refreshResponders re-checks t in the background (see goBackground).
-func (p *Producer) refreshResponders(t *topic) {
-	ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
+// refreshResponders re-checks t in the background (see background).
+func (p *Producer) refreshResponders(ctx context.Context, t *topic) {
+	ctx, cancel := context.WithTimeout(ctx, respondersTimeout)
 	defer cancel()
 	ok, err := p.served(ctx, t)
 	if err == nil {

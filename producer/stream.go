@@ -186,9 +186,9 @@ func (s *Stream) send(payload []byte, headers map[string]string) error {
 	case p.slots <- struct{}{}:
 	case <-s.ctx.Done():
 		s.stopTimer()
-		return p.ctxErr(s.ctx.Err(), "waiting for an in-flight slot")
+		return p.stats.ctxErr(s.ctx.Err(), "waiting for an in-flight slot")
 	case <-s.expired:
-		return p.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot")
+		return p.stats.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot")
 	case <-p.closing:
 		s.stopTimer()
 		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
@@ -236,9 +236,9 @@ func (s *Stream) wait() error {
 	case <-s.st.notify:
 		return nil
 	case <-s.ctx.Done():
-		return s.p.ctxErr(s.ctx.Err(), "waiting for the stream")
+		return s.p.stats.ctxErr(s.ctx.Err(), "waiting for the stream")
 	case <-s.expired:
-		return s.p.ctxErr(context.DeadlineExceeded, "waiting for the stream")
+		return s.p.stats.ctxErr(context.DeadlineExceeded, "waiting for the stream")
 	case <-s.p.closing:
 		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
 	}
