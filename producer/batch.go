@@ -3,7 +3,6 @@ package producer
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -91,7 +90,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
-	if err := p.ensureReader(ctx, deadline); err != nil {
+	if err := p.reader.ensure(ctx, deadline); err != nil {
 		return nil, err
 	}
 	n := len(payloads)
@@ -129,14 +128,14 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 		}
 	}
 	for i, pl := range payloads {
-		seqs[i] = p.seq.Add(1)
+		seqs[i] = p.ids.next()
 		ws[i] = waiterPool.Get().(*waiter)
 		ws[i].write = 0
-		env := codec.Envelope{Kind: codec.KindRequest, ID: p.inc + strconv.FormatUint(seqs[i], 36), ReplyTo: p.replyKey,
+		env := codec.Envelope{Kind: codec.KindRequest, ID: p.ids.id(seqs[i]), ReplyTo: p.reader.key,
 			Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: pl, Headers: headers}
 		bufs[i] = codec.Encode(&env)
 		adds[i] = redisx.Add{Key: pts[i].key, Cap: cp, Data: bufs[i].B}
-		p.waiters.add(seqs[i], ws[i])
+		p.reader.waiters.add(seqs[i], ws[i])
 	}
 	out := make([]Reply, n)
 	p.stats.writes.Add(1)
@@ -144,14 +143,14 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, n)) {
 		if r.Err == nil {
 			p.stats.requests.Add(1)
-			p.stamp(seqs[i], 0, r.ID)
+			p.reader.stamp(seqs[i], 0, r.ID)
 			continue
 		}
 		p.stats.writeErrors.Add(1)
 		if redisx.IsConnErr(r.Err) {
 			recycle = false
 		}
-		if w := p.waiters.take(seqs[i]); w != nil {
+		if w := p.reader.waiters.take(seqs[i]); w != nil {
 			putWaiter(w)
 		}
 		ws[i] = nil
@@ -174,7 +173,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 		case <-ctx.Done():
 		case <-p.closing:
 		}
-		if p.waiters.take(seqs[i]) != nil {
+		if p.reader.waiters.take(seqs[i]) != nil {
 			putWaiter(w)
 			if p.closed.Load() {
 				out[i].Err = fmt.Errorf("producer: request: %w", bus.ErrClosed)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -111,7 +110,7 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		defer tm.Stop()
 		expired = tm.C
 	}
-	if err := p.ensureReader(ctx, deadline); err != nil {
+	if err := p.reader.ensure(ctx, deadline); err != nil {
 		p.report(t, tok, err, start)
 		return nil, err
 	}
@@ -229,11 +228,11 @@ func (p *Producer) startFlight(ctx context.Context, f *flight, payload []byte, c
 	}
 	w := waiterPool.Get().(*waiter)
 	w.fl = f
-	seq := p.seq.Add(1)
+	seq := p.ids.next()
 	p.fmu.Lock()
 	f.slot, f.w, f.seq = true, w, seq
 	p.fmu.Unlock()
-	p.waiters.add(seq, w)
+	p.reader.waiters.add(seq, w)
 	p.ask(ctx, f, payload, co, deadline)
 	return nil
 }
@@ -254,7 +253,7 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		expire.Stop()
 		cancel()
 	}()
-	id := p.inc + strconv.FormatUint(f.seq, 36)
+	id := p.ids.id(f.seq)
 	ttl := tc.cfg.TTL
 	if f.noStore {
 		ttl = 0
@@ -266,14 +265,14 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		p.fmu.Lock() // before the round trip: its answer may complete f before Begin returns
 		f.entry = entry
 		p.fmu.Unlock()
-		p.waiters.expectCache(f.seq, entry)
+		p.reader.waiters.expectCache(f.seq, entry)
 		now := time.Now()
-		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: deadline.UnixNano(),
+		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.reader.key, Deadline: deadline.UnixNano(),
 			Sent: now.UnixNano(), Payload: payload, Headers: co.headers, CacheKey: entry, CacheTTL: int64(ttl)}
 		buf := codec.Encode(&env)
 		p.timings.Record(metrics.Encode, time.Since(now))
 		args := redisx.BeginArgs{Stream: t.key, Meta: tc.meta, Entry: p.keys.Cache(t.name, entry), Flight: p.keys.Flight(t.name, entry),
-			Gen: gen, MaxAge: co.maxAge, Waiter: p.replyKey + " " + id, Now: now, Deadline: deadline,
+			Gen: gen, MaxAge: co.maxAge, Waiter: p.reader.key + " " + id, Now: now, Deadline: deadline,
 			MarkerTTL: deadline.Sub(now) + takeoverGrace + time.Second, MaxWaiters: maxFlightWaiters,
 			Data: buf.B, Cap: p.trimCap(), DropValue: drop, SkipLookup: co.noCache}
 		r, err := redisx.Begin(rctx, p.c.Redis(), &args)
@@ -411,7 +410,7 @@ func (p *Producer) endLocked(f *flight) {
 	if !f.private && p.flights[f.fk] == f {
 		delete(p.flights, f.fk)
 	}
-	if f.w != nil && p.waiters.take(f.seq) != nil {
+	if f.w != nil && p.reader.waiters.take(f.seq) != nil {
 		f.w.fl = nil
 		putWaiter(f.w)
 	}

@@ -3,7 +3,6 @@ package producer
 import (
 	"context"
 	"crypto/rand"
-	"strconv"
 	"time"
 
 	"github.com/egos/mycelium/codec"
@@ -55,8 +54,8 @@ func (p *Producer) cancelRequest(n cancelNotice) {
 func (p *Producer) flushCancels(batch []cancelNotice) {
 	byKey := map[string][]redisx.Control{}
 	for _, n := range batch {
-		id := p.inc + strconv.FormatUint(n.seq, 36)
-		byKey[n.ctl] = append(byKey[n.ctl], redisx.Control{Op: redisx.OpCancel, Token: n.token, Req: id, To: p.replyKey, Until: n.deadline})
+		id := p.ids.id(n.seq)
+		byKey[n.ctl] = append(byKey[n.ctl], redisx.Control{Op: redisx.OpCancel, Token: n.token, Req: id, To: p.reader.key, Until: n.deadline})
 	}
 	for key, notices := range byKey {
 		// No deadline reaches rueidis (see redisx.Detach): the connection's
@@ -73,7 +72,7 @@ func (p *Producer) flushCancels(batch []cancelNotice) {
 // cancelAbandoned queues a notice for every request still waiting (Close
 // abandons them).
 func (p *Producer) cancelAbandoned() {
-	p.waiters.each(func(w *waiter) { p.cancelRequest(w.cancel) })
+	p.reader.waiters.each(func(w *waiter) { p.cancelRequest(w.cancel) })
 }
 
 // closeCancels writes the queued notices, bounded by ctx.

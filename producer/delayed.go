@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/egos/mycelium/bus"
@@ -69,7 +68,7 @@ func (p *Producer) publishDelayed(ctx context.Context, pt *topic, payload []byte
 		return "", err
 	}
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano(), Headers: headers}
-	id := "d" + p.inc + strconv.FormatUint(p.seq.Add(1), 36)
+	id := "d" + p.ids.id(p.ids.next())
 	member := make([]byte, 0, len(id)+1+codec.EncodedSize(&env))
 	member = codec.AppendEnvelope(append(append(member, id...), ':'), &env)
 	p.timings.Record(metrics.Encode, time.Since(now))

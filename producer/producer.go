@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,24 +26,17 @@ import (
 // Producer publishes events and sends requests. Create it with New; it is
 // safe for concurrent use. Close it when done to remove its reply stream.
 type Producer struct {
-	c        *bus.Client
-	cfg      Config
-	keys     bus.Keys
-	log      zerolog.Logger
-	replyKey string
-	inc      string     // incarnation: prefix of every correlation id of this instance
-	cap      redisx.Cap // topic streams' MAXLEN
+	c      *bus.Client
+	cfg    Config
+	keys   bus.Keys
+	log    zerolog.Logger
+	cap    redisx.Cap // topic streams' MAXLEN
+	ids    ids        // correlation ids
+	reader *replyReader
+	slots  chan struct{}
+	topics sync.Map // topic name -> *topic (key, breaker)
 
-	seq     atomic.Uint64
-	waiters *registry
-	slots   chan struct{}
-	topics  sync.Map // topic name -> *topic (key, breaker)
-
-	mu       sync.Mutex // guards started, readerErr transitions and stopping
-	started  bool
-	readerUp atomic.Bool // started, readable without mu (the Request hot path)
-	stop     context.CancelFunc
-	done     chan struct{} // closed when the reply reader exits
+	mu       sync.Mutex // serialises Close
 	closed   atomic.Bool
 	closing  chan struct{} // closed by Close: wakes waiting requesters
 	stats    counters
@@ -105,16 +97,19 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		cfg:     cfg,
 		keys:    c.Keys(),
 		log:     zerolog.Nop(),
-		inc:     hex.EncodeToString(rnd[:4]),
-		waiters: newRegistry(),
 		slots:   make(chan struct{}, cfg.MaxInFlight),
 		closing: make(chan struct{}),
 	}
-	if cfg.Owner != "" {
-		p.replyKey = p.keys.Reply(cfg.Owner + "." + cfg.ID)
-	} else {
-		p.replyKey = p.keys.Reply(cfg.ID)
+	for _, o := range opts {
+		o(p)
 	}
+	p.ids.inc = hex.EncodeToString(rnd[:4])
+	replyKey := p.keys.Reply(cfg.ID)
+	if cfg.Owner != "" {
+		replyKey = p.keys.Reply(cfg.Owner + "." + cfg.ID)
+	}
+	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, rc: c.Redis(), log: p.log,
+		stats: &p.stats, flightDone: func(f *flight, r result) { p.complete(f, r, SourceNone, nil) }}
 	p.tr = newTracing(&cfg)
 	p.bg = newBackground()
 	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
@@ -131,9 +126,6 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 			p.local = local
 		}
 	}
-	for _, o := range opts {
-		o(p)
-	}
 	return p, nil
 }
 
@@ -141,7 +133,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 func (p *Producer) ID() string { return p.cfg.ID }
 
 // ReplyStream returns the key of this producer's reply stream.
-func (p *Producer) ReplyStream() string { return p.replyKey }
+func (p *Producer) ReplyStream() string { return p.reader.key }
 
 // Stats returns a snapshot of the counters. Safe for concurrent use.
 func (p *Producer) Stats() Stats {
@@ -538,7 +530,7 @@ func (p *Producer) tracedRequest(ctx context.Context, t *topic, payload []byte, 
 		client.SetAttributes(attribute.String("messaging.message.id", tm.entry))
 	}
 	if tm.seq != 0 {
-		id := p.inc + strconv.FormatUint(tm.seq, 36)
+		id := p.ids.id(tm.seq)
 		send.SetAttributes(attribute.String("messaging.message.conversation_id", id))
 		client.SetAttributes(attribute.String("messaging.message.conversation_id", id))
 	}
@@ -570,7 +562,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 		w.timer.Reset(p.cfg.RequestTimeout)
 		expired = w.timer.C
 	}
-	if err := p.ensureReader(ctx, deadline); err != nil {
+	if err := p.reader.ensure(ctx, deadline); err != nil {
 		putWaiter(w)
 		return nil, err
 	}
@@ -589,18 +581,18 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	}
 	defer func() { <-p.slots }()
 
-	seq := p.seq.Add(1)
+	seq := p.ids.next()
 	tm.seq = seq
 	var idb [32]byte
-	id := strconv.AppendUint(append(idb[:0], p.inc...), seq, 36)
+	id := p.ids.appendID(idb[:0], seq)
 	now := time.Now()
 	w.cancel = noticeFor(t, seq, deadline)
 	env := codec.Envelope{
-		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
+		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.reader.key,
 		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload, Token: w.cancel.token,
 	}
 	env.Headers = headers
-	p.waiters.add(seq, w)
+	p.reader.waiters.add(seq, w)
 	// The write is batched with other callers' (see sender); a write error
 	// comes back through w like a reply, so the caller wakes once either way.
 	buf := codec.Encode(&env)
@@ -608,7 +600,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	tm.encode = encoded.Sub(now)
 	if !p.submit(sendItem{key: key, buf: buf, seq: seq, at: encoded}) {
 		codec.PutBuffer(buf)
-		if p.waiters.take(seq) != nil {
+		if p.reader.waiters.take(seq) != nil {
 			putWaiter(w)
 		}
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
@@ -631,12 +623,12 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	case <-expired:
 		gaveUp = context.DeadlineExceeded
 	case <-p.closing:
-		if p.waiters.take(seq) != nil {
+		if p.reader.waiters.take(seq) != nil {
 			putWaiter(w)
 		}
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
-	if p.waiters.take(seq) != nil {
+	if p.reader.waiters.take(seq) != nil {
 		if errors.Is(gaveUp, context.Canceled) {
 			p.cancelRequest(w.cancel) // the handler stops too
 		}
@@ -671,24 +663,20 @@ func (p *Producer) Close(ctx context.Context) error {
 		defer p.local.StopAllGoroutines()
 	}
 	p.bg.stop()
-	if p.started {
-		p.stop() // signalled on every path, so the reader always exits
-	}
+	started := p.reader.shutdown()
 	p.closeCancels(ctx)
 	if err := p.closeSender(ctx); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: waiting for queued writes: %w", err)
 		return p.closeErr
 	}
-	if !p.started {
+	if !started {
 		return nil
 	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		p.closeErr = fmt.Errorf("producer: close: waiting for the reply reader: %w", ctx.Err())
+	if err := p.reader.wait(ctx); err != nil {
+		p.closeErr = fmt.Errorf("producer: close: waiting for the reply reader: %w", err)
 		return p.closeErr
 	}
-	if _, err := redisx.Delete(ctx, p.c.Redis(), p.replyKey); err != nil {
+	if _, err := redisx.Delete(ctx, p.c.Redis(), p.reader.key); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: delete reply stream (it expires after %v): %w", p.cfg.ReplyTTL, err)
 	}
 	return p.closeErr

@@ -95,23 +95,11 @@ func (p *Producer) settle(it *sendItem, id string, err error, took time.Duration
 	if err == nil {
 		p.timings.Record(metrics.Write, took)
 		p.stats.requests.Add(1)
-		p.stamp(it.seq, took, id)
+		p.reader.stamp(it.seq, took, id)
 		return
 	}
-	if w := p.waiters.take(it.seq); w != nil {
-		p.deliver(w, result{err: fmt.Errorf("producer: request to %s: %w", it.key, err), writeErr: true})
-	}
-}
-
-// stamp records a request's write (its time and entry id), hands over a
-// reply that came before it, and drops those that answered other entries.
-func (p *Producer) stamp(seq uint64, took time.Duration, entry string) {
-	w, early, forged := p.waiters.stamp(seq, took, entry)
-	for range forged {
-		p.forged("", entry)
-	}
-	if w != nil {
-		p.deliver(w, early)
+	if w := p.reader.waiters.take(it.seq); w != nil {
+		p.reader.deliver(w, result{err: fmt.Errorf("producer: request to %s: %w", it.key, err), writeErr: true})
 	}
 }
 

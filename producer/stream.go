@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"strconv"
 	"sync"
 	"time"
 
@@ -178,7 +177,7 @@ func (s *Stream) send(payload []byte, headers map[string]string) error {
 		w.timer = time.NewTimer(p.cfg.RequestTimeout)
 		s.expired = w.timer.C
 	}
-	if err := p.ensureReader(s.ctx, s.deadline); err != nil {
+	if err := p.reader.ensure(s.ctx, s.deadline); err != nil {
 		s.stopTimer()
 		return err
 	}
@@ -193,14 +192,14 @@ func (s *Stream) send(payload []byte, headers map[string]string) error {
 		s.stopTimer()
 		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
 	}
-	s.seq = p.seq.Add(1)
+	s.seq = p.ids.next()
 	var idb [32]byte
-	id := string(strconv.AppendUint(append(idb[:0], p.inc...), s.seq, 36))
+	id := string(p.ids.appendID(idb[:0], s.seq))
 	s.notice = noticeFor(s.t, s.seq, s.deadline)
-	env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: s.deadline.UnixNano(),
+	env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.reader.key, Deadline: s.deadline.UnixNano(),
 		Sent: time.Now().UnixNano(), Payload: payload, Headers: headers, Flags: codec.FlagStream, Token: s.notice.token}
 	w.cancel = s.notice
-	p.waiters.add(s.seq, w)
+	p.reader.waiters.add(s.seq, w)
 	buf := codec.Encode(&env)
 	if !p.submit(sendItem{key: s.t.key, buf: buf, seq: s.seq, st: w.st, at: time.Now()}) {
 		codec.PutBuffer(buf)
@@ -253,7 +252,7 @@ func (s *Stream) stopTimer() {
 // release takes the waiter out of the registry and frees the in-flight
 // slot.
 func (s *Stream) release() {
-	s.p.waiters.take(s.seq)
+	s.p.reader.waiters.take(s.seq)
 	s.stopTimer()
 	<-s.p.slots
 }
@@ -336,7 +335,7 @@ func (s *Stream) Recv() ([]byte, error) {
 // done when the item is skipped.
 func (s *Stream) take(it *streamItem) (chunk []byte, done bool, err error) {
 	if it.entry != "" && it.entry != s.entry {
-		s.p.forged("", it.entry) // answers another entry: someone else wrote it
+		s.p.reader.forged("", it.entry) // answers another entry: someone else wrote it
 		return nil, false, nil
 	}
 	switch {
