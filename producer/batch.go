@@ -119,7 +119,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	bufs := make([]*codec.Buffer, n)
 	adds := make([]redisx.Add, n)
 	now := time.Now()
-	cp := p.trimCap()
+	cp := p.send.trimCap()
 	pts := make([]*topic, n)
 	for i := range payloads {
 		var err error
@@ -140,7 +140,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	out := make([]Reply, n)
 	p.stats.writes.Add(1)
 	recycle := true
-	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, n)) {
+	for i, r := range p.send.addBatch(ctx, adds, make([]redisx.Result, 0, n)) {
 		if r.Err == nil {
 			p.stats.requests.Add(1)
 			p.reader.stamp(seqs[i], 0, r.ID)

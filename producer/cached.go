@@ -274,7 +274,7 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		args := redisx.BeginArgs{Stream: t.key, Meta: tc.meta, Entry: p.keys.Cache(t.name, entry), Flight: p.keys.Flight(t.name, entry),
 			Gen: gen, MaxAge: co.maxAge, Waiter: p.reader.key + " " + id, Now: now, Deadline: deadline,
 			MarkerTTL: deadline.Sub(now) + takeoverGrace + time.Second, MaxWaiters: maxFlightWaiters,
-			Data: buf.B, Cap: p.trimCap(), DropValue: drop, SkipLookup: co.noCache}
+			Data: buf.B, Cap: p.send.trimCap(), DropValue: drop, SkipLookup: co.noCache}
 		r, err := redisx.Begin(rctx, p.c.Redis(), &args)
 		if !redisx.IsConnErr(err) {
 			codec.PutBuffer(buf)

@@ -18,7 +18,6 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
-	"github.com/egos/mycelium/internal/combine"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
@@ -30,8 +29,7 @@ type Producer struct {
 	cfg    Config
 	keys   bus.Keys
 	log    zerolog.Logger
-	cap    redisx.Cap // topic streams' MAXLEN
-	ids    ids        // correlation ids
+	ids    ids // correlation ids
 	reader *replyReader
 	slots  chan struct{}
 	topics sync.Map // topic name -> *topic (key, breaker)
@@ -43,13 +41,9 @@ type Producer struct {
 	closeErr error
 	timings  metrics.Recorder
 
-	send *combine.Combiner[sendItem] // batches XADDs (see submit)
-	tr   tracing                     // OpenTelemetry (trace.go)
-	// cancels writes cancel notices (cancel.go) under ctlCtx, which Close
-	// cancels if they overrun it.
-	cancels *combine.Combiner[cancelNotice]
-	ctlCtx  context.Context
-	ctlStop context.CancelFunc
+	send    *sender    // batches XADDs
+	cancels *canceller // writes cancel notices
+	tr      tracing    // OpenTelemetry (trace.go)
 
 	// Response cache (cached.go): the local tier (nil when off) and the
 	// flights of this process's cached requests.
@@ -112,10 +106,8 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		stats: &p.stats, flightDone: func(f *flight, r result) { p.complete(f, r, SourceNone, nil) }}
 	p.tr = newTracing(&cfg)
 	p.bg = newBackground()
-	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
-	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
-	p.cancels = p.newCanceller()
-	p.ctlCtx, p.ctlStop = context.WithCancel(context.Background())
+	p.send = newSender(c.Redis(), &p.cfg, p.reader, &p.stats, &p.timings)
+	p.cancels = newCanceller(c.Redis(), &p.ids, replyKey, &p.stats, p.log)
 	if len(cfg.Cache) > 0 {
 		p.flights = make(map[flightKey]*flight)
 		if cfg.LocalCacheBytes > 0 {
@@ -179,15 +171,6 @@ type callOptions struct {
 	delay *delaySpec // After, At
 
 	trace *timing // a traced request's stages, for its spans
-}
-
-// trimCap is the XADD trimming for writes made now: by age when
-// StreamMaxAge is set (computed per batch, not per message), else by length.
-func (p *Producer) trimCap() redisx.Cap {
-	if p.cfg.StreamMaxAge > 0 {
-		return redisx.MinAge(time.Now(), p.cfg.StreamMaxAge)
-	}
-	return p.cap
 }
 
 // Limits on a message's headers, checked before anything is sent: the
@@ -282,7 +265,7 @@ func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, heade
 	buf := codec.Encode(&env)
 	encoded := time.Now()
 	p.timings.Record(metrics.Encode, encoded.Sub(now))
-	if !p.submit(sendItem{key: key, buf: buf, pub: w, at: encoded}) {
+	if !p.send.submit(sendItem{key: key, buf: buf, pub: w, at: encoded}) {
 		codec.PutBuffer(buf)
 		putWaiter(w)
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
@@ -385,7 +368,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	env.Headers = co.headers
 	bufs := make([]*codec.Buffer, len(payloads))
 	adds := make([]redisx.Add, len(payloads))
-	cp := p.trimCap()
+	cp := p.send.trimCap()
 	for i, pl := range payloads {
 		// Each entry's partition (one for a PartitionKey batch, round robin
 		// otherwise); AddBatch makes one transaction per partition.
@@ -404,7 +387,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	var errs []error
 	recycle := true
 	p.stats.writes.Add(1)
-	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, len(adds))) {
+	for i, r := range p.send.addBatch(ctx, adds, make([]redisx.Result, 0, len(adds))) {
 		if r.Err != nil {
 			p.stats.writeErrors.Add(1)
 			errs = append(errs, &PublishError{Index: i, Err: redisx.Unavailable(r.Err)})
@@ -428,15 +411,6 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 		return ids, fmt.Errorf("producer: publish batch to %s: %d of %d failed: %w", topic, len(errs), len(payloads), errors.Join(errs...))
 	}
 	return ids, nil
-}
-
-// addBatch writes adds (redisx.AddBatch), waiting for replicas when
-// Config.WaitReplicas asks for it.
-func (p *Producer) addBatch(ctx context.Context, adds []redisx.Add, out []redisx.Result) []redisx.Result {
-	if p.cfg.WaitReplicas > 0 {
-		return redisx.AddBatchDurable(ctx, p.c.Redis(), adds, redisx.Durability{Replicas: p.cfg.WaitReplicas, Timeout: p.cfg.WaitTimeout}, out)
-	}
-	return redisx.AddBatch(ctx, p.c.Redis(), adds, nil, out)
 }
 
 // Request sends payload to topic and waits for the handler's reply. The
@@ -598,7 +572,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	buf := codec.Encode(&env)
 	encoded := time.Now()
 	tm.encode = encoded.Sub(now)
-	if !p.submit(sendItem{key: key, buf: buf, seq: seq, at: encoded}) {
+	if !p.send.submit(sendItem{key: key, buf: buf, seq: seq, at: encoded}) {
 		codec.PutBuffer(buf)
 		if p.reader.waiters.take(seq) != nil {
 			putWaiter(w)
@@ -630,7 +604,7 @@ func (p *Producer) request(ctx context.Context, t *topic, payload []byte, header
 	}
 	if p.reader.waiters.take(seq) != nil {
 		if errors.Is(gaveUp, context.Canceled) {
-			p.cancelRequest(w.cancel) // the handler stops too
+			p.cancels.cancel(w.cancel) // the handler stops too
 		}
 		putWaiter(w)
 		return nil, p.stats.ctxErr(gaveUp, "waiting for the reply")
@@ -656,16 +630,16 @@ func (p *Producer) Close(ctx context.Context) error {
 	if p.closed.Swap(true) {
 		return p.closeErr
 	}
-	p.cancelAbandoned() // before the callers wake and leave
-	close(p.closing)    // wakes every waiting caller with ErrClosed
+	p.cancels.abandon(p.reader.waiters) // before the callers wake and leave
+	close(p.closing)                    // wakes every waiting caller with ErrClosed
 	defer p.closeBreakers()
 	if p.local != nil {
 		defer p.local.StopAllGoroutines()
 	}
 	p.bg.stop()
 	started := p.reader.shutdown()
-	p.closeCancels(ctx)
-	if err := p.closeSender(ctx); err != nil {
+	p.cancels.close(ctx)
+	if err := p.send.close(ctx); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: waiting for queued writes: %w", err)
 		return p.closeErr
 	}

@@ -201,7 +201,7 @@ func (s *Stream) send(payload []byte, headers map[string]string) error {
 	w.cancel = s.notice
 	p.reader.waiters.add(s.seq, w)
 	buf := codec.Encode(&env)
-	if !p.submit(sendItem{key: s.t.key, buf: buf, seq: s.seq, st: w.st, at: time.Now()}) {
+	if !p.send.submit(sendItem{key: s.t.key, buf: buf, seq: s.seq, st: w.st, at: time.Now()}) {
 		codec.PutBuffer(buf)
 		s.release()
 		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
@@ -266,7 +266,7 @@ func (s *Stream) end(err error, cancel bool) {
 	s.err = err
 	s.release()
 	if cancel {
-		s.p.cancelRequest(s.notice)
+		s.p.cancels.cancel(s.notice)
 	}
 	res := err
 	if errors.Is(err, io.EOF) {
