@@ -54,7 +54,7 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 		return p.cachedBatch(ctx, payloads, topic, co), nil
 	}
 	start := time.Now()
-	tok, err := p.admitCall(ctx, t, co.wait, start)
+	tok, err := p.adm.request(ctx, t, co.wait, start)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 			first = out[i].Err
 		}
 	}
-	p.report(t, tok, first, start)
+	p.adm.report(t, tok, first, start)
 	return out, err
 }
 
@@ -123,7 +123,7 @@ func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte
 	pts := make([]*topic, n)
 	for i := range payloads {
 		var err error
-		if pts[i], err = p.partition(ctx, t, co, nil, now.UnixNano()); err != nil {
+		if pts[i], err = p.parts.pick(ctx, t, co, nil, now.UnixNano()); err != nil {
 			return nil, err
 		}
 	}

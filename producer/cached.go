@@ -87,7 +87,7 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		h = bus.PayloadDigest(payload)
 	}
 	root := t
-	t, err := p.partition(ctx, t, co, &h, start.UnixNano())
+	t, err := p.parts.pick(ctx, t, co, &h, start.UnixNano())
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +98,7 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		}
 	}
 	lookup := time.Since(start) // the Cache stage of a request the local tier did not answer
-	tok, err := p.admitCall(ctx, t, co.wait, start)
+	tok, err := p.adm.request(ctx, t, co.wait, start)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		expired = tm.C
 	}
 	if err := p.reader.ensure(ctx, deadline); err != nil {
-		p.report(t, tok, err, start)
+		p.adm.report(t, tok, err, start)
 		return nil, err
 	}
 	if tc.metaAt.Load() == 0 {
@@ -142,11 +142,11 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		p.stats.coalescedLocal.Add(1)
 	} else if err := p.startFlight(ctx, f, payload, co, deadline, expired); err != nil {
 		p.leave(f)
-		p.report(t, tok, err, start)
+		p.adm.report(t, tok, err, start)
 		return nil, err
 	}
 	out, err := p.waitFlight(ctx, f, payload, co, deadline, expired)
-	p.report(t, tok, err, start)
+	p.adm.report(t, tok, err, start)
 	p.fmu.Lock()
 	src, entry := f.source, f.entry
 	p.fmu.Unlock()

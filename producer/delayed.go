@@ -106,7 +106,7 @@ func (p *Producer) publishBatchDelayed(ctx context.Context, t *topic, payloads [
 	var errs []error
 	for i, pl := range payloads {
 		now := time.Now()
-		pt, err := p.partition(ctx, t, co, nil, now.UnixNano())
+		pt, err := p.parts.pick(ctx, t, co, nil, now.UnixNano())
 		if err == nil {
 			ids[i], err = p.publishDelayed(ctx, pt, pl, co.headers, co.delay, now)
 		}

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/redisx"
@@ -32,7 +33,9 @@ type Producer struct {
 	ids    ids // correlation ids
 	reader *replyReader
 	slots  chan struct{}
-	topics sync.Map // topic name -> *topic (key, breaker)
+	topics *topics
+	adm    *admission
+	parts  *partitioner
 
 	mu       sync.Mutex // serialises Close
 	closed   atomic.Bool
@@ -106,6 +109,9 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		stats: &p.stats, flightDone: func(f *flight, r result) { p.complete(f, r, SourceNone, nil) }}
 	p.tr = newTracing(&cfg)
 	p.bg = newBackground()
+	p.adm = &admission{cfg: &p.cfg, rc: c.Redis(), log: p.log, stats: &p.stats, bg: p.bg}
+	p.parts = newPartitioner(c.Redis(), p.keys, p.adm, &p.stats, p.bg)
+	p.topics = &topics{keys: p.keys, cache: p.cfg.Cache, adm: p.adm, parts: p.parts}
 	p.send = newSender(c.Redis(), &p.cfg, p.reader, &p.stats, &p.timings)
 	p.cancels = newCanceller(c.Redis(), &p.ids, replyKey, &p.stats, p.log)
 	if len(cfg.Cache) > 0 {
@@ -146,6 +152,14 @@ func (p *Producer) Stats() Stats {
 		s.CacheLocalBytes, s.CacheLocalEntries = int64(p.local.WeightedSize()), p.local.EstimatedSize()
 	}
 	return s
+}
+
+// BreakerState returns the state of topic's circuit breaker (of its
+// partition 0, for a partitioned topic: each partition has its own), and
+// false if the producer has none for it (breakers off, or no call to it
+// yet).
+func (p *Producer) BreakerState(topicName string) (breaker.State, bool) {
+	return p.topics.breakerState(topicName)
 }
 
 // Timings returns a snapshot of the per-stage latency histograms this
@@ -215,7 +229,7 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if p.closed.Load() {
 		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
 	}
-	t, err := p.topicFor(topic)
+	t, err := p.topics.get(topic)
 	if err != nil {
 		return "", err
 	}
@@ -227,11 +241,11 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if err := checkHeaders(co.headers); err != nil {
 		return "", err
 	}
-	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
+	pt, err := p.parts.pick(ctx, t, &co, nil, start.UnixNano())
 	if err != nil {
 		return "", err
 	}
-	tok, err := pt.admit()
+	tok, err := p.adm.breaker(pt)
 	if err != nil {
 		return "", err
 	}
@@ -252,7 +266,7 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 		span.SetAttributes(attribute.String("messaging.message.id", id))
 		endSpan(span, err)
 	}
-	p.report(pt, tok, err, start)
+	p.adm.report(pt, tok, err, start)
 	return id, err
 }
 
@@ -294,7 +308,7 @@ func (p *Producer) checkBatch(what, topic string, payloads [][]byte) (*topic, er
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: %s: %w", what, bus.ErrClosed)
 	}
-	t, err := p.topicFor(topic)
+	t, err := p.topics.get(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -336,7 +350,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		return nil, nil
 	}
 	start := time.Now()
-	tok, err := t.admit()
+	tok, err := p.adm.breaker(t)
 	if err != nil {
 		return nil, err
 	}
@@ -357,7 +371,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	if span != nil {
 		endSpan(span, err)
 	}
-	p.report(t, tok, err, start)
+	p.adm.report(t, tok, err, start)
 	return ids, err
 }
 
@@ -372,7 +386,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	for i, pl := range payloads {
 		// Each entry's partition (one for a PartitionKey batch, round robin
 		// otherwise); AddBatch makes one transaction per partition.
-		pt, err := p.partition(ctx, t, co, nil, now.UnixNano())
+		pt, err := p.parts.pick(ctx, t, co, nil, now.UnixNano())
 		if err != nil {
 			for _, b := range bufs[:i] {
 				codec.PutBuffer(b)
@@ -432,7 +446,7 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
-	t, err := p.topicFor(topic)
+	t, err := p.topics.get(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -459,18 +473,18 @@ func (p *Producer) untracedRequest(ctx context.Context, t *topic, payload []byte
 	if t.cache != nil && (!co.noCache || !co.noStore) {
 		return p.cachedRequest(ctx, t, payload, co, start)
 	}
-	pt, err := p.partition(ctx, t, co, nil, start.UnixNano())
+	pt, err := p.parts.pick(ctx, t, co, nil, start.UnixNano())
 	if err != nil {
 		return nil, err
 	}
-	tok, err := p.admitCall(ctx, pt, co.wait, start)
+	tok, err := p.adm.request(ctx, pt, co.wait, start)
 	if err != nil {
 		return nil, err
 	}
 	var tm timing
 	tm.admission = time.Since(start)
 	reply, err := p.request(ctx, pt, payload, co.headers, &tm, start)
-	p.report(pt, tok, err, start)
+	p.adm.report(pt, tok, err, start)
 	p.recordRequest(t.name, start, &tm, err)
 	if co.trace != nil {
 		*co.trace = tm
@@ -632,7 +646,7 @@ func (p *Producer) Close(ctx context.Context) error {
 	}
 	p.cancels.abandon(p.reader.waiters) // before the callers wake and leave
 	close(p.closing)                    // wakes every waiting caller with ErrClosed
-	defer p.closeBreakers()
+	defer p.topics.closeBreakers()
 	if p.local != nil {
 		defer p.local.StopAllGoroutines()
 	}

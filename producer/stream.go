@@ -138,7 +138,7 @@ func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opt
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: stream: %w", bus.ErrClosed)
 	}
-	t, err := p.topicFor(topic)
+	t, err := p.topics.get(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -150,17 +150,17 @@ func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opt
 	if err := checkHeaders(co.headers); err != nil {
 		return nil, err
 	}
-	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
+	pt, err := p.parts.pick(ctx, t, &co, nil, start.UnixNano())
 	if err != nil {
 		return nil, err
 	}
-	tok, err := p.admitCall(ctx, pt, co.wait, start)
+	tok, err := p.adm.request(ctx, pt, co.wait, start)
 	if err != nil {
 		return nil, err
 	}
 	s := &Stream{p: p, t: pt, tok: tok, ctx: ctx, start: start, admitted: time.Now()}
 	if err := s.send(payload, p.tr.inject(ctx, co.headers)); err != nil {
-		p.report(pt, tok, err, start)
+		p.adm.report(pt, tok, err, start)
 		return nil, err
 	}
 	return s, nil
@@ -275,7 +275,7 @@ func (s *Stream) end(err error, cancel bool) {
 	if errors.Is(err, bus.ErrStreamBroken) {
 		s.p.stats.streamsBroken.Add(1)
 	}
-	s.p.report(s.t, s.tok, res, s.start)
+	s.p.adm.report(s.t, s.tok, res, s.start)
 	if res == nil {
 		s.p.stats.replies.Add(1)
 		s.p.timings.Record(metrics.EndToEnd, time.Since(s.start))
