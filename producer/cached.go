@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
@@ -17,6 +22,57 @@ import (
 // per identical request in this process, whose one round trip to Redis
 // returns the shared answer, joins an identical request in flight anywhere,
 // or writes the request and marks it in flight.
+
+// cache is the response cache's side in the producer (docs/cache.md): the
+// local tier (answers kept in this process's memory, bounded by bytes;
+// nil when off), the flights of this process's cached requests (one answer
+// obtained for every identical request waiting for it), and the round
+// trip to Redis (redisx.Begin, the cache script) that answers from the
+// shared tier, joins an identical request in flight anywhere, or writes
+// the request and marks it in flight. Its background reads of cache
+// epochs run on the producer's background runner; Close stops the local
+// tier's goroutines (stop).
+type cache struct {
+	local   *otter.Cache[localKey, *localEntry]
+	mu      sync.Mutex // guards flights and each flight's fields marked so
+	flights map[flightKey]*flight
+
+	rc      rueidis.Client
+	keys    bus.Keys
+	ids     *ids
+	reader  *replyReader
+	send    *sender // its stream trimming
+	slots   chan struct{}
+	closing <-chan struct{}
+	stats   *counters
+	timings *metrics.Recorder
+	log     zerolog.Logger
+	bg      *background
+}
+
+// newCache returns the response cache of cfg's cached topics (nil when
+// none is cached).
+func newCache(cfg *Config, stats *counters) (*cache, error) {
+	if len(cfg.Cache) == 0 {
+		return nil, nil
+	}
+	c := &cache{flights: make(map[flightKey]*flight), stats: stats}
+	if cfg.LocalCacheBytes > 0 {
+		local, err := newLocalTier(cfg.LocalCacheBytes, &stats.localEvicted)
+		if err != nil {
+			return nil, fmt.Errorf("producer: local cache: %w", err)
+		}
+		c.local = local
+	}
+	return c, nil
+}
+
+// stop stops the local tier's goroutines.
+func (c *cache) stop() {
+	if c.local != nil {
+		c.local.StopAllGoroutines()
+	}
+}
 
 // topicCache is a cached topic's state.
 type topicCache struct {
@@ -54,14 +110,14 @@ type flight struct {
 	age     time.Duration
 
 	// source (for the call that started the flight) and entry (the cache
-	// entry id) are set by whichever caller asks Redis, under p.fmu.
+	// entry id) are set by whichever caller asks Redis, under p.cache.mu.
 	source CacheSource
 	entry  string
 
 	noStore bool
-	private bool // not in p.flights (a MaxAge call's own flight)
+	private bool // not in p.cache.flights (a MaxAge call's own flight)
 
-	// under p.fmu
+	// under p.cache.mu
 	refs  int  // callers waiting
 	ended bool // the result is set, or every caller left
 	w     *waiter
@@ -92,8 +148,8 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		return nil, err
 	}
 	tc := t.cache
-	if !co.noCache && p.local != nil && tc.cfg.LocalTTL > 0 {
-		if out, ok := p.localHit(t, h, co, start); ok {
+	if !co.noCache && p.cache.local != nil && tc.cfg.LocalTTL > 0 {
+		if out, ok := p.cache.localHit(t, h, co, start); ok {
 			return out, nil
 		}
 	}
@@ -125,8 +181,8 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 	}
 	admitted := time.Now()
 	fk := flightKey{t.name, h}
-	p.fmu.Lock()
-	f := p.flights[fk]
+	p.cache.mu.Lock()
+	f := p.cache.flights[fk]
 	joined := f != nil && !co.noCache && co.maxAge == 0
 	if joined {
 		f.refs++
@@ -134,22 +190,22 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 		f = &flight{t: t, fk: fk, done: make(chan struct{}), refs: 1, noStore: co.noStore,
 			private: co.noCache || co.maxAge > 0 || f != nil}
 		if !f.private {
-			p.flights[fk] = f
+			p.cache.flights[fk] = f
 		}
 	}
-	p.fmu.Unlock()
+	p.cache.mu.Unlock()
 	if joined {
 		p.stats.coalescedLocal.Add(1)
-	} else if err := p.startFlight(ctx, f, payload, co, deadline, expired); err != nil {
-		p.leave(f)
+	} else if err := p.cache.startFlight(ctx, f, payload, co, deadline, expired); err != nil {
+		p.cache.leave(f)
 		p.adm.report(t, tok, err, start)
 		return nil, err
 	}
-	out, err := p.waitFlight(ctx, f, payload, co, deadline, expired)
+	out, err := p.cache.waitFlight(ctx, f, payload, co, deadline, expired)
 	p.adm.report(t, tok, err, start)
-	p.fmu.Lock()
+	p.cache.mu.Lock()
 	src, entry := f.source, f.entry
-	p.fmu.Unlock()
+	p.cache.mu.Unlock()
 	cacheStage := lookup
 	if joined {
 		src = SourceCoalescedLocal
@@ -168,9 +224,9 @@ func (p *Producer) cachedRequest(ctx context.Context, t *topic, payload []byte, 
 }
 
 // localHit serves a request from the local tier.
-func (p *Producer) localHit(t *topic, h bus.CacheDigest, co *callOptions, start time.Time) ([]byte, bool) {
+func (c *cache) localHit(t *topic, h bus.CacheDigest, co *callOptions, start time.Time) ([]byte, bool) {
 	tc := t.cache
-	e, ok := p.local.GetIfPresent(localKey{t.name, tc.epoch.Load(), h})
+	e, ok := c.local.GetIfPresent(localKey{t.name, tc.epoch.Load(), h})
 	if !ok {
 		return nil, false
 	}
@@ -179,16 +235,16 @@ func (p *Producer) localHit(t *topic, h bus.CacheDigest, co *callOptions, start 
 		return nil, false
 	}
 	out := append([]byte(nil), e.payload...)
-	p.stats.hitsLocal.Add(1)
+	c.stats.hitsLocal.Add(1)
 	if co.info != nil {
 		*co.info = CacheInfo{Source: SourceLocal, Age: max(age, 0), Entry: e.entry}
 	}
 	now := time.Now()
-	p.refreshMeta(t, now)
+	c.refreshMeta(t, now)
 	d := now.Sub(start)
-	p.timings.Record(metrics.Cache, d)
-	p.timings.Record(metrics.EndToEnd, d)
-	if ev := p.log.Debug(); ev != nil {
+	c.timings.Record(metrics.Cache, d)
+	c.timings.Record(metrics.EndToEnd, d)
+	if ev := c.log.Debug(); ev != nil {
 		ev.Str("topic", t.name).Str("outcome", "ok").Str("cache", SourceLocal.String()).
 			Float64("cache_us", metrics.Micros(d)).Float64("end_to_end_us", metrics.Micros(d)).Msg("request timing")
 	}
@@ -198,16 +254,16 @@ func (p *Producer) localHit(t *topic, h bus.CacheDigest, co *callOptions, start 
 // refreshMeta re-reads the topic's epoch in the background when it is older
 // than metaRefresh, so that an invalidation reaches this process's local
 // tier within about a second even while every request is a local hit.
-func (p *Producer) refreshMeta(t *topic, now time.Time) {
+func (c *cache) refreshMeta(t *topic, now time.Time) {
 	tc := t.cache
 	if now.UnixNano()-tc.metaAt.Load() < int64(metaRefresh) || !tc.refreshing.CompareAndSwap(false, true) {
 		return
 	}
-	if !p.bg.run(func(ctx context.Context) {
+	if !c.bg.run(func(ctx context.Context) {
 		defer tc.refreshing.Store(false)
 		ctx, cancel := context.WithTimeout(ctx, respondersTimeout)
 		defer cancel()
-		if gen, epoch, err := redisx.CacheMeta(ctx, p.c.Redis(), tc.meta); err == nil {
+		if gen, epoch, err := redisx.CacheMeta(ctx, c.rc, tc.meta); err == nil {
 			tc.learn(gen, epoch)
 		}
 	}) {
@@ -216,24 +272,24 @@ func (p *Producer) refreshMeta(t *topic, now time.Time) {
 }
 
 // startFlight registers f's correlation id and asks Redis.
-func (p *Producer) startFlight(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time, expired <-chan time.Time) error {
+func (c *cache) startFlight(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time, expired <-chan time.Time) error {
 	select {
-	case p.slots <- struct{}{}:
+	case c.slots <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
+		return fmt.Errorf("%w: %w", errSlotWait, c.stats.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
 	case <-expired:
-		return fmt.Errorf("%w: %w", errSlotWait, p.stats.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
-	case <-p.closing:
+		return fmt.Errorf("%w: %w", errSlotWait, c.stats.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
+	case <-c.closing:
 		return fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
 	w := waiterPool.Get().(*waiter)
 	w.fl = f
-	seq := p.ids.next()
-	p.fmu.Lock()
+	seq := c.ids.next()
+	c.mu.Lock()
 	f.slot, f.w, f.seq = true, w, seq
-	p.fmu.Unlock()
-	p.reader.waiters.add(seq, w)
-	p.ask(ctx, f, payload, co, deadline)
+	c.mu.Unlock()
+	c.reader.waiters.add(seq, w)
+	c.ask(ctx, f, payload, co, deadline)
 	return nil
 }
 
@@ -241,7 +297,7 @@ func (p *Producer) startFlight(ctx context.Context, f *flight, payload []byte, c
 // this deadline: it completes f on a shared hit or an error, or leaves f
 // waiting for a reply. A caller asks again (a takeover) when the leader it
 // waited for gave up.
-func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time) {
+func (c *cache) ask(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time) {
 	t, tc := f.t, f.t.cache
 	// The round trip is bounded by the deadline, not cut short by this
 	// caller's cancellation: others may wait for its outcome. The deadline
@@ -253,7 +309,7 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		expire.Stop()
 		cancel()
 	}()
-	id := p.ids.id(f.seq)
+	id := c.ids.id(f.seq)
 	ttl := tc.cfg.TTL
 	if f.noStore {
 		ttl = 0
@@ -262,39 +318,39 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 	for range 3 {
 		gen := tc.gen.Load()
 		entry := bus.CacheEntryID(gen, f.fk.hash.Hash())
-		p.fmu.Lock() // before the round trip: its answer may complete f before Begin returns
+		c.mu.Lock() // before the round trip: its answer may complete f before Begin returns
 		f.entry = entry
-		p.fmu.Unlock()
-		p.reader.waiters.expectCache(f.seq, entry)
+		c.mu.Unlock()
+		c.reader.waiters.expectCache(f.seq, entry)
 		now := time.Now()
-		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.reader.key, Deadline: deadline.UnixNano(),
+		env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: c.reader.key, Deadline: deadline.UnixNano(),
 			Sent: now.UnixNano(), Payload: payload, Headers: co.headers, CacheKey: entry, CacheTTL: int64(ttl)}
 		buf := codec.Encode(&env)
-		p.timings.Record(metrics.Encode, time.Since(now))
-		args := redisx.BeginArgs{Stream: t.key, Meta: tc.meta, Entry: p.keys.Cache(t.name, entry), Flight: p.keys.Flight(t.name, entry),
-			Gen: gen, MaxAge: co.maxAge, Waiter: p.reader.key + " " + id, Now: now, Deadline: deadline,
+		c.timings.Record(metrics.Encode, time.Since(now))
+		args := redisx.BeginArgs{Stream: t.key, Meta: tc.meta, Entry: c.keys.Cache(t.name, entry), Flight: c.keys.Flight(t.name, entry),
+			Gen: gen, MaxAge: co.maxAge, Waiter: c.reader.key + " " + id, Now: now, Deadline: deadline,
 			MarkerTTL: deadline.Sub(now) + takeoverGrace + time.Second, MaxWaiters: maxFlightWaiters,
-			Data: buf.B, Cap: p.send.trimCap(), DropValue: drop, SkipLookup: co.noCache}
-		r, err := redisx.Begin(rctx, p.c.Redis(), &args)
+			Data: buf.B, Cap: c.send.trimCap(), DropValue: drop, SkipLookup: co.noCache}
+		r, err := redisx.Begin(rctx, c.rc, &args)
 		if !redisx.IsConnErr(err) {
 			codec.PutBuffer(buf)
 		}
 		rtt := time.Since(now)
 		if err != nil || r.Outcome != redisx.BeginHit {
-			p.stats.writes.Add(1)
-			p.timings.Record(metrics.Write, rtt)
+			c.stats.writes.Add(1)
+			c.timings.Record(metrics.Write, rtt)
 		}
 		if err != nil {
 			if errors.Is(err, context.Canceled) && !time.Now().Before(deadline) {
 				err = context.DeadlineExceeded // the deadline cancelled rctx
 			}
-			p.stats.writeErrors.Add(1)
-			p.complete(f, result{err: fmt.Errorf("producer: request to %s: %w", t.name, redisx.Unavailable(err)), writeErr: true}, SourceNone, nil)
+			c.stats.writeErrors.Add(1)
+			c.complete(f, result{err: fmt.Errorf("producer: request to %s: %w", t.name, redisx.Unavailable(err)), writeErr: true}, SourceNone, nil)
 			return
 		}
 		tc.learn(r.Gen, r.Epoch)
 		if r.Corrupted {
-			p.stats.cacheCorrupt.Add(1)
+			c.stats.cacheCorrupt.Add(1)
 		}
 		switch r.Outcome {
 		case redisx.BeginStale:
@@ -302,44 +358,44 @@ func (p *Producer) ask(ctx context.Context, f *flight, payload []byte, co *callO
 		case redisx.BeginHit:
 			var v codec.Envelope
 			if err := codec.DecodeEnvelope(r.Value, &v); err != nil || v.Kind != codec.KindReply || v.ErrCode != "" {
-				p.stats.cacheCorrupt.Add(1)
-				p.log.Warn().Str("key", args.Entry).Msg("undecodable cache value: deleted, asking a worker")
+				c.stats.cacheCorrupt.Add(1)
+				c.log.Warn().Str("key", args.Entry).Msg("undecodable cache value: deleted, asking a worker")
 				drop = true
 				continue
 			}
-			p.stats.hitsShared.Add(1)
+			c.stats.hitsShared.Add(1)
 			f.rtt.Store(int64(rtt))
-			p.complete(f, result{payload: v.Payload, cacheTTL: r.TTL}, SourceShared, &r.Age)
+			c.complete(f, result{payload: v.Payload, cacheTTL: r.TTL}, SourceShared, &r.Age)
 			return
 		case redisx.BeginJoined:
-			p.fmu.Lock()
+			c.mu.Lock()
 			if f.source == SourceNone {
-				p.stats.coalescedRemote.Add(1)
+				c.stats.coalescedRemote.Add(1)
 				f.source = SourceCoalescedRemote
 			}
-			p.fmu.Unlock()
+			c.mu.Unlock()
 			f.leader.Store(r.Leader.UnixNano())
 			return
 		default: // the request was written
-			p.stats.requests.Add(1)
-			p.stats.cacheMisses.Add(1)
+			c.stats.requests.Add(1)
+			c.stats.cacheMisses.Add(1)
 			if r.Outcome == redisx.BeginTakeOver {
-				p.stats.takeovers.Add(1)
+				c.stats.takeovers.Add(1)
 			}
-			p.fmu.Lock()
+			c.mu.Lock()
 			if f.source == SourceNone || f.source == SourceCoalescedRemote {
 				f.source = SourceHandler
 			}
-			p.fmu.Unlock()
+			c.mu.Unlock()
 			f.leader.Store(deadline.UnixNano())
 			return
 		}
 	}
-	p.complete(f, result{err: fmt.Errorf("producer: request to %s: the cache generation kept changing", t.name)}, SourceNone, nil)
+	c.complete(f, result{err: fmt.Errorf("producer: request to %s: the cache generation kept changing", t.name)}, SourceNone, nil)
 }
 
 // waitFlight waits for f's answer within this caller's deadline.
-func (p *Producer) waitFlight(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time, expired <-chan time.Time) ([]byte, error) {
+func (c *cache) waitFlight(ctx context.Context, f *flight, payload []byte, co *callOptions, deadline time.Time, expired <-chan time.Time) ([]byte, error) {
 	var recheck *time.Timer
 	defer func() {
 		if recheck != nil {
@@ -367,7 +423,7 @@ func (p *Producer) waitFlight(ctx context.Context, f *flight, payload []byte, co
 		case <-again:
 			if f.asking.CompareAndSwap(false, true) {
 				if ld := f.leader.Load(); ld != 0 && time.Now().UnixNano() >= ld {
-					p.ask(ctx, f, payload, co, deadline)
+					c.ask(ctx, f, payload, co, deadline)
 				}
 				f.asking.Store(false)
 			}
@@ -376,8 +432,8 @@ func (p *Producer) waitFlight(ctx context.Context, f *flight, payload []byte, co
 			gaveUp = ctx.Err()
 		case <-expired:
 			gaveUp = context.DeadlineExceeded
-		case <-p.closing:
-			p.leave(f)
+		case <-c.closing:
+			c.leave(f)
 			return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
 		}
 		select {
@@ -385,73 +441,73 @@ func (p *Producer) waitFlight(ctx context.Context, f *flight, payload []byte, co
 			continue
 		default:
 		}
-		p.leave(f)
-		return nil, p.stats.ctxErr(gaveUp, "waiting for the reply")
+		c.leave(f)
+		return nil, c.stats.ctxErr(gaveUp, "waiting for the reply")
 	}
 }
 
 // leave drops one caller of f; the last one out ends an unanswered flight
 // (a reply that comes later is counted late).
-func (p *Producer) leave(f *flight) {
-	p.fmu.Lock()
+func (c *cache) leave(f *flight) {
+	c.mu.Lock()
 	f.refs--
 	if f.refs > 0 || f.ended {
-		p.fmu.Unlock()
+		c.mu.Unlock()
 		return
 	}
-	p.endLocked(f)
-	p.fmu.Unlock()
+	c.endLocked(f)
+	c.mu.Unlock()
 }
 
 // endLocked takes f out of the flight map and gives back its waiter and
-// slot. p.fmu is held.
-func (p *Producer) endLocked(f *flight) {
+// slot. c.mu is held.
+func (c *cache) endLocked(f *flight) {
 	f.ended = true
-	if !f.private && p.flights[f.fk] == f {
-		delete(p.flights, f.fk)
+	if !f.private && c.flights[f.fk] == f {
+		delete(c.flights, f.fk)
 	}
-	if f.w != nil && p.reader.waiters.take(f.seq) != nil {
+	if f.w != nil && c.reader.waiters.take(f.seq) != nil {
 		f.w.fl = nil
 		putWaiter(f.w)
 	}
 	f.w = nil
 	if f.slot {
 		f.slot = false
-		<-p.slots
+		<-c.slots
 	}
 }
 
 // complete sets f's result (once) and wakes its callers. age is the
 // answer's age when it came from the shared tier.
-func (p *Producer) complete(f *flight, r result, src CacheSource, age *time.Duration) {
-	p.fmu.Lock()
+func (c *cache) complete(f *flight, r result, src CacheSource, age *time.Duration) {
+	c.mu.Lock()
 	if f.ended {
-		p.fmu.Unlock()
+		c.mu.Unlock()
 		return
 	}
-	p.endLocked(f)
+	c.endLocked(f)
 	if src != SourceNone {
 		f.source = src
 	}
 	entry := f.entry
-	p.fmu.Unlock()
+	c.mu.Unlock()
 	if age != nil {
 		f.age = *age
 	}
 	f.payload, f.err = r.payload, r.err
 	if r.replied { // the stages of the request a worker answered
-		p.timings.Record(waitStage(r.retried), r.queue)
-		p.timings.Record(metrics.Handler, r.handler)
-		p.timings.Record(metrics.ReplyTransit, r.transit)
-		p.timings.Record(metrics.Decode, r.decode)
+		c.timings.Record(waitStage(r.retried), r.queue)
+		c.timings.Record(metrics.Handler, r.handler)
+		c.timings.Record(metrics.ReplyTransit, r.transit)
+		c.timings.Record(metrics.Decode, r.decode)
 	}
 	if r.err == nil {
-		p.stats.replies.Add(1)
-		p.keepLocal(f, r.cacheTTL, entry)
+		c.stats.replies.Add(1)
+		c.keepLocal(f, r.cacheTTL, entry)
 	} else if !r.writeErr {
 		var re *bus.RemoteError
 		if errors.As(r.err, &re) {
-			p.stats.remoteErrors.Add(1)
+			c.stats.remoteErrors.Add(1)
 		}
 	}
 	close(f.done)
@@ -459,15 +515,15 @@ func (p *Producer) complete(f *flight, r result, src CacheSource, age *time.Dura
 
 // keepLocal keeps f's answer in the local tier for at most the time the
 // worker stored it for.
-func (p *Producer) keepLocal(f *flight, stored time.Duration, entry string) {
+func (c *cache) keepLocal(f *flight, stored time.Duration, entry string) {
 	tc := f.t.cache
-	if p.local == nil || f.noStore || stored <= 0 || tc.cfg.LocalTTL <= 0 {
+	if c.local == nil || f.noStore || stored <= 0 || tc.cfg.LocalTTL <= 0 {
 		return
 	}
 	ttl := min(tc.cfg.LocalTTL, stored-f.age)
 	if ttl <= 0 {
 		return
 	}
-	p.local.Set(localKey{f.t.name, tc.epoch.Load(), f.fk.hash},
+	c.local.Set(localKey{f.t.name, tc.epoch.Load(), f.fk.hash},
 		&localEntry{payload: f.payload, made: time.Now().Add(-f.age), ttl: ttl, entry: entry})
 }

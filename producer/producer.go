@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -48,12 +47,7 @@ type Producer struct {
 	cancels *canceller // writes cancel notices
 	tr      tracing    // OpenTelemetry (trace.go)
 
-	// Response cache (cached.go): the local tier (nil when off) and the
-	// flights of this process's cached requests.
-	local   *otter.Cache[localKey, *localEntry]
-	fmu     sync.Mutex
-	flights map[flightKey]*flight
-
+	cache *cache // the response cache (nil when no topic is cached)
 	// bg runs background refreshes (responders, partition counts, cache
 	// epochs); Close stops it.
 	bg *background
@@ -106,7 +100,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		replyKey = p.keys.Reply(cfg.Owner + "." + cfg.ID)
 	}
 	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, rc: c.Redis(), log: p.log,
-		stats: &p.stats, flightDone: func(f *flight, r result) { p.complete(f, r, SourceNone, nil) }}
+		stats: &p.stats, flightDone: func(f *flight, r result) { p.cache.complete(f, r, SourceNone, nil) }}
 	p.tr = newTracing(&cfg)
 	p.bg = newBackground()
 	p.adm = &admission{cfg: &p.cfg, rc: c.Redis(), log: p.log, stats: &p.stats, bg: p.bg}
@@ -114,15 +108,14 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p.topics = &topics{keys: p.keys, cache: p.cfg.Cache, adm: p.adm, parts: p.parts}
 	p.send = newSender(c.Redis(), &p.cfg, p.reader, &p.stats, &p.timings)
 	p.cancels = newCanceller(c.Redis(), &p.ids, replyKey, &p.stats, p.log)
-	if len(cfg.Cache) > 0 {
-		p.flights = make(map[flightKey]*flight)
-		if cfg.LocalCacheBytes > 0 {
-			local, err := newLocalTier(cfg.LocalCacheBytes, &p.stats.localEvicted)
-			if err != nil {
-				return nil, fmt.Errorf("producer: local cache: %w", err)
-			}
-			p.local = local
-		}
+	cache, err := newCache(&p.cfg, &p.stats)
+	if err != nil {
+		return nil, err
+	}
+	if cache != nil {
+		cache.rc, cache.keys, cache.ids, cache.reader, cache.send = c.Redis(), p.keys, &p.ids, p.reader, p.send
+		cache.slots, cache.closing, cache.timings, cache.log, cache.bg = p.slots, p.closing, &p.timings, p.log, p.bg
+		p.cache = cache
 	}
 	return p, nil
 }
@@ -148,8 +141,8 @@ func (p *Producer) Stats() Stats {
 		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),
 	}
-	if p.local != nil {
-		s.CacheLocalBytes, s.CacheLocalEntries = int64(p.local.WeightedSize()), p.local.EstimatedSize()
+	if p.cache != nil && p.cache.local != nil {
+		s.CacheLocalBytes, s.CacheLocalEntries = int64(p.cache.local.WeightedSize()), p.cache.local.EstimatedSize()
 	}
 	return s
 }
@@ -647,8 +640,8 @@ func (p *Producer) Close(ctx context.Context) error {
 	p.cancels.abandon(p.reader.waiters) // before the callers wake and leave
 	close(p.closing)                    // wakes every waiting caller with ErrClosed
 	defer p.topics.closeBreakers()
-	if p.local != nil {
-		defer p.local.StopAllGoroutines()
+	if p.cache != nil {
+		defer p.cache.stop()
 	}
 	p.bg.stop()
 	started := p.reader.shutdown()
