@@ -18,15 +18,17 @@ import (
 // written: the circuit breaker of the partition it writes to (each topic
 // and each partition has its own: partitions fail apart, their nodes do),
 // and for a request whether a worker serves the topic (responders). It
-// learns every admitted call's outcome (report) for the breaker. The
-// in-flight limit (Config.MaxInFlight) is the write path's, held from a
-// request's write to its end.
+// learns every admitted call's outcome (report) for the breaker. It also
+// holds the limit of requests in flight (Config.MaxInFlight): a request
+// takes a slot before its write (acquire) and gives it back at its end.
 type admission struct {
-	cfg   *Config // Breaker, NoBreaker, RemoteErrorsTrip, WaitForResponders, ResponderIdle
-	rc    rueidis.Client
-	log   zerolog.Logger
-	stats *counters
-	bg    *background
+	cfg     *Config // Breaker, NoBreaker, RemoteErrorsTrip, WaitForResponders, ResponderIdle
+	rc      rueidis.Client
+	log     zerolog.Logger
+	stats   *counters
+	bg      *background
+	slots   chan struct{}   // one per request in flight
+	closing <-chan struct{} // closed by Close
 }
 
 // newBreaker returns the breaker of a topic or partition (nil when breakers
@@ -108,6 +110,28 @@ func (a *admission) outcome(err error) breaker.Outcome {
 	}
 	return breaker.Failure
 }
+
+// acquire takes an in-flight slot, waiting for one bounded by ctx, expired
+// (the request's own deadline timer, nil when ctx has the deadline) and
+// Close. A timeout while waiting wraps errSlotWait: the breaker ignores it.
+func (a *admission) acquire(ctx context.Context, expired <-chan time.Time, verb string) error {
+	select {
+	case a.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", errSlotWait, a.stats.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
+	case <-expired:
+		return fmt.Errorf("%w: %w", errSlotWait, a.stats.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
+	case <-a.closing:
+		return fmt.Errorf("producer: %s: %w", verb, bus.ErrClosed)
+	}
+}
+
+// release gives an in-flight slot back.
+func (a *admission) release() { <-a.slots }
+
+// inFlight returns how many requests hold a slot now.
+func (a *admission) inFlight() int { return len(a.slots) }
 
 // errSlotWait marks a timeout spent waiting for a local in-flight slot.
 var errSlotWait = errors.New("waiting for an in-flight slot")

@@ -28,9 +28,9 @@ type replyReader struct {
 	rc      rueidis.Client
 	log     zerolog.Logger
 	stats   *counters
-	// flightDone completes a cached request's flight with its answer
-	// (a flight's waiter gets no channel send).
-	flightDone func(f *flight, r result)
+	// flights completes a cached request's flight with its answer (a
+	// flight's waiter gets no channel send); nil when no topic is cached.
+	flights *cache
 
 	up      atomic.Bool // started: read without mu on every request
 	mu      sync.Mutex  // guards started, closed, stop and done
@@ -96,6 +96,12 @@ func (r *replyReader) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// remove deletes the reply stream (Close, once the reader exited).
+func (r *replyReader) remove(ctx context.Context) error {
+	_, err := redisx.Delete(ctx, r.rc, r.key)
+	return err
 }
 
 // create writes a control entry (creating the stream) and sets the
@@ -242,7 +248,7 @@ func (r *replyReader) forged(replyID, requestEntry string) {
 // its channel, or the flight of a cached request.
 func (r *replyReader) deliver(w *waiter, res result) {
 	if f := w.fl; f != nil {
-		r.flightDone(f, res)
+		r.flights.complete(f, res, SourceNone, nil)
 		putWaiter(w)
 		return
 	}

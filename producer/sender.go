@@ -80,18 +80,23 @@ func (s *sender) trimCap() redisx.Cap {
 // then not queued.
 func (s *sender) submit(it sendItem) bool { return s.comb.Add(it, false) }
 
-// flush writes one batch in one round trip (one MULTI/EXEC when it holds
-// two or more, see redisx.DoBatch) and settles every item.
-func (s *sender) flush(batch []sendItem) {
+// flush writes one batch of the combiner. No per-flush timer: the
+// connection's write timeout (bus.Config WriteTimeout) bounds a pipelined
+// command without a ctx deadline.
+func (s *sender) flush(batch []sendItem) { s.write(context.Background(), batch) }
+
+// write writes batch in one round trip (one MULTI/EXEC per stream when it
+// holds two or more, see redisx.DoBatch) and settles every item. The
+// combiner's flushers call it, and RequestBatch on its own goroutine, for
+// its requests to go together.
+func (s *sender) write(ctx context.Context, batch []sendItem) {
 	fb := flushPool.Get().(*flushBufs)
 	trim := s.trimCap()
 	for i := range batch {
 		fb.adds = append(fb.adds, redisx.Add{Key: batch[i].key, Cap: trim, Data: batch[i].buf.B})
 	}
-	// No per-flush timer: the connection's write timeout (bus.Config
-	// WriteTimeout) bounds a pipelined command without a ctx deadline.
 	s.stats.writes.Add(1)
-	fb.res = s.addBatch(context.Background(), fb.adds, fb.res)
+	fb.res = s.addBatch(ctx, fb.adds, fb.res)
 	now := time.Now()
 	for i := range batch {
 		s.settle(&batch[i], fb.res[i].ID, fb.res[i].Err, now.Sub(batch[i].at))
@@ -132,7 +137,7 @@ func (s *sender) settle(it *sendItem, id string, err error, took time.Duration) 
 			s.timings.Record(metrics.Write, took)
 			s.stats.requests.Add(1)
 		}
-		it.st.setWritten(id, err)
+		it.st.setWritten(id, err, took)
 		return
 	}
 	if err == nil {
