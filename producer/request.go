@@ -43,8 +43,11 @@ const (
 
 // request is one request on its way through the write path: what its verb
 // asked for and what each step learned. It lives on its caller's stack
-// (Request), in its Stream, or in its batch's slice, and is not kept after
-// the call; nothing it points to is shared but its topic and flight.
+// (Request), in its Stream, or in its batch's slice, and nothing keeps it
+// after the call: the waiter, the flight and the send item take copies of
+// what they need. Its call options are a copy, not a pointer: a pointer to
+// the caller's would make them escape to the heap (every step is handed
+// rq, and what rq points to is assumed to leak), an allocation per call.
 type request struct {
 	t       *topic // the topic the caller named
 	pt      *topic // the partition written to (route; a cached request picks it first, by its cache key)
