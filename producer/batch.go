@@ -2,14 +2,13 @@ package producer
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
-	"github.com/egos/mycelium/internal/redisx"
 )
 
 // Reply is one request's outcome in a RequestBatch: its reply payload, or
@@ -22,17 +21,24 @@ type Reply struct {
 // RequestBatch sends one request per payload to topic and waits for every
 // reply, within one deadline (ctx's, or Config.RequestTimeout). On an
 // uncached topic all requests go in one round trip, as one MULTI/EXEC
-// transaction: a worker receives them together (a BatchHandler can then
-// handle them at once). On a cached topic each payload takes the cached
-// path (local tier, shared tier, coalescing), the misses' round trips
-// pipelined together. Options apply to every request; WithCacheInfo is
-// ignored.
+// transaction per partition: a worker receives them together (a
+// BatchHandler can then handle them at once). On a cached topic each
+// payload takes the cached path (local tier, shared tier, coalescing), the
+// misses' round trips pipelined together. Options apply to every request;
+// WithCacheInfo is refused.
+//
+// Each request is admitted like a Request: by the breaker of the partition
+// it goes to (round robin passes partitions whose breaker is open). A
+// request that its partition's breaker refuses gets an error wrapping
+// bus.ErrBreakerOpen as its Reply.Err while the others are written; when
+// every one is refused, the batch fails with it.
 //
 // It returns one Reply per payload, in order. The error is for the batch
-// as a whole: bus.ErrClosed, bus.ErrBreakerOpen, bus.ErrNoResponders,
-// bus.ErrPayloadTooLarge (one payload too large fails the batch before
-// anything is sent), or more payloads than Config.MaxInFlight. Safe for
-// concurrent use.
+// as a whole: bus.ErrClosed, bus.ErrBreakerOpen (see above),
+// bus.ErrNoResponders, bus.ErrPayloadTooLarge (one payload too large fails
+// the batch before anything is sent), no in-flight slot within the
+// deadline, or more payloads than Config.MaxInFlight. Safe for concurrent
+// use.
 func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]byte, opts ...RequestOption) ([]Reply, error) {
 	t, err := p.checkBatch("request batch", topic, payloads)
 	if err != nil {
@@ -52,140 +58,81 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 		return nil, err
 	}
 	if t.cache != nil && (!co.noCache || !co.noStore) {
-		return p.cachedBatch(ctx, payloads, topic, co), nil
-	}
-	start := time.Now()
-	tok, err := p.admitCall(ctx, t, co.wait, start)
-	if err != nil {
-		return nil, err
-	}
-	out, err := p.requestBatch(ctx, t, payloads, &co, start)
-	var first error
-	for i := range out {
-		if out[i].Err != nil && first == nil {
-			first = out[i].Err
+		// The cached path for each payload at once: each a Request.
+		out := make([]Reply, len(payloads))
+		each := co // the copy the option keeps (only this path allocates it)
+		opts := []RequestOption{CacheOption(func(c *callOptions) { *c = each })}
+		var wg sync.WaitGroup
+		for i, pl := range payloads {
+			wg.Go(func() { out[i].Payload, out[i].Err = p.Request(ctx, topic, pl, opts...) })
 		}
+		wg.Wait()
+		return out, nil
 	}
-	p.report(t, tok, first, start)
-	return out, err
+	return p.requestBatch(ctx, t, payloads, &co, time.Now())
 }
 
-// cachedBatch runs the cached path for each payload at once.
-func (p *Producer) cachedBatch(ctx context.Context, payloads [][]byte, topic string, co callOptions) []Reply {
-	out := make([]Reply, len(payloads))
-	opts := []RequestOption{CacheOption(func(c *callOptions) { *c = co })}
-	var wg sync.WaitGroup
-	for i, pl := range payloads {
-		wg.Go(func() { out[i].Payload, out[i].Err = p.Request(ctx, topic, pl, opts...) })
-	}
-	wg.Wait()
-	return out
-}
-
+// requestBatch takes each payload through the write path as a request of
+// its own (its spans, partition, admission, slot, waiter, envelope), then
+// writes them all in one round trip on this goroutine (sender.write) and
+// waits for each reply. A request its partition's breaker refuses is that
+// request's error; any other error of the write path (Close, no slot in
+// time, no responders, the partition count unknown) fails the batch: what
+// the requests before it took is given back.
 func (p *Producer) requestBatch(ctx context.Context, t *topic, payloads [][]byte, co *callOptions, start time.Time) ([]Reply, error) {
-	headers := p.tr.inject(ctx, co.headers)
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = start.Add(p.cfg.RequestTimeout)
+	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
+		ctx, cancel = context.WithDeadline(ctx, start.Add(p.cfg.RequestTimeout))
 		defer cancel()
 	}
-	if err := p.ensureReader(ctx, deadline); err != nil {
+	var headers map[string]string
+	if p.tr.tr == nil {
+		// Without spans the trace context is the same for every request:
+		// injected once (begin would copy the headers for each).
+		headers = p.tr.inject(ctx, co.headers)
+	}
+	rqs := make([]request, len(payloads))
+	items := make([]sendItem, 0, len(payloads))
+	out := make([]Reply, len(payloads))
+	var refused error
+	for i, pl := range payloads {
+		rq := &rqs[i]
+		*rq = request{t: t, payload: pl, co: *co, start: start, via: viaBatch, batch: &items, headers: headers}
+		rctx := ctx
+		if p.tr.tr != nil {
+			rctx = p.begin(ctx, rq)
+		}
+		err := p.write(rctx, rq)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, bus.ErrBreakerOpen):
+			out[i].Err, refused = err, err
+			p.finish(rq, err)
+			continue
+		}
+		p.finish(rq, err)
+		for _, it := range items {
+			codec.PutBuffer(it.buf)
+		}
+		for j := range rqs[:i] {
+			if out[j].Err == nil { // not refused (finished above)
+				p.release(&rqs[j])
+				p.finish(&rqs[j], err)
+			}
+		}
 		return nil, err
 	}
-	n := len(payloads)
-	for i := range n {
-		select {
-		case p.slots <- struct{}{}:
-		case <-ctx.Done():
-			for range i {
-				<-p.slots
-			}
-			return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx.Err(), "waiting for in-flight slots"))
-		case <-p.closing:
-			for range i {
-				<-p.slots
-			}
-			return nil, fmt.Errorf("producer: request batch: %w", bus.ErrClosed)
-		}
+	if len(items) == 0 {
+		return nil, refused // every request refused by its partition's breaker
 	}
-	defer func() {
-		for range n {
-			<-p.slots
+	p.send.write(ctx, items) // settles each: its write stamped, or its error handed to its waiter
+	for i := range rqs {
+		if out[i].Err != nil {
+			continue // refused: finished above
 		}
-	}()
-	ws := make([]*waiter, n)
-	seqs := make([]uint64, n)
-	bufs := make([]*codec.Buffer, n)
-	adds := make([]redisx.Add, n)
-	now := time.Now()
-	cp := p.trimCap()
-	pts := make([]*topic, n)
-	for i := range payloads {
-		var err error
-		if pts[i], err = p.partition(ctx, t, co, nil, now.UnixNano()); err != nil {
-			return nil, err
-		}
-	}
-	for i, pl := range payloads {
-		seqs[i] = p.seq.Add(1)
-		ws[i] = waiterPool.Get().(*waiter)
-		ws[i].write = 0
-		env := codec.Envelope{Kind: codec.KindRequest, ID: p.inc + strconv.FormatUint(seqs[i], 36), ReplyTo: p.replyKey,
-			Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: pl, Headers: headers}
-		bufs[i] = codec.Encode(&env)
-		adds[i] = redisx.Add{Key: pts[i].key, Cap: cp, Data: bufs[i].B}
-		p.waiters.add(seqs[i], ws[i])
-	}
-	out := make([]Reply, n)
-	p.stats.writes.Add(1)
-	recycle := true
-	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, n)) {
-		if r.Err == nil {
-			p.stats.requests.Add(1)
-			p.stamp(seqs[i], 0, r.ID)
-			continue
-		}
-		p.stats.writeErrors.Add(1)
-		if redisx.IsConnErr(r.Err) {
-			recycle = false
-		}
-		if w := p.waiters.take(seqs[i]); w != nil {
-			putWaiter(w)
-		}
-		ws[i] = nil
-		out[i].Err = fmt.Errorf("producer: request to %s: %w", t.name, redisx.Unavailable(r.Err))
-	}
-	if recycle {
-		for _, b := range bufs {
-			codec.PutBuffer(b)
-		}
-	}
-	for i, w := range ws {
-		if w == nil {
-			continue
-		}
-		select {
-		case r := <-w.ch:
-			putWaiter(w)
-			out[i].Payload, out[i].Err = p.finish(r)
-			continue
-		case <-ctx.Done():
-		case <-p.closing:
-		}
-		if p.waiters.take(seqs[i]) != nil {
-			putWaiter(w)
-			if p.closed.Load() {
-				out[i].Err = fmt.Errorf("producer: request: %w", bus.ErrClosed)
-			} else {
-				out[i].Err = p.ctxErr(ctx.Err(), "waiting for the reply")
-			}
-			continue
-		}
-		r := <-w.ch // the reader took it and is handing it over
-		putWaiter(w)
-		out[i].Payload, out[i].Err = p.finish(r)
+		out[i].Payload, out[i].Err = p.await(ctx, &rqs[i])
+		p.finish(&rqs[i], out[i].Err)
 	}
 	return out, nil
 }

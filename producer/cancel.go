@@ -3,8 +3,10 @@ package producer
 import (
 	"context"
 	"crypto/rand"
-	"strconv"
 	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/combine"
@@ -36,58 +38,73 @@ type cancelNotice struct {
 // maxCancelBatch bounds one write of cancel notices.
 const maxCancelBatch = 256
 
-func (p *Producer) newCanceller() *combine.Combiner[cancelNotice] {
-	return combine.New(p.flushCancels, 1, maxCancelBatch, 0)
+// canceller writes cancel notices, gathered by a combiner whose one
+// flusher writes them in the background (the caller returns at once),
+// under ctx, which close cancels if they overrun its own.
+type canceller struct {
+	comb     *combine.Combiner[cancelNotice]
+	ctx      context.Context // the flushes': the one kept, so close can cut them short
+	stop     context.CancelFunc
+	rc       rueidis.Client
+	ids      *ids
+	replyKey string
+	stats    *counters
+	log      zerolog.Logger
 }
 
-// cancelRequest queues a cancel notice; it is written by a background
-// flusher (the caller returns at once). Best effort: a notice that cannot be
+func newCanceller(rc rueidis.Client, ids *ids, replyKey string, stats *counters, log zerolog.Logger) *canceller {
+	c := &canceller{rc: rc, ids: ids, replyKey: replyKey, stats: stats, log: log}
+	c.ctx, c.stop = context.WithCancel(context.Background())
+	c.comb = combine.New(c.flush, 1, maxCancelBatch, 0)
+	return c
+}
+
+// cancel queues a cancel notice. Best effort: a notice that cannot be
 // written leaves the handler to run to its deadline, as without
-// cancellation.
-func (p *Producer) cancelRequest(n cancelNotice) {
+// cancellation. A notice without a control stream (a flight's) is dropped.
+func (c *canceller) cancel(n cancelNotice) {
 	if n.ctl == "" {
 		return
 	}
-	p.cancels.Add(n, false)
+	c.comb.Add(n, false)
 }
 
-// flushCancels writes queued notices, one round trip per control stream.
-func (p *Producer) flushCancels(batch []cancelNotice) {
+// flush writes queued notices, one round trip per control stream.
+func (c *canceller) flush(batch []cancelNotice) {
 	byKey := map[string][]redisx.Control{}
 	for _, n := range batch {
-		id := p.inc + strconv.FormatUint(n.seq, 36)
-		byKey[n.ctl] = append(byKey[n.ctl], redisx.Control{Op: redisx.OpCancel, Token: n.token, Req: id, To: p.replyKey, Until: n.deadline})
+		byKey[n.ctl] = append(byKey[n.ctl], redisx.Control{Op: redisx.OpCancel, Token: n.token, Req: c.ids.id(n.seq), To: c.replyKey, Until: n.deadline})
 	}
 	for key, notices := range byKey {
 		// No deadline reaches rueidis (see redisx.Detach): the connection's
-		// write timeout bounds the write, Close cancels it.
-		if err := redisx.AddControl(p.ctlCtx, p.c.Redis(), key, notices); err == nil {
-			p.stats.cancelled.Add(uint64(len(notices))) // written: a worker reading now sees them
+		// write timeout bounds the write, close cancels it.
+		if err := redisx.AddControl(c.ctx, c.rc, key, notices); err == nil {
+			c.stats.cancelled.Add(uint64(len(notices))) // written: a worker reading now sees them
 		} else {
-			p.stats.cancelErrors.Add(uint64(len(notices)))
-			p.log.Warn().Err(err).Str("stream", key).Int("notices", len(notices)).Msg("cancel notices not written: those handlers run until their deadline")
+			c.stats.cancelErrors.Add(uint64(len(notices)))
+			c.log.Warn().Err(err).Str("stream", key).Int("notices", len(notices)).Msg("cancel notices not written: those handlers run until their deadline")
 		}
 	}
 }
 
-// cancelAbandoned queues a notice for every request still waiting (Close
-// abandons them).
-func (p *Producer) cancelAbandoned() {
-	p.waiters.each(func(w *waiter) { p.cancelRequest(w.cancel) })
+// abandon queues a notice for every request still waiting in waiters
+// (Close abandons them).
+func (c *canceller) abandon(waiters *registry) {
+	waiters.each(func(w *waiter) { c.cancel(w.cancel) })
 }
 
-// closeCancels writes the queued notices, bounded by ctx.
-func (p *Producer) closeCancels(ctx context.Context) {
-	p.cancels.Close()
+// close writes the queued notices, bounded by ctx.
+func (c *canceller) close(ctx context.Context) {
+	c.comb.Close()
 	done := make(chan struct{})
 	go func() {
-		p.cancels.Wait()
+		c.comb.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		p.ctlStop()
+		c.stop()
 		<-done
 	}
 }

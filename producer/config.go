@@ -99,10 +99,11 @@ type Config struct {
 	// TracerProvider, when set, records OpenTelemetry spans following the
 	// messaging conventions (docs/tracing.md): "send {topic}" (PRODUCER)
 	// for each write, and "request {topic}" (CLIENT) around a request and
-	// its reply. Nil records none and costs nothing. Either way, a caller's
-	// ctx that carries a span has its trace context injected into the
-	// message headers (traceparent, tracestate, baggage) with Propagator
-	// (nil: W3C trace context and baggage).
+	// its reply, for every request verb (Request, each request of a
+	// RequestBatch, Stream). Nil records none and costs nothing. Either
+	// way, a caller's ctx that carries a span has its trace context
+	// injected into the message headers (traceparent, tracestate, baggage)
+	// with Propagator (nil: W3C trace context and baggage).
 	TracerProvider trace.TracerProvider
 	Propagator     propagation.TextMapPropagator
 	// RemoteErrorsTrip makes handler errors (*bus.RemoteError) count as breaker

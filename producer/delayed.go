@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
@@ -62,54 +64,67 @@ func (d *delaySpec) check() error {
 	return nil
 }
 
-// publishDelayed adds one event to pt's delayed set and wakes the topic's
-// workers for its due time. It returns the delayed entry's id.
-func (p *Producer) publishDelayed(ctx context.Context, pt *topic, payload []byte, headers map[string]string, d *delaySpec, now time.Time) (string, error) {
+// delayer publishes delayed events: each in its partition's delayed set
+// (one round trip, a script), then a wake-up on the topic's control stream
+// for its due time.
+type delayer struct {
+	rc      rueidis.Client
+	keys    bus.Keys
+	ids     *ids
+	cfg     *Config // StreamMaxLen bounds a delayed set too
+	parts   *partitioner
+	stats   *counters
+	timings *metrics.Recorder
+	log     zerolog.Logger
+}
+
+// one adds one event to pt's delayed set and wakes the topic's workers
+// for its due time. It returns the delayed entry's id.
+func (dl *delayer) one(ctx context.Context, pt *topic, payload []byte, headers map[string]string, d *delaySpec, now time.Time) (string, error) {
 	if err := d.check(); err != nil {
 		return "", err
 	}
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano(), Headers: headers}
-	id := "d" + p.inc + strconv.FormatUint(p.seq.Add(1), 36)
+	id := "d" + dl.ids.id(dl.ids.next())
 	member := make([]byte, 0, len(id)+1+codec.EncodedSize(&env))
 	member = codec.AppendEnvelope(append(append(member, id...), ':'), &env)
-	p.timings.Record(metrics.Encode, time.Since(now))
+	dl.timings.Record(metrics.Encode, time.Since(now))
 	dctx, cancel := redisx.Detach(ctx)
 	defer cancel()
 	start := time.Now()
-	due, err := redisx.AddDelayed(dctx, p.c.Redis(), p.keys.Delayed(pt.name), string(member), d.at, d.after, p.cfg.StreamMaxLen)
+	due, err := redisx.AddDelayed(dctx, dl.rc, dl.keys.Delayed(pt.name), string(member), d.at, d.after, dl.cfg.StreamMaxLen)
 	if err != nil {
-		p.stats.writeErrors.Add(1)
+		dl.stats.writeErrors.Add(1)
 		if errors.Is(err, bus.ErrDelayedFull) {
-			return "", fmt.Errorf("producer: publish to %s: %w: it holds StreamMaxLen (%d) entries", pt.root().name, bus.ErrDelayedFull, p.cfg.StreamMaxLen)
+			return "", fmt.Errorf("producer: publish to %s: %w: it holds StreamMaxLen (%d) entries", pt.root().name, bus.ErrDelayedFull, dl.cfg.StreamMaxLen)
 		}
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, ctx.Err())
 		}
 		return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, redisx.Unavailable(err))
 	}
-	p.timings.Record(metrics.Write, time.Since(start))
-	p.stats.published.Add(1)
-	p.stats.delayed.Add(1)
+	dl.timings.Record(metrics.Write, time.Since(start))
+	dl.stats.published.Add(1)
+	dl.stats.delayed.Add(1)
 	// Best effort: workers also look at every delayed set every few
 	// seconds.
-	if err := redisx.AddControl(dctx, p.c.Redis(), pt.root().ctl, []redisx.Control{{Op: redisx.OpWake, Until: due}}); err != nil {
-		p.log.Debug().Err(err).Msg("wake notice not written; workers find the event on their next pass")
+	if err := redisx.AddControl(dctx, dl.rc, pt.root().ctl, []redisx.Control{{Op: redisx.OpWake, Until: due}}); err != nil {
+		dl.log.Debug().Err(err).Msg("wake notice not written; workers find the event on their next pass")
 	}
 	return id, nil
 }
 
-// publishBatchDelayed publishes each payload delayed (one round trip
-// each), in its partition; like publishBatch, it returns an id per
-// payload ("" for a failed one) and an error joining a *PublishError per
-// failure.
-func (p *Producer) publishBatchDelayed(ctx context.Context, t *topic, payloads [][]byte, co *callOptions) ([]string, error) {
+// batch publishes each payload delayed (one round trip each), in its
+// partition; like publishBatch, it returns an id per payload ("" for a
+// failed one) and an error joining a *PublishError per failure.
+func (dl *delayer) batch(ctx context.Context, t *topic, payloads [][]byte, co *callOptions) ([]string, error) {
 	ids := make([]string, len(payloads))
 	var errs []error
 	for i, pl := range payloads {
 		now := time.Now()
-		pt, err := p.partition(ctx, t, co, nil, now.UnixNano())
+		pt, err := dl.parts.pick(ctx, t, co, nil, now.UnixNano())
 		if err == nil {
-			ids[i], err = p.publishDelayed(ctx, pt, pl, co.headers, co.delay, now)
+			ids[i], err = dl.one(ctx, pt, pl, co.headers, co.delay, now)
 		}
 		if err != nil {
 			errs = append(errs, &PublishError{Index: i, Err: err})

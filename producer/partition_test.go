@@ -2,12 +2,14 @@ package producer_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/producer"
@@ -118,4 +120,93 @@ func xlen(t *testing.T, c *bus.Client, part string) int {
 		t.Fatal(err)
 	}
 	return int(n)
+}
+
+// TestRequestBatchAdmitsPerPartition: each request of a RequestBatch is
+// admitted by the breaker of the partition it goes to, like a Request (issue
+// 25, point 2: the batch was admitted by the topic's breaker, partition 0's,
+// while its requests went to every partition). With partition 0's breaker
+// open, an unkeyed batch goes to the other partitions and is answered; a
+// batch keyed to partition 0 is refused as a whole; the timeouts of a batch
+// keyed to another partition open that partition's breaker, not partition
+// 0's.
+func TestRequestBatchAdmitsPerPartition(t *testing.T) {
+	m, c := redistest.Mini(t)
+	ctx := context.Background()
+	if _, err := inspect.New(c).CreateTopic(ctx, "rb", 3); err != nil {
+		t.Fatal(err)
+	}
+	p := newProducer(t, c, producer.Config{Breaker: breaker.Config{MinCalls: 2, OpenTimeout: time.Hour}, RequestTimeout: 50 * time.Millisecond})
+	keyOf := func(part int) string {
+		for i := 0; ; i++ {
+			if k := fmt.Sprintf("k%d", i); producer.PartitionOf(k, 3) == part {
+				return k
+			}
+		}
+	}
+	// Nobody answers partition 0: its requests time out until its breaker
+	// (the topic's own, partition 0's) opens.
+	for range 2 {
+		_, _ = p.Request(ctx, "rb", []byte("q"), producer.PartitionKey(keyOf(0)))
+	}
+	if st, _ := p.BreakerState("rb"); st != breaker.Open {
+		t.Fatalf("partition 0's breaker = %v after 2 timeouts, want open", st)
+	}
+	// Partitions 1 and 2 are served.
+	echo := func(env *codec.Envelope) *codec.Envelope {
+		return &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Payload: append([]byte("re:"), env.Payload...)}
+	}
+	for _, part := range []int{1, 2} {
+		stop := replier(t, m, c, bus.Partition("rb", part), echo)
+		defer stop()
+	}
+	before := xlen(t, c, "rb")
+	payloads := [][]byte{[]byte("a"), []byte("b"), []byte("c"), []byte("d"), []byte("e"), []byte("f")}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := p.RequestBatch(rctx, "rb", payloads)
+	if err != nil {
+		t.Fatalf("unkeyed RequestBatch with partition 0's breaker open = %v, want it written to partitions 1 and 2", err)
+	}
+	for i, r := range out {
+		if r.Err != nil || string(r.Payload) != "re:"+string(payloads[i]) {
+			t.Errorf("reply %d = %q, %v; want %q", i, r.Payload, r.Err, "re:"+string(payloads[i]))
+		}
+	}
+	if after := xlen(t, c, "rb"); after != before {
+		t.Errorf("the batch wrote %d requests to partition 0, whose breaker is open", after-before)
+	}
+	if n1, n2 := xlen(t, c, bus.Partition("rb", 1)), xlen(t, c, bus.Partition("rb", 2)); n1+n2 != len(payloads) || n1 == 0 || n2 == 0 {
+		t.Errorf("partitions 1 and 2 hold %d and %d requests, want the %d of the batch spread over both", n1, n2, len(payloads))
+	}
+	rejected := p.Stats().BreakerRejected
+	if _, err := p.RequestBatch(rctx, "rb", payloads[:2], producer.PartitionKey(keyOf(0))); !errors.Is(err, bus.ErrBreakerOpen) {
+		t.Fatalf("RequestBatch keyed to partition 0 = %v, want ErrBreakerOpen", err)
+	}
+	if got := p.Stats().BreakerRejected - rejected; got != 2 {
+		t.Errorf("BreakerRejected grew by %d for a refused batch of 2, want 2 (one per request)", got)
+	}
+
+	// A fresh producer: a batch keyed to an unserved partition times out;
+	// its outcome goes to that partition's breaker, not the topic's.
+	q := newProducer(t, c, producer.Config{Breaker: breaker.Config{MinCalls: 2, OpenTimeout: time.Hour}, RequestTimeout: 50 * time.Millisecond})
+	if _, err := inspect.New(c).CreateTopic(ctx, "rc", 3); err != nil {
+		t.Fatal(err)
+	}
+	out, err = q.RequestBatch(ctx, "rc", payloads[:2], producer.PartitionKey(keyOf(2)))
+	if err != nil || !errors.Is(out[0].Err, bus.ErrTimeout) || !errors.Is(out[1].Err, bus.ErrTimeout) {
+		t.Fatalf("RequestBatch to an unserved partition = %+v, %v; want two timeouts", out, err)
+	}
+	if st, _ := q.BreakerState("rc"); st != breaker.Closed {
+		t.Fatalf("partition 0's breaker = %v after timeouts on partition 2, want closed", st)
+	}
+	before2 := xlen(t, c, bus.Partition("rc", 2))
+	for range 6 {
+		if _, err := q.Publish(ctx, "rc", []byte("e")); err != nil {
+			t.Fatalf("unkeyed publish: %v", err)
+		}
+	}
+	if after := xlen(t, c, bus.Partition("rc", 2)); after != before2 {
+		t.Errorf("round robin wrote %d events to partition 2, whose breaker the batch's timeouts opened", after-before2)
+	}
 }

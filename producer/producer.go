@@ -1,129 +1,74 @@
 package producer
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/trace"
 
+	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/codec"
-	"github.com/egos/mycelium/internal/combine"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
 
+// Inside, a Producer is a composition (issue 25, point 2; DESIGN.md,
+// "Inside producer and consumer"), each part a type with its own fields
+// and file; Producer wires them in New and keeps the public methods:
+//
+//	topics       the registry of topics written to (topics.go)
+//	partitioner  the partition of each write, its counts from the one
+//	             watcher of partition counts, internal/topology (partition.go)
+//	admission    breakers per topic and partition, responders, in-flight
+//	             slots (admission.go, responders.go)
+//	sender       XADDs gathered into pipelined writes (sender.go)
+//	replyReader  the reply stream, its reader goroutine, the waiters
+//	             (reader.go, registry.go)
+//	cache        the response cache: local tier, flights, the cache script
+//	             (cached.go, flight.go, cache.go)
+//	canceller    cancel notices (cancel.go)
+//	delayer      delayed events (delayed.go)
+//	background   the goroutines of background refreshes (background.go)
+//
+// Every request verb goes through one write path (request.go). Close stops
+// the parts in this order: a cancel notice queued for each abandoned
+// request, waiting callers woken (closing), background refreshes stopped
+// and waited for, the reply reader signalled, queued notices then queued
+// writes flushed (bounded by Close's ctx), the reader waited for, the reply
+// stream deleted; the breakers and the local tier last.
+
 // Producer publishes events and sends requests. Create it with New; it is
 // safe for concurrent use. Close it when done to remove its reply stream.
 type Producer struct {
-	c        *bus.Client
-	cfg      Config
-	keys     bus.Keys
-	log      zerolog.Logger
-	replyKey string
-	inc      string     // incarnation: prefix of every correlation id of this instance
-	cap      redisx.Cap // topic streams' MAXLEN
+	cfg  Config
+	keys bus.Keys
+	log  zerolog.Logger
+	ids  ids // correlation ids
 
-	seq     atomic.Uint64
-	waiters *registry
-	slots   chan struct{}
-	topics  sync.Map // topic name -> *topic (key, breaker)
+	topics  *topics      // the topics written to
+	parts   *partitioner // the partition of each write
+	adm     *admission   // breakers, responders, in-flight slots
+	send    *sender      // batches XADDs
+	reader  *replyReader // the reply stream and the waiters
+	cache   *cache       // the response cache (nil when no topic is cached)
+	cancels *canceller   // writes cancel notices
+	delayed *delayer     // publishes delayed events
+	tr      tracing      // OpenTelemetry (trace.go)
+	stats   counters
+	timings stages
+	// bg runs background refreshes (responders, partition counts, cache
+	// epochs); Close stops it.
+	bg *background
 
-	mu       sync.Mutex // guards started, readerErr transitions and stopping
-	started  bool
-	readerUp atomic.Bool // started, readable without mu (the Request hot path)
-	stop     context.CancelFunc
-	done     chan struct{} // closed when the reply reader exits
+	mu       sync.Mutex // serialises Close
 	closed   atomic.Bool
 	closing  chan struct{} // closed by Close: wakes waiting requesters
-	stats    counters
 	closeErr error
-	timings  metrics.Recorder
-
-	send *combine.Combiner[sendItem] // batches XADDs (see submit)
-	tr   tracing                     // OpenTelemetry (trace.go)
-	// cancels writes cancel notices (cancel.go) under ctlCtx, which Close
-	// cancels if they overrun it.
-	cancels *combine.Combiner[cancelNotice]
-	ctlCtx  context.Context
-	ctlStop context.CancelFunc
-
-	// Response cache (cached.go): the local tier (nil when off) and the
-	// flights of this process's cached requests.
-	local   *otter.Cache[localKey, *localEntry]
-	fmu     sync.Mutex
-	flights map[flightKey]*flight
-
-	// Background work (responders refreshes): owned here, cancelled and
-	// waited for by Close.
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
-	bgMu     sync.Mutex // guards bgClosed against bg.Go racing Close's bg.Wait
-	bgClosed bool
-}
-
-type counters struct {
-	published, requests, replies, late, timeouts, remoteErrors, malformed atomic.Uint64
-	writeErrors, breakerRejected, noResponders                            atomic.Uint64
-	writes, replyReads                                                    atomic.Uint64
-	hitsLocal, hitsShared, cacheMisses, coalescedLocal, coalescedRemote   atomic.Uint64
-	cacheCorrupt, takeovers, localEvicted                                 atomic.Uint64
-	forged                                                                atomic.Uint64
-	cancelled, cancelErrors, streams, chunks, streamsBroken, delayed      atomic.Uint64
-}
-
-// Stats is a snapshot of a Producer's counters. Each field's help tag
-// describes it (and is its Prometheus help text); its json tag names it in
-// /stats, bus-bench and /metrics (mycelium_producer_<name>[_total]).
-//
-// Batching: (Published+Requests)/Writes entries go per write and
-// Replies/ReplyReads replies come per read. Few per batch under load means a
-// round trip, a write and thread wake-ups spent on each.
-type Stats struct {
-	Published       uint64 `json:"published" help:"Events accepted by Redis."`
-	Requests        uint64 `json:"requests" help:"Requests accepted by Redis."`
-	Replies         uint64 `json:"replies" help:"Replies delivered to a waiting caller."`
-	Late            uint64 `json:"late" help:"Replies dropped because no caller waited any more."`
-	Timeouts        uint64 `json:"timeouts" help:"Requests that ended with a timeout (bus.ErrTimeout)."`
-	RemoteErrors    uint64 `json:"remote_errors" help:"Replies carrying a handler error."`
-	Malformed       uint64 `json:"malformed" help:"Undecodable entries on the reply stream (skipped)."`
-	InFlight        int    `json:"in_flight" help:"Requests waiting for a reply now."`
-	WriteErrors     uint64 `json:"write_errors" help:"Writes that failed: Redis refused them or did not answer (bus.ErrUnavailable)."`
-	BreakerRejected uint64 `json:"breaker_rejected" help:"Calls refused at once by an open circuit breaker (bus.ErrBreakerOpen)."`
-	NoResponders    uint64 `json:"no_responders" help:"Requests refused at once because no worker served their topic (bus.ErrNoResponders)."`
-	Writes          uint64 `json:"writes" help:"Pipelined XADD writes, each one round trip ((published + requests) / writes = entries per write)."`
-	ReplyReads      uint64 `json:"reply_reads" help:"Reply-stream reads that returned entries (replies / reply_reads = replies per read)."`
-	Forged          uint64 `json:"forged" help:"Replies dropped because they answered a request entry this producer did not write with that correlation id (someone else wrote it)."`
-	Cancelled       uint64 `json:"cancelled" help:"Cancel notices sent for requests their callers gave up (ctx cancelled, stream closed early, or abandoned by Close)."`
-	CancelErrors    uint64 `json:"cancel_errors" help:"Cancel notices Redis did not take (those handlers run until their deadline)."`
-	Streams         uint64 `json:"streams" help:"Streamed requests written (Stream)."`
-	Chunks          uint64 `json:"chunks" help:"Chunks of streamed replies handed to callers."`
-	StreamsBroken   uint64 `json:"streams_broken" help:"Streams that ended with bus.ErrStreamBroken (a redelivery after chunks were read, a missing chunk, or a caller reading too slowly)."`
-	Delayed         uint64 `json:"delayed" help:"Events published with a delay (After, At), held until due."`
-
-	// Response cache (cached topics only).
-	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`
-	CacheHitsShared   uint64 `json:"cache_hits_shared" help:"Cached requests answered from Redis (the shared tier)."`
-	CacheMisses       uint64 `json:"cache_misses" help:"Cached requests written for a worker to answer (no stored answer, none in flight)."`
-	CoalescedLocal    uint64 `json:"coalesced_local" help:"Cached requests that waited for an identical request of this process already in flight."`
-	CoalescedRemote   uint64 `json:"coalesced_remote" help:"Cached requests that joined an identical request of another producer in flight (one handler call answers both)."`
-	CacheTakeovers    uint64 `json:"cache_takeovers" help:"Joined requests asked again because the request they waited for gave up (its deadline passed)."`
-	CacheCorrupt      uint64 `json:"cache_corrupt" help:"Stored answers that could not be decoded: deleted and treated as misses."`
-	CacheEvictions    uint64 `json:"cache_evictions" help:"Answers evicted from the local tier to stay within LocalCacheBytes."`
-	CacheLocalBytes   int64  `json:"cache_local_bytes" help:"Bytes held by the local tier now (payloads and bookkeeping)."`
-	CacheLocalEntries int    `json:"cache_local_entries" help:"Answers held by the local tier now."`
 }
 
 // Option configures optional collaborators of a Producer.
@@ -156,40 +101,39 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 		}
 		cfg.Owner = c.User()
 	}
-	p := &Producer{
-		c:       c,
-		cfg:     cfg,
-		keys:    c.Keys(),
-		log:     zerolog.Nop(),
-		inc:     hex.EncodeToString(rnd[:4]),
-		waiters: newRegistry(),
-		slots:   make(chan struct{}, cfg.MaxInFlight),
-		closing: make(chan struct{}),
-	}
-	if cfg.Owner != "" {
-		p.replyKey = p.keys.Reply(cfg.Owner + "." + cfg.ID)
-	} else {
-		p.replyKey = p.keys.Reply(cfg.ID)
-	}
-	p.tr = newTracing(&cfg)
-	p.bgCtx, p.bgCancel = context.WithCancel(context.Background())
-	p.cap = redisx.MaxLen(cfg.StreamMaxLen)
-	p.send = combine.New(p.flush, maxFlushers, maxSendBatch, 0)
-	p.cancels = p.newCanceller()
-	p.ctlCtx, p.ctlStop = context.WithCancel(context.Background())
-	if len(cfg.Cache) > 0 {
-		p.flights = make(map[flightKey]*flight)
-		if cfg.LocalCacheBytes > 0 {
-			local, err := newLocalTier(cfg.LocalCacheBytes, &p.stats.localEvicted)
-			if err != nil {
-				return nil, fmt.Errorf("producer: local cache: %w", err)
-			}
-			p.local = local
-		}
-	}
+	p := &Producer{cfg: cfg, keys: c.Keys(), log: zerolog.Nop(), closing: make(chan struct{})}
 	for _, o := range opts {
 		o(p)
 	}
+	p.ids.inc = hex.EncodeToString(rnd[:4])
+	// The components, each given what it uses of the others.
+	rc := c.Redis()
+	replyKey := p.keys.Reply(p.cfg.ID)
+	if p.cfg.Owner != "" {
+		replyKey = p.keys.Reply(p.cfg.Owner + "." + p.cfg.ID)
+	}
+	p.timings.cfg, p.timings.log = &p.cfg, p.log
+	p.tr = newTracing(&p.cfg)
+	p.bg = newBackground()
+	p.adm = &admission{cfg: &p.cfg, rc: rc, log: p.log, stats: &p.stats, bg: p.bg,
+		slots: make(chan struct{}, p.cfg.MaxInFlight), closing: p.closing}
+	p.parts = newPartitioner(rc, p.keys, p.adm, &p.stats, p.bg)
+	p.topics = &topics{keys: p.keys, cache: p.cfg.Cache, adm: p.adm, parts: p.parts}
+	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, rc: rc, log: p.log, stats: &p.stats}
+	p.send = newSender(rc, &p.cfg, p.reader, &p.stats, &p.timings.Recorder)
+	p.cancels = newCanceller(rc, &p.ids, replyKey, &p.stats, p.log)
+	p.delayed = &delayer{rc: rc, keys: p.keys, ids: &p.ids, cfg: &p.cfg, parts: p.parts, stats: &p.stats, timings: &p.timings.Recorder, log: p.log}
+	cache, err := newCache(&p.cfg, &p.stats)
+	if err != nil {
+		return nil, err
+	}
+	if cache == nil {
+		return p, nil
+	}
+	cache.rc, cache.keys, cache.ids, cache.reader, cache.send = rc, p.keys, &p.ids, p.reader, p.send
+	cache.adm, cache.closing, cache.timings, cache.bg = p.adm, p.closing, &p.timings, p.bg
+	p.reader.flights = cache
+	p.cache = cache
 	return p, nil
 }
 
@@ -197,7 +141,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 func (p *Producer) ID() string { return p.cfg.ID }
 
 // ReplyStream returns the key of this producer's reply stream.
-func (p *Producer) ReplyStream() string { return p.replyKey }
+func (p *Producer) ReplyStream() string { return p.reader.key }
 
 // Stats returns a snapshot of the counters. Safe for concurrent use.
 func (p *Producer) Stats() Stats {
@@ -205,7 +149,7 @@ func (p *Producer) Stats() Stats {
 		Published: p.stats.published.Load(), Requests: p.stats.requests.Load(),
 		Replies: p.stats.replies.Load(), Late: p.stats.late.Load(), Timeouts: p.stats.timeouts.Load(),
 		RemoteErrors: p.stats.remoteErrors.Load(), Malformed: p.stats.malformed.Load(),
-		InFlight:    len(p.slots),
+		InFlight:    p.adm.inFlight(),
 		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(), NoResponders: p.stats.noResponders.Load(),
 		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(), Forged: p.stats.forged.Load(),
 		Cancelled: p.stats.cancelled.Load(), CancelErrors: p.stats.cancelErrors.Load(), Streams: p.stats.streams.Load(),
@@ -214,10 +158,18 @@ func (p *Producer) Stats() Stats {
 		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),
 	}
-	if p.local != nil {
-		s.CacheLocalBytes, s.CacheLocalEntries = int64(p.local.WeightedSize()), p.local.EstimatedSize()
+	if p.cache != nil && p.cache.local != nil {
+		s.CacheLocalBytes, s.CacheLocalEntries = int64(p.cache.local.WeightedSize()), p.cache.local.EstimatedSize()
 	}
 	return s
+}
+
+// BreakerState returns the state of topic's circuit breaker (of its
+// partition 0, for a partitioned topic: each partition has its own), and
+// false if the producer has none for it (breakers off, or no call to it
+// yet).
+func (p *Producer) BreakerState(topicName string) (breaker.State, bool) {
+	return p.topics.breakerState(topicName)
 }
 
 // Timings returns a snapshot of the per-stage latency histograms this
@@ -226,6 +178,7 @@ func (p *Producer) Stats() Stats {
 // reply); for publishes Admission, Encode and Write. Safe for concurrent use.
 func (p *Producer) Timings() *metrics.Snapshot { return p.timings.Snapshot() }
 
+// callOptions are what a call's options chose (options.go).
 type callOptions struct {
 	headers map[string]string
 	wait    bool // WaitForResponders
@@ -241,17 +194,6 @@ type callOptions struct {
 	hasPartKey bool
 
 	delay *delaySpec // After, At
-
-	trace *timing // a traced request's stages, for its spans
-}
-
-// trimCap is the XADD trimming for writes made now: by age when
-// StreamMaxAge is set (computed per batch, not per message), else by length.
-func (p *Producer) trimCap() redisx.Cap {
-	if p.cfg.StreamMaxAge > 0 {
-		return redisx.MinAge(time.Now(), p.cfg.StreamMaxAge)
-	}
-	return p.cap
 }
 
 // Limits on a message's headers, checked before anything is sent: the
@@ -278,457 +220,13 @@ func checkHeaders(h map[string]string) error {
 	return nil
 }
 
-func (p *Producer) checkPayload(n int) error {
-	if n > p.cfg.MaxPayload {
-		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, p.cfg.MaxPayload)
+// checkPayload reports a payload of n bytes over max (Config.MaxPayload),
+// wrapping bus.ErrPayloadTooLarge.
+func checkPayload(n, max int) error {
+	if n > max {
+		return fmt.Errorf("producer: %w: %d bytes, max %d", bus.ErrPayloadTooLarge, n, max)
 	}
 	return nil
-}
-
-// Publish appends one event to topic and returns its stream entry id once
-// Redis accepted it (and, with Config.WaitReplicas, its replicas: when they
-// did not in time, the id comes with an error wrapping
-// bus.ErrNotReplicated). With After or At the id is the delayed entry's
-// ("d" and a producer-unique suffix), not a stream entry id: the event gets
-// its stream id when it is due. It blocks for one round trip (shared with
-// concurrent callers), bounded by ctx. Safe for concurrent use.
-func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, opts ...PublishOption) (string, error) {
-	if p.closed.Load() {
-		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
-	}
-	t, err := p.topicFor(topic)
-	if err != nil {
-		return "", err
-	}
-	if err := p.checkPayload(len(payload)); err != nil {
-		return "", err
-	}
-	start := time.Now()
-	co := applyPublish(opts)
-	if err := checkHeaders(co.headers); err != nil {
-		return "", err
-	}
-	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
-	if err != nil {
-		return "", err
-	}
-	tok, err := pt.admit()
-	if err != nil {
-		return "", err
-	}
-	admitted := time.Now()
-	p.timings.Record(metrics.Admission, admitted.Sub(start))
-	var span trace.Span
-	if p.tr.tr != nil {
-		ctx, span = p.tr.startSend(ctx, pt)
-	}
-	headers := p.tr.inject(ctx, co.headers)
-	var id string
-	if co.delay != nil {
-		id, err = p.publishDelayed(ctx, pt, payload, headers, co.delay, admitted)
-	} else {
-		id, err = p.publish(ctx, pt, payload, headers, admitted)
-	}
-	if span != nil {
-		span.SetAttributes(attribute.String("messaging.message.id", id))
-		endSpan(span, err)
-	}
-	p.report(pt, tok, err, start)
-	return id, err
-}
-
-// publish writes one event to pt (a topic, or a partition of one).
-func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, headers map[string]string, now time.Time) (string, error) {
-	topic, key := pt.root().name, pt.key
-	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano()}
-	env.Headers = headers
-	w := waiterPool.Get().(*waiter)
-	buf := codec.Encode(&env)
-	encoded := time.Now()
-	p.timings.Record(metrics.Encode, encoded.Sub(now))
-	if !p.submit(sendItem{key: key, buf: buf, pub: w, at: encoded}) {
-		codec.PutBuffer(buf)
-		putWaiter(w)
-		return "", fmt.Errorf("producer: publish: %w", bus.ErrClosed)
-	}
-	var r result
-	select {
-	case r = <-w.ch:
-		putWaiter(w)
-	case <-ctx.Done():
-		// A flusher still owns w and will settle it; leave w to it.
-		return "", fmt.Errorf("producer: publish to %s: %w", topic, ctx.Err())
-	}
-	id, err := r.id, r.err
-	if err != nil {
-		// With bus.ErrNotReplicated the entry was written: its id comes
-		// with the error.
-		return id, fmt.Errorf("producer: publish to %s: %w", topic, err)
-	}
-	p.stats.published.Add(1)
-	return id, nil
-}
-
-// checkBatch is what both batch calls check before anything is sent: the
-// producer is open, the topic's name, every payload's size.
-func (p *Producer) checkBatch(what, topic string, payloads [][]byte) (*topic, error) {
-	if p.closed.Load() {
-		return nil, fmt.Errorf("producer: %s: %w", what, bus.ErrClosed)
-	}
-	t, err := p.topicFor(topic)
-	if err != nil {
-		return nil, err
-	}
-	for i, pl := range payloads {
-		if err := p.checkPayload(len(pl)); err != nil {
-			return nil, fmt.Errorf("producer: %s entry %d: %w", what, i, err)
-		}
-	}
-	return t, nil
-}
-
-// PublishError is one failed entry of a PublishBatch.
-type PublishError struct {
-	Index int
-	Err   error
-}
-
-func (e *PublishError) Error() string { return fmt.Sprintf("entry %d: %v", e.Index, e.Err) }
-
-// Unwrap returns the entry's error.
-func (e *PublishError) Unwrap() error { return e.Err }
-
-// PublishBatch appends payloads to topic in one pipelined round trip, as
-// one MULTI/EXEC transaction: the entries are contiguous in the stream and
-// a blocked consumer receives them in one read (see redisx.DoBatch). It
-// returns one stream id per payload ("" for a failed one) and, if any
-// failed, an error joining a *PublishError per failure. Payloads are checked
-// before anything is sent: one too large fails the whole batch.
-func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]byte, opts ...PublishOption) ([]string, error) {
-	t, err := p.checkBatch("publish batch", topic, payloads)
-	if err != nil {
-		return nil, err
-	}
-	co := applyPublish(opts)
-	if err := checkHeaders(co.headers); err != nil {
-		return nil, err
-	}
-	if len(payloads) == 0 {
-		return nil, nil
-	}
-	start := time.Now()
-	tok, err := t.admit()
-	if err != nil {
-		return nil, err
-	}
-	p.timings.Record(metrics.Admission, time.Since(start))
-	var span trace.Span
-	if p.tr.tr != nil {
-		ctx, span = p.tr.startSend(ctx, t, attribute.Int("messaging.batch.message_count", len(payloads)))
-	}
-	if trace.SpanContextFromContext(ctx).IsValid() {
-		co.headers = p.tr.inject(ctx, co.headers)
-	}
-	var ids []string
-	if co.delay != nil {
-		ids, err = p.publishBatchDelayed(ctx, t, payloads, &co)
-	} else {
-		ids, err = p.publishBatch(ctx, t, payloads, &co)
-	}
-	if span != nil {
-		endSpan(span, err)
-	}
-	p.report(t, tok, err, start)
-	return ids, err
-}
-
-func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte, co *callOptions) ([]string, error) {
-	topic := t.name
-	now := time.Now()
-	env := codec.Envelope{Kind: codec.KindEvent, Sent: now.UnixNano()}
-	env.Headers = co.headers
-	bufs := make([]*codec.Buffer, len(payloads))
-	adds := make([]redisx.Add, len(payloads))
-	cp := p.trimCap()
-	for i, pl := range payloads {
-		// Each entry's partition (one for a PartitionKey batch, round robin
-		// otherwise); AddBatch makes one transaction per partition.
-		pt, err := p.partition(ctx, t, co, nil, now.UnixNano())
-		if err != nil {
-			for _, b := range bufs[:i] {
-				codec.PutBuffer(b)
-			}
-			return nil, err
-		}
-		env.Payload = pl
-		bufs[i] = codec.Encode(&env)
-		adds[i] = redisx.Add{Key: pt.key, Cap: cp, Data: bufs[i].B}
-	}
-	ids := make([]string, len(payloads))
-	var errs []error
-	recycle := true
-	p.stats.writes.Add(1)
-	for i, r := range p.addBatch(ctx, adds, make([]redisx.Result, 0, len(adds))) {
-		if r.Err != nil {
-			p.stats.writeErrors.Add(1)
-			errs = append(errs, &PublishError{Index: i, Err: redisx.Unavailable(r.Err)})
-			if errors.Is(r.Err, bus.ErrNotReplicated) {
-				ids[i] = r.ID // written, not replicated: its id is known
-			}
-			if redisx.IsConnErr(r.Err) {
-				recycle = false // rueidis may still hold the buffer
-			}
-			continue
-		}
-		ids[i] = r.ID
-	}
-	if recycle {
-		for _, b := range bufs {
-			codec.PutBuffer(b)
-		}
-	}
-	p.stats.published.Add(uint64(len(payloads) - len(errs)))
-	if errs != nil {
-		return ids, fmt.Errorf("producer: publish batch to %s: %d of %d failed: %w", topic, len(errs), len(payloads), errors.Join(errs...))
-	}
-	return ids, nil
-}
-
-// addBatch writes adds (redisx.AddBatch), waiting for replicas when
-// Config.WaitReplicas asks for it.
-func (p *Producer) addBatch(ctx context.Context, adds []redisx.Add, out []redisx.Result) []redisx.Result {
-	if p.cfg.WaitReplicas > 0 {
-		return redisx.AddBatchDurable(ctx, p.c.Redis(), adds, redisx.Durability{Replicas: p.cfg.WaitReplicas, Timeout: p.cfg.WaitTimeout}, out)
-	}
-	return redisx.AddBatch(ctx, p.c.Redis(), adds, nil, out)
-}
-
-// Request sends payload to topic and waits for the handler's reply. The
-// deadline of ctx (or Config.RequestTimeout when ctx has none) travels with
-// the request: workers skip requests whose caller already gave up.
-//
-// A request to a topic that no worker serves fails at once with
-// bus.ErrNoResponders (nothing is written), unless Config.WaitForResponders
-// or the WaitForResponders option says to queue it anyway. Whether a worker
-// serves a topic is checked at most once a second per topic, in the
-// background while the answer is yes.
-//
-// Errors: bus.ErrTimeout (with context.DeadlineExceeded) when the deadline
-// passes, ctx's error when it is cancelled, bus.ErrNoResponders, *bus.RemoteError when the handler
-// failed, bus.ErrPayloadTooLarge, bus.ErrClosed, bus.ErrBreakerOpen,
-// bus.ErrUnavailable when Redis could not be reached, or Redis's own error
-// reply. Safe for concurrent use.
-func (p *Producer) Request(ctx context.Context, topic string, payload []byte, opts ...RequestOption) ([]byte, error) {
-	if p.closed.Load() {
-		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
-	}
-	t, err := p.topicFor(topic)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.checkPayload(len(payload)); err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	co := applyRequest(opts)
-	if co.headers != nil {
-		if err := checkHeaders(co.headers); err != nil {
-			return nil, err
-		}
-	}
-	if p.tr.tr != nil {
-		return p.tracedRequest(ctx, t, payload, &co, start)
-	}
-	co.headers = p.tr.inject(ctx, co.headers)
-	return p.untracedRequest(ctx, t, payload, &co, start)
-}
-
-// untracedRequest is Request after its checks (and, when traced, inside
-// its spans).
-func (p *Producer) untracedRequest(ctx context.Context, t *topic, payload []byte, co *callOptions, start time.Time) ([]byte, error) {
-	if t.cache != nil && (!co.noCache || !co.noStore) {
-		return p.cachedRequest(ctx, t, payload, co, start)
-	}
-	pt, err := p.partition(ctx, t, co, nil, start.UnixNano())
-	if err != nil {
-		return nil, err
-	}
-	tok, err := p.admitCall(ctx, pt, co.wait, start)
-	if err != nil {
-		return nil, err
-	}
-	var tm timing
-	tm.admission = time.Since(start)
-	reply, err := p.request(ctx, pt, payload, co.headers, &tm, start)
-	p.report(pt, tok, err, start)
-	p.recordRequest(t.name, start, &tm, err)
-	if co.trace != nil {
-		*co.trace = tm
-	}
-	return reply, err
-}
-
-// tracedRequest is Request in a "request {topic}" CLIENT span holding a
-// "send {topic}" PRODUCER span for the write (whose context the message
-// carries).
-func (p *Producer) tracedRequest(ctx context.Context, t *topic, payload []byte, co *callOptions, start time.Time) ([]byte, error) {
-	ctx, client := p.tr.startRequest(ctx, t.name)
-	sctx, send := p.tr.startSend(ctx, t)
-	sendStart := time.Now()
-	co.headers = p.tr.inject(sctx, co.headers)
-	var tm timing
-	co.trace = &tm
-	var ci CacheInfo
-	if t.cache != nil && co.info == nil {
-		co.info = &ci // to name the tier that answered on the span
-	}
-	reply, err := p.untracedRequest(ctx, t, payload, co, start)
-	if co.info != nil && co.info.Source != SourceNone {
-		client.SetAttributes(attribute.String("mycelium.cache.source", co.info.Source.String()))
-		if co.info.Age > 0 {
-			client.SetAttributes(attribute.Int64("mycelium.cache.age_ms", co.info.Age.Milliseconds()))
-		}
-	}
-	if tm.entry != "" {
-		send.SetAttributes(attribute.String("messaging.message.id", tm.entry))
-		client.SetAttributes(attribute.String("messaging.message.id", tm.entry))
-	}
-	if tm.seq != 0 {
-		id := p.inc + strconv.FormatUint(tm.seq, 36)
-		send.SetAttributes(attribute.String("messaging.message.conversation_id", id))
-		client.SetAttributes(attribute.String("messaging.message.conversation_id", id))
-	}
-	if tm.replied {
-		client.SetAttributes(attribute.Int64(waitAttr(tm.retried), tm.queue.Microseconds()),
-			attribute.Int64("mycelium.handler_us", tm.handler.Microseconds()))
-	}
-	var sendErr error
-	if err != nil && tm.write == 0 && !tm.replied {
-		sendErr = err // the write itself failed, or never happened
-	}
-	endSpan(send, sendErr, sendEnd(sendStart, tm.encode+tm.write))
-	endSpan(client, err)
-	return reply, err
-}
-
-func (p *Producer) request(ctx context.Context, t *topic, payload []byte, headers map[string]string, tm *timing, start time.Time) ([]byte, error) {
-	key := t.key
-	w := waiterPool.Get().(*waiter)
-	w.write = 0
-	// Without a ctx deadline, Config.RequestTimeout applies through the
-	// waiter's own reusable timer: a context.WithTimeout per call (an
-	// allocation, a runtime timer, registration in the parent ctx) showed in
-	// the CPU profile (docs/performance.md, "Decisions in the code").
-	var expired <-chan time.Time
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = start.Add(p.cfg.RequestTimeout)
-		w.timer.Reset(p.cfg.RequestTimeout)
-		expired = w.timer.C
-	}
-	if err := p.ensureReader(ctx, deadline); err != nil {
-		putWaiter(w)
-		return nil, err
-	}
-
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
-		putWaiter(w)
-		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(ctx.Err(), "waiting for an in-flight slot"))
-	case <-expired:
-		putWaiter(w)
-		return nil, fmt.Errorf("%w: %w", errSlotWait, p.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot"))
-	case <-p.closing:
-		putWaiter(w)
-		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
-	}
-	defer func() { <-p.slots }()
-
-	seq := p.seq.Add(1)
-	tm.seq = seq
-	var idb [32]byte
-	id := strconv.AppendUint(append(idb[:0], p.inc...), seq, 36)
-	now := time.Now()
-	w.cancel = noticeFor(t, seq, deadline)
-	env := codec.Envelope{
-		Kind: codec.KindRequest, ID: string(id), ReplyTo: p.replyKey,
-		Deadline: deadline.UnixNano(), Sent: now.UnixNano(), Payload: payload, Token: w.cancel.token,
-	}
-	env.Headers = headers
-	p.waiters.add(seq, w)
-	// The write is batched with other callers' (see sender); a write error
-	// comes back through w like a reply, so the caller wakes once either way.
-	buf := codec.Encode(&env)
-	encoded := time.Now()
-	tm.encode = encoded.Sub(now)
-	if !p.submit(sendItem{key: key, buf: buf, seq: seq, at: encoded}) {
-		codec.PutBuffer(buf)
-		if p.waiters.take(seq) != nil {
-			putWaiter(w)
-		}
-		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
-	}
-
-	var gaveUp error
-	select {
-	case r := <-w.ch:
-		if r.err != nil && !r.writeErr && (ctx.Err() != nil || !time.Now().Before(deadline)) {
-			// The deadline passed as a remote error arrived (often the
-			// handler's own "context deadline exceeded": its ctx carries
-			// the same deadline). The caller gave up: a timeout, whichever
-			// of the two select saw first.
-			putWaiter(w)
-			return nil, p.ctxErr(cmp.Or(ctx.Err(), context.DeadlineExceeded), "waiting for the reply")
-		}
-		return p.received(w, &r, tm)
-	case <-ctx.Done():
-		gaveUp = ctx.Err()
-	case <-expired:
-		gaveUp = context.DeadlineExceeded
-	case <-p.closing:
-		if p.waiters.take(seq) != nil {
-			putWaiter(w)
-		}
-		return nil, fmt.Errorf("producer: request: %w", bus.ErrClosed)
-	}
-	if p.waiters.take(seq) != nil {
-		if errors.Is(gaveUp, context.Canceled) {
-			p.cancelRequest(w.cancel) // the handler stops too
-		}
-		putWaiter(w)
-		return nil, p.ctxErr(gaveUp, "waiting for the reply")
-	}
-	r := <-w.ch // the reader took it and is handing the reply over
-	return p.received(w, &r, tm)
-}
-
-// received returns w's result r to the caller and w to the pool.
-func (p *Producer) received(w *waiter, r *result, tm *timing) ([]byte, error) {
-	tm.fill(w, r)
-	putWaiter(w)
-	return p.finish(*r)
-}
-
-func (p *Producer) finish(r result) ([]byte, error) {
-	if r.err != nil {
-		if !r.writeErr {
-			p.stats.remoteErrors.Add(1)
-		}
-		return nil, r.err
-	}
-	p.stats.replies.Add(1)
-	return r.payload, nil
-}
-
-// ctxErr is the error of a request that gave up for err (its ctx's error,
-// or context.DeadlineExceeded when Config.RequestTimeout passed).
-func (p *Producer) ctxErr(err error, during string) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		p.stats.timeouts.Add(1)
-		return fmt.Errorf("producer: %w %s: %w", bus.ErrTimeout, during, err)
-	}
-	return fmt.Errorf("producer: request cancelled %s: %w", during, err)
 }
 
 // Close stops the reply reader, fails waiting requests with bus.ErrClosed
@@ -741,31 +239,27 @@ func (p *Producer) Close(ctx context.Context) error {
 	if p.closed.Swap(true) {
 		return p.closeErr
 	}
-	p.cancelAbandoned() // before the callers wake and leave
-	close(p.closing)    // wakes every waiting caller with ErrClosed
-	defer p.closeBreakers()
-	if p.local != nil {
-		defer p.local.StopAllGoroutines()
+	p.cancels.abandon(p.reader.waiters) // before the callers wake and leave
+	close(p.closing)                    // wakes every waiting caller with ErrClosed
+	defer p.topics.closeBreakers()
+	if p.cache != nil {
+		defer p.cache.stop()
 	}
-	p.stopBackground()
-	if p.started {
-		p.stop() // signalled on every path, so the reader always exits
-	}
-	p.closeCancels(ctx)
-	if err := p.closeSender(ctx); err != nil {
+	p.bg.stop()
+	started := p.reader.shutdown()
+	p.cancels.close(ctx)
+	if err := p.send.close(ctx); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: waiting for queued writes: %w", err)
 		return p.closeErr
 	}
-	if !p.started {
+	if !started {
 		return nil
 	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		p.closeErr = fmt.Errorf("producer: close: waiting for the reply reader: %w", ctx.Err())
+	if err := p.reader.wait(ctx); err != nil {
+		p.closeErr = fmt.Errorf("producer: close: waiting for the reply reader: %w", err)
 		return p.closeErr
 	}
-	if _, err := redisx.Delete(ctx, p.c.Redis(), p.replyKey); err != nil {
+	if err := p.reader.remove(ctx); err != nil {
 		p.closeErr = fmt.Errorf("producer: close: delete reply stream (it expires after %v): %w", p.cfg.ReplyTTL, err)
 	}
 	return p.closeErr

@@ -3,22 +3,51 @@ package producer
 import (
 	"context"
 	"fmt"
-	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/redisx"
 )
 
-// ensureReader creates the reply stream and starts the reply reader on the
-// first call. The stream exists before any request names it, so consumers
-// can write replies with NOMKSTREAM: once it expires (its producer is gone)
-// late replies are not written at all.
+// replyReader is the reply side of a producer: its reply stream (created
+// by the first request, its TTL kept fresh while the producer lives), the
+// one goroutine that reads it, and the registry of waiters each reply is
+// dispatched to by correlation id. Its goroutine starts with the first
+// request (ensure) and ends with shutdown; wait waits for it.
+type replyReader struct {
+	key     string // the reply stream
+	ids     *ids
+	waiters *registry
+	cfg     *Config // ReplyTTL, ReplyBlock, ReplyBatch
+	rc      rueidis.Client
+	log     zerolog.Logger
+	stats   *counters
+	// flights completes a cached request's flight with its answer (a
+	// flight's waiter gets no channel send); nil when no topic is cached.
+	flights *cache
+
+	up      atomic.Bool // started: read without mu on every request
+	mu      sync.Mutex  // guards started, closed, stop and done
+	started bool
+	closed  bool // shutdown began: never start
+	stop    context.CancelFunc
+	done    chan struct{} // closed when the goroutine exits
+}
+
+// ensure creates the reply stream and starts the reader on the first call.
+// The stream exists before any request names it, so consumers can write
+// replies with NOMKSTREAM: once it expires (its producer is gone) late
+// replies are not written at all.
 //
 // ctx bounds the creation; deadline applies when ctx has none.
-func (p *Producer) ensureReader(ctx context.Context, deadline time.Time) error {
-	if p.readerUp.Load() { // every Request after the first: no lock
+func (r *replyReader) ensure(ctx context.Context, deadline time.Time) error {
+	if r.up.Load() { // every request after the first: no lock
 		return nil
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -26,31 +55,60 @@ func (p *Producer) ensureReader(ctx context.Context, deadline time.Time) error {
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.started {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started {
 		return nil
 	}
-	if p.closed.Load() {
+	if r.closed {
 		return fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
-	if err := p.createReplyStream(ctx); err != nil {
-		return fmt.Errorf("producer: create reply stream %s: %w", p.replyKey, err)
+	if err := r.create(ctx); err != nil {
+		return fmt.Errorf("producer: create reply stream %s: %w", r.key, err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	p.stop = cancel
-	p.done = make(chan struct{})
-	p.started = true
-	p.readerUp.Store(true)
-	go p.readReplies(rctx)
+	r.stop = cancel
+	r.done = make(chan struct{})
+	r.started = true
+	r.up.Store(true)
+	go r.run(rctx)
 	return nil
 }
 
-// createReplyStream writes a control entry (creating the stream) and sets
-// the stream's TTL, in one round trip.
-func (p *Producer) createReplyStream(ctx context.Context) error {
+// shutdown stops the reader (it drains the registry as it exits: every
+// waiter left gets bus.ErrClosed) and keeps it from starting; it reports
+// whether it had started.
+func (r *replyReader) shutdown() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	if r.started {
+		r.stop() // signalled on every path, so the reader always exits
+	}
+	return r.started
+}
+
+// wait waits, bounded by ctx, for the reader stopped by shutdown to exit.
+func (r *replyReader) wait(ctx context.Context) error {
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// remove deletes the reply stream (Close, once the reader exited).
+func (r *replyReader) remove(ctx context.Context) error {
+	_, err := redisx.Delete(ctx, r.rc, r.key)
+	return err
+}
+
+// create writes a control entry (creating the stream) and sets the
+// stream's TTL, in one round trip.
+func (r *replyReader) create(ctx context.Context) error {
 	b := codec.Encode(&codec.Envelope{Kind: codec.KindControl, Sent: time.Now().UnixNano()})
-	err := redisx.CreateReplyStream(ctx, p.c.Redis(), p.replyKey, b.B, p.cfg.ReplyTTL)
+	err := redisx.CreateReplyStream(ctx, r.rc, r.key, b.B, r.cfg.ReplyTTL)
 	if !redisx.IsConnErr(err) {
 		codec.PutBuffer(b) // else the client may still hold it
 	}
@@ -59,34 +117,34 @@ func (p *Producer) createReplyStream(ctx context.Context) error {
 
 // refresh extends the reply stream's TTL, recreating the stream if Redis
 // lost it (restart without persistence, FLUSHALL).
-func (p *Producer) refresh(ctx context.Context) error {
-	ok, err := redisx.RefreshTTL(ctx, p.c.Redis(), p.replyKey, p.cfg.ReplyTTL)
+func (r *replyReader) refresh(ctx context.Context) error {
+	ok, err := redisx.RefreshTTL(ctx, r.rc, r.key, r.cfg.ReplyTTL)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		p.log.Warn().Str("stream", p.replyKey).Msg("reply stream was lost; recreating it")
-		return p.createReplyStream(ctx)
+		r.log.Warn().Str("stream", r.key).Msg("reply stream was lost; recreating it")
+		return r.create(ctx)
 	}
 	return nil
 }
 
-// readReplies is the reply reader: one blocking XREAD at a time on the
-// reply stream, dispatching each reply to its waiter. It exits when ctx is
-// cancelled (by Close) and closes p.done.
-func (p *Producer) readReplies(ctx context.Context) {
-	defer close(p.done)
+// run is the reader's goroutine: one blocking XREAD at a time on the reply
+// stream, dispatching each reply to its waiter. It exits when ctx is
+// cancelled (by shutdown) and closes r.done.
+func (r *replyReader) run(ctx context.Context) {
+	defer close(r.done)
 	last := "0-0"
 	// Refresh often enough that a stream lost to a restart or FLUSHALL is
 	// back within seconds, not only before it would expire.
-	every := min(p.cfg.ReplyTTL/3, 5*time.Second)
+	every := min(r.cfg.ReplyTTL/3, 5*time.Second)
 	nextRefresh := time.Now().Add(every)
-	out := redisx.Outage{Log: p.log, What: "reply reader " + p.replyKey}
+	out := redisx.Outage{Log: r.log, What: "reply reader " + r.key}
 	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	for ctx.Err() == nil {
 		if now := time.Now(); !now.Before(nextRefresh) || out.Active() {
-			if err := p.refresh(ctx); err != nil {
+			if err := r.refresh(ctx); err != nil {
 				if ctx.Err() == nil {
 					out.Failed(err)
 					out.Backoff(ctx)
@@ -95,7 +153,7 @@ func (p *Producer) readReplies(ctx context.Context) {
 			}
 			nextRefresh = now.Add(every)
 		}
-		entries, err := redisx.Read(rd.For(ctx, p.cfg.ReplyBlock), p.c.Redis(), p.replyKey, last, int64(p.cfg.ReplyBatch), p.cfg.ReplyBlock)
+		entries, err := redisx.Read(rd.For(ctx, r.cfg.ReplyBlock), r.rc, r.key, last, int64(r.cfg.ReplyBatch), r.cfg.ReplyBlock)
 		if err != nil {
 			if ctx.Err() == nil {
 				out.Failed(err)
@@ -105,16 +163,16 @@ func (p *Producer) readReplies(ctx context.Context) {
 		}
 		out.OK()
 		if len(entries) > 0 {
-			p.stats.replyReads.Add(1)
+			r.stats.replyReads.Add(1)
 		}
 		at := time.Now()
 		for i := range entries {
 			last = entries[i].ID
-			at = p.dispatch(&entries[i], at)
+			at = r.dispatch(&entries[i], at)
 		}
 	}
-	p.waiters.drain(func(w *waiter) {
-		p.deliver(w, result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed), writeErr: true})
+	r.waiters.drain(func(w *waiter) {
+		r.deliver(w, result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed), writeErr: true})
 	})
 }
 
@@ -122,73 +180,77 @@ func (p *Producer) readReplies(ctx context.Context) {
 // entry (its batch's read time, or when the previous entry's decode ended);
 // it returns when this entry's decode ended, chaining one clock read per
 // entry.
-func (p *Producer) dispatch(e *redisx.Entry, at time.Time) time.Time {
+func (r *replyReader) dispatch(e *redisx.Entry, at time.Time) time.Time {
 	if !e.HasData {
-		p.stats.malformed.Add(1)
+		r.stats.malformed.Add(1)
 		return at
 	}
 	var env codec.Envelope
 	err := codec.DecodeEnvelopeOwned(e.Data, &env) // e.Data is ours alone: the payload may alias it
 	decoded := time.Now()
 	if err != nil {
-		p.stats.malformed.Add(1)
-		p.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping undecodable reply")
+		r.stats.malformed.Add(1)
+		r.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping undecodable reply")
 		return decoded
 	}
 	if env.Kind != codec.KindReply && env.Kind != codec.KindChunk {
 		return decoded // control entries
 	}
-	seq, ok := p.parseID(env.ID)
+	seq, ok := r.ids.parse(env.ID)
 	if !ok {
-		p.stats.late.Add(1) // a reply for an earlier incarnation of this producer id
+		r.stats.late.Add(1) // a reply for an earlier incarnation of this producer id
 		return decoded
 	}
-	r := result{
+	res := result{
 		payload: env.Payload, replied: true,
 		queue: time.Duration(env.QueueWait), handler: time.Duration(env.Handler), retried: env.Attempt > 1,
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
 		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry, cacheKey: env.CacheKey,
 	}
 	if env.ErrCode != "" {
-		r.payload, r.err = nil, &bus.RemoteError{Code: bus.Code(env.ErrCode), Message: env.ErrMsg}
+		res.payload, res.err = nil, &bus.RemoteError{Code: bus.Code(env.ErrCode), Message: env.ErrMsg}
 	}
-	w, how := p.waiters.match(seq, &r, env.Kind == codec.KindChunk)
+	w, how := r.waiters.match(seq, &res, env.Kind == codec.KindChunk)
 	switch how {
 	case matchStream:
-		w.st.push(&env, &r, at)
+		w.st.push(&env, &res, at)
 	case matchNone:
-		p.stats.late.Add(1)
+		r.stats.late.Add(1)
 	case matchForged:
-		p.forged(e.ID, env.RequestEntry)
+		r.forged(e.ID, env.RequestEntry)
 	case matchTaken:
-		p.deliver(w, r)
+		r.deliver(w, res)
 	}
 	return decoded
+}
+
+// stamp records a request's write (its time and entry id), hands over a
+// reply that came before it, and drops those that answered other entries.
+func (r *replyReader) stamp(seq uint64, took time.Duration, entry string) {
+	w, early, forged := r.waiters.stamp(seq, took, entry)
+	for range forged {
+		r.forged("", entry)
+	}
+	if w != nil {
+		r.deliver(w, early)
+	}
 }
 
 // forged counts and logs a reply that answers a request entry this
 // producer did not write with that correlation id: someone else wrote a
 // request with it (docs/security.md). The caller keeps waiting for its own.
-func (p *Producer) forged(replyID, requestEntry string) {
-	p.stats.forged.Add(1)
-	p.log.Warn().Str("reply", replyID).Str("request_entry", requestEntry).Msg("dropped a reply to a request this producer did not write (forged or misdirected)")
+func (r *replyReader) forged(replyID, requestEntry string) {
+	r.stats.forged.Add(1)
+	r.log.Warn().Str("reply", replyID).Str("request_entry", requestEntry).Msg("dropped a reply to a request this producer did not write (forged or misdirected)")
 }
 
-// deliver hands r to the caller waiting on w (taken from the registry):
+// deliver hands res to the caller waiting on w (taken from the registry):
 // its channel, or the flight of a cached request.
-func (p *Producer) deliver(w *waiter, r result) {
+func (r *replyReader) deliver(w *waiter, res result) {
 	if f := w.fl; f != nil {
-		p.complete(f, r, SourceNone, nil)
+		r.flights.complete(f, res, SourceNone, nil)
 		putWaiter(w)
 		return
 	}
-	w.ch <- r
-}
-
-func (p *Producer) parseID(id string) (uint64, bool) {
-	if len(id) <= len(p.inc) || id[:len(p.inc)] != p.inc {
-		return 0, false
-	}
-	seq, err := strconv.ParseUint(id[len(p.inc):], 36, 64)
-	return seq, err == nil
+	w.ch <- res
 }

@@ -1,14 +1,8 @@
 package producer
 
 import (
-	"context"
-	"fmt"
 	"sync/atomic"
 	"time"
-
-	"github.com/egos/mycelium/breaker"
-	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/internal/redisx"
 )
 
 // respondersTTL is how long a topic's answer to "does a worker serve it?"
@@ -49,102 +43,4 @@ func (r *responders) set(ok bool) {
 		s |= 1
 	}
 	r.state.Store(s)
-}
-
-// admitCall admits a request to t: the topic's breaker, then whether a
-// worker serves it (see admitRequest). A refusal by the latter is reported
-// to the breaker; the caller reports the call's outcome otherwise.
-func (p *Producer) admitCall(ctx context.Context, t *topic, wait bool, start time.Time) (breaker.Token, error) {
-	tok, err := t.admit()
-	if err != nil {
-		return tok, err
-	}
-	if err := p.admitRequest(ctx, t, wait, start); err != nil {
-		p.report(t, tok, err, start)
-		return tok, err
-	}
-	return tok, nil
-}
-
-// admitRequest returns nil when a request to t may be written: a worker
-// serves the topic, or the check could not tell (a Redis error: the write
-// then fails or succeeds on its own), or the caller opted out. Otherwise it
-// returns an error wrapping bus.ErrNoResponders. now is the request's start.
-func (p *Producer) admitRequest(ctx context.Context, t *topic, wait bool, now time.Time) error {
-	if wait || p.cfg.WaitForResponders {
-		return nil
-	}
-	r := t.resp
-	known, ok, fresh := r.get(now)
-	switch {
-	case known && ok:
-		if !fresh && r.refreshing.CompareAndSwap(false, true) && !p.goBackground(func() { p.refreshResponders(t) }) {
-			r.refreshing.Store(false) // closing
-		}
-		return nil
-	case known && fresh:
-		return p.noResponders(t)
-	}
-	// Unknown, or "nobody" gone stale: check now, one caller at a time.
-	select {
-	case r.check <- struct{}{}:
-	case <-ctx.Done():
-		return fmt.Errorf("producer: request to %s: waiting to check for workers: %w", t.name, ctx.Err())
-	}
-	defer func() { <-r.check }()
-	if known, ok, fresh = r.get(time.Now()); !known || !fresh { // nobody checked while this caller waited
-		var err error
-		if ok, err = p.served(ctx, t); err != nil {
-			return nil // cannot tell: let the write decide
-		}
-		r.set(ok)
-	}
-	if !ok {
-		return p.noResponders(t)
-	}
-	return nil
-}
-
-// served asks Redis whether a worker serves t now.
-func (p *Producer) served(ctx context.Context, t *topic) (bool, error) {
-	return redisx.Responders(ctx, p.c.Redis(), t.root().key, t.presence, time.Now(), p.cfg.ResponderIdle)
-}
-
-func (p *Producer) noResponders(t *topic) error {
-	p.stats.noResponders.Add(1)
-	return fmt.Errorf("producer: request to %s: no worker serves the topic (no consumer group, or no consumer seen within %v); WaitForResponders queues it anyway: %w",
-		t.name, p.cfg.ResponderIdle, bus.ErrNoResponders)
-}
-
-// goBackground runs fn on a goroutine the producer owns (Close cancels
-// p.bgCtx and waits for it) and reports true, or reports false once Close
-// has begun.
-func (p *Producer) goBackground(fn func()) bool {
-	p.bgMu.Lock()
-	defer p.bgMu.Unlock()
-	if p.bgClosed {
-		return false
-	}
-	p.bg.Go(fn)
-	return true
-}
-
-// stopBackground cancels the background goroutines and waits for them.
-func (p *Producer) stopBackground() {
-	p.bgMu.Lock()
-	p.bgClosed = true
-	p.bgMu.Unlock()
-	p.bgCancel()
-	p.bg.Wait()
-}
-
-// refreshResponders re-checks t in the background (see goBackground).
-func (p *Producer) refreshResponders(t *topic) {
-	ctx, cancel := context.WithTimeout(p.bgCtx, respondersTimeout)
-	defer cancel()
-	ok, err := p.served(ctx, t)
-	if err == nil {
-		t.resp.set(ok)
-	}
-	t.resp.refreshing.Store(false)
 }

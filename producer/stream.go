@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/metrics"
@@ -33,6 +31,7 @@ type streamItem struct {
 	transit time.Duration
 	queue   time.Duration // the reply's stages, as the worker reported them
 	handler time.Duration
+	decode  time.Duration
 	retried bool // queue is a retry wait
 }
 
@@ -43,9 +42,10 @@ type streamState struct {
 	bytes   int
 	max     int  // bytes buffered at most
 	over    bool // the caller read too slowly: more than max buffered
-	written bool // the request's write returned: entry (or werr) is set
+	written bool // the request's write returned: entry (or werr) and took are set
 	entry   string
 	werr    error
+	took    time.Duration // the write's time (the Write stage)
 	notify  chan struct{} // 1 slot: something changed
 }
 
@@ -70,7 +70,7 @@ func (s *streamState) wake() {
 func (s *streamState) push(env *codec.Envelope, r *result, at time.Time) {
 	it := streamItem{payload: env.Payload, entry: env.RequestEntry, attempt: env.Attempt, seq: env.Seq,
 		end: env.Kind == codec.KindReply, err: r.err, transit: time.Duration(at.UnixNano() - env.Sent),
-		queue: r.queue, handler: r.handler, retried: r.retried}
+		queue: r.queue, handler: r.handler, decode: r.decode, retried: r.retried}
 	s.mu.Lock()
 	if !s.over {
 		s.items = append(s.items, it)
@@ -82,9 +82,9 @@ func (s *streamState) push(env *codec.Envelope, r *result, at time.Time) {
 }
 
 // setWritten records the request's write (called by the sender).
-func (s *streamState) setWritten(entry string, err error) {
+func (s *streamState) setWritten(entry string, err error, took time.Duration) {
 	s.mu.Lock()
-	s.written, s.entry, s.werr = true, entry, err
+	s.written, s.entry, s.werr, s.took = true, entry, err, took
 	s.mu.Unlock()
 	s.wake()
 }
@@ -93,29 +93,25 @@ func (s *streamState) setWritten(entry string, err error) {
 // range over All. It is not safe for concurrent use. Close it when you stop
 // reading before the end (All does): the handler is then cancelled.
 type Stream struct {
-	p        *Producer
-	t        *topic // the partition written to
-	tok      breaker.Token
-	ctx      context.Context
-	seq      uint64
-	w        *waiter
-	st       *streamState
-	notice   cancelNotice
-	deadline time.Time
-	expired  <-chan time.Time
+	p  *Producer
+	rq request // its request, from the write path to finish (at its end)
+	// ctx bounds the whole stream (its deadline travels with the request):
+	// kept, like an iterator's, for Recv to wait on.
+	ctx context.Context
+	st  *streamState
 
-	start, admitted time.Time
-	entry           string
-	pending         []streamItem
-	attempt         uint32
-	next            uint64 // index of the next chunk
-	err             error  // set when the stream ended: io.EOF or why not
-	first           time.Duration
+	entry   string
+	pending []streamItem
+	attempt uint32
+	next    uint64        // index of the next chunk
+	err     error         // set when the stream ended: io.EOF or why not
+	first   time.Duration // when the first chunk came, from the start
 }
 
 // streamBuffer is the most a Stream buffers for a caller that does not
-// read: at least 16 MiB, four times MaxPayload when that is more.
-func (p *Producer) streamBuffer() int { return max(16<<20, 4*p.cfg.MaxPayload) }
+// read: at least 16 MiB, four times maxPayload (Config.MaxPayload) when
+// that is more.
+func streamBuffer(maxPayload int) int { return max(16<<20, 4*maxPayload) }
 
 // Stream sends payload to topic as a request whose handler may answer in
 // chunks (consumer.Message.Send) before its final reply, and returns once
@@ -134,16 +130,18 @@ func (p *Producer) streamBuffer() int { return max(16<<20, 4*p.cfg.MaxPayload) }
 // mixed) and the redelivered handler is cancelled.
 //
 // Streams bypass the response cache. Errors of the write are returned
-// here, like Request's; errors after it come from Recv.
+// here, like Request's; errors after it come from Recv. A Stream is a
+// request like the others: the same admission (its partition's breaker,
+// responders), spans, timings and stats.
 func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opts ...StreamOption) (*Stream, error) {
 	if p.closed.Load() {
 		return nil, fmt.Errorf("producer: stream: %w", bus.ErrClosed)
 	}
-	t, err := p.topicFor(topic)
+	t, err := p.topics.get(topic)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.checkPayload(len(payload)); err != nil {
+	if err := checkPayload(len(payload), p.cfg.MaxPayload); err != nil {
 		return nil, err
 	}
 	start := time.Now()
@@ -151,73 +149,35 @@ func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opt
 	if err := checkHeaders(co.headers); err != nil {
 		return nil, err
 	}
-	pt, err := p.partition(ctx, t, &co, nil, start.UnixNano())
-	if err != nil {
+	s := &Stream{p: p, st: newStreamState(streamBuffer(p.cfg.MaxPayload))}
+	s.rq = request{t: t, payload: payload, co: co, start: start, via: viaStream, st: s.st}
+	s.ctx = p.begin(ctx, &s.rq)
+	if err := p.write(s.ctx, &s.rq); err != nil {
+		p.finish(&s.rq, err)
 		return nil, err
 	}
-	tok, err := p.admitCall(ctx, pt, co.wait, start)
-	if err != nil {
-		return nil, err
-	}
-	s := &Stream{p: p, t: pt, tok: tok, ctx: ctx, start: start, admitted: time.Now()}
-	if err := s.send(payload, p.tr.inject(ctx, co.headers)); err != nil {
-		p.report(pt, tok, err, start)
+	p.stats.streams.Add(1)
+	if err := s.written(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// send writes the request and waits for the write.
-func (s *Stream) send(payload []byte, headers map[string]string) error {
-	p := s.p
-	w := &waiter{ch: make(chan result, 1), st: newStreamState(p.streamBuffer())}
-	s.w, s.st = w, w.st
-	var ok bool
-	if s.deadline, ok = s.ctx.Deadline(); !ok {
-		s.deadline = s.start.Add(p.cfg.RequestTimeout)
-		w.timer = time.NewTimer(p.cfg.RequestTimeout)
-		s.expired = w.timer.C
-	}
-	if err := p.ensureReader(s.ctx, s.deadline); err != nil {
-		s.stopTimer()
-		return err
-	}
-	select {
-	case p.slots <- struct{}{}:
-	case <-s.ctx.Done():
-		s.stopTimer()
-		return p.ctxErr(s.ctx.Err(), "waiting for an in-flight slot")
-	case <-s.expired:
-		return p.ctxErr(context.DeadlineExceeded, "waiting for an in-flight slot")
-	case <-p.closing:
-		s.stopTimer()
-		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
-	}
-	s.seq = p.seq.Add(1)
-	var idb [32]byte
-	id := string(strconv.AppendUint(append(idb[:0], p.inc...), s.seq, 36))
-	s.notice = noticeFor(s.t, s.seq, s.deadline)
-	env := codec.Envelope{Kind: codec.KindRequest, ID: id, ReplyTo: p.replyKey, Deadline: s.deadline.UnixNano(),
-		Sent: time.Now().UnixNano(), Payload: payload, Headers: headers, Flags: codec.FlagStream, Token: s.notice.token}
-	w.cancel = s.notice
-	p.waiters.add(s.seq, w)
-	buf := codec.Encode(&env)
-	if !p.submit(sendItem{key: s.t.key, buf: buf, seq: s.seq, st: w.st, at: time.Now()}) {
-		codec.PutBuffer(buf)
-		s.release()
-		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
-	}
-	p.stats.streams.Add(1)
+// written waits for the request's write to return; its send span ends
+// then.
+func (s *Stream) written() error {
 	for {
 		s.st.mu.Lock()
-		written, entry, werr := s.st.written, s.st.entry, s.st.werr
+		written, entry, werr, took := s.st.written, s.st.entry, s.st.werr, s.st.took
 		s.st.mu.Unlock()
 		if written {
 			if werr != nil {
-				s.release()
-				return fmt.Errorf("producer: stream to %s: %w", s.t.root().name, werr)
+				err := fmt.Errorf("producer: stream to %s: %w", s.rq.t.name, werr)
+				s.end(err, false)
+				return err
 			}
-			s.entry = entry
+			s.entry, s.rq.tm.entry, s.rq.tm.write = entry, entry, took
+			s.p.tr.endSend(&s.rq, &s.p.ids, nil)
 			return nil
 		}
 		if err := s.wait(); err != nil {
@@ -236,38 +196,25 @@ func (s *Stream) wait() error {
 	case <-s.st.notify:
 		return nil
 	case <-s.ctx.Done():
-		return s.p.ctxErr(s.ctx.Err(), "waiting for the stream")
-	case <-s.expired:
-		return s.p.ctxErr(context.DeadlineExceeded, "waiting for the stream")
+		return s.p.stats.ctxErr(s.ctx.Err(), "waiting for the stream")
+	case <-s.rq.expired:
+		return s.p.stats.ctxErr(context.DeadlineExceeded, "waiting for the stream")
 	case <-s.p.closing:
 		return fmt.Errorf("producer: stream: %w", bus.ErrClosed)
 	}
 }
 
-func (s *Stream) stopTimer() {
-	if s.w.timer != nil {
-		s.w.timer.Stop()
-	}
-}
-
-// release takes the waiter out of the registry and frees the in-flight
-// slot.
-func (s *Stream) release() {
-	s.p.waiters.take(s.seq)
-	s.stopTimer()
-	<-s.p.slots
-}
-
 // end ends the stream with err (io.EOF: complete), telling the handler
-// when cancel is set, and reports the outcome.
+// when cancel is set: its waiter leaves the registry, its slot is given
+// back, and its request finishes (breaker, timings, spans).
 func (s *Stream) end(err error, cancel bool) {
 	if s.err != nil {
 		return
 	}
 	s.err = err
-	s.release()
+	s.p.release(&s.rq)
 	if cancel {
-		s.p.cancelRequest(s.notice)
+		s.p.cancels.cancel(s.rq.notice)
 	}
 	res := err
 	if errors.Is(err, io.EOF) {
@@ -276,22 +223,22 @@ func (s *Stream) end(err error, cancel bool) {
 	if errors.Is(err, bus.ErrStreamBroken) {
 		s.p.stats.streamsBroken.Add(1)
 	}
-	s.p.report(s.t, s.tok, res, s.start)
 	if res == nil {
 		s.p.stats.replies.Add(1)
-		s.p.timings.Record(metrics.EndToEnd, time.Since(s.start))
 	} else if !errors.Is(err, bus.ErrStreamBroken) {
 		var re *bus.RemoteError
 		if errors.As(err, &re) {
 			s.p.stats.remoteErrors.Add(1)
 		}
 	}
+	s.rq.tm.chunks = s.next
+	s.p.finish(&s.rq, res)
 }
 
 // broken ends the stream with an error wrapping bus.ErrStreamBroken and
 // cancels the handler (nobody reads what it sends).
 func (s *Stream) broken(format string, args ...any) error {
-	err := fmt.Errorf("producer: stream from %s: %w: "+format, append([]any{s.t.root().name, bus.ErrStreamBroken}, args...)...)
+	err := fmt.Errorf("producer: stream from %s: %w: "+format, append([]any{s.rq.t.name, bus.ErrStreamBroken}, args...)...)
 	s.end(err, true)
 	return err
 }
@@ -336,7 +283,7 @@ func (s *Stream) Recv() ([]byte, error) {
 // done when the item is skipped.
 func (s *Stream) take(it *streamItem) (chunk []byte, done bool, err error) {
 	if it.entry != "" && it.entry != s.entry {
-		s.p.forged("", it.entry) // answers another entry: someone else wrote it
+		s.p.reader.forged("", it.entry) // answers another entry: someone else wrote it
 		return nil, false, nil
 	}
 	switch {
@@ -357,7 +304,7 @@ func (s *Stream) take(it *streamItem) (chunk []byte, done bool, err error) {
 			return nil, true, s.broken("chunk %d missing (got %d; the reply stream was trimmed?)", s.next, it.seq)
 		}
 		if s.next == 0 {
-			s.first = time.Since(s.start)
+			s.first = time.Since(s.rq.start)
 			s.p.timings.Record(metrics.FirstChunk, s.first)
 		}
 		s.next++
@@ -365,8 +312,9 @@ func (s *Stream) take(it *streamItem) (chunk []byte, done bool, err error) {
 		s.p.timings.Record(metrics.ChunkTransit, it.transit)
 		return it.payload, true, nil
 	}
-	s.p.timings.Record(waitStage(it.retried), it.queue)
-	s.p.timings.Record(metrics.Handler, it.handler)
+	tm := &s.rq.tm // the final reply's stages: finish records them
+	tm.replied, tm.retried = true, it.retried
+	tm.queue, tm.handler, tm.transit, tm.decode = it.queue, it.handler, it.transit, it.decode
 	if it.err != nil {
 		s.end(it.err, false)
 		return nil, true, it.err
@@ -376,7 +324,7 @@ func (s *Stream) take(it *streamItem) (chunk []byte, done bool, err error) {
 	}
 	if len(it.payload) > 0 {
 		if s.next == 0 {
-			s.first = time.Since(s.start)
+			s.first = time.Since(s.rq.start)
 			s.p.timings.Record(metrics.FirstChunk, s.first)
 		}
 		s.next++

@@ -10,7 +10,17 @@ import (
 	"github.com/egos/mycelium/metrics"
 )
 
-// timing collects one request's stages while it runs; recordRequest turns
+// stages records the producer's per-stage timings (the embedded
+// metrics.Recorder, whose Record every component uses) and turns a
+// finished request's stages into observations and, when due, a timing log
+// event.
+type stages struct {
+	metrics.Recorder
+	cfg *Config // TimingSample, SlowRequest
+	log zerolog.Logger
+}
+
+// timing collects one request's stages while it runs; stages.request turns
 // it into histogram observations and, when due, a timing log event.
 type timing struct {
 	seq                             uint64 // 0 until the request got a correlation id
@@ -18,6 +28,7 @@ type timing struct {
 	queue, handler, transit, decode time.Duration
 	replied, retried                bool   // retried: queue is a retry wait
 	entry                           string // the request's stream entry id, once written
+	chunks                          uint64 // a Stream's chunks handed to its caller
 }
 
 // fill copies what the sender and the reply reader measured.
@@ -55,13 +66,13 @@ func waitAttr(retried bool) string {
 	return "mycelium.queue_wait_us"
 }
 
-// recordRequest records a finished request's stages (the Write stage is
+// request records a finished request's stages (the Write stage is
 // recorded by the sender, for publishes too) and logs them when due:
 // every request at debug level, one in Config.TimingSample at info, and
 // those slower than Config.SlowRequest at warn.
-func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err error) {
+func (s *stages) request(topic string, start time.Time, tm *timing, err error) {
 	total := time.Since(start)
-	r := &p.timings
+	r := &s.Recorder
 	r.Record(metrics.Admission, tm.admission)
 	if tm.seq != 0 {
 		r.Record(metrics.Encode, tm.encode)
@@ -75,14 +86,14 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 	}
 	lvl := zerolog.DebugLevel
 	switch {
-	case p.cfg.SlowRequest > 0 && total >= p.cfg.SlowRequest:
+	case s.cfg.SlowRequest > 0 && total >= s.cfg.SlowRequest:
 		lvl = zerolog.WarnLevel
-	case p.cfg.TimingSample > 0 && tm.seq != 0 && tm.seq%uint64(p.cfg.TimingSample) == 0:
+	case s.cfg.TimingSample > 0 && tm.seq != 0 && tm.seq%uint64(s.cfg.TimingSample) == 0:
 		lvl = zerolog.InfoLevel
 	}
 	// WithLevel returns nil below the logger's level: then nothing else is
 	// computed, so a disabled timing log costs the level check only.
-	if ev := p.log.WithLevel(lvl); ev != nil {
+	if ev := s.log.WithLevel(lvl); ev != nil {
 		ev.Str("topic", topic).Str("outcome", outcome(err)).
 			Float64("admission_us", metrics.Micros(tm.admission)).Float64("encode_us", metrics.Micros(tm.encode)).
 			Float64("redis_write_us", metrics.Micros(tm.write)).Float64(waitField(tm.retried), metrics.Micros(tm.queue)).
@@ -92,20 +103,21 @@ func (p *Producer) recordRequest(topic string, start time.Time, tm *timing, err 
 	}
 }
 
-// recordCached records a cached request that did not end in the local
-// tier (see localHit): its admission and end to end, and logs it when due
-// (with its cache source).
-func (p *Producer) recordCached(topic string, start, admitted time.Time, src CacheSource, err error) {
+// cached records a cached request that did not end in the local tier (see
+// cache.localHit): its admission and end to end (the stages of the
+// worker's answer are the flight's, recorded once by cache.complete), and
+// logs it when due (with its cache source).
+func (s *stages) cached(topic string, start time.Time, admission time.Duration, src CacheSource, err error) {
 	total := time.Since(start)
-	p.timings.Record(metrics.Admission, admitted.Sub(start))
-	p.timings.Record(metrics.EndToEnd, total)
+	s.Record(metrics.Admission, admission)
+	s.Record(metrics.EndToEnd, total)
 	lvl := zerolog.DebugLevel
-	if p.cfg.SlowRequest > 0 && total >= p.cfg.SlowRequest {
+	if s.cfg.SlowRequest > 0 && total >= s.cfg.SlowRequest {
 		lvl = zerolog.WarnLevel
 	}
-	if ev := p.log.WithLevel(lvl); ev != nil {
+	if ev := s.log.WithLevel(lvl); ev != nil {
 		ev.Str("topic", topic).Str("outcome", outcome(err)).Str("cache", src.String()).
-			Float64("admission_us", metrics.Micros(admitted.Sub(start))).Float64("end_to_end_us", metrics.Micros(total)).
+			Float64("admission_us", metrics.Micros(admission)).Float64("end_to_end_us", metrics.Micros(total)).
 			Msg("request timing")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -104,6 +105,83 @@ func TestTimingsAndLogs(t *testing.T) {
 				if ev["handler_us"] != 7000.0 || ev["queue_wait_us"] != 3000.0 {
 					t.Fatalf("log line %q: handler/queue wait not the worker's", l)
 				}
+			}
+		})
+	}
+}
+
+// TestTimingsOfEveryVerb: Request, each request of a RequestBatch and a
+// Stream go through one write path, so each records the same stages (every
+// producer stage of a request but Cache) and logs one timing line (issue
+// 25, point 2: RequestBatch recorded none, Stream some).
+func TestTimingsOfEveryVerb(t *testing.T) {
+	const queued, handled = 3 * time.Millisecond, 7 * time.Millisecond
+	requestStages := []metrics.Stage{metrics.Admission, metrics.Encode, metrics.Write, metrics.QueueWait,
+		metrics.Handler, metrics.ReplyTransit, metrics.Decode, metrics.EndToEnd}
+	for _, tc := range []struct {
+		name string
+		n    int // requests
+		call func(ctx context.Context, p *producer.Producer) error
+	}{
+		{"Request", 1, func(ctx context.Context, p *producer.Producer) error {
+			_, err := p.Request(ctx, "t", []byte("x"))
+			return err
+		}},
+		{"RequestBatch", 3, func(ctx context.Context, p *producer.Producer) error {
+			out, err := p.RequestBatch(ctx, "t", [][]byte{[]byte("a"), []byte("b"), []byte("c")})
+			for _, r := range out {
+				err = errors.Join(err, r.Err)
+			}
+			return err
+		}},
+		{"Stream", 1, func(ctx context.Context, p *producer.Producer) error {
+			s, err := p.Stream(ctx, "t", []byte("x"))
+			if err != nil {
+				return err
+			}
+			for _, err := range s.All() {
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, c := redistest.Mini(t)
+			var logs bytes.Buffer
+			p, err := producer.New(c, producer.Config{WaitForResponders: true, TimingSample: -1, SlowRequest: -1},
+				producer.WithLogger(zerolog.New(&logs).Level(zerolog.DebugLevel)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := replier(t, m, c, "t", func(env *codec.Envelope) *codec.Envelope {
+				return &codec.Envelope{Kind: codec.KindReply, ID: env.ID, Sent: time.Now().UnixNano(), Payload: env.Payload,
+					QueueWait: int64(queued), Handler: int64(handled)}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tc.call(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			stop()
+			if err := p.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s := p.Timings()
+			for _, st := range requestStages {
+				if got := s.Stage(st).Count; got != uint64(tc.n) {
+					t.Errorf("stage %v: %d observations, want %d", st, got, tc.n)
+				}
+			}
+			if got := s.Stage(metrics.Handler).Quantile(0.5); math.Abs(float64(got-handled)) > 0.05*float64(handled) {
+				t.Errorf("handler stage %v, want about the worker's %v", got, handled)
+			}
+			if got := strings.Count(logs.String(), `"message":"request timing"`); got != tc.n {
+				t.Errorf("%d timing log lines, want %d:\n%s", got, tc.n, logs.String())
+			}
+			if st := p.Stats(); st.Requests != uint64(tc.n) || st.Replies != uint64(tc.n) || st.Writes != 1 {
+				t.Errorf("Stats = %+v; want %d requests and replies in 1 write", st, tc.n)
 			}
 		})
 	}

@@ -79,6 +79,65 @@ func (t *tracing) startRequest(ctx context.Context, topic string) (context.Conte
 		trace.WithAttributes(attribute.String("messaging.system", "mycelium"), attribute.String("messaging.destination.name", topic)))
 }
 
+// endSend ends rq's send span, once: at its write's end when that is
+// known (its start plus encode and write), with the partition, the entry
+// written and the correlation id; with err when the write itself failed
+// or never happened.
+func (t *tracing) endSend(rq *request, ids *ids, err error) {
+	sp := rq.spans
+	if sp == nil || sp.send == nil {
+		return
+	}
+	send, tm := sp.send, &rq.tm
+	sp.send = nil
+	if rq.pt != nil && rq.pt.index() > 0 {
+		send.SetAttributes(attribute.String("messaging.destination.partition.id", strconv.Itoa(rq.pt.index())))
+	}
+	if tm.entry != "" {
+		send.SetAttributes(attribute.String("messaging.message.id", tm.entry))
+	}
+	if tm.seq != 0 {
+		if sp.cid == "" {
+			sp.cid = ids.id(tm.seq)
+		}
+		send.SetAttributes(attribute.String("messaging.message.conversation_id", sp.cid))
+	}
+	var sendErr error
+	if err != nil && tm.write == 0 && !tm.replied {
+		sendErr = err // the write itself failed, or never happened
+	}
+	endSpan(send, sendErr, sendEnd(sp.sendStart, tm.encode+tm.write))
+}
+
+// end ends rq's spans: its send span (endSend), then its request span
+// with what the request learned: the entry and correlation id, the
+// worker's queue wait and handler time, the cache tier that answered, a
+// stream's chunks.
+func (t *tracing) end(rq *request, ids *ids, err error) {
+	t.endSend(rq, ids, err)
+	client, tm := rq.spans.client, &rq.tm
+	if rq.src != SourceNone {
+		client.SetAttributes(attribute.String("mycelium.cache.source", rq.src.String()))
+		if rq.age > 0 {
+			client.SetAttributes(attribute.Int64("mycelium.cache.age_ms", rq.age.Milliseconds()))
+		}
+	}
+	if tm.entry != "" {
+		client.SetAttributes(attribute.String("messaging.message.id", tm.entry))
+	}
+	if cid := rq.spans.cid; cid != "" {
+		client.SetAttributes(attribute.String("messaging.message.conversation_id", cid))
+	}
+	if tm.replied {
+		client.SetAttributes(attribute.Int64(waitAttr(tm.retried), tm.queue.Microseconds()),
+			attribute.Int64("mycelium.handler_us", tm.handler.Microseconds()))
+	}
+	if rq.via == viaStream {
+		client.SetAttributes(attribute.Int64("mycelium.stream.chunks", int64(tm.chunks)))
+	}
+	endSpan(client, err)
+}
+
 // endSpan ends span with err recorded (error.type and the status).
 func endSpan(span trace.Span, err error, opts ...trace.SpanEndOption) {
 	if err != nil {

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,4 +221,138 @@ func TestTraceCacheTier(t *testing.T) {
 	if sources[0] != "handler" || sources[1] != "local" {
 		t.Fatalf("mycelium.cache.source of two identical requests = %q, want handler then local", sources)
 	}
+}
+
+// TestTraceRequestBatchAndStream: RequestBatch and Stream get the spans a
+// Request gets (issue 25, point 2: they had none), as every request verb
+// goes through one write path: per request a "request t" CLIENT span
+// holding a "send t" PRODUCER span whose context the message carries, the
+// process span its child; the batch's requests each their own pair, the
+// stream's CLIENT span ending with the stream and counting its chunks.
+func TestTraceRequestBatchAndStream(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	runConsumer(t, c, consumer.Config{Topic: "tverbs", Tracing: consumer.TracingConfig{Provider: tp, Parent: true}},
+		consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+			if string(m.Payload) == "stream" {
+				for _, chunk := range []string{"a", "b"} {
+					if err := m.Send(ctx, []byte(chunk)); err != nil {
+						return nil, err
+					}
+				}
+			}
+			return m.Payload, nil
+		}))
+	p := newProducer(t, c, producer.Config{TracerProvider: tp})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// spansOf returns the spans of the trace of root, ended by now, by name.
+	spansOf := func(root trace.Span) map[string][]tracetest.SpanStub {
+		out := map[string][]tracetest.SpanStub{}
+		for _, s := range exp.GetSpans() {
+			if s.SpanContext.TraceID() == root.SpanContext().TraceID() {
+				out[s.Name] = append(out[s.Name], s)
+			}
+		}
+		return out
+	}
+	// checkRequest checks one request's spans: the CLIENT span a child of
+	// parent, its PRODUCER span its child, the process span the send's.
+	checkRequest := func(what string, req, send tracetest.SpanStub, procs []tracetest.SpanStub, parent trace.SpanContext) {
+		t.Helper()
+		if req.SpanKind != trace.SpanKindClient || send.SpanKind != trace.SpanKindProducer {
+			t.Errorf("%s: kinds request %v, send %v; want CLIENT and PRODUCER", what, req.SpanKind, send.SpanKind)
+		}
+		if req.Parent.SpanID() != parent.SpanID() || send.Parent.SpanID() != req.SpanContext.SpanID() {
+			t.Errorf("%s: spans are not nested caller → request → send", what)
+		}
+		id := stubAttr(send, "messaging.message.id")
+		if id == "" || stubAttr(req, "messaging.message.id") != id || stubAttr(send, "messaging.message.conversation_id") == "" {
+			t.Errorf("%s: send span message id %q, request span %q, conversation id %q: want them set and equal",
+				what, id, stubAttr(req, "messaging.message.id"), stubAttr(send, "messaging.message.conversation_id"))
+		}
+		for _, proc := range procs {
+			if proc.Parent.SpanID() == send.SpanContext.SpanID() {
+				if stubAttr(proc, "messaging.message.id") != id {
+					t.Errorf("%s: process span of message %q, want %q", what, stubAttr(proc, "messaging.message.id"), id)
+				}
+				return
+			}
+		}
+		t.Errorf("%s: no process span is the child of its send span", what)
+	}
+
+	bctx, batch := tp.Tracer("test").Start(ctx, "caller")
+	out, err := p.RequestBatch(bctx, "tverbs", [][]byte{[]byte("x"), []byte("y"), []byte("z")})
+	batch.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range out {
+		if r.Err != nil {
+			t.Fatalf("reply %d: %v", i, r.Err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the batch's process spans", func() bool { return len(spansOf(batch)["process tverbs"]) == 3 })
+	bs := spansOf(batch)
+	reqs, sends := bs["request tverbs"], bs["send tverbs"]
+	if len(reqs) != 3 || len(sends) != 3 {
+		t.Fatalf("a RequestBatch of 3 made %d request and %d send spans, want 3 of each", len(reqs), len(sends))
+	}
+	for _, req := range reqs {
+		for _, send := range sends {
+			if send.Parent.SpanID() == req.SpanContext.SpanID() {
+				checkRequest("RequestBatch", req, send, bs["process tverbs"], batch.SpanContext())
+			}
+		}
+	}
+
+	sctx, caller := tp.Tracer("test").Start(ctx, "caller")
+	s, err := p.Stream(sctx, "tverbs", []byte("stream"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ss := spansOf(caller); len(ss["send tverbs"]) != 1 || len(ss["request tverbs"]) != 0 {
+		t.Fatalf("once Stream returned: %d send and %d request spans ended, want the send span only", len(ss["send tverbs"]), len(ss["request tverbs"]))
+	}
+	var chunks []string
+	for chunk, err := range s.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks = append(chunks, string(chunk))
+	}
+	caller.End()
+	if strings.Join(chunks, ",") != "a,b,stream" {
+		t.Fatalf("chunks %q, want a, b, stream", chunks)
+	}
+	waitFor(t, 5*time.Second, "the stream's process span", func() bool { return len(spansOf(caller)["process tverbs"]) == 1 })
+	ss := spansOf(caller)
+	if len(ss["request tverbs"]) != 1 || len(ss["send tverbs"]) != 1 {
+		t.Fatalf("a Stream made %d request and %d send spans, want one of each", len(ss["request tverbs"]), len(ss["send tverbs"]))
+	}
+	req := ss["request tverbs"][0]
+	checkRequest("Stream", req, ss["send tverbs"][0], ss["process tverbs"], caller.SpanContext())
+	for _, a := range req.Attributes {
+		if a.Key == "mycelium.stream.chunks" && a.Value.AsInt64() != 3 {
+			t.Errorf("mycelium.stream.chunks = %d, want 3", a.Value.AsInt64())
+		}
+	}
+	if stubAttr(req, "mycelium.handler_us") == "" {
+		t.Error("the stream's request span lacks mycelium.handler_us")
+	}
+}
+
+// stubAttr returns attribute key of s as a string ("" when missing).
+func stubAttr(s tracetest.SpanStub, key string) string {
+	for _, a := range s.Attributes {
+		if string(a.Key) == key {
+			return a.Value.String()
+		}
+	}
+	return ""
 }
