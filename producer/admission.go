@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/internal/redisx"
 )
 
 // admission decides whether a call goes ahead, before anything is
@@ -23,7 +21,7 @@ import (
 // takes a slot before its write (acquire) and gives it back at its end.
 type admission struct {
 	cfg     *Config // Breaker, NoBreaker, RemoteErrorsTrip, WaitForResponders, ResponderIdle
-	rc      rueidis.Client
+	port    port
 	log     zerolog.Logger
 	stats   *counters
 	bg      *background
@@ -177,7 +175,7 @@ func (a *admission) responders(ctx context.Context, t *topic, wait bool, now tim
 
 // served asks Redis whether a worker serves t now.
 func (a *admission) served(ctx context.Context, t *topic) (bool, error) {
-	return redisx.Responders(ctx, a.rc, t.root().key, t.presence, time.Now(), a.cfg.ResponderIdle)
+	return a.port.Responders(ctx, t.root().key, t.presence, time.Now(), a.cfg.ResponderIdle)
 }
 
 func (a *admission) noResponders(t *topic) error {

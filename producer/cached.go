@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"github.com/maypok86/otter/v2"
-	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/metrics"
 )
 
@@ -29,7 +27,7 @@ type cache struct {
 	mu      sync.Mutex // guards flights and each flight's fields marked so
 	flights map[flightKey]*flight
 
-	rc      rueidis.Client
+	port    port
 	keys    bus.Keys
 	ids     *ids
 	reader  *replyReader // the waiters, the reply stream's key
@@ -181,7 +179,7 @@ func (c *cache) refreshMeta(t *topic, now time.Time) {
 		defer tc.refreshing.Store(false)
 		ctx, cancel := context.WithTimeout(ctx, respondersTimeout)
 		defer cancel()
-		if gen, epoch, err := redisx.CacheMeta(ctx, c.rc, tc.meta); err == nil {
+		if gen, epoch, err := c.port.CacheMeta(ctx, tc.meta); err == nil {
 			tc.learn(gen, epoch)
 		}
 	}) {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"time"
 
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/codec"
@@ -45,15 +44,15 @@ type canceller struct {
 	comb     *combine.Combiner[cancelNotice]
 	ctx      context.Context // the flushes': the one kept, so close can cut them short
 	stop     context.CancelFunc
-	rc       rueidis.Client
+	port     port
 	ids      *ids
 	replyKey string
 	stats    *counters
 	log      zerolog.Logger
 }
 
-func newCanceller(rc rueidis.Client, ids *ids, replyKey string, stats *counters, log zerolog.Logger) *canceller {
-	c := &canceller{rc: rc, ids: ids, replyKey: replyKey, stats: stats, log: log}
+func newCanceller(port port, ids *ids, replyKey string, stats *counters, log zerolog.Logger) *canceller {
+	c := &canceller{port: port, ids: ids, replyKey: replyKey, stats: stats, log: log}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	c.comb = combine.New(c.flush, 1, maxCancelBatch, 0)
 	return c
@@ -78,7 +77,7 @@ func (c *canceller) flush(batch []cancelNotice) {
 	for key, notices := range byKey {
 		// No deadline reaches rueidis (see redisx.Detach): the connection's
 		// write timeout bounds the write, close cancels it.
-		if err := redisx.AddControl(c.ctx, c.rc, key, notices); err == nil {
+		if err := c.port.AddControl(c.ctx, key, notices); err == nil {
 			c.stats.cancelled.Add(uint64(len(notices))) // written: a worker reading now sees them
 		} else {
 			c.stats.cancelErrors.Add(uint64(len(notices)))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
@@ -68,7 +67,7 @@ func (d *delaySpec) check() error {
 // (one round trip, a script), then a wake-up on the topic's control stream
 // for its due time.
 type delayer struct {
-	rc      rueidis.Client
+	port    port
 	keys    bus.Keys
 	ids     *ids
 	cfg     *Config // StreamMaxLen bounds a delayed set too
@@ -89,10 +88,8 @@ func (dl *delayer) one(ctx context.Context, pt *topic, payload []byte, headers m
 	member := make([]byte, 0, len(id)+1+codec.EncodedSize(&env))
 	member = codec.AppendEnvelope(append(append(member, id...), ':'), &env)
 	dl.timings.Record(metrics.Encode, time.Since(now))
-	dctx, cancel := redisx.Detach(ctx)
-	defer cancel()
 	start := time.Now()
-	due, err := redisx.AddDelayed(dctx, dl.rc, dl.keys.Delayed(pt.name), string(member), d.at, d.after, dl.cfg.StreamMaxLen)
+	due, err := dl.port.AddDelayed(ctx, dl.keys.Delayed(pt.name), string(member), d.at, d.after, dl.cfg.StreamMaxLen)
 	if err != nil {
 		dl.stats.writeErrors.Add(1)
 		if errors.Is(err, bus.ErrDelayedFull) {
@@ -101,14 +98,14 @@ func (dl *delayer) one(ctx context.Context, pt *topic, payload []byte, headers m
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, ctx.Err())
 		}
-		return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, redisx.Unavailable(err))
+		return "", fmt.Errorf("producer: publish to %s: %w", pt.root().name, redisx.Classify(err, "the delayed publish"))
 	}
 	dl.timings.Record(metrics.Write, time.Since(start))
 	dl.stats.published.Add(1)
 	dl.stats.delayed.Add(1)
 	// Best effort: workers also look at every delayed set every few
 	// seconds.
-	if err := redisx.AddControl(dctx, dl.rc, pt.root().ctl, []redisx.Control{{Op: redisx.OpWake, Until: due}}); err != nil {
+	if err := dl.port.AddControl(ctx, pt.root().ctl, []redisx.Control{{Op: redisx.OpWake, Until: due}}); err != nil {
 		dl.log.Debug().Err(err).Msg("wake notice not written; workers find the event on their next pass")
 	}
 	return id, nil

@@ -70,13 +70,10 @@ type flight struct {
 func (c *cache) join(ctx context.Context, rq *request) bool {
 	tc, co := rq.pt.cache, &rq.co
 	if tc.metaAt.Load() == 0 {
-		// The first cached request of this topic learns its generation
-		// (without handing the caller's deadline to rueidis: redisx.Detach).
-		mctx, cancel := redisx.Detach(ctx)
-		if gen, epoch, err := redisx.CacheMeta(mctx, c.rc, tc.meta); err == nil {
+		// The first cached request of this topic learns its generation.
+		if gen, epoch, err := c.port.CacheMeta(ctx, tc.meta); err == nil {
 			tc.learn(gen, epoch)
 		}
-		cancel()
 	}
 	fk := flightKey{rq.pt.name, rq.hash}
 	c.mu.Lock()
@@ -149,7 +146,7 @@ func (c *cache) ask(ctx context.Context, rq *request, env *codec.Envelope) {
 			Gen: gen, MaxAge: rq.co.maxAge, Waiter: c.reader.key + " " + env.ID, Now: now, Deadline: rq.deadline,
 			MarkerTTL: rq.deadline.Sub(now) + takeoverGrace + time.Second, MaxWaiters: maxFlightWaiters,
 			Data: buf.B, Cap: c.send.trimCap(), DropValue: drop, SkipLookup: rq.co.noCache}
-		r, err := redisx.Begin(rctx, c.rc, &args)
+		r, err := c.port.Begin(rctx, &args)
 		if !redisx.IsConnErr(err) {
 			codec.PutBuffer(buf)
 		}
@@ -163,7 +160,7 @@ func (c *cache) ask(ctx context.Context, rq *request, env *codec.Envelope) {
 				err = context.DeadlineExceeded // the deadline cancelled rctx
 			}
 			c.stats.writeErrors.Add(1)
-			c.complete(f, result{err: fmt.Errorf("producer: request to %s: %w", t.name, redisx.Unavailable(err)), writeErr: true}, SourceNone, nil)
+			c.complete(f, result{err: fmt.Errorf("producer: request to %s: %w", t.name, redisx.Classify(err, "the cache script")), writeErr: true}, SourceNone, nil)
 			return
 		}
 		tc.learn(r.Gen, r.Epoch)

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/redis/rueidis"
-
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/internal/redisx"
@@ -65,11 +63,11 @@ type partitioner struct {
 }
 
 // newPartitioner returns the producer's partitioner, reading counts with
-// rc and refreshing them on bg.
-func newPartitioner(rc rueidis.Client, keys bus.Keys, adm *admission, stats *counters, bg *background) *partitioner {
+// port and refreshing them on bg.
+func newPartitioner(port port, keys bus.Keys, adm *admission, stats *counters, bg *background) *partitioner {
 	pr := &partitioner{keys: keys, adm: adm, stats: stats}
 	pr.watch = topology.New(func(ctx context.Context, topic string) (redisx.PartitionMeta, error) {
-		return redisx.Partitions(ctx, rc, keys.Meta(topic))
+		return port.Partitions(ctx, keys.Meta(topic))
 	}, bg.run, topology.Config{
 		Timeout: respondersTimeout,
 		RefreshFailed: func(topic string, err error) {
@@ -87,7 +85,7 @@ func (pr *partitioner) count(ctx context.Context, t *topic, now int64) (int, err
 		if ctx.Err() != nil {
 			return 0, pr.stats.ctxErr(ctx.Err(), "reading the partition count of "+t.name)
 		}
-		return 0, fmt.Errorf("producer: partition count of %s: %w", t.name, redisx.Unavailable(err))
+		return 0, fmt.Errorf("producer: partition count of %s: %w", t.name, redisx.Classify(err, "reading the partition count"))
 	}
 	return n, nil
 }

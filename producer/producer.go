@@ -64,6 +64,8 @@ type Producer struct {
 	// bg runs background refreshes (responders, partition counts, cache
 	// epochs); Close stops it.
 	bg *background
+	// portFor, when set (tests: WithFaults), builds the port.
+	portFor func(client) port
 
 	mu       sync.Mutex // serialises Close
 	closed   atomic.Bool
@@ -107,7 +109,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	}
 	p.ids.inc = hex.EncodeToString(rnd[:4])
 	// The components, each given what it uses of the others.
-	rc := c.Redis()
+	port := p.portOf(c)
 	replyKey := p.keys.Reply(p.cfg.ID)
 	if p.cfg.Owner != "" {
 		replyKey = p.keys.Reply(p.cfg.Owner + "." + p.cfg.ID)
@@ -115,14 +117,14 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p.timings.cfg, p.timings.log = &p.cfg, p.log
 	p.tr = newTracing(&p.cfg)
 	p.bg = newBackground()
-	p.adm = &admission{cfg: &p.cfg, rc: rc, log: p.log, stats: &p.stats, bg: p.bg,
+	p.adm = &admission{cfg: &p.cfg, port: port, log: p.log, stats: &p.stats, bg: p.bg,
 		slots: make(chan struct{}, p.cfg.MaxInFlight), closing: p.closing}
-	p.parts = newPartitioner(rc, p.keys, p.adm, &p.stats, p.bg)
+	p.parts = newPartitioner(port, p.keys, p.adm, &p.stats, p.bg)
 	p.topics = &topics{keys: p.keys, cache: p.cfg.Cache, adm: p.adm, parts: p.parts}
-	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, rc: rc, log: p.log, stats: &p.stats}
-	p.send = newSender(rc, &p.cfg, p.reader, &p.stats, &p.timings.Recorder)
-	p.cancels = newCanceller(rc, &p.ids, replyKey, &p.stats, p.log)
-	p.delayed = &delayer{rc: rc, keys: p.keys, ids: &p.ids, cfg: &p.cfg, parts: p.parts, stats: &p.stats, timings: &p.timings.Recorder, log: p.log}
+	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, port: port, log: p.log, stats: &p.stats}
+	p.send = newSender(port, &p.cfg, p.reader, &p.stats, &p.timings.Recorder)
+	p.cancels = newCanceller(port, &p.ids, replyKey, &p.stats, p.log)
+	p.delayed = &delayer{port: port, keys: p.keys, ids: &p.ids, cfg: &p.cfg, parts: p.parts, stats: &p.stats, timings: &p.timings.Recorder, log: p.log}
 	cache, err := newCache(&p.cfg, &p.stats)
 	if err != nil {
 		return nil, err
@@ -130,7 +132,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	if cache == nil {
 		return p, nil
 	}
-	cache.rc, cache.keys, cache.ids, cache.reader, cache.send = rc, p.keys, &p.ids, p.reader, p.send
+	cache.port, cache.keys, cache.ids, cache.reader, cache.send = port, p.keys, &p.ids, p.reader, p.send
 	cache.adm, cache.closing, cache.timings, cache.bg = p.adm, p.closing, &p.timings, p.bg
 	p.reader.flights = cache
 	p.cache = cache

@@ -201,7 +201,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	for i, r := range p.send.addBatch(ctx, adds, make([]redisx.Result, 0, len(adds))) {
 		if r.Err != nil {
 			p.stats.writeErrors.Add(1)
-			errs = append(errs, &PublishError{Index: i, Err: redisx.Unavailable(r.Err)})
+			errs = append(errs, &PublishError{Index: i, Err: redisx.Classify(r.Err, "XADD")})
 			if errors.Is(r.Err, bus.ErrNotReplicated) {
 				ids[i] = r.ID // written, not replicated: its id is known
 			}

@@ -2,12 +2,12 @@ package producer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/rueidis"
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
@@ -25,7 +25,7 @@ type replyReader struct {
 	ids     *ids
 	waiters *registry
 	cfg     *Config // ReplyTTL, ReplyBlock, ReplyBatch
-	rc      rueidis.Client
+	port    port
 	log     zerolog.Logger
 	stats   *counters
 	// flights completes a cached request's flight with its answer (a
@@ -63,7 +63,10 @@ func (r *replyReader) ensure(ctx context.Context, deadline time.Time) error {
 	if r.closed {
 		return fmt.Errorf("producer: request: %w", bus.ErrClosed)
 	}
-	if err := r.create(ctx); err != nil {
+	if err := redisx.Classify(r.create(ctx), "creating the reply stream"); err != nil {
+		if !errors.Is(err, bus.ErrUnavailable) && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+			return r.stats.ctxErr(err, "creating the reply stream "+r.key)
+		}
 		return fmt.Errorf("producer: create reply stream %s: %w", r.key, err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
@@ -100,7 +103,7 @@ func (r *replyReader) wait(ctx context.Context) error {
 
 // remove deletes the reply stream (Close, once the reader exited).
 func (r *replyReader) remove(ctx context.Context) error {
-	_, err := redisx.Delete(ctx, r.rc, r.key)
+	_, err := r.port.Delete(ctx, r.key)
 	return err
 }
 
@@ -108,7 +111,7 @@ func (r *replyReader) remove(ctx context.Context) error {
 // stream's TTL, in one round trip.
 func (r *replyReader) create(ctx context.Context) error {
 	b := codec.Encode(&codec.Envelope{Kind: codec.KindControl, Sent: time.Now().UnixNano()})
-	err := redisx.CreateReplyStream(ctx, r.rc, r.key, b.B, r.cfg.ReplyTTL)
+	err := r.port.CreateReplyStream(ctx, r.key, b.B, r.cfg.ReplyTTL)
 	if !redisx.IsConnErr(err) {
 		codec.PutBuffer(b) // else the client may still hold it
 	}
@@ -118,7 +121,7 @@ func (r *replyReader) create(ctx context.Context) error {
 // refresh extends the reply stream's TTL, recreating the stream if Redis
 // lost it (restart without persistence, FLUSHALL).
 func (r *replyReader) refresh(ctx context.Context) error {
-	ok, err := redisx.RefreshTTL(ctx, r.rc, r.key, r.cfg.ReplyTTL)
+	ok, err := r.port.RefreshTTL(ctx, r.key, r.cfg.ReplyTTL)
 	if err != nil {
 		return err
 	}
@@ -153,7 +156,7 @@ func (r *replyReader) run(ctx context.Context) {
 			}
 			nextRefresh = now.Add(every)
 		}
-		entries, err := redisx.Read(rd.For(ctx, r.cfg.ReplyBlock), r.rc, r.key, last, int64(r.cfg.ReplyBatch), r.cfg.ReplyBlock)
+		entries, err := r.port.Read(rd.For(ctx, r.cfg.ReplyBlock), r.key, last, int64(r.cfg.ReplyBatch), r.cfg.ReplyBlock)
 		if err != nil {
 			if ctx.Err() == nil {
 				out.Failed(err)

@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/combine"
 	"github.com/egos/mycelium/internal/redisx"
@@ -49,7 +47,7 @@ var flushPool = sync.Pool{New: func() any {
 // combiner; close stops taking entries and waits for them.
 type sender struct {
 	comb    *combine.Combiner[sendItem]
-	rc      rueidis.Client
+	port    port
 	cfg     *Config // WaitReplicas, WaitTimeout, StreamMaxAge
 	cap     redisx.Cap
 	reader  *replyReader
@@ -57,8 +55,8 @@ type sender struct {
 	timings *metrics.Recorder
 }
 
-func newSender(rc rueidis.Client, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder) *sender {
-	s := &sender{rc: rc, cfg: cfg, cap: redisx.MaxLen(cfg.StreamMaxLen), reader: reader, stats: stats, timings: timings}
+func newSender(port port, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder) *sender {
+	s := &sender{port: port, cfg: cfg, cap: redisx.MaxLen(cfg.StreamMaxLen), reader: reader, stats: stats, timings: timings}
 	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0)
 	return s
 }
@@ -111,9 +109,9 @@ func (s *sender) write(ctx context.Context, batch []sendItem) {
 // Config.WaitReplicas asks for it.
 func (s *sender) addBatch(ctx context.Context, adds []redisx.Add, out []redisx.Result) []redisx.Result {
 	if s.cfg.WaitReplicas > 0 {
-		return redisx.AddBatchDurable(ctx, s.rc, adds, redisx.Durability{Replicas: s.cfg.WaitReplicas, Timeout: s.cfg.WaitTimeout}, out)
+		return s.port.AddBatchDurable(ctx, adds, redisx.Durability{Replicas: s.cfg.WaitReplicas, Timeout: s.cfg.WaitTimeout}, out)
 	}
-	return redisx.AddBatch(ctx, s.rc, adds, nil, out)
+	return s.port.AddBatch(ctx, adds, nil, out)
 }
 
 // settle reports one write's outcome to its caller.
@@ -121,7 +119,7 @@ func (s *sender) settle(it *sendItem, id string, err error, took time.Duration) 
 	if !redisx.IsConnErr(err) {
 		codec.PutBuffer(it.buf) // else the client may still hold it
 	}
-	err = redisx.Unavailable(err)
+	err = redisx.Classify(err, "XADD")
 	if err != nil {
 		s.stats.writeErrors.Add(1)
 	}

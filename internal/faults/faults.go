@@ -31,6 +31,7 @@ type Faults struct {
 	cut     int // the next pipeline longer than this is cut after it; -1: none
 	cuts    int // pipelines cut
 	seen    map[string]int
+	dropped map[string]int
 }
 
 type reply struct {
@@ -44,7 +45,7 @@ var ErrDropped = fmt.Errorf("faults: connection dropped by a fault: %w", net.Err
 
 // NewFaults returns Faults that inject nothing until told to.
 func NewFaults() *Faults {
-	return &Faults{down: map[string]bool{}, replies: map[string]*reply{}, slow: map[string]time.Duration{}, cut: -1, seen: map[string]int{}}
+	return &Faults{down: map[string]bool{}, replies: map[string]*reply{}, slow: map[string]time.Duration{}, cut: -1, seen: map[string]int{}, dropped: map[string]int{}}
 }
 
 // Wrap returns rc with f's faults injected.
@@ -145,6 +146,13 @@ func (f *Faults) Seen(cmd string) int {
 	return f.seen[strings.ToUpper(cmd)]
 }
 
+// Dropped returns how many commands named cmd a fault dropped (Down, Cut).
+func (f *Faults) Dropped(cmd string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dropped[strings.ToUpper(cmd)]
+}
+
 // decision is what happens to one command.
 type decision struct {
 	drop  bool
@@ -214,7 +222,10 @@ func (c *faultClient) errorReply(text string) rueidis.Completed {
 func (c *faultClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
 	c.f.mu.Lock()
 	d := c.f.decideLocked(name(cmd))
-	if !d.drop && d.reply == "" {
+	switch {
+	case d.drop:
+		c.f.dropped[name(cmd)]++
+	case d.reply == "":
 		c.f.seen[name(cmd)]++
 	}
 	c.f.mu.Unlock()
@@ -265,6 +276,7 @@ func (c *faultClient) DoMulti(ctx context.Context, multi ...rueidis.Completed) [
 	for i, cmd := range multi {
 		switch {
 		case ds[i].drop:
+			c.f.dropped[name(cmd)]++
 			out[i] = rueidis.NewErrorResult(ErrDropped)
 			continue
 		case ds[i].reply != "":

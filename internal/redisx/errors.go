@@ -49,6 +49,13 @@ func Permission(err error, doing string) error {
 	return fmt.Errorf("%w: %s: %w", ErrPermission, doing, err)
 }
 
+// Classify marks err with the sentinel a caller branches on:
+// ErrUnavailable (see Unavailable) or ErrPermission (see Permission, saying
+// what was being done); other errors come back unchanged.
+func Classify(err error, doing string) error {
+	return Permission(Unavailable(err), doing)
+}
+
 // Unavailable marks err with ErrUnavailable when it is a connection-level
 // failure rather than a Redis error reply, a nil reply or a caller's ctx
 // ending.
