@@ -34,6 +34,11 @@ type Consumer struct {
 	control *controller
 	delay   *delayer
 	cancels cancelSet // requests their callers cancelled (control.go)
+	// share, when this consumer serves one topic of a Router, is the
+	// handler slots the Router's topics share (topic shareIdx of them);
+	// nil on its own.
+	share    *share
+	shareIdx int
 }
 
 // Stats is a snapshot of a Consumer's counters. Each field's help tag
@@ -282,11 +287,31 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 	for i := range n {
 		w.wg.Go(func() {
 			for j := range w.pipe.jobs {
+				if !c.admit(hctx, j, &w.running[i]) {
+					c.proc.release(j, w.pipe) // stays pending
+					continue
+				}
 				c.proc.work(hctx, hvals, j, w.pipe, &w.running[i])
+				c.share.release()
 			}
 		})
 	}
 	return w
+}
+
+// admit waits for a slot of the Router's share (at once on its own) for
+// j, which its worker slot shows meanwhile: the heartbeat keeps a waiting
+// entry's claim fresh, as a running one's. False when hctx ended first.
+func (c *Consumer) admit(hctx context.Context, j *job, slot *workerSlot) bool {
+	if c.share == nil {
+		return true
+	}
+	slot.set(j.p, j.msg.ID, j.readAt)
+	if c.share.acquire(hctx, c.shareIdx) {
+		return true
+	}
+	slot.clear()
+	return false
 }
 
 // stop closes the job queue (reading stopped) and lets the workers finish

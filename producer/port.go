@@ -40,11 +40,11 @@ var _ port = (*redisx.Port)(nil)
 // client is what the port is built over (a *bus.Client).
 type client = interface{ Redis() rueidis.Client }
 
-// portOf returns the port over c's client, or the one p.portFor builds
-// when a test set it (export_test.go: WithFaults).
-func (p *Producer) portOf(c client) port {
-	if p.portFor != nil {
-		return p.portFor(c)
+// portOf returns the port over c's client, or the one build makes when a
+// test set it (Producer.portFor, export_test.go: WithFaults).
+func portOf(c client, build func(client) port) port {
+	if build != nil {
+		return build(c)
 	}
 	return redisx.PortOf(c)
 }

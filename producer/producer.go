@@ -109,7 +109,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	}
 	p.ids.inc = hex.EncodeToString(rnd[:4])
 	// The components, each given what it uses of the others.
-	port := p.portOf(c)
+	port := portOf(c, p.portFor)
 	replyKey := p.keys.Reply(p.cfg.ID)
 	if p.cfg.Owner != "" {
 		replyKey = p.keys.Reply(p.cfg.Owner + "." + p.cfg.ID)

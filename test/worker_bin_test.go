@@ -441,3 +441,69 @@ func TestBusWorkerTraceConsole(t *testing.T) {
 	}
 	t.Fatalf("no trace id in both processes' spans: request printed %v, the worker %v\nrequest output:\n%s", caller, worker, out)
 }
+
+// TestBusWorkerServesSeveralTopics: one `bus-worker serve` serving two
+// topics (a consumer.Router: one process, shared slots, a cap on one),
+// against a real redis-server: both answer, /stats and /metrics show each
+// topic, and SIGTERM drains both.
+func TestBusWorkerServesSeveralTopics(t *testing.T) {
+	srv := redistest.Start(t)
+	serve, logs, httpAddr := startServe(t, "--redis", srv.URL, "--topic", "alpha", "--topic", "beta", "--concurrency", "4", "--topic-concurrency", "beta=1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, topic := range []string{"alpha", "beta", "alpha"} {
+		out, err := exec.CommandContext(ctx, buildCmd(t, "bus-worker"), "request", "--redis", srv.URL, "--topic", topic, "--data", "to "+topic, "--timeout", "10s").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), "to "+topic+"\n") {
+			t.Fatalf("request to %s = %v\n%s", topic, err, out)
+		}
+	}
+	var st struct {
+		Topics map[string]struct {
+			Handled uint64 `json:"handled"`
+			Acked   uint64 `json:"acked"`
+			Breaker string `json:"breaker"`
+		} `json:"topics"`
+	}
+	waitFor(t, 5*time.Second, "/stats to count each topic's requests", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/stats")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Topics["alpha"].Acked == 2 && st.Topics["beta"].Acked == 1
+	})
+	if st.Topics["alpha"].Breaker != "closed" || st.Topics["beta"].Breaker != "closed" {
+		t.Fatalf("/stats breakers: %+v", st.Topics)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	check := exec.Command(promtool(t), "check", "metrics")
+	check.Stdin = bytes.NewReader(metricsText)
+	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		`mycelium_consumer_handled_total{group="workers",topic="alpha"} 2`,
+		`mycelium_consumer_handled_total{group="workers",topic="beta"} 1`,
+		`mycelium_stream_length{topic="beta"} 1`,
+		`mycelium_breaker_state{topic="alpha"} 0`,
+		`mycelium_breaker_state{topic="beta"} 0`,
+	} {
+		if !bytes.Contains(metricsText, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := serve.Wait(); err != nil {
+		t.Fatalf("serve exited with %v after SIGTERM; logs:\n%s", err, logs)
+	}
+	if !strings.Contains(logs.String(), `"handled":3`) || !strings.Contains(logs.String(), `"topic":"alpha,beta"`) {
+		t.Fatalf("serve logs lack the two topics or their 3 handled requests:\n%s", logs)
+	}
+}

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +41,7 @@ func TestServeRedisOrEmbedded(t *testing.T) {
 		{name: "--redis over MYCELIUM_EMBEDDED", redis: "redis://h:1", embedded: true, given: []string{"redis"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := serveFlags{redis: tt.redis, embedded: tt.embedded, logLevel: "info", topic: "t", concurrency: 1,
+			f := serveFlags{redis: tt.redis, embedded: tt.embedded, logLevel: "info", topics: topicList{names: []string{"t"}}, concurrency: 1,
 				claimIdle: time.Second, maxDeliveries: 1, handler: "echo", conn: &connFlags{}}
 			given := map[string]bool{}
 			for _, g := range tt.given {
@@ -119,6 +122,50 @@ func TestWriteChunk(t *testing.T) {
 		}
 		if b.String() != tt.want {
 			t.Errorf("chunks %q (lines %v) printed %q, want %q", tt.chunks, tt.lines, b.String(), tt.want)
+		}
+	}
+}
+
+// TestServeTopics: --topic repeats (or takes names separated by spaces),
+// the first replaces the default, --topic-concurrency caps a served topic;
+// each mistake is one usage line.
+func TestServeTopics(t *testing.T) {
+	parse := func(args ...string) (serveFlags, error) {
+		var f serveFlags
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		f.topics = topicList{names: []string{"reasoning"}}
+		f.caps = capList{}
+		fs.Var(&f.topics, "topic", "")
+		fs.Var(f.caps, "topic-concurrency", "")
+		fs.IntVar(&f.concurrency, "concurrency", 8, "")
+		if err := fs.Parse(args); err != nil {
+			return f, err
+		}
+		return f, f.checkTopics()
+	}
+	f, err := parse()
+	if err != nil || !slices.Equal(f.topics.names, []string{"reasoning"}) {
+		t.Fatalf("no --topic: %v, %v", f.topics.names, err)
+	}
+	f, err = parse("--topic", "a", "--topic", "b c", "--topic-concurrency", "b=2", "--topic-concurrency", "x=y=3 c=8")
+	if err == nil || !strings.Contains(err.Error(), `"x=y" is not a --topic served`) {
+		t.Fatalf("a cap of a topic not served: %v", err)
+	}
+	f, err = parse("--topic", "a", "--topic", "b c", "--topic-concurrency", "b=2 c=8")
+	if err != nil || !slices.Equal(f.topics.names, []string{"a", "b", "c"}) || f.caps["b"] != 2 || f.caps["c"] != 8 {
+		t.Fatalf("topics %v caps %v: %v", f.topics.names, f.caps, err)
+	}
+	for args, want := range map[string]string{
+		"--topic a --topic a":                 `topic "a" given twice`,
+		"--topic a --topic-concurrency a=9":   "want 1 to --concurrency (8)",
+		"--topic a --topic-concurrency a=0":   "want 1 to --concurrency",
+		"--topic a --topic-concurrency a":     "want TOPIC=N",
+		"--topic r.x":                         `starts with "r."`,
+		"--topic a --topic-concurrency a=two": "whole number",
+	} {
+		if _, err := parse(strings.Fields(args)...); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", args, err, want)
 		}
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,11 +23,13 @@ import (
 )
 
 type serveFlags struct {
-	redis, prefix, topic, group, name, handler, httpAddr, logLevel, retention string
-	conn                                                                      *connFlags
-	embedded                                                                  bool
-	concurrency, maxDeliveries, timingSample                                  int
-	shutdownTimeout, claimIdle, slowEntry, cacheTTL                           time.Duration
+	redis, prefix, group, name, handler, httpAddr, logLevel, retention string
+	topics                                                             topicList
+	caps                                                               capList
+	conn                                                               *connFlags
+	embedded                                                           bool
+	concurrency, maxDeliveries, timingSample                           int
+	shutdownTimeout, claimIdle, slowEntry, cacheTTL                    time.Duration
 
 	httpContentType, httpAuthHeader, httpAuthFile, httpHeaderPrefix string
 	httpTimeout, httpMaxRetryAfter                                  time.Duration
@@ -47,7 +51,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f.conn = addConnFlags(fs)
 	fs.BoolVar(&f.embedded, "embedded", false, "run on an embedded in-memory Redis (data lost on exit; for trying things out) instead of --redis")
 	fs.StringVar(&f.prefix, "prefix", bus.DefaultPrefix, "key prefix")
-	fs.StringVar(&f.topic, "topic", "reasoning", "topic to serve")
+	f.topics = topicList{names: []string{"reasoning"}}
+	fs.Var(&f.topics, "topic", "topic to serve; repeat it (or separate names by spaces) to serve several from one process, sharing --concurrency handler slots")
+	f.caps = capList{}
+	fs.Var(f.caps, "topic-concurrency", "TOPIC=N: at most N of the shared handler slots for TOPIC (repeatable; default --concurrency)")
 	fs.StringVar(&f.group, "group", consumer.DefaultGroup, "consumer group")
 	fs.StringVar(&f.name, "name", "", "consumer name, unique in the group (default host-pid-random)")
 	fs.IntVar(&f.concurrency, "concurrency", consumer.DefaultConcurrency, "handler workers")
@@ -130,7 +137,7 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		Redis:    bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-worker"},
 		Embedded: f.embedded,
 		Consumer: consumer.Config{
-			Topic: f.topic, Group: f.group, Name: f.name,
+			Topic: f.topics.names[0], Group: f.group, Name: f.name,
 			Concurrency: f.concurrency, ShutdownTimeout: f.shutdownTimeout,
 			Reclaim: consumer.ReclaimConfig{ClaimIdle: f.claimIdle},
 			Retry:   consumer.RetryConfig{MaxDeliveries: f.maxDeliveries},
@@ -140,6 +147,8 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		},
 		Handler:  f.handler,
 		HTTPAddr: f.httpAddr,
+		Topics:   f.topics.names,
+		Caps:     f.caps,
 		HTTP: worker.HTTPOptions{ContentType: f.httpContentType, AuthHeader: f.httpAuthHeader, HeaderPrefix: f.httpHeaderPrefix,
 			Timeout: f.httpTimeout, MaxResponse: f.httpMaxResponse, MaxRetryAfter: f.httpMaxRetryAfter, ErrorBody: f.httpErrorBody},
 	}
@@ -157,6 +166,9 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 	}
 	if err := cfg.Consumer.Validate(); err != nil {
 		return worker.Config{}, usageError{err}
+	}
+	if err := f.checkTopics(); err != nil {
+		return worker.Config{}, err
 	}
 	if !f.embedded {
 		var err error
@@ -177,6 +189,78 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// checkTopics checks the topic names and their caps.
+func (f *serveFlags) checkTopics() error {
+	for _, name := range f.topics.names {
+		if err := bus.ValidateName("topic", name); err != nil {
+			return usagef("serve: --topic: %v", err)
+		}
+	}
+	for name, n := range f.caps {
+		switch {
+		case !slices.Contains(f.topics.names, name):
+			return usagef("serve: --topic-concurrency %s=%d: %q is not a --topic served", name, n, name)
+		case n < 1 || n > f.concurrency:
+			return usagef("serve: --topic-concurrency %s=%d: want 1 to --concurrency (%d)", name, n, f.concurrency)
+		}
+	}
+	return nil
+}
+
+// topicList is --topic: names given one per flag or separated by spaces
+// (a topic name holds none); the first given replaces the default.
+type topicList struct {
+	names []string
+	set   bool
+}
+
+func (l *topicList) String() string { return strings.Join(l.names, " ") }
+
+func (l *topicList) Set(v string) error {
+	if !l.set {
+		l.names, l.set = nil, true
+	}
+	fields := strings.Fields(v)
+	if len(fields) == 0 {
+		return errors.New("empty topic name")
+	}
+	for _, name := range fields {
+		if slices.Contains(l.names, name) {
+			return fmt.Errorf("topic %q given twice", name)
+		}
+		l.names = append(l.names, name)
+	}
+	return nil
+}
+
+// capList is --topic-concurrency: TOPIC=N, repeatable (split at the last
+// '=': a topic name may hold one).
+type capList map[string]int
+
+func (c capList) String() string {
+	parts := make([]string, 0, len(c))
+	for name, n := range c {
+		parts = append(parts, name+"="+strconv.Itoa(n))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, " ")
+}
+
+func (c capList) Set(v string) error {
+	for _, item := range strings.Fields(v) {
+		i := strings.LastIndexByte(item, '=')
+		if i <= 0 {
+			return fmt.Errorf("%q: want TOPIC=N", item)
+		}
+		n, err := strconv.Atoi(item[i+1:])
+		if err != nil {
+			return fmt.Errorf("%q: want TOPIC=N with N a whole number", item)
+		}
+		c[item[:i]] = n
+	}
+	return nil
 }
 
 // httpAuthEnv holds an http(s) handler's credential when --http-auth-file

@@ -22,25 +22,30 @@ import (
 	"github.com/egos/mycelium/prom"
 )
 
-// registry gathers what /metrics exports: the consumer's stage timings and
-// counters, the breaker, the topic's streams and shared cache, and the Go
+// registry gathers what /metrics exports: each topic's consumer stage
+// timings and counters, its breaker, streams and shared cache, and the Go
 // runtime and process.
-func registry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (*prometheus.Registry, error) {
+func registry(c *bus.Client, t *topics) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
-	if err := prom.RegisterConsumer(reg, co); err != nil {
-		return nil, err
+	for _, co := range t.cos {
+		if err := prom.RegisterConsumer(reg, co); err != nil {
+			return nil, err
+		}
 	}
-	for _, col := range []prometheus.Collector{
+	cols := []prometheus.Collector{
 		// The default Go metrics, plus the live heap (marked by the last
 		// GC): the figure to watch for a leak, where the allocated heap
 		// saws up and down with every cycle.
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		br,
-		prom.NewStreamCollector(inspect.New(c), co.Config().Topic),
-		prom.NewCacheCollector(inspect.New(c), co.Config().Topic),
-	} {
+		prom.NewStreamCollector(inspect.New(c), t.names...),
+		prom.NewCacheCollector(inspect.New(c), t.names...),
+	}
+	for _, m := range t.brm {
+		cols = append(cols, m)
+	}
+	for _, col := range cols {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}
@@ -48,8 +53,16 @@ func registry(c *bus.Client, co *consumer.Consumer, br *prom.BreakerCollector) (
 	return reg, nil
 }
 
-// opsMux serves the operator endpoints. br may be nil.
-func opsMux(co *consumer.Consumer, br *breaker.Breaker, reg *prometheus.Registry) *http.ServeMux {
+// topicStats is one topic's /stats: its consumer's counters and its
+// breaker's state.
+type topicStats struct {
+	consumer.Stats
+	Breaker string `json:"breaker,omitempty"`
+}
+
+// opsMux serves the operator endpoints. /stats is one topicStats for one
+// topic, {"topics": {name: topicStats}} for several.
+func opsMux(t *topics, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -58,26 +71,39 @@ func opsMux(co *consumer.Consumer, br *breaker.Breaker, reg *prometheus.Registry
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := co.Ready(ctx); err != nil {
+		if err := t.run.Ready(ctx); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		if br != nil && br.State() == breaker.Open {
-			http.Error(w, "not ready: downstream circuit breaker open", http.StatusServiceUnavailable)
-			return
+		for i, br := range t.brs {
+			if br != nil && br.State() == breaker.Open {
+				what := "downstream circuit breaker open"
+				if len(t.names) > 1 {
+					what = "topic " + t.names[i] + ": " + what
+				}
+				http.Error(w, "not ready: "+what, http.StatusServiceUnavailable)
+				return
+			}
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		out := struct {
-			consumer.Stats
-			Breaker string `json:"breaker,omitempty"`
-		}{Stats: co.Stats()}
-		if br != nil {
-			out.Breaker = br.State().String()
+		all := map[string]topicStats{}
+		for i, co := range t.cos {
+			ts := topicStats{Stats: co.Stats()}
+			if t.brs[i] != nil {
+				ts.Breaker = t.brs[i].State().String()
+			}
+			all[t.names[i]] = ts
 		}
-		_ = json.NewEncoder(w).Encode(out)
+		if len(t.cos) == 1 {
+			_ = json.NewEncoder(w).Encode(all[t.names[0]])
+			return
+		}
+		_ = json.NewEncoder(w).Encode(struct {
+			Topics map[string]topicStats `json:"topics"`
+		}{all})
 	})
 	return mux
 }

@@ -1,5 +1,5 @@
-// Package worker runs one bus-worker: a consumer of one topic running its
-// handler (echo, simulated work, or an HTTP backend), optionally behind a
+// Package worker runs one bus-worker: a consumer of one topic (or a
+// consumer.Router of several) running its handler (echo, simulated work, or an HTTP backend), optionally behind a
 // circuit breaker, with the operator endpoints (/healthz, /readyz, /stats,
 // /metrics), on a real Redis or on an embedded in-memory one. The
 // bus-worker command turns flags and environment into a Config and calls
@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,7 +36,14 @@ type Config struct {
 	// lost on exit: for trying the bus out, never for production.
 	Embedded bool
 	Consumer consumer.Config
-	Handler  string // echo | sleep:<dur>[,<jitter>] | stream:<n>,<interval> | http(s)://URL (see ParseHandler)
+	// Topics, when it names more than one topic, serves them all from one
+	// process (a consumer.Router): each with Consumer's settings (its Topic
+	// aside), sharing Consumer.Concurrency handler slots, each topic capped
+	// at Caps[topic] (missing or 0: Consumer.Concurrency). Empty or one
+	// topic: Consumer.Topic (or that topic) alone, on its own Consumer.
+	Topics  []string
+	Caps    map[string]int
+	Handler string // echo | sleep:<dur>[,<jitter>] | stream:<n>,<interval> | http(s)://URL (see ParseHandler)
 	// HTTP shapes the calls of an http(s):// handler.
 	HTTP HTTPOptions
 	// Breaker, when not nil, wraps the handler in a circuit breaker (see
@@ -78,15 +86,11 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	brMetrics := prom.NewBreakerCollector(prometheus.Labels{"topic": cfg.Consumer.Topic})
-	br, err := newBreaker(cfg, brMetrics, log)
+	tops, err := newTopics(cfg, h, log)
 	if err != nil {
 		return err
 	}
-	if br != nil {
-		defer br.Close()
-		h = consumer.Chain(h, consumer.BreakerMiddleware(br))
-	}
+	defer tops.close()
 	var ln net.Listener
 	if cfg.HTTPAddr != "" {
 		if ln, err = listen(ctx, cfg.HTTPAddr, cfg.HTTPAddrMayMove); err != nil {
@@ -109,38 +113,122 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	defer c.Close()
-	co, err := consumer.New(c, cfg.Consumer, h, consumer.WithLogger(log))
-	if err != nil {
+	if err := tops.build(c, cfg, log); err != nil {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	httpAddr := ""
 	stopOps := func() {}
 	if ln != nil {
 		httpAddr = ln.Addr().String()
-		reg, err := registry(c, co, brMetrics)
+		reg, err := registry(c, tops)
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		stopOps = serveOps(ln, opsMux(co, br, reg), log)
+		stopOps = serveOps(ln, opsMux(tops, reg), log)
 	}
 	done := make(chan error, 1) // Run's result; Run is waited for below
-	go func() { done <- co.Run(ctx) }()
-	<-co.Serving() // joined (or Run returned): only now does a request find this worker
+	go func() { done <- tops.run.Run(ctx) }()
+	<-tops.run.Serving() // joined (or Run returned): only now does a request find this worker
 	if ctx.Err() == nil {
+		names := strings.Join(tops.names, ",")
 		if cfg.Announce != nil {
-			announce(cfg.Announce, cmp.Or(cfg.Self, "bus-worker"), c.Redacted(), co.Config().Topic, httpAddr, embedded != "")
+			announce(cfg.Announce, cmp.Or(cfg.Self, "bus-worker"), c.Redacted(), tops.names, httpAddr, embedded != "")
 		}
 		if embedded != "" {
 			log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
 		}
-		log.Info().Str("redis", c.Redacted()).Str("topic", cfg.Consumer.Topic).Str("group", co.Config().Group).Str("consumer", co.Name()).
-			Int("concurrency", co.Config().Concurrency).Str("handler", RedactSpec(cfg.Handler)).Str("http_addr", httpAddr).Msg("serving")
+		co := tops.cos[0]
+		log.Info().Str("redis", c.Redacted()).Str("topic", names).Str("group", co.Config().Group).Str("consumer", co.Name()).
+			Int("concurrency", cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency)).Str("handler", RedactSpec(cfg.Handler)).Str("http_addr", httpAddr).Msg("serving")
 	}
 	err = <-done
 	stopOps()
-	s := co.Stats()
+	var s consumer.Stats
+	for _, co := range tops.cos {
+		cs := co.Stats()
+		s.Handled, s.Acked, s.Failed = s.Handled+cs.Handled, s.Acked+cs.Acked, s.Failed+cs.Failed
+	}
 	log.Info().Uint64("handled", s.Handled).Uint64("acked", s.Acked).Uint64("failed", s.Failed).Msg("stopped")
 	return err
+}
+
+// runner is what serves: a Consumer (one topic) or a Router (several).
+type runner interface {
+	Run(ctx context.Context) error
+	Serving() <-chan struct{}
+	Ready(ctx context.Context) error
+}
+
+// topics is what a worker serves: each topic's handler (behind its own
+// breaker), its Consumer once built, and what runs them.
+type topics struct {
+	names    []string
+	handlers []consumer.Handler
+	brs      []*breaker.Breaker // nil entries without a breaker
+	brm      []*prom.BreakerCollector
+	cos      []*consumer.Consumer
+	run      runner
+}
+
+// newTopics readies the topics of cfg, each with its breaker around h.
+func newTopics(cfg Config, h consumer.Handler, log zerolog.Logger) (*topics, error) {
+	t := &topics{names: cfg.Topics}
+	if len(t.names) == 0 {
+		t.names = []string{cfg.Consumer.Topic}
+	}
+	for _, name := range t.names {
+		m := prom.NewBreakerCollector(prometheus.Labels{"topic": name})
+		br, err := newBreaker(cfg, m, log.With().Str("topic", name).Logger())
+		if err != nil {
+			t.close()
+			return nil, err
+		}
+		th := h
+		if br != nil {
+			th = consumer.Chain(h, consumer.BreakerMiddleware(br))
+		}
+		t.handlers, t.brs, t.brm = append(t.handlers, th), append(t.brs, br), append(t.brm, m)
+	}
+	return t, nil
+}
+
+// build makes the Consumer of each topic: on its own for one topic, in a
+// Router sharing cfg.Consumer.Concurrency slots for several.
+func (t *topics) build(c *bus.Client, cfg Config, log zerolog.Logger) error {
+	if len(t.names) == 1 {
+		cc := cfg.Consumer
+		cc.Topic = t.names[0]
+		co, err := consumer.New(c, cc, t.handlers[0], consumer.WithLogger(log))
+		if err != nil {
+			return err
+		}
+		t.cos, t.run = []*consumer.Consumer{co}, co
+		return nil
+	}
+	r, err := consumer.NewRouter(c, consumer.RouterConfig{Concurrency: cfg.Consumer.Concurrency}, consumer.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	for i, name := range t.names {
+		cc := cfg.Consumer
+		cc.Topic, cc.Concurrency = name, cfg.Caps[name]
+		co, err := r.Handle(name, t.handlers[i], cc)
+		if err != nil {
+			return err
+		}
+		t.cos = append(t.cos, co)
+	}
+	t.run = r
+	return nil
+}
+
+// close stops the breakers.
+func (t *topics) close() {
+	for _, br := range t.brs {
+		if br != nil {
+			br.Close()
+		}
+	}
 }
 
 // newBreaker builds the handler's circuit breaker, or nil when cfg has none.
@@ -186,13 +274,17 @@ func listen(ctx context.Context, addr string, mayMove bool) (net.Listener, error
 }
 
 // announce prints the commands that try a worker from a second terminal.
-func announce(w io.Writer, self, redisURL, topic, httpAddr string, embedded bool) {
+func announce(w io.Writer, self, redisURL string, topics []string, httpAddr string, embedded bool) {
 	where := "Redis at " + redisURL
 	if embedded {
 		where = "an embedded in-memory Redis at " + redisURL + " (its data is lost on exit)"
 	}
-	fmt.Fprintf(w, "bus-worker: serving topic %q on %s. From a second terminal:\n", topic, where)
-	fmt.Fprintf(w, "  %s request --redis %s --topic %s --data 'hello mycelium'\n", self, redisURL, topic)
+	what := fmt.Sprintf("topic %q", topics[0])
+	if len(topics) > 1 {
+		what = fmt.Sprintf("topics %q", topics)
+	}
+	fmt.Fprintf(w, "bus-worker: serving %s on %s. From a second terminal:\n", what, where)
+	fmt.Fprintf(w, "  %s request --redis %s --topic %s --data 'hello mycelium'\n", self, redisURL, topics[0])
 	fmt.Fprintf(w, "  %s stats --redis %s\n", self, redisURL)
 	if httpAddr != "" {
 		fmt.Fprintf(w, "  curl -s http://%s/metrics | grep mycelium_stage\n", httpAddr)
