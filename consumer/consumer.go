@@ -105,7 +105,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	e := &env{c: c, port: redisx.PortOf(c), cfg: cfg, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic)}
 	e.tr = newTracing(&e.cfg)
 	co := &Consumer{e: e}
-	co.topo = &topology{env: e, serving: make(chan struct{})}
+	co.topo = newTopology(e)
 	co.members = &membership{env: e, presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name}
 	co.route = &router{env: e, cancels: &co.cancels}
 	co.read = &reader{env: e, topo: co.topo, members: co.members, route: co.route}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/internal/redisx"
+	watcher "github.com/egos/mycelium/internal/topology"
 )
 
 // part is one partition of the consumer's topic: its stream, its dead
@@ -45,6 +46,22 @@ type topology struct {
 	joins   atomic.Int32
 	serving chan struct{}
 	served  sync.Once // closes serving
+	// meta reads the topic's partition metadata (the type the producer
+	// follows counts with), through the port.
+	meta *watcher.Topic
+}
+
+// newTopology returns the topology of e's topic.
+func newTopology(e *env) *topology {
+	t := &topology{env: e, serving: make(chan struct{})}
+	read := func(ctx context.Context, topic string) (redisx.PartitionMeta, error) {
+		return t.port.Partitions(ctx, t.keys.Meta(topic)) // t.port at the call: a test may replace it
+	}
+	// It reads with Read on its own schedule, never with Count, so the
+	// watcher never starts a background read.
+	refuse := func(func(context.Context)) bool { return false }
+	t.meta = watcher.New(read, refuse, watcher.Config{}).Topic(e.cfg.Topic)
+	return t
 }
 
 // serve closes serving (once).
@@ -95,7 +112,7 @@ func (t *topology) forgotten(ctx context.Context, pt *part) bool {
 	if pt.idx == 0 {
 		return false
 	}
-	m, err := t.port.Partitions(ctx, t.keys.Meta(t.cfg.Topic))
+	m, err := t.meta.Read(ctx)
 	return err == nil && pt.idx >= m.Drain
 }
 
@@ -145,7 +162,7 @@ func (t *topology) first(ctx context.Context) (redisx.PartitionMeta, bool) {
 	out := redisx.Outage{Log: t.log, What: "partition count of " + t.cfg.Topic}
 	meta := t.keys.Meta(t.cfg.Topic)
 	for {
-		m, err := t.port.Partitions(ctx, meta)
+		m, err := t.meta.Read(ctx)
 		if err == nil {
 			out.OK()
 			return m, true
@@ -163,7 +180,7 @@ func (t *topology) first(ctx context.Context) (redisx.PartitionMeta, bool) {
 // (the last count stays).
 func (t *topology) refresh(ctx context.Context) (redisx.PartitionMeta, bool) {
 	meta := t.keys.Meta(t.cfg.Topic)
-	nm, err := t.port.Partitions(ctx, meta)
+	nm, err := t.meta.Read(ctx)
 	if err != nil {
 		if ctx.Err() == nil && !t.fail(err, "HMGET "+meta) && !redisx.IsConnErr(err) {
 			t.log.Warn().Err(err).Str("key", meta).Msg("cannot read the partition count; keeping the last one")
@@ -171,7 +188,7 @@ func (t *topology) refresh(ctx context.Context) (redisx.PartitionMeta, bool) {
 		return nm, false
 	}
 	if nm.Draining() && t.forget(ctx, nm) {
-		if nm2, err := t.port.Partitions(ctx, meta); err == nil {
+		if nm2, err := t.meta.Read(ctx); err == nil {
 			nm = nm2
 		}
 	}

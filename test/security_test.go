@@ -520,6 +520,13 @@ func TestRolesIsolateProducers(t *testing.T) {
 	refused("EVAL", rc.B().Eval().Script("while true do end").Numkeys(0).Build())
 	refused("XREAD of the control stream", rc.B().Xread().Streams().Key(alice.Keys().Control("demo")).Id("0").Build())
 	refused("XADD to the dead letters", rc.B().Xadd().Key(alice.Keys().DeadLetter("demo")).Id("*").FieldValue().FieldValue("m", "x").Build())
+	// Injected retries (security issue, point 8: a running entry's id
+	// added to the retry set ran its handler three times): a producer can
+	// write neither the set nor, through the bus's function, a retry.
+	refused("ZADD into the topic's retry set", rc.B().Zadd().Key(alice.Keys().Retry("demo")).ScoreMember().ScoreMember(0, "0-1").Build())
+	if _, err := redisx.ScheduleRetry(ctx, rc, alice.Keys().Retry("demo"), "0-1", 0); err == nil {
+		t.Error("alice: scheduling a retry through the bus's function succeeded")
+	}
 	// A bus function run as alice does only what alice may: purge's XLEN
 	// and DEL of the topic are refused inside it.
 	if err := rc.Do(ctx, rc.B().Fcall().Function("myc_purge_"+strings.TrimPrefix(redisx.LibraryName(), "mycelium_")).Numkeys(1).Key(topicKey).Build()).Error(); err == nil {

@@ -11,9 +11,11 @@
 // bus/ holds vocabulary only. The rules live here once: the caller's
 // deadline never reaches the Redis client (redisx.Detach), one read at a
 // time per topic, the last count kept while Redis does not answer. The
-// producer uses it; the consumer's partition loop and inspect still call
-// redisx.Partitions themselves and can move to a Watcher (Topic.Meta
-// gives them the drain count and when the count was lowered).
+// producer reads counts through Topic.Count (cached, refreshed in the
+// background); the consumer's topology through Topic.Read on its own
+// schedule, since it acts on each reading (starts, drains and forgets
+// partitions). inspect reads a topic's metadata once per question, through
+// its port: there is nothing for it to watch.
 //
 // It is internal: its shape may change as they adopt it. It starts no
 // goroutine of its own: background reads run through the Spawner its owner

@@ -126,6 +126,21 @@ func (t *Topic) Count(ctx context.Context, now int64) (int, error) {
 	return m.N, nil
 }
 
+// Read reads the topic's metadata now, bounded by ctx (not by its
+// deadline, as in Count), keeps it as the reading Count and Meta return,
+// and returns it: for an owner that reads on its own schedule and acts on
+// each reading (the consumer's topology, which starts and forgets
+// partitions).
+func (t *Topic) Read(ctx context.Context) (redisx.PartitionMeta, error) {
+	rctx, cancel := redisx.Detach(ctx)
+	defer cancel()
+	m, err := t.load(rctx)
+	if err != nil && ctx.Err() != nil {
+		return m, ctx.Err()
+	}
+	return m, err
+}
+
 // Meta returns the metadata last read, and false before any read
 // succeeded.
 func (t *Topic) Meta() (redisx.PartitionMeta, bool) {

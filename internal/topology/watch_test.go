@@ -182,3 +182,35 @@ func TestFirstReadKeepsTheDeadlineFromRedis(t *testing.T) {
 		t.Fatal("Meta reports a reading after every read failed")
 	}
 }
+
+// TestRead: Read reads now (every call), without the caller's deadline,
+// keeps what it read for Count and Meta, and keeps the last reading when
+// Redis fails.
+func TestRead(t *testing.T) {
+	f := &fakeRedis{n: 3}
+	refuse := func(func(context.Context)) bool { return false }
+	tp := New(f.read, refuse, Config{Refresh: time.Hour}).Topic("t")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if m, err := tp.Read(ctx); err != nil || m.N != 3 {
+		t.Fatalf("Read = %+v, %v; want 3 partitions", m, err)
+	}
+	if f.deadline.Load() {
+		t.Fatal("the caller's deadline reached the reader")
+	}
+	f.set(5, nil)
+	if m, err := tp.Read(ctx); err != nil || m.N != 5 || f.reads.Load() != 2 {
+		t.Fatalf("a second Read = %+v, %v after %d reads; want 5 partitions, read again", m, err, f.reads.Load())
+	}
+	if n, err := tp.Count(ctx, time.Now().UnixNano()); err != nil || n != 5 || f.reads.Load() != 2 {
+		t.Fatalf("Count after Read = %d, %v after %d reads; want 5 without a read", n, err, f.reads.Load())
+	}
+	boom := errors.New("boom")
+	f.set(0, boom)
+	if _, err := tp.Read(ctx); !errors.Is(err, boom) {
+		t.Fatalf("Read with Redis failing = %v", err)
+	}
+	if m, ok := tp.Meta(); !ok || m.N != 5 {
+		t.Fatalf("Meta after a failed Read = %+v, %v; want the last reading", m, ok)
+	}
+}
