@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,6 +30,27 @@ import (
 // promtool returns the path of promtool: make test installs it (Debian's
 // prometheus package, with redis-server); missing, the test fails under
 // make test and is skipped elsewhere. A test never installs packages.
+// scrape GETs url (a /metrics endpoint) and returns its body once
+// promtool found nothing to say about it.
+func scrape(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+	}
+	check := exec.Command(promtool(t), "check", "metrics")
+	check.Stdin = bytes.NewReader(body)
+	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("promtool check metrics on %s: %v\n%s", url, err, out)
+	}
+	return body
+}
+
 func promtool(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("promtool")
@@ -80,22 +102,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		return co.Timings().Stage(metrics.ReplyWrite).Count == n
 	})
 
-	resp, err := http.Get(hs.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %d, %v", resp.StatusCode, err)
-	}
-	text := string(body)
-
-	check := exec.Command(promtool(t), "check", "metrics")
-	check.Stdin = strings.NewReader(text)
-	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
-		t.Fatalf("promtool check metrics: %v\n%s", err, out)
-	}
+	text := string(scrape(t, hs.URL))
 
 	for _, st := range metrics.Stages() {
 		if st >= metrics.FirstChunk || st == metrics.RetryWait {
