@@ -30,8 +30,8 @@ type processor struct {
 // work handles one job on a worker's goroutine; slot is the worker's
 // (what the heartbeat and the controller see of it).
 func (w *processor) work(hctx, hvals context.Context, j *job, p *pipe, slot *workerSlot) {
-	ctx, span, early, stop := w.begin(hctx, hvals, j, slot)
-	defer stop()
+	ctx, span, early, hs := w.begin(hctx, hvals, j, slot)
+	defer hs.stop()
 	started := time.Now()
 	var out []byte
 	var err error
@@ -66,40 +66,51 @@ func (w *processor) work(hctx, hvals context.Context, j *job, p *pipe, slot *wor
 // process span) in its values, nothing when it carries none and no tracer
 // is set; for a request, what cancels it when its caller gives up (its
 // deadline ctx, or a cancel func without a deadline), registered in slot.
-// early reports a request cancelled before its handler started; stop
+// early reports a request cancelled before its handler started; hs
 // releases the ctx.
-func (w *processor) begin(hctx, hvals context.Context, j *job, slot *workerSlot) (ctx context.Context, span trace.Span, early bool, stop func()) {
+func (w *processor) begin(hctx, hvals context.Context, j *job, slot *workerSlot) (ctx context.Context, span trace.Span, early bool, hs handlerStop) {
 	ctx = hctx
 	vals := hvals
 	if w.tr.traced(j.env.Headers) {
 		vals, span = w.tr.start(hvals, &w.cfg, &j.msg, &j.env)
 		ctx = valuesCtx{hctx, vals}
 	}
-	// No method value for the deadline ctx's cancel: that would allocate
-	// per request.
-	var dc *deadlineCtx
-	var cancel context.CancelCauseFunc
-	stop = func() {}
+	// No method value or closure for what releases the ctx: either would
+	// allocate per message (a closure did: one allocation a request).
 	if !j.msg.Deadline.IsZero() {
-		dc = newDeadlineCtx(hctx, vals, j.msg.Deadline)
-		stop = func() { dc.cancel(context.Canceled) }
-		ctx = dc
+		hs.dc = newDeadlineCtx(hctx, vals, j.msg.Deadline)
+		ctx = hs.dc
 	} else if j.msg.Request {
-		ctx, cancel = context.WithCancelCause(ctx)
-		stop = func() { cancel(nil) }
+		ctx, hs.cancel = context.WithCancelCause(ctx)
 	}
 	if !j.msg.Request {
 		slot.set(j.p, j.msg.ID, j.readAt)
-		return ctx, span, false, stop
+		return ctx, span, false, hs
 	}
-	slot.setRequest(j.p, j.msg.ID, j.readAt, &j.env.Token, dc, cancel)
+	slot.setRequest(j.p, j.msg.ID, j.readAt, &j.env.Token, hs.dc, hs.cancel)
 	// A cancel notice handled between the pick-up and now found no handler
 	// to cancel.
 	if w.cancels.started(&j.env.Token, slot) {
 		w.stats.cancelled.Add(1)
 		early = true
 	}
-	return ctx, span, early, stop
+	return ctx, span, early, hs
+}
+
+// handlerStop releases a handler's ctx (see begin): its deadline ctx, or
+// the cancel of a request without a deadline; nothing for an event.
+type handlerStop struct {
+	dc     *deadlineCtx
+	cancel context.CancelCauseFunc
+}
+
+func (s handlerStop) stop() {
+	switch {
+	case s.dc != nil:
+		s.dc.cancel(context.Canceled)
+	case s.cancel != nil:
+		s.cancel(nil)
+	}
 }
 
 // finish decides what becomes of a handled entry and hands it to the
