@@ -106,8 +106,8 @@ bench-ab: redis-server ## A/B: bus-bench at BASE (default HEAD) vs the working t
 report-check: ## open out/report/report.html in headless Chromium (apt-installed when missing): no console errors, every chart drawn
 	./test/report-check.sh out/report/report.html
 
-lint: check-repo $(GOLANGCI) ## golangci-lint (pinned, installed into ./bin)
-	$(GOLANGCI) run ./...
+lint: check-repo $(GOLANGCI) ## golangci-lint (pinned, installed into ./bin; beside another make test on the machine too)
+	$(GOLANGCI) run --allow-parallel-runners ./...
 
 $(GOLANGCI):
 	GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
