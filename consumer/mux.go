@@ -67,8 +67,6 @@ func (r *Router) Handle(topic string, h Handler, cfg Config) (*Consumer, error) 
 		h = r.cfg.Default
 	}
 	switch {
-	case r.ran.Load():
-		return nil, fmt.Errorf("consumer: router: %w: Handle after Run", bus.ErrRunning)
 	case h == nil:
 		return nil, fmt.Errorf("consumer: router: %w: topic %q has no handler and the router no Default", bus.ErrInvalidConfig, topic)
 	case cfg.Topic != "" && cfg.Topic != topic:
@@ -82,6 +80,9 @@ func (r *Router) Handle(topic string, h Handler, cfg Config) (*Consumer, error) 
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.ran.Load() {
+		return nil, fmt.Errorf("consumer: router: %w: Handle after Run", bus.ErrRunning)
+	}
 	for _, co := range r.topics {
 		if co.e.cfg.Topic == topic {
 			return nil, fmt.Errorf("consumer: router: %w: topic %q added twice", bus.ErrInvalidConfig, topic)
@@ -132,15 +133,17 @@ func (r *Router) Ready(ctx context.Context) error {
 // shut down too and Run returns the errors, each naming its topic. A Router
 // runs once.
 func (r *Router) Run(ctx context.Context) error {
-	r.mu.Lock()
+	r.mu.Lock() // no Handle between taking the topics and marking the run
 	topics := r.topics
-	r.mu.Unlock()
 	if len(topics) == 0 {
+		r.mu.Unlock()
 		return fmt.Errorf("consumer: router: %w: no topic (Handle adds them)", bus.ErrInvalidConfig)
 	}
 	if !r.ran.CompareAndSwap(false, true) {
+		r.mu.Unlock()
 		return fmt.Errorf("consumer: router: %w", bus.ErrRunning)
 	}
+	r.mu.Unlock()
 	sh := newShare(r.cfg.Concurrency, len(topics))
 	for _, co := range topics {
 		co.share = sh
