@@ -75,6 +75,9 @@ func TestRouterServesTopics(t *testing.T) {
 	if err := r.Run(context.Background()); !errors.Is(err, bus.ErrRunning) {
 		t.Fatalf("a second Run = %v, want bus.ErrRunning", err)
 	}
+	if _, err := r.Handle("late", nil, consumer.Config{}); !errors.Is(err, bus.ErrRunning) {
+		t.Fatalf("Handle after Run = %v, want bus.ErrRunning", err)
+	}
 }
 
 // TestRouterSharesSlotsFairly: two handler slots shared by three topics
