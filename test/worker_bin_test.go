@@ -483,7 +483,7 @@ func TestBusWorkerServesSeveralTopics(t *testing.T) {
 	if err := serve.Wait(); err != nil {
 		t.Fatalf("serve exited with %v after SIGTERM; logs:\n%s", err, logs)
 	}
-	if !strings.Contains(logs.String(), `"handled":3`) || !strings.Contains(logs.String(), `"topic":"alpha,beta"`) {
+	if !strings.Contains(logs.String(), `"handled":3`) || !strings.Contains(logs.String(), `"topics":["alpha","beta"],"topic_concurrency":{"alpha":4,"beta":1}`) {
 		t.Fatalf("serve logs lack the two topics or their 3 handled requests:\n%s", logs)
 	}
 }

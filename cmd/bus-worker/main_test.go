@@ -157,12 +157,14 @@ func TestServeTopics(t *testing.T) {
 		t.Fatalf("topics %v caps %v: %v", f.topics.names, f.caps, err)
 	}
 	for args, want := range map[string]string{
-		"--topic a --topic a":                 `topic "a" given twice`,
-		"--topic a --topic-concurrency a=9":   "want 1 to --concurrency (8)",
-		"--topic a --topic-concurrency a=0":   "want 1 to --concurrency",
-		"--topic a --topic-concurrency a":     "want TOPIC=N",
-		"--topic r.x":                         `starts with "r."`,
-		"--topic a --topic-concurrency a=two": "whole number",
+		"--topic a --topic a":                                       `topic "a" given twice`,
+		"--topic a --topic-concurrency a=9":                         "want 1 to --concurrency (8)",
+		"--topic a --topic-concurrency a=0":                         "want 1 to --concurrency",
+		"--topic a --topic-concurrency a":                           "want TOPIC=N",
+		"--topic r.x":                                               `starts with "r."`,
+		"--topic a --topic-concurrency a=two":                       "whole number",
+		"--topic a --topic b --topic-concurrency a=1,b=2":           "by spaces, not commas",
+		"--topic a --topic-concurrency a=1 --topic-concurrency a=2": `topic "a" capped twice`,
 	} {
 		if _, err := parse(strings.Fields(args)...); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error with %q", args, err, want)

@@ -201,7 +201,11 @@ func (f *serveFlags) checkTopics() error {
 	for name, n := range f.caps {
 		switch {
 		case !slices.Contains(f.topics.names, name):
-			return usagef("serve: --topic-concurrency %s=%d: %q is not a --topic served", name, n, name)
+			hint := ""
+			if strings.ContainsAny(name, ",=") {
+				hint = " (separate TOPIC=N pairs by spaces, not commas)"
+			}
+			return usagef("serve: --topic-concurrency %s=%d: %q is not a --topic served%s", name, n, name, hint)
 		case n < 1 || n > f.concurrency:
 			return usagef("serve: --topic-concurrency %s=%d: want 1 to --concurrency (%d)", name, n, f.concurrency)
 		}
@@ -256,7 +260,14 @@ func (c capList) Set(v string) error {
 		}
 		n, err := strconv.Atoi(item[i+1:])
 		if err != nil {
-			return fmt.Errorf("%q: want TOPIC=N with N a whole number", item)
+			hint := ""
+			if strings.Contains(item[i+1:], ",") {
+				hint = " (separate TOPIC=N pairs by spaces, not commas)"
+			}
+			return fmt.Errorf("%q: want TOPIC=N with N a whole number%s", item, hint)
+		}
+		if _, dup := c[item[:i]]; dup {
+			return fmt.Errorf("topic %q capped twice", item[:i])
 		}
 		c[item[:i]] = n
 	}

@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -130,7 +129,6 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 	go func() { done <- tops.run.Run(ctx) }()
 	<-tops.run.Serving() // joined (or Run returned): only now does a request find this worker
 	if ctx.Err() == nil {
-		names := strings.Join(tops.names, ",")
 		if cfg.Announce != nil {
 			announce(cfg.Announce, cmp.Or(cfg.Self, "bus-worker"), c.Redacted(), tops.names, httpAddr, embedded != "")
 		}
@@ -138,7 +136,17 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
 		}
 		co := tops.cos[0]
-		log.Info().Str("redis", c.Redacted()).Str("topic", names).Str("group", co.Config().Group).Str("consumer", co.Name()).
+		ev := log.Info().Str("redis", c.Redacted())
+		if len(tops.names) == 1 {
+			ev = ev.Str("topic", tops.names[0])
+		} else {
+			caps := zerolog.Dict()
+			for _, tc := range tops.cos {
+				caps = caps.Int(tc.Config().Topic, tc.Config().Concurrency)
+			}
+			ev = ev.Strs("topics", tops.names).Dict("topic_concurrency", caps)
+		}
+		ev.Str("group", co.Config().Group).Str("consumer", co.Name()).
 			Int("concurrency", cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency)).Str("handler", RedactSpec(cfg.Handler)).Str("http_addr", httpAddr).Msg("serving")
 	}
 	err = <-done
