@@ -136,17 +136,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) error {
 			log.Warn().Str("redis", embedded).Msg("started an embedded in-memory Redis (miniredis) at " + embedded + "; its data is lost on exit; not for production")
 		}
 		co := tops.cos[0]
-		ev := log.Info().Str("redis", c.Redacted())
-		if len(tops.names) == 1 {
-			ev = ev.Str("topic", tops.names[0])
-		} else {
-			caps := zerolog.Dict()
-			for _, tc := range tops.cos {
-				caps = caps.Int(tc.Config().Topic, tc.Config().Concurrency)
-			}
-			ev = ev.Strs("topics", tops.names).Dict("topic_concurrency", caps)
-		}
-		ev.Str("group", co.Config().Group).Str("consumer", co.Name()).
+		log.Info().Str("redis", c.Redacted()).Func(tops.logNames).Str("group", co.Config().Group).Str("consumer", co.Name()).
 			Int("concurrency", cmp.Or(cfg.Consumer.Concurrency, consumer.DefaultConcurrency)).Str("handler", RedactSpec(cfg.Handler)).Str("http_addr", httpAddr).Msg("serving")
 	}
 	err = <-done
@@ -228,6 +218,21 @@ func (t *topics) build(c *bus.Client, cfg Config, log zerolog.Logger) error {
 	}
 	t.run = r
 	return nil
+}
+
+// logNames adds the topics to a log event: "topic" for one; for several,
+// "topics" (a JSON array: a topic named "a,b" is not topics a and b) and
+// each one's cap.
+func (t *topics) logNames(e *zerolog.Event) {
+	if len(t.names) == 1 {
+		e.Str("topic", t.names[0])
+		return
+	}
+	caps := zerolog.Dict()
+	for _, co := range t.cos {
+		caps.Int(co.Config().Topic, co.Config().Concurrency)
+	}
+	e.Strs("topics", t.names).Dict("topic_concurrency", caps)
 }
 
 // close stops the breakers.
