@@ -287,8 +287,7 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 	for i := range n {
 		w.wg.Go(func() {
 			for j := range w.pipe.jobs {
-				if !c.admit(hctx, j, &w.running[i]) {
-					c.proc.release(j, w.pipe) // stays pending
+				if !c.admit(hctx, j, &w.running[i], w.pipe) {
 					continue
 				}
 				c.proc.work(hctx, hvals, j, w.pipe, &w.running[i])
@@ -301,17 +300,27 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 
 // admit waits for a slot of the Router's share (at once on its own) for
 // j, which its worker slot shows meanwhile: the heartbeat keeps a waiting
-// entry's claim fresh, as a running one's. False when hctx ended first.
-func (c *Consumer) admit(hctx context.Context, j *job, slot *workerSlot) bool {
+// entry's claim fresh, as a running one's. It reports false, having dealt
+// with j, when j is not to run: hctx ended first (j stays pending), or its
+// caller gave up while it waited (deadline passed or cancelled: j is
+// acknowledged unhandled, as on arrival).
+func (c *Consumer) admit(hctx context.Context, j *job, slot *workerSlot, p *pipe) bool {
 	if c.share == nil {
 		return true
 	}
 	slot.set(j.p, j.msg.ID, j.readAt)
-	if c.share.acquire(hctx, c.shareIdx) {
-		return true
+	if !c.share.acquire(hctx, c.shareIdx) {
+		slot.clear()
+		c.proc.release(j, p)
+		return false
 	}
-	slot.clear()
-	return false
+	if c.route.skip(j.p, j.msg.ID, &j.env, time.Now(), p.a) {
+		slot.clear()
+		c.share.release()
+		putJob(j)
+		return false
+	}
+	return true
 }
 
 // stop closes the job queue (reading stopped) and lets the workers finish

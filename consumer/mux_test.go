@@ -210,3 +210,79 @@ func TestRouterRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestRouterSkipsRequestsWhoseCallerLeftWhileWaiting: a request that
+// waited for a shared slot past its caller's deadline is acknowledged
+// unhandled (counted expired), not run: the slot goes to live work.
+func TestRouterSkipsRequestsWhoseCallerLeftWhileWaiting(t *testing.T) {
+	_, c := redistest.Mini(t)
+	r, err := consumer.NewRouter(c, consumer.RouterConfig{Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate, busy := make(chan struct{}), make(chan struct{}, 1)
+	var lateCalls atomic.Int64
+	if _, err := r.Handle("busy", consumer.HandlerFunc(func(ctx context.Context, _ *consumer.Message) ([]byte, error) {
+		busy <- struct{}{}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+		return nil, nil
+	}), consumer.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	late, err := r.Handle("late", consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		lateCalls.Add(1)
+		return []byte("ran"), nil
+	}), consumer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	<-r.Serving()
+	p, err := producer.New(c, producer.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	if _, err := p.Publish(context.Background(), "busy", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	<-busy // the one slot is taken
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer rcancel()
+	answered := make(chan error, 1)
+	go func() {
+		_, err := p.Request(rctx, "late", []byte("q"))
+		answered <- err
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for consumer.ShareWaiting(r) != 1 { // the request read, waiting for the slot
+		if time.Now().After(deadline) {
+			t.Fatal("the late request never waited for the slot")
+		}
+		time.Sleep(time.Millisecond) // polling the router's queue
+	}
+	if err := <-answered; !errors.Is(err, bus.ErrTimeout) {
+		t.Fatalf("Request while the only slot is busy = %v, want bus.ErrTimeout", err)
+	}
+	close(gate)
+	for late.Stats().Acked != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the late request was not acknowledged: %+v", late.Stats())
+		}
+		time.Sleep(time.Millisecond) // polling a counter
+	}
+	if n, s := lateCalls.Load(), late.Stats(); n != 0 || s.Expired != 1 || s.Handled != 0 {
+		t.Fatalf("handler ran %d times, stats %+v; want 0 runs, 1 expired", n, s)
+	}
+}
