@@ -173,7 +173,11 @@ func TestFaultRepliesUnreadable(t *testing.T) {
 	f.Down("XREAD")
 	// The read blocked before the fault may return a reply: wait until the
 	// reader's next read was dropped.
+	giveUp := time.Now().Add(20 * time.Second)
 	for f.Dropped("XREAD") == 0 {
+		if time.Now().After(giveUp) {
+			t.Fatal("the reply reader read nothing in 20s")
+		}
 		time.Sleep(time.Millisecond) // polling the fault's counter
 	}
 	dropped := f.Dropped("XREAD")
@@ -185,6 +189,9 @@ func TestFaultRepliesUnreadable(t *testing.T) {
 		s, _ := m.Stream(p.ReplyStream())
 		if len(s) >= 3 && f.Dropped("XREAD") > dropped {
 			break
+		}
+		if time.Now().After(giveUp) {
+			t.Fatalf("in 20s: %d entries in the reply stream, %d reads dropped", len(s), f.Dropped("XREAD"))
 		}
 		select {
 		case err := <-done:
