@@ -16,8 +16,10 @@ import (
 // RouterConfig.Concurrency handlers run at once across the topics; each
 // topic runs at most its Config.Concurrency of them (its cap); when several
 // topics wait for a slot, freed slots go to them in turn, so a topic with a
-// backlog cannot starve one with a trickle. One Run, Serving and Ready
-// serve them all.
+// backlog cannot starve one with a trickle. An entry waiting for a slot
+// keeps its claim (the heartbeat), and a request whose caller gave up
+// meanwhile is acknowledged unhandled, as one arriving late. One Run,
+// Serving and Ready serve them all.
 //
 // Add the topics with Handle, then Run. (asynq's ServeMux and Watermill's
 // Router are the same idea; the topics here are named, not matched by a
