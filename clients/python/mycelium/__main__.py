@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 
 from .consumer import Consumer, Message
@@ -39,15 +40,21 @@ def _handler(spec: str):
 
 
 async def _serve(a: argparse.Namespace) -> None:
+    """Serves until SIGTERM or SIGINT, then drains: running handlers finish
+    (within the shutdown timeout), the worker leaves its group and the
+    presence set, and the process exits 0."""
     c = Consumer(a.redis, a.topic, _handler(a.handler), group=a.group, prefix=a.prefix, concurrency=a.concurrency,
-                 claim_idle=a.claim_idle, block=min(2.0, a.claim_idle / 4))
-    task = asyncio.ensure_future(c.run())
-    await c.serving.wait()
+                 claim_idle=a.claim_idle, block=min(2.0, a.claim_idle / 4), shutdown_timeout=a.shutdown_timeout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await c.start()
     print("serving", flush=True)
     try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        await stop.wait()
+    finally:
+        await c.stop()
 
 
 async def _request(a: argparse.Namespace) -> int:
@@ -78,6 +85,7 @@ def main() -> None:
     ap.add_argument("--handler", default="echo")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--claim-idle", type=float, default=30.0)
+    ap.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds running handlers get to finish on SIGTERM")
     ap.add_argument("--data", default="")
     ap.add_argument("--header", action="append", default=[], help="K=V, repeatable")
     ap.add_argument("--timeout", type=float, default=30.0)

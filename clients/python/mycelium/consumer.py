@@ -7,21 +7,36 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import inspect
 import logging
 import os
+import random
+import re
 import secrets
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Union
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from . import codec
-from .errors import CODE_HANDLER, InvalidConfig, MalformedError, RemoteError
+from ._batch import Batcher
+from ._log import WarnLimiter
+from .errors import (
+    CODE_HANDLER,
+    CallerGone,
+    Closed,
+    InvalidConfig,
+    MalformedError,
+    MyceliumError,
+    NotStreaming,
+    RemoteError,
+    RetryAfter,
+)
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
-from .producer import FIELD, _unavailable, connect_url
+from .producer import FIELD, _unavailable, connect_url, check_client
+from .scripts import Scripts
 
 log = logging.getLogger("mycelium.consumer")
 
@@ -35,6 +50,16 @@ MAX_CANCELLED = 100_000
 #: notices read per round trip when a worker catches up on the control
 #: stream at start (a flood of 200,000 is 49 reads, not 391)
 CONTROL_CATCH_UP = 4096
+#: the longest a cached answer is stored, whatever the caller asks
+#: (Go: consumer.DefaultCacheMaxTTL)
+CACHE_MAX_TTL = 24 * 3600.0
+#: waiters taken from one flight marker at most (Go: redisx.MaxFlightWaiters)
+MAX_FLIGHT_WAITERS = 10_000
+#: a worker runs the due script at least this often, woken or not
+DUE_EVERY = 10.0
+#: delayed events moved to the stream per partition per pass
+DUE_LIMIT = 100
+_CACHE_ID = re.compile(r"(0|[1-9][0-9]{0,19}):[0-9a-f]{32}")
 
 
 @dataclass
@@ -50,9 +75,26 @@ class Message:
     deadline: float | None  # unix seconds when the caller gives up; None: none
     request: bool  # a request (the result is sent back) or an event
     sent: float  # unix seconds when the producer encoded it
+    streaming: bool = False  # the caller reads a streamed reply: send() works
+    _chunks: "_Chunks | None" = field(default=None, repr=False, compare=False)
+
+    async def send(self, chunk: bytes | str) -> None:
+        """Sends one chunk of a streamed reply (``str`` as UTF-8); returns
+        once Redis stored it, so chunks arrive in the order sent. Raises
+        :class:`NotStreaming` when the caller reads a whole reply (or for
+        an event: ``streaming`` tells), :class:`CallerGone` when the
+        caller's reply stream is gone, :class:`Unavailable` when Redis is
+        down."""
+        if self._chunks is None or not self.streaming:
+            raise NotStreaming("the caller does not read a stream")
+        await self._chunks.send(_as_bytes(chunk, "chunk"))
 
 
-Handler = Callable[[Message], Awaitable["bytes | None"]]
+#: A handler: an ``async def`` returning the reply (bytes, or str sent as
+#: UTF-8; None for an empty reply; ignored for events), or an async
+#: generator whose yields are the chunks of a streamed reply (joined into
+#: one reply for a caller that does not stream).
+Handler = Callable[[Message], Union[Awaitable[Union[bytes, str, None]], AsyncIterator[Union[bytes, str]]]]
 
 
 @dataclass
@@ -68,9 +110,14 @@ class Stats:
     expired: int = 0
     dead_lettered: int = 0
     retried: int = 0
+    retries_scheduled: int = 0  # RetryAfter: waiting in the retry set
+    delayed_promoted: int = 0  # delayed events this worker moved to the stream
     reclaimed: int = 0
     heartbeats: int = 0
     cancelled: int = 0
+    chunks: int = 0
+    cache_stores: int = 0
+    coalesced_replies: int = 0  # answers written to requests that joined a cached one
     control_malformed: int = 0  # cancel notices without a valid token (forged or foreign), skipped
     write_errors: int = 0  # replies, acks or dead letters Redis did not take (the entry stays pending)
 
@@ -83,19 +130,75 @@ class _Running:
     token: bytes = b""  # a request's cancel token (b"": an event, or none)
 
 
+class _Chunks:
+    """The chunks one handler sends to its caller."""
+
+    def __init__(self, c: "Consumer", env: codec.Envelope, eid: str, attempt: int) -> None:
+        self._c, self._env, self._eid, self._attempt = c, env, eid, attempt
+        self.n = 0
+
+    async def send(self, chunk: bytes) -> None:
+        c = self._c
+        e = codec.Envelope(kind=codec.CHUNK, id=self._env.id, sent=time.time_ns(), payload=chunk, request_entry=self._eid,
+                           attempt=min(self._attempt, (1 << 32) - 1), seq=self.n)
+        try:
+            res = await c._batch.run([_xadd(self._env.reply_to, codec.encode(e), c._reply_cap, nomkstream=True)])
+        except (RedisError, OSError) as err:
+            raise _unavailable(err) from None
+        if isinstance(res[0], Exception):
+            raise _unavailable(res[0])
+        if res[0] is None:
+            raise CallerGone("the caller's reply stream is gone")
+        self.n += 1
+        c.stats.chunks += 1
+
+
+class Serving:
+    """Set once a worker joined its group (callers see it from then on).
+    ``await serving.wait()`` returns then, or raises what stopped the worker
+    before it got there (a wrong password, Redis unreachable,
+    :class:`Closed`): it is never waited on in vain."""
+
+    def __init__(self) -> None:
+        self._ev = asyncio.Event()
+        self._err: BaseException | None = None
+
+    def is_set(self) -> bool:
+        return self._ev.is_set() and self._err is None
+
+    def set(self) -> None:
+        self._ev.set()
+
+    def fail(self, err: BaseException) -> None:
+        if not self._ev.is_set():
+            self._err = err
+            self._ev.set()
+
+    async def wait(self) -> bool:
+        await self._ev.wait()
+        if self._err is not None:
+            raise self._err
+        return True
+
+
 class Consumer:
     """Runs an async handler over one topic as a member of a consumer group.
 
-    ``await consumer.run()`` serves until its task is cancelled, then stops
-    reading, lets running handlers finish within ``shutdown_timeout``
-    (then cancels them: their entries stay pending for another worker),
-    leaves the group and re-raises the cancellation.
+    Use it as ``async with Consumer(...) as worker:`` (joined and serving
+    inside the block; leaving it drains), or ``await worker.start()`` then
+    ``await worker.stop()``, or ``await worker.run()`` (serves until its task
+    is cancelled). ``start`` raises on a bad URL, a wrong password or an
+    unreachable Redis. Stopping stops reading, lets running handlers finish
+    within ``shutdown_timeout`` (then cancels them: their entries stay
+    pending for another worker), and leaves the group.
 
-    The handler gets a :class:`Message` and returns the reply's bytes (for
-    a request; ignored for an event) or raises: a :class:`RemoteError`
-    chooses the code the caller sees, any other exception arrives as
-    ``handler_error``. A failed event is delivered again after
-    ``claim_idle``, up to ``max_deliveries``, then dead-lettered."""
+    The handler gets a :class:`Message` and returns the reply (bytes, str
+    as UTF-8, None for empty; ignored for an event), yields chunks (an
+    async generator: a streamed reply) or raises: a :class:`RemoteError`
+    chooses the code the caller sees, :class:`RetryAfter` asks for a later
+    delivery, any other exception arrives as ``handler_error``. A failed
+    event is delivered again after ``claim_idle``, up to ``max_deliveries``,
+    then dead-lettered."""
 
     def __init__(
         self,
@@ -113,8 +216,13 @@ class Consumer:
         max_entry_size: int = 8 << 20,
         reply_max_len: int = 10_000,
         dead_letter_max_len: int = 100_000,
+        stream_max_len: int = 100_000,
         shutdown_timeout: float = 30.0,
-        client: aioredis.Redis | None = None,
+        cache_ttl: float | None = None,
+        cache_max_value: int = 1 << 20,
+        retry_backoff: float = 0.5,
+        retry_backoff_max: float = 300.0,
+        client: Any = None,
     ) -> None:
         validate_name("topic", topic)
         validate_name("group", group)
@@ -124,6 +232,12 @@ class Consumer:
             raise InvalidConfig("concurrency, max_deliveries, claim_idle, block and max_entry_size must be positive")
         if claim_idle < 2 * block:
             raise InvalidConfig(f"claim_idle ({claim_idle}) must be at least twice block ({block})")
+        if retry_backoff < 0 or retry_backoff_max < retry_backoff or cache_max_value < 0 or stream_max_len < 0:
+            raise InvalidConfig("retry_backoff must be at most retry_backoff_max, cache_max_value and stream_max_len not negative")
+        if not callable(handler):
+            raise InvalidConfig("handler must be an async function or an async generator function")
+        if client is not None:
+            check_client(client)
         self.topic, self.group = topic, group
         self._h = handler
         self._keys = Keys(prefix)
@@ -137,55 +251,121 @@ class Consumer:
         self.max_entry_size = max_entry_size
         self._reply_cap = reply_max_len
         self._dlq_cap = dead_letter_max_len
+        self._stream_cap = stream_max_len
         self.shutdown_timeout = shutdown_timeout
+        self.cache_ttl = cache_ttl
+        self.cache_max_value = cache_max_value
+        self.retry_backoff, self.retry_backoff_max = retry_backoff, retry_backoff_max
         self._member = f"{group} {self.name}"
-        self._parts: list[str] = []  # stream keys read, partition i at index i
+        self._pnames: list[str] = []  # partition names read, partition i at index i
+        self._parts: list[str] = []  # their stream keys
         self._slots: asyncio.Semaphore | None = None  # one per handler that may run; FIFO for waiters
         self._running: dict[str, _Running] = {}  # entry id (per partition key) -> its handler
+        # entries waiting for a delayed retry: "<key>|<id>" -> due (unix ms)
+        self._waiting: dict[str, int] = {}
         # cancel token -> until (unix ms), oldest notice first; at most
         # MAX_CANCELLED (a flood of notices evicts the oldest, O(1) each)
         self._cancelled: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._by_token: dict[bytes, _Running] = {}  # cancel token -> the handler running it
+        self._next_due = 0  # unix ms (Redis's clock) of the earliest due retry or delayed event known; 0: none
+        self._clock_skew = 0  # Redis's clock minus ours, ms, as the due script saw it
+        self._due_wake: asyncio.Event | None = None
+        self._loops: list[asyncio.Task[Any]] = []
+        self._main: asyncio.Task[Any] | None = None
+        self._stopping = False
+        self._warn = WarnLimiter(log)
         self.stats = Stats()
-        self.serving = asyncio.Event()
+        self.serving = Serving()
 
     @property
-    def redis(self) -> aioredis.Redis:
-        assert self._r is not None
+    def redis(self) -> Any:
+        if self._r is None:
+            raise Closed("consumer not started (use async with, or await start())")
         return self._r
 
-    # -- run -----------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------
 
-    async def run(self) -> None:
-        """Serves until cancelled (see the class)."""
-        if self._r is None:
-            self._r = connect_url(self._url)
-        loops: list[asyncio.Task[Any]] = []
-        self._slots = asyncio.Semaphore(self.concurrency)
+    async def __aenter__(self) -> "Consumer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connects, joins the group and starts serving; returns once callers
+        see this worker. Raises :class:`InvalidConfig` (a bad URL),
+        :class:`PermissionDenied` (a wrong password, a refused command) or
+        :class:`Unavailable` (Redis unreachable); ``serving.wait()`` raises
+        the same."""
+        if self._main is not None:
+            raise InvalidConfig("consumer already started")
         try:
+            if self._r is None:
+                self._r = connect_url(self._url)
+            self._batch = Batcher(self._r)
+            self._scripts = Scripts(self._r)
+            self._slots = asyncio.Semaphore(self.concurrency)
+            self._due_wake = asyncio.Event()
             try:
-                await self._join()
+                await asyncio.wait_for(self._join(), max(10.0, self.claim_idle))
+            except asyncio.TimeoutError:
+                raise _unavailable(OSError("redis did not answer within the time to join")) from None
             except (RedisError, OSError) as e:
                 raise _unavailable(e) from None  # a wrong password, NOPERM, or Redis down: a MyceliumError
             await self._catch_up_control()
-            self.serving.set()
-            loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._reclaim_loop(), self._heartbeat_loop(),
-                                                         self._presence_loop(), self._control_loop())]
-            await asyncio.gather(*loops)
-        finally:
-            for t in loops:
-                t.cancel()
-            for t in loops:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            await self._drain()
+        except BaseException as e:
+            self.serving.fail(e if isinstance(e, Exception) else Closed("start cancelled"))
+            await self._close_client()
+            raise
+        self.serving.set()
+        self._loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._reclaim_loop(), self._heartbeat_loop(),
+                                                           self._presence_loop(), self._control_loop(), self._due_loop())]
+        self._main = asyncio.ensure_future(asyncio.gather(*self._loops))
+        self._main.add_done_callback(self._main_ended)
+
+    def _main_ended(self, t: asyncio.Future[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None and not self._stopping:
+            log.error("worker of %s stopped: %s", self.topic, t.exception(), exc_info=t.exception())
+
+    async def stop(self) -> None:
+        """Stops reading, drains running handlers (see the class), leaves the
+        group and closes the connection it made. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.serving.fail(Closed("consumer stopped before it served"))
+        for t in self._loops:
+            t.cancel()
+        for t in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._main is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._main
+        await self._drain()
+        if self._r is not None:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._leave())
-            if self._own_client and self._r is not None:
-                with contextlib.suppress(Exception):
-                    await self._r.close()
-                    await self._r.connection_pool.disconnect()
-                self._r = None
+                await asyncio.shield(asyncio.wait_for(self._leave(), 5))
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        if self._own_client and self._r is not None:
+            with contextlib.suppress(Exception):
+                await self._r.close()
+                await self._r.connection_pool.disconnect()
+            self._r = None
+
+    async def run(self) -> None:
+        """Serves until cancelled, then stops (see the class) and re-raises
+        the cancellation. A loop that fails for good (the group's stream
+        replaced by another type, say) stops it with that error."""
+        try:
+            await self.start()
+            assert self._main is not None
+            await asyncio.shield(self._main)
+        finally:
+            await asyncio.shield(self.stop())
 
     async def _drain(self) -> None:
         tasks = [r.task for r in self._running.values()]
@@ -199,12 +379,19 @@ class Consumer:
 
     async def _join(self) -> None:
         r = self.redis
+        await r.ping()
         meta = await r.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
         n = _count(meta[1]) or _count(meta[0]) or 1
-        self._parts = [self._keys.topic(partition(self.topic, i)) for i in range(n)]
-        for key in self._parts:
-            await self._create_group(key)
+        for i in range(n):
+            await self._add_partition(i)
         await self._beat()
+
+    async def _add_partition(self, i: int) -> None:
+        name = partition(self.topic, i)
+        key = self._keys.topic(name)
+        await self._create_group(key)
+        self._pnames.append(name)
+        self._parts.append(key)
 
     async def _create_group(self, key: str) -> None:
         r = self.redis
@@ -237,16 +424,25 @@ class Consumer:
         last_parts = time.monotonic()
         while True:
             await asyncio.sleep(PRESENCE_EVERY / 2.5)
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._beat()
                 if time.monotonic() - last_parts >= 2:
                     last_parts = time.monotonic()
-                    meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
-                    n = _count(meta[1]) or _count(meta[0]) or 1
-                    for i in range(len(self._parts), n):  # partitions added: read from their first entry
-                        key = self._keys.topic(partition(self.topic, i))
-                        await self._create_group(key)
-                        self._parts.append(key)
+                    await self._follow_partitions()
+            except (RedisError, OSError) as e:
+                self._warn.warn("worker of %s: presence not announced (callers may see no responders): %s", self.topic, e)
+
+    async def _follow_partitions(self) -> None:
+        """Reads partitions added since (from their first entry) and forgets
+        removed ones once drained (Go: the consumer's topology)."""
+        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
+        n = _count(meta[1]) or _count(meta[0]) or 1
+        for i in range(len(self._parts), n):
+            await self._add_partition(i)
+        if n < len(self._parts):
+            gone = self._parts[n:]
+            del self._parts[n:], self._pnames[n:]
+            log.info("worker of %s: partitions %d to %d drained and removed: no longer read", self.topic, n, n + len(gone) - 1)
 
     async def _take_slots(self) -> int:
         """One slot (waiting for it), then any others free now; a waiting
@@ -255,6 +451,16 @@ class Consumer:
         await self._slots.acquire()
         n = 1
         while n < self.concurrency and not self._slots.locked():
+            await self._slots.acquire()
+            n += 1
+        return n
+
+    async def _free_slots(self, most: int) -> int:
+        """Takes up to most slots free now, without waiting (acquire does not
+        suspend while the semaphore is not locked)."""
+        assert self._slots is not None
+        n = 0
+        while n < most and not self._slots.locked():
             await self._slots.acquire()
             n += 1
         return n
@@ -268,19 +474,21 @@ class Consumer:
         backoff = 0.05
         while True:
             n = await self._take_slots()
+            parts = list(self._parts)
             try:
-                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in self._parts}, count=n, block=self._block_ms)
+                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=n, block=self._block_ms)
                 backoff = 0.05
             except ResponseError as e:
                 self._give_slots(n)
                 if "NOGROUP" in str(e):  # Redis restarted or was flushed
                     with contextlib.suppress(RedisError, OSError):
-                        for key in self._parts:
+                        for key in parts:
                             await self._create_group(key)
                     continue
                 raise
-            except (RedisError, OSError):
+            except (RedisError, OSError) as e:
                 self._give_slots(n)
+                self._warn.warn("worker of %s: read failed, trying again in %.2fs: %s", self.topic, backoff, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -293,13 +501,15 @@ class Consumer:
             self._give_slots(n - got)
 
     async def _reclaim_loop(self) -> None:
-        cursors = {k: "0-0" for k in self._parts}
+        cursors: dict[str, str] = {}
         every = min(self.claim_idle / 2, 5.0)
         while True:
             await asyncio.sleep(every)
             for key in list(self._parts):
-                with contextlib.suppress(RedisError, OSError):
+                try:
                     await self._reclaim(key, cursors)
+                except (RedisError, OSError) as e:
+                    self._warn.warn("worker of %s: reclaim on %s failed: %s", self.topic, key, e)
 
     async def _reclaim(self, key: str, cursors: dict[str, str]) -> None:
         n = self.concurrency - len(self._running)
@@ -312,19 +522,34 @@ class Consumer:
         if not entries:
             return
         ids = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in entries]
+        entries = [e for e, i in zip(entries, ids) if f"{key}|{i}" not in self._running]
+        ids = [i for i in ids if f"{key}|{i}" not in self._running]
+        if not ids:
+            return
         order = sorted(ids, key=_id_order)
-        pend = await self.redis.xpending_range(key, self.group, order[0], order[-1], len(ids), consumername=self.name)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xpending_range(key, self.group, order[0], order[-1], len(ids), consumername=self.name)
+        for i in ids:  # a delayed retry not yet due waits for its time (whoever holds it)
+            pipe.zscore(self._keys.topic(self._pname(key)) + ":retry", i)
+        out = await pipe.execute(raise_on_error=False)
+        pend = out[0] if not isinstance(out[0], Exception) else []
         counts = {(p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): p["times_delivered"] for p in pend}
-        for eid, (_, fields) in zip(ids, entries):
-            n = await self._take_one()
+        now = self._redis_ms()
+        for k, (eid, (_, fields)) in enumerate(zip(ids, entries)):
+            due = out[1 + k]
+            if isinstance(due, (int, float)) and due > now:
+                self._waiting[f"{key}|{eid}"] = int(due)
+                self._note_due(int(due))
+                continue
+            taken = await self._take_one()
             self.stats.reclaimed += 1
             attempt = int(counts.get(eid, 1))
             if attempt > self.max_deliveries:
-                self._give_slots(n)
+                self._give_slots(taken)
                 await self._dead(key, eid, fields, attempt - 1, "max_deliveries",
                                  f"not completed after {attempt - 1} deliveries (MaxDeliveries {self.max_deliveries})")
                 continue
-            self._start(key, eid, fields, attempt, slot_taken=True)
+            self._start(key, eid, fields, attempt)
 
     async def _take_one(self) -> int:
         assert self._slots is not None
@@ -336,14 +561,23 @@ class Consumer:
         while True:
             await asyncio.sleep(every)
             old = time.monotonic() - every
+            now = self._redis_ms()
             by_key: dict[str, list[str]] = {}
-            for eid, run in list(self._running.items()):
+            for rid, run in list(self._running.items()):
                 if run.started < old:
-                    by_key.setdefault(run.key, []).append(eid.split("|", 1)[1])
+                    by_key.setdefault(run.key, []).append(rid.split("|", 1)[1])
+            for rid, due in list(self._waiting.items()):
+                if due <= now:  # due: whoever claims it at its time owns it now
+                    del self._waiting[rid]
+                    continue
+                key, eid = rid.split("|", 1)
+                by_key.setdefault(key, []).append(eid)
             for key, ids in by_key.items():
-                with contextlib.suppress(RedisError, OSError):
+                try:
                     await self.redis.xclaim(key, self.group, self.name, int(self.claim_idle * 1000 / 6), ids, justid=True)
                     self.stats.heartbeats += len(ids)
+                except (RedisError, OSError) as e:
+                    self._warn.warn("worker of %s: heartbeat on %s failed (long handlers may be reclaimed): %s", self.topic, key, e)
 
     async def _catch_up_control(self) -> None:
         self._ctl_last = f"{int(time.time() * 1000) - CONTROL_WINDOW_MS}-0"
@@ -367,8 +601,8 @@ class Consumer:
             self._control(res)
 
     def _control(self, res: Any) -> int:
-        """Applies cancel notices (docs/wire.md, "Control stream"); returns
-        how many entries it read."""
+        """Applies cancel notices and wake-ups (docs/wire.md, "Control
+        stream"); returns how many entries it read."""
         n = 0
         now = int(time.time() * 1000)
         for _, entries in res or []:
@@ -376,11 +610,18 @@ class Consumer:
                 n += 1
                 self._ctl_last = eid.decode() if isinstance(eid, bytes) else eid
                 f = dict(fields or {})
+                op = f.get(b"op")
+                if op == b"wake":
+                    try:
+                        self._note_due(int(f.get(b"until", b"")))
+                    except ValueError:
+                        self.stats.control_malformed += 1
+                    continue
                 tok = f.get(b"tok", b"")
                 # A notice must present the request's token: its ids alone
                 # are no proof (anyone who saw them could cancel).
-                if f.get(b"op") != b"cancel" or len(tok) != codec.TOKEN_SIZE or tok == bytes(codec.TOKEN_SIZE):
-                    self.stats.control_malformed += f.get(b"op") == b"cancel"
+                if op != b"cancel" or len(tok) != codec.TOKEN_SIZE or tok == bytes(codec.TOKEN_SIZE):
+                    self.stats.control_malformed += op == b"cancel"
                     continue
                 try:
                     until = int(f.get(b"until", b""))
@@ -404,9 +645,93 @@ class Consumer:
             self._cancelled.popitem(last=False)
         return n
 
+    # -- delayed events and retries ---------------------------------------
+
+    def _redis_ms(self) -> int:
+        return int(time.time() * 1000) + self._clock_skew
+
+    def _note_due(self, due: int) -> None:
+        """Something is due at due (unix ms, Redis's clock): wake the due
+        loop if that is earlier than what it sleeps for."""
+        if due > 0 and (self._next_due == 0 or due < self._next_due):
+            self._next_due = due
+            if self._due_wake is not None:
+                self._due_wake.set()
+
+    async def _due_loop(self) -> None:
+        """Moves due delayed events to the streams and claims due retries, at
+        the earliest due time known, on a wake notice, and at least every
+        DUE_EVERY seconds (docs/wire.md, "Delayed events and retries")."""
+        assert self._due_wake is not None
+        while True:
+            try:
+                await self._due_pass()
+            except (RedisError, OSError) as e:
+                self._warn.warn("worker of %s: promoting due delayed events and retries failed: %s", self.topic, e)
+            except MyceliumError as e:  # FunctionsNotLoaded: said once a period, the rest still serves
+                self._warn.warn("worker of %s: delayed events and retries not served: %s", self.topic, e)
+            wait = DUE_EVERY
+            if self._next_due:
+                wait = min(wait, max((self._next_due - self._redis_ms()) / 1000, 0.0))
+            self._due_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._due_wake.wait(), wait)
+
+    async def _due_pass(self) -> None:
+        self._next_due = 0
+        for key, name in list(zip(self._parts, self._pnames)):
+            free = await self._free_slots(self.concurrency)
+            try:
+                t0 = time.time() * 1000
+                res = await self._scripts.call(
+                    "due", [self._keys.topic(name) + ":delayed", key, self._keys.topic(name) + ":retry"],
+                    [FIELD, DUE_LIMIT, self.group, self.name, free, "MAXLEN" if self._stream_cap > 0 else "", self._stream_cap])
+            except BaseException:
+                self._give_slots(free)
+                raise
+            if not isinstance(res, list) or len(res) != 5:
+                self._give_slots(free)
+                raise ResponseError("due script: unexpected reply")
+            moved, nxt, now, claimed = int(res[0]), int(res[1]), int(res[2]), res[3] or []
+            self._clock_skew = int(now - (t0 + time.time() * 1000) / 2)
+            self.stats.delayed_promoted += moved
+            if nxt > 0:
+                self._note_due(nxt)
+            entries = [(e[0].decode() if isinstance(e[0], bytes) else str(e[0]), _fields(e[1])) for e in claimed if e and e[0]]
+            self._give_slots(free - len(entries))
+            if not entries:
+                continue
+            for eid, _ in entries:
+                self._waiting.pop(f"{key}|{eid}", None)
+            order = sorted((e for e, _ in entries), key=_id_order)
+            pend = await self.redis.xpending_range(key, self.group, order[0], order[-1], len(entries), consumername=self.name)
+            counts = {(p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): p["times_delivered"] for p in pend}
+            for eid, fields in entries:
+                self._start(key, eid, fields, int(counts.get(eid, 1)))
+
+    def _retry_delay(self, asked: float, attempt: int) -> float:
+        backoff = min(self.retry_backoff * (2 ** max(attempt - 1, 0)), self.retry_backoff_max)
+        d = max(asked, backoff)
+        return d + random.uniform(0, d / 20)
+
+    async def _schedule_retry(self, key: str, eid: str, delay: float) -> None:
+        due = int(await self._scripts.call("schedule", [self._keys.topic(self._pname(key)) + ":retry"], [eid, int(delay * 1000)]))
+        self._waiting[f"{key}|{eid}"] = due
+        self._note_due(due)
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.xadd(self._keys.control(self.topic), {b"op": b"wake", b"until": str(due).encode()},
+                                  maxlen=10_000, approximate=True)
+
+    def _pname(self, key: str) -> str:
+        try:
+            return self._pnames[self._parts.index(key)]
+        except ValueError:
+            return key[len(self._keys.prefix) + 2 : -1]  # a partition forgotten meanwhile: its name from its key
+
     # -- one entry -----------------------------------------------------
 
-    def _start(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int, *, slot_taken: bool = True) -> None:
+    def _start(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int) -> None:
+        """Runs one entry; a handler slot was taken for it."""
         self.stats.received += 1
         rid = key + "|" + eid
         task = asyncio.ensure_future(self._handle_safely(key, eid, fields, attempt))
@@ -423,14 +748,38 @@ class Consumer:
     async def _handle_safely(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int) -> None:
         try:
             await self._handle(key, eid, fields, attempt)
-        except (RedisError, OSError) as e:
+        except (RedisError, OSError, MyceliumError) as e:
             # The reply, ack or dead letter did not land: the entry stays
             # pending and is reclaimed after claim_idle (at least once).
             self.stats.write_errors += 1
-            log.warning("cannot finish entry %s on %s (it stays pending): %s", eid, key, e)
+            self._warn.warn("cannot finish entry %s on %s (it stays pending): %s", eid, key, e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug here must not kill the task silently
+            self.stats.write_errors += 1
+            self._warn.warn("entry %s on %s failed in the worker (it stays pending): %s", eid, key, e, exc=e)
+
+    async def _invoke(self, msg: Message, env: codec.Envelope, eid: str, attempt: int) -> tuple[bytes | None, int]:
+        """Runs the handler; returns the reply's payload and how many
+        chunks were sent before it."""
+        chunks = _Chunks(self, env, eid, attempt) if msg.streaming else None
+        msg._chunks = chunks
+        res = self._h(msg)
+        if inspect.isasyncgen(res):
+            joined: list[bytes] = []
+            async for c in res:
+                b = _as_bytes(c, "chunk")
+                if chunks is not None:
+                    await chunks.send(b)
+                else:
+                    joined.append(b)  # a caller that does not stream gets the chunks as one reply
+            return (None if chunks is not None else b"".join(joined)), (chunks.n if chunks else 0)
+        if not inspect.isawaitable(res):
+            raise TypeError(f"handler returned {type(res).__name__}: it must be an async function or an async generator function")
+        out = await res
+        return _as_bytes(out, "reply") if out is not None else None, (chunks.n if chunks else 0)
 
     async def _handle(self, key: str, eid: str, fields: Mapping[bytes, bytes] | None, attempt: int) -> None:
-        r = self.redis
         if fields is None:  # deleted while pending
             await self._ack(key, eid)
             return
@@ -471,17 +820,21 @@ class Consumer:
         if run is not None and req and env.token:
             run.token = env.token
             self._by_token[env.token] = run
+        cache_key, cache_ttl = self._cache_of(env, eid, attempt) if req and env.cache_key else ("", 0.0)
         msg = Message(id=eid, topic=self.topic, partition=self._parts.index(key) if key in self._parts else 0,
                       payload=env.payload, headers=env.headers or {}, attempt=attempt,
-                      deadline=env.deadline / 1e9 if env.deadline else None, request=req, sent=env.sent / 1e9)
+                      deadline=env.deadline / 1e9 if env.deadline else None, request=req, sent=env.sent / 1e9,
+                      streaming=req and bool(env.flags & codec.FLAG_STREAM))
         started = time.monotonic()
         out: bytes | None = None
+        sent_chunks = 0
         err: BaseException | None = None
+        ran_out = False
         try:
             if env.deadline:
-                out = await asyncio.wait_for(self._h(msg), max((env.deadline - time.time_ns()) / 1e9, 0))
+                out, sent_chunks = await asyncio.wait_for(self._invoke(msg, env, eid, attempt), max((env.deadline - time.time_ns()) / 1e9, 0))
             else:
-                out = await self._h(msg)
+                out, sent_chunks = await self._invoke(msg, env, eid, attempt)
         except asyncio.CancelledError:
             if req and env.token and env.token in self._cancelled:
                 self.stats.cancelled += 1  # the caller gave up: no reply
@@ -489,38 +842,25 @@ class Consumer:
                 return
             raise  # shutdown: the entry stays pending
         except asyncio.TimeoutError:
-            err = RemoteError(CODE_HANDLER, "context deadline exceeded")
+            err, ran_out = RemoteError(CODE_HANDLER, "context deadline exceeded"), True
         except Exception as e:  # noqa: BLE001 - a handler's failure becomes the caller's remote error
             err = e
-        if err is None and out is not None and not isinstance(out, (bytes, bytearray, memoryview)):
-            err = RemoteError(CODE_HANDLER, f"handler returned {type(out).__name__}, not bytes")
-        if err is not None:
-            log.warning("handler failed on entry %s (attempt %d, %s): %s", eid, attempt, "request" if req else "event", err)
+        if msg._chunks is not None:
+            sent_chunks = msg._chunks.n
         handled_ns = int((time.monotonic() - started) * 1e9)
         self.stats.handled += 1
+        if isinstance(err, RetryAfter) and await self._retry_later(key, eid, env, req, attempt, err):
+            return
         if err is not None:
             self.stats.failed += 1
-        if req:
-            reply = codec.Envelope(kind=codec.REPLY, id=env.id, sent=time.time_ns(), payload=bytes(out or b""),
-                                   queue_wait=_queue_wait(eid, env.sent, now_ns), handler=handled_ns,
-                                   request_entry=eid, attempt=min(attempt, (1 << 32) - 1),
-                                   cache_key=env.cache_key)  # names the cache entry it answers (not stored: cache_ttl 0)
-            if err is not None:
-                reply.payload = b""
-                if isinstance(err, RemoteError):
-                    reply.err_code, reply.err_msg = err.code or CODE_HANDLER, err.message
-                else:
-                    reply.err_code, reply.err_msg = CODE_HANDLER, str(err) or type(err).__name__
-            pipe = r.pipeline(transaction=False)
-            pipe.xadd(env.reply_to, {FIELD: codec.encode(reply)}, maxlen=self._reply_cap, approximate=True, nomkstream=True)
-            pipe.xack(key, self.group, eid)
-            res = await asyncio.shield(pipe.execute(raise_on_error=False))
-            if isinstance(res[0], Exception) or res[0] is None:
-                self.stats.reply_dropped += 1  # the caller's reply stream is gone
+            if not isinstance(err, (RemoteError, RetryAfter)):
+                self._warn.warn("handler failed on entry %s of %s (attempt %d, %s): %s", eid, self.topic, attempt,
+                                "request" if req else "event", err, exc=err)
             else:
-                self.stats.replied += 1
-            if not isinstance(res[1], Exception):
-                self.stats.acked += int(res[1] or 0)
+                self._warn.warn("handler failed on entry %s of %s (attempt %d, %s): %s", eid, self.topic, attempt,
+                                "request" if req else "event", err)
+        if req:
+            await self._reply(key, eid, env, attempt, out, err, sent_chunks, now_ns, handled_ns, cache_key, cache_ttl, ran_out)
             return
         if err is None:
             await self._ack(key, eid)
@@ -531,9 +871,115 @@ class Consumer:
             return
         self.stats.retried += 1  # left pending: delivered again after claim_idle
 
+    async def _retry_later(self, key: str, eid: str, env: codec.Envelope, req: bool, attempt: int, err: RetryAfter) -> bool:
+        """Schedules a RetryAfter's delivery; False when it cannot be (the
+        last delivery, or the caller's deadline is too close): the error
+        stands."""
+        if attempt >= self.max_deliveries:
+            return False
+        delay = self._retry_delay(err.delay, attempt)
+        if req and env.deadline and time.time_ns() + int(delay * 1e9) >= env.deadline:
+            return False
+        try:
+            await self._schedule_retry(key, eid, delay)
+        except (RedisError, OSError, MyceliumError) as e:
+            self._warn.warn("entry %s of %s: delayed retry not scheduled (delivered again after claim_idle): %s", eid, self.topic, e)
+        self.stats.retries_scheduled += 1
+        self.stats.retried += 1
+        return True
+
+    def _cache_of(self, env: codec.Envelope, eid: str, attempt: int) -> tuple[str, float]:
+        """The request's cache entry id and how long its answer may be
+        stored (seconds), or ("", 0) when it names none valid."""
+        if not _CACHE_ID.fullmatch(env.cache_key):
+            self._warn.warn("entry %s of %s: cached request with a malformed cache entry id: answered, not cached", eid, self.topic)
+            return "", 0.0
+        ttl = min(max(env.cache_ttl / 1e9, 0.0), CACHE_MAX_TTL)
+        if self.cache_ttl is not None:
+            ttl = 0.0 if self.cache_ttl < 0 else (min(ttl, self.cache_ttl) if self.cache_ttl > 0 else ttl)
+        return env.cache_key, ttl
+
+    async def _reply(self, key: str, eid: str, env: codec.Envelope, attempt: int, out: bytes | None, err: BaseException | None,
+                     sent_chunks: int, read_ns: int, handled_ns: int, cache_key: str, cache_ttl: float, ran_out: bool) -> None:
+        reply = codec.Envelope(kind=codec.REPLY, id=env.id, sent=time.time_ns(), payload=out or b"",
+                               queue_wait=_queue_wait(eid, env.sent, read_ns), handler=handled_ns,
+                               request_entry=eid, attempt=min(attempt, (1 << 32) - 1), seq=sent_chunks)
+        if err is not None:
+            reply.payload = b""
+            if isinstance(err, RemoteError):
+                reply.err_code, reply.err_msg = err.code or CODE_HANDLER, err.message
+            else:
+                reply.err_code, reply.err_msg = CODE_HANDLER, str(err) or type(err).__name__
+        cmds: list[Any] = []
+        settle = None
+        if cache_key:
+            reply.cache_key = cache_key
+            # A handler that ran out of the deadline settles nothing: the
+            # joined requests, whose deadlines may be later, ask again.
+            if not (ran_out or (env.deadline and time.time_ns() >= env.deadline and err is not None)):
+                ttl_ms = int(cache_ttl * 1000) if err is None and len(reply.payload) <= self.cache_max_value else 0
+                reply.cache_ttl = ttl_ms * 1_000_000
+                name = self._pname(key)
+                settle = (self._keys.topic(name) + ":c:" + cache_key, self._keys.topic(name) + ":f:" + cache_key,
+                          self._keys.meta(name), int(cache_key.split(":", 1)[0]), ttl_ms)
+                cmds += [("MULTI",), ("LRANGE", settle[1], 1, MAX_FLIGHT_WAITERS), ("DEL", settle[1])]
+        data = codec.encode(reply)
+        if settle is not None:
+            if settle[4] > 0:
+                cmds += [("SET", settle[0], str(settle[4]).encode() + b"\n" + data, "PX", settle[4]), ("HGET", settle[2], "gen")]
+            cmds.append(("EXEC",))
+        cmds += [_xadd(env.reply_to, data, self._reply_cap, nomkstream=True), ("XACK", key, self.group, eid)]
+        res = await self._batch.run(cmds)
+        x, a = res[-2], res[-1]
+        if isinstance(x, Exception) or x is None:
+            self.stats.reply_dropped += 1  # the caller's reply stream is gone
+        else:
+            self.stats.replied += 1
+        if isinstance(a, Exception):
+            raise _unavailable(a)
+        self.stats.acked += int(a or 0)
+        if settle is not None:
+            await self._settled(settle, res[len(cmds) - 3], reply)
+
+    async def _settled(self, settle: tuple[str, str, str, int, int], ex: Any, reply: codec.Envelope) -> None:
+        """Answers the requests that joined a cached one (taken from its
+        flight marker by the settle's EXEC ex), and deletes an answer stored
+        under a generation that is not the topic's current one."""
+        entry, _, _, gen, ttl_ms = settle
+        if isinstance(ex, Exception) or not isinstance(ex, list):
+            self._warn.warn("topic %s: cache store refused; joined requests ask again after the deadline: %s", self.topic, ex)
+            return
+        if ttl_ms > 0 and len(ex) == 4:
+            if isinstance(ex[2], Exception):
+                self._warn.warn("topic %s: cache store refused: %s", self.topic, ex[2])
+            else:
+                self.stats.cache_stores += 1
+                if _uint(ex[3]) != gen:  # a flush raced it, or the request named a generation to come
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.redis.delete(entry)
+        waiters = ex[0] if isinstance(ex[0], list) else []
+        cmds = []
+        for w in waiters[:MAX_FLIGHT_WAITERS]:
+            s = w.decode("utf-8", "replace") if isinstance(w, bytes) else str(w)
+            reply_to, sep, cid = s.rpartition(" ")
+            if not sep or not reply_to or not cid or len(cid.encode()) > 64 or self._keys.parse_reply(reply_to) is None:
+                self._warn.warn("topic %s: skipped a joined request that is not a reply stream of this bus", self.topic)
+                continue
+            cmds.append(_xadd(reply_to, codec.encode(reply.replace(id=cid)), self._reply_cap, nomkstream=True))
+        if not cmds:
+            return
+        res = await self._batch.run(cmds)
+        for r in res:
+            if r is None or isinstance(r, Exception):
+                self.stats.reply_dropped += 1
+            else:
+                self.stats.coalesced_replies += 1
+
     async def _ack(self, key: str, eid: str) -> None:
-        n = await self.redis.xack(key, self.group, eid)
-        self.stats.acked += int(n or 0)
+        res = await self._batch.run([("XACK", key, self.group, eid)])
+        if isinstance(res[0], Exception):
+            raise _unavailable(res[0])
+        self.stats.acked += int(res[0] or 0)
 
     async def _dead(self, key: str, eid: str, fields: Mapping[bytes, bytes], attempt: int, reason: str, why: str, *, oversized: bool = False) -> None:
         """Stores a dead letter (docs/wire.md) and acknowledges the entry, in
@@ -552,13 +998,50 @@ class Consumer:
             for k, v in fields.items():
                 dl[b"f." + k] = v
         dlq = key + ":dlq"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(dlq, dl, maxlen=self._dlq_cap, approximate=True)
-        pipe.xack(key, self.group, eid)
-        await asyncio.shield(pipe.execute())
+        flat: list[Any] = []
+        for k, v in dl.items():
+            flat += [k, v]
+        res = await self._batch.run([("MULTI",), ("XADD", dlq, "MAXLEN", "~", self._dlq_cap, "*", *flat),
+                                     ("XACK", key, self.group, eid), ("EXEC",)])
+        if isinstance(res[-1], Exception) or not isinstance(res[-1], list):
+            raise _unavailable(res[-1] if isinstance(res[-1], Exception) else ResponseError(f"dead letter not stored: {res}"))
         self.stats.dead_lettered += 1
         self.stats.acked += 1
-        log.warning("entry %s of %s dead-lettered (%s): %s", eid, key, reason, why[:200])
+        self._warn.warn("entry %s of %s dead-lettered (%s): %s", eid, key, reason, why[:200])
+
+
+def _xadd(key: str, data: bytes, cap: int, *, nomkstream: bool = False) -> tuple[Any, ...]:
+    c: tuple[Any, ...] = ("XADD", key)
+    if nomkstream:
+        c += ("NOMKSTREAM",)
+    if cap > 0:
+        c += ("MAXLEN", "~", cap)
+    return c + ("*", FIELD, data)
+
+
+def _as_bytes(v: Any, what: str) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    raise TypeError(f"handler gave a {what} of type {type(v).__name__}: want bytes or str")
+
+
+def _fields(v: Any) -> dict[bytes, bytes]:
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, list):
+        return {v[i]: v[i + 1] for i in range(0, len(v) - 1, 2)}
+    return {}
+
+
+def _uint(v: Any) -> int:
+    try:
+        return int(v) if v is not None else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def _id_order(eid: str) -> tuple[int, int]:
@@ -587,4 +1070,4 @@ def _queue_wait(eid: str, sent_ns: int, read_ns: int) -> int:
     return read_ns - start if start and read_ns >= start else 0
 
 
-__all__ = ["Consumer", "Handler", "Message", "Stats"]
+__all__ = ["Consumer", "Handler", "Message", "Serving", "Stats"]

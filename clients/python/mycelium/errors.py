@@ -61,3 +61,35 @@ class MalformedError(MyceliumError, ValueError):
 #: Remote error codes the Go and Python workers set.
 CODE_HANDLER = "handler_error"
 CODE_PANIC = "panic"
+
+
+class NotStreaming(MyceliumError):
+    """``Message.send`` on a request whose caller reads a whole reply, or on
+    an event (Go: bus.ErrNotStreaming)."""
+
+
+class CallerGone(MyceliumError):
+    """``Message.send`` found the caller's reply stream gone: it closed or
+    its stream expired (Go: bus.ErrCallerGone)."""
+
+
+class StreamBroken(MyceliumError):
+    """A streamed reply cannot go on: a chunk is missing (the reply stream
+    was trimmed), the request was delivered again after chunks were read, or
+    the caller read too slowly (Go: bus.ErrStreamBroken)."""
+
+
+class RetryAfter(MyceliumError):
+    """Raised by a handler: deliver this message again after at least
+    ``delay`` seconds (a model provider's Retry-After, say), counted toward
+    ``max_deliveries`` (Go: consumer.RetryAfter). The delay grows with the
+    attempts (``retry_backoff`` doubled per delivery up to
+    ``retry_backoff_max``; the larger applies) plus up to a twentieth of
+    jitter. A request is retried only when its caller's deadline leaves time
+    for the delay; otherwise the caller gets the error at once."""
+
+    def __init__(self, delay: float, cause: BaseException | str | None = None) -> None:
+        self.delay = max(float(delay), 0.0)
+        self.cause = cause
+        super().__init__(f"retry after {self.delay:g}s" + (f": {cause}" if cause else ""))
+

@@ -122,6 +122,19 @@ def connect_url(url: str) -> aioredis.Redis:
         why = str(e) if shown == url else "malformed (details not shown: it holds a password)"
         raise InvalidConfig(f"redis URL {shown!r}: {why}") from None
 
+def check_client(client: Any) -> None:
+    """Refuses a client that decodes replies to str: the bus reads bytes
+    (envelopes are binary), and such a client would fail every read."""
+    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kw is None:
+        kw = getattr(client, "connection_kwargs", None)
+    if kw is None and hasattr(client, "get_connection_kwargs"):
+        kw = client.get_connection_kwargs()
+    if kw and kw.get("decode_responses"):
+        raise InvalidConfig("the redis client decodes responses (decode_responses=True): give one made with "
+                            "decode_responses=False (the bus reads binary envelopes)")
+
+
 def _user_of(url: str, client: aioredis.Redis | None) -> str:
     """The ACL user a producer connects as ("" for the default user)."""
     user: str | None
@@ -172,6 +185,8 @@ class Producer:
     ) -> None:
         if max_in_flight < 1 or request_timeout <= 0 or reply_ttl < 1 or reply_block <= 0 or max_payload < 1:
             raise InvalidConfig("max_in_flight, request_timeout, reply_ttl, reply_block and max_payload must be positive (reply_ttl at least 1 s)")
+        if client is not None:
+            check_client(client)
         self._keys = Keys(prefix)
         self.id = producer_id or secrets.token_hex(6)
         validate_name("producer", self.id)

@@ -1,0 +1,307 @@
+"""The Python worker next to the Go one: the response cache, streamed
+replies, delayed retries and events, its lifecycle (start, serving, stop,
+SIGTERM) and the handler's return types; each a regression test of a defect
+a Python team found (issue 26)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from conftest import ROOT, free_port
+from mycelium import Consumer, Message, Producer, RemoteError
+from mycelium.errors import InvalidConfig, NoResponders, NotStreaming, PermissionDenied, RetryAfter, Unavailable
+from test_conformance import eventually, go_cli, py_worker
+
+pytestmark = pytest.mark.asyncio
+
+
+# -- the response cache -------------------------------------------------------
+
+
+async def test_go_cached_callers_coalesce_on_a_python_worker(redis_url: str, bus_worker: str, topic: str) -> None:
+    """Three `bus-worker request --cache` calls for one prompt: one handler
+    call answers all three (two joined the first in flight), and the answer
+    is stored for the next caller."""
+    calls = 0
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(m: Message) -> bytes:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return b"answer to " + m.payload
+
+    async with py_worker(redis_url, topic, slow) as c:
+        args = ("request", "--redis", redis_url, "--topic", topic, "--data", "q", "--cache", "--timeout", "20s")
+        first = asyncio.ensure_future(go_cli(bus_worker, *args))
+        await asyncio.wait_for(started.wait(), 20)
+        joined = [asyncio.ensure_future(go_cli(bus_worker, *args)) for _ in range(2)]
+        r = aioredis.from_url(redis_url)
+        try:
+            async def both_joined() -> bool:
+                keys = [k async for k in r.scan_iter(match=f"myc:{{{topic}}}:f:*")]
+                return len(keys) == 1 and await r.llen(keys[0]) == 3
+            await eventually(both_joined, 20, "two callers joined the flight")
+        finally:
+            await r.close(close_connection_pool=True)
+        release.set()
+        for f in [first, *joined]:
+            code, out, err = await f
+            assert code == 0, err
+            assert out.strip() == b"answer to q"
+        assert calls == 1
+        assert c.stats.coalesced_replies == 2 and c.stats.cache_stores == 1
+        code, out, err = await go_cli(bus_worker, *args)  # stored: no handler call
+        assert code == 0 and out.strip() == b"answer to q", err
+        assert calls == 1
+
+
+async def test_cache_errors_are_not_stored(redis_url: str, bus_worker: str, topic: str) -> None:
+    calls = 0
+
+    async def failing(m: Message) -> bytes:
+        nonlocal calls
+        calls += 1
+        raise RemoteError("model_down", "try later")
+
+    async with py_worker(redis_url, topic, failing) as c:
+        for _ in range(2):
+            code, out, _ = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data", "q", "--cache", "--json")
+            assert code != 0 and b"model_down" in out
+        assert calls == 2 and c.stats.cache_stores == 0
+
+
+# -- streamed replies -----------------------------------------------------------
+
+
+async def _stream_lines(bus_worker: str, redis_url: str, topic: str) -> list[dict]:
+    code, out, err = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data", "go", "--stream", "--json",
+                                  "--timeout", "20s")
+    assert code == 0, err
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+async def test_go_stream_from_an_async_generator_handler(redis_url: str, bus_worker: str, topic: str) -> None:
+    async def tokens(m: Message) -> AsyncIterator[bytes | str]:
+        for i in range(5):
+            yield f"tok{i} "
+
+    async with py_worker(redis_url, topic, tokens) as c:
+        lines = await _stream_lines(bus_worker, redis_url, topic)
+        assert [x.get("chunk") for x in lines[:-1]] == [f"tok{i} " for i in range(5)]
+        assert [x["seq"] for x in lines[:-1]] == list(range(5))
+        assert lines[-1]["end"] is True and lines[-1]["chunks"] == 5
+        assert c.stats.chunks == 5
+        # a caller that does not stream gets the chunks as one reply
+        async with Producer(redis_url) as p:
+            assert await p.request(topic, b"x", timeout=10) == b"tok0 tok1 tok2 tok3 tok4 "
+
+
+async def test_go_stream_from_send_and_a_last_chunk(redis_url: str, bus_worker: str, topic: str) -> None:
+    async def sender(m: Message) -> bytes:
+        if not m.streaming:
+            with pytest.raises(NotStreaming):
+                await m.send(b"x")
+            return b"whole"
+        for i in range(3):
+            await m.send(b"c%d" % i)
+        return b"last"
+
+    async with py_worker(redis_url, topic, sender):
+        lines = await _stream_lines(bus_worker, redis_url, topic)
+        assert [x.get("chunk") for x in lines[:-1]] == ["c0", "c1", "c2", "last"]
+        assert lines[-1]["chunks"] == 4
+        async with Producer(redis_url) as p:
+            assert await p.request(topic, b"x", timeout=10) == b"whole"
+
+
+# -- handler results ---------------------------------------------------------
+
+
+async def test_handler_results_str_none_and_wrong_types(redis_url: str, topic: str) -> None:
+    """str is sent as UTF-8, None as an empty reply; anything else is an
+    immediate handler_error reply and the entry is acknowledged (it used to
+    leave the caller waiting its whole timeout and the entry pending)."""
+
+    async def typed(m: Message):  # type: ignore[no-untyped-def]
+        return {b"str": "héllo", b"none": None, b"dict": {"a": 1}, b"int": 3}[m.payload]
+
+    async with py_worker(redis_url, topic, typed) as c, Producer(redis_url) as p:
+        assert await p.request(topic, b"str", timeout=10) == "héllo".encode()
+        assert await p.request(topic, b"none", timeout=10) == b""
+        for bad in (b"dict", b"int"):
+            t0 = time.monotonic()
+            with pytest.raises(RemoteError) as ei:
+                await p.request(topic, bad, timeout=20)
+            assert ei.value.code == "handler_error" and "type" in ei.value.message
+            assert time.monotonic() - t0 < 5
+        pend = await p.redis.xpending(f"myc:{{{topic}}}", "workers")
+        assert pend["pending"] == 0
+        assert c.stats.failed == 2
+
+
+# -- delayed retries and events -------------------------------------------------
+
+
+async def test_retry_after_redelivers_a_request_later(redis_url: str, bus_worker: str, topic: str) -> None:
+    seen: list[tuple[int, float]] = []
+
+    async def limited(m: Message) -> bytes:
+        seen.append((m.attempt, time.monotonic()))
+        if m.attempt == 1:
+            raise RetryAfter(0.4, "429 from the provider")
+        return b"ok on attempt %d" % m.attempt
+
+    async with py_worker(redis_url, topic, limited, retry_backoff=0.1) as c:
+        code, out, err = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data", "q", "--timeout", "20s")
+        assert code == 0, err
+        assert out.strip() == b"ok on attempt 2"
+        assert [a for a, _ in seen] == [1, 2]
+        assert seen[1][1] - seen[0][1] >= 0.39
+        assert c.stats.retries_scheduled == 1
+
+
+async def test_retry_after_beyond_the_deadline_fails_at_once(redis_url: str, topic: str) -> None:
+    async def limited(m: Message) -> bytes:
+        raise RetryAfter(60, "429")
+
+    async with py_worker(redis_url, topic, limited), Producer(redis_url) as p:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as ei:
+            await p.request(topic, b"q", timeout=5)
+        assert "retry after" in ei.value.message and time.monotonic() - t0 < 4
+
+
+async def test_go_delayed_event_promoted_by_a_python_worker(redis_url: str, bus_worker: str, topic: str) -> None:
+    got: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
+
+    async def handle(m: Message) -> None:
+        await got.put((m.payload, time.monotonic()))
+
+    async with py_worker(redis_url, topic, handle) as c:
+        t0 = time.monotonic()
+        code, _, err = await go_cli(bus_worker, "publish", "--redis", redis_url, "--topic", topic, "--data", "later", "--after", "700ms")
+        assert code == 0, err
+        payload, at = await asyncio.wait_for(got.get(), 15)
+        assert payload == b"later" and at - t0 >= 0.6
+
+        async def promoted() -> bool:
+            return c.stats.delayed_promoted == 1
+        await eventually(promoted, 5, "the promotion counted")
+
+
+# -- lifecycle ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def password_redis() -> Iterator[str]:
+    d = tempfile.mkdtemp()
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", d, "--requirepass", "s3cret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def echo(m: Message) -> bytes:
+    return m.payload
+
+
+async def test_start_raises_on_a_wrong_password(password_redis: str, topic: str) -> None:
+    c = Consumer(f"redis://:wrong@{password_redis}", topic, echo)
+    with pytest.raises(PermissionDenied) as ei:
+        await asyncio.wait_for(c.start(), 10)
+    assert "wrong" not in str(ei.value)
+    with pytest.raises(PermissionDenied):
+        await asyncio.wait_for(c.serving.wait(), 1)  # never waited on in vain
+    async with Consumer(f"redis://:s3cret@{password_redis}", topic, echo) as ok:
+        assert ok.serving.is_set()
+
+
+async def test_run_pattern_does_not_hang_when_redis_is_unreachable(topic: str) -> None:
+    """The README's pattern: run() in a task, then serving.wait(): raises
+    instead of waiting forever."""
+    c = Consumer(f"redis://127.0.0.1:{free_port()}", topic, echo)
+    task = asyncio.ensure_future(c.run())
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(c.serving.wait(), 15)
+    with pytest.raises(Unavailable):
+        await task
+
+
+async def test_decode_responses_client_refused(redis_url: str, topic: str) -> None:
+    r = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(InvalidConfig, match="decode_responses"):
+            Consumer(redis_url, topic, echo, client=r)
+        with pytest.raises(InvalidConfig, match="decode_responses"):
+            Producer(redis_url, client=r)
+    finally:
+        await r.close(close_connection_pool=True)
+
+
+async def test_async_with_consumer_serves_and_leaves(redis_url: str, topic: str) -> None:
+    async with Producer(redis_url) as p:
+        async with Consumer(redis_url, topic, echo) as c:
+            assert await p.request(topic, b"in", timeout=10) == b"in"
+        assert await p.redis.zcard(f"myc:{{{topic}}}:workers") == 0
+    async with Producer(redis_url) as p2:  # a producer checks a served topic at most once a second: a new one
+        with pytest.raises(NoResponders):
+            await p2.request(topic, b"out", timeout=5)
+        assert c.stats.handled == 1
+
+
+async def test_sigterm_drains_python_m_mycelium_serve(redis_url: str, topic: str) -> None:
+    """SIGTERM while a request runs: its caller gets the answer, the worker
+    leaves (the next caller gets NoResponders at once, not a timeout), and
+    the process exits 0."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mycelium", "serve", "--redis", redis_url, "--topic", topic,
+                                                "--handler", "sleep:1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.strip() == b"serving"
+        async with Producer(redis_url) as p:
+            call = asyncio.ensure_future(p.request(topic, b"drain me", timeout=20))
+
+            async def running() -> bool:
+                return (await p.redis.xpending(f"myc:{{{topic}}}", "workers"))["pending"] == 1
+            await eventually(running, 10, "the handler running")
+            proc.send_signal(signal.SIGTERM)
+            assert await call == b"drain me"
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            with pytest.raises(NoResponders):
+                await p.request(topic, b"after", timeout=5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
