@@ -1,24 +1,32 @@
 """Mycelium for Python: call Mycelium workers and serve Mycelium topics over
 Redis Streams, on the same wire as the Go packages (docs/wire.md)."""
 
+from ._cache import CacheConfig
 from .codec import Envelope
-from .consumer import Consumer, Message
-from .producer import Producer
+from .consumer import Consumer, Message, Serving
 from .errors import (
     BusTimeout,
+    CallerGone,
     Closed,
+    DelayedFull,
     InvalidConfig,
     MalformedError,
     MyceliumError,
     NoResponders,
+    NotStreaming,
     PayloadTooLarge,
     PermissionDenied,
+    RedisFailed,
     RemoteError,
+    RetryAfter,
+    StreamBroken,
     Unavailable,
 )
+from .producer import Producer, Reply
 
 __all__ = [
-    "BusTimeout", "Closed", "Envelope", "InvalidConfig", "MalformedError", "MyceliumError",
-    "NoResponders", "PayloadTooLarge", "PermissionDenied", "RemoteError", "Unavailable", "Producer", "Consumer", "Message",
+    "BusTimeout", "CacheConfig", "CallerGone", "Closed", "Consumer", "DelayedFull", "Envelope", "InvalidConfig",
+    "MalformedError", "Message", "MyceliumError", "NoResponders", "NotStreaming", "PayloadTooLarge", "PermissionDenied",
+    "Producer", "RedisFailed", "RemoteError", "Reply", "RetryAfter", "Serving", "StreamBroken", "Unavailable",
 ]
 __version__ = "0.1.0"

@@ -93,3 +93,13 @@ class RetryAfter(MyceliumError):
         self.cause = cause
         super().__init__(f"retry after {self.delay:g}s" + (f": {cause}" if cause else ""))
 
+
+
+class DelayedFull(PayloadTooLarge):
+    """A delayed event was refused: its partition's delayed set holds
+    ``stream_max_len`` entries (Go: bus.ErrDelayedFull)."""
+
+
+class RedisFailed(MyceliumError):
+    """Redis refused a command for another reason than permissions (a key
+    of the wrong type, a script error, OOM): the text says which."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import datetime
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable, Mapping
 
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, NoPermissionError
@@ -17,24 +18,47 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec
+from ._batch import Batcher
+from ._cache import (
+    DEFAULT_LOCAL_BYTES,
+    MAX_FLIGHT_WAITERS,
+    META_REFRESH,
+    TAKEOVER_GRACE,
+    CacheConfig,
+    Flight,
+    LocalTier,
+    TopicCache,
+    digest,
+    hash_partition,
+)
+from ._log import WarnLimiter
 from .errors import (
     BusTimeout,
     Closed,
+    DelayedFull,
     InvalidConfig,
-    PermissionDenied,
     MalformedError,
+    MyceliumError,
     NoResponders,
     PayloadTooLarge,
+    PermissionDenied,
+    RedisFailed,
     RemoteError,
+    StreamBroken,
     Unavailable,
 )
 from .keys import DEFAULT_PREFIX, Keys, partition, partition_of, validate_name
+from .scripts import Scripts
+
+log = logging.getLogger("mycelium.producer")
 
 FIELD = b"m"
 MAX_HEADERS = 1024
 MAX_HEADER_BYTES = 64 << 10
 DEFAULT_MAX_PAYLOAD = 4 << 20
 RESPONDER_IDLE_MS = 15_000
+#: the longest delay of a delayed event (Go: producer.MaxDelay)
+MAX_DELAY = 366 * 24 * 3600.0
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -48,16 +72,32 @@ def _base36(n: int) -> str:
     return "".join(reversed(out))
 
 
-def _unavailable(e: Exception) -> Exception:
+def _unavailable(e: BaseException) -> MyceliumError:
     """The MyceliumError a Redis error means: refused credentials or
     commands (a wrong password raised a bare redis-py error) are
-    PermissionDenied, a connection that failed Unavailable."""
+    PermissionDenied, a connection that failed Unavailable, any other
+    refusal RedisFailed."""
+    if isinstance(e, MyceliumError):
+        return e
     if isinstance(e, (AuthenticationError, NoPermissionError)) or (
             isinstance(e, ResponseError) and str(e).split(" ", 1)[0] in ("WRONGPASS", "NOAUTH", "NOPERM")):
         return PermissionDenied(f"redis refused: {e}")
     if isinstance(e, (RedisConnectionError, RedisTimeoutError, OSError)):
         return Unavailable(f"redis unavailable: {e}")
-    return e
+    return RedisFailed(f"redis refused: {e}")
+
+
+class _StreamState:
+    """A streamed reply's reading state (docs/wire.md, "Chunk")."""
+
+    def __init__(self, limit: int) -> None:
+        self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self.attempt = 0  # the delivery followed (0: none seen yet)
+        self.next_seq = 0
+        self.buffered = 0  # bytes queued, unread
+        self.limit = limit
+        self.ended = False
+        self.broken = False
 
 
 @dataclass
@@ -65,6 +105,8 @@ class _Waiter:
     future: asyncio.Future[codec.Envelope]
     entry: str | None = None  # the request's stream entry id, once written
     early: list[codec.Envelope] = field(default_factory=list)  # replies read before that
+    cache_entry: str = ""  # a cached request's entry: a joined request's reply names it, not our stream entry
+    stream: _StreamState | None = None
 
 
 @dataclass
@@ -77,20 +119,39 @@ class _Topic:
 
 
 @dataclass
+class Reply:
+    """One answer of :meth:`Producer.request_batch`: its payload, or the
+    error that request got (``RemoteError``, ``BusTimeout``...)."""
+
+    payload: bytes = b""
+    error: MyceliumError | None = None
+
+
+@dataclass
 class Stats:
     """Counters of one producer."""
 
     published: int = 0
+    delayed: int = 0
     requests: int = 0
     replies: int = 0
+    chunks: int = 0
+    streams_broken: int = 0
     late: int = 0
     timeouts: int = 0
     remote_errors: int = 0
     malformed: int = 0
     forged: int = 0
     cancelled: int = 0
-
-
+    write_errors: int = 0
+    cache_hits_local: int = 0
+    cache_hits_shared: int = 0
+    cache_misses: int = 0
+    coalesced_local: int = 0
+    coalesced_remote: int = 0
+    cache_takeovers: int = 0
+    cache_corrupt: int = 0
+    reader_restarts: int = 0
 
 
 def redact_url(url: str) -> str:
@@ -162,10 +223,15 @@ class Producer:
 
     One reply reader per producer reads its reply stream (never a
     subscription per request); at most ``max_in_flight`` requests wait at
-    once (more wait for a slot, within their timeout). Deadlines travel in
-    the envelope, so workers skip requests whose caller gave up; a request
-    cancelled by its task (``asyncio.CancelledError``) writes a cancel
-    notice, so the worker running it cancels its handler."""
+    once (more wait for a slot, within their timeout). Writes of concurrent
+    callers share round trips (one pipelined write per event-loop turn).
+    Deadlines travel in the envelope, so workers skip requests whose caller
+    gave up; a request cancelled by its task (``asyncio.CancelledError``)
+    writes a cancel notice, so the worker running it cancels its handler.
+
+    ``cache`` names the topics whose requests use the response cache
+    (docs/cache.md): ``{"reasoning": CacheConfig(ttl=600)}``; per call,
+    ``cache_key=``, ``max_age=``, ``no_cache=``, ``no_store=``."""
 
     def __init__(
         self,
@@ -181,7 +247,9 @@ class Producer:
         stream_max_len: int = 100_000,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         wait_for_responders: bool = False,
-        client: aioredis.Redis | None = None,
+        cache: Mapping[str, CacheConfig] | None = None,
+        local_cache_bytes: int = DEFAULT_LOCAL_BYTES,
+        client: Any = None,
     ) -> None:
         if max_in_flight < 1 or request_timeout <= 0 or reply_ttl < 1 or reply_block <= 0 or max_payload < 1:
             raise InvalidConfig("max_in_flight, request_timeout, reply_ttl, reply_block and max_payload must be positive (reply_ttl at least 1 s)")
@@ -193,7 +261,7 @@ class Producer:
         self._inc = secrets.token_hex(4)
         self._url = url
         self._own_client = client is None
-        self._r: aioredis.Redis | None = client
+        self._r: Any = client
         # The reply stream is named after its owner, the ACL user (the
         # producer role of bus-worker acl reads only its own user's:
         # <prefix>:{r.<owner>.<id>}); default: the URL's or the client's
@@ -223,6 +291,18 @@ class Producer:
         self._topics: dict[str, _Topic] = {}
         self._bg: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._warn = WarnLimiter(log)
+        self._down_since = 0.0  # monotonic time the reply reader lost Redis; 0: up
+        self._cache_cfg: dict[str, CacheConfig] = {}
+        for t, cc in (cache or {}).items():
+            validate_name("topic", t)
+            try:
+                self._cache_cfg[t] = cc.resolved()
+            except ValueError as e:
+                raise InvalidConfig(f"cache of topic {t!r}: {e}") from None
+        self._tcache: dict[str, TopicCache] = {}  # partition name -> its cache state
+        self._local = LocalTier(local_cache_bytes) if local_cache_bytes > 0 else None
+        self._flights: dict[tuple[Any, ...], Flight] = {}
         self.stats = Stats()
 
     # -- lifecycle -----------------------------------------------------
@@ -235,22 +315,26 @@ class Producer:
         await self.close()
 
     async def start(self) -> None:
-        """Connects (and checks Redis answers). Called by ``async with``."""
+        """Connects (and checks Redis answers). Called by ``async with``.
+        Raises :class:`InvalidConfig`, :class:`PermissionDenied` (a wrong
+        password) or :class:`Unavailable`."""
         if self._r is None:
             self._r = connect_url(self._url)
         self._slots = asyncio.Semaphore(self._max_in_flight)
         self._reader_lock = asyncio.Lock()
+        self._batch = Batcher(self._r)
+        self._scripts = Scripts(self._r)
         try:
-            await self._r.ping()
-        except (RedisError, OSError) as e:
+            await asyncio.wait_for(self._r.ping(), 10)
+        except (RedisError, OSError, asyncio.TimeoutError) as e:
             if self._own_client:  # nothing else will close it: __aexit__ does not run when __aenter__ fails
                 with contextlib.suppress(Exception):
                     await self._r.close(close_connection_pool=True)
                 self._r = None
-            raise _unavailable(e) from None
+            raise _unavailable(e if not isinstance(e, asyncio.TimeoutError) else OSError("redis did not answer PING within 10s")) from None
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> Any:
         if self._r is None:
             raise Closed("producer not started (use async with, or await start())")
         return self._r
@@ -264,9 +348,12 @@ class Producer:
         self._closed = True
         waiting = list(self._waiters.items())
         for seq, w in waiting:
-            if not w.future.done():
-                w.future.set_exception(Closed("producer closed"))
-        if waiting and self._r is not None:
+            self._fail(w, Closed("producer closed"))
+        for f in list(self._flights.values()):
+            if not f.done.done():
+                f.done.set_exception(Closed("producer closed"))
+                f.done.exception()
+        if waiting and self._r is not None and self._inflight:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._cancel_notices([(s, *v) for s, v in self._inflight.items()]), 2)
         if self._reader is not None:
@@ -310,26 +397,37 @@ class Producer:
                 raise PayloadTooLarge(f"headers of {n} bytes, max {MAX_HEADER_BYTES}")
         return t
 
-    async def _partition(self, t: _Topic, key: str | bytes | None) -> str:
-        """The stream key to write to: by partition key, else round robin.
-        The count is re-read at most every second."""
+    async def _count(self, t: _Topic) -> int:
+        """The topic's partition count, re-read at most every second."""
         now = time.monotonic()
         if now - t.parts_read >= 1.0:
             try:
                 v = await self.redis.hget(self._keys.meta(t.name), "partitions")
                 n = int(v) if v is not None else 1
                 t.parts = n if 1 <= n <= 1024 else 1
-            except (ValueError, RedisError):
+            except (ValueError, RedisError, OSError):
                 pass  # keep the last count
             t.parts_read = now
-        if t.parts <= 1:
-            return self._keys.topic(t.name)
+        return t.parts
+
+    async def _pick(self, t: _Topic, key: str | bytes | None, cache_hash: str | None = None) -> str:
+        """The partition to write to (its name): by partition key, by cache
+        hash, else round robin."""
+        n = await self._count(t)
+        if n <= 1:
+            return t.name
         if key is not None:
-            p = partition_of(key, t.parts)
+            p = partition_of(key, n)
+        elif cache_hash is not None:
+            p = hash_partition(cache_hash, n)
         else:
-            p = t.rr % t.parts
+            p = t.rr % n
             t.rr += 1
-        return self._keys.topic(partition(t.name, p))
+        return partition(t.name, p)
+
+    async def _partition(self, t: _Topic, key: str | bytes | None) -> str:
+        """The stream key to write to (see _pick)."""
+        return self._keys.topic(await self._pick(t, key))
 
     async def _served(self, t: _Topic) -> bool:
         """Whether a worker serves t (its presence set, else its groups),
@@ -348,35 +446,103 @@ class Producer:
                 except ResponseError:
                     groups = []
                 n = sum(int(g.get("consumers", g.get(b"consumers", 0)) or 0) for g in groups)
-        except RedisError as e:
+        except (RedisError, OSError) as e:
             raise _unavailable(e) from None
         if n > 0:
             t.served_at = now
             return True
         return False
 
+    async def _write(self, cmds: list[Any]) -> list[Any]:
+        """Runs cmds in the next shared write; Redis errors become
+        MyceliumErrors."""
+        try:
+            res = await self._batch.run(cmds)
+        except (RedisError, OSError) as e:
+            self.stats.write_errors += 1
+            raise _unavailable(e) from None
+        for r in res:
+            if isinstance(r, Exception):
+                self.stats.write_errors += 1
+                raise _unavailable(r)
+        return res
+
+    async def _write_requests(self, cmds: list[Any], reqs: list[tuple[int, _Topic, int, bytes]]) -> list[Any]:
+        """_write for requests: a caller cancelled while its write is on the
+        wire still gets its cancel notices written once the write lands
+        (the worker may already run the handler)."""
+        wf = asyncio.ensure_future(self._write(cmds))
+        try:
+            return await asyncio.shield(wf)
+        except asyncio.CancelledError:
+            if not wf.done():
+                self._spawn(self._cancel_when_written(wf, reqs))
+            elif not wf.cancelled() and wf.exception() is None:
+                self._spawn(self._cancel_notices(reqs))
+            raise
+
+    async def _cancel_when_written(self, wf: asyncio.Future[list[Any]], reqs: list[tuple[int, _Topic, int, bytes]]) -> None:
+        try:
+            await wf
+        except Exception:  # noqa: BLE001 - not written: nothing to cancel
+            return
+        await self._cancel_notices(reqs)
+
+    def _xadd(self, key: str, data: bytes) -> tuple[Any, ...]:
+        if self._cap > 0:
+            return ("XADD", key, "MAXLEN", "~", self._cap, "*", FIELD, data)
+        return ("XADD", key, "*", FIELD, data)
+
     # -- events --------------------------------------------------------
 
     async def publish(
-        self, topic: str, payload: bytes, *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None
+        self, topic: str, payload: bytes, *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None,
+        after: float | None = None, at: float | datetime.datetime | None = None,
     ) -> str:
-        """Appends one event; returns its stream entry id once Redis stored it."""
+        """Appends one event; returns its stream entry id once Redis stored
+        it. ``after`` (seconds) or ``at`` (unix seconds or a datetime)
+        delays it: it waits in its partition's delayed set until due, by
+        Redis's clock, then a worker moves it to the stream; the id returned
+        is then the delayed entry's (``d…``)."""
         t = self._check(topic, payload, headers)
-        key = await self._partition(t, partition_key)
         env = codec.Envelope(kind=codec.EVENT, sent=time.time_ns(), headers=dict(headers) if headers else None, payload=bytes(payload))
+        due = _due(after, at)
+        if due is not None:
+            return await self._delayed(t, env, partition_key, due)
+        key = await self._partition(t, partition_key)
+        res = await self._write([self._xadd(key, codec.encode(env))])
+        self.stats.published += 1
+        return _s(res[0])
+
+    async def _delayed(self, t: _Topic, env: codec.Envelope, partition_key: str | bytes | None, due: tuple[int, int]) -> str:
+        name = await self._pick(t, partition_key)
+        self._seq += 1
+        did = "d" + self._inc + _base36(self._seq)
+        member = did.encode() + b":" + codec.encode(env)
+        at_ms, after_ms = due
         try:
-            eid = await self.redis.xadd(key, {FIELD: codec.encode(env)}, maxlen=self._cap, approximate=True)
-        except RedisError as e:
+            when = await self._scripts.call("delay", [self._keys.topic(name) + ":delayed"], [member, at_ms, after_ms, self._cap])
+        except ResponseError as e:
+            self.stats.write_errors += 1
+            if str(e).startswith("MYCFULL"):
+                raise DelayedFull(f"publish to {t.name}: the delayed set holds stream_max_len ({self._cap}) entries") from None
+            raise _unavailable(e) from None
+        except (RedisError, OSError) as e:
+            self.stats.write_errors += 1
             raise _unavailable(e) from None
         self.stats.published += 1
-        return eid.decode() if isinstance(eid, bytes) else str(eid)
+        self.stats.delayed += 1
+        with contextlib.suppress(RedisError, OSError):  # best effort: workers look every few seconds anyway
+            await self.redis.xadd(self._keys.control(t.name), {b"op": b"wake", b"until": str(int(when)).encode()},
+                                  maxlen=10_000, approximate=True)
+        return did
 
     async def publish_batch(
         self, topic: str, payloads: Iterable[bytes], *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None
     ) -> list[str]:
-        """Appends events in one round trip, one MULTI/EXEC per partition
-        (contiguous in the stream; a blocked worker gets them in one read).
-        Payloads are checked before anything is sent."""
+        """Appends events in one round trip, as one MULTI/EXEC (contiguous
+        in the streams; a blocked worker gets them in one read). Payloads
+        are checked before anything is sent."""
         payloads = [bytes(p) for p in payloads]
         t = self._check(topic, b"", headers)
         for i, p in enumerate(payloads):
@@ -387,15 +553,18 @@ class Producer:
         sent = time.time_ns()
         hd = dict(headers) if headers else None
         keys = [await self._partition(t, partition_key) for _ in payloads]
-        pipe = self.redis.pipeline(transaction=True)
-        for k, p in zip(keys, payloads):
-            pipe.xadd(k, {FIELD: codec.encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))}, maxlen=self._cap, approximate=True)
-        try:
-            ids = await pipe.execute()
-        except RedisError as e:
-            raise _unavailable(e) from None
+        cmds: list[Any] = [("MULTI",)]
+        cmds += [self._xadd(k, codec.encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))) for k, p in zip(keys, payloads)]
+        cmds.append(("EXEC",))
+        res = await self._write(cmds)
+        ids = res[-1]
+        if not isinstance(ids, list) or len(ids) != len(payloads):
+            raise Unavailable(f"publish batch to {topic!r}: the transaction was not applied ({ids!r})")
+        for i in ids:
+            if isinstance(i, Exception):
+                raise _unavailable(i)
         self.stats.published += len(ids)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return [_s(i) for i in ids]
 
     # -- requests ------------------------------------------------------
 
@@ -408,6 +577,11 @@ class Producer:
         headers: Mapping[str, str] | None = None,
         partition_key: str | bytes | None = None,
         wait_for_responders: bool | None = None,
+        cache: bool | None = None,
+        cache_key: str | bytes | None = None,
+        max_age: float | None = None,
+        no_cache: bool = False,
+        no_store: bool = False,
     ) -> bytes:
         """Sends a request and waits for its reply's payload.
 
@@ -415,39 +589,66 @@ class Producer:
         ``request_timeout``) passes, :class:`RemoteError` when the handler
         failed, :class:`NoResponders` when no worker serves the topic
         (nothing written; ``wait_for_responders=True`` queues it anyway),
-        :class:`PayloadTooLarge`, :class:`Closed`, :class:`Unavailable`."""
+        :class:`PayloadTooLarge`, :class:`Closed`, :class:`Unavailable`.
+
+        On a cached topic (``cache=`` of the producer, or ``cache=True``
+        here with the default settings; ``cache=False`` bypasses it) the
+        answer may come from this process's memory, from Redis, or from an
+        identical request in flight anywhere: ``cache_key`` says what counts
+        as the same request (default the payload), ``max_age`` accepts only
+        a stored answer that young, ``no_cache`` asks a worker even if an
+        answer is stored, ``no_store`` leaves this answer unstored."""
         t = self._check(topic, payload, headers)
         timeout = self._timeout if timeout is None else timeout
         if timeout <= 0:
             raise InvalidConfig("timeout must be positive")
+        if max_age is not None and max_age <= 0:
+            raise InvalidConfig("max_age must be positive")
         start = time.monotonic()
         deadline_ns = time.time_ns() + int(timeout * 1e9)
-        wait = self._wait if wait_for_responders is None else wait_for_responders
-        if not wait and not await self._served(t):
-            raise NoResponders(f"no worker serves topic {topic!r}")
-        await self._ensure_reader()
-        remaining = timeout - (time.monotonic() - start)
+        cc = self._cache_cfg.get(topic)
+        if cache is True and cc is None:
+            cc = CacheConfig().resolved()
+        if cache is False:
+            cc = None
+        if cc is not None:
+            return await self._cached(t, payload, headers, partition_key, deadline_ns, start, timeout, wait_for_responders, cc,
+                                      cache_key, max_age, no_cache, no_store)
+        await self._admit(t, wait_for_responders)
         assert self._slots is not None
-        try:
-            await asyncio.wait_for(self._slots.acquire(), max(remaining, 0))
-        except asyncio.TimeoutError:
-            self.stats.timeouts += 1
-            raise BusTimeout(f"request to {topic!r}: timeout waiting for an in-flight slot") from None
+        await self._slot(t, start, timeout)
         try:
             return await self._request(t, payload, headers, partition_key, deadline_ns, start, timeout)
         finally:
             self._slots.release()
 
+    async def _admit(self, t: _Topic, wait_for_responders: bool | None) -> None:
+        wait = self._wait if wait_for_responders is None else wait_for_responders
+        if not wait and not await self._served(t):
+            raise NoResponders(f"no worker serves topic {t.name!r}")
+        await self._ensure_reader()
+
+    async def _slot(self, t: _Topic, start: float, timeout: float) -> None:
+        assert self._slots is not None
+        remaining = timeout - (time.monotonic() - start)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), max(remaining, 0))
+        except asyncio.TimeoutError:
+            self.stats.timeouts += 1
+            raise BusTimeout(f"request to {t.name!r}: timeout waiting for an in-flight slot") from None
+
+    def _new_waiter(self, **kw: Any) -> tuple[int, str, _Waiter]:
+        self._seq += 1
+        seq = self._seq
+        w = _Waiter(asyncio.get_running_loop().create_future(), **kw)
+        self._waiters[seq] = w
+        return seq, self._inc + _base36(seq), w
+
     async def _request(
         self, t: _Topic, payload: bytes, headers: Mapping[str, str] | None, partition_key: str | bytes | None,
         deadline_ns: int, start: float, timeout: float,
     ) -> bytes:
-        self._seq += 1
-        seq = self._seq
-        cid = self._inc + _base36(seq)
-        loop = asyncio.get_running_loop()
-        w = _Waiter(loop.create_future())
-        self._waiters[seq] = w
+        seq, cid, w = self._new_waiter()
         token = secrets.token_bytes(codec.TOKEN_SIZE)
         self._inflight[seq] = (t, deadline_ns, token)
         written = False
@@ -455,23 +656,11 @@ class Producer:
             key = await self._partition(t, partition_key)
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
                                  headers=dict(headers) if headers else None, payload=bytes(payload), token=token)
-            try:
-                eid = await self.redis.xadd(key, {FIELD: codec.encode(env)}, maxlen=self._cap, approximate=True)
-            except RedisError as e:
-                raise _unavailable(e) from None
+            res = await self._write_requests([self._xadd(key, codec.encode(env))], [(seq, t, deadline_ns, token)])
             written = True
             self.stats.requests += 1
-            w.entry = eid.decode() if isinstance(eid, bytes) else str(eid)
-            for r in w.early:  # replies read before the write returned
-                if self._accept(w, r):
-                    break
-            w.early.clear()
-            remaining = timeout - (time.monotonic() - start)
-            try:
-                reply = await asyncio.wait_for(asyncio.shield(w.future), max(remaining, 0))
-            except asyncio.TimeoutError:
-                self.stats.timeouts += 1
-                raise BusTimeout(f"request to {t.name!r}: no reply within {timeout:g}s") from None
+            self._written(w, _s(res[0]))
+            reply = await self._await_reply(w, t, start, timeout)
         except asyncio.CancelledError:
             if written:  # the caller gave up: its handler stops too
                 self._spawn(self._cancel_notices([(seq, t, deadline_ns, token)]))
@@ -479,22 +668,381 @@ class Producer:
         finally:
             self._waiters.pop(seq, None)
             self._inflight.pop(seq, None)
+        return self._result(reply)
+
+    def _written(self, w: _Waiter, entry: str) -> None:
+        w.entry = entry
+        early, w.early = w.early, []
+        for r in early:  # replies read before the write returned
+            self._deliver(w, r)
+
+    async def _await_reply(self, w: _Waiter, t: _Topic, start: float, timeout: float) -> codec.Envelope:
+        remaining = timeout - (time.monotonic() - start)
+        try:
+            return await asyncio.wait_for(asyncio.shield(w.future), max(remaining, 0))
+        except asyncio.TimeoutError:
+            self.stats.timeouts += 1
+            raise BusTimeout(f"request to {t.name!r}: no reply within {timeout:g}s") from None
+
+    def _result(self, reply: codec.Envelope) -> bytes:
         if reply.err_code:
             self.stats.remote_errors += 1
             raise RemoteError(reply.err_code, reply.err_msg)
         self.stats.replies += 1
         return reply.payload
 
-    def _accept(self, w: _Waiter, r: codec.Envelope) -> bool:
-        if r.request_entry and w.entry is not None and r.request_entry != w.entry:
-            self.stats.forged += 1  # answers an entry someone else wrote with this id
-            return False
-        if not w.future.done():
-            w.future.set_result(r)
-        return True
+    async def request_batch(
+        self, topic: str, payloads: Iterable[bytes], *, timeout: float | None = None, headers: Mapping[str, str] | None = None,
+        partition_key: str | bytes | None = None, wait_for_responders: bool | None = None,
+    ) -> list[Reply]:
+        """Sends requests in one round trip (one MULTI/EXEC: a worker's read
+        gets them together) and returns one :class:`Reply` per payload, in
+        order, each with its payload or its error. Raises for the batch as a
+        whole: :class:`NoResponders`, :class:`PayloadTooLarge` (checked
+        before anything is sent), :class:`Closed`, :class:`Unavailable`."""
+        payloads = [bytes(p) for p in payloads]
+        t = self._check(topic, b"", headers)
+        for i, p in enumerate(payloads):
+            if len(p) > self.max_payload:
+                raise PayloadTooLarge(f"entry {i}: payload of {len(p)} bytes, max {self.max_payload}")
+        if not payloads:
+            return []
+        timeout = self._timeout if timeout is None else timeout
+        if timeout <= 0:
+            raise InvalidConfig("timeout must be positive")
+        start = time.monotonic()
+        deadline_ns = time.time_ns() + int(timeout * 1e9)
+        await self._admit(t, wait_for_responders)
+        taken = 0
+        assert self._slots is not None
+        try:
+            for _ in payloads:
+                await self._slot(t, start, timeout)
+                taken += 1
+            return await self._request_batch(t, payloads, headers, partition_key, deadline_ns, start, timeout)
+        except BusTimeout as e:
+            return [Reply(error=e) for _ in payloads]
+        finally:
+            for _ in range(taken):
+                self._slots.release()
+
+    async def _request_batch(self, t: _Topic, payloads: list[bytes], headers: Mapping[str, str] | None,
+                             partition_key: str | bytes | None, deadline_ns: int, start: float, timeout: float) -> list[Reply]:
+        hd = dict(headers) if headers else None
+        waiters: list[tuple[int, _Waiter, bytes]] = []
+        cmds: list[Any] = [("MULTI",)]
+        sent = time.time_ns()
+        for p in payloads:
+            seq, cid, w = self._new_waiter()
+            token = secrets.token_bytes(codec.TOKEN_SIZE)
+            self._inflight[seq] = (t, deadline_ns, token)
+            waiters.append((seq, w, token))
+            env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=sent, headers=hd,
+                                 payload=p, token=token)
+            cmds.append(self._xadd(await self._partition(t, partition_key), codec.encode(env)))
+        cmds.append(("EXEC",))
+        written = False
+        try:
+            res = await self._write_requests(cmds, [(seq, t, deadline_ns, tok) for seq, _, tok in waiters])
+            ids = res[-1]
+            if not isinstance(ids, list) or len(ids) != len(payloads):
+                raise Unavailable(f"request batch to {t.name!r}: the transaction was not applied ({ids!r})")
+            written = True
+            self.stats.requests += len(ids)
+            for (_, w, _), eid in zip(waiters, ids):
+                self._written(w, _s(eid))
+            out: list[Reply] = []
+            for _, w, _ in waiters:
+                try:
+                    out.append(Reply(payload=self._result(await self._await_reply(w, t, start, timeout))))
+                except (RemoteError, BusTimeout) as e:
+                    out.append(Reply(error=e))
+            return out
+        except asyncio.CancelledError:
+            if written:
+                self._spawn(self._cancel_notices([(seq, t, deadline_ns, tok) for seq, w, tok in waiters if not w.future.done()]))
+            raise
+        finally:
+            for seq, _, _ in waiters:
+                self._waiters.pop(seq, None)
+                self._inflight.pop(seq, None)
+
+    # -- streamed replies ----------------------------------------------------
+
+    async def stream(
+        self, topic: str, payload: bytes, *, timeout: float | None = None, headers: Mapping[str, str] | None = None,
+        partition_key: str | bytes | None = None, wait_for_responders: bool | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Sends a request whose reply the handler streams, and yields its
+        chunks as they arrive: ``async for chunk in p.stream(topic, prompt):``.
+        A handler that does not stream gives its reply as the one chunk.
+
+        The stream ends after the last chunk; a handler error after some
+        chunks raises :class:`RemoteError` after them; a missing chunk, or
+        a delivery again after chunks were read, raises
+        :class:`StreamBroken`; ``timeout`` bounds the whole stream
+        (:class:`BusTimeout`). Leaving the loop early (``break``, an
+        exception) cancels the handler: close the iterator then, at once,
+        with ``contextlib.aclosing(p.stream(...))``, else it is closed when
+        collected."""
+        t = self._check(topic, payload, headers)
+        timeout = self._timeout if timeout is None else timeout
+        if timeout <= 0:
+            raise InvalidConfig("timeout must be positive")
+        start = time.monotonic()
+        deadline_ns = time.time_ns() + int(timeout * 1e9)
+        await self._admit(t, wait_for_responders)
+        await self._slot(t, start, timeout)
+        assert self._slots is not None
+        st = _StreamState(max(16 << 20, 4 * self.max_payload))
+        seq, cid, w = self._new_waiter(stream=st)
+        token = secrets.token_bytes(codec.TOKEN_SIZE)
+        self._inflight[seq] = (t, deadline_ns, token)
+        written = False
+        try:
+            key = await self._partition(t, partition_key)
+            env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
+                                 headers=dict(headers) if headers else None, payload=bytes(payload), token=token,
+                                 flags=codec.FLAG_STREAM)
+            res = await self._write_requests([self._xadd(key, codec.encode(env))], [(seq, t, deadline_ns, token)])
+            written = True
+            self.stats.requests += 1
+            self._written(w, _s(res[0]))
+            while True:
+                remaining = timeout - (time.monotonic() - start)
+                try:
+                    item = await asyncio.wait_for(st.queue.get(), max(remaining, 0))
+                except asyncio.TimeoutError:
+                    self.stats.timeouts += 1
+                    raise BusTimeout(f"stream from {t.name!r}: not ended within {timeout:g}s") from None
+                if item is None:
+                    self.stats.replies += 1
+                    return
+                if isinstance(item, BaseException):
+                    if isinstance(item, RemoteError):
+                        self.stats.remote_errors += 1
+                    raise item
+                st.buffered -= len(item)
+                yield item
+        finally:
+            ended = st.ended and st.queue.empty() and not st.broken
+            self._waiters.pop(seq, None)
+            self._inflight.pop(seq, None)
+            self._slots.release()
+            if written and not ended:  # the caller stopped reading: its handler stops too
+                self._spawn(self._cancel_notices([(seq, t, deadline_ns, token)]))
+
+    def _stream_item(self, w: _Waiter, r: codec.Envelope) -> None:
+        """Takes a chunk or the ending reply of a streamed request (the wire
+        rules of docs/wire.md, "Chunk")."""
+        st = w.stream
+        assert st is not None
+        if st.ended:
+            return
+        att = r.attempt
+        if st.attempt == 0:
+            st.attempt = att
+        elif att != st.attempt:
+            if att < st.attempt:
+                return  # an earlier delivery's: dropped
+            if st.next_seq > 0:
+                self._break(w, f"the request was delivered again (attempt {att}) after {st.next_seq} chunks of attempt {st.attempt}")
+                return
+            st.attempt = att  # nothing read yet: follow the new delivery
+        if r.kind == codec.CHUNK:
+            if r.seq < st.next_seq:
+                return  # a duplicate
+            if r.seq > st.next_seq:
+                self._break(w, f"chunk {r.seq} arrived when {st.next_seq} was next: the reply stream was trimmed")
+                return
+            st.next_seq += 1
+            st.buffered += len(r.payload)
+            self.stats.chunks += 1
+            if st.buffered > st.limit:
+                self._break(w, f"the caller left more than {st.limit} bytes of chunks unread")
+                return
+            st.queue.put_nowait(r.payload)
+            return
+        if r.seq != st.next_seq:  # the ending reply
+            self._break(w, f"the reply counts {r.seq} chunks, {st.next_seq} arrived: the reply stream was trimmed")
+            return
+        if r.payload:
+            st.queue.put_nowait(r.payload)
+        st.queue.put_nowait(RemoteError(r.err_code, r.err_msg) if r.err_code else None)
+        st.ended = True
+
+    def _break(self, w: _Waiter, why: str) -> None:
+        st = w.stream
+        assert st is not None
+        st.ended = st.broken = True
+        self.stats.streams_broken += 1
+        st.queue.put_nowait(StreamBroken(f"stream broken: {why}"))
+
+    # -- the response cache ---------------------------------------------------
+
+    async def _cached(
+        self, t: _Topic, payload: bytes, headers: Mapping[str, str] | None, partition_key: str | bytes | None, deadline_ns: int,
+        start: float, timeout: float, wait_for_responders: bool | None, cc: CacheConfig, cache_key: str | bytes | None,
+        max_age: float | None, no_cache: bool, no_store: bool,
+    ) -> bytes:
+        h = digest(payload, cache_key)
+        name = await self._pick(t, partition_key, h)
+        tc = self._tcache.get(name)
+        if tc is None:
+            tc = self._tcache[name] = TopicCache(cc)
+        if not no_cache and self._local is not None and cc.local_ttl > 0:
+            e = self._local.get((name, tc.epoch, h))
+            if e is not None and (max_age is None or time.monotonic() - e.made <= max_age):
+                self.stats.cache_hits_local += 1
+                self._refresh_meta(name, tc)
+                return e.payload
+        fk = (name, h, no_cache, no_store, max_age)
+        f = self._flights.get(fk)
+        if f is not None and not f.done.done():
+            f.refs += 1
+            self.stats.coalesced_local += 1
+            try:
+                remaining = timeout - (time.monotonic() - start)
+                reply = await asyncio.wait_for(asyncio.shield(f.done), max(remaining, 0))
+            except asyncio.TimeoutError:
+                self.stats.timeouts += 1
+                raise BusTimeout(f"request to {t.name!r}: no reply within {timeout:g}s") from None
+            finally:
+                f.refs -= 1
+            return self._result(reply)
+        f = Flight(asyncio.get_running_loop().create_future())
+        self._flights[fk] = f  # before any await: identical requests from now on join it
+        slot = False
+        assert self._slots is not None
+        try:
+            await self._admit(t, wait_for_responders)
+            await self._slot(t, start, timeout)
+            slot = True
+            reply = await self._lead(t, name, tc, f, h, payload, headers, deadline_ns, start, timeout, max_age, no_cache, no_store)
+            if not f.done.done():
+                f.done.set_result(reply)
+        except BaseException as e:
+            if not f.done.done():
+                f.done.set_exception(e if isinstance(e, Exception) else BusTimeout("the leading request was cancelled"))
+                f.done.exception()
+            raise
+        finally:
+            if self._flights.get(fk) is f:
+                del self._flights[fk]
+            if slot:
+                self._slots.release()
+        if not reply.err_code and reply.cache_ttl > 0 and self._local is not None and cc.local_ttl > 0:
+            self._local.put((name, tc.epoch, h), reply.payload, f.age, min(cc.local_ttl, reply.cache_ttl / 1e9 - f.age), f.entry)
+        return self._result(reply)
+
+    async def _lead(
+        self, t: _Topic, name: str, tc: TopicCache, f: Flight, h: str, payload: bytes, headers: Mapping[str, str] | None,
+        deadline_ns: int, start: float, timeout: float, max_age: float | None, no_cache: bool, no_store: bool,
+    ) -> codec.Envelope:
+        """One flight's request: the cache script's round trip (a stored
+        answer, a flight joined anywhere, or the request written), then its
+        reply; asking again as this caller when the request it waited for
+        gave up (its deadline passed)."""
+        seq, cid, w = self._new_waiter()
+        try:
+            env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns,
+                                 headers=dict(headers) if headers else None, payload=bytes(payload),
+                                 cache_ttl=0 if no_store else int(tc.cfg.ttl * 1e9))
+            while True:
+                hit = await self._begin(t, name, tc, f, w, env, h, deadline_ns, max_age, no_cache)
+                if hit is not None:
+                    return hit
+                remaining = timeout - (time.monotonic() - start)
+                wait = remaining
+                if f.leader and f.leader < deadline_ns / 1e9:  # the request we joined gives up before us
+                    wait = min(remaining, max(f.leader + TAKEOVER_GRACE - time.time(), 0))
+                try:
+                    return await asyncio.wait_for(asyncio.shield(w.future), max(wait, 0))
+                except asyncio.TimeoutError:
+                    if wait >= remaining:
+                        self.stats.timeouts += 1
+                        raise BusTimeout(f"request to {t.name!r}: no reply within {timeout:g}s") from None
+                    self.stats.cache_takeovers += 1  # ask again: the script takes the stale flight over
+        finally:
+            self._waiters.pop(seq, None)
+
+    async def _begin(self, t: _Topic, name: str, tc: TopicCache, f: Flight, w: _Waiter, env: codec.Envelope, h: str,
+                     deadline_ns: int, max_age: float | None, no_cache: bool) -> codec.Envelope | None:
+        """Runs the cache script; returns a stored answer, or None when the
+        request was joined or written (its reply comes to w)."""
+        drop = False
+        stream = self._keys.topic(name)
+        for _ in range(3):
+            entry = f"{tc.gen}:{h}"
+            f.entry = w.cache_entry = entry
+            now = time.time()
+            env.cache_key, env.sent = entry, time.time_ns()
+            args = [tc.gen, int(max_age * 1000) if max_age else 0, self.reply_key + " " + env.id, int(now * 1000),
+                    deadline_ns // 1_000_000, int((deadline_ns / 1e9 - now + TAKEOVER_GRACE + 1) * 1000), MAX_FLIGHT_WAITERS,
+                    FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, "1" if drop else "0", "1" if no_cache else "0"]
+            try:
+                r = await self._scripts.call("begin", [stream, self._keys.meta(name), f"{stream}:c:{entry}", f"{stream}:f:{entry}"], args)
+            except (RedisError, OSError) as e:
+                self.stats.write_errors += 1
+                raise _unavailable(e) from None
+            if not isinstance(r, list) or len(r) < 3:
+                raise Unavailable(f"request to {t.name!r}: the cache script answered {r!r}")
+            outcome = int(r[0])
+            tc.gen, tc.epoch, tc.meta_at = _uint(r[1]), _uint(r[2]), time.monotonic()
+            if outcome == 0:  # the generation changed: ask again with it
+                continue
+            if outcome == 1:
+                try:
+                    v = codec.decode(r[3])
+                except MalformedError:
+                    v = None
+                if v is None or v.kind != codec.REPLY or v.err_code:
+                    self.stats.cache_corrupt += 1
+                    self._warn.warn("topic %s: undecodable cache value: deleted, asking a worker", t.name)
+                    drop = True
+                    continue
+                self.stats.cache_hits_shared += 1
+                age = max(int(r[4]), 0) / 1000
+                f.age = age
+                v.cache_ttl = (age + max(int(r[5]), 0) / 1000) * 1e9 if len(r) > 5 else 0
+                return v
+            if outcome == 2:
+                self.stats.coalesced_remote += 1
+                f.leader = int(r[3]) / 1000
+                return None
+            self.stats.requests += 1
+            self.stats.cache_misses += 1
+            if outcome == 4:
+                self.stats.cache_takeovers += 1
+            f.leader = 0.0
+            w.entry = _s(r[3])
+            return None
+        raise Unavailable(f"request to {t.name!r}: the cache generation kept changing")
+
+    def _refresh_meta(self, name: str, tc: TopicCache) -> None:
+        """Re-reads the topic's epoch in the background at most once a
+        second while local hits are served: an invalidation reaches this
+        process's memory within about a second."""
+        if time.monotonic() - tc.meta_at < META_REFRESH or tc.refreshing:
+            return
+        tc.refreshing = True
+
+        async def read() -> None:
+            try:
+                g, e = await self.redis.hmget(self._keys.meta(name), ["gen", "epoch"])
+                tc.gen, tc.epoch, tc.meta_at = _uint(g), _uint(e), time.monotonic()
+            except (RedisError, OSError):
+                pass
+            finally:
+                tc.refreshing = False
+        self._spawn(read())
+
+    # -- cancel notices ------------------------------------------------------
 
     async def _cancel_notices(self, reqs: list[tuple[int, _Topic, int, bytes]]) -> None:
         """Writes a cancel notice for each (seq, topic, deadline, token)."""
+        if not reqs:
+            return
         pipe = self.redis.pipeline(transaction=False)
         for seq, t, deadline_ns, token in reqs:
             pipe.xadd(
@@ -525,6 +1073,36 @@ class Producer:
                 raise Closed("producer closed")
             await self._create_reply_stream()
             self._reader = asyncio.ensure_future(self._read_replies())
+            self._reader.add_done_callback(self._reader_ended)
+
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        """A reply reader that died (a bug, a reply redis-py could not
+        parse) fails every waiter at once with the cause; the next request
+        starts a new one."""
+        if task.cancelled() or self._closed:
+            return
+        err = task.exception()
+        if err is None:
+            return
+        self._reader = None
+        self.stats.reader_restarts += 1
+        log.error("reply reader of %s stopped; failing %d waiting requests, the next request starts a new one: %s",
+                  self.reply_key, len(self._waiters), err, exc_info=err)
+        cause = Unavailable(f"the reply reader stopped: {err}")
+        for w in list(self._waiters.values()):
+            self._fail(w, cause)
+        for f in list(self._flights.values()):
+            if not f.done.done():
+                f.done.set_exception(cause)
+                f.done.exception()
+
+    def _fail(self, w: _Waiter, err: MyceliumError) -> None:
+        if w.stream is not None and not w.stream.ended:
+            w.stream.ended = True
+            w.stream.queue.put_nowait(err)
+        if not w.future.done():
+            w.future.set_exception(err)
+            w.future.exception()
 
     async def _create_reply_stream(self) -> None:
         ctl = codec.encode(codec.Envelope(kind=codec.CONTROL, sent=time.time_ns()))
@@ -533,7 +1111,7 @@ class Producer:
         pipe.pexpire(self.reply_key, self._ttl_ms)
         try:
             await pipe.execute()
-        except RedisError as e:
+        except (RedisError, OSError) as e:
             raise _unavailable(e) from None
 
     async def _read_replies(self) -> None:
@@ -545,13 +1123,21 @@ class Producer:
             try:
                 if time.monotonic() >= next_refresh:
                     if not await self.redis.pexpire(self.reply_key, self._ttl_ms):
-                        await self._create_reply_stream()  # Redis lost it (restart, FLUSHALL)
+                        log.warning("reply stream %s was lost (a restart, a flush): recreating it", self.reply_key)
+                        await self._create_reply_stream()
                     next_refresh = time.monotonic() + every
                 res = await self.redis.xread({self.reply_key: last}, count=256, block=self._block_ms)
                 backoff = 0.05
+                if self._down_since:
+                    log.warning("redis is back after %.1fs: reading replies on %s again", time.monotonic() - self._down_since, self.reply_key)
+                    self._down_since = 0.0
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError):
+            except (RedisError, OSError, MyceliumError) as e:
+                if not self._down_since:
+                    self._down_since = time.monotonic()
+                self._warn.warn("redis unavailable to the reply reader of %s (requests wait; retrying in %.2fs): %s",
+                                self.reply_key, backoff, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -570,8 +1156,8 @@ class Producer:
         except MalformedError:
             self.stats.malformed += 1
             return
-        if env.kind != codec.REPLY:
-            return  # control entries; chunks (this client reads no streams)
+        if env.kind not in (codec.REPLY, codec.CHUNK):
+            return  # control entries
         if not env.id.startswith(self._inc):
             self.stats.late += 1  # an earlier incarnation's
             return
@@ -581,11 +1167,55 @@ class Producer:
             self.stats.late += 1
             return
         w = self._waiters.get(seq)
-        if w is None or w.future.done():
-            self.stats.late += 1
+        if w is None or w.future.done() or (w.stream is not None and w.stream.ended):
+            if env.kind == codec.REPLY:
+                self.stats.late += 1
             return
-        if w.entry is None and env.request_entry:
-            if len(w.early) < 4:
+        if env.kind == codec.CHUNK and w.stream is None:
+            return  # a chunk for a caller that reads a whole reply: dropped
+        if w.entry is None and env.request_entry and not (w.cache_entry and env.cache_key == w.cache_entry):
+            if len(w.early) < 64:
                 w.early.append(env)  # read before the write returned: judged then
             return
-        self._accept(w, env)
+        self._deliver(w, env)
+
+    def _deliver(self, w: _Waiter, r: codec.Envelope) -> None:
+        if w.cache_entry and r.cache_key == w.cache_entry:
+            pass  # a cached request's answer (ours, or the one we joined): it names the entry
+        elif r.request_entry and w.entry is not None and r.request_entry != w.entry:
+            self.stats.forged += 1  # answers an entry someone else wrote with this id
+            return
+        if w.stream is not None:
+            self._stream_item(w, r)
+            return
+        if r.kind == codec.REPLY and not w.future.done():
+            w.future.set_result(r)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _uint(v: Any) -> int:
+    try:
+        n = int(v) if v is not None else 0
+    except (TypeError, ValueError):
+        return 0
+    return max(n, 0)
+
+
+def _due(after: float | None, at: float | datetime.datetime | None) -> tuple[int, int] | None:
+    """(at ms, after ms) for the delay script, or None for no delay (a
+    delay not in the future publishes at once)."""
+    if after is not None and at is not None:
+        raise InvalidConfig("give after or at, not both")
+    if after is not None:
+        if after > MAX_DELAY:
+            raise InvalidConfig(f"delay over {MAX_DELAY:g}s (366 days)")
+        return (0, int(after * 1000)) if after > 0 else None
+    if at is not None:
+        ts = at.timestamp() if isinstance(at, datetime.datetime) else float(at)
+        if ts - time.time() > MAX_DELAY:
+            raise InvalidConfig(f"delay over {MAX_DELAY:g}s (366 days)")
+        return (max(int(ts * 1000), 1), 0) if ts > time.time() else None
+    return None
