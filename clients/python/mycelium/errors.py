@@ -61,3 +61,9 @@ class MalformedError(MyceliumError, ValueError):
 #: Remote error codes the Go and Python workers set.
 CODE_HANDLER = "handler_error"
 CODE_PANIC = "panic"
+
+
+class RedisFailed(MyceliumError):
+    """Redis answered a command with an error that is neither a refusal
+    (PermissionDenied) nor unavailability (Unavailable): a wrong type, a
+    command the server does not know, a script error."""
