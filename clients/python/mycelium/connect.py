@@ -642,34 +642,41 @@ async def open_client(
                                 master_set=master_set, sentinel_username=sentinel_username,
                                 sentinel_password=sentinel_password, sentinel_password_file=sentinel_password_file,
                                 max_connections=max_connections, client_name=client_name, connect_timeout=connect_timeout)
-    client = build_client(url, cluster=cluster, **opts)
+    held = [build_client(url, cluster=cluster, **opts)]  # what is open now (a cluster client may replace it)
     t = _parse(url)
     secrets = list(t.secrets) + [s for s in (password, sentinel_password) if s]
-    shown = t.shown
+
+    async def connect() -> None:
+        client = held[0]
+        if is_cluster(client):
+            await client.initialize()
+            await client.ping()
+            return
+        await client.ping()
+        if isinstance(client, _SentinelMaster):
+            return
+        try:
+            info = await client.info("cluster")
+        except ResponseError:  # INFO refused (an ACL): taken as standalone
+            info = {}
+        if str(info.get("cluster_enabled", "0")) == "1":
+            await close_client(client)
+            held[0] = client = build_client(url, cluster=True, **opts)
+            await client.initialize()
+            await client.ping()
+
+    # asyncio.wait_for, not asyncio.timeout: redis-py 4.3 can leave the
+    # task cancelled twice when a read is interrupted, and asyncio.timeout
+    # then lets the CancelledError through instead of a TimeoutError.
     try:
-        async with asyncio.timeout(connect_timeout):
-            if is_cluster(client):
-                await client.initialize()
-                await client.ping()
-            else:
-                await client.ping()
-                if not isinstance(client, _SentinelMaster):
-                    try:
-                        info = await client.info("cluster")
-                    except ResponseError:  # INFO refused (an ACL): taken as standalone
-                        info = {}
-                    if str(info.get("cluster_enabled", "0")) == "1":
-                        await close_client(client)
-                        client = build_client(url, cluster=True, **opts)
-                        await client.initialize()
-                        await client.ping()
+        await asyncio.wait_for(connect(), connect_timeout)
     except BaseException as e:
-        await close_client(client)
-        if isinstance(e, TimeoutError) and not isinstance(e, RedisError):  # ours (asyncio.timeout)
-            raise Unavailable(f"cannot reach Redis at {shown}: no answer within {connect_timeout:g}s") from None
+        await close_client(held[0])
+        if isinstance(e, TimeoutError) and not isinstance(e, RedisError):  # wait_for's
+            raise Unavailable(f"cannot reach Redis at {t.shown}: no answer within {connect_timeout:g}s") from None
         if isinstance(e, Exception):
             w = wrap_error(e, url=url, secrets=secrets)
             if w is not e:
                 raise w from None
         raise
-    return client
+    return held[0]
