@@ -665,9 +665,10 @@ async def open_client(
             await client.initialize()
             await client.ping()
 
-    # asyncio.wait_for, not asyncio.timeout: redis-py 4.3 can leave the
-    # task cancelled twice when a read is interrupted, and asyncio.timeout
-    # then lets the CancelledError through instead of a TimeoutError.
+    # asyncio.wait_for, not asyncio.timeout: with redis-py 4.3 a PING
+    # interrupted by asyncio.timeout came out as a CancelledError (the task
+    # still marked cancelling), not a TimeoutError; wait_for runs the open
+    # in a task of its own and raises TimeoutError here.
     try:
         await asyncio.wait_for(connect(), connect_timeout)
     except BaseException as e:
