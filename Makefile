@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1 MYCELIUM_REQUIRE_PYTHON=1
 # The Python client (clients/python) is tested with Debian's packages, never
 # the package index: python-deps installs them with apt when missing.
 PYTHON          ?= /usr/bin/python3
-PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-asyncio python3-hypothesis
+PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-asyncio python3-hypothesis python3-prometheus-client python3-hiredis python3-mypy
 # The secure run (test-secure) skips the tests that start binaries or make
 # their own plain connections and users: the rest run over mutual TLS, with
 # producers and workers as the ACL users of `bus-worker acl`.

@@ -94,7 +94,6 @@ class RetryAfter(MyceliumError):
         super().__init__(f"retry after {self.delay:g}s" + (f": {cause}" if cause else ""))
 
 
-
 class DelayedFull(PayloadTooLarge):
     """A delayed event was refused: its partition's delayed set holds
     ``stream_max_len`` entries (Go: bus.ErrDelayedFull)."""
