@@ -77,3 +77,57 @@ class Batcher:
             if not f.done():
                 f.set_result(list(res[at : at + len(cmds)]))
             at += len(cmds)
+
+
+class NodeTx:
+    """Transactions (MULTI/EXEC) on a client: through a Batcher's shared
+    write on one server; on a cluster, on the server owning the key's slot,
+    over a small connection pool of its own (redis-py 4.3's asyncio cluster
+    client runs no transactions). Every key of a transaction shares a hash
+    tag, so one slot holds them all."""
+
+    def __init__(self, client: Any, batch: Batcher) -> None:
+        self._r, self._b = client, batch
+        self._cluster = hasattr(client, "get_node_from_key")
+        self._nodes: dict[str, Any] = {}
+
+    async def run(self, key: str, cmds: list[Command]) -> Any:
+        """EXEC's reply (a list of replies, exceptions for failed commands),
+        or the exception that failed the transaction."""
+        if not self._cluster:
+            res = await self._b.run([("MULTI",), *cmds, ("EXEC",)])
+            for r in res:
+                if isinstance(r, Exception):
+                    return r
+            return res[-1]
+        node = self._node(key)
+        pipe = node.pipeline(transaction=True)
+        pipe.response_callbacks = {}
+        for c in cmds:
+            pipe.execute_command(*c)
+        try:
+            return await pipe.execute(raise_on_error=False)
+        except Exception as e:  # noqa: BLE001 - MOVED, EXECABORT, a lost connection: the caller decides
+            return e
+
+    def _node(self, key: str) -> Any:
+        import redis.asyncio as aioredis
+
+        n = self._r.get_node_from_key(key)
+        c = self._nodes.get(n.name)
+        if c is None:
+            kw = {k: v for k, v in self._r.connection_kwargs.items()
+                  if k in ("username", "password", "client_name", "socket_connect_timeout", "socket_keepalive", "ssl",
+                           "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+            pool = aioredis.BlockingConnectionPool(max_connections=2, timeout=None, host=n.host, port=n.port,
+                                                   decode_responses=False, **kw)
+            c = self._nodes[n.name] = aioredis.Redis(connection_pool=pool)
+        return c
+
+    async def close(self) -> None:
+        for c in self._nodes.values():
+            try:
+                await c.close(close_connection_pool=True)
+            except Exception:  # noqa: BLE001 - closing
+                pass
+        self._nodes.clear()

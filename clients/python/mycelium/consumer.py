@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Union
 from redis.exceptions import RedisError, ResponseError
 
 from . import codec
-from ._batch import Batcher
+from ._batch import Batcher, NodeTx
 from ._log import WarnLimiter
 from .errors import (
     CODE_HANDLER,
@@ -35,7 +35,8 @@ from .errors import (
     RetryAfter,
 )
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
-from .producer import FIELD, _unavailable, connect_url, check_client
+from .connect import check_client, close_client, is_cluster, open_client
+from .producer import FIELD, _unavailable
 from .scripts import Scripts
 
 log = logging.getLogger("mycelium.consumer")
@@ -222,6 +223,15 @@ class Consumer:
         cache_max_value: int = 1 << 20,
         retry_backoff: float = 0.5,
         retry_backoff_max: float = 300.0,
+        password: str | None = None,
+        password_file: str | None = None,
+        cluster: bool = False,
+        master_set: str | None = None,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        sentinel_password_file: str | None = None,
+        max_connections: int = 8,
+        connect_timeout: float = 5.0,
         client: Any = None,
     ) -> None:
         validate_name("topic", topic)
@@ -238,6 +248,14 @@ class Consumer:
             raise InvalidConfig("handler must be an async function or an async generator function")
         if client is not None:
             check_client(client)
+        if max_connections < 4:
+            raise InvalidConfig("max_connections must be at least 4 (reads of the topic and of its control stream block on two)")
+        self._conn = dict(password=password, password_file=password_file, cluster=cluster, master_set=master_set,
+                          sentinel_username=sentinel_username, sentinel_password=sentinel_password,
+                          sentinel_password_file=sentinel_password_file, max_connections=max_connections,
+                          connect_timeout=connect_timeout)
+        self._cluster = False
+        self._readers: dict[str, asyncio.Task[Any]] = {}  # on a cluster: one read loop per partition
         self.topic, self.group = topic, group
         self._h = handler
         self._keys = Keys(prefix)
@@ -302,8 +320,10 @@ class Consumer:
             raise InvalidConfig("consumer already started")
         try:
             if self._r is None:
-                self._r = connect_url(self._url)
+                self._r = await open_client(self._url, **self._conn)  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
+            self._cluster = is_cluster(self._r)
             self._batch = Batcher(self._r)
+            self._tx = NodeTx(self._r, self._batch)
             self._scripts = Scripts(self._r)
             self._slots = asyncio.Semaphore(self.concurrency)
             self._due_wake = asyncio.Event()
@@ -319,8 +339,13 @@ class Consumer:
             await self._close_client()
             raise
         self.serving.set()
-        self._loops = [asyncio.ensure_future(c) for c in (self._read_loop(), self._reclaim_loop(), self._heartbeat_loop(),
-                                                           self._presence_loop(), self._control_loop(), self._due_loop())]
+        loops = [self._reclaim_loop(), self._heartbeat_loop(), self._presence_loop(), self._control_loop(), self._due_loop()]
+        if not self._cluster:
+            loops.append(self._read_loop(None))  # one read of every partition
+        self._loops = [asyncio.ensure_future(c) for c in loops]
+        if self._cluster:  # partitions live on other slots: a read each
+            for key in self._parts:
+                self._start_reader(key)
         self._main = asyncio.ensure_future(asyncio.gather(*self._loops))
         self._main.add_done_callback(self._main_ended)
 
@@ -350,11 +375,21 @@ class Consumer:
         await self._close_client()
 
     async def _close_client(self) -> None:
+        if hasattr(self, "_tx"):
+            await self._tx.close()
         if self._own_client and self._r is not None:
-            with contextlib.suppress(Exception):
-                await self._r.close()
-                await self._r.connection_pool.disconnect()
+            await close_client(self._r)
             self._r = None
+
+    def _start_reader(self, key: str) -> None:
+        """A cluster's read loop of one partition; its blocked read holds a
+        connection of its own beyond the client's bound."""
+        slots = getattr(self._r, "_slots", None)
+        if isinstance(slots, asyncio.Semaphore):
+            slots.release()  # one more command may run at once: this loop's blocked read
+        t = asyncio.ensure_future(self._read_loop(key))
+        self._readers[key] = t
+        self._loops.append(t)
 
     async def run(self) -> None:
         """Serves until cancelled, then stops (see the class) and re-raises
@@ -393,14 +428,19 @@ class Consumer:
         self._pnames.append(name)
         self._parts.append(key)
 
+    def _on(self, key: str) -> dict[str, Any]:
+        """Where a command whose key redis-py's cluster client cannot find
+        (XGROUP's subcommands) goes: the server of key's slot."""
+        return {"target_nodes": self.redis.get_node_from_key(key)} if self._cluster else {}
+
     async def _create_group(self, key: str) -> None:
         r = self.redis
         try:
-            await r.xgroup_create(key, self.group, id="0", mkstream=True)
+            await r.execute_command("XGROUP", "CREATE", key, self.group, "0", "MKSTREAM", **self._on(key))
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
-        await r.execute_command("XGROUP", "CREATECONSUMER", key, self.group, self.name)
+        await r.execute_command("XGROUP", "CREATECONSUMER", key, self.group, self.name, **self._on(key))
 
     async def _beat(self) -> None:
         now = int(time.time() * 1000)
@@ -416,7 +456,7 @@ class Consumer:
             for key in self._parts:
                 pend = await r.xpending_range(key, self.group, "-", "+", 1, consumername=self.name)
                 if not pend:
-                    await r.execute_command("XGROUP", "DELCONSUMER", key, self.group, self.name)
+                    await r.execute_command("XGROUP", "DELCONSUMER", key, self.group, self.name, **self._on(key))
 
     # -- loops ---------------------------------------------------------
 
@@ -439,6 +479,8 @@ class Consumer:
         n = _count(meta[1]) or _count(meta[0]) or 1
         for i in range(len(self._parts), n):
             await self._add_partition(i)
+            if self._cluster:
+                self._start_reader(self._parts[-1])
         if n < len(self._parts):
             gone = self._parts[n:]
             del self._parts[n:], self._pnames[n:]
@@ -470,11 +512,15 @@ class Consumer:
         for _ in range(n):
             self._slots.release()
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, only: str | None) -> None:
+        """Reads every partition in one XREADGROUP, or only one (a cluster:
+        partitions live on other slots); a forgotten partition's loop ends."""
         backoff = 0.05
         while True:
+            if only is not None and only not in self._parts:
+                return
             n = await self._take_slots()
-            parts = list(self._parts)
+            parts = [only] if only is not None else list(self._parts)
             try:
                 res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=n, block=self._block_ms)
                 backoff = 0.05
@@ -922,14 +968,20 @@ class Consumer:
                 name = self._pname(key)
                 settle = (self._keys.topic(name) + ":c:" + cache_key, self._keys.topic(name) + ":f:" + cache_key,
                           self._keys.meta(name), int(cache_key.split(":", 1)[0]), ttl_ms)
-                cmds += [("MULTI",), ("LRANGE", settle[1], 1, MAX_FLIGHT_WAITERS), ("DEL", settle[1])]
+                cmds += [("LRANGE", settle[1], 1, MAX_FLIGHT_WAITERS), ("DEL", settle[1])]
         data = codec.encode(reply)
-        if settle is not None:
-            if settle[4] > 0:
-                cmds += [("SET", settle[0], str(settle[4]).encode() + b"\n" + data, "PX", settle[4]), ("HGET", settle[2], "gen")]
-            cmds.append(("EXEC",))
-        cmds += [_xadd(env.reply_to, data, self._reply_cap, nomkstream=True), ("XACK", key, self.group, eid)]
-        res = await self._batch.run(cmds)
+        if settle is not None and settle[4] > 0:
+            cmds += [("SET", settle[0], str(settle[4]).encode() + b"\n" + data, "PX", settle[4]), ("HGET", settle[2], "gen")]
+        tail = [_xadd(env.reply_to, data, self._reply_cap, nomkstream=True), ("XACK", key, self.group, eid)]
+        ex: Any = None
+        if settle is None:
+            res = await self._batch.run(tail)
+        elif self._cluster:  # the settle first (stored before the caller sees it), on its slot's server
+            ex = await self._tx.run(settle[0], cmds)
+            res = await self._batch.run(tail)
+        else:  # one round trip: settle, reply, ack
+            res = await self._batch.run([("MULTI",), *cmds, ("EXEC",), *tail])
+            ex = next((r for r in res[: len(cmds) + 1] if isinstance(r, Exception)), res[len(cmds) + 1])
         x, a = res[-2], res[-1]
         if isinstance(x, Exception) or x is None:
             self.stats.reply_dropped += 1  # the caller's reply stream is gone
@@ -939,7 +991,7 @@ class Consumer:
             raise _unavailable(a)
         self.stats.acked += int(a or 0)
         if settle is not None:
-            await self._settled(settle, res[len(cmds) - 3], reply)
+            await self._settled(settle, ex, reply)
 
     async def _settled(self, settle: tuple[str, str, str, int, int], ex: Any, reply: codec.Envelope) -> None:
         """Answers the requests that joined a cached one (taken from its
@@ -1001,10 +1053,12 @@ class Consumer:
         flat: list[Any] = []
         for k, v in dl.items():
             flat += [k, v]
-        res = await self._batch.run([("MULTI",), ("XADD", dlq, "MAXLEN", "~", self._dlq_cap, "*", *flat),
-                                     ("XACK", key, self.group, eid), ("EXEC",)])
-        if isinstance(res[-1], Exception) or not isinstance(res[-1], list):
-            raise _unavailable(res[-1] if isinstance(res[-1], Exception) else ResponseError(f"dead letter not stored: {res}"))
+        ex = await self._tx.run(key, [("XADD", dlq, "MAXLEN", "~", self._dlq_cap, "*", *flat), ("XACK", key, self.group, eid)])
+        if not isinstance(ex, list):
+            raise _unavailable(ex if isinstance(ex, Exception) else ResponseError(f"dead letter not stored: {ex!r}"))
+        for r in ex:
+            if isinstance(r, Exception):
+                raise _unavailable(r)
         self.stats.dead_lettered += 1
         self.stats.acked += 1
         self._warn.warn("entry %s of %s dead-lettered (%s): %s", eid, key, reason, why[:200])

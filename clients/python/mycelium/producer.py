@@ -11,14 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Mapping
 
-import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, NoPermissionError
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec
-from ._batch import Batcher
+from ._batch import Batcher, NodeTx
 from ._cache import (
     DEFAULT_LOCAL_BYTES,
     MAX_FLIGHT_WAITERS,
@@ -32,6 +28,7 @@ from ._cache import (
     hash_partition,
 )
 from ._log import WarnLimiter
+from .connect import check_client, close_client, is_cluster, open_client, redact_url, wrap_error
 from .errors import (
     BusTimeout,
     Closed,
@@ -73,18 +70,11 @@ def _base36(n: int) -> str:
 
 
 def _unavailable(e: BaseException) -> MyceliumError:
-    """The MyceliumError a Redis error means: refused credentials or
-    commands (a wrong password raised a bare redis-py error) are
-    PermissionDenied, a connection that failed Unavailable, any other
-    refusal RedisFailed."""
-    if isinstance(e, MyceliumError):
-        return e
-    if isinstance(e, (AuthenticationError, NoPermissionError)) or (
-            isinstance(e, ResponseError) and str(e).split(" ", 1)[0] in ("WRONGPASS", "NOAUTH", "NOPERM")):
-        return PermissionDenied(f"redis refused: {e}")
-    if isinstance(e, (RedisConnectionError, RedisTimeoutError, OSError)):
-        return Unavailable(f"redis unavailable: {e}")
-    return RedisFailed(f"redis refused: {e}")
+    """The MyceliumError a Redis error means (connect.wrap_error): refused
+    credentials or commands are PermissionDenied, a connection that failed
+    Unavailable, any other refusal RedisFailed."""
+    w = wrap_error(e)
+    return w if isinstance(w, MyceliumError) else RedisFailed(f"redis refused: {w}")
 
 
 class _StreamState:
@@ -154,57 +144,19 @@ class Stats:
     reader_restarts: int = 0
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by xxxxx. The userinfo is taken to
-    run to the last '@' (not the first '/', '?' or '#', as a URL parser
-    reads it), so a password holding one of those unencoded never shows."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    at = rest.rfind("@")
-    if at < 0 or ":" not in rest[:at]:
-        return url
-    user = rest[:at].split(":", 1)[0]
-    return (scheme + "://" if sep else "") + user + ":xxxxx" + rest[at:]
-
-
-def connect_url(url: str) -> aioredis.Redis:
-    """The client of ``url``; a malformed URL raises InvalidConfig saying
-    what is wrong without its password (Go: bus.Config's checks)."""
-    _, sep, rest = url.partition("://")
-    at, cut = rest.rfind("@"), min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=-1)
-    if sep and at >= 0 and 0 <= cut < at and ":" in rest[:at]:
-        raise InvalidConfig(f"redis URL {redact_url(url)!r}: its password holds '/', '?', '#' or '@' unencoded: "
-                            "percent-encode it (%2F, %3F, %23, %40)")
-    try:
-        return aioredis.from_url(url, decode_responses=False)
-    except ValueError as e:
-        shown = redact_url(url)
-        why = str(e) if shown == url else "malformed (details not shown: it holds a password)"
-        raise InvalidConfig(f"redis URL {shown!r}: {why}") from None
-
-def check_client(client: Any) -> None:
-    """Refuses a client that decodes replies to str: the bus reads bytes
-    (envelopes are binary), and such a client would fail every read."""
-    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if kw is None:
-        kw = getattr(client, "connection_kwargs", None)
-    if kw is None and hasattr(client, "get_connection_kwargs"):
-        kw = client.get_connection_kwargs()
-    if kw and kw.get("decode_responses"):
-        raise InvalidConfig("the redis client decodes responses (decode_responses=True): give one made with "
-                            "decode_responses=False (the bus reads binary envelopes)")
-
-
-def _user_of(url: str, client: aioredis.Redis | None) -> str:
+def _user_of(url: str, client: Any) -> str:
     """The ACL user a producer connects as ("" for the default user)."""
     user: str | None
     if client is not None:
-        user = client.connection_pool.connection_kwargs.get("username")
+        kw = client.connection_kwargs if is_cluster(client) else client.connection_pool.connection_kwargs
+        user = kw.get("username")
     else:
         import urllib.parse
 
-        user = urllib.parse.urlsplit(url).username
+        try:
+            user = urllib.parse.urlsplit(url).username
+        except ValueError:
+            user = None
         user = urllib.parse.unquote(user) if user else None
     return "" if not user or user == "default" else user
 
@@ -249,8 +201,23 @@ class Producer:
         wait_for_responders: bool = False,
         cache: Mapping[str, CacheConfig] | None = None,
         local_cache_bytes: int = DEFAULT_LOCAL_BYTES,
+        password: str | None = None,
+        password_file: str | None = None,
+        cluster: bool = False,
+        master_set: str | None = None,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        sentinel_password_file: str | None = None,
+        max_connections: int = 8,
+        connect_timeout: float = 5.0,
         client: Any = None,
     ) -> None:
+        if max_connections < 2:
+            raise InvalidConfig("max_connections must be at least 2 (the reply reader blocks on one)")
+        self._conn = dict(password=password, password_file=password_file, cluster=cluster, master_set=master_set,
+                          sentinel_username=sentinel_username, sentinel_password=sentinel_password,
+                          sentinel_password_file=sentinel_password_file, max_connections=max_connections,
+                          connect_timeout=connect_timeout)
         if max_in_flight < 1 or request_timeout <= 0 or reply_ttl < 1 or reply_block <= 0 or max_payload < 1:
             raise InvalidConfig("max_in_flight, request_timeout, reply_ttl, reply_block and max_payload must be positive (reply_ttl at least 1 s)")
         if client is not None:
@@ -319,19 +286,18 @@ class Producer:
         Raises :class:`InvalidConfig`, :class:`PermissionDenied` (a wrong
         password) or :class:`Unavailable`."""
         if self._r is None:
-            self._r = connect_url(self._url)
+            self._r = await open_client(self._url, **self._conn)  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
         self._slots = asyncio.Semaphore(self._max_in_flight)
         self._reader_lock = asyncio.Lock()
         self._batch = Batcher(self._r)
+        self._tx = NodeTx(self._r, self._batch)
+        self._cluster = is_cluster(self._r)
         self._scripts = Scripts(self._r)
-        try:
-            await asyncio.wait_for(self._r.ping(), 10)
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
-            if self._own_client:  # nothing else will close it: __aexit__ does not run when __aenter__ fails
-                with contextlib.suppress(Exception):
-                    await self._r.close(close_connection_pool=True)
-                self._r = None
-            raise _unavailable(e if not isinstance(e, asyncio.TimeoutError) else OSError("redis did not answer PING within 10s")) from None
+        if not self._own_client:
+            try:
+                await asyncio.wait_for(self._r.ping(), 10)
+            except (RedisError, OSError, asyncio.TimeoutError) as e:
+                raise _unavailable(e if not isinstance(e, asyncio.TimeoutError) else OSError("redis did not answer PING within 10s")) from None
 
     @property
     def redis(self) -> Any:
@@ -365,10 +331,10 @@ class Producer:
         for t in list(self._bg):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 2)
+        if self._r is not None and hasattr(self, "_tx"):
+            await self._tx.close()
         if self._own_client and self._r is not None:
-            with contextlib.suppress(Exception):
-                await self._r.close()
-                await self._r.connection_pool.disconnect()
+            await close_client(self._r)
 
     # -- checks --------------------------------------------------------
 
@@ -488,6 +454,15 @@ class Producer:
             return
         await self._cancel_notices(reqs)
 
+    def _atomic(self, adds: list[Any]) -> list[Any]:
+        """A batch's writes as one MULTI/EXEC (contiguous in the streams);
+        on a cluster a plain pipeline (redis-py 4.3 runs no transactions
+        there: the entries of one partition still go in order)."""
+        return adds if self._cluster else [("MULTI",), *adds, ("EXEC",)]
+
+    def _batch_ids(self, res: list[Any]) -> list[Any]:
+        return res if self._cluster else res[-1]
+
     def _xadd(self, key: str, data: bytes) -> tuple[Any, ...]:
         if self._cap > 0:
             return ("XADD", key, "MAXLEN", "~", self._cap, "*", FIELD, data)
@@ -553,11 +528,8 @@ class Producer:
         sent = time.time_ns()
         hd = dict(headers) if headers else None
         keys = [await self._partition(t, partition_key) for _ in payloads]
-        cmds: list[Any] = [("MULTI",)]
-        cmds += [self._xadd(k, codec.encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))) for k, p in zip(keys, payloads)]
-        cmds.append(("EXEC",))
-        res = await self._write(cmds)
-        ids = res[-1]
+        adds = [self._xadd(k, codec.encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))) for k, p in zip(keys, payloads)]
+        ids = self._batch_ids(await self._write(self._atomic(adds)))
         if not isinstance(ids, list) or len(ids) != len(payloads):
             raise Unavailable(f"publish batch to {topic!r}: the transaction was not applied ({ids!r})")
         for i in ids:
@@ -730,7 +702,7 @@ class Producer:
                              partition_key: str | bytes | None, deadline_ns: int, start: float, timeout: float) -> list[Reply]:
         hd = dict(headers) if headers else None
         waiters: list[tuple[int, _Waiter, bytes]] = []
-        cmds: list[Any] = [("MULTI",)]
+        cmds: list[Any] = []
         sent = time.time_ns()
         for p in payloads:
             seq, cid, w = self._new_waiter()
@@ -740,11 +712,9 @@ class Producer:
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=sent, headers=hd,
                                  payload=p, token=token)
             cmds.append(self._xadd(await self._partition(t, partition_key), codec.encode(env)))
-        cmds.append(("EXEC",))
         written = False
         try:
-            res = await self._write_requests(cmds, [(seq, t, deadline_ns, tok) for seq, _, tok in waiters])
-            ids = res[-1]
+            ids = self._batch_ids(await self._write_requests(self._atomic(cmds), [(seq, t, deadline_ns, tok) for seq, _, tok in waiters]))
             if not isinstance(ids, list) or len(ids) != len(payloads):
                 raise Unavailable(f"request batch to {t.name!r}: the transaction was not applied ({ids!r})")
             written = True

@@ -78,6 +78,34 @@ def bus_worker() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+def _rig(script: str, base: int) -> Iterator[str]:
+    if shutil.which("redis-server") is None:
+        _missing("redis-server")
+    d = tempfile.mkdtemp()
+    rig = os.path.join(d, "rig")
+    try:
+        r = subprocess.run(["bash", str(REPO / "test" / script), "start", rig, str(base)], capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            pytest.fail(f"{script} start failed: {r.stderr.strip()}")
+        yield r.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["bash", str(REPO / "test" / script), "stop", rig], capture_output=True, timeout=60)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A 3-master Redis Cluster (test/redis-cluster.sh): its seed URL."""
+    yield from _rig("redis-cluster.sh", 21500)
+
+
+@pytest.fixture(scope="session")
+def sentinel_url() -> Iterator[str]:
+    """A master, a replica and three sentinels (test/redis-sentinel.sh):
+    redis://S1,S2,S3?master_set=mymaster."""
+    yield from _rig("redis-sentinel.sh", 26500)
+
+
 @pytest.fixture
 def topic(request: pytest.FixtureRequest) -> str:
     """A topic name of its own for each test."""

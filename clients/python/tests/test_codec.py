@@ -116,10 +116,10 @@ def test_bad_url_never_shows_the_password(url: str) -> None:
     """Security issue, point 11: a password holding '/', '#' or '?' leaked the
     part before the character; every bad URL's error hides it."""
     from mycelium.errors import InvalidConfig
-    from mycelium.producer import connect_url, redact_url
+    from mycelium.connect import build_client, redact_url
 
     with pytest.raises(InvalidConfig) as e:
-        connect_url(url)
+        build_client(url)
     for part in ("S3cretPW", "ret9"):
         assert part not in str(e.value)
         assert part not in redact_url(url)

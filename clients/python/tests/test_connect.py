@@ -289,30 +289,6 @@ def locked_url() -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _rig(script: str, base: int) -> Iterator[str]:
-    _need_redis()
-    d = tempfile.mkdtemp()
-    rig = os.path.join(d, "rig")
-    try:
-        r = subprocess.run(["bash", str(REPO / "test" / script), "start", rig, str(base)], capture_output=True, text=True, timeout=180)
-        if r.returncode != 0:
-            pytest.fail(f"{script} start failed: {r.stderr.strip()}")
-        yield r.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(["bash", str(REPO / "test" / script), "stop", rig], capture_output=True, timeout=60)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
-    yield from _rig("redis-cluster.sh", 21500)
-
-
-@pytest.fixture(scope="module")
-def sentinel_url() -> Iterator[str]:
-    yield from _rig("redis-sentinel.sh", 26500)
-
-
 async def test_wrong_password_is_permission_denied(locked_url: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = "not-" + SECRET
     for kw in ({}, {"password": wrong}):
