@@ -232,6 +232,7 @@ class Consumer:
         sentinel_password_file: str | None = None,
         max_connections: int = 8,
         connect_timeout: float = 5.0,
+        metrics: Any = None,
         client: Any = None,
     ) -> None:
         validate_name("topic", topic)
@@ -292,6 +293,7 @@ class Consumer:
         self._main: asyncio.Task[Any] | None = None
         self._stopping = False
         self._warn = WarnLimiter(log)
+        self._metrics = metrics  # a mycelium.metrics.Metrics: counters and stage timings under the Go names
         self.stats = Stats()
         self.serving = Serving()
 
@@ -322,6 +324,8 @@ class Consumer:
             if self._r is None:
                 self._r = await open_client(self._url, **self._conn)  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
             self._cluster = is_cluster(self._r)
+            if self._metrics is not None:
+                self._metrics.watch_consumer(self)
             self._batch = Batcher(self._r)
             self._tx = NodeTx(self._r, self._batch)
             self._scripts = Scripts(self._r)
@@ -374,9 +378,17 @@ class Consumer:
                 await asyncio.shield(asyncio.wait_for(self._leave(), 5))
         await self._close_client()
 
+    def _time(self, stage: str, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_stage(stage, seconds, role="consumer", topic=self.topic)
+
     async def _close_client(self) -> None:
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                self._metrics.unwatch(self)
         if hasattr(self, "_tx"):
             await self._tx.close()
+            await self._batch.close()
         if self._own_client and self._r is not None:
             await close_client(self._r)
             self._r = None
@@ -894,6 +906,8 @@ class Consumer:
         if msg._chunks is not None:
             sent_chunks = msg._chunks.n
         handled_ns = int((time.monotonic() - started) * 1e9)
+        self._time("retry_wait" if attempt > 1 else "queue_wait", _queue_wait(eid, env.sent, now_ns) / 1e9)
+        self._time("handler", handled_ns / 1e9)
         self.stats.handled += 1
         if isinstance(err, RetryAfter) and await self._retry_later(key, eid, env, req, attempt, err):
             return
@@ -974,6 +988,7 @@ class Consumer:
             cmds += [("SET", settle[0], str(settle[4]).encode() + b"\n" + data, "PX", settle[4]), ("HGET", settle[2], "gen")]
         tail = [_xadd(env.reply_to, data, self._reply_cap, nomkstream=True), ("XACK", key, self.group, eid)]
         ex: Any = None
+        t0 = time.monotonic()
         if settle is None:
             res = await self._batch.run(tail)
         elif self._cluster:  # the settle first (stored before the caller sees it), on its slot's server
@@ -983,6 +998,7 @@ class Consumer:
             res = await self._batch.run([("MULTI",), *cmds, ("EXEC",), *tail])
             ex = next((r for r in res[: len(cmds) + 1] if isinstance(r, Exception)), res[len(cmds) + 1])
         x, a = res[-2], res[-1]
+        self._time("reply_write", time.monotonic() - t0)
         if isinstance(x, Exception) or x is None:
             self.stats.reply_dropped += 1  # the caller's reply stream is gone
         else:

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 from redis.exceptions import RedisError, ResponseError
 
 from . import codec
-from ._batch import Batcher, NodeTx
+from ._batch import Batcher, NodeTx, _pack
 from ._cache import (
     DEFAULT_LOCAL_BYTES,
     MAX_FLIGHT_WAITERS,
@@ -210,6 +210,7 @@ class Producer:
         sentinel_password_file: str | None = None,
         max_connections: int = 8,
         connect_timeout: float = 5.0,
+        metrics: Any = None,
         client: Any = None,
     ) -> None:
         if max_connections < 2:
@@ -270,6 +271,8 @@ class Producer:
         self._tcache: dict[str, TopicCache] = {}  # partition name -> its cache state
         self._local = LocalTier(local_cache_bytes) if local_cache_bytes > 0 else None
         self._flights: dict[tuple[Any, ...], Flight] = {}
+        self._metrics = metrics  # a mycelium.metrics.Metrics: counters and stage timings under the Go names
+        self._reader_conn: Any = None  # the reply reader's connection (one server)
         self.stats = Stats()
 
     # -- lifecycle -----------------------------------------------------
@@ -292,6 +295,8 @@ class Producer:
         self._batch = Batcher(self._r)
         self._tx = NodeTx(self._r, self._batch)
         self._cluster = is_cluster(self._r)
+        if self._metrics is not None:
+            self._metrics.watch_producer(self)
         self._scripts = Scripts(self._r)
         if not self._own_client:
             try:
@@ -326,13 +331,22 @@ class Producer:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
+        if self._reader_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._reader_conn.disconnect()  # cancelled mid-read: not reusable
+                await self.redis.connection_pool.release(self._reader_conn)
+            self._reader_conn = None
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.delete(self.reply_key)
         for t in list(self._bg):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 2)
+        if self._metrics is not None:
+            with contextlib.suppress(Exception):
+                self._metrics.unwatch(self)
         if self._r is not None and hasattr(self, "_tx"):
             await self._tx.close()
+            await self._batch.close()
         if self._own_client and self._r is not None:
             await close_client(self._r)
 
@@ -437,22 +451,23 @@ class Producer:
         """_write for requests: a caller cancelled while its write is on the
         wire still gets its cancel notices written once the write lands
         (the worker may already run the handler)."""
-        wf = asyncio.ensure_future(self._write(cmds))
+        op = self._batch.submit(cmds)
         try:
-            return await asyncio.shield(wf)
+            res = await op.fut
         except asyncio.CancelledError:
-            if not wf.done():
-                self._spawn(self._cancel_when_written(wf, reqs))
-            elif not wf.cancelled() and wf.exception() is None:
+            if op.res is not None:
                 self._spawn(self._cancel_notices(reqs))
+            elif op.err is None:
+                op.after = lambda _: self._spawn(self._cancel_notices(reqs))
             raise
-
-    async def _cancel_when_written(self, wf: asyncio.Future[list[Any]], reqs: list[tuple[int, _Topic, int, bytes]]) -> None:
-        try:
-            await wf
-        except Exception:  # noqa: BLE001 - not written: nothing to cancel
-            return
-        await self._cancel_notices(reqs)
+        except (RedisError, OSError) as e:
+            self.stats.write_errors += 1
+            raise _unavailable(e) from None
+        for r in res:
+            if isinstance(r, Exception):
+                self.stats.write_errors += 1
+                raise _unavailable(r)
+        return res
 
     def _atomic(self, adds: list[Any]) -> list[Any]:
         """A batch's writes as one MULTI/EXEC (contiguous in the streams);
@@ -602,6 +617,9 @@ class Producer:
 
     async def _slot(self, t: _Topic, start: float, timeout: float) -> None:
         assert self._slots is not None
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken at once, no task, no timer
+            return
         remaining = timeout - (time.monotonic() - start)
         try:
             await asyncio.wait_for(self._slots.acquire(), max(remaining, 0))
@@ -628,11 +646,14 @@ class Producer:
             key = await self._partition(t, partition_key)
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
                                  headers=dict(headers) if headers else None, payload=bytes(payload), token=token)
+            wrote = time.monotonic()
             res = await self._write_requests([self._xadd(key, codec.encode(env))], [(seq, t, deadline_ns, token)])
             written = True
             self.stats.requests += 1
             self._written(w, _s(res[0]))
+            self._time("redis_write", time.monotonic() - wrote)
             reply = await self._await_reply(w, t, start, timeout)
+            self._timings(t, reply, start)
         except asyncio.CancelledError:
             if written:  # the caller gave up: its handler stops too
                 self._spawn(self._cancel_notices([(seq, t, deadline_ns, token)]))
@@ -649,12 +670,36 @@ class Producer:
             self._deliver(w, r)
 
     async def _await_reply(self, w: _Waiter, t: _Topic, start: float, timeout: float) -> codec.Envelope:
-        remaining = timeout - (time.monotonic() - start)
+        """The reply, or BusTimeout at start + timeout (a timer on the
+        waiter's future: no task per request)."""
+        if w.future.done():
+            return w.future.result()
+        loop = asyncio.get_running_loop()
+        h = loop.call_at(loop.time() + max(timeout - (time.monotonic() - start), 0), _expire, w.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(w.future), max(remaining, 0))
-        except asyncio.TimeoutError:
+            return await w.future
+        except _Expired:
             self.stats.timeouts += 1
             raise BusTimeout(f"request to {t.name!r}: no reply within {timeout:g}s") from None
+        finally:
+            h.cancel()
+
+    def _time(self, stage: str, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_stage(stage, seconds, role="producer")
+
+    def _timings(self, t: _Topic, reply: codec.Envelope, start: float) -> None:
+        """Records a request's stages (the worker's from its reply) in the
+        metrics, and logs them at debug level."""
+        total = time.monotonic() - start
+        qw, hd = reply.queue_wait / 1e9, reply.handler / 1e9
+        if self._metrics is not None:
+            self._time("retry_wait" if reply.attempt > 1 else "queue_wait", qw)
+            self._time("handler", hd)
+            self._time("end_to_end", total)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request timing topic=%s outcome=%s queue_wait_us=%.0f handler_us=%.0f end_to_end_us=%.0f",
+                      t.name, "remote_error" if reply.err_code else "ok", qw * 1e6, hd * 1e6, total * 1e6)
 
     def _result(self, reply: codec.Envelope) -> bytes:
         if reply.err_code:
@@ -1096,7 +1141,7 @@ class Producer:
                         log.warning("reply stream %s was lost (a restart, a flush): recreating it", self.reply_key)
                         await self._create_reply_stream()
                     next_refresh = time.monotonic() + every
-                res = await self.redis.xread({self.reply_key: last}, count=256, block=self._block_ms)
+                res = await self._xread(last)
                 backoff = 0.05
                 if self._down_since:
                     log.warning("redis is back after %.1fs: reading replies on %s again", time.monotonic() - self._down_since, self.reply_key)
@@ -1116,7 +1161,27 @@ class Producer:
                     last = eid
                     self._dispatch(fields)
 
-    def _dispatch(self, fields: Mapping[bytes, bytes]) -> None:
+    async def _xread(self, last: bytes) -> Any:
+        """One blocking read of the reply stream after last: on one server
+        on a connection the reader keeps, packed and parsed here (raw
+        replies: [[key, [[id, [field, value, ...]], ...]]]); on a cluster
+        through the client."""
+        if self._cluster:
+            return await self.redis.xread({self.reply_key: last}, count=256, block=self._block_ms)
+        if self._reader_conn is None:
+            self._reader_conn = await self.redis.connection_pool.get_connection("XREAD")
+        conn = self._reader_conn
+        try:
+            await conn.send_packed_command(_pack(("XREAD", "COUNT", 256, "BLOCK", self._block_ms, "STREAMS", self.reply_key, last)),
+                                           check_health=False)
+            return await conn.read_response()
+        except BaseException:
+            await conn.disconnect()  # a reply may be left unread: it reconnects on the next read
+            raise
+
+    def _dispatch(self, fields: Any) -> None:
+        if isinstance(fields, list):  # a raw reply: field, value, ...
+            fields = {fields[i]: fields[i + 1] for i in range(0, len(fields) - 1, 2)}
         data = fields.get(FIELD)
         if data is None:
             self.stats.malformed += 1
@@ -1160,6 +1225,15 @@ class Producer:
             return
         if r.kind == codec.REPLY and not w.future.done():
             w.future.set_result(r)
+
+
+class _Expired(Exception):
+    """A waiter's deadline passed (turned into BusTimeout by its caller)."""
+
+
+def _expire(f: asyncio.Future[Any]) -> None:
+    if not f.done():
+        f.set_exception(_Expired())
 
 
 def _s(v: Any) -> str:

@@ -278,18 +278,60 @@ async def test_async_with_consumer_serves_and_leaves(redis_url: str, topic: str)
         assert c.stats.handled == 1
 
 
+def _get(url: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return -1, b""
+
+
+async def test_serve_answers_health_and_metrics(redis_url: str, topic: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    addr = f"127.0.0.1:{free_port()}"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mycelium", "serve", "--redis", redis_url, "--topic", topic,
+                                                "--http-addr", addr, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env)
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"serving"
+        async with Producer(redis_url) as p:
+            assert await p.request(topic, b"m", timeout=10) == b"m"
+        assert await asyncio.to_thread(_get, f"http://{addr}/healthz") == (200, b"ok\n")
+        code, body = await asyncio.to_thread(_get, f"http://{addr}/metrics")
+        assert code == 200
+        assert b'mycelium_consumer_handled_total{group="workers",topic="%s"} 1.0' % topic.encode() in body
+        assert b'mycelium_stage_duration_seconds_count{role="consumer",stage="handler",topic="%s"} 1.0' % topic.encode() in body
+        code, body = await asyncio.to_thread(_get, f"http://{addr}/stats")
+        assert code == 200 and json.loads(body)["handled"] == 1
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_sigterm_drains_python_m_mycelium_serve(redis_url: str, topic: str) -> None:
     """SIGTERM while a request runs: its caller gets the answer, the worker
     leaves (the next caller gets NoResponders at once, not a timeout), and
     the process exits 0."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    addr = f"127.0.0.1:{free_port()}"
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mycelium", "serve", "--redis", redis_url, "--topic", topic,
-                                                "--handler", "sleep:1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                env=env)
+                                                "--handler", "sleep:1", "--http-addr", addr, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         assert line.strip() == b"serving"
+        ready = await asyncio.to_thread(_get, f"http://{addr}/readyz")
+        assert ready == (200, b"ready\n")
         async with Producer(redis_url) as p:
             call = asyncio.ensure_future(p.request(topic, b"drain me", timeout=20))
 
@@ -298,6 +340,8 @@ async def test_sigterm_drains_python_m_mycelium_serve(redis_url: str, topic: str
             await eventually(running, 10, "the handler running")
             proc.send_signal(signal.SIGTERM)
             assert await call == b"drain me"
+            code, body = await asyncio.to_thread(_get, f"http://{addr}/metrics")
+            assert code in (200, -1)  # -1: the server already closed (stopping)
             assert await asyncio.wait_for(proc.wait(), 20) == 0
             with pytest.raises(NoResponders):
                 await p.request(topic, b"after", timeout=5)

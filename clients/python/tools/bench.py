@@ -55,6 +55,7 @@ SCENARIOS = [
     Scenario("concurrent-5", 5, 1000, KIB),
     Scenario("concurrent-10", 10, 2000, KIB),
     Scenario("concurrent-20", 20, 4000, KIB),
+    Scenario("concurrent-50", 50, 10000, KIB),
     Scenario("payload-64KiB", 4, 400, 64 * KIB),
     Scenario("continuous", 64, 100, KIB, rate=20.0),
 ]
@@ -74,6 +75,7 @@ class Result:
     p50_us: int
     p99_us: int
     max_us: int
+    connections: int = -1  # the most connections the caller held at once (-1: not measured)
 
 
 class OldDesign:
@@ -254,18 +256,50 @@ def go_caller(bus_bench: str, url: str, sc: Scenario, topic: str) -> Result:
                   round(j["throughput_rps"], 1), j["p50_us"], j["p99_us"], j["max_us"])
 
 
-async def bench(url: str, scenarios: list[Scenario], timeout: float, out: Callable[[Result], None], bus_bench: str = "") -> None:
+async def _count_connections(url: str, stop: asyncio.Event) -> int:
+    """The most connections Redis saw at once while stop was unset (the
+    sampling connection not counted)."""
+    r = aioredis.from_url(url)
+    most = 0
+    try:
+        while not stop.is_set():
+            most = max(most, len(await r.client_list()) - 1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+    finally:
+        await r.close(close_connection_pool=True)
+    return most
+
+
+async def bench(url: str, scenarios: list[Scenario], timeout: float, out: Callable[[Result], None], bus_bench: str = "",
+                rounds: int = 1, pubsub: bool = True) -> None:
     topic = "pybench"
     for sc in scenarios:
-        if bus_bench:
-            out(await asyncio.get_running_loop().run_in_executor(None, go_caller, bus_bench, url, sc, topic))
-        async with Producer(url, max_in_flight=max(sc.concurrency, 64), request_timeout=timeout) as p:
-            out(await run_scenario("mycelium-python", sc, lambda b: p.request(topic, b)))
-        old = OldDesign(url, f"myc:pubsub:{topic}", timeout)
-        try:
-            out(await run_scenario("pubsub-baseline-python", sc, old.request))
-        finally:
-            await old.close()
+        for _ in range(rounds):  # alternating: Go caller, Python caller (, the old design), again
+            if bus_bench:
+                out(await asyncio.get_running_loop().run_in_executor(None, go_caller, bus_bench, url, sc, topic))
+            base = len(await _client_list(url))  # the workers' connections, before this producer's
+            stop = asyncio.Event()
+            counting = asyncio.ensure_future(_count_connections(url, stop))
+            async with Producer(url, max_in_flight=max(sc.concurrency, 64), request_timeout=timeout) as p:
+                r = await run_scenario("mycelium-python", sc, lambda b: p.request(topic, b))
+            stop.set()
+            r.connections = await counting - base
+            out(r)
+            if pubsub:
+                old = OldDesign(url, f"myc:pubsub:{topic}", timeout)
+                try:
+                    out(await run_scenario("pubsub-baseline-python", sc, old.request))
+                finally:
+                    await old.close()
+
+
+async def _client_list(url: str) -> list[dict]:  # type: ignore[type-arg]
+    r = aioredis.from_url(url)
+    try:
+        return list(await r.client_list())[1:]  # without this one
+    finally:
+        await r.close(close_connection_pool=True)
 
 
 def main() -> None:
@@ -276,6 +310,8 @@ def main() -> None:
     ap.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--json", action="store_true", help="one JSON line per run")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of each scenario (Go caller, Python caller, ...)")
+    ap.add_argument("--no-pubsub", action="store_true", help="skip the old design (Python caller against the Go caller only)")
     a = ap.parse_args()
     want = a.scenarios.split(",")
     scs = [s for s in SCENARIOS if s.name in want]
@@ -291,7 +327,8 @@ def main() -> None:
             print(json.dumps(asdict(r)), flush=True)
         else:
             print(f"{r.system:24} {r.scenario:14} c={r.concurrency:<3} {r.payload:>6} B  {r.ok}/{r.requests} ok  "
-                  f"{r.throughput_rps:8.1f}/s  p50 {r.p50_us / 1000:7.2f} ms  p99 {r.p99_us / 1000:7.2f} ms", flush=True)
+                  f"{r.throughput_rps:8.1f}/s  p50 {r.p50_us / 1000:7.2f} ms  p99 {r.p99_us / 1000:7.2f} ms"
+                  + (f"  {r.connections} conns" if r.connections >= 0 else ""), flush=True)
 
     with _redis(a.redis) as url:
         addr = f"127.0.0.1:{_free_port()}"
@@ -299,7 +336,7 @@ def main() -> None:
                 _process([bb, "--redis", url, "--serve-pubsub", "--topic", "pybench"]) as ps:
             _wait_ready(addr)
             _wait_line(ps, b"serving", "bus-bench --serve-pubsub")
-            asyncio.run(bench(url, scs, a.timeout, out, bb))
+            asyncio.run(bench(url, scs, a.timeout, out, bb, rounds=a.rounds, pubsub=not a.no_pubsub))
 
 
 if __name__ == "__main__":
