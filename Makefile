@@ -54,13 +54,14 @@ test: redis-server python-deps check-repo vet tidy-check lint ## everything CI r
 	$(MAKE) --no-print-directory soak-short
 
 python-deps: ## install the Python client's packages for its tests (Debian's, with apt) when missing
-	@$(PYTHON) -c 'import redis, msgpack, pytest, pytest_asyncio, hypothesis' 2>/dev/null || { \
+	@$(PYTHON) -c 'import redis, msgpack, pytest, pytest_asyncio, hypothesis, prometheus_client, hiredis, mypy' 2>/dev/null || { \
 		echo "installing $(PY_DEBS) with apt"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PY_DEBS) >/dev/null; \
 	}
 
-test-python: redis-server python-deps ## the Python client: codec (golden files from the Go tests, hypothesis) and the conformance suite against the Go bus-worker
+test-python: redis-server python-deps ## the Python client: mypy --strict, codec (golden files from the Go tests, hypothesis) and the conformance suite against the Go bus-worker (mixed Go/Python callers and workers, Cluster and Sentinel rigs)
 	$(GO) build -o $(BIN)/bus-worker ./cmd/bus-worker
+	cd clients/python && $(PYTHON) -m mypy
 	cd clients/python && PYTHONDONTWRITEBYTECODE=1 $(TEST_ENV) MYCELIUM_BUS_WORKER=$(BIN)/bus-worker $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 test-secure: redis-server ## the integration suite over mutual TLS with its own CA, producers and workers as the least-privilege ACL users (bus-worker acl)

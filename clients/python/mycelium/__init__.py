@@ -2,6 +2,7 @@
 Redis Streams, on the same wire as the Go packages (docs/wire.md)."""
 
 from ._cache import CacheConfig
+from .breaker import BreakerConfig, BreakerOpen
 from .codec import Envelope
 from .consumer import Consumer, Message, Serving
 from .errors import (
@@ -25,7 +26,7 @@ from .errors import (
 from .producer import Producer, Reply
 
 __all__ = [
-    "BusTimeout", "CacheConfig", "CallerGone", "Closed", "Consumer", "DelayedFull", "Envelope", "InvalidConfig",
+    "BreakerConfig", "BreakerOpen", "BusTimeout", "CacheConfig", "CallerGone", "Closed", "Consumer", "DelayedFull", "Envelope", "InvalidConfig",
     "MalformedError", "Message", "MyceliumError", "NoResponders", "NotStreaming", "PayloadTooLarge", "PermissionDenied",
     "Producer", "RedisFailed", "RemoteError", "Reply", "RetryAfter", "Serving", "StreamBroken", "Unavailable",
 ]

@@ -10,13 +10,13 @@ import json
 import signal
 import sys
 
-from .consumer import Consumer, Message
+from .consumer import Consumer, Handler, Message
 from .errors import MyceliumError, RemoteError
 from .producer import Producer
 from ._cache import CacheConfig
 
 
-def _handler(spec: str):
+def _handler(spec: str) -> Handler:
     if spec == "echo":
         async def echo(m: Message) -> bytes:
             return m.payload

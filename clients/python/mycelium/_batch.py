@@ -44,7 +44,7 @@ class Op:
 
     __slots__ = ("cmds", "fut", "res", "err", "after")
 
-    def __init__(self, cmds: list[Command], fut: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, cmds: Sequence[Command], fut: asyncio.Future[list[Any]]) -> None:
         self.cmds, self.fut = cmds, fut
         self.res: list[Any] | None = None
         self.err: BaseException | None = None
@@ -70,7 +70,7 @@ class Batcher:
         self._idle: list[Any] = []  # connections kept between writes (one server only)
         self._closed = False
 
-    def submit(self, cmds: list[Command]) -> Op:
+    def submit(self, cmds: Sequence[Command]) -> Op:
         """Queues cmds for the next shared write; await ``op.fut`` (awaiting
         it directly: a cancelled caller cancels only its own wait)."""
         op = Op(cmds, asyncio.get_running_loop().create_future())
@@ -86,7 +86,7 @@ class Batcher:
         self._flights += 1
         asyncio.ensure_future(self._flight())
 
-    async def run(self, cmds: list[Command]) -> list[Any]:
+    async def run(self, cmds: Sequence[Command]) -> list[Any]:
         return await asyncio.shield(self.submit(cmds).fut)
 
     async def _flight(self) -> None:
@@ -185,7 +185,7 @@ class NodeTx:
         self._cluster = hasattr(client, "get_node_from_key")
         self._nodes: dict[str, Any] = {}
 
-    async def run(self, key: str, cmds: list[Command]) -> Any:
+    async def run(self, key: str, cmds: Sequence[Command]) -> Any:
         """EXEC's reply (a list of replies, exceptions for failed commands),
         or the exception that failed the transaction."""
         if not self._cluster:

@@ -112,7 +112,8 @@ def encode(env: Envelope) -> bytes:
         arr += [env.seq, env.flags]
     if token:
         arr.append(token)
-    return msgpack.packb(arr, use_bin_type=True)
+    out: bytes = msgpack.packb(arr, use_bin_type=True)
+    return out
 
 
 def _str(v: Any, name: str) -> str:

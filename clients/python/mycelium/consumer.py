@@ -60,6 +60,9 @@ MAX_FLIGHT_WAITERS = 10_000
 DUE_EVERY = 10.0
 #: delayed events moved to the stream per partition per pass
 DUE_LIMIT = 100
+#: how long after a partition count was lowered the removed partitions
+#: may be forgotten (Go: consumer forgetGrace)
+FORGET_GRACE = 15.0
 _CACHE_ID = re.compile(r"(0|[1-9][0-9]{0,19}):[0-9a-f]{32}")
 
 
@@ -251,7 +254,7 @@ class Consumer:
             check_client(client)
         if max_connections < 4:
             raise InvalidConfig("max_connections must be at least 4 (reads of the topic and of its control stream block on two)")
-        self._conn = dict(password=password, password_file=password_file, cluster=cluster, master_set=master_set,
+        self._conn: dict[str, Any] = dict(password=password, password_file=password_file, cluster=cluster, master_set=master_set,
                           sentinel_username=sentinel_username, sentinel_password=sentinel_password,
                           sentinel_password_file=sentinel_password_file, max_connections=max_connections,
                           connect_timeout=connect_timeout)
@@ -290,7 +293,7 @@ class Consumer:
         self._clock_skew = 0  # Redis's clock minus ours, ms, as the due script saw it
         self._due_wake: asyncio.Event | None = None
         self._loops: list[asyncio.Task[Any]] = []
-        self._main: asyncio.Task[Any] | None = None
+        self._main: asyncio.Future[Any] | None = None
         self._stopping = False
         self._warn = WarnLimiter(log)
         self._metrics = metrics  # a mycelium.metrics.Metrics: counters and stage timings under the Go names
@@ -487,7 +490,10 @@ class Consumer:
     async def _follow_partitions(self) -> None:
         """Reads partitions added since (from their first entry) and forgets
         removed ones once drained (Go: the consumer's topology)."""
-        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
+        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain", "lowered"])
+        count, drain = _count(meta[0]) or 1, _count(meta[1])
+        if drain > count and await self._forget(count, drain, _uint(meta[2])):
+            meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
         n = _count(meta[1]) or _count(meta[0]) or 1
         for i in range(len(self._parts), n):
             await self._add_partition(i)
@@ -497,6 +503,59 @@ class Consumer:
             gone = self._parts[n:]
             del self._parts[n:], self._pnames[n:]
             log.info("worker of %s: partitions %d to %d drained and removed: no longer read", self.topic, n, n + len(gone) - 1)
+
+    async def _forget(self, count: int, drain: int, lowered_ms: int) -> bool:
+        """Lowers the topic's drain bound over the removed partitions at its
+        end that are drained for every group of partition 0 (nothing
+        pending, nothing undelivered, no dead letters, delayed events or
+        retries), once the count was lowered FORGET_GRACE ago by Redis's
+        clock, and deletes their streams. Any worker may do it: the
+        metadata check in the script makes concurrent attempts safe."""
+        if lowered_ms and time.time() * 1000 - lowered_ms < (FORGET_GRACE - 1) * 1000:
+            return False
+        r = self.redis
+        try:
+            groups = [_s(g.get("name", g.get(b"name", b""))) for g in await r.xinfo_groups(self._keys.topic(self.topic))]
+        except ResponseError:
+            return False
+        low = drain
+        while low > count:
+            if not await self._drained(partition(self.topic, low - 1), groups):
+                break
+            low -= 1
+        if low == drain:
+            return False
+        ok = await self._scripts.call("forget", [self._keys.meta(self.topic)], [count, drain, low, int(FORGET_GRACE * 1000)])
+        if int(ok or 0) != 1:
+            return False
+        for i in range(low, drain):
+            with contextlib.suppress(RedisError, OSError):
+                await r.delete(self._keys.topic(partition(self.topic, i)))
+        log.info("worker of %s: removed partitions %d to %d drained: forgotten", self.topic, low, drain - 1)
+        return True
+
+    async def _drained(self, name: str, groups: list[str]) -> bool:
+        r, key = self.redis, self._keys.topic(name)
+        pipe = r.pipeline(transaction=False)
+        pipe.xlen(key + ":dlq")
+        pipe.zcard(key + ":delayed")
+        pipe.zcard(key + ":retry")
+        dlq, delayed, retry = await pipe.execute()
+        if dlq or delayed or retry:
+            return False
+        try:
+            info = await r.xinfo_stream(key)
+        except ResponseError:
+            return True  # no stream: nothing left
+        if int(info.get("length", 0)) == 0:
+            return True
+        last = _s(info.get("last-generated-id", b"0-0"))
+        have = {_s(g.get("name", b"")): g for g in await r.xinfo_groups(key)}
+        for g in groups:
+            gi = have.get(g)
+            if gi is None or int(gi.get("pending", 0)) > 0 or _id_order(_s(gi.get("last-delivered-id", b"0-0"))) < _id_order(last):
+                return False
+        return True
 
     async def _take_slots(self) -> int:
         """One slot (waiting for it), then any others free now; a waiting
@@ -541,9 +600,17 @@ class Consumer:
                 if "NOGROUP" in str(e):  # Redis restarted or was flushed
                     with contextlib.suppress(RedisError, OSError):
                         for key in parts:
-                            await self._create_group(key)
+                            if key in self._parts:
+                                await self._create_group(key)
                     continue
-                raise
+                if str(e).startswith("UNBLOCKED"):  # a partition forgotten (its stream deleted) while read
+                    continue
+                # Something else (a key replaced by another type): said,
+                # and tried again later rather than stopping the worker.
+                self._warn.warn("worker of %s: read refused, trying again in %.2fs: %s", self.topic, backoff, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             except (RedisError, OSError) as e:
                 self._give_slots(n)
                 self._warn.warn("worker of %s: read failed, trying again in %.2fs: %s", self.topic, backoff, e)
@@ -574,7 +641,7 @@ class Consumer:
         if n <= 0:
             return
         res = await self.redis.xautoclaim(key, self.group, self.name, int(self.claim_idle * 1000),
-                                          cursors.get(key, "0-0"), count=n)  # type: ignore[arg-type] # any stream id goes
+                                          cursors.get(key, "0-0"), count=n)
         cursors[key] = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         entries = [e for e in res[1] if e and e[0]]
         if not entries:
@@ -770,7 +837,7 @@ class Consumer:
     def _retry_delay(self, asked: float, attempt: int) -> float:
         backoff = min(self.retry_backoff * (2 ** max(attempt - 1, 0)), self.retry_backoff_max)
         d = max(asked, backoff)
-        return d + random.uniform(0, d / 20)
+        return float(d + random.uniform(0, d / 20))
 
     async def _schedule_retry(self, key: str, eid: str, delay: float) -> None:
         due = int(await self._scripts.call("schedule", [self._keys.topic(self._pname(key)) + ":retry"], [eid, int(delay * 1000)]))
@@ -1105,6 +1172,10 @@ def _fields(v: Any) -> dict[bytes, bytes]:
     if isinstance(v, list):
         return {v[i]: v[i + 1] for i in range(0, len(v) - 1, 2)}
     return {}
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _uint(v: Any) -> int:

@@ -9,7 +9,8 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Mapping
+import functools
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Concatenate, Iterable, Mapping, ParamSpec, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -28,6 +29,7 @@ from ._cache import (
     hash_partition,
 )
 from ._log import WarnLimiter
+from .breaker import Breaker, BreakerConfig, BreakerOpen
 from .connect import check_client, close_client, is_cluster, open_client, redact_url, wrap_error
 from .errors import (
     BusTimeout,
@@ -142,6 +144,7 @@ class Stats:
     cache_takeovers: int = 0
     cache_corrupt: int = 0
     reader_restarts: int = 0
+    breaker_rejected: int = 0
 
 
 def _user_of(url: str, client: Any) -> str:
@@ -167,6 +170,37 @@ def validate_owner(name: str) -> None:
     characters, at most 100 bytes."""
     if len(name.encode()) > 100 or any(ch in name for ch in ".{}*?[]\\ ") or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         raise InvalidConfig(f"owner {name!r}: at most 100 bytes without '.', braces, spaces, control or glob characters")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(fn: Callable[Concatenate["Producer", str, _P], Awaitable[_R]]) -> Callable[Concatenate["Producer", str, _P], Awaitable[_R]]:
+    """Admits a call by its topic's circuit breaker (BreakerOpen at once
+    when open) and reports its outcome: timeouts and Redis errors are
+    failures; a handler's error a success (unless remote_errors_trip); the
+    caller cancelling, no responders or a wait for a local slot say
+    nothing about Redis or the workers."""
+
+    @functools.wraps(fn)
+    async def call(self: "Producer", topic: str, /, *args: _P.args, **kw: _P.kwargs) -> _R:
+        br = self._breaker_of(topic)
+        if br is None:
+            return await fn(self, topic, *args, **kw)
+        if not br.allow():
+            self.stats.breaker_rejected += 1
+            raise BreakerOpen(f"topic {topic!r}: circuit breaker open")
+        t0 = time.monotonic()
+        try:
+            out = await fn(self, topic, *args, **kw)
+        except BaseException as e:
+            br.done(self._outcome(e), time.monotonic() - t0)
+            raise
+        br.done(False, time.monotonic() - t0)
+        return out
+
+    return call
+
 
 class Producer:
     """Sends requests and publishes events. Use it as ``async with
@@ -211,11 +245,13 @@ class Producer:
         max_connections: int = 8,
         connect_timeout: float = 5.0,
         metrics: Any = None,
+        breaker: BreakerConfig | None = None,
+        no_breaker: bool = False,
         client: Any = None,
     ) -> None:
         if max_connections < 2:
             raise InvalidConfig("max_connections must be at least 2 (the reply reader blocks on one)")
-        self._conn = dict(password=password, password_file=password_file, cluster=cluster, master_set=master_set,
+        self._conn: dict[str, Any] = dict(password=password, password_file=password_file, cluster=cluster, master_set=master_set,
                           sentinel_username=sentinel_username, sentinel_password=sentinel_password,
                           sentinel_password_file=sentinel_password_file, max_connections=max_connections,
                           connect_timeout=connect_timeout)
@@ -273,6 +309,10 @@ class Producer:
         self._flights: dict[tuple[Any, ...], Flight] = {}
         self._metrics = metrics  # a mycelium.metrics.Metrics: counters and stage timings under the Go names
         self._reader_conn: Any = None  # the reply reader's connection (one server)
+        self._brcfg = None if no_breaker else (breaker or BreakerConfig())
+        if self._brcfg is not None:
+            self._brcfg.check()
+        self._breakers: dict[str, Breaker] = {}
         self.stats = Stats()
 
     # -- lifecycle -----------------------------------------------------
@@ -351,6 +391,32 @@ class Producer:
             await close_client(self._r)
 
     # -- checks --------------------------------------------------------
+
+    def _breaker_of(self, topic: str) -> Breaker | None:
+        if self._brcfg is None:
+            return None
+        br = self._breakers.get(topic)
+        if br is None:
+            validate_name("topic", topic)
+            br = self._breakers[topic] = Breaker(self._brcfg)
+        return br
+
+    def breaker_state(self, topic: str) -> str:
+        """The topic's breaker state: closed, open or half-open ("" when
+        breakers are off)."""
+        br = self._breaker_of(topic)
+        return br.state if br is not None else ""
+
+    def _outcome(self, e: BaseException) -> bool | None:
+        """A call's error for the breaker: True a failure, False a success,
+        None ignored."""
+        if isinstance(e, RemoteError):
+            return True if self._brcfg is not None and self._brcfg.remote_errors_trip else False
+        if isinstance(e, _SlotTimeout):
+            return None
+        if isinstance(e, (BusTimeout, Unavailable, RedisFailed)):
+            return True
+        return None
 
     def _check(self, topic: str, payload: bytes, headers: Mapping[str, str] | None) -> _Topic:
         if self._closed:
@@ -476,7 +542,8 @@ class Producer:
         return adds if self._cluster else [("MULTI",), *adds, ("EXEC",)]
 
     def _batch_ids(self, res: list[Any]) -> list[Any]:
-        return res if self._cluster else res[-1]
+        ids: list[Any] = res if self._cluster else res[-1]
+        return ids
 
     def _xadd(self, key: str, data: bytes) -> tuple[Any, ...]:
         if self._cap > 0:
@@ -485,6 +552,7 @@ class Producer:
 
     # -- events --------------------------------------------------------
 
+    @_guarded
     async def publish(
         self, topic: str, payload: bytes, *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None,
         after: float | None = None, at: float | datetime.datetime | None = None,
@@ -527,6 +595,7 @@ class Producer:
                                   maxlen=10_000, approximate=True)
         return did
 
+    @_guarded
     async def publish_batch(
         self, topic: str, payloads: Iterable[bytes], *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None
     ) -> list[str]:
@@ -555,6 +624,7 @@ class Producer:
 
     # -- requests ------------------------------------------------------
 
+    @_guarded
     async def request(
         self,
         topic: str,
@@ -625,7 +695,7 @@ class Producer:
             await asyncio.wait_for(self._slots.acquire(), max(remaining, 0))
         except asyncio.TimeoutError:
             self.stats.timeouts += 1
-            raise BusTimeout(f"request to {t.name!r}: timeout waiting for an in-flight slot") from None
+            raise _SlotTimeout(f"request to {t.name!r}: timeout waiting for an in-flight slot") from None
 
     def _new_waiter(self, **kw: Any) -> tuple[int, str, _Waiter]:
         self._seq += 1
@@ -708,6 +778,7 @@ class Producer:
         self.stats.replies += 1
         return reply.payload
 
+    @_guarded
     async def request_batch(
         self, topic: str, payloads: Iterable[bytes], *, timeout: float | None = None, headers: Mapping[str, str] | None = None,
         partition_key: str | bytes | None = None, wait_for_responders: bool | None = None,
@@ -804,7 +875,26 @@ class Producer:
         timeout = self._timeout if timeout is None else timeout
         if timeout <= 0:
             raise InvalidConfig("timeout must be positive")
+        br = self._breaker_of(topic)
+        if br is not None and not br.allow():
+            self.stats.breaker_rejected += 1
+            raise BreakerOpen(f"topic {topic!r}: circuit breaker open")
+        outcome: bool | None = None
         start = time.monotonic()
+        try:
+            async with contextlib.aclosing(self._stream(t, payload, headers, partition_key, wait_for_responders, timeout, start)) as it:
+                async for chunk in it:
+                    yield chunk
+            outcome = False
+        except BaseException as e:
+            outcome = self._outcome(e)
+            raise
+        finally:
+            if br is not None:
+                br.done(outcome, time.monotonic() - start)
+
+    async def _stream(self, t: _Topic, payload: bytes, headers: Mapping[str, str] | None, partition_key: str | bytes | None,
+                      wait_for_responders: bool | None, timeout: float, start: float) -> AsyncGenerator[bytes, None]:
         deadline_ns = time.time_ns() + int(timeout * 1e9)
         await self._admit(t, wait_for_responders)
         await self._slot(t, start, timeout)
@@ -1019,7 +1109,7 @@ class Producer:
                 self.stats.cache_hits_shared += 1
                 age = max(int(r[4]), 0) / 1000
                 f.age = age
-                v.cache_ttl = (age + max(int(r[5]), 0) / 1000) * 1e9 if len(r) > 5 else 0
+                v.cache_ttl = int((age + max(int(r[5]), 0) / 1000) * 1e9) if len(r) > 5 else 0
                 return v
             if outcome == 2:
                 self.stats.coalesced_remote += 1
@@ -1225,6 +1315,11 @@ class Producer:
             return
         if r.kind == codec.REPLY and not w.future.done():
             w.future.set_result(r)
+
+
+class _SlotTimeout(BusTimeout):
+    """Waited in vain for a local in-flight slot: says nothing of Redis or
+    the workers (the breaker ignores it)."""
 
 
 class _Expired(Exception):

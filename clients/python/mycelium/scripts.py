@@ -47,7 +47,7 @@ class Scripts:
         self._r = client
         self._mode = 0
 
-    async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]) -> Any:
+    async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         s = _SCRIPTS[name]
         if self._mode == _EVAL:
             return await self._eval(s["body"], keys, args)
@@ -89,7 +89,7 @@ class Scripts:
             if "already exists" not in str(e):
                 raise
 
-    async def _eval(self, body: str, keys: Sequence[str | bytes], args: Sequence[str | bytes | int]) -> Any:
+    async def _eval(self, body: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         sha = hashlib.sha1(body.encode()).hexdigest()
         try:
             return await self._r.execute_command("EVALSHA", sha, len(keys), *keys, *args)

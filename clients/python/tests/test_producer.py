@@ -18,7 +18,7 @@ import pytest
 
 from conftest import free_port
 from mycelium import CacheConfig, Message, Producer, RemoteError
-from mycelium.errors import NoResponders, PermissionDenied, StreamBroken, Unavailable
+from mycelium.errors import BusTimeout, NoResponders, PermissionDenied, StreamBroken, Unavailable
 from test_conformance import eventually, go_cli, go_worker, py_worker
 
 pytestmark = pytest.mark.asyncio
@@ -319,3 +319,58 @@ async def test_a_dead_reply_reader_fails_waiters_at_once_and_restarts(redis_url:
         assert time.monotonic() - t0 < 10 and p.stats.reader_restarts == 1
         p._dispatch = orig  # type: ignore[method-assign]
         assert await p.request(topic, b"again", timeout=10) == b"again"
+
+
+# -- the circuit breaker ------------------------------------------------------------------
+
+
+async def test_breaker_opens_on_timeouts_and_closes_after_probes(redis_url: str, topic: str) -> None:
+    """A worker pool that stops answering: after min_calls timeouts the
+    breaker opens and calls fail at once with BreakerOpen; after
+    open_timeout probes go through and, answered, close it."""
+    from mycelium import BreakerConfig, BreakerOpen
+
+    answering = asyncio.Event()
+
+    async def stuck(m: Message) -> bytes:
+        await answering.wait()
+        return m.payload
+
+    cfg = BreakerConfig(min_calls=4, failure_ratio=0.5, open_timeout=0.5, half_open_probes=2)
+    async with py_worker(redis_url, topic, stuck), Producer(redis_url, breaker=cfg) as p:
+        for _ in range(4):
+            with pytest.raises(BusTimeout):
+                await p.request(topic, b"x", timeout=0.2)
+        assert p.breaker_state(topic) == "open"
+        t0 = time.monotonic()
+        with pytest.raises(BreakerOpen):
+            await p.request(topic, b"x", timeout=5)
+        with pytest.raises(BreakerOpen):
+            await p.publish(topic, b"x")
+        assert time.monotonic() - t0 < 0.1 and p.stats.breaker_rejected == 2
+        answering.set()
+
+        async def closed() -> bool:
+            with contextlib.suppress(BreakerOpen):
+                assert await p.request(topic, b"probe", timeout=5) == b"probe"
+            return p.breaker_state(topic) == "closed"
+        await eventually(closed, 10, "the breaker closed after its probes")
+        # remote errors do not trip it (a worker that answers is a worker that answers)
+
+
+async def test_breaker_ignores_remote_errors_and_no_responders(redis_url: str, topic: str) -> None:
+    from mycelium import BreakerConfig
+
+    async def refuse(m: Message) -> bytes:
+        raise RemoteError("bad_prompt", "no")
+
+    cfg = BreakerConfig(min_calls=2, open_timeout=5)
+    async with Producer(redis_url, breaker=cfg) as p:
+        for _ in range(3):
+            with pytest.raises(NoResponders):
+                await p.request(topic, b"x", timeout=1)
+        async with py_worker(redis_url, topic, refuse):
+            for _ in range(5):
+                with pytest.raises(RemoteError):
+                    await p.request(topic, b"x", timeout=5)
+        assert p.breaker_state(topic) == "closed"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from conftest import ROOT, free_port
-from mycelium import Consumer, Message, Producer, RemoteError
+from mycelium import Consumer, Message, Producer, RemoteError, codec
 from mycelium.errors import InvalidConfig, NoResponders, NotStreaming, PermissionDenied, RetryAfter, Unavailable
 from test_conformance import eventually, go_cli, py_worker
 
@@ -349,3 +350,53 @@ async def test_sigterm_drains_python_m_mycelium_serve(redis_url: str, topic: str
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- partitions -----------------------------------------------------------------
+
+
+async def test_removed_partitions_are_drained_then_forgotten(redis_url: str, bus_worker: str, topic: str) -> None:
+    """A lowered count: the worker keeps reading the removed partitions
+    until they are drained, then forgets them (lowers the drain bound and
+    deletes their streams), as a Go worker does."""
+    code, _, err = await go_cli(bus_worker, "topic", "create", "--redis", redis_url, "--topic", topic, "--partitions", "3")
+    assert code == 0, err
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handle(m: Message) -> None:
+        await got.put(m.payload)
+
+    async with Producer(redis_url) as p:
+        r = p.redis
+        # entries left in partition 2 before any worker runs
+        await r.xadd(f"myc:{{{topic}#2}}", {b"m": codec.encode(codec.Envelope(kind=codec.EVENT, payload=b"left in 2"))})
+        code, _, err = await go_cli(bus_worker, "topic", "set-partitions", "--redis", redis_url, "--topic", topic, "--partitions", "1")
+        assert code == 0, err
+        await r.hset(f"myc:{{{topic}}}:meta", "lowered", int(time.time() * 1000) - 60_000)  # as if lowered a minute ago
+        async with py_worker(redis_url, topic, handle) as c:
+            assert len(c._parts) == 3  # still read: not drained
+            assert await asyncio.wait_for(got.get(), 10) == b"left in 2"
+
+            async def forgotten() -> bool:
+                return len(c._parts) == 1 and await r.hget(f"myc:{{{topic}}}:meta", "drain") == b"1"
+            await eventually(forgotten, 20, "the drained partitions forgotten")
+            assert not await r.exists(f"myc:{{{topic}#2}}")
+
+
+async def test_handler_exceptions_are_logged_with_their_traceback(redis_url: str, topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def buggy(m: Message) -> bytes:
+        return _parse_prompt(m.payload)
+
+    with caplog.at_level(logging.WARNING, logger="mycelium.consumer"):
+        async with py_worker(redis_url, topic, buggy), Producer(redis_url) as p:
+            for _ in range(15):
+                with pytest.raises(RemoteError):
+                    await p.request(topic, b"x", timeout=10)
+    recs = [r for r in caplog.records if "handler failed" in r.getMessage()]
+    assert recs and recs[0].exc_info is not None
+    assert "_parse_prompt" in logging.Formatter().formatException(recs[0].exc_info)
+    assert len(recs) == 10  # rate-limited as Go's warn logs: 10 lines per 10 s
+
+
+def _parse_prompt(b: bytes) -> bytes:
+    raise ValueError("cannot parse the prompt")
