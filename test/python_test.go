@@ -29,7 +29,7 @@ func pythonWorker(t *testing.T, url, topic, handler string) *exec.Cmd {
 		}
 		t.Skipf("no Python with redis and msgpack: %v", err)
 	}
-	cmd := exec.Command(py, "-m", "mycelium", "serve", "--redis", url, "--topic", topic, "--handler", handler)
+	cmd := exec.Command(py, "-m", "mycelium", "serve", "--redis", url, "--topic", topic, "--handler", handler, "--http-addr", "")
 	cmd.Dir = filepath.Join("..", "clients", "python")
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
 	out, err := cmd.StdoutPipe()

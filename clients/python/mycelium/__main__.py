@@ -88,7 +88,11 @@ async def _serve(a: argparse.Namespace) -> None:
                 return False, f"redis: {e}"
             return True, ""
 
-        server = await serve_ops(host, port, ready=ready, stats=lambda: dataclasses.asdict(c.stats), metrics=metrics)
+        try:
+            server = await serve_ops(host, port, ready=ready, stats=lambda: dataclasses.asdict(c.stats), metrics=metrics)
+        except OSError as e:
+            await c.stop()
+            raise SystemExit(f"mycelium: --http-addr {a.http_addr}: {e.strerror or e} (another process holds it? give another, or empty to disable)") from None
     print("serving", flush=True)
     try:
         await stop.wait()
