@@ -357,8 +357,11 @@ class Consumer:
         self._main.add_done_callback(self._main_ended)
 
     def _main_ended(self, t: asyncio.Future[Any]) -> None:
-        if not t.cancelled() and t.exception() is not None and not self._stopping:
-            log.error("worker of %s stopped: %s", self.topic, t.exception(), exc_info=t.exception())
+        if t.cancelled() or self._stopping:
+            return
+        e = t.exception()
+        if e is not None and not isinstance(e, asyncio.CancelledError):  # a loop cancelled by the event loop's end is no failure
+            log.error("worker of %s stopped: %s", self.topic, e, exc_info=e)
 
     async def stop(self) -> None:
         """Stops reading, drains running handlers (see the class), leaves the

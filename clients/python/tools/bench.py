@@ -312,6 +312,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="one JSON line per run")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of each scenario (Go caller, Python caller, ...)")
     ap.add_argument("--no-pubsub", action="store_true", help="skip the old design (Python caller against the Go caller only)")
+    ap.add_argument("--uvloop", action="store_true", help="run on uvloop (Debian's python3-uvloop) instead of asyncio's loop")
     a = ap.parse_args()
     want = a.scenarios.split(",")
     scs = [s for s in SCENARIOS if s.name in want]
@@ -336,6 +337,12 @@ def main() -> None:
                 _process([bb, "--redis", url, "--serve-pubsub", "--topic", "pybench"]) as ps:
             _wait_ready(addr)
             _wait_line(ps, b"serving", "bus-bench --serve-pubsub")
+            if a.uvloop:
+                try:
+                    import uvloop  # type: ignore[import]
+                except ImportError:
+                    raise SystemExit("tools/bench.py: --uvloop: install python3-uvloop") from None
+                uvloop.install()
             asyncio.run(bench(url, scs, a.timeout, out, bb, rounds=a.rounds, pubsub=not a.no_pubsub))
 
 
