@@ -67,11 +67,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
-from redis.asyncio import Redis  # type: ignore[import]  # redis-py 4.3 ships no py.typed: its API is Any here
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster  # type: ignore[import]
-from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection  # type: ignore[import]
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool  # type: ignore[import]
-from redis.exceptions import (  # type: ignore[import]
+from redis.asyncio import Redis  # redis-py 4.3 ships no py.typed: its API is Any here (pyproject.toml)
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
