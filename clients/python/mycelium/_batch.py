@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from redis.exceptions import ResponseError
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 Command = Sequence[Any]
 
@@ -225,3 +225,24 @@ class NodeTx:
             except Exception:  # noqa: BLE001 - closing
                 pass
         self._nodes.clear()
+
+
+async def stop_tasks(tasks: "Collection[asyncio.Future[Any]]", within: float) -> None:
+    """Cancels tasks and waits at most ``within`` seconds for them to end,
+    cancelling again every 0.1 s: redis-py 4.3 can turn a cancellation that
+    lands in its connection checks into a timeout the loop then retries
+    (the loops also check their stop flag). The caller's own cancellation is
+    never swallowed."""
+    loop = asyncio.get_running_loop()
+    pending = {t for t in tasks if not t.done()}
+    deadline = loop.time() + within
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: nothing logged at exit

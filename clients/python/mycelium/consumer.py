@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Union
 from redis.exceptions import RedisError, ResponseError
 
 from . import codec
-from ._batch import Batcher, NodeTx
+from ._batch import Batcher, NodeTx, stop_tasks
 from ._log import WarnLimiter
 from .errors import (
     CODE_HANDLER,
@@ -36,7 +36,7 @@ from .errors import (
 )
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
 from .connect import check_client, close_client, is_cluster, open_client
-from .producer import FIELD, _unavailable
+from .producer import FIELD, _apart, _unavailable
 from .scripts import Scripts
 
 log = logging.getLogger("mycelium.consumer")
@@ -325,7 +325,7 @@ class Consumer:
             raise InvalidConfig("consumer already started")
         try:
             if self._r is None:
-                self._r = await open_client(self._url, **self._conn)  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
+                self._r = await _apart(open_client(self._url, **self._conn))  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
             self._cluster = is_cluster(self._r)
             if self._metrics is not None:
                 self._metrics.watch_consumer(self)
@@ -335,12 +335,12 @@ class Consumer:
             self._slots = asyncio.Semaphore(self.concurrency)
             self._due_wake = asyncio.Event()
             try:
-                await asyncio.wait_for(self._join(), max(10.0, self.claim_idle))
+                await asyncio.wait_for(_apart(self._join()), max(10.0, self.claim_idle))
             except asyncio.TimeoutError:
                 raise _unavailable(OSError("redis did not answer within the time to join")) from None
             except (RedisError, OSError) as e:
                 raise _unavailable(e) from None  # a wrong password, NOPERM, or Redis down: a MyceliumError
-            await self._catch_up_control()
+            await _apart(self._catch_up_control())
         except BaseException as e:
             self.serving.fail(e if isinstance(e, Exception) else Closed("start cancelled"))
             await self._close_client()
@@ -370,18 +370,16 @@ class Consumer:
             return
         self._stopping = True
         self.serving.fail(Closed("consumer stopped before it served"))
-        for t in self._loops:
-            t.cancel()
-        for t in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._running:
+            log.info("worker of %s stopping: draining %d running handlers (at most %gs)", self.topic, len(self._running), self.shutdown_timeout)
+        await stop_tasks(self._loops, self._block_ms / 1000 + 2)
         if self._main is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._main
+            await asyncio.wait([self._main], timeout=1)
         await self._drain()
         if self._r is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.wait_for(self._leave(), 5))
+            log.info("worker of %s left group %s and stopped (handled %d)", self.topic, self.group, self.stats.handled)
         await self._close_client()
 
     def _time(self, stage: str, seconds: float) -> None:
@@ -480,7 +478,7 @@ class Consumer:
 
     async def _presence_loop(self) -> None:
         last_parts = time.monotonic()
-        while True:
+        while not self._stopping:
             await asyncio.sleep(PRESENCE_EVERY / 2.5)
             try:
                 await self._beat()
@@ -590,7 +588,7 @@ class Consumer:
         """Reads every partition in one XREADGROUP, or only one (a cluster:
         partitions live on other slots); a forgotten partition's loop ends."""
         backoff = 0.05
-        while True:
+        while not self._stopping:
             if only is not None and only not in self._parts:
                 return
             n = await self._take_slots()
@@ -631,7 +629,7 @@ class Consumer:
     async def _reclaim_loop(self) -> None:
         cursors: dict[str, str] = {}
         every = min(self.claim_idle / 2, 5.0)
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             for key in list(self._parts):
                 try:
@@ -686,7 +684,7 @@ class Consumer:
 
     async def _heartbeat_loop(self) -> None:
         every = self.claim_idle / 3
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             old = time.monotonic() - every
             now = self._redis_ms()
@@ -718,7 +716,7 @@ class Consumer:
 
     async def _control_loop(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             try:
                 res = await self.redis.xread({self._keys.control(self.topic): self._ctl_last}, count=512, block=self._block_ms)
                 backoff = 0.05
@@ -791,7 +789,7 @@ class Consumer:
         the earliest due time known, on a wake notice, and at least every
         DUE_EVERY seconds (docs/wire.md, "Delayed events and retries")."""
         assert self._due_wake is not None
-        while True:
+        while not self._stopping:
             try:
                 await self._due_pass()
             except (RedisError, OSError) as e:
@@ -987,7 +985,7 @@ class Consumer:
                 self._warn.warn("handler failed on entry %s of %s (attempt %d, %s): %s", eid, self.topic, attempt,
                                 "request" if req else "event", err, exc=err)
             else:
-                self._warn.warn("handler failed on entry %s of %s (attempt %d, %s): %s", eid, self.topic, attempt,
+                self._warn.warn("handler answered entry %s of %s with an error (attempt %d, %s): %s", eid, self.topic, attempt,
                                 "request" if req else "event", err)
         if req:
             await self._reply(key, eid, env, attempt, out, err, sent_chunks, now_ns, handled_ns, cache_key, cache_ttl, ran_out)

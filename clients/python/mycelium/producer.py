@@ -15,7 +15,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Conc
 from redis.exceptions import RedisError, ResponseError
 
 from . import codec
-from ._batch import Batcher, NodeTx, _pack
+from ._batch import Batcher, NodeTx, _pack, stop_tasks
 from ._cache import (
     DEFAULT_LOCAL_BYTES,
     MAX_FLIGHT_WAITERS,
@@ -329,7 +329,7 @@ class Producer:
         Raises :class:`InvalidConfig`, :class:`PermissionDenied` (a wrong
         password) or :class:`Unavailable`."""
         if self._r is None:
-            self._r = await open_client(self._url, **self._conn)  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
+            self._r = await _apart(open_client(self._url, **self._conn))  # MyceliumErrors: InvalidConfig, PermissionDenied, Unavailable
         self._slots = asyncio.Semaphore(self._max_in_flight)
         self._reader_lock = asyncio.Lock()
         self._batch = Batcher(self._r)
@@ -340,7 +340,7 @@ class Producer:
         self._scripts = Scripts(self._r)
         if not self._own_client:
             try:
-                await asyncio.wait_for(self._r.ping(), 10)
+                await asyncio.wait_for(_apart(self._r.ping()), 10)
             except (RedisError, OSError, asyncio.TimeoutError) as e:
                 raise _unavailable(e if not isinstance(e, asyncio.TimeoutError) else OSError("redis did not answer PING within 10s")) from None
 
@@ -368,19 +368,16 @@ class Producer:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._cancel_notices([(s, *v) for s, v in self._inflight.items()]), 2)
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            await stop_tasks([self._reader], self._block_ms / 1000 + 2)
         if self._reader_conn is not None:
             with contextlib.suppress(Exception):
                 await self._reader_conn.disconnect()  # cancelled mid-read: not reusable
                 await self.redis.connection_pool.release(self._reader_conn)
             self._reader_conn = None
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.delete(self.reply_key)
-        for t in list(self._bg):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 2)
+                await _apart(self.redis.delete(self.reply_key))
+        if self._bg:
+            await asyncio.wait(list(self._bg), timeout=2)  # cancel notices, cache epoch reads
         if self._metrics is not None:
             with contextlib.suppress(Exception):
                 self._metrics.unwatch(self)
@@ -448,7 +445,7 @@ class Producer:
         now = time.monotonic()
         if now - t.parts_read >= 1.0:
             try:
-                v = await self.redis.hget(self._keys.meta(t.name), "partitions")
+                v = await _apart(self.redis.hget(self._keys.meta(t.name), "partitions"))
                 n = int(v) if v is not None else 1
                 t.parts = n if 1 <= n <= 1024 else 1
             except (ValueError, RedisError, OSError):
@@ -484,14 +481,18 @@ class Producer:
         r = self.redis
         ms = int(time.time() * 1000)
         key = self._keys.workers(t.name)
-        try:
-            n = await r.zcount(key, f"({ms - RESPONDER_IDLE_MS}", "+inf")
+
+        async def count() -> int:
+            n = int(await r.zcount(key, f"({ms - RESPONDER_IDLE_MS}", "+inf"))
             if n == 0 and not await r.exists(key):
                 try:
                     groups = await r.xinfo_groups(self._keys.topic(t.name))
                 except ResponseError:
                     groups = []
                 n = sum(int(g.get("consumers", g.get(b"consumers", 0)) or 0) for g in groups)
+            return n
+        try:
+            n = await _apart(count())
         except (RedisError, OSError) as e:
             raise _unavailable(e) from None
         if n > 0:
@@ -579,7 +580,7 @@ class Producer:
         member = did.encode() + b":" + codec.encode(env)
         at_ms, after_ms = due
         try:
-            when = await self._scripts.call("delay", [self._keys.topic(name) + ":delayed"], [member, at_ms, after_ms, self._cap])
+            when = await _apart(self._scripts.call("delay", [self._keys.topic(name) + ":delayed"], [member, at_ms, after_ms, self._cap]))
         except ResponseError as e:
             self.stats.write_errors += 1
             if str(e).startswith("MYCFULL"):
@@ -591,8 +592,8 @@ class Producer:
         self.stats.published += 1
         self.stats.delayed += 1
         with contextlib.suppress(RedisError, OSError):  # best effort: workers look every few seconds anyway
-            await self.redis.xadd(self._keys.control(t.name), {b"op": b"wake", b"until": str(int(when)).encode()},
-                                  maxlen=10_000, approximate=True)
+            await _apart(self.redis.xadd(self._keys.control(t.name), {b"op": b"wake", b"until": str(int(when)).encode()},
+                                         maxlen=10_000, approximate=True))
         return did
 
     @_guarded
@@ -900,6 +901,7 @@ class Producer:
         await self._slot(t, start, timeout)
         assert self._slots is not None
         st = _StreamState(max(16 << 20, 4 * self.max_payload))
+        expiry: asyncio.TimerHandle | None = None
         seq, cid, w = self._new_waiter(stream=st)
         token = secrets.token_bytes(codec.TOKEN_SIZE)
         self._inflight[seq] = (t, deadline_ns, token)
@@ -913,13 +915,16 @@ class Producer:
             written = True
             self.stats.requests += 1
             self._written(w, _s(res[0]))
+            # The deadline is an item the stream's queue gets (a timer, not
+            # wait_for: in 3.11 a cancellation racing wait_for's timeout can
+            # come out as a timeout, and Ctrl-C must stay a cancellation).
+            loop = asyncio.get_running_loop()
+            expiry = loop.call_at(loop.time() + max(timeout - (time.monotonic() - start), 0), st.queue.put_nowait, _Expired())
             while True:
-                remaining = timeout - (time.monotonic() - start)
-                try:
-                    item = await asyncio.wait_for(st.queue.get(), max(remaining, 0))
-                except asyncio.TimeoutError:
+                item = await st.queue.get()
+                if isinstance(item, _Expired):
                     self.stats.timeouts += 1
-                    raise BusTimeout(f"stream from {t.name!r}: not ended within {timeout:g}s") from None
+                    raise BusTimeout(f"stream from {t.name!r}: not ended within {timeout:g}s")
                 if item is None:
                     self.stats.replies += 1
                     return
@@ -930,6 +935,8 @@ class Producer:
                 st.buffered -= len(item)
                 yield item
         finally:
+            if expiry is not None:
+                expiry.cancel()
             ended = st.ended and st.queue.empty() and not st.broken
             self._waiters.pop(seq, None)
             self._inflight.pop(seq, None)
@@ -1086,7 +1093,7 @@ class Producer:
                     deadline_ns // 1_000_000, int((deadline_ns / 1e9 - now + TAKEOVER_GRACE + 1) * 1000), MAX_FLIGHT_WAITERS,
                     FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, "1" if drop else "0", "1" if no_cache else "0"]
             try:
-                r = await self._scripts.call("begin", [stream, self._keys.meta(name), f"{stream}:c:{entry}", f"{stream}:f:{entry}"], args)
+                r = await _apart(self._scripts.call("begin", [stream, self._keys.meta(name), f"{stream}:c:{entry}", f"{stream}:f:{entry}"], args))
             except (RedisError, OSError) as e:
                 self.stats.write_errors += 1
                 raise _unavailable(e) from None
@@ -1176,7 +1183,7 @@ class Producer:
                 return
             if self._closed:
                 raise Closed("producer closed")
-            await self._create_reply_stream()
+            await _apart(self._create_reply_stream())
             self._reader = asyncio.ensure_future(self._read_replies())
             self._reader.add_done_callback(self._reader_ended)
 
@@ -1224,7 +1231,7 @@ class Producer:
         every = min(self._ttl_ms / 3000, 5.0)
         next_refresh = time.monotonic() + every
         backoff = 0.05
-        while True:
+        while not self._closed:
             try:
                 if time.monotonic() >= next_refresh:
                     if not await self.redis.pexpire(self.reply_key, self._ttl_ms):
@@ -1239,6 +1246,8 @@ class Producer:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, MyceliumError) as e:
+                if self._closed:
+                    return  # closing: redis-py may have turned the cancellation into this error
                 if not self._down_since:
                     self._down_since = time.monotonic()
                 self._warn.warn("redis unavailable to the reply reader of %s (requests wait; retrying in %.2fs): %s",
@@ -1329,6 +1338,17 @@ class _Expired(Exception):
 def _expire(f: asyncio.Future[Any]) -> None:
     if not f.done():
         f.set_exception(_Expired())
+
+
+async def _apart(coro: Awaitable[_R]) -> _R:
+    """Runs a redis-py call in a task of its own. redis-py 4.3 checks a
+    pooled connection with async_timeout(0), which cancels the task it runs
+    in and turns that into a timeout: run on the caller's task, it raises
+    the task's cancel count (Python 3.11: Ctrl-C then ends in
+    CancelledError, not KeyboardInterrupt; asyncio.timeout() and TaskGroups
+    around our calls misjudge) and can swallow a real cancellation. The hot
+    path (shared writes, the reply reader) runs in tasks of its own already."""
+    return await asyncio.ensure_future(coro)
 
 
 def _s(v: Any) -> str:

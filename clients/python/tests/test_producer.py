@@ -374,3 +374,41 @@ async def test_breaker_ignores_remote_errors_and_no_responders(redis_url: str, t
                 with pytest.raises(RemoteError):
                     await p.request(topic, b"x", timeout=5)
         assert p.breaker_state(topic) == "closed"
+
+
+async def test_cli_cached_requests_exit_promptly(redis_url: str, topic: str) -> None:
+    """A new user's find: the second `python -m mycelium request --cache`
+    (answered from the cache) never exited: closing the producer cancelled
+    its reply reader inside redis-py 4.3's connection check, which turned
+    the cancellation into a timeout the reader retried forever."""
+    import os
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    async with py_worker(redis_url, topic, _echo):
+        for _ in range(3):
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "mycelium", "request", "--redis", redis_url, "--topic", topic,
+                                                        "--data", "cc1", "--cache", "--timeout", "3", stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE, env=env)
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), 20)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.returncode == 0 and out.strip() == b"cc1", err
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.9, 1.0, 1.05])
+async def test_close_after_a_pause_is_prompt(redis_url: str, topic: str, pause: float) -> None:
+    async with py_worker(redis_url, topic, _echo):
+        p = Producer(redis_url)
+        await p.start()
+        assert await p.request(topic, b"x", timeout=5) == b"x"
+        await asyncio.sleep(pause)
+        assert await p.request(topic, b"y", timeout=5) == b"y"
+        t0 = time.monotonic()
+        await asyncio.wait_for(p.close(), 10)
+        assert time.monotonic() - t0 < 4
