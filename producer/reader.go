@@ -32,8 +32,14 @@ type replyReader struct {
 	// flight's waiter gets no channel send); nil when no topic is cached.
 	flights *cache
 
-	up      atomic.Bool // started: read without mu on every request
-	mu      sync.Mutex  // guards started, closed, stop and done
+	up atomic.Bool // started: read without mu on every request
+	// suspect: the reader lost Redis and has not yet confirmed the reply
+	// stream since (Redis may have restarted without it). A request then
+	// confirms it itself before it is written: a worker's reply to a
+	// stream that is gone is dropped (NOMKSTREAM), and the reader may be
+	// in its backoff when Redis is back.
+	suspect atomic.Bool
+	mu      sync.Mutex // guards started, closed, stop and done
 	started bool
 	closed  bool // shutdown began: never start
 	stop    context.CancelFunc
@@ -48,6 +54,9 @@ type replyReader struct {
 // ctx bounds the creation; deadline applies when ctx has none.
 func (r *replyReader) ensure(ctx context.Context, deadline time.Time) error {
 	if r.up.Load() { // every request after the first: no lock
+		if r.suspect.Load() {
+			return r.confirm(ctx, deadline)
+		}
 		return nil
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -75,6 +84,24 @@ func (r *replyReader) ensure(ctx context.Context, deadline time.Time) error {
 	r.started = true
 	r.up.Store(true)
 	go r.run(rctx)
+	return nil
+}
+
+// confirm refreshes the reply stream (recreating it if Redis lost it)
+// before a request is written while the reader is in an outage.
+func (r *replyReader) confirm(ctx context.Context, deadline time.Time) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	if err := redisx.Classify(r.refresh(ctx), "confirming the reply stream"); err != nil {
+		if !errors.Is(err, bus.ErrUnavailable) && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+			return r.stats.ctxErr(err, "confirming the reply stream "+r.key)
+		}
+		return fmt.Errorf("producer: reply stream %s: %w", r.key, err)
+	}
+	r.suspect.Store(false)
 	return nil
 }
 
@@ -149,16 +176,19 @@ func (r *replyReader) run(ctx context.Context) {
 		if now := time.Now(); !now.Before(nextRefresh) || out.Active() {
 			if err := r.refresh(ctx); err != nil {
 				if ctx.Err() == nil {
+					r.suspect.Store(true)
 					out.Failed(err)
 					out.Backoff(ctx)
 				}
 				continue
 			}
+			r.suspect.Store(false)
 			nextRefresh = now.Add(every)
 		}
 		entries, err := r.port.Read(rd.For(ctx, r.cfg.ReplyBlock), r.key, last, int64(r.cfg.ReplyBatch), r.cfg.ReplyBlock)
 		if err != nil {
 			if ctx.Err() == nil {
+				r.suspect.Store(true)
 				out.Failed(err)
 				out.Backoff(ctx)
 			}

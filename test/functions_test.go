@@ -90,8 +90,15 @@ func TestScriptsRunAsFunctions(t *testing.T) {
 		t.Fatalf("EVAL/EVALSHA calls = %d, want none on Redis 7", n)
 	}
 	// Redis restarted without persistence: no library until a call loads it.
+	// (Nor the producer's reply stream until its reader's next refresh,
+	// within min(ReplyTTL/3, 5 s): a reply written before that is dropped,
+	// docs/durability.md.)
 	srv.Restart()
 	waitFor(t, 10*time.Second, "Redis back", func() bool { return c.Ping(ctx) == nil })
+	waitFor(t, 15*time.Second, "the producer's reply stream recreated", func() bool {
+		n, err := c.Redis().Do(ctx, c.Redis().B().Exists().Key(p.ReplyStream()).Build()).AsInt64()
+		return err == nil && n == 1
+	})
 	if _, err := p.Request(ctx, "fn", []byte("again"), producer.CacheKey("k2")); err != nil {
 		t.Fatalf("cached Request after a restart = %v", err)
 	}

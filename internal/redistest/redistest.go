@@ -194,12 +194,15 @@ func (s *Server) Restart() {
 }
 
 // Relaunch is Restart returning its error instead of failing the test
-// (for goroutines other than the test's).
+// (for goroutines other than the test's). A server still running is killed
+// first: started beside it, the new one could not bind the port, the old
+// one would answer in its place (no restart at all) and outlive the test.
 func (s *Server) Relaunch() error {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return err
 	}
+	s.Stop()
 	return s.start(bin)
 }
 

@@ -1248,6 +1248,7 @@ class Producer:
             except (RedisError, OSError, MyceliumError) as e:
                 if self._closed:
                     return  # closing: redis-py may have turned the cancellation into this error
+                next_refresh = 0.0  # Redis may have restarted without the reply stream: confirm it first when back
                 if not self._down_since:
                     self._down_since = time.monotonic()
                 self._warn.warn("redis unavailable to the reply reader of %s (requests wait; retrying in %.2fs): %s",
