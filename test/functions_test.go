@@ -92,7 +92,7 @@ func TestScriptsRunAsFunctions(t *testing.T) {
 	// Redis restarted without persistence: no library until a call loads it.
 	// (Nor the producer's reply stream until its reader's next refresh,
 	// within min(ReplyTTL/3, 5 s): a reply written before that is dropped,
-	// docs/durability.md.)
+	// the README's delivery guarantees.)
 	srv.Restart()
 	waitFor(t, 10*time.Second, "Redis back", func() bool { return c.Ping(ctx) == nil })
 	waitFor(t, 15*time.Second, "the producer's reply stream recreated", func() bool {

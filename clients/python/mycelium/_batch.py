@@ -115,7 +115,7 @@ class Batcher:
         out: list[bytes] = []
         for op in batch:
             for c in op.cmds:
-                out.append(_pack(c))
+                out.append(c if isinstance(c, bytes) else _pack(c))  # bytes: packed by the caller
         # A connection of its own per write in flight, kept from write to
         # write (taking one from the pool costs a readiness poll each time).
         conn = self._idle.pop() if self._idle else await self._r.connection_pool.get_connection("_")

@@ -125,6 +125,8 @@ def _str(v: Any, name: str) -> str:
 
 
 def _int(v: Any, name: str, *, unsigned: bool = False, bits: int = 64) -> int:
+    if type(v) is int and ((0 <= v < (1 << (bits - 1))) if bits == 64 or not unsigned else 0 <= v < (1 << bits)):
+        return v  # the common case: a small non-negative value, in range whatever the kind
     if type(v) is not int:  # noqa: E721 - bool is an int subclass and is not allowed
         raise MalformedError(name, "not an integer")
     lo = 0 if unsigned else -(1 << (bits - 1))

@@ -61,16 +61,6 @@ MAX_DELAY = 366 * 24 * 3600.0
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _base36(n: int) -> str:
-    if n == 0:
-        return "0"
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(_B36[r])
-    return "".join(reversed(out))
-
-
 def _unavailable(e: BaseException) -> MyceliumError:
     """The MyceliumError a Redis error means (connect.wrap_error): refused
     credentials or commands are PermissionDenied, a connection that failed
@@ -313,6 +303,7 @@ class Producer:
         if self._brcfg is not None:
             self._brcfg.check()
         self._breakers: dict[str, Breaker] = {}
+        self._xadd_heads: dict[str, bytes] = {}  # packed XADD heads per stream key
         self.stats = Stats()
 
     # -- lifecycle -----------------------------------------------------
@@ -546,10 +537,21 @@ class Producer:
         ids: list[Any] = res if self._cluster else res[-1]
         return ids
 
-    def _xadd(self, key: str, data: bytes) -> tuple[Any, ...]:
-        if self._cap > 0:
-            return ("XADD", key, "MAXLEN", "~", self._cap, "*", FIELD, data)
-        return ("XADD", key, "*", FIELD, data)
+    def _xadd(self, key: str, data: bytes) -> Any:
+        """XADD key [MAXLEN ~ cap] * m data: packed here on one server (the
+        command's head cached per key: only the envelope is new), as a
+        command for the cluster client's pipeline."""
+        if self._cluster:
+            if self._cap > 0:
+                return ("XADD", key, "MAXLEN", "~", self._cap, "*", FIELD, data)
+            return ("XADD", key, "*", FIELD, data)
+        head = self._xadd_heads.get(key)
+        if head is None:
+            cmd: tuple[Any, ...] = ("XADD", key, "MAXLEN", "~", self._cap, "*", FIELD) if self._cap > 0 else ("XADD", key, "*", FIELD)
+            head = _pack((*cmd, b""))[: -len(b"$0\r\n\r\n")]  # the same array length: only the last bulk string differs
+            if len(self._xadd_heads) < 4096:
+                self._xadd_heads[key] = head
+        return head + b"$%d\r\n" % len(data) + data + b"\r\n"
 
     # -- events --------------------------------------------------------
 
@@ -576,7 +578,7 @@ class Producer:
     async def _delayed(self, t: _Topic, env: codec.Envelope, partition_key: str | bytes | None, due: tuple[int, int]) -> str:
         name = await self._pick(t, partition_key)
         self._seq += 1
-        did = "d" + self._inc + _base36(self._seq)
+        did = f"d{self._inc}{self._seq:x}"
         member = did.encode() + b":" + codec.encode(env)
         at_ms, after_ms = due
         try:
@@ -703,7 +705,7 @@ class Producer:
         seq = self._seq
         w = _Waiter(asyncio.get_running_loop().create_future(), **kw)
         self._waiters[seq] = w
-        return seq, self._inc + _base36(seq), w
+        return seq, f"{self._inc}{seq:x}", w
 
     async def _request(
         self, t: _Topic, payload: bytes, headers: Mapping[str, str] | None, partition_key: str | bytes | None,
@@ -1160,7 +1162,7 @@ class Producer:
             pipe.xadd(
                 self._keys.control(t.name),
                 {b"op": b"cancel", b"until": str(deadline_ns // 1_000_000).encode(), b"tok": token,
-                 b"id": (self._inc + _base36(seq)).encode(), b"to": self.reply_key.encode()},
+                 b"id": f"{self._inc}{seq:x}".encode(), b"to": self.reply_key.encode()},
                 maxlen=10_000, approximate=True,
             )
         with contextlib.suppress(RedisError, OSError):
@@ -1297,7 +1299,7 @@ class Producer:
             self.stats.late += 1  # an earlier incarnation's
             return
         try:
-            seq = int(env.id[len(self._inc):], 36)
+            seq = int(env.id[len(self._inc):], 16)
         except ValueError:
             self.stats.late += 1
             return
