@@ -494,16 +494,7 @@ class Producer:
     async def _write(self, cmds: list[Any]) -> list[Any]:
         """Runs cmds in the next shared write; Redis errors become
         MyceliumErrors."""
-        try:
-            res = await self._batch.run(cmds)
-        except (RedisError, OSError) as e:
-            self.stats.write_errors += 1
-            raise _unavailable(e) from None
-        for r in res:
-            if isinstance(r, Exception):
-                self.stats.write_errors += 1
-                raise _unavailable(r)
-        return res
+        return await self._write_requests(cmds, [])
 
     async def _write_requests(self, cmds: list[Any], reqs: list[tuple[int, _Topic, int, bytes]]) -> list[Any]:
         """_write for requests: a caller cancelled while its write is on the
@@ -513,7 +504,9 @@ class Producer:
         try:
             res = await op.fut
         except asyncio.CancelledError:
-            if op.res is not None:
+            if not reqs:
+                pass
+            elif op.res is not None:
                 self._spawn(self._cancel_notices(reqs))
             elif op.err is None:
                 op.after = lambda _: self._spawn(self._cancel_notices(reqs))

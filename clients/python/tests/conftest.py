@@ -6,6 +6,7 @@ when MYCELIUM_REQUIRE_REDIS=1 (make test), else it is skipped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import pathlib
@@ -36,30 +37,40 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+@contextlib.contextmanager
+def start_redis(*args: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A throwaway redis-server on a free loopback port (extra args such as
+    --requirepass), stopped and its directory removed on exit."""
     if shutil.which("redis-server") is None:
         _missing("redis-server")
     d = tempfile.mkdtemp()
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d, *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # polling a child's port: there is nothing to wait on
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("redis-server did not start")
+                time.sleep(0.05)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with start_redis() as (port, _):
+        yield f"redis://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")

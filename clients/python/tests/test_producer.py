@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import subprocess
-import tempfile
 import time
 from typing import AsyncIterator, Iterator
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, start_redis
 from mycelium import CacheConfig, Message, Producer, RemoteError
 from mycelium.errors import BusTimeout, NoResponders, PermissionDenied, StreamBroken, Unavailable
 from test_conformance import eventually, go_cli, go_worker, py_worker
@@ -243,26 +241,8 @@ async def test_delayed_publish_to_a_go_worker(redis_url: str, bus_worker: str, t
 
 @pytest.fixture
 def own_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    d = tempfile.mkdtemp()
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}", proc
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    with start_redis() as (port, proc):
+        yield f"redis://127.0.0.1:{port}", proc
 
 
 async def test_outage_is_logged_and_errors_are_mycelium_errors(own_redis: tuple[str, subprocess.Popen[bytes]], topic: str,

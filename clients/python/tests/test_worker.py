@@ -9,18 +9,16 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, start_redis
 from mycelium import Consumer, Message, Producer, RemoteError, codec
 from mycelium.errors import InvalidConfig, NoResponders, NotStreaming, PermissionDenied, RetryAfter, Unavailable
 from test_conformance import eventually, go_cli, py_worker
@@ -210,25 +208,8 @@ async def test_go_delayed_event_promoted_by_a_python_worker(redis_url: str, bus_
 
 @pytest.fixture(scope="module")
 def password_redis() -> Iterator[str]:
-    d = tempfile.mkdtemp()
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", d, "--requirepass", "s3cret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(d, ignore_errors=True)
+    with start_redis("--requirepass", "s3cret") as (port, _):
+        yield f"127.0.0.1:{port}"
 
 
 async def echo(m: Message) -> bytes:
