@@ -27,6 +27,11 @@ func HashPayload(payload []byte) CacheHash { return PayloadDigest(payload).Hash(
 // payload of equal bytes hash differently.
 func HashKey(key string) CacheHash { return KeyDigest(key).Hash() }
 
+// IdempotencyHash names an idempotency key in its record's key
+// (Keys.Once): the first 128 bits of SHA-256 over 'i' and the key, as 32
+// hex digits, so any key (any bytes, any length) makes a valid key name.
+func IdempotencyHash(key string) string { return string(digest('i', nil, key).Hash()) }
+
 // CacheDigest is a CacheHash in binary: what the producer computes for
 // every cached request (no allocation) and keys its memory by.
 type CacheDigest [16]byte

@@ -59,6 +59,13 @@ func (k Keys) Control(topic string) string { return k.Topic(topic) + ":ctl" }
 // moves entries from it to the stream.
 func (k Keys) Delayed(partition string) string { return k.Topic(partition) + ":delayed" }
 
+// Once returns the key recording an idempotent publish to a partition:
+// prefix:{partition}:once:<hash> (a string: the entry id the first publish
+// with that idempotency key got, expiring with the topic's window; hash is
+// IdempotencyHash of the key). It shares the partition's hash tag, so one
+// script checks it and writes the stream.
+func (k Keys) Once(partition, hash string) string { return k.Topic(partition) + ":once:" + hash }
+
 // Retry returns the sorted set of a partition's delayed retries:
 // prefix:{partition}:retry (member a pending entry's id, score the unix
 // milliseconds when it is to be delivered again).

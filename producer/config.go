@@ -142,6 +142,27 @@ type Config struct {
 	// this process, for every cached topic together). Zero means
 	// DefaultLocalCacheBytes; negative means no local tier.
 	LocalCacheBytes int64
+	// IdempotencyWindow is how long an idempotent publish (IdempotencyKey)
+	// is remembered: a second publish with the same key within it writes
+	// nothing and gets the first one's id. Zero means
+	// DefaultIdempotencyWindow; IdempotencyWindows sets it per topic.
+	IdempotencyWindow  time.Duration
+	IdempotencyWindows map[string]time.Duration
+}
+
+// DefaultIdempotencyWindow is the window of idempotent publishes (as
+// JetStream's default duplicate window); MaxIdempotencyWindow bounds it.
+const (
+	DefaultIdempotencyWindow = 2 * time.Minute
+	MaxIdempotencyWindow     = 7 * 24 * time.Hour
+)
+
+// window returns topic's idempotency window.
+func (c *Config) window(topic string) time.Duration {
+	if w, ok := c.IdempotencyWindows[topic]; ok && w > 0 {
+		return w
+	}
+	return c.IdempotencyWindow
 }
 
 // Validate reports the first problem with c, wrapping bus.ErrInvalidConfig.
@@ -179,6 +200,17 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	for topic, w := range c.IdempotencyWindows {
+		if err := bus.ValidateName("topic", topic); err != nil {
+			return fmt.Errorf("IdempotencyWindows: %w", err)
+		}
+		if w < time.Millisecond || w > MaxIdempotencyWindow {
+			return fmt.Errorf("%w: IdempotencyWindows[%q]: want 1ms to %v, got %v", bus.ErrInvalidConfig, topic, MaxIdempotencyWindow, w)
+		}
+	}
+	if c.IdempotencyWindow < 0 || c.IdempotencyWindow > MaxIdempotencyWindow || (c.IdempotencyWindow > 0 && c.IdempotencyWindow < time.Millisecond) {
+		return fmt.Errorf("%w: IdempotencyWindow: want 1ms to %v, got %v", bus.ErrInvalidConfig, MaxIdempotencyWindow, c.IdempotencyWindow)
+	}
 	if c.ReplyTTL > 0 && c.ReplyTTL < 3*time.Second {
 		return fmt.Errorf("%w: ReplyTTL must be at least 3s, got %v", bus.ErrInvalidConfig, c.ReplyTTL)
 	}
@@ -201,6 +233,7 @@ func (c Config) withDefaults() Config {
 	c.SlowRequest = cmp.Or(c.SlowRequest, DefaultSlowRequest)
 	c.LocalCacheBytes = cmp.Or(c.LocalCacheBytes, DefaultLocalCacheBytes)
 	c.WaitTimeout = cmp.Or(c.WaitTimeout, DefaultWaitTimeout)
+	c.IdempotencyWindow = cmp.Or(c.IdempotencyWindow, DefaultIdempotencyWindow)
 	if c.Cache != nil {
 		m := make(map[string]CacheConfig, len(c.Cache))
 		for topic, cc := range c.Cache {

@@ -9,6 +9,7 @@ package producer
 //	WithHeaders, PartitionKey (CallOption)      yes             yes             yes
 //	WaitForResponders (WaitOption)              -               yes             yes
 //	After, At (DelayOption)                     yes             -               -
+//	IdempotencyKey, WithPublishInfo (OnceOption) Publish only   -               -
 //	NoCache, NoStore, MaxAge, CacheKey,
 //	WithCacheInfo (CacheOption)                 -               yes             -
 //
@@ -42,6 +43,37 @@ func (o WaitOption) streamOption(co *callOptions)  { o(co) }
 type DelayOption func(*callOptions)
 
 func (o DelayOption) publishOption(co *callOptions) { o(co) }
+
+// OnceOption applies to Publish (IdempotencyKey, WithPublishInfo);
+// PublishBatch refuses it at run time (bus.ErrInvalidConfig: one key or one
+// PublishInfo cannot describe a batch).
+type OnceOption func(*callOptions)
+
+func (o OnceOption) publishOption(co *callOptions) { o(co) }
+
+// IdempotencyKey makes a Publish idempotent within the topic's window
+// (Config.IdempotencyWindow, 2 minutes by default): a second Publish with
+// the same key within it writes nothing and returns the first one's entry
+// id (WithPublishInfo tells it was a duplicate). The check and the write
+// are one script on the partition's hash tag: concurrent publishes from any
+// number of producers write one entry. Without a PartitionKey the key picks
+// the partition, so duplicates meet. An empty key is no key. Not with
+// After or At (bus.ErrInvalidConfig).
+func IdempotencyKey(k string) OnceOption {
+	return func(co *callOptions) { co.once = k }
+}
+
+// PublishInfo is what a Publish did: its entry id, and whether it was a
+// duplicate of an earlier idempotent publish (nothing written).
+type PublishInfo struct {
+	ID        string
+	Duplicate bool
+}
+
+// WithPublishInfo fills info when the Publish returns without error.
+func WithPublishInfo(info *PublishInfo) OnceOption {
+	return func(co *callOptions) { co.pubInfo = info }
+}
 
 // CacheOption applies to the response cache's verbs: Request and
 // RequestBatch (NoCache, NoStore, MaxAge, CacheKey, WithCacheInfo). Streams

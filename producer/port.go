@@ -18,6 +18,7 @@ type port interface {
 	AddBatch(ctx context.Context, adds []redisx.Add, acks []redisx.Ack, out []redisx.Result) []redisx.Result
 	AddBatchDurable(ctx context.Context, adds []redisx.Add, d redisx.Durability, out []redisx.Result) []redisx.Result
 	AddDelayed(ctx context.Context, key string, member string, at time.Time, delay time.Duration, max int64) (int64, error)
+	AddOnce(ctx context.Context, stream string, once string, data []byte, cp redisx.Cap, window time.Duration) (string, bool, error)
 	Begin(ctx context.Context, a *redisx.BeginArgs) (redisx.BeginResult, error)
 	CacheMeta(ctx context.Context, meta string) (uint64, uint64, error)
 

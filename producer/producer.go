@@ -155,7 +155,7 @@ func (p *Producer) Stats() Stats {
 		WriteErrors: p.stats.writeErrors.Load(), BreakerRejected: p.stats.breakerRejected.Load(), NoResponders: p.stats.noResponders.Load(),
 		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(), Forged: p.stats.forged.Load(),
 		Cancelled: p.stats.cancelled.Load(), CancelErrors: p.stats.cancelErrors.Load(), Streams: p.stats.streams.Load(),
-		Chunks: p.stats.chunks.Load(), StreamsBroken: p.stats.streamsBroken.Load(), Delayed: p.stats.delayed.Load(),
+		Chunks: p.stats.chunks.Load(), StreamsBroken: p.stats.streamsBroken.Load(), Delayed: p.stats.delayed.Load(), Duplicates: p.stats.duplicates.Load(),
 		CacheHitsLocal: p.stats.hitsLocal.Load(), CacheHitsShared: p.stats.hitsShared.Load(), CacheMisses: p.stats.cacheMisses.Load(),
 		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),
@@ -196,6 +196,9 @@ type callOptions struct {
 	hasPartKey bool
 
 	delay *delaySpec // After, At
+
+	once    string       // IdempotencyKey
+	pubInfo *PublishInfo // WithPublishInfo
 }
 
 // Limits on a message's headers, checked before anything is sent: the

@@ -38,6 +38,14 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	if err := checkHeaders(co.headers); err != nil {
 		return "", err
 	}
+	if co.once != "" {
+		if co.delay != nil {
+			return "", fmt.Errorf("producer: publish to %s: %w: IdempotencyKey with After or At", topic, bus.ErrInvalidConfig)
+		}
+		if !co.hasPartKey { // duplicates must meet in one partition
+			co.partKey, co.hasPartKey = co.once, true
+		}
+	}
 	pt, err := p.parts.pick(ctx, t, &co, nil, start.UnixNano())
 	if err != nil {
 		return "", err
@@ -54,10 +62,17 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	}
 	headers := p.tr.inject(ctx, co.headers)
 	var id string
-	if co.delay != nil {
+	dup := false
+	switch {
+	case co.delay != nil:
 		id, err = p.delayed.one(ctx, pt, payload, headers, co.delay, admitted)
-	} else {
+	case co.once != "":
+		id, dup, err = p.publishOnce(ctx, pt, payload, headers, co.once, admitted)
+	default:
 		id, err = p.publish(ctx, pt, payload, headers, admitted)
+	}
+	if co.pubInfo != nil && err == nil {
+		*co.pubInfo = PublishInfo{ID: id, Duplicate: dup}
 	}
 	if span != nil {
 		span.SetAttributes(attribute.String("messaging.message.id", id))
@@ -97,6 +112,34 @@ func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, heade
 	}
 	p.stats.published.Add(1)
 	return id, nil
+}
+
+// publishOnce writes one idempotent event to pt: the once script checks the
+// key's record and writes the event in one round trip (not shared with
+// other callers' writes: a script of its own).
+func (p *Producer) publishOnce(ctx context.Context, pt *topic, payload []byte, headers map[string]string, key string, now time.Time) (string, bool, error) {
+	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano(), Headers: headers}
+	buf := codec.Encode(&env)
+	p.timings.Record(metrics.Encode, time.Since(now))
+	start := time.Now()
+	id, dup, err := p.send.port.AddOnce(ctx, pt.key, p.keys.Once(pt.name, bus.IdempotencyHash(key)), buf.B, p.send.trimCap(), p.cfg.window(pt.root().name))
+	if !redisx.IsConnErr(err) {
+		codec.PutBuffer(buf)
+	}
+	if err != nil {
+		p.stats.writeErrors.Add(1)
+		if ctx.Err() != nil {
+			return "", false, fmt.Errorf("producer: publish to %s: %w", pt.root().name, ctx.Err())
+		}
+		return "", false, fmt.Errorf("producer: publish to %s: %w", pt.root().name, redisx.Classify(err, "the idempotent publish"))
+	}
+	p.timings.Record(metrics.Write, time.Since(start))
+	if dup {
+		p.stats.duplicates.Add(1)
+	} else {
+		p.stats.published.Add(1)
+	}
+	return id, dup, nil
 }
 
 // checkBatch is what both batch calls check before anything is sent: the
@@ -142,6 +185,9 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 	co := applyPublish(opts)
 	if err := checkHeaders(co.headers); err != nil {
 		return nil, err
+	}
+	if co.once != "" || co.pubInfo != nil {
+		return nil, fmt.Errorf("producer: publish batch to %s: %w: IdempotencyKey and WithPublishInfo apply to Publish only", topic, bus.ErrInvalidConfig)
 	}
 	if len(payloads) == 0 {
 		return nil, nil

@@ -19,6 +19,7 @@ type counters struct {
 	cacheCorrupt, takeovers, localEvicted                                 atomic.Uint64
 	forged                                                                atomic.Uint64
 	cancelled, cancelErrors, streams, chunks, streamsBroken, delayed      atomic.Uint64
+	duplicates                                                            atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters. Each field's help tag
@@ -49,6 +50,7 @@ type Stats struct {
 	Chunks          uint64 `json:"chunks" help:"Chunks of streamed replies handed to callers."`
 	StreamsBroken   uint64 `json:"streams_broken" help:"Streams that ended with bus.ErrStreamBroken (a redelivery after chunks were read, a missing chunk, or a caller reading too slowly)."`
 	Delayed         uint64 `json:"delayed" help:"Events published with a delay (After, At), held until due."`
+	Duplicates      uint64 `json:"duplicates" help:"Idempotent publishes (IdempotencyKey) that found an earlier one within the topic's window: nothing written, the first id returned."`
 
 	// Response cache (cached topics only).
 	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`

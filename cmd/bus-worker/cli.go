@@ -35,7 +35,7 @@ Usage:
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464] [--cache-ttl D]
   bus-worker request [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--json] [--stages] [--wait-for-responders] [--partition-key K]
                      [--cache [--cache-key K] [--max-age D] [--no-cache] [--no-store]]
-  bus-worker publish [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--partition-key K]
+  bus-worker publish [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--partition-key K] [--after D | --idempotency-key K]
   bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]   (every topic's without --topic)
   bus-worker dlq replay [--redis URL] --topic T (--id ID | --all)

@@ -38,6 +38,7 @@ type clientFlags struct {
 	stream bool          // request --stream
 	lines  bool          // request --stream --lines: each chunk on a line of its own
 	after  time.Duration // publish --after
+	once   string        // publish --idempotency-key
 }
 
 func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
@@ -433,6 +434,7 @@ func requestStages(p *producer.Producer) []metrics.Summary {
 func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	f, p, closeAll, err := openProducer(ctx, "publish", args, func(fs *flag.FlagSet, f *clientFlags) {
 		fs.DurationVar(&f.after, "after", 0, "deliver the event this long from now, not before (a delayed event; the id printed is then the delayed entry's)")
+		fs.StringVar(&f.once, "idempotency-key", "", "publish once per key within the topic's window (2m): a repeat writes nothing and prints the first id, then \"duplicate\" on stderr")
 	})
 	if err != nil {
 		return err
@@ -450,11 +452,21 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	if f.after > 0 {
 		opts = append(opts, producer.After(f.after))
 	}
+	var info producer.PublishInfo
+	if f.once != "" {
+		if f.after > 0 {
+			return usagef("publish: --idempotency-key and --after exclude each other")
+		}
+		opts = append(opts, producer.IdempotencyKey(f.once), producer.WithPublishInfo(&info))
+	}
 	id, err := p.Publish(pctx, f.topic, f.payload, opts...)
 	if err != nil {
 		return fmt.Errorf("publish to %q: %w", f.topic, err)
 	}
 	fmt.Fprintln(stdout, id)
+	if info.Duplicate {
+		fmt.Fprintf(os.Stderr, "duplicate: an earlier publish with idempotency key %q within the window wrote %s; nothing written\n", f.once, id)
+	}
 	return nil
 }
 

@@ -137,10 +137,12 @@ func ACLRule(s ACLSpec) ([]string, error) {
 			selector(keys("", ":c:*", ":f:*"), cmds("get", "pttl", "lindex", "llen", "lrem", "rpush", "lset", "del", "pexpire")),
 			// Delayed events (the delay function).
 			selector(keys("%W", ":delayed"), cmds("zadd", "zcard")),
+			// Idempotent publishes' records (the once function).
+			selector(keys("", ":once:*"), cmds("get", "set")),
 			// The bus's functions: FCALL names its keys, which need read
 			// and write permission; what a function runs is checked
 			// command by command against the rules above.
-			selector(keys("", "", ":meta", ":c:*", ":f:*", ":delayed"), cmds("fcall")),
+			selector(keys("", "", ":meta", ":c:*", ":f:*", ":delayed", ":once:*"), cmds("fcall")),
 		)
 	case "worker":
 		rule = append(rule, cmds(workerCommands...)...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -399,4 +400,44 @@ func Due(ctx context.Context, c rueidis.Client, parts []DuePart, group, consumer
 	}
 	wg.Wait()
 	return out
+}
+
+// Idempotent publishes: the first publish with an idempotency key within
+// the topic's window writes the event and records its entry id under
+// bus.Keys.Once; a later one within the window writes nothing and gets
+// that id back. One script on the partition's hash tag: the check and the
+// write are atomic.
+
+// onceScript: KEYS[1] the stream, KEYS[2] the once key; ARGV 1 field,
+// 2 envelope, 3 cap kind ("", MAXLEN or MINID), 4 cap value, 5 window ms.
+// Returns {1, new id} or {0, the first publish's id}.
+var onceScript = newScript("once", `local id = redis.call('GET', KEYS[2])
+if id then return {0, id} end
+if ARGV[3] == '' then
+  id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+else
+  id = redis.call('XADD', KEYS[1], ARGV[3], '~', ARGV[4], '*', ARGV[1], ARGV[2])
+end
+redis.call('SET', KEYS[2], id, 'PX', ARGV[5])
+return {1, id}`)
+
+// AddOnce appends data (an encoded envelope) to stream unless the once key
+// records an earlier publish within the window: then it writes nothing and
+// returns that publish's id with dup true.
+func AddOnce(ctx context.Context, c rueidis.Client, stream, once string, data []byte, cp Cap, window time.Duration) (id string, dup bool, err error) {
+	capKind, capVal := cp.args()
+	arr, err := onceScript.Exec(ctx, c, []string{stream, once}, []string{Field, rueidis.BinaryString(data), capKind, capVal,
+		strconv.FormatInt(max(window.Milliseconds(), 1), 10)}).ToArray()
+	if err != nil {
+		return "", false, err
+	}
+	if len(arr) != 2 {
+		return "", false, errors.New("redis: once script: unexpected reply")
+	}
+	fresh, err1 := arr[0].AsInt64()
+	id, err2 := arr[1].ToString()
+	if err1 != nil || err2 != nil || !strings.Contains(id, "-") {
+		return "", false, errors.New("redis: once script: malformed reply")
+	}
+	return id, fresh == 0, nil
 }

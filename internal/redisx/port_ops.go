@@ -204,6 +204,14 @@ func (p *Port) ReadControl(ctx context.Context, key string, after string, count 
 	return ReadControl(ctx, p.rc, key, after, count, block)
 }
 
+// AddOnce is this package's AddOnce, through the port.
+func (p *Port) AddOnce(ctx context.Context, stream string, once string, data []byte, cp Cap, window time.Duration) (string, bool, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1, r2 := AddOnce(dctx, p.rc, stream, once, data, cp, window)
+	return r0, r1, overran(ctx, r2)
+}
+
 // AddDelayed is this package's AddDelayed, through the port.
 func (p *Port) AddDelayed(ctx context.Context, key string, member string, at time.Time, delay time.Duration, max int64) (int64, error) {
 	dctx, done := detach(ctx)

@@ -23,11 +23,11 @@ from .errors import (
     StreamBroken,
     Unavailable,
 )
-from .producer import Producer, Reply
+from .producer import Producer, PublishInfo, Reply
 
 __all__ = [
     "BreakerConfig", "BreakerOpen", "BusTimeout", "CacheConfig", "CallerGone", "Closed", "Consumer", "DelayedFull", "Envelope", "InvalidConfig",
     "MalformedError", "Message", "MyceliumError", "NoResponders", "NotStreaming", "PayloadTooLarge", "PermissionDenied",
-    "Producer", "RedisFailed", "RemoteError", "Reply", "RetryAfter", "Serving", "StreamBroken", "Unavailable",
+    "Producer", "PublishInfo", "RedisFailed", "RemoteError", "Reply", "RetryAfter", "Serving", "StreamBroken", "Unavailable",
 ]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 import functools
+import hashlib
 from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Concatenate, Iterable, Mapping, ParamSpec, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
@@ -101,6 +102,15 @@ class _Topic:
 
 
 @dataclass
+class PublishInfo:
+    """What an idempotent publish did: the entry id, and whether it was a
+    duplicate of an earlier publish with the same key (nothing written)."""
+
+    id: str
+    duplicate: bool
+
+
+@dataclass
 class Reply:
     """One answer of :meth:`Producer.request_batch`: its payload, or the
     error that request got (``RemoteError``, ``BusTimeout``...)."""
@@ -135,6 +145,7 @@ class Stats:
     cache_corrupt: int = 0
     reader_restarts: int = 0
     breaker_rejected: int = 0
+    duplicates: int = 0  # idempotent publishes that found an earlier one: nothing written
 
 
 def _user_of(url: str, client: Any) -> str:
@@ -225,6 +236,8 @@ class Producer:
         wait_for_responders: bool = False,
         cache: Mapping[str, CacheConfig] | None = None,
         local_cache_bytes: int = DEFAULT_LOCAL_BYTES,
+        idempotency_window: float = 120.0,
+        idempotency_windows: Mapping[str, float] | None = None,
         password: str | None = None,
         password_file: str | None = None,
         cluster: bool = False,
@@ -304,6 +317,10 @@ class Producer:
             self._brcfg.check()
         self._breakers: dict[str, Breaker] = {}
         self._xadd_heads: dict[str, bytes] = {}  # packed XADD heads per stream key
+        self._window = idempotency_window
+        self._windows = dict(idempotency_windows or {})
+        if not all(0.001 <= w <= 7 * 86400 for w in (self._window, *self._windows.values())):
+            raise InvalidConfig("idempotency windows must be 1 ms to 7 days")
         self.stats = Stats()
 
     # -- lifecycle -----------------------------------------------------
@@ -551,13 +568,16 @@ class Producer:
     @_guarded
     async def publish(
         self, topic: str, payload: bytes, *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None,
-        after: float | None = None, at: float | datetime.datetime | None = None,
+        after: float | None = None, at: float | datetime.datetime | None = None, idempotency_key: str | None = None,
     ) -> str:
         """Appends one event; returns its stream entry id once Redis stored
         it. ``after`` (seconds) or ``at`` (unix seconds or a datetime)
         delays it: it waits in its partition's delayed set until due, by
         Redis's clock, then a worker moves it to the stream; the id returned
-        is then the delayed entry's (``d…``)."""
+        is then the delayed entry's (``d…``). ``idempotency_key`` publishes
+        once per key within the topic's window (see :meth:`publish_once`)."""
+        if idempotency_key:
+            return (await self._once(topic, payload, headers, partition_key, idempotency_key, after, at)).id
         t = self._check(topic, payload, headers)
         env = codec.Envelope(kind=codec.EVENT, sent=time.time_ns(), headers=dict(headers) if headers else None, payload=bytes(payload))
         due = _due(after, at)
@@ -567,6 +587,46 @@ class Producer:
         res = await self._write([self._xadd(key, codec.encode(env))])
         self.stats.published += 1
         return _s(res[0])
+
+    @_guarded
+    async def publish_once(
+        self, topic: str, payload: bytes, key: str, *, headers: Mapping[str, str] | None = None,
+        partition_key: str | bytes | None = None,
+    ) -> PublishInfo:
+        """Publishes once per ``key`` within the topic's window
+        (``idempotency_window``, 2 minutes; per topic ``idempotency_windows``),
+        as Go's ``producer.IdempotencyKey``: a repeat, from any producer,
+        writes nothing and returns the first entry's id with ``duplicate``
+        set. One script checks and writes (the key picks the partition
+        unless ``partition_key`` does)."""
+        return await self._once(topic, payload, headers, partition_key, key, None, None)
+
+    async def _once(self, topic: str, payload: bytes, headers: Mapping[str, str] | None, partition_key: str | bytes | None,
+                    key: str, after: float | None, at: float | datetime.datetime | None) -> PublishInfo:
+        if after is not None or at is not None:
+            raise InvalidConfig("an idempotent publish cannot be delayed (after=, at=)")
+        if not key:
+            raise InvalidConfig("idempotency key is empty")
+        t = self._check(topic, payload, headers)
+        env = codec.Envelope(kind=codec.EVENT, sent=time.time_ns(), headers=dict(headers) if headers else None, payload=bytes(payload))
+        name = await self._pick(t, partition_key if partition_key is not None else key)
+        stream = self._keys.topic(name)
+        h = hashlib.sha256(b"i" + key.encode("utf-8", "surrogateescape")).digest()[:16].hex()
+        window_ms = int(self._windows.get(topic, self._window) * 1000)
+        try:
+            r = await _apart(self._scripts.call("once", [stream, f"{stream}:once:{h}"],
+                                                [FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, max(window_ms, 1)]))
+        except (RedisError, OSError) as e:
+            self.stats.write_errors += 1
+            raise _unavailable(e) from None
+        if not isinstance(r, list) or len(r) != 2:
+            raise RedisFailed(f"publish to {topic!r}: the once script answered {r!r}")
+        dup = int(r[0]) == 0
+        if dup:
+            self.stats.duplicates += 1
+        else:
+            self.stats.published += 1
+        return PublishInfo(_s(r[1]), dup)
 
     async def _delayed(self, t: _Topic, env: codec.Envelope, partition_key: str | bytes | None, due: tuple[int, int]) -> str:
         name = await self._pick(t, partition_key)

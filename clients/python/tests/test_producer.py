@@ -392,3 +392,17 @@ async def test_close_after_a_pause_is_prompt(redis_url: str, topic: str, pause: 
         t0 = time.monotonic()
         await asyncio.wait_for(p.close(), 10)
         assert time.monotonic() - t0 < 4
+
+
+async def test_publish_once_with_go(redis_url: str, bus_worker: str, topic: str) -> None:
+    """Idempotent publishes: Python and Go publishers of one key write one
+    entry (the Go library's once function)."""
+    async with Producer(redis_url) as p:
+        first = await p.publish_once(topic, b"a", "order-7")
+        again = await p.publish_once(topic, b"b", "order-7")
+        assert not first.duplicate and again.duplicate and again.id == first.id
+        assert await p.publish(topic, b"c", idempotency_key="order-7") == first.id
+        code, out, err = await go_cli(bus_worker, "publish", "--redis", redis_url, "--topic", topic, "--data", "d", "--idempotency-key", "order-7")
+        assert code == 0 and out.strip().decode() == first.id and b"duplicate" in err
+        assert await p.redis.xlen(f"myc:{{{topic}}}") == 1
+        assert p.stats.duplicates == 2 and p.stats.published == 1
