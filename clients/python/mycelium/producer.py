@@ -448,6 +448,16 @@ class Producer:
                 raise PayloadTooLarge(f"headers of {n} bytes, max {MAX_HEADER_BYTES}")
         return t
 
+    def _check_batch(self, topic: str, payloads: Iterable[bytes], headers: Mapping[str, str] | None) -> tuple[_Topic, list[bytes]]:
+        """What both batch calls check before anything is sent: the topic,
+        the headers, every payload's size (Go: checkBatch)."""
+        out = [bytes(p) for p in payloads]
+        t = self._check(topic, b"", headers)
+        for i, p in enumerate(out):
+            if len(p) > self.max_payload:
+                raise PayloadTooLarge(f"entry {i}: payload of {len(p)} bytes, max {self.max_payload}")
+        return t, out
+
     async def _count(self, t: _Topic) -> int:
         """The topic's partition count, re-read at most every second."""
         now = time.monotonic()
@@ -658,11 +668,7 @@ class Producer:
         """Appends events in one round trip, as one MULTI/EXEC (contiguous
         in the streams; a blocked worker gets them in one read). Payloads
         are checked before anything is sent."""
-        payloads = [bytes(p) for p in payloads]
-        t = self._check(topic, b"", headers)
-        for i, p in enumerate(payloads):
-            if len(p) > self.max_payload:
-                raise PayloadTooLarge(f"entry {i}: payload of {len(p)} bytes, max {self.max_payload}")
+        t, payloads = self._check_batch(topic, payloads, headers)
         if not payloads:
             return []
         sent = time.time_ns()
@@ -844,11 +850,7 @@ class Producer:
         order, each with its payload or its error. Raises for the batch as a
         whole: :class:`NoResponders`, :class:`PayloadTooLarge` (checked
         before anything is sent), :class:`Closed`, :class:`Unavailable`."""
-        payloads = [bytes(p) for p in payloads]
-        t = self._check(topic, b"", headers)
-        for i, p in enumerate(payloads):
-            if len(p) > self.max_payload:
-                raise PayloadTooLarge(f"entry {i}: payload of {len(p)} bytes, max {self.max_payload}")
+        t, payloads = self._check_batch(topic, payloads, headers)
         if not payloads:
             return []
         timeout = self._timeout if timeout is None else timeout
