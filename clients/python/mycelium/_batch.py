@@ -69,6 +69,7 @@ class Batcher:
         self._cluster = hasattr(client, "get_node_from_key")
         self._idle: list[Any] = []  # connections kept between writes (one server only)
         self._closed = False
+        self._tasks: set[asyncio.Future[None]] = set()  # writes in flight
 
     def submit(self, cmds: Sequence[Command]) -> Op:
         """Queues cmds for the next shared write; await ``op.fut`` (awaiting
@@ -84,7 +85,9 @@ class Batcher:
         # end of this event-loop turn: every caller of the turn shares it.
         self._scheduled = True
         self._flights += 1
-        asyncio.ensure_future(self._flight())
+        t = asyncio.ensure_future(self._flight())
+        self._tasks.add(t)  # owned: close waits for the writes on the wire
+        t.add_done_callback(self._tasks.discard)
 
     async def run(self, cmds: Sequence[Command]) -> list[Any]:
         return await asyncio.shield(self.submit(cmds).fut)
@@ -138,8 +141,12 @@ class Batcher:
         return res
 
     async def close(self) -> None:
-        """Gives the connections it kept back to the client's pool."""
+        """Lets the writes on the wire end (at most 5 s: their callers get
+        their replies or errors), then gives the connections it kept back to
+        the client's pool."""
         self._closed = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         idle, self._idle = self._idle, []
         for c in idle:
             try:
