@@ -463,7 +463,8 @@ class Producer:
         now = time.monotonic()
         if now - t.parts_read >= 1.0:
             try:
-                v = await _apart(self.redis.hget(self._keys.meta(t.name), "partitions"))
+                # HMGET: the producer ACL role may read :meta with HMGET only
+                v = (await _apart(self.redis.hmget(self._keys.meta(t.name), ["partitions"])))[0]
                 n = int(v) if v is not None else 1
                 t.parts = n if 1 <= n <= 1024 else 1
             except (ValueError, RedisError, OSError):
@@ -502,7 +503,7 @@ class Producer:
 
         async def count() -> int:
             n = int(await r.zcount(key, f"({ms - RESPONDER_IDLE_MS}", "+inf"))
-            if n == 0 and not await r.exists(key):
+            if n == 0 and not await r.zcard(key):  # ZCARD, not EXISTS: the producer ACL role has ZCARD on :workers
                 try:
                     groups = await r.xinfo_groups(self._keys.topic(t.name))
                 except ResponseError:

@@ -134,6 +134,17 @@ async def test_python_producer_as_its_acl_user(redis_url: str, bus_worker: str, 
         with pytest.raises(NoPermissionError):
             await user.xrange(f"myc:{{{topic}}}")
         await user.close(close_connection_pool=True)
+    # As that user: a topic nobody serves is NoResponders (not a refused
+    # EXISTS), and a partitioned topic's count is read (HMGET, not HGET).
+    async with Producer(user_url) as p:
+        with pytest.raises(NoResponders):
+            await p.request(topic + "-nobody", b"x", timeout=5)
+        code, _, err = await go_cli(bus_worker, "topic", "create", "--redis", redis_url, "--topic", topic + "-parts", "--partitions", "3")
+        assert code == 0, err
+        for i in range(6):
+            await p.publish(topic + "-parts", b"e%d" % i)
+        lens = [await admin.xlen(f"myc:{{{topic}-parts{'' if i == 0 else '#%d' % i}}}") for i in range(3)]
+        assert lens == [2, 2, 2], lens
     await admin.close(close_connection_pool=True)
 
 
