@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/redisx"
@@ -59,7 +60,37 @@ var (
 	// how many did. Decide whether to write again (it may then be there
 	// twice).
 	ErrNotReplicated = redisx.ErrNotReplicated
+	// ErrBacklogFull: the topic's backlog (entries its workers have not
+	// finished) is at the producer's Backpressure.MaxBacklog, and the policy
+	// refused the call (Reject), or the call waited for room longer than
+	// Backpressure.MaxWait (Block). Nothing was written. The error is a
+	// *BacklogError saying how full. Slow down, or add workers.
+	ErrBacklogFull = errors.New("mycelium: topic backlog full")
 )
+
+// BacklogError is a call refused because its topic's backlog was full:
+// Backlog is the producer's estimate of the entries its workers had not
+// finished (the stream of the partition written to), Limit the producer's
+// Backpressure.MaxBacklog, Waited how long the call waited for room
+// (Block). It wraps ErrBacklogFull.
+type BacklogError struct {
+	Topic   string
+	Backlog int64
+	Limit   int64
+	Waited  time.Duration
+}
+
+func (e *BacklogError) Error() string {
+	s := "mycelium: topic backlog full: " + e.Topic + " holds about " + strconv.FormatInt(e.Backlog, 10) +
+		" unfinished entries (limit " + strconv.FormatInt(e.Limit, 10) + ")"
+	if e.Waited > 0 {
+		s += ", waited " + e.Waited.Round(time.Millisecond).String()
+	}
+	return s
+}
+
+// Unwrap returns ErrBacklogFull.
+func (e *BacklogError) Unwrap() error { return ErrBacklogFull }
 
 // Redis: what any call that reaches Redis may return.
 var (

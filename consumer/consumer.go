@@ -64,6 +64,7 @@ type Stats struct {
 	DeletedPending   uint64 `json:"deleted_pending" help:"Pending entries trimmed from the stream before they were handled (reported by XAUTOCLAIM)."`
 	Heartbeats       uint64 `json:"heartbeats" help:"Idle-time resets of long-running entries."`
 	Trimmed          uint64 `json:"trimmed" help:"Entries removed by the consumer's retention."`
+	LagRepaired      uint64 `json:"lag_repaired" help:"Times the group's lag was put right after entries had been trimmed before it read them (Redis 7 overcounts it; producers' backpressure reads it)."`
 	ConsumersRemoved uint64 `json:"consumers_removed" help:"Idle consumers without pending entries removed from the group."`
 	InFlight         int64  `json:"in_flight" help:"Entries held now: read and not yet acknowledged."`
 	Reads            uint64 `json:"reads" help:"XREADGROUP calls that returned entries (received / reads = entries per read)."`
@@ -136,7 +137,7 @@ func (c *Consumer) Stats() Stats {
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
 		GroupsCreated: s.groupsCreated.Load(), InFlight: c.e.inFlight.Load(),
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
-		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
+		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), LagRepaired: s.lagRepaired.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
 		Reads: s.reads.Load(), Flushes: s.flushes.Load(),
 		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(), CacheStale: s.cacheStale.Load(),
 		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.delay.waiting.len(),

@@ -59,7 +59,7 @@ type env struct {
 
 type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
-	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved                             atomic.Uint64
+	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved, lagRepaired                atomic.Uint64
 	reads, flushes                                                                                        atomic.Uint64
 	cacheStores, coalescedReplies, cacheSettleErrors, cacheStale                                          atomic.Uint64
 	chunks, cancelled, badControl, delayedRetries, promoted                                               atomic.Uint64

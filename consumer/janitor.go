@@ -19,6 +19,7 @@ type janitor struct {
 // minute) as *last records, removes idle consumers.
 func (j *janitor) tidy(ctx context.Context, pt *part, last *time.Time) {
 	j.enforceRetention(ctx, pt)
+	j.repairLag(ctx, pt)
 	if idle := j.cfg.Reclaim.ConsumerIdleTimeout; idle > 0 && time.Since(*last) >= min(idle/4, time.Minute) {
 		*last = time.Now()
 		j.removeIdleConsumers(ctx, pt)
@@ -74,5 +75,22 @@ func (j *janitor) enforceRetention(ctx context.Context, pt *part) {
 		j.maintenanceFailed(pt, "retention trim", err)
 	case n > 0:
 		j.stats.trimmed.Add(uint64(n))
+	}
+}
+
+// repairLag puts the group's lag right when Redis overcounts it (entries
+// trimmed before the group read them: Redis 7 then never counts them as
+// read, and producers' backpressure would see a backlog that is not
+// there). It does so only when the group has read up to the stream's last
+// entry (redisx.RepairLag), so a caught-up worker fixes it on its next
+// pass.
+func (j *janitor) repairLag(ctx context.Context, pt *part) {
+	n, err := j.port.RepairLag(ctx, pt.key, j.cfg.Group)
+	switch {
+	case err != nil:
+		j.maintenanceFailed(pt, "repair lag", err)
+	case n != 0:
+		j.stats.lagRepaired.Add(1)
+		j.log.Info().Str("stream", pt.key).Int64("lag", n).Msg("put the group's lag right (entries had been trimmed before it read them)")
 	}
 }

@@ -47,6 +47,7 @@ type port interface {
 	Drained(ctx context.Context, key string, dlq string, sets []string, groups []string) (bool, error)
 	DeleteEach(ctx context.Context, keys ...string) error
 	Trim(ctx context.Context, key string, n int64, age time.Duration) (int64, error)
+	RepairLag(ctx context.Context, key string, group string) (int64, error)
 }
 
 var _ port = (*redisx.Port)(nil)

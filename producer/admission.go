@@ -103,7 +103,8 @@ func (a *admission) outcome(err error) breaker.Outcome {
 			return breaker.Failure
 		}
 		return breaker.Success
-	case errors.Is(err, context.Canceled), errors.Is(err, bus.ErrClosed), errors.Is(err, errSlotWait), errors.Is(err, bus.ErrNoResponders):
+	case errors.Is(err, context.Canceled), errors.Is(err, bus.ErrClosed), errors.Is(err, errSlotWait), errors.Is(err, bus.ErrNoResponders),
+		errors.Is(err, bus.ErrBacklogFull):
 		return breaker.Ignored
 	}
 	return breaker.Failure

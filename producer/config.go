@@ -148,6 +148,91 @@ type Config struct {
 	// DefaultIdempotencyWindow; IdempotencyWindows sets it per topic.
 	IdempotencyWindow  time.Duration
 	IdempotencyWindows map[string]time.Duration
+	// Backpressure is what a write does when its topic's backlog (entries
+	// the topic's workers have not finished) is full, before StreamMaxLen's
+	// trimming would drop entries nobody has read. The zero value blocks
+	// (waits for room) at 3/4 of StreamMaxLen; docs/flow-control.md.
+	Backpressure Backpressure
+}
+
+// Backpressure holds publishers back when a topic's workers fall behind.
+// A producer measures each stream it writes to off its hot path (XLEN and
+// XINFO GROUPS, from every few milliseconds near the limit to every second
+// far from it) and counts its own writes between measurements; a write
+// that would take the backlog past MaxBacklog follows Policy. It applies to
+// every write to a topic stream: Publish, PublishBatch, Request,
+// RequestBatch, Stream, cached requests, idempotent publishes (delayed
+// events are bounded by their set: bus.ErrDelayedFull).
+type Backpressure struct {
+	// Policy is Block (the default), Reject or DropOldest.
+	Policy BackpressurePolicy
+	// MaxBacklog is the most unfinished entries a topic stream (each
+	// partition's) may hold. Zero means 3/4 of StreamMaxLen (the rest is
+	// headroom for other producers' writes between measurements), or no
+	// limit when streams are trimmed by age (StreamMaxAge) or not at all;
+	// negative means no limit. It must stay below StreamMaxLen.
+	MaxBacklog int64
+	// MaxWait bounds how long Block waits for room, for calls whose ctx
+	// has no deadline (a ctx deadline or a request's RequestTimeout bounds
+	// the others): then the call fails with bus.ErrBacklogFull. Zero means
+	// DefaultBackpressureMaxWait; negative means the ctx alone.
+	MaxWait time.Duration
+}
+
+// BackpressurePolicy is what a write does when its topic's backlog is full.
+type BackpressurePolicy int
+
+// The policies.
+const (
+	// Block waits until the backlog has room, bounded by the call's ctx
+	// (and Backpressure.MaxWait), then fails with bus.ErrBacklogFull.
+	Block BackpressurePolicy = iota
+	// Reject fails at once with bus.ErrBacklogFull (a *bus.BacklogError).
+	Reject
+	// DropOldest writes anyway: the stream's MAXLEN ~ trims its oldest
+	// entries, read or not (the behaviour before backpressure). Entries
+	// trimmed unread are estimated, counted (Stats.BacklogDropped) and
+	// logged.
+	DropOldest
+)
+
+// DefaultBackpressureMaxWait is Backpressure.MaxWait's default.
+const DefaultBackpressureMaxWait = time.Minute
+
+// String returns the policy's name as bus-worker and bus-bench spell it.
+func (p BackpressurePolicy) String() string {
+	switch p {
+	case Block:
+		return "block"
+	case Reject:
+		return "reject"
+	case DropOldest:
+		return "drop-oldest"
+	}
+	return fmt.Sprintf("BackpressurePolicy(%d)", int(p))
+}
+
+// ParseBackpressurePolicy parses "block", "reject" or "drop-oldest".
+func ParseBackpressurePolicy(s string) (BackpressurePolicy, error) {
+	for _, p := range []BackpressurePolicy{Block, Reject, DropOldest} {
+		if s == p.String() {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: backpressure policy %q: want block, reject or drop-oldest", bus.ErrInvalidConfig, s)
+}
+
+// backlogLimit returns the backlog a write may not pass (0: none).
+func (c *Config) backlogLimit() int64 {
+	switch {
+	case c.Backpressure.MaxBacklog < 0:
+		return 0
+	case c.Backpressure.MaxBacklog > 0:
+		return c.Backpressure.MaxBacklog
+	case c.StreamMaxAge > 0 || c.StreamMaxLen <= 0:
+		return 0
+	}
+	return max(c.StreamMaxLen*3/4, 1)
 }
 
 // DefaultIdempotencyWindow is the window of idempotent publishes (as
@@ -211,6 +296,12 @@ func (c Config) Validate() error {
 	if c.IdempotencyWindow < 0 || c.IdempotencyWindow > MaxIdempotencyWindow || (c.IdempotencyWindow > 0 && c.IdempotencyWindow < time.Millisecond) {
 		return fmt.Errorf("%w: IdempotencyWindow: want 1ms to %v, got %v", bus.ErrInvalidConfig, MaxIdempotencyWindow, c.IdempotencyWindow)
 	}
+	if c.Backpressure.Policy < Block || c.Backpressure.Policy > DropOldest {
+		return fmt.Errorf("%w: Backpressure.Policy: want Block, Reject or DropOldest, got %v", bus.ErrInvalidConfig, c.Backpressure.Policy)
+	}
+	if mb, ml := c.Backpressure.MaxBacklog, cmp.Or(c.StreamMaxLen, DefaultStreamMaxLen); mb > 0 && ml > 0 && c.StreamMaxAge == 0 && mb >= ml {
+		return fmt.Errorf("%w: Backpressure.MaxBacklog (%d) must be below StreamMaxLen (%d): MAXLEN ~ trims what passes it", bus.ErrInvalidConfig, mb, ml)
+	}
 	if c.ReplyTTL > 0 && c.ReplyTTL < 3*time.Second {
 		return fmt.Errorf("%w: ReplyTTL must be at least 3s, got %v", bus.ErrInvalidConfig, c.ReplyTTL)
 	}
@@ -234,6 +325,7 @@ func (c Config) withDefaults() Config {
 	c.LocalCacheBytes = cmp.Or(c.LocalCacheBytes, DefaultLocalCacheBytes)
 	c.WaitTimeout = cmp.Or(c.WaitTimeout, DefaultWaitTimeout)
 	c.IdempotencyWindow = cmp.Or(c.IdempotencyWindow, DefaultIdempotencyWindow)
+	c.Backpressure.MaxWait = cmp.Or(c.Backpressure.MaxWait, DefaultBackpressureMaxWait)
 	if c.Cache != nil {
 		m := make(map[string]CacheConfig, len(c.Cache))
 		for topic, cc := range c.Cache {

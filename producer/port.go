@@ -34,6 +34,9 @@ type port interface {
 	// Topics: who serves them, how many partitions.
 	Responders(ctx context.Context, stream string, presence string, now time.Time, window time.Duration) (bool, error)
 	Partitions(ctx context.Context, meta string) (redisx.PartitionMeta, error)
+
+	// Backpressure: how much of a stream its groups have not finished.
+	MeasureBacklog(ctx context.Context, key string) (redisx.Backlog, error)
 }
 
 var _ port = (*redisx.Port)(nil)

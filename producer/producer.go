@@ -53,6 +53,7 @@ type Producer struct {
 	topics  *topics      // the topics written to
 	parts   *partitioner // the partition of each write
 	adm     *admission   // breakers, responders, in-flight slots
+	press   *pressure    // backpressure: room in each stream's backlog
 	send    *sender      // batches XADDs
 	reader  *replyReader // the reply stream and the waiters
 	cache   *cache       // the response cache (nil when no topic is cached)
@@ -119,6 +120,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p.bg = newBackground()
 	p.adm = &admission{cfg: &p.cfg, port: port, log: p.log, stats: &p.stats, bg: p.bg,
 		slots: make(chan struct{}, p.cfg.MaxInFlight), closing: p.closing}
+	p.press = newPressure(&p.cfg, port, p.bg, p.log, &p.stats, p.closing)
 	p.parts = newPartitioner(port, p.keys, p.adm, &p.stats, p.bg)
 	p.topics = &topics{keys: p.keys, cache: p.cfg.Cache, adm: p.adm, parts: p.parts}
 	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, port: port, log: p.log, stats: &p.stats}
@@ -156,6 +158,7 @@ func (p *Producer) Stats() Stats {
 		Writes: p.stats.writes.Load(), ReplyReads: p.stats.replyReads.Load(), Forged: p.stats.forged.Load(),
 		Cancelled: p.stats.cancelled.Load(), CancelErrors: p.stats.cancelErrors.Load(), Streams: p.stats.streams.Load(),
 		Chunks: p.stats.chunks.Load(), StreamsBroken: p.stats.streamsBroken.Load(), Delayed: p.stats.delayed.Load(), Duplicates: p.stats.duplicates.Load(),
+		BacklogWaits: p.stats.backlogWaits.Load(), BacklogFull: p.stats.backlogFull.Load(), BacklogDropped: p.stats.backlogDropped.Load(),
 		CacheHitsLocal: p.stats.hitsLocal.Load(), CacheHitsShared: p.stats.hitsShared.Load(), CacheMisses: p.stats.cacheMisses.Load(),
 		CoalescedLocal: p.stats.coalescedLocal.Load(), CoalescedRemote: p.stats.coalescedRemote.Load(),
 		CacheTakeovers: p.stats.takeovers.Load(), CacheCorrupt: p.stats.cacheCorrupt.Load(), CacheEvictions: p.stats.localEvicted.Load(),

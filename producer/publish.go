@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -53,6 +54,12 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	tok, err := p.adm.breaker(pt)
 	if err != nil {
 		return "", err
+	}
+	if co.delay == nil {
+		if err := p.press.room(ctx, pt, 1, start.UnixNano(), nil); err != nil {
+			p.adm.report(pt, tok, err, start)
+			return "", err
+		}
 	}
 	admitted := time.Now()
 	p.timings.Record(metrics.Admission, admitted.Sub(start))
@@ -226,6 +233,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 	bufs := make([]*codec.Buffer, len(payloads))
 	adds := make([]redisx.Add, len(payloads))
 	cp := p.send.trimCap()
+	var picked []partCount // the partitions written to, in runs
 	for i, pl := range payloads {
 		// Each entry's partition (one for a PartitionKey batch, round robin
 		// otherwise); AddBatch makes one transaction per partition.
@@ -239,6 +247,16 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 		env.Payload = pl
 		bufs[i] = codec.Encode(&env)
 		adds[i] = redisx.Add{Key: pt.key, Cap: cp, Data: bufs[i].B}
+		if i == 0 || pt != picked[len(picked)-1].pt {
+			picked = append(picked, partCount{pt: pt})
+		}
+		picked[len(picked)-1].n++
+	}
+	if err := p.batchRoom(ctx, picked, now.UnixNano()); err != nil {
+		for _, b := range bufs {
+			codec.PutBuffer(b)
+		}
+		return nil, err
 	}
 	ids := make([]string, len(payloads))
 	var errs []error
@@ -268,4 +286,34 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 		return ids, fmt.Errorf("producer: publish batch to %s: %d of %d failed: %w", topic, len(errs), len(payloads), errors.Join(errs...))
 	}
 	return ids, nil
+}
+
+// partCount is a run of a batch's entries going to one partition.
+type partCount struct {
+	pt *topic
+	n  int64
+}
+
+// batchRoom takes room for a batch's entries in each stream they go to
+// (runs of one partition merged first: a round-robin batch spreads over
+// every partition).
+func (p *Producer) batchRoom(ctx context.Context, runs []partCount, now int64) error {
+	if p.press.limit == 0 {
+		return nil
+	}
+	var per []partCount
+	for _, r := range runs {
+		i := slices.IndexFunc(per, func(c partCount) bool { return c.pt == r.pt })
+		if i < 0 {
+			per = append(per, r)
+			continue
+		}
+		per[i].n += r.n
+	}
+	for _, c := range per {
+		if err := p.press.room(ctx, c.pt, c.n, now, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -226,6 +226,13 @@ func (p *Producer) reserve(ctx context.Context, rq *request) error {
 	if rq.via == viaCache && p.cache.join(ctx, rq) {
 		return nil
 	}
+	if err := p.press.room(ctx, rq.pt, 1, rq.start.UnixNano(), rq.expired); err != nil {
+		p.release(rq)
+		if rq.flight != nil {
+			p.cache.leave(rq.flight)
+		}
+		return err
+	}
 	if err := p.adm.acquire(ctx, rq.expired, rq.verb()); err != nil {
 		p.release(rq)
 		if rq.flight != nil {

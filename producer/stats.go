@@ -20,6 +20,7 @@ type counters struct {
 	forged                                                                atomic.Uint64
 	cancelled, cancelErrors, streams, chunks, streamsBroken, delayed      atomic.Uint64
 	duplicates                                                            atomic.Uint64
+	backlogWaits, backlogFull, backlogDropped                             atomic.Uint64
 }
 
 // Stats is a snapshot of a Producer's counters. Each field's help tag
@@ -51,6 +52,9 @@ type Stats struct {
 	StreamsBroken   uint64 `json:"streams_broken" help:"Streams that ended with bus.ErrStreamBroken (a redelivery after chunks were read, a missing chunk, or a caller reading too slowly)."`
 	Delayed         uint64 `json:"delayed" help:"Events published with a delay (After, At), held until due."`
 	Duplicates      uint64 `json:"duplicates" help:"Idempotent publishes (IdempotencyKey) that found an earlier one within the topic's window: nothing written, the first id returned."`
+	BacklogWaits    uint64 `json:"backlog_waits" help:"Writes that waited for room in their topic's backlog (Backpressure Block)."`
+	BacklogFull     uint64 `json:"backlog_full" help:"Writes refused because their topic's backlog was full (bus.ErrBacklogFull: Reject, or Block past its wait)."`
+	BacklogDropped  uint64 `json:"backlog_dropped" help:"Entries estimated trimmed before any worker finished them (Backpressure DropOldest: writes past StreamMaxLen)."`
 
 	// Response cache (cached topics only).
 	CacheHitsLocal    uint64 `json:"cache_hits_local" help:"Cached requests answered from this process's memory (the local tier)."`

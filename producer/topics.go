@@ -26,6 +26,7 @@ type topic struct {
 	parent *topic
 	ctl    string // the topic's control stream (cancel notices, wake-ups)
 	idx    int    // its partition number (0 for a topic itself)
+	bl     backlog
 }
 
 // index returns t's partition number (0 for a topic itself).

@@ -45,6 +45,9 @@ var workerCommands = []string{
 	// TYPE, ZRANGEBYSCORE, ZRANGE, ZREM, ZADD, XADD, XCLAIM; ZSCORE when
 	// reclaiming)
 	"xread", "type", "zrangebyscore", "zrange", "zscore",
+	// the lag's repair (a function: XINFO STREAM, XINFO GROUPS, XGROUP
+	// SETID to the group's own last id)
+	"xinfo|stream", "xgroup|setid",
 }
 
 // operatorCommands: package inspect (stats, pending, dead letters listed,
@@ -129,9 +132,10 @@ func ACLRule(s ACLSpec) ([]string, error) {
 			selector([]string{"~" + p + ":{r." + GlobEscape(s.User) + ".*}"}, cmds("xadd", "xread", "pexpire", "del")),
 			// Partition counts, cache generations, presence: read only.
 			selector(keys("%R", ":meta", ":workers"), cmds("hmget", "zcount", "zcard")),
-			// Whether anyone serves a topic that no worker announced:
-			// its groups (names and counts, no entry).
-			selector(keys("%R", ""), cmds("xinfo|groups")),
+			// Whether anyone serves a topic that no worker announced, and
+			// its backlog (backpressure): its length and groups (names
+			// and counts, no entry).
+			selector(keys("%R", ""), cmds("xinfo|groups", "xlen")),
 			// The cache's entries and in-flight markers (the begin
 			// function's commands).
 			selector(keys("", ":c:*", ":f:*"), cmds("get", "pttl", "lindex", "llen", "lrem", "rpush", "lset", "del", "pexpire")),

@@ -533,3 +533,22 @@ func (p *Port) ReadGroupNow(ctx context.Context, key string, group string, consu
 func (p *Port) Read(ctx context.Context, key string, after string, count int64, block time.Duration) ([]Entry, error) {
 	return Read(ctx, p.rc, key, after, count, block)
 }
+
+// MeasureBacklog is this package's MeasureBacklog, through the port.
+func (p *Port) MeasureBacklog(ctx context.Context, key string) (Backlog, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := MeasureBacklog(dctx, p.rc, key)
+	if retryable(ctx, r1) {
+		r0, r1 = MeasureBacklog(dctx, p.rc, key)
+	}
+	return r0, overran(ctx, r1)
+}
+
+// RepairLag is this package's RepairLag, through the port.
+func (p *Port) RepairLag(ctx context.Context, key string, group string) (int64, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := RepairLag(dctx, p.rc, key, group)
+	return r0, overran(ctx, r1)
+}
