@@ -64,6 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Trace, "trace", "", "write a Go execution trace of the measured run to this file (go tool trace; -pprof=sched shows where goroutines wait for a CPU)")
 	fs.StringVar(&b.Transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
 	fs.StringVar(&b.PubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
+	fs.StringVar(&b.Backpressure, "backpressure", "block", "the producer's policy when a topic's backlog is full (producer.Config.Backpressure): block (wait for room) | reject (refuse with ErrBacklogFull: counted in refused and errors) | drop-oldest (write anyway: MAXLEN trims unread entries, counted in lost)")
 	fs.StringVar(&b.Handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")
 	fs.BoolVar(&o.servePubsub, "serve-pubsub", false, "serve the PubSub baseline's workers (--workers of them, --handler) on --topic until interrupted, printing \"serving\" when ready: the old design's side of another client's before/after run (clients/python/tools/bench.py)")
 	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports) | cluster (partitions and failovers on a Redis Cluster)")

@@ -81,6 +81,16 @@ type Result struct {
 	// Stream and Cancel: the stream and cancel scenarios only.
 	Stream *StreamResult `json:"stream,omitempty"`
 	Cancel *CancelResult `json:"cancel,omitempty"`
+
+	// Publish scenario (in-process workers): ok and throughput_rps count
+	// events handled; of the events published, handled were handled,
+	// lost were accepted by Redis and never handled within --timeout
+	// (trimmed unread), refused were refused by the producer's
+	// backpressure (bus.ErrBacklogFull). Lost and refused count in errors.
+	Backpressure string `json:"backpressure,omitempty"`
+	Handled      *int64 `json:"handled,omitempty"`
+	Lost         *int64 `json:"lost,omitempty"`
+	Refused      *int64 `json:"refused,omitempty"`
 }
 
 // FailoverResult is what a failover-scenario run saw: when and how the
@@ -387,6 +397,7 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		RequestTimeout: o.Timeout, // --timeout, enforced by the producer (see caller)
 		WaitReplicas:   o.WaitReplicas, TracerProvider: o.TracerProvider,
 	}
+	pcfg.Backpressure.Policy, _ = producer.ParseBackpressurePolicy(o.Backpressure) // checked by Check
 	if o.Scenario == "failover" {
 		// Probe the failed partition again after 1 s, not the default 5 s.
 		pcfg.Breaker.OpenTimeout = time.Second

@@ -69,6 +69,9 @@ type Options struct {
 	// one every ChunkInterval.
 	Chunks        int
 	ChunkInterval time.Duration
+	// Backpressure is the producer's policy when a topic's backlog is full
+	// (--backpressure block|reject|drop-oldest; producer.Config.Backpressure).
+	Backpressure string
 	// TracerProvider traces the run's producer and workers (from the
 	// OTEL_* environment; nil: off).
 	TracerProvider trace.TracerProvider
@@ -163,6 +166,15 @@ func (o *Options) Check(given map[string]bool) error {
 		}
 	default:
 		return fmt.Errorf("--transport %q: want mycelium or pubsub", o.Transport)
+	}
+	if o.Backpressure == "" {
+		o.Backpressure = producer.Block.String()
+	}
+	if _, err := producer.ParseBackpressurePolicy(o.Backpressure); err != nil {
+		return fmt.Errorf("--backpressure %q: want block, reject or drop-oldest", o.Backpressure)
+	}
+	if o.Transport == "pubsub" && given["backpressure"] {
+		return fmt.Errorf("--backpressure applies to --transport mycelium")
 	}
 	if o.PubsubConn != "fresh" && o.PubsubConn != "pooled" {
 		return fmt.Errorf("--pubsub-conn %q: want fresh or pooled", o.PubsubConn)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
 )
 
@@ -326,6 +327,7 @@ type publishScenario struct {
 	handled atomic.Int64
 	dups    atomic.Int64
 	bad     atomic.Int64
+	refused atomic.Int64 // publishes refused by backpressure
 	last    atomic.Int64 // unix nanos of the last handled event
 	t0      atomic.Int64 // unix nanos of the measured start
 }
@@ -393,6 +395,9 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 				_, err := e.p.Publish(pctx, e.o.Topic, buf)
 				cancel()
 				if err != nil {
+					if errors.Is(err, bus.ErrBacklogFull) {
+						s.refused.Add(1)
+					}
 					tl.failed(err)
 					continue
 				}
@@ -433,6 +438,8 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	s.mu.Lock()
 	lat := s.lat
 	s.mu.Unlock()
+	refused := s.refused.Load()
+	r.Backpressure, r.Handled, r.Lost, r.Refused = e.o.Backpressure, &handled, &lost, &refused
 	return finish(e, r, handled, errs, tl.firstErr(), [][]Point{lat})
 }
 
