@@ -66,6 +66,18 @@ func (k Keys) Delayed(partition string) string { return k.Topic(partition) + ":d
 // script checks it and writes the stream.
 func (k Keys) Once(partition, hash string) string { return k.Topic(partition) + ":once:" + hash }
 
+// LimitRate, LimitTokens, LimitLeases and LimitExpiry return the state of
+// a topic's fleet-wide limiter (docs/flow-control.md), on the topic's hash
+// tag (not a partition's: one limiter serves every partition):
+// prefix:{topic}:lim:rate and :lim:tokens (strings: each limit's GCRA
+// arrival time, unix ms), :lim:leases (hash: consumer -> concurrency leases
+// held) and :lim:expiry (sorted set: consumer -> when its leases lapse, unix
+// ms). The limits themselves are fields of the topic's Meta hash.
+func (k Keys) LimitRate(topic string) string   { return k.Topic(topic) + ":lim:rate" }
+func (k Keys) LimitTokens(topic string) string { return k.Topic(topic) + ":lim:tokens" }
+func (k Keys) LimitLeases(topic string) string { return k.Topic(topic) + ":lim:leases" }
+func (k Keys) LimitExpiry(topic string) string { return k.Topic(topic) + ":lim:expiry" }
+
 // Retry returns the sorted set of a partition's delayed retries:
 // prefix:{partition}:retry (member a pending entry's id, score the unix
 // milliseconds when it is to be delivered again).
@@ -193,3 +205,8 @@ func ParsePartition(name string) (topic string, p int, ok bool) {
 	}
 	return t, n, true
 }
+
+// CostHeader is the message header carrying the caller's estimate of what
+// handling a message costs, in the units of its topic's token budget
+// (producer.Cost sets it; workers charge it: docs/flow-control.md).
+const CostHeader = "myc-cost"

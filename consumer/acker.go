@@ -150,6 +150,7 @@ func (a *acker) flush(batch []completion) {
 		a.writeReplies(batch, fb, replies)
 	}
 	a.inFlight.Add(-int64(len(batch)))
+	a.lim.settle()
 	a.slots.give(len(batch))
 }
 

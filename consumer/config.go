@@ -116,6 +116,11 @@ type RetryConfig struct {
 	// longer delay the handler asks for wins). Zero means
 	// DefaultRetryBackoff and DefaultRetryBackoffMax.
 	Backoff, BackoffMax time.Duration
+	// PauseOnRetryAfter makes every RetryAfter also pause the topic for
+	// every worker of the fleet for its delay (as PauseTopic does per
+	// error): one provider's 429 with Retry-After slows the whole fleet,
+	// not only the one message (docs/flow-control.md).
+	PauseOnRetryAfter bool
 }
 
 // RetentionConfig caps the streams this consumer writes (replies, dead

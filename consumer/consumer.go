@@ -79,6 +79,10 @@ type Stats struct {
 	Waiting          int    `json:"waiting" help:"Delayed retries this consumer holds now, waiting for their due time."`
 	Promoted         uint64 `json:"promoted" help:"Delayed events this consumer moved to their stream when due."`
 	ControlMalformed uint64 `json:"control_malformed" help:"Malformed notices skipped on the topic's control stream."`
+	PermitsGranted   uint64 `json:"permits_granted" help:"Permits granted by the topic's fleet-wide limits (one per entry read while a limit is set)."`
+	PermitWaits      uint64 `json:"permit_waits" help:"Times a read waited for permits: a limit (rate, tokens, concurrency) held, or the topic was paused."`
+	PermitWaitMillis uint64 `json:"permit_wait_ms" help:"Milliseconds spent waiting for permits."`
+	Pauses           uint64 `json:"pauses" help:"Times a handler paused the topic for the fleet (PauseTopic, or RetryAfter with Retry.PauseOnRetryAfter)."`
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -105,6 +109,7 @@ func New(c *bus.Client, cfg Config, h Handler, opts ...Option) (*Consumer, error
 	keys := c.Keys()
 	e := &env{c: c, port: redisx.PortOf(c), cfg: cfg, log: zerolog.Nop(), keys: keys, key: keys.Topic(cfg.Topic)}
 	e.tr = newTracing(&e.cfg)
+	e.lim = newLimiter(e)
 	co := &Consumer{e: e}
 	co.topo = newTopology(e)
 	co.members = &membership{env: e, presence: keys.Workers(cfg.Topic), member: cfg.Group + " " + cfg.Name}
@@ -142,6 +147,7 @@ func (c *Consumer) Stats() Stats {
 		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(), CacheStale: s.cacheStale.Load(),
 		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.delay.waiting.len(),
 		Promoted: s.promoted.Load(), ControlMalformed: s.badControl.Load(),
+		PermitsGranted: s.permitsGranted.Load(), PermitWaits: s.permitWaits.Load(), PermitWaitMillis: s.permitWaitNanos.Load() / 1e6, Pauses: s.pauses.Load(),
 	}
 }
 
@@ -220,6 +226,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.beat.run(hbctx, w.running) // outlives ctx until the workers are done
 	}()
 	defer func() { stopHeartbeat(); <-heartbeatDone }()
+	limiterDone := make(chan struct{})
+	go func() {
+		defer close(limiterDone)
+		c.e.lim.run(hbctx) // gives back leases once the workers are done
+	}()
+	defer func() { stopHeartbeat(); <-limiterDone }()
 
 	var loops sync.WaitGroup
 	wake := make(chan int64, 64)

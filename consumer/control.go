@@ -275,6 +275,8 @@ func (ct *controller) apply(notices []redisx.Control, wake chan<- int64, now int
 			}
 			ct.cancels.add(n.Token, until, now)
 			ct.cancelRunning(&n.Token)
+		case redisx.OpPause:
+			ct.lim.notePause(n.Until)
 		case redisx.OpWake:
 			select {
 			case wake <- n.Until:

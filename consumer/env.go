@@ -28,6 +28,7 @@ import (
 //	heartbeat   keeps long handlers' entries (heartbeat.go)
 //	controller  cancel notices and wake-ups (control.go)
 //	delayer     delayed events and retries (delay.go)
+//	limiter     the topic's fleet-wide limits: permits before reads (limiter.go)
 //
 // What they all use is the env: the client, the configuration, the
 // logger, the counters and timings, and the one refusal that stops Run.
@@ -49,6 +50,7 @@ type env struct {
 	sampled  atomic.Uint64 // entries considered for info-level timing logs
 	warns    warnLimiter   // warn lines about entries (see warnEntry)
 	tr       tracing       // OpenTelemetry (trace.go)
+	lim      *limiter      // the topic's fleet-wide limits (limiter.go)
 
 	// A refusal for good (bus.ErrPermission) stops Run: fatalErr is the
 	// first, stopRun cancels Run's loops (both under fatalMu).
@@ -61,6 +63,7 @@ type counters struct {
 	received, handled, failed, replied, replyDropped, acked, expired, deadLettered, panics, groupsCreated atomic.Uint64
 	retried, reclaimed, deletedPending, heartbeats, trimmed, consumersRemoved, lagRepaired                atomic.Uint64
 	reads, flushes                                                                                        atomic.Uint64
+	permitsGranted, permitWaits, permitWaitNanos, pauses                                                  atomic.Uint64
 	cacheStores, coalescedReplies, cacheSettleErrors, cacheStale                                          atomic.Uint64
 	chunks, cancelled, badControl, delayedRetries, promoted                                               atomic.Uint64
 }

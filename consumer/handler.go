@@ -40,7 +40,23 @@ type Message struct {
 
 	// stream writes chunks (Send) when the caller reads a streamed reply.
 	stream *chunkStream
+	// cost is the message's cost in tokens: the caller's estimate
+	// (CostHeader), then what the handler reported (ReportCost);
+	// estimate is what was charged when it started.
+	cost, estimate int64
 }
+
+// ReportCost reports what handling the message actually cost, in the units
+// of its topic's token budget (docs/flow-control.md): a model's tokens, say.
+// The budget was charged the caller's estimate (the CostHeader header, 0
+// without it) when the handler started; it is corrected by the difference
+// when the handler returns. Negative costs count as 0. Not safe for
+// concurrent use with itself.
+func (m *Message) ReportCost(n int64) { m.cost = max(n, 0) }
+
+// Cost returns the message's cost: what the handler reported, else the
+// caller's estimate.
+func (m *Message) Cost() int64 { return m.cost }
 
 // Streaming reports whether the caller reads this request's reply as a
 // stream (producer.Stream): Send then delivers chunks as they are made.
@@ -79,11 +95,24 @@ func RetryAfter(err error, d time.Duration) error {
 	return &RetryAfterError{Err: err, Delay: max(d, 0)}
 }
 
-// RetryAfterError is the error RetryAfter returns: Err, retried after
-// Delay. Find it with errors.As.
+// PauseTopic is RetryAfter that also pauses the message's topic for every
+// worker of the fleet for d (a provider's 429 with Retry-After: the whole
+// fleet is over the quota, not this message): no worker starts a handler
+// on the topic until then (running handlers finish; entries wait in the
+// stream; a longer pause in place is kept). The message is retried after
+// d as with RetryAfter. Config.Retry.PauseOnRetryAfter does this for every
+// RetryAfter. docs/flow-control.md.
+func PauseTopic(err error, d time.Duration) error {
+	return &RetryAfterError{Err: err, Delay: max(d, 0), Pause: true}
+}
+
+// RetryAfterError is the error RetryAfter and PauseTopic return: Err,
+// retried after Delay; Pause: the topic is paused for Delay too. Find it
+// with errors.As.
 type RetryAfterError struct {
 	Err   error
 	Delay time.Duration
+	Pause bool
 }
 
 func (e *RetryAfterError) Error() string {

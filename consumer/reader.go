@@ -10,6 +10,11 @@ import (
 	"github.com/egos/mycelium/internal/redisx"
 )
 
+// timedWait bounds a wait for new entries of a reader under a topic's
+// limits (it holds no permit while it waits: see readOne): an entry added
+// between its empty read and the wait is read at most this late.
+const timedWait = 250 * time.Millisecond
+
 // fairBlock bounds a blocking read of one partition when handler slots are
 // fewer than partitions: the read holds a slot, so it returns soon to let
 // another partition's loop have it.
@@ -58,8 +63,9 @@ func (r *reader) readPartition(ctx context.Context, pt *part, p *pipe) {
 				r.topo.joined(pt)
 			}
 		}
-		entries, held, err := r.readOne(ctx, pt, p, &rd)
+		entries, held, g, err := r.readOne(ctx, pt, p, &rd)
 		if err != nil {
+			r.lim.filled(g)
 			if ctx.Err() != nil {
 				return
 			}
@@ -82,7 +88,10 @@ func (r *reader) readPartition(ctx context.Context, pt *part, p *pipe) {
 		if len(entries) > 0 {
 			r.stats.reads.Add(1)
 		}
-		if !r.deliver(ctx, pt, entries, &held, p) {
+		ok := len(entries) == 0 || r.lim.holdWhilePaused(ctx)
+		ok = ok && r.deliver(ctx, pt, entries, &held, p)
+		r.lim.filled(g) // after deliver: its entries are in flight
+		if !ok {
 			return
 		}
 	}
@@ -92,9 +101,13 @@ func (r *reader) readPartition(ctx context.Context, pt *part, p *pipe) {
 // entries and how many of them hold a slot (the others wait for one: some
 // of the read's slots were lent while it blocked). Slots it does not use
 // go back to the pool.
-func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.ReadDeadline) ([]redisx.Entry, int, error) {
+//
+// It reads no more than the topic's limits grant (limiter.take); the
+// caller passes the grant to limiter.filled once the entries are routed
+// (in flight): the permits they do not use go back then.
+func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.ReadDeadline) ([]redisx.Entry, int, grant, error) {
 	if !p.slots.take(ctx) {
-		return nil, 0, ctx.Err()
+		return nil, 0, grant{}, ctx.Err()
 	}
 	nparts := r.topo.count()
 	limit := min(r.cfg.Concurrency, maxReadBatch)
@@ -102,9 +115,31 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 		limit = max(1, min(limit, (r.cfg.Concurrency+nparts-1)/nparts))
 	}
 	n := p.slots.more(1, limit)
+	g, wait := r.lim.try(ctx, n)
+	if g.n == 0 {
+		p.slots.give(n) // waits for permits holding no slot (see limiter.try)
+		sleepCtx(ctx, wait)
+		return nil, 0, grant{}, ctx.Err()
+	}
+	if g.n < n {
+		p.slots.give(n - g.n)
+		n = g.n
+	}
 	var entries []redisx.Entry
 	var err error
-	if nparts > 1 {
+	if g.now() {
+		// Permits of a rate or token budget are spent when granted, and
+		// leases held by a waiting read keep other workers (and this one's
+		// reclaimer) from entries: read what is there now; when nothing
+		// is, give them back and wait for an entry holding none.
+		entries, err = r.port.ReadGroupNow(ctx, pt.key, r.cfg.Group, r.cfg.Name, int64(n))
+		if err == nil && len(entries) == 0 {
+			p.slots.give(n)
+			r.lim.filled(g)
+			_, err = r.port.WaitNew(rd.For(ctx, timedWait), []string{pt.key}, timedWait)
+			return nil, 0, grant{}, err
+		}
+	} else if nparts > 1 {
 		entries, err = r.port.ReadGroupNow(ctx, pt.key, r.cfg.Group, r.cfg.Name, int64(n))
 		if err == nil && len(entries) == 0 {
 			p.slots.give(n - 1)
@@ -126,7 +161,8 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 	if len(entries) < n {
 		p.slots.give(n - len(entries))
 	}
-	return entries, n, err
+	g.got = len(entries)
+	return entries, n, g, err
 }
 
 // deliver routes entries read from pt: the first *held with the slots the
@@ -178,8 +214,9 @@ func (r *reader) readAll(ctx context.Context, p *pipe) {
 		if len(read) == 0 {
 			continue
 		}
-		res, held, err := r.readEach(ctx, read, keys, p, &rd)
+		res, held, gr, err := r.readEach(ctx, read, keys, p, &rd)
 		if err != nil {
+			r.lim.filled(gr)
 			if ctx.Err() != nil {
 				return
 			}
@@ -197,10 +234,18 @@ func (r *reader) readAll(ctx context.Context, p *pipe) {
 			continue
 		}
 		out.OK()
+		ok := gr.got == 0 || r.lim.holdWhilePaused(ctx)
 		for i, es := range res {
-			if !r.deliver(ctx, read[i], es, &held, p) {
-				return
+			if !ok {
+				break
 			}
+			if ok = r.deliver(ctx, read[i], es, &held, p); !ok {
+				break
+			}
+		}
+		r.lim.filled(gr) // after deliver: its entries are in flight
+		if !ok {
+			return
 		}
 	}
 }
@@ -256,12 +301,45 @@ func (r *reader) joinAll(ctx context.Context, ps []*part, g *groups, out *redisx
 
 // readEach makes one read of the streams of read (see readAll) and returns
 // the entries of each and how many hold a slot.
-func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *pipe, rd *redisx.ReadDeadline) ([][]redisx.Entry, int, error) {
+func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *pipe, rd *redisx.ReadDeadline) ([][]redisx.Entry, int, grant, error) {
 	if !p.slots.take(ctx) {
-		return nil, 0, ctx.Err()
+		return nil, 0, grant{}, ctx.Err()
 	}
 	n := p.slots.more(1, min(r.cfg.Concurrency, maxReadBatch))
+	g, wait := r.lim.try(ctx, n)
+	if g.n == 0 {
+		p.slots.give(n) // waits for permits holding no slot (see limiter.try)
+		sleepCtx(ctx, wait)
+		return nil, 0, grant{}, ctx.Err()
+	}
+	if g.n < n {
+		p.slots.give(n - g.n)
+		n = g.n
+	}
 	per := max(1, n/len(read))
+	if g.now() {
+		// As readOne: permits are used at once (BLOCK 1 ms), given back
+		// when nothing came, and the wait for entries holds none.
+		res, err := r.port.ReadGroupAll(rd.For(ctx, time.Millisecond), keys, r.cfg.Group, r.cfg.Name, int64(per), time.Millisecond)
+		got := 0
+		for _, es := range res {
+			got += len(es)
+		}
+		if err == nil && got == 0 {
+			p.slots.give(n)
+			r.lim.filled(g)
+			_, err = r.port.WaitNew(rd.For(ctx, timedWait), keys, timedWait)
+			return nil, 0, grant{}, err
+		}
+		if got < n {
+			p.slots.give(n - got)
+		}
+		if got > 0 {
+			r.stats.reads.Add(1)
+		}
+		g.got = got
+		return res, n, g, err
+	}
 	// Its slots are on loan while it blocks (see slotLoan): what comes back
 	// beyond the slots left waits for one (deliver).
 	lent := p.slots.loan.offer(n)
@@ -279,5 +357,6 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	if got > 0 {
 		r.stats.reads.Add(1)
 	}
-	return res, n, err
+	g.got = got
+	return res, n, g, err
 }

@@ -45,7 +45,16 @@ func (rc *reclaimer) run(ctx context.Context, pt *part, p *pipe) {
 			if n <= 0 {
 				break
 			}
+			// Reclaimed entries start handlers too: they take permits of
+			// the topic's limits, as reads do.
+			g := rc.lim.grant(ctx, n)
+			if g.n == 0 {
+				break
+			}
+			n = g.n
 			got, next, err := rc.once(ctx, pt, cursor, n, p)
+			g.got = got
+			rc.lim.filled(g)
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, bus.ErrNoGroup) && !rc.fail(err, "XAUTOCLAIM "+pt.key) { // the reader recreates a lost group
 					out.Failed(err)

@@ -87,6 +87,14 @@ func (r *router) route(pt *part, e *redisx.Entry, now time.Time, attempt int, p 
 		return
 	}
 	r.prepare(j, pt, e.ID, now, attempt, a)
+	if j.env.Headers != nil {
+		// A token budget charges the caller's estimate now; the handler's
+		// report corrects it when it returns (processor.finish).
+		j.msg.cost = estimatedCost(j.env.Headers)
+		j.msg.estimate = j.msg.cost
+		r.lim.observe(j.msg.cost)
+		r.lim.charge(j.msg.cost)
+	}
 	p.jobs <- j
 }
 

@@ -126,6 +126,10 @@ func (w *processor) finish(hctx context.Context, j *job, out []byte, err error, 
 			return ""
 		}
 	}
+	if d := j.msg.cost - j.msg.estimate; d != 0 { // the handler reported its cost
+		w.lim.observe(j.msg.cost)
+		w.lim.charge(d)
+	}
 	done := completion{p: j.p, id: j.msg.ID, at: ended, queued: j.queued, retried: j.msg.Attempt > 1, handled: took, failed: err != nil}
 	outcome := ""
 	switch {
@@ -196,7 +200,13 @@ func (w *processor) reply(j *job, done *completion, out []byte, err error, took 
 // released).
 func (w *processor) retryAfter(ctx context.Context, j *job, err error, p *pipe) bool {
 	var ra *RetryAfterError
-	if !errors.As(err, &ra) || j.msg.Attempt >= w.cfg.Retry.MaxDeliveries {
+	if !errors.As(err, &ra) {
+		return false
+	}
+	if (ra.Pause || w.cfg.Retry.PauseOnRetryAfter) && ra.Delay > 0 {
+		w.lim.pause(ctx, ra.Delay)
+	}
+	if j.msg.Attempt >= w.cfg.Retry.MaxDeliveries {
 		return false
 	}
 	delay := w.delay.retryDelay(ra.Delay, j.msg.Attempt)
@@ -215,6 +225,7 @@ func (w *processor) retryAfter(ctx context.Context, j *job, err error, p *pipe) 
 func (w *processor) release(j *job, p *pipe) {
 	putJob(j)
 	w.inFlight.Add(-1)
+	w.lim.settle()
 	p.slots.give(1)
 }
 

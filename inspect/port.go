@@ -24,6 +24,13 @@ type port interface {
 	Delete(ctx context.Context, keys ...string) (int64, error)
 	Trim(ctx context.Context, key string, n int64, age time.Duration) (int64, error)
 
+	// Fleet-wide limits and pauses.
+	GetLimits(ctx context.Context, meta string) (redisx.Limits, error)
+	SetLimits(ctx context.Context, meta string, l redisx.Limits) error
+	ClearLimits(ctx context.Context, meta string) error
+	Pause(ctx context.Context, meta string, ctl string, d time.Duration) (time.Time, error)
+	Resume(ctx context.Context, meta string, ctl string) error
+
 	// Dead letters.
 	DeadLetters(ctx context.Context, key string, start string, end string, count int64) ([]redisx.DeadLetter, error)
 	Replay(ctx context.Context, stream string, dlq string, id string, data []byte) (string, error)

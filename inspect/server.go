@@ -73,7 +73,7 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 		i.keys.Delayed(topic), i.keys.Retry(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
-	if _, err := i.port.Delete(ctx, i.keys.Control(topic)); err != nil {
+	if _, err := i.port.Delete(ctx, i.keys.Control(topic), i.keys.LimitRate(topic), i.keys.LimitTokens(topic), i.keys.LimitLeases(topic), i.keys.LimitExpiry(topic)); err != nil {
 		return fmt.Errorf("inspect: delete topic %s: %w", topic, redisx.Unavailable(err))
 	}
 	if err := i.port.ForgetPartitionCount(ctx, i.keys.Meta(topic)); err != nil {

@@ -22,6 +22,13 @@ import (
 // monitor goroutine per stream measures off the hot path, often when the
 // backlog nears the limit or grows fast, once a second otherwise, and
 // stops when the stream has not been written to for a while.
+//
+// Between two measurements a producer writes at most slack entries (an
+// eighth of the headroom between the limit and the stream's cap): then it
+// asks its monitor for a measurement at once and waits for it. Without
+// that bound each of several producers, seeing only its own writes, could
+// fill the whole room within one interval (two producers passed a cap of
+// 2,000 by a few hundred entries in the test that found it).
 
 const (
 	// monitorIdle: a monitor stops when its stream was not written to for
@@ -46,6 +53,7 @@ const (
 // partition has its own).
 type backlog struct {
 	offset   atomic.Int64 // the last measurement minus reserved when it began
+	base     atomic.Int64 // reserved when the last measurement began
 	reserved atomic.Int64 // entries this producer reserved on the stream, ever
 	measured atomic.Int64 // unix nanos of the last measurement (0: none)
 	used     atomic.Int64 // unix nanos of a recent reservation (updated every 100 ms at most)
@@ -56,6 +64,25 @@ type backlog struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed by each measurement (nil: none made yet)
+	kick    chan struct{} // asks the monitor for a measurement now (made by kicker)
+}
+
+// kicker returns the channel that asks b's monitor to measure now.
+func (b *backlog) kicker() chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.kick == nil {
+		b.kick = make(chan struct{}, 1)
+	}
+	return b.kick
+}
+
+// measureNow asks b's monitor for a measurement at once.
+func (b *backlog) measureNow() {
+	select {
+	case b.kicker() <- struct{}{}:
+	default:
+	}
 }
 
 // estimate is the stream's backlog as this producer knows it now.
@@ -86,6 +113,7 @@ func (b *backlog) broadcast() {
 type pressure struct {
 	policy  BackpressurePolicy
 	limit   int64 // 0: no backpressure
+	slack   int64 // most entries written between two measurements
 	trimCap int64 // MAXLEN ~ of the producer's writes (0: none): DropOldest counts past it
 	maxWait time.Duration
 	port    port
@@ -105,7 +133,27 @@ func newPressure(cfg *Config, port port, bg *background, log zerolog.Logger, sta
 		// Nothing waits or fails: measure to count what the trim drops.
 		bp.limit = bp.trimCap
 	}
+	room := bp.limit
+	if bp.trimCap > bp.limit {
+		room = bp.trimCap - bp.limit
+	}
+	bp.slack = max(room/8, 1)
 	return bp
+}
+
+// fresh reports whether b's last measurement may decide a write of n
+// entries now: it is recent, and this producer has written fewer than
+// slack entries since it began (DropOldest, which only counts, takes any).
+func (bp *pressure) fresh(b *backlog, n, now int64) bool {
+	m := b.measured.Load()
+	if m == 0 || now-m >= int64(measurementStale) {
+		return false
+	}
+	if bp.policy != DropOldest && b.reserved.Load()-b.base.Load()+n > bp.slack && n <= bp.slack {
+		b.measureNow()
+		return false
+	}
+	return true
 }
 
 // room takes room for n entries in pt's stream before they are written:
@@ -127,7 +175,7 @@ func (bp *pressure) room(ctx context.Context, pt *topic, n int64, now int64, exp
 	if !b.running.Load() {
 		bp.startMonitor(pt)
 	}
-	if m := b.measured.Load(); m != 0 && now-m < int64(measurementStale) {
+	if bp.fresh(b, n, now) {
 		est := b.estimate() + n
 		switch {
 		case est <= bp.limit:
@@ -168,8 +216,7 @@ func (bp *pressure) wait(ctx context.Context, pt *topic, n int64, expired <-chan
 		if b.off.Load() {
 			return nil
 		}
-		m := b.measured.Load()
-		if m != 0 && time.Now().UnixNano()-m < int64(measurementStale) {
+		if bp.fresh(b, n, time.Now().UnixNano()) {
 			est := b.estimate() + n
 			switch {
 			case est <= bp.limit:
@@ -276,6 +323,7 @@ func (bp *pressure) monitor(ctx context.Context, pt *topic) {
 		default:
 			u := bl.Unfinished()
 			b.offset.Store(u - s0)
+			b.base.Store(s0)
 			b.measured.Store(now.UnixNano())
 			interval = bp.next(b, u, prev, now.Sub(prevAt))
 			prev, prevAt = u, now
@@ -294,6 +342,8 @@ func (bp *pressure) monitor(ctx context.Context, pt *topic) {
 		t := time.NewTimer(interval)
 		select {
 		case <-t.C:
+		case <-b.kicker():
+			t.Stop()
 		case <-ctx.Done():
 			t.Stop()
 			b.running.Store(false)

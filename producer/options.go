@@ -6,7 +6,7 @@ package producer
 // a cache option on Publish):
 //
 //	option                                      Publish(Batch)  Request(Batch)  Stream
-//	WithHeaders, PartitionKey (CallOption)      yes             yes             yes
+//	WithHeaders, PartitionKey, Cost (CallOption) yes            yes             yes
 //	WaitForResponders (WaitOption)              -               yes             yes
 //	After, At (DelayOption)                     yes             -               -
 //	IdempotencyKey, WithPublishInfo (OnceOption) Publish only   -               -
@@ -15,6 +15,8 @@ package producer
 //
 // RequestBatch refuses WithCacheInfo at run time (one CacheInfo cannot
 // describe a batch's answers).
+
+import "github.com/egos/mycelium/bus"
 
 // PublishOption adjusts one Publish or PublishBatch.
 type PublishOption interface{ publishOption(*callOptions) }
@@ -88,6 +90,18 @@ func WithHeaders(h map[string]string) CallOption {
 	return func(co *callOptions) { co.headers = h }
 }
 
+// Cost estimates what handling the message costs, in the units of its
+// topic's token budget (bus-worker limit set --tokens; a model's tokens,
+// say): the budget is charged this when a worker starts the message, and
+// corrected by what the handler reports (consumer.Message.ReportCost). It
+// travels as the header CostHeader. Negative counts as 0.
+func Cost(n int64) CallOption {
+	return func(co *callOptions) { co.cost, co.hasCost = max(n, 0), true }
+}
+
+// CostHeader is the header Cost sets (consumer.CostHeader reads it).
+const CostHeader = bus.CostHeader
+
 // WaitForResponders makes a Request (or Stream) write its request even
 // when no worker serves the topic now, and wait for its deadline: for work
 // queued for workers that will come later (see Config.WaitForResponders).
@@ -107,6 +121,7 @@ func applyPublish(opts []PublishOption) callOptions {
 	for _, o := range opts {
 		o.publishOption(&co)
 	}
+	co.withCost()
 	return co
 }
 
@@ -118,6 +133,7 @@ func applyRequest(opts []RequestOption) callOptions {
 	for _, o := range opts {
 		o.requestOption(&co)
 	}
+	co.withCost()
 	return co
 }
 
@@ -129,5 +145,6 @@ func applyStream(opts []StreamOption) callOptions {
 	for _, o := range opts {
 		o.streamOption(&co)
 	}
+	co.withCost()
 	return co
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,6 +203,23 @@ type callOptions struct {
 
 	once    string       // IdempotencyKey
 	pubInfo *PublishInfo // WithPublishInfo
+
+	cost    int64 // Cost
+	hasCost bool
+}
+
+// withCost returns co with its Cost in its headers (a copy of the caller's
+// map: WithHeaders's map is never written).
+func (co *callOptions) withCost() {
+	if !co.hasCost {
+		return
+	}
+	h := make(map[string]string, len(co.headers)+1)
+	for k, v := range co.headers {
+		h[k] = v
+	}
+	h[CostHeader] = strconv.FormatInt(co.cost, 10)
+	co.headers = h
 }
 
 // Limits on a message's headers, checked before anything is sent: the

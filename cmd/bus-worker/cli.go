@@ -44,6 +44,10 @@ Usage:
   bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
   bus-worker topic create|set-partitions [--redis URL] --topic T --partitions N [--json]
   bus-worker topic describe [--redis URL] --topic T [--json]
+  bus-worker limit set [--redis URL] --topic T [--rate 600/m [--burst 20]] [--tokens 90000/m [--tokens-burst N]] [--concurrency 8]
+                     (fleet-wide limits every worker obeys; "none" or 0 removes one)
+  bus-worker limit get|clear [--redis URL] --topic T [--json]
+  bus-worker limit pause [--redis URL] --topic T --for D   |   limit resume --topic T
   bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME] [--topics T1,T2]   (the least-privilege ACL rule)
   bus-worker functions load|list|prune [--redis URL] [--json]   (the bus's Redis functions: the operator loads them)
 
@@ -81,8 +85,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = topicCmd(ctx, args[1:], stdout)
 	case "functions":
 		err = functionsCmd(ctx, args[1:], stdout)
+	case "limit":
+		err = limitCmd(ctx, args[1:], stdout)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic, functions or acl; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic, limit, functions or acl; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:

@@ -34,7 +34,7 @@ type serveFlags struct {
 	httpContentType, httpAuthHeader, httpAuthFile, httpHeaderPrefix string
 	httpTimeout, httpMaxRetryAfter                                  time.Duration
 	httpMaxResponse                                                 int
-	httpErrorBody                                                   bool
+	httpErrorBody, httpPauseOn429                                   bool
 
 	traceParent bool
 
@@ -66,6 +66,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&f.httpTimeout, "http-timeout", 0, "bound of one call to an http(s) handler when shorter than the request's deadline; 0: the deadline alone")
 	fs.IntVar(&f.httpMaxResponse, "http-max-response", consumer.DefaultMaxEntrySize, "largest response body (a streamed one in total) taken from an http(s) handler")
 	fs.DurationVar(&f.httpMaxRetryAfter, "http-max-retry-after", worker.DefaultMaxRetryAfter, "cap of the delay a 429 or 503 Retry-After asks for")
+	fs.BoolVar(&f.httpPauseOn429, "http-pause-on-429", false, "a 429 with Retry-After pauses the topic for every worker of the fleet for that delay (not only the one message's retry)")
 	fs.BoolVar(&f.httpErrorBody, "http-error-body", false, "pass the first 512 bytes of an http(s) handler's error body on to callers (credentials redacted); else the status alone")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:9464", "address of /healthz, /readyz, /stats and /metrics; empty disables")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", consumer.DefaultShutdownTimeout, "how long in-flight handlers may finish after SIGINT/SIGTERM")
@@ -150,7 +151,7 @@ func (f *serveFlags) config(given map[string]bool) (worker.Config, error) {
 		Topics:   f.topics.names,
 		Caps:     f.caps,
 		HTTP: worker.HTTPOptions{ContentType: f.httpContentType, AuthHeader: f.httpAuthHeader, HeaderPrefix: f.httpHeaderPrefix,
-			Timeout: f.httpTimeout, MaxResponse: f.httpMaxResponse, MaxRetryAfter: f.httpMaxRetryAfter, ErrorBody: f.httpErrorBody},
+			Timeout: f.httpTimeout, MaxResponse: f.httpMaxResponse, MaxRetryAfter: f.httpMaxRetryAfter, ErrorBody: f.httpErrorBody, PauseOn429: f.httpPauseOn429},
 	}
 	if err := f.httpConfig(&cfg.HTTP); err != nil {
 		return worker.Config{}, err

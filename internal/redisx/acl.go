@@ -48,6 +48,10 @@ var workerCommands = []string{
 	// the lag's repair (a function: XINFO STREAM, XINFO GROUPS, XGROUP
 	// SETID to the group's own last id)
 	"xinfo|stream", "xgroup|setid",
+	// fleet-wide limits (functions permit, permitdone, pause: HMGET, TIME,
+	// ZRANGEBYSCORE, HDEL, ZREM, HVALS, HINCRBY, ZADD, GET, SET, HGET,
+	// HSET, DEL)
+	"hvals", "hincrby", "hdel", "get",
 }
 
 // operatorCommands: package inspect (stats, pending, dead letters listed,

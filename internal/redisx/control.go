@@ -23,6 +23,7 @@ import (
 const (
 	OpCancel = "cancel" // a caller gave up on a request: cancel its handler, skip it if not picked up
 	OpWake   = "wake"   // a delayed entry is due at Until: promote it then
+	OpPause  = "pause"  // the topic is paused until Until (0: resumed): start no handler before
 )
 
 // Control fields.
@@ -184,7 +185,7 @@ func parseControl(id string, fv []string) (Control, bool) {
 	switch n.Op {
 	case OpCancel:
 		return n, !n.Token.IsZero()
-	case OpWake:
+	case OpWake, OpPause:
 		return n, true
 	}
 	return n, false

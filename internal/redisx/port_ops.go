@@ -552,3 +552,65 @@ func (p *Port) RepairLag(ctx context.Context, key string, group string) (int64, 
 	r0, r1 := RepairLag(dctx, p.rc, key, group)
 	return r0, overran(ctx, r1)
 }
+
+// GetLimits is this package's GetLimits, through the port.
+func (p *Port) GetLimits(ctx context.Context, meta string) (Limits, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := GetLimits(dctx, p.rc, meta)
+	if retryable(ctx, r1) {
+		r0, r1 = GetLimits(dctx, p.rc, meta)
+	}
+	return r0, overran(ctx, r1)
+}
+
+// SetLimits is this package's SetLimits, through the port.
+func (p *Port) SetLimits(ctx context.Context, meta string, l Limits) error {
+	dctx, done := detach(ctx)
+	defer done()
+	return overran(ctx, SetLimits(dctx, p.rc, meta, l))
+}
+
+// ClearLimits is this package's ClearLimits, through the port.
+func (p *Port) ClearLimits(ctx context.Context, meta string) error {
+	dctx, done := detach(ctx)
+	defer done()
+	return overran(ctx, ClearLimits(dctx, p.rc, meta))
+}
+
+// TakePermits is this package's TakePermits, through the port.
+func (p *Port) TakePermits(ctx context.Context, k LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost int64) (Permit, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := TakePermits(dctx, p.rc, k, consumer, want, leaseTTL, avgCost)
+	return r0, overran(ctx, r1)
+}
+
+// PermitsDone is this package's PermitsDone, through the port.
+func (p *Port) PermitsDone(ctx context.Context, k LimitKeys, consumer string, release int64, unused int64, tokens int64, leaseTTL time.Duration) (int64, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := PermitsDone(dctx, p.rc, k, consumer, release, unused, tokens, leaseTTL)
+	return r0, overran(ctx, r1)
+}
+
+// Pause is this package's Pause, through the port.
+func (p *Port) Pause(ctx context.Context, meta string, ctl string, d time.Duration) (time.Time, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := Pause(dctx, p.rc, meta, ctl, d)
+	return r0, overran(ctx, r1)
+}
+
+// Resume is this package's Resume, through the port.
+func (p *Port) Resume(ctx context.Context, meta string, ctl string) error {
+	dctx, done := detach(ctx)
+	defer done()
+	return overran(ctx, Resume(dctx, p.rc, meta, ctl))
+}
+
+// WaitNew is this package's WaitNew, through the port (a blocking read:
+// it keeps its ctx, whose deadline is the read watchdog's).
+func (p *Port) WaitNew(ctx context.Context, keys []string, block time.Duration) (bool, error) {
+	return WaitNew(ctx, p.rc, keys, block)
+}

@@ -473,3 +473,26 @@ func parseEntries(list *rueidis.RedisMessage) ([]Entry, error) {
 	}
 	return out, nil
 }
+
+// WaitNew waits, on the blocking pool, until an entry is added to one of
+// keys after the call began (XREAD COUNT 1 BLOCK block STREAMS keys... $),
+// or block passes; it reports whether one came. The keys must share a
+// hash slot on Redis Cluster. A reader whose permits must be used at once
+// (a rate limit) waits here holding none, then reads without blocking;
+// an entry added just before the call is noticed only after block.
+func WaitNew(ctx context.Context, c rueidis.Client, keys []string, block time.Duration) (bool, error) {
+	ctx, cancel := guard(ctx, block)
+	defer cancel()
+	ids := make([]string, len(keys))
+	for i := range ids {
+		ids[i] = "$"
+	}
+	res := c.Do(ctx, c.B().Xread().Count(1).Block(max(block.Milliseconds(), 1)).Streams().Key(keys...).Id(ids...).Build())
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}

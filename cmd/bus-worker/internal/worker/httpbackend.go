@@ -52,7 +52,16 @@ type HTTPOptions struct {
 	// backend may echo the request's Authorization). False: the status
 	// alone.
 	ErrorBody bool
+	// PauseOn429 makes a 429 with Retry-After pause the topic for the
+	// whole fleet for that delay (consumer.PauseTopic), not only retry the
+	// one message.
+	PauseOn429 bool
 }
+
+// CostHeader is the response header through which a backend reports what
+// a call cost, in the units of the topic's token budget
+// (consumer.Message.ReportCost): a model server's tokens, say.
+const CostHeader = "X-Mycelium-Cost"
 
 // Defaults of HTTPOptions.
 const (
@@ -127,7 +136,12 @@ func httpHandler(client *http.Client, target string, o HTTPOptions) consumer.Han
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode > 299 {
-			return nil, statusError(resp, o.MaxRetryAfter, o.ErrorBody)
+			return nil, statusError(resp, o.MaxRetryAfter, o.ErrorBody, o.PauseOn429)
+		}
+		if v := resp.Header.Get(CostHeader); v != "" {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
+				m.ReportCost(n)
+			}
 		}
 		if m.Streaming() {
 			return nil, streamBody(ctx, m, resp, o.MaxResponse)
@@ -206,7 +220,7 @@ func ValidHeaderValue(s string) bool {
 // http_<status> (with the start of the body, credentials redacted, when
 // withBody). A 4xx other than 408 and 429 is the request's fault, not the
 // backend's (consumer.CallerFault: the breaker does not count it).
-func statusError(resp *http.Response, maxDelay time.Duration, withBody bool) error {
+func statusError(resp *http.Response, maxDelay time.Duration, withBody, pauseOn429 bool) error {
 	re := &bus.RemoteError{Code: bus.CodeHTTPStatus(resp.StatusCode), Message: resp.Status}
 	if withBody {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -217,6 +231,9 @@ func statusError(resp *http.Response, maxDelay time.Duration, withBody bool) err
 	switch code := resp.StatusCode; {
 	case code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable:
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			if pauseOn429 && code == http.StatusTooManyRequests {
+				return consumer.PauseTopic(re, min(d, maxDelay))
+			}
 			return consumer.RetryAfter(re, min(d, maxDelay))
 		}
 	case code >= 400 && code < 500 && code != http.StatusRequestTimeout:

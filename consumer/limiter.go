@@ -1,0 +1,353 @@
+package consumer
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
+)
+
+// limiter holds the worker to its topic's fleet-wide limits
+// (docs/flow-control.md): rate, token budget, concurrency and pause, kept
+// with the topic and shared by every worker of every node. The reader (and
+// the reclaimer) asks it for permits before it reads, and reads only as
+// many entries as it was granted: while a limit holds, entries wait in the
+// stream, read by nobody.
+//
+// A topic without limits costs one function call a second (to notice a
+// limit being set): take answers from memory in between. With limits,
+// every read asks Redis first (the permit function on the topic's hash
+// tag). Concurrency leases are held per consumer, mirrored here (held);
+// whenever the consumer holds more leases than entries in flight (and
+// permits a read is filling), the excess goes back to Redis, with unused
+// rate permits and token charges, on the limiter's flusher goroutine (one
+// call for many releases under load). Leases lapse ClaimIdle after their
+// last renewal (the flusher renews them every ClaimIdle/3): a killed
+// worker's leases return within ClaimIdle.
+type limiter struct {
+	*env
+	keys     redisx.LimitKeys
+	ctl      string // the topic's control stream: pauses are told there
+	leaseTTL time.Duration
+	paused   atomic.Int64 // unix ms the topic is paused until, as last heard (0: not paused)
+
+	active    atomic.Bool  // the last answer said limited (or paused)
+	checked   atomic.Int64 // unix nanos of the last answer
+	held      atomic.Int64 // concurrency leases this consumer holds
+	reading   atomic.Int64 // leased permits a read is filling now
+	avgCost   atomic.Int64 // moving average of messages' costs (estimates and reports): sizes a token budget's grants
+	waitStart atomic.Int64 // unix nanos since when permits were refused (0: they were not)
+	poll      atomic.Int64 // the next lease poll (nanoseconds), doubling while refused
+
+	mu      sync.Mutex
+	release int64 // leases to give back
+	unused  int64 // rate permits granted and not used
+	tokens  int64 // tokens to charge (negative: to give back)
+	kick    chan struct{}
+}
+
+// recheck is how long take answers "no limit" from memory.
+const recheck = time.Second
+
+// leasePoll is how soon a worker waiting for a lease first asks again (a
+// lease frees when another worker's handler ends: nobody tells this one);
+// it doubles while it waits, up to leasePollMax (an idle fleet whose
+// leases an idle reader holds asks a few times a second, not fifty).
+const (
+	leasePoll    = 20 * time.Millisecond
+	leasePollMax = 250 * time.Millisecond
+)
+
+func newLimiter(e *env) *limiter {
+	topic := e.cfg.Topic
+	return &limiter{env: e, leaseTTL: e.cfg.Reclaim.ClaimIdle, kick: make(chan struct{}, 1), ctl: e.keys.Control(topic),
+		keys: redisx.LimitKeys{Meta: e.keys.Meta(topic), Rate: e.keys.LimitRate(topic), Tokens: e.keys.LimitTokens(topic),
+			Leases: e.keys.LimitLeases(topic), Expiry: e.keys.LimitExpiry(topic)}}
+}
+
+// grant is what a read was granted: n permits (leased: holding
+// concurrency leases; timed: spent when granted, so the read must not
+// block holding them), of which got were used.
+type grant struct {
+	n, got        int
+	leased, timed bool
+}
+
+// now reports whether the read must use g at once rather than block
+// holding it: timed permits are spent when granted, and leases held by a
+// waiting read starve other readers and reclaimers.
+func (g grant) now() bool { return g.timed || g.leased }
+
+// grant waits for permits (up to want; see try) while ctx lives: for a
+// caller that holds no handler slot while it waits (the reclaimer). The
+// caller uses at most g.n, sets g.got, and passes g to filled once those
+// entries are in flight.
+func (l *limiter) grant(ctx context.Context, want int) grant {
+	for ctx.Err() == nil {
+		g, wait := l.try(ctx, want)
+		if g.n > 0 {
+			return g
+		}
+		sleepCtx(ctx, wait)
+	}
+	return grant{}
+}
+
+// notePause records that the topic is paused until until (unix ms; 0:
+// resumed), heard on the control stream or from the permit function: the
+// next read asks for permits (and waits), and entries a read already
+// waiting brings back are held until the pause ends (holdWhilePaused).
+func (l *limiter) notePause(until int64) {
+	l.paused.Store(until)
+	if until > time.Now().UnixMilli() {
+		l.active.Store(true)
+	}
+}
+
+// holdWhilePaused waits, before entries just read are routed, until the
+// topic's pause (as last heard) is over, or ctx ends; false then. A read
+// that was waiting for entries when the pause began brings them back
+// during it: they wait here, pending, started by nobody.
+func (l *limiter) holdWhilePaused(ctx context.Context) bool {
+	var start time.Time
+	defer func() {
+		if !start.IsZero() {
+			l.stats.permitWaitNanos.Add(uint64(time.Since(start)))
+		}
+	}()
+	for {
+		until := l.paused.Load()
+		left := time.Until(time.UnixMilli(until))
+		if until == 0 || left <= 0 {
+			return true
+		}
+		if start.IsZero() {
+			start = time.Now()
+			l.stats.permitWaits.Add(1)
+		}
+		sleepCtx(ctx, min(left, 100*time.Millisecond)) // a resume is heard within 100 ms
+		if ctx.Err() != nil {
+			return false
+		}
+	}
+}
+
+// try asks once for up to want permits. With some granted it returns them
+// (leased: they hold concurrency leases; timed: a rate or token budget
+// spent them). With none (a limit holds, or the topic is paused) it
+// returns grant{} and when to ask again: the caller waits holding no
+// handler slot (a reader holding slots while it waits would keep them
+// from the entries this worker's reclaimer got permits for). A topic
+// without limits is answered from memory between checks (recheck).
+func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
+	if !l.active.Load() && time.Now().UnixNano()-l.checked.Load() < int64(recheck) {
+		return grant{n: want}, 0
+	}
+	p, err := l.port.TakePermits(ctx, l.keys, l.cfg.Name, int64(want), l.leaseTTL, l.avgCost.Load())
+	now := time.Now()
+	if err != nil {
+		if ctx.Err() != nil {
+			return grant{}, 0
+		}
+		if l.fail(err, "FCALL permit (the topic's limits)") {
+			return grant{}, 0
+		}
+		// Redis did not answer: the read will meet the same outage and
+		// back off; a limit cannot be kept, so none is assumed.
+		l.log.Warn().Err(err).Str("topic", l.cfg.Topic).Msg("asking for permits failed: reading without them")
+		return grant{n: want}, 0
+	}
+	l.checked.Store(now.UnixNano())
+	l.active.Store(p.Limited)
+	if !p.PausedUntil.IsZero() {
+		l.paused.Store(p.PausedUntil.UnixMilli())
+	}
+	if p.Granted > 0 {
+		if p.Limited {
+			l.stats.permitsGranted.Add(uint64(p.Granted))
+		}
+		if ws := l.waitStart.Swap(0); ws != 0 {
+			l.stats.permitWaitNanos.Add(uint64(now.UnixNano() - ws))
+		}
+		l.poll.Store(int64(leasePoll))
+		if p.Leased {
+			l.held.Add(p.Granted)
+			l.reading.Add(p.Granted)
+		}
+		return grant{n: int(p.Granted), leased: p.Leased, timed: p.Timed}, 0
+	}
+	if l.waitStart.CompareAndSwap(0, now.UnixNano()) {
+		l.stats.permitWaits.Add(1)
+	}
+	d := p.Wait
+	if d < 0 {
+		poll := time.Duration(l.poll.Load())
+		d = max(poll, leasePoll)
+		l.poll.Store(int64(min(2*d, leasePollMax)))
+	}
+	return grant{}, min(d, recheck) // a changed limit or a lifted pause is seen within a second
+}
+
+// filled ends a read made with granted permits that brought got entries
+// (their in-flight count already taken): unused rate permits go back, and
+// so do leases beyond what is in flight (settle).
+func (l *limiter) filled(g grant) {
+	if !l.active.Load() && !g.leased {
+		return
+	}
+	if g.leased {
+		l.reading.Add(-int64(g.n))
+	}
+	if g.got < g.n {
+		l.mu.Lock()
+		l.unused += int64(g.n - g.got)
+		l.mu.Unlock()
+		l.wake()
+	}
+	l.settle()
+}
+
+// settle gives back the leases this consumer holds beyond the entries it
+// has in flight and the permits its read is filling. Called wherever the
+// in-flight count drops; free when no lease is held.
+func (l *limiter) settle() {
+	for {
+		held := l.held.Load()
+		if held <= 0 {
+			return
+		}
+		excess := held - l.inFlight.Load() - l.reading.Load()
+		if excess <= 0 {
+			return
+		}
+		if l.held.CompareAndSwap(held, held-excess) {
+			l.mu.Lock()
+			l.release += excess
+			l.mu.Unlock()
+			l.wake()
+			return
+		}
+	}
+}
+
+// charge charges n tokens (negative: gives them back) to the topic's budget.
+func (l *limiter) charge(n int64) {
+	if n == 0 || !l.active.Load() {
+		return
+	}
+
+	l.mu.Lock()
+	l.tokens += n
+	l.mu.Unlock()
+	l.wake()
+}
+
+// observe adds a message's cost to the moving average that sizes a token
+// budget's grants (racy but bounded: a size hint, not a count).
+func (l *limiter) observe(cost int64) {
+	if cost <= 0 || !l.active.Load() {
+		return
+	}
+	a := l.avgCost.Load()
+	l.avgCost.Store(max(a-a/8+cost/8, 1))
+}
+
+func (l *limiter) wake() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run flushes releases, unused permits and charges as they come (one call
+// for all that gathered meanwhile), renews the consumer's leases every
+// leaseTTL/3, and flushes what is left once ctx ends. It outlives Run's
+// ctx until the workers are done (like the heartbeat).
+func (l *limiter) run(ctx context.Context) {
+	renew := time.NewTicker(max(l.leaseTTL/3, 100*time.Millisecond))
+	defer renew.Stop()
+	out := redisx.Outage{Log: l.log, What: "limiter " + l.cfg.Topic}
+	for {
+		force := false
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			l.flush(fctx, false, nil)
+			cancel()
+			return
+		case <-l.kick:
+		case <-renew.C:
+			force = l.held.Load() > 0
+		}
+		if !l.flush(ctx, force, &out) {
+			sleepCtx(ctx, 100*time.Millisecond) // Redis did not answer: gather more, try again
+		}
+	}
+}
+
+// flush sends what gathered (and, with renew, a renewal even when nothing
+// did); false when Redis did not take it (kept for the next try).
+func (l *limiter) flush(ctx context.Context, renew bool, out *redisx.Outage) bool {
+	l.mu.Lock()
+	rel, unused, tokens := l.release, l.unused, l.tokens
+	l.release, l.unused, l.tokens = 0, 0, 0
+	l.mu.Unlock()
+	if rel == 0 && unused == 0 && tokens == 0 && !renew {
+		return true
+	}
+	_, err := l.port.PermitsDone(ctx, l.keys, l.cfg.Name, rel, unused, tokens, l.leaseTTL)
+	if err != nil {
+		l.mu.Lock()
+		l.release += rel
+		l.unused += unused
+		l.tokens += tokens
+		l.mu.Unlock()
+		if ctx.Err() == nil && !l.fail(err, "FCALL permitdone (the topic's limits)") && out != nil {
+			out.Failed(err)
+		}
+		return false
+	}
+	if out != nil {
+		out.OK()
+	}
+	return true
+}
+
+// pause pauses the topic for every worker for d (PauseTopic), and makes
+// this worker ask for permits at its next read (where it meets the pause).
+func (l *limiter) pause(ctx context.Context, d time.Duration) {
+	until, err := l.port.Pause(ctx, l.keys.Meta, l.ctl, d)
+	if err != nil {
+		if !l.fail(err, "FCALL pause") {
+			l.log.Warn().Err(err).Str("topic", l.cfg.Topic).Msg("could not pause the topic (the message is retried all the same)")
+		}
+		return
+	}
+	l.stats.pauses.Add(1)
+	l.notePause(until.UnixMilli())
+	l.log.Info().Str("topic", l.cfg.Topic).Time("until", until).Dur("for", d).Msg("paused the topic for every worker (a handler asked: PauseTopic)")
+}
+
+// CostHeader is the header carrying a message's estimated cost in tokens
+// (producer.Cost sets it): a topic with a token budget charges it when
+// the handler starts, then corrects it by what the handler reports
+// (Message.ReportCost).
+const CostHeader = bus.CostHeader
+
+// estimatedCost returns the cost a message's headers estimate (0 when
+// none, or not a count).
+func estimatedCost(h map[string]string) int64 {
+	s, ok := h[CostHeader]
+	if !ok {
+		return 0
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > redisx.MaxLimit {
+		return 0
+	}
+	return n
+}
