@@ -2,12 +2,12 @@ package test
 
 import (
 	"context"
-	"runtime"
-	"strings"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
