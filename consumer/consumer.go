@@ -49,40 +49,40 @@ type Consumer struct {
 // replies and acknowledgements. Few per batch under load means a round trip,
 // a write and thread wake-ups spent on each.
 type Stats struct {
-	Received         uint64 `json:"received" help:"Entries read from the stream (new and reclaimed)."`
-	Handled          uint64 `json:"handled" help:"Handler calls that returned."`
-	Failed           uint64 `json:"failed" help:"Handler calls that returned an error or panicked."`
-	Replied          uint64 `json:"replied" help:"Replies written to a live reply stream."`
-	ReplyDropped     uint64 `json:"reply_dropped" help:"Replies not written because the requester's reply stream is gone."`
-	Acked            uint64 `json:"acked" help:"Entries acknowledged."`
-	Expired          uint64 `json:"expired" help:"Requests acknowledged unprocessed because their caller's deadline had passed on arrival."`
-	DeadLettered     uint64 `json:"dead_lettered" help:"Entries moved to the dead-letter stream."`
-	Panics           uint64 `json:"panics" help:"Handler panics recovered."`
-	GroupsCreated    uint64 `json:"groups_created" help:"Times the consumer group was created or recreated."`
-	Retried          uint64 `json:"retried" help:"Failed entries left pending for another delivery."`
-	Reclaimed        uint64 `json:"reclaimed" help:"Entries taken over after ClaimIdle (from dead or slow consumers, or retries)."`
-	DeletedPending   uint64 `json:"deleted_pending" help:"Pending entries trimmed from the stream before they were handled (reported by XAUTOCLAIM)."`
-	Heartbeats       uint64 `json:"heartbeats" help:"Idle-time resets of long-running entries."`
-	Trimmed          uint64 `json:"trimmed" help:"Entries removed by the consumer's retention."`
-	LagRepaired      uint64 `json:"lag_repaired" help:"Times the group's lag was put right after entries had been trimmed before it read them (Redis 7 overcounts it; producers' backpressure reads it)."`
-	ConsumersRemoved uint64 `json:"consumers_removed" help:"Idle consumers without pending entries removed from the group."`
-	InFlight         int64  `json:"in_flight" help:"Entries held now: read and not yet acknowledged."`
-	Reads            uint64 `json:"reads" help:"XREADGROUP calls that returned entries (received / reads = entries per read)."`
-	Flushes          uint64 `json:"flushes" help:"Pipelined writes of replies and acknowledgements (acked / flushes = entries per write)."`
-	CacheStores      uint64 `json:"cache_stores" help:"Answers stored in the shared cache."`
-	CoalescedReplies uint64 `json:"coalesced_replies" help:"Replies written to requests that joined an identical request in flight (one handler call, several callers)."`
-	CacheErrors      uint64 `json:"cache_errors" help:"Answers whose storing or coalesced delivery Redis refused (their callers ask again once the request's deadline passed)."`
-	CacheStale       uint64 `json:"cache_stale" help:"Answers deleted right after storing: their request named another cache generation than the topic's (a flush raced it, or a request planting an answer for a generation to come)."`
-	Chunks           uint64 `json:"chunks" help:"Chunks of streamed replies written."`
-	Cancelled        uint64 `json:"cancelled" help:"Requests their callers cancelled: handlers cancelled while running, and requests acknowledged unhandled at pick-up."`
-	DelayedRetries   uint64 `json:"delayed_retries" help:"Entries left pending for a delayed retry (RetryAfter)."`
-	Waiting          int    `json:"waiting" help:"Delayed retries this consumer holds now, waiting for their due time."`
-	Promoted         uint64 `json:"promoted" help:"Delayed events this consumer moved to their stream when due."`
-	ControlMalformed uint64 `json:"control_malformed" help:"Malformed notices skipped on the topic's control stream."`
-	PermitsGranted   uint64 `json:"permits_granted" help:"Permits granted by the topic's fleet-wide limits (one per entry read while a limit is set)."`
-	PermitWaits      uint64 `json:"permit_waits" help:"Times a read waited for permits: a limit (rate, tokens, concurrency) held, or the topic was paused."`
-	PermitWaitMillis uint64 `json:"permit_wait_ms" help:"Milliseconds spent waiting for permits."`
-	Pauses           uint64 `json:"pauses" help:"Times a handler paused the topic for the fleet (PauseTopic, or RetryAfter with Retry.PauseOnRetryAfter)."`
+	Received          uint64  `json:"received" help:"Entries read from the stream (new and reclaimed)."`
+	Handled           uint64  `json:"handled" help:"Handler calls that returned."`
+	Failed            uint64  `json:"failed" help:"Handler calls that returned an error or panicked."`
+	Replied           uint64  `json:"replied" help:"Replies written to a live reply stream."`
+	ReplyDropped      uint64  `json:"reply_dropped" help:"Replies not written because the requester's reply stream is gone."`
+	Acked             uint64  `json:"acked" help:"Entries acknowledged."`
+	Expired           uint64  `json:"expired" help:"Requests acknowledged unprocessed because their caller's deadline had passed on arrival."`
+	DeadLettered      uint64  `json:"dead_lettered" help:"Entries moved to the dead-letter stream."`
+	Panics            uint64  `json:"panics" help:"Handler panics recovered."`
+	GroupsCreated     uint64  `json:"groups_created" help:"Times the consumer group was created or recreated."`
+	Retried           uint64  `json:"retried" help:"Failed entries left pending for another delivery."`
+	Reclaimed         uint64  `json:"reclaimed" help:"Entries taken over after ClaimIdle (from dead or slow consumers, or retries)."`
+	DeletedPending    uint64  `json:"deleted_pending" help:"Pending entries trimmed from the stream before they were handled (reported by XAUTOCLAIM)."`
+	Heartbeats        uint64  `json:"heartbeats" help:"Idle-time resets of long-running entries."`
+	Trimmed           uint64  `json:"trimmed" help:"Entries removed by the consumer's retention."`
+	LagRepaired       uint64  `json:"lag_repaired" help:"Times the group's lag was put right after entries had been trimmed before it read them (Redis 7 overcounts it; producers' backpressure reads it)."`
+	ConsumersRemoved  uint64  `json:"consumers_removed" help:"Idle consumers without pending entries removed from the group."`
+	InFlight          int64   `json:"in_flight" help:"Entries held now: read and not yet acknowledged."`
+	Reads             uint64  `json:"reads" help:"XREADGROUP calls that returned entries (received / reads = entries per read)."`
+	Flushes           uint64  `json:"flushes" help:"Pipelined writes of replies and acknowledgements (acked / flushes = entries per write)."`
+	CacheStores       uint64  `json:"cache_stores" help:"Answers stored in the shared cache."`
+	CoalescedReplies  uint64  `json:"coalesced_replies" help:"Replies written to requests that joined an identical request in flight (one handler call, several callers)."`
+	CacheErrors       uint64  `json:"cache_errors" help:"Answers whose storing or coalesced delivery Redis refused (their callers ask again once the request's deadline passed)."`
+	CacheStale        uint64  `json:"cache_stale" help:"Answers deleted right after storing: their request named another cache generation than the topic's (a flush raced it, or a request planting an answer for a generation to come)."`
+	Chunks            uint64  `json:"chunks" help:"Chunks of streamed replies written."`
+	Cancelled         uint64  `json:"cancelled" help:"Requests their callers cancelled: handlers cancelled while running, and requests acknowledged unhandled at pick-up."`
+	DelayedRetries    uint64  `json:"delayed_retries" help:"Entries left pending for a delayed retry (RetryAfter)."`
+	Waiting           int     `json:"waiting" help:"Delayed retries this consumer holds now, waiting for their due time."`
+	Promoted          uint64  `json:"promoted" help:"Delayed events this consumer moved to their stream when due."`
+	ControlMalformed  uint64  `json:"control_malformed" help:"Malformed notices skipped on the topic's control stream."`
+	PermitsGranted    uint64  `json:"permits_granted" help:"Permits granted by the topic's fleet-wide limits (one per entry read while a limit is set)."`
+	PermitWaits       uint64  `json:"permit_waits" help:"Times a read waited for permits: a limit (rate, tokens, concurrency) held, or the topic was paused."`
+	PermitWaitSeconds float64 `json:"permit_wait_seconds" help:"Seconds spent waiting for permits (summed over the reader and the reclaimers)."`
+	Pauses            uint64  `json:"pauses" help:"Times a handler paused the topic for the fleet (PauseTopic, or RetryAfter with Retry.PauseOnRetryAfter)."`
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -147,7 +147,7 @@ func (c *Consumer) Stats() Stats {
 		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(), CacheStale: s.cacheStale.Load(),
 		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.delay.waiting.len(),
 		Promoted: s.promoted.Load(), ControlMalformed: s.badControl.Load(),
-		PermitsGranted: s.permitsGranted.Load(), PermitWaits: s.permitWaits.Load(), PermitWaitMillis: s.permitWaitNanos.Load() / 1e6, Pauses: s.pauses.Load(),
+		PermitsGranted: s.permitsGranted.Load(), PermitWaits: s.permitWaits.Load(), PermitWaitSeconds: float64(s.permitWaitNanos.Load()) / 1e9, Pauses: s.pauses.Load(),
 	}
 }
 

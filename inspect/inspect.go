@@ -44,6 +44,9 @@ type Topic struct {
 	Partitions, Draining int
 	Partition            int
 	Parts                []Topic
+	// Limits are the topic's fleet-wide limits and pause (SetLimits,
+	// PauseTopic); zero when none.
+	Limits Limits
 	// Err is, in an Overview, why the topic could not be read (malformed
 	// metadata, a key of the wrong type): its figures are then zero, and
 	// the other topics are read all the same.
@@ -127,6 +130,9 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 		t.add(time.Now())
 	}
 	i.beats(ctx, &t)
+	if t.Limits, err = i.port.GetLimits(ctx, i.keys.Meta(name)); err != nil {
+		return t, fmt.Errorf("inspect: limits of %s: %w", name, redisx.Unavailable(err))
+	}
 	return t, nil
 }
 

@@ -45,6 +45,9 @@ func newStatsCollector[S any](subsystem string, labels prometheus.Labels, read f
 		case reflect.Uint64:
 			c.fields = append(c.fields, statField{i, prometheus.NewDesc(
 				prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, nil, labels), true})
+		case reflect.Float64: // seconds, counted: a counter too
+			c.fields = append(c.fields, statField{i, prometheus.NewDesc(
+				prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, nil, labels), true})
 		case reflect.Int, reflect.Int64:
 			c.fields = append(c.fields, statField{i, prometheus.NewDesc(
 				prometheus.BuildFQName(Namespace, subsystem, name), help, nil, labels), false})
@@ -66,9 +69,12 @@ func (c *statsCollector[S]) Collect(ch chan<- prometheus.Metric) {
 	v := reflect.ValueOf(&s).Elem()
 	for _, f := range c.fields {
 		fv := v.Field(f.index)
-		if f.counter {
+		switch {
+		case f.counter && fv.Kind() == reflect.Float64:
+			ch <- prometheus.MustNewConstMetric(f.desc, prometheus.CounterValue, fv.Float())
+		case f.counter:
 			ch <- prometheus.MustNewConstMetric(f.desc, prometheus.CounterValue, float64(fv.Uint()))
-		} else {
+		default:
 			ch <- prometheus.MustNewConstMetric(f.desc, prometheus.GaugeValue, float64(fv.Int()))
 		}
 	}

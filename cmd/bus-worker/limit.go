@@ -198,6 +198,30 @@ type limitsView struct {
 	PausedUntil string `json:"paused_until,omitempty"`
 }
 
+// describeLimitsView is describeLimits of the JSON form.
+func describeLimitsView(v *limitsView) string {
+	var parts []string
+	if v.Rate != "" {
+		parts = append(parts, "rate "+v.Rate)
+		if v.Burst > 0 {
+			parts[len(parts)-1] += fmt.Sprintf(" (burst %d)", v.Burst)
+		}
+	}
+	if v.Tokens != "" {
+		parts = append(parts, "tokens "+v.Tokens)
+		if v.TokensBurst > 0 {
+			parts[len(parts)-1] += fmt.Sprintf(" (burst %d)", v.TokensBurst)
+		}
+	}
+	if v.Concurrency > 0 {
+		parts = append(parts, fmt.Sprintf("concurrency %d", v.Concurrency))
+	}
+	if v.PausedUntil != "" {
+		parts = append(parts, "paused until "+v.PausedUntil)
+	}
+	return "limits: " + strings.Join(parts, ", ")
+}
+
 func limitsJSON(topic string, l inspect.Limits) limitsView {
 	v := limitsView{Topic: topic, Rate: inspect.FormatRate(l.Rate, l.RateInterval), Burst: l.Burst,
 		Tokens: inspect.FormatRate(l.Tokens, l.TokensInterval), TokensBurst: l.TokensBurst, Concurrency: l.Concurrency}

@@ -28,6 +28,9 @@ type topicStats struct {
 	Draining   int `json:"draining_partitions"`
 	// Delayed events not yet due and entries waiting for a delayed retry.
 	Delayed int64 `json:"delayed"`
+	// Limits: the topic's fleet-wide limits and pause (bus-worker limit),
+	// absent when none.
+	Limits *limitsView `json:"limits,omitempty"`
 	// Error: why the topic could not be read (its figures are then zero).
 	Error string `json:"error,omitempty"`
 }
@@ -117,6 +120,10 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
 			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining,
 			Delayed: t.Delayed, Error: t.Err}
+		if l := t.Limits; l.Set() || time.Until(l.PausedUntil) > 0 {
+			v := limitsJSON(t.Name, l)
+			ts.Limits = &v
+		}
 		for _, g := range t.Groups {
 			gs := groupStats{Group: g.Name, Pending: g.Pending, OldestPendingAgeS: g.OldestPendingAge.Seconds(), Lag: g.Lag,
 				Consumers: make([]consumerStats, 0, len(g.Consumers))}
@@ -174,6 +181,11 @@ func printStats(w io.Writer, s *busStats) {
 				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\n", c.Name, beat, dur(c.IdleS, 1), c.Pending)
 			}
 			_ = tw.Flush()
+		}
+	}
+	for _, t := range s.Topics {
+		if t.Limits != nil {
+			fmt.Fprintf(w, "\n%s: %s\n", t.Topic, describeLimitsView(t.Limits))
 		}
 	}
 	for _, t := range s.Topics {
