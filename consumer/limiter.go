@@ -75,6 +75,7 @@ func newLimiter(e *env) *limiter {
 type grant struct {
 	n, got        int
 	leased, timed bool
+	charged       int64 // tokens the permit function charged per permit (given back in filled)
 }
 
 // now reports whether the read must use g at once rather than block
@@ -178,7 +179,7 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 			l.held.Add(p.Granted)
 			l.reading.Add(p.Granted)
 		}
-		return grant{n: int(p.Granted), leased: p.Leased, timed: p.Timed}, 0
+		return grant{n: int(p.Granted), leased: p.Leased, timed: p.Timed, charged: p.Charged}, 0
 	}
 	if l.waitStart.CompareAndSwap(0, now.UnixNano()) {
 		l.stats.permitWaits.Add(1)
@@ -202,9 +203,13 @@ func (l *limiter) filled(g grant) {
 	if g.leased {
 		l.reading.Add(-int64(g.n))
 	}
-	if g.got < g.n {
+	if g.got < g.n || g.charged > 0 {
 		l.mu.Lock()
 		l.unused += int64(g.n - g.got)
+		// The permit function charged the average cost per permit; the
+		// entries read charged their own estimates (route): give the
+		// average back.
+		l.tokens -= int64(g.n) * g.charged
 		l.mu.Unlock()
 		l.wake()
 	}

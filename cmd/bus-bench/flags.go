@@ -12,6 +12,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/bench"
 	"github.com/egos/mycelium/cmd/internal/cli"
+	"github.com/egos/mycelium/inspect"
 )
 
 // options is the command line: one bench run, or a suite of them.
@@ -64,6 +65,17 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Trace, "trace", "", "write a Go execution trace of the measured run to this file (go tool trace; -pprof=sched shows where goroutines wait for a CPU)")
 	fs.StringVar(&b.Transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
 	fs.StringVar(&b.PubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
+	quotaRate := fs.String("quota-rate", "100/s", "quota: the fake provider's request quota (N/s, N/m or N/h)")
+	fs.IntVar(&b.QuotaBurst, "quota-burst", 10, "quota: requests the provider takes at once above its rate")
+	fs.IntVar(&b.QuotaConcurrency, "quota-concurrency", 8, "quota: concurrent calls the provider takes")
+	quotaTokens := fs.String("quota-tokens", "", "quota: the provider's token quota (e.g. 60000/m; empty: none); each call costs its caller's estimate (producer.Cost, drawn around --cost-mean) give or take half")
+	fs.Float64Var(&b.CostMean, "cost-mean", 100, "quota: mean of the callers' cost estimates (exponentially distributed)")
+	fs.DurationVar(&b.ProviderLatency, "provider-latency", 20*time.Millisecond, "quota: how long the provider takes per answered call")
+	fs.IntVar(&b.WorkerProcs, "worker-procs", 3, "quota: bus-worker serve processes serving the topic")
+	fs.IntVar(&b.WorkerSlots, "worker-slots", 32, "quota: handler slots of each bus-worker process")
+	fs.StringVar(&b.WorkerBin, "worker-bin", "", "quota: the bus-worker binary (default: beside bus-bench)")
+	limits := fs.String("limits", "on", "quota: on (the topic's fleet-wide limits set to the provider's quota) | off (none: the 429s the fleet meets)")
+	fs.BoolVar(&b.PauseOn429, "pause-on-429", false, "quota: the workers pause the topic on a 429 (bus-worker serve --http-pause-on-429)")
 	fs.StringVar(&b.Backpressure, "backpressure", "block", "the producer's policy when a topic's backlog is full (producer.Config.Backpressure): block (wait for room) | reject (refuse with ErrBacklogFull: counted in refused and errors) | drop-oldest (write anyway: MAXLEN trims unread entries, counted in lost)")
 	fs.StringVar(&b.Handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")
 	fs.BoolVar(&o.servePubsub, "serve-pubsub", false, "serve the PubSub baseline's workers (--workers of them, --handler) on --topic until interrupted, printing \"serving\" when ready: the old design's side of another client's before/after run (clients/python/tools/bench.py)")
@@ -75,7 +87,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
 			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err
@@ -99,6 +111,25 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}
 	b.Password, b.TLS = cfg.Password, cfg.TLS
+	if n, d, err := inspect.ParseRate(*quotaRate); err != nil {
+		return nil, fmt.Errorf("%w: --quota-rate: %w", bench.ErrUsage, err)
+	} else {
+		b.QuotaRate = float64(n) / d.Seconds()
+	}
+	if *quotaTokens != "" {
+		n, d, err := inspect.ParseRate(*quotaTokens)
+		if err != nil {
+			return nil, fmt.Errorf("%w: --quota-tokens: %w", bench.ErrUsage, err)
+		}
+		b.QuotaTokensPerMin = float64(n) / d.Minutes()
+	}
+	switch *limits {
+	case "on":
+		b.Limits = true
+	case "off":
+	default:
+		return nil, fmt.Errorf("%w: --limits %q: want on or off", bench.ErrUsage, *limits)
+	}
 	b.Cluster, b.MasterSet, b.SentinelPassword = cfg.Cluster, cfg.MasterSet, cfg.SentinelPassword
 	if err := o.check(given); err != nil {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)

@@ -161,15 +161,17 @@ func (k LimitKeys) list() []string { return []string{k.Meta, k.Rate, k.Tokens, k
 // caller stops asking for a while), paused until (ms, 0: not paused),
 // leased (1: the permits hold concurrency leases), timed (1: a rate or a
 // token budget is set: permits are to be used at once, not held by a
-// blocking read)}.
+// blocking read), charged (tokens charged per permit granted, the
+// caller's average cost: the caller gives them back once it charged the
+// messages' own estimates)}.
 var permitScript = newScript("permit", `local f = redis.call('HMGET', KEYS[1], 'limit_rate', 'limit_rate_ms', 'limit_burst', 'limit_tokens', 'limit_tokens_ms', 'limit_tokens_burst', 'limit_concurrency', 'paused_until')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local want = tonumber(ARGV[2])
 local pu = tonumber(f[8])
-if pu and pu > now then return {0, pu - now, 1, pu, 0, 0} end
+if pu and pu > now then return {0, pu - now, 1, pu, 0, 0, 0} end
 local rate, cc, tok = tonumber(f[1]), tonumber(f[7]), tonumber(f[4])
-if not rate and not cc and not tok then return {want, 0, 0, 0, 0, 0} end
+if not rate and not cc and not tok then return {want, 0, 0, 0, 0, 0, 0} end
 local grant, wait = want, 0
 if cc then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
@@ -191,16 +193,18 @@ if rate and grant > 0 then
   if n < grant then grant = math.max(n, 0) end
   if grant == 0 then wait = math.max(math.ceil(rtat + rT - burst * rT - now), 1) end
 end
+local ttat, tT, per
 if tok and grant > 0 then
   local T = tonumber(f[5]) / tok
+  tT, per = T, math.max(tonumber(ARGV[4]), 1)
   local burst = tonumber(f[6]) or math.max(math.floor(tok * 1000 / tonumber(f[5])), 1)
-  local ttat = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now)
+  ttat = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now)
   local avail = (burst * T - (ttat - now)) / T
   if avail < 0 then
     grant = 0
     wait = math.max(math.ceil(-avail * T), 1)
   else
-    local n = math.max(math.floor(avail / math.max(tonumber(ARGV[4]), 1)), 1)
+    local n = math.max(math.floor(avail / per), 1)
     if n < grant then grant = n end
   end
 end
@@ -213,11 +217,18 @@ if grant > 0 then
     local tat = rtat + grant * rT
     redis.call('SET', KEYS[2], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
   end
+  if ttat then
+    -- The messages' costs are known once read: charge the average now,
+    -- so other workers asking meanwhile see it (permitdone corrects it).
+    local tat = ttat + grant * per * tT
+    redis.call('SET', KEYS[3], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+  end
 end
-local leased, timed = 0, 0
+local leased, timed, charged = 0, 0, 0
 if cc and grant > 0 then leased = 1 end
 if rate or tok then timed = 1 end
-return {grant, wait, 1, 0, leased, timed}`)
+if ttat and grant > 0 then charged = per end
+return {grant, wait, 1, 0, leased, timed, charged}`)
 
 // permitDoneScript: KEYS the LimitKeys; ARGV 1 the consumer, 2 leases to
 // release, 3 rate permits to give back (granted, not used), 4 tokens to
@@ -278,6 +289,10 @@ type Permit struct {
 	// while it blocks (permits granted to several blocked reads over time
 	// would all be spent at once when entries come).
 	Timed bool
+	// Charged is the tokens charged per permit granted (the caller's
+	// average cost; 0 without a token budget): the caller gives them back
+	// (PermitsDone, negative tokens) as it charges each message's estimate.
+	Charged int64
 }
 
 // TakePermits asks for up to want permits for consumer (see permitScript).
@@ -287,10 +302,10 @@ func TakePermits(ctx context.Context, c rueidis.Client, k LimitKeys, consumer st
 	if err != nil {
 		return Permit{}, err
 	}
-	if len(arr) != 6 {
+	if len(arr) != 7 {
 		return Permit{}, errors.New("redis: permit function: unexpected reply")
 	}
-	var v [6]int64
+	var v [7]int64
 	for i := range arr {
 		if v[i], err = arr[i].AsInt64(); err != nil {
 			return Permit{}, errors.New("redis: permit function: malformed reply")
@@ -299,7 +314,7 @@ func TakePermits(ctx context.Context, c rueidis.Client, k LimitKeys, consumer st
 	if v[0] < 0 || v[0] > want {
 		return Permit{}, errors.New("redis: permit function: granted out of range")
 	}
-	p := Permit{Granted: v[0], Limited: v[2] != 0, Leased: v[4] != 0, Timed: v[5] != 0}
+	p := Permit{Granted: v[0], Limited: v[2] != 0, Leased: v[4] != 0, Timed: v[5] != 0, Charged: max(v[6], 0)}
 	if v[1] < 0 {
 		p.Wait = -1
 	} else {

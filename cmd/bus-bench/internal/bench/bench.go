@@ -88,9 +88,12 @@ type Result struct {
 	// (trimmed unread), refused were refused by the producer's
 	// backpressure (bus.ErrBacklogFull). Lost and refused count in errors.
 	Backpressure string `json:"backpressure,omitempty"`
-	Handled      *int64 `json:"handled,omitempty"`
-	Lost         *int64 `json:"lost,omitempty"`
-	Refused      *int64 `json:"refused,omitempty"`
+	// Quota: the quota scenario only (a fake provider behind bus-worker
+	// processes; ok counts its answers, errors its 429s).
+	Quota   *QuotaResult `json:"quota,omitempty"`
+	Handled *int64       `json:"handled,omitempty"`
+	Lost    *int64       `json:"lost,omitempty"`
+	Refused *int64       `json:"refused,omitempty"`
 }
 
 // FailoverResult is what a failover-scenario run saw: when and how the
@@ -293,6 +296,8 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 		sc = &streamScenario{}
 	case "cancel":
 		sc = &cancelScenario{}
+	case "quota":
+		sc = &quotaScenario{}
 	default:
 		return nil, fmt.Errorf("%w: --scenario %q", ErrUsage, o.Scenario)
 	}

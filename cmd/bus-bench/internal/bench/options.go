@@ -69,6 +69,18 @@ type Options struct {
 	// one every ChunkInterval.
 	Chunks        int
 	ChunkInterval time.Duration
+	// quota scenario (quota.go): the fake provider's quotas (QuotaRate
+	// requests/s with QuotaBurst, QuotaConcurrency calls, QuotaTokensPerMin
+	// tokens/min with costs around CostMean), its latency, the bus-worker
+	// processes (WorkerProcs of WorkerSlots handler slots, WorkerBin), and
+	// whether the topic's limits are set to the quota (Limits) and a 429
+	// pauses the fleet (PauseOn429).
+	QuotaRate, QuotaTokensPerMin, CostMean float64
+	QuotaBurst, QuotaConcurrency           int
+	ProviderLatency                        time.Duration
+	WorkerProcs, WorkerSlots               int
+	WorkerBin                              string
+	Limits, PauseOn429                     bool
 	// Backpressure is the producer's policy when a topic's backlog is full
 	// (--backpressure block|reject|drop-oldest; producer.Config.Backpressure).
 	Backpressure string
@@ -84,9 +96,36 @@ var ErrUsage = errors.New("usage")
 // set on the command line.
 func (o *Options) Check(given map[string]bool) error {
 	switch o.Scenario {
-	case "rpc", "publish", "continuous", "cached", "failover", "stream", "cancel":
+	case "rpc", "publish", "continuous", "cached", "failover", "stream", "cancel", "quota":
 	default:
-		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached, failover, stream or cancel", o.Scenario)
+		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached, failover, stream, cancel or quota", o.Scenario)
+	}
+	if o.Scenario == "quota" {
+		switch {
+		case o.Transport != "mycelium":
+			return fmt.Errorf("--scenario quota runs mycelium")
+		case o.QuotaRate <= 0 || o.QuotaBurst < 1 || o.QuotaConcurrency < 1:
+			return fmt.Errorf("--quota-rate, --quota-burst and --quota-concurrency must be positive")
+		case o.QuotaTokensPerMin < 0 || o.CostMean < 1:
+			return fmt.Errorf("--quota-tokens must not be negative and --cost-mean at least 1")
+		case o.WorkerProcs < 1 || o.WorkerProcs > 64 || o.WorkerSlots < 1 || o.WorkerSlots > consumer.MaxConcurrency:
+			return fmt.Errorf("--worker-procs must be 1 to 64 and --worker-slots 1 to %d", consumer.MaxConcurrency)
+		case o.ProviderLatency < 0:
+			return fmt.Errorf("--provider-latency must not be negative")
+		}
+		o.NoWorkers = true // the bus-worker processes serve
+		if o.Duration == 0 {
+			o.Duration = 60 * time.Second
+		}
+		if !given["rate"] {
+			o.Rate = 1.5 * o.QuotaRate // offered above the quota
+		}
+		if !given["concurrency"] {
+			o.Concurrency = 256
+		}
+		given["requests"] = false
+	} else if given["quota-rate"] || given["quota-burst"] || given["quota-concurrency"] || given["quota-tokens"] || given["worker-procs"] || given["limits"] {
+		return fmt.Errorf("--quota-*, --worker-procs and --limits apply to --scenario quota")
 	}
 	switch {
 	case (o.Scenario == "stream" || o.Scenario == "cancel") && (o.Transport != "mycelium" || o.NoWorkers):
