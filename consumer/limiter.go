@@ -48,6 +48,42 @@ type limiter struct {
 	unused  int64 // rate permits granted and not used
 	tokens  int64 // tokens to charge (negative: to give back)
 	kick    chan struct{}
+	freed   chan struct{} // a lease was freed here: a reader waiting for permits asks at once (sleep)
+	starved atomic.Bool   // the reader waits for permits (try gave it none)
+	// perPermit is the tokens the last grant charged per permit (0: no
+	// token budget): a message whose estimate is far above it is charged
+	// before it starts (start), not on the next flush.
+	perPermit atomic.Int64
+}
+
+// start charges a message's estimated cost as it is routed to a handler:
+// on the next flush, or, when it is more than twice what its permit
+// charged, at once (one round trip), so that workers asking meanwhile see
+// a large prompt's cost before the provider does.
+func (l *limiter) start(ctx context.Context, cost int64) {
+	if cost <= 0 || !l.active.Load() {
+		return
+	}
+	l.observe(cost)
+	if per := l.perPermit.Load(); per > 0 && cost > 2*per {
+		if _, err := l.port.PermitsDone(ctx, l.keys, l.cfg.Name, 0, 0, cost, l.leaseTTL); err == nil {
+			return
+		}
+	}
+	l.charge(cost)
+}
+
+// sleep waits d, or until this worker frees a lease (its waiting reader
+// then asks at once, giving the lease back and taking it in one call), or
+// ctx ends.
+func (l *limiter) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-l.freed:
+	case <-ctx.Done():
+	}
 }
 
 // recheck is how long take answers "no limit" from memory.
@@ -58,13 +94,13 @@ const recheck = time.Second
 // it doubles while it waits, up to leasePollMax (an idle fleet whose
 // leases an idle reader holds asks a few times a second, not fifty).
 const (
-	leasePoll    = 20 * time.Millisecond
-	leasePollMax = 250 * time.Millisecond
+	leasePoll    = 10 * time.Millisecond
+	leasePollMax = 100 * time.Millisecond
 )
 
 func newLimiter(e *env) *limiter {
 	topic := e.cfg.Topic
-	return &limiter{env: e, leaseTTL: e.cfg.Reclaim.ClaimIdle, kick: make(chan struct{}, 1), ctl: e.keys.Control(topic),
+	return &limiter{env: e, leaseTTL: e.cfg.Reclaim.ClaimIdle, kick: make(chan struct{}, 1), freed: make(chan struct{}, 1), ctl: e.keys.Control(topic),
 		keys: redisx.LimitKeys{Meta: e.keys.Meta(topic), Rate: e.keys.LimitRate(topic), Tokens: e.keys.LimitTokens(topic),
 			Leases: e.keys.LimitLeases(topic), Expiry: e.keys.LimitExpiry(topic)}}
 }
@@ -148,8 +184,18 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 	if !l.active.Load() && time.Now().UnixNano()-l.checked.Load() < int64(recheck) {
 		return grant{n: want}, 0
 	}
-	p, err := l.port.TakePermits(ctx, l.keys, l.cfg.Name, int64(want), l.leaseTTL, l.avgCost.Load())
+	l.mu.Lock()
+	rel := l.release // leases freed here: given back in the same call
+	l.release = 0
+	l.mu.Unlock()
+	p, err := l.port.TakePermits(ctx, l.keys, l.cfg.Name, int64(want), l.leaseTTL, l.avgCost.Load(), rel)
 	now := time.Now()
+	if err != nil && rel > 0 {
+		l.mu.Lock()
+		l.release += rel // the flusher gives them back
+		l.mu.Unlock()
+		l.wake()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return grant{}, 0
@@ -167,6 +213,7 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 	if !p.PausedUntil.IsZero() {
 		l.paused.Store(p.PausedUntil.UnixMilli())
 	}
+	l.starved.Store(p.Granted == 0)
 	if p.Granted > 0 {
 		if p.Limited {
 			l.stats.permitsGranted.Add(uint64(p.Granted))
@@ -179,6 +226,7 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 			l.held.Add(p.Granted)
 			l.reading.Add(p.Granted)
 		}
+		l.perPermit.Store(p.Charged)
 		return grant{n: int(p.Granted), leased: p.Leased, timed: p.Timed, charged: p.Charged}, 0
 	}
 	if l.waitStart.CompareAndSwap(0, now.UnixNano()) {
@@ -233,7 +281,14 @@ func (l *limiter) settle() {
 			l.mu.Lock()
 			l.release += excess
 			l.mu.Unlock()
-			l.wake()
+			if !l.starved.Load() {
+				l.wake() // the flusher gives them back
+				return
+			}
+			select { // the reader waiting for permits asks now, giving these back in its call
+			case l.freed <- struct{}{}:
+			default:
+			}
 			return
 		}
 	}

@@ -50,7 +50,7 @@ type port interface {
 	RepairLag(ctx context.Context, key string, group string) (int64, error)
 
 	// Fleet-wide limits (limiter.go).
-	TakePermits(ctx context.Context, k redisx.LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost int64) (redisx.Permit, error)
+	TakePermits(ctx context.Context, k redisx.LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost int64, release int64) (redisx.Permit, error)
 	PermitsDone(ctx context.Context, k redisx.LimitKeys, consumer string, release int64, unused int64, tokens int64, leaseTTL time.Duration) (int64, error)
 	Pause(ctx context.Context, meta string, ctl string, d time.Duration) (time.Time, error)
 	WaitNew(ctx context.Context, keys []string, block time.Duration) (bool, error)

@@ -118,7 +118,7 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 	g, wait := r.lim.try(ctx, n)
 	if g.n == 0 {
 		p.slots.give(n) // waits for permits holding no slot (see limiter.try)
-		sleepCtx(ctx, wait)
+		r.lim.sleep(ctx, wait)
 		return nil, 0, grant{}, ctx.Err()
 	}
 	if g.n < n {
@@ -309,7 +309,7 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	g, wait := r.lim.try(ctx, n)
 	if g.n == 0 {
 		p.slots.give(n) // waits for permits holding no slot (see limiter.try)
-		sleepCtx(ctx, wait)
+		r.lim.sleep(ctx, wait)
 		return nil, 0, grant{}, ctx.Err()
 	}
 	if g.n < n {

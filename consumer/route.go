@@ -92,8 +92,7 @@ func (r *router) route(pt *part, e *redisx.Entry, now time.Time, attempt int, p 
 		// report corrects it when it returns (processor.finish).
 		j.msg.cost = estimatedCost(j.env.Headers)
 		j.msg.estimate = j.msg.cost
-		r.lim.observe(j.msg.cost)
-		r.lim.charge(j.msg.cost)
+		r.lim.start(context.Background(), j.msg.cost)
 	}
 	p.jobs <- j
 }

@@ -158,6 +158,8 @@ func TestClusterPartitions(t *testing.T) {
 	}
 	h.mu.Unlock()
 
+	clusterLimits(t, c)
+
 	// Operators: the sum over partitions and nodes.
 	tp, err := insp.Topic(ctx, "work")
 	if err != nil {
@@ -491,5 +493,37 @@ func clusterNodeGivenAlone(t *testing.T, cl *redistest.Cluster) {
 	out, err := exec.Command(buildCmd(t, "bus-worker"), "request", "--redis", one, "--topic", "alone", "--data", "hi", "--timeout", "10s").CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "hi\n") {
 		t.Fatalf("bus-worker request through one node's URL = %v\n%s", err, out)
+	}
+}
+
+// clusterLimits: a topic of 6 partitions (on every master) with a
+// fleet-wide concurrency limit of 4 and a rate of 200/s: two workers of 16
+// slots, reading each partition apart, never run more than 4 handlers at
+// once, and a producer's backpressure measures each partition's stream.
+func clusterLimits(t *testing.T, c *bus.Client) {
+	ctx := context.Background()
+	insp := inspect.New(c)
+	if _, err := insp.CreateTopic(ctx, "limited", 6); err != nil {
+		t.Fatal(err)
+	}
+	if err := insp.SetLimits(ctx, "limited", inspect.Limits{Concurrency: 4, Rate: 200, RateInterval: time.Second, Burst: 4}); err != nil {
+		t.Fatal(err)
+	}
+	var s starts
+	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		s.begin()
+		defer s.end()
+		time.Sleep(2 * time.Millisecond) // the work
+		return nil, nil
+	})
+	fleet(t, c, "limited", 2, 16, h, nil)
+	p := newProducer(t, c, producer.Config{StreamMaxLen: 1000})
+	publishN(t, p, "limited", 300)
+	waitFor(t, 30*time.Second, "the limited topic's events handled", func() bool { return s.count() >= 300 })
+	if most := s.most.Load(); most > 4 || most < 1 {
+		t.Errorf("limited topic on the cluster: %d handlers at once; the limit is 4", most)
+	}
+	if busiest := s.busiest(time.Second); busiest > 200+4+1 {
+		t.Errorf("limited topic on the cluster: %d starts within a second; the rate allows 204", busiest)
 	}
 }

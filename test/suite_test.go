@@ -26,6 +26,7 @@ func TestBusBenchSuiteReport(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	buildCmd(t, "bus-worker") // beside bus-bench: the quota cases start it
 	cmd := exec.CommandContext(ctx, buildCmd(t, "bus-bench"), "--redis", srv.URL, "--suite", "seed", "--suite-quick", "--report", dir, "--json")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -111,11 +111,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("%w: %w", bench.ErrUsage, err)
 	}
 	b.Password, b.TLS = cfg.Password, cfg.TLS
-	if n, d, err := inspect.ParseRate(*quotaRate); err != nil {
+	n, d, err := inspect.ParseRate(*quotaRate)
+	if err != nil {
 		return nil, fmt.Errorf("%w: --quota-rate: %w", bench.ErrUsage, err)
-	} else {
-		b.QuotaRate = float64(n) / d.Seconds()
 	}
+	b.QuotaRate = float64(n) / d.Seconds()
 	if *quotaTokens != "" {
 		n, d, err := inspect.ParseRate(*quotaTokens)
 		if err != nil {

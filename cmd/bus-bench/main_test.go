@@ -47,6 +47,14 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"--ignore-targets"}, "needs --suite"},
 		{[]string{"--suite", "seed", "--ignore-targets"}, ""},
 		{[]string{"--suite", "seed", "--no-workers"}, "in-process"},
+		{[]string{"--scenario", "quota", "--quota-rate", "50/s", "--quota-tokens", "60000/m", "--limits", "off"}, ""},
+		{[]string{"--scenario", "quota", "--quota-rate", "50/x"}, "--quota-rate"},
+		{[]string{"--scenario", "quota", "--quota-tokens", "lots"}, "--quota-tokens"},
+		{[]string{"--scenario", "quota", "--limits", "maybe"}, "--limits"},
+		{[]string{"--scenario", "quota", "--worker-procs", "0"}, "--worker-procs"},
+		{[]string{"--scenario", "rpc", "--worker-procs", "2"}, "--scenario quota"},
+		{[]string{"--backpressure", "drop"}, "--backpressure"},
+		{[]string{"--scenario", "publish", "--backpressure", "reject"}, ""},
 	} {
 		o, err := parseOptions(tt.args, io.Discard)
 		if tt.want == "" {

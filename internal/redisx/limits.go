@@ -150,7 +150,10 @@ type LimitKeys struct {
 func (k LimitKeys) list() []string { return []string{k.Meta, k.Rate, k.Tokens, k.Leases, k.Expiry} }
 
 // permitScript: KEYS the LimitKeys; ARGV 1 the consumer, 2 permits
-// wanted, 3 lease TTL ms, 4 the consumer's average cost per message.
+// wanted, 3 lease TTL ms, 4 the consumer's average cost per message, 5
+// leases the consumer gives back first (a worker whose handler ended asks
+// for that lease again in the same call: no other worker takes it in
+// between, and none waits for a release still on its way).
 // Grants at most ARGV[2] permits: the fewest the concurrency (leases
 // free), the rate (GCRA) and the token budget (not in debt past its burst;
 // as many messages as the tokens left pay at the average cost, at least
@@ -168,6 +171,14 @@ var permitScript = newScript("permit", `local f = redis.call('HMGET', KEYS[1], '
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local want = tonumber(ARGV[2])
+local rel = tonumber(ARGV[5])
+if rel > 0 then
+  local left = redis.call('HINCRBY', KEYS[4], ARGV[1], -rel)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[4], ARGV[1])
+    redis.call('ZREM', KEYS[5], ARGV[1])
+  end
+end
 local pu = tonumber(f[8])
 if pu and pu > now then return {0, pu - now, 1, pu, 0, 0, 0} end
 local rate, cc, tok = tonumber(f[1]), tonumber(f[7]), tonumber(f[4])
@@ -295,10 +306,11 @@ type Permit struct {
 	Charged int64
 }
 
-// TakePermits asks for up to want permits for consumer (see permitScript).
-func TakePermits(ctx context.Context, c rueidis.Client, k LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost int64) (Permit, error) {
+// TakePermits gives back release leases of consumer, then asks for up to
+// want permits (see permitScript).
+func TakePermits(ctx context.Context, c rueidis.Client, k LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost, release int64) (Permit, error) {
 	arr, err := permitScript.Exec(ctx, c, k.list(), []string{consumer, strconv.FormatInt(want, 10), strconv.FormatInt(max(leaseTTL.Milliseconds(), 1), 10),
-		strconv.FormatInt(max(avgCost, 1), 10)}).ToArray()
+		strconv.FormatInt(max(avgCost, 1), 10), strconv.FormatInt(max(release, 0), 10)}).ToArray()
 	if err != nil {
 		return Permit{}, err
 	}

@@ -579,10 +579,10 @@ func (p *Port) ClearLimits(ctx context.Context, meta string) error {
 }
 
 // TakePermits is this package's TakePermits, through the port.
-func (p *Port) TakePermits(ctx context.Context, k LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost int64) (Permit, error) {
+func (p *Port) TakePermits(ctx context.Context, k LimitKeys, consumer string, want int64, leaseTTL time.Duration, avgCost int64, release int64) (Permit, error) {
 	dctx, done := detach(ctx)
 	defer done()
-	r0, r1 := TakePermits(dctx, p.rc, k, consumer, want, leaseTTL, avgCost)
+	r0, r1 := TakePermits(dctx, p.rc, k, consumer, want, leaseTTL, avgCost, release)
 	return r0, overran(ctx, r1)
 }
 

@@ -89,7 +89,8 @@ type Result struct {
 	// backpressure (bus.ErrBacklogFull). Lost and refused count in errors.
 	Backpressure string `json:"backpressure,omitempty"`
 	// Quota: the quota scenario only (a fake provider behind bus-worker
-	// processes; ok counts its answers, errors its 429s).
+	// processes; ok counts its answers in the measured window, errors the
+	// publishes that failed; its 429s are in Quota).
 	Quota   *QuotaResult `json:"quota,omitempty"`
 	Handled *int64       `json:"handled,omitempty"`
 	Lost    *int64       `json:"lost,omitempty"`

@@ -242,7 +242,9 @@ func (*quotaScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	r.Seconds = window
 	r.Quota = q
 	_ = e.insp.ClearLimits(context.WithoutCancel(ctx), o.Topic)
-	return finish(e, r, q.Answered, q.HTTP429, tl.firstErr(), nil)
+	// ok: the provider's answers in the window; errors: publishes that
+	// failed (the 429s are the measure, in quota, not the bus's errors).
+	return finish(e, r, q.Answered, tl.errs.Load(), tl.firstErr(), nil)
 }
 
 // startWorkerProcs starts o.WorkerProcs `bus-worker serve` processes on

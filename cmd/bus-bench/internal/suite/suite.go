@@ -51,11 +51,15 @@ type Case struct {
 	// stream scenario: chunks per reply and the handler's pace.
 	Chunks        int
 	ChunkInterval time.Duration
+	// quota scenario: the topic's limits set to the fake provider's quota
+	// (else none), and its token quota (0: none).
+	Limits            bool
+	QuotaTokensPerMin float64
 }
 
 // transports are the systems a case runs on.
 func (c Case) transports() []string {
-	if c.Scenario == "cached" || c.Scenario == "stream" || c.Scenario == "cancel" || c.Partitions > 0 {
+	if c.Scenario == "cached" || c.Scenario == "stream" || c.Scenario == "cancel" || c.Scenario == "quota" || c.Partitions > 0 {
 		return []string{"mycelium"}
 	}
 	return []string{"mycelium", "pubsub"}
@@ -96,6 +100,13 @@ func SeedCases(quick bool) []Case {
 		{Name: "cached-off", Scenario: "cached", Concurrency: 50, Duration: 10 * time.Second, Payload: 1024, Handler: "sleep:50ms", Distinct: 1000, Zipf: 1.1, NoCache: true},
 		{Name: "stream", Scenario: "stream", Concurrency: 20, Requests: 60, Payload: 16, Chunks: 200, ChunkInterval: 10 * time.Millisecond},
 		{Name: "cancel", Scenario: "cancel", Concurrency: 8, Requests: 2000, Payload: 1024},
+		// A fake provider's quota (100 requests/s, burst 10, 8 at once; then
+		// 60,000 tokens/min) behind 3 bus-worker processes, with the
+		// topic's limits set to it and without.
+		{Name: "quota", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16, Limits: true},
+		{Name: "quota-off", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16},
+		{Name: "quota-tokens", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16, Rate: 30, Limits: true, QuotaTokensPerMin: 60000},
+		{Name: "quota-tokens-off", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16, Rate: 30, QuotaTokensPerMin: 60000},
 	}
 	for _, c := range sweepConcurrency {
 		cs = append(cs, Case{Name: fmt.Sprintf("sweep-%d", c), Scenario: "rpc", Concurrency: c, Duration: 2 * time.Second, Payload: 1024, Sweep: true})
@@ -107,6 +118,9 @@ func SeedCases(quick bool) []Case {
 				c.Requests = max(c.Requests/20, c.Concurrency)
 			}
 			c.Duration /= 4
+			if c.Scenario == "quota" {
+				c.Duration = 5 * time.Second
+			}
 			if c.Handler != "" {
 				c.Handler = "sleep:200ms,50ms"
 			}
@@ -139,6 +153,12 @@ func (c Case) Options(base *bench.Options, tr string) *bench.Options {
 	}
 	if c.Chunks > 0 {
 		o.Chunks, o.ChunkInterval = c.Chunks, c.ChunkInterval
+	}
+	if c.Scenario == "quota" {
+		o.NoWorkers, o.Limits, o.QuotaTokensPerMin = true, c.Limits, c.QuotaTokensPerMin
+		if c.Rate == 0 {
+			o.Rate = 1.5 * o.QuotaRate // offered above the quota
+		}
 	}
 	_ = o.ParseHandler() // the seed cases are valid
 	return &o
@@ -399,6 +419,37 @@ func Judge(runs []report.Run) []report.Verdict {
 		vs = append(vs, report.Verdict{OK: c.Missed == 0 && m.Errors == 0, Text: fmt.Sprintf(
 			"cancel: %d requests cancelled while their handler ran; the handler's ctx ended p50 %s, p99 %s after the caller's cancel, %d missed (target: every handler cancelled)",
 			c.Cancels, report.USLabel(c.P50US), report.USLabel(c.P99US), c.Missed)})
+	}
+	vs = append(vs, judgeQuota(by)...)
+	return vs
+}
+
+// judgeQuota checks the flow-control targets: with the topic's limits set
+// to a fake provider's quota, 3 bus-worker processes meet no 429 and are
+// answered within 5% of the quota; without limits, the 429s are reported.
+func judgeQuota(by map[string]map[string]*bench.Result) []report.Verdict {
+	var vs []report.Verdict
+	for _, name := range []string{"quota", "quota-tokens"} {
+		on, off := by[name][bench.SystemMycelium], by[name+"-off"][bench.SystemMycelium]
+		if on == nil || on.Quota == nil {
+			continue
+		}
+		q := on.Quota
+		what, ratio := fmt.Sprintf("%.0f requests/s", q.QuotaRate), q.RateRatio
+		if q.QuotaTokensMin > 0 {
+			what, ratio = fmt.Sprintf("%.0f tokens/min", q.QuotaTokensMin), q.TokenRatio
+		}
+		offText := ""
+		if off != nil && off.Quota != nil {
+			r := off.Quota.RateRatio
+			if q.QuotaTokensMin > 0 {
+				r = off.Quota.TokenRatio
+			}
+			offText = fmt.Sprintf("; without limits %d 429s and %.1f%% of it", off.Quota.HTTP429, 100*r)
+		}
+		vs = append(vs, report.Verdict{OK: q.HTTP429 == 0 && ratio >= 0.95, Text: fmt.Sprintf(
+			"%s: a provider's quota of %s and %d concurrent calls behind %d bus-worker processes, limits set to it: %d 429s, %.1f%% of the quota answered, at most %d calls at once%s (target: no 429, within 5%% of the quota)",
+			name, what, q.QuotaConc, q.WorkerProcs, q.HTTP429, 100*ratio, q.MaxConcurrent, offText)})
 	}
 	return vs
 }

@@ -25,6 +25,9 @@ func TestSeedCasesCoverThePlan(t *testing.T) {
 			"reasoning":     func(c Case) bool { return c.Concurrency == 20 && strings.HasPrefix(c.Handler, "sleep:") },
 			"sweep-1":       func(c Case) bool { return c.Sweep && c.Duration > 0 && c.Requests == 0 },
 			"sweep-256":     func(c Case) bool { return c.Sweep && c.Concurrency == 256 },
+			"quota":         func(c Case) bool { return c.Scenario == "quota" && c.Limits && len(c.transports()) == 1 },
+			"quota-off":     func(c Case) bool { return c.Scenario == "quota" && !c.Limits },
+			"quota-tokens":  func(c Case) bool { return c.Limits && c.QuotaTokensPerMin > 0 },
 		} {
 			c, ok := byName[name]
 			if !ok || !want(c) {
@@ -117,6 +120,28 @@ func TestCheckTargets(t *testing.T) {
 		note, err := checkTargets(tt.vs, tt.cfg)
 		if (err != nil) != tt.wantErr || (note != "") != tt.note {
 			t.Errorf("%s: checkTargets = %q, %v; want error %v, note %v", tt.name, note, err, tt.wantErr, tt.note)
+		}
+	}
+}
+
+// TestJudgeQuota: no 429 and within 5% of the quota passes; one 429, or
+// 90% of the quota, fails.
+func TestJudgeQuota(t *testing.T) {
+	run := func(name string, q bench.QuotaResult) report.Run {
+		return report.Run{Case: name, Out: &bench.Outcome{Result: &bench.Result{System: bench.SystemMycelium, Quota: &q}}}
+	}
+	for _, tt := range []struct {
+		q  bench.QuotaResult
+		ok bool
+	}{
+		{bench.QuotaResult{QuotaRate: 100, RateRatio: 0.99}, true},
+		{bench.QuotaResult{QuotaRate: 100, RateRatio: 0.99, HTTP429: 1}, false},
+		{bench.QuotaResult{QuotaRate: 100, RateRatio: 0.90}, false},
+		{bench.QuotaResult{QuotaRate: 100, QuotaTokensMin: 60000, RateRatio: 0.1, TokenRatio: 0.97}, true},
+	} {
+		vs := Judge([]report.Run{run("quota", tt.q), run("quota-off", bench.QuotaResult{HTTP429: 600, RateRatio: 0.4})})
+		if len(vs) != 1 || vs[0].OK != tt.ok || !strings.Contains(vs[0].Text, "600 429s") {
+			t.Errorf("%+v: verdicts %+v, want one with OK %v", tt.q, vs, tt.ok)
 		}
 	}
 }
