@@ -57,17 +57,26 @@ type limiter struct {
 }
 
 // start charges a message's estimated cost as it is routed to a handler:
-// on the next flush, or, when it is more than twice what its permit
-// charged, at once (one round trip), so that workers asking meanwhile see
-// a large prompt's cost before the provider does.
+// on the next flush; or, when it is more than twice what its permit
+// charged (a large prompt), at once, once the budget has room for it
+// (redisx.StartCost): it waits for that here, read and not started, so
+// that a dear message arriving with the budget nearly spent does not take
+// the provider past its quota, and workers asking meanwhile see its cost.
 func (l *limiter) start(ctx context.Context, cost int64) {
 	if cost <= 0 || !l.active.Load() {
 		return
 	}
 	l.observe(cost)
 	if per := l.perPermit.Load(); per > 0 && cost > 2*per {
-		if _, err := l.port.PermitsDone(ctx, l.keys, l.cfg.Name, 0, 0, cost, l.leaseTTL); err == nil {
-			return
+		for ctx.Err() == nil {
+			wait, err := l.port.StartCost(ctx, l.keys, cost)
+			if err != nil {
+				break // Redis did not answer: charge it on the next flush
+			}
+			if wait == 0 {
+				return
+			}
+			sleepCtx(ctx, min(wait, recheck))
 		}
 	}
 	l.charge(cost)

@@ -54,6 +54,7 @@ type port interface {
 	PermitsDone(ctx context.Context, k redisx.LimitKeys, consumer string, release int64, unused int64, tokens int64, leaseTTL time.Duration) (int64, error)
 	Pause(ctx context.Context, meta string, ctl string, d time.Duration) (time.Time, error)
 	WaitNew(ctx context.Context, keys []string, block time.Duration) (bool, error)
+	StartCost(ctx context.Context, k redisx.LimitKeys, cost int64) (time.Duration, error)
 }
 
 var _ port = (*redisx.Port)(nil)

@@ -382,3 +382,36 @@ func Pause(ctx context.Context, c rueidis.Client, meta, ctl string, d time.Durat
 func Resume(ctx context.Context, c rueidis.Client, meta, ctl string) error {
 	return pauseScript.Exec(ctx, c, []string{meta, ctl}, []string{"0", strconv.Itoa(ControlMaxLen)}).Error()
 }
+
+// startCostScript: KEYS[1] a topic's meta, KEYS[2] its token budget's
+// state; ARGV[1] a message's estimated cost. A message much dearer than
+// the average its permit was charged starts only when the budget's debt
+// leaves room for it within the burst (or, dearer than the burst, when
+// the budget is not in debt): then it is charged at once and 0 returned;
+// else the ms to wait. No token budget: 0, nothing charged.
+var startCostScript = newScript("startcost", `local f = redis.call('HMGET', KEYS[1], 'limit_tokens', 'limit_tokens_ms', 'limit_tokens_burst')
+local tok = tonumber(f[1])
+if not tok then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local T = tonumber(f[2]) / tok
+local burst = tonumber(f[3]) or math.max(math.floor(tok * 1000 / tonumber(f[2])), 1)
+local cost = tonumber(ARGV[1])
+local ttat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
+local debt = (ttat - now) / T
+local room = math.max(burst - cost, 0)
+if debt > room then return math.max(math.ceil((debt - room) * T), 1) end
+local tat = ttat + cost * T
+redis.call('SET', KEYS[2], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+return 0`)
+
+// StartCost charges a dear message's cost to the topic's token budget when
+// it has room (see startCostScript); otherwise it returns how long to wait
+// before asking again.
+func StartCost(ctx context.Context, c rueidis.Client, k LimitKeys, cost int64) (time.Duration, error) {
+	ms, err := startCostScript.Exec(ctx, c, []string{k.Meta, k.Tokens}, []string{strconv.FormatInt(cost, 10)}).AsInt64()
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(max(ms, 0)) * time.Millisecond, nil
+}

@@ -614,3 +614,11 @@ func (p *Port) Resume(ctx context.Context, meta string, ctl string) error {
 func (p *Port) WaitNew(ctx context.Context, keys []string, block time.Duration) (bool, error) {
 	return WaitNew(ctx, p.rc, keys, block)
 }
+
+// StartCost is this package's StartCost, through the port.
+func (p *Port) StartCost(ctx context.Context, k LimitKeys, cost int64) (time.Duration, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := StartCost(dctx, p.rc, k, cost)
+	return r0, overran(ctx, r1)
+}
