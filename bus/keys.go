@@ -66,16 +66,24 @@ func (k Keys) Delayed(partition string) string { return k.Topic(partition) + ":d
 // script checks it and writes the stream.
 func (k Keys) Once(partition, hash string) string { return k.Topic(partition) + ":once:" + hash }
 
-// LimitRate, LimitTokens, LimitLeases and LimitExpiry return the state of
-// a topic's fleet-wide limiter (docs/flow-control.md), on the topic's hash
-// tag (not a partition's: one limiter serves every partition):
-// prefix:{topic}:lim:rate and :lim:tokens (strings: each limit's GCRA
-// arrival time, unix ms), :lim:leases (hash: consumer -> concurrency leases
-// held) and :lim:expiry (sorted set: consumer -> when its leases lapse, unix
-// ms). The limits themselves are fields of the topic's Meta hash.
-func (k Keys) LimitRate(topic string) string   { return k.Topic(topic) + ":lim:rate" }
+// The state of a topic's fleet-wide limiter (docs/flow-control.md) lives on
+// the topic's hash tag (not a partition's: one limiter serves every
+// partition); the limits themselves are fields of the topic's Meta hash.
+
+// LimitRate returns prefix:{topic}:lim:rate, the rate's GCRA arrival time
+// (a string, unix ms).
+func (k Keys) LimitRate(topic string) string { return k.Topic(topic) + ":lim:rate" }
+
+// LimitTokens returns prefix:{topic}:lim:tokens, the token budget's GCRA
+// arrival time (a string, unix ms).
 func (k Keys) LimitTokens(topic string) string { return k.Topic(topic) + ":lim:tokens" }
+
+// LimitLeases returns prefix:{topic}:lim:leases, a hash: consumer ->
+// concurrency leases it holds.
 func (k Keys) LimitLeases(topic string) string { return k.Topic(topic) + ":lim:leases" }
+
+// LimitExpiry returns prefix:{topic}:lim:expiry, a sorted set: consumer ->
+// when its leases lapse (unix ms).
 func (k Keys) LimitExpiry(topic string) string { return k.Topic(topic) + ":lim:expiry" }
 
 // Retry returns the sorted set of a partition's delayed retries:

@@ -115,16 +115,11 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 		limit = max(1, min(limit, (r.cfg.Concurrency+nparts-1)/nparts))
 	}
 	n := p.slots.more(1, limit)
-	g, wait := r.lim.try(ctx, n)
+	g := r.permits(ctx, p, n)
 	if g.n == 0 {
-		p.slots.give(n) // waits for permits holding no slot (see limiter.try)
-		r.lim.sleep(ctx, wait)
 		return nil, 0, grant{}, ctx.Err()
 	}
-	if g.n < n {
-		p.slots.give(n - g.n)
-		n = g.n
-	}
+	n = g.n
 	var entries []redisx.Entry
 	var err error
 	if g.now() {
@@ -306,51 +301,34 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 		return nil, 0, grant{}, ctx.Err()
 	}
 	n := p.slots.more(1, min(r.cfg.Concurrency, maxReadBatch))
-	g, wait := r.lim.try(ctx, n)
+	g := r.permits(ctx, p, n)
 	if g.n == 0 {
-		p.slots.give(n) // waits for permits holding no slot (see limiter.try)
-		r.lim.sleep(ctx, wait)
 		return nil, 0, grant{}, ctx.Err()
 	}
-	if g.n < n {
-		p.slots.give(n - g.n)
-		n = g.n
-	}
+	n = g.n
 	per := max(1, n/len(read))
+	var res [][]redisx.Entry
+	var err error
 	if g.now() {
 		// As readOne: permits are used at once (BLOCK 1 ms), given back
 		// when nothing came, and the wait for entries holds none.
-		res, err := r.port.ReadGroupAll(rd.For(ctx, time.Millisecond), keys, r.cfg.Group, r.cfg.Name, int64(per), time.Millisecond)
-		got := 0
-		for _, es := range res {
-			got += len(es)
-		}
-		if err == nil && got == 0 {
+		res, err = r.port.ReadGroupAll(rd.For(ctx, time.Millisecond), keys, r.cfg.Group, r.cfg.Name, int64(per), time.Millisecond)
+		if err == nil && entriesIn(res) == 0 {
 			p.slots.give(n)
 			r.lim.filled(g)
 			_, err = r.port.WaitNew(rd.For(ctx, timedWait), keys, timedWait)
 			return nil, 0, grant{}, err
 		}
-		if got < n {
-			p.slots.give(n - got)
+	} else {
+		// Its slots are on loan while it blocks (see slotLoan): what comes
+		// back beyond the slots left waits for one (deliver).
+		lent := p.slots.loan.offer(n)
+		res, err = r.port.ReadGroupAll(rd.For(ctx, r.cfg.Block), keys, r.cfg.Group, r.cfg.Name, int64(per), r.cfg.Block)
+		if lent {
+			n -= p.slots.loan.withdraw(n)
 		}
-		if got > 0 {
-			r.stats.reads.Add(1)
-		}
-		g.got = got
-		return res, n, g, err
 	}
-	// Its slots are on loan while it blocks (see slotLoan): what comes back
-	// beyond the slots left waits for one (deliver).
-	lent := p.slots.loan.offer(n)
-	res, err := r.port.ReadGroupAll(rd.For(ctx, r.cfg.Block), keys, r.cfg.Group, r.cfg.Name, int64(per), r.cfg.Block)
-	if lent {
-		n -= p.slots.loan.withdraw(n)
-	}
-	got := 0
-	for _, es := range res {
-		got += len(es)
-	}
+	got := entriesIn(res)
 	if got < n {
 		p.slots.give(n - got)
 	}
@@ -359,4 +337,30 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	}
 	g.got = got
 	return res, n, g, err
+}
+
+// entriesIn counts the entries of a multi-stream read.
+func entriesIn(res [][]redisx.Entry) int {
+	n := 0
+	for _, es := range res {
+		n += len(es)
+	}
+	return n
+}
+
+// permits asks the topic's limits for up to n permits for a read holding n
+// slots, and keeps as many slots as it got; none: it gives the slots back
+// and waits for permits holding none (see limiter.try), then returns
+// grant{} for the caller to read again.
+func (r *reader) permits(ctx context.Context, p *pipe, n int) grant {
+	g, wait := r.lim.try(ctx, n)
+	if g.n == 0 {
+		p.slots.give(n)
+		r.lim.sleep(ctx, wait)
+		return grant{}
+	}
+	if g.n < n {
+		p.slots.give(n - g.n)
+	}
+	return g
 }

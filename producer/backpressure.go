@@ -2,7 +2,6 @@ package producer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -11,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/internal/redisx"
 )
 
 // Backpressure (Config.Backpressure, docs/flow-control.md): a write to a
@@ -160,7 +160,7 @@ func (bp *pressure) fresh(b *backlog, n, now int64) bool {
 // at once while the backlog is below the limit (one atomic add), else as
 // the policy says. now is the call's start (unix nanos); expired is a
 // request's own deadline timer (nil when ctx has the deadline, or for a
-// publish). verb names the call in errors.
+// publish).
 func (bp *pressure) room(ctx context.Context, pt *topic, n int64, now int64, expired <-chan time.Time) error {
 	if bp.limit == 0 {
 		return nil
@@ -176,21 +176,33 @@ func (bp *pressure) room(ctx context.Context, pt *topic, n int64, now int64, exp
 		bp.startMonitor(pt)
 	}
 	if bp.fresh(b, n, now) {
-		est := b.estimate() + n
-		switch {
-		case est <= bp.limit:
-			b.reserved.Add(n)
-			return nil
-		case bp.policy == DropOldest:
-			b.reserved.Add(n)
-			bp.dropped(pt, min(n, est-bp.limit))
-			return nil
-		case bp.policy == Reject:
-			bp.stats.backlogFull.Add(1)
-			return fmt.Errorf("producer: write to %s: %w", pt.root().name, &bus.BacklogError{Topic: pt.name, Backlog: est - n, Limit: bp.limit})
+		if done, err := bp.decide(pt, n); done {
+			return err
 		}
 	}
 	return bp.wait(ctx, pt, n, expired)
+}
+
+// decide takes room for n entries in pt's stream on its fresh estimate, or
+// says what the policy does without it: done with err nil (room taken,
+// or DropOldest writing on), done with the refusal (Reject), or not done
+// (Block: wait).
+func (bp *pressure) decide(pt *topic, n int64) (done bool, err error) {
+	b := &pt.bl
+	est := b.estimate() + n
+	switch {
+	case est <= bp.limit:
+		b.reserved.Add(n)
+		return true, nil
+	case bp.policy == DropOldest:
+		b.reserved.Add(n)
+		bp.dropped(pt, min(n, est-bp.limit))
+		return true, nil
+	case bp.policy == Reject:
+		bp.stats.backlogFull.Add(1)
+		return true, fmt.Errorf("producer: write to %s: %w", pt.root().name, &bus.BacklogError{Topic: pt.name, Backlog: est - n, Limit: bp.limit})
+	}
+	return false, nil
 }
 
 // wait waits for room for n entries in pt's stream (Block, or any policy
@@ -217,18 +229,8 @@ func (bp *pressure) wait(ctx context.Context, pt *topic, n int64, expired <-chan
 			return nil
 		}
 		if bp.fresh(b, n, time.Now().UnixNano()) {
-			est := b.estimate() + n
-			switch {
-			case est <= bp.limit:
-				b.reserved.Add(n)
-				return nil
-			case bp.policy == DropOldest:
-				b.reserved.Add(n)
-				bp.dropped(pt, min(n, est-bp.limit))
-				return nil
-			case bp.policy == Reject:
-				bp.stats.backlogFull.Add(1)
-				return fmt.Errorf("producer: write to %s: %w", pt.root().name, &bus.BacklogError{Topic: pt.name, Backlog: est - n, Limit: bp.limit})
+			if done, err := bp.decide(pt, n); done {
+				return err
 			}
 			if !counted {
 				counted = true
@@ -289,7 +291,6 @@ func (bp *pressure) monitor(ctx context.Context, pt *topic) {
 	b := &pt.bl
 	var prev int64 = -1
 	var prevAt time.Time
-	warned := false
 	for {
 		s0 := b.reserved.Load()
 		mctx, cancel := context.WithTimeout(ctx, measureTimeout)
@@ -301,16 +302,13 @@ func (bp *pressure) monitor(ctx context.Context, pt *topic) {
 			return
 		}
 		now := time.Now()
-		interval := slowPoll
+		var interval time.Duration
 		switch {
-		case errors.Is(err, bus.ErrPermission):
+		case redisx.IsPermission(err):
 			// A user without XLEN or XINFO GROUPS on the stream (a
 			// producer role from before backpressure): writes go on
 			// without it, as they did.
-			if !warned {
-				warned = true
-				bp.log.Warn().Err(err).Str("stream", pt.key).Msg("cannot measure the topic's backlog: no backpressure for it (grant the producer role of this release: bus-worker acl)")
-			}
+			bp.log.Warn().Err(err).Str("stream", pt.key).Msg("cannot measure the topic's backlog: no backpressure for it (grant the producer role of this release: bus-worker acl)")
 			b.off.Store(true)
 			b.running.Store(false)
 			b.broadcast()

@@ -110,7 +110,7 @@ func limitUpdate(given map[string]bool, rate string, burst int64, tokens string,
 		}
 		n, d, err := inspect.ParseRate(s)
 		if err != nil {
-			return 0, 0, fmt.Errorf("--%s: %v", flag, err)
+			return 0, 0, fmt.Errorf("--%s: %w", flag, err)
 		}
 		return n, d, nil
 	}

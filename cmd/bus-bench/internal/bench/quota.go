@@ -69,8 +69,7 @@ type provider struct {
 	overRate        atomic.Int64
 	overConc        atomic.Int64
 	overTok         atomic.Int64
-	tokens          atomic.Int64 // tokens of answered calls
-	counting        atomic.Bool  // the measured window
+	counting        atomic.Bool // the measured window
 	srv             *http.Server
 	addr            string
 	answeredInCount atomic.Int64
@@ -154,7 +153,7 @@ func (*quotaScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 		pv.tokCap = pv.tokRate // one second's worth
 		pv.toks = pv.tokCap
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
@@ -276,14 +275,14 @@ func startWorkerProcs(ctx context.Context, o *Options, target string) (stop func
 		}
 	}
 	for i := range o.WorkerProcs {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", "127.0.0.1:0")
 		if err != nil {
 			stop()
 			return nil, err
 		}
 		addr := ln.Addr().String()
 		_ = ln.Close()
-		c := exec.Command(bin, "serve", "--redis", o.Redis, "--prefix", o.Prefix, "--topic", o.Topic, "--group", o.Group,
+		c := exec.CommandContext(ctx, bin, "serve", "--redis", o.Redis, "--prefix", o.Prefix, "--topic", o.Topic, "--group", o.Group,
 			"--concurrency", strconv.Itoa(o.WorkerSlots), "--handler", target, "--http-addr", addr,
 			"--name", fmt.Sprintf("quota-%d-%d", os.Getpid(), i), "--max-deliveries", "1000")
 		if o.PauseOn429 {
@@ -309,7 +308,11 @@ func waitReady(ctx context.Context, addr string) error {
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
 	for {
-		if resp, err := client.Get("http://" + addr + "/readyz"); err == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := client.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
