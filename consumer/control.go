@@ -276,7 +276,7 @@ func (ct *controller) apply(notices []redisx.Control, wake chan<- int64, now int
 			ct.cancels.add(n.Token, until, now)
 			ct.cancelRunning(&n.Token)
 		case redisx.OpPause:
-			ct.lim.notePause(n.Until)
+			ct.lim.notePause() // a hint: its time is not trusted (see notePause)
 		case redisx.OpWake:
 			select {
 			case wake <- n.Until:

@@ -33,7 +33,8 @@ type limiter struct {
 	keys     redisx.LimitKeys
 	ctl      string // the topic's control stream: pauses are told there
 	leaseTTL time.Duration
-	paused   atomic.Int64 // unix ms the topic is paused until, as last heard (0: not paused)
+	paused   atomic.Int64 // unix ms the topic is paused until, as Redis last said (0: not paused)
+	hint     atomic.Bool  // a pause notice was heard: read the pause from Redis before routing entries
 
 	active    atomic.Bool  // the last answer said limited (or paused)
 	checked   atomic.Int64 // unix nanos of the last answer
@@ -143,21 +144,24 @@ func (l *limiter) grant(ctx context.Context, want int) grant {
 	return grant{}
 }
 
-// notePause records that the topic is paused until until (unix ms; 0:
-// resumed), heard on the control stream or from the permit function: the
-// next read asks for permits (and waits), and entries a read already
-// waiting brings back are held until the pause ends (holdWhilePaused).
-func (l *limiter) notePause(until int64) {
-	l.paused.Store(until)
-	if until > time.Now().UnixMilli() {
-		l.active.Store(true)
-	}
+// notePause is told of a pause notice on the control stream (a pause
+// begun or ended). The notice is a hint, never trusted for its time (a
+// producer may write the control stream: a forged notice must not stop
+// the fleet): the next read asks the permit function, which keeps the
+// pause, and entries a read already waiting brings back meanwhile are
+// checked against the topic's meta hash first (holdWhilePaused).
+func (l *limiter) notePause() {
+	l.hint.Store(true)
+	l.active.Store(true)
 }
 
 // holdWhilePaused waits, before entries just read are routed, until the
-// topic's pause (as last heard) is over, or ctx ends; false then. A read
-// that was waiting for entries when the pause began brings them back
-// during it: they wait here, pending, started by nobody.
+// topic's pause is over, or ctx ends; false then. A read that was waiting
+// for entries when the pause began brings them back during it: they wait
+// here, pending, started by nobody. The pause's end is Redis's (the
+// permit function's answers, this worker's own PauseTopic, or the meta
+// hash read when a notice was heard), read again every second while it
+// waits, so a resume is seen.
 func (l *limiter) holdWhilePaused(ctx context.Context) bool {
 	var start time.Time
 	defer func() {
@@ -166,6 +170,14 @@ func (l *limiter) holdWhilePaused(ctx context.Context) bool {
 		}
 	}()
 	for {
+		if l.hint.Swap(false) || !start.IsZero() {
+			if lim, err := l.port.GetLimits(ctx, l.keys.Meta); err == nil {
+				l.paused.Store(lim.PausedUntil.UnixMilli())
+				if lim.PausedUntil.IsZero() {
+					l.paused.Store(0)
+				}
+			}
+		}
 		until := l.paused.Load()
 		left := time.Until(time.UnixMilli(until))
 		if until == 0 || left <= 0 {
@@ -175,7 +187,7 @@ func (l *limiter) holdWhilePaused(ctx context.Context) bool {
 			start = time.Now()
 			l.stats.permitWaits.Add(1)
 		}
-		sleepCtx(ctx, min(left, 100*time.Millisecond)) // a resume is heard within 100 ms
+		sleepCtx(ctx, min(left, recheck))
 		if ctx.Err() != nil {
 			return false
 		}
@@ -397,7 +409,8 @@ func (l *limiter) pause(ctx context.Context, d time.Duration) {
 		return
 	}
 	l.stats.pauses.Add(1)
-	l.notePause(until.UnixMilli())
+	l.paused.Store(until.UnixMilli())
+	l.active.Store(true)
 	l.log.Info().Str("topic", l.cfg.Topic).Time("until", until).Dur("for", d).Msg("paused the topic for every worker (a handler asked: PauseTopic)")
 }
 

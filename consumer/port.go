@@ -55,6 +55,7 @@ type port interface {
 	Pause(ctx context.Context, meta string, ctl string, d time.Duration) (time.Time, error)
 	WaitNew(ctx context.Context, keys []string, block time.Duration) (bool, error)
 	StartCost(ctx context.Context, k redisx.LimitKeys, cost int64) (time.Duration, error)
+	GetLimits(ctx context.Context, meta string) (redisx.Limits, error)
 }
 
 var _ port = (*redisx.Port)(nil)

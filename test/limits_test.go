@@ -314,3 +314,30 @@ func TestBusWorkerLimitLeasesOfAKilledWorkerReturn(t *testing.T) {
 		t.Fatalf("%d handlers at once; the limit is 4", s.most.Load())
 	}
 }
+
+// TestForgedPauseNoticeIsIgnored: a pause notice on the control stream
+// (which producers may write) is only a hint; the pause is the one Redis
+// keeps, so a forged notice pausing the topic for an hour stops nothing.
+func TestForgedPauseNoticeIsIgnored(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	const topic = "lim-forged"
+	var s starts
+	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		s.begin()
+		s.end()
+		return nil, nil
+	})
+	fleet(t, c, topic, 1, 8, h, func(cfg *consumer.Config) { cfg.Block = 100 * time.Millisecond })
+	p := newProducer(t, c, producer.Config{})
+	publishN(t, p, topic, 1)
+	waitFor(t, 10*time.Second, "the first event", func() bool { return s.count() == 1 })
+	until := strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
+	rc := redistest.RoleClient(t, c, "producer").Redis() // a producer writes the control stream
+	if err := rc.Do(ctx, rc.B().Xadd().Key(bus.Keys{}.Control(topic)).Id("*").FieldValue().FieldValue("op", "pause").FieldValue("until", until).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, p, topic, 10)
+	waitFor(t, 10*time.Second, "the events after the forged notice", func() bool { return s.count() == 11 })
+}
