@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,7 @@ type limiter struct {
 	leaseTTL time.Duration
 	paused   atomic.Int64 // unix ms the topic is paused until, as Redis last said (0: not paused)
 	hint     atomic.Bool  // a pause notice was heard: read the pause from Redis before routing entries
+	noLib    atomic.Bool  // warned that the bus's functions are not loaded
 
 	active    atomic.Bool  // the last answer said limited (or paused)
 	checked   atomic.Int64 // unix nanos of the last answer
@@ -216,6 +218,19 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 		l.release += rel // the flusher gives them back
 		l.mu.Unlock()
 		l.wake()
+	}
+	if err != nil && errors.Is(err, redisx.ErrFunctionsNotLoaded) {
+		// The operator has not loaded the bus's functions: a topic with
+		// no limit and no pause reads on as before (checked again in a
+		// second); one with limits cannot keep them and stops Run.
+		if lim, gerr := l.port.GetLimits(ctx, l.keys.Meta); gerr == nil && !lim.Set() && time.Until(lim.PausedUntil) <= 0 {
+			if !l.noLib.Swap(true) {
+				l.log.Warn().Err(err).Str("topic", l.cfg.Topic).Msg("the bus's functions are not loaded: reading without permits while the topic has no limits")
+			}
+			l.checked.Store(now.UnixNano())
+			l.active.Store(false)
+			return grant{n: want}, 0
+		}
 	}
 	if err != nil {
 		if ctx.Err() != nil {
