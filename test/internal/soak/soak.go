@@ -394,20 +394,28 @@ func (r *run) probe(ctx context.Context) (float64, error) {
 	}()
 	var n, fails atomic.Int64
 	var counting atomic.Bool
+	var first atomic.Pointer[error]
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.ProbeFor)
 	defer cancel()
 	var wg sync.WaitGroup
 	for range 4 * r.cfg.Concurrency {
 		wg.Go(func() {
 			for pctx.Err() == nil {
-				rctx, c := context.WithTimeout(pctx, r.cfg.Timeout)
+				// Each request has its own deadline, not the probe's end:
+				// one cut by the probe's end would fail in the handler
+				// (its deadline passed) and its remote error could reach
+				// the caller before the caller's own timer fired (a
+				// loaded machine fires timers late): a failure that is
+				// none.
+				rctx, c := context.WithTimeout(ctx, r.cfg.Timeout)
 				_, err := p.Request(rctx, ReqTopic, []byte("probe"))
 				c()
 				switch {
 				case err == nil && counting.Load():
 					n.Add(1)
-				case err != nil && pctx.Err() == nil:
+				case err != nil && ctx.Err() == nil:
 					fails.Add(1)
+					first.CompareAndSwap(nil, &err)
 				}
 			}
 		})
@@ -417,9 +425,16 @@ func (r *run) probe(ctx context.Context) (float64, error) {
 	began := time.Now()
 	<-pctx.Done()
 	elapsed := time.Since(began)
+	counting.Store(false)
+	answered := n.Load()
 	wg.Wait()
+	n.Store(answered)
 	if fails.Load() > 0 || n.Load() == 0 {
-		return 0, fmt.Errorf("capacity probe: %d answered, %d failed", n.Load(), fails.Load())
+		why := ""
+		if e := first.Load(); e != nil {
+			why = "; the first: " + (*e).Error()
+		}
+		return 0, fmt.Errorf("capacity probe: %d answered, %d failed%s", n.Load(), fails.Load(), why)
 	}
 	return float64(n.Load()) / elapsed.Seconds(), nil
 }
