@@ -1,7 +1,9 @@
 package producer
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -116,6 +118,14 @@ func (p *Producer) cachedRequest(ctx context.Context, rq *request) ([]byte, erro
 		_ = p.write(ctx, rq) // ask again, as this caller: its outcome completes f
 		f.asking.Store(false)
 		out, again, err = c.wait(ctx, rq)
+	}
+	var re *bus.RemoteError
+	if err != nil && errors.As(err, &re) && (ctx.Err() != nil || !rq.deadline.IsZero() && !time.Now().Before(rq.deadline)) {
+		// As await: the deadline passed as a remote error arrived (the
+		// handler's own "context deadline exceeded", its ctx carrying the
+		// same deadline): the caller gave up, a timeout, whichever the
+		// caller's timer or the reply came first.
+		err = p.stats.ctxErr(cmp.Or(ctx.Err(), context.DeadlineExceeded), "waiting for the reply")
 	}
 	c.mu.Lock()
 	src, entry := f.source, f.entry
