@@ -37,6 +37,7 @@ type limiter struct {
 	paused   atomic.Int64 // unix ms the topic is paused until, as Redis last said (0: not paused)
 	hint     atomic.Bool  // a pause notice was heard: read the pause from Redis before routing entries
 	noLib    atomic.Bool  // warned that the bus's functions are not loaded
+	outage   atomic.Bool  // warned that permits could not be asked (until Redis answers again)
 
 	active    atomic.Bool  // the last answer said limited (or paused)
 	checked   atomic.Int64 // unix nanos of the last answer
@@ -240,10 +241,15 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 			return grant{}, 0
 		}
 		// Redis did not answer: the read will meet the same outage and
-		// back off; a limit cannot be kept, so none is assumed.
-		l.log.Warn().Err(err).Str("topic", l.cfg.Topic).Msg("asking for permits failed: reading without them")
+		// back off (the reader logs the outage); a limit cannot be kept
+		// meanwhile, so none is assumed. Said once per outage, for a
+		// topic known to have limits.
+		if l.active.Load() && !l.outage.Swap(true) {
+			l.log.Warn().Err(err).Str("topic", l.cfg.Topic).Msg("asking for permits failed: reading without them until Redis answers")
+		}
 		return grant{n: want}, 0
 	}
+	l.outage.Store(false)
 	l.checked.Store(now.UnixNano())
 	l.active.Store(p.Limited)
 	if !p.PausedUntil.IsZero() {
