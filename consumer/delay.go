@@ -193,6 +193,14 @@ func (dl *delayer) pass(ctx context.Context, p *pipe, st *passState) (time.Durat
 	keys := make([]redisx.DuePart, len(parts))
 	claim := make([]int64, len(parts))
 	free := int64(max(0, dl.cfg.Concurrency-int(dl.inFlight.Load())))
+	var g grant
+	if free > 0 {
+		// Due retries start handlers too: they take permits of the
+		// topic's limits (none granted: none claimed this pass; due
+		// delayed events are moved all the same).
+		g, _ = dl.lim.try(ctx, int(free))
+		free = int64(g.n)
+	}
 	for i, pt := range parts {
 		keys[i] = redisx.DuePart{Delayed: pt.delayedKey, Stream: pt.key, Retry: pt.retryKey}
 		claim[i] = free / int64(len(parts))
@@ -201,6 +209,12 @@ func (dl *delayer) pass(ctx context.Context, p *pipe, st *passState) (time.Durat
 		}
 	}
 	res := dl.port.Due(ctx, keys, dl.cfg.Group, dl.cfg.Name, maxPromote, claim, redisx.MaxLen(dl.cfg.Retention.StreamMaxLen))
+	defer func() { // after routing: the claimed retries are in flight
+		for i := range res {
+			g.got += len(res[i].Claimed)
+		}
+		dl.lim.filled(g)
+	}()
 	wait := delayPoll
 	failed, denied := false, false
 	for i, r := range res {

@@ -341,3 +341,35 @@ func TestForgedPauseNoticeIsIgnored(t *testing.T) {
 	publishN(t, p, topic, 10)
 	waitFor(t, 10*time.Second, "the events after the forged notice", func() bool { return s.count() == 11 })
 }
+
+// TestLimitHoldsForDelayedRetries: retries a handler asked for
+// (RetryAfter) start handlers too, so they take permits: a worker of 16
+// slots never runs more than the topic's limit of 2, first deliveries and
+// retries together.
+func TestLimitHoldsForDelayedRetries(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	const topic, limit, total = "lim-retry", 2, 40
+	if err := inspect.New(redistest.RoleClient(t, c, "operator")).SetLimits(ctx, topic, inspect.Limits{Concurrency: limit}); err != nil {
+		t.Fatal(err)
+	}
+	var s starts
+	var done atomic.Int64
+	h := consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		s.begin()
+		defer s.end()
+		time.Sleep(20 * time.Millisecond) // the work
+		if m.Attempt == 1 {
+			return nil, consumer.RetryAfter(errors.New("busy"), 10*time.Millisecond)
+		}
+		done.Add(1)
+		return nil, nil
+	})
+	fleet(t, c, topic, 1, 16, h, func(cfg *consumer.Config) { cfg.Retry.Backoff = 10 * time.Millisecond })
+	publishN(t, newProducer(t, c, producer.Config{}), topic, total)
+	waitFor(t, 60*time.Second, "every event retried and handled", func() bool { return done.Load() >= total })
+	if most := s.most.Load(); most > limit {
+		t.Fatalf("%d handlers at once (first deliveries and retries); the limit is %d", most, limit)
+	}
+}
