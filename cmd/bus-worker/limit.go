@@ -94,7 +94,8 @@ func limitCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(limitsJSON(*topic, l))
 	}
-	fmt.Fprintf(stdout, "topic %s: %s\n", *topic, describeLimits(l))
+	v := limitsJSON(*topic, l)
+	fmt.Fprintf(stdout, "topic %s: %s\n", *topic, describeLimits(&v))
 	return nil
 }
 
@@ -158,35 +159,6 @@ func limitUpdate(given map[string]bool, rate string, burst int64, tokens string,
 	}, nil
 }
 
-// describeLimits is one line saying what limits hold.
-func describeLimits(l inspect.Limits) string {
-	var parts []string
-	if l.Rate > 0 {
-		s := "rate " + inspect.FormatRate(l.Rate, l.RateInterval)
-		if l.Burst > 0 {
-			s += fmt.Sprintf(" (burst %d)", l.Burst)
-		}
-		parts = append(parts, s)
-	}
-	if l.Tokens > 0 {
-		s := "tokens " + inspect.FormatRate(l.Tokens, l.TokensInterval)
-		if l.TokensBurst > 0 {
-			s += fmt.Sprintf(" (burst %d)", l.TokensBurst)
-		}
-		parts = append(parts, s)
-	}
-	if l.Concurrency > 0 {
-		parts = append(parts, fmt.Sprintf("concurrency %d", l.Concurrency))
-	}
-	if len(parts) == 0 {
-		parts = append(parts, "no limits")
-	}
-	if !l.PausedUntil.IsZero() && time.Until(l.PausedUntil) > 0 {
-		parts = append(parts, "paused until "+l.PausedUntil.UTC().Format(time.RFC3339Nano))
-	}
-	return strings.Join(parts, ", ")
-}
-
 // limitsView is the JSON form of a topic's limits.
 type limitsView struct {
 	Topic       string `json:"topic"`
@@ -198,8 +170,8 @@ type limitsView struct {
 	PausedUntil string `json:"paused_until,omitempty"`
 }
 
-// describeLimitsView is describeLimits of the JSON form.
-func describeLimitsView(v *limitsView) string {
+// describeLimits is one line saying what limits (and pause) hold.
+func describeLimits(v *limitsView) string {
 	var parts []string
 	if v.Rate != "" {
 		parts = append(parts, "rate "+v.Rate)
@@ -216,10 +188,13 @@ func describeLimitsView(v *limitsView) string {
 	if v.Concurrency > 0 {
 		parts = append(parts, fmt.Sprintf("concurrency %d", v.Concurrency))
 	}
+	if len(parts) == 0 {
+		parts = append(parts, "no limits")
+	}
 	if v.PausedUntil != "" {
 		parts = append(parts, "paused until "+v.PausedUntil)
 	}
-	return "limits: " + strings.Join(parts, ", ")
+	return strings.Join(parts, ", ")
 }
 
 func limitsJSON(topic string, l inspect.Limits) limitsView {

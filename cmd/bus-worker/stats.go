@@ -185,7 +185,7 @@ func printStats(w io.Writer, s *busStats) {
 	}
 	for _, t := range s.Topics {
 		if t.Limits != nil {
-			fmt.Fprintf(w, "\n%s: %s\n", t.Topic, describeLimitsView(t.Limits))
+			fmt.Fprintf(w, "\n%s: limits: %s\n", t.Topic, describeLimits(t.Limits))
 		}
 	}
 	for _, t := range s.Topics {
