@@ -56,18 +56,17 @@ func (h *heartbeat) run(ctx context.Context, running []workerSlot) {
 
 // touch resets the idle time of those ids of pt this consumer still owns.
 func (h *heartbeat) touch(ctx context.Context, pt *part, ids []string) error {
-	mine, err := h.port.PendingOf(ctx, pt.key, h.cfg.Group, "-", "+", int64(h.cfg.Concurrency)+int64(len(ids)), h.cfg.Name)
+	// Asked id by id: a range read of this consumer's pending entries
+	// could miss some (more pending than it asked for: entries read
+	// beyond the free slots, claimed ones not yet routed).
+	mine, err := h.port.Deliveries(ctx, pt.key, h.cfg.Group, h.cfg.Name, ids)
 	if err != nil {
 		return err
 	}
-	owned := make(map[string]bool, len(mine))
-	for _, p := range mine {
-		owned[p.ID] = true
-	}
 	keep := ids[:0]
 	var gone []string
-	for _, id := range ids {
-		if owned[id] {
+	for i, id := range ids {
+		if mine[i] > 0 {
 			keep = append(keep, id)
 		} else {
 			gone = append(gone, id)

@@ -265,8 +265,10 @@ func (l *limiter) try(ctx context.Context, want int) (grant, time.Duration) {
 		}
 		l.poll.Store(int64(leasePoll))
 		if p.Leased {
-			l.held.Add(p.Granted)
+			// reading first: a settle running between the two adds sees
+			// fewer leases in excess, never the new ones.
 			l.reading.Add(p.Granted)
+			l.held.Add(p.Granted)
 		}
 		l.perPermit.Store(p.Charged)
 		return grant{n: int(p.Granted), leased: p.Leased, timed: p.Timed, charged: p.Charged}, 0

@@ -26,7 +26,7 @@ type port interface {
 	ReadGroupNow(ctx context.Context, key string, group string, consumer string, count int64) ([]redisx.Entry, error)
 	ReadControl(ctx context.Context, key string, after string, count int64, block time.Duration) ([]redisx.Control, string, int, error)
 	AutoClaim(ctx context.Context, key string, group string, consumer string, minIdle time.Duration, start string, count int64) (string, []redisx.Entry, []string, error)
-	PendingOf(ctx context.Context, key string, group string, start string, end string, count int64, consumer string) ([]redisx.Pending, error)
+	Deliveries(ctx context.Context, key string, group string, consumer string, ids []string) ([]int64, error)
 	RetryDue(ctx context.Context, key string, ids []string) ([]int64, error)
 	Touch(ctx context.Context, key string, group string, consumer string, minIdle time.Duration, ids ...string) error
 	Due(ctx context.Context, parts []redisx.DuePart, group string, consumer string, limit int64, claim []int64, cp redisx.Cap) []redisx.DueResult

@@ -191,20 +191,16 @@ func (r *router) claimed(ctx context.Context, pt *part, entries []redisx.Entry, 
 	if len(entries) == 0 {
 		return nil
 	}
-	deliveries := map[string]int64{}
-	pend, err := r.port.PendingOf(ctx, pt.key, r.cfg.Group, entries[0].ID, entries[len(entries)-1].ID, int64(len(entries)), r.cfg.Name)
+	deliveries, err := r.port.Deliveries(ctx, pt.key, r.cfg.Group, r.cfg.Name, idsOf(entries))
 	if err != nil {
 		return fmt.Errorf("delivery counts: %w", err)
-	}
-	for _, pe := range pend {
-		deliveries[pe.ID] = pe.Deliveries
 	}
 	for i := range entries {
 		if !p.slots.claim(ctx) {
 			return nil
 		}
 		e := &entries[i]
-		attempt := int(deliveries[e.ID])
+		attempt := int(deliveries[i])
 		if attempt == 0 {
 			attempt = 1 // not listed: acknowledged meanwhile; handling is harmless
 		}

@@ -366,9 +366,19 @@ func TestLimitHoldsForDelayedRetries(t *testing.T) {
 		done.Add(1)
 		return nil, nil
 	})
-	fleet(t, c, topic, 1, 16, h, func(cfg *consumer.Config) { cfg.Retry.Backoff = 10 * time.Millisecond })
+	ws := fleet(t, c, topic, 1, 16, h, func(cfg *consumer.Config) { cfg.Retry.Backoff = 10 * time.Millisecond })
 	publishN(t, newProducer(t, c, producer.Config{}), topic, total)
-	waitFor(t, 60*time.Second, "every event retried and handled", func() bool { return done.Load() >= total })
+	for deadline := time.Now().Add(60 * time.Second); done.Load() < total; {
+		if time.Now().After(deadline) {
+			rd := c.Redis()
+			retry, _ := rd.Do(ctx, rd.B().Zrange().Key(bus.Keys{}.Retry(topic)).Min("0").Max("-1").Withscores().Build()).ToAny()
+			pending, _ := rd.Do(ctx, rd.B().Xpending().Key(bus.Keys{}.Topic(topic)).Group("g").Build()).ToAny()
+			meta, _ := rd.Do(ctx, rd.B().Hgetall().Key(bus.Keys{}.Meta(topic)).Build()).ToAny()
+			t.Fatalf("%d of %d events handled within 60s; stats %+v; leases held %d; retry set %v; pending %v; meta %v",
+				done.Load(), total, ws[0].Stats(), leasesHeld(t, c, topic), retry, pending, meta)
+		}
+		<-time.After(10 * time.Millisecond) // polling a counter
+	}
 	if most := s.most.Load(); most > limit {
 		t.Fatalf("%d handlers at once (first deliveries and retries); the limit is %d", most, limit)
 	}

@@ -330,6 +330,75 @@ func TestRetryAfterDelay(t *testing.T) {
 	}
 }
 
+// TestRetriesClaimedOutOfOrderKeepTheirAttempt: retries fall due in
+// another order than their entries' ids (E4 first, E0 last); claimed
+// together once slots free up, each is delivered with its own delivery
+// count (attempt 2), not as a first attempt (the counts were once read
+// with one XPENDING over the ids' range, empty when they came in
+// reverse order: a retried entry looked new, forever).
+func TestRetriesClaimedOutOfOrderKeepTheirAttempt(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	const topic = "reorder"
+	release := make(chan struct{})
+	var mu sync.Mutex
+	attempts := map[string][]int{}
+	runConsumer(t, c, consumer.Config{Topic: topic, Concurrency: 8}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		name := string(m.Payload)
+		mu.Lock()
+		attempts[name] = append(attempts[name], m.Attempt)
+		mu.Unlock()
+		if name[0] == 'b' {
+			select { // holds its slot until the retries are all due
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil, nil
+		}
+		if m.Attempt == 1 {
+			i := int(name[1] - '0')
+			return nil, consumer.RetryAfter(errors.New("later"), 2*time.Second-time.Duration(i)*200*time.Millisecond)
+		}
+		return nil, nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	for _, name := range []string{"e0", "e1", "e2", "e3", "e4", "b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"} {
+		if _, err := p.Publish(ctx, topic, []byte(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rd := c.Redis()
+	waitFor(t, 20*time.Second, "the 5 retries due while every slot is held", func() bool {
+		tm, err := rd.Do(ctx, rd.B().Time().Build()).AsIntSlice()
+		if err != nil || len(tm) != 2 {
+			return false
+		}
+		now := strconv.FormatInt(tm[0]*1000+tm[1]/1000, 10)
+		n, err := rd.Do(ctx, rd.B().Zcount().Key(bus.Keys{}.Retry(topic)).Min("-inf").Max(now).Build()).AsInt64()
+		return err == nil && n == 5
+	})
+	close(release)
+	waitFor(t, 20*time.Second, "every retry handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range 5 {
+			if len(attempts[fmt.Sprint("e", i)]) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range 5 {
+		name := fmt.Sprint("e", i)
+		if got := attempts[name]; len(got) != 2 || got[0] != 1 || got[1] != 2 {
+			t.Errorf("%s delivered as attempts %v, want [1 2]", name, got)
+		}
+	}
+}
+
 // TestRetryAfterSurvivesWorkerDeath: two workers; the one that scheduled a
 // retry dies (without leaving, its connection gone); the other delivers the
 // entry at its due time, once.

@@ -79,6 +79,42 @@ func PendingOf(ctx context.Context, c rueidis.Client, key, group, start, end str
 	return out, nil
 }
 
+// Deliveries returns the delivery count of each of ids pending for
+// consumer in group (0 for an id not pending for it: acknowledged
+// meanwhile, or claimed by another): one XPENDING key group id id 1
+// consumer per id, sent together. A range over the ids
+// would not do: ids claimed by due time are not in id order, and other
+// entries pending for the consumer inside the range take the COUNT.
+func Deliveries(ctx context.Context, c rueidis.Client, key, group, consumer string, ids []string) ([]int64, error) {
+	cmds := make(rueidis.Commands, len(ids))
+	for i, id := range ids {
+		cmds[i] = c.B().Xpending().Key(key).Group(group).Start(id).End(id).Count(1).Consumer(consumer).Build()
+	}
+	out := make([]int64, len(ids))
+	for i, r := range c.DoMulti(ctx, cmds...) {
+		rows, err := r.ToArray()
+		if err != nil {
+			return nil, groupErr(err, key, group)
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		f, err := rows[0].ToArray()
+		if err != nil || len(f) < 4 {
+			return nil, fmt.Errorf("redis: XPENDING row of %q is malformed", ids[i])
+		}
+		if got, _ := f[0].ToString(); got != ids[i] {
+			return nil, fmt.Errorf("redis: XPENDING %s answered for %q", ids[i], got)
+		}
+		n, err := f[3].AsInt64()
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("redis: XPENDING delivery count of %q is malformed", ids[i])
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
 // Touch resets the idle time of ids that consumer holds (XCLAIM key group
 // consumer minIdle id... JUSTID), so that other consumers do not reclaim
 // entries whose handler is still running. Entries idle less than minIdle

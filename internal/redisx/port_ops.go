@@ -89,6 +89,17 @@ func (p *Port) PendingOf(ctx context.Context, key string, group string, start st
 	return r0, overran(ctx, r1)
 }
 
+// Deliveries is this package's Deliveries, through the port.
+func (p *Port) Deliveries(ctx context.Context, key string, group string, consumer string, ids []string) ([]int64, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := Deliveries(dctx, p.rc, key, group, consumer, ids)
+	if retryable(ctx, r1) {
+		r0, r1 = Deliveries(dctx, p.rc, key, group, consumer, ids)
+	}
+	return r0, overran(ctx, r1)
+}
+
 // Touch is this package's Touch, through the port.
 func (p *Port) Touch(ctx context.Context, key string, group string, consumer string, minIdle time.Duration, ids ...string) error {
 	dctx, done := detach(ctx)

@@ -129,6 +129,47 @@ func TestStreamPortOnMiniredis(t *testing.T) {
 	}
 }
 
+// TestDeliveries: the delivery count of each id asked, in the order
+// asked (ids out of id order too), 0 for an id not pending for the
+// consumer; ErrNoGroup for a missing group.
+func TestDeliveries(t *testing.T) {
+	m := miniredis.RunT(t)
+	c, err := dial(m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	var ids []string
+	for range 3 {
+		id, err := c.Do(ctx, c.B().Xadd().Key("s").Id("*").FieldValue().FieldValue("f", "v").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := c.Do(ctx, c.B().XgroupCreate().Key("s").Group("g").Id("0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, c.B().Xreadgroup().Group("g", "c1").Count(2).Streams().Key("s").Id(">").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	// ids[0] delivered again (claimed: 2 deliveries), ids[1] once, ids[2] never.
+	if err := c.Do(ctx, c.B().Xclaim().Key("s").Group("g").Consumer("c1").MinIdleTime("0").Id(ids[0]).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Deliveries(ctx, c, "s", "g", "c1", []string{ids[2], ids[1], ids[0]})
+	if err != nil || len(got) != 3 || got[0] != 0 || got[1] != 1 || got[2] != 2 {
+		t.Fatalf("Deliveries(reversed) = %v, %v; want [0 1 2]", got, err)
+	}
+	if got, err := Deliveries(ctx, c, "s", "g", "c2", ids[:1]); err != nil || got[0] != 0 {
+		t.Fatalf("Deliveries(another consumer) = %v, %v; want [0]", got, err)
+	}
+	if _, err := Deliveries(ctx, c, "s", "nog", "c1", ids); !errors.Is(err, ErrNoGroup) {
+		t.Fatalf("Deliveries(missing group) = %v, want ErrNoGroup", err)
+	}
+}
+
 func TestReadCancelReturnsPromptly(t *testing.T) {
 	m := miniredis.RunT(t)
 	c, err := dial(m.Addr())
