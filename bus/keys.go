@@ -86,6 +86,41 @@ func (k Keys) LimitLeases(topic string) string { return k.Topic(topic) + ":lim:l
 // when its leases lapse (unix ms).
 func (k Keys) LimitExpiry(topic string) string { return k.Topic(topic) + ":lim:expiry" }
 
+// Level returns the stream of priority level l of a partition (a topic
+// with priorities, docs/scheduling.md): the partition's own stream for
+// level 0, prefix:{partition}:p<l> for the others (same hash tag: one
+// slot, so a read covers a partition's levels and the cached path's
+// scripts write any of them).
+func (k Keys) Level(partition string, l int) string {
+	if l == 0 {
+		return k.Topic(partition)
+	}
+	return k.Topic(partition) + levelSuffix(l)
+}
+
+// LevelDelayed is Delayed for priority level l of a partition:
+// prefix:{partition}:p<l>:delayed (Delayed(partition) for level 0).
+func (k Keys) LevelDelayed(partition string, l int) string {
+	if l == 0 {
+		return k.Delayed(partition)
+	}
+	return k.Level(partition, l) + ":delayed"
+}
+
+// LevelRetry is Retry for priority level l of a partition:
+// prefix:{partition}:p<l>:retry (Retry(partition) for level 0).
+func (k Keys) LevelRetry(partition string, l int) string {
+	if l == 0 {
+		return k.Retry(partition)
+	}
+	return k.Level(partition, l) + ":retry"
+}
+
+func levelSuffix(l int) string { return ":p" + strconv.Itoa(l) }
+
+// MaxPriorities bounds a topic's priority levels (0..MaxPriorities-1).
+const MaxPriorities = redisx.MaxLevels
+
 // Retry returns the sorted set of a partition's delayed retries:
 // prefix:{partition}:retry (member a pending entry's id, score the unix
 // milliseconds when it is to be delivered again).
@@ -213,6 +248,14 @@ func ParsePartition(name string) (topic string, p int, ok bool) {
 	}
 	return t, n, true
 }
+
+// PriorityHeader carries a message's priority level (producer.Priority),
+// when above 0: a dead letter is replayed to its level.
+const PriorityHeader = "myc-priority"
+
+// TenantHeader carries the tenant a message was sent for
+// (producer.Tenant).
+const TenantHeader = "myc-tenant"
 
 // CostHeader is the message header carrying the caller's estimate of what
 // handling a message costs, in the units of its topic's token budget

@@ -83,6 +83,9 @@ type Stats struct {
 	PermitWaits       uint64  `json:"permit_waits" help:"Times a read waited for permits: a limit (rate, tokens, concurrency) held, or the topic was paused."`
 	PermitWaitSeconds float64 `json:"permit_wait_seconds" help:"Seconds spent waiting for permits (summed over the reader and the reclaimers)."`
 	Pauses            uint64  `json:"pauses" help:"Times a handler paused the topic for the fleet (PauseTopic, or RetryAfter with Retry.PauseOnRetryAfter)."`
+	// ReadsByLevel counts the entries read per priority level (level 0
+	// first), on a topic with priority levels (docs/scheduling.md).
+	ReadsByLevel []uint64 `json:"reads_by_level,omitempty" help:"Entries read, by priority level (a topic with priority levels; level 0 the most urgent)." label:"level"`
 }
 
 // Option configures optional collaborators of a Consumer.
@@ -136,7 +139,15 @@ func (c *Consumer) Config() Config { return c.e.cfg }
 // Stats returns a snapshot of the counters. Safe for concurrent use.
 func (c *Consumer) Stats() Stats {
 	s := &c.e.stats
+	var byLevel []uint64
+	if levels, _, _ := c.topo.sched(); levels > 1 {
+		byLevel = make([]uint64, levels)
+		for l := range byLevel {
+			byLevel[l] = s.levelReads[l].Load()
+		}
+	}
 	return Stats{
+		ReadsByLevel: byLevel,
 		Received: s.received.Load(), Handled: s.handled.Load(), Failed: s.failed.Load(),
 		Replied: s.replied.Load(), ReplyDropped: s.replyDropped.Load(), Acked: s.acked.Load(),
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
@@ -259,12 +270,12 @@ func (c *Consumer) readAndReclaim(ctx context.Context, p *pipe) {
 	perPartition := c.e.c.Mode() == "cluster"
 	var all sync.WaitGroup
 	if !perPartition {
-		all.Go(func() { c.read.readAll(ctx, p) })
+		all.Go(func() { c.read.readAll(ctx, p, -1) })
 	}
 	c.topo.run(ctx, func(pctx context.Context, pt *part) {
 		var rw sync.WaitGroup
 		rw.Go(func() { c.reclaim.run(pctx, pt, p) })
-		if perPartition {
+		if perPartition && pt.level == 0 { // a partition's levels are read by its level 0's loop
 			c.read.readPartition(pctx, pt, p)
 		}
 		rw.Wait()

@@ -66,7 +66,11 @@ type counters struct {
 	permitsGranted, permitWaits, permitWaitNanos, pauses                                                  atomic.Uint64
 	cacheStores, coalescedReplies, cacheSettleErrors, cacheStale                                          atomic.Uint64
 	chunks, cancelled, badControl, delayedRetries, promoted                                               atomic.Uint64
+	levelReads                                                                                            [maxLevels]atomic.Uint64 // entries read per priority level
 }
+
+// maxLevels is bus.MaxPriorities.
+const maxLevels = bus.MaxPriorities
 
 // begin clears the refusal of an earlier Run and sets what stops this one.
 func (e *env) begin(stopRun context.CancelCauseFunc) {

@@ -24,6 +24,7 @@ type port interface {
 	ReadGroup(ctx context.Context, key string, group string, consumer string, id string, count int64, block time.Duration) ([]redisx.Entry, error)
 	ReadGroupAll(ctx context.Context, keys []string, group string, consumer string, count int64, block time.Duration) ([][]redisx.Entry, error)
 	ReadGroupNow(ctx context.Context, key string, group string, consumer string, count int64) ([]redisx.Entry, error)
+	ReadGroupAllNow(ctx context.Context, keys []string, group string, consumer string, count int64) ([][]redisx.Entry, error)
 	ReadControl(ctx context.Context, key string, after string, count int64, block time.Duration) ([]redisx.Control, string, int, error)
 	AutoClaim(ctx context.Context, key string, group string, consumer string, minIdle time.Duration, start string, count int64) (string, []redisx.Entry, []string, error)
 	Deliveries(ctx context.Context, key string, group string, consumer string, ids []string) ([]int64, error)

@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -48,6 +49,12 @@ func (r *reader) readPartition(ctx context.Context, pt *part, p *pipe) {
 	defer rd.Stop()
 	ready, first := false, true
 	for ctx.Err() == nil {
+		if levels, _, _ := r.topo.sched(); levels > 1 {
+			// The topic has priority levels now (they are never removed):
+			// this partition's levels are read together, in their order.
+			r.readAll(ctx, p, pt.idx)
+			return
+		}
 		if !ready {
 			if err := r.members.join(ctx, pt); err != nil {
 				if r.fail(err, "creating or joining the group on "+pt.key) {
@@ -188,13 +195,19 @@ func (r *reader) deliver(ctx context.Context, pt *part, entries []redisx.Entry, 
 // starves; a read that returns more entries than slots (n below the
 // partition count) waits for slots before routing the extra ones, which
 // stay pending meanwhile (at most one per partition).
-func (r *reader) readAll(ctx context.Context, p *pipe) {
+//
+// only >= 0 reads that partition's streams alone (its priority levels, on
+// a cluster: they share its slot).
+func (r *reader) readAll(ctx context.Context, p *pipe, only int) {
 	out := redisx.Outage{Log: r.log, What: "read loop " + r.key}
 	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	g := groups{joined: map[*part]bool{}, announced: map[*part]bool{}}
 	for ctx.Err() == nil {
 		ps := r.topo.current()
+		if only >= 0 {
+			ps = partsOf(ps, only)
+		}
 		if len(ps) == 0 {
 			sleepCtx(ctx, 10*time.Millisecond) // the topology has not published the partitions yet
 			continue
@@ -309,6 +322,22 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	per := max(1, n/len(read))
 	var res [][]redisx.Entry
 	var err error
+	if levels, weights, strict := r.topo.sched(); levels > 1 {
+		// Priority levels: the first level (in the order drawn by their
+		// weights) that has entries now is read; only when none has does
+		// the read wait, on every level.
+		res, err = r.readLevels(ctx, read, n, levelOrder(levels, weights, strict))
+		if got := entriesIn(res); err != nil || got > 0 {
+			if got < n {
+				p.slots.give(n - got)
+			}
+			if got > 0 {
+				r.stats.reads.Add(1)
+			}
+			g.got = got
+			return res, n, g, err
+		}
+	}
 	if g.now() {
 		// As readOne: permits are used at once (BLOCK 1 ms), given back
 		// when nothing came, and the wait for entries holds none.
@@ -337,6 +366,83 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	}
 	g.got = got
 	return res, n, g, err
+}
+
+// readLevels reads, without blocking, up to n entries of the first level
+// in order that has any, from its streams among read (a fair share of n
+// each); the result is by stream of read.
+func (r *reader) readLevels(ctx context.Context, read []*part, n int, order []int) ([][]redisx.Entry, error) {
+	res := make([][]redisx.Entry, len(read))
+	idx := make([]int, 0, len(read))
+	keys := make([]string, 0, len(read))
+	for _, l := range order {
+		idx, keys = idx[:0], keys[:0]
+		for i, pt := range read {
+			if pt.level == l {
+				idx = append(idx, i)
+				keys = append(keys, pt.key)
+			}
+		}
+		if len(keys) == 0 {
+			continue
+		}
+		got, err := r.port.ReadGroupAllNow(ctx, keys, r.cfg.Group, r.cfg.Name, int64(max(1, n/len(keys))))
+		if err != nil {
+			return nil, err
+		}
+		total := 0
+		for j, es := range got {
+			res[idx[j]] = es
+			total += len(es)
+		}
+		if total > 0 {
+			r.stats.levelReads[min(l, len(r.stats.levelReads)-1)].Add(uint64(total))
+			return res, nil
+		}
+	}
+	return res, nil
+}
+
+// levelOrder returns the order in which a read tries the priority levels:
+// 0, 1, ... in strict mode; else drawn by weight without replacement (a
+// level of weight w comes first w/sum of the time), so a backlogged level
+// gets its weight's share of reads and none starves.
+func levelOrder(levels int, weights []int, strict bool) []int {
+	order := make([]int, levels)
+	for i := range order {
+		order[i] = i
+	}
+	if strict || len(weights) != levels {
+		return order
+	}
+	left := 0
+	for _, w := range weights {
+		left += w
+	}
+	for k := range levels - 1 {
+		x := rand.IntN(left)
+		j := k
+		for ; j < levels-1; j++ {
+			if x < weights[order[j]] {
+				break
+			}
+			x -= weights[order[j]]
+		}
+		left -= weights[order[j]]
+		order[k], order[j] = order[j], order[k]
+	}
+	return order
+}
+
+// partsOf returns the parts of ps in partition i.
+func partsOf(ps []*part, i int) []*part {
+	var out []*part
+	for _, pt := range ps {
+		if pt.idx == i {
+			out = append(out, pt)
+		}
+	}
+	return out
 }
 
 // entriesIn counts the entries of a multi-stream read.

@@ -15,8 +15,9 @@ import (
 // letters, and the loops that read and reclaim it.
 type part struct {
 	idx    int
+	level  int    // its priority level (0: the partition's own stream; docs/scheduling.md)
 	name   string // bus.Partition(topic, idx)
-	key    string // its stream
+	key    string // its stream (its level's)
 	dlqKey string // its dead-letter stream
 	// its delayed events and delayed retries (delay.go)
 	delayedKey, retryKey string
@@ -42,8 +43,9 @@ type topology struct {
 	*env
 	// parts are the partitions read now; joins counts the first
 	// partitions still to join before serving closes.
-	parts   atomic.Pointer[[]*part]
-	joins   atomic.Int32
+	parts    atomic.Pointer[[]*part]
+	schedule atomic.Pointer[schedule]
+	joins    atomic.Int32
 	serving chan struct{}
 	served  sync.Once // closes serving
 	// meta reads the topic's partition metadata (the type the producer
@@ -67,12 +69,29 @@ func newTopology(e *env) *topology {
 // serve closes serving (once).
 func (t *topology) serve() { t.served.Do(func() { close(t.serving) }) }
 
-// count returns how many partitions the consumer reads now.
+// count returns how many streams the consumer reads now (partitions
+// times priority levels).
 func (t *topology) count() int {
 	if ps := t.parts.Load(); ps != nil {
 		return len(*ps)
 	}
 	return 1
+}
+
+// sched returns the topic's priority levels, their weights and strict
+// mode as last read (one level before the first read).
+func (t *topology) sched() (levels int, weights []int, strict bool) {
+	if s := t.schedule.Load(); s != nil {
+		return s.levels, s.weights, s.strict
+	}
+	return 1, nil, false
+}
+
+// schedule is the topic's priority setting the topology last applied.
+type schedule struct {
+	levels  int
+	weights []int
+	strict  bool
 }
 
 // current returns the partitions being read now (nil before run
@@ -125,8 +144,8 @@ func (t *topology) run(ctx context.Context, start func(context.Context, *part)) 
 	if !ok {
 		return
 	}
-	t.joins.Store(int32(m.Drain))
-	w := watch{running: map[int]*part{}, start: start}
+	t.joins.Store(int32(m.Drain * max(m.Levels, 1)))
+	w := watch{running: map[partLevel]*part{}, start: start}
 	t.apply(ctx, &w, m, true)
 	tick := time.NewTicker(partWatch)
 	defer tick.Stop()
@@ -144,6 +163,9 @@ func (t *topology) run(ctx context.Context, start func(context.Context, *part)) 
 		if nm.N != m.N || nm.Drain != m.Drain {
 			t.log.Info().Str("topic", t.cfg.Topic).Int("partitions", nm.N).Int("draining", nm.Drain-nm.N).Msg("partition count changed")
 		}
+		if nm.Levels != m.Levels {
+			t.log.Info().Str("topic", t.cfg.Topic).Int("levels", nm.Levels).Msg("priority levels changed")
+		}
 		m = nm
 		t.apply(ctx, &w, m, false)
 	}
@@ -151,7 +173,7 @@ func (t *topology) run(ctx context.Context, start func(context.Context, *part)) 
 
 // watch is what run keeps between passes: the partitions it started.
 type watch struct {
-	running map[int]*part
+	running map[partLevel]*part
 	start   func(context.Context, *part)
 	wg      sync.WaitGroup
 }
@@ -198,43 +220,66 @@ func (t *topology) refresh(ctx context.Context) (redisx.PartitionMeta, bool) {
 // apply starts the partitions of m not read yet (the first pass from
 // Config.StartID, later ones from their first entry), stops the forgotten
 // ones, and publishes the partitions read now.
+//
+// A topic with priority levels has a stream per partition and level
+// (bus.Keys.Level): each is a part of its own (its group, reclaimer,
+// delayed retries), read together by the reader in the levels' order.
+// Levels are only ever added (redisx.SetScheduling).
 func (t *topology) apply(ctx context.Context, w *watch, m redisx.PartitionMeta, initial bool) {
+	levels := max(m.Levels, 1)
 	for i := range m.Drain {
-		if w.running[i] != nil {
-			continue
-		}
-		from := "0" // a partition added while running: every entry
-		if initial {
-			from = t.cfg.StartID
-		}
-		pt := t.newPart(i, from)
-		pctx, cancel := context.WithCancel(ctx)
-		pt.cancel = cancel
-		w.running[i] = pt
-		w.wg.Go(func() { w.start(pctx, pt) })
-		if !initial {
-			t.log.Info().Str("topic", t.cfg.Topic).Int("partition", i).Msg("reading a new partition")
+		for l := range levels {
+			if w.running[partLevel{i, l}] != nil {
+				continue
+			}
+			from := "0" // a partition or level added while running: every entry
+			if initial {
+				from = t.cfg.StartID
+			}
+			pt := t.newPart(i, l, from)
+			pctx, cancel := context.WithCancel(ctx)
+			pt.cancel = cancel
+			w.running[partLevel{i, l}] = pt
+			w.wg.Go(func() { w.start(pctx, pt) })
+			if !initial {
+				t.log.Info().Str("topic", t.cfg.Topic).Int("partition", i).Int("level", l).Msg("reading a new partition or priority level")
+			}
 		}
 	}
-	for i, pt := range w.running {
-		if i >= m.Drain {
+	for k, pt := range w.running {
+		if k.i >= m.Drain {
 			pt.cancel() // forgotten: drained, and nothing is written to it
-			delete(w.running, i)
-			t.log.Info().Str("topic", t.cfg.Topic).Int("partition", i).Msg("stopped reading a drained, removed partition")
+			delete(w.running, k)
+			if k.l == 0 {
+				t.log.Info().Str("topic", t.cfg.Topic).Int("partition", k.i).Msg("stopped reading a drained, removed partition")
+			}
 		}
 	}
 	ps := make([]*part, 0, len(w.running))
 	for i := range m.Drain {
-		ps = append(ps, w.running[i])
+		for l := range levels {
+			if pt := w.running[partLevel{i, l}]; pt != nil {
+				ps = append(ps, pt)
+			}
+		}
 	}
+	weights := m.Weights
+	if len(weights) != levels {
+		weights = redisx.DefaultWeights(levels)
+	}
+	t.schedule.Store(&schedule{levels: levels, weights: weights, strict: m.Strict})
 	t.parts.Store(&ps)
 }
 
-// newPart describes partition i, its group starting at start when created.
-func (t *topology) newPart(i int, start string) *part {
+// partLevel names a part: partition i, level l.
+type partLevel struct{ i, l int }
+
+// newPart describes level l of partition i, its group starting at start
+// when created.
+func (t *topology) newPart(i, l int, start string) *part {
 	name := bus.Partition(t.cfg.Topic, i)
-	return &part{idx: i, name: name, key: t.keys.Topic(name), dlqKey: t.keys.DeadLetter(name), start: start,
-		delayedKey: t.keys.Delayed(name), retryKey: t.keys.Retry(name)}
+	return &part{idx: i, level: l, name: name, key: t.keys.Level(name, l), dlqKey: t.keys.DeadLetter(name), start: start,
+		delayedKey: t.keys.LevelDelayed(name, l), retryKey: t.keys.LevelRetry(name, l)}
 }
 
 // forget lowers the topic's drain bound over the removed partitions at its
@@ -256,10 +301,16 @@ func (t *topology) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 		groups[i] = g.Name
 	}
 	drain := m.Drain
+	levels := max(m.Levels, 1)
 	for drain > m.N {
 		name := bus.Partition(t.cfg.Topic, drain-1)
-		ok, err := t.port.Drained(ctx, t.keys.Topic(name), t.keys.DeadLetter(name), []string{t.keys.Delayed(name), t.keys.Retry(name)}, groups)
-		if err != nil || !ok {
+		ok := true
+		for l := 0; l < levels && ok; l++ {
+			var err error
+			ok, err = t.port.Drained(ctx, t.keys.Level(name, l), t.keys.DeadLetter(name), []string{t.keys.LevelDelayed(name, l), t.keys.LevelRetry(name, l)}, groups)
+			ok = ok && err == nil
+		}
+		if !ok {
 			break
 		}
 		drain--
@@ -273,7 +324,9 @@ func (t *topology) forget(ctx context.Context, m redisx.PartitionMeta) bool {
 	}
 	var keys []string
 	for i := drain; i < m.Drain; i++ {
-		keys = append(keys, t.keys.Topic(bus.Partition(t.cfg.Topic, i)))
+		for l := range levels {
+			keys = append(keys, t.keys.Level(bus.Partition(t.cfg.Topic, i), l))
+		}
 	}
 	if err := t.port.DeleteEach(ctx, keys...); err != nil {
 		t.log.Warn().Err(err).Strs("streams", keys).Msg("could not delete forgotten partitions' streams")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/egos/mycelium/bus"
@@ -146,8 +147,14 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 		env.Headers[ReplayedFromHeader] = d.ID
 		// Back to the partition it came from (a removed partition is read
 		// until drained, and forgotten only once its dead letters are gone).
+		// At its priority level, as its producer sent it (a level beyond
+		// the topic's: its least urgent).
 		pn := bus.Partition(topic, d.Partition)
-		if _, err := i.port.Replay(ctx, i.keys.Topic(pn), i.keys.DeadLetter(pn), d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
+		level := 0
+		if l, err := strconv.Atoi(env.Headers[bus.PriorityHeader]); err == nil && l > 0 && ps.Levels > 1 {
+			level = min(l, ps.Levels-1)
+		}
+		if _, err := i.port.Replay(ctx, i.keys.Level(pn, level), i.keys.DeadLetter(pn), d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.ID, redisx.Unavailable(err)))
 			continue
 		}

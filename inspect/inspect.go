@@ -44,6 +44,12 @@ type Topic struct {
 	Partitions, Draining int
 	Partition            int
 	Parts                []Topic
+	// Levels is the topic's priority levels (0 or 1: none); then Parts
+	// holds each partition's level streams apart (with their Level), and
+	// ByLevel adds them up per level.
+	Levels  int
+	Level   int
+	ByLevel []LevelFigures
 	// Limits are the topic's fleet-wide limits and pause (SetLimits,
 	// PauseTopic); zero when none.
 	Limits Limits
@@ -51,6 +57,18 @@ type Topic struct {
 	// metadata, a key of the wrong type): its figures are then zero, and
 	// the other topics are read all the same.
 	Err string
+}
+
+// LevelFigures are one priority level's figures, over the topic's
+// partitions.
+type LevelFigures struct {
+	Level   int   `json:"level"`
+	Weight  int   `json:"weight"`
+	Length  int64 `json:"length"`
+	Pending int64 `json:"pending"` // over every group
+	// Lag is the entries not yet delivered, over every group; -1 when
+	// Redis cannot tell.
+	Lag int64 `json:"lag"`
 }
 
 // Group is one consumer group of a topic.
@@ -112,22 +130,29 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 	}
 	names := ps.names()
 	var t Topic
-	if len(names) == 1 {
-		t, err = i.partTopic(ctx, name, name)
+	if len(names) == 1 && ps.Levels <= 1 {
+		t, err = i.partTopic(ctx, name, name, 0)
 		t.Partitions = 1
 		if err != nil {
 			return t, err
 		}
 	} else {
 		t = Topic{Name: name, Partitions: ps.Count, Draining: ps.Draining}
+		levels := max(ps.Levels, 1)
 		for _, pn := range names {
-			pt, err := i.partTopic(ctx, name, pn)
-			if err != nil {
-				return t, err
+			for l := range levels {
+				pt, err := i.partTopic(ctx, name, pn, l)
+				if err != nil {
+					return t, err
+				}
+				t.Parts = append(t.Parts, pt)
 			}
-			t.Parts = append(t.Parts, pt)
 		}
 		t.add(time.Now())
+		if levels > 1 {
+			t.Levels = levels
+			t.byLevel(ps.Weights)
+		}
 	}
 	i.beats(ctx, &t)
 	if t.Limits, err = i.port.GetLimits(ctx, i.keys.Meta(name)); err != nil {
@@ -204,16 +229,46 @@ func (t *Topic) add(now time.Time) {
 	}
 }
 
-// partTopic reads one partition (part, a partition name) of topic.
-func (i *Inspector) partTopic(ctx context.Context, topic, part string) (Topic, error) {
-	key := i.keys.Topic(part)
-	si, err := i.port.Info(ctx, key, i.keys.DeadLetter(part), i.keys.Delayed(part), i.keys.Retry(part))
+// byLevel adds t.Parts up per priority level.
+func (t *Topic) byLevel(weights []int) {
+	t.ByLevel = make([]LevelFigures, t.Levels)
+	for l := range t.ByLevel {
+		t.ByLevel[l] = LevelFigures{Level: l, Weight: 1}
+		if l < len(weights) {
+			t.ByLevel[l].Weight = weights[l]
+		}
+	}
+	for _, p := range t.Parts {
+		f := &t.ByLevel[p.Level]
+		f.Length += p.Length
+		for _, g := range p.Groups {
+			f.Pending += g.Pending
+			if f.Lag >= 0 {
+				if g.Lag < 0 {
+					f.Lag = -1
+				} else {
+					f.Lag += g.Lag
+				}
+			}
+		}
+	}
+}
+
+// partTopic reads one partition (part, a partition name) of topic, at
+// priority level (0: the partition's own stream; the dead letters, one
+// stream per partition, are counted there).
+func (i *Inspector) partTopic(ctx context.Context, topic, part string, level int) (Topic, error) {
+	key := i.keys.Level(part, level)
+	si, err := i.port.Info(ctx, key, i.keys.DeadLetter(part), i.keys.LevelDelayed(part, level), i.keys.LevelRetry(part, level))
 	if err != nil {
-		return Topic{}, fmt.Errorf("inspect: topic %s: %w", part, redisx.Unavailable(err))
+		return Topic{}, fmt.Errorf("inspect: topic %s: %w", key, redisx.Unavailable(err))
+	}
+	if level > 0 {
+		si.DeadLetters = 0
 	}
 	now := time.Now()
 	_, pnum, _ := bus.ParsePartition(part)
-	t := Topic{Name: topic, Partition: pnum, Length: si.Length, FirstID: si.FirstID, LastID: si.LastID,
+	t := Topic{Name: topic, Partition: pnum, Level: level, Length: si.Length, FirstID: si.FirstID, LastID: si.LastID,
 		FirstEntryAge: age(si.FirstID, now), LastEntryAge: age(si.LastID, now), DeadLetters: si.DeadLetters, Delayed: si.Delayed,
 		Groups: make([]Group, 0, len(si.Groups))}
 	for _, g := range si.Groups {
@@ -222,7 +277,7 @@ func (i *Inspector) partTopic(ctx context.Context, topic, part string) (Topic, e
 		case errors.Is(err, redisx.ErrNoGroup):
 			continue // destroyed since XINFO GROUPS listed it
 		case err != nil:
-			return t, fmt.Errorf("inspect: topic %s group %s: %w", part, g.Name, redisx.Unavailable(err))
+			return t, fmt.Errorf("inspect: topic %s group %s: %w", key, g.Name, redisx.Unavailable(err))
 		}
 		gr := Group{Name: g.Name, Pending: g.Pending, OldestPendingID: p.OldestID, OldestPendingAge: age(p.OldestID, now),
 			Lag: g.Lag, LastDeliveredID: g.LastDeliveredID, Consumers: make([]Consumer, 0, len(cs))}

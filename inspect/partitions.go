@@ -2,6 +2,7 @@ package inspect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,8 +25,35 @@ type Partitions struct {
 	// Set reports whether the count was ever set (topic create or
 	// set-partitions).
 	Set bool `json:"set"`
-	// Streams are the keys of the partitions read now, partition 0 first.
+	// Streams are the keys of the partitions read now, partition 0 first
+	// (each partition's priority levels in order).
 	Streams []string `json:"streams"`
+	// Levels is the topic's priority levels (1: none), Weights their
+	// weights (level 0 first) and Strict whether they are served strictly
+	// in order (SetScheduling, docs/scheduling.md).
+	Levels  int   `json:"priorities"`
+	Weights []int `json:"priority_weights,omitempty"`
+	Strict  bool  `json:"priority_strict,omitempty"`
+	// Shards is how many partitions each tenant writes to (0: tenant
+	// fairness off).
+	Shards int `json:"fair_shards,omitempty"`
+}
+
+// Scheduling is a topic's priority levels and tenant fairness (see
+// SetScheduling).
+type Scheduling struct {
+	// Levels: 1 to bus.MaxPriorities (1: none). Never lowered.
+	Levels int
+	// Weights, level 0 first (nil: each level twice the next one's);
+	// each 1 to 1000.
+	Weights []int
+	// Strict serves the levels in order: a level is read only when every
+	// more urgent one is empty (it starves the others under load).
+	Strict bool
+	// Shards is how many of the topic's partitions each tenant's entries
+	// go to (producer.Tenant; 0: fairness off); at most the partition
+	// count when set.
+	Shards int
 }
 
 func (i *Inspector) partitions(ctx context.Context, topic string) (Partitions, error) {
@@ -36,11 +64,46 @@ func (i *Inspector) partitions(ctx context.Context, topic string) (Partitions, e
 	if err != nil {
 		return Partitions{}, fmt.Errorf("inspect: partitions of %s: %w", topic, redisx.Unavailable(err))
 	}
-	p := Partitions{Topic: topic, Count: m.N, Draining: m.Drain - m.N, Lowered: m.Lowered, Set: m.Set}
+	p := Partitions{Topic: topic, Count: m.N, Draining: m.Drain - m.N, Lowered: m.Lowered, Set: m.Set, Levels: max(m.Levels, 1), Strict: m.Strict, Shards: m.Shards}
+	if p.Levels > 1 {
+		p.Weights = m.Weights
+	}
 	for k := range m.Drain {
-		p.Streams = append(p.Streams, i.keys.Topic(bus.Partition(topic, k)))
+		for l := range p.Levels {
+			p.Streams = append(p.Streams, i.keys.Level(bus.Partition(topic, k), l))
+		}
 	}
 	return p, nil
+}
+
+// SetScheduling sets a topic's priority levels and tenant fairness.
+// Producers follow within about a second and workers within 2 s. Levels
+// can be raised, never lowered (bus.ErrInvalidConfig: entries of removed
+// levels would be stranded); weights, strict mode and shards change
+// freely.
+func (i *Inspector) SetScheduling(ctx context.Context, topic string, s Scheduling) (Partitions, error) {
+	if err := bus.ValidateName("topic", topic); err != nil {
+		return Partitions{}, fmt.Errorf("inspect: %w", err)
+	}
+	if s.Levels < 1 || s.Levels > bus.MaxPriorities {
+		return Partitions{}, fmt.Errorf("inspect: %w: priority levels %d out of [1, %d]", bus.ErrInvalidConfig, s.Levels, bus.MaxPriorities)
+	}
+	if s.Weights != nil {
+		if _, err := redisx.ParseWeights(redisx.FormatWeights(s.Weights), s.Levels); err != nil {
+			return Partitions{}, fmt.Errorf("inspect: %w: priority weights %w", bus.ErrInvalidConfig, err)
+		}
+	}
+	if s.Shards < 0 || s.Shards > bus.MaxPartitions {
+		return Partitions{}, fmt.Errorf("inspect: %w: fair shards %d out of [0, %d]", bus.ErrInvalidConfig, s.Shards, bus.MaxPartitions)
+	}
+	_, err := i.port.SetScheduling(ctx, i.keys.Meta(topic), redisx.Scheduling{Levels: s.Levels, Weights: s.Weights, Strict: s.Strict, Shards: s.Shards})
+	if errors.Is(err, redisx.ErrLevelsLowered) {
+		return Partitions{}, fmt.Errorf("inspect: %w: %w", bus.ErrInvalidConfig, err)
+	}
+	if err != nil {
+		return Partitions{}, fmt.Errorf("inspect: scheduling of %s: %w", topic, redisx.Unavailable(err))
+	}
+	return i.partitions(ctx, topic)
 }
 
 // names returns the partition names read now: [topic] for one partition.

@@ -20,6 +20,7 @@ type port interface {
 	Beats(ctx context.Context, presence string) (map[string]time.Time, error)
 	Partitions(ctx context.Context, meta string) (redisx.PartitionMeta, error)
 	SetPartitions(ctx context.Context, meta string, n int) (redisx.PartitionMeta, error)
+	SetScheduling(ctx context.Context, meta string, s redisx.Scheduling) (redisx.PartitionMeta, error)
 	ForgetPartitionCount(ctx context.Context, meta string) error
 	Delete(ctx context.Context, keys ...string) (int64, error)
 	Trim(ctx context.Context, key string, n int64, age time.Duration) (int64, error)

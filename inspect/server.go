@@ -64,7 +64,15 @@ func (i *Inspector) DeleteTopic(ctx context.Context, topic string) error {
 	if err != nil {
 		return err
 	}
-	for _, pn := range ps.names()[1:] {
+	for k, pn := range ps.names() {
+		for l := 1; l < ps.Levels; l++ { // priority levels' streams
+			if _, err := i.port.Delete(ctx, i.keys.Level(pn, l), i.keys.LevelDelayed(pn, l), i.keys.LevelRetry(pn, l)); err != nil {
+				return fmt.Errorf("inspect: delete topic %s: %w", pn, redisx.Unavailable(err))
+			}
+		}
+		if k == 0 {
+			continue
+		}
 		if _, err := i.port.Delete(ctx, i.keys.Topic(pn), i.keys.DeadLetter(pn), i.keys.Delayed(pn), i.keys.Retry(pn)); err != nil {
 			return fmt.Errorf("inspect: delete topic %s: %w", pn, redisx.Unavailable(err))
 		}

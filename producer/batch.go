@@ -54,7 +54,7 @@ func (p *Producer) RequestBatch(ctx context.Context, topic string, payloads [][]
 	if co.info != nil {
 		return nil, fmt.Errorf("producer: request batch: %w: WithCacheInfo applies to one Request (a batch's answers come from several sources)", bus.ErrInvalidConfig)
 	}
-	if err := checkHeaders(co.headers); err != nil {
+	if err := co.check(); err != nil {
 		return nil, err
 	}
 	if t.cache != nil && (!co.noCache || !co.noStore) {

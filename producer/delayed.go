@@ -89,7 +89,7 @@ func (dl *delayer) one(ctx context.Context, pt *topic, payload []byte, headers m
 	member = codec.AppendEnvelope(append(append(member, id...), ':'), &env)
 	dl.timings.Record(metrics.Encode, time.Since(now))
 	start := time.Now()
-	due, err := dl.port.AddDelayed(ctx, dl.keys.Delayed(pt.name), string(member), d.at, d.after, dl.cfg.StreamMaxLen)
+	due, err := dl.port.AddDelayed(ctx, pt.delayed, string(member), d.at, d.after, dl.cfg.StreamMaxLen)
 	if err != nil {
 		dl.stats.writeErrors.Add(1)
 		if errors.Is(err, bus.ErrDelayedFull) {

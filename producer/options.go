@@ -99,6 +99,31 @@ func Cost(n int64) CallOption {
 	return func(co *callOptions) { co.cost, co.hasCost = max(n, 0), true }
 }
 
+// Priority sends the message at priority level (0 the most urgent) on a
+// topic with priority levels (bus-worker topic create --priorities N,
+// docs/scheduling.md): workers serve the levels by their weights, in
+// order within a level. A level beyond the topic's goes to its least
+// urgent level; a topic without levels ignores it; a message without
+// Priority is at level 0. Out of [0, bus.MaxPriorities): the call fails
+// with bus.ErrInvalidConfig. It travels as the header bus.PriorityHeader
+// (so a dead letter is replayed to its level).
+func Priority(level int) CallOption {
+	return func(co *callOptions) { co.priority, co.hasPriority = level, true }
+}
+
+// Tenant names whose message this is. On a topic with tenant fairness
+// (bus-worker topic create --partitions N --fair-shards M) a tenant's
+// messages go to its shard set, M of the topic's N partitions chosen by a
+// stable hash of the id (the least loaded of them, by the backlog this
+// producer measures), so one tenant's flood fills its shards and waits
+// behind itself, not in front of the others (docs/scheduling.md). A
+// PartitionKey, and a cached request's cache key, decide the partition
+// instead. It travels as the header bus.TenantHeader. The id is validated
+// like a topic name.
+func Tenant(id string) CallOption {
+	return func(co *callOptions) { co.tenant = id }
+}
+
 // CostHeader is the header Cost sets (consumer.CostHeader reads it).
 const CostHeader = bus.CostHeader
 

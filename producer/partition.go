@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -93,10 +94,16 @@ func (pr *partitioner) count(ctx context.Context, t *topic, now int64) (int, err
 // pick returns the partition of t a call writes to: t itself for
 // partition 0, else the partition's own topic value. cacheHash is a cached
 // request's cache key (nil otherwise); now is the call's start (unix ns).
+//
+// On a topic with priority levels, a call with Priority writes to its
+// level's stream of that partition (levelOf).
 func (pr *partitioner) pick(ctx context.Context, t *topic, co *callOptions, cacheHash *bus.CacheDigest, now int64) (*topic, error) {
 	n, err := pr.count(ctx, t, now)
-	if err != nil || n <= 1 {
+	if err != nil {
 		return t, err
+	}
+	if n <= 1 {
+		return pr.levelOf(t, t, co), nil
 	}
 	var i int
 	switch {
@@ -106,6 +113,8 @@ func (pr *partitioner) pick(ctx context.Context, t *topic, co *callOptions, cach
 		// One cache entry, one partition: its flight marker and answer
 		// live under the partition's hash tag.
 		i = int(uint32(cacheHash[0])<<24|uint32(cacheHash[1])<<16|uint32(cacheHash[2])<<8|uint32(cacheHash[3])) % n
+	case co.tenant != "" && pr.shards(t) > 0:
+		i = pr.shard(t, co.tenant, n, pr.shards(t), co)
 	default:
 		// Round robin, past partitions whose breaker is open.
 		i = int(t.parts.rr.Add(1) % uint64(n))
@@ -119,7 +128,100 @@ func (pr *partitioner) pick(ctx context.Context, t *topic, co *callOptions, cach
 			}
 		}
 	}
-	return pr.sub(t, i), nil
+	return pr.levelOf(t, pr.sub(t, i), co), nil
+}
+
+// levelOf returns the stream of partition pt a call writes to: its level's
+// when the call has a Priority and t has priority levels (a level beyond
+// them: the least urgent), else pt itself.
+func (pr *partitioner) levelOf(t, pt *topic, co *callOptions) *topic {
+	if !co.hasPriority || co.priority <= 0 {
+		return pt
+	}
+	m, ok := t.parts.count.Meta()
+	if !ok || m.Levels <= 1 {
+		return pt
+	}
+	l := min(co.priority, m.Levels-1)
+	if s := pt.levels.Load(); s != nil && l < len(*s) && (*s)[l] != nil {
+		return (*s)[l]
+	}
+	t.parts.mu.Lock()
+	defer t.parts.mu.Unlock()
+	var cur []*topic
+	if s := pt.levels.Load(); s != nil {
+		cur = *s
+	}
+	if l < len(cur) && cur[l] != nil {
+		return cur[l]
+	}
+	grown := make([]*topic, max(len(cur), l+1))
+	copy(grown, cur)
+	// Its partition's name, hash tag, breaker, cache state and responders;
+	// its own stream, delayed set and backlog.
+	lt := &topic{name: pt.name, key: pr.keys.Level(pt.name, l), presence: pt.presence, br: pt.br, resp: pt.resp,
+		cache: pt.cache, parent: t, ctl: pt.ctl, idx: pt.idx, level: l, delayed: pr.keys.LevelDelayed(pt.name, l)}
+	grown[l] = lt
+	pt.levels.Store(&grown)
+	return lt
+}
+
+// shards returns how many partitions each tenant of t writes to (0:
+// fairness off), as the partition watcher last read it.
+func (pr *partitioner) shards(t *topic) int {
+	m, ok := t.parts.count.Meta()
+	if !ok {
+		return 0
+	}
+	return m.Shards
+}
+
+// ShardSet returns the partitions of a tenant among n when each tenant has
+// m of them (shuffle sharding): m distinct partitions, the first
+// PartitionOf(tenant, n), each next one PartitionOf of the tenant and its
+// rank, skipping those taken. It is part of the wire contract
+// (docs/scheduling.md): clients in other languages compute the same.
+func ShardSet(tenant string, n, m int) []int {
+	m = min(max(m, 1), n)
+	out := make([]int, 0, m)
+	taken := make(map[int]bool, m)
+	for k := 0; len(out) < m; k++ {
+		key := tenant
+		if k > 0 {
+			key = tenant + "#" + strconv.Itoa(k)
+		}
+		j := PartitionOf(key, n)
+		if k >= 4*n { // pathological hashes: fill in order
+			for j = 0; taken[j]; j++ {
+			}
+		}
+		if !taken[j] {
+			taken[j] = true
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// shard returns the partition a tenant's call writes to: the least loaded
+// of its shard set by the backlog this producer measures (its
+// backpressure monitors: the estimate is read, never waited for), ties
+// broken in turn.
+func (pr *partitioner) shard(t *topic, tenant string, n, m int, co *callOptions) int {
+	set := ShardSet(tenant, n, m)
+	if len(set) == 1 {
+		return set[0]
+	}
+	start := int(t.parts.rr.Add(1) % uint64(len(set)))
+	best, bestLoad := set[start], int64(-1)
+	for k := range set {
+		j := set[(start+k)%len(set)]
+		load := pr.levelOf(t, pr.sub(t, j), co).bl.estimate()
+		if bestLoad < 0 || load < bestLoad {
+			best, bestLoad = j, load
+		}
+	}
+	return best
 }
 
 // sub returns partition i of t (i > 0) as a topic of its own: its stream,
@@ -148,7 +250,7 @@ func (pr *partitioner) sub(t *topic, i int) *topic {
 	if err != nil {
 		br = t.br // the configuration was valid for t: not reached
 	}
-	st := &topic{name: name, key: pr.keys.Topic(name), presence: t.presence, br: br, resp: t.resp, parent: t, idx: i}
+	st := &topic{name: name, key: pr.keys.Topic(name), presence: t.presence, br: br, resp: t.resp, parent: t, idx: i, ctl: t.ctl, delayed: pr.keys.Delayed(name)}
 	if t.cache != nil {
 		st.cache = &topicCache{cfg: t.cache.cfg, meta: pr.keys.Meta(name)}
 	}

@@ -206,20 +206,52 @@ type callOptions struct {
 
 	cost    int64 // Cost
 	hasCost bool
+
+	priority    int // Priority
+	hasPriority bool
+	tenant      string // Tenant
 }
 
-// withCost returns co with its Cost in its headers (a copy of the caller's
-// map: WithHeaders's map is never written).
+// withCost returns co with its Cost, Priority and Tenant in its headers
+// (a copy of the caller's map: WithHeaders's map is never written).
 func (co *callOptions) withCost() {
-	if !co.hasCost {
+	prio := co.hasPriority && co.priority > 0
+	if !co.hasCost && !co.hasPriority && co.tenant == "" {
 		return
 	}
-	h := make(map[string]string, len(co.headers)+1)
+	// Non-nil from here: a call checks its options (check) when it has
+	// headers.
+	h := make(map[string]string, len(co.headers)+3)
 	for k, v := range co.headers {
 		h[k] = v
 	}
-	h[CostHeader] = strconv.FormatInt(co.cost, 10)
+	if co.hasCost {
+		h[CostHeader] = strconv.FormatInt(co.cost, 10)
+	}
+	if prio {
+		h[bus.PriorityHeader] = strconv.Itoa(co.priority)
+	}
+	if co.tenant != "" {
+		h[bus.TenantHeader] = co.tenant
+	}
 	co.headers = h
+}
+
+// check refuses headers over the limits (checkHeaders), and a Priority
+// or a Tenant out of range.
+func (co *callOptions) check() error {
+	if err := checkHeaders(co.headers); err != nil {
+		return err
+	}
+	if co.hasPriority && (co.priority < 0 || co.priority >= bus.MaxPriorities) {
+		return fmt.Errorf("producer: %w: priority %d out of [0, %d]", bus.ErrInvalidConfig, co.priority, bus.MaxPriorities-1)
+	}
+	if co.tenant != "" {
+		if err := bus.ValidateName("tenant", co.tenant); err != nil {
+			return fmt.Errorf("producer: %w", err)
+		}
+	}
+	return nil
 }
 
 // Limits on a message's headers, checked before anything is sent: the

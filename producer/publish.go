@@ -36,7 +36,7 @@ func (p *Producer) Publish(ctx context.Context, topic string, payload []byte, op
 	}
 	start := time.Now()
 	co := applyPublish(opts)
-	if err := checkHeaders(co.headers); err != nil {
+	if err := co.check(); err != nil {
 		return "", err
 	}
 	if co.once != "" {
@@ -190,7 +190,7 @@ func (p *Producer) PublishBatch(ctx context.Context, topic string, payloads [][]
 		return nil, err
 	}
 	co := applyPublish(opts)
-	if err := checkHeaders(co.headers); err != nil {
+	if err := co.check(); err != nil {
 		return nil, err
 	}
 	if co.once != "" || co.pubInfo != nil {

@@ -125,7 +125,7 @@ func (p *Producer) Request(ctx context.Context, topic string, payload []byte, op
 	}
 	rq := request{t: t, payload: payload, co: applyRequest(opts), start: time.Now()}
 	if rq.co.headers != nil {
-		if err := checkHeaders(rq.co.headers); err != nil {
+		if err := rq.co.check(); err != nil {
 			return nil, err
 		}
 	}

@@ -146,7 +146,7 @@ func (p *Producer) Stream(ctx context.Context, topic string, payload []byte, opt
 	}
 	start := time.Now()
 	co := applyStream(opts)
-	if err := checkHeaders(co.headers); err != nil {
+	if err := co.check(); err != nil {
 		return nil, err
 	}
 	s := &Stream{p: p, st: newStreamState(streamBuffer(p.cfg.MaxPayload))}

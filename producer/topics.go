@@ -3,6 +3,7 @@ package producer
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
@@ -27,6 +28,12 @@ type topic struct {
 	ctl    string // the topic's control stream (cancel notices, wake-ups)
 	idx    int    // its partition number (0 for a topic itself)
 	bl     backlog
+	// level is its priority level (0: the partition's own stream); a
+	// partition keeps its levels above 0 in levels (see partition.go),
+	// each a topic value of its own with its stream and delayed set.
+	level   int
+	levels  atomic.Pointer[[]*topic]
+	delayed string // its delayed events' sorted set
 }
 
 // index returns t's partition number (0 for a topic itself).
@@ -59,7 +66,7 @@ func (ts *topics) get(name string) (*topic, error) {
 	if err := bus.ValidateName("topic", name); err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
-	t := &topic{name: name, key: ts.keys.Topic(name), presence: ts.keys.Workers(name), resp: newResponders(), ctl: ts.keys.Control(name)}
+	t := &topic{name: name, key: ts.keys.Topic(name), presence: ts.keys.Workers(name), resp: newResponders(), ctl: ts.keys.Control(name), delayed: ts.keys.Delayed(name)}
 	t.parts.count = ts.parts.watch.Topic(name)
 	if cc, ok := ts.cache[name]; ok {
 		t.cache = &topicCache{cfg: cc, meta: ts.keys.Meta(name)}

@@ -2,6 +2,7 @@ package prom
 
 import (
 	"reflect"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -13,7 +14,8 @@ import (
 // statsCollector exports a role's Stats struct (consumer.Stats,
 // producer.Stats) read on scrape: every uint64 field as a counter
 // mycelium_<subsystem>_<json name>_total, every signed integer field as a
-// gauge mycelium_<subsystem>_<json name>, each described by the field's
+// gauge mycelium_<subsystem>_<json name>, every []uint64 field with a
+// label tag as counters labelled by the element's index, each described by the field's
 // help tag. Names follow the struct's JSON tags, so /metrics, /stats and
 // bus-bench agree, and the tag is the one description of each field.
 type statsCollector[S any] struct {
@@ -25,6 +27,7 @@ type statField struct {
 	index   int
 	desc    *prometheus.Desc
 	counter bool
+	series  bool // a []uint64: one counter per element, labelled by its index (the field's label tag)
 }
 
 // newStatsCollector returns a collector for the struct read returns.
@@ -44,13 +47,18 @@ func newStatsCollector[S any](subsystem string, labels prometheus.Labels, read f
 		switch f.Type.Kind() {
 		case reflect.Uint64:
 			c.fields = append(c.fields, statField{i, prometheus.NewDesc(
-				prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, nil, labels), true})
+				prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, nil, labels), true, false})
 		case reflect.Float64: // seconds, counted: a counter too
 			c.fields = append(c.fields, statField{i, prometheus.NewDesc(
-				prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, nil, labels), true})
+				prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, nil, labels), true, false})
 		case reflect.Int, reflect.Int64:
 			c.fields = append(c.fields, statField{i, prometheus.NewDesc(
-				prometheus.BuildFQName(Namespace, subsystem, name), help, nil, labels), false})
+				prometheus.BuildFQName(Namespace, subsystem, name), help, nil, labels), false, false})
+		case reflect.Slice:
+			if f.Type.Elem().Kind() == reflect.Uint64 && f.Tag.Get("label") != "" {
+				c.fields = append(c.fields, statField{i, prometheus.NewDesc(
+					prometheus.BuildFQName(Namespace, subsystem, name+"_total"), help, []string{f.Tag.Get("label")}, labels), true, true})
+			}
 		}
 	}
 	return c
@@ -70,6 +78,10 @@ func (c *statsCollector[S]) Collect(ch chan<- prometheus.Metric) {
 	for _, f := range c.fields {
 		fv := v.Field(f.index)
 		switch {
+		case f.series:
+			for k := range fv.Len() {
+				ch <- prometheus.MustNewConstMetric(f.desc, prometheus.CounterValue, float64(fv.Index(k).Uint()), strconv.Itoa(k))
+			}
 		case f.counter && fv.Kind() == reflect.Float64:
 			ch <- prometheus.MustNewConstMetric(f.desc, prometheus.CounterValue, fv.Float())
 		case f.counter:

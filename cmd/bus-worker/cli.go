@@ -34,8 +34,10 @@ Usage:
   bus-worker serve   (--redis URL | --embedded) [--topic reasoning] [--group workers] [--concurrency 64]
                      [--handler echo|sleep:<dur>[,<jitter>]|http(s)://URL] [--http-addr 127.0.0.1:9464] [--cache-ttl D]
   bus-worker request [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--json] [--stages] [--wait-for-responders] [--partition-key K]
+                     [--priority L] [--tenant ID]
                      [--cache [--cache-key K] [--max-age D] [--no-cache] [--no-store]]
   bus-worker publish [--redis URL] [--topic T] (--data STR | --data - | --data-file F) [--timeout D] [--partition-key K] [--after D | --idempotency-key K]
+                     [--priority L] [--tenant ID]
   bus-worker stats   [--redis URL] [--json] [--watch D]
   bus-worker dlq list   [--redis URL] [--topic T] [--limit 20] [--json]   (every topic's without --topic)
   bus-worker dlq replay [--redis URL] --topic T (--id ID | --all)
@@ -43,6 +45,7 @@ Usage:
   bus-worker cache stats [--redis URL] --topic T [--json]
   bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
   bus-worker topic create|set-partitions [--redis URL] --topic T --partitions N [--json]
+  bus-worker topic create|set-scheduling [--redis URL] --topic T [--priorities N [--weights 4,2,1] [--strict]] [--fair-shards M]
   bus-worker topic describe [--redis URL] --topic T [--json]
   bus-worker limit set [--redis URL] --topic T [--rate 600/m [--burst 20]] [--tokens 90000/m [--tokens-burst N]] [--concurrency 8]
                      (fleet-wide limits every worker obeys; "none" or 0 removes one)

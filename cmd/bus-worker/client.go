@@ -33,7 +33,9 @@ type clientFlags struct {
 	cacheKey                string
 	maxAge                  time.Duration
 
-	partKey string // --partition-key
+	partKey  string // --partition-key
+	priority int    // --priority
+	tenant   string // --tenant
 
 	stream bool          // request --stream
 	lines  bool          // request --stream --lines: each chunk on a line of its own
@@ -51,6 +53,8 @@ func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
 	fs.StringVar(&f.dataFile, "data-file", "", "read the payload from this file (for payloads argv cannot hold)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
 	fs.StringVar(&f.partKey, "partition-key", "", "on a partitioned topic, write to this key's partition (order is kept per key; default: round robin)")
+	fs.IntVar(&f.priority, "priority", 0, "priority level, 0 (the most urgent) to 9, on a topic with priority levels")
+	fs.StringVar(&f.tenant, "tenant", "", "the tenant the message is for (its shard set on a topic with tenant fairness)")
 	return fs
 }
 
@@ -66,6 +70,14 @@ func (f *clientFlags) check(cmd string) error {
 	}
 	if f.maxAge < 0 {
 		return usagef("%s: --max-age must be positive, got %v", cmd, f.maxAge)
+	}
+	if f.priority < 0 || f.priority >= bus.MaxPriorities {
+		return usagef("%s: --priority: want 0 to %d, got %d", cmd, bus.MaxPriorities-1, f.priority)
+	}
+	if f.tenant != "" {
+		if err := bus.ValidateName("tenant", f.tenant); err != nil {
+			return usagef("%s: --tenant: %v", cmd, err)
+		}
 	}
 	return nil
 }
@@ -102,12 +114,20 @@ func (f *clientFlags) readPayload(stdin io.Reader) error {
 	return nil
 }
 
-// partOption is the option of --partition-key, nil without it.
-func (f *clientFlags) partOption() producer.CallOption {
-	if f.partKey == "" {
-		return nil
+// callOptions are the options of --partition-key, --priority and
+// --tenant.
+func (f *clientFlags) callOptions() []producer.CallOption {
+	var opts []producer.CallOption
+	if f.partKey != "" {
+		opts = append(opts, producer.PartitionKey(f.partKey))
 	}
-	return producer.PartitionKey(f.partKey)
+	if f.priority > 0 {
+		opts = append(opts, producer.Priority(f.priority))
+	}
+	if f.tenant != "" {
+		opts = append(opts, producer.Tenant(f.tenant))
+	}
+	return opts
 }
 
 // cacheOptions are the request options of request's cache flags.
@@ -203,7 +223,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return usagef("request: --stream does not go with --cache or --stages")
 		}
 		var opts []producer.StreamOption
-		if o := f.partOption(); o != nil {
+		for _, o := range f.callOptions() {
 			opts = append(opts, o)
 		}
 		if f.wait {
@@ -212,7 +232,7 @@ func request(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return requestStream(rctx, p, f, opts, stdout, stderr)
 	}
 	opts := f.cacheOptions(&info)
-	if o := f.partOption(); o != nil {
+	for _, o := range f.callOptions() {
 		opts = append(opts, o)
 	}
 	if f.wait {
@@ -446,7 +466,7 @@ func publish(ctx context.Context, args []string, stdout io.Writer) error {
 	pctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	var opts []producer.PublishOption
-	if o := f.partOption(); o != nil {
+	for _, o := range f.callOptions() {
 		opts = append(opts, o)
 	}
 	if f.after > 0 {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -31,6 +32,9 @@ type topicStats struct {
 	// Limits: the topic's fleet-wide limits and pause (bus-worker limit),
 	// absent when none.
 	Limits *limitsView `json:"limits,omitempty"`
+	// Priorities: each priority level's figures (a topic with priority
+	// levels; the figures above add them up).
+	Priorities []inspect.LevelFigures `json:"priorities,omitempty"`
 	// Error: why the topic could not be read (its figures are then zero).
 	Error string `json:"error,omitempty"`
 }
@@ -119,7 +123,7 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 	for _, t := range o.Topics {
 		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
 			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining,
-			Delayed: t.Delayed, Error: t.Err}
+			Delayed: t.Delayed, Error: t.Err, Priorities: t.ByLevel}
 		if l := t.Limits; l.Set() || time.Until(l.PausedUntil) > 0 {
 			v := limitsJSON(t.Name, l)
 			ts.Limits = &v
@@ -187,6 +191,22 @@ func printStats(w io.Writer, s *busStats) {
 		if t.Limits != nil {
 			fmt.Fprintf(w, "\n%s: limits: %s\n", t.Topic, describeLimits(t.Limits))
 		}
+	}
+	for _, t := range s.Topics {
+		if len(t.Priorities) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s: %d priority levels (figures above are their sums)\n", t.Topic, len(t.Priorities))
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  LEVEL\tWEIGHT\tLENGTH\tPENDING\tLAG")
+		for _, l := range t.Priorities {
+			lag := strconv.FormatInt(l.Lag, 10)
+			if l.Lag < 0 {
+				lag = "?"
+			}
+			fmt.Fprintf(tw, "  %d\t%d\t%d\t%d\t%s\n", l.Level, l.Weight, l.Length, l.Pending, lag)
+		}
+		_ = tw.Flush()
 	}
 	for _, t := range s.Topics {
 		if t.Partitions > 1 || t.Draining > 0 {

@@ -130,7 +130,7 @@ func ACLRule(s ACLSpec) ([]string, error) {
 		// caller's prompt. Batches (MULTI/EXEC), WAIT and the functions'
 		// clock (TIME) name no key.
 		rule = append(rule, cmds("multi", "exec", "wait", "time", "xadd")...)
-		rule = append(rule, keys("%W", "", ":ctl")...)
+		rule = append(rule, keys("%W", "", levelStreams, ":ctl")...)
 		rule = append(rule,
 			// Its own reply streams, and no one else's.
 			selector([]string{"~" + p + ":{r." + GlobEscape(s.User) + ".*}"}, cmds("xadd", "xread", "pexpire", "del")),
@@ -139,18 +139,18 @@ func ACLRule(s ACLSpec) ([]string, error) {
 			// Whether anyone serves a topic that no worker announced, and
 			// its backlog (backpressure): its length and groups (names
 			// and counts, no entry).
-			selector(keys("%R", ""), cmds("xinfo|groups", "xlen")),
+			selector(keys("%R", "", levelStreams), cmds("xinfo|groups", "xlen")),
 			// The cache's entries and in-flight markers (the begin
 			// function's commands).
 			selector(keys("", ":c:*", ":f:*"), cmds("get", "pttl", "lindex", "llen", "lrem", "rpush", "lset", "del", "pexpire")),
 			// Delayed events (the delay function).
-			selector(keys("%W", ":delayed"), cmds("zadd", "zcard")),
+			selector(keys("%W", ":delayed", levelStreams+":delayed"), cmds("zadd", "zcard")),
 			// Idempotent publishes' records (the once function).
 			selector(keys("", ":once:*"), cmds("get", "set")),
 			// The bus's functions: FCALL names its keys, which need read
 			// and write permission; what a function runs is checked
 			// command by command against the rules above.
-			selector(keys("", "", ":meta", ":c:*", ":f:*", ":delayed", ":once:*"), cmds("fcall")),
+			selector(keys("", "", levelStreams, ":meta", ":c:*", ":f:*", ":delayed", levelStreams+":delayed", ":once:*"), cmds("fcall")),
 		)
 	case "worker":
 		rule = append(rule, cmds(workerCommands...)...)
@@ -165,6 +165,10 @@ func ACLRule(s ACLSpec) ([]string, error) {
 	}
 	return rule, nil
 }
+
+// levelStreams is the key suffix of a partition's priority levels 1 to 9
+// (bus.Keys.Level): one digit, so the pattern matches nothing else.
+const levelStreams = ":p[1-9]"
 
 // ValidOwner checks a producer's owner name (its user's): it names the
 // producer's reply streams and their key pattern, so it holds no '.' (the

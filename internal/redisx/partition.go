@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -26,6 +27,32 @@ type PartitionMeta struct {
 	Lowered time.Time
 	// Set reports whether the topic was ever given a partition count.
 	Set bool
+	// Levels is the topic's number of priority levels (1: none; at most
+	// MaxLevels); Weights their weights, level 0 first (len Levels), and
+	// Strict whether levels are served strictly in order (bus.Priorities).
+	Levels  int
+	Weights []int
+	Strict  bool
+	// Shards is how many of the topic's partitions each tenant's entries
+	// go to (0: tenant fairness off; docs/scheduling.md).
+	Shards int
+}
+
+// MaxLevels bounds a topic's priority levels (bus.MaxPriorities): levels
+// are 0..9, one digit in their keys (bus.Keys.Level).
+const MaxLevels = 10
+
+// MaxWeight bounds a priority level's weight.
+const MaxWeight = 1000
+
+// DefaultWeights returns the weights of levels priority levels when none
+// were set: each level twice the next one's (4:2:1 for three).
+func DefaultWeights(levels int) []int {
+	w := make([]int, levels)
+	for i := range w {
+		w[i] = 1 << (levels - 1 - i)
+	}
+	return w
 }
 
 // Draining reports whether removed partitions are still read.
@@ -36,17 +63,17 @@ func (m PartitionMeta) Draining() bool { return m.Drain > m.N }
 // is written by operators' tools, but anyone with write access to the key
 // could have changed it).
 func Partitions(ctx context.Context, c rueidis.Client, meta string) (PartitionMeta, error) {
-	vals, err := c.Do(ctx, c.B().Hmget().Key(meta).Field("partitions", "drain", "lowered").Build()).ToArray()
+	vals, err := c.Do(ctx, c.B().Hmget().Key(meta).Field(metaFields[:]...).Build()).ToArray()
 	if isWrongType(err) {
 		return PartitionMeta{}, fmt.Errorf("%w: %s is not a hash (someone replaced it): fix it with bus-worker topic set-partitions, or delete it", ErrCorruptMeta, meta)
 	}
 	if err != nil {
 		return PartitionMeta{}, err
 	}
-	if len(vals) != 3 {
-		return PartitionMeta{}, fmt.Errorf("redis: HMGET %s: %d values for 3 fields", meta, len(vals))
+	if len(vals) != len(metaFields) {
+		return PartitionMeta{}, fmt.Errorf("redis: HMGET %s: %d values for %d fields", meta, len(vals), len(metaFields))
 	}
-	var fields [3]*string
+	var fields [len(metaFields)]*string
 	for i := range vals {
 		if vals[i].IsNil() {
 			continue
@@ -60,10 +87,13 @@ func Partitions(ctx context.Context, c rueidis.Client, meta string) (PartitionMe
 	return parsePartitions(meta, fields)
 }
 
-// parsePartitions reads the partitions, drain and lowered fields (nil:
-// missing) of a topic's metadata.
-func parsePartitions(meta string, vals [3]*string) (PartitionMeta, error) {
-	m := PartitionMeta{N: 1}
+// metaFields are the fields of a topic's metadata that Partitions reads.
+var metaFields = [...]string{"partitions", "drain", "lowered", "priorities", "priority_weights", "priority_strict", "fair_shards"}
+
+// parsePartitions reads the metaFields (nil: missing) of a topic's
+// metadata.
+func parsePartitions(meta string, vals [len(metaFields)]*string) (PartitionMeta, error) {
+	m := PartitionMeta{N: 1, Levels: 1}
 	field := func(i int, name string, lo, hi int64) (int64, bool, error) {
 		if vals[i] == nil {
 			return 0, false, nil
@@ -97,7 +127,117 @@ func parsePartitions(meta string, vals [3]*string) (PartitionMeta, error) {
 	if ok && l > 0 {
 		m.Lowered = time.UnixMilli(l)
 	}
+	lv, ok, err := field(3, "priorities", 1, MaxLevels)
+	if err != nil {
+		return m, err
+	}
+	if ok {
+		m.Levels = int(lv)
+	}
+	m.Weights = DefaultWeights(m.Levels)
+	if vals[4] != nil && m.Levels > 1 {
+		w, err := ParseWeights(*vals[4], m.Levels)
+		if err != nil {
+			return m, fmt.Errorf("%w: %s field priority_weights: %w", ErrCorruptMeta, meta, err)
+		}
+		m.Weights = w
+	}
+	st, _, err := field(5, "priority_strict", 0, 1)
+	if err != nil {
+		return m, err
+	}
+	m.Strict = st == 1
+	sh, ok, err := field(6, "fair_shards", 0, MaxPartitions)
+	if err != nil {
+		return m, err
+	}
+	if ok {
+		m.Shards = int(sh)
+	}
 	return m, nil
+}
+
+// ParseWeights parses levels comma-separated weights, each 1 to MaxWeight.
+func ParseWeights(s string, levels int) ([]int, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) != levels {
+		return nil, fmt.Errorf("%q: want %d weights (one per level), got %d", clipValue(s), levels, len(parts))
+	}
+	w := make([]int, levels)
+	for i, p := range parts {
+		v, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || v < 1 || v > MaxWeight {
+			return nil, fmt.Errorf("%q: weight %d is %q: want an integer in [1, %d]", clipValue(s), i, clipValue(p), MaxWeight)
+		}
+		w[i] = v
+	}
+	return w, nil
+}
+
+// FormatWeights is ParseWeights's inverse.
+func FormatWeights(w []int) string {
+	s := make([]string, len(w))
+	for i, v := range w {
+		s[i] = strconv.Itoa(v)
+	}
+	return strings.Join(s, ",")
+}
+
+// Scheduling is what SetScheduling sets: priority levels (1: none), their
+// weights (nil: DefaultWeights) and strict mode, and the tenant shards
+// (0: fairness off).
+type Scheduling struct {
+	Levels  int
+	Weights []int
+	Strict  bool
+	Shards  int
+}
+
+// setSchedulingScript sets a topic's priority levels (ARGV[1]), weights
+// (ARGV[2]), strict mode (ARGV[3]) and tenant shards (ARGV[4], 0: off),
+// refusing to lower the level count (entries of the removed levels would
+// be stranded): returns the level count before, and 0 when it refused.
+var setSchedulingScript = newScript("set_scheduling", `local cur = tonumber(redis.call('HGET', KEYS[1], 'priorities') or '1') or 1
+local n = tonumber(ARGV[1])
+if n < cur then return {cur, 0} end
+redis.call('HSET', KEYS[1], 'priorities', ARGV[1], 'priority_weights', ARGV[2], 'priority_strict', ARGV[3], 'fair_shards', ARGV[4])
+return {cur, 1}`)
+
+// ErrLevelsLowered is returned by SetScheduling for a level count below
+// the topic's.
+var ErrLevelsLowered = errors.New("priority levels cannot be lowered")
+
+// SetScheduling sets a topic's scheduling (priorities and tenant
+// fairness) and returns the metadata after the change.
+func SetScheduling(ctx context.Context, c rueidis.Client, meta string, s Scheduling) (PartitionMeta, error) {
+	if s.Levels < 1 || s.Levels > MaxLevels {
+		return PartitionMeta{}, fmt.Errorf("redisx: priority levels %d out of [1, %d]", s.Levels, MaxLevels)
+	}
+	w := s.Weights
+	if w == nil {
+		w = DefaultWeights(s.Levels)
+	}
+	if _, err := ParseWeights(FormatWeights(w), s.Levels); err != nil {
+		return PartitionMeta{}, fmt.Errorf("redisx: priority weights %w", err)
+	}
+	if s.Shards < 0 || s.Shards > MaxPartitions {
+		return PartitionMeta{}, fmt.Errorf("redisx: tenant shards %d out of [0, %d]", s.Shards, MaxPartitions)
+	}
+	strict := "0"
+	if s.Strict {
+		strict = "1"
+	}
+	res, err := setSchedulingScript.Exec(ctx, c, []string{meta}, []string{strconv.Itoa(s.Levels), FormatWeights(w), strict, strconv.Itoa(s.Shards)}).AsIntSlice()
+	if err != nil {
+		return PartitionMeta{}, err
+	}
+	if len(res) != 2 {
+		return PartitionMeta{}, errors.New("redis: set_scheduling: unexpected reply")
+	}
+	if res[1] == 0 {
+		return PartitionMeta{}, fmt.Errorf("%w: %s has %d levels, not fewer", ErrLevelsLowered, meta, res[0])
+	}
+	return Partitions(ctx, c, meta)
 }
 
 // ErrCorruptMeta is returned when a topic's metadata hash holds a value the
@@ -230,9 +370,9 @@ func splitID(id string) (ms, seq uint64, ok bool) {
 	return m, 0, err == nil
 }
 
-// ForgetPartitionCount removes the partition fields of a topic's metadata
+// ForgetPartitionCount removes the partition and scheduling fields of a topic's metadata
 // (the topic then has one partition); its cache generation stays, so
 // answers stored before are never served again.
 func ForgetPartitionCount(ctx context.Context, c rueidis.Client, meta string) error {
-	return c.Do(ctx, c.B().Hdel().Key(meta).Field("partitions", "drain", "lowered").Build()).Error()
+	return c.Do(ctx, c.B().Hdel().Key(meta).Field(metaFields[:]...).Build()).Error()
 }

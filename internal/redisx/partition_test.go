@@ -186,19 +186,21 @@ func FuzzParseClusterNodes(f *testing.F) {
 }
 
 // FuzzParsePartitions: a topic's metadata comes from Redis; what the
-// parser accepts is a count in range with drain >= N.
+// parser accepts is a count in range with drain >= N, priority levels in
+// [1, MaxLevels] with one weight in [1, MaxWeight] each, shards in range.
 func FuzzParsePartitions(f *testing.F) {
-	f.Add("4", "8", "1700000000000", true, true, true)
-	f.Add("", "", "", false, false, false)
-	f.Add("0", "-1", "x", true, true, true)
-	f.Fuzz(func(t *testing.T, n, d, l string, hasN, hasD, hasL bool) {
-		opt := func(s string, ok bool) *string {
-			if !ok {
-				return nil // missing field
+	f.Add("4", "8", "1700000000000", "3", "4,2,1", "1", "2", uint8(127))
+	f.Add("", "", "", "", "", "", "", uint8(0))
+	f.Add("0", "-1", "x", "11", "0,,x", "2", "-1", uint8(127))
+	f.Add("1", "1", "0", "2", " 9 , 1000", "0", "1024", uint8(127))
+	f.Fuzz(func(t *testing.T, n, d, l, lv, w, st, sh string, has uint8) {
+		vals := [len(metaFields)]*string{}
+		for i, s := range []string{n, d, l, lv, w, st, sh} {
+			if has&(1<<i) != 0 {
+				vals[i] = &s
 			}
-			return &s
 		}
-		m, err := parsePartitions("meta", [3]*string{opt(n, hasN), opt(d, hasD), opt(l, hasL)})
+		m, err := parsePartitions("meta", vals)
 		if err != nil {
 			if !errors.Is(err, ErrCorruptMeta) {
 				t.Fatalf("unexpected error kind: %v", err)
@@ -207,6 +209,14 @@ func FuzzParsePartitions(f *testing.F) {
 		}
 		if m.N < 1 || m.N > MaxPartitions || m.Drain < m.N || m.Drain > MaxPartitions {
 			t.Fatalf("accepted %+v from %q %q %q", m, n, d, l)
+		}
+		if m.Levels < 1 || m.Levels > MaxLevels || len(m.Weights) != m.Levels || m.Shards < 0 || m.Shards > MaxPartitions {
+			t.Fatalf("accepted scheduling %+v from %q %q %q %q", m, lv, w, st, sh)
+		}
+		for _, x := range m.Weights {
+			if x < 1 || x > MaxWeight {
+				t.Fatalf("accepted weight %d from %q", x, w)
+			}
 		}
 	})
 }

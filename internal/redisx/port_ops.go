@@ -449,6 +449,14 @@ func (p *Port) SetPartitions(ctx context.Context, meta string, n int) (Partition
 	return r0, overran(ctx, r1)
 }
 
+// SetScheduling is this package's SetScheduling, through the port.
+func (p *Port) SetScheduling(ctx context.Context, meta string, s Scheduling) (PartitionMeta, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := SetScheduling(dctx, p.rc, meta, s)
+	return r0, overran(ctx, r1)
+}
+
 // ForgetPartitions is this package's ForgetPartitions, through the port.
 func (p *Port) ForgetPartitions(ctx context.Context, meta string, m PartitionMeta, drain int, grace time.Duration) (bool, error) {
 	dctx, done := detach(ctx)
@@ -530,6 +538,14 @@ func (p *Port) ReadGroup(ctx context.Context, key string, group string, consumer
 // ReadGroupAll is this package's ReadGroupAll, through the port.
 func (p *Port) ReadGroupAll(ctx context.Context, keys []string, group string, consumer string, count int64, block time.Duration) ([][]Entry, error) {
 	return ReadGroupAll(ctx, p.rc, keys, group, consumer, count, block)
+}
+
+// ReadGroupAllNow is this package's ReadGroupAllNow, through the port.
+func (p *Port) ReadGroupAllNow(ctx context.Context, keys []string, group string, consumer string, count int64) ([][]Entry, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := ReadGroupAllNow(dctx, p.rc, keys, group, consumer, count)
+	return r0, overran(ctx, r1)
 }
 
 // ReadGroupNow is this package's ReadGroupNow, through the port.

@@ -382,6 +382,40 @@ func ReadGroupNow(ctx context.Context, c rueidis.Client, key, group, consumer st
 	return parseRead(res, key)
 }
 
+// ReadGroupAllNow is ReadGroupAll without BLOCK, through the auto-pipeline
+// (as ReadGroupNow): up to count entries of each of keys, by stream in
+// keys' order (nil for a stream without entries).
+func ReadGroupAllNow(ctx context.Context, c rueidis.Client, keys []string, group, consumer string, count int64) ([][]Entry, error) {
+	if len(keys) == 1 {
+		e, err := ReadGroupNow(ctx, c, keys[0], group, consumer, count)
+		return [][]Entry{e}, err
+	}
+	ids := make([]string, len(keys))
+	for i := range ids {
+		ids[i] = ">"
+	}
+	res := c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(keys...).Id(ids...).Build())
+	out := make([][]Entry, len(keys))
+	if err := res.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return out, nil
+		}
+		return nil, groupErr(err, strings.Join(keys, " "), group)
+	}
+	lists, err := readLists(res)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range keys {
+		if l, ok := lists[k]; ok {
+			if out[i], err = parseEntries(&l); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
 // Read runs XREAD COUNT count BLOCK block STREAMS key after on the blocking
 // pool, with the same cancellation and watchdog rules as ReadGroup. No
 // entries yields (nil, nil).
