@@ -147,7 +147,6 @@ func (c *Consumer) Stats() Stats {
 		}
 	}
 	return Stats{
-		ReadsByLevel: byLevel,
 		Received: s.received.Load(), Handled: s.handled.Load(), Failed: s.failed.Load(),
 		Replied: s.replied.Load(), ReplyDropped: s.replyDropped.Load(), Acked: s.acked.Load(),
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
@@ -159,6 +158,7 @@ func (c *Consumer) Stats() Stats {
 		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.delay.waiting.len(),
 		Promoted: s.promoted.Load(), ControlMalformed: s.badControl.Load(),
 		PermitsGranted: s.permitsGranted.Load(), PermitWaits: s.permitWaits.Load(), PermitWaitSeconds: float64(s.permitWaitNanos.Load()) / 1e9, Pauses: s.pauses.Load(),
+		ReadsByLevel: byLevel,
 	}
 }
 

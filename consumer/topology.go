@@ -46,8 +46,8 @@ type topology struct {
 	parts    atomic.Pointer[[]*part]
 	schedule atomic.Pointer[schedule]
 	joins    atomic.Int32
-	serving chan struct{}
-	served  sync.Once // closes serving
+	serving  chan struct{}
+	served   sync.Once // closes serving
 	// meta reads the topic's partition metadata (the type the producer
 	// follows counts with), through the port.
 	meta *watcher.Topic
