@@ -2,8 +2,9 @@ package consumer
 
 import (
 	"context"
+	"cmp"
 	"errors"
-	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -203,6 +204,7 @@ func (r *reader) readAll(ctx context.Context, p *pipe, only int) {
 	var rd redisx.ReadDeadline
 	defer rd.Stop()
 	g := groups{joined: map[*part]bool{}, announced: map[*part]bool{}}
+	var ls levelSched
 	for ctx.Err() == nil {
 		ps := r.topo.current()
 		if only >= 0 {
@@ -222,7 +224,7 @@ func (r *reader) readAll(ctx context.Context, p *pipe, only int) {
 		if len(read) == 0 {
 			continue
 		}
-		res, held, gr, err := r.readEach(ctx, read, keys, p, &rd)
+		res, held, gr, err := r.readEach(ctx, read, keys, p, &rd, &ls)
 		if err != nil {
 			r.lim.filled(gr)
 			if ctx.Err() != nil {
@@ -309,7 +311,7 @@ func (r *reader) joinAll(ctx context.Context, ps []*part, g *groups, out *redisx
 
 // readEach makes one read of the streams of read (see readAll) and returns
 // the entries of each and how many hold a slot.
-func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *pipe, rd *redisx.ReadDeadline) ([][]redisx.Entry, int, grant, error) {
+func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *pipe, rd *redisx.ReadDeadline, ls *levelSched) ([][]redisx.Entry, int, grant, error) {
 	if !p.slots.take(ctx) {
 		return nil, 0, grant{}, ctx.Err()
 	}
@@ -322,11 +324,11 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	per := max(1, n/len(read))
 	var res [][]redisx.Entry
 	var err error
-	if levels, weights, strict := r.topo.sched(); levels > 1 {
-		// Priority levels: the first level (in the order drawn by their
-		// weights) that has entries now is read; only when none has does
-		// the read wait, on every level.
-		res, err = r.readLevels(ctx, read, n, levelOrder(levels, weights, strict))
+	if levels, _, _ := r.topo.sched(); levels > 1 {
+		// Priority levels: the first level (in the order of their passes,
+		// see levelSched) that has entries now is read; only when none has
+		// does the read wait, on every level.
+		res, err = r.readLevels(ctx, read, n, ls)
 		if got := entriesIn(res); err != nil || got > 0 {
 			if got < n {
 				p.slots.give(n - got)
@@ -371,11 +373,13 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 // readLevels reads, without blocking, up to n entries of the first level
 // in order that has any, from its streams among read (a fair share of n
 // each); the result is by stream of read.
-func (r *reader) readLevels(ctx context.Context, read []*part, n int, order []int) ([][]redisx.Entry, error) {
+func (r *reader) readLevels(ctx context.Context, read []*part, n int, ls *levelSched) ([][]redisx.Entry, error) {
+	levels, weights, strict := r.topo.sched()
+	order := ls.next(levels, strict)
 	res := make([][]redisx.Entry, len(read))
 	idx := make([]int, 0, len(read))
 	keys := make([]string, 0, len(read))
-	for _, l := range order {
+	for k, l := range order {
 		idx, keys = idx[:0], keys[:0]
 		for i, pt := range read {
 			if pt.level == l {
@@ -397,41 +401,63 @@ func (r *reader) readLevels(ctx context.Context, read []*part, n int, order []in
 		}
 		if total > 0 {
 			r.stats.levelReads[min(l, len(r.stats.levelReads)-1)].Add(uint64(total))
+			ls.read(l, total, weights, order[:k])
 			return res, nil
 		}
 	}
+	ls.idle()
 	return res, nil
 }
 
-// levelOrder returns the order in which a read tries the priority levels:
-// 0, 1, ... in strict mode; else drawn by weight without replacement (a
-// level of weight w comes first w/sum of the time), so a backlogged level
-// gets its weight's share of reads and none starves.
-func levelOrder(levels int, weights []int, strict bool) []int {
-	order := make([]int, levels)
-	for i := range order {
-		order[i] = i
+// levelSched orders a reader's priority levels (stride scheduling): each
+// level has a pass, raised by 1/weight for each entry of it read; a read
+// tries the levels by ascending pass (strict mode: in level order) and
+// takes the first that has entries. With every level backlogged each gets
+// its weight's share of the entries read; a level found empty is raised to
+// the pass of the level read then, so an idle level banks no credit, and
+// a request arriving on it is read first at the next read.
+type levelSched struct {
+	pass  []float64
+	order []int
+}
+
+// next returns the order in which the next read tries the levels.
+func (s *levelSched) next(levels int, strict bool) []int {
+	if len(s.pass) != levels {
+		s.pass = make([]float64, levels)
+		s.order = make([]int, levels)
 	}
-	if strict || len(weights) != levels {
-		return order
+	for i := range s.order {
+		s.order[i] = i
 	}
-	left := 0
-	for _, w := range weights {
-		left += w
+	if !strict {
+		slices.SortStableFunc(s.order, func(a, b int) int { return cmp.Compare(s.pass[a], s.pass[b]) })
 	}
-	for k := range levels - 1 {
-		x := rand.IntN(left)
-		j := k
-		for ; j < levels-1; j++ {
-			if x < weights[order[j]] {
-				break
-			}
-			x -= weights[order[j]]
-		}
-		left -= weights[order[j]]
-		order[k], order[j] = order[j], order[k]
+	return s.order
+}
+
+// idle notes that every level was found empty: none banks credit.
+func (s *levelSched) idle() {
+	top := slices.Max(s.pass)
+	for i := range s.pass {
+		s.pass[i] = top
 	}
-	return order
+}
+
+// read notes that the read took n entries of level l, having found the
+// levels tried before it (tried) empty.
+func (s *levelSched) read(l, n int, weights []int, tried []int) {
+	if l >= len(s.pass) {
+		return
+	}
+	for _, e := range tried {
+		s.pass[e] = max(s.pass[e], s.pass[l])
+	}
+	w := 1
+	if l < len(weights) {
+		w = max(weights[l], 1)
+	}
+	s.pass[l] += float64(n) / float64(w)
 }
 
 // partsOf returns the parts of ps in partition i.

@@ -73,6 +73,15 @@ func TestBusBenchSuiteReport(t *testing.T) {
 			seen[r.Case+"/"+r.System] = true
 			continue
 		}
+		if strings.HasPrefix(r.Case, "priority") || strings.HasPrefix(r.Case, "tenants") {
+			// Scheduling: the queue wait of the measured requests (none
+			// in the shares run: every level flooded with events).
+			if !strings.Contains(sc.Text(), `"sched":{`) || r.Errors != 0 || r.OK == 0 {
+				t.Errorf("%s: %s", r.Case, sc.Text())
+			}
+			seen[r.Case+"/"+r.System] = true
+			continue
+		}
 		// A real redis-server reports INFO cpu: every run has its CPU per request.
 		if r.Errors != 0 || r.OK == 0 || r.Throughput <= 0 || r.P50 <= 0 || r.ClientCPU <= 0 || r.RedisCPU <= 0 {
 			t.Errorf("%s/%s: %s", r.Case, r.System, sc.Text())
@@ -105,7 +114,13 @@ func TestBusBenchSuiteReport(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(stderr.String(), "single: p50") || !strings.Contains(stderr.String(), "report: ") {
+	for _, c := range []string{"priority", "priority-shares", "tenants", "tenants-off"} {
+		if !seen[c+"/mycelium"] {
+			t.Errorf("no result for %s", c)
+		}
+	}
+	if !strings.Contains(stderr.String(), "single: p50") || !strings.Contains(stderr.String(), "priority-shares: every level flooded") ||
+		!strings.Contains(stderr.String(), "tenants: A floods") || !strings.Contains(stderr.String(), "report: ") {
 		t.Errorf("stderr lacks the target verdicts:\n%s", stderr.String())
 	}
 

@@ -37,7 +37,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&b.Redis, "redis", "", "Redis URL; empty starts an embedded miniredis (timings not representative)")
 	var conn cli.ConnFlags
 	conn.Register(fs)
-	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached | failover | stream (a handler streaming --chunks chunks, one every --chunk-interval) | cancel (callers cancel running requests: time to the handler's ctx.Done)")
+	fs.StringVar(&b.Scenario, "scenario", "rpc", "rpc | publish | continuous | cached | failover | stream (a handler streaming --chunks chunks, one every --chunk-interval) | cancel (callers cancel running requests: time to the handler's ctx.Done) | quota | priority (a flood at the least urgent level, requests at level 0: their queue wait) | tenants (tenant A floods, B to E trickle: their queue wait, --fairness on|off)")
 	fs.IntVar(&b.Chunks, "chunks", 200, "stream: chunks per streamed reply")
 	fs.DurationVar(&b.ChunkInterval, "chunk-interval", 10*time.Millisecond, "stream: the handler sends one chunk this often (10ms: a fake model at 100 tokens/s)")
 	fs.IntVar(&b.Partitions, "partitions", 0, "set the topic's partition count before the run (0: leave it as it is)")
@@ -77,6 +77,14 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	limits := fs.String("limits", "on", "quota: on (the topic's fleet-wide limits set to the provider's quota) | off (none: the 429s the fleet meets)")
 	fs.BoolVar(&b.PauseOn429, "pause-on-429", false, "quota: the workers pause the topic on a 429 (bus-worker serve --http-pause-on-429)")
 	fs.StringVar(&b.Backpressure, "backpressure", "block", "the producer's policy when a topic's backlog is full (producer.Config.Backpressure): block (wait for room) | reject (refuse with ErrBacklogFull: counted in refused and errors) | drop-oldest (write anyway: MAXLEN trims unread entries, counted in lost)")
+	fs.IntVar(&b.Priority, "priority", 0, "send every message of the run at this priority level (0, the most urgent, to 9; a topic with priority levels)")
+	fs.StringVar(&b.Tenant, "tenant", "", "send every message of the run for this tenant (its shard set on a topic with tenant fairness)")
+	fs.IntVar(&b.Priorities, "priorities", 3, "priority: the topic's priority levels (2 to 10)")
+	fs.BoolVar(&b.PriorityStrict, "strict", false, "priority: serve the levels strictly in order (weighted by default)")
+	fs.BoolVar(&b.AllLevels, "all-levels", false, "priority: flood every level and report each level's share of the entries handled against its weight's")
+	fs.IntVar(&b.Flood, "flood", 20000, "priority, tenants: events queued before the measured requests (at the least urgent level; by tenant A)")
+	fs.StringVar(&b.Fairness, "fairness", "on", "tenants: on (each tenant writes to --fair-shards of the --partitions) | off (round robin over all)")
+	fs.IntVar(&b.FairShards, "fair-shards", 2, "tenants: partitions per tenant with --fairness on")
 	fs.StringVar(&b.Handler, "handler", "echo", "in-process workers' handler: echo | sleep:<dur>[,<jitter>] (simulated work, then echo; reports the bus overhead)")
 	fs.BoolVar(&o.servePubsub, "serve-pubsub", false, "serve the PubSub baseline's workers (--workers of them, --handler) on --topic until interrupted, printing \"serving\" when ready: the old design's side of another client's before/after run (clients/python/tools/bench.py)")
 	fs.StringVar(&o.suite, "suite", "", "run a scenario suite instead of one scenario: seed (the plan's scenarios, for both transports) | cluster (partitions and failovers on a Redis Cluster)")
@@ -87,7 +95,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota|priority|tenants --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
 			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err

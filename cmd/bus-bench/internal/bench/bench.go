@@ -95,6 +95,12 @@ type Result struct {
 	Handled *int64       `json:"handled,omitempty"`
 	Lost    *int64       `json:"lost,omitempty"`
 	Refused *int64       `json:"refused,omitempty"`
+	// Sched: the priority and tenants scenarios only (sched.go).
+	Sched *SchedResult `json:"sched,omitempty"`
+	// Priority and Tenant every message of the run was sent with
+	// (--priority, --tenant), when set.
+	Priority int    `json:"priority,omitempty"`
+	Tenant   string `json:"tenant,omitempty"`
 }
 
 // FailoverResult is what a failover-scenario run saw: when and how the
@@ -187,6 +193,19 @@ func PrintResult(w io.Writer, res *Result) {
 		fmt.Fprintf(w, "  cancel to the handler's ctx.Done (%d cancels, %d missed): p50 %.0f µs p99 %.0f µs max %.0f µs (pick-up p50 %.0f µs)\n",
 			c.Cancels, c.Missed, c.P50US, c.P99US, c.MaxUS, c.PickupUS)
 	}
+	if sc := res.Sched; sc != nil {
+		switch {
+		case sc.AllLevels:
+			fmt.Fprintf(w, "  %d levels (weights %v, strict %v), every level flooded: handled %v, shares %v against the weights' %v\n",
+				sc.Levels, sc.Weights, sc.Strict, sc.HandledByLevel, sc.Shares, sc.WeightShares)
+		case sc.Fairness != "":
+			fmt.Fprintf(w, "  tenants (fairness %s, %d of %d partitions each): A flooded %d (%d left at the end); B-E queue wait p50 %v p99 %v max %v\n",
+				sc.Fairness, sc.Shards, sc.Partitions, sc.Flood, sc.FloodLeft, us(sc.QueueWaitP50US), us(sc.QueueWaitP99US), us(sc.QueueWaitMaxUS))
+		default:
+			fmt.Fprintf(w, "  %d levels (weights %v, strict %v): %d flooded at level %d (%d left at the end); level 0 queue wait p50 %v p99 %v max %v\n",
+				sc.Levels, sc.Weights, sc.Strict, sc.Flood, sc.Levels-1, sc.FloodLeft, us(sc.QueueWaitP50US), us(sc.QueueWaitP99US), us(sc.QueueWaitMaxUS))
+		}
+	}
 	if b := res.Batches; b != nil {
 		fmt.Fprintf(w, "  batches: %.1f per write, %.1f replies per read; workers %.1f per read, %.1f per ack write\n",
 			b.PerWrite, b.PerReplyRead, b.PerRead, b.PerAckWrite)
@@ -209,10 +228,11 @@ type caller interface {
 type myceliumCaller struct {
 	p     *producer.Producer
 	topic string
+	opts  []producer.RequestOption // --priority, --tenant
 }
 
 func (m myceliumCaller) request(ctx context.Context, payload []byte) ([]byte, error) {
-	return m.p.Request(ctx, m.topic, payload)
+	return m.p.Request(ctx, m.topic, payload, m.opts...)
 }
 
 // env is what one bench run talks to.
@@ -299,6 +319,10 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 		sc = &cancelScenario{}
 	case "quota":
 		sc = &quotaScenario{}
+	case "priority":
+		sc = &schedScenario{}
+	case "tenants":
+		sc = &schedScenario{tenants: true}
 	default:
 		return nil, fmt.Errorf("%w: --scenario %q", ErrUsage, o.Scenario)
 	}
@@ -336,6 +360,7 @@ func Run(ctx context.Context, o *Options, stderr io.Writer) (*Outcome, error) {
 	out.Result.Stages = e.stages()
 	out.Result.Batches = e.batches()
 	out.Result.Partitions, out.Result.WaitReplicas = o.Partitions, o.WaitReplicas
+	out.Result.Priority, out.Result.Tenant = o.Priority, o.Tenant
 	if e.bc != nil && e.bc.Mode() != "standalone" {
 		out.Result.RedisMode = e.bc.Mode()
 	}
@@ -384,7 +409,10 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		return nil, err
 	}
 	e.insp = inspect.New(e.bc)
-	h := e.wrap(sc.handler(e))
+	h := sc.handler(e)
+	if _, own := sc.(interface{ ownWork() }); !own {
+		h = e.wrap(h)
+	}
 	if o.Transport == "pubsub" {
 		e.system = SystemPubsub
 		if err := e.setupPubsub(ctx, url, h); err != nil {
@@ -395,6 +423,11 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 	}
 	if o.Partitions > 0 {
 		if _, err := e.insp.SetPartitions(ctx, o.Topic, o.Partitions); err != nil {
+			return nil, err
+		}
+	}
+	if o.Scenario == "priority" || o.Scenario == "tenants" {
+		if err := schedule(ctx, e); err != nil {
 			return nil, err
 		}
 	}
@@ -416,7 +449,7 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		return nil, err
 	}
 	e.p = p
-	e.call = myceliumCaller{p: p, topic: o.Topic}
+	e.call = myceliumCaller{p: p, topic: o.Topic, opts: o.callOptions()}
 	e.closers = append(e.closers, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = p.Close(cctx)

@@ -87,6 +87,116 @@ type Options struct {
 	// TracerProvider traces the run's producer and workers (from the
 	// OTEL_* environment; nil: off).
 	TracerProvider trace.TracerProvider
+	// Priority and Tenant: every message of the run is sent at that
+	// priority level, for that tenant (--priority, --tenant).
+	Priority int
+	Tenant   string
+	// priority and tenants scenarios (sched.go): the topic's priority
+	// levels and strict mode, every level flooded (AllLevels), the flood's
+	// size, tenant fairness on or off and the shards per tenant.
+	Priorities     int
+	PriorityStrict bool
+	AllLevels      bool
+	Flood          int
+	Fairness       string
+	FairShards     int
+}
+
+// callOptions are the request options of --priority and --tenant.
+func (o *Options) callOptions() []producer.RequestOption {
+	var opts []producer.RequestOption
+	if o.Priority > 0 {
+		opts = append(opts, producer.Priority(o.Priority))
+	}
+	if o.Tenant != "" {
+		opts = append(opts, producer.Tenant(o.Tenant))
+	}
+	return opts
+}
+
+// publishOptions are the publish options of --priority and --tenant.
+func (o *Options) publishOptions() []producer.PublishOption {
+	var opts []producer.PublishOption
+	if o.Priority > 0 {
+		opts = append(opts, producer.Priority(o.Priority))
+	}
+	if o.Tenant != "" {
+		opts = append(opts, producer.Tenant(o.Tenant))
+	}
+	return opts
+}
+
+// checkSched checks and defaults the scheduling flags.
+func (o *Options) checkSched(given map[string]bool) error {
+	switch {
+	case o.Priority < 0 || o.Priority >= bus.MaxPriorities:
+		return fmt.Errorf("--priority must be 0 to %d, got %d", bus.MaxPriorities-1, o.Priority)
+	case (o.Priority > 0 || o.Tenant != "") && o.Transport != "mycelium":
+		return fmt.Errorf("--priority and --tenant apply to --transport mycelium")
+	}
+	if o.Tenant != "" {
+		if err := bus.ValidateName("tenant", o.Tenant); err != nil {
+			return fmt.Errorf("--tenant: %w", err)
+		}
+	}
+	sched := o.Scenario == "priority" || o.Scenario == "tenants"
+	if !sched {
+		for _, f := range []string{"priorities", "strict", "all-levels", "flood", "fairness", "fair-shards"} {
+			if given[f] {
+				return fmt.Errorf("--%s applies to --scenario priority or tenants", f)
+			}
+		}
+		return nil
+	}
+	switch {
+	case o.Transport != "mycelium" || o.NoWorkers:
+		return fmt.Errorf("--scenario %s runs mycelium with its in-process workers", o.Scenario)
+	case given["priority"] || given["tenant"]:
+		return fmt.Errorf("--scenario %s sets each message's priority and tenant itself", o.Scenario)
+	case o.Flood < 1:
+		return fmt.Errorf("--flood must be at least 1, got %d", o.Flood)
+	}
+	if !given["handler"] {
+		o.Handler = "sleep:20ms"
+	}
+	if !given["workers"] {
+		o.Workers = 16
+	}
+	if !given["duration"] {
+		o.Duration = 20 * time.Second
+	}
+	if !given["rate"] {
+		o.Rate = 5
+	}
+	if !given["timeout"] {
+		o.Timeout = 2 * time.Minute // a request behind the flood waits for it
+	}
+	if !given["concurrency"] {
+		o.Concurrency = 64 // the flood's publishers
+	}
+	if o.Scenario == "priority" {
+		if given["fairness"] || given["fair-shards"] {
+			return fmt.Errorf("--fairness and --fair-shards apply to --scenario tenants")
+		}
+		if o.Priorities < 2 || o.Priorities > bus.MaxPriorities {
+			return fmt.Errorf("--priorities must be 2 to %d, got %d", bus.MaxPriorities, o.Priorities)
+		}
+		return nil
+	}
+	if given["priorities"] || given["strict"] || given["all-levels"] {
+		return fmt.Errorf("--priorities, --strict and --all-levels apply to --scenario priority")
+	}
+	o.Priorities = 1
+	if !given["partitions"] {
+		o.Partitions = 16
+	}
+	switch {
+	case o.Fairness != "on" && o.Fairness != "off":
+		return fmt.Errorf("--fairness %q: want on or off", o.Fairness)
+	case o.FairShards < 1 || o.FairShards > o.Partitions:
+		return fmt.Errorf("--fair-shards must be 1 to the partition count (%d), got %d", o.Partitions, o.FairShards)
+	}
+	return nil
 }
 
 // ErrUsage marks errors in the options: the command exits 2 on them.
@@ -96,9 +206,12 @@ var ErrUsage = errors.New("usage")
 // set on the command line.
 func (o *Options) Check(given map[string]bool) error {
 	switch o.Scenario {
-	case "rpc", "publish", "continuous", "cached", "failover", "stream", "cancel", "quota":
+	case "rpc", "publish", "continuous", "cached", "failover", "stream", "cancel", "quota", "priority", "tenants":
 	default:
-		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached, failover, stream, cancel or quota", o.Scenario)
+		return fmt.Errorf("--scenario %q: want rpc, publish, continuous, cached, failover, stream, cancel, quota, priority or tenants", o.Scenario)
+	}
+	if err := o.checkSched(given); err != nil {
+		return err
 	}
 	if o.Scenario == "quota" {
 		switch {

@@ -392,7 +392,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 					s.started[seq].Store(t0.UnixNano())
 				}
 				pctx, cancel := context.WithTimeout(ctx, e.o.Timeout)
-				_, err := e.p.Publish(pctx, e.o.Topic, buf)
+				_, err := e.p.Publish(pctx, e.o.Topic, buf, e.o.publishOptions()...)
 				cancel()
 				if err != nil {
 					if errors.Is(err, bus.ErrBacklogFull) {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"io"
 	"os"
 	"path/filepath"
@@ -55,11 +56,16 @@ type Case struct {
 	// (else none), and its token quota (0: none).
 	Limits            bool
 	QuotaTokensPerMin float64
+	// priority and tenants scenarios: every level flooded (the shares
+	// run), tenant fairness on or off.
+	AllLevels bool
+	Fairness  string
+	Flood     int
 }
 
 // transports are the systems a case runs on.
 func (c Case) transports() []string {
-	if c.Scenario == "cached" || c.Scenario == "stream" || c.Scenario == "cancel" || c.Scenario == "quota" || c.Partitions > 0 {
+	if c.Scenario == "cached" || c.Scenario == "stream" || c.Scenario == "cancel" || c.Scenario == "quota" || c.Scenario == "priority" || c.Scenario == "tenants" || c.Partitions > 0 {
 		return []string{"mycelium"}
 	}
 	return []string{"mycelium", "pubsub"}
@@ -107,6 +113,16 @@ func SeedCases(quick bool) []Case {
 		{Name: "quota-off", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16},
 		{Name: "quota-tokens", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16, Rate: 30, Limits: true, QuotaTokensPerMin: 60000},
 		{Name: "quota-tokens-off", Scenario: "quota", Concurrency: 256, Duration: time.Minute, Payload: 16, Rate: 30, QuotaTokensPerMin: 60000},
+		// Scheduling (docs/scheduling.md): 16 slots, a 20 ms handler.
+		// priority: 20,000 events queued at the least urgent of 3 levels,
+		// requests at level 0 (5/s); priority-shares: every level flooded
+		// (weights 4:2:1); tenants: tenant A floods 20,000 events, B to E
+		// send 5 requests/s each, on 16 partitions with 2 per tenant, and
+		// without fairness.
+		{Name: "priority", Scenario: "priority", Concurrency: 64, Duration: 20 * time.Second, Payload: 1024, Handler: "sleep:20ms", Flood: 20000},
+		{Name: "priority-shares", Scenario: "priority", Concurrency: 64, Duration: 30 * time.Second, Payload: 1024, Handler: "sleep:20ms", AllLevels: true, Flood: 20000},
+		{Name: "tenants", Scenario: "tenants", Concurrency: 64, Duration: 20 * time.Second, Payload: 1024, Handler: "sleep:20ms", Fairness: "on", Flood: 20000},
+		{Name: "tenants-off", Scenario: "tenants", Concurrency: 64, Duration: 20 * time.Second, Payload: 1024, Handler: "sleep:20ms", Fairness: "off", Flood: 20000},
 	}
 	for _, c := range sweepConcurrency {
 		cs = append(cs, Case{Name: fmt.Sprintf("sweep-%d", c), Scenario: "rpc", Concurrency: c, Duration: 2 * time.Second, Payload: 1024, Sweep: true})
@@ -120,6 +136,10 @@ func SeedCases(quick bool) []Case {
 			c.Duration /= 4
 			if c.Scenario == "quota" {
 				c.Duration = 5 * time.Second
+			}
+			if c.Scenario == "priority" || c.Scenario == "tenants" {
+				c.Duration, c.Flood = 2*time.Second, 2000
+				continue // their 20 ms handler is what they measure against
 			}
 			if c.Handler != "" {
 				c.Handler = "sleep:200ms,50ms"
@@ -153,6 +173,14 @@ func (c Case) Options(base *bench.Options, tr string) *bench.Options {
 	}
 	if c.Chunks > 0 {
 		o.Chunks, o.ChunkInterval = c.Chunks, c.ChunkInterval
+	}
+	if c.Scenario == "priority" || c.Scenario == "tenants" {
+		// As bench.Options.Check defaults them (see checkSched).
+		o.Workers, o.Rate, o.Timeout = 16, 5, 2*time.Minute
+		o.Flood, o.Priorities, o.AllLevels, o.PriorityStrict = c.Flood, 3, c.AllLevels, false
+		if c.Scenario == "tenants" {
+			o.Priorities, o.Partitions, o.FairShards, o.Fairness = 1, 16, 2, c.Fairness
+		}
 	}
 	if c.Scenario == "quota" {
 		o.NoWorkers, o.Limits, o.QuotaTokensPerMin = true, c.Limits, c.QuotaTokensPerMin
@@ -421,6 +449,44 @@ func Judge(runs []report.Run) []report.Verdict {
 			c.Cancels, report.USLabel(c.P50US), report.USLabel(c.P99US), c.Missed)})
 	}
 	vs = append(vs, judgeQuota(by)...)
+	vs = append(vs, judgeSched(by)...)
+	return vs
+}
+
+// judgeSched checks the scheduling targets: a level-0 request's queue wait
+// p99 below 3 handler times behind a flood at the least urgent level; each
+// level's share within 5 points of its weight's with every level flooded;
+// tenants B to E's queue wait p99 with fairness on at most a tenth of
+// theirs without.
+func judgeSched(by map[string]map[string]*bench.Result) []report.Verdict {
+	var vs []report.Verdict
+	if m := by["priority"][bench.SystemMycelium]; m != nil && m.Sched != nil {
+		sc := m.Sched
+		vs = append(vs, report.Verdict{OK: m.Errors == 0 && sc.FloodLeft > 0 && sc.QueueWaitP99US < 3*sc.HandlerUS, Text: fmt.Sprintf(
+			"priority: %d events queued at level %d of %d, %d requests at level 0: their queue wait p50 %s p99 %s next to a %s handler, %d of the flood still queued at the end (target: p99 below 3 handler times, the flood never drained)",
+			sc.Flood, sc.Levels-1, sc.Levels, m.OK, report.USLabel(float64(sc.QueueWaitP50US)), report.USLabel(float64(sc.QueueWaitP99US)),
+			report.USLabel(float64(sc.HandlerUS)), sc.FloodLeft)})
+	}
+	if m := by["priority-shares"][bench.SystemMycelium]; m != nil && m.Sched != nil {
+		sc := m.Sched
+		ok := len(sc.Shares) == len(sc.WeightShares) && len(sc.Shares) > 0
+		for l := range sc.Shares {
+			if l < len(sc.WeightShares) && math.Abs(sc.Shares[l]-sc.WeightShares[l]) > 0.05 {
+				ok = false
+			}
+		}
+		vs = append(vs, report.Verdict{OK: ok, Text: fmt.Sprintf(
+			"priority-shares: every level flooded, weights %v: handled %v, shares %v against the weights' %v (target: each within 5 points)",
+			sc.Weights, sc.HandledByLevel, sc.Shares, sc.WeightShares)})
+	}
+	on, off := by["tenants"][bench.SystemMycelium], by["tenants-off"][bench.SystemMycelium]
+	if on != nil && on.Sched != nil && off != nil && off.Sched != nil {
+		a, b := on.Sched, off.Sched
+		vs = append(vs, report.Verdict{OK: on.Errors == 0 && a.QueueWaitP99US*10 <= b.QueueWaitP99US, Text: fmt.Sprintf(
+			"tenants: A floods %d events, B to E send %d requests: their queue wait p99 %s with fairness on (%d of %d partitions per tenant), %s without: %.0fx (target: at most a tenth)",
+			a.Flood, on.OK, report.USLabel(float64(a.QueueWaitP99US)), a.Shards, a.Partitions, report.USLabel(float64(b.QueueWaitP99US)),
+			float64(b.QueueWaitP99US)/math.Max(float64(a.QueueWaitP99US), 1))})
+	}
 	return vs
 }
 
