@@ -1,8 +1,8 @@
 package consumer
 
 import (
-	"context"
 	"cmp"
+	"context"
 	"errors"
 	"slices"
 	"strings"
