@@ -365,6 +365,15 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	}
 	if got > 0 {
 		r.stats.reads.Add(1)
+		if levels, weights, _ := r.topo.sched(); levels > 1 {
+			// A wait on every level: what came is counted by level.
+			for i, es := range res {
+				if l := read[i].level; len(es) > 0 && l < len(r.stats.levelReads) {
+					r.stats.levelReads[l].Add(uint64(len(es)))
+					ls.read(l, len(es), weights, nil)
+				}
+			}
+		}
 	}
 	g.got = got
 	return res, n, g, err

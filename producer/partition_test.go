@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -25,6 +26,44 @@ func TestPartitionOf(t *testing.T) {
 	}
 	if producer.PartitionOf("anything", 1) != 0 || producer.PartitionOf("anything", 0) != 0 {
 		t.Error("one partition (or none) must map every key to 0")
+	}
+}
+
+// TestShardSet: the wire contract's values (clients in other languages
+// compute the same), m distinct partitions, m clamped to [1, n], and
+// every partition reachable by some tenant.
+func TestShardSet(t *testing.T) {
+	for _, tt := range []struct {
+		tenant string
+		n, m   int
+		want   []int
+	}{
+		{"A", 16, 2, []int{12, 4}}, {"B", 16, 2, []int{5, 9}}, {"tenant-42", 16, 4, []int{2, 6, 3, 0}},
+		{"A", 16, 0, []int{12}}, {"A", 3, 9, nil},
+	} {
+		got := producer.ShardSet(tt.tenant, tt.n, tt.m)
+		if tt.want != nil && !slices.Equal(got, tt.want) {
+			t.Errorf("ShardSet(%q, %d, %d) = %v, want %v", tt.tenant, tt.n, tt.m, got, tt.want)
+		}
+		if want := min(max(tt.m, 1), tt.n); len(got) != want {
+			t.Errorf("ShardSet(%q, %d, %d) has %d partitions, want %d", tt.tenant, tt.n, tt.m, len(got), want)
+		}
+		seen := map[int]bool{}
+		for _, p := range got {
+			if p < 0 || p >= tt.n || seen[p] {
+				t.Errorf("ShardSet(%q, %d, %d) = %v: out of range or repeated", tt.tenant, tt.n, tt.m, got)
+			}
+			seen[p] = true
+		}
+	}
+	hit := map[int]bool{}
+	for i := range 200 {
+		for _, p := range producer.ShardSet(fmt.Sprint("t", i), 16, 2) {
+			hit[p] = true
+		}
+	}
+	if len(hit) != 16 {
+		t.Errorf("200 tenants reach %d of 16 partitions", len(hit))
 	}
 }
 

@@ -3,6 +3,7 @@ package prom
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ type StreamCollector struct {
 	every   time.Duration
 
 	up, length, oldest, dead, pending, oldestPending, lag, consumers, partitions, delayed *prometheus.Desc
+	levelLength, levelLag                                                               *prometheus.Desc
 
 	mu   sync.Mutex
 	at   time.Time
@@ -56,6 +58,8 @@ func NewStreamCollector(insp *inspect.Inspector, topics ...string) *StreamCollec
 		oldestPending: d("group_oldest_pending_age_seconds", "Age (by id) of the group's oldest pending entry; 0 when none.", g),
 		lag:           d("group_lag", "Entries in the stream not yet delivered to the group (Redis 7+).", g),
 		consumers:     d("group_consumers", "Consumers registered in the group.", g),
+		levelLength:   d("priority_level_length", "Entries in a priority level's streams (a topic with priority levels; level 0 the most urgent).", []string{"topic", "level"}),
+		levelLag:      d("priority_level_lag", "Entries of a priority level not yet delivered, over every group (Redis 7+).", []string{"topic", "level"}),
 	}
 }
 
@@ -68,7 +72,7 @@ func (s *StreamCollector) ReadEvery(d time.Duration) *StreamCollector {
 
 // Describe implements prometheus.Collector.
 func (s *StreamCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.up, s.length, s.oldest, s.dead, s.pending, s.oldestPending, s.lag, s.consumers, s.partitions, s.delayed} {
+	for _, d := range []*prometheus.Desc{s.up, s.length, s.oldest, s.dead, s.pending, s.oldestPending, s.lag, s.consumers, s.partitions, s.delayed, s.levelLength, s.levelLag} {
 		ch <- d
 	}
 }
@@ -110,6 +114,13 @@ func (s *StreamCollector) read() []prometheus.Metric {
 		gauge(s.dead, float64(t.DeadLetters), name)
 		gauge(s.delayed, float64(t.Delayed), name)
 		gauge(s.partitions, float64(max(t.Partitions, 1)), name)
+		for _, l := range t.ByLevel {
+			level := strconv.Itoa(l.Level)
+			gauge(s.levelLength, float64(l.Length), name, level)
+			if l.Lag >= 0 {
+				gauge(s.levelLag, float64(l.Lag), name, level)
+			}
+		}
 		for _, g := range t.Groups {
 			gauge(s.pending, float64(g.Pending), name, g.Name)
 			gauge(s.oldestPending, g.OldestPendingAge.Seconds(), name, g.Name)

@@ -527,3 +527,44 @@ func clusterLimits(t *testing.T, c *bus.Client) {
 		t.Errorf("limited topic on the cluster: %d starts within a second; the rate allows 204", busiest)
 	}
 }
+
+// TestClusterPriorities: on a Redis Cluster a partition's priority levels
+// share its slot and are read together: with levels backlogged before
+// the worker starts, each partition's entries are handled level 0 first,
+// then 1, then 2 (strict mode; partitions are read side by side, so the
+// order holds within a partition).
+func TestClusterPriorities(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	c := cl.Client(t)
+	const topic = "prio"
+	setScheduling(t, c, topic, 3, inspect.Scheduling{Levels: 3, Strict: true})
+	p := newProducer(t, c, producer.Config{})
+	for _, l := range []int{2, 1, 0} {
+		publishAt(t, p, topic, l, 30)
+	}
+	var mu sync.Mutex
+	last := map[int]int{}
+	var handled int
+	var bad []string
+	runConsumer(t, c, consumer.Config{Topic: topic, Concurrency: 1}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		l := levelOf(m)
+		if l < last[m.Partition] {
+			bad = append(bad, fmt.Sprintf("partition %d: level %d after %d", m.Partition, l, last[m.Partition]))
+		}
+		last[m.Partition] = l
+		handled++
+		return nil, nil
+	}))
+	waitFor(t, 30*time.Second, "90 events handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return handled == 90
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Fatalf("out of order: %v", bad)
+	}
+}

@@ -69,6 +69,7 @@ func promtool(t *testing.T) string {
 func TestMetricsEndpoint(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
+	setScheduling(t, c, "m", 1, inspect.Scheduling{Levels: 2}) // the levels' gauges and counters
 	co := runConsumer(t, c, consumer.Config{Topic: "m"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		return m.Payload, nil
 	}))
@@ -123,6 +124,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		`mycelium_breaker_state{topic="m"} 0`,
 		`mycelium_cache_shared_entries{topic="m"} 200`,
 		`mycelium_producer_cache_hits_local_total{producer="` + p.ID() + `"} 1`,
+		`mycelium_priority_level_length{level="0",topic="m"} 200`,
+		`mycelium_priority_level_length{level="1",topic="m"} 0`,
+		`mycelium_consumer_reads_by_level_total{group="workers",level="0",topic="m"} 200`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -336,3 +336,49 @@ func TestPriorityWithDelayAndCache(t *testing.T) {
 		t.Fatalf("calls %v, levels %v; want one call for the prompt, both at level 1", calls, levels)
 	}
 }
+
+// TestTenantShards: on a topic with tenant fairness (8 partitions, 2 per
+// tenant) a tenant's entries land in its shard set only, on both its
+// shards; without fairness they go round robin over all 8.
+func TestTenantShards(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	setScheduling(t, c, "fair", 8, inspect.Scheduling{Levels: 1, Shards: 2})
+	setScheduling(t, c, "unfair", 8, inspect.Scheduling{Levels: 1})
+	p := newProducer(t, c, producer.Config{})
+	for _, topic := range []string{"fair", "unfair"} {
+		for i := range 64 {
+			if _, err := p.Publish(ctx, topic, fmt.Appendf(nil, "%d", i), producer.Tenant("A")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	rd := c.Redis()
+	used := func(topic string) map[int]int64 {
+		out := map[int]int64{}
+		for k := range 8 {
+			n, err := rd.Do(ctx, rd.B().Xlen().Key(bus.Keys{}.Topic(bus.Partition(topic, k))).Build()).AsInt64()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n > 0 {
+				out[k] = n
+			}
+		}
+		return out
+	}
+	set := producer.ShardSet("A", 8, 2)
+	fair := used("fair")
+	if len(fair) != 2 || fair[set[0]] == 0 || fair[set[1]] == 0 {
+		t.Fatalf("tenant A's entries by partition %v, want both of its shards %v only", fair, set)
+	}
+	if u := used("unfair"); len(u) != 8 {
+		t.Fatalf("without fairness: entries by partition %v, want all 8", u)
+	}
+	// The header names the tenant.
+	tp, err := inspect.New(redistest.RoleClient(t, c, "operator")).Partitions(ctx, "fair")
+	if err != nil || tp.Shards != 2 {
+		t.Fatalf("Partitions = %+v, %v; want 2 shards", tp, err)
+	}
+}
