@@ -58,3 +58,26 @@ func FuzzParseCacheEntryID(f *testing.F) {
 		}
 	})
 }
+
+// TestLevelKeys: level 0 is the partition's own stream; the others share
+// its hash tag and parse back; nothing else parses as a level.
+func TestLevelKeys(t *testing.T) {
+	k := Keys{}
+	if k.Level("t#2", 0) != k.Topic("t#2") || k.LevelDelayed("t", 0) != k.Delayed("t") || k.LevelRetry("t", 0) != k.Retry("t") {
+		t.Fatal("level 0 must be the partition's own keys")
+	}
+	if got := k.Level("t#2", 3); got != "myc:{t#2}:p3" {
+		t.Fatalf("Level = %q", got)
+	}
+	if got := k.LevelDelayed("t", 1); got != "myc:{t}:p1:delayed" {
+		t.Fatalf("LevelDelayed = %q", got)
+	}
+	if p, l, ok := k.ParseLevel(k.Level("t#2", 9)); !ok || p != "t#2" || l != 9 {
+		t.Fatalf("ParseLevel = %q %d %v", p, l, ok)
+	}
+	for _, key := range []string{k.Topic("t"), k.LevelDelayed("t", 1), "myc:{t}:p0", "myc:{t}:p12", "myc:{t}:px", "myc:{r.x}:p1", "other:{t}:p1", k.Meta("t")} {
+		if _, _, ok := k.ParseLevel(key); ok {
+			t.Errorf("ParseLevel(%q) accepted", key)
+		}
+	}
+}

@@ -141,6 +141,20 @@ func (k Keys) ParseTopic(key string) (string, bool) {
 	return t, true
 }
 
+// ParseLevel returns the partition name and level of a priority level's
+// stream key (Level with l > 0), and false for any other key.
+func (k Keys) ParseLevel(key string) (string, int, bool) {
+	i := strings.LastIndex(key, ":p")
+	if i < 0 || len(key) != i+3 || key[i+2] < '1' || key[i+2] > '9' {
+		return "", 0, false
+	}
+	t, ok := k.ParseTopic(key[:i])
+	if !ok {
+		return "", 0, false
+	}
+	return t, int(key[i+2] - '0'), true
+}
+
 // ParseDeadLetter returns the topic of a dead-letter stream key, and false
 // for any other key.
 func (k Keys) ParseDeadLetter(key string) (string, bool) {

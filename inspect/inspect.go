@@ -363,6 +363,10 @@ func (i *Inspector) scan(ctx context.Context) (topics, replies []string, err err
 			if t, _, ok := bus.ParsePartition(t); ok {
 				seen[t] = true
 			}
+		} else if t, _, ok := i.keys.ParseLevel(k); ok {
+			if t, _, ok := bus.ParsePartition(t); ok {
+				seen[t] = true // a topic with priority levels, its level 0 empty
+			}
 		} else if t, ok := i.keys.ParseDeadLetter(k); ok {
 			if t, _, ok := bus.ParsePartition(t); ok {
 				seen[t] = true // a topic whose stream is gone may still have dead letters

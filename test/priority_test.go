@@ -2,8 +2,11 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -380,5 +383,70 @@ func TestTenantShards(t *testing.T) {
 	tp, err := inspect.New(redistest.RoleClient(t, c, "operator")).Partitions(ctx, "fair")
 	if err != nil || tp.Shards != 2 {
 		t.Fatalf("Partitions = %+v, %v; want 2 shards", tp, err)
+	}
+}
+
+// TestBusWorkerPriorities: the operator's and the caller's commands:
+// topic create with levels and weights, levels never lowered, publish at
+// a level for a tenant, stats by level, and bad flags refused with one
+// line.
+func TestBusWorkerPriorities(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	bin := buildCmd(t, "bus-worker")
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append(args, "--redis", srv.URL)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("topic", "create", "--topic", "pt", "--priorities", "3", "--weights", "6,3,1", "--json")
+	if err != nil {
+		t.Fatalf("topic create: %v\n%s", err, out)
+	}
+	var p inspect.Partitions
+	if err := json.Unmarshal([]byte(out), &p); err != nil || p.Levels != 3 || !slices.Equal(p.Weights, []int{6, 3, 1}) || len(p.Streams) != 3 {
+		t.Fatalf("topic create --json = %s (%v)", out, err)
+	}
+	if out, err := run("topic", "set-scheduling", "--topic", "pt", "--priorities", "2"); err == nil || !strings.Contains(out, "cannot be lowered") {
+		t.Fatalf("lowering the levels: %v\n%s", err, out)
+	}
+	if out, err := run("publish", "--topic", "pt", "--data", "x", "--priority", "2", "--tenant", "acme"); err != nil {
+		t.Fatalf("publish --priority 2: %v\n%s", err, out)
+	}
+	rd := c.Redis()
+	if n, err := rd.Do(ctx, rd.B().Xlen().Key(bus.Keys{}.Level("pt", 2)).Build()).AsInt64(); err != nil || n != 1 {
+		t.Fatalf("level 2's stream holds %d, %v; want the event", n, err)
+	}
+	out, err = run("stats", "--json")
+	if err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, out)
+	}
+	var st struct {
+		Topics []struct {
+			Topic      string                 `json:"topic"`
+			Length     int64                  `json:"length"`
+			Priorities []inspect.LevelFigures `json:"priorities"`
+		} `json:"topics"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Topics) != 1 || len(st.Topics[0].Priorities) != 3 ||
+		st.Topics[0].Priorities[2].Length != 1 || st.Topics[0].Priorities[0].Weight != 6 || st.Topics[0].Length != 1 {
+		t.Fatalf("stats --json = %s (%v)", out, err)
+	}
+	if out, err := run("stats"); err != nil || !strings.Contains(out, "pt: 3 priority levels") {
+		t.Fatalf("stats: %v\n%s", err, out)
+	}
+	for _, bad := range [][]string{
+		{"publish", "--topic", "pt", "--data", "x", "--priority", "10"},
+		{"request", "--topic", "pt", "--data", "x", "--tenant", "a b"},
+		{"topic", "create", "--topic", "pu", "--priorities", "3", "--weights", "1,2"},
+		{"topic", "create", "--topic", "pu", "--priorities", "11"},
+		{"topic", "create", "--topic", "pu", "--partitions", "4", "--fair-shards", "5"},
+		{"topic", "set-scheduling", "--topic", "pu"},
+	} {
+		out, err := run(bad...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Errorf("%v: exit %v, want 2 and one line:\n%s", bad, err, out)
+		}
 	}
 }
