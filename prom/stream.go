@@ -28,7 +28,7 @@ type StreamCollector struct {
 	every   time.Duration
 
 	up, length, oldest, dead, pending, oldestPending, lag, consumers, partitions, delayed *prometheus.Desc
-	levelLength, levelLag                                                               *prometheus.Desc
+	levelLength, levelLag                                                                 *prometheus.Desc
 
 	mu   sync.Mutex
 	at   time.Time
