@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -448,5 +449,86 @@ func TestBusWorkerPriorities(t *testing.T) {
 		if !errors.As(err, &ee) || ee.ExitCode() != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 {
 			t.Errorf("%v: exit %v, want 2 and one line:\n%s", bad, err, out)
 		}
+	}
+}
+
+// TestPriorityBatchesStreamsCancel: PublishBatch and RequestBatch write
+// to their level; a streamed reply at level 1 arrives whole; a request at
+// level 1 cancelled by its caller cancels its handler.
+func TestPriorityBatchesStreamsCancel(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	const topic = "prio-verbs"
+	setScheduling(t, c, topic, 1, inspect.Scheduling{Levels: 2})
+	started := make(chan struct{}, 1)
+	cancelled := make(chan error, 1)
+	runConsumer(t, c, consumer.Config{Topic: topic, Concurrency: 4}, consumer.HandlerFunc(func(ctx context.Context, m *consumer.Message) ([]byte, error) {
+		switch string(m.Payload) {
+		case "stream":
+			for i := range 3 {
+				if err := m.Send(ctx, fmt.Appendf(nil, "%d", i)); err != nil {
+					return nil, err
+				}
+			}
+			return nil, nil
+		case "slow":
+			started <- struct{}{}
+			<-ctx.Done()
+			cancelled <- context.Cause(ctx)
+			return nil, ctx.Err()
+		}
+		return []byte(m.Headers[bus.PriorityHeader]), nil
+	}))
+	p := newProducer(t, c, producer.Config{})
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := p.PublishBatch(rctx, topic, [][]byte{[]byte("a"), []byte("b")}, producer.Priority(1)); err != nil {
+		t.Fatal(err)
+	}
+	replies, err := p.RequestBatch(rctx, topic, [][]byte{[]byte("c"), []byte("d")}, producer.Priority(1))
+	if err != nil || len(replies) != 2 || string(replies[0].Payload) != "1" || string(replies[1].Payload) != "1" {
+		t.Fatalf("RequestBatch at level 1 = %+v, %v", replies, err)
+	}
+	rd := c.Redis()
+	if n, err := rd.Do(ctx, rd.B().Xlen().Key(bus.Keys{}.Level(topic, 1)).Build()).AsInt64(); err != nil || n != 4 {
+		t.Fatalf("level 1's stream holds %d, %v; want the 2 events and 2 requests", n, err)
+	}
+	st, err := p.Stream(rctx, topic, []byte("stream"), producer.Priority(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		chunk, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Recv after %v: %v", got, err)
+		}
+		got = append(got, string(chunk))
+	}
+	if !slices.Equal(got, []string{"0", "1", "2"}) {
+		t.Fatalf("streamed chunks %v", got)
+	}
+	sctx, scancel := context.WithCancel(rctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Request(sctx, topic, []byte("slow"), producer.Priority(1))
+		done <- err
+	}()
+	<-started
+	scancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Request = %v, want context.Canceled", err)
+	}
+	select {
+	case cause := <-cancelled:
+		if !errors.Is(cause, bus.ErrCancelled) {
+			t.Fatalf("handler's cause %v, want ErrCancelled", cause)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler at level 1 was not cancelled")
 	}
 }
