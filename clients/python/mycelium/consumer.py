@@ -296,6 +296,7 @@ class Consumer:
         self._main: asyncio.Future[Any] | None = None
         self._stopping = False
         self._warn = WarnLimiter(log)
+        self._levels_told = False  # warned that the topic has priority levels (_note_levels)
         self._metrics = metrics  # a mycelium.metrics.Metrics: counters and stage timings under the Go names
         self.stats = Stats()
         self.serving = Serving()
@@ -431,11 +432,21 @@ class Consumer:
     async def _join(self) -> None:
         r = self.redis
         await r.ping()
-        meta = await r.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
+        meta = await r.hmget(self._keys.meta(self.topic), ["partitions", "drain", "priorities"])
         n = _count(meta[1]) or _count(meta[0]) or 1
+        self._note_levels(meta[2])
         for i in range(n):
             await self._add_partition(i)
         await self._beat()
+
+    def _note_levels(self, v: Any) -> None:
+        """Says once that the topic has priority levels this worker does
+        not read (docs/scheduling.md: the Go workers read them all)."""
+        levels = _count(v)
+        if levels > 1 and not self._levels_told:
+            self._levels_told = True
+            log.warning("worker of %s: the topic has %d priority levels; this Python worker reads level 0 only "
+                        "(entries at the other levels wait for a Go worker: docs/scheduling.md)", self.topic, levels)
 
     async def _add_partition(self, i: int) -> None:
         name = partition(self.topic, i)
@@ -491,7 +502,8 @@ class Consumer:
     async def _follow_partitions(self) -> None:
         """Reads partitions added since (from their first entry) and forgets
         removed ones once drained (Go: the consumer's topology)."""
-        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain", "lowered"])
+        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain", "lowered", "priorities"])
+        self._note_levels(meta[3])
         count, drain = _count(meta[0]) or 1, _count(meta[1])
         if drain > count and await self._forget(count, drain, _uint(meta[2])):
             meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain"])

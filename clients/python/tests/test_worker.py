@@ -381,3 +381,23 @@ async def test_handler_exceptions_are_logged_with_their_traceback(redis_url: str
 
 def _parse_prompt(b: bytes) -> bytes:
     raise ValueError("cannot parse the prompt")
+
+
+async def test_worker_says_it_reads_level_0_only(redis_url: str, topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A topic with priority levels (bus-worker topic create --priorities):
+    the Python worker serves level 0 and says once that the other levels
+    wait for a Go worker (docs/scheduling.md)."""
+    r = aioredis.from_url(redis_url)
+    try:
+        await r.hset(f"myc:{{{topic}}}:meta", mapping={"priorities": "3"})
+    finally:
+        await r.close(close_connection_pool=True)
+
+    async def echo(m: Message) -> bytes:
+        return m.payload
+
+    with caplog.at_level(logging.WARNING, logger="mycelium.consumer"):
+        async with py_worker(redis_url, topic, echo), Producer(redis_url) as p:
+            assert await p.request(topic, b"x", timeout=10) == b"x"
+    recs = [r for r in caplog.records if "3 priority levels" in r.getMessage()]
+    assert len(recs) == 1
