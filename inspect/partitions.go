@@ -76,6 +76,13 @@ func (i *Inspector) partitions(ctx context.Context, topic string) (Partitions, e
 	return p, nil
 }
 
+// ParseWeights parses levels comma-separated priority weights (each 1 to
+// 1000), as SetScheduling takes them; FormatWeights is its inverse.
+func ParseWeights(s string, levels int) ([]int, error) { return redisx.ParseWeights(s, levels) }
+
+// FormatWeights writes weights as ParseWeights reads them.
+func FormatWeights(w []int) string { return redisx.FormatWeights(w) }
+
 // SetScheduling sets a topic's priority levels and tenant fairness.
 // Producers follow within about a second and workers within 2 s. Levels
 // can be raised, never lowered (bus.ErrInvalidConfig: entries of removed

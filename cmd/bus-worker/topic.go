@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/egos/mycelium/bus"
@@ -63,7 +62,7 @@ func topicCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		sched = inspect.Scheduling{Levels: *levels, Strict: *strict, Shards: *shards}
 		if *weights != "" {
-			if sched.Weights, err = parseWeights(*weights, *levels); err != nil {
+			if sched.Weights, err = inspect.ParseWeights(*weights, *levels); err != nil {
 				return usagef("topic %s: --weights: %v", sub, err)
 			}
 		}
@@ -115,36 +114,11 @@ func topicCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if p.Strict {
 			mode = "strict"
 		}
-		fmt.Fprintf(stdout, ", %d priority levels (%s, weights %s)", p.Levels, mode, joinInts(p.Weights))
+		fmt.Fprintf(stdout, ", %d priority levels (%s, weights %s)", p.Levels, mode, inspect.FormatWeights(p.Weights))
 	}
 	if p.Shards > 0 {
 		fmt.Fprintf(stdout, ", tenant fairness: %d shard(s) per tenant", p.Shards)
 	}
 	fmt.Fprintf(stdout, "\nstreams: %s\n", strings.Join(p.Streams, " "))
 	return nil
-}
-
-// parseWeights parses --weights: one weight per level, 1 to 1000 each.
-func parseWeights(s string, levels int) ([]int, error) {
-	parts := strings.Split(s, ",")
-	if len(parts) != levels {
-		return nil, fmt.Errorf("want %d weights (one per level), got %d", levels, len(parts))
-	}
-	w := make([]int, levels)
-	for i, p := range parts {
-		v, err := strconv.Atoi(strings.TrimSpace(p))
-		if err != nil || v < 1 || v > 1000 {
-			return nil, fmt.Errorf("weight of level %d is %q: want an integer from 1 to 1000", i, p)
-		}
-		w[i] = v
-	}
-	return w, nil
-}
-
-func joinInts(v []int) string {
-	s := make([]string, len(v))
-	for i, x := range v {
-		s[i] = strconv.Itoa(x)
-	}
-	return strings.Join(s, ",")
 }

@@ -319,7 +319,12 @@ func ReadGroupAll(ctx context.Context, c rueidis.Client, keys []string, group, c
 		ids[i] = ">"
 	}
 	cmd := c.B().Xreadgroup().Group(group, consumer).Count(count).Block(block.Milliseconds()).Streams().Key(keys...).Id(ids...).Build()
-	res := c.Do(ctx, cmd)
+	return parseReadAll(c.Do(ctx, cmd), keys, group)
+}
+
+// parseReadAll parses a multi-stream XREADGROUP reply: the entries by
+// stream in keys' order (nil for a stream without entries).
+func parseReadAll(res rueidis.RedisResult, keys []string, group string) ([][]Entry, error) {
 	out := make([][]Entry, len(keys))
 	if err := res.Error(); err != nil {
 		if rueidis.IsRedisNil(err) {
@@ -394,26 +399,7 @@ func ReadGroupAllNow(ctx context.Context, c rueidis.Client, keys []string, group
 	for i := range ids {
 		ids[i] = ">"
 	}
-	res := c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(keys...).Id(ids...).Build())
-	out := make([][]Entry, len(keys))
-	if err := res.Error(); err != nil {
-		if rueidis.IsRedisNil(err) {
-			return out, nil
-		}
-		return nil, groupErr(err, strings.Join(keys, " "), group)
-	}
-	lists, err := readLists(res)
-	if err != nil {
-		return nil, err
-	}
-	for i, k := range keys {
-		if l, ok := lists[k]; ok {
-			if out[i], err = parseEntries(&l); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return out, nil
+	return parseReadAll(c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(keys...).Id(ids...).Build()), keys, group)
 }
 
 // Read runs XREAD COUNT count BLOCK block STREAMS key after on the blocking

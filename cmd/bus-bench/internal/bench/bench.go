@@ -449,7 +449,7 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		return nil, err
 	}
 	e.p = p
-	e.call = myceliumCaller{p: p, topic: o.Topic, opts: o.callOptions()}
+	e.call = myceliumCaller{p: p, topic: o.Topic, opts: callOptions[producer.RequestOption](o)}
 	e.closers = append(e.closers, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = p.Close(cctx)

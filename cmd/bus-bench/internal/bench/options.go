@@ -102,26 +102,15 @@ type Options struct {
 	FairShards     int
 }
 
-// callOptions are the request options of --priority and --tenant.
-func (o *Options) callOptions() []producer.RequestOption {
-	var opts []producer.RequestOption
+// callOptions are the options of --priority and --tenant, as T (a verb's
+// option type: producer.RequestOption, producer.PublishOption).
+func callOptions[T any](o *Options) []T {
+	var opts []T
 	if o.Priority > 0 {
-		opts = append(opts, producer.Priority(o.Priority))
+		opts = append(opts, any(producer.Priority(o.Priority)).(T))
 	}
 	if o.Tenant != "" {
-		opts = append(opts, producer.Tenant(o.Tenant))
-	}
-	return opts
-}
-
-// publishOptions are the publish options of --priority and --tenant.
-func (o *Options) publishOptions() []producer.PublishOption {
-	var opts []producer.PublishOption
-	if o.Priority > 0 {
-		opts = append(opts, producer.Priority(o.Priority))
-	}
-	if o.Tenant != "" {
-		opts = append(opts, producer.Tenant(o.Tenant))
+		opts = append(opts, any(producer.Tenant(o.Tenant)).(T))
 	}
 	return opts
 }

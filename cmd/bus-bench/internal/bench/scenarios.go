@@ -15,6 +15,7 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/producer"
 )
 
 // Payload layout: run id (8 bytes) | sequence (8 bytes) | a fixed random
@@ -392,7 +393,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 					s.started[seq].Store(t0.UnixNano())
 				}
 				pctx, cancel := context.WithTimeout(ctx, e.o.Timeout)
-				_, err := e.p.Publish(pctx, e.o.Topic, buf, e.o.publishOptions()...)
+				_, err := e.p.Publish(pctx, e.o.Topic, buf, callOptions[producer.PublishOption](e.o)...)
 				cancel()
 				if err != nil {
 					if errors.Is(err, bus.ErrBacklogFull) {
