@@ -44,13 +44,14 @@ type env struct {
 	keys bus.Keys
 	key  string // partition 0's stream: the topic's own
 
-	stats    counters
-	inFlight atomic.Int64 // entries held: read and not yet acknowledged
-	timings  metrics.Recorder
-	sampled  atomic.Uint64 // entries considered for info-level timing logs
-	warns    warnLimiter   // warn lines about entries (see warnEntry)
-	tr       tracing       // OpenTelemetry (trace.go)
-	lim      *limiter      // the topic's fleet-wide limits (limiter.go)
+	stats     counters
+	inFlight  atomic.Int64 // entries held: read and not yet acknowledged
+	timings   metrics.Recorder
+	sampled   atomic.Uint64 // entries considered for info-level timing logs
+	warns     warnLimiter   // warn lines about entries (see warnEntry)
+	slowWarns warnLimiter   // warn lines about slow entries (see logTiming)
+	tr        tracing       // OpenTelemetry (trace.go)
+	lim       *limiter      // the topic's fleet-wide limits (limiter.go)
 
 	// A refusal for good (bus.ErrPermission) stops Run: fatalErr is the
 	// first, stopRun cancels Run's loops (both under fatalMu).

@@ -2,7 +2,11 @@ package consumer
 
 import (
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // TestLevelSchedShares: with every level backlogged, the levels are read
@@ -60,5 +64,25 @@ func TestLevelSchedIdleLevelFirst(t *testing.T) {
 	s.idle()
 	if s.pass[0] != s.pass[1] || s.pass[1] != s.pass[2] {
 		t.Fatalf("idle left passes %v, want them equal", s.pass)
+	}
+}
+
+// TestSlowEntryLinesLimited: a backlog makes every entry slow; at most
+// warnBurst warn lines per warnPeriod say so, the rest go to debug, and
+// the next warn line counts those not logged.
+func TestSlowEntryLinesLimited(t *testing.T) {
+	var buf strings.Builder
+	e := &env{cfg: Config{Topic: "t", Timing: TimingConfig{SlowEntry: time.Millisecond, Sample: -1}}, log: zerolog.New(&buf).Level(zerolog.WarnLevel)}
+	for range 25 {
+		e.logTiming(&completion{id: "1-1", queued: time.Second}, 0)
+	}
+	if n := strings.Count(buf.String(), `"level":"warn"`); n != warnBurst {
+		t.Fatalf("%d warn lines for 25 slow entries, want %d:\n%s", n, warnBurst, buf.String())
+	}
+	e.slowWarns.start = time.Now().Add(-warnPeriod) // the next period
+	buf.Reset()
+	e.logTiming(&completion{id: "1-2", queued: time.Second}, 0)
+	if !strings.Contains(buf.String(), `"slow_entries_not_logged":15`) {
+		t.Fatalf("the next period's first line %q does not count the 15 not logged", buf.String())
 	}
 }

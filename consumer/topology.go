@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,9 @@ type topology struct {
 	// meta reads the topic's partition metadata (the type the producer
 	// follows counts with), through the port.
 	meta *watcher.Topic
+	// corrupt: the last refresh found the metadata malformed (said once;
+	// run's goroutine only).
+	corrupt bool
 }
 
 // newTopology returns the topology of e's topic.
@@ -204,10 +208,16 @@ func (t *topology) refresh(ctx context.Context) (redisx.PartitionMeta, bool) {
 	meta := t.keys.Meta(t.cfg.Topic)
 	nm, err := t.meta.Read(ctx)
 	if err != nil {
-		if ctx.Err() == nil && !t.fail(err, "HMGET "+meta) && !redisx.IsConnErr(err) {
-			t.log.Warn().Err(err).Str("key", meta).Msg("cannot read the partition count; keeping the last one")
+		corrupt := errors.Is(err, redisx.ErrCorruptMeta)
+		if ctx.Err() == nil && !t.fail(err, "HMGET "+meta) && !redisx.IsConnErr(err) && (!corrupt || !t.corrupt) {
+			t.log.Warn().Err(err).Str("key", meta).Msg("cannot read the topic's partitions and priority levels; keeping the last ones (fix: bus-worker topic set-partitions or set-scheduling)")
 		}
+		t.corrupt = t.corrupt || corrupt // said once until it reads again
 		return nm, false
+	}
+	if t.corrupt {
+		t.corrupt = false
+		t.log.Info().Str("key", meta).Msg("the topic's metadata reads again")
 	}
 	if nm.Draining() && t.forget(ctx, nm) {
 		if nm2, err := t.meta.Read(ctx); err == nil {

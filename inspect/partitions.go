@@ -83,11 +83,13 @@ func ParseWeights(s string, levels int) ([]int, error) { return redisx.ParseWeig
 // FormatWeights writes weights as ParseWeights reads them.
 func FormatWeights(w []int) string { return redisx.FormatWeights(w) }
 
-// SetScheduling sets a topic's priority levels and tenant fairness.
-// Producers follow within about a second and workers within 2 s. Levels
-// can be raised, never lowered (bus.ErrInvalidConfig: entries of removed
-// levels would be stranded); weights, strict mode and shards change
-// freely.
+// SetScheduling sets a topic's priority levels and tenant fairness (all of
+// s: read Partitions first to change one of them). Producers follow within
+// about a second and workers within 2 s. Levels can be raised, never
+// lowered (bus.ErrInvalidConfig: entries of removed levels would be
+// stranded); weights, strict mode and shards change freely, shards up to
+// the partition count (a count lowered later below them: each tenant
+// writes to every partition).
 func (i *Inspector) SetScheduling(ctx context.Context, topic string, s Scheduling) (Partitions, error) {
 	if err := bus.ValidateName("topic", topic); err != nil {
 		return Partitions{}, fmt.Errorf("inspect: %w", err)
@@ -103,7 +105,17 @@ func (i *Inspector) SetScheduling(ctx context.Context, topic string, s Schedulin
 	if s.Shards < 0 || s.Shards > bus.MaxPartitions {
 		return Partitions{}, fmt.Errorf("inspect: %w: fair shards %d out of [0, %d]", bus.ErrInvalidConfig, s.Shards, bus.MaxPartitions)
 	}
-	_, err := i.port.SetScheduling(ctx, i.keys.Meta(topic), redisx.Scheduling{Levels: s.Levels, Weights: s.Weights, Strict: s.Strict, Shards: s.Shards})
+	cur, err := i.partitions(ctx, topic)
+	switch {
+	case errors.Is(err, bus.ErrCorruptMeta):
+		// A malformed setting (written by hand) is replaced: the partition
+		// count, if that is what is malformed, stays so.
+	case err != nil:
+		return Partitions{}, err
+	case s.Shards > cur.Count:
+		return Partitions{}, fmt.Errorf("inspect: %w: fair shards %d above the partition count %d", bus.ErrInvalidConfig, s.Shards, cur.Count)
+	}
+	_, err = i.port.SetScheduling(ctx, i.keys.Meta(topic), redisx.Scheduling{Levels: s.Levels, Weights: s.Weights, Strict: s.Strict, Shards: s.Shards})
 	if errors.Is(err, redisx.ErrLevelsLowered) {
 		return Partitions{}, fmt.Errorf("inspect: %w: %w", bus.ErrInvalidConfig, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -177,21 +178,17 @@ func (pr *partitioner) shards(t *topic) int {
 }
 
 // ShardSet returns the partitions of a tenant among n when each tenant has
-// m of them (shuffle sharding): m distinct partitions, the first
-// PartitionOf(tenant, n), each next one PartitionOf of the tenant and its
-// rank, skipping those taken. It is part of the wire contract
-// (docs/scheduling.md): clients in other languages compute the same.
+// m of them (shuffle sharding): m distinct partitions, the k-th (k = 0, 1,
+// ...) drawn as shardOf(tenant + "#" + k, n), skipping those taken. It is
+// part of the wire contract (docs/wire.md): clients in other languages
+// compute the same.
 func ShardSet(tenant string, n, m int) []int {
 	m = min(max(m, 1), n)
 	out := make([]int, 0, m)
 	taken := make(map[int]bool, m)
 	for k := 0; len(out) < m; k++ {
-		key := tenant
-		if k > 0 {
-			key = tenant + "#" + strconv.Itoa(k)
-		}
-		j := PartitionOf(key, n)
-		if k >= 4*n { // pathological hashes: fill in order
+		j := shardOf(tenant+"#"+strconv.Itoa(k), n)
+		if k >= 8*n { // pathological hashes: fill in order
 			for j = 0; taken[j]; j++ {
 			}
 		}
@@ -203,6 +200,22 @@ func ShardSet(tenant string, n, m int) []int {
 	return out
 }
 
+// shardOf maps a key to one of n partitions: FNV-1a (32 bit) of the key,
+// mixed by MurmurHash3's 32-bit finalizer (FNV-1a's low bits depend only
+// on the low bits before the last bytes: without the mix, modulo a power
+// of two, a tenant's second shard would follow from its first), modulo n.
+func shardOf(key string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	x := h.Sum32()
+	x ^= x >> 16
+	x *= 0x85ebca6b
+	x ^= x >> 13
+	x *= 0xc2b2ae35
+	x ^= x >> 16
+	return int(x % uint32(n))
+}
+
 // shard returns the partition a tenant's call writes to: the least loaded
 // of its shard set by the backlog this producer measures (its
 // backpressure monitors: the estimate is read, never waited for), ties
@@ -212,7 +225,7 @@ func (pr *partitioner) shard(t *topic, tenant string, n, m int, co *callOptions)
 	if len(set) == 1 {
 		return set[0]
 	}
-	start := int(t.parts.rr.Add(1) % uint64(len(set)))
+	start := rand.IntN(len(set)) // ties (unmeasured shards) spread, from every producer
 	best, bestLoad := set[start], int64(-1)
 	for k := range set {
 		j := set[(start+k)%len(set)]

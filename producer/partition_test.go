@@ -38,7 +38,7 @@ func TestShardSet(t *testing.T) {
 		n, m   int
 		want   []int
 	}{
-		{"A", 16, 2, []int{12, 4}}, {"B", 16, 2, []int{5, 9}}, {"tenant-42", 16, 4, []int{2, 6, 3, 0}},
+		{"A", 16, 2, []int{12, 1}}, {"B", 16, 2, []int{2, 4}}, {"tenant-42", 16, 4, []int{5, 8, 1, 7}},
 		{"A", 16, 0, []int{12}}, {"A", 3, 9, nil},
 	} {
 		got := producer.ShardSet(tt.tenant, tt.n, tt.m)
@@ -56,14 +56,16 @@ func TestShardSet(t *testing.T) {
 			seen[p] = true
 		}
 	}
-	hit := map[int]bool{}
-	for i := range 200 {
-		for _, p := range producer.ShardSet(fmt.Sprint("t", i), 16, 2) {
-			hit[p] = true
-		}
+	// Every pair of 16 partitions is some tenant's set (a tenant's second
+	// shard does not follow from its first: FNV-1a alone, modulo 16, made
+	// 16 sets of the 120).
+	sets := map[[2]int]bool{}
+	for i := range 20000 {
+		s := producer.ShardSet(fmt.Sprint("t", i), 16, 2)
+		sets[[2]int{min(s[0], s[1]), max(s[0], s[1])}] = true
 	}
-	if len(hit) != 16 {
-		t.Errorf("200 tenants reach %d of 16 partitions", len(hit))
+	if len(sets) != 120 {
+		t.Errorf("20,000 tenants make %d distinct shard sets of 2 among 16, want all 120", len(sets))
 	}
 }
 

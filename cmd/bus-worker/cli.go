@@ -45,7 +45,8 @@ Usage:
   bus-worker cache stats [--redis URL] --topic T [--json]
   bus-worker cache flush [--redis URL] --topic T [--key K | --data STR]   (one entry, else every one)
   bus-worker topic create|set-partitions [--redis URL] --topic T --partitions N [--json]
-  bus-worker topic create|set-scheduling [--redis URL] --topic T [--priorities N [--weights 4,2,1] [--strict]] [--fair-shards M]
+  bus-worker topic create|set-scheduling [--redis URL] --topic T [--priorities N] [--weights 4,2,1] [--strict[=false]] [--fair-shards M] [--json]
+                     (set-scheduling changes what its flags name and keeps the rest)
   bus-worker topic describe [--redis URL] --topic T [--json]
   bus-worker limit set [--redis URL] --topic T [--rate 600/m [--burst 20]] [--tokens 90000/m [--tokens-burst N]] [--concurrency 8]
                      (fleet-wide limits every worker obeys; "none" or 0 removes one)

@@ -147,7 +147,7 @@ func IsRedisReply(err error) bool {
 // nil), nor a write that replicas did not acknowledge (ErrNotReplicated):
 // the command may not have reached Redis, or its reply was lost.
 func IsConnErr(err error) bool {
-	return err != nil && !IsRedisReply(err) && !IsNil(err) && !errors.Is(err, ErrNotReplicated)
+	return err != nil && !IsRedisReply(err) && !IsNil(err) && !errors.Is(err, ErrNotReplicated) && !errors.Is(err, ErrCorruptMeta)
 }
 
 // groupErr returns err of a command on group at key, wrapped in ErrNoGroup

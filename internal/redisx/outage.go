@@ -39,7 +39,7 @@ func (o *Outage) Failed(err error) {
 	}
 	o.since = time.Now()
 	if errors.Is(err, ErrCorruptMeta) {
-		o.Log.Error().Err(err).Str("loop", o.What).Msg("malformed topic metadata: waiting for an operator to fix it (bus-worker topic set-partitions), retrying with backoff")
+		o.Log.Error().Err(err).Str("loop", o.What).Msg("malformed topic metadata: waiting for an operator to fix it (bus-worker topic set-partitions or set-scheduling), retrying with backoff")
 		return
 	}
 	o.Log.Error().Err(err).Str("loop", o.What).Msg("lost Redis; retrying with backoff")

@@ -65,7 +65,7 @@ func (m PartitionMeta) Draining() bool { return m.Drain > m.N }
 func Partitions(ctx context.Context, c rueidis.Client, meta string) (PartitionMeta, error) {
 	vals, err := c.Do(ctx, c.B().Hmget().Key(meta).Field(metaFields[:]...).Build()).ToArray()
 	if isWrongType(err) {
-		return PartitionMeta{}, fmt.Errorf("%w: %s is not a hash (someone replaced it): fix it with bus-worker topic set-partitions, or delete it", ErrCorruptMeta, meta)
+		return PartitionMeta{}, fmt.Errorf("%w: %s is not a hash (someone replaced it): delete it, then bus-worker topic set-partitions and set-scheduling", ErrCorruptMeta, meta)
 	}
 	if err != nil {
 		return PartitionMeta{}, err
@@ -195,10 +195,30 @@ type Scheduling struct {
 
 // setSchedulingScript sets a topic's priority levels (ARGV[1]), weights
 // (ARGV[2]), strict mode (ARGV[3]) and tenant shards (ARGV[4], 0: off),
-// refusing to lower the level count (entries of the removed levels would
-// be stranded): returns the level count before, and 0 when it refused.
-var setSchedulingScript = newScript("set_scheduling", `local cur = tonumber(redis.call('HGET', KEYS[1], 'priorities') or '1') or 1
-local n = tonumber(ARGV[1])
+// refusing arguments the bus never writes (any role that may call it may
+// write the hash, but nothing malformed is written through it) and a
+// lower level count than the topic's (entries of the removed levels would
+// be stranded; a count that is not one, written by hand, may be replaced):
+// returns the level count before (0: malformed), and 0 when it refused.
+var setSchedulingScript = newScript("set_scheduling", `local function int(s, lo, hi)
+  if type(s) ~= 'string' or not string.match(s, '^%d+$') then return nil end
+  local v = tonumber(s)
+  if v < lo or v > hi then return nil end
+  return v
+end
+local n = int(ARGV[1], 1, 10)
+if not n then return redis.error_reply('ERR set_scheduling: levels must be 1 to 10') end
+local count = 0
+for w in string.gmatch(ARGV[2], '[^,]+') do
+  if not int(w, 1, 1000) then return redis.error_reply('ERR set_scheduling: weights must be 1 to 1000') end
+  count = count + 1
+end
+if count ~= n or string.find(ARGV[2], ',,', 1, true) or string.sub(ARGV[2], 1, 1) == ',' or string.sub(ARGV[2], -1) == ',' then
+  return redis.error_reply('ERR set_scheduling: one weight per level')
+end
+if ARGV[3] ~= '0' and ARGV[3] ~= '1' then return redis.error_reply('ERR set_scheduling: strict must be 0 or 1') end
+if not int(ARGV[4], 0, 1024) then return redis.error_reply('ERR set_scheduling: shards must be 0 to 1024') end
+local cur = int(redis.call('HGET', KEYS[1], 'priorities') or '1', 1, 10) or 0
 if n < cur then return {cur, 0} end
 redis.call('HSET', KEYS[1], 'priorities', ARGV[1], 'priority_weights', ARGV[2], 'priority_strict', ARGV[3], 'fair_shards', ARGV[4])
 return {cur, 1}`)
