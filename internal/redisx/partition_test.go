@@ -220,3 +220,37 @@ func FuzzParsePartitions(f *testing.F) {
 		}
 	})
 }
+
+// TestSetScheduling: levels set with their weights, never lowered; a
+// level count nobody wrote through the bus is replaced; the script
+// refuses malformed arguments whoever calls it.
+func TestSetScheduling(t *testing.T) {
+	m, c := miniClient(t)
+	ctx := context.Background()
+	got, err := SetScheduling(ctx, c, "meta", Scheduling{Levels: 3, Strict: true, Shards: 2})
+	if err != nil || got.Levels != 3 || !got.Strict || got.Shards != 2 || len(got.Weights) != 3 || got.Weights[0] != 4 {
+		t.Fatalf("SetScheduling(3 levels) = %+v, %v", got, err)
+	}
+	if _, err := SetScheduling(ctx, c, "meta", Scheduling{Levels: 2}); !errors.Is(err, ErrLevelsLowered) {
+		t.Fatalf("lowering = %v, want ErrLevelsLowered", err)
+	}
+	if _, err := SetScheduling(ctx, c, "meta", Scheduling{Levels: 3, Weights: []int{1, 2}}); err == nil {
+		t.Fatal("two weights for three levels accepted")
+	}
+	m.HSet("meta", "priorities", "99")
+	if _, err := Partitions(ctx, c, "meta"); !errors.Is(err, ErrCorruptMeta) {
+		t.Fatalf("priorities 99 read as %v, want ErrCorruptMeta", err)
+	}
+	if got, err = SetScheduling(ctx, c, "meta", Scheduling{Levels: 2, Weights: []int{3, 1}}); err != nil || got.Levels != 2 || got.Weights[0] != 3 || got.Strict {
+		t.Fatalf("replacing a malformed count = %+v, %v", got, err)
+	}
+	for _, args := range [][]string{{"abc", "1", "0", "0"}, {"11", "1", "0", "0"}, {"2", "1,,2", "0", "0"}, {"2", "1,2,", "0", "0"},
+		{"2", "0,1", "0", "0"}, {"2", "1,2", "2", "0"}, {"2", "1,2", "0", "-1"}, {"2", "1,2", "0", "1025"}} {
+		if err := setSchedulingScript.Exec(ctx, c, []string{"meta"}, args).Error(); err == nil {
+			t.Errorf("set_scheduling %v accepted", args)
+		}
+	}
+	if got, err = Partitions(ctx, c, "meta"); err != nil || got.Levels != 2 {
+		t.Fatalf("after refused calls: %+v, %v; want the 2 levels kept", got, err)
+	}
+}
