@@ -408,8 +408,13 @@ func TestBusWorkerPriorities(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &p); err != nil || p.Levels != 3 || !slices.Equal(p.Weights, []int{6, 3, 1}) || len(p.Streams) != 3 {
 		t.Fatalf("topic create --json = %s (%v)", out, err)
 	}
-	if out, err := run("topic", "set-scheduling", "--topic", "pt", "--priorities", "2"); err == nil || !strings.Contains(out, "cannot be lowered") {
+	var ee *exec.ExitError
+	if out, err := run("topic", "set-scheduling", "--topic", "pt", "--priorities", "2"); !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(out, "never lowered") {
 		t.Fatalf("lowering the levels: %v\n%s", err, out)
+	}
+	// set-scheduling changes what its flags name and keeps the rest.
+	if out, err := run("topic", "set-scheduling", "--topic", "pt", "--strict", "--json"); err != nil || !strings.Contains(out, `"priority_weights":[6,3,1]`) || !strings.Contains(out, `"priority_strict":true`) {
+		t.Fatalf("set-scheduling --strict: %v\n%s", err, out)
 	}
 	if out, err := run("publish", "--topic", "pt", "--data", "x", "--priority", "2", "--tenant", "acme"); err != nil {
 		t.Fatalf("publish --priority 2: %v\n%s", err, out)
@@ -445,7 +450,6 @@ func TestBusWorkerPriorities(t *testing.T) {
 		{"topic", "set-scheduling", "--topic", "pu"},
 	} {
 		out, err := run(bad...)
-		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 2 || strings.Count(strings.TrimSpace(out), "\n") != 0 {
 			t.Errorf("%v: exit %v, want 2 and one line:\n%s", bad, err, out)
 		}
