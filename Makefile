@@ -26,7 +26,7 @@ SOAK_TIMEOUT    ?= 3h
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test soak soak-short test-python python-deps test-secure test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test soak soak-short test-python python-deps test-secure test-watermill test-watermill-stress test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,10 +47,11 @@ check-repo: ## fail when a tracked file is an executable binary or larger than 1
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server python-deps check-repo vet tidy-check lint ## everything CI runs: the repository check, go vet, the tidy check, golangci-lint, go test -race over all packages (unit on miniredis, integration on redis-server), test-secure, the Python client's tests, then the 60-second soak (last: it judges losses, dead letters and memory, never latency)
+test: redis-server python-deps check-repo vet tidy-check lint ## everything CI runs: the repository check, go vet, the tidy check, golangci-lint, go test -race over all packages (unit on miniredis, integration on redis-server), test-secure, the Python client's tests, Watermill's suite against contrib/watermill, then the 60-second soak (last: it judges losses, dead letters and memory, never latency)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
 	$(MAKE) --no-print-directory test-secure
 	$(MAKE) --no-print-directory test-python
+	$(MAKE) --no-print-directory test-watermill
 	$(MAKE) --no-print-directory soak-short
 
 python-deps: ## install the Python client's packages for its tests (Debian's, with apt) when missing
@@ -63,6 +64,12 @@ test-python: redis-server python-deps ## the Python client: mypy --strict, codec
 	$(GO) build -o $(BIN)/bus-worker ./cmd/bus-worker
 	cd clients/python && $(PYTHON) -m mypy
 	cd clients/python && PYTHONDONTWRITEBYTECODE=1 $(TEST_ENV) MYCELIUM_BUS_WORKER=$(BIN)/bus-worker $(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+test-watermill: redis-server ## Watermill's universal Pub/Sub suite (tests.TestPubSub) against the adapter in contrib/watermill (its own module), on a redis-server of its own that TestReconnect restarts; go test -v lists each suite test. Without -race: the suite's timeouts assume a one-at-a-time subscriber at full speed (the core's race tests cover the code)
+	cd contrib/watermill && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m -v ./...
+
+test-watermill-stress: redis-server ## Watermill's stress variant (the suite ten times at once) against the adapter
+	cd contrib/watermill && MYCELIUM_WATERMILL_STRESS=1 $(GO) test -count=1 -timeout 30m -v -run Stress ./...
 
 test-secure: redis-server ## the integration suite over mutual TLS with its own CA, producers and workers as the least-privilege ACL users (bus-worker acl)
 	MYCELIUM_TEST_SECURE=1 $(TEST_ENV) $(GO) test -race -count=1 -timeout 5m -skip '$(SECURE_SKIP)' ./test/

@@ -1,0 +1,128 @@
+package watermill_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	wm "github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
+
+	"github.com/egos/mycelium/bus"
+	mwm "github.com/egos/mycelium/contrib/watermill"
+)
+
+// The suite's own redis-server (started by TestMain, with an append-only
+// file fsynced at every write, so that a restart loses nothing Redis
+// acknowledged: TestReconnect restarts it twice under load).
+var (
+	redisURL     string
+	restartRedis []string
+)
+
+func TestMain(m *testing.M) {
+	stop, err := startRedis()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "watermill tests:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	stop()
+	os.Exit(code)
+}
+
+// startRedis starts redis-server on a free loopback port, daemonized with
+// a pid file in a temporary directory, and sets redisURL and the restart
+// command; stop shuts it down and removes the directory.
+func startRedis() (stop func(), err error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return nil, fmt.Errorf("redis-server not on PATH (make test-watermill installs it): %w", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	_ = l.Close()
+	dir, err := os.MkdirTemp("", "myc-watermill-redis")
+	if err != nil {
+		return nil, err
+	}
+	start := fmt.Sprintf("redis-server --port %s --bind 127.0.0.1 --dir %s --save '' --appendonly yes --appendfsync always --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log --loglevel warning && for i in $(seq 200); do redis-cli -p %s ping >/dev/null 2>&1 && exit 0; sleep 0.05; done; exit 1",
+		port, dir, dir, dir, port)
+	if out, err := exec.Command("sh", "-c", start).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("start redis-server: %v: %s", err, out)
+	}
+	redisURL = "redis://127.0.0.1:" + port
+	// A restart as the suite wants it: shut down (the AOF is flushed), start again on the same files.
+	restartRedis = []string{"sh", "-c", "redis-cli -p " + port + " shutdown >/dev/null 2>&1; " + start}
+	return func() {
+		_ = exec.Command("redis-cli", "-p", port, "shutdown", "nosave").Run()
+		_ = os.RemoveAll(dir)
+	}, nil
+}
+
+// connect returns a client of the suite's Redis, closed when t ends.
+func connect(t *testing.T) *bus.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := bus.Connect(ctx, bus.Config{URL: redisURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func createPubSub(t *testing.T) (message.Publisher, message.Subscriber) {
+	return createPubSubWithConsumerGroup(t, "")
+}
+
+func createPubSubWithConsumerGroup(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+	pc, sc := connect(t), connect(t)
+	logger := wm.NopLogger{}
+	pub, err := mwm.NewPublisher(pc, mwm.PublisherConfig{}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := mwm.NewSubscriber(sc, mwm.SubscriberConfig{ConsumerGroup: group}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub, sub
+}
+
+// features are what Mycelium's Redis Streams promise, declared honestly
+// (README.md in this folder says why each is what it is).
+func features() tests.Features {
+	return tests.Features{
+		ConsumerGroups:                      true,
+		ExactlyOnceDelivery:                 false, // at least once: a delivery whose Ack was not recorded is delivered again
+		GuaranteedOrder:                     false, // a Nacked message comes back after later ones; several subscribers of a group read side by side
+		GuaranteedOrderWithSingleSubscriber: true,
+		Persistent:                          true,
+		RequireSingleInstance:               false,
+		NewSubscriberReceivesOldMessages:    true, // a new group starts at the oldest entry still in the stream
+		RestartServiceCommand:               restartRedis,
+	}
+}
+
+func TestPublishSubscribe(t *testing.T) {
+	tests.TestPubSub(t, features(), createPubSub, createPubSubWithConsumerGroup)
+}
+
+// TestPublishSubscribeStress is Watermill's stress variant (the suite ten
+// times at once): make test-watermill-stress.
+func TestPublishSubscribeStress(t *testing.T) {
+	if os.Getenv("MYCELIUM_WATERMILL_STRESS") != "1" {
+		t.Skip("the stress variant runs with MYCELIUM_WATERMILL_STRESS=1 (make test-watermill-stress)")
+	}
+	tests.TestPubSubStressTest(t, features(), createPubSub, createPubSubWithConsumerGroup)
+}
