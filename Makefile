@@ -26,7 +26,7 @@ SOAK_TIMEOUT    ?= 3h
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test soak soak-short test-python python-deps test-secure test-watermill test-watermill-stress test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test soak soak-short test-python python-deps test-secure test-watermill test-watermill-stress bench-watermill test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,9 @@ test-python: redis-server python-deps ## the Python client: mypy --strict, codec
 
 test-watermill: redis-server ## Watermill's universal Pub/Sub suite (tests.TestPubSub) against the adapter in contrib/watermill (its own module), on a redis-server of its own that TestReconnect restarts; go test -v lists each suite test. Without -race: the suite's timeouts assume a one-at-a-time subscriber at full speed (the core's race tests cover the code)
 	cd contrib/watermill && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m -v ./...
+
+bench-watermill: redis-server ## the Watermill adapter against watermill-redisstream on one redis-server: publish at 1/16/256 publishers, consume, Router end to end (medians of 3 alternating runs)
+	cd contrib/watermill && MYCELIUM_WATERMILL_BENCH=1 $(GO) test -count=1 -timeout 30m -v -run CompareRedisstream ./...
 
 test-watermill-stress: redis-server ## Watermill's stress variant (the suite ten times at once) against the adapter
 	cd contrib/watermill && MYCELIUM_WATERMILL_STRESS=1 $(GO) test -count=1 -timeout 30m -v -run Stress ./...
