@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -185,29 +186,34 @@ func (pr *partitioner) shards(t *topic) int {
 func ShardSet(tenant string, n, m int) []int {
 	m = min(max(m, 1), n)
 	out := make([]int, 0, m)
-	taken := make(map[int]bool, m)
+	var rank [20]byte
 	for k := 0; len(out) < m; k++ {
-		j := shardOf(tenant+"#"+strconv.Itoa(k), n)
+		j := shardOf(tenant, strconv.AppendInt(append(rank[:0], '#'), int64(k), 10), n)
 		if k >= 8*n { // pathological hashes: fill in order
-			for j = 0; taken[j]; j++ {
+			for j = 0; slices.Contains(out, j); j++ {
 			}
 		}
-		if !taken[j] {
-			taken[j] = true
+		if !slices.Contains(out, j) {
 			out = append(out, j)
 		}
 	}
 	return out
 }
 
-// shardOf maps a key to one of n partitions: FNV-1a (32 bit) of the key,
-// mixed by MurmurHash3's 32-bit finalizer (FNV-1a's low bits depend only
-// on the low bits before the last bytes: without the mix, modulo a power
-// of two, a tenant's second shard would follow from its first), modulo n.
-func shardOf(key string, n int) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	x := h.Sum32()
+// shardOf maps a key (tenant, then suffix) to one of n partitions: FNV-1a
+// (32 bit) of the key, mixed by MurmurHash3's 32-bit finalizer (FNV-1a's
+// low bits depend only on the low bits before the last bytes: without the
+// mix, modulo a power of two, a tenant's second shard would follow from
+// its first), modulo n. It allocates nothing: it runs on a tenant's every
+// write.
+func shardOf(tenant string, suffix []byte, n int) int {
+	x := uint32(2166136261)
+	for i := range len(tenant) {
+		x = (x ^ uint32(tenant[i])) * 16777619
+	}
+	for _, c := range suffix {
+		x = (x ^ uint32(c)) * 16777619
+	}
 	x ^= x >> 16
 	x *= 0x85ebca6b
 	x ^= x >> 13
