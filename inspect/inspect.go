@@ -50,6 +50,8 @@ type Topic struct {
 	Levels  int
 	Level   int
 	ByLevel []LevelFigures
+	// Strict: the levels are served strictly in order (SetScheduling).
+	Strict bool
 	// Limits are the topic's fleet-wide limits and pause (SetLimits,
 	// PauseTopic); zero when none.
 	Limits Limits
@@ -150,7 +152,7 @@ func (i *Inspector) Topic(ctx context.Context, name string) (Topic, error) {
 		}
 		t.add(time.Now())
 		if levels > 1 {
-			t.Levels = levels
+			t.Levels, t.Strict = levels, ps.Strict
 			t.byLevel(ps.Weights)
 		}
 	}

@@ -438,7 +438,10 @@ func TestBusWorkerPriorities(t *testing.T) {
 		st.Topics[0].Priorities[2].Length != 1 || st.Topics[0].Priorities[0].Weight != 6 || st.Topics[0].Length != 1 {
 		t.Fatalf("stats --json = %s (%v)", out, err)
 	}
-	if out, err := run("stats"); err != nil || !strings.Contains(out, "pt: 3 priority levels") {
+	if !strings.Contains(out, `"priority_strict":true`) {
+		t.Fatalf("stats --json does not say the levels are strict: %s", out)
+	}
+	if out, err := run("stats"); err != nil || !strings.Contains(out, "pt: 3 priority levels, strict") {
 		t.Fatalf("stats: %v\n%s", err, out)
 	}
 	for _, bad := range [][]string{

@@ -35,6 +35,9 @@ type topicStats struct {
 	// Priorities: each priority level's figures (a topic with priority
 	// levels; the figures above add them up).
 	Priorities []inspect.LevelFigures `json:"priorities,omitempty"`
+	// PriorityStrict: the levels are served strictly in order (their
+	// weights then do nothing).
+	PriorityStrict bool `json:"priority_strict,omitempty"`
 	// Error: why the topic could not be read (its figures are then zero).
 	Error string `json:"error,omitempty"`
 }
@@ -123,7 +126,7 @@ func collectStats(ctx context.Context, insp *inspect.Inspector) (*busStats, erro
 	for _, t := range o.Topics {
 		ts := topicStats{Topic: t.Name, Length: t.Length, FirstEntryAgeS: t.FirstEntryAge.Seconds(), LastEntryAgeS: t.LastEntryAge.Seconds(),
 			DeadLetters: t.DeadLetters, Groups: make([]groupStats, 0, len(t.Groups)), Partitions: max(t.Partitions, 1), Draining: t.Draining,
-			Delayed: t.Delayed, Error: t.Err, Priorities: t.ByLevel}
+			Delayed: t.Delayed, Error: t.Err, Priorities: t.ByLevel, PriorityStrict: t.Strict}
 		if l := t.Limits; l.Set() || time.Until(l.PausedUntil) > 0 {
 			v := limitsJSON(t.Name, l)
 			ts.Limits = &v
@@ -196,7 +199,11 @@ func printStats(w io.Writer, s *busStats) {
 		if len(t.Priorities) == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "\n%s: %d priority levels (figures above are their sums)\n", t.Topic, len(t.Priorities))
+		mode, weight := "weighted", func(l inspect.LevelFigures) string { return strconv.Itoa(l.Weight) }
+		if t.PriorityStrict {
+			mode, weight = "strict: each level waits for the more urgent ones", func(inspect.LevelFigures) string { return "-" }
+		}
+		fmt.Fprintf(w, "\n%s: %d priority levels, %s (figures above are their sums)\n", t.Topic, len(t.Priorities), mode)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  LEVEL\tWEIGHT\tLENGTH\tPENDING\tLAG")
 		for _, l := range t.Priorities {
@@ -204,7 +211,7 @@ func printStats(w io.Writer, s *busStats) {
 			if l.Lag < 0 {
 				lag = "?"
 			}
-			fmt.Fprintf(tw, "  %d\t%d\t%d\t%d\t%s\n", l.Level, l.Weight, l.Length, l.Pending, lag)
+			fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%s\n", l.Level, weight(l), l.Length, l.Pending, lag)
 		}
 		_ = tw.Flush()
 	}
