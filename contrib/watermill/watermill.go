@@ -150,6 +150,9 @@ type SubscriberConfig struct {
 	CloseTimeout time.Duration
 }
 
+// DefaultClaimIdle is a Subscriber's default consumer.Config.Reclaim.ClaimIdle.
+const DefaultClaimIdle = 5 * time.Second
+
 // NackBackoff is the default delay before a Nacked message is delivered
 // again (doubled for each later Nack of it, up to 5 s).
 const NackBackoff = 50 * time.Millisecond
@@ -187,6 +190,14 @@ func NewSubscriber(c *bus.Client, cfg SubscriberConfig, logger watermill.LoggerA
 	}
 	if cfg.Config.Retry.Backoff == 0 {
 		cfg.Config.Retry.Backoff, cfg.Config.Retry.BackoffMax = NackBackoff, 5*time.Second
+	}
+	if cfg.Config.Reclaim.ClaimIdle == 0 {
+		// An entry Redis delivered as a subscription stopped (its read in
+		// flight) is pending with no handler: another reader of the group
+		// takes it after ClaimIdle. Subscriptions come and go more often
+		// than workers: 5 s, not the consumer's 30 s (handlers holding a
+		// message longer keep it: the heartbeat resets its idle time).
+		cfg.Config.Reclaim.ClaimIdle = DefaultClaimIdle
 	}
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = 30 * time.Second
