@@ -126,3 +126,49 @@ func TestPublishSubscribeStress(t *testing.T) {
 	}
 	tests.TestPubSubStressTest(t, features(), createPubSub, createPubSubWithConsumerGroup)
 }
+
+// TestCloseWhileRedisDown: a Subscribe waiting for its group while Redis
+// does not answer neither holds up Close nor outlives it.
+func TestCloseWhileRedisDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	_ = l.Close()
+	start := "redis-server --port " + port + " --bind 127.0.0.1 --save '' --appendonly no --daemonize yes && for i in $(seq 200); do redis-cli -p " + port + " ping >/dev/null 2>&1 && exit 0; sleep 0.05; done; exit 1"
+	if out, err := exec.Command("sh", "-c", start).CombinedOutput(); err != nil {
+		t.Fatalf("start redis-server: %v: %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := bus.Connect(ctx, bus.Config{URL: "redis://127.0.0.1:" + port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sub, err := mwm.NewSubscriber(c, mwm.SubscriberConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = exec.Command("redis-cli", "-p", port, "shutdown", "nosave").Run()
+	subscribed := make(chan error, 1)
+	go func() {
+		msgs, err := sub.Subscribe(context.Background(), "down")
+		if err == nil {
+			for range msgs { // closes once the Subscriber does
+			}
+		}
+		subscribed <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // let Subscribe reach its wait (nothing to poll: it waits on Redis)
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close() }()
+	for _, ch := range []chan error{closed, subscribed} {
+		select {
+		case <-ch:
+		case <-time.After(35 * time.Second):
+			t.Fatal("Close or Subscribe did not return with Redis down")
+		}
+	}
+}

@@ -218,7 +218,12 @@ func NewSubscriber(c *bus.Client, cfg SubscriberConfig, logger watermill.LoggerA
 // stops; with tracing on it carries the sender's trace context.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			s.mu.Unlock()
+		}
+	}()
 	if s.closed {
 		return nil, ErrClosed
 	}
@@ -268,6 +273,11 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, fmt.Errorf("watermill: subscribe to %s: %w", topic, err)
 	}
 	s.subs.Add(1)
+	// Not held while it waits for the group below: a Close meanwhile (its
+	// cancel ends that wait) must not wait for this Subscribe, nor other
+	// Subscribes while Redis does not answer.
+	s.mu.Unlock()
+	locked = false
 	go func() {
 		defer s.subs.Done()
 		defer close(out)
