@@ -4,8 +4,10 @@ Redis Streams, on the same wire as the Go packages (docs/wire.md)."""
 from ._cache import CacheConfig
 from .breaker import BreakerConfig, BreakerOpen
 from .codec import Envelope
+from ._limits import COST_HEADER
 from .consumer import Consumer, Message, Serving
 from .errors import (
+    BacklogFull,
     BusTimeout,
     CallerGone,
     Closed,
@@ -26,7 +28,7 @@ from .errors import (
 from .producer import Producer, PublishInfo, Reply
 
 __all__ = [
-    "BreakerConfig", "BreakerOpen", "BusTimeout", "CacheConfig", "CallerGone", "Closed", "Consumer", "DelayedFull", "Envelope", "InvalidConfig",
+    "COST_HEADER", "BacklogFull", "BreakerConfig", "BreakerOpen", "BusTimeout", "CacheConfig", "CallerGone", "Closed", "Consumer", "DelayedFull", "Envelope", "InvalidConfig",
     "MalformedError", "Message", "MyceliumError", "NoResponders", "NotStreaming", "PayloadTooLarge", "PermissionDenied",
     "Producer", "PublishInfo", "RedisFailed", "RemoteError", "Reply", "RetryAfter", "Serving", "StreamBroken", "Unavailable",
 ]

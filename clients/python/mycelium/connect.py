@@ -588,6 +588,16 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+async def xinfo(client: Any, sub: str, key: str) -> Any:
+    """``XINFO GROUPS|STREAM key``, parsed, on any client: redis-py 4.3's
+    cluster client cannot route XINFO's subcommands by their key itself."""
+    if is_cluster(client):
+        return await client.execute_command(f"XINFO {sub}", key, target_nodes=client.get_node_from_key(key))
+    if sub == "GROUPS":
+        return await client.xinfo_groups(key)
+    return await client.xinfo_stream(key)
+
+
 def check_client(client: Any) -> None:
     """Refuses, with :class:`InvalidConfig`, a client this package cannot
     use: not a ``redis.asyncio`` Redis or RedisCluster (a synchronous

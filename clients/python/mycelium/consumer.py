@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from . import codec
 from ._batch import Batcher, NodeTx, stop_tasks
+from ._limits import Grant, Limiter, estimated_cost
 from ._log import WarnLimiter
 from .errors import (
     CODE_HANDLER,
@@ -35,7 +36,7 @@ from .errors import (
     RetryAfter,
 )
 from .keys import DEFAULT_PREFIX, Keys, partition, validate_name
-from .connect import check_client, close_client, is_cluster, open_client
+from .connect import check_client, close_client, is_cluster, open_client, xinfo
 from .producer import FIELD, _apart, _unavailable
 from .scripts import Scripts
 
@@ -63,6 +64,11 @@ DUE_LIMIT = 100
 #: how long after a partition count was lowered the removed partitions
 #: may be forgotten (Go: consumer forgetGrace)
 FORGET_GRACE = 15.0
+#: how often a worker puts its group's overcounted lag right (Go: the janitor's pass)
+LAG_REPAIR_EVERY = 10.0
+#: how long a limited worker's read waits for a new entry holding no
+#: permit (Go: consumer timedWait)
+TIMED_WAIT_MS = 250
 _CACHE_ID = re.compile(r"(0|[1-9][0-9]{0,19}):[0-9a-f]{32}")
 
 
@@ -80,7 +86,17 @@ class Message:
     request: bool  # a request (the result is sent back) or an event
     sent: float  # unix seconds when the producer encoded it
     streaming: bool = False  # the caller reads a streamed reply: send() works
+    #: the message's cost in tokens: the caller's estimate (header myc-cost),
+    #: or what the handler reported (report_cost)
+    cost: int = 0
     _chunks: "_Chunks | None" = field(default=None, repr=False, compare=False)
+
+    def report_cost(self, n: int) -> None:
+        """Reports what this message really cost (tokens a model
+        provider counted): a topic with a token budget corrects the
+        caller's estimate by it when the handler returns (Go:
+        Message.ReportCost)."""
+        self.cost = max(int(n), 0)
 
     async def send(self, chunk: bytes | str) -> None:
         """Sends one chunk of a streamed reply (``str`` as UTF-8); returns
@@ -124,6 +140,11 @@ class Stats:
     coalesced_replies: int = 0  # answers written to requests that joined a cached one
     control_malformed: int = 0  # cancel notices without a valid token (forged or foreign), skipped
     write_errors: int = 0  # replies, acks or dead letters Redis did not take (the entry stays pending)
+    permits_granted: int = 0  # permits a limited topic granted (docs/flow-control.md)
+    permit_waits: int = 0  # times a read waited for permits or for a pause to end
+    permit_wait_seconds: float = 0.0  # time spent so
+    lag_repaired: int = 0  # times the group's overcounted lag was put right (Redis 7, after a trim)
+    pauses: int = 0  # times a handler paused the topic for the fleet (RetryAfter(pause=True), pause_on_retry_after)
 
 
 @dataclass
@@ -226,6 +247,7 @@ class Consumer:
         cache_max_value: int = 1 << 20,
         retry_backoff: float = 0.5,
         retry_backoff_max: float = 300.0,
+        pause_on_retry_after: bool = False,
         password: str | None = None,
         password_file: str | None = None,
         cluster: bool = False,
@@ -278,6 +300,8 @@ class Consumer:
         self.cache_ttl = cache_ttl
         self.cache_max_value = cache_max_value
         self.retry_backoff, self.retry_backoff_max = retry_backoff, retry_backoff_max
+        self.pause_on_retry_after = pause_on_retry_after
+        self._lim: Limiter | None = None  # the topic's fleet-wide limits (made at start)
         self._member = f"{group} {self.name}"
         self._pnames: list[str] = []  # partition names read, partition i at index i
         self._parts: list[str] = []  # their stream keys
@@ -333,6 +357,8 @@ class Consumer:
             self._batch = Batcher(self._r)
             self._tx = NodeTx(self._r, self._batch)
             self._scripts = Scripts(self._r)
+            self._lim = Limiter(self._r, self._scripts, self._keys, self.topic, self.name, self.claim_idle,
+                                lambda: len(self._running), self._warn, self.stats)
             self._slots = asyncio.Semaphore(self.concurrency)
             self._due_wake = asyncio.Event()
             try:
@@ -347,7 +373,9 @@ class Consumer:
             await self._close_client()
             raise
         self.serving.set()
-        loops = [self._reclaim_loop(), self._heartbeat_loop(), self._presence_loop(), self._control_loop(), self._due_loop()]
+        assert self._lim is not None
+        loops = [self._reclaim_loop(), self._heartbeat_loop(), self._presence_loop(), self._control_loop(), self._due_loop(),
+                 self._lim.run(lambda: self._stopping)]
         if not self._cluster:
             loops.append(self._read_loop(None))  # one read of every partition
         self._loops = [asyncio.ensure_future(c) for c in loops]
@@ -358,9 +386,11 @@ class Consumer:
         self._main.add_done_callback(self._main_ended)
 
     def _main_ended(self, t: asyncio.Future[Any]) -> None:
-        if t.cancelled() or self._stopping:
+        if t.cancelled():
             return
-        e = t.exception()
+        e = t.exception()  # retrieved even when stopping (asyncio logs an exception nobody retrieved)
+        if self._stopping:
+            return
         if e is not None and not isinstance(e, asyncio.CancelledError):  # a loop cancelled by the event loop's end is no failure
             log.error("worker of %s stopped: %s", self.topic, e, exc_info=e)
 
@@ -377,6 +407,8 @@ class Consumer:
         if self._main is not None:
             await asyncio.wait([self._main], timeout=1)
         await self._drain()
+        if self._lim is not None and self._r is not None:
+            await self._lim.close()  # the leases of the handlers that ran go back now, not after claim_idle
         if self._r is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.wait_for(self._leave(), 5))
@@ -488,7 +520,7 @@ class Consumer:
     # -- loops ---------------------------------------------------------
 
     async def _presence_loop(self) -> None:
-        last_parts = time.monotonic()
+        last_parts = last_lag = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(PRESENCE_EVERY / 2.5)
             try:
@@ -498,6 +530,25 @@ class Consumer:
                     await self._follow_partitions()
             except (RedisError, OSError) as e:
                 self._warn.warn("worker of %s: presence not announced (callers may see no responders): %s", self.topic, e)
+            if time.monotonic() - last_lag >= LAG_REPAIR_EVERY:
+                last_lag = time.monotonic()
+                await self._repair_lag()
+
+    async def _repair_lag(self) -> None:
+        """Puts the group's lag right where Redis 7 overcounts it (entries
+        trimmed before the group read them; producers' backpressure would
+        see a backlog that is not there): the lagfix function, which acts
+        only once the group has read up to the stream's last entry (Go: the
+        janitor's repairLag)."""
+        for key in list(self._parts):
+            try:
+                n = int(await self._scripts.call("lagfix", [key], [self.group]))
+            except (RedisError, OSError, MyceliumError, ValueError, TypeError) as e:
+                self._warn.warn("worker of %s: repairing the group's lag on %s failed: %s", self.topic, key, e)
+                continue
+            if n != 0:
+                self.stats.lag_repaired += 1
+                log.info("worker of %s: put the group's lag right on %s (lag %d: entries had been trimmed before it read them)", self.topic, key, n)
 
     async def _follow_partitions(self) -> None:
         """Reads partitions added since (from their first entry) and forgets
@@ -528,7 +579,7 @@ class Consumer:
             return False
         r = self.redis
         try:
-            groups = [_s(g.get("name", g.get(b"name", b""))) for g in await r.xinfo_groups(self._keys.topic(self.topic))]
+            groups = [_s(g.get("name", g.get(b"name", b""))) for g in await xinfo(r, "GROUPS", self._keys.topic(self.topic))]
         except ResponseError:
             return False
         low = drain
@@ -557,13 +608,13 @@ class Consumer:
         if dlq or delayed or retry:
             return False
         try:
-            info = await r.xinfo_stream(key)
+            info = await xinfo(r, "STREAM", key)
         except ResponseError:
             return True  # no stream: nothing left
         if int(info.get("length", 0)) == 0:
             return True
         last = _s(info.get("last-generated-id", b"0-0"))
-        have = {_s(g.get("name", b"")): g for g in await r.xinfo_groups(key)}
+        have = {_s(g.get("name", b"")): g for g in await xinfo(r, "GROUPS", key)}
         for g in groups:
             gi = have.get(g)
             if gi is None or int(gi.get("pending", 0)) > 0 or _id_order(_s(gi.get("last-delivered-id", b"0-0"))) < _id_order(last):
@@ -605,11 +656,27 @@ class Consumer:
                 return
             n = await self._take_slots()
             parts = [only] if only is not None else list(self._parts)
+            assert self._lim is not None
+            # Permits first (docs/flow-control.md): the read takes no more
+            # than the topic's limits grant; none: it waits holding no slot.
+            g, wait = await self._lim.take(n)
+            if g.n == 0:
+                self._give_slots(n)
+                await self._lim.sleep(wait)
+                continue
+            if g.n < n:
+                self._give_slots(n - g.n)
+                n = g.n
             try:
-                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=n, block=self._block_ms)
+                # Permits of a rate or token budget are spent when granted,
+                # and leases held by a blocked read starve other workers:
+                # with them, read what is there now.
+                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=n,
+                                                  block=None if g.now else self._block_ms)
                 backoff = 0.05
             except ResponseError as e:
                 self._give_slots(n)
+                self._lim.filled(g, 0)
                 if "NOGROUP" in str(e):  # Redis restarted or was flushed
                     with contextlib.suppress(RedisError, OSError):
                         for key in parts:
@@ -626,17 +693,31 @@ class Consumer:
                 continue
             except (RedisError, OSError) as e:
                 self._give_slots(n)
+                self._lim.filled(g, 0)
                 self._warn.warn("worker of %s: read failed, trying again in %.2fs: %s", self.topic, backoff, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            got = 0
-            for rkey, entries in res or []:
-                key = rkey.decode() if isinstance(rkey, bytes) else str(rkey)
-                for eid, fields in entries:
-                    got += 1
-                    self._start(key, eid.decode() if isinstance(eid, bytes) else str(eid), fields, 1)
-            self._give_slots(n - got)
+            read = [(rkey.decode() if isinstance(rkey, bytes) else str(rkey), eid.decode() if isinstance(eid, bytes) else str(eid), fields)
+                    for rkey, entries in res or [] for eid, fields in entries]
+            if not read and g.now:
+                # Nothing there: give the permits back and wait for an entry
+                # holding none.
+                self._give_slots(n)
+                self._lim.filled(g, 0)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.redis.xread({k: "$" for k in parts}, count=1, block=TIMED_WAIT_MS)
+                continue
+            # A read that was waiting when a pause began brings its entries
+            # back: they wait here, pending, until the pause ends.
+            if read and not await self._lim.hold_while_paused(lambda: self._stopping):
+                self._give_slots(n)
+                self._lim.filled(g, 0)
+                return
+            for key, eid, fields in read:
+                self._start(key, eid, fields, 1)
+            self._give_slots(n - len(read))
+            self._lim.filled(g, len(read))
 
     async def _reclaim_loop(self) -> None:
         cursors: dict[str, str] = {}
@@ -653,17 +734,30 @@ class Consumer:
         n = self.concurrency - len(self._running)
         if n <= 0:
             return
+        assert self._lim is not None
+        g = await self._lim.grant(n, lambda: self._stopping)  # reclaimed entries take permits as reads do
+        if g.n == 0:
+            return
+        started = 0
+        try:
+            started = await self._reclaim_with(key, cursors, g.n)
+        finally:
+            self._lim.filled(g, started)
+
+    async def _reclaim_with(self, key: str, cursors: dict[str, str], n: int) -> int:
+        """Reclaims up to n entries of key idle past claim_idle; returns how
+        many it started."""
         res = await self.redis.xautoclaim(key, self.group, self.name, int(self.claim_idle * 1000),
                                           cursors.get(key, "0-0"), count=n)
         cursors[key] = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         entries = [e for e in res[1] if e and e[0]]
         if not entries:
-            return
+            return 0
         ids = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in entries]
         entries = [e for e, i in zip(entries, ids) if f"{key}|{i}" not in self._running]
         ids = [i for i in ids if f"{key}|{i}" not in self._running]
         if not ids:
-            return
+            return 0
         order = sorted(ids, key=_id_order)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xpending_range(key, self.group, order[0], order[-1], len(ids), consumername=self.name)
@@ -673,6 +767,7 @@ class Consumer:
         pend = out[0] if not isinstance(out[0], Exception) else []
         counts = {(p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): p["times_delivered"] for p in pend}
         now = self._redis_ms()
+        started = 0
         for k, (eid, (_, fields)) in enumerate(zip(ids, entries)):
             due = out[1 + k]
             if isinstance(due, (int, float)) and due > now:
@@ -688,6 +783,8 @@ class Consumer:
                                  f"not completed after {attempt - 1} deliveries (MaxDeliveries {self.max_deliveries})")
                 continue
             self._start(key, eid, fields, attempt)
+            started += 1
+        return started
 
     async def _take_one(self) -> int:
         assert self._slots is not None
@@ -749,6 +846,10 @@ class Consumer:
                 self._ctl_last = eid.decode() if isinstance(eid, bytes) else eid
                 f = dict(fields or {})
                 op = f.get(b"op")
+                if op == b"pause":  # a hint: the pause itself is read from Redis (Limiter.hold_while_paused)
+                    if self._lim is not None:
+                        self._lim.note_pause()
+                    continue
                 if op == b"wake":
                     try:
                         self._note_due(int(f.get(b"until", b"")))
@@ -817,8 +918,14 @@ class Consumer:
 
     async def _due_pass(self) -> None:
         self._next_due = 0
+        assert self._lim is not None
         for key, name in list(zip(self._parts, self._pnames)):
             free = await self._free_slots(self.concurrency)
+            g = Grant()
+            if free > 0:  # due retries take permits as reads do; delayed events move to the stream regardless
+                g, _ = await self._lim.take(free)
+                self._give_slots(free - g.n)
+                free = g.n
             try:
                 t0 = time.time() * 1000
                 res = await self._scripts.call(
@@ -826,9 +933,11 @@ class Consumer:
                     [FIELD, DUE_LIMIT, self.group, self.name, free, "MAXLEN" if self._stream_cap > 0 else "", self._stream_cap])
             except BaseException:
                 self._give_slots(free)
+                self._lim.filled(g, 0)
                 raise
             if not isinstance(res, list) or len(res) != 5:
                 self._give_slots(free)
+                self._lim.filled(g, 0)
                 raise ResponseError("due script: unexpected reply")
             moved, nxt, now, claimed = int(res[0]), int(res[1]), int(res[2]), res[3] or []
             self._clock_skew = int(now - (t0 + time.time() * 1000) / 2)
@@ -838,6 +947,7 @@ class Consumer:
             entries = [(e[0].decode() if isinstance(e[0], bytes) else str(e[0]), _fields(e[1])) for e in claimed if e and e[0]]
             self._give_slots(free - len(entries))
             if not entries:
+                self._lim.filled(g, 0)
                 continue
             for eid, _ in entries:
                 self._waiting.pop(f"{key}|{eid}", None)
@@ -846,6 +956,7 @@ class Consumer:
             counts = {(p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): p["times_delivered"] for p in pend}
             for eid, fields in entries:
                 self._start(key, eid, fields, int(counts.get(eid, 1)))
+            self._lim.filled(g, len(entries))
 
     def _retry_delay(self, asked: float, attempt: int) -> float:
         backoff = min(self.retry_backoff * (2 ** max(attempt - 1, 0)), self.retry_backoff_max)
@@ -880,6 +991,8 @@ class Consumer:
             if run is not None and run.token:
                 self._by_token.pop(run.token, None)
             self._give_slots(1)
+            if self._lim is not None:
+                self._lim.settle()  # a lease beyond the handlers running goes back
 
         task.add_done_callback(done)
 
@@ -963,6 +1076,12 @@ class Consumer:
                       payload=env.payload, headers=env.headers or {}, attempt=attempt,
                       deadline=env.deadline / 1e9 if env.deadline else None, request=req, sent=env.sent / 1e9,
                       streaming=req and bool(env.flags & codec.FLAG_STREAM))
+        estimate = 0
+        if msg.headers and self._lim is not None:
+            # A token budget charges the caller's estimate now; the
+            # handler's report corrects it when it returns.
+            msg.cost = estimate = estimated_cost(msg.headers)
+            await self._lim.start(estimate)
         started = time.monotonic()
         out: bytes | None = None
         sent_chunks = 0
@@ -985,6 +1104,9 @@ class Consumer:
             err = e
         if msg._chunks is not None:
             sent_chunks = msg._chunks.n
+        if msg.cost != estimate and self._lim is not None:  # the handler reported its cost
+            self._lim.observe(msg.cost)
+            self._lim.charge(msg.cost - estimate)
         handled_ns = int((time.monotonic() - started) * 1e9)
         self._time("retry_wait" if attempt > 1 else "queue_wait", _queue_wait(eid, env.sent, now_ns) / 1e9)
         self._time("handler", handled_ns / 1e9)
@@ -1015,6 +1137,8 @@ class Consumer:
         """Schedules a RetryAfter's delivery; False when it cannot be (the
         last delivery, or the caller's deadline is too close): the error
         stands."""
+        if (err.pause or self.pause_on_retry_after) and err.delay > 0 and self._lim is not None:
+            await self._lim.pause(err.delay)  # one 429 slows the fleet (docs/flow-control.md)
         if attempt >= self.max_deliveries:
             return False
         delay = self._retry_delay(err.delay, attempt)

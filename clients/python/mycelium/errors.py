@@ -88,10 +88,25 @@ class RetryAfter(MyceliumError):
     jitter. A request is retried only when its caller's deadline leaves time
     for the delay; otherwise the caller gets the error at once."""
 
-    def __init__(self, delay: float, cause: BaseException | str | None = None) -> None:
+    def __init__(self, delay: float, cause: BaseException | str | None = None, *, pause: bool = False) -> None:
         self.delay = max(float(delay), 0.0)
         self.cause = cause
+        #: also pause the topic for every worker of the fleet for the delay
+        #: (Go: consumer.PauseTopic; docs/flow-control.md)
+        self.pause = pause
         super().__init__(f"retry after {self.delay:g}s" + (f": {cause}" if cause else ""))
+
+
+class BacklogFull(MyceliumError):
+    """A write found its topic stream's backlog (entries its workers have
+    not finished) at the limit: refused at once (``backpressure="reject"``)
+    or after waiting ``backlog_max_wait`` (``"block"``); nothing was
+    written (Go: bus.ErrBacklogFull, *bus.BacklogError)."""
+
+    def __init__(self, topic: str, backlog: int, limit: int, waited: float = 0.0) -> None:
+        self.topic, self.backlog, self.limit, self.waited = topic, backlog, limit, waited
+        super().__init__(f"backlog of {topic!r} full: {backlog} unfinished entries, limit {limit}"
+                         + (f" (waited {waited:.3g}s)" if waited else ""))
 
 
 class DelayedFull(PayloadTooLarge):

@@ -24,14 +24,17 @@ those the Python Stats have today, + the Python-only ones)::
       no_responders, writes, reply_reads, forged*, cancelled*, cancel_errors,
       streams, chunks, streams_broken, delayed, cache_hits_local,
       cache_hits_shared, cache_misses, coalesced_local, coalesced_remote,
-      cache_takeovers, cache_corrupt, cache_evictions}_total
+      cache_takeovers, cache_corrupt, cache_evictions, backlog_waits*,
+      backlog_full*, backlog_dropped*}_total
     mycelium_producer_{in_flight, cache_local_bytes, cache_local_entries}
     mycelium_consumer_{received*, handled*, failed*, replied*,
       reply_dropped*, acked*, expired*, dead_lettered*, panics,
       groups_created, retried*, reclaimed*, deleted_pending, heartbeats*,
       trimmed, consumers_removed, reads, flushes, cache_stores,
       coalesced_replies, cache_errors, cache_stale, chunks, cancelled*,
-      delayed_retries, promoted, control_malformed*, write_errors+}_total
+      delayed_retries, promoted, control_malformed*, write_errors+,
+      lag_repaired*, permits_granted*, permit_waits*, permit_wait_seconds*,
+      pauses*}_total
     mycelium_consumer_{in_flight, waiting}
 
 Stage timings: ``mycelium_stage_duration_seconds{role, topic, stage}``, a
@@ -98,6 +101,9 @@ _HELP: dict[str, dict[str, str]] = {
         "forged": "Replies dropped because they answered a request entry this producer did not write with that correlation id (someone else wrote it).",
         "cancelled": "Cancel notices sent for requests their callers gave up (ctx cancelled, stream closed early, or abandoned by Close).",
         "cancel_errors": "Cancel notices Redis did not take (those handlers run until their deadline).",
+        "backlog_waits": "Writes that waited for room in their topic's backlog (Backpressure Block).",
+        "backlog_full": "Writes refused because their topic's backlog was full (bus.ErrBacklogFull: Reject, or Block past its wait).",
+        "backlog_dropped": "Entries estimated trimmed before any worker finished them (Backpressure DropOldest: writes past StreamMaxLen).",
     },
     "consumer": {
         "received": "Entries read from the stream (new and reclaimed).",
@@ -117,6 +123,11 @@ _HELP: dict[str, dict[str, str]] = {
         "cancelled": "Requests their callers cancelled: handlers cancelled while running, and requests acknowledged unhandled at pick-up.",
         "waiting": "Delayed retries this consumer holds now, waiting for their due time.",
         "control_malformed": "Malformed notices skipped on the topic's control stream.",
+        "permits_granted": "Permits granted by the topic's fleet-wide limits (one per entry read while a limit is set).",
+        "permit_waits": "Times a read waited for permits: a limit (rate, tokens, concurrency) held, or the topic was paused.",
+        "permit_wait_seconds": "Seconds spent waiting for permits (summed over the reader and the reclaimers).",
+        "pauses": "Times a handler paused the topic for the fleet (PauseTopic, or RetryAfter with Retry.PauseOnRetryAfter).",
+        "lag_repaired": "Times the group's lag was put right after entries had been trimmed before it read them (Redis 7 overcounts it; producers' backpressure reads it).",
     },
 }
 # Signed integer fields in Go: gauges, without _total.
@@ -132,14 +143,15 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-def _fields(stats: Any) -> Iterator[tuple[str, int, bool]]:
-    """(name, value, is_gauge) of every int field of a Stats object."""
+def _fields(stats: Any) -> Iterator[tuple[str, float, bool]]:
+    """(name, value, is_gauge) of every number field of a Stats object
+    (a float is seconds, counted: a counter, as Go's float64 fields)."""
     if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
         items = [(f.name, getattr(stats, f.name), bool(f.metadata.get("gauge"))) for f in dataclasses.fields(stats)]
     else:
         items = [(k, v, False) for k, v in vars(stats).items()]
     for name, value, gauge in items:
-        if name.startswith("_") or isinstance(value, bool) or not isinstance(value, int):
+        if name.startswith("_") or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         yield name, value, gauge or name in _GAUGES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import logging
@@ -16,6 +17,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Conc
 from redis.exceptions import RedisError, ResponseError
 
 from . import codec
+from ._backlog import Pressure
 from ._batch import Batcher, NodeTx, _pack, stop_tasks
 from ._cache import (
     DEFAULT_LOCAL_BYTES,
@@ -31,7 +33,7 @@ from ._cache import (
 )
 from ._log import WarnLimiter
 from .breaker import Breaker, BreakerConfig, BreakerOpen
-from .connect import check_client, close_client, is_cluster, open_client, redact_url, wrap_error
+from .connect import check_client, close_client, is_cluster, open_client, redact_url, wrap_error, xinfo
 from .errors import (
     BusTimeout,
     Closed,
@@ -146,6 +148,9 @@ class Stats:
     reader_restarts: int = 0
     breaker_rejected: int = 0
     duplicates: int = 0  # idempotent publishes that found an earlier one: nothing written
+    backlog_waits: int = 0  # writes that waited for room in a topic's backlog (backpressure "block")
+    backlog_full: int = 0  # writes refused because the backlog stayed full (BacklogFull, or a request's deadline)
+    backlog_dropped: int = 0  # entries written past the cap under "drop-oldest": the trim dropped unfinished ones (an estimate)
 
 
 def _user_of(url: str, client: Any) -> str:
@@ -238,6 +243,9 @@ class Producer:
         local_cache_bytes: int = DEFAULT_LOCAL_BYTES,
         idempotency_window: float = 120.0,
         idempotency_windows: Mapping[str, float] | None = None,
+        backpressure: str = "block",
+        max_backlog: int | None = None,
+        backlog_max_wait: float = 60.0,
         password: str | None = None,
         password_file: str | None = None,
         cluster: bool = False,
@@ -322,6 +330,9 @@ class Producer:
         if not all(0.001 <= w <= 7 * 86400 for w in (self._window, *self._windows.values())):
             raise InvalidConfig("idempotency windows must be 1 ms to 7 days")
         self.stats = Stats()
+        # Backpressure (docs/flow-control.md): room in each topic stream's
+        # backlog before a write, so MAXLEN ~ never trims unread entries.
+        self._pressure = Pressure(lambda: self.redis, backpressure, max_backlog, backlog_max_wait, stream_max_len, self.stats)
 
     # -- lifecycle -----------------------------------------------------
 
@@ -384,6 +395,7 @@ class Producer:
             self._reader_conn = None
             with contextlib.suppress(RedisError, OSError):
                 await _apart(self.redis.delete(self.reply_key))
+        await self._pressure.close()
         if self._bg:
             await asyncio.wait(list(self._bg), timeout=2)  # cancel notices, cache epoch reads
         if self._metrics is not None:
@@ -505,7 +517,7 @@ class Producer:
             n = int(await r.zcount(key, f"({ms - RESPONDER_IDLE_MS}", "+inf"))
             if n == 0 and not await r.zcard(key):  # ZCARD, not EXISTS: the producer ACL role has ZCARD on :workers
                 try:
-                    groups = await r.xinfo_groups(self._keys.topic(t.name))
+                    groups = await xinfo(r, "GROUPS", self._keys.topic(t.name))
                 except ResponseError:
                     groups = []
                 n = sum(int(g.get("consumers", g.get(b"consumers", 0)) or 0) for g in groups)
@@ -595,6 +607,7 @@ class Producer:
         if due is not None:
             return await self._delayed(t, env, partition_key, due)
         key = await self._partition(t, partition_key)
+        await self._pressure.room(topic, key, 1)
         res = await self._write([self._xadd(key, codec.encode(env))])
         self.stats.published += 1
         return _s(res[0])
@@ -622,6 +635,7 @@ class Producer:
         env = codec.Envelope(kind=codec.EVENT, sent=time.time_ns(), headers=dict(headers) if headers else None, payload=bytes(payload))
         name = await self._pick(t, partition_key if partition_key is not None else key)
         stream = self._keys.topic(name)
+        await self._pressure.room(topic, stream, 1)
         h = hashlib.sha256(b"i" + key.encode("utf-8", "surrogateescape")).digest()[:16].hex()
         window_ms = int(self._windows.get(topic, self._window) * 1000)
         try:
@@ -675,6 +689,8 @@ class Producer:
         sent = time.time_ns()
         hd = dict(headers) if headers else None
         keys = [await self._partition(t, partition_key) for _ in payloads]
+        for k, n in collections.Counter(keys).items():  # room for the whole batch in each stream it writes to
+            await self._pressure.room(topic, k, n)
         adds = [self._xadd(k, codec.encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))) for k, p in zip(keys, payloads)]
         ids = self._batch_ids(await self._write(self._atomic(adds)))
         if not isinstance(ids, list) or len(ids) != len(payloads):
@@ -777,6 +793,7 @@ class Producer:
         written = False
         try:
             key = await self._partition(t, partition_key)
+            await self._pressure.room(t.name, key, 1, start + timeout)
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
                                  headers=dict(headers) if headers else None, payload=bytes(payload), token=token)
             wrote = time.monotonic()
@@ -886,9 +903,12 @@ class Producer:
             waiters.append((seq, w, token))
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=sent, headers=hd,
                                  payload=p, token=token)
-            cmds.append(self._xadd(await self._partition(t, partition_key), codec.encode(env)))
+            cmds.append((await self._partition(t, partition_key), codec.encode(env)))
         written = False
         try:
+            for k, n in collections.Counter(k for k, _ in cmds).items():
+                await self._pressure.room(t.name, k, n, start + timeout)
+            cmds = [self._xadd(k, data) for k, data in cmds]
             ids = self._batch_ids(await self._write_requests(self._atomic(cmds), [(seq, t, deadline_ns, tok) for seq, _, tok in waiters]))
             if not isinstance(ids, list) or len(ids) != len(payloads):
                 raise Unavailable(f"request batch to {t.name!r}: the transaction was not applied ({ids!r})")
@@ -966,6 +986,7 @@ class Producer:
         written = False
         try:
             key = await self._partition(t, partition_key)
+            await self._pressure.room(t.name, key, 1, start + timeout)
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
                                  headers=dict(headers) if headers else None, payload=bytes(payload), token=token,
                                  flags=codec.FLAG_STREAM)
@@ -1142,6 +1163,7 @@ class Producer:
         request was joined or written (its reply comes to w)."""
         drop = False
         stream = self._keys.topic(name)
+        await self._pressure.room(t.name, stream, 1, time.monotonic() + (deadline_ns - time.time_ns()) / 1e9)
         for _ in range(3):
             entry = f"{tc.gen}:{h}"
             f.entry = w.cache_entry = entry

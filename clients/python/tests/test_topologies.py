@@ -93,3 +93,35 @@ async def test_sentinel_requests_events_and_streams(sentinel_url: str, bus_worke
         assert [c async for c in p.stream(topic, b"x", timeout=20)] == [b"s0", b"s1", b"s2"]
         code, out, err = await go_cli(bus_worker, "request", "--redis", sentinel_url, "--topic", topic, "--data", "go", "--timeout", "20s")
         assert code == 0 and out.strip() == b"s0s1s2", err
+
+
+async def test_cluster_limits_and_backpressure(cluster_url: str, bus_worker: str, topic: str) -> None:
+    """A partitioned topic on the cluster: a concurrency limit of 2 holds
+    across two Python workers (the limiter's keys share the topic's slot,
+    the partitions live on others), and a producer with a cap of 60 waits
+    for room instead of trimming unread entries."""
+    code, _, err = await go_cli(bus_worker, "topic", "create", "--redis", cluster_url, "--topic", topic, "--partitions", "3")
+    assert code == 0, err
+    code, _, err = await go_cli(bus_worker, "limit", "set", "--redis", cluster_url, "--topic", topic, "--concurrency", "2")
+    assert code == 0, err
+    now = most = 0
+    seen: set[bytes] = set()
+
+    async def h(m: Message) -> None:
+        nonlocal now, most
+        now += 1
+        most = max(most, now)
+        await asyncio.sleep(0.01)
+        now -= 1
+        seen.add(m.payload)
+
+    async with worker(cluster_url, topic, h, concurrency=4), worker(cluster_url, topic, h, concurrency=4):
+        async with Producer(cluster_url, stream_max_len=60) as p:
+            await asyncio.gather(*(p.publish(topic, b"%d" % i) for i in range(300)))
+
+        async def done() -> bool:
+            return len(seen) >= 300
+
+        await eventually(done, 60, "300 events handled")
+    assert most <= 2, most
+    assert len(seen) == 300
