@@ -89,20 +89,24 @@ type acker struct {
 	// chunks writes streamed replies' chunks (stream.go), batched the same
 	// way.
 	chunks *combine.Combiner[chunkWrite]
+	// async: workers never flush on their own goroutine (Config.Prefetch:
+	// the next entry is already read, and a handler of few slots would
+	// otherwise wait out each XACK's round trip before taking it).
+	async bool
 }
 
 func newAcker(ctx context.Context, e *env, slots *slotPool) *acker {
 	a := &acker{env: e, ctx: ctx, slots: slots, oneServer: e.c.Mode() != "cluster",
-		replyCap: redisx.MaxLen(e.cfg.Retention.ReplyMaxLen), dlqCap: redisx.MaxLen(e.cfg.Retention.DeadLetterMaxLen)}
+		replyCap: redisx.MaxLen(e.cfg.Retention.ReplyMaxLen), dlqCap: redisx.MaxLen(e.cfg.Retention.DeadLetterMaxLen), async: e.cfg.Prefetch > 0}
 	a.comb = combine.New(a.flush, maxAckFlushers, maxAckBatch, maxAckRounds)
 	a.chunks = newChunkWriter(a)
 	return a
 }
 
-// add queues d and, if a flusher slot is free, flushes on the caller's
+// add queues d and, if a flusher slot is free (and not async), flushes on the caller's
 // goroutine (a worker). When add returns, d is written or queued for a
 // running flusher.
-func (a *acker) add(d completion) { a.comb.Add(d, true) }
+func (a *acker) add(d completion) { a.comb.Add(d, !a.async) }
 
 // addAsync queues d like add, but never flushes on the caller's goroutine:
 // the reader, reclaimer and delayer use it so a slow flush cannot stall them.

@@ -234,7 +234,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	heartbeatDone := make(chan struct{})
 	go func() {
 		defer close(heartbeatDone)
-		c.beat.run(hbctx, w.running) // outlives ctx until the workers are done
+		c.beat.run(hbctx, w.running, w.pipe.q) // outlives ctx until the workers are done
 	}()
 	defer func() { stopHeartbeat(); <-heartbeatDone }()
 	limiterDone := make(chan struct{})
@@ -298,12 +298,13 @@ type workers struct {
 // the handlers finished.
 func (c *Consumer) startWorkers(ctx context.Context) *workers {
 	n := c.e.cfg.Concurrency
+	held := c.e.cfg.held()
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	hvals := context.WithoutCancel(hctx) // values for handler contexts (see deadlineCtx)
 	actx, cancelAcker := context.WithCancel(context.WithoutCancel(ctx))
-	slots := newSlotPool(n)
+	slots := newSlotPool(held)
 	w := &workers{
-		pipe:    &pipe{slots: slots, jobs: make(chan *job, n), a: newAcker(actx, c.e, slots)},
+		pipe:    &pipe{slots: slots, jobs: make(chan *job, held), a: newAcker(actx, c.e, slots), q: newQueuedSet(c.e.cfg.Prefetch)},
 		running: make([]workerSlot, n),
 		handler: cancelHandlers, acker: cancelAcker,
 	}
@@ -311,6 +312,9 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 	for i := range n {
 		w.wg.Go(func() {
 			for j := range w.pipe.jobs {
+				if w.pipe.q != nil && !c.pickUp(j, w.pipe) {
+					continue
+				}
 				if !c.admit(hctx, j, &w.running[i], w.pipe) {
 					continue
 				}
@@ -320,6 +324,19 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 		})
 	}
 	return w
+}
+
+// pickUp takes j, read ahead (Prefetch), off the queued set; it reports
+// false, having dealt with j, when j is not to run any more: its caller
+// gave up while it waited (deadline passed or cancelled: acknowledged
+// unhandled, as on arrival).
+func (c *Consumer) pickUp(j *job, p *pipe) bool {
+	p.q.remove(j)
+	if c.route.skip(j.p, j.msg.ID, &j.env, time.Now(), p.a) {
+		putJob(j)
+		return false
+	}
+	return true
 }
 
 // admit waits for a slot of the Router's share (at once on its own) for

@@ -66,7 +66,7 @@ func TestNewValidates(t *testing.T) {
 	_, c := redistest.Mini(t)
 	h := consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) { return nil, nil })
 	for _, cfg := range []consumer.Config{{}, {Topic: "a{b}"}, {Topic: "t", Concurrency: -1}, {Topic: "t", StartID: "5"}, {Topic: "t", Block: time.Microsecond}, {Topic: "t", Group: "g g"},
-		{Topic: "t", Concurrency: consumer.MaxConcurrency + 1}, {Topic: "t", MaxEntrySize: consumer.MaxEntrySizeCap + 1}, {Topic: "t", Reclaim: consumer.ReclaimConfig{Batch: consumer.MaxReclaimBatch + 1}}} {
+		{Topic: "t", Concurrency: consumer.MaxConcurrency + 1}, {Topic: "t", Prefetch: -1}, {Topic: "t", Prefetch: consumer.MaxConcurrency + 1}, {Topic: "t", MaxEntrySize: consumer.MaxEntrySizeCap + 1}, {Topic: "t", Reclaim: consumer.ReclaimConfig{Batch: consumer.MaxReclaimBatch + 1}}} {
 		if _, err := consumer.New(c, cfg, h); !errors.Is(err, bus.ErrInvalidConfig) {
 			t.Errorf("New(%+v) = %v, want ErrInvalidConfig", cfg, err)
 		}

@@ -192,7 +192,7 @@ func (dl *delayer) pass(ctx context.Context, p *pipe, st *passState) (time.Durat
 	}
 	keys := make([]redisx.DuePart, len(parts))
 	claim := make([]int64, len(parts))
-	free := int64(max(0, dl.cfg.Concurrency-int(dl.inFlight.Load())))
+	free := int64(max(0, dl.cfg.held()-int(dl.inFlight.Load())))
 	var g grant
 	if free > 0 {
 		// Due retries start handlers too: they take permits of the

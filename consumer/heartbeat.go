@@ -19,7 +19,7 @@ type heartbeat struct {
 }
 
 // run beats for the workers' slots running while ctx lives.
-func (h *heartbeat) run(ctx context.Context, running []workerSlot) {
+func (h *heartbeat) run(ctx context.Context, running []workerSlot, queued *queuedSet) {
 	every := h.cfg.Reclaim.ClaimIdle / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -34,6 +34,7 @@ func (h *heartbeat) run(ctx context.Context, running []workerSlot) {
 		clear(byPart)
 		h.waiting.appendTo(byPart)
 		old := time.Now().Add(-every).UnixNano()
+		queued.appendTo(byPart, old)
 		for i := range running {
 			if pt, id, readAt := running[i].get(); id != "" && readAt < old {
 				byPart[pt] = append(byPart[pt], id)

@@ -118,9 +118,9 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 		return nil, 0, grant{}, ctx.Err()
 	}
 	nparts := r.topo.count()
-	limit := min(r.cfg.Concurrency, maxReadBatch)
+	limit := min(r.cfg.held(), maxReadBatch)
 	if nparts > 1 {
-		limit = max(1, min(limit, (r.cfg.Concurrency+nparts-1)/nparts))
+		limit = max(1, min(limit, (r.cfg.held()+nparts-1)/nparts))
 	}
 	n := p.slots.more(1, limit)
 	g := r.permits(ctx, p, n)
@@ -148,7 +148,7 @@ func (r *reader) readOne(ctx context.Context, pt *part, p *pipe, rd *redisx.Read
 			p.slots.give(n - 1)
 			n = 1
 			block := r.cfg.Block
-			if nparts > r.cfg.Concurrency {
+			if nparts > r.cfg.held() {
 				block = min(block, fairBlock)
 			}
 			entries, err = r.port.ReadGroup(rd.For(ctx, block), pt.key, r.cfg.Group, r.cfg.Name, ">", 1, block)
@@ -315,7 +315,7 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 	if !p.slots.take(ctx) {
 		return nil, 0, grant{}, ctx.Err()
 	}
-	n := p.slots.more(1, min(r.cfg.Concurrency, maxReadBatch))
+	n := p.slots.more(1, min(r.cfg.held(), maxReadBatch))
 	g := r.permits(ctx, p, n)
 	if g.n == 0 {
 		return nil, 0, grant{}, ctx.Err()

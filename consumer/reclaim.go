@@ -41,7 +41,7 @@ func (rc *reclaimer) run(ctx context.Context, pt *part, p *pipe) {
 		for ctx.Err() == nil { // keep going while full batches come back
 			// The reader may hold the free slots while it blocks, so size
 			// the claim by what is in flight rather than by free tokens.
-			n := min(rc.cfg.Concurrency-int(rc.inFlight.Load()), rc.cfg.Reclaim.Batch)
+			n := min(rc.cfg.held()-int(rc.inFlight.Load()), rc.cfg.Reclaim.Batch)
 			if n <= 0 {
 				break
 			}

@@ -38,8 +38,9 @@ func putJob(j *job) {
 // slots, the workers' job queue, and the acker.
 type pipe struct {
 	slots *slotPool
-	jobs  chan *job // never blocks: at most Concurrency entries are held
+	jobs  chan *job // never blocks: at most Concurrency + Prefetch entries are held
 	a     *acker
+	q     *queuedSet // entries read ahead, waiting in jobs (nil without Prefetch)
 }
 
 // router turns an entry read or claimed from a partition into a job for a
@@ -94,6 +95,7 @@ func (r *router) route(pt *part, e *redisx.Entry, now time.Time, attempt int, p 
 		j.msg.estimate = j.msg.cost
 		r.lim.start(context.Background(), j.msg.cost)
 	}
+	p.q.add(j)
 	p.jobs <- j
 }
 

@@ -143,7 +143,8 @@ type SubscriberConfig struct {
 	Consumer string
 	// Consumer's settings (Reclaim, Retry, Retention, ...); Topic, Group,
 	// Name and Concurrency are set by Subscribe. Retry.Backoff defaults to
-	// NackBackoff here: a Nacked message comes back after it.
+	// NackBackoff here: a Nacked message comes back after it. Prefetch
+	// defaults to DefaultPrefetch (negative: none).
 	Config consumer.Config
 	// CloseTimeout bounds Close's wait for the subscriptions to stop (0:
 	// 30 s).
@@ -152,6 +153,14 @@ type SubscriberConfig struct {
 
 // DefaultClaimIdle is a Subscriber's default consumer.Config.Reclaim.ClaimIdle.
 const DefaultClaimIdle = 5 * time.Second
+
+// DefaultPrefetch is how many messages a subscription reads ahead of the
+// one handed out (consumer.Config.Prefetch): they wait, in stream order,
+// pending in the group and heartbeated, so the next message is handed out
+// as soon as the previous one is acknowledged, without a read between
+// them (without it, each message waited for its read and its
+// predecessor's XACK: two round trips).
+const DefaultPrefetch = 16
 
 // NackBackoff is the default delay before a Nacked message is delivered
 // again (doubled for each later Nack of it, up to 5 s).
@@ -198,6 +207,12 @@ func NewSubscriber(c *bus.Client, cfg SubscriberConfig, logger watermill.LoggerA
 		// than workers: 5 s, not the consumer's 30 s (handlers holding a
 		// message longer keep it: the heartbeat resets its idle time).
 		cfg.Config.Reclaim.ClaimIdle = DefaultClaimIdle
+	}
+	switch {
+	case cfg.Config.Prefetch == 0:
+		cfg.Config.Prefetch = DefaultPrefetch
+	case cfg.Config.Prefetch < 0:
+		cfg.Config.Prefetch = 0
 	}
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = 30 * time.Second
