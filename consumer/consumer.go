@@ -66,6 +66,7 @@ type Stats struct {
 	Trimmed           uint64  `json:"trimmed" help:"Entries removed by the consumer's retention."`
 	LagRepaired       uint64  `json:"lag_repaired" help:"Times the group's lag was put right after entries had been trimmed before it read them (Redis 7 overcounts it; producers' backpressure reads it)."`
 	ConsumersRemoved  uint64  `json:"consumers_removed" help:"Idle consumers without pending entries removed from the group."`
+	HandedBack        uint64  `json:"handed_back" help:"Entries read and never handled (a read in flight at stop, entries left without a slot, handlers the shutdown timeout cancelled) made due at once for any worker as the consumer stopped."`
 	InFlight          int64   `json:"in_flight" help:"Entries held now: read and not yet acknowledged."`
 	Reads             uint64  `json:"reads" help:"XREADGROUP calls that returned entries (received / reads = entries per read)."`
 	Flushes           uint64  `json:"flushes" help:"Pipelined writes of replies and acknowledgements (acked / flushes = entries per write)."`
@@ -152,7 +153,7 @@ func (c *Consumer) Stats() Stats {
 		Expired: s.expired.Load(), DeadLettered: s.deadLettered.Load(), Panics: s.panics.Load(),
 		GroupsCreated: s.groupsCreated.Load(), InFlight: c.e.inFlight.Load(),
 		Retried: s.retried.Load(), Reclaimed: s.reclaimed.Load(), DeletedPending: s.deletedPending.Load(),
-		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), LagRepaired: s.lagRepaired.Load(), ConsumersRemoved: s.consumersRemoved.Load(),
+		Heartbeats: s.heartbeats.Load(), Trimmed: s.trimmed.Load(), LagRepaired: s.lagRepaired.Load(), ConsumersRemoved: s.consumersRemoved.Load(), HandedBack: s.handedBack.Load(),
 		Reads: s.reads.Load(), Flushes: s.flushes.Load(),
 		CacheStores: s.cacheStores.Load(), CoalescedReplies: s.coalescedReplies.Load(), CacheErrors: s.cacheSettleErrors.Load(), CacheStale: s.cacheStale.Load(),
 		Chunks: s.chunks.Load(), Cancelled: s.cancelled.Load(), DelayedRetries: s.delayedRetries.Load(), Waiting: c.delay.waiting.len(),
@@ -258,6 +259,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	loops.Wait()                  // no more sends on jobs
 
 	w.stop(c.e)
+	c.delay.handBack(ctx, c.topo.current())
 	c.members.leave(context.WithoutCancel(ctx), c.topo.streams())
 	c.topo.parts.Store(nil)
 	return c.e.fatal()

@@ -74,6 +74,13 @@ func (w *waitingSet) appendTo(byPart map[*part][]string) {
 	}
 }
 
+func (w *waitingSet) has(pt *part, id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.m[pt][id]
+	return ok
+}
+
 func (w *waitingSet) len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -93,6 +100,9 @@ type delayer struct {
 	topo    *topology
 	route   *router
 	waiting waitingSet // delayed retries this consumer owns
+	// deferred: entries left pending on purpose, for the reclaim after
+	// ClaimIdle (handBack leaves them alone)
+	deferred deferredSet
 }
 
 // retryDelay is the delay of a retry asked with at least d on delivery
@@ -123,6 +133,7 @@ func (dl *delayer) schedule(ctx context.Context, j *job, delay time.Duration) bo
 		// Not a reason to stop serving (an ACL from before delayed
 		// retries, say): the entry is retried the old way.
 		dl.log.Warn().Err(err).Str("entry", j.msg.ID).Msg("cannot schedule the retry: the entry stays pending and is delivered again after ClaimIdle")
+		dl.deferred.add(pt, j.msg.ID, dl.cfg.Reclaim.ClaimIdle)
 		return false
 	}
 	dl.waiting.add(pt, j.msg.ID)

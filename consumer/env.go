@@ -66,7 +66,7 @@ type counters struct {
 	reads, flushes                                                                                        atomic.Uint64
 	permitsGranted, permitWaits, permitWaitNanos, pauses                                                  atomic.Uint64
 	cacheStores, coalescedReplies, cacheSettleErrors, cacheStale                                          atomic.Uint64
-	chunks, cancelled, badControl, delayedRetries, promoted                                               atomic.Uint64
+	chunks, cancelled, badControl, delayedRetries, promoted, handedBack                                   atomic.Uint64
 	levelReads                                                                                            [maxLevels]atomic.Uint64 // entries read per priority level
 }
 

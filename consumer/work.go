@@ -140,6 +140,7 @@ func (w *processor) finish(hctx context.Context, j *job, out []byte, err error, 
 			time.Until(j.msg.Deadline) > w.cfg.Reclaim.ClaimIdle {
 			w.stats.retried.Add(1) // the caller can still wait for a retry
 			w.warnFailed(&j.msg, err, "retry", "handler failed: the request is delivered again after ClaimIdle")
+			w.delay.deferred.add(j.p, j.msg.ID, w.cfg.Reclaim.ClaimIdle)
 			w.release(j, p)
 			return "retry"
 		}
@@ -161,6 +162,7 @@ func (w *processor) finish(hctx context.Context, j *job, out []byte, err error, 
 		// A failed event is delivered again after ClaimIdle.
 		w.stats.retried.Add(1)
 		w.warnFailed(&j.msg, err, "retry", "handler failed: the event is delivered again after ClaimIdle")
+		w.delay.deferred.add(j.p, j.msg.ID, w.cfg.Reclaim.ClaimIdle)
 		w.release(j, p)
 		return "retry"
 	}

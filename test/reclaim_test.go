@@ -241,3 +241,70 @@ func TestIdleConsumersRemoved(t *testing.T) {
 		t.Fatalf("consumers = %v: the one holding an entry, or the live one, was removed", n)
 	}
 }
+
+// A consumer that stops holding entries no handler will finish (here read
+// under its name by a read whose reply it never saw, as when Run's ctx ends
+// with a read in flight) hands them back: another worker of the group
+// handles them at once, not after ClaimIdle (30 s). An event it failed
+// stays for the reclaim after ClaimIdle, as before.
+func TestStoppingConsumerHandsBackUnhandledEntries(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	p := newProducer(t, c, producer.Config{})
+	if err := redisx.CreateGroup(ctx, c.Redis(), "myc:{back}", "workers", "0"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := p.Publish(ctx, "back", []byte(fmt.Sprint("lost-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := redisx.ReadGroup(ctx, c.Redis(), "myc:{back}", "workers", "a", ">", 3, 100*time.Millisecond); err != nil || len(got) != 3 {
+		t.Fatalf("read %d entries as a, %v", len(got), err)
+	}
+	if _, err := p.Publish(ctx, "back", []byte("fail")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := consumer.New(redistest.RoleClient(t, c, "worker"), consumer.Config{Topic: "back", Name: "a"}, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		return nil, errors.New("fails: delivered again after ClaimIdle")
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(actx) }()
+	waitFor(t, 10*time.Second, "the event to fail", func() bool { return a.Stats().Failed == 1 })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if got := a.Stats().HandedBack; got != 3 {
+		t.Fatalf("handed back %d entries, want 3 (not the failed event)", got)
+	}
+	var mu sync.Mutex
+	var got []string
+	start := time.Now()
+	runConsumer(t, c, consumer.Config{Topic: "back", Name: "b"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		mu.Lock()
+		got = append(got, string(m.Payload))
+		mu.Unlock()
+		return nil, nil
+	}))
+	waitFor(t, 10*time.Second, "the handed-back entries", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 3 })
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	time.Sleep(500 * time.Millisecond) // a negative check needs a window: the failed event waits for ClaimIdle
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range got {
+		if s == "fail" {
+			t.Fatalf("the failed event was handed back too: %v", got)
+		}
+	}
+	if len(got) != 3 {
+		t.Fatalf("b handled %v", got)
+	}
+}
