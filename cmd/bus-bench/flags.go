@@ -63,7 +63,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&b.Conns, "pipeline-conns", 0, "auto-pipelined connections per client (bus.Config.PipelineConns; 0 = rueidis default)")
 	fs.StringVar(&b.CPUProfile, "cpuprofile", "", "write a CPU profile of the measured run to this file")
 	fs.StringVar(&b.Trace, "trace", "", "write a Go execution trace of the measured run to this file (go tool trace; -pprof=sched shows where goroutines wait for a CPU)")
-	fs.StringVar(&b.Transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads)")
+	fs.StringVar(&b.Transport, "transport", "mycelium", "mycelium | pubsub (the old design, as a baseline: a fresh subscription per request, JSON payloads) | streams-plain (the ordinary Streams design, as a baseline: a sync XADD per call, workers XREADGROUP COUNT 100 and reply + XACK pipelined, one reply reader per process)")
 	fs.StringVar(&b.PubsubConn, "pubsub-conn", "fresh", "with --transport pubsub: fresh (a new connection per subscription, as go-redis Subscribe does) | pooled (reuse pooled connections)")
 	quotaRate := fs.String("quota-rate", "100/s", "quota: the fake provider's request quota (N/s, N/m or N/h)")
 	fs.IntVar(&b.QuotaBurst, "quota-burst", 10, "quota: requests the provider takes at once above its rate")
@@ -95,7 +95,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota|priority|tenants --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota|priority|tenants --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub|streams-plain] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
 			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err

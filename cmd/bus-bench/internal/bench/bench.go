@@ -21,6 +21,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/cmd/bus-bench/internal/plain"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/pubsub"
 	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/consumer"
@@ -163,6 +164,7 @@ type Batches struct {
 const (
 	SystemMycelium = "mycelium"
 	SystemPubsub   = "pubsub-baseline"
+	SystemPlain    = "streams-plain"
 )
 
 // PrintResult writes res as the human-readable summary.
@@ -240,12 +242,15 @@ type env struct {
 	o      *Options
 	system string
 	call   caller
-	bc     *bus.Client        // the callers' bus client; also reads server CPU and drains, whatever the transport
-	insp   *inspect.Inspector // on bc
-	p      *producer.Producer // mycelium only
-	co     *consumer.Consumer // in-process mycelium workers, if any
-	log    io.Writer
-	tl     tally // outcomes of the measured calls (read by the progress line)
+	// publish writes one event (the publish scenario), on mycelium or the
+	// streams-plain baseline
+	publish func(ctx context.Context, payload []byte) error
+	bc      *bus.Client        // the callers' bus client; also reads server CPU and drains, whatever the transport
+	insp    *inspect.Inspector // on bc
+	p       *producer.Producer // mycelium only
+	co      *consumer.Consumer // in-process mycelium workers, if any
+	log     io.Writer
+	tl      tally // outcomes of the measured calls (read by the progress line)
 
 	handled      sync.Map // sequence -> handler nanoseconds, when the handler is not a plain echo
 	stagesBefore *metrics.Snapshot
@@ -421,6 +426,14 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		ok = true
 		return e, nil
 	}
+	if o.Transport == "streams-plain" {
+		e.system = SystemPlain
+		if err := e.setupPlain(ctx, url, h); err != nil {
+			return nil, err
+		}
+		ok = true
+		return e, nil
+	}
 	if o.Partitions > 0 {
 		if _, err := e.insp.SetPartitions(ctx, o.Topic, o.Partitions); err != nil {
 			return nil, err
@@ -450,6 +463,11 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 	}
 	e.p = p
 	e.call = myceliumCaller{p: p, topic: o.Topic, opts: callOptions[producer.RequestOption](o)}
+	popts := callOptions[producer.PublishOption](o)
+	e.publish = func(ctx context.Context, payload []byte) error {
+		_, err := p.Publish(ctx, o.Topic, payload, popts...)
+		return err
+	}
 	e.closers = append(e.closers, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = p.Close(cctx)
@@ -537,6 +555,46 @@ func (e *env) setupPubsub(ctx context.Context, url string, h consumer.Handler) e
 	}
 	e.closers = append(e.closers, stop)
 	return nil
+}
+
+// setupPlain connects the streams-plain baseline's caller and starts its
+// workers, each on a client of that design (see plain.Dial).
+func (e *env) setupPlain(ctx context.Context, url string, h consumer.Handler) error {
+	dial := func() (rueidis.Client, error) {
+		c, err := plain.Dial(ctx, url, e.o.Concurrency+e.o.Workers+2)
+		if err != nil {
+			return nil, fmt.Errorf("%w: cannot reach Redis for the baseline: %w", ErrUsage, err)
+		}
+		e.closers = append(e.closers, c.Close)
+		return c, nil
+	}
+	callers, err := dial()
+	if err != nil {
+		return err
+	}
+	pc := plain.NewCaller(callers, e.o.Prefix, e.o.Topic, e.o.Timeout)
+	e.closers = append(e.closers, pc.Close)
+	e.call = plainCaller{pc}
+	e.publish = pc.Publish
+	work, err := dial()
+	if err != nil {
+		return err
+	}
+	stream := plain.Stream(e.o.Prefix, e.o.Topic)
+	stop, err := plain.StartWorkers(ctx, work, e.o.Prefix, e.o.Topic, e.o.Workers, func(ctx context.Context, payload []byte) ([]byte, error) {
+		return h.Handle(ctx, &consumer.Message{Topic: stream, Payload: payload, Request: true})
+	})
+	if err != nil {
+		return err
+	}
+	e.closers = append(e.closers, stop)
+	return nil
+}
+
+type plainCaller struct{ c *plain.Caller }
+
+func (p plainCaller) request(ctx context.Context, payload []byte) ([]byte, error) {
+	return p.c.Request(ctx, payload)
 }
 
 type pubsubCaller struct{ c *pubsub.Caller }

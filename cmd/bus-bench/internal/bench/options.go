@@ -41,7 +41,7 @@ type Options struct {
 	Trace       string
 	FlushDelay  time.Duration
 	Conns       int
-	Transport   string         // mycelium | pubsub
+	Transport   string         // mycelium | pubsub | streams-plain
 	PubsubConn  string         // fresh | pooled
 	Handler     string         // echo | sleep:<d>[,<jitter>]
 	Work        *simwork.Sleep // parsed from Handler by ParseHandler; nil for echo
@@ -248,8 +248,8 @@ func (o *Options) Check(given map[string]bool) error {
 		return fmt.Errorf("--scenario failover runs mycelium with its in-process workers")
 	case o.Scenario != "failover" && (given["failover"] || given["kill-after"]):
 		return fmt.Errorf("--failover and --kill-after apply to --scenario failover")
-	case o.Transport == "pubsub" && (o.Partitions > 0 || o.WaitReplicas > 0 || o.Cluster || o.MasterSet != ""):
-		return fmt.Errorf("--transport pubsub: the baseline knows no partitions, replicas, Cluster or Sentinel")
+	case o.Transport != "mycelium" && (o.Partitions > 0 || o.WaitReplicas > 0 || o.Cluster || o.MasterSet != ""):
+		return fmt.Errorf("--transport %s: the baseline knows no partitions, replicas, Cluster or Sentinel", o.Transport)
 	}
 	if o.Scenario == "failover" {
 		if o.Duration == 0 {
@@ -305,8 +305,15 @@ func (o *Options) Check(given map[string]bool) error {
 		if o.NoWorkers {
 			return fmt.Errorf("--transport pubsub runs its own baseline workers; drop --no-workers")
 		}
+	case "streams-plain":
+		if o.Scenario != "rpc" && o.Scenario != "continuous" && o.Scenario != "publish" {
+			return fmt.Errorf("--transport streams-plain: the baseline runs rpc, continuous and publish")
+		}
+		if o.NoWorkers {
+			return fmt.Errorf("--transport streams-plain runs its own baseline workers; drop --no-workers")
+		}
 	default:
-		return fmt.Errorf("--transport %q: want mycelium or pubsub", o.Transport)
+		return fmt.Errorf("--transport %q: want mycelium, pubsub or streams-plain", o.Transport)
 	}
 	if o.Backpressure == "" {
 		o.Backpressure = producer.Block.String()
@@ -314,7 +321,7 @@ func (o *Options) Check(given map[string]bool) error {
 	if _, err := producer.ParseBackpressurePolicy(o.Backpressure); err != nil {
 		return fmt.Errorf("--backpressure %q: want block, reject or drop-oldest", o.Backpressure)
 	}
-	if o.Transport == "pubsub" && given["backpressure"] {
+	if o.Transport != "mycelium" && given["backpressure"] {
 		return fmt.Errorf("--backpressure applies to --transport mycelium")
 	}
 	if o.PubsubConn != "fresh" && o.PubsubConn != "pooled" {
@@ -328,8 +335,8 @@ func (o *Options) Check(given map[string]bool) error {
 			return err
 		}
 	}
-	if o.Transport == "pubsub" && (o.TLS != nil || o.Password != "") {
-		return fmt.Errorf("--transport pubsub: the baseline connects with the URL alone (no --tls-* or password file)")
+	if o.Transport != "mycelium" && (o.TLS != nil || o.Password != "") {
+		return fmt.Errorf("--transport %s: the baseline connects with the URL alone (no --tls-* or password file)", o.Transport)
 	}
 	if o.FlushDelay == 0 {
 		o.FlushDelay = -1 // explicit 0 on the command line: off

@@ -15,7 +15,6 @@ import (
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/consumer"
-	"github.com/egos/mycelium/producer"
 )
 
 // Payload layout: run id (8 bytes) | sequence (8 bytes) | a fixed random
@@ -393,7 +392,7 @@ func (s *publishScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 					s.started[seq].Store(t0.UnixNano())
 				}
 				pctx, cancel := context.WithTimeout(ctx, e.o.Timeout)
-				_, err := e.p.Publish(pctx, e.o.Topic, buf, callOptions[producer.PublishOption](e.o)...)
+				err := e.publish(pctx, buf)
 				cancel()
 				if err != nil {
 					if errors.Is(err, bus.ErrBacklogFull) {

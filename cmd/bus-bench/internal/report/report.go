@@ -61,9 +61,15 @@ type Verdict = svgchart.Verdict
 // chart is one figure of the report: an inline SVG drawn by gonum/plot.
 type chart = svgchart.Figure
 
+// systems are the systems a report draws, in their legend order.
+var systems = []string{bench.SystemMycelium, bench.SystemPubsub, bench.SystemPlain}
+
 func systemColor(system string) color.Color {
-	if system == bench.SystemPubsub {
+	switch system {
+	case bench.SystemPubsub:
 		return svgchart.Palette[1]
+	case bench.SystemPlain:
+		return svgchart.Palette[2]
 	}
 	return svgchart.Palette[0]
 }
@@ -131,7 +137,7 @@ func throughputChart(runs []Run) (chart, error) {
 	p.Y.Tick.Marker = svgchart.LogTicks{}
 	p.Legend.Top, p.Legend.Left = true, true
 	drawn := false
-	for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
+	for _, sys := range systems {
 		var xy plotter.XYs
 		for _, r := range runs {
 			if r.Sweep && r.Out.Result.System == sys && r.Out.Result.ThroughputRPS > 0 {
@@ -317,7 +323,7 @@ func timelineChart(runs []Run, name string) (chart, error) {
 	}
 	p := svgchart.New(title, "seconds since the run started, when the request completed", ylabel)
 	drawn := false
-	for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
+	for _, sys := range systems {
 		for _, r := range runs {
 			if r.Case != name || r.Out.Result.System != sys || len(r.Out.Timeline) == 0 {
 				continue
@@ -339,8 +345,11 @@ func timelineChart(runs []Run, name string) (chart, error) {
 			}
 			s.Color = systemColor(sys)
 			s.Radius = vg.Points(2)
-			if sys == bench.SystemPubsub {
+			switch sys {
+			case bench.SystemPubsub:
 				s.Shape = draw.CrossGlyph{}
+			case bench.SystemPlain:
+				s.Shape = draw.TriangleGlyph{}
 			}
 			p.Add(s)
 			p.Legend.Add(sys, s)
@@ -403,7 +412,7 @@ func Write(path string, info *Env, runs []Run, verdicts []Verdict) error {
 		if err := add(throughputChart(runs)); err != nil {
 			return err
 		}
-		for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
+		for _, sys := range systems {
 			if err := add(cdfChart(runs, sys)); err != nil {
 				return err
 			}
@@ -467,6 +476,7 @@ var reportTemplate = template.Must(template.Must(template.New("report").Funcs(te
 {{.FontFace}}
 {{.CSS}}
 tr.pubsub-baseline td { color: #8a1c1c; }
+tr.streams-plain td { color: #1f6f1f; }
 .quick { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6rem 0.8rem; max-width: 60rem; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .scroll table { font-size: 0.85rem; }

@@ -20,7 +20,7 @@ import (
 func TestWriteReportSynthetic(t *testing.T) {
 	var runs []report.Run
 	for _, c := range suite.SeedCases(true) {
-		for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub} {
+		for _, sys := range []string{bench.SystemMycelium, bench.SystemPubsub, bench.SystemPlain} {
 			out := &bench.Outcome{Result: &bench.Result{System: sys, Case: c.Name, Concurrency: c.Concurrency, Payload: c.Payload, OK: 10, ThroughputRPS: 1000 * float64(c.Concurrency),
 				Seconds: c.Duration.Seconds() + 0.01}}
 			n := 10
@@ -28,8 +28,11 @@ func TestWriteReportSynthetic(t *testing.T) {
 				n = 40 // a distribution; the 1 MiB case keeps a handful of samples
 			}
 			slower := int64(1)
-			if sys == bench.SystemPubsub {
+			switch sys {
+			case bench.SystemPubsub:
 				slower = 3
+			case bench.SystemPlain:
+				slower = 2
 			}
 			for i := range n {
 				p := bench.Point{At: float64(i) / 10, Lat: slower * int64(time.Millisecond) * int64(i+1), Seq: uint64(i)}
@@ -75,11 +78,12 @@ func TestWriteReportSynthetic(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := string(b)
-	if n := strings.Count(page, "<svg"); n != 8 {
-		t.Fatalf("%d charts, want 8", n)
+	if n := strings.Count(page, "<svg"); n != 9 { // a CDF per system (3)
+		t.Fatalf("%d charts, want 9", n)
 	}
 	for _, want := range []string{
 		"FAIL</span> concurrent-20", "PASS</span> single", "redis_write", "sweep-256",
+		"the streams-plain baseline", `<tr class="streams-plain">`,
 		"PASS</span> cached", "Response cache", "90.0% of answers from the local tier",
 		"Streamed replies and cancellation", "bus time per chunk", "cancel to handler", "PASS</span> cancel",
 		"(quick run)", "--suite-quick", // flagged as quick, at the top
@@ -115,8 +119,8 @@ func TestWriteReportPartial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(b), "No runs of this kind"); n != 5 { // throughput, pubsub CDF, stages, cache, stream
-		t.Fatalf("%d charts marked empty, want 5", n)
+	if n := strings.Count(string(b), "No runs of this kind"); n != 6 { // throughput, pubsub and streams-plain CDFs, stages, cache, stream
+		t.Fatalf("%d charts marked empty, want 6", n)
 	}
 	if strings.Count(string(b), "<svg") != 1 {
 		t.Fatal("the mycelium CDF should still be drawn")

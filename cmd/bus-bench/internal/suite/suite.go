@@ -68,7 +68,7 @@ func (c Case) transports() []string {
 	if c.Scenario == "cached" || c.Scenario == "stream" || c.Scenario == "cancel" || c.Scenario == "quota" || c.Scenario == "priority" || c.Scenario == "tenants" || c.Partitions > 0 {
 		return []string{"mycelium"}
 	}
-	return []string{"mycelium", "pubsub"}
+	return []string{"mycelium", "pubsub", "streams-plain"}
 }
 
 // runsOf counts the runs of cases.
@@ -411,6 +411,16 @@ func Judge(runs []report.Run) []report.Verdict {
 	}
 	ratio("concurrent-20", ratioAt20)
 	ratio("sweep-256", ratioAt256)
+	// Against the ordinary Streams design (the performance issue's table):
+	// reported beside the targets above, not judged yet.
+	for _, name := range []string{"single", "concurrent-5", "concurrent-20", "sweep-64", "sweep-256", "payload-64KiB"} {
+		m, b := by[name][bench.SystemMycelium], by[name][bench.SystemPlain]
+		if m == nil || b == nil {
+			continue
+		}
+		vs = append(vs, report.Verdict{OK: true, Info: true, Text: fmt.Sprintf("%s: mycelium %.0f req/s, p50 %s = %.2fx the streams-plain baseline's %.0f req/s, p50 %s (reported)",
+			name, m.ThroughputRPS, report.USLabel(float64(m.P50US)), m.ThroughputRPS/max(b.ThroughputRPS, 1e-9), b.ThroughputRPS, report.USLabel(float64(b.P50US)))})
+	}
 	if s := by["single"]; s[bench.SystemMycelium] != nil && s[bench.SystemPubsub] != nil {
 		m, b := s[bench.SystemMycelium], s[bench.SystemPubsub]
 		vs = append(vs, report.Verdict{OK: m.P50US < b.P50US, Text: fmt.Sprintf("single: p50 %s vs the baseline's %s (target: lower)",
