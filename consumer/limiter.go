@@ -380,6 +380,16 @@ func (l *limiter) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			if l.active.Load() && !l.noLib.Load() {
+				// The workers are done: this consumer holds no lease any
+				// more, whatever its count says (a permit call cut off by
+				// the stop may have taken leases it never heard of): give
+				// back every lease it has in Redis.
+				l.mu.Lock()
+				l.release = redisx.MaxLimit
+				l.mu.Unlock()
+				l.held.Store(0)
+			}
 			l.flush(fctx, false, nil)
 			cancel()
 			return

@@ -383,3 +383,31 @@ func TestLimitHoldsForDelayedRetries(t *testing.T) {
 		t.Fatalf("%d handlers at once (first deliveries and retries); the limit is %d", most, limit)
 	}
 }
+
+// TestLimitLeasesGoBackAtStop: a fleet that stops gives every concurrency
+// lease back at once (the hash of leases is empty), including those a
+// permit call cut off by the stop took without the worker hearing of them:
+// none waits for ClaimIdle.
+func TestLimitLeasesGoBackAtStop(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	const topic = "lim-stop"
+	if err := inspect.New(redistest.RoleClient(t, c, "operator")).SetLimits(ctx, topic, inspect.Limits{Concurrency: 4}); err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int64
+	t.Run("fleet", func(t *testing.T) {
+		fleet(t, c, topic, 3, 8, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+			time.Sleep(2 * time.Millisecond) // the work
+			handled.Add(1)
+			return nil, nil
+		}), nil)
+		publishN(t, newProducer(t, c, producer.Config{}), topic, 200)
+		waitFor(t, 30*time.Second, "every event handled", func() bool { return handled.Load() >= 200 })
+	}) // the fleet's Runs returned with the subtest
+	n, err := c.Redis().Do(ctx, c.Redis().B().Hlen().Key(bus.Keys{}.LimitLeases(topic)).Build()).AsInt64()
+	if err != nil || n != 0 {
+		t.Fatalf("%d consumers still hold leases after the fleet stopped (%v)", n, err)
+	}
+}

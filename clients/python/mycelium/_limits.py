@@ -274,9 +274,11 @@ class Limiter:
         return True
 
     async def close(self) -> None:
-        """Gives back every lease this worker holds (its handlers ended)."""
-        self.settle()
-        self._release += max(self.held, 0)
+        """Gives back every lease this worker holds (its handlers ended):
+        all it has in Redis, whatever its count says (a permit call cut off
+        by the stop may have taken leases it never heard of)."""
+        if self.active:
+            self._release = MAX_LIMIT  # permitdone removes the consumer's entry
         self.held = 0
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.flush(), 2)
