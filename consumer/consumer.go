@@ -314,6 +314,16 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 	for i := range n {
 		w.wg.Go(func() {
 			for j := range w.pipe.jobs {
+				// Not started when the shutdown timeout has passed (its
+				// handler would start with its ctx done), nor, read ahead,
+				// once Run's ctx ended: left pending for handBack, which
+				// hands it to the group's next reader uncounted.
+				if hctx.Err() != nil || (w.pipe.q != nil && ctx.Err() != nil) {
+					w.pipe.q.remove(j)
+					c.e.lim.charge(-j.msg.estimate)
+					c.proc.release(j, w.pipe)
+					continue
+				}
 				if w.pipe.q != nil && !c.pickUp(j, w.pipe) {
 					continue
 				}
@@ -335,6 +345,7 @@ func (c *Consumer) startWorkers(ctx context.Context) *workers {
 func (c *Consumer) pickUp(j *job, p *pipe) bool {
 	p.q.remove(j)
 	if c.route.skip(j.p, j.msg.ID, &j.env, time.Now(), p.a) {
+		c.e.lim.charge(-j.msg.estimate) // charged as it was routed; no handler runs
 		putJob(j)
 		return false
 	}
@@ -360,6 +371,7 @@ func (c *Consumer) admit(hctx context.Context, j *job, slot *workerSlot, p *pipe
 	if c.route.skip(j.p, j.msg.ID, &j.env, time.Now(), p.a) {
 		slot.clear()
 		c.share.release()
+		c.e.lim.charge(-j.msg.estimate) // charged as it was routed; no handler runs
 		putJob(j)
 		return false
 	}

@@ -74,11 +74,17 @@ func (w *waitingSet) appendTo(byPart map[*part][]string) {
 	}
 }
 
-func (w *waitingSet) has(pt *part, id string) bool {
+// hasKey reports whether id of the stream key waits (by the key: a part
+// is made again by each Run of a Consumer, its waiting retries stay).
+func (w *waitingSet) hasKey(key, id string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, ok := w.m[pt][id]
-	return ok
+	for pt, ids := range w.m {
+		if _, ok := ids[id]; ok && pt.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *waitingSet) len() int {

@@ -12,17 +12,20 @@ import (
 // them to that reclaim. Entries older than ClaimIdle are dropped once the
 // set grows (another worker has reclaimed them, or will at once).
 type deferredSet struct {
-	mu sync.Mutex
-	m  map[deferredKey]time.Time
+	mu    sync.Mutex
+	m     map[deferredKey]time.Time
+	prune int // the size at which add next drops old entries
 }
 
+// deferredKey is an entry by its stream's key (a part is made again by each
+// Run of a Consumer; its key stays).
 type deferredKey struct {
-	pt *part
-	id string
+	key, id string
 }
 
-// deferredPrune is the size past which add drops entries older than
-// ClaimIdle.
+// deferredPrune is the least size at which add drops entries older than
+// ClaimIdle; after a pass the next comes at twice the size left, so a
+// burst of failures costs amortised O(1) per entry.
 const deferredPrune = 4096
 
 func (d *deferredSet) add(pt *part, id string, claimIdle time.Duration) {
@@ -32,20 +35,21 @@ func (d *deferredSet) add(pt *part, id string, claimIdle time.Duration) {
 		d.m = map[deferredKey]time.Time{}
 	}
 	now := time.Now()
-	if len(d.m) >= deferredPrune {
+	if len(d.m) >= max(d.prune, deferredPrune) {
 		for k, at := range d.m {
 			if now.Sub(at) > claimIdle {
 				delete(d.m, k)
 			}
 		}
+		d.prune = 2 * len(d.m)
 	}
-	d.m[deferredKey{pt, id}] = now
+	d.m[deferredKey{pt.key, id}] = now
 }
 
 func (d *deferredSet) has(pt *part, id string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	_, ok := d.m[deferredKey{pt, id}]
+	_, ok := d.m[deferredKey{pt.key, id}]
 	return ok
 }
 
@@ -68,22 +72,14 @@ func (dl *delayer) handBack(ctx context.Context, parts []*part) {
 	var last int64
 	n := 0
 	for _, pt := range parts {
-		pend, err := dl.port.PendingOf(ctx, pt.key, dl.cfg.Group, "-", "+", int64(dl.cfg.held()+maxReadBatch), dl.cfg.Name)
+		k, due, err := dl.handBackPart(ctx, pt)
+		n += k
+		last = max(last, due)
 		if err != nil {
-			dl.log.Debug().Err(err).Str("stream", pt.key).Msg("stopping: could not list this consumer's pending entries (they are reclaimed after ClaimIdle)")
-			continue
-		}
-		for _, p := range pend {
-			if dl.deferred.has(pt, p.ID) || dl.waiting.has(pt, p.ID) {
-				continue
+			dl.log.Debug().Err(err).Str("stream", pt.key).Msg("stopping: could not hand entries back (they are reclaimed after ClaimIdle)")
+			if ctx.Err() != nil {
+				break // Redis does not answer: stop within the 2 s
 			}
-			due, err := dl.port.ScheduleRetry(ctx, pt.retryKey, p.ID, 0)
-			if err != nil {
-				dl.log.Debug().Err(err).Str("stream", pt.key).Msg("stopping: could not hand entries back (they are reclaimed after ClaimIdle)")
-				break
-			}
-			last = max(last, due)
-			n++
 		}
 	}
 	if n == 0 {
@@ -92,4 +88,43 @@ func (dl *delayer) handBack(ctx context.Context, parts []*part) {
 	dl.stats.handedBack.Add(uint64(n))
 	dl.wakeAt(ctx, last)
 	dl.log.Info().Int("entries", n).Str("topic", dl.cfg.Topic).Msg("stopping: handed back entries read and not handled (due at once for any worker of the group)")
+}
+
+// handBackPage is how many of its pending entries handBack lists at a time.
+const handBackPage = 512
+
+// handBackPart hands back pt's entries (see handBack), listing this
+// consumer's pending entries page by page (waiting retries and deferred
+// entries can fill a page); each is first given back the delivery it
+// never had (redisx.Uncount), then made due now. It returns how many it
+// handed back and the latest due time.
+func (dl *delayer) handBackPart(ctx context.Context, pt *part) (int, int64, error) {
+	n, last, start := 0, int64(0), "-"
+	for {
+		pend, err := dl.port.PendingOf(ctx, pt.key, dl.cfg.Group, start, "+", handBackPage, dl.cfg.Name)
+		if err != nil {
+			return n, last, err
+		}
+		back := pend[:0:0]
+		for _, p := range pend {
+			if !dl.deferred.has(pt, p.ID) && !dl.waiting.hasKey(pt.key, p.ID) {
+				back = append(back, p)
+			}
+		}
+		if err := dl.port.Uncount(ctx, pt.key, dl.cfg.Group, dl.cfg.Name, back); err != nil {
+			return n, last, err
+		}
+		for _, p := range back {
+			due, err := dl.port.ScheduleRetry(ctx, pt.retryKey, p.ID, 0)
+			if err != nil {
+				return n, last, err
+			}
+			last = max(last, due)
+			n++
+		}
+		if len(pend) < handBackPage {
+			return n, last, nil
+		}
+		start = "(" + pend[len(pend)-1].ID
+	}
 }

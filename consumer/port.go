@@ -20,6 +20,7 @@ type port interface {
 	AddControl(ctx context.Context, key string, notices []redisx.Control) error
 	ScheduleRetry(ctx context.Context, key string, id string, delay time.Duration) (int64, error)
 	PendingOf(ctx context.Context, key string, group string, start string, end string, count int64, consumer string) ([]redisx.Pending, error)
+	Uncount(ctx context.Context, key string, group string, consumer string, ps []redisx.Pending) error
 
 	// Reading, claiming and keeping entries.
 	ReadGroup(ctx context.Context, key string, group string, consumer string, id string, count int64, block time.Duration) ([]redisx.Entry, error)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/egos/mycelium/bus"
@@ -32,6 +33,7 @@ type reader struct {
 	topo    *topology
 	members *membership
 	route   *router
+	rot     atomic.Uint64 // where a limited read of fewer permits than partitions starts (readEach)
 }
 
 // readPartition reads pt's entries while ctx lives, never more than free
@@ -321,6 +323,39 @@ func (r *reader) readEach(ctx context.Context, read []*part, keys []string, p *p
 		return nil, 0, grant{}, ctx.Err()
 	}
 	n = g.n
+	all := len(read)
+	var sel []int
+	if (g.leased || g.timed) && n < len(read) {
+		// Fewer permits than partitions: XREADGROUP's COUNT is per
+		// stream, so reading them all could bring more entries than
+		// permits (handlers past the limit). Read n of them, in turn.
+		read, keys, sel = r.subset(read, keys, n)
+	}
+	res, n, g, err := r.readSome(ctx, read, keys, p, rd, ls, n, g)
+	if sel != nil && res != nil {
+		full := make([][]redisx.Entry, all)
+		for k, i := range sel {
+			full[i] = res[k]
+		}
+		res = full
+	}
+	return res, n, g, err
+}
+
+// subset returns n of read (and their keys) starting at the reader's turn,
+// and their indexes in read.
+func (r *reader) subset(read []*part, keys []string, n int) ([]*part, []string, []int) {
+	off := int(r.rot.Add(1) % uint64(len(read)))
+	ps, ks, idx := make([]*part, n), make([]string, n), make([]int, n)
+	for k := range n {
+		i := (off + k) % len(read)
+		ps[k], ks[k], idx[k] = read[i], keys[i], i
+	}
+	return ps, ks, idx
+}
+
+// readSome is readEach's read of read's streams holding n slots and g.
+func (r *reader) readSome(ctx context.Context, read []*part, keys []string, p *pipe, rd *redisx.ReadDeadline, ls *levelSched, n int, g grant) ([][]redisx.Entry, int, grant, error) {
 	per := max(1, n/len(read))
 	var res [][]redisx.Entry
 	var err error
@@ -494,6 +529,15 @@ func entriesIn(res [][]redisx.Entry) int {
 // and waits for permits holding none (see limiter.try), then returns
 // grant{} for the caller to read again.
 func (r *reader) permits(ctx context.Context, p *pipe, n int) grant {
+	if r.cfg.Prefetch > 0 && r.lim.active.Load() {
+		// A limited topic: read only what a handler may start now (at
+		// least one), as without Prefetch: entries read ahead would hold
+		// leases and spent permits while they wait.
+		if want := max(1, min(n, r.cfg.Concurrency-int(r.inFlight.Load()))); want < n {
+			p.slots.give(n - want)
+			n = want
+		}
+	}
 	g, wait := r.lim.try(ctx, n)
 	if g.n == 0 {
 		p.slots.give(n)

@@ -411,3 +411,32 @@ func TestLimitLeasesGoBackAtStop(t *testing.T) {
 		t.Fatalf("%d consumers still hold leases after the fleet stopped (%v)", n, err)
 	}
 }
+
+// TestLimitHoldsOnManyPartitions: a concurrency limit of 1 on a topic of 4
+// partitions read by one multi-stream XREADGROUP (COUNT is per stream):
+// never more than one handler at once.
+func TestLimitHoldsOnManyPartitions(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	const topic, total = "lim-parts", 80
+	insp := inspect.New(redistest.RoleClient(t, c, "operator"))
+	if _, err := insp.SetPartitions(ctx, topic, 4); err != nil {
+		t.Fatal(err)
+	}
+	if err := insp.SetLimits(ctx, topic, inspect.Limits{Concurrency: 1}); err != nil {
+		t.Fatal(err)
+	}
+	publishN(t, newProducer(t, c, producer.Config{}), topic, total)
+	var s starts
+	fleet(t, c, topic, 2, 8, consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+		s.begin()
+		defer s.end()
+		time.Sleep(2 * time.Millisecond) // the work
+		return nil, nil
+	}), nil)
+	waitFor(t, 60*time.Second, "every event handled", func() bool { return s.count() >= total })
+	if most := s.most.Load(); most != 1 {
+		t.Fatalf("at most %d handlers ran at once; the limit is 1", most)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/internal/redistest"
+	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
 )
 
@@ -107,5 +108,59 @@ func TestPrefetchedEntriesAreNotReclaimed(t *testing.T) {
 	}
 	if b.Stats().Reclaimed != 0 || a.Stats().Heartbeats == 0 {
 		t.Fatalf("b reclaimed %d, a sent %d heartbeats", b.Stats().Reclaimed, a.Stats().Heartbeats)
+	}
+}
+
+// Past ShutdownTimeout, entries read ahead are not started (their
+// handlers would start with their ctx done): the one running is left, the
+// rest handed back uncounted, and Run returns within the timeout's reach.
+func TestPrefetchShutdownTimeoutStartsNoMore(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	p := newProducer(t, c, producer.Config{})
+	for i := range 5 {
+		if _, err := p.Publish(context.Background(), "late", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls atomic.Int64
+	started := make(chan struct{}, 8)
+	co, err := consumer.New(c, consumer.Config{Topic: "late", Concurrency: 1, Prefetch: 4, StartID: "0", ShutdownTimeout: 200 * time.Millisecond},
+		consumer.HandlerFunc(func(context.Context, *consumer.Message) ([]byte, error) {
+			calls.Add(1)
+			started <- struct{}{}
+			time.Sleep(300 * time.Millisecond) // a handler that does not heed its ctx
+			return nil, nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	<-started
+	waitFor(t, 5*time.Second, "4 entries read ahead", func() bool { return groupPending(t, srv, "late") == 5 })
+	t0 := time.Now()
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > 3*time.Second {
+		t.Fatalf("Run took %v to return", d)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d handler calls; want 1 (none started past the timeout)", n)
+	}
+	if got := co.Stats().HandedBack; got < 4 {
+		t.Fatalf("handed back %d, want at least the 4 read ahead", got)
+	}
+	pend, err := redisx.PendingOf(context.Background(), c.Redis(), "myc:{late}", "workers", "-", "+", 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range pend {
+		if e.Deliveries > 1 {
+			t.Fatalf("entry %s counts %d deliveries after hand-back; want its first not charged", e.ID, e.Deliveries)
+		}
 	}
 }

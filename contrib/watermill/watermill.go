@@ -264,7 +264,12 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		msg.SetContext(mctx)
 		// A message the subscription stops before it was acknowledged is
 		// delivered again after the retry backoff, to whichever reader of
-		// the group runs then (not after ClaimIdle).
+		// the group runs then (not after ClaimIdle). Once it has stopped,
+		// nothing more is handed out (a select would pick the send half
+		// the time while the reader of out is still there).
+		if sctx.Err() != nil {
+			return nil, consumer.RetryAfter(ErrStopped, 0)
+		}
 		select {
 		case out <- msg:
 		case <-sctx.Done():

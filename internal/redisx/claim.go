@@ -128,6 +128,29 @@ func Touch(ctx context.Context, c rueidis.Client, key, group, consumer string, m
 	return c.Do(ctx, c.B().Xclaim().Key(key).Group(group).Consumer(consumer).MinIdleTime(strconv.FormatInt(minIdle.Milliseconds(), 10)).Id(ids...).Justid().Build()).Error()
 }
 
+// Uncount sets the delivery count of each pending entry in ps (held by
+// consumer) one lower, keeping it with consumer (XCLAIM ... RETRYCOUNT
+// n-1 JUSTID, which does not count a delivery): an entry handed back
+// unhandled (consumer.handBack) is not charged the delivery that never
+// reached a handler when the next worker claims it. One pipelined round
+// trip.
+func Uncount(ctx context.Context, c rueidis.Client, key, group, consumer string, ps []Pending) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	cmds := make(rueidis.Commands, 0, len(ps))
+	for _, p := range ps {
+		cmds = append(cmds, c.B().Xclaim().Key(key).Group(group).Consumer(consumer).MinIdleTime("0").Id(p.ID).
+			Retrycount(max(p.Deliveries-1, 0)).Justid().Build())
+	}
+	for _, r := range c.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ConsumerInfo is one consumer of a group, from XINFO CONSUMERS.
 type ConsumerInfo struct {
 	Name    string

@@ -108,6 +108,14 @@ func (p *Port) Touch(ctx context.Context, key string, group string, consumer str
 	return overran(ctx, r0)
 }
 
+// Uncount is this package's Uncount, through the port.
+func (p *Port) Uncount(ctx context.Context, key string, group string, consumer string, ps []Pending) error {
+	dctx, done := detach(ctx)
+	defer done()
+	r0 := Uncount(dctx, p.rc, key, group, consumer, ps)
+	return overran(ctx, r0)
+}
+
 // Consumers is this package's Consumers, through the port.
 func (p *Port) Consumers(ctx context.Context, key string, group string) ([]ConsumerInfo, error) {
 	dctx, done := detach(ctx)
