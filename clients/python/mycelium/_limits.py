@@ -22,9 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._log import WarnLimiter
+from .errors import PermissionDenied
 from .keys import Keys
 from .scripts import FunctionsNotLoaded, Scripts
 
@@ -61,7 +64,7 @@ class Grant:
 def estimated_cost(headers: dict[str, str]) -> int:
     """A message's estimated cost from its headers (0: none, or not a count)."""
     s = headers.get(COST_HEADER)
-    if s is None or not s.isascii() or not s.isdigit():
+    if s is None or len(s) > 13 or not s.isascii() or not s.isdigit():
         return 0
     n = int(s)
     return n if n <= MAX_LIMIT else 0
@@ -107,6 +110,9 @@ class Limiter:
         try:
             out = await self._scripts.call("permit", self._keys, [self._name, want, self._ttl_ms, max(self._avg_cost, 1), rel])
             p = _permit(out, want)
+        except asyncio.CancelledError:
+            self._release += rel  # the stop's close gives them back
+            raise
         except FunctionsNotLoaded:
             self._release += rel
             if await self._unlimited():
@@ -116,7 +122,7 @@ class Limiter:
                 self._checked, self.active = now, False
                 return Grant(want), 0.0
             raise
-        except (RedisError, OSError) as e:
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             self._release += rel
             if rel:
                 self._kick.set()
@@ -126,6 +132,15 @@ class Limiter:
                 self._outage = True
                 log.warning("worker of %s: asking for permits failed: reading without them until Redis answers: %s", self._topic, e)
             return Grant(want), 0.0
+        except RedisError as e:
+            self._release += rel
+            if _perm(e):  # this user may not run the limiter: it cannot keep the topic's limits (Go stops Run too)
+                raise PermissionDenied(f"worker of {self._topic}: the topic's limits cannot be kept: {e} "
+                                       "(grant the worker role of this release: bus-worker acl)") from None
+            # Refused or answered out of its contract: limits cannot be
+            # checked, so none is passed: read nothing, ask again soon.
+            self._warn.warn("worker of %s: the permit function failed (reading nothing until it answers): %s", self._topic, e)
+            return Grant(), RECHECK
         granted, wait_ms, limited, paused, leased, timed, charged = p
         self._outage = False
         self._checked, self.active = now, limited
@@ -174,10 +189,11 @@ class Limiter:
 
     async def sleep(self, d: float) -> None:
         """Waits d seconds, or until this worker frees a lease (its waiting
-        reader then asks at once, giving it back and taking it in one call)."""
-        self._freed.clear()
+        reader then asks at once, giving it back and taking it in one call;
+        a lease freed since the last wake counts)."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._freed.wait(), d)
+        self._freed.clear()
 
     def filled(self, g: Grant, got: int) -> None:
         """Ends a read made with g that brought got entries (already
@@ -229,17 +245,18 @@ class Limiter:
         self.charge(cost)
 
     def charge(self, n: int) -> None:
-        """Charges n tokens (negative: gives them back)."""
+        """Charges n tokens (negative: gives them back), the total kept
+        within what Lua counts exactly."""
         if n == 0 or not self.active:
             return
-        self._tokens += n
+        self._tokens = max(min(self._tokens + n, MAX_LIMIT), -MAX_LIMIT)
         self._kick.set()
 
     def observe(self, cost: int) -> None:
         """Adds a cost to the moving average that sizes a budget's grants."""
         if cost > 0 and self.active:
             a = self._avg_cost
-            self._avg_cost = max(a - a // 8 + cost // 8, 1)
+            self._avg_cost = min(max(a - a // 8 + min(cost, MAX_LIMIT) // 8, 1), MAX_LIMIT)
 
     # -- the flusher ------------------------------------------------------
 
@@ -265,6 +282,11 @@ class Limiter:
         self._release = self._unused = self._tokens = 0
         try:
             await self._scripts.call("permitdone", self._keys, [self._name, rel, unused, tokens, self._ttl_ms])
+        except asyncio.CancelledError:
+            self._release += rel
+            self._unused += unused
+            self._tokens += tokens
+            raise
         except (RedisError, OSError, FunctionsNotLoaded) as e:
             self._release += rel
             self._unused += unused
@@ -340,3 +362,7 @@ def _permit(out: Any, want: int) -> tuple[int, int, bool, int, bool, bool, int]:
     if not 0 <= v[0] <= want:
         raise ResponseError("permit function: granted out of range")
     return v[0], v[1], v[2] != 0, max(v[3], 0), v[4] != 0, v[5] != 0, max(v[6], 0)
+
+
+def _perm(e: BaseException) -> bool:
+    return isinstance(e, NoPermissionError) or (isinstance(e, ResponseError) and str(e).startswith("NOPERM"))

@@ -96,7 +96,7 @@ class Message:
         provider counted): a topic with a token budget corrects the
         caller's estimate by it when the handler returns (Go:
         Message.ReportCost)."""
-        self.cost = max(int(n), 0)
+        self.cost = min(max(int(n), 0), 1 << 40)  # at most what the limiter counts (Go: redisx.MaxLimit)
 
     async def send(self, chunk: bytes | str) -> None:
         """Sends one chunk of a streamed reply (``str`` as UTF-8); returns
@@ -302,6 +302,8 @@ class Consumer:
         self.retry_backoff, self.retry_backoff_max = retry_backoff, retry_backoff_max
         self.pause_on_retry_after = pause_on_retry_after
         self._lim: Limiter | None = None  # the topic's fleet-wide limits (made at start)
+        self._lim_task: asyncio.Task[Any] | None = None  # its flusher: stopped after the drain
+        self._rot = 0  # where a read of fewer permits than partitions starts
         self._member = f"{group} {self.name}"
         self._pnames: list[str] = []  # partition names read, partition i at index i
         self._parts: list[str] = []  # their stream keys
@@ -374,8 +376,10 @@ class Consumer:
             raise
         self.serving.set()
         assert self._lim is not None
-        loops = [self._reclaim_loop(), self._heartbeat_loop(), self._presence_loop(), self._control_loop(), self._due_loop(),
-                 self._lim.run(lambda: self._stopping)]
+        loops = [self._reclaim_loop(), self._heartbeat_loop(), self._presence_loop(), self._control_loop(), self._due_loop()]
+        # The limiter's flusher outlives the loops until the handlers are
+        # drained: their leases go back and are renewed meanwhile.
+        self._lim_task = asyncio.ensure_future(self._lim.run(lambda: False))
         if not self._cluster:
             loops.append(self._read_loop(None))  # one read of every partition
         self._loops = [asyncio.ensure_future(c) for c in loops]
@@ -407,6 +411,8 @@ class Consumer:
         if self._main is not None:
             await asyncio.wait([self._main], timeout=1)
         await self._drain()
+        if self._lim_task is not None:
+            await stop_tasks([self._lim_task], 2)
         if self._lim is not None and self._r is not None:
             await self._lim.close()  # the leases of the handlers that ran go back now, not after claim_idle
         if self._r is not None:
@@ -667,11 +673,16 @@ class Consumer:
             if g.n < n:
                 self._give_slots(n - g.n)
                 n = g.n
+            if len(parts) > n and (g.leased or g.timed):
+                # COUNT is per stream: with fewer permits than partitions,
+                # read as many partitions as permits, in turn.
+                self._rot += 1
+                parts = [parts[(self._rot + k) % len(parts)] for k in range(n)]
             try:
                 # Permits of a rate or token budget are spent when granted,
                 # and leases held by a blocked read starve other workers:
                 # with them, read what is there now.
-                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=n,
+                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=max(1, n // len(parts)),
                                                   block=None if g.now else self._block_ms)
                 backoff = 0.05
             except ResponseError as e:
@@ -714,10 +725,12 @@ class Consumer:
                 self._give_slots(n)
                 self._lim.filled(g, 0)
                 return
-            for key, eid, fields in read:
+            for k, (key, eid, fields) in enumerate(read):
+                if k >= n:  # more partitions than slots: an extra entry waits for one
+                    await self._take_one()
                 self._start(key, eid, fields, 1)
-            self._give_slots(n - len(read))
-            self._lim.filled(g, len(read))
+            self._give_slots(max(n - len(read), 0))
+            self._lim.filled(g, min(len(read), n))
 
     async def _reclaim_loop(self) -> None:
         cursors: dict[str, str] = {}
@@ -758,18 +771,20 @@ class Consumer:
         ids = [i for i in ids if f"{key}|{i}" not in self._running]
         if not ids:
             return 0
-        order = sorted(ids, key=_id_order)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xpending_range(key, self.group, order[0], order[-1], len(ids), consumername=self.name)
+        for i in ids:  # each one's delivery count, id by id (a range could be cut short by others pending here)
+            pipe.xpending_range(key, self.group, i, i, 1, consumername=self.name)
         for i in ids:  # a delayed retry not yet due waits for its time (whoever holds it)
             pipe.zscore(self._keys.topic(self._pname(key)) + ":retry", i)
         out = await pipe.execute(raise_on_error=False)
-        pend = out[0] if not isinstance(out[0], Exception) else []
-        counts = {(p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): p["times_delivered"] for p in pend}
+        counts: dict[str, int] = {}
+        for i, row in zip(ids, out[: len(ids)]):
+            if isinstance(row, list) and row and isinstance(row[0], dict):
+                counts[i] = int(row[0].get("times_delivered", 1))
         now = self._redis_ms()
         started = 0
         for k, (eid, (_, fields)) in enumerate(zip(ids, entries)):
-            due = out[1 + k]
+            due = out[len(ids) + k]
             if isinstance(due, (int, float)) and due > now:
                 self._waiting[f"{key}|{eid}"] = int(due)
                 self._note_due(int(due))
@@ -922,41 +937,52 @@ class Consumer:
         for key, name in list(zip(self._parts, self._pnames)):
             free = await self._free_slots(self.concurrency)
             g = Grant()
-            if free > 0:  # due retries take permits as reads do; delayed events move to the stream regardless
-                g, _ = await self._lim.take(free)
-                self._give_slots(free - g.n)
-                free = g.n
+            started = 0
             try:
-                t0 = time.time() * 1000
-                res = await self._scripts.call(
-                    "due", [self._keys.topic(name) + ":delayed", key, self._keys.topic(name) + ":retry"],
-                    [FIELD, DUE_LIMIT, self.group, self.name, free, "MAXLEN" if self._stream_cap > 0 else "", self._stream_cap])
-            except BaseException:
-                self._give_slots(free)
-                self._lim.filled(g, 0)
-                raise
-            if not isinstance(res, list) or len(res) != 5:
-                self._give_slots(free)
-                self._lim.filled(g, 0)
-                raise ResponseError("due script: unexpected reply")
-            moved, nxt, now, claimed = int(res[0]), int(res[1]), int(res[2]), res[3] or []
-            self._clock_skew = int(now - (t0 + time.time() * 1000) / 2)
-            self.stats.delayed_promoted += moved
-            if nxt > 0:
-                self._note_due(nxt)
-            entries = [(e[0].decode() if isinstance(e[0], bytes) else str(e[0]), _fields(e[1])) for e in claimed if e and e[0]]
-            self._give_slots(free - len(entries))
-            if not entries:
-                self._lim.filled(g, 0)
-                continue
-            for eid, _ in entries:
-                self._waiting.pop(f"{key}|{eid}", None)
-            order = sorted((e for e, _ in entries), key=_id_order)
-            pend = await self.redis.xpending_range(key, self.group, order[0], order[-1], len(entries), consumername=self.name)
-            counts = {(p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]): p["times_delivered"] for p in pend}
-            for eid, fields in entries:
-                self._start(key, eid, fields, int(counts.get(eid, 1)))
-            self._lim.filled(g, len(entries))
+                if free > 0:  # due retries take permits as reads do; delayed events move to the stream regardless
+                    g, _ = await self._lim.take(free)
+                    self._give_slots(free - g.n)
+                    free = g.n
+                started = await self._due_part(key, name, free)
+            finally:
+                # Whatever failed (the script, Redis, a limited topic whose
+                # functions are not loaded), no slot and no permit is kept
+                # by entries that did not start.
+                self._give_slots(free - started)
+                self._lim.filled(g, started)
+
+    async def _due_part(self, key: str, name: str, free: int) -> int:
+        """One partition's due pass, claiming up to free due retries;
+        returns how many entries it started (each holds one of free)."""
+        t0 = time.time() * 1000
+        res = await self._scripts.call(
+            "due", [self._keys.topic(name) + ":delayed", key, self._keys.topic(name) + ":retry"],
+            [FIELD, DUE_LIMIT, self.group, self.name, free, "MAXLEN" if self._stream_cap > 0 else "", self._stream_cap])
+        if not isinstance(res, list) or len(res) != 5:
+            raise ResponseError("due script: unexpected reply")
+        moved, nxt, now, claimed = int(res[0]), int(res[1]), int(res[2]), res[3] or []
+        self._clock_skew = int(now - (t0 + time.time() * 1000) / 2)
+        self.stats.delayed_promoted += moved
+        if nxt > 0:
+            self._note_due(nxt)
+        entries = [(e[0].decode() if isinstance(e[0], bytes) else str(e[0]), _fields(e[1])) for e in claimed if e and e[0]][:free]
+        if not entries:
+            return 0
+        for eid, _ in entries:
+            self._waiting.pop(f"{key}|{eid}", None)
+        # Each entry's delivery count, id by id (one range over their ids
+        # could be cut short by other entries pending here: Go's
+        # redisx.Deliveries).
+        pipe = self.redis.pipeline(transaction=False)
+        for eid, _ in entries:
+            pipe.xpending_range(key, self.group, eid, eid, 1, consumername=self.name)
+        rows = await pipe.execute(raise_on_error=False)
+        for (eid, fields), row in zip(entries, rows):
+            attempt = 1
+            if isinstance(row, list) and row and isinstance(row[0], dict):
+                attempt = max(int(row[0].get("times_delivered", 1)), 1)
+            self._start(key, eid, fields, attempt)
+        return len(entries)
 
     def _retry_delay(self, asked: float, attempt: int) -> float:
         backoff = min(self.retry_backoff * (2 ** max(attempt - 1, 0)), self.retry_backoff_max)
