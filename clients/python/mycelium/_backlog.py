@@ -97,6 +97,12 @@ class Pressure:
                 return
         await self._wait(topic, key, b, n, deadline)
 
+    def estimate(self, key: str) -> int:
+        """key's backlog as this producer knows it (0 when unmeasured):
+        read, never waited for (a tenant's least loaded shard)."""
+        b = self._streams.get(key)
+        return b.estimate() if b is not None and b.measured else 0
+
     def _fresh(self, b: _Stream, n: int, now: float) -> bool:
         if b.measured == 0 or now - b.measured >= STALE:
             return False

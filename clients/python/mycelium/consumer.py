@@ -69,6 +69,8 @@ LAG_REPAIR_EVERY = 10.0
 #: how long a limited worker's read waits for a new entry holding no
 #: permit (Go: consumer timedWait)
 TIMED_WAIT_MS = 250
+#: priority levels at most (Go: bus.MaxPriorities)
+MAX_LEVELS = 10
 _CACHE_ID = re.compile(r"(0|[1-9][0-9]{0,19}):[0-9a-f]{32}")
 
 
@@ -145,6 +147,38 @@ class Stats:
     permit_wait_seconds: float = 0.0  # time spent so
     lag_repaired: int = 0  # times the group's overcounted lag was put right (Redis 7, after a trim)
     pauses: int = 0  # times a handler paused the topic for the fleet (RetryAfter(pause=True), pause_on_retry_after)
+
+
+class _LevelSched:
+    """Stride scheduling over priority levels (Go: consumer levelSched):
+    each level has a pass, raised by entries read over its weight; a read
+    tries the levels by ascending pass (strict: in level order); a level
+    found empty is raised to the pass of the level read then, so an idle
+    level banks no credit."""
+
+    def __init__(self) -> None:
+        self.passes: list[float] = []
+
+    def next(self, levels: int, strict: bool) -> list[int]:
+        if len(self.passes) != levels:
+            self.passes = [0.0] * levels
+        order = list(range(levels))
+        if not strict:
+            order.sort(key=lambda lv: self.passes[lv])  # stable: ties in level order
+        return order
+
+    def idle(self) -> None:
+        if self.passes:
+            top = max(self.passes)
+            self.passes = [top] * len(self.passes)
+
+    def read(self, level: int, n: int, weights: list[int], tried: list[int]) -> None:
+        if level >= len(self.passes):
+            return
+        for e in tried:
+            self.passes[e] = max(self.passes[e], self.passes[level])
+        w = max(weights[level], 1) if level < len(weights) else 1
+        self.passes[level] += n / w
 
 
 @dataclass
@@ -322,7 +356,13 @@ class Consumer:
         self._main: asyncio.Future[Any] | None = None
         self._stopping = False
         self._warn = WarnLimiter(log)
-        self._levels_told = False  # warned that the topic has priority levels (_note_levels)
+        # Priority levels (docs/scheduling.md): the topic's level count,
+        # weights and mode, each partition's level streams (level 1 up, by
+        # its level-0 key), and what a level stream belongs to.
+        self._levels, self._weights, self._strict = 1, [1], False
+        self._lkeys: dict[str, list[str]] = {}
+        self._lkey_of: dict[str, tuple[str, int]] = {}  # level stream -> (its partition's key, its level)
+        self._sched = _LevelSched()
         self._metrics = metrics  # a mycelium.metrics.Metrics: counters and stage timings under the Go names
         self.stats = Stats()
         self.serving = Serving()
@@ -470,21 +510,52 @@ class Consumer:
     async def _join(self) -> None:
         r = self.redis
         await r.ping()
-        meta = await r.hmget(self._keys.meta(self.topic), ["partitions", "drain", "priorities"])
+        meta = await r.hmget(self._keys.meta(self.topic), ["partitions", "drain", "priorities", "priority_weights", "priority_strict"])
         n = _count(meta[1]) or _count(meta[0]) or 1
-        self._note_levels(meta[2])
+        self._note_levels(meta[2], meta[3], meta[4])
         for i in range(n):
             await self._add_partition(i)
         await self._beat()
 
-    def _note_levels(self, v: Any) -> None:
-        """Says once that the topic has priority levels this worker does
-        not read (docs/scheduling.md: the Go workers read them all)."""
-        levels = _count(v)
-        if levels > 1 and not self._levels_told:
-            self._levels_told = True
-            log.warning("worker of %s: the topic has %d priority levels; this Python worker reads level 0 only "
-                        "(entries at the other levels wait for a Go worker: docs/scheduling.md)", self.topic, levels)
+    def _note_levels(self, v: Any, weights: Any, strict: Any) -> None:
+        """Takes the topic's priority levels, weights and mode from its meta
+        hash (validated; a malformed setting keeps what was read before, as
+        Go's workers do). Levels are never lowered."""
+        levels = _count(v) or 1
+        if not 1 <= levels <= MAX_LEVELS or levels < self._levels:
+            return
+        w = [1 << (levels - 1 - i) for i in range(levels)]
+        if weights is not None and levels > 1:
+            try:
+                parsed = [int(x.strip()) for x in _s(weights).split(",")]
+            except ValueError:
+                parsed = []
+            if len(parsed) != levels or not all(1 <= x <= 1000 for x in parsed):
+                self._warn.warn("worker of %s: malformed priority_weights %r: default weights used", self.topic, _s(weights)[:64])
+            else:
+                w = parsed
+        self._levels, self._weights, self._strict = levels, w, _count(strict) == 1
+
+    def _level_key(self, key: str, level: int) -> str:
+        """The stream of level of the partition whose stream is key."""
+        return key if level == 0 else f"{key}:p{level}"
+
+    def _all_keys(self) -> list[str]:
+        """Every stream read: each partition's, then their level streams."""
+        out = list(self._parts)
+        for k in self._parts:
+            out.extend(self._lkeys.get(k, ()))
+        return out
+
+    async def _add_levels(self, key: str) -> None:
+        """Joins the group on the level streams of the partition of key up
+        to the topic's level count."""
+        have = self._lkeys.setdefault(key, [])
+        for level in range(len(have) + 1, self._levels):
+            lk = self._level_key(key, level)
+            await self._create_group(lk)
+            have.append(lk)
+            self._lkey_of[lk] = (key, level)
 
     async def _add_partition(self, i: int) -> None:
         name = partition(self.topic, i)
@@ -492,6 +563,7 @@ class Consumer:
         await self._create_group(key)
         self._pnames.append(name)
         self._parts.append(key)
+        await self._add_levels(key)
 
     def _on(self, key: str) -> dict[str, Any]:
         """Where a command whose key redis-py's cluster client cannot find
@@ -518,7 +590,7 @@ class Consumer:
         r = self.redis
         with contextlib.suppress(RedisError, OSError):
             await r.zrem(self._keys.workers(self.topic), self._member)
-            for key in self._parts:
+            for key in self._all_keys():
                 pend = await r.xpending_range(key, self.group, "-", "+", 1, consumername=self.name)
                 if not pend:
                     await r.execute_command("XGROUP", "DELCONSUMER", key, self.group, self.name, **self._on(key))
@@ -546,7 +618,7 @@ class Consumer:
         see a backlog that is not there): the lagfix function, which acts
         only once the group has read up to the stream's last entry (Go: the
         janitor's repairLag)."""
-        for key in list(self._parts):
+        for key in self._all_keys():
             try:
                 n = int(await self._scripts.call("lagfix", [key], [self.group]))
             except (RedisError, OSError, MyceliumError, ValueError, TypeError) as e:
@@ -559,8 +631,11 @@ class Consumer:
     async def _follow_partitions(self) -> None:
         """Reads partitions added since (from their first entry) and forgets
         removed ones once drained (Go: the consumer's topology)."""
-        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain", "lowered", "priorities"])
-        self._note_levels(meta[3])
+        meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain", "lowered", "priorities", "priority_weights",
+                                                                     "priority_strict"])
+        self._note_levels(meta[3], meta[4], meta[5])
+        for key in list(self._parts):  # levels raised since
+            await self._add_levels(key)
         count, drain = _count(meta[0]) or 1, _count(meta[1])
         if drain > count and await self._forget(count, drain, _uint(meta[2])):
             meta = await self.redis.hmget(self._keys.meta(self.topic), ["partitions", "drain"])
@@ -571,6 +646,9 @@ class Consumer:
                 self._start_reader(self._parts[-1])
         if n < len(self._parts):
             gone = self._parts[n:]
+            for k in gone:
+                for lk in self._lkeys.pop(k, []):
+                    self._lkey_of.pop(lk, None)
             del self._parts[n:], self._pnames[n:]
             log.info("worker of %s: partitions %d to %d drained and removed: no longer read", self.topic, n, n + len(gone) - 1)
 
@@ -600,14 +678,22 @@ class Consumer:
             return False
         for i in range(low, drain):
             with contextlib.suppress(RedisError, OSError):
-                await r.delete(self._keys.topic(partition(self.topic, i)))
+                key = self._keys.topic(partition(self.topic, i))
+                await r.delete(key, *(self._level_key(key, lv) for lv in range(1, self._levels)))
         log.info("worker of %s: removed partitions %d to %d drained: forgotten", self.topic, low, drain - 1)
         return True
 
     async def _drained(self, name: str, groups: list[str]) -> bool:
-        r, key = self.redis, self._keys.topic(name)
+        base = self._keys.topic(name)
+        for level in range(self._levels):  # every level of it
+            if not await self._drained_stream(self._level_key(base, level), base, groups):
+                return False
+        return True
+
+    async def _drained_stream(self, key: str, base: str, groups: list[str]) -> bool:
+        r = self.redis
         pipe = r.pipeline(transaction=False)
-        pipe.xlen(key + ":dlq")
+        pipe.xlen(base + ":dlq")
         pipe.zcard(key + ":delayed")
         pipe.zcard(key + ":retry")
         dlq, delayed, retry = await pipe.execute()
@@ -678,20 +764,20 @@ class Consumer:
                 # read as many partitions as permits, in turn.
                 self._rot += 1
                 parts = [parts[(self._rot + k) % len(parts)] for k in range(n)]
+            keys = [lk for k in parts for lk in (k, *self._lkeys.get(k, ()))]
             try:
                 # Permits of a rate or token budget are spent when granted,
                 # and leases held by a blocked read starve other workers:
                 # with them, read what is there now.
-                res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=max(1, n // len(parts)),
-                                                  block=None if g.now else self._block_ms)
+                res = await self._read(parts, n, None if g.now else self._block_ms)
                 backoff = 0.05
             except ResponseError as e:
                 self._give_slots(n)
                 self._lim.filled(g, 0)
                 if "NOGROUP" in str(e):  # Redis restarted or was flushed
                     with contextlib.suppress(RedisError, OSError):
-                        for key in parts:
-                            if key in self._parts:
+                        for key in keys:
+                            if key in self._parts or key in self._lkey_of:
                                 await self._create_group(key)
                     continue
                 if str(e).startswith("UNBLOCKED"):  # a partition forgotten (its stream deleted) while read
@@ -732,12 +818,44 @@ class Consumer:
             self._give_slots(max(n - len(read), 0))
             self._lim.filled(g, min(len(read), n))
 
+    async def _read(self, parts: list[str], n: int, block: int | None) -> Any:
+        """One read of parts for up to n entries (COUNT is per stream). On
+        a topic with priority levels the levels are tried without blocking
+        in the order of their passes (stride scheduling, Go's levelSched:
+        each level gets its weight's share while all are backlogged; strict
+        mode: level order), the first with entries taken; only when none
+        has any does the read wait, on every level's stream."""
+        if self._levels <= 1 or not any(self._lkeys.get(k) for k in parts):
+            return await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in parts}, count=max(1, n // len(parts)), block=block)
+        levels = 1 + max(len(self._lkeys.get(k, ())) for k in parts)
+        order = self._sched.next(levels, self._strict)
+        for i, lv in enumerate(order):
+            keys = [k if lv == 0 else self._lkeys[k][lv - 1] for k in parts if lv == 0 or len(self._lkeys.get(k, ())) >= lv]
+            if not keys:
+                continue
+            res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in keys}, count=max(1, n // len(keys)))
+            got = sum(len(es) for _, es in res or [])
+            if got:
+                self._sched.read(lv, got, self._weights, order[:i])
+                return res
+        if block is None:
+            self._sched.idle()
+            return []
+        keys = [lk for k in parts for lk in (k, *self._lkeys.get(k, ()))]
+        res = await self.redis.xreadgroup(self.group, self.name, {k: ">" for k in keys}, count=max(1, n // len(keys)), block=block)
+        if not res:
+            self._sched.idle()
+        for rkey, es in res or []:
+            k = rkey.decode() if isinstance(rkey, bytes) else str(rkey)
+            self._sched.read(self._lkey_of.get(k, (k, 0))[1], len(es), self._weights, [])
+        return res
+
     async def _reclaim_loop(self) -> None:
         cursors: dict[str, str] = {}
         every = min(self.claim_idle / 2, 5.0)
         while not self._stopping:
             await asyncio.sleep(every)
-            for key in list(self._parts):
+            for key in self._all_keys():
                 try:
                     await self._reclaim(key, cursors)
                 except (RedisError, OSError) as e:
@@ -775,7 +893,7 @@ class Consumer:
         for i in ids:  # each one's delivery count, id by id (a range could be cut short by others pending here)
             pipe.xpending_range(key, self.group, i, i, 1, consumername=self.name)
         for i in ids:  # a delayed retry not yet due waits for its time (whoever holds it)
-            pipe.zscore(self._keys.topic(self._pname(key)) + ":retry", i)
+            pipe.zscore(key + ":retry", i)
         out = await pipe.execute(raise_on_error=False)
         counts: dict[str, int] = {}
         for i, row in zip(ids, out[: len(ids)]):
@@ -934,7 +1052,7 @@ class Consumer:
     async def _due_pass(self) -> None:
         self._next_due = 0
         assert self._lim is not None
-        for key, name in list(zip(self._parts, self._pnames)):
+        for key in self._all_keys():
             free = await self._free_slots(self.concurrency)
             g = Grant()
             started = 0
@@ -943,7 +1061,7 @@ class Consumer:
                     g, _ = await self._lim.take(free)
                     self._give_slots(free - g.n)
                     free = g.n
-                started = await self._due_part(key, name, free)
+                started = await self._due_part(key, free)
             finally:
                 # Whatever failed (the script, Redis, a limited topic whose
                 # functions are not loaded), no slot and no permit is kept
@@ -951,12 +1069,12 @@ class Consumer:
                 self._give_slots(free - started)
                 self._lim.filled(g, started)
 
-    async def _due_part(self, key: str, name: str, free: int) -> int:
+    async def _due_part(self, key: str, free: int) -> int:
         """One partition's due pass, claiming up to free due retries;
         returns how many entries it started (each holds one of free)."""
         t0 = time.time() * 1000
         res = await self._scripts.call(
-            "due", [self._keys.topic(name) + ":delayed", key, self._keys.topic(name) + ":retry"],
+            "due", [key + ":delayed", key, key + ":retry"],  # a level's own sets (Go: bus.Keys.LevelDelayed, LevelRetry)
             [FIELD, DUE_LIMIT, self.group, self.name, free, "MAXLEN" if self._stream_cap > 0 else "", self._stream_cap])
         if not isinstance(res, list) or len(res) != 5:
             raise ResponseError("due script: unexpected reply")
@@ -990,7 +1108,7 @@ class Consumer:
         return float(d + random.uniform(0, d / 20))
 
     async def _schedule_retry(self, key: str, eid: str, delay: float) -> None:
-        due = int(await self._scripts.call("schedule", [self._keys.topic(self._pname(key)) + ":retry"], [eid, int(delay * 1000)]))
+        due = int(await self._scripts.call("schedule", [key + ":retry"], [eid, int(delay * 1000)]))
         self._waiting[f"{key}|{eid}"] = due
         self._note_due(due)
         with contextlib.suppress(RedisError, OSError):
@@ -998,6 +1116,7 @@ class Consumer:
                                   maxlen=10_000, approximate=True)
 
     def _pname(self, key: str) -> str:
+        key = self._lkey_of.get(key, (key, 0))[0]  # a level stream: its partition's
         try:
             return self._pnames[self._parts.index(key)]
         except ValueError:
@@ -1098,7 +1217,8 @@ class Consumer:
             run.token = env.token
             self._by_token[env.token] = run
         cache_key, cache_ttl = self._cache_of(env, eid, attempt) if req and env.cache_key else ("", 0.0)
-        msg = Message(id=eid, topic=self.topic, partition=self._parts.index(key) if key in self._parts else 0,
+        base = self._lkey_of.get(key, (key, 0))[0]
+        msg = Message(id=eid, topic=self.topic, partition=self._parts.index(base) if base in self._parts else 0,
                       payload=env.payload, headers=env.headers or {}, attempt=attempt,
                       deadline=env.deadline / 1e9 if env.deadline else None, request=req, sent=env.sent / 1e9,
                       streaming=req and bool(env.flags & codec.FLAG_STREAM))

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import datetime
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -98,9 +99,77 @@ class _Waiter:
 class _Topic:
     name: str
     parts: int = 1
+    levels: int = 1  # priority levels (docs/scheduling.md)
+    shards: int = 0  # partitions per tenant (tenant fairness; 0: off)
     parts_read: float = 0.0  # monotonic time of the last read of the count
     rr: int = 0
     served_at: float = -1e9  # monotonic time a worker was last seen
+
+
+#: priority levels at most (Go: bus.MaxPriorities)
+MAX_PRIORITIES = 10
+PRIORITY_HEADER, TENANT_HEADER = "myc-priority", "myc-tenant"
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A call's routing beyond its partition key: its priority level and
+    tenant (docs/scheduling.md), carried where the partition key goes."""
+
+    key: str | bytes | None
+    priority: int = 0
+    tenant: str | None = None
+
+
+def _sched(headers: Mapping[str, str] | None, partition_key: str | bytes | None, priority: int | None,
+           tenant: str | None) -> tuple[Mapping[str, str] | None, Any]:
+    """Checks a call's priority and tenant; returns its headers with them
+    (Go: producer.Priority, producer.Tenant) and its route."""
+    if priority is None and tenant is None:
+        return headers, partition_key
+    p = 0 if priority is None else priority
+    if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < MAX_PRIORITIES:
+        raise InvalidConfig(f"priority must be 0 to {MAX_PRIORITIES - 1}, got {priority!r}")
+    if tenant is not None:
+        validate_name("tenant", tenant)
+    h = dict(headers or {})
+    if p > 0:
+        h[PRIORITY_HEADER] = str(p)
+    if tenant is not None:
+        h[TENANT_HEADER] = tenant
+    return h, _Route(partition_key, p, tenant)
+
+
+def shard_set(tenant: str, n: int, m: int) -> list[int]:
+    """The partitions of a tenant among n when each tenant has m of them
+    (Go: producer.ShardSet, part of the wire contract, docs/wire.md)."""
+    m = min(max(m, 1), n)
+    out: list[int] = []
+    k = 0
+    while len(out) < m:
+        j = _shard_of(tenant, b"#%d" % k, n)
+        if k >= 8 * n:  # pathological hashes: fill in order
+            j = 0
+            while j in out:
+                j += 1
+        if j not in out:
+            out.append(j)
+        k += 1
+    return out
+
+
+def _shard_of(tenant: str, suffix: bytes, n: int) -> int:
+    """FNV-1a (32 bit) of tenant + suffix, mixed by MurmurHash3's fmix32,
+    modulo n."""
+    x = 2166136261
+    for b in tenant.encode("utf-8", "surrogateescape") + suffix:
+        x = ((x ^ b) * 16777619) & 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x % n
 
 
 @dataclass
@@ -476,9 +545,13 @@ class Producer:
         if now - t.parts_read >= 1.0:
             try:
                 # HMGET: the producer ACL role may read :meta with HMGET only
-                v = (await _apart(self.redis.hmget(self._keys.meta(t.name), ["partitions"])))[0]
+                v, lv, sh = await _apart(self.redis.hmget(self._keys.meta(t.name), ["partitions", "priorities", "fair_shards"]))
                 n = int(v) if v is not None else 1
                 t.parts = n if 1 <= n <= 1024 else 1
+                lv_n = int(lv) if lv is not None else 1
+                t.levels = lv_n if 1 <= lv_n <= MAX_PRIORITIES else 1
+                sh_n = int(sh) if sh is not None else 0
+                t.shards = sh_n if 0 <= sh_n <= t.parts else 0
             except (ValueError, RedisError, OSError):
                 pass  # keep the last count
             t.parts_read = now
@@ -488,20 +561,49 @@ class Producer:
         """The partition to write to (its name): by partition key, by cache
         hash, else round robin."""
         n = await self._count(t)
+        tenant = None
+        if isinstance(key, _Route):
+            key, tenant = key.key, key.tenant
         if n <= 1:
             return t.name
         if key is not None:
             p = partition_of(key, n)
         elif cache_hash is not None:
             p = hash_partition(cache_hash, n)
+        elif tenant is not None and t.shards > 0:
+            p = self._shard(t, tenant, n)
         else:
             p = t.rr % n
             t.rr += 1
         return partition(t.name, p)
 
+    def _shard(self, t: _Topic, tenant: str, n: int) -> int:
+        """A tenant's partition: the least loaded of its shard set by the
+        backlog this producer measures (never waited for), ties spread."""
+        s = shard_set(tenant, n, t.shards)
+        start = random.randrange(len(s))
+        best, load = s[start], -1
+        for k in range(len(s)):
+            j = s[(start + k) % len(s)]
+            est = self._pressure.estimate(self._keys.topic(partition(t.name, j)))
+            if load < 0 or est < load:
+                best, load = j, est
+        return best
+
+    def _level(self, t: _Topic, key: Any) -> int:
+        """The priority level a call writes to: its priority on a topic with
+        levels (beyond them: the least urgent), else 0."""
+        if isinstance(key, _Route) and key.priority > 0 and t.levels > 1:
+            return min(key.priority, t.levels - 1)
+        return 0
+
+    def _stream_key(self, name: str, level: int) -> str:
+        """The stream of a partition's level (Go: bus.Keys.Level)."""
+        return self._keys.topic(name) + (f":p{level}" if level else "")
+
     async def _partition(self, t: _Topic, key: str | bytes | None) -> str:
-        """The stream key to write to (see _pick)."""
-        return self._keys.topic(await self._pick(t, key))
+        """The stream key to write to (see _pick), at the call's level."""
+        return self._stream_key(await self._pick(t, key), self._level(t, key))
 
     async def _served(self, t: _Topic) -> bool:
         """Whether a worker serves t (its presence set, else its groups),
@@ -592,13 +694,18 @@ class Producer:
     async def publish(
         self, topic: str, payload: bytes, *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None,
         after: float | None = None, at: float | datetime.datetime | None = None, idempotency_key: str | None = None,
+        priority: int | None = None, tenant: str | None = None,
     ) -> str:
         """Appends one event; returns its stream entry id once Redis stored
         it. ``after`` (seconds) or ``at`` (unix seconds or a datetime)
         delays it: it waits in its partition's delayed set until due, by
         Redis's clock, then a worker moves it to the stream; the id returned
         is then the delayed entry's (``d…``). ``idempotency_key`` publishes
-        once per key within the topic's window (see :meth:`publish_once`)."""
+        once per key within the topic's window (see :meth:`publish_once`).
+        ``priority`` (0 the most urgent, to 9) and ``tenant`` route it on a
+        topic with priority levels or tenant fairness (docs/scheduling.md;
+        Go: producer.Priority, producer.Tenant), on every verb."""
+        headers, partition_key = _sched(headers, partition_key, priority, tenant)
         if idempotency_key:
             return (await self._once(topic, payload, headers, partition_key, idempotency_key, after, at)).id
         t = self._check(topic, payload, headers)
@@ -615,7 +722,7 @@ class Producer:
     @_guarded
     async def publish_once(
         self, topic: str, payload: bytes, key: str, *, headers: Mapping[str, str] | None = None,
-        partition_key: str | bytes | None = None,
+        partition_key: str | bytes | None = None, priority: int | None = None, tenant: str | None = None,
     ) -> PublishInfo:
         """Publishes once per ``key`` within the topic's window
         (``idempotency_window``, 2 minutes; per topic ``idempotency_windows``),
@@ -623,6 +730,7 @@ class Producer:
         writes nothing and returns the first entry's id with ``duplicate``
         set. One script checks and writes (the key picks the partition
         unless ``partition_key`` does)."""
+        headers, partition_key = _sched(headers, partition_key, priority, tenant)
         return await self._once(topic, payload, headers, partition_key, key, None, None)
 
     async def _once(self, topic: str, payload: bytes, headers: Mapping[str, str] | None, partition_key: str | bytes | None,
@@ -633,13 +741,16 @@ class Producer:
             raise InvalidConfig("idempotency key is empty")
         t = self._check(topic, payload, headers)
         env = codec.Envelope(kind=codec.EVENT, sent=time.time_ns(), headers=dict(headers) if headers else None, payload=bytes(payload))
-        name = await self._pick(t, partition_key if partition_key is not None else key)
-        stream = self._keys.topic(name)
+        pick: Any = partition_key if partition_key is not None else key
+        if isinstance(partition_key, _Route) and partition_key.key is None:
+            pick = _Route(key, partition_key.priority, partition_key.tenant)  # the key picks the partition
+        name = await self._pick(t, pick)
+        stream = self._stream_key(name, self._level(t, partition_key))
         await self._pressure.room(topic, stream, 1)
         h = hashlib.sha256(b"i" + key.encode("utf-8", "surrogateescape")).digest()[:16].hex()
         window_ms = int(self._windows.get(topic, self._window) * 1000)
-        try:
-            r = await _apart(self._scripts.call("once", [stream, f"{stream}:once:{h}"],
+        try:  # the record is the partition's, whatever the level (Go: bus.Keys.Once)
+            r = await _apart(self._scripts.call("once", [stream, f"{self._keys.topic(name)}:once:{h}"],
                                                 [FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, max(window_ms, 1)]))
         except (RedisError, OSError) as e:
             self.stats.write_errors += 1
@@ -655,12 +766,13 @@ class Producer:
 
     async def _delayed(self, t: _Topic, env: codec.Envelope, partition_key: str | bytes | None, due: tuple[int, int]) -> str:
         name = await self._pick(t, partition_key)
+        delayed = self._stream_key(name, self._level(t, partition_key)) + ":delayed"  # Go: bus.Keys.LevelDelayed
         self._seq += 1
         did = f"d{self._inc}{self._seq:x}"
         member = did.encode() + b":" + codec.encode(env)
         at_ms, after_ms = due
         try:
-            when = await _apart(self._scripts.call("delay", [self._keys.topic(name) + ":delayed"], [member, at_ms, after_ms, self._cap]))
+            when = await _apart(self._scripts.call("delay", [delayed], [member, at_ms, after_ms, self._cap]))
         except ResponseError as e:
             self.stats.write_errors += 1
             if str(e).startswith("MYCFULL"):
@@ -678,11 +790,13 @@ class Producer:
 
     @_guarded
     async def publish_batch(
-        self, topic: str, payloads: Iterable[bytes], *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None
+        self, topic: str, payloads: Iterable[bytes], *, headers: Mapping[str, str] | None = None, partition_key: str | bytes | None = None,
+        priority: int | None = None, tenant: str | None = None,
     ) -> list[str]:
         """Appends events in one round trip, as one MULTI/EXEC (contiguous
         in the streams; a blocked worker gets them in one read). Payloads
         are checked before anything is sent."""
+        headers, partition_key = _sched(headers, partition_key, priority, tenant)
         t, payloads = self._check_batch(topic, payloads, headers)
         if not payloads:
             return []
@@ -718,6 +832,8 @@ class Producer:
         max_age: float | None = None,
         no_cache: bool = False,
         no_store: bool = False,
+        priority: int | None = None,
+        tenant: str | None = None,
     ) -> bytes:
         """Sends a request and waits for its reply's payload.
 
@@ -733,7 +849,9 @@ class Producer:
         identical request in flight anywhere: ``cache_key`` says what counts
         as the same request (default the payload), ``max_age`` accepts only
         a stored answer that young, ``no_cache`` asks a worker even if an
-        answer is stored, ``no_store`` leaves this answer unstored."""
+        answer is stored, ``no_store`` leaves this answer unstored.
+        ``priority`` and ``tenant``: as :meth:`publish`."""
+        headers, partition_key = _sched(headers, partition_key, priority, tenant)
         t = self._check(topic, payload, headers)
         timeout = self._timeout if timeout is None else timeout
         if timeout <= 0:
@@ -862,12 +980,14 @@ class Producer:
     async def request_batch(
         self, topic: str, payloads: Iterable[bytes], *, timeout: float | None = None, headers: Mapping[str, str] | None = None,
         partition_key: str | bytes | None = None, wait_for_responders: bool | None = None,
+        priority: int | None = None, tenant: str | None = None,
     ) -> list[Reply]:
         """Sends requests in one round trip (one MULTI/EXEC: a worker's read
         gets them together) and returns one :class:`Reply` per payload, in
         order, each with its payload or its error. Raises for the batch as a
         whole: :class:`NoResponders`, :class:`PayloadTooLarge` (checked
         before anything is sent), :class:`Closed`, :class:`Unavailable`."""
+        headers, partition_key = _sched(headers, partition_key, priority, tenant)
         t, payloads = self._check_batch(topic, payloads, headers)
         if not payloads:
             return []
@@ -937,6 +1057,7 @@ class Producer:
     async def stream(
         self, topic: str, payload: bytes, *, timeout: float | None = None, headers: Mapping[str, str] | None = None,
         partition_key: str | bytes | None = None, wait_for_responders: bool | None = None,
+        priority: int | None = None, tenant: str | None = None,
     ) -> AsyncIterator[bytes]:
         """Sends a request whose reply the handler streams, and yields its
         chunks as they arrive: ``async for chunk in p.stream(topic, prompt):``.
@@ -950,6 +1071,7 @@ class Producer:
         exception) cancels the handler: close the iterator then, at once,
         with ``contextlib.aclosing(p.stream(...))``, else it is closed when
         collected."""
+        headers, partition_key = _sched(headers, partition_key, priority, tenant)
         t = self._check(topic, payload, headers)
         timeout = self._timeout if timeout is None else timeout
         if timeout <= 0:
@@ -1078,6 +1200,7 @@ class Producer:
     ) -> bytes:
         h = digest(payload, cache_key)
         name = await self._pick(t, partition_key, h)
+        level = self._level(t, partition_key)
         tc = self._tcache.get(name)
         if tc is None:
             tc = self._tcache[name] = TopicCache(cc)
@@ -1109,7 +1232,7 @@ class Producer:
             await self._admit(t, wait_for_responders)
             await self._slot(t, start, timeout)
             slot = True
-            reply = await self._lead(t, name, tc, f, h, payload, headers, deadline_ns, start, timeout, max_age, no_cache, no_store)
+            reply = await self._lead(t, name, tc, f, h, payload, headers, deadline_ns, start, timeout, max_age, no_cache, no_store, level)
             if not f.done.done():
                 f.done.set_result(reply)
         except BaseException as e:
@@ -1128,7 +1251,7 @@ class Producer:
 
     async def _lead(
         self, t: _Topic, name: str, tc: TopicCache, f: Flight, h: str, payload: bytes, headers: Mapping[str, str] | None,
-        deadline_ns: int, start: float, timeout: float, max_age: float | None, no_cache: bool, no_store: bool,
+        deadline_ns: int, start: float, timeout: float, max_age: float | None, no_cache: bool, no_store: bool, level: int = 0,
     ) -> codec.Envelope:
         """One flight's request: the cache script's round trip (a stored
         answer, a flight joined anywhere, or the request written), then its
@@ -1140,7 +1263,7 @@ class Producer:
                                  headers=dict(headers) if headers else None, payload=bytes(payload),
                                  cache_ttl=0 if no_store else int(tc.cfg.ttl * 1e9))
             while True:
-                hit = await self._begin(t, name, tc, f, w, env, h, deadline_ns, max_age, no_cache)
+                hit = await self._begin(t, name, tc, f, w, env, h, deadline_ns, max_age, no_cache, level)
                 if hit is not None:
                     return hit
                 remaining = timeout - (time.monotonic() - start)
@@ -1158,12 +1281,13 @@ class Producer:
             self._waiters.pop(seq, None)
 
     async def _begin(self, t: _Topic, name: str, tc: TopicCache, f: Flight, w: _Waiter, env: codec.Envelope, h: str,
-                     deadline_ns: int, max_age: float | None, no_cache: bool) -> codec.Envelope | None:
+                     deadline_ns: int, max_age: float | None, no_cache: bool, level: int = 0) -> codec.Envelope | None:
         """Runs the cache script; returns a stored answer, or None when the
         request was joined or written (its reply comes to w)."""
         drop = False
-        stream = self._keys.topic(name)
-        await self._pressure.room(t.name, stream, 1, time.monotonic() + (deadline_ns - time.time_ns()) / 1e9)
+        stream = self._keys.topic(name)  # the cache entries' base: one cache across levels
+        target = self._stream_key(name, level)  # where the request is written: its level's stream
+        await self._pressure.room(t.name, target, 1, time.monotonic() + (deadline_ns - time.time_ns()) / 1e9)
         for _ in range(3):
             entry = f"{tc.gen}:{h}"
             f.entry = w.cache_entry = entry
@@ -1173,7 +1297,7 @@ class Producer:
                     deadline_ns // 1_000_000, int((deadline_ns / 1e9 - now + TAKEOVER_GRACE + 1) * 1000), MAX_FLIGHT_WAITERS,
                     FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, "1" if drop else "0", "1" if no_cache else "0"]
             try:
-                r = await _apart(self._scripts.call("begin", [stream, self._keys.meta(name), f"{stream}:c:{entry}", f"{stream}:f:{entry}"], args))
+                r = await _apart(self._scripts.call("begin", [target, self._keys.meta(name), f"{stream}:c:{entry}", f"{stream}:f:{entry}"], args))
             except (RedisError, OSError) as e:
                 self.stats.write_errors += 1
                 raise _unavailable(e) from None

@@ -13,10 +13,12 @@ import time
 from typing import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from conftest import free_port, start_redis
-from mycelium import CacheConfig, Message, Producer, RemoteError
-from mycelium.errors import BusTimeout, NoResponders, PermissionDenied, StreamBroken, Unavailable
+from mycelium import CacheConfig, Message, Producer, RemoteError, codec
+from mycelium.keys import partition
+from mycelium.errors import BusTimeout, InvalidConfig, NoResponders, PermissionDenied, StreamBroken, Unavailable
 from test_conformance import eventually, go_cli, go_worker, py_worker
 
 pytestmark = pytest.mark.asyncio
@@ -406,3 +408,56 @@ async def test_publish_once_with_go(redis_url: str, bus_worker: str, topic: str)
         assert code == 0 and out.strip().decode() == first.id and b"duplicate" in err
         assert await p.redis.xlen(f"myc:{{{topic}}}") == 1
         assert p.stats.duplicates == 2 and p.stats.published == 1
+
+
+# -- priorities and tenants (docs/scheduling.md) --------------------------------
+
+
+async def test_shard_set_is_go_s() -> None:
+    """The wire contract (Go's producer.ShardSet test table)."""
+    from mycelium.producer import shard_set
+
+    assert shard_set("A", 16, 2) == [12, 1]
+    assert shard_set("B", 16, 2) == [2, 4]
+    assert shard_set("tenant-42", 16, 4) == [5, 8, 1, 7]
+    assert shard_set("A", 16, 0) == [12]
+    assert sorted(shard_set("A", 3, 9)) == [0, 1, 2]
+
+
+async def test_priority_and_tenant_route_python_writes(redis_url: str, bus_worker: str, topic: str) -> None:
+    code, _, err = await go_cli(bus_worker, "topic", "create", "--redis", redis_url, "--topic", topic, "--priorities", "3")
+    assert code == 0, err
+    r = aioredis.from_url(redis_url)
+    try:
+        async with Producer(redis_url) as p:
+            await p.publish(topic, b"urgent")
+            await p.publish(topic, b"later", priority=2)
+            await p.publish(topic, b"beyond", priority=9)  # beyond the topic's levels: its least urgent
+            await p.publish_batch(topic, [b"b1", b"b2"], priority=1)
+            with pytest.raises(InvalidConfig):
+                await p.publish(topic, b"x", priority=10)
+            with pytest.raises(InvalidConfig):
+                await p.publish(topic, b"x", tenant="a{b}")
+        assert await r.xlen(f"myc:{{{topic}}}") == 1
+        assert await r.xlen(f"myc:{{{topic}}}:p1") == 2
+        assert await r.xlen(f"myc:{{{topic}}}:p2") == 2
+        (eid, fields), = await r.xrange(f"myc:{{{topic}}}:p2", count=1)
+        assert codec.decode(fields[b"m"]).headers == {"myc-priority": "2"}
+        # A Go worker reads every level: a Python request at level 1 is answered.
+        with go_worker(bus_worker, redis_url, topic):
+            async with Producer(redis_url) as p:
+                assert await p.request(topic, b"hi", priority=1, timeout=10) == b"hi"
+        # Tenant fairness: a tenant's writes go to its shard set.
+        fair = topic + "-fair"
+        code, _, err = await go_cli(bus_worker, "topic", "create", "--redis", redis_url, "--topic", fair, "--partitions", "16",
+                                    "--fair-shards", "2")
+        assert code == 0, err
+        async with Producer(redis_url) as p:
+            for _ in range(20):
+                await p.publish(fair, b"t", tenant="A")
+        lens = {i: await r.xlen(f"myc:{{{partition(fair, i)}}}") for i in range(16)}
+        used = {i for i, n in lens.items() if n}
+        assert used and used <= {12, 1}, lens
+        assert sum(lens.values()) == 20
+    finally:
+        await r.close(close_connection_pool=True)

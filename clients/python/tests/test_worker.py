@@ -383,21 +383,33 @@ def _parse_prompt(b: bytes) -> bytes:
     raise ValueError("cannot parse the prompt")
 
 
-async def test_worker_says_it_reads_level_0_only(redis_url: str, topic: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A topic with priority levels (bus-worker topic create --priorities):
-    the Python worker serves level 0 and says once that the other levels
-    wait for a Go worker (docs/scheduling.md)."""
-    r = aioredis.from_url(redis_url)
-    try:
-        await r.hset(f"myc:{{{topic}}}:meta", mapping={"priorities": "3"})
-    finally:
-        await r.close(close_connection_pool=True)
+async def test_worker_reads_every_priority_level(redis_url: str, bus_worker: str, topic: str) -> None:
+    """A topic with priority levels (bus-worker topic create --priorities 3,
+    weights 4,2,1): the Python worker reads every level, each its weight's
+    share while all are backlogged (stride scheduling, as Go's workers), and
+    a request at any level is answered."""
+    code, _, err = await go_cli(bus_worker, "topic", "create", "--redis", redis_url, "--topic", topic, "--priorities", "3")
+    assert code == 0, err
+    order: list[int] = []
 
-    async def echo(m: Message) -> bytes:
-        return m.payload
+    async def work(m: Message) -> bytes:
+        if m.request:
+            return m.payload
+        order.append(int(m.headers.get("myc-priority", "0")))
+        await asyncio.sleep(0.002)
+        return b""
 
-    with caplog.at_level(logging.WARNING, logger="mycelium.consumer"):
-        async with py_worker(redis_url, topic, echo), Producer(redis_url) as p:
-            assert await p.request(topic, b"x", timeout=10) == b"x"
-    recs = [r for r in caplog.records if "3 priority levels" in r.getMessage()]
-    assert len(recs) == 1
+    async with Producer(redis_url) as p:
+        for lv in (2, 1, 0):  # the least urgent first: order of writing does not decide
+            await p.publish_batch(topic, [b"e"] * 300, priority=lv)
+        async with py_worker(redis_url, topic, work, concurrency=4):
+            for lv in range(3):
+                assert await p.request(topic, b"at %d" % lv, priority=lv, timeout=20) == b"at %d" % lv
+
+            async def all_read() -> bool:
+                return len(order) >= 900
+
+            await eventually(all_read, 60, "900 events")
+    first = order[:350]  # every level backlogged: shares 4:2:1 (4/7, 2/7, 1/7)
+    shares = [first.count(lv) / len(first) for lv in range(3)]
+    assert abs(shares[0] - 4 / 7) < 0.1 and abs(shares[1] - 2 / 7) < 0.1 and abs(shares[2] - 1 / 7) < 0.1, shares
