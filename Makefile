@@ -65,7 +65,7 @@ test-python: redis-server python-deps ## the Python client: mypy --strict, codec
 	cd clients/python && $(PYTHON) -m mypy
 	cd clients/python && PYTHONDONTWRITEBYTECODE=1 $(TEST_ENV) MYCELIUM_BUS_WORKER=$(BIN)/bus-worker $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
-test-watermill: redis-server ## Watermill's universal Pub/Sub suite (tests.TestPubSub) against the adapter in contrib/watermill (its own module), on a redis-server of its own that TestReconnect restarts, at the suite's full counts (~20 s); go test -v lists each suite test. Without -race: the suite's timeouts assume a one-at-a-time subscriber at full speed (the core's race tests cover the code)
+test-watermill: redis-server ## Watermill's universal Pub/Sub suite (tests.TestPubSub) against the adapter in contrib/watermill (its own module), on a redis-server of its own that TestReconnect restarts, at the suite's full counts (~30 s; TestReconnect apart, without read-ahead); go test -v lists each suite test. Without -race: the suite's timeouts assume a one-at-a-time subscriber at full speed (the core's race tests cover the code)
 	cd contrib/watermill && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m -v ./...
 
 test-watermill-full: test-watermill ## the same as test-watermill (which runs the suite's full counts since subscriptions read ahead)

@@ -62,6 +62,18 @@ type PublisherConfig struct {
 	Producer producer.Config
 	// PublishTimeout bounds one Publish call (0: 30 s).
 	PublishTimeout time.Duration
+	// Deduplicate makes each message's write idempotent by its UUID
+	// (producer.IdempotencyKey, within Producer.IdempotencyWindow, 2 min)
+	// and tries a write that failed with bus.ErrUnavailable (Redis
+	// restarting, a connection lost mid-write) or bus.ErrBreakerOpen again,
+	// every 20 ms, until PublishTimeout:
+	// a write whose answer was lost is then neither lost nor written
+	// twice, and Publish returns once Redis is back. Off by default: a
+	// message published again on purpose with its UUID to the same topic
+	// within the window (middleware.Requeuer) would be taken for a
+	// duplicate and dropped. Each write is then one script call (the
+	// idempotent publish's) instead of a share of a pipelined write.
+	Deduplicate bool
 }
 
 // Publisher is a message.Publisher writing Watermill messages as Mycelium
@@ -69,6 +81,7 @@ type PublisherConfig struct {
 type Publisher struct {
 	p       *producer.Producer
 	timeout time.Duration
+	dedup   bool
 	log     watermill.LoggerAdapter
 
 	mu     sync.RWMutex
@@ -89,7 +102,7 @@ func NewPublisher(c *bus.Client, cfg PublisherConfig, logger watermill.LoggerAda
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	return &Publisher{p: p, timeout: timeout, log: logger}, nil
+	return &Publisher{p: p, timeout: timeout, dedup: cfg.Deduplicate, log: logger}, nil
 }
 
 // Publish writes msgs to topic in order, each once Redis accepted the one
@@ -109,14 +122,42 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if k := msg.Metadata.Get(PartitionKeyMetadata); k != "" {
 			opts = append(opts, producer.PartitionKey(k))
 		}
+		if p.dedup && msg.UUID != "" {
+			opts = append(opts, producer.IdempotencyKey(msg.UUID))
+		}
 		ctx, cancel := context.WithTimeout(msg.Context(), p.timeout)
-		_, err := p.p.Publish(ctx, topic, msg.Payload, opts...)
+		err := p.publish(ctx, topic, msg.Payload, opts)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("watermill: publish %s to %s: %w", msg.UUID, topic, err)
 		}
 	}
 	return nil
+}
+
+// dedupRetry is how soon a deduplicated write Redis did not answer is
+// tried again.
+const dedupRetry = 20 * time.Millisecond
+
+// publish writes one message; with Deduplicate, a write Redis did not
+// answer is tried again (its UUID keeps it from being written twice)
+// until ctx ends.
+func (p *Publisher) publish(ctx context.Context, topic string, payload []byte, opts []producer.PublishOption) error {
+	for {
+		_, err := p.p.Publish(ctx, topic, payload, opts...)
+		if err == nil || !p.dedup || !(errors.Is(err, bus.ErrUnavailable) || errors.Is(err, bus.ErrBreakerOpen)) || ctx.Err() != nil {
+			return err
+		}
+		// Soon again: once Redis is back the write goes through at once
+		// (the answer it owes is its first write's, if that one landed).
+		t := time.NewTimer(dedupRetry)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
 }
 
 // Close stops the Publisher: it waits for Publish calls under way and
