@@ -36,7 +36,9 @@ func TestCompareRedisstream(t *testing.T) {
 		name string
 		make func(t *testing.T, group string) (message.Publisher, message.Subscriber)
 	}{
-		{"mycelium", createPubSubWithConsumerGroup},
+		{"mycelium", func(t *testing.T, group string) (message.Publisher, message.Subscriber) {
+			return newPubSub(t, group, 0, false) // the defaults: no Deduplicate
+		}},
 		{"redisstream", redisstreamPubSub},
 	}
 	type point struct{ what, system string }

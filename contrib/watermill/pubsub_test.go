@@ -87,19 +87,19 @@ func createPubSub(t *testing.T) (message.Publisher, message.Subscriber) {
 }
 
 func createPubSubWithConsumerGroup(t *testing.T, group string) (message.Publisher, message.Subscriber) {
-	return newPubSub(t, group, 0)
+	return newPubSub(t, group, 0, true)
 }
 
 // newPubSub returns a Publisher and a Subscriber of group on the suite's
 // Redis; prefetch is the subscriptions' read-ahead (0: the default, -1:
-// none).
-func newPubSub(t *testing.T, group string, prefetch int) (message.Publisher, message.Subscriber) {
+// none), dedup the Publisher's Deduplicate.
+func newPubSub(t *testing.T, group string, prefetch int, dedup bool) (message.Publisher, message.Subscriber) {
 	pc, sc := connect(t), connect(t)
 	logger := wm.NopLogger{}
 	// Deduplicate: TestReconnect restarts Redis under 100 publishers; a
 	// write whose answer the restart lost is tried again without being
 	// written twice (README: the suite's configuration).
-	pub, err := mwm.NewPublisher(pc, mwm.PublisherConfig{Deduplicate: true}, logger)
+	pub, err := mwm.NewPublisher(pc, mwm.PublisherConfig{Deduplicate: dedup}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestPublishSubscribeReconnect(t *testing.T) {
 	f := features()
 	f.RestartServiceCommand = restartRedis
 	tests.TestReconnect(t, tests.TestContext{TestID: tests.NewTestID(), Features: f}, func(t *testing.T) (message.Publisher, message.Subscriber) {
-		return newPubSub(t, "", -1)
+		return newPubSub(t, "", -1, true)
 	})
 }
 
