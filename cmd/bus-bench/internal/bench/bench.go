@@ -522,17 +522,23 @@ func ServePubsub(ctx context.Context, o *Options, stdout io.Writer) error {
 	return nil
 }
 
-// setupPubsub connects the baseline's callers and starts its workers, each
-// on a client of the old design (see pubsub.Dial).
-func (e *env) setupPubsub(ctx context.Context, url string, h consumer.Handler) error {
-	dial := func() (rueidis.Client, error) {
-		c, err := pubsub.Dial(ctx, url, e.o.Concurrency+e.o.Workers+1)
+// baselineDial returns what dials a baseline's client (pubsub.DialAs,
+// named name), closed with e.
+func (e *env) baselineDial(ctx context.Context, url, name string) func() (rueidis.Client, error) {
+	return func() (rueidis.Client, error) {
+		c, err := pubsub.DialAs(ctx, url, e.o.Concurrency+e.o.Workers+2, name)
 		if err != nil {
 			return nil, fmt.Errorf("%w: cannot reach Redis for the baseline: %w", ErrUsage, err)
 		}
 		e.closers = append(e.closers, c.Close)
 		return c, nil
 	}
+}
+
+// setupPubsub connects the baseline's callers and starts its workers, each
+// on a client of the old design (see pubsub.Dial).
+func (e *env) setupPubsub(ctx context.Context, url string, h consumer.Handler) error {
+	dial := e.baselineDial(ctx, url, "myc-bench-pubsub")
 	callers, err := dial()
 	if err != nil {
 		return err
@@ -560,14 +566,7 @@ func (e *env) setupPubsub(ctx context.Context, url string, h consumer.Handler) e
 // setupPlain connects the streams-plain baseline's caller and starts its
 // workers, each on a client of that design (see plain.Dial).
 func (e *env) setupPlain(ctx context.Context, url string, h consumer.Handler) error {
-	dial := func() (rueidis.Client, error) {
-		c, err := plain.Dial(ctx, url, e.o.Concurrency+e.o.Workers+2)
-		if err != nil {
-			return nil, fmt.Errorf("%w: cannot reach Redis for the baseline: %w", ErrUsage, err)
-		}
-		e.closers = append(e.closers, c.Close)
-		return c, nil
-	}
+	dial := e.baselineDial(ctx, url, "myc-bench-plain")
 	callers, err := dial()
 	if err != nil {
 		return err

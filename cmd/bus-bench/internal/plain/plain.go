@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/egos/mycelium/cmd/bus-bench/internal/pubsub"
 )
 
 // Field names of the baseline's entries.
@@ -51,28 +53,10 @@ type Handler func(ctx context.Context, payload []byte) ([]byte, error)
 
 // Dial builds the baseline's client: no auto-pipelining, one command at a
 // time on each of poolSize pooled connections, with the bus's timeouts and
-// buffers (the comparison is of the designs, not of client settings).
+// buffers (the comparison is of the designs, not of client settings): the
+// PubSub baseline's client (pubsub.DialAs).
 func Dial(ctx context.Context, url string, poolSize int) (rueidis.Client, error) {
-	opt, err := rueidis.ParseURL(url)
-	if err != nil {
-		return nil, err
-	}
-	opt.ForceSingleClient, opt.DisableCache, opt.DisableAutoPipelining = true, true, true
-	opt.ClientSetInfo = rueidis.DisableClientSetInfo
-	opt.ClientName = "myc-bench-plain"
-	opt.Dialer.Timeout, opt.Dialer.KeepAlive = 2*time.Second, time.Second
-	opt.ConnWriteTimeout = 5 * time.Second
-	opt.ReadBufferEachConn, opt.WriteBufferEachConn = 128<<10, 128<<10
-	opt.BlockingPoolSize = poolSize
-	c, err := rueidis.NewClient(opt)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Do(ctx, c.B().Ping().Build()).Error(); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
+	return pubsub.DialAs(ctx, url, poolSize, "myc-bench-plain")
 }
 
 type result struct {

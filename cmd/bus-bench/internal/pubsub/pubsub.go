@@ -53,13 +53,19 @@ type Handler func(ctx context.Context, payload []byte) ([]byte, error)
 // timeouts and buffers match the bus's defaults, so the comparison is of
 // the designs, not of the client settings.
 func Dial(ctx context.Context, url string, poolSize int) (rueidis.Client, error) {
+	return DialAs(ctx, url, poolSize, "myc-bench-pubsub")
+}
+
+// DialAs is Dial naming the connections name (CLIENT SETNAME): the
+// streams-plain baseline's client is built the same way.
+func DialAs(ctx context.Context, url string, poolSize int, name string) (rueidis.Client, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		return nil, err
 	}
 	opt.ForceSingleClient, opt.DisableCache, opt.DisableAutoPipelining = true, true, true
 	opt.ClientSetInfo = rueidis.DisableClientSetInfo
-	opt.ClientName = "myc-bench-pubsub"
+	opt.ClientName = name
 	opt.Dialer.Timeout, opt.Dialer.KeepAlive = 2*time.Second, time.Second
 	opt.ConnWriteTimeout = 5 * time.Second
 	opt.ReadBufferEachConn, opt.WriteBufferEachConn = 128<<10, 128<<10
