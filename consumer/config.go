@@ -66,9 +66,12 @@ type Config struct {
 	// worker of few handlers (one handler and Prefetch 16 hands its handler
 	// entries in stream order, one after the other, without waiting for a
 	// read between them: the Watermill adapter's subscriptions). Entries
-	// read ahead count against a topic's fleet-wide concurrency limit (they
-	// hold its leases while they wait) and are handled during the drain at
-	// shutdown.
+	// read ahead are not started once Run's ctx ended: they are handed back
+	// (due at once for any worker, their delivery not counted). On a topic
+	// with fleet-wide limits a worker reads no more than its free handlers
+	// (read-ahead would hold leases and spent permits); on a topic with
+	// priority levels an urgent entry arriving meanwhile waits behind those
+	// read ahead.
 	Prefetch int
 	// Block is how long one XREADGROUP waits for entries. Zero means
 	// DefaultBlock, or Reclaim.ClaimIdle/4 if that is shorter: a read holds
