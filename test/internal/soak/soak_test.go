@@ -137,6 +137,33 @@ func TestDriftAndVerdicts(t *testing.T) {
 			t.Errorf("verdict failed: %s", v.Text)
 		}
 	}
+	// A worker replaced during the run (another pid at the end): its RSS
+	// rising 15% over its predecessor's passes in a robust soak, not in a
+	// long one; the same rise of the same process fails either way.
+	for _, replaced := range []bool{true, false} {
+		var ss []Sample
+		for ts := 2.0; ts <= 60; ts += 2 {
+			pid, rss := 10, uint64(30<<20)
+			if ts > 30 {
+				rss = 35328 << 10 // +15%, 4.5 MiB
+				if replaced {
+					pid = 11
+				}
+			}
+			ss = append(ss, Sample{T: ts, Procs: []ProcSample{{Role: "ev", Pid: pid, OK: true, RSS: rss, HeapLive: 4 << 20, Goroutines: 40, FDs: 20}}})
+		}
+		for _, robust := range []bool{true, false} {
+			var allow func(role, res string) float64
+			if robust {
+				allow = cfg.allowance
+			}
+			for _, d := range drift(ss, cfg.Warmup, cfg.Sample, robust, allow) {
+				if d.What == "ev RSS" && d.OK != (replaced && robust) {
+					t.Errorf("replaced %v, robust %v: ev RSS +%.0f%% judged OK=%v", replaced, robust, 100*d.Change, d.OK)
+				}
+			}
+		}
+	}
 	// The report draws every figure from these samples.
 	path := filepath.Join(t.TempDir(), "report.html")
 	if err := WriteReport(path, res); err != nil {
