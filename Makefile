@@ -9,7 +9,7 @@ GOLANGCI        := $(BIN)/golangci-lint
 FUZZTIME        ?= 30s
 # Integration tests start their own redis-server processes on free loopback
 # ports and stop them; this makes a missing redis-server a failure, not a skip.
-TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1 MYCELIUM_REQUIRE_PYTHON=1
+TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1 MYCELIUM_REQUIRE_PYTHON=1 MYCELIUM_REQUIRE_BROWSER=1
 # The Python client (clients/python) is tested with Debian's packages, never
 # the package index: python-deps installs them with apt when missing.
 PYTHON          ?= /usr/bin/python3
@@ -17,7 +17,7 @@ PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-a
 # The secure run (test-secure) skips the tests that start binaries or make
 # their own plain connections and users: the rest run over mutual TLS, with
 # producers and workers as the ACL users of `bus-worker acl`.
-SECURE_SKIP     := BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled|Python
+SECURE_SKIP     := Console|BusWorker|BusBench|TLS|Password|CLIOutput|Permission|ACLRoles|CacheLeaderCancelledOrKilled|CheckRepo|AlertRules|CacheOnMiniredis|BatchUnderACLs|DeadLetterTooling|Cluster|Sentinel|WaitReplicas|HTTPBackend|RequestInterrupt|StreamWorkerKilled|Python
 
 # The soak (test/soak runs the harness test/internal/soak, docs/soak.md): make soak runs SOAK of it; make test
 # runs 60 seconds of it (soak-short) into its own directory.
@@ -26,7 +26,7 @@ SOAK_TIMEOUT    ?= 3h
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help build test soak soak-short test-python python-deps test-secure test-watermill test-watermill-full test-watermill-stress bench-watermill test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
+.PHONY: help build test chromium console-assets soak soak-short test-python python-deps test-secure test-watermill test-watermill-full test-watermill-stress bench-watermill test-cluster run chaos bench bench-go bench-bus bench-breaker bench-suite bench-cluster bench-ab report-check lint vet check-repo fuzz tidy-check redis-server clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,13 +41,28 @@ redis-server: ## install redis-server (and promtool, for the /metrics tests) wit
 	}
 	@redis-server --version
 
+chromium: ## install Debian's chromium (the console's browser tests, report-check) with apt when missing
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium with apt"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	}
+	@chromium --version
+
+console-assets: ## re-vendor the console's browser assets from npm at the versions console/web/package-lock.json pins: uPlot (embedded) and axe-core (browser tests only)
+	cd console/web && npm ci --ignore-scripts --no-audit --no-fund
+	cp console/web/node_modules/uplot/dist/uPlot.iife.min.js console/web/node_modules/uplot/dist/uPlot.min.css console/assets/vendor/
+	cp console/web/node_modules/uplot/LICENSE console/assets/vendor/uPlot.LICENSE
+	cp console/web/node_modules/axe-core/axe.min.js console/testdata/
+	cp console/web/node_modules/axe-core/LICENSE console/testdata/axe-core.LICENSE
+	git status --short console/assets console/testdata
+
 check-repo: ## fail when a tracked file is an executable binary or larger than 1 MiB (build outputs go to ./bin)
 	./test/check-repo.sh
 
 vet: ## go vet ./...
 	$(GO) vet ./...
 
-test: redis-server python-deps check-repo vet tidy-check lint ## everything CI runs: the repository check, go vet, the tidy check, golangci-lint, go test -race over all packages (unit on miniredis, integration on redis-server), test-secure, the Python client's tests, Watermill's suite against contrib/watermill, then the 60-second soak (last: it judges losses, dead letters and memory, never latency)
+test: redis-server python-deps chromium check-repo vet tidy-check lint ## everything CI runs: the repository check, go vet, the tidy check, golangci-lint, go test -race over all packages (unit on miniredis, integration on redis-server, the console in headless chromium), test-secure, the Python client's tests, Watermill's suite against contrib/watermill, then the 60-second soak (last: it judges losses, dead letters and memory, never latency)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
 	$(MAKE) --no-print-directory test-secure
 	$(MAKE) --no-print-directory test-python

@@ -24,6 +24,7 @@ type port interface {
 	ForgetPartitionCount(ctx context.Context, meta string) error
 	Delete(ctx context.Context, keys ...string) (int64, error)
 	Trim(ctx context.Context, key string, n int64, age time.Duration) (int64, error)
+	Range(ctx context.Context, key string, start string, end string, count int64, rev bool) ([]redisx.Entry, error)
 
 	// Fleet-wide limits and pauses.
 	GetLimits(ctx context.Context, meta string) (redisx.Limits, error)

@@ -16,15 +16,28 @@ type Server struct {
 	// valid when CPUOK: compare two readings to get the CPU a run cost.
 	CPU   time.Duration
 	CPUOK bool
+	// Memory is the memory Redis uses (used_memory) and MaxMemory its
+	// limit (0: none), in bytes; Clients its connections, Uptime how long
+	// it has run, Role master or slave. Zero when it does not say.
+	Memory, MaxMemory int64
+	Clients           int64
+	Uptime            time.Duration
+	Role              string
 }
 
-// Server reads the server's version and CPU time in one round trip.
+func server(s redisx.Server) Server {
+	return Server{Version: s.Version, CPU: s.CPU, CPUOK: s.CPUOK, Memory: s.Memory, MaxMemory: s.MaxMemory,
+		Clients: s.Clients, Uptime: s.Uptime, Role: s.Role}
+}
+
+// Server reads the server's version, CPU time, memory, clients and role
+// in one round trip.
 func (i *Inspector) Server(ctx context.Context) (Server, error) {
 	s, err := i.port.ServerInfo(ctx)
 	if err != nil {
 		return Server{}, fmt.Errorf("inspect: server info: %w", redisx.Unavailable(err))
 	}
-	return Server{Version: s.Version, CPU: s.CPU, CPUOK: s.CPUOK}, nil
+	return server(s), nil
 }
 
 // NodeServer is one Redis master's facts (see Servers).
@@ -43,7 +56,7 @@ func (i *Inspector) Servers(ctx context.Context) ([]NodeServer, error) {
 	}
 	out := make([]NodeServer, len(nodes))
 	for k, s := range nodes {
-		out[k] = NodeServer{Addr: s.Addr, Server: Server{Version: s.Version, CPU: s.CPU, CPUOK: s.CPUOK}}
+		out[k] = NodeServer{Addr: s.Addr, Server: server(s)}
 	}
 	return out, nil
 }

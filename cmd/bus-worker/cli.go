@@ -54,6 +54,8 @@ Usage:
   bus-worker limit pause [--redis URL] --topic T --for D   |   limit resume --topic T
   bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME] [--topics T1,T2]   (the least-privilege ACL rule)
   bus-worker functions load|list|prune [--redis URL] [--json]   (the bus's Redis functions: the operator loads them)
+  bus-worker console [--redis URL] [--http-addr 127.0.0.1:8090] [--console-token-file F] [--root-path /console] [--prometheus URL]
+                     (the web console; read-only unless a token is given: docs/console.md)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is
 MYCELIUM_HTTP_ADDR); a flag on the command line wins. Run "bus-worker <command> -h"
@@ -91,8 +93,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = functionsCmd(ctx, args[1:], stdout)
 	case "limit":
 		err = limitCmd(ctx, args[1:], stdout)
+	case "console":
+		err = consoleCmd(ctx, args[1:], stderr)
 	default:
-		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic, limit, functions or acl; see bus-worker help)", args[0])
+		err = usagef("unknown command %q (want serve, request, publish, stats, dlq, cache, topic, limit, functions, console or acl; see bus-worker help)", args[0])
 	}
 	switch {
 	case err == nil:

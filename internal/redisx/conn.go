@@ -34,14 +34,30 @@ type Server struct {
 	Version string        // redis_version; "" when not reported
 	CPU     time.Duration // used_cpu_user + used_cpu_sys since it started
 	CPUOK   bool          // both CPU fields were reported (miniredis has none)
+	// Memory is used_memory and MaxMemory maxmemory (0: no limit), in
+	// bytes; Clients is connected_clients; Uptime is uptime_in_seconds.
+	// All zero when the server does not report them.
+	Memory, MaxMemory int64
+	Clients           int64
+	Uptime            time.Duration
+	Role              string // role (master, slave); "" when not reported
 }
 
-// ServerInfo reads INFO server and INFO cpu in one round trip. A section
+// ServerInfo reads INFO server, cpu, memory, clients and replication in
+// one round trip. A section
 // the server refuses (miniredis knows neither) leaves its fields zero; only
 // a connection failure is an error.
 func ServerInfo(ctx context.Context, c rueidis.Client) (Server, error) {
-	res := c.DoMulti(ctx, c.B().Info().Section("server").Build(), c.B().Info().Section("cpu").Build())
+	res := c.DoMulti(ctx, c.B().Info().Section("server").Build(), c.B().Info().Section("cpu").Build(),
+		c.B().Info().Section("memory").Build(), c.B().Info().Section("clients").Build(), c.B().Info().Section("replication").Build())
 	var s Server
+	num := func(info, key string) int64 {
+		n, err := strconv.ParseInt(infoField(info, key), 10, 64)
+		if err != nil || n < 0 {
+			return 0
+		}
+		return n
+	}
 	for i, r := range res {
 		info, err := r.ToString()
 		switch {
@@ -49,10 +65,19 @@ func ServerInfo(ctx context.Context, c rueidis.Client) (Server, error) {
 			return Server{}, err
 		case err != nil:
 			continue
-		case i == 0:
+		}
+		switch i {
+		case 0:
 			s.Version = infoField(info, "redis_version")
-		default:
+			s.Uptime = time.Duration(num(info, "uptime_in_seconds")) * time.Second
+		case 1:
 			s.CPU, s.CPUOK = parseCPU(info)
+		case 2:
+			s.Memory, s.MaxMemory = num(info, "used_memory"), num(info, "maxmemory")
+		case 3:
+			s.Clients = num(info, "connected_clients")
+		case 4:
+			s.Role = infoField(info, "role")
 		}
 	}
 	return s, nil

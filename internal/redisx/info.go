@@ -88,6 +88,9 @@ type GroupInfo struct {
 	// Lag is the number of entries not yet delivered to the group; -1 when
 	// Redis cannot tell (or is older than 7.0).
 	Lag int64
+	// Read is the group's entries-read counter (entries delivered to it
+	// since the stream began, Redis 7.0+); -1 when Redis does not say.
+	Read int64
 }
 
 // Groups returns the consumer groups of the stream key; a missing stream
@@ -110,7 +113,7 @@ func parseGroups(res rueidis.RedisResult) ([]GroupInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redis: XINFO GROUPS reply: %w", err)
 		}
-		g := GroupInfo{Lag: -1}
+		g := GroupInfo{Lag: -1, Read: -1}
 		for k, v := range m {
 			switch k {
 			case "name":
@@ -124,6 +127,10 @@ func parseGroups(res rueidis.RedisResult) ([]GroupInfo, error) {
 			case "lag":
 				if n, err := v.AsInt64(); err == nil {
 					g.Lag = n
+				}
+			case "entries-read":
+				if n, err := v.AsInt64(); err == nil && n >= 0 {
+					g.Read = n
 				}
 			}
 		}

@@ -265,6 +265,17 @@ func (p *Port) Due(ctx context.Context, parts []DuePart, group string, consumer 
 	return Due(dctx, p.rc, parts, group, consumer, limit, claim, cp)
 }
 
+// Range is this package's Range, through the port.
+func (p *Port) Range(ctx context.Context, key string, start string, end string, count int64, rev bool) ([]Entry, error) {
+	dctx, done := detach(ctx)
+	defer done()
+	r0, r1 := Range(dctx, p.rc, key, start, end, count, rev)
+	if retryable(ctx, r1) {
+		r0, r1 = Range(dctx, p.rc, key, start, end, count, rev)
+	}
+	return r0, overran(ctx, r1)
+}
+
 // DeadLetters is this package's DeadLetters, through the port.
 func (p *Port) DeadLetters(ctx context.Context, key string, start string, end string, count int64) ([]DeadLetter, error) {
 	dctx, done := detach(ctx)

@@ -516,3 +516,24 @@ func WaitNew(ctx context.Context, c rueidis.Client, keys []string, block time.Du
 	}
 	return true, nil
 }
+
+// Range reads up to count entries of key between start and end (XRANGE
+// ids; "-" and "+" for all), oldest first, or newest first with rev (then
+// start is the high end, as XREVRANGE takes it). count must be positive: an
+// operator's read is bounded. A missing key has no entries.
+func Range(ctx context.Context, c rueidis.Client, key, start, end string, count int64, rev bool) ([]Entry, error) {
+	if count <= 0 {
+		return nil, fmt.Errorf("redis: range of %s: count %d, want > 0", key, count)
+	}
+	var cmd rueidis.Completed
+	if rev {
+		cmd = c.B().Xrevrange().Key(key).End(start).Start(end).Count(count).Build()
+	} else {
+		cmd = c.B().Xrange().Key(key).Start(start).End(end).Count(count).Build()
+	}
+	list, err := c.Do(ctx, cmd).ToMessage()
+	if err != nil {
+		return nil, err
+	}
+	return parseEntries(&list)
+}

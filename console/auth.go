@@ -1,0 +1,216 @@
+package console
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// cookieName is the session cookie's name.
+const cookieName = "mycelium_console"
+
+// maxForm bounds a change's form (ids of selected dead letters and a few
+// fields).
+const maxForm = 1 << 20
+
+// Errors of changes, shown on the page and logged.
+var (
+	errReadOnly = errors.New("this console is read-only: it was started without a token (--console-token-file)")
+	errSignIn   = errors.New("sign in with the console's token to make changes")
+	errCSRF     = errors.New("the form is stale or came from another site (CSRF check failed): reload the page and try again")
+)
+
+// session is a signed-in browser: the cookie's value holds its expiry and
+// a random id, signed with the console's key.
+type session struct {
+	value string // the cookie's value
+	id    string // a short form of its random id, for the logs
+}
+
+func (c *Console) mac(parts ...[]byte) []byte {
+	h := hmac.New(sha256.New, c.key)
+	for _, p := range parts {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(p)))
+		h.Write(n[:])
+		h.Write(p)
+	}
+	return h.Sum(nil)
+}
+
+// newSession signs a session valid for SessionTTL.
+func (c *Console) newSession() (session, error) {
+	var b [8 + 16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(time.Now().Add(c.cfg.SessionTTL).Unix()))
+	if _, err := rand.Read(b[8:]); err != nil {
+		return session{}, err
+	}
+	v := append(b[:], c.mac([]byte("session"), b[:])...)
+	return session{value: base64.RawURLEncoding.EncodeToString(v), id: hex.EncodeToString(b[8:12])}, nil
+}
+
+// sessionOf returns r's valid session, if any.
+func (c *Console) sessionOf(r *http.Request) (session, bool) {
+	if c.cfg.Token == "" {
+		return session{}, false
+	}
+	ck, err := r.Cookie(cookieName)
+	if err != nil {
+		return session{}, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(ck.Value)
+	if err != nil || len(b) != 8+16+sha256.Size {
+		return session{}, false
+	}
+	if !hmac.Equal(b[24:], c.mac([]byte("session"), b[:24])) {
+		return session{}, false
+	}
+	if time.Now().Unix() > int64(binary.BigEndian.Uint64(b[:8])) {
+		return session{}, false
+	}
+	return session{value: ck.Value, id: hex.EncodeToString(b[8:12])}, true
+}
+
+// csrf is the CSRF token of a session: forms that change things carry it.
+func (c *Console) csrf(s session) string {
+	return base64.RawURLEncoding.EncodeToString(c.mac([]byte("csrf"), []byte(s.value)))
+}
+
+// bearer reports whether r carries the console's token as a bearer token.
+func (c *Console) bearer(r *http.Request) bool {
+	v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && c.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(v), []byte(c.cfg.Token)) == 1
+}
+
+// authorize decides whether r may change things and names who asks.
+func (c *Console) authorize(r *http.Request) (who string, status int, err error) {
+	if c.cfg.Token == "" {
+		return "", http.StatusForbidden, errReadOnly
+	}
+	if r.Header.Get("Authorization") != "" {
+		if c.bearer(r) {
+			return "bearer token from " + r.RemoteAddr, 0, nil
+		}
+		return "wrong credentials from " + r.RemoteAddr, http.StatusUnauthorized, errSignIn
+	}
+	s, ok := c.sessionOf(r)
+	if !ok {
+		return "", http.StatusUnauthorized, errSignIn
+	}
+	if !sameOrigin(r) || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.csrf(s))) != 1 {
+		return "session " + s.id, http.StatusForbidden, errCSRF
+	}
+	return "session " + s.id + " from " + r.RemoteAddr, 0, nil
+}
+
+// sameOrigin rejects a request a browser says came from another site.
+func sameOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return false
+		}
+	}
+	return true
+}
+
+// mutation wraps a change: it bounds and parses the form, authorizes the
+// request, runs do, logs who did what and with which result, and answers
+// the browser (a redirect back with a message) or a script (JSON).
+func (c *Console) mutation(action string, do func(r *http.Request) (what, back string, err error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+		if err := r.ParseForm(); err != nil {
+			c.fail(w, r, http.StatusBadRequest, errors.New("the form could not be read"))
+			return
+		}
+		topic := r.PathValue("topic")
+		who, status, err := c.authorize(r)
+		if err != nil {
+			c.log.Warn().Str("action", action).Str("topic", topic).Str("who", who).Str("remote", r.RemoteAddr).
+				Str("refused", err.Error()).Msg("console: change refused")
+			c.fail(w, r, status, err)
+			return
+		}
+		what, back, err := do(r)
+		if err != nil {
+			c.log.Warn().Str("error", err.Error()).Str("action", action).Str("topic", topic).Str("who", who).Str("what", what).
+				Msg("console: change failed")
+		} else {
+			c.log.Info().Str("action", action).Str("topic", topic).Str("who", who).Str("what", what).Msg("console: change")
+		}
+		if err != nil {
+			c.fail(w, r, statusOf(err), err)
+			return
+		}
+		if r.Header.Get("Authorization") != "" {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"ok": true, "action": action, "topic": topic, "result": what})
+			return
+		}
+		http.Redirect(w, r, back+"?done="+url.QueryEscape(what), http.StatusSeeOther)
+	}
+}
+
+// signIn opens a session for the right token.
+func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if c.cfg.Token == "" {
+		c.fail(w, r, http.StatusForbidden, errReadOnly)
+		return
+	}
+	if err := r.ParseForm(); err != nil || !sameOrigin(r) {
+		c.fail(w, r, http.StatusBadRequest, errors.New("the sign-in form could not be read"))
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(r.PostFormValue("token")), []byte(c.cfg.Token)) != 1 {
+		c.log.Warn().Str("remote", r.RemoteAddr).Msg("console: sign-in with a wrong token")
+		w.WriteHeader(http.StatusUnauthorized)
+		c.render(w, r, "signin", "Sign in", map[string]any{"Error": "That is not the console's token.", "Next": c.next(r)})
+		return
+	}
+	s, err := c.newSession()
+	if err != nil {
+		c.fail(w, r, http.StatusInternalServerError, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: s.value, Path: c.root + "/", HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(c.cfg.SessionTTL / time.Second)})
+	c.log.Info().Str("who", "session "+s.id+" from "+r.RemoteAddr).Msg("console: signed in")
+	http.Redirect(w, r, c.next(r), http.StatusSeeOther)
+}
+
+// signOut ends the browser's session (its cookie).
+func (c *Console) signOut(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: c.root + "/", HttpOnly: true, MaxAge: -1,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, c.root+"/", http.StatusSeeOther)
+}
+
+// next is where a sign-in goes back to: a page of this console only.
+func (c *Console) next(r *http.Request) string {
+	n := r.FormValue("next")
+	if n == "" || !strings.HasPrefix(n, c.root+"/") || strings.HasPrefix(n, "//") || strings.ContainsAny(n, "\\\r\n") {
+		return c.root + "/"
+	}
+	return n
+}
+
+func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
+	c.render(w, r, "signin", "Sign in", map[string]any{"Next": c.next(r)})
+}
