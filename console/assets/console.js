@@ -41,13 +41,16 @@
     });
   }
 
+  // fromZero: rates and backlogs are drawn from 0 up.
+  function fromZero(u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; }
+
   function chart(el) {
     var topic = el.getAttribute("data-topic") || "";
     var width = Math.max(el.clientWidth || 600, 300);
     var opts = {
       width: width, height: 220,
-      scales: { x: { time: true }, b: {} },
-      axes: [{}, { label: "per second" }, { scale: "b", side: 1, label: "backlog", grid: { show: false } }],
+      scales: { x: { time: true }, y: { range: fromZero }, b: { range: fromZero } },
+      axes: [{}, { label: "per second", size: 60 }, { scale: "b", side: 1, label: "backlog", size: 80, grid: { show: false } }],
       series: [{}, { label: "in/s", stroke: "#0b57d0", width: 2 }, { label: "out/s", stroke: "#146c2e", width: 2 },
         { label: "backlog", stroke: "#8a4b00", width: 1, dash: [6, 4], scale: "b" }],
     };
