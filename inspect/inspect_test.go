@@ -189,3 +189,91 @@ func TestOverviewWithABadTopic(t *testing.T) {
 		}
 	}
 }
+
+// TestFind finds a message by entry id and by correlation id, in a
+// topic's stream (with where it stands in each group) and in its dead
+// letters, and refuses a bad query.
+func TestFind(t *testing.T) {
+	m, c := redistest.Mini(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	insp := inspect.New(c)
+	add := func(key, id string, env *codec.Envelope, extra ...string) string {
+		t.Helper()
+		id, err := m.XAdd(key, id, append([]string{"m", string(codec.AppendEnvelope(nil, env))}, extra...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	first := add("myc:{calls}", "1000-1", &codec.Envelope{Kind: codec.KindRequest, ID: "corr-1", Payload: []byte("a")})
+	second := add("myc:{calls}", "1000-2", &codec.Envelope{Kind: codec.KindRequest, ID: "corr-2", Payload: []byte("b")})
+	add("myc:{calls}", "1000-3", &codec.Envelope{Kind: codec.KindRequest, ID: "corr-3", Payload: []byte("c")})
+	if _, err := m.XAdd("myc:{calls}", "1000-4", []string{"junk", "x"}); err != nil { // not an envelope
+		t.Fatal(err)
+	}
+	rc := c.Redis()
+	if err := rc.Do(ctx, rc.B().XgroupCreate().Key("myc:{calls}").Group("g").Id("0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	// g reads two and acknowledges the first: first acknowledged, second
+	// pending with w1, the rest waiting.
+	if err := rc.Do(ctx, rc.B().Xreadgroup().Group("g", "w1").Count(2).Streams().Key("myc:{calls}").Id(">").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Do(ctx, rc.B().Xack().Key("myc:{calls}").Group("g").Id(first).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	dl := add("myc:{calls}:dlq", "2000-0", &codec.Envelope{Kind: codec.KindRequest, ID: "corr-dead", Payload: []byte("d")}, "reason", "handler_error", "id", "1-1")
+
+	for _, tc := range []struct {
+		q     string
+		want  []string // In:ID of each match
+		state string   // the first match's state in group g
+	}{
+		{first, []string{"stream:" + first}, "acknowledged"},
+		{second, []string{"stream:" + second}, "pending"},
+		{"corr-3", []string{"stream:1000-3"}, "waiting"},
+		{"corr-dead", []string{"dead-letters:" + dl}, ""},
+		{dl, []string{"dead-letters:" + dl}, ""},
+		{"1-1", []string{"dead-letters:" + dl}, ""}, // by the dead letter's original id
+		{"nobody", nil, ""},
+	} {
+		found, err := insp.Find(ctx, tc.q, inspect.FindOptions{})
+		if err != nil {
+			t.Fatalf("Find(%q) = %v", tc.q, err)
+		}
+		var got []string
+		for _, f := range found {
+			got = append(got, f.In+":"+f.ID)
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("Find(%q) = %v, want %v", tc.q, got, tc.want)
+			continue
+		}
+		if tc.state != "" {
+			f := found[0]
+			if f.Topic != "calls" || len(f.Deliveries) != 1 || f.Deliveries[0].State != tc.state || f.Envelope == nil {
+				t.Errorf("Find(%q) = %+v; want topic calls, state %s in g, decoded", tc.q, f, tc.state)
+			}
+			if tc.state == "pending" && (f.Deliveries[0].Consumer != "w1" || f.Deliveries[0].Deliveries != 1) {
+				t.Errorf("Find(%q) delivery = %+v; want pending with w1, 1 delivery", tc.q, f.Deliveries[0])
+			}
+		}
+	}
+	// Scan bounds the correlation-id search: corr-1 is the oldest of four.
+	if found, err := insp.Find(ctx, "corr-1", inspect.FindOptions{Topic: "calls", Scan: 2}); err != nil || len(found) != 0 {
+		t.Errorf("Find(corr-1, scan 2) = %v, %v; want nothing (beyond the scan)", found, err)
+	}
+	if found, err := insp.Find(ctx, "corr-1", inspect.FindOptions{Topic: "calls", Scan: 4}); err != nil || len(found) != 1 {
+		t.Errorf("Find(corr-1, scan 4) = %v, %v; want it", found, err)
+	}
+	for _, bad := range []struct {
+		q string
+		o inspect.FindOptions
+	}{{"", inspect.FindOptions{}}, {strings.Repeat("x", 201), inspect.FindOptions{}}, {"x", inspect.FindOptions{Scan: -1}}, {"x", inspect.FindOptions{Topic: "a{b"}}} {
+		if _, err := insp.Find(ctx, bad.q, bad.o); !errors.Is(err, bus.ErrInvalidConfig) {
+			t.Errorf("Find(%.10q, %+v) = %v; want ErrInvalidConfig", bad.q, bad.o, err)
+		}
+	}
+}

@@ -576,8 +576,9 @@ func writeTiming(t *testing.T, line string) {
 }
 
 // TestConsoleMatchesStatsOnCluster: `bus-worker console` on the cluster rig
-// (a partitioned topic over 3 masters) shows the figures `bus-worker stats
-// --json` prints, and the Redis page lists every master.
+// (partitioned topics over 3 masters, the seed suite's rpc and publish
+// cases) shows the figures `bus-worker stats --json` prints, and the Redis
+// page lists every master.
 func TestConsoleMatchesStatsOnCluster(t *testing.T) {
 	cl := redistest.StartCluster(t)
 	c := cl.Client(t)
@@ -595,6 +596,16 @@ func TestConsoleMatchesStatsOnCluster(t *testing.T) {
 	for k := range 7 {
 		if _, err := p.Publish(ctx, "single", fmt.Appendf(nil, "s%d", k)); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// The seed suite's load: its rpc case on 3 partitions and its publish
+	// case, as bus-bench runs them (their topics stay behind).
+	for _, args := range [][]string{
+		{"--scenario", "rpc", "--concurrency", "20", "--requests", "2000", "--payload", "1024", "--topic", "seed-rpc", "--partitions", "3"},
+		{"--scenario", "publish", "--concurrency", "8", "--requests", "3000", "--payload", "256", "--topic", "seed-publish"},
+	} {
+		if out, err := exec.CommandContext(ctx, buildCmd(t, "bus-bench"), append([]string{"--redis", cl.URL, "--json"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("bus-bench %v: %v\n%s", args, err, out)
 		}
 	}
 	// The console as operators run it: the binary, on a free port.
@@ -641,8 +652,8 @@ func TestConsoleMatchesStatsOnCluster(t *testing.T) {
 		got[tp.Name] = map[string]string{"length": itoa(tp.Length), "pending": itoa(tp.Pending), "backlog": itoa(tp.Backlog), "dead_letters": itoa(tp.DeadLetters)}
 	}
 	sameFigures(t, "cluster", got, statsFigures(t, "--redis", cl.URL))
-	if got["spread"]["length"] != "60" || got["single"]["length"] != "7" {
-		t.Errorf("cluster figures = %v; want spread 60, single 7", got)
+	if got["spread"]["length"] != "60" || got["single"]["length"] != "7" || got["seed-publish"]["length"] != "3000" || got["seed-rpc"]["length"] == "" {
+		t.Errorf("cluster figures = %v; want spread 60, single 7, seed-publish 3000 and seed-rpc", got)
 	}
 	resp, err = http.Get(base + "/redis")
 	if err != nil {
