@@ -46,7 +46,7 @@ chromium: ## install Debian's chromium (the console's browser tests, report-chec
 		echo "installing chromium with apt"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	}
-	@chromium --version
+	@chromium --version 2>/dev/null
 
 console-assets: ## re-vendor the console's browser assets from npm at the versions console/web/package-lock.json pins: uPlot (embedded) and axe-core (browser tests only)
 	cd console/web && npm ci --ignore-scripts --no-audit --no-fund

@@ -10,8 +10,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"time"
 )
@@ -33,8 +35,9 @@ var (
 // session is a signed-in browser: the cookie's value holds its expiry and
 // a random id, signed with the console's key.
 type session struct {
-	value string // the cookie's value
-	id    string // a short form of its random id, for the logs
+	value   string // the cookie's value
+	id      string // a short form of its random id, for the logs
+	expires time.Time
 }
 
 func (c *Console) mac(parts ...[]byte) []byte {
@@ -64,7 +67,7 @@ func (c *Console) sessionOf(r *http.Request) (session, bool) {
 	if c.cfg.Token == "" {
 		return session{}, false
 	}
-	ck, err := r.Cookie(cookieName)
+	ck, err := r.Cookie(c.cookieName(r))
 	if err != nil {
 		return session{}, false
 	}
@@ -75,15 +78,28 @@ func (c *Console) sessionOf(r *http.Request) (session, bool) {
 	if !hmac.Equal(b[24:], c.mac([]byte("session"), b[:24])) {
 		return session{}, false
 	}
-	if time.Now().Unix() > int64(binary.BigEndian.Uint64(b[:8])) {
+	exp := time.Unix(int64(binary.BigEndian.Uint64(b[:8])), 0)
+	if time.Now().After(exp) {
 		return session{}, false
 	}
-	return session{value: ck.Value, id: hex.EncodeToString(b[8:12])}, true
+	c.mu.Lock()
+	_, revoked := c.revoked[ck.Value]
+	c.mu.Unlock()
+	if revoked {
+		return session{}, false
+	}
+	return session{value: ck.Value, id: hex.EncodeToString(b[8:12]), expires: exp}, true
 }
 
 // csrf is the CSRF token of a session: forms that change things carry it.
 func (c *Console) csrf(s session) string {
 	return base64.RawURLEncoding.EncodeToString(c.mac([]byte("csrf"), []byte(s.value)))
+}
+
+// script reports whether r is a script's: it sends a bearer token (any
+// other Authorization, a proxy's Basic one say, is not the console's).
+func script(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ")
 }
 
 // bearer reports whether r carries the console's token as a bearer token.
@@ -92,12 +108,24 @@ func (c *Console) bearer(r *http.Request) bool {
 	return ok && c.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(v), []byte(c.cfg.Token)) == 1
 }
 
+// secure reports whether the session cookie is sent over HTTPS only.
+func (c *Console) secure(r *http.Request) bool { return c.cfg.SecureCookies || r.TLS != nil }
+
+// cookieName is the session cookie's name: with the __Secure- prefix when
+// it is Secure (a browser then refuses it from plain HTTP).
+func (c *Console) cookieName(r *http.Request) string {
+	if c.secure(r) {
+		return "__Secure-" + cookieName
+	}
+	return cookieName
+}
+
 // authorize decides whether r may change things and names who asks.
 func (c *Console) authorize(r *http.Request) (who string, status int, err error) {
 	if c.cfg.Token == "" {
-		return "", http.StatusForbidden, errReadOnly
+		return "anonymous from " + r.RemoteAddr, http.StatusForbidden, errReadOnly
 	}
-	if r.Header.Get("Authorization") != "" {
+	if script(r) {
 		if c.bearer(r) {
 			return "bearer token from " + r.RemoteAddr, 0, nil
 		}
@@ -105,10 +133,10 @@ func (c *Console) authorize(r *http.Request) (who string, status int, err error)
 	}
 	s, ok := c.sessionOf(r)
 	if !ok {
-		return "", http.StatusUnauthorized, errSignIn
+		return "anonymous from " + r.RemoteAddr, http.StatusUnauthorized, errSignIn
 	}
 	if !sameOrigin(r) || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.csrf(s))) != 1 {
-		return "session " + s.id, http.StatusForbidden, errCSRF
+		return "session " + s.id + " from " + r.RemoteAddr, http.StatusForbidden, errCSRF
 	}
 	return "session " + s.id + " from " + r.RemoteAddr, 0, nil
 }
@@ -120,9 +148,9 @@ func sameOrigin(r *http.Request) bool {
 	default:
 		return false
 	}
-	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+	if o := r.Header.Get("Origin"); o != "" {
 		u, err := url.Parse(o)
-		if err != nil || u.Host != r.Host {
+		if o == "null" || err != nil || u.Host != r.Host { // null: a sandboxed frame or a redirect from elsewhere
 			return false
 		}
 	}
@@ -142,12 +170,15 @@ func (c *Console) mutation(action string, do func(r *http.Request) (what, back s
 		topic := r.PathValue("topic")
 		who, status, err := c.authorize(r)
 		if err != nil {
-			c.log.Warn().Str("action", action).Str("topic", topic).Str("who", who).Str("remote", r.RemoteAddr).
+			c.log.Warn().Str("action", action).Str("topic", topic).Str("who", who).
 				Str("refused", err.Error()).Msg("console: change refused")
 			c.fail(w, r, status, err)
 			return
 		}
 		what, back, err := do(r)
+		if err != nil && what != "" {
+			err = fmt.Errorf("%s, but: %w", what, err) // a partial success (replay all with some refused) says what it did
+		}
 		if err != nil {
 			c.log.Warn().Str("error", err.Error()).Str("action", action).Str("topic", topic).Str("who", who).Str("what", what).
 				Msg("console: change failed")
@@ -158,12 +189,12 @@ func (c *Console) mutation(action string, do func(r *http.Request) (what, back s
 			c.fail(w, r, statusOf(err), err)
 			return
 		}
-		if r.Header.Get("Authorization") != "" {
+		if script(r) {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(map[string]any{"ok": true, "action": action, "topic": topic, "result": what})
 			return
 		}
-		http.Redirect(w, r, back+"?done="+url.QueryEscape(what), http.StatusSeeOther)
+		http.Redirect(w, r, back+"?"+c.doneQuery(what), http.StatusSeeOther)
 	}
 }
 
@@ -178,7 +209,9 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusBadRequest, errors.New("the sign-in form could not be read"))
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(r.PostFormValue("token")), []byte(c.cfg.Token)) != 1 {
+	// The token as pasted or sent by a script, without the line break a
+	// file or a shell adds (the token file is read trimmed too).
+	if subtle.ConstantTimeCompare([]byte(strings.TrimSpace(r.PostFormValue("token"))), []byte(c.cfg.Token)) != 1 {
 		c.log.Warn().Str("remote", r.RemoteAddr).Msg("console: sign-in with a wrong token")
 		w.WriteHeader(http.StatusUnauthorized)
 		c.render(w, r, "signin", "Sign in", map[string]any{"Error": "That is not the console's token.", "Next": c.next(r)})
@@ -189,26 +222,80 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: s.value, Path: c.root + "/", HttpOnly: true,
-		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(c.cfg.SessionTTL / time.Second)})
+	http.SetCookie(w, &http.Cookie{Name: c.cookieName(r), Value: s.value, Path: c.root + "/", HttpOnly: true,
+		Secure: c.secure(r), SameSite: http.SameSiteStrictMode, MaxAge: int(c.cfg.SessionTTL / time.Second)})
 	c.log.Info().Str("who", "session "+s.id+" from "+r.RemoteAddr).Msg("console: signed in")
 	http.Redirect(w, r, c.next(r), http.StatusSeeOther)
 }
 
-// signOut ends the browser's session (its cookie).
+// signOut ends the browser's session: its cookie is dropped and its id
+// refused from now on (until it would have expired anyway).
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: c.root + "/", HttpOnly: true, MaxAge: -1,
-		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	s, ok := c.sessionOf(r)
+	if err := r.ParseForm(); err != nil || !ok || !sameOrigin(r) ||
+		subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.csrf(s))) != 1 {
+		c.fail(w, r, http.StatusForbidden, errCSRF)
+		return
+	}
+	c.mu.Lock()
+	now := time.Now()
+	for id, until := range c.revoked {
+		if now.After(until) {
+			delete(c.revoked, id)
+		}
+	}
+	c.revoked[s.value] = s.expires
+	c.mu.Unlock()
+	c.log.Info().Str("who", "session "+s.id+" from "+r.RemoteAddr).Msg("console: signed out")
+	http.SetCookie(w, &http.Cookie{Name: c.cookieName(r), Value: "", Path: c.root + "/", HttpOnly: true, MaxAge: -1,
+		Secure: c.secure(r), SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, c.root+"/", http.StatusSeeOther)
 }
 
-// next is where a sign-in goes back to: a page of this console only.
+// next is where a sign-in goes back to: a page of this console only (a
+// path under the root, no scheme or host, nothing a browser would strip or
+// read as another origin).
 func (c *Console) next(r *http.Request) string {
+	home := c.root + "/"
 	n := r.FormValue("next")
-	if n == "" || !strings.HasPrefix(n, c.root+"/") || strings.HasPrefix(n, "//") || strings.ContainsAny(n, "\\\r\n") {
-		return c.root + "/"
+	for _, b := range []byte(n) {
+		if b < 0x20 || b == 0x7f || b == '\\' {
+			return home
+		}
 	}
-	return n
+	u, err := url.Parse(n)
+	if n == "" || err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || strings.HasPrefix(n, "//") {
+		return home
+	}
+	p := path.Clean(u.Path)
+	if p != c.root && !strings.HasPrefix(p, home) {
+		return home
+	}
+	if strings.HasSuffix(u.Path, "/") && p != "/" {
+		p += "/"
+	}
+	if u.RawQuery != "" {
+		p += "?" + u.RawQuery
+	}
+	return p
+}
+
+// doneQuery is the query a change redirects with: its result and a MAC,
+// so that a page shows only results the console itself wrote.
+func (c *Console) doneQuery(what string) string {
+	return "done=" + url.QueryEscape(what) + "&sig=" + base64.RawURLEncoding.EncodeToString(c.mac([]byte("done"), []byte(what))[:16])
+}
+
+// done returns r's change result when the console signed it, else "".
+func (c *Console) done(r *http.Request) string {
+	q := r.URL.Query()
+	what, sig := q.Get("done"), q.Get("sig")
+	want := base64.RawURLEncoding.EncodeToString(c.mac([]byte("done"), []byte(what))[:16])
+	if what == "" || subtle.ConstantTimeCompare([]byte(sig), []byte(want)) != 1 {
+		return ""
+	}
+	return what
 }
 
 func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {

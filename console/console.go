@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -27,6 +28,9 @@ const (
 	DefaultRefresh = 2 * time.Second
 	DefaultHistory = 10 * time.Minute
 )
+
+// MinTokenLen is the shortest token Config accepts.
+const MinTokenLen = 16
 
 // maxHistory bounds Config.History (the samples are kept in memory).
 const maxHistory = 24 * time.Hour
@@ -61,6 +65,16 @@ type Config struct {
 	PrometheusURL string
 	// SessionTTL is how long a sign-in lasts (0: 12 hours).
 	SessionTTL time.Duration
+	// AllowedHosts are the host names (without port) browsers may reach
+	// the console by, besides localhost and IP addresses: a request naming
+	// another host is refused (421), so a page on another site cannot read
+	// the console through DNS rebinding. Behind a proxy, list the name the
+	// proxy serves it under.
+	AllowedHosts []string
+	// SecureCookies marks the session cookie Secure (sent over HTTPS only):
+	// set it when a TLS proxy is in front (the console sets it by itself
+	// when it serves TLS).
+	SecureCookies bool
 }
 
 // Validate reports what is wrong with c.
@@ -77,8 +91,13 @@ func (c Config) Validate() error {
 	if c.SessionTTL < 0 {
 		return fmt.Errorf("console: %w: session TTL %v is negative", bus.ErrInvalidConfig, c.SessionTTL)
 	}
-	if c.Token != "" && len(c.Token) < 16 {
-		return fmt.Errorf("console: %w: the token must be at least 16 characters", bus.ErrInvalidConfig)
+	if c.Token != "" && len(c.Token) < MinTokenLen {
+		return fmt.Errorf("console: %w: the token must be at least %d characters", bus.ErrInvalidConfig, MinTokenLen)
+	}
+	for _, h := range c.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, ":/ ") {
+			return fmt.Errorf("console: %w: allowed host %q: want a host name without port", bus.ErrInvalidConfig, h)
+		}
 	}
 	if c.PrometheusURL != "" {
 		u, err := url.Parse(c.PrometheusURL)
@@ -122,10 +141,14 @@ type Console struct {
 	prom   *promClient
 
 	reads singleflight.Group
+	heavy chan struct{} // one walk of the keyspace or search at a time (Find, cache counts)
 	mu    sync.Mutex
 	hist  history
 	last  *snapshot
 	cpu   map[string]cpuReading // per node address
+	// revoked are signed-out sessions (cookie values) until they expire.
+	revoked map[string]time.Time
+	promErr time.Time // when a failed Prometheus query was last logged
 }
 
 // New returns a console of the bus c reaches (it reads through an
@@ -149,7 +172,8 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Console, error) {
 		cfg.SessionTTL = 12 * time.Hour
 	}
 	con := &Console{cfg: cfg, client: c, in: inspect.New(c), log: zerolog.Nop(),
-		root: strings.TrimSuffix(cfg.RootPath, "/"), key: make([]byte, 32), cpu: map[string]cpuReading{}}
+		root: strings.TrimSuffix(cfg.RootPath, "/"), key: make([]byte, 32), cpu: map[string]cpuReading{}, revoked: map[string]time.Time{},
+		heavy: make(chan struct{}, 1)}
 	if _, err := rand.Read(con.key); err != nil {
 		return nil, fmt.Errorf("console: session key: %w", err)
 	}
@@ -198,6 +222,10 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+	if !c.hostAllowed(r.Host) {
+		http.Error(w, "this console is not served under that host name (Config.AllowedHosts, --allowed-host)", http.StatusMisdirectedRequest)
+		return
+	}
 	c.mux.ServeHTTP(w, r)
 }
 
@@ -233,6 +261,40 @@ func (c *Console) routes() {
 	})
 	c.mux = m
 }
+
+// hostAllowed reports whether a request's Host may reach the console:
+// localhost, an IP address (no DNS name to rebind), or an allowed host.
+func (c *Console) hostAllowed(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") || net.ParseIP(strings.Trim(host, "[]")) != nil {
+		return true
+	}
+	for _, a := range c.cfg.AllowedHosts {
+		if strings.EqualFold(a, host) {
+			return true
+		}
+	}
+	return false
+}
+
+// begin takes the console's one slot for a heavy read (a search, a walk of
+// the keyspace); false when another holds it.
+func (c *Console) begin() bool {
+	select {
+	case c.heavy <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *Console) end() { <-c.heavy }
+
+// errBusy answers a heavy read asked while another runs.
+var errBusy = errors.New("another search or count is running: try again in a moment")
 
 // assetServer serves the embedded assets with a cache lifetime (they change
 // only with the binary).

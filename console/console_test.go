@@ -20,6 +20,7 @@ import (
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/console"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/internal/redistest"
 )
 
@@ -144,8 +145,9 @@ func TestChangesNeedASessionAndItsCSRFToken(t *testing.T) {
 	if code, body, _ := r.post(t, "/console/sign-in", url.Values{"token": {"not-the-token-at-all"}}); code != http.StatusUnauthorized || !strings.Contains(body, "not the console") {
 		t.Fatalf("sign-in with a wrong token = %d", code)
 	}
-	// The right one does, and goes back only to a page of the console.
-	code, _, h := r.post(t, "/console/sign-in", url.Values{"token": {token}, "next": {"https://evil.example/"}})
+	// The right one does (with the line break a file or shell adds), and
+	// goes back only to a page of the console.
+	code, _, h := r.post(t, "/console/sign-in", url.Values{"token": {token + "\n"}, "next": {"https://evil.example/"}})
 	if code != http.StatusSeeOther || h.Get("Location") != "/console/" {
 		t.Fatalf("sign-in = %d to %q; want 303 to /console/", code, h.Get("Location"))
 	}
@@ -203,10 +205,88 @@ func TestChangesNeedASessionAndItsCSRFToken(t *testing.T) {
 	if code, _ := r.get(t, "/console/topics/a%7Bb/dead-letters"); code != http.StatusBadRequest {
 		t.Errorf("dead letters of a{b = %d, want 400", code)
 	}
-	// Signed out: changes refused again.
-	r.post(t, "/console/sign-out", nil)
+	// Signing out needs the CSRF token too (no forced sign-out from another site).
+	if code, _, _ := r.post(t, "/console/sign-out", nil); code != http.StatusForbidden {
+		t.Errorf("sign-out without the CSRF token = %d, want 403", code)
+	}
+	u, _ := url.Parse(r.srv.URL + "/console/")
+	old := r.http.Jar.Cookies(u)
+	if code, _, _ := r.post(t, "/console/sign-out", url.Values{"csrf": {csrf}}); code != http.StatusSeeOther {
+		t.Errorf("sign-out = %d, want 303", code)
+	}
 	if code, _, _ := r.post(t, "/console/topics/jobs/resume", url.Values{"csrf": {csrf}}); code != http.StatusUnauthorized {
 		t.Errorf("resume after signing out = %d, want 401", code)
+	}
+	// A copy of the cookie kept from before is refused: the session is over.
+	r.http.Jar.SetCookies(u, old)
+	if code, _, _ := r.post(t, "/console/topics/jobs/resume", url.Values{"csrf": {csrf}}); code != http.StatusUnauthorized {
+		t.Errorf("resume with a signed-out session's cookie = %d, want 401", code)
+	}
+	if !strings.Contains(r.logs.String(), "console: signed out") {
+		t.Errorf("the sign-out is not logged")
+	}
+}
+
+func TestHostsRedirectsAndMessages(t *testing.T) {
+	r := newRig(t, console.Config{Token: token, RootPath: "/console", AllowedHosts: []string{"bus.example.org"}})
+	// DNS rebinding: a name the console is not served under is refused.
+	for host, want := range map[string]int{"rebind.attacker.example": http.StatusMisdirectedRequest, "bus.example.org": http.StatusOK,
+		"localhost": http.StatusOK, "[::1]": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, r.srv.URL+"/console/", nil)
+		req.Host = host + ":8090"
+		resp, err := r.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET with Host %s = %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+	// Sign-in goes back only to a page of the console.
+	for next, want := range map[string]string{"/console/topics/jobs": "/console/topics/jobs", "/console/find?q=1-0": "/console/find?q=1-0",
+		"/\t/evil.example": "/console/", "/console/../../x": "/console/", "//evil.example/console/": "/console/",
+		"https://evil.example/console/": "/console/", "/console\\evil": "/console/", "/other": "/console/"} {
+		next = strings.ReplaceAll(next, `\t`, "\t")
+		code, _, h := r.post(t, "/console/sign-in", url.Values{"token": {token}, "next": {next}})
+		if code != http.StatusSeeOther || h.Get("Location") != want {
+			t.Errorf("sign-in with next %q = %d to %q, want %q", next, code, h.Get("Location"), want)
+		}
+	}
+	// A result is shown only when the console wrote it.
+	if _, page := r.get(t, "/console/?done=Your+session+expired"); strings.Contains(page, "session expired") {
+		t.Errorf("an unsigned done message is shown")
+	}
+	_, page := r.get(t, "/console/topics/jobs/dead-letters")
+	csrf := csrfRE.FindStringSubmatch(page)[1]
+	// A null Origin is another site's; a proxy's Basic Authorization does
+	// not turn a signed-in browser into a script.
+	if code, _, _ := r.post(t, "/console/topics/jobs/pause", url.Values{"for": {"1m"}, "csrf": {csrf}}, "Origin", "null"); code != http.StatusForbidden {
+		t.Errorf("pause with Origin null = %d, want 403", code)
+	}
+	code, _, h := r.post(t, "/console/topics/jobs/pause", url.Values{"for": {"1m"}, "csrf": {csrf}}, "Authorization", "Basic cHJveHk6cHc=")
+	if code != http.StatusSeeOther {
+		t.Fatalf("pause with a proxy's Basic Authorization = %d, want 303", code)
+	}
+	if _, page := r.get(t, h.Get("Location")); !strings.Contains(page, "Done: paused until") {
+		t.Errorf("the signed result is not shown after the redirect")
+	}
+	// Replaying one dead letter asked five times writes it once.
+	dls, err := inspect.New(r.c).DeadLetters(context.Background(), "jobs", 10)
+	if err != nil || len(dls) != 1 {
+		t.Fatal(dls, err)
+	}
+	id := dls[0].ID
+	code, _, h = r.post(t, "/console/topics/jobs/dead-letters/replay", url.Values{"id": {id, id, id, id, id}, "csrf": {csrf}})
+	if code != http.StatusSeeOther || !strings.Contains(h.Get("Location"), "replayed+1+") {
+		t.Errorf("replay of one id five times = %d to %q; want 1 replayed", code, h.Get("Location"))
+	}
+	if n, _ := r.c.Redis().Do(context.Background(), r.c.Redis().B().Xlen().Key("myc:{jobs}").Build()).AsInt64(); n != 1 {
+		t.Errorf("topic length after replaying one dead letter = %d, want 1", n)
+	}
+	// Find's scan is bounded.
+	if code, _ := r.get(t, "/console/find?q=x&scan=100000"); code != http.StatusBadRequest {
+		t.Errorf("find with scan 100000 = %d, want 400", code)
 	}
 }
 

@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -187,19 +188,23 @@ func newPromClient(base string) *promClient {
 // metrics, prom package).
 const hitQuery = `(sum(rate(mycelium_producer_cache_hits_local_total[5m])) + sum(rate(mycelium_producer_cache_hits_shared_total[5m]))) / (sum(rate(mycelium_producer_cache_hits_local_total[5m])) + sum(rate(mycelium_producer_cache_hits_shared_total[5m])) + sum(rate(mycelium_producer_cache_misses_total[5m])))`
 
-// hitRatio returns the ratio, false when Prometheus has none or fails.
-func (p *promClient) hitRatio(ctx context.Context) (float64, bool) {
+// errNoRatio: Prometheus answered, without one ratio (no producer
+// scraped, or no cached request in 5 minutes).
+var errNoRatio = errors.New("no cache hit ratio in the answer")
+
+// hitRatio returns the ratio; errNoRatio when Prometheus has none.
+func (p *promClient) hitRatio(ctx context.Context) (float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+"/api/v1/query?query="+url.QueryEscape(hitQuery), nil)
 	if err != nil {
-		return 0, false
+		return 0, err
 	}
 	resp, err := p.hc.Do(req)
 	if err != nil {
-		return 0, false
+		return 0, redactURLError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, false
+		return 0, fmt.Errorf("the Prometheus server answered %s", resp.Status)
 	}
 	var body struct {
 		Status string `json:"status"`
@@ -209,16 +214,29 @@ func (p *promClient) hitRatio(ctx context.Context) (float64, bool) {
 			} `json:"result"`
 		} `json:"data"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil || body.Status != "success" || len(body.Data.Result) != 1 {
-		return 0, false
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil || body.Status != "success" {
+		return 0, errors.New("the Prometheus server's answer does not read as a query result")
+	}
+	if len(body.Data.Result) != 1 {
+		return 0, errNoRatio
 	}
 	s, ok := body.Data.Result[0].Value[1].(string)
 	if !ok {
-		return 0, false
+		return 0, errNoRatio
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || v < 0 || v > 1 {
-		return 0, false
+		return 0, errNoRatio // NaN when nothing was asked
 	}
-	return v, true
+	return v, nil
+}
+
+// redactURLError drops the URL (which may hold credentials) from an HTTP
+// client's error.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("asking Prometheus: %w", ue.Err)
+	}
+	return err
 }

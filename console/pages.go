@@ -20,6 +20,7 @@ const (
 	defaultDeadLetters = 100
 	maxDeadLetters     = 1000
 	pendingSample      = 200 // pending entries read per group for the age buckets
+	maxFindScan        = 10_000
 	maxPause           = 7 * 24 * time.Hour
 )
 
@@ -32,6 +33,8 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, bus.ErrNotReplayable):
 		return http.StatusConflict
+	case errors.Is(err, errBusy):
+		return http.StatusTooManyRequests
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
 	default:
@@ -43,7 +46,7 @@ func statusOf(err error) int {
 func topicName(r *http.Request) (string, error) {
 	t := r.PathValue("topic")
 	if err := bus.ValidateName("topic", t); err != nil {
-		return "", fmt.Errorf("%w: %w", bus.ErrInvalidConfig, err)
+		return "", err // wraps bus.ErrInvalidConfig
 	}
 	return t, nil
 }
@@ -102,6 +105,7 @@ func pendingAges(ps []inspect.Pending, now time.Time) []ageBucket {
 // groupView is a group on the topic page.
 type groupView struct {
 	inspect.Group
+	AgesErr   string
 	Ages      []ageBucket
 	Sampled   int
 	Truncated bool
@@ -128,12 +132,24 @@ func (c *Console) topicPage(w http.ResponseWriter, r *http.Request) {
 		}
 		ps, err := c.in.Pending(ctx, name, g.Name, "", pendingSample)
 		if err != nil {
-			c.fail(w, r, statusOf(err), err)
-			return
+			groups[k].AgesErr = shown(err) // a group name the bus would not make, say: the rest of the page stands
+			continue
 		}
 		groups[k].Ages, groups[k].Sampled, groups[k].Truncated = pendingAges(ps, now), len(ps), g.Pending > int64(len(ps))
 	}
-	cache, cacheErr := c.in.CacheStats(ctx, name)
+	// The cache's stored answers are counted by walking the keyspace: only
+	// when asked, one walk at a time.
+	var cache *inspect.CacheStats
+	var cacheErr error
+	if r.FormValue("cache") == "1" {
+		if !c.begin() {
+			cacheErr = errBusy
+		} else {
+			cs, err := c.in.CacheStats(ctx, name)
+			c.end()
+			cache, cacheErr = &cs, err
+		}
+	}
 	var rates *topicRow
 	if s, err := c.current(ctx); err == nil {
 		for k := range s.Topics {
@@ -301,12 +317,29 @@ func (c *Console) findPage(w http.ResponseWriter, r *http.Request) {
 		scan := 0
 		if v := r.FormValue("scan"); v != "" {
 			var err error
-			if scan, err = strconv.Atoi(v); err != nil || scan < 1 || scan > 100_000 {
-				c.fail(w, r, http.StatusBadRequest, fmt.Errorf("scan %q: want 1 to 100000", v))
+			if scan, err = strconv.Atoi(v); err != nil || scan < 1 || scan > maxFindScan {
+				c.fail(w, r, http.StatusBadRequest, fmt.Errorf("scan %q: want 1 to %d", v, maxFindScan))
 				return
 			}
 		}
-		found, err := c.in.Find(r.Context(), q, inspect.FindOptions{Topic: topic, Scan: scan})
+		o := inspect.FindOptions{Topic: topic, Scan: scan}
+		if topic == "" { // the topics the console knows, not a walk of the keyspace
+			s, err := c.current(r.Context())
+			if err != nil {
+				c.fail(w, r, statusOf(err), err)
+				return
+			}
+			o.Topics = make([]string, len(s.Topics))
+			for k := range s.Topics {
+				o.Topics[k] = s.Topics[k].Name
+			}
+		}
+		if !c.begin() {
+			c.fail(w, r, http.StatusTooManyRequests, errBusy)
+			return
+		}
+		found, err := c.in.Find(r.Context(), q, o)
+		c.end()
 		if err != nil {
 			c.fail(w, r, statusOf(err), err)
 			return

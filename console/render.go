@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/inspect"
 )
@@ -85,10 +86,7 @@ type pageData struct {
 // render writes page name with data inside the layout.
 func (c *Console) render(w http.ResponseWriter, r *http.Request, name, title string, data map[string]any) {
 	p := pageData{Root: c.root, Title: title, Page: name, ReadOnly: c.cfg.Token == "", Redis: c.client.Redacted(),
-		Refresh: c.cfg.Refresh.Milliseconds(), Done: r.URL.Query().Get("done"), Path: r.URL.RequestURI(), D: data}
-	if len(p.Done) > 200 {
-		p.Done = p.Done[:200]
-	}
+		Refresh: c.cfg.Refresh.Milliseconds(), Done: c.done(r), Path: r.URL.RequestURI(), D: data}
 	if s, ok := c.sessionOf(r); ok {
 		p.SignedIn, p.CSRF = true, c.csrf(s)
 	}
@@ -109,15 +107,28 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, status int, err e
 	if status >= 500 {
 		c.log.Warn().Err(err).Str("path", r.URL.Path).Msg("console: request failed")
 	}
-	if r.Header.Get("Authorization") != "" || strings.HasPrefix(r.URL.Path, c.root+"/api/") {
+	if script(r) || strings.HasPrefix(r.URL.Path, c.root+"/api/") {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]any{"ok": false, "error": err.Error()})
 		return
 	}
 	w.WriteHeader(status)
-	c.render(w, r, "error", http.StatusText(status), map[string]any{"Status": status, "Err": err.Error(),
+	c.render(w, r, "error", http.StatusText(status), map[string]any{"Status": status, "Err": shown(err),
 		"SignIn": errors.Is(err, errSignIn)})
+}
+
+// shown is an error as a page says it: without the prefixes that name the
+// packages it went through.
+func shown(err error) string {
+	s := err.Error()
+	for {
+		t := strings.TrimPrefix(strings.TrimPrefix(strings.TrimPrefix(s, "inspect: "), "console: "), bus.ErrInvalidConfig.Error()+": ")
+		if t == s {
+			return s
+		}
+		s = t
+	}
 }
 
 // pathEscape escapes a topic for a URL path.

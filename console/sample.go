@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sort"
 	"time"
@@ -116,7 +117,17 @@ func (c *Console) sample(ctx context.Context) (*snapshot, error) {
 		s.ServersErr = err.Error()
 	}
 	if c.prom != nil {
-		s.HitRatio, s.HitOK = c.prom.hitRatio(ctx)
+		var err error
+		s.HitRatio, err = c.prom.hitRatio(ctx)
+		s.HitOK = err == nil
+		if err != nil && !errors.Is(err, errNoRatio) {
+			c.mu.Lock()
+			if time.Since(c.promErr) > time.Minute {
+				c.promErr = time.Now()
+				c.log.Warn().Err(err).Msg("console: the cache hit ratio could not be read from Prometheus (logged once a minute)")
+			}
+			c.mu.Unlock()
+		}
 	}
 
 	c.mu.Lock()

@@ -23,8 +23,11 @@ type job struct {
 	// worker's limits).
 	cache    string
 	cacheTTL time.Duration
-	readAt   int64         // unix nanoseconds when the entry was read or reclaimed
-	queued   time.Duration // QueueWait (RetryWait when msg.Attempt > 1) stage: entry id (or sent time, if later) to readAt
+	// comp is how the request's payload came compressed: its reply is
+	// compressed the same way (its caller reads what it writes).
+	comp   codec.Compression
+	readAt int64         // unix nanoseconds when the entry was read or reclaimed
+	queued time.Duration // QueueWait (RetryWait when msg.Attempt > 1) stage: entry id (or sent time, if later) to readAt
 }
 
 var jobPool = sync.Pool{New: func() any { return new(job) }}
@@ -82,6 +85,14 @@ func (r *router) route(pt *part, e *redisx.Entry, now time.Time, attempt int, p 
 		putJob(j)
 		r.malformed(pt, e, attempt, why, a)
 		return
+	}
+	if codec.Compressed(&j.env) {
+		j.comp = codec.CompressionOf(&j.env)
+		if err := codec.Decompress(&j.env, r.cfg.MaxEntrySize); err != nil {
+			putJob(j)
+			r.malformed(pt, e, attempt, err.Error(), a)
+			return
+		}
 	}
 	if r.skip(pt, e.ID, &j.env, now, a) {
 		putJob(j)

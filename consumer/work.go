@@ -190,6 +190,7 @@ func (w *processor) reply(j *job, done *completion, out []byte, err error, took 
 		}
 	}
 	done.replyTo = j.env.ReplyTo
+	codec.Compress(&reply, j.comp, 0) // as the request came (none: not at all)
 	if j.cache != "" {
 		done.cache = w.settleOf(j, &reply, err, ended)
 	}

@@ -18,6 +18,11 @@ import (
 // id it came from, so a handler can tell a replay from a first delivery.
 const ReplayedFromHeader = "mycelium-replayed-from"
 
+// maxDecompressed bounds a compressed payload an operator's read decodes
+// (dead letters, Find): a larger one stays compressed in the envelope (its
+// flag says so), and a page of 1,000 dead letters decodes at most 1 GiB.
+const maxDecompressed = 1 << 20
+
 // DeadLetter is one entry of a topic's dead-letter stream: an entry a
 // consumer gave up on, and why. The JSON names are what `bus-worker dlq list
 // --json` prints.
@@ -33,7 +38,9 @@ type DeadLetter struct {
 	Attempts   int       `json:"attempts"`
 	Time       time.Time `json:"time"`
 	// Envelope is the original message when it could be decoded; nil for
-	// malformed entries, whose raw fields are in Fields.
+	// malformed entries, whose raw fields are in Fields. A compressed
+	// payload is decompressed when it decodes to at most 1 MiB; a larger one
+	// stays compressed (codec.Compressed says so).
 	Envelope *codec.Envelope   `json:"envelope,omitempty"`
 	Fields   map[string]string `json:"fields,omitempty"`
 	// Size and Prefix describe an entry too large to handle: its data's
@@ -50,6 +57,7 @@ func deadLetter(d *redisx.DeadLetter) DeadLetter {
 	if d.HasData {
 		var env codec.Envelope
 		if codec.DecodeEnvelope(d.Data, &env) == nil {
+			_ = codec.Decompress(&env, maxDecompressed) // shown (and replayed) as sent when it does not decompress
 			out.Envelope = &env
 			return out
 		}
@@ -115,7 +123,12 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 			return 0, err
 		}
 	}
+	seen := make(map[string]bool, len(ids))
 	for _, id := range ids {
+		if seen[id] {
+			continue // asked twice: replayed once
+		}
+		seen[id] = true
 		found := false
 		for k, pn := range names { // ids are unique per partition: each one's letter
 			raw, err := i.port.DeadLetters(ctx, i.keys.DeadLetter(pn), id, id, 1)
@@ -155,7 +168,12 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 			level = min(l, ps.Levels-1)
 		}
 		if _, err := i.port.Replay(ctx, i.keys.Level(pn, level), i.keys.DeadLetter(pn), d.ID, codec.AppendEnvelope(nil, &env)); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", d.ID, redisx.Unavailable(err)))
+			if errors.Is(err, redisx.ErrDeadLetterGone) {
+				err = fmt.Errorf("%w: replayed or purged meanwhile", bus.ErrNotFound)
+			} else {
+				err = redisx.Unavailable(err)
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", d.ID, err))
 			continue
 		}
 		n++

@@ -27,9 +27,10 @@ var entryIDPattern = regexp.MustCompile(`^[0-9]{1,20}(-[0-9]{1,20})?$`)
 
 // FindOptions narrows Find.
 type FindOptions struct {
-	// Topic limits the search to one topic; "" searches every topic under
-	// the prefix.
-	Topic string
+	// Topic limits the search to one topic; "" searches Topics, or every
+	// topic under the prefix when Topics is nil (found with SCAN).
+	Topic  string
+	Topics []string
 	// Scan is how many of each stream's newest entries (and each
 	// dead-letter stream's oldest) a correlation-id search reads; 0 means
 	// DefaultFindScan. An entry-id search reads only the id asked for in
@@ -83,7 +84,11 @@ func (i *Inspector) Find(ctx context.Context, query string, o FindOptions) ([]Fo
 		o.Scan = DefaultFindScan
 	}
 	topics := []string{o.Topic}
-	if o.Topic == "" {
+	switch {
+	case o.Topic != "":
+	case o.Topics != nil:
+		topics = o.Topics
+	default:
 		var err error
 		if topics, err = i.Topics(ctx); err != nil {
 			return nil, err
@@ -117,19 +122,42 @@ func (i *Inspector) Find(ctx context.Context, query string, o FindOptions) ([]Fo
 			out = append(out, found...)
 		}
 		for k, pn := range ps.names() {
-			dls, err := i.port.DeadLetters(ctx, i.keys.DeadLetter(pn), "-", "+", int64(o.Scan))
+			found, err := i.findDead(ctx, i.keys.DeadLetter(pn), query, o.Scan)
 			if err != nil {
 				return out, fmt.Errorf("inspect: find in the dead letters of %s: %w", pn, redisx.Unavailable(err))
 			}
-			for j := range dls {
-				d := deadLetter(&dls[j])
-				if d.ID != query && d.OriginalID != query && (d.Envelope == nil || d.Envelope.ID != query) {
-					continue
-				}
+			for _, d := range found {
 				d.Partition = k
 				out = append(out, Found{Topic: t, Partition: k, In: "dead-letters", ID: d.ID, Envelope: d.Envelope, DeadLetter: &d})
 			}
 		}
+	}
+	return out, nil
+}
+
+// findDead returns the dead letters of key (up to scan, oldest first, read
+// a page at a time) whose id, original id or correlation id is query.
+func (i *Inspector) findDead(ctx context.Context, key, query string, scan int) ([]DeadLetter, error) {
+	var out []DeadLetter
+	start := "-"
+	for read := 0; read < scan; {
+		n := min(findPage, scan-read)
+		raw, err := i.port.DeadLetters(ctx, key, start, "+", int64(n))
+		if err != nil {
+			return nil, err
+		}
+		for j := range raw {
+			var env codec.Envelope
+			decoded := raw[j].HasData && codec.DecodeEnvelope(raw[j].Data, &env) == nil
+			if raw[j].ID == query || raw[j].OriginalID == query || (decoded && env.ID == query) {
+				out = append(out, deadLetter(&raw[j])) // decoded (and decompressed) again: only the matches
+			}
+		}
+		read += len(raw)
+		if len(raw) < n {
+			break
+		}
+		start = "(" + raw[len(raw)-1].ID
 	}
 	return out, nil
 }
@@ -150,6 +178,9 @@ func (i *Inspector) findIn(ctx context.Context, key, query string, byID bool, sc
 				f.Raw = e.Data
 			}
 			if want(&f) {
+				if f.Envelope != nil {
+					_ = codec.Decompress(f.Envelope, maxDecompressed) // only a match; shown compressed when it does not decompress
+				}
 				out = append(out, f)
 			}
 		}

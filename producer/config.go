@@ -10,6 +10,7 @@ import (
 
 	"github.com/egos/mycelium/breaker"
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/internal/redisx"
 )
 
@@ -57,6 +58,15 @@ type Config struct {
 	// with bus.ErrPayloadTooLarge before touching Redis. Zero means
 	// DefaultMaxPayload.
 	MaxPayload int
+	// Compression compresses the payloads of requests and events of at
+	// least CompressMin bytes (0: codec.DefaultCompressMin) when it pays
+	// (docs/performance.md, "Large payloads"): codec.CompressS2 (fast) or
+	// codec.CompressZstd (smaller). The envelope says so, and workers then
+	// compress their replies the same way. Every reader of the topics must
+	// know compressed envelopes (this version, Go and Python): opt in once
+	// they all do. Zero: none.
+	Compression codec.Compression
+	CompressMin int
 	// StreamMaxLen caps each topic stream (XADD MAXLEN ~). Zero means
 	// DefaultStreamMaxLen; negative means no trimming.
 	StreamMaxLen int64
@@ -268,6 +278,9 @@ func (c Config) Validate() error {
 	if c.MaxInFlight > MaxInFlightCap || c.MaxPayload > MaxPayloadCap || c.ReplyBatch > MaxReplyBatch {
 		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch: at most %d, %d and %d, got %d, %d and %d",
 			bus.ErrInvalidConfig, MaxInFlightCap, MaxPayloadCap, MaxReplyBatch, c.MaxInFlight, c.MaxPayload, c.ReplyBatch)
+	}
+	if c.Compression > codec.CompressZstd || c.CompressMin < 0 {
+		return fmt.Errorf("%w: Compression %v, CompressMin %d: want none, s2 or zstd, and a minimum size not negative", bus.ErrInvalidConfig, c.Compression, c.CompressMin)
 	}
 	if c.MaxInFlight < 0 || c.MaxPayload < 0 || c.ReplyBatch < 0 {
 		return fmt.Errorf("%w: MaxInFlight, MaxPayload and ReplyBatch must not be negative", bus.ErrInvalidConfig)

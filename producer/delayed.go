@@ -85,6 +85,7 @@ func (dl *delayer) one(ctx context.Context, pt *topic, payload []byte, headers m
 	}
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano(), Headers: headers}
 	id := "d" + dl.ids.id(dl.ids.next())
+	codec.Compress(&env, dl.cfg.Compression, dl.cfg.CompressMin) // env is this call's own
 	member := make([]byte, 0, len(id)+1+codec.EncodedSize(&env))
 	member = codec.AppendEnvelope(append(append(member, id...), ':'), &env)
 	dl.timings.Record(metrics.Encode, time.Since(now))

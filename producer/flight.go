@@ -140,7 +140,7 @@ func (c *cache) ask(ctx context.Context, rq *request, env *codec.Envelope) {
 		c.reader.waiters.expectCache(rq.seq, entry)
 		now := time.Now()
 		env.CacheKey, env.Sent = entry, now.UnixNano()
-		buf := codec.Encode(env)
+		buf := encode(c.send.cfg, env)
 		c.timings.Record(metrics.Encode, time.Since(now))
 		args := redisx.BeginArgs{Stream: t.key, Meta: tc.meta, Entry: c.keys.Cache(t.name, entry), Flight: c.keys.Flight(t.name, entry),
 			Gen: gen, MaxAge: rq.co.maxAge, Waiter: c.reader.key + " " + env.ID, Now: now, Deadline: rq.deadline,
@@ -185,7 +185,7 @@ func (c *cache) answered(f *flight, r *redisx.BeginResult, rtt time.Duration, de
 		return true, false
 	case redisx.BeginHit:
 		var v codec.Envelope
-		if err := codec.DecodeEnvelope(r.Value, &v); err != nil || v.Kind != codec.KindReply || v.ErrCode != "" {
+		if err := codec.DecodeEnvelope(r.Value, &v); err != nil || v.Kind != codec.KindReply || v.ErrCode != "" || codec.Decompress(&v, maxReplyPayload) != nil {
 			c.stats.cacheCorrupt.Add(1)
 			c.timings.log.Warn().Str("key", key).Msg("undecodable cache value: deleted, asking a worker")
 			return true, true

@@ -95,7 +95,7 @@ func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, heade
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano()}
 	env.Headers = headers
 	w := waiterPool.Get().(*waiter)
-	buf := codec.Encode(&env)
+	buf := encode(&p.cfg, &env)
 	encoded := time.Now()
 	p.timings.Record(metrics.Encode, encoded.Sub(now))
 	if !p.send.submit(sendItem{key: key, buf: buf, pub: w, at: encoded}) {
@@ -126,7 +126,7 @@ func (p *Producer) publish(ctx context.Context, pt *topic, payload []byte, heade
 // other callers' writes: a script of its own).
 func (p *Producer) publishOnce(ctx context.Context, pt *topic, payload []byte, headers map[string]string, key string, now time.Time) (string, bool, error) {
 	env := codec.Envelope{Kind: codec.KindEvent, Payload: payload, Sent: now.UnixNano(), Headers: headers}
-	buf := codec.Encode(&env)
+	buf := encode(&p.cfg, &env)
 	p.timings.Record(metrics.Encode, time.Since(now))
 	start := time.Now()
 	id, dup, err := p.send.port.AddOnce(ctx, pt.key, p.keys.Once(pt.name, bus.IdempotencyHash(key)), buf.B, p.send.trimCap(), p.cfg.window(pt.root().name))
@@ -245,7 +245,7 @@ func (p *Producer) publishBatch(ctx context.Context, t *topic, payloads [][]byte
 			return nil, err
 		}
 		env.Payload = pl
-		bufs[i] = codec.Encode(&env)
+		bufs[i] = encode(&p.cfg, &env)
 		adds[i] = redisx.Add{Key: pt.key, Cap: cp, Data: bufs[i].B}
 		if i == 0 || pt != picked[len(picked)-1].pt {
 			picked = append(picked, partCount{pt: pt})

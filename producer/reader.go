@@ -229,6 +229,14 @@ func (r *replyReader) dispatch(e *redisx.Entry, at time.Time) time.Time {
 	if env.Kind != codec.KindReply && env.Kind != codec.KindChunk {
 		return decoded // control entries
 	}
+	if codec.Compressed(&env) {
+		if err := codec.Decompress(&env, maxReplyPayload); err != nil {
+			r.stats.malformed.Add(1)
+			r.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping a reply whose payload does not decompress")
+			return decoded
+		}
+		decoded = time.Now()
+	}
 	seq, ok := r.ids.parse(env.ID)
 	if !ok {
 		r.stats.late.Add(1) // a reply for an earlier incarnation of this producer id

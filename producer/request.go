@@ -297,7 +297,7 @@ func (p *Producer) submit(ctx context.Context, rq *request, env *codec.Envelope,
 		p.cache.ask(ctx, rq, env)
 		return nil
 	}
-	buf := codec.Encode(env)
+	buf := encode(&p.cfg, env)
 	encoded := time.Now()
 	rq.tm.encode = encoded.Sub(now)
 	it := sendItem{key: rq.pt.key, buf: buf, seq: rq.seq, st: rq.st, at: encoded}

@@ -121,6 +121,10 @@ func TestACLRolesSuffice(t *testing.T) {
 		t.Fatalf("ReplayDeadLetters as the operator = %d, %v", n, err)
 	}
 	waitFor(t, 10*time.Second, "the replayed entry dead-lettered again", func() bool { return co.Stats().DeadLettered == 2 })
+	// Purging by age trims (XTRIM MINID): none is a day old.
+	if n, err := insp.PurgeDeadLetters(ctx, "acl", 24*time.Hour); err != nil || n != 0 {
+		t.Fatalf("PurgeDeadLetters(older than 24h) as the operator = %d, %v", n, err)
+	}
 	if n, err := insp.PurgeDeadLetters(ctx, "acl", 0); err != nil || n != 1 {
 		t.Fatalf("PurgeDeadLetters as the operator = %d, %v", n, err)
 	}

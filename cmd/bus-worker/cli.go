@@ -54,7 +54,8 @@ Usage:
   bus-worker limit pause [--redis URL] --topic T --for D   |   limit resume --topic T
   bus-worker acl --role producer|worker|operator [--prefix myc] [--user NAME] [--topics T1,T2]   (the least-privilege ACL rule)
   bus-worker functions load|list|prune [--redis URL] [--json]   (the bus's Redis functions: the operator loads them)
-  bus-worker console [--redis URL] [--http-addr 127.0.0.1:8090] [--console-token-file F] [--root-path /console] [--prometheus URL]
+  bus-worker console [--redis URL] [--prefix myc] [--http-addr 127.0.0.1:8090] [--console-token-file F] [--root-path P]
+                     [--refresh 2s] [--history 10m] [--prometheus URL] [--allowed-host NAME,...] [--secure-cookies] [--log-level info]
                      (the web console; read-only unless a token is given: docs/console.md)
 
 Every flag can also be set as MYCELIUM_<FLAG> in the environment (--http-addr is

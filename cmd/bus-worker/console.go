@@ -32,6 +32,8 @@ func consoleCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	history := fs.Duration("history", console.DefaultHistory, "how far back the charts go")
 	prom := fs.String("prometheus", "", "URL of a Prometheus that scrapes the producers, for the fleet's cache hit ratio")
 	logLevel := fs.String("log-level", "info", "debug | info | warn | error (every change is logged at info)")
+	hosts := fs.String("allowed-host", "", "host names (comma-separated, no port) browsers may reach it by besides localhost and IP addresses, e.g. the name a proxy serves it under; others are refused (DNS rebinding)")
+	secure := fs.Bool("secure-cookies", false, "mark the session cookie Secure (HTTPS only): set it behind a TLS proxy")
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -43,14 +45,26 @@ func consoleCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {
-			return usagef("console: --console-token-file: %v", errors.Unwrap(err))
+			return usagef("console: --console-token-file %s: %v", *tokenFile, errors.Unwrap(err))
 		}
 		token = strings.TrimSpace(string(b))
 		if token == "" {
 			return usagef("console: --console-token-file %s is empty", *tokenFile)
 		}
 	}
-	cfg := console.Config{RootPath: *root, Token: token, Refresh: *refresh, History: *history, PrometheusURL: *prom}
+	if token != "" && len(token) < console.MinTokenLen {
+		src := consoleTokenEnv
+		if *tokenFile != "" {
+			src = "--console-token-file " + *tokenFile
+		}
+		return usagef("console: the token in %s has %d characters, at least %d are needed", src, len(token), console.MinTokenLen)
+	}
+	cfg := console.Config{RootPath: *root, Token: token, Refresh: *refresh, History: *history, PrometheusURL: *prom, SecureCookies: *secure}
+	for h := range strings.SplitSeq(*hosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.AllowedHosts = append(cfg.AllowedHosts, h)
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -77,8 +91,8 @@ func consoleCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		mode = "changes need the token"
 	}
 	fmt.Fprintf(stderr, "bus-worker console: serving http://%s%s/ on %s, %s\n", ln.Addr(), strings.TrimSuffix(*root, "/"), c.Redacted(), mode)
-	if ip := net.ParseIP(host); token != "" && (ip == nil || !ip.IsLoopback()) {
-		fmt.Fprintln(stderr, "bus-worker console: warning: listening beyond loopback over plain HTTP; the token and sessions cross the network in clear: put a TLS proxy in front")
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		fmt.Fprintln(stderr, "bus-worker console: warning: listening beyond loopback over plain HTTP: whoever reaches it reads every topic's figures and dead letters, and a token or session crosses the network in clear; put a TLS proxy with authentication in front")
 	}
 
 	mux := http.NewServeMux()

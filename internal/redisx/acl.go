@@ -61,6 +61,9 @@ var workerCommands = []string{
 var operatorCommands = []string{
 	"scan", "xlen", "xrange", "xrevrange", "xinfo|groups", "xinfo|consumers", "xpending", "pttl", "info", "zrange",
 	"fcall", "xadd", "xdel", "del", "hmget", "hincrby", "multi", "exec", "strlen", "zcount", "zcard",
+	// dead letters purged by age (bus-worker dlq purge --older-than, the
+	// console's purge)
+	"xtrim",
 	// partitions: set by function (HGET, HSET, TIME), forgotten with a
 	// topic (HDEL)
 	"hget", "hset", "time", "hdel",

@@ -409,16 +409,19 @@ func DropEntry(ctx context.Context, c rueidis.Client, meta, entry string) (bool,
 }
 
 // KeyStats counts the keys matching pattern and sums their string lengths,
-// scanning at most limit keys (limit <= 0: all). It reports whether it
-// stopped at the limit.
+// counting at most limit matching keys and walking at most 20 x limit keys
+// of the keyspace (SCAN's MATCH filters after the walk: a few matches in a
+// big keyspace cost the walk); limit <= 0: all. It reports whether it
+// stopped at a limit.
 //
 // On Redis Cluster it scans every master (the limit is per master).
 func KeyStats(ctx context.Context, c rueidis.Client, pattern string, limit int) (n int, bytes int64, truncated bool, err error) {
 	err = EachMaster(ctx, c, func(_ string, node rueidis.Client) error {
 		cursor := uint64(0)
-		seen := 0
+		seen, walked := 0, 0
 		for {
 			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(pattern).Count(1000).Build()).AsScanEntry()
+			walked += 1000 // about: COUNT is a hint
 			if err != nil {
 				return err
 			}
@@ -438,7 +441,7 @@ func KeyStats(ctx context.Context, c rueidis.Client, pattern string, limit int) 
 			if e.Cursor == 0 {
 				return nil
 			}
-			if limit > 0 && seen >= limit {
+			if limit > 0 && (seen >= limit || walked >= 20*limit) {
 				truncated = true
 				return nil
 			}

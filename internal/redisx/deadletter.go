@@ -2,6 +2,7 @@ package redisx
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -143,17 +144,28 @@ func DeadLetters(ctx context.Context, c rueidis.Client, key, start, end string, 
 // runs the XDEL even when the XADD fails while running (the topic key is
 // not a stream: WRONGTYPE) and the dead letter would be lost; in a script
 // the failed XADD raises before the XDEL.
-var replayScript = newScript("replay", `local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
+var replayScript = newScript("replay", `if #redis.call('XRANGE', KEYS[2], ARGV[3], ARGV[3]) == 0 then return false end
+local id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[3])
 return id`)
 
 // Replay appends data (an encoded envelope) to the stream and deletes the
 // dead letter id from dlq, in one atomic script (both keys share a hash
-// slot); the dead letter is deleted only if the write succeeded. It returns
-// the new entry's id.
+// slot); the dead letter is deleted only if the write succeeded, and
+// nothing is written when the dead letter is gone (ErrDeadLetterGone: two
+// replays of one letter at once write it once). It returns the new entry's
+// id.
 func Replay(ctx context.Context, c rueidis.Client, stream, dlq, id string, data []byte) (string, error) {
-	return replayScript.Exec(ctx, c, []string{stream, dlq}, []string{Field, rueidis.BinaryString(data), id}).ToString()
+	id, err := replayScript.Exec(ctx, c, []string{stream, dlq}, []string{Field, rueidis.BinaryString(data), id}).ToString()
+	if rueidis.IsRedisNil(err) {
+		return "", ErrDeadLetterGone
+	}
+	return id, err
 }
+
+// ErrDeadLetterGone is Replay finding no dead letter of that id (replayed or
+// purged meanwhile): nothing was written.
+var ErrDeadLetterGone = errors.New("redis: the dead letter is gone (replayed or purged meanwhile)")
 
 // purgeScript deletes a stream and returns how many entries it had, in one
 // step (nothing added between the count and the delete is lost unseen).
