@@ -13,7 +13,7 @@ TEST_ENV        := MYCELIUM_REQUIRE_REDIS=1 MYCELIUM_REQUIRE_PYTHON=1 MYCELIUM_R
 # The Python client (clients/python) is tested with Debian's packages, never
 # the package index: python-deps installs them with apt when missing.
 PYTHON          ?= /usr/bin/python3
-PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-asyncio python3-hypothesis python3-prometheus-client python3-hiredis python3-mypy
+PY_DEBS         := python3-redis python3-msgpack python3-pytest python3-pytest-asyncio python3-hypothesis python3-prometheus-client python3-hiredis python3-mypy python3-snappy python3-zstandard
 # The secure run (test-secure) skips the tests that start binaries or make
 # their own plain connections and users: the rest run over mutual TLS, with
 # producers and workers as the ACL users of `bus-worker acl`.
@@ -70,7 +70,7 @@ test: redis-server python-deps chromium check-repo vet tidy-check lint ## everyt
 	$(MAKE) --no-print-directory soak-short
 
 python-deps: ## install the Python client's packages for its tests (Debian's, with apt) when missing
-	@$(PYTHON) -c 'import redis, msgpack, pytest, pytest_asyncio, hypothesis, prometheus_client, hiredis, mypy' 2>/dev/null || { \
+	@$(PYTHON) -c 'import redis, msgpack, pytest, pytest_asyncio, hypothesis, prometheus_client, hiredis, mypy, snappy, zstandard' 2>/dev/null || { \
 		echo "installing $(PY_DEBS) with apt"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PY_DEBS) >/dev/null; \
 	}

@@ -113,3 +113,45 @@ func TestGoldenEnvelopes(t *testing.T) {
 		}
 	}
 }
+
+// compressedGoldenPath holds compressed envelopes the Python client must
+// decompress to their plain payloads.
+const compressedGoldenPath = "../clients/python/tests/golden/compressed.json"
+
+type compressedGolden struct {
+	Name       string `json:"name"`
+	Flags      uint64 `json:"flags"`
+	PlainHex   string `json:"plain_hex"`
+	EncodedHex string `json:"encoded_hex"`
+}
+
+// TestGoldenCompressed keeps compressed.json in step with Compress (go test
+// ./codec -run Golden -update rewrites it).
+func TestGoldenCompressed(t *testing.T) {
+	plain := bytes.Repeat([]byte(`{"role":"user","content":"summarise the quarterly report"},`), 40)
+	var out []compressedGolden
+	for _, c := range []Compression{CompressS2, CompressZstd} {
+		e := Envelope{Kind: KindRequest, ID: "z1", ReplyTo: "myc:{r.p}", Payload: plain, Flags: FlagStream}
+		if !Compress(&e, c, 0) {
+			t.Fatalf("Compress(%v) did not compress", c)
+		}
+		out = append(out, compressedGolden{Name: c.String(), Flags: e.Flags, PlainHex: hex.EncodeToString(plain), EncodedHex: hex.EncodeToString(AppendEnvelope(nil, &e))})
+	}
+	want, err := json.MarshalIndent(out, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, '\n')
+	if *updateGolden {
+		if err := os.WriteFile(compressedGoldenPath, want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(compressedGoldenPath)
+	if err != nil {
+		t.Fatalf("%v (go test ./codec -run Golden -update writes it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s is out of date: go test ./codec -run Golden -update", compressedGoldenPath)
+	}
+}

@@ -51,6 +51,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&b.Requests, "requests", 10000, "requests or events to send")
 	fs.DurationVar(&b.Duration, "duration", 0, "run for this long instead of a count (continuous: with --rate)")
 	fs.IntVar(&b.Payload, "payload", 1024, "payload size in bytes (at least 16)")
+	fs.StringVar(&b.PayloadKind, "payload-kind", "random", "random (incompressible bytes) | text (JSON-like prompts, as language models get)")
+	fs.StringVar(&b.Compress, "compress", "none", "none | s2 | zstd: the producer compresses payloads of 1 KiB or more when it pays (workers answer the same way)")
 	fs.StringVar(&b.Topic, "topic", "reasoning", "topic")
 	fs.StringVar(&b.Group, "group", "workers", "consumer group (of the in-process workers, or of the external ones with --no-workers)")
 	fs.IntVar(&b.Workers, "workers", 0, "handler concurrency of the in-process echo workers (default: max(concurrency, 64))")
@@ -95,7 +97,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stderr)
-			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota|priority|tenants --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub|streams-plain] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
+			fmt.Fprintln(stderr, "Usage: bus-bench --redis URL --scenario rpc|publish|continuous|cached|failover|stream|cancel|quota|priority|tenants --concurrency N --requests N [--duration D] --payload BYTES [--topic T] [--workers N | --no-workers] [--rate R] [--timeout D] [--transport mycelium|pubsub|streams-plain] [--payload-kind random|text] [--compress none|s2|zstd] [--handler echo|sleep:D[,J]] [--partitions N] [--wait-replicas N] [--failover manual|shutdown --kill-after D] --json")
 			fmt.Fprintln(stderr, "       bus-bench --redis URL --suite seed [--report DIR] [--json]")
 			fs.PrintDefaults()
 			return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/mattn/go-isatty"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/cmd/internal/cli"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
@@ -32,6 +33,8 @@ type clientFlags struct {
 	cache, noCache, noStore bool
 	cacheKey                string
 	maxAge                  time.Duration
+
+	compress string // --compress
 
 	partKey  string // --partition-key
 	priority int    // --priority
@@ -55,6 +58,7 @@ func clientFlagSet(name string, f *clientFlags) *flag.FlagSet {
 	fs.StringVar(&f.partKey, "partition-key", "", "on a partitioned topic, write to this key's partition (order is kept per key; default: round robin)")
 	fs.IntVar(&f.priority, "priority", 0, "priority level, 0 (the most urgent) to 9, on a topic with priority levels")
 	fs.StringVar(&f.tenant, "tenant", "", "the tenant the message is for (its shard set on a topic with tenant fairness)")
+	fs.StringVar(&f.compress, "compress", "none", "none | s2 | zstd: compress a payload of 1 KiB or more when it pays (every reader of the topic must know compressed envelopes)")
 	return fs
 }
 
@@ -169,11 +173,15 @@ func openProducer(ctx context.Context, name string, args []string, extra func(*f
 	if err := f.readPayload(os.Stdin); err != nil {
 		return nil, nil, nil, err
 	}
+	comp, err := codec.ParseCompression(f.compress)
+	if err != nil {
+		return nil, nil, nil, usagef("%s: --compress: %v", name, err)
+	}
 	c, err := connect(ctx, bus.Config{URL: f.redis, Prefix: f.prefix, ClientName: "myc-cli"}, f.conn)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var pcfg producer.Config
+	pcfg := producer.Config{Compression: comp}
 	if f.cache {
 		pcfg.Cache = map[string]producer.CacheConfig{f.topic: {}}
 	}

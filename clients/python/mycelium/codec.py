@@ -210,3 +210,101 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
         env.token = b"" if t == bytes(TOKEN_SIZE) else t
     env.extra = arr[MAX_FIELDS:]
     return env
+
+
+# Compression (docs/wire.md, "Compression"): a flag in the envelope says how
+# the payload is compressed, so every reader knows. Snappy's block format (what
+# Go's s2.EncodeSnappy writes; python3-snappy) or one zstd frame stating its
+# content size (python3-zstandard). The modules are imported when first needed.
+
+#: the payload is in Snappy's block format
+FLAG_SNAPPY = 2
+#: the payload is one zstd frame that states its content size
+FLAG_ZSTD = 4
+_FLAG_COMPRESSED = FLAG_SNAPPY | FLAG_ZSTD
+#: payloads under this many bytes are never compressed
+DEFAULT_COMPRESS_MIN = 1024
+COMPRESSIONS = ("none", "s2", "zstd")
+
+
+def check_compression(how: str | None) -> str:
+    """``how`` as a compression's name ("none", "s2" or "snappy", "zstd"), or ValueError."""
+    h = "none" if how in (None, "") else ("s2" if how == "snappy" else how)
+    if h not in COMPRESSIONS:
+        raise ValueError(f"compression {how!r}: want none, s2 or zstd")
+    return str(h)
+
+
+def compression_of(env: Envelope) -> str:
+    """How ``env``'s payload is compressed: "none", "s2" or "zstd"."""
+    f = env.flags & _FLAG_COMPRESSED
+    return "s2" if f == FLAG_SNAPPY else "zstd" if f == FLAG_ZSTD else "none"
+
+
+def compress(env: Envelope, how: str | None, least: int = DEFAULT_COMPRESS_MIN) -> Envelope:
+    """``env`` with its payload compressed by ``how`` when it is at least
+    ``least`` bytes and that pays (it shrinks by an eighth or more), as the Go
+    producer does; else ``env`` itself."""
+    h = check_compression(how)
+    if least <= 0:
+        least = DEFAULT_COMPRESS_MIN
+    p = env.payload
+    if h == "none" or len(p) < least or env.flags & _FLAG_COMPRESSED:
+        return env
+    if h == "s2":
+        import snappy  # type: ignore[import]
+
+        out, flag = bytes(snappy.compress(p)), FLAG_SNAPPY
+    else:
+        import zstandard
+
+        out, flag = bytes(zstandard.ZstdCompressor(level=1, write_content_size=True).compress(p)), FLAG_ZSTD
+    if len(out) > len(p) - len(p) // 8:
+        return env
+    return env.replace(payload=out, flags=env.flags | flag)
+
+
+def _snappy_len(b: bytes) -> int | None:
+    """The decoded length a Snappy block states (its leading varint), or None."""
+    n, shift = 0, 0
+    for i in range(min(len(b), 5)):
+        n |= (b[i] & 0x7F) << shift
+        if b[i] < 0x80:
+            return n if n < 1 << 32 else None
+        shift += 7
+    return None
+
+
+def decompress(env: Envelope, limit: int) -> Envelope:
+    """``env`` with its payload decompressed (and the flag cleared); ``env``
+    itself when it is not compressed. A payload that does not decode, would
+    decode to more than ``limit`` bytes (``limit`` <= 0: no bound), or has both
+    flags raises MalformedError."""
+    f = env.flags & _FLAG_COMPRESSED
+    if f == 0:
+        return env
+    try:
+        if f == FLAG_SNAPPY:
+            import snappy
+
+            n = _snappy_len(env.payload)
+            if n is None or (limit > 0 and n > limit):
+                raise MalformedError("payload", f"compressed payload (snappy) decodes to {n} bytes, limit {limit}")
+            out = bytes(snappy.uncompress(env.payload))
+        elif f == FLAG_ZSTD:
+            import zstandard
+
+            params = zstandard.get_frame_parameters(env.payload)
+            size = params.content_size
+            if size in (None, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or size < 0 or (limit > 0 and size > limit) or size > 1 << 31:
+                raise MalformedError("payload", f"compressed payload (zstd): a frame stating its content size within {limit} bytes is needed")
+            out = bytes(zstandard.ZstdDecompressor().decompress(env.payload, max_output_size=size))
+            if len(out) != size:
+                raise MalformedError("payload", "compressed payload (zstd): decoded size differs from the frame's")
+        else:
+            raise MalformedError("flags", "both compression flags set")
+    except MalformedError:
+        raise
+    except Exception as e:  # the libraries' own errors: corrupt input
+        raise MalformedError("payload", f"compressed payload is corrupt: {e}") from e
+    return env.replace(payload=out, flags=env.flags & ~_FLAG_COMPRESSED)

@@ -1194,6 +1194,15 @@ class Consumer:
         if env.kind not in (codec.EVENT, codec.REQUEST):
             await self._dead(key, eid, fields, attempt, "malformed", f"envelope kind {env.kind} on a topic stream")
             return
+        # A compressed payload (docs/wire.md): the handler gets it as sent,
+        # and a request's reply goes back compressed the same way.
+        comp = codec.compression_of(env)
+        if comp != "none":
+            try:
+                env = codec.decompress(env, self.max_entry_size)
+            except MalformedError as e:
+                await self._dead(key, eid, fields, attempt, "malformed", str(e))
+                return
         req = env.kind == codec.REQUEST
         if req:
             if self._keys.parse_reply(env.reply_to) is None:
@@ -1268,7 +1277,7 @@ class Consumer:
                 self._warn.warn("handler answered entry %s of %s with an error (attempt %d, %s): %s", eid, self.topic, attempt,
                                 "request" if req else "event", err)
         if req:
-            await self._reply(key, eid, env, attempt, out, err, sent_chunks, now_ns, handled_ns, cache_key, cache_ttl, ran_out)
+            await self._reply(key, eid, env, attempt, out, err, sent_chunks, now_ns, handled_ns, cache_key, cache_ttl, ran_out, comp)
             return
         if err is None:
             await self._ack(key, eid)
@@ -1310,7 +1319,8 @@ class Consumer:
         return env.cache_key, ttl
 
     async def _reply(self, key: str, eid: str, env: codec.Envelope, attempt: int, out: bytes | None, err: BaseException | None,
-                     sent_chunks: int, read_ns: int, handled_ns: int, cache_key: str, cache_ttl: float, ran_out: bool) -> None:
+                     sent_chunks: int, read_ns: int, handled_ns: int, cache_key: str, cache_ttl: float, ran_out: bool,
+                     comp: str = "none") -> None:
         reply = codec.Envelope(kind=codec.REPLY, id=env.id, sent=time.time_ns(), payload=out or b"",
                                queue_wait=_queue_wait(eid, env.sent, read_ns), handler=handled_ns,
                                request_entry=eid, attempt=min(attempt, (1 << 32) - 1), seq=sent_chunks)
@@ -1333,7 +1343,7 @@ class Consumer:
                 settle = (self._keys.topic(name) + ":c:" + cache_key, self._keys.topic(name) + ":f:" + cache_key,
                           self._keys.meta(name), int(cache_key.split(":", 1)[0]), ttl_ms)
                 cmds += [("LRANGE", settle[1], 1, MAX_FLIGHT_WAITERS), ("DEL", settle[1])]
-        data = codec.encode(reply)
+        data = codec.encode(codec.compress(reply, comp))
         if settle is not None and settle[4] > 0:
             cmds += [("SET", settle[0], str(settle[4]).encode() + b"\n" + data, "PX", settle[4]), ("HGET", settle[2], "gen")]
         tail = [_xadd(env.reply_to, data, self._reply_cap, nomkstream=True), ("XACK", key, self.group, eid)]

@@ -59,6 +59,8 @@ FIELD = b"m"
 MAX_HEADERS = 1024
 MAX_HEADER_BYTES = 64 << 10
 DEFAULT_MAX_PAYLOAD = 4 << 20
+#: Redis's own bulk-string limit: the most a compressed reply may decode to
+MAX_PAYLOAD_CAP = 512 << 20
 RESPONDER_IDLE_MS = 15_000
 #: the longest delay of a delayed event (Go: producer.MaxDelay)
 MAX_DELAY = 366 * 24 * 3600.0
@@ -313,6 +315,8 @@ class Producer:
         idempotency_window: float = 120.0,
         idempotency_windows: Mapping[str, float] | None = None,
         backpressure: str = "block",
+        compression: str | None = None,
+        compress_min: int = codec.DEFAULT_COMPRESS_MIN,
         max_backlog: int | None = None,
         backlog_max_wait: float = 60.0,
         password: str | None = None,
@@ -363,6 +367,13 @@ class Producer:
         self._block_ms = max(1, int(reply_block * 1000))
         self._cap = stream_max_len
         self.max_payload = max_payload
+        # Opt-in payload compression (docs/performance.md, "Large payloads"):
+        # requests and events of compress_min bytes or more, when it pays;
+        # workers answer compressed the same way.
+        self._comp = codec.check_compression(compression)
+        if compress_min < 0:
+            raise ValueError("compress_min must not be negative")
+        self._comp_min = compress_min
         self._wait = wait_for_responders
         self._seq = 0
         self._waiters: dict[int, _Waiter] = {}
@@ -672,6 +683,10 @@ class Producer:
         ids: list[Any] = res if self._cluster else res[-1]
         return ids
 
+    def _encode(self, env: codec.Envelope) -> bytes:
+        """``env`` encoded, its payload compressed as the producer was asked."""
+        return codec.encode(codec.compress(env, self._comp, self._comp_min))
+
     def _xadd(self, key: str, data: bytes) -> Any:
         """XADD key [MAXLEN ~ cap] * m data: packed here on one server (the
         command's head cached per key: only the envelope is new), as a
@@ -715,7 +730,7 @@ class Producer:
             return await self._delayed(t, env, partition_key, due)
         key = await self._partition(t, partition_key)
         await self._pressure.room(topic, key, 1)
-        res = await self._write([self._xadd(key, codec.encode(env))])
+        res = await self._write([self._xadd(key, self._encode(env))])
         self.stats.published += 1
         return _s(res[0])
 
@@ -751,7 +766,7 @@ class Producer:
         window_ms = int(self._windows.get(topic, self._window) * 1000)
         try:  # the record is the partition's, whatever the level (Go: bus.Keys.Once)
             r = await _apart(self._scripts.call("once", [stream, f"{self._keys.topic(name)}:once:{h}"],
-                                                [FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, max(window_ms, 1)]))
+                                                [FIELD, self._encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, max(window_ms, 1)]))
         except (RedisError, OSError) as e:
             self.stats.write_errors += 1
             raise _unavailable(e) from None
@@ -769,7 +784,7 @@ class Producer:
         delayed = self._stream_key(name, self._level(t, partition_key)) + ":delayed"  # Go: bus.Keys.LevelDelayed
         self._seq += 1
         did = f"d{self._inc}{self._seq:x}"
-        member = did.encode() + b":" + codec.encode(env)
+        member = did.encode() + b":" + self._encode(env)
         at_ms, after_ms = due
         try:
             when = await _apart(self._scripts.call("delay", [delayed], [member, at_ms, after_ms, self._cap]))
@@ -805,7 +820,7 @@ class Producer:
         keys = [await self._partition(t, partition_key) for _ in payloads]
         for k, n in collections.Counter(keys).items():  # room for the whole batch in each stream it writes to
             await self._pressure.room(topic, k, n)
-        adds = [self._xadd(k, codec.encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))) for k, p in zip(keys, payloads)]
+        adds = [self._xadd(k, self._encode(codec.Envelope(kind=codec.EVENT, sent=sent, headers=hd, payload=p))) for k, p in zip(keys, payloads)]
         ids = self._batch_ids(await self._write(self._atomic(adds)))
         if not isinstance(ids, list) or len(ids) != len(payloads):
             raise Unavailable(f"publish batch to {topic!r}: the transaction was not applied ({ids!r})")
@@ -915,7 +930,7 @@ class Producer:
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
                                  headers=dict(headers) if headers else None, payload=bytes(payload), token=token)
             wrote = time.monotonic()
-            res = await self._write_requests([self._xadd(key, codec.encode(env))], [(seq, t, deadline_ns, token)])
+            res = await self._write_requests([self._xadd(key, self._encode(env))], [(seq, t, deadline_ns, token)])
             written = True
             self.stats.requests += 1
             self._written(w, _s(res[0]))
@@ -1023,7 +1038,7 @@ class Producer:
             waiters.append((seq, w, token))
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=sent, headers=hd,
                                  payload=p, token=token)
-            cmds.append((await self._partition(t, partition_key), codec.encode(env)))
+            cmds.append((await self._partition(t, partition_key), self._encode(env)))
         written = False
         try:
             for k, n in collections.Counter(k for k, _ in cmds).items():
@@ -1112,7 +1127,7 @@ class Producer:
             env = codec.Envelope(kind=codec.REQUEST, id=cid, reply_to=self.reply_key, deadline=deadline_ns, sent=time.time_ns(),
                                  headers=dict(headers) if headers else None, payload=bytes(payload), token=token,
                                  flags=codec.FLAG_STREAM)
-            res = await self._write_requests([self._xadd(key, codec.encode(env))], [(seq, t, deadline_ns, token)])
+            res = await self._write_requests([self._xadd(key, self._encode(env))], [(seq, t, deadline_ns, token)])
             written = True
             self.stats.requests += 1
             self._written(w, _s(res[0]))
@@ -1295,7 +1310,7 @@ class Producer:
             env.cache_key, env.sent = entry, time.time_ns()
             args = [tc.gen, int(max_age * 1000) if max_age else 0, self.reply_key + " " + env.id, int(now * 1000),
                     deadline_ns // 1_000_000, int((deadline_ns / 1e9 - now + TAKEOVER_GRACE + 1) * 1000), MAX_FLIGHT_WAITERS,
-                    FIELD, codec.encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, "1" if drop else "0", "1" if no_cache else "0"]
+                    FIELD, self._encode(env), "MAXLEN" if self._cap > 0 else "", self._cap, "1" if drop else "0", "1" if no_cache else "0"]
             try:
                 r = await _apart(self._scripts.call("begin", [target, self._keys.meta(name), f"{stream}:c:{entry}", f"{stream}:f:{entry}"], args))
             except (RedisError, OSError) as e:
@@ -1309,7 +1324,7 @@ class Producer:
                 continue
             if outcome == 1:
                 try:
-                    v = codec.decode(r[3])
+                    v = codec.decompress(codec.decode(r[3]), MAX_PAYLOAD_CAP)
                 except MalformedError:
                     v = None
                 if v is None or v.kind != codec.REPLY or v.err_code:
@@ -1421,7 +1436,7 @@ class Producer:
             w.future.exception()
 
     async def _create_reply_stream(self) -> None:
-        ctl = codec.encode(codec.Envelope(kind=codec.CONTROL, sent=time.time_ns()))
+        ctl = self._encode(codec.Envelope(kind=codec.CONTROL, sent=time.time_ns()))
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.reply_key, {FIELD: ctl})
         pipe.pexpire(self.reply_key, self._ttl_ms)
@@ -1492,11 +1507,12 @@ class Producer:
             return
         try:
             env = codec.decode(data)
+            if env.kind not in (codec.REPLY, codec.CHUNK):
+                return  # control entries
+            env = codec.decompress(env, MAX_PAYLOAD_CAP)  # a worker answers compressed as it was asked
         except MalformedError:
             self.stats.malformed += 1
             return
-        if env.kind not in (codec.REPLY, codec.CHUNK):
-            return  # control entries
         if not env.id.startswith(self._inc):
             self.stats.late += 1  # an earlier incarnation's
             return

@@ -4,6 +4,7 @@ tests (hypothesis) that what encodes decodes to the same envelope."""
 from __future__ import annotations
 
 import json
+import random
 import pathlib
 
 import msgpack
@@ -123,3 +124,36 @@ def test_bad_url_never_shows_the_password(url: str) -> None:
     for part in ("S3cretPW", "ret9"):
         assert part not in str(e.value)
         assert part not in redact_url(url)
+
+
+COMPRESSED = json.loads((pathlib.Path(__file__).parent / "golden" / "compressed.json").read_text())
+
+
+@pytest.mark.parametrize("g", COMPRESSED, ids=[g["name"] for g in COMPRESSED])
+def test_golden_compressed(g: dict) -> None:
+    """What the Go producer compresses, Python decompresses (and the limit holds)."""
+    env = codec.decode(bytes.fromhex(g["encoded_hex"]))
+    plain = bytes.fromhex(g["plain_hex"])
+    assert env.flags == g["flags"] and codec.compression_of(env) == g["name"]
+    out = codec.decompress(env, len(plain))
+    assert out.payload == plain and out.flags == codec.FLAG_STREAM and codec.compression_of(out) == "none"
+    with pytest.raises(MalformedError):
+        codec.decompress(env, len(plain) - 1)
+
+
+@pytest.mark.parametrize("how", ["s2", "zstd"])
+def test_compress_round_trip_and_skips(how: str) -> None:
+    text = b'{"role":"user","content":"summarise the quarterly report"},' * 200
+    env = codec.compress(codec.Envelope(kind=codec.REQUEST, payload=text), how)
+    assert codec.compression_of(env) == how and len(env.payload) < len(text) // 4
+    assert codec.decompress(codec.decode(codec.encode(env)), 0).payload == text
+    rnd = random.Random(1).randbytes(64 << 10)
+    assert codec.compress(codec.Envelope(payload=rnd), how).payload == rnd  # does not pay: sent as it is
+    assert codec.compress(codec.Envelope(payload=text[:500]), how).payload == text[:500]  # under the minimum
+    for bad in (codec.Envelope(flags=codec.FLAG_SNAPPY | codec.FLAG_ZSTD, payload=b"x"),
+                codec.Envelope(flags=codec.FLAG_ZSTD, payload=b"not zstd"),
+                codec.Envelope(flags=codec.FLAG_SNAPPY, payload=b"\xff\xff\xff\xff\x0f")):
+        with pytest.raises(MalformedError):
+            codec.decompress(bad, 1 << 20)
+    with pytest.raises(ValueError):
+        codec.check_compression("gzip")

@@ -474,3 +474,67 @@ async def test_wrong_password_is_permission_denied(redis_url: str, topic: str) -
     c = Consumer(bad, topic, echo)
     with pytest.raises(PermissionDenied):
         await asyncio.wait_for(c.run(), 10)
+
+
+# -- Compressed payloads (docs/wire.md, "Compression") ----------------------
+
+@contextlib.asynccontextmanager
+async def plain_redis(url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.from_url(url)
+    try:
+        yield r
+    finally:
+        await r.close(close_connection_pool=True)
+
+
+PROMPT = b'{"role":"user","content":"summarise the quarterly report for the customer"},' * 900  # ~66 KiB of text
+
+
+@pytest.mark.parametrize("how", ["s2", "zstd"])
+async def test_python_compressed_requests_to_go_worker(redis_url: str, bus_worker: str, topic: str, how: str) -> None:
+    """A Python producer compresses; the Go worker hands the handler the
+    original bytes and answers compressed the same way; Python reads it."""
+    with go_worker(bus_worker, redis_url, topic):
+        async with Producer(redis_url, compression=how) as p, plain_redis(redis_url) as r:
+            assert await p.request(topic, PROMPT, timeout=20) == PROMPT
+            (eid, fields), = await r.xrevrange(f"myc:{{{topic}}}", count=1)
+            stored = codec.decode(fields[b"m"])
+            assert codec.compression_of(stored) == how and len(fields[b"m"]) < len(PROMPT) // 4
+            (rid, rfields), = await r.xrevrange(p.reply_key, count=1)
+            assert codec.compression_of(codec.decode(rfields[b"m"])) == how  # the Go worker's reply
+            rnd = os.urandom(64 << 10)
+            assert await p.request(topic, rnd, timeout=20) == rnd  # incompressible: sent as it is
+
+
+@pytest.mark.parametrize("how", ["s2", "zstd"])
+async def test_go_compressed_requests_to_python_worker(redis_url: str, bus_worker: str, topic: str, how: str) -> None:
+    """A Go caller compresses; the Python worker's handler gets the original
+    bytes and its reply goes back compressed; the Go caller reads it."""
+    got: list[bytes] = []
+
+    async def keep(m: Message) -> bytes:
+        got.append(m.payload)
+        return m.payload
+
+    async with py_worker(redis_url, topic, keep):
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(PROMPT)
+            f.flush()
+            code, out, err = await go_cli(bus_worker, "request", "--redis", redis_url, "--topic", topic, "--data-file", f.name, "--compress", how)
+        assert code == 0, err
+        assert out == PROMPT + b"\n" and got == [PROMPT]
+
+
+async def test_corrupt_compressed_entry_dead_lettered_by_python(redis_url: str, topic: str) -> None:
+    async with py_worker(redis_url, topic, echo) as c:
+        async with plain_redis(redis_url) as r:
+            bad = codec.encode(codec.Envelope(kind=codec.EVENT, flags=codec.FLAG_ZSTD, payload=b"not zstd"))
+            await r.xadd(f"myc:{{{topic}}}", {b"m": bad})
+            await eventually(lambda: _xlen(r, f"myc:{{{topic}}}:dlq", 1), what="the corrupt entry dead-lettered")
+            (did, f), = await r.xrange(f"myc:{{{topic}}}:dlq")
+            assert f[b"reason"] == b"malformed" and b"compressed payload" in f[b"error"]
+        assert c.stats.dead_lettered >= 1
+
+
+async def _xlen(r, key: str, want: int) -> bool:
+    return int(await r.xlen(key)) == want

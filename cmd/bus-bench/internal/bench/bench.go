@@ -21,6 +21,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/plain"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/pubsub"
 	"github.com/egos/mycelium/cmd/internal/cli"
@@ -37,6 +38,8 @@ type Result struct {
 	Scenario      string  `json:"scenario"`
 	Concurrency   int     `json:"concurrency"`
 	Payload       int     `json:"payload"`
+	PayloadKind   string  `json:"payload_kind,omitempty"` // text: JSON-like prompts (random bytes when absent)
+	Compress      string  `json:"compress,omitempty"`     // the producer's compression (none when absent)
 	Requests      int     `json:"requests"`
 	OK            int     `json:"ok"`
 	Errors        int     `json:"errors"`
@@ -450,6 +453,9 @@ func setup(ctx context.Context, o *Options, url string, sc scenario, stderr io.W
 		WaitReplicas:   o.WaitReplicas, TracerProvider: o.TracerProvider,
 	}
 	pcfg.Backpressure.Policy, _ = producer.ParseBackpressurePolicy(o.Backpressure) // checked by Check
+	if pcfg.Compression, err = codec.ParseCompression(o.Compress); err != nil {
+		return nil, fmt.Errorf("--compress: %w", err)
+	}
 	if o.Scenario == "failover" {
 		// Probe the failed partition again after 1 s, not the default 5 s.
 		pcfg.Breaker.OpenTimeout = time.Second

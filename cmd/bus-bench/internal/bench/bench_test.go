@@ -52,7 +52,7 @@ func TestSummarize(t *testing.T) {
 }
 
 func TestPayloadsCheck(t *testing.T) {
-	p := newPayloads(64)
+	p := newPayloads(64, "random")
 	b := p.fill(nil, 42)
 	if seq, ok := p.check(b); !ok || seq != 42 || len(b) != 64 {
 		t.Fatalf("check(fill(42)) = %d, %v (len %d)", seq, ok, len(b))
@@ -61,7 +61,7 @@ func TestPayloadsCheck(t *testing.T) {
 	if _, ok := p.check(b); ok {
 		t.Fatal("check accepted a corrupted payload")
 	}
-	if _, ok := newPayloads(64).check(p.fill(nil, 1)); ok {
+	if _, ok := newPayloads(64, "random").check(p.fill(nil, 1)); ok {
 		t.Fatal("check accepted another run's payload")
 	}
 }

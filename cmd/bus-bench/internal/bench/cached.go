@@ -47,7 +47,7 @@ func (s *cachedScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 		return nil, err
 	}
 	s.count.Store(true)
-	pl := newPayloads(e.o.Payload)
+	pl := newPayloads(e.o.Payload, e.o.PayloadKind)
 	r := newResult(e)
 	lats := make([][]Point, e.o.Concurrency)
 	srcs := make([][]sourced, e.o.Concurrency)

@@ -38,7 +38,7 @@ type failoverScenario struct {
 const eventBit = 1 << 62
 
 func (s *failoverScenario) handler(e *env) consumer.Handler {
-	s.pl = newPayloads(e.o.Payload)
+	s.pl = newPayloads(e.o.Payload, e.o.PayloadKind)
 	s.handled = map[uint64]int{}
 	return consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
 		if m.Request {

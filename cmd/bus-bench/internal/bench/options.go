@@ -30,6 +30,8 @@ type Options struct {
 	Requests    int           // 0 with Duration: bounded by time only
 	Duration    time.Duration // 0: bounded by Requests
 	Payload     int
+	PayloadKind string // random (default) | text: JSON-like prompts
+	Compress    string // none (default) | s2 | zstd: the producer's Compression
 	Topic       string
 	Group       string
 	Workers     int  // in-process handler slots
@@ -284,6 +286,10 @@ func (o *Options) Check(given map[string]bool) error {
 		return fmt.Errorf("--duration must not be negative")
 	case o.Payload < 16:
 		return fmt.Errorf("--payload must be at least 16 bytes (room for the check header), got %d", o.Payload)
+	case o.PayloadKind != "" && o.PayloadKind != "random" && o.PayloadKind != "text":
+		return fmt.Errorf("--payload-kind must be random or text, got %q", o.PayloadKind)
+	case o.Compress != "" && o.Compress != "none" && o.Transport != "" && o.Transport != "mycelium":
+		return fmt.Errorf("--compress applies to --transport mycelium (the baselines send payloads as they are)")
 	case o.Workers < 0:
 		return fmt.Errorf("--workers must not be negative")
 	case o.NoWorkers && given["workers"]:

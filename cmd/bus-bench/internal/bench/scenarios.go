@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,11 +26,15 @@ type payloads struct {
 	tail []byte
 }
 
-func newPayloads(size int) *payloads {
+func newPayloads(size int, kind string) *payloads {
 	p := &payloads{tail: make([]byte, size-16)}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	_, _ = rand.Read(p.tail)
+	if kind == "text" {
+		textTail(p.tail)
+	} else {
+		_, _ = rand.Read(p.tail)
+	}
 	p.run = binary.LittleEndian.Uint64(b[:])
 	return p
 }
@@ -60,7 +65,39 @@ func seqOf(b []byte) (uint64, bool) {
 }
 
 func newResult(e *env) *Result {
-	return &Result{System: e.system, Scenario: e.o.Scenario, Concurrency: e.o.Concurrency, Payload: e.o.Payload, Case: e.o.Case}
+	r := &Result{System: e.system, Scenario: e.o.Scenario, Concurrency: e.o.Concurrency, Payload: e.o.Payload, Case: e.o.Case}
+	if e.o.PayloadKind == "text" {
+		r.PayloadKind = "text"
+	}
+	if e.o.Compress != "" && e.o.Compress != "none" && e.system == "mycelium" {
+		r.Compress = e.o.Compress
+	}
+	return r
+}
+
+// promptWords are what textTail writes prompts with.
+var promptWords = []string{"summarise", "the", "quarterly", "report", "for", "customer", "accounts", "with", "risk", "notes",
+	"explain", "why", "latency", "grew", "after", "the", "release", "and", "list", "three", "fixes", "in", "order", "of", "cost"}
+
+// textTail fills b with JSON-like chat prompts (a text payload compresses
+// as real prompts do: words from a small vocabulary, JSON punctuation).
+func textTail(b []byte) {
+	var seed [8]byte
+	_, _ = rand.Read(seed[:])
+	x := binary.LittleEndian.Uint64(seed[:]) | 1
+	next := func() uint64 { x ^= x << 13; x ^= x >> 7; x ^= x << 17; return x }
+	out := make([]byte, 0, len(b)+64)
+	out = append(out, `{"model":"m","messages":[`...)
+	for len(out) < len(b) {
+		out = append(out, `{"role":"user","content":"`...)
+		for range 8 + next()%16 {
+			out = append(out, promptWords[next()%uint64(len(promptWords))]...)
+			out = append(out, ' ')
+		}
+		out = strconv.AppendUint(out, next()%10000, 10)
+		out = append(out, `"},`...)
+	}
+	copy(b, out)
 }
 
 // warmup sends a few requests so connections, the reply stream and the
@@ -130,7 +167,7 @@ func (*rpcScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	if err := warmup(ctx, e); err != nil {
 		return nil, err
 	}
-	pl := newPayloads(e.o.Payload)
+	pl := newPayloads(e.o.Payload, e.o.PayloadKind)
 	r := newResult(e)
 	lats := make([][]Point, e.o.Concurrency)
 	tl := &e.tl
@@ -264,7 +301,7 @@ func (*continuousScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	if err := warmup(ctx, e); err != nil {
 		return nil, err
 	}
-	pl := newPayloads(e.o.Payload)
+	pl := newPayloads(e.o.Payload, e.o.PayloadKind)
 	r := newResult(e)
 	interval := time.Duration(float64(time.Second) / e.o.Rate)
 	slots := make(chan struct{}, e.o.Concurrency)
@@ -333,7 +370,7 @@ type publishScenario struct {
 }
 
 func (s *publishScenario) handler(e *env) consumer.Handler {
-	s.pl = newPayloads(e.o.Payload)
+	s.pl = newPayloads(e.o.Payload, e.o.PayloadKind)
 	n := e.o.Requests
 	if n == 0 {
 		n = 1 << 22 // duration mode: room for up to 4M events
@@ -363,7 +400,7 @@ func (s *publishScenario) handler(e *env) consumer.Handler {
 
 func (s *publishScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 	if s.pl == nil { // --no-workers: external workers consume
-		s.pl = newPayloads(e.o.Payload)
+		s.pl = newPayloads(e.o.Payload, e.o.PayloadKind)
 	}
 	e.markMeasured()
 	r := newResult(e)

@@ -210,7 +210,7 @@ func (s *cancelScenario) run(ctx context.Context, e *env) (*Outcome, error) {
 		return nil, fmt.Errorf("%w: --scenario cancel runs on mycelium only", ErrUsage)
 	}
 	e.markMeasured() // no warm-up: every request waits for its cancel
-	pl := newPayloads(max(e.o.Payload, 16))
+	pl := newPayloads(max(e.o.Payload, 16), e.o.PayloadKind)
 	r := newResult(e)
 	lats := make([][]Point, e.o.Concurrency)
 	var tl tally
