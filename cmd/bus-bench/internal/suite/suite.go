@@ -125,6 +125,9 @@ func SeedCases(quick bool) []Case {
 		{Name: "tenants-off", Scenario: "tenants", Concurrency: 64, Duration: 20 * time.Second, Payload: 1024, Handler: "sleep:20ms", Fairness: "off", Flood: 20000},
 	}
 	for _, c := range sweepConcurrency {
+		if quick && c != 1 && c != 16 && c != 256 {
+			continue // the quick run checks the sweep's chart with three points
+		}
 		cs = append(cs, Case{Name: fmt.Sprintf("sweep-%d", c), Scenario: "rpc", Concurrency: c, Duration: 2 * time.Second, Payload: 1024, Sweep: true})
 	}
 	if quick {
@@ -134,8 +137,11 @@ func SeedCases(quick bool) []Case {
 				c.Requests = max(c.Requests/20, c.Concurrency)
 			}
 			c.Duration /= 4
-			if c.Scenario == "quota" {
-				c.Duration = 5 * time.Second
+			switch c.Scenario {
+			case "quota":
+				c.Duration = 2 * time.Second
+			case "cached":
+				c.Duration = time.Second
 			}
 			if c.Scenario == "priority" || c.Scenario == "tenants" {
 				c.Duration, c.Flood = 2*time.Second, 2000
