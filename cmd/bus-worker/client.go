@@ -15,8 +15,8 @@ import (
 	"github.com/mattn/go-isatty"
 
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/cmd/internal/cli"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/metrics"
 	"github.com/egos/mycelium/producer"
 )

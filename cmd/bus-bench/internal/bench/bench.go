@@ -21,10 +21,10 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/egos/mycelium/bus"
-	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/plain"
 	"github.com/egos/mycelium/cmd/bus-bench/internal/pubsub"
 	"github.com/egos/mycelium/cmd/internal/cli"
+	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
 	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/metrics"
