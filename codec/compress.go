@@ -73,6 +73,16 @@ var ErrCorruptPayload = errors.New("codec: compressed payload is corrupt or too 
 // whether compressing it would pay.
 const sampleSize = 4096
 
+// maxDecoded bounds any decoded payload (Redis's own bulk-string limit);
+// callers pass their own, smaller, limits.
+const maxDecoded = 512 << 20
+
+// snappyExpansion bounds how much a Snappy block may expand: its longest
+// copy (64 bytes) costs at least 3 bytes, so no valid block decodes to more
+// than about 21 times its size. A block claiming more is refused before
+// anything is allocated.
+const snappyExpansion = 24
+
 // The zstd encoder and decoder, made at first use and shared (their
 // EncodeAll and DecodeAll are safe for concurrent use). They fail only for
 // invalid options, which these are not.
@@ -81,7 +91,7 @@ var (
 		return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false))
 	})
 	zstdDecoder = sync.OnceValues(func() (*zstd.Decoder, error) {
-		return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecodeAllCapLimit(true))
+		return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxDecoded))
 	})
 )
 
@@ -149,8 +159,8 @@ func Decompress(e *Envelope, limit int) error {
 		return nil
 	case FlagSnappy:
 		n, err := s2.DecodedLen(e.Payload)
-		if err != nil || (limit > 0 && n > limit) {
-			return fmt.Errorf("%w: snappy: %d bytes decoded, limit %d", ErrCorruptPayload, n, limit)
+		if err != nil || (limit > 0 && n > limit) || n > maxDecoded || n > snappyExpansion*len(e.Payload)+64 {
+			return fmt.Errorf("%w: snappy: claims %d bytes decoded from %d, limit %d", ErrCorruptPayload, n, len(e.Payload), limit)
 		}
 		out, err := s2.Decode(make([]byte, n), e.Payload)
 		if err != nil {
@@ -159,18 +169,21 @@ func Decompress(e *Envelope, limit int) error {
 		e.Payload = out
 	case FlagZstd:
 		var h zstd.Header
-		if err := h.Decode(e.Payload); err != nil || !h.HasFCS || (limit > 0 && h.FrameContentSize > uint64(limit)) || h.FrameContentSize > 1<<31 {
+		if err := h.Decode(e.Payload); err != nil || !h.HasFCS || (limit > 0 && h.FrameContentSize > uint64(limit)) || h.FrameContentSize > maxDecoded {
 			return fmt.Errorf("%w: zstd: a frame stating its content size within %d bytes is needed", ErrCorruptPayload, limit)
 		}
 		dec, err := zstdDecoder()
 		if err != nil {
 			return fmt.Errorf("%w: zstd: %w", ErrCorruptPayload, err)
 		}
-		out, err := dec.DecodeAll(e.Payload, make([]byte, 0, int(h.FrameContentSize)))
+		// Sized for what the bytes at hand can hold, not for what the
+		// header claims: a few bytes claiming the limit allocate nothing
+		// until they decode (the decoder grows the slice as data comes).
+		out, err := dec.DecodeAll(e.Payload, make([]byte, 0, int(min(h.FrameContentSize, uint64(8*len(e.Payload)+4096)))))
 		switch {
 		case err != nil:
 			return fmt.Errorf("%w: zstd: %w", ErrCorruptPayload, err)
-		case uint64(len(out)) != h.FrameContentSize:
+		case uint64(len(out)) != h.FrameContentSize: // more frames, or a size that lied
 			return fmt.Errorf("%w: zstd: %d bytes decoded, the frame says %d", ErrCorruptPayload, len(out), h.FrameContentSize)
 		}
 		e.Payload = out

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -151,6 +152,30 @@ func BenchmarkCompress(b *testing.B) {
 					Compress(&e, c, 0)
 				}
 			})
+		}
+	}
+}
+
+// TestDecompressAllocatesForWhatIsThere: a few bytes claiming a huge
+// payload are refused, or fail, without allocating what they claim.
+func TestDecompressAllocatesForWhatIsThere(t *testing.T) {
+	snappyClaim := []byte{0x80, 0x80, 0x80, 0x80, 0x02, 0, 0}                 // varint 512 MiB, then nothing
+	zstdClaim := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x84, 0, 0, 0, 0x10, 0, 0, 0} // frame header: content size 256 MiB, no block
+	for _, e := range []Envelope{{Flags: FlagSnappy, Payload: snappyClaim}, {Flags: FlagZstd, Payload: zstdClaim}} {
+		allocs := testing.AllocsPerRun(1, func() {
+			c := e
+			_ = Decompress(&c, 0)
+		})
+		var ms1, ms2 runtime.MemStats
+		runtime.ReadMemStats(&ms1)
+		c := e
+		err := Decompress(&c, 0)
+		runtime.ReadMemStats(&ms2)
+		if !errors.Is(err, ErrCorruptPayload) {
+			t.Errorf("Decompress(%x) = %v; want ErrCorruptPayload", e.Payload, err)
+		}
+		if grew := ms2.TotalAlloc - ms1.TotalAlloc; grew > 1<<20 {
+			t.Errorf("Decompress(%x) allocated %d bytes (%v allocations) for a claim it could not back", e.Payload, grew, allocs)
 		}
 	}
 }

@@ -215,6 +215,11 @@ func (c *Console) message(topic string, env *codec.Envelope, fields map[string]s
 	for _, k := range slices.Sorted(maps.Keys(env.Headers)) {
 		m.Headers = append(m.Headers, [2]string{k, env.Headers[k]})
 	}
+	if codec.Compressed(env) { // larger than what an operator's read decompresses (inspect)
+		m.Body, m.Format, m.Truncated = showBytes(env.Payload)
+		m.Format = codec.CompressionOf(env).String() + "-compressed, shown as " + m.Format
+		return m
+	}
 	if c.format != nil {
 		if s, ok := c.format(topic, env); ok {
 			m.Format, m.Body = "custom", s

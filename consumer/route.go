@@ -86,17 +86,17 @@ func (r *router) route(pt *part, e *redisx.Entry, now time.Time, attempt int, p 
 		r.malformed(pt, e, attempt, why, a)
 		return
 	}
-	if codec.Compressed(&j.env) {
+	if r.skip(pt, e.ID, &j.env, now, a) {
+		putJob(j)
+		return
+	}
+	if codec.Compressed(&j.env) { // after the skips: nothing is decompressed for a request nobody waits for
 		j.comp = codec.CompressionOf(&j.env)
 		if err := codec.Decompress(&j.env, r.cfg.MaxEntrySize); err != nil {
 			putJob(j)
 			r.malformed(pt, e, attempt, err.Error(), a)
 			return
 		}
-	}
-	if r.skip(pt, e.ID, &j.env, now, a) {
-		putJob(j)
-		return
 	}
 	r.prepare(j, pt, e.ID, now, attempt, a)
 	if j.env.Headers != nil {

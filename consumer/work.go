@@ -152,10 +152,12 @@ func (w *processor) finish(hctx context.Context, j *job, out []byte, err error, 
 	case errors.Is(err, bus.ErrSkipRetry):
 		outcome = "dead_lettered"
 		w.warnFailed(&j.msg, err, "handler_error", "handler failed (do not retry): dead-lettered")
+		codec.Compress(&j.env, j.comp, 0) // dead-lettered as it came (j.env is not used after this)
 		done.dead = w.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "handler_error", err.Error())
 	case j.msg.Attempt >= w.cfg.Retry.MaxDeliveries:
 		outcome = "dead_lettered"
 		w.warnFailed(&j.msg, err, "max_deliveries", "handler failed on the last delivery: dead-lettered")
+		codec.Compress(&j.env, j.comp, 0)
 		done.dead = w.deadEnvelope(j.msg.ID, &j.env, j.msg.Attempt, "max_deliveries",
 			fmt.Sprintf("failed %d times (MaxDeliveries %d); last error: %v", j.msg.Attempt, w.cfg.Retry.MaxDeliveries, err))
 	default:

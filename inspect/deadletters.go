@@ -41,8 +41,13 @@ type DeadLetter struct {
 	// malformed entries, whose raw fields are in Fields. A compressed
 	// payload is decompressed when it decodes to at most 1 MiB; a larger one
 	// stays compressed (codec.Compressed says so).
-	Envelope *codec.Envelope   `json:"envelope,omitempty"`
-	Fields   map[string]string `json:"fields,omitempty"`
+	Envelope *codec.Envelope `json:"envelope,omitempty"`
+	// Compression is how the message was stored compressed ("s2", "zstd";
+	// "" when not): Envelope holds it decompressed, and a replay writes it
+	// compressed again. When Envelope is still compressed (larger than an
+	// operator's read decodes), codec.Compressed(Envelope) says so.
+	Compression string            `json:"compression,omitempty"`
+	Fields      map[string]string `json:"fields,omitempty"`
 	// Size and Prefix describe an entry too large to handle: its data's
 	// size and first bytes (its data is not kept).
 	Size   int    `json:"size,omitempty"`
@@ -57,7 +62,9 @@ func deadLetter(d *redisx.DeadLetter) DeadLetter {
 	if d.HasData {
 		var env codec.Envelope
 		if codec.DecodeEnvelope(d.Data, &env) == nil {
-			_ = codec.Decompress(&env, maxDecompressed) // shown (and replayed) as sent when it does not decompress
+			if comp := codec.CompressionOf(&env); comp != codec.CompressNone && codec.Decompress(&env, maxDecompressed) == nil {
+				out.Compression = comp.String() // shown decompressed, replayed compressed again
+			}
 			out.Envelope = &env
 			return out
 		}
@@ -158,6 +165,10 @@ func (i *Inspector) ReplayDeadLetters(ctx context.Context, topic string, ids ...
 			env.Headers = make(map[string]string, 1)
 		}
 		env.Headers[ReplayedFromHeader] = d.ID
+		if d.Compression != "" {
+			c, _ := codec.ParseCompression(d.Compression)
+			codec.Compress(&env, c, 0) // as it was stored
+		}
 		// Back to the partition it came from (a removed partition is read
 		// until drained, and forgotten only once its dead letters are gone).
 		// At its priority level, as its producer sent it (a level beyond

@@ -229,11 +229,14 @@ func (r *replyReader) dispatch(e *redisx.Entry, at time.Time) time.Time {
 	if env.Kind != codec.KindReply && env.Kind != codec.KindChunk {
 		return decoded // control entries
 	}
+	var corrupt error
 	if codec.Compressed(&env) {
-		if err := codec.Decompress(&env, maxReplyPayload); err != nil {
+		if corrupt = codec.Decompress(&env, maxReplyPayload); corrupt != nil {
 			r.stats.malformed.Add(1)
-			r.log.Warn().Err(err).Str("entry", e.ID).Msg("skipping a reply whose payload does not decompress")
-			return decoded
+			r.log.Warn().Err(corrupt).Str("entry", e.ID).Msg("a reply whose payload does not decompress: its caller gets the error")
+			if env.Kind == codec.KindChunk {
+				return decoded // a chunk: skipped, the stream's end says how many came
+			}
 		}
 		decoded = time.Now()
 	}
@@ -248,7 +251,10 @@ func (r *replyReader) dispatch(e *redisx.Entry, at time.Time) time.Time {
 		transit: time.Duration(at.UnixNano() - env.Sent), decode: decoded.Sub(at),
 		cacheTTL: time.Duration(env.CacheTTL), entry: env.RequestEntry, cacheKey: env.CacheKey,
 	}
-	if env.ErrCode != "" {
+	switch {
+	case corrupt != nil:
+		res.payload, res.err, res.cacheTTL = nil, fmt.Errorf("producer: reply: %w", corrupt), 0
+	case env.ErrCode != "":
 		res.payload, res.err = nil, &bus.RemoteError{Code: bus.Code(env.ErrCode), Message: env.ErrMsg}
 	}
 	w, how := r.waiters.match(seq, &res, env.Kind == codec.KindChunk)

@@ -3,15 +3,18 @@ package test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/egos/mycelium/bus"
 	"github.com/egos/mycelium/codec"
 	"github.com/egos/mycelium/consumer"
+	"github.com/egos/mycelium/inspect"
 	"github.com/egos/mycelium/internal/redistest"
 	"github.com/egos/mycelium/internal/redisx"
 	"github.com/egos/mycelium/producer"
@@ -158,5 +161,98 @@ func TestCorruptCompressedEntryIsDeadLettered(t *testing.T) {
 	})
 	if !strings.Contains(reason, "malformed") || !strings.Contains(reason, "compressed payload") {
 		t.Errorf("dead letter %q; want malformed, compressed payload", reason)
+	}
+}
+
+// TestCompressedDeadLetterReplay: a compressed event its handler refuses is
+// dead-lettered compressed as it came; inspect shows it decompressed and
+// says how it was stored; a replay writes it compressed again, and the
+// handler gets the original bytes.
+func TestCompressedDeadLetterReplay(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var refuse atomic.Bool
+	refuse.Store(true)
+	got := make(chan []byte, 2)
+	runConsumer(t, c, consumer.Config{Topic: "cdl"}, consumer.HandlerFunc(func(_ context.Context, m *consumer.Message) ([]byte, error) {
+		if refuse.Load() {
+			return nil, fmt.Errorf("no: %w", bus.ErrSkipRetry)
+		}
+		got <- bytes.Clone(m.Payload)
+		return nil, nil
+	}))
+	p := newProducer(t, c, producer.Config{Compression: codec.CompressS2})
+	big := promptText(32 << 10)
+	if _, err := p.Publish(ctx, "cdl", big); err != nil {
+		t.Fatal(err)
+	}
+	in := inspect.New(c)
+	var dls []inspect.DeadLetter
+	waitFor(t, 10*time.Second, "the dead letter", func() bool {
+		var err error
+		dls, err = in.DeadLetters(ctx, "cdl", 10)
+		return err == nil && len(dls) == 1
+	})
+	raw, err := redisx.DeadLetters(ctx, c.Redis(), bus.Keys{}.DeadLetter("cdl"), "-", "+", 1)
+	if err != nil || len(raw) != 1 || len(raw[0].Data) > len(big)/2 {
+		t.Fatalf("stored dead letter: %d bytes for %d (%v); want it compressed", len(raw[0].Data), len(big), err)
+	}
+	if d := dls[0]; d.Compression != "s2" || d.Envelope == nil || !bytes.Equal(d.Envelope.Payload, big) {
+		t.Fatalf("inspect's dead letter: compression %q, payload %d bytes; want s2 and the original", d.Compression, len(d.Envelope.Payload))
+	}
+	refuse.Store(false)
+	if n, err := in.ReplayDeadLetters(ctx, "cdl"); err != nil || n != 1 {
+		t.Fatalf("replay = %d, %v", n, err)
+	}
+	if b := <-got; !bytes.Equal(b, big) {
+		t.Fatalf("the replayed event reached the handler as %d bytes, want %d", len(b), len(big))
+	}
+	es, err := redisx.Range(ctx, c.Redis(), bus.Keys{}.Topic("cdl"), "+", "-", 1, true)
+	if err != nil || len(es) != 1 || len(es[0].Data) > len(big)/2 {
+		t.Fatalf("the replayed entry is not stored compressed: %v", err)
+	}
+}
+
+// TestCorruptCompressedReplyFailsItsCall: a reply whose payload does not
+// decompress fails the call it answers at once (not at its deadline).
+func TestCorruptCompressedReplyFailsItsCall(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rc := c.Redis()
+	key := bus.Keys{}.Topic("badreply")
+	if err := redisx.CreateGroup(ctx, rc, key, "g", "$"); err != nil {
+		t.Fatal(err)
+	}
+	// A worker of its own: it answers with a corrupt zstd payload.
+	go func() {
+		for ctx.Err() == nil {
+			es, err := redisx.ReadGroup(ctx, rc, key, "g", "w", ">", 1, 100*time.Millisecond)
+			if err != nil || len(es) == 0 {
+				continue
+			}
+			var req codec.Envelope
+			if codec.DecodeEnvelope(es[0].Data, &req) != nil {
+				continue
+			}
+			reply := codec.AppendEnvelope(nil, &codec.Envelope{Kind: codec.KindReply, ID: req.ID, RequestEntry: es[0].ID, Attempt: 1,
+				Flags: codec.FlagZstd, Payload: []byte("not a zstd frame")})
+			_ = rc.Do(ctx, rc.B().Xadd().Key(req.ReplyTo).Id("*").FieldValue().FieldValue("m", string(reply)).Build()).Error()
+			return
+		}
+	}()
+	p := newProducer(t, c, producer.Config{})
+	start := time.Now()
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer rcancel()
+	_, err := p.Request(rctx, "badreply", []byte("q"), producer.WaitForResponders())
+	if !errors.Is(err, codec.ErrCorruptPayload) {
+		t.Fatalf("Request = %v; want an error wrapping codec.ErrCorruptPayload", err)
+	}
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("the call failed after %v: it waited for its deadline", took)
 	}
 }

@@ -224,6 +224,10 @@ FLAG_ZSTD = 4
 _FLAG_COMPRESSED = FLAG_SNAPPY | FLAG_ZSTD
 #: payloads under this many bytes are never compressed
 DEFAULT_COMPRESS_MIN = 1024
+#: the most any compressed payload decodes to (Redis's bulk-string limit)
+_MAX_DECODED = 512 << 20
+#: no valid Snappy block decodes to more than about 21 times its size
+_SNAPPY_EXPANSION = 24
 COMPRESSIONS = ("none", "s2", "zstd")
 
 
@@ -233,6 +237,23 @@ def check_compression(how: str | None) -> str:
     if h not in COMPRESSIONS:
         raise ValueError(f"compression {how!r}: want none, s2 or zstd")
     return str(h)
+
+
+def _snappy() -> Any:
+    """python3-snappy, imported when first needed (it has no type stubs)."""
+    import snappy  # type: ignore[import]
+
+    return snappy
+
+
+def require(how: str | None) -> None:
+    """Imports the module compression ``how`` needs: ImportError now, at a
+    producer's construction, rather than at its first large payload."""
+    h = check_compression(how)
+    if h == "s2":
+        _snappy()
+    elif h == "zstd":
+        import zstandard  # noqa: F401
 
 
 def compression_of(env: Envelope) -> str:
@@ -252,7 +273,7 @@ def compress(env: Envelope, how: str | None, least: int = DEFAULT_COMPRESS_MIN) 
     if h == "none" or len(p) < least or env.flags & _FLAG_COMPRESSED:
         return env
     if h == "s2":
-        import snappy  # type: ignore[import]
+        snappy = _snappy()
 
         out, flag = bytes(snappy.compress(p)), FLAG_SNAPPY
     else:
@@ -278,33 +299,42 @@ def _snappy_len(b: bytes) -> int | None:
 def decompress(env: Envelope, limit: int) -> Envelope:
     """``env`` with its payload decompressed (and the flag cleared); ``env``
     itself when it is not compressed. A payload that does not decode, would
-    decode to more than ``limit`` bytes (``limit`` <= 0: no bound), or has both
-    flags raises MalformedError."""
+    decode to more than ``limit`` bytes (``limit`` <= 0: no bound but 512 MiB),
+    or has both flags raises MalformedError; nothing is allocated for a size a
+    payload claims but cannot hold. A missing python3-snappy or
+    python3-zstandard raises ImportError (not a malformed message)."""
     f = env.flags & _FLAG_COMPRESSED
     if f == 0:
         return env
-    try:
-        if f == FLAG_SNAPPY:
-            import snappy
+    if f == _FLAG_COMPRESSED:
+        raise MalformedError("flags", "both compression flags set")
+    bound = min(limit, _MAX_DECODED) if limit > 0 else _MAX_DECODED
+    if f == FLAG_SNAPPY:
+        snappy = _snappy()
 
-            n = _snappy_len(env.payload)
-            if n is None or (limit > 0 and n > limit):
-                raise MalformedError("payload", f"compressed payload (snappy) decodes to {n} bytes, limit {limit}")
+        n = _snappy_len(env.payload)
+        if n is None or n > bound or n > _SNAPPY_EXPANSION * len(env.payload) + 64:
+            raise MalformedError("payload", f"compressed payload (snappy) claims {n} bytes decoded from {len(env.payload)}, limit {bound}")
+        try:
             out = bytes(snappy.uncompress(env.payload))
-        elif f == FLAG_ZSTD:
-            import zstandard
+        except Exception as e:  # the library's own errors: corrupt input
+            raise MalformedError("payload", f"compressed payload (snappy) is corrupt: {e}") from e
+        if len(out) != n:
+            raise MalformedError("payload", "compressed payload (snappy): decoded size differs from the block's")
+    else:
+        import zstandard
 
-            params = zstandard.get_frame_parameters(env.payload)
-            size = params.content_size
-            if size in (None, zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or size < 0 or (limit > 0 and size > limit) or size > 1 << 31:
-                raise MalformedError("payload", f"compressed payload (zstd): a frame stating its content size within {limit} bytes is needed")
-            out = bytes(zstandard.ZstdDecompressor().decompress(env.payload, max_output_size=size))
-            if len(out) != size:
-                raise MalformedError("payload", "compressed payload (zstd): decoded size differs from the frame's")
-        else:
-            raise MalformedError("flags", "both compression flags set")
-    except MalformedError:
-        raise
-    except Exception as e:  # the libraries' own errors: corrupt input
-        raise MalformedError("payload", f"compressed payload is corrupt: {e}") from e
+        try:
+            size = zstandard.get_frame_parameters(env.payload).content_size
+        except Exception as e:
+            raise MalformedError("payload", f"compressed payload (zstd) is corrupt: {e}") from e
+        if size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or size < 0 or size > bound:
+            raise MalformedError("payload", f"compressed payload (zstd): a frame stating its content size within {bound} bytes is needed")
+        d = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out = d.decompress(env.payload)  # grows with what the data holds, not what the header claims
+        except Exception as e:
+            raise MalformedError("payload", f"compressed payload (zstd) is corrupt: {e}") from e
+        if len(out) != size or d.unused_data:
+            raise MalformedError("payload", "compressed payload (zstd): not one frame of the size it states")
     return env.replace(payload=out, flags=env.flags & ~_FLAG_COMPRESSED)

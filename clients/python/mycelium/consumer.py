@@ -1330,6 +1330,7 @@ class Consumer:
                 reply.err_code, reply.err_msg = err.code or CODE_HANDLER, err.message
             else:
                 reply.err_code, reply.err_msg = CODE_HANDLER, str(err) or type(err).__name__
+        reply = codec.compress(reply, comp)  # as the request came, as Go's worker does: stored and sent to joined callers so
         cmds: list[Any] = []
         settle = None
         if cache_key:
@@ -1343,7 +1344,7 @@ class Consumer:
                 settle = (self._keys.topic(name) + ":c:" + cache_key, self._keys.topic(name) + ":f:" + cache_key,
                           self._keys.meta(name), int(cache_key.split(":", 1)[0]), ttl_ms)
                 cmds += [("LRANGE", settle[1], 1, MAX_FLIGHT_WAITERS), ("DEL", settle[1])]
-        data = codec.encode(codec.compress(reply, comp))
+        data = codec.encode(reply)
         if settle is not None and settle[4] > 0:
             cmds += [("SET", settle[0], str(settle[4]).encode() + b"\n" + data, "PX", settle[4]), ("HGET", settle[2], "gen")]
         tail = [_xadd(env.reply_to, data, self._reply_cap, nomkstream=True), ("XACK", key, self.group, eid)]

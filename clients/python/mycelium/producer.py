@@ -371,6 +371,7 @@ class Producer:
         # requests and events of compress_min bytes or more, when it pays;
         # workers answer compressed the same way.
         self._comp = codec.check_compression(compression)
+        codec.require(self._comp)
         if compress_min < 0:
             raise ValueError("compress_min must not be negative")
         self._comp_min = compress_min
@@ -1507,12 +1508,20 @@ class Producer:
             return
         try:
             env = codec.decode(data)
-            if env.kind not in (codec.REPLY, codec.CHUNK):
-                return  # control entries
-            env = codec.decompress(env, MAX_PAYLOAD_CAP)  # a worker answers compressed as it was asked
         except MalformedError:
             self.stats.malformed += 1
             return
+        if env.kind not in (codec.REPLY, codec.CHUNK):
+            return  # control entries
+        bad: MalformedError | None = None
+        if codec.compression_of(env) != "none":  # a worker answers compressed as it was asked
+            try:
+                env = codec.decompress(env, MAX_PAYLOAD_CAP)
+            except MalformedError as e:
+                self.stats.malformed += 1
+                if env.kind == codec.CHUNK:
+                    return  # skipped; the stream's end says how many came
+                bad = e  # its caller gets the error
         if not env.id.startswith(self._inc):
             self.stats.late += 1  # an earlier incarnation's
             return
@@ -1528,6 +1537,10 @@ class Producer:
             return
         if env.kind == codec.CHUNK and w.stream is None:
             return  # a chunk for a caller that reads a whole reply: dropped
+        if bad is not None:
+            if w.stream is None and not (env.request_entry and w.entry is not None and env.request_entry != w.entry):
+                w.future.set_exception(bad)
+            return
         if w.entry is None and env.request_entry and not (w.cache_entry and env.cache_key == w.cache_entry):
             if len(w.early) < 64:
                 w.early.append(env)  # read before the write returned: judged then

@@ -157,3 +157,18 @@ def test_compress_round_trip_and_skips(how: str) -> None:
             codec.decompress(bad, 1 << 20)
     with pytest.raises(ValueError):
         codec.check_compression("gzip")
+
+
+def test_decompress_refuses_claims_it_cannot_back() -> None:
+    """A few bytes claiming a huge payload are refused without allocating it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for env in (codec.Envelope(flags=codec.FLAG_SNAPPY, payload=bytes([0x80, 0x80, 0x80, 0x80, 0x02, 0, 0])),
+                    codec.Envelope(flags=codec.FLAG_ZSTD, payload=bytes([0x28, 0xB5, 0x2F, 0xFD, 0x84, 0, 0, 0, 0x10, 0, 0, 0]))):
+            with pytest.raises(MalformedError):
+                codec.decompress(env, 0)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()

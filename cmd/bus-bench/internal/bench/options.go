@@ -288,6 +288,8 @@ func (o *Options) Check(given map[string]bool) error {
 		return fmt.Errorf("--payload must be at least 16 bytes (room for the check header), got %d", o.Payload)
 	case o.PayloadKind != "" && o.PayloadKind != "random" && o.PayloadKind != "text":
 		return fmt.Errorf("--payload-kind must be random or text, got %q", o.PayloadKind)
+	case o.Compress != "" && o.Compress != "none" && o.Compress != "s2" && o.Compress != "zstd":
+		return fmt.Errorf("--compress must be none, s2 or zstd, got %q", o.Compress)
 	case o.Compress != "" && o.Compress != "none" && o.Transport != "" && o.Transport != "mycelium":
 		return fmt.Errorf("--compress applies to --transport mycelium (the baselines send payloads as they are)")
 	case o.Workers < 0:
