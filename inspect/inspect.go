@@ -316,7 +316,7 @@ func (i *Inspector) Topics(ctx context.Context) ([]string, error) {
 // overviewParallel is how many topics Overview reads at once: their
 // round trips overlap (the client pipelines them), so 1,000 topics take a
 // fraction of a second instead of one round trip after another.
-const overviewParallel = 64
+const overviewParallel = 16
 
 // Overview reads every topic (see Topic) and reply stream under the prefix.
 // It walks the keyspace once (SCAN), then reads the topics, several at a
