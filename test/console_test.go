@@ -117,6 +117,19 @@ func (b *browser) run(t *testing.T, what string, actions ...chromedp.Action) {
 	}
 }
 
+// settle loads the page the browser is on again with chromedp.Navigate, so
+// that what follows acts on a page whose load chromedp waited for. (A wait
+// for an element the page before a form's submission also had returns at
+// once, on the old page: the steps after it then race the navigation, "No
+// node with given id found"; each such wait here is for something only the
+// new page has.)
+func (b *browser) settle(t *testing.T) {
+	t.Helper()
+	var href string
+	b.run(t, "current address", chromedp.WaitReady("body", chromedp.ByQuery), chromedp.Evaluate(`location.href`, &href))
+	b.run(t, "load "+href+" again", chromedp.Navigate(href), chromedp.WaitReady("body", chromedp.ByQuery))
+}
+
 // takeErrors returns and forgets the errors recorded so far.
 func (b *browser) takeErrors() []string {
 	b.mu.Lock()
@@ -357,8 +370,9 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.shot(t, "overview")
 
 	// Sign in through the page.
-	b.run(t, "sign in", chromedp.Click(`#sign-in`, chromedp.ByQuery), chromedp.WaitVisible(`#token`, chromedp.ByQuery),
-		chromedp.SendKeys(`#token`, consoleToken, chromedp.ByQuery), chromedp.Click(`#sign-in-go`, chromedp.ByQuery),
+	b.run(t, "sign-in link", chromedp.Click(`#sign-in`, chromedp.ByQuery), chromedp.WaitVisible(`#token`, chromedp.ByQuery))
+	b.settle(t)
+	b.run(t, "sign in", chromedp.SendKeys(`#token`, consoleToken, chromedp.ByQuery), chromedp.Click(`#sign-in-go`, chromedp.ByQuery),
 		chromedp.WaitVisible(`form[action="/console/sign-out"]`, chromedp.ByQuery))
 
 	// Dead letters, decoded; replay one through the UI; it is handled.
@@ -390,7 +404,9 @@ func TestConsoleInABrowser(t *testing.T) {
 	if n := deadLetters(); n != 2 {
 		t.Errorf("dead letters after replaying one = %d, want 2", n)
 	}
-	// Replay the selected one (the first row's box).
+	// Replay the selected one (the first row's box), from the page without
+	// the last result on it: the next result is then the new page's.
+	b.run(t, "dead letters again", chromedp.Navigate(base+"/topics/flaky/dead-letters"), chromedp.WaitVisible(`#dead-letters`, chromedp.ByQuery))
 	b.run(t, "replay selected", chromedp.Click(`#sel-0`, chromedp.ByQuery), chromedp.Click(`#replay-selected-btn`, chromedp.ByQuery),
 		chromedp.WaitVisible(`.done`, chromedp.ByQuery), chromedp.Text(`.done`, &done, chromedp.ByQuery))
 	if !strings.Contains(done, "replayed 1 dead letter") {
@@ -404,8 +420,10 @@ func TestConsoleInABrowser(t *testing.T) {
 
 	// Purge asks for a confirmation first; nothing is deleted until then.
 	var title string
-	b.run(t, "purge page", chromedp.Click(`#purge-link`, chromedp.ByQuery), chromedp.WaitVisible(`#purge-form`, chromedp.ByQuery),
-		chromedp.Text(`h1`, &title, chromedp.ByQuery))
+	b.run(t, "dead letters, then purge", chromedp.Navigate(base+"/topics/flaky/dead-letters"), chromedp.WaitVisible(`#purge-link`, chromedp.ByQuery),
+		chromedp.Click(`#purge-link`, chromedp.ByQuery), chromedp.WaitVisible(`#purge-form`, chromedp.ByQuery))
+	b.settle(t)
+	b.run(t, "purge page title", chromedp.Text(`h1`, &title, chromedp.ByQuery))
 	if title != "Purge dead letters of flaky" || deadLetters() != 1 {
 		t.Errorf("purge page titled %q with %d dead letters left; want the confirmation and 1", title, deadLetters())
 	}
@@ -432,6 +450,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	if l, err := in.Limits(ctx, "reasoning"); err != nil || !l.PausedUntil.After(time.Now().Add(9*time.Minute)) {
 		t.Errorf("after pausing for 10m: limits %+v, %v", l, err)
 	}
+	b.settle(t)
 	b.axe(t, "topic")
 	b.shot(t, "topic")
 	b.run(t, "resume", chromedp.Click(`#resume`, chromedp.ByQuery), chromedp.WaitVisible(`#running`, chromedp.ByQuery))

@@ -107,16 +107,12 @@
     });
   }
 
-  // Dead letters: a "select all" box when the page lists them.
+  // Dead letters: the "select all" box (in the page, hidden: it needs this
+  // script) is shown and wired.
   var table = document.getElementById("dead-letters");
-  if (table && table.querySelector("input[type=checkbox]")) {
-    var head = table.querySelector("thead th");
-    var all = document.createElement("input");
-    all.type = "checkbox";
-    all.id = "select-all";
-    all.setAttribute("aria-label", "Select every dead letter listed");
-    head.textContent = "";
-    head.appendChild(all);
+  var all = document.getElementById("select-all");
+  if (table && all) {
+    all.hidden = false;
     all.addEventListener("change", function () {
       table.querySelectorAll("tbody input[type=checkbox]").forEach(function (b) { b.checked = all.checked; });
     });
