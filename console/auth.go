@@ -131,14 +131,27 @@ func (c *Console) authorize(r *http.Request) (who string, status int, err error)
 		}
 		return "wrong credentials from " + r.RemoteAddr, http.StatusUnauthorized, errSignIn
 	}
+	s, status, err := c.formSession(r)
+	who = "anonymous from " + r.RemoteAddr
+	if s.id != "" {
+		who = "session " + s.id + " from " + r.RemoteAddr
+	}
+	return who, status, err
+}
+
+// formSession returns the session of a form post that carries its CSRF
+// token from this site: errSignIn (401) without a session, errCSRF (403,
+// with the session, for the logs) for a missing or wrong token or another
+// site's post.
+func (c *Console) formSession(r *http.Request) (session, int, error) {
 	s, ok := c.sessionOf(r)
 	if !ok {
-		return "anonymous from " + r.RemoteAddr, http.StatusUnauthorized, errSignIn
+		return session{}, http.StatusUnauthorized, errSignIn
 	}
 	if !sameOrigin(r) || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.csrf(s))) != 1 {
-		return "session " + s.id + " from " + r.RemoteAddr, http.StatusForbidden, errCSRF
+		return s, http.StatusForbidden, errCSRF
 	}
-	return "session " + s.id + " from " + r.RemoteAddr, 0, nil
+	return s, 0, nil
 }
 
 // sameOrigin rejects a request a browser says came from another site.
@@ -232,10 +245,13 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 // refused from now on (until it would have expired anyway).
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	s, ok := c.sessionOf(r)
-	if err := r.ParseForm(); err != nil || !ok || !sameOrigin(r) ||
-		subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.csrf(s))) != 1 {
-		c.fail(w, r, http.StatusForbidden, errCSRF)
+	if err := r.ParseForm(); err != nil {
+		c.fail(w, r, http.StatusBadRequest, errors.New("the form could not be read"))
+		return
+	}
+	s, status, err := c.formSession(r)
+	if err != nil {
+		c.fail(w, r, status, err)
 		return
 	}
 	c.mu.Lock()

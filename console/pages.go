@@ -167,7 +167,7 @@ func errText(err error) string {
 	if err == nil {
 		return ""
 	}
-	return err.Error()
+	return shown(err)
 }
 
 // letterView is a dead letter on its page, its message decoded.
@@ -312,7 +312,7 @@ type foundView struct {
 func (c *Console) findPage(w http.ResponseWriter, r *http.Request) {
 	q := strings.TrimSpace(r.FormValue("q"))
 	topic := strings.TrimSpace(r.FormValue("topic"))
-	data := map[string]any{"Q": q, "Topic": topic, "Searched": false}
+	data := map[string]any{"Q": q, "Topic": topic, "Searched": false, "Scan": inspect.DefaultFindScan, "MaxScan": maxFindScan}
 	if q != "" {
 		scan := 0
 		if v := r.FormValue("scan"); v != "" {
@@ -321,6 +321,9 @@ func (c *Console) findPage(w http.ResponseWriter, r *http.Request) {
 				c.fail(w, r, http.StatusBadRequest, fmt.Errorf("scan %q: want 1 to %d", v, maxFindScan))
 				return
 			}
+		}
+		if scan > 0 {
+			data["Scan"] = scan
 		}
 		o := inspect.FindOptions{Topic: topic, Scan: scan}
 		if topic == "" { // the topics the console knows, not a walk of the keyspace
@@ -355,11 +358,7 @@ func (c *Console) findPage(w http.ResponseWriter, r *http.Request) {
 			}
 			views[k] = foundView{Found: found[k], Msg: c.message(found[k].Topic, found[k].Envelope, fields)}
 		}
-		data["Searched"], data["Found"], data["ByID"] = true, views, entryID(q)
-		data["Scan"] = max(scan, inspect.DefaultFindScan)
-		if scan > 0 {
-			data["Scan"] = scan
-		}
+		data["Searched"], data["Found"] = true, views
 	}
 	c.render(w, r, "find", "Find a message", data)
 }

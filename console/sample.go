@@ -42,8 +42,6 @@ type topicRow struct {
 	// OldestPending is the oldest pending entry's age over the groups.
 	OldestPending time.Duration
 	Workers       int // consumers that beat within liveBeat
-	Consumers     int
-	Groups        int
 	Partitions    int
 	Draining      int
 	Levels        int
@@ -58,7 +56,6 @@ type topicRow struct {
 	Err             string
 
 	added, acked int64 // counters behind the rates; -1 unknown
-	topic        *inspect.Topic
 }
 
 // nodeRow is one Redis master on the Redis page.
@@ -162,9 +159,9 @@ func (c *Console) sample(ctx context.Context) (*snapshot, error) {
 
 // row turns a topic into its overview figures.
 func row(t *inspect.Topic) topicRow {
-	r := topicRow{Name: t.Name, Length: t.Length, DeadLetters: t.DeadLetters, Delayed: t.Delayed, Groups: len(t.Groups),
+	r := topicRow{Name: t.Name, Length: t.Length, DeadLetters: t.DeadLetters, Delayed: t.Delayed,
 		Partitions: t.Partitions, Draining: t.Draining, Levels: t.Levels, Strict: t.Strict, Limits: t.Limits, Err: t.Err,
-		Backlog: t.Length, added: -1, acked: 0, topic: t}
+		Backlog: t.Length, added: -1, acked: 0}
 	if len(t.Groups) > 0 {
 		r.Backlog = 0
 	}
@@ -190,7 +187,6 @@ func row(t *inspect.Topic) topicRow {
 			}
 		}
 		for _, cn := range g.Consumers {
-			r.Consumers++
 			if cn.LastBeat >= 0 && cn.LastBeat <= liveBeat && !seen[cn.Name] {
 				seen[cn.Name] = true
 				r.Workers++
