@@ -57,7 +57,7 @@ type sender struct {
 
 func newSender(port port, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder) *sender {
 	s := &sender{port: port, cfg: cfg, cap: redisx.MaxLen(cfg.StreamMaxLen), reader: reader, stats: stats, timings: timings}
-	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0)
+	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0).KeepHelpers()
 	return s
 }
 

@@ -19,6 +19,14 @@ type Combiner[T any] struct {
 	closed  bool
 	helpers sync.WaitGroup
 	batches sync.Pool
+
+	// Kept helpers (KeepHelpers): a helper whose queue ran dry parks on
+	// wake for the next flush instead of exiting. idle counts the parked
+	// ones; a token on wake is a flusher slot handed to one of them.
+	keep    bool
+	idle    int
+	wake    chan struct{}
+	spawned int // helper goroutines started (tests)
 }
 
 // New returns a Combiner that calls flush with batches of at most maxBatch
@@ -31,6 +39,20 @@ func New[T any](flush func([]T), flushers, maxBatch, rounds int) *Combiner[T] {
 		b := make([]T, 0, 64)
 		return &b
 	}
+	return c
+}
+
+// KeepHelpers makes helper goroutines stay once the queue is drained,
+// parked until the next flush, instead of exiting; Close stops them (Wait
+// then returns once they have). A new goroutine per flush costs its
+// creation, a wake-up of an idle thread to run it, and the growth of its
+// stack, copied as the flush descends into the Redis client: 12 µs of CPU
+// per flush at one caller on the 2-vCPU VMs, about 4% of a request
+// (docs/performance.md, "One caller"). A parked helper is woken through a
+// channel instead. Call it before the first Add; it returns c.
+func (c *Combiner[T]) KeepHelpers() *Combiner[T] {
+	c.keep = true
+	c.wake = make(chan struct{}, c.flushers)
 	return c
 }
 
@@ -52,16 +74,36 @@ func (c *Combiner[T]) Add(item T, inline bool) bool {
 	c.active++
 	if inline {
 		c.mu.Unlock()
-		c.loop(c.rounds)
+		c.loop(c.rounds, false)
 		return true
 	}
-	c.helpers.Add(1)
+	c.handOff()
 	c.mu.Unlock()
-	go func() {
-		defer c.helpers.Done()
-		c.loop(0)
-	}()
 	return true
+}
+
+// handOff gives a flusher slot, already counted in active, to a helper: a
+// parked one when there is one, else a new goroutine. Called with mu held.
+func (c *Combiner[T]) handOff() {
+	if c.idle > 0 && !c.closed {
+		c.idle--
+		c.wake <- struct{}{} // never blocks: at most flushers tokens, one per parked helper
+		return
+	}
+	c.spawned++
+	c.helpers.Add(1)
+	go c.helper()
+}
+
+// helper flushes with the slot it was handed, then, when kept, parks for
+// the next one until Close.
+func (c *Combiner[T]) helper() {
+	defer c.helpers.Done()
+	for c.loop(0, true) {
+		if _, ok := <-c.wake; !ok {
+			return
+		}
+	}
 }
 
 // loop flushes queued batches while there are any, holding one flusher
@@ -81,23 +123,23 @@ func (c *Combiner[T]) Add(item T, inline bool) bool {
 // any goroutine the scheduler readies (the reply to its write would wait
 // the same way). docs/performance.md ("Decisions in the code") has what it
 // gained.
-func (c *Combiner[T]) loop(rounds int) {
+func (c *Combiner[T]) loop(rounds int, helper bool) (parked bool) {
 	runtime.Gosched()
 	for i := 0; ; i++ {
 		c.mu.Lock()
 		if len(c.queue) == 0 {
 			c.active--
+			parked = helper && c.keep && !c.closed
+			if parked {
+				c.idle++
+			}
 			c.mu.Unlock()
-			return
+			return parked
 		}
 		if rounds > 0 && i == rounds {
-			c.helpers.Add(1) // the slot passes to the helper
+			c.handOff() // the slot passes to a helper
 			c.mu.Unlock()
-			go func() {
-				defer c.helpers.Done()
-				c.loop(0)
-			}()
-			return
+			return false
 		}
 		bp := c.batches.Get().(*[]T)
 		n := min(len(c.queue), c.maxBatch)
@@ -116,12 +158,17 @@ func (c *Combiner[T]) loop(rounds int) {
 }
 
 // Close makes later Adds fail. Items already queued are still flushed.
+// Parked helpers (KeepHelpers) exit.
 func (c *Combiner[T]) Close() {
 	c.mu.Lock()
+	if !c.closed && c.keep {
+		close(c.wake) // parked helpers take the tokens sent before, then exit
+	}
 	c.closed = true
 	c.mu.Unlock()
 }
 
 // Wait returns once every helper goroutine has finished. Call it after the
-// last Add returned (inline flushers finish within their Add).
+// last Add returned (inline flushers finish within their Add), and after
+// Close when helpers are kept.
 func (c *Combiner[T]) Wait() { c.helpers.Wait() }

@@ -16,7 +16,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // and checks that every item is flushed exactly once, batches respect the
 // size bound and no more than the allowed flushes ever run at once.
 func TestEveryItemFlushedOnce(t *testing.T) {
-	for _, inline := range []bool{false, true} {
+	for _, mode := range []struct{ inline, keep bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		inline := mode.inline
 		const items, workers, flushers, maxBatch = 20000, 16, 2, 7
 		seen := make([]atomic.Int32, items)
 		var running, maxRunning, batches atomic.Int32
@@ -34,6 +35,9 @@ func TestEveryItemFlushedOnce(t *testing.T) {
 			time.Sleep(time.Microsecond) // a flush that takes time, so batches form
 			running.Add(-1)
 		}, flushers, maxBatch, 3)
+		if mode.keep {
+			c.KeepHelpers()
+		}
 		var wg sync.WaitGroup
 		for w := range workers {
 			wg.Add(1)
@@ -47,6 +51,14 @@ func TestEveryItemFlushedOnce(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+		if mode.keep {
+			c.mu.Lock()
+			if c.spawned > flushers {
+				t.Errorf("inline=%v: %d kept helpers started, want at most %d", inline, c.spawned, flushers)
+			}
+			c.mu.Unlock()
+			c.Close() // the kept helpers stop
+		}
 		c.Wait()
 		for i := range seen {
 			if n := seen[i].Load(); n != 1 {
@@ -62,23 +74,68 @@ func TestEveryItemFlushedOnce(t *testing.T) {
 	}
 }
 
-func TestCloseRefusesButFlushesQueued(t *testing.T) {
-	release := make(chan struct{})
-	var flushed atomic.Int32
-	c := New(func(b []int) {
-		<-release
-		flushed.Add(int32(len(b)))
-	}, 1, 100, 0)
-	c.Add(1, false) // starts the only flusher, which blocks
-	c.Add(2, false) // queued behind it
-	c.Close()
-	if c.Add(3, false) {
-		t.Fatal("Add after Close accepted an item")
+// TestKeptHelperReused flushes one item at a time, each flush finished
+// before the next Add: a kept helper parks between them and takes every
+// flush, where plain helpers start one goroutine a flush. Close stops it
+// (goleak checks, in TestMain, that it did).
+func TestKeptHelperReused(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		done := make(chan int)
+		c := New(func(b []int) {
+			for _, v := range b {
+				done <- v
+			}
+		}, 2, 16, 0)
+		if keep {
+			c.KeepHelpers()
+		}
+		const n = 100
+		for i := range n {
+			if !c.Add(i, false) {
+				t.Fatal("Add refused before Close")
+			}
+			if v := <-done; v != i {
+				t.Fatalf("flushed %d, want %d", v, i)
+			}
+		}
+		c.mu.Lock()
+		spawned := c.spawned
+		c.mu.Unlock()
+		// A plain helper may still be exiting (counted active) when the
+		// next Add comes: at most one goroutine a flush, at least one.
+		if keep && spawned > 2 || !keep && spawned < 2 {
+			t.Errorf("keep=%v: %d helper goroutines started for %d flushes in turn", keep, spawned, n)
+		}
+		c.Close()
+		if c.Add(n, false) {
+			t.Fatal("Add after Close accepted an item")
+		}
+		c.Wait()
 	}
-	close(release)
-	c.Wait()
-	if flushed.Load() != 2 {
-		t.Fatalf("flushed %d items, want the 2 queued before Close", flushed.Load())
+}
+
+func TestCloseRefusesButFlushesQueued(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		release := make(chan struct{})
+		var flushed atomic.Int32
+		c := New(func(b []int) {
+			<-release
+			flushed.Add(int32(len(b)))
+		}, 1, 100, 0)
+		if keep {
+			c.KeepHelpers()
+		}
+		c.Add(1, false) // starts the only flusher, which blocks
+		c.Add(2, false) // queued behind it
+		c.Close()
+		if c.Add(3, false) {
+			t.Fatal("Add after Close accepted an item")
+		}
+		close(release)
+		c.Wait()
+		if flushed.Load() != 2 {
+			t.Fatalf("keep=%v: flushed %d items, want the 2 queued before Close", keep, flushed.Load())
+		}
 	}
 }
 
