@@ -98,7 +98,7 @@ type acker struct {
 func newAcker(ctx context.Context, e *env, slots *slotPool) *acker {
 	a := &acker{env: e, ctx: ctx, slots: slots, oneServer: e.c.Mode() != "cluster",
 		replyCap: redisx.MaxLen(e.cfg.Retention.ReplyMaxLen), dlqCap: redisx.MaxLen(e.cfg.Retention.DeadLetterMaxLen), async: e.cfg.Prefetch > 0}
-	a.comb = combine.New(a.flush, maxAckFlushers, maxAckBatch, maxAckRounds)
+	a.comb = combine.New(a.flush, maxAckFlushers, maxAckBatch, maxAckRounds).Busy(func() bool { return e.inFlight.Load() > 1 })
 	a.chunks = newChunkWriter(a)
 	return a
 }

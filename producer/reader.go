@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,8 @@ type replyReader struct {
 	// flights completes a cached request's flight with its answer (a
 	// flight's waiter gets no channel send); nil when no topic is cached.
 	flights *cache
+	// inFlight counts the requests that hold a slot (admission.inFlight).
+	inFlight func() int
 
 	up atomic.Bool // started: read without mu on every request
 	// suspect: the reader lost Redis and has not yet confirmed the reply
@@ -203,10 +206,25 @@ func (r *replyReader) run(ctx context.Context) {
 			last = entries[i].ID
 			at = r.dispatch(&entries[i], at)
 		}
+		r.handOver(len(entries))
 	}
 	r.waiters.drain(func(w *waiter) {
 		r.deliver(w, result{err: fmt.Errorf("producer: request: %w", bus.ErrClosed), writeErr: true})
 	})
+}
+
+// handOver lets the caller that the one reply just read woke run before
+// the reader's next read, when no other request waits (one caller). The
+// woken goroutine waits in its P's run queue otherwise while the reader
+// sends its next XREAD (a write, ~25 µs on the 2-vCPU VMs), and then
+// behind the client's goroutines that write it: 36 µs per request at one
+// caller (go tool trace -pprof=sched of bus-bench; docs/performance.md,
+// "One caller"). With other requests in flight, the next reply is likely
+// on its way and the reader goes straight back to reading.
+func (r *replyReader) handOver(n int) {
+	if n == 1 && r.inFlight != nil && r.inFlight() <= 1 {
+		runtime.Gosched()
+	}
 }
 
 // dispatch hands one reply to its waiter. at is when the reader got the

@@ -55,9 +55,11 @@ type sender struct {
 	timings *metrics.Recorder
 }
 
-func newSender(port port, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder) *sender {
+// busy reports whether other callers may write soon (more than one request
+// in flight): a flusher then waits for them (combine.Busy).
+func newSender(port port, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder, busy func() bool) *sender {
 	s := &sender{port: port, cfg: cfg, cap: redisx.MaxLen(cfg.StreamMaxLen), reader: reader, stats: stats, timings: timings}
-	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0).KeepHelpers()
+	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0).KeepHelpers().Busy(busy)
 	return s
 }
 

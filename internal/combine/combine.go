@@ -3,6 +3,7 @@ package combine
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // Combiner queues items of type T and flushes them in batches with at most
@@ -27,6 +28,12 @@ type Combiner[T any] struct {
 	idle    int
 	wake    chan struct{}
 	spawned int // helper goroutines started (tests)
+
+	// shared: the last batch taken held more than one item; busy (Busy)
+	// says others are about to add. Either makes a new flusher yield
+	// before its first batch.
+	shared atomic.Bool
+	busy   func() bool
 }
 
 // New returns a Combiner that calls flush with batches of at most maxBatch
@@ -53,6 +60,15 @@ func New[T any](flush func([]T), flushers, maxBatch, rounds int) *Combiner[T] {
 func (c *Combiner[T]) KeepHelpers() *Combiner[T] {
 	c.keep = true
 	c.wake = make(chan struct{}, c.flushers)
+	return c
+}
+
+// Busy sets what tells a new flusher that other callers are about to
+// add, so that it yields before its first batch even though the last
+// batch held one item (see loop): the producer's requests in flight, a
+// worker's entries. Call it before the first Add; it returns c.
+func (c *Combiner[T]) Busy(f func() bool) *Combiner[T] {
+	c.busy = f
 	return c
 }
 
@@ -117,14 +133,18 @@ func (c *Combiner[T]) helper() {
 // next (a new goroutine, or the caller itself) and flush that one item
 // alone, while the others queue behind its round trip. Yielding lets the
 // goroutines already runnable queue their items first, so they share the
-// first round trip. It costs one trip through the scheduler; at low load
-// nothing else is runnable and the flusher resumes at once. In a process
-// whose every P is busy it waits its turn behind what is runnable, like
-// any goroutine the scheduler readies (the reply to its write would wait
-// the same way). docs/performance.md ("Decisions in the code") has what it
-// gained.
+// first round trip. It costs one trip through the scheduler, and with one
+// caller more than that: what else is runnable then is the process's next
+// blocking read, whose write runs first (~30 µs on the 2-vCPU VMs, twice a
+// request: the sender's and the acker's). So it yields only when others
+// may add: the last batch held more than one item, or the owner's Busy
+// says so (with a few callers, batches of one alternate with batches of
+// several, and yielding on every flush still paid).
+// docs/performance.md ("Decisions in the code") has what each gained.
 func (c *Combiner[T]) loop(rounds int, helper bool) (parked bool) {
-	runtime.Gosched()
+	if c.yields() {
+		runtime.Gosched()
+	}
 	for i := 0; ; i++ {
 		c.mu.Lock()
 		if len(c.queue) == 0 {
@@ -143,6 +163,7 @@ func (c *Combiner[T]) loop(rounds int, helper bool) (parked bool) {
 		}
 		bp := c.batches.Get().(*[]T)
 		n := min(len(c.queue), c.maxBatch)
+		c.shared.Store(n > 1)
 		batch := (*bp)[:0]
 		batch = append(batch, c.queue[:n]...)
 		rest := copy(c.queue, c.queue[n:])
@@ -156,6 +177,10 @@ func (c *Combiner[T]) loop(rounds int, helper bool) (parked bool) {
 		c.batches.Put(bp)
 	}
 }
+
+// yields reports whether a new flusher yields before its first batch (see
+// loop).
+func (c *Combiner[T]) yields() bool { return c.shared.Load() || c.busy != nil && c.busy() }
 
 // Close makes later Adds fail. Items already queued are still flushed.
 // Parked helpers (KeepHelpers) exit.

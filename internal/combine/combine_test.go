@@ -139,6 +139,51 @@ func TestCloseRefusesButFlushesQueued(t *testing.T) {
 	}
 }
 
+// TestYieldsOnlyWhenOthersMayAdd: a flusher yields before its first batch
+// when the last batch was shared or the owner says others are busy, not
+// when one caller flushes alone.
+func TestYieldsOnlyWhenOthersMayAdd(t *testing.T) {
+	var busy atomic.Bool
+	batches := make(chan int, 1)
+	c := New(func(b []int) { batches <- len(b) }, 1, 64, 0).Busy(busy.Load)
+	if c.yields() {
+		t.Fatal("yields before any batch, with nobody busy")
+	}
+	busy.Store(true)
+	if !c.yields() {
+		t.Fatal("does not yield with the owner busy")
+	}
+	busy.Store(false)
+	c.Add(1, true) // flushed inline, alone
+	<-batches
+	if c.yields() {
+		t.Fatal("yields after a batch of one, with nobody busy")
+	}
+	release, taken := make(chan struct{}), make(chan struct{}, 2)
+	c2 := New(func(b []int) {
+		taken <- struct{}{}
+		<-release
+		batches <- len(b)
+	}, 1, 64, 0)
+	c2.Add(1, false) // the flusher blocks on its batch of one
+	<-taken
+	c2.Add(2, false) // queued behind it, with the next
+	c2.Add(3, false)
+	release <- struct{}{}
+	<-batches
+	close(release)
+	if n := <-batches; n != 2 {
+		t.Fatalf("second batch of %d items, want 2", n)
+	}
+	if !c2.yields() {
+		t.Fatal("does not yield after a batch of two")
+	}
+	c.Close()
+	c2.Close()
+	c.Wait()
+	c2.Wait()
+}
+
 // TestGoroutinesWokenTogetherShareAFlush readies several goroutines at once
 // on one P, as a batch of replies does, and checks that the flush the first
 // one starts also carries the items of the others (the flusher yields
@@ -146,14 +191,15 @@ func TestCloseRefusesButFlushesQueued(t *testing.T) {
 // and flushes one item alone. With -race the scheduler randomises run
 // order, so only a normal build can tell the two apart; each attempt can
 // also lose to the scheduler's periodic global-queue check (1 in 61
-// schedules), so it takes three attempts and the best of them.
+// schedules), so it takes three attempts and the best of them. Its owner
+// says others are busy (Busy): a lone caller's flusher does not yield.
 func TestGoroutinesWokenTogetherShareAFlush(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	const callers = 8
 	best := 0
 	for range 3 {
 		var first atomic.Int32
-		c := New(func(b []int) { first.CompareAndSwap(0, int32(len(b))) }, 1, 64, 0)
+		c := New(func(b []int) { first.CompareAndSwap(0, int32(len(b))) }, 1, 64, 0).Busy(func() bool { return true })
 		start := make(chan struct{})
 		var wg sync.WaitGroup
 		for i := range callers {
