@@ -195,5 +195,11 @@ func (c *Combiner[T]) Close() {
 
 // Wait returns once every helper goroutine has finished. Call it after the
 // last Add returned (inline flushers finish within their Add), and after
-// Close when helpers are kept.
-func (c *Combiner[T]) Wait() { c.helpers.Wait() }
+// Close when helpers are kept: Wait closes a combiner that keeps its
+// helpers itself, rather than wait forever for helpers parked until Close.
+func (c *Combiner[T]) Wait() {
+	if c.keep {
+		c.Close()
+	}
+	c.helpers.Wait()
+}
