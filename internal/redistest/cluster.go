@@ -125,7 +125,10 @@ func (c *Cluster) Kill(port int) {
 }
 
 // WaitHealthy waits until every live node reports cluster_state:ok and
-// every slot has a live master.
+// every slot has a live master: no node in except (killed) serves slots
+// in any live node's view. Right after a kill the live nodes still report
+// ok until cluster-node-timeout passes; the slot check waits for the
+// replica's promotion.
 func (c *Cluster) WaitHealthy(ctx context.Context, except ...int) error {
 	for ctx.Err() == nil {
 		ok := true
@@ -138,6 +141,9 @@ func (c *Cluster) WaitHealthy(ctx context.Context, except ...int) error {
 				ok = false
 				break
 			}
+			if ok = c.servesNone(p, except); !ok {
+				break
+			}
 		}
 		if ok {
 			return nil
@@ -148,6 +154,24 @@ func (c *Cluster) WaitHealthy(ctx context.Context, except ...int) error {
 		}
 	}
 	return ctx.Err()
+}
+
+// servesNone reports whether, as the node on port sees the cluster, no
+// node in ports is a master serving slots.
+func (c *Cluster) servesNone(port int, ports []int) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	nodes, err := c.Nodes(port)
+	if err != nil {
+		return false
+	}
+	for _, n := range nodes {
+		if contains(ports, n.Port) && n.Master && n.Slots != "" {
+			return false
+		}
+	}
+	return true
 }
 
 func contains(s []int, v int) bool {
