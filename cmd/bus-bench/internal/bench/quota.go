@@ -284,7 +284,11 @@ func startWorkerProcs(ctx context.Context, o *Options, target string) (stop func
 		_ = ln.Close()
 		c := exec.CommandContext(ctx, bin, "serve", "--redis", o.Redis, "--prefix", o.Prefix, "--topic", o.Topic, "--group", o.Group,
 			"--concurrency", strconv.Itoa(o.WorkerSlots), "--handler", target, "--http-addr", addr,
-			"--name", fmt.Sprintf("quota-%d-%d", os.Getpid(), i), "--max-deliveries", "1000")
+			"--name", fmt.Sprintf("quota-%d-%d", os.Getpid(), i), "--max-deliveries", "1000",
+			// Stopped once the window is measured: calls still waiting out
+			// a 429's Retry-After stay pending (the case's topic is deleted
+			// next) instead of holding the run for seconds.
+			"--shutdown-timeout", "200ms")
 		if o.PauseOn429 {
 			c.Args = append(c.Args, "--http-pause-on-429")
 		}

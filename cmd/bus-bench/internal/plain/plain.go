@@ -44,6 +44,13 @@ const (
 // Group is the baseline workers' consumer group.
 const Group = "plain-workers"
 
+// blockMs is the BLOCK of the baseline's blocking reads. Its client reads
+// synchronously and honours a cancelled ctx only once the read returns, so
+// stopping a caller and its workers waited out a read each: with 1,000 ms,
+// 2 s added to every streams-plain run (22 s of the quick seed suite). A
+// busy reader never waits that long; an idle one reads 10 times a second.
+const blockMs = 100
+
 // Stream is the stream of topic's requests under prefix.
 func Stream(prefix, topic string) string { return prefix + ":plain:{" + topic + "}" }
 
@@ -136,7 +143,7 @@ func (b *Caller) read(ctx context.Context) {
 	defer close(b.done)
 	last := "0" // the stream is this process's own: every entry in it is a reply to it ("$" would miss those written before the first read)
 	for ctx.Err() == nil {
-		res, err := b.c.Do(ctx, b.c.B().Xread().Count(1000).Block(1000).Streams().Key(b.reply).Id(last).Build()).AsXRead()
+		res, err := b.c.Do(ctx, b.c.B().Xread().Count(1000).Block(blockMs).Streams().Key(b.reply).Id(last).Build()).AsXRead()
 		if err != nil {
 			if !rueidis.IsRedisNil(err) && ctx.Err() == nil {
 				time.Sleep(10 * time.Millisecond) // Redis did not answer: the requests time out
@@ -206,7 +213,7 @@ func StartWorkers(ctx context.Context, c rueidis.Client, prefix, topic string, n
 					break fill
 				}
 			}
-			res, err := c.Do(wctx, c.B().Xreadgroup().Group(Group, consumerName).Count(int64(free)).Block(1000).Streams().Key(stream).Id(">").Build()).AsXRead()
+			res, err := c.Do(wctx, c.B().Xreadgroup().Group(Group, consumerName).Count(int64(free)).Block(blockMs).Streams().Key(stream).Id(">").Build()).AsXRead()
 			entries := res[stream]
 			for range free - len(entries) {
 				<-slots
