@@ -125,7 +125,7 @@ func New(c *bus.Client, cfg Config, opts ...Option) (*Producer, error) {
 	p.parts = newPartitioner(port, p.keys, p.adm, &p.stats, p.bg)
 	p.topics = &topics{keys: p.keys, cache: p.cfg.Cache, adm: p.adm, parts: p.parts}
 	p.reader = &replyReader{key: replyKey, ids: &p.ids, waiters: newRegistry(), cfg: &p.cfg, port: port, log: p.log, stats: &p.stats, inFlight: p.adm.inFlight}
-	p.send = newSender(port, &p.cfg, p.reader, &p.stats, &p.timings.Recorder, func() bool { return p.adm.inFlight() > 1 })
+	p.send = newSender(port, &p.cfg, p.reader, &p.stats, &p.timings.Recorder)
 	p.cancels = newCanceller(port, &p.ids, replyKey, &p.stats, p.log)
 	p.delayed = &delayer{port: port, keys: p.keys, ids: &p.ids, cfg: &p.cfg, parts: p.parts, stats: &p.stats, timings: &p.timings.Recorder, log: p.log}
 	cache, err := newCache(&p.cfg, &p.stats)

@@ -222,7 +222,7 @@ func (r *replyReader) run(ctx context.Context) {
 // "One caller"). With other requests in flight, the next reply is likely
 // on its way and the reader goes straight back to reading.
 func (r *replyReader) handOver(n int) {
-	if n == 1 && r.inFlight != nil && r.inFlight() <= 1 {
+	if n == 1 && r.inFlight() <= 1 {
 		runtime.Gosched()
 	}
 }

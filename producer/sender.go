@@ -55,11 +55,11 @@ type sender struct {
 	timings *metrics.Recorder
 }
 
-// busy reports whether other callers may write soon (more than one request
-// in flight): a flusher then waits for them (combine.Busy).
-func newSender(port port, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder, busy func() bool) *sender {
+// Its flushers wait for other callers (combine.Busy) while more than one
+// request is in flight (the reply reader's count of them).
+func newSender(port port, cfg *Config, reader *replyReader, stats *counters, timings *metrics.Recorder) *sender {
 	s := &sender{port: port, cfg: cfg, cap: redisx.MaxLen(cfg.StreamMaxLen), reader: reader, stats: stats, timings: timings}
-	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0).KeepHelpers().Busy(busy)
+	s.comb = combine.New(s.flush, maxFlushers, maxSendBatch, 0).KeepHelpers().Busy(func() bool { return reader.inFlight() > 1 })
 	return s
 }
 
